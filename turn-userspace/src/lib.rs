@@ -11,6 +11,7 @@
 //! - [`daemon`]: the tokio event loop that drives the core with real sockets.
 
 pub mod auth;
+pub mod bench;
 pub mod bpf;
 pub mod config;
 pub mod daemon;

@@ -1,1 +1,126 @@
-fn main() {}
+//! `turn-relay`: the eBPF/XDP-accelerated TURN relay daemon.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT) or a successful
+//! `--check-config`/`--print-config`; 2 for a bad configuration or command line;
+//! 1 when the relay fails at run time (e.g. a listener cannot be bound).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use turn_relay::config::Config;
+use turn_relay::daemon;
+
+/// eBPF/XDP-accelerated TURN relay (RFC 8656 over UDP).
+///
+/// Without --config it runs a loopback demo: 127.0.0.1:3478, realm "turn-relay.local",
+/// user "demo" with a random password printed at start-up.
+#[derive(Debug, Parser)]
+#[command(name = "turn-relay", version)]
+struct Args {
+    /// TOML configuration file (documented in config/turn-relay.toml).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Listen on this UDP ip:port instead of the configured addresses (repeatable).
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Use this realm instead of the configured one.
+    #[arg(long)]
+    realm: Option<String>,
+    /// Log level or tracing filter (error, warn, info, debug, trace, "info,turn_relay=debug").
+    /// RUST_LOG, when set, wins.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Validate the configuration, print a one-line summary and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match effective_config(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if args.check_config {
+        println!(
+            "config OK: {} (realm {}, listen {}, auth: {})",
+            config.source,
+            config.realm,
+            config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            config.auth_summary()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.log_level);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration file (or the embedded default) with the command-line overrides.
+fn effective_config(args: &Args) -> Result<Config, turn_relay::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default(),
+    };
+    if !args.listen.is_empty() {
+        config.set_listen(args.listen.clone())?;
+    }
+    if let Some(realm) = &args.realm {
+        config.set_realm(realm.clone())?;
+    }
+    if let Some(level) = &args.log_level {
+        config.set_log_level(level.clone())?;
+    }
+    Ok(config)
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal().context("installing signal handlers")?;
+        daemon::run(config, shutdown).await
+    })
+}
+
+/// Resolves with the name of the first SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
+    })
+}

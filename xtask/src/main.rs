@@ -1,1 +1,117 @@
-fn main() {}
+//! Developer tasks for the TURN relay: `cargo xtask <setup|build|run|build-and-load|test>`.
+//!
+//! Every task prints what it does and how long it took, and fails with context
+//! (`anyhow`) naming the step that broke.
+
+mod command;
+mod setup;
+mod test;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::command::{cargo, run_checked};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for the eBPF/XDP TURN relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing on a fresh Debian 12 machine (idempotent).
+    Setup,
+    /// Release build of the eBPF object and the daemon.
+    Build,
+    /// Setup, build, then run the daemon with its embedded default configuration.
+    Run {
+        /// Extra arguments for `turn-relay` (after `--`).
+        #[arg(last = true)]
+        daemon_args: Vec<String>,
+    },
+    /// Release build, then run the daemon with a configuration file (attaching XDP on
+    /// the configured interfaces).
+    BuildAndLoad {
+        /// The daemon's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Extra arguments for `turn-relay` (after `--`).
+        #[arg(last = true)]
+        daemon_args: Vec<String>,
+    },
+    /// Setup, then every unit and end-to-end test of the workspace (privileged ones too).
+    Test,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let workspace = workspace_root();
+    std::env::set_current_dir(&workspace)
+        .with_context(|| format!("entering the workspace at {}", workspace.display()))?;
+    match cli.task {
+        Task::Setup => setup::run(&workspace),
+        Task::Build => build_release(),
+        Task::Run { daemon_args } => {
+            setup::run(&workspace)?;
+            build_release()?;
+            exec_daemon(&workspace, &daemon_args)
+        }
+        Task::BuildAndLoad {
+            config,
+            daemon_args,
+        } => {
+            let config = std::fs::canonicalize(&config)
+                .with_context(|| format!("configuration file {}", config.display()))?;
+            build_release()?;
+            let mut args = vec!["--config".to_owned(), config.display().to_string()];
+            args.extend(daemon_args);
+            exec_daemon(&workspace, &args)
+        }
+        Task::Test => test::run(&workspace),
+    }
+}
+
+/// The workspace root: xtask lives one directory below it.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// Cargo's target directory (honours `CARGO_TARGET_DIR`).
+fn target_dir(workspace: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir),
+        None => workspace.join("target"),
+    }
+}
+
+/// `cargo build --release -p turn-userspace`: the daemon with the eBPF object embedded
+/// (turn-userspace's build script compiles turn-ebpf through aya-build).
+fn build_release() -> Result<()> {
+    let started = Instant::now();
+    println!("==> build: cargo build --release -p turn-userspace");
+    run_checked(cargo().args(["build", "--release", "-p", "turn-userspace"]))
+        .context("release build of turn-userspace (daemon + eBPF object)")?;
+    println!("==> build finished in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// Replaces this process with the release daemon, so signals (Ctrl-C, SIGTERM) reach it
+/// directly and it can detach XDP cleanly.
+fn exec_daemon(workspace: &Path, args: &[String]) -> Result<()> {
+    let binary = target_dir(workspace).join("release").join("turn-relay");
+    println!("==> run: {} {}", binary.display(), args.join(" "));
+    let error = Command::new(&binary).args(args).exec();
+    Err(error).with_context(|| format!("starting {}", binary.display()))
+}

@@ -1,1 +1,260 @@
-//! (module under construction)
+//! The XDP fast path: loads the program built from `turn-ebpf`, attaches it through
+//! bpf_link, owns its maps (in [`maps`]) and reads its per-CPU counters.
+//!
+//! The program relays ChannelData and Send/Data indications (RFC 8656 §11, §12) for
+//! the flows userspace installs through [`BpfDatapath`]; everything else goes to the
+//! network stack, where the userspace relay behaves identically.
+
+pub mod bench;
+mod clock;
+mod datapath;
+mod maps;
+pub mod testbed;
+
+use std::fmt;
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context as _};
+use aya::programs::{Xdp, XdpMode as AyaXdpMode};
+use aya::{Ebpf, EbpfLoader};
+
+pub use datapath::BpfDatapath;
+pub use turn_common::counters::{Counter, Outcome};
+
+use maps::{MapSizes, Maps};
+
+/// The XDP object built by `build.rs` (aya-build) from `turn-ebpf`.
+pub(crate) static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/turn-ebpf"));
+
+/// The name of the XDP entry point in [`XDP_OBJECT`].
+pub(crate) const PROGRAM_NAME: &str = "turn_xdp";
+
+/// How to attach the XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode per interface.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode only: works on every device, slower.
+    Skb,
+    /// No XDP: userspace relays everything.
+    Off,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+            XdpMode::Off => "off",
+        })
+    }
+}
+
+/// What the daemon's `[xdp]` section asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpSettings {
+    pub mode: XdpMode,
+    /// Interfaces to attach to (by name).
+    pub interfaces: Vec<String>,
+    /// Sizes the maps: this many allocations fit in the fast path.
+    pub max_allocations: u32,
+}
+
+/// One interface the program is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attachment {
+    interface: String,
+    mode: XdpMode,
+}
+
+/// The verified program and its maps, not attached anywhere.
+pub(crate) struct Loaded {
+    /// Owns the program (and, once attached, its bpf_links).
+    pub(crate) ebpf: Ebpf,
+    pub(crate) maps: Mutex<Maps>,
+    pub(crate) map_memory_bytes: u64,
+}
+
+impl Loaded {
+    /// Loads (verifies) the program with maps sized for `max_allocations`.
+    pub(crate) fn new(max_allocations: u32) -> anyhow::Result<Loaded> {
+        let sizes = MapSizes::for_allocations(max_allocations);
+        let mut loader = EbpfLoader::new();
+        maps::size_maps(&mut loader, sizes);
+        let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
+        xdp_program(&mut ebpf)?
+            .load()
+            .context("the kernel verifier rejected the XDP program")?;
+        let maps = Maps::take(&mut ebpf, sizes)?;
+        let map_memory_bytes = maps.memory_bytes()?;
+        Ok(Loaded { ebpf, maps: Mutex::new(maps), map_memory_bytes })
+    }
+
+    pub(crate) fn program(&self) -> anyhow::Result<&Xdp> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the XDP object has no program {PROGRAM_NAME}"))?
+            .try_into()
+            .context("program is not XDP")
+    }
+
+    pub(crate) fn counters(&self) -> anyhow::Result<XdpCounters> {
+        self.maps.lock().map_err(|_| anyhow!("XDP maps lock poisoned"))?.counters()
+    }
+
+    /// The flow tables as a [`BpfDatapath`]; there is only one.
+    pub(crate) fn datapath(&self) -> anyhow::Result<BpfDatapath> {
+        let tables = self
+            .maps
+            .lock()
+            .map_err(|_| anyhow!("XDP maps lock poisoned"))?
+            .take_tables()
+            .ok_or_else(|| anyhow!("the XDP datapath was already handed out"))?;
+        Ok(BpfDatapath::new(tables))
+    }
+}
+
+/// The loaded and attached XDP program. Dropping it detaches the program from every
+/// interface (the bpf_links are closed); the maps live on while the [`BpfDatapath`]
+/// still refers to them.
+pub struct XdpRelay {
+    loaded: Loaded,
+    attachments: Vec<Attachment>,
+}
+
+impl fmt::Debug for XdpRelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XdpRelay")
+            .field("attachments", &self.attachments)
+            .finish_non_exhaustive()
+    }
+}
+
+impl XdpRelay {
+    /// Loads the program with maps sized for `settings.max_allocations` and attaches it to
+    /// every interface per `settings.mode` (auto: native, then skb; Err if both fail).
+    pub fn attach(settings: &XdpSettings) -> anyhow::Result<XdpRelay> {
+        if settings.mode == XdpMode::Off {
+            bail!("XDP is off in the configuration");
+        }
+        if settings.interfaces.is_empty() {
+            bail!("no interfaces to attach XDP to (xdp.interfaces is empty)");
+        }
+        let mut loaded = Loaded::new(settings.max_allocations)?;
+        let program = xdp_program(&mut loaded.ebpf)?;
+        let mut attachments = Vec::with_capacity(settings.interfaces.len());
+        for interface in &settings.interfaces {
+            let mode = attach_one(program, interface, settings.mode)?;
+            attachments.push(Attachment { interface: interface.clone(), mode });
+        }
+        Ok(XdpRelay { loaded, attachments })
+    }
+
+    /// The [`crate::datapath::Datapath`] writing the program's maps. Only one exists:
+    /// a second call is an error.
+    pub fn datapath(&self) -> anyhow::Result<BpfDatapath> {
+        self.loaded.datapath()
+    }
+
+    /// The per-CPU counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<XdpCounters> {
+        self.loaded.counters()
+    }
+
+    /// A human status line for the start-up log.
+    pub fn status(&self) -> String {
+        let mut by_mode: Vec<(XdpMode, Vec<&str>)> = Vec::new();
+        for attachment in &self.attachments {
+            match by_mode.iter_mut().find(|(mode, _)| *mode == attachment.mode) {
+                Some((_, names)) => names.push(&attachment.interface),
+                None => by_mode.push((attachment.mode, vec![&attachment.interface])),
+            }
+        }
+        let places: Vec<String> = by_mode
+            .iter()
+            .map(|(mode, names)| format!("in {} mode on {}", mode_label(*mode), names.join(", ")))
+            .collect();
+        match self.program_id() {
+            Ok(id) => format!("XDP attached {} (program id {id})", places.join("; ")),
+            Err(_) => format!("XDP attached {}", places.join("; ")),
+        }
+    }
+
+    /// The kernel id of the loaded program (as `bpftool prog show` lists it).
+    pub fn program_id(&self) -> anyhow::Result<u32> {
+        Ok(self.loaded.program()?.info().context("reading the XDP program's info")?.id())
+    }
+
+    /// Bytes of kernel memory the maps take (their memlock accounting), for the
+    /// start-up log.
+    pub fn map_memory_bytes(&self) -> anyhow::Result<u64> {
+        Ok(self.loaded.map_memory_bytes)
+    }
+
+}
+
+fn mode_label(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Native => "native",
+        XdpMode::Skb => "skb",
+        XdpMode::Auto | XdpMode::Off => "unknown",
+    }
+}
+
+pub(crate) fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("the XDP object has no program {PROGRAM_NAME}"))?
+        .try_into()
+        .context("program is not XDP")
+}
+
+/// Attaches to one interface; returns the mode that worked.
+fn attach_one(program: &mut Xdp, interface: &str, mode: XdpMode) -> anyhow::Result<XdpMode> {
+    let attempt = |program: &mut Xdp, mode: XdpMode| {
+        let aya_mode = match mode {
+            XdpMode::Skb => AyaXdpMode::Skb,
+            _ => AyaXdpMode::Driver,
+        };
+        program
+            .attach(interface, aya_mode)
+            .map(|_link| mode)
+            .with_context(|| format!("attaching XDP to {interface} in {} mode", mode_label(mode)))
+    };
+    match mode {
+        XdpMode::Native | XdpMode::Skb => attempt(program, mode),
+        XdpMode::Auto => attempt(program, XdpMode::Native).or_else(|native_error| {
+            attempt(program, XdpMode::Skb).map_err(|skb_error| anyhow!("{native_error:#}; {skb_error:#}"))
+        }),
+        XdpMode::Off => bail!("XDP is off in the configuration"),
+    }
+}
+
+/// The program's counters summed over CPUs, one per [`Outcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpCounters {
+    counters: Vec<Counter>,
+}
+
+impl XdpCounters {
+    /// The counter of one outcome.
+    pub fn get(&self, outcome: Outcome) -> Counter {
+        self.counters.get(outcome as usize).copied().unwrap_or_default()
+    }
+
+    /// Every outcome with its counter, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Outcome, Counter)> + '_ {
+        Outcome::ALL.iter().map(|outcome| (*outcome, self.get(*outcome)))
+    }
+
+    /// All frames the program has seen (every frame lands in exactly one outcome).
+    pub fn seen(&self) -> Counter {
+        self.counters.iter().fold(Counter::default(), |sum, counter| Counter {
+            packets: sum.packets + counter.packets,
+            bytes: sum.bytes + counter.bytes,
+        })
+    }
+}

@@ -1,1 +1,253 @@
-//! (module under construction)
+//! The sans-IO TURN server (RFC 8656 over UDP), in the style of quinn-proto: the IO layer
+//! feeds datagrams and time in, and drains [`Command`]s, [`Transmit`]s and timeouts out.
+//! No sockets, clocks or global RNG: time comes in as [`Now`], randomness from `R`.
+//!
+//! - [`Server::handle_client_datagram`]: STUN requests/indications and ChannelData from
+//!   clients on a listening socket (RFC 8656 §5–§12).
+//! - [`Server::handle_peer_datagram`]: datagrams from peers on a relay socket (§11.3, §12.6).
+//! - Relay data never allocates: it comes back as a [`Forward`] that points into the
+//!   input packet or into the caller's reusable `out` buffer.
+//! - State that the fast path needs is pushed to the [`Datapath`] *before* the success
+//!   response is queued; on expiry or deletion it is removed again.
+
+mod allocation;
+mod authenticate;
+mod error;
+mod lifecycle;
+mod relay;
+mod requests;
+mod response;
+#[cfg(test)]
+mod tests;
+mod timers;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use std::time::{Duration, Instant};
+
+use crate::auth::Authenticator;
+use crate::datapath::{ClientFlow, Datapath};
+use crate::policy::PeerPolicy;
+use crate::stun::TransactionId;
+
+use allocation::{Allocation, Reservation};
+use timers::Timers;
+
+pub use error::TurnError;
+
+/// One relay address family: the address relay sockets bind to and the one announced
+/// in XOR-RELAYED-ADDRESS (they differ behind 1:1 NAT, e.g. cloud VMs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayAddress {
+    pub bind: IpAddr,
+    /// The public/external IP the clients see.
+    pub advertised: IpAddr,
+}
+
+/// Server policy knobs (RFC 8656 §7.2, §8).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub realm: String,
+    /// SOFTWARE attribute in every response (RFC 8489 §14.14), if set.
+    pub software: Option<String>,
+    pub relay_v4: Option<RelayAddress>,
+    pub relay_v6: Option<RelayAddress>,
+    /// Relay ports handed out (default 49152..=65535).
+    pub port_range: RangeInclusive<u16>,
+    /// Lifetime when the client asks for less or nothing (600 s).
+    pub default_lifetime: Duration,
+    /// Upper bound of any lifetime (3600 s).
+    pub max_lifetime: Duration,
+    /// Allocations on the whole server (→ 486).
+    pub max_allocations: usize,
+    /// Allocations per USERNAME; 0 = unlimited (→ 486).
+    pub max_allocations_per_user: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            realm: "turn-relay".to_owned(),
+            software: None,
+            relay_v4: None,
+            relay_v6: None,
+            port_range: 49152..=65535,
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_allocations: 10_000,
+            max_allocations_per_user: 0,
+        }
+    }
+}
+
+/// The current time, as a monotonic instant (timers) and as wall-clock unix seconds
+/// (nonces and time-limited usernames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix_secs: u64,
+}
+
+/// A datagram to relay right away. `from` is the local address to send from: a relay
+/// address (towards a peer) or a listener address (towards a client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub payload: Payload,
+}
+
+/// Where a [`Forward`]'s bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// This range of the input packet (client → peer: the application data).
+    Input(Range<usize>),
+    /// All of the caller's `out` buffer (peer → client: framed as ChannelData or a Data
+    /// indication).
+    Output,
+}
+
+/// Socket management the IO layer must perform before sending queued transmits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Bind a UDP socket on this relayed transport address (a *bind* address).
+    OpenRelay { relay: SocketAddr },
+    /// Close the relay socket of a deleted or expired allocation.
+    CloseRelay { relay: SocketAddr },
+}
+
+/// A STUN message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Packets and bytes (application data) relayed in userspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl PacketCount {
+    fn add(&mut self, bytes: usize) {
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// A snapshot of the server's state and userspace relay counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    pub allocations: usize,
+    pub permissions: usize,
+    pub channels: usize,
+    /// Client → peer via ChannelData.
+    pub to_peer_channel_data: PacketCount,
+    /// Client → peer via Send indications.
+    pub to_peer_send: PacketCount,
+    /// Peer → client via ChannelData.
+    pub to_client_channel_data: PacketCount,
+    /// Peer → client via Data indications.
+    pub to_client_data_indication: PacketCount,
+    /// Relay data dropped (no allocation, permission or channel; malformed).
+    pub dropped_packets: u64,
+}
+
+/// How long a cached response answers retransmissions (RFC 8489 §6.3.1: 40 s covers the
+/// whole retransmission window over UDP).
+const TRANSACTION_CACHE_TIME: Duration = Duration::from_secs(40);
+/// Upper bound of cached responses, so a flood cannot exhaust memory.
+const TRANSACTION_CACHE_LIMIT: usize = 65_536;
+/// RFC 8656 §9: permissions live 300 s.
+const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// RFC 8656 §12: channel bindings live 600 s.
+const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 §7.2 (EVEN-PORT with R bit): a reserved port is kept "about 30 seconds".
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A response kept for retransmissions of the same request on the same 5-tuple.
+#[derive(Debug)]
+struct CachedResponse {
+    payload: Vec<u8>,
+    expires_at: Instant,
+}
+
+/// The TURN server state machine. See the module documentation.
+pub struct Server<D: Datapath, R: rand::RngCore> {
+    config: ServerConfig,
+    auth: Authenticator,
+    policy: PeerPolicy,
+    datapath: D,
+    rng: R,
+    allocations: HashMap<ClientFlow, Allocation>,
+    /// Relay (bind) address → the allocation's client flow.
+    flows_by_relay: HashMap<SocketAddr, ClientFlow>,
+    allocations_per_user: HashMap<String, usize>,
+    /// RESERVATION-TOKEN → reserved relay address (RFC 8656 §7.2, EVEN-PORT R bit).
+    reservations: HashMap<u64, Reservation>,
+    reserved_relays: HashMap<SocketAddr, u64>,
+    responses: HashMap<(ClientFlow, TransactionId), CachedResponse>,
+    timers: Timers,
+    commands: VecDeque<Command>,
+    transmits: VecDeque<Transmit>,
+    stats: ServerStats,
+}
+
+impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+    pub fn new(
+        config: ServerConfig,
+        auth: Authenticator,
+        policy: PeerPolicy,
+        datapath: D,
+        rng: R,
+    ) -> Self {
+        Server {
+            config,
+            auth,
+            policy,
+            datapath,
+            rng,
+            allocations: HashMap::new(),
+            flows_by_relay: HashMap::new(),
+            allocations_per_user: HashMap::new(),
+            reservations: HashMap::new(),
+            reserved_relays: HashMap::new(),
+            responses: HashMap::new(),
+            timers: Timers::default(),
+            commands: VecDeque::new(),
+            transmits: VecDeque::new(),
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// IO must drain commands BEFORE transmits after every `handle_*` call.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The earliest instant at which [`Self::handle_timeout`] has work (possibly a
+    /// deadline that turns out to be superseded, which is harmless).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let mut stats = self.stats;
+        stats.allocations = self.allocations.len();
+        stats.permissions = self.allocations.values().map(|a| a.permissions.len()).sum();
+        stats.channels = self.allocations.values().map(|a| a.channels.len()).sum();
+        stats
+    }
+
+    pub fn datapath(&self) -> &D {
+        &self.datapath
+    }
+}

@@ -1,0 +1,430 @@
+//! Keys and values of the XDP program's hash maps. Userspace is their only writer.
+//!
+//! Layout rules (pinned by the tests below): `#[repr(C)]`; wire quantities (addresses,
+//! ports, channel numbers) are big-endian byte arrays the program copies straight into
+//! headers; host quantities (expiry in CLOCK_MONOTONIC ns, allocation slot) are native
+//! integers at aligned offsets of the values; keys have alignment 1 and explicit, zeroed
+//! padding so that equal keys are equal bytes. IPv4 addresses sit in the first 4 bytes
+//! of a 16-byte field, the rest zero.
+
+/// `family` of an IPv4 entry.
+pub const FAMILY_V4: u8 = 4;
+/// `family` of an IPv6 entry.
+pub const FAMILY_V6: u8 = 6;
+
+/// Hash map entries per allocation the maps are sized for: permissions per allocation.
+pub const PERMISSIONS_PER_ALLOCATION: u32 = 8;
+/// Channel bindings per allocation the channel maps are sized for.
+pub const CHANNELS_PER_ALLOCATION: u32 = 4;
+
+/// An IP address as stored in the maps.
+#[inline(always)]
+pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
+    [octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// `RELAYS` key: a relayed transport address (RFC 8656 §2).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayKey {
+    ip: [u8; 16],
+    port: [u8; 2],
+    family: u8,
+    pad: u8,
+}
+
+impl RelayKey {
+    #[inline(always)]
+    pub const fn new(family: u8, ip: [u8; 16], port: [u8; 2]) -> Self {
+        RelayKey { ip, port, family, pad: 0 }
+    }
+}
+
+/// `RELAYS` value: the allocation behind a relayed address and its client side, used for
+/// peer → client relaying.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayValue {
+    expires_ns: u64,
+    slot: u32,
+    client_port: [u8; 2],
+    listener_port: [u8; 2],
+    client_ip: [u8; 16],
+    listener_ip: [u8; 16],
+    client_family: u8,
+    pad: [u8; 7],
+}
+
+impl RelayValue {
+    #[inline(always)]
+    pub const fn new(
+        client_family: u8,
+        client_ip: [u8; 16],
+        client_port: [u8; 2],
+        listener_ip: [u8; 16],
+        listener_port: [u8; 2],
+        slot: u32,
+        expires_ns: u64,
+    ) -> Self {
+        RelayValue { expires_ns, slot, client_port, listener_port, client_ip, listener_ip, client_family, pad: [0; 7] }
+    }
+    #[inline(always)]
+    pub const fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+    #[inline(always)]
+    pub const fn slot(&self) -> u32 {
+        self.slot
+    }
+    #[inline(always)]
+    pub const fn client_family(&self) -> u8 {
+        self.client_family
+    }
+    #[inline(always)]
+    pub const fn client_ip(&self) -> &[u8; 16] {
+        &self.client_ip
+    }
+    #[inline(always)]
+    pub const fn client_port(&self) -> [u8; 2] {
+        self.client_port
+    }
+    #[inline(always)]
+    pub const fn listener_ip(&self) -> &[u8; 16] {
+        &self.listener_ip
+    }
+    #[inline(always)]
+    pub const fn listener_port(&self) -> [u8; 2] {
+        self.listener_port
+    }
+}
+
+/// `CLIENT_ALLOCATIONS` key: a client's 5-tuple (UDP implied) and the family of the
+/// relayed address wanted (an allocation may have one of each, RFC 8656 §7.2).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    client_ip: [u8; 16],
+    listener_ip: [u8; 16],
+    client_port: [u8; 2],
+    listener_port: [u8; 2],
+    family: u8,
+    relay_family: u8,
+    pad: [u8; 2],
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub const fn new(
+        family: u8,
+        client_ip: [u8; 16],
+        client_port: [u8; 2],
+        listener_ip: [u8; 16],
+        listener_port: [u8; 2],
+        relay_family: u8,
+    ) -> Self {
+        FlowKey { client_ip, listener_ip, client_port, listener_port, family, relay_family, pad: [0; 2] }
+    }
+}
+
+/// `CLIENT_ALLOCATIONS` value: the relayed address of the client's allocation, used for
+/// Send indications.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AllocationValue {
+    expires_ns: u64,
+    slot: u32,
+    relay_port: [u8; 2],
+    pad: [u8; 2],
+    relay_ip: [u8; 16],
+}
+
+impl AllocationValue {
+    #[inline(always)]
+    pub const fn new(relay_ip: [u8; 16], relay_port: [u8; 2], slot: u32, expires_ns: u64) -> Self {
+        AllocationValue { expires_ns, slot, relay_port, pad: [0; 2], relay_ip }
+    }
+    #[inline(always)]
+    pub const fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+    #[inline(always)]
+    pub const fn slot(&self) -> u32 {
+        self.slot
+    }
+    #[inline(always)]
+    pub const fn relay_ip(&self) -> &[u8; 16] {
+        &self.relay_ip
+    }
+    #[inline(always)]
+    pub const fn relay_port(&self) -> [u8; 2] {
+        self.relay_port
+    }
+}
+
+/// `PERMISSIONS` key: relayed address + peer IP (RFC 8656 §9: ports are ignored).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PermissionKey {
+    relay_ip: [u8; 16],
+    peer_ip: [u8; 16],
+    relay_port: [u8; 2],
+    family: u8,
+    pad: u8,
+}
+
+impl PermissionKey {
+    #[inline(always)]
+    pub const fn new(family: u8, relay_ip: [u8; 16], relay_port: [u8; 2], peer_ip: [u8; 16]) -> Self {
+        PermissionKey { relay_ip, peer_ip, relay_port, family, pad: 0 }
+    }
+}
+
+/// `PERMISSIONS` value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PermissionValue {
+    expires_ns: u64,
+}
+
+impl PermissionValue {
+    #[inline(always)]
+    pub const fn new(expires_ns: u64) -> Self {
+        PermissionValue { expires_ns }
+    }
+    #[inline(always)]
+    pub const fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+}
+
+/// `CLIENT_CHANNELS` key: client 5-tuple + channel number (RFC 8656 §12).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientChannelKey {
+    client_ip: [u8; 16],
+    listener_ip: [u8; 16],
+    client_port: [u8; 2],
+    listener_port: [u8; 2],
+    number: [u8; 2],
+    family: u8,
+    pad: u8,
+}
+
+impl ClientChannelKey {
+    #[inline(always)]
+    pub const fn new(
+        family: u8,
+        client_ip: [u8; 16],
+        client_port: [u8; 2],
+        listener_ip: [u8; 16],
+        listener_port: [u8; 2],
+        number: [u8; 2],
+    ) -> Self {
+        ClientChannelKey { client_ip, listener_ip, client_port, listener_port, number, family, pad: 0 }
+    }
+}
+
+/// `CLIENT_CHANNELS` value: where client → peer ChannelData goes. `expires_ns` is the
+/// earliest of the channel's, the permission's and the allocation's expiry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientChannelValue {
+    expires_ns: u64,
+    slot: u32,
+    peer_port: [u8; 2],
+    relay_port: [u8; 2],
+    peer_ip: [u8; 16],
+    relay_ip: [u8; 16],
+    peer_family: u8,
+    pad: [u8; 7],
+}
+
+impl ClientChannelValue {
+    #[inline(always)]
+    pub const fn new(
+        peer_family: u8,
+        peer_ip: [u8; 16],
+        peer_port: [u8; 2],
+        relay_ip: [u8; 16],
+        relay_port: [u8; 2],
+        slot: u32,
+        expires_ns: u64,
+    ) -> Self {
+        ClientChannelValue { expires_ns, slot, peer_port, relay_port, peer_ip, relay_ip, peer_family, pad: [0; 7] }
+    }
+    #[inline(always)]
+    pub const fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+    #[inline(always)]
+    pub const fn slot(&self) -> u32 {
+        self.slot
+    }
+    #[inline(always)]
+    pub const fn peer_family(&self) -> u8 {
+        self.peer_family
+    }
+    #[inline(always)]
+    pub const fn peer_ip(&self) -> &[u8; 16] {
+        &self.peer_ip
+    }
+    #[inline(always)]
+    pub const fn peer_port(&self) -> [u8; 2] {
+        self.peer_port
+    }
+    #[inline(always)]
+    pub const fn relay_ip(&self) -> &[u8; 16] {
+        &self.relay_ip
+    }
+    #[inline(always)]
+    pub const fn relay_port(&self) -> [u8; 2] {
+        self.relay_port
+    }
+}
+
+/// `PEER_CHANNELS` key: relayed address + peer transport address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerChannelKey {
+    relay_ip: [u8; 16],
+    peer_ip: [u8; 16],
+    relay_port: [u8; 2],
+    peer_port: [u8; 2],
+    family: u8,
+    pad: [u8; 3],
+}
+
+impl PeerChannelKey {
+    #[inline(always)]
+    pub const fn new(family: u8, relay_ip: [u8; 16], relay_port: [u8; 2], peer_ip: [u8; 16], peer_port: [u8; 2]) -> Self {
+        PeerChannelKey { relay_ip, peer_ip, relay_port, peer_port, family, pad: [0; 3] }
+    }
+}
+
+/// `PEER_CHANNELS` value: the channel number peer → client data is framed with.
+/// `expires_ns` is the earlier of the channel's and the permission's expiry.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerChannelValue {
+    expires_ns: u64,
+    number: [u8; 2],
+    pad: [u8; 6],
+}
+
+impl PeerChannelValue {
+    #[inline(always)]
+    pub const fn new(number: [u8; 2], expires_ns: u64) -> Self {
+        PeerChannelValue { expires_ns, number, pad: [0; 6] }
+    }
+    #[inline(always)]
+    pub const fn expires_ns(&self) -> u64 {
+        self.expires_ns
+    }
+    #[inline(always)]
+    pub const fn number(&self) -> [u8; 2] {
+        self.number
+    }
+}
+
+/// `TRAFFIC` per-CPU array value, indexed by allocation slot: application data relayed
+/// by the fast path (DATA / ChannelData payload bytes, headers excluded).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct AllocationTraffic {
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are `repr(C)` of integers and byte arrays with explicit padding fields,
+    // so every byte is initialised and every bit pattern is valid.
+    unsafe impl aya::Pod for RelayKey {}
+    unsafe impl aya::Pod for RelayValue {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for AllocationValue {}
+    unsafe impl aya::Pod for PermissionKey {}
+    unsafe impl aya::Pod for PermissionValue {}
+    unsafe impl aya::Pod for ClientChannelKey {}
+    unsafe impl aya::Pod for ClientChannelValue {}
+    unsafe impl aya::Pod for PeerChannelKey {}
+    unsafe impl aya::Pod for PeerChannelValue {}
+    unsafe impl aya::Pod for AllocationTraffic {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn keys_are_byte_aligned_without_implicit_padding() {
+        assert_eq!((size_of::<RelayKey>(), align_of::<RelayKey>()), (20, 1));
+        assert_eq!(offset_of!(RelayKey, port), 16);
+        assert_eq!(offset_of!(RelayKey, family), 18);
+        assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 1));
+        assert_eq!(offset_of!(FlowKey, listener_ip), 16);
+        assert_eq!(offset_of!(FlowKey, client_port), 32);
+        assert_eq!(offset_of!(FlowKey, listener_port), 34);
+        assert_eq!(offset_of!(FlowKey, family), 36);
+        assert_eq!(offset_of!(FlowKey, relay_family), 37);
+        assert_eq!((size_of::<PermissionKey>(), align_of::<PermissionKey>()), (36, 1));
+        assert_eq!(offset_of!(PermissionKey, relay_port), 32);
+        assert_eq!((size_of::<ClientChannelKey>(), align_of::<ClientChannelKey>()), (40, 1));
+        assert_eq!(offset_of!(ClientChannelKey, number), 36);
+        assert_eq!(offset_of!(ClientChannelKey, family), 38);
+        assert_eq!((size_of::<PeerChannelKey>(), align_of::<PeerChannelKey>()), (40, 1));
+        assert_eq!(offset_of!(PeerChannelKey, peer_port), 34);
+        assert_eq!(offset_of!(PeerChannelKey, family), 36);
+    }
+
+    #[test]
+    fn values_keep_integers_aligned() {
+        assert_eq!((size_of::<RelayValue>(), align_of::<RelayValue>()), (56, 8));
+        assert_eq!(offset_of!(RelayValue, slot), 8);
+        assert_eq!(offset_of!(RelayValue, client_port), 12);
+        assert_eq!(offset_of!(RelayValue, client_ip), 16);
+        assert_eq!(offset_of!(RelayValue, listener_ip), 32);
+        assert_eq!(offset_of!(RelayValue, client_family), 48);
+        assert_eq!((size_of::<AllocationValue>(), align_of::<AllocationValue>()), (32, 8));
+        assert_eq!(offset_of!(AllocationValue, relay_ip), 16);
+        assert_eq!((size_of::<PermissionValue>(), align_of::<PermissionValue>()), (8, 8));
+        assert_eq!((size_of::<ClientChannelValue>(), align_of::<ClientChannelValue>()), (56, 8));
+        assert_eq!(offset_of!(ClientChannelValue, peer_ip), 16);
+        assert_eq!(offset_of!(ClientChannelValue, relay_ip), 32);
+        assert_eq!(offset_of!(ClientChannelValue, peer_family), 48);
+        assert_eq!((size_of::<PeerChannelValue>(), align_of::<PeerChannelValue>()), (16, 8));
+        assert_eq!(offset_of!(PeerChannelValue, number), 8);
+        assert_eq!((size_of::<AllocationTraffic>(), align_of::<AllocationTraffic>()), (32, 8));
+    }
+
+    #[test]
+    fn equal_inputs_give_equal_key_bytes() {
+        let a = PermissionKey::new(FAMILY_V4, v4_bytes([198, 18, 0, 1]), [0xC0, 0x00], v4_bytes([198, 19, 0, 9]));
+        let b = PermissionKey::new(FAMILY_V4, v4_bytes([198, 18, 0, 1]), [0xC0, 0x00], v4_bytes([198, 19, 0, 9]));
+        assert_eq!(a, b);
+        assert_eq!(v4_bytes([1, 2, 3, 4])[4..], [0u8; 12]);
+    }
+
+    #[test]
+    fn accessors_return_what_was_stored() {
+        let value = ClientChannelValue::new(FAMILY_V6, [7; 16], [0x12, 0x34], [9; 16], [0xC0, 0x01], 42, 1_000);
+        assert_eq!(value.peer_family(), FAMILY_V6);
+        assert_eq!(value.peer_ip(), &[7; 16]);
+        assert_eq!(value.peer_port(), [0x12, 0x34]);
+        assert_eq!(value.relay_ip(), &[9; 16]);
+        assert_eq!(value.relay_port(), [0xC0, 0x01]);
+        assert_eq!((value.slot(), value.expires_ns()), (42, 1_000));
+        let relay = RelayValue::new(FAMILY_V4, [1; 16], [0, 1], [2; 16], [0x0D, 0x96], 3, 5);
+        assert_eq!((relay.client_family(), relay.client_port(), relay.listener_port()), (FAMILY_V4, [0, 1], [0x0D, 0x96]));
+        assert_eq!((relay.client_ip(), relay.listener_ip(), relay.slot(), relay.expires_ns()), (&[1; 16], &[2; 16], 3, 5));
+        let allocation = AllocationValue::new([3; 16], [0xC0, 0x02], 4, 6);
+        assert_eq!((allocation.relay_ip(), allocation.relay_port(), allocation.slot(), allocation.expires_ns()), (&[3; 16], [0xC0, 0x02], 4, 6));
+        let channel = PeerChannelValue::new([0x40, 0x00], 9);
+        assert_eq!((channel.number(), channel.expires_ns()), ([0x40, 0x00], 9));
+        assert_eq!(PermissionValue::new(11).expires_ns(), 11);
+    }
+}

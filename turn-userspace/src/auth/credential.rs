@@ -1,0 +1,116 @@
+//! Long-term credentials and the keys derived from them (RFC 8489 §9.2.2).
+
+use std::fmt;
+
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+
+use crate::stun::PasswordAlgorithm;
+
+/// The keys one password yields for MESSAGE-INTEGRITY (MD5) and MESSAGE-INTEGRITY-SHA256.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct LongTermKeys {
+    md5: [u8; 16],
+    /// Absent when only a pre-hashed MD5 key was configured.
+    sha256: Option<[u8; 32]>,
+}
+
+impl LongTermKeys {
+    /// RFC 8489 §9.2.2: `key = H(username ":" OpaqueString(realm) ":" OpaqueString(password))`.
+    ///
+    /// OpaqueString (RFC 8265) preparation is not applied: realm and password are used as
+    /// raw UTF-8, which is what coturn, restund and browsers do for ASCII credentials.
+    pub(crate) fn from_password(username: &str, realm: &str, password: &str) -> Self {
+        let md5: [u8; 16] = Md5::new()
+            .chain_update(username)
+            .chain_update(":")
+            .chain_update(realm)
+            .chain_update(":")
+            .chain_update(password)
+            .finalize()
+            .into();
+        let sha256: [u8; 32] = Sha256::new()
+            .chain_update(username)
+            .chain_update(":")
+            .chain_update(realm)
+            .chain_update(":")
+            .chain_update(password)
+            .finalize()
+            .into();
+        LongTermKeys { md5, sha256: Some(sha256) }
+    }
+
+    /// A pre-hashed MD5 key (coturn's `user=name:0x<hex>` form); no SHA-256 key can be derived.
+    pub(crate) fn from_md5_key(md5: [u8; 16]) -> Self {
+        LongTermKeys { md5, sha256: None }
+    }
+
+    fn key(&self, algorithm: PasswordAlgorithm) -> Option<&[u8]> {
+        match algorithm {
+            PasswordAlgorithm::Md5 => Some(&self.md5),
+            PasswordAlgorithm::Sha256 => self.sha256.as_ref().map(|key| key.as_slice()),
+        }
+    }
+}
+
+/// What the server needs to check a request's MESSAGE-INTEGRITY(-SHA256) for one USERNAME.
+///
+/// Usually one key per algorithm. With several `use-auth-secret` secrets configured (secret
+/// rotation), every secret yields a candidate: [`Credential::key`] returns the one derived
+/// from the first secret, [`Credential::candidate_keys`] all of them in configuration order.
+#[derive(Clone)]
+pub struct Credential {
+    username: String,
+    candidates: Vec<LongTermKeys>,
+}
+
+impl Credential {
+    pub(crate) fn new(username: &str, candidates: Vec<LongTermKeys>) -> Self {
+        Credential { username: username.to_owned(), candidates }
+    }
+
+    /// The long-term key for the given algorithm (RFC 8489 §9.2.2): MD5(user:realm:pass) or
+    /// SHA-256(user:realm:pass). None when not derivable (a pre-hashed MD5 key only has no
+    /// SHA-256 key).
+    pub fn key(&self, algorithm: PasswordAlgorithm) -> Option<&[u8]> {
+        self.candidates.first().and_then(|keys| keys.key(algorithm))
+    }
+
+    /// Every key the client may have used, first the one [`Credential::key`] returns. A
+    /// request is authentic when its integrity checks with any of them.
+    pub fn candidate_keys(&self, algorithm: PasswordAlgorithm) -> CandidateKeys<'_> {
+        CandidateKeys { candidates: self.candidates.iter(), algorithm }
+    }
+
+    /// The USERNAME this credential belongs to (allocation quotas are per username).
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+}
+
+/// The keys of [`Credential::candidate_keys`]. A named type (no drop glue), so the
+/// iterator may end a block that owns the credential.
+#[derive(Clone)]
+pub struct CandidateKeys<'a> {
+    candidates: std::slice::Iter<'a, LongTermKeys>,
+    algorithm: PasswordAlgorithm,
+}
+
+impl<'a> Iterator for CandidateKeys<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let algorithm = self.algorithm;
+        self.candidates.by_ref().find_map(|keys| keys.key(algorithm))
+    }
+}
+
+/// Keys never appear in logs.
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .field("candidates", &self.candidates.len())
+            .finish_non_exhaustive()
+    }
+}

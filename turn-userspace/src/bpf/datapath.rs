@@ -1,0 +1,262 @@
+//! [`BpfDatapath`]: the [`Datapath`] the protocol core programs, writing the XDP
+//! program's maps through [`super::maps::Tables`] and keeping a mirror of what it
+//! installed (to cascade removals and bound channel expiries by their allocation's).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use super::clock::monotonic_ns;
+use super::maps::{AllocationRecord, ChannelRecord, MapAddress, Tables};
+use crate::datapath::{
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, PermissionEntry, RelayedTraffic,
+};
+
+/// An allocation as installed: its entry and its TRAFFIC slot.
+#[derive(Debug, Clone, Copy)]
+struct Installed {
+    entry: AllocationEntry,
+    slot: u32,
+}
+
+/// The XDP program's flow tables, as a [`Datapath`]. Obtained from
+/// [`super::XdpRelay::datapath`] (or a [`super::testbed::Testbed`]).
+///
+/// Listener and relayed addresses must be specific (not 0.0.0.0 / ::): the program
+/// matches on the addresses frames carry. Entries with a wildcard are refused, so the
+/// core keeps relaying those flows in userspace.
+pub struct BpfDatapath {
+    tables: Tables,
+    /// Keyed by relayed address (canonical form).
+    allocations: HashMap<SocketAddr, Installed>,
+    permissions: HashMap<(SocketAddr, IpAddr), Instant>,
+    channels: HashMap<(SocketAddr, u16), ChannelEntry>,
+    free_slots: Vec<u32>,
+    next_slot: u32,
+}
+
+impl std::fmt::Debug for BpfDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BpfDatapath")
+            .field("allocations", &self.allocations.len())
+            .field("permissions", &self.permissions.len())
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+fn specific(what: &str, address: SocketAddr) -> Result<MapAddress, DatapathError> {
+    if address.ip().is_unspecified() || address.port() == 0 {
+        return Err(DatapathError::Update(format!("{what} {address} is not a specific address")));
+    }
+    Ok(MapAddress::socket(address))
+}
+
+impl BpfDatapath {
+    pub(crate) fn new(tables: Tables) -> BpfDatapath {
+        BpfDatapath {
+            tables,
+            allocations: HashMap::new(),
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            free_slots: Vec::new(),
+            next_slot: 0,
+        }
+    }
+
+    fn allocation_record(entry: &AllocationEntry, slot: u32) -> Result<AllocationRecord, DatapathError> {
+        Ok(AllocationRecord {
+            client: MapAddress::socket(entry.flow.client),
+            listener: specific("listener", entry.flow.listener)?,
+            relay: specific("relayed address", entry.relay)?,
+            slot,
+            expires_ns: monotonic_ns(entry.expires_at),
+        })
+    }
+
+    fn channel_record(&self, entry: &ChannelEntry) -> Result<ChannelRecord, DatapathError> {
+        let relay = canonical(entry.relay);
+        let installed = self
+            .allocations
+            .get(&relay)
+            .ok_or_else(|| DatapathError::Update(format!("no fast-path allocation for {relay}")))?;
+        let client_expires_at = entry.expires_at.min(installed.entry.expires_at);
+        Ok(ChannelRecord {
+            client: MapAddress::socket(entry.flow.client),
+            listener: specific("listener", entry.flow.listener)?,
+            relay: specific("relayed address", entry.relay)?,
+            peer: MapAddress::socket(entry.peer),
+            number: entry.number,
+            slot: installed.slot,
+            client_expires_ns: monotonic_ns(client_expires_at),
+            peer_expires_ns: monotonic_ns(entry.expires_at),
+        })
+    }
+
+    fn take_slot(&mut self) -> Result<u32, DatapathError> {
+        if let Some(slot) = self.free_slots.pop() {
+            return Ok(slot);
+        }
+        if self.next_slot >= self.tables.sizes().allocations {
+            return Err(DatapathError::MapFull);
+        }
+        self.next_slot += 1;
+        Ok(self.next_slot - 1)
+    }
+
+    fn remove_channel_entries(&mut self, entry: &ChannelEntry) {
+        let record = ChannelRecord {
+            client: MapAddress::socket(entry.flow.client),
+            listener: MapAddress::socket(entry.flow.listener),
+            relay: MapAddress::socket(entry.relay),
+            peer: MapAddress::socket(entry.peer),
+            number: entry.number,
+            slot: 0,
+            client_expires_ns: 0,
+            peer_expires_ns: 0,
+        };
+        if let Err(error) = self.tables.remove_channel(&record) {
+            tracing::warn!(%error, relay = %entry.relay, channel = entry.number, "removing a fast-path channel failed");
+        }
+    }
+}
+
+impl Datapath for BpfDatapath {
+    fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
+        let relay = canonical(entry.relay);
+        let previous = self.allocations.get(&relay).copied();
+        let slot = match previous {
+            Some(installed) => installed.slot,
+            None => self.take_slot()?,
+        };
+        let record = match Self::allocation_record(&entry, slot) {
+            Ok(record) => record,
+            Err(error) => {
+                if previous.is_none() {
+                    self.free_slots.push(slot);
+                }
+                return Err(error);
+            }
+        };
+        if let Some(installed) = previous {
+            if installed.entry.flow != entry.flow {
+                self.remove_allocation(installed.entry.flow, relay);
+                return self.install_allocation(entry);
+            }
+        } else if let Err(error) = self.tables.reset_traffic(slot) {
+            self.free_slots.push(slot);
+            return Err(error);
+        }
+        if let Err(error) = self.tables.insert_allocation(&record) {
+            // Leave nothing half-installed (one of the two maps may have taken it).
+            if let Err(cleanup) = self.tables.remove_allocation(&record) {
+                tracing::warn!(error = %cleanup, %relay, "cleaning up a failed fast-path allocation failed");
+            }
+            if previous.is_none() {
+                self.free_slots.push(slot);
+            } else {
+                self.allocations.remove(&relay);
+            }
+            return Err(error);
+        }
+        self.allocations.insert(relay, Installed { entry, slot });
+        // A refresh moves the bound of this allocation's channels' client-side expiry.
+        let channels: Vec<ChannelEntry> = self.channels.values().filter(|channel| canonical(channel.relay) == relay).copied().collect();
+        for channel in channels {
+            let record = self.channel_record(&channel)?;
+            self.tables.insert_channel(&record)?;
+        }
+        Ok(())
+    }
+
+    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
+        let relay = canonical(relay);
+        let Some(installed) = self.allocations.remove(&relay) else {
+            return;
+        };
+        let record = AllocationRecord {
+            client: MapAddress::socket(flow.client),
+            listener: MapAddress::socket(flow.listener),
+            relay: MapAddress::socket(relay),
+            slot: installed.slot,
+            expires_ns: 0,
+        };
+        if let Err(error) = self.tables.remove_allocation(&record) {
+            tracing::warn!(%error, %relay, "removing a fast-path allocation failed");
+        }
+        let peers: Vec<IpAddr> = self.permissions.keys().filter(|(r, _)| *r == relay).map(|(_, peer)| *peer).collect();
+        for peer in peers {
+            self.remove_permission(relay, peer);
+        }
+        let channels: Vec<ChannelEntry> = self.channels.values().filter(|channel| canonical(channel.relay) == relay).copied().collect();
+        for channel in channels {
+            self.channels.remove(&(relay, channel.number));
+            self.remove_channel_entries(&channel);
+        }
+        self.free_slots.push(installed.slot);
+    }
+
+    fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
+        let relay = canonical(entry.relay);
+        let relay_address = specific("relayed address", relay)?;
+        let peer = entry.peer_ip.to_canonical();
+        self.tables.insert_permission(relay_address, MapAddress::ip(peer), monotonic_ns(entry.expires_at))?;
+        self.permissions.insert((relay, peer), entry.expires_at);
+        Ok(())
+    }
+
+    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
+        let relay = canonical(relay);
+        let peer = peer_ip.to_canonical();
+        if self.permissions.remove(&(relay, peer)).is_none() {
+            return;
+        }
+        if let Err(error) = self.tables.remove_permission(MapAddress::socket(relay), MapAddress::ip(peer)) {
+            tracing::warn!(%error, %relay, %peer, "removing a fast-path permission failed");
+        }
+    }
+
+    fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
+        let relay = canonical(entry.relay);
+        let record = self.channel_record(&entry)?;
+        // Re-binding a number to another peer (or a peer to another number) must not
+        // leave the old pairing relaying.
+        if let Some(previous) = self.channels.get(&(relay, entry.number)).copied() {
+            if previous.peer != entry.peer || previous.flow != entry.flow {
+                self.remove_channel_entries(&previous);
+            }
+        }
+        self.tables.insert_channel(&record)?;
+        self.channels.insert((relay, entry.number), entry);
+        Ok(())
+    }
+
+    fn remove_channel(&mut self, _flow: ClientFlow, relay: SocketAddr, number: u16, _peer: SocketAddr) {
+        let relay = canonical(relay);
+        if let Some(entry) = self.channels.remove(&(relay, number)) {
+            self.remove_channel_entries(&entry);
+        }
+    }
+
+    fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
+        let Some(installed) = self.allocations.get(&canonical(relay)) else {
+            return RelayedTraffic::default();
+        };
+        match self.tables.traffic(installed.slot) {
+            Ok(traffic) => RelayedTraffic {
+                to_peer_packets: traffic.to_peer_packets,
+                to_peer_bytes: traffic.to_peer_bytes,
+                to_client_packets: traffic.to_client_packets,
+                to_client_bytes: traffic.to_client_bytes,
+            },
+            Err(error) => {
+                tracing::warn!(%error, %relay, "reading fast-path traffic failed");
+                RelayedTraffic::default()
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The one owner of the XDP program's maps: their names, their sizes, and every read
+//! and write userspace does on them. (Pinning for restarts would go here too.)
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use anyhow::{anyhow, Context as _};
+use aya::maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::{Ebpf, EbpfLoader};
+use turn_common::counters::{Counter, Outcome};
+use turn_common::maps::{
+    v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey, PeerChannelKey,
+    PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue, CHANNELS_PER_ALLOCATION, FAMILY_V4,
+    FAMILY_V6, PERMISSIONS_PER_ALLOCATION,
+};
+
+use super::XdpCounters;
+use crate::datapath::DatapathError;
+
+// Map names, as declared in turn-ebpf/src/main.rs.
+const COUNTERS: &str = "COUNTERS";
+const RELAYS: &str = "RELAYS";
+const CLIENT_ALLOCATIONS: &str = "CLIENT_ALLOCATIONS";
+const PERMISSIONS: &str = "PERMISSIONS";
+const CLIENT_CHANNELS: &str = "CLIENT_CHANNELS";
+const PEER_CHANNELS: &str = "PEER_CHANNELS";
+const TRAFFIC: &str = "TRAFFIC";
+
+/// Entries per map for a given number of allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapSizes {
+    /// RELAYS, CLIENT_ALLOCATIONS and TRAFFIC slots (one per relayed address).
+    pub allocations: u32,
+    pub permissions: u32,
+    pub channels: u32,
+}
+
+/// The most allocations the maps are sized for (a larger max_allocations still works:
+/// allocations beyond the maps' capacity are relayed in userspace).
+const MAX_FAST_PATH_ALLOCATIONS: u32 = 1 << 18;
+
+impl MapSizes {
+    pub(crate) fn for_allocations(max_allocations: u32) -> MapSizes {
+        let allocations = max_allocations.clamp(1, MAX_FAST_PATH_ALLOCATIONS);
+        MapSizes {
+            allocations,
+            permissions: allocations.saturating_mul(PERMISSIONS_PER_ALLOCATION),
+            channels: allocations.saturating_mul(CHANNELS_PER_ALLOCATION),
+        }
+    }
+}
+
+/// Sets the size of every map that scales with the number of allocations.
+pub(crate) fn size_maps(loader: &mut EbpfLoader<'_>, sizes: MapSizes) {
+    loader
+        .map_max_entries(RELAYS, sizes.allocations)
+        .map_max_entries(CLIENT_ALLOCATIONS, sizes.allocations)
+        .map_max_entries(TRAFFIC, sizes.allocations)
+        .map_max_entries(PERMISSIONS, sizes.permissions)
+        .map_max_entries(CLIENT_CHANNELS, sizes.channels)
+        .map_max_entries(PEER_CHANNELS, sizes.channels);
+}
+
+/// Handles to the program's maps, taken out of the loaded object.
+pub(crate) struct Maps {
+    counters: PerCpuArray<MapData, Counter>,
+    /// Handed to the [`super::BpfDatapath`] once.
+    tables: Option<Tables>,
+}
+
+impl Maps {
+    pub(crate) fn take(ebpf: &mut Ebpf, sizes: MapSizes) -> anyhow::Result<Maps> {
+        fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+            ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+        }
+        let counters = PerCpuArray::try_from(take_map(ebpf, COUNTERS)?).context(COUNTERS)?;
+        let tables = Tables {
+            relays: HashMap::try_from(take_map(ebpf, RELAYS)?).context(RELAYS)?,
+            client_allocations: HashMap::try_from(take_map(ebpf, CLIENT_ALLOCATIONS)?).context(CLIENT_ALLOCATIONS)?,
+            permissions: HashMap::try_from(take_map(ebpf, PERMISSIONS)?).context(PERMISSIONS)?,
+            client_channels: HashMap::try_from(take_map(ebpf, CLIENT_CHANNELS)?).context(CLIENT_CHANNELS)?,
+            peer_channels: HashMap::try_from(take_map(ebpf, PEER_CHANNELS)?).context(PEER_CHANNELS)?,
+            traffic: PerCpuArray::try_from(take_map(ebpf, TRAFFIC)?).context(TRAFFIC)?,
+            sizes,
+        };
+        Ok(Maps { counters, tables: Some(tables) })
+    }
+
+    pub(crate) fn counters(&self) -> anyhow::Result<XdpCounters> {
+        let mut counters = Vec::with_capacity(Outcome::ALL.len());
+        for outcome in Outcome::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(*outcome as u32), 0)
+                .with_context(|| format!("reading counter {}", outcome.name()))?;
+            counters.push(per_cpu.iter().fold(Counter::default(), |sum, counter| Counter {
+                packets: sum.packets + counter.packets,
+                bytes: sum.bytes + counter.bytes,
+            }));
+        }
+        Ok(XdpCounters { counters })
+    }
+
+    /// The flow tables, for the one [`super::BpfDatapath`].
+    pub(crate) fn take_tables(&mut self) -> Option<Tables> {
+        self.tables.take()
+    }
+
+    /// Kernel memory charged for all maps (`memlock` in their fdinfo), while this
+    /// still holds the tables.
+    pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
+        let mut total = memlock_bytes(self.counters.map())?;
+        if let Some(tables) = &self.tables {
+            total += tables.memory_bytes()?;
+        }
+        Ok(total)
+    }
+}
+
+/// The hash maps userspace writes and the per-allocation traffic array it reads.
+pub(crate) struct Tables {
+    relays: HashMap<MapData, RelayKey, RelayValue>,
+    client_allocations: HashMap<MapData, FlowKey, AllocationValue>,
+    permissions: HashMap<MapData, PermissionKey, PermissionValue>,
+    client_channels: HashMap<MapData, ClientChannelKey, ClientChannelValue>,
+    peer_channels: HashMap<MapData, PeerChannelKey, PeerChannelValue>,
+    traffic: PerCpuArray<MapData, AllocationTraffic>,
+    sizes: MapSizes,
+}
+
+/// An address as the maps store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapAddress {
+    pub family: u8,
+    pub ip: [u8; 16],
+    pub port: [u8; 2],
+}
+
+impl MapAddress {
+    pub(crate) fn ip(ip: IpAddr) -> MapAddress {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => MapAddress { family: FAMILY_V4, ip: v4_bytes(v4.octets()), port: [0; 2] },
+            IpAddr::V6(v6) => MapAddress { family: FAMILY_V6, ip: v6.octets(), port: [0; 2] },
+        }
+    }
+
+    pub(crate) fn socket(address: SocketAddr) -> MapAddress {
+        MapAddress { port: address.port().to_be_bytes(), ..MapAddress::ip(address.ip()) }
+    }
+}
+
+/// One allocation's entries, as [`Tables`] writes them.
+pub(crate) struct AllocationRecord {
+    pub client: MapAddress,
+    pub listener: MapAddress,
+    pub relay: MapAddress,
+    pub slot: u32,
+    pub expires_ns: u64,
+}
+
+/// One channel's entries.
+pub(crate) struct ChannelRecord {
+    pub client: MapAddress,
+    pub listener: MapAddress,
+    pub relay: MapAddress,
+    pub peer: MapAddress,
+    pub number: u16,
+    pub slot: u32,
+    /// CLIENT_CHANNELS expiry (also bounded by the allocation's).
+    pub client_expires_ns: u64,
+    /// PEER_CHANNELS expiry.
+    pub peer_expires_ns: u64,
+}
+
+impl Tables {
+    pub(crate) fn sizes(&self) -> MapSizes {
+        self.sizes
+    }
+
+    pub(crate) fn insert_allocation(&mut self, record: &AllocationRecord) -> Result<(), DatapathError> {
+        let relay_key = RelayKey::new(record.relay.family, record.relay.ip, record.relay.port);
+        let relay_value = RelayValue::new(
+            record.client.family,
+            record.client.ip,
+            record.client.port,
+            record.listener.ip,
+            record.listener.port,
+            record.slot,
+            record.expires_ns,
+        );
+        insert(&mut self.relays, relay_key, relay_value)?;
+        let allocation = AllocationValue::new(record.relay.ip, record.relay.port, record.slot, record.expires_ns);
+        insert(&mut self.client_allocations, flow_key(record), allocation)
+    }
+
+    pub(crate) fn remove_allocation(&mut self, record: &AllocationRecord) -> Result<(), DatapathError> {
+        remove(&mut self.relays, &RelayKey::new(record.relay.family, record.relay.ip, record.relay.port))?;
+        remove(&mut self.client_allocations, &flow_key(record))
+    }
+
+    pub(crate) fn insert_permission(&mut self, relay: MapAddress, peer: MapAddress, expires_ns: u64) -> Result<(), DatapathError> {
+        insert(&mut self.permissions, permission_key(relay, peer), PermissionValue::new(expires_ns))
+    }
+
+    pub(crate) fn remove_permission(&mut self, relay: MapAddress, peer: MapAddress) -> Result<(), DatapathError> {
+        remove(&mut self.permissions, &permission_key(relay, peer))
+    }
+
+    pub(crate) fn insert_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
+        let number = record.number.to_be_bytes();
+        let client_value = ClientChannelValue::new(
+            record.peer.family,
+            record.peer.ip,
+            record.peer.port,
+            record.relay.ip,
+            record.relay.port,
+            record.slot,
+            record.client_expires_ns,
+        );
+        insert(&mut self.client_channels, client_channel_key(record), client_value)?;
+        insert(&mut self.peer_channels, peer_channel_key(record), PeerChannelValue::new(number, record.peer_expires_ns))
+    }
+
+    pub(crate) fn remove_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
+        remove(&mut self.client_channels, &client_channel_key(record))?;
+        remove(&mut self.peer_channels, &peer_channel_key(record))
+    }
+
+    /// Zeroes an allocation slot's traffic (a new allocation starts from nothing).
+    pub(crate) fn reset_traffic(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, error)| DatapathError::Update(format!("{what}: {error}")))?;
+        let zeroes = PerCpuValues::try_from(vec![AllocationTraffic::default(); cpus])
+            .map_err(|error| DatapathError::Update(error.to_string()))?;
+        self.traffic.set(slot, zeroes, 0).map_err(|error| DatapathError::Update(error.to_string()))
+    }
+
+    /// An allocation slot's traffic summed over CPUs.
+    pub(crate) fn traffic(&self, slot: u32) -> Result<AllocationTraffic, MapError> {
+        let per_cpu = self.traffic.get(&slot, 0)?;
+        Ok(per_cpu.iter().fold(AllocationTraffic::default(), |sum, cpu| AllocationTraffic {
+            to_peer_packets: sum.to_peer_packets + cpu.to_peer_packets,
+            to_peer_bytes: sum.to_peer_bytes + cpu.to_peer_bytes,
+            to_client_packets: sum.to_client_packets + cpu.to_client_packets,
+            to_client_bytes: sum.to_client_bytes + cpu.to_client_bytes,
+        }))
+    }
+
+    pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
+        Ok(memlock_bytes(self.relays.map())?
+            + memlock_bytes(self.client_allocations.map())?
+            + memlock_bytes(self.permissions.map())?
+            + memlock_bytes(self.client_channels.map())?
+            + memlock_bytes(self.peer_channels.map())?
+            + memlock_bytes(self.traffic.map())?)
+    }
+}
+
+fn flow_key(record: &AllocationRecord) -> FlowKey {
+    FlowKey::new(
+        record.client.family,
+        record.client.ip,
+        record.client.port,
+        record.listener.ip,
+        record.listener.port,
+        record.relay.family,
+    )
+}
+
+fn permission_key(relay: MapAddress, peer: MapAddress) -> PermissionKey {
+    PermissionKey::new(relay.family, relay.ip, relay.port, peer.ip)
+}
+
+fn client_channel_key(record: &ChannelRecord) -> ClientChannelKey {
+    ClientChannelKey::new(
+        record.client.family,
+        record.client.ip,
+        record.client.port,
+        record.listener.ip,
+        record.listener.port,
+        record.number.to_be_bytes(),
+    )
+}
+
+fn peer_channel_key(record: &ChannelRecord) -> PeerChannelKey {
+    PeerChannelKey::new(record.relay.family, record.relay.ip, record.relay.port, record.peer.ip, record.peer.port)
+}
+
+fn insert<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: K, value: V) -> Result<(), DatapathError> {
+    map.insert(key, value, 0).map_err(|error| match &error {
+        // A full hash map refuses new keys with E2BIG.
+        MapError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(libc::E2BIG) => DatapathError::MapFull,
+        _ => DatapathError::Update(error.to_string()),
+    })
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Result<(), DatapathError> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        Err(MapError::SyscallError(syscall)) if syscall.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(error) => Err(DatapathError::Update(error.to_string())),
+    }
+}
+
+fn memlock_bytes(map: &MapData) -> anyhow::Result<u64> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let path = format!("/proc/self/fdinfo/{fd}");
+    let fdinfo = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .ok_or_else(|| anyhow!("{path} has no memlock line"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing memlock in {path}"))
+}

@@ -1,0 +1,83 @@
+//! Per-allocation state (RFC 8656 §2.2, §5): relayed address, lifetime, the credentials
+//! it was created with, permissions and channel bindings.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::stun::{PasswordAlgorithm, TransactionId};
+
+use super::authenticate::IntegrityKind;
+
+/// A channel binding (RFC 8656 §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Channel {
+    pub(super) peer: SocketAddr,
+    pub(super) expires_at: Instant,
+}
+
+#[derive(Debug)]
+pub(super) struct Allocation {
+    /// Relayed transport address: bind IP + port (what the relay socket binds to).
+    pub(super) relay: SocketAddr,
+    pub(super) expires_at: Instant,
+    /// RFC 8656 §5: later requests must use the same USERNAME (else 441)…
+    pub(super) username: String,
+    /// …and are verified with the key the allocation was created with.
+    pub(super) key: Vec<u8>,
+    pub(super) password_algorithm: PasswordAlgorithm,
+    pub(super) integrity: IntegrityKind,
+    /// The Allocate transaction, to find its queued success if the relay cannot bind.
+    pub(super) allocate_transaction: TransactionId,
+    /// A port this allocation reserved for a later RESERVATION-TOKEN (EVEN-PORT R bit).
+    pub(super) reservation_token: Option<u64>,
+    /// Peer IP → permission expiry (RFC 8656 §9: ports are ignored).
+    pub(super) permissions: HashMap<IpAddr, Instant>,
+    pub(super) channels: HashMap<u16, Channel>,
+    pub(super) channel_by_peer: HashMap<SocketAddr, u16>,
+}
+
+impl Allocation {
+    pub(super) fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .get(&peer)
+            .is_some_and(|&expires_at| expires_at > now)
+    }
+
+    /// The live channel bound to `peer`, if any.
+    pub(super) fn channel_for_peer(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        let number = *self.channel_by_peer.get(&peer)?;
+        let channel = self.channels.get(&number)?;
+        (channel.expires_at > now).then_some(number)
+    }
+
+    /// The live peer of channel `number`, if any.
+    pub(super) fn channel_peer(&self, number: u16, now: Instant) -> Option<SocketAddr> {
+        self.channels
+            .get(&number)
+            .filter(|channel| channel.expires_at > now)
+            .map(|channel| channel.peer)
+    }
+}
+
+/// A port held back for the odd half of an EVEN-PORT pair (RFC 8656 §7.2).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reservation {
+    pub(super) relay: SocketAddr,
+    pub(super) expires_at: Instant,
+}
+
+/// RFC 8656 §7.2 and §8: the lesser of the requested and the maximum lifetime, but never
+/// less than the default (also when no LIFETIME was sent).
+pub(super) fn granted_lifetime(
+    requested: Option<u32>,
+    default: Duration,
+    max: Duration,
+) -> Duration {
+    match requested {
+        Some(seconds) => Duration::from_secs(u64::from(seconds))
+            .min(max)
+            .max(default.min(max)),
+        None => default.min(max),
+    }
+}

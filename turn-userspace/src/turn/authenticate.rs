@@ -1,0 +1,150 @@
+//! Long-term credential checks of TURN requests (RFC 8489 §9.2.4, RFC 8656 §5).
+
+use crate::auth::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
+use crate::datapath::{ClientFlow, Datapath};
+use crate::stun::{Message, PasswordAlgorithm};
+
+use super::{Now, Server, TurnError};
+
+/// The PASSWORD-ALGORITHMS this server offers, in order of preference (RFC 8489 §9.2.3).
+pub(super) const SERVER_PASSWORD_ALGORITHMS: [PasswordAlgorithm; 2] =
+    [PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5];
+
+/// Which integrity attribute a request used; the response uses the same (RFC 8489 §9.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IntegrityKind {
+    /// MESSAGE-INTEGRITY (HMAC-SHA1).
+    Sha1,
+    /// MESSAGE-INTEGRITY-SHA256.
+    Sha256,
+}
+
+/// An authenticated request: who sent it and the key its response is protected with.
+#[derive(Debug)]
+pub(super) struct AuthContext {
+    pub(super) username: String,
+    pub(super) key: Vec<u8>,
+    pub(super) integrity: IntegrityKind,
+    pub(super) password_algorithm: PasswordAlgorithm,
+}
+
+fn verify(request: &Message, integrity: IntegrityKind, key: &[u8]) -> bool {
+    match integrity {
+        IntegrityKind::Sha1 => request.verify_message_integrity(key),
+        IntegrityKind::Sha256 => request.verify_message_integrity_sha256(key),
+    }
+}
+
+impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+    /// RFC 8489 §9.2.4, in order: no integrity → 401; USERNAME/REALM/NONCE missing → 400;
+    /// password algorithm negotiation broken → 400; nonce not ours → 401; unknown user or
+    /// wrong realm → 401; integrity mismatch → 401; nonce expired → 438. MESSAGE-INTEGRITY-SHA256
+    /// is preferred when both are present. A request on an existing allocation with the
+    /// same USERNAME is checked with the key the allocation was created with, so a
+    /// time-limited username that has since expired can still refresh what it created.
+    pub(super) fn authenticate(
+        &self,
+        now: Now,
+        flow: ClientFlow,
+        request: &Message,
+    ) -> Result<AuthContext, TurnError> {
+        let integrity = if request.message_integrity_sha256().is_some() {
+            IntegrityKind::Sha256
+        } else if request.message_integrity().is_some() {
+            IntegrityKind::Sha1
+        } else {
+            return Err(TurnError::Unauthenticated);
+        };
+        let (Some(username), Some(realm), Some(nonce)) =
+            (request.username()?, request.realm()?, request.nonce()?)
+        else {
+            return Err(TurnError::BadRequest);
+        };
+        let password_algorithm = self.negotiated_password_algorithm(request, nonce)?;
+        let nonce_status = self
+            .auth
+            .check_nonce(nonce, now.unix_secs, flow.client.ip());
+        if nonce_status == NonceStatus::Invalid {
+            tracing::debug!(client = %flow.client, "nonce not issued by this server");
+            return Err(TurnError::Unauthenticated);
+        }
+        if realm != self.config.realm {
+            tracing::debug!(client = %flow.client, "request for another realm");
+            return Err(TurnError::Unauthenticated);
+        }
+        let allocation_key = self
+            .allocations
+            .get(&flow)
+            .filter(|allocation| {
+                allocation.username == username
+                    && allocation.password_algorithm == password_algorithm
+            })
+            .map(|allocation| allocation.key.as_slice());
+        let key = match allocation_key {
+            Some(key) => verify(request, integrity, key).then(|| key.to_vec()),
+            None => {
+                let credential = self
+                    .auth
+                    .credential(username, realm, now.unix_secs)
+                    .map_err(|error| {
+                        tracing::debug!(client = %flow.client, %error, "no credential");
+                        TurnError::Unauthenticated
+                    })?;
+                credential
+                    .candidate_keys(password_algorithm)
+                    .find(|key| verify(request, integrity, key))
+                    .map(<[u8]>::to_vec)
+            }
+        };
+        let Some(key) = key else {
+            tracing::debug!(client = %flow.client, "message integrity mismatch");
+            return Err(TurnError::Unauthenticated);
+        };
+        if nonce_status == NonceStatus::Stale {
+            return Err(TurnError::StaleNonce);
+        }
+        Ok(AuthContext {
+            username: username.to_owned(),
+            key,
+            integrity,
+            password_algorithm,
+        })
+    }
+
+    /// RFC 8489 §9.2.4 password algorithm rules: only when our nonces announce the
+    /// "Password algorithms" feature. Then a request carrying neither PASSWORD-ALGORITHMS nor
+    /// PASSWORD-ALGORITHM uses MD5; one carrying both must echo our list unchanged and pick
+    /// an algorithm from it; anything in between is a bad request. Without the feature,
+    /// MD5 is used (RFC 5389 behaviour).
+    fn negotiated_password_algorithm(
+        &self,
+        request: &Message,
+        nonce: &[u8],
+    ) -> Result<PasswordAlgorithm, TurnError> {
+        if !self.auth.advertises_password_algorithms()
+            || !nonce.starts_with(NONCE_COOKIE_PASSWORD_ALGORITHMS.as_bytes())
+        {
+            return Ok(PasswordAlgorithm::Md5);
+        }
+        let offered = request
+            .password_algorithms()
+            .map_err(|_| TurnError::BadRequest)?;
+        let chosen = request
+            .password_algorithm()
+            .map_err(|_| TurnError::BadRequest)?;
+        match (offered, chosen) {
+            (None, None) => Ok(PasswordAlgorithm::Md5),
+            (Some(offered), Some(chosen)) => {
+                let ours = SERVER_PASSWORD_ALGORITHMS
+                    .iter()
+                    .map(|algorithm| algorithm.code());
+                if offered.eq(ours) {
+                    Ok(chosen)
+                } else {
+                    Err(TurnError::BadRequest)
+                }
+            }
+            _ => Err(TurnError::BadRequest),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Ending state: expiry timers (RFC 8656 §7, §9, §12; RFC 8489 §6.3.1), deletion of
+//! allocations, and allocations whose relay socket could not be bound.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use crate::datapath::{ClientFlow, Datapath};
+use crate::stun::{Class, Message, Method};
+
+use super::allocation::Allocation;
+use super::response::{RequestInfo, ResponseIntegrity};
+use super::timers::TimerKind;
+use super::{Command, Now, Server, TurnError};
+
+impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+    /// Removes an allocation with everything hanging off it, from userspace and the fast
+    /// path, and asks the IO layer to close its relay socket.
+    pub(super) fn delete_allocation(&mut self, flow: ClientFlow) {
+        let Some(allocation) = self.remove_allocation_state(flow) else {
+            return;
+        };
+        self.commands.push_back(Command::CloseRelay {
+            relay: allocation.relay,
+        });
+        tracing::debug!(client = %flow.client, relay = %allocation.relay, "allocation deleted");
+    }
+
+    fn remove_allocation_state(&mut self, flow: ClientFlow) -> Option<Allocation> {
+        let allocation = self.allocations.remove(&flow)?;
+        self.flows_by_relay.remove(&allocation.relay);
+        if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.allocations_per_user.remove(&allocation.username);
+            }
+        }
+        self.datapath.remove_allocation(flow, allocation.relay);
+        Some(allocation)
+    }
+
+    /// Expires allocations, permissions, channels, port reservations and cached responses
+    /// whose time has come (RFC 8656 §7, §9, §12; RFC 8489 §6.3.1).
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(kind) = self.timers.pop_due(now.instant) {
+            match kind {
+                TimerKind::Allocation(flow) => {
+                    if self
+                        .allocations
+                        .get(&flow)
+                        .is_some_and(|allocation| allocation.expires_at <= now.instant)
+                    {
+                        self.delete_allocation(flow);
+                    }
+                }
+                TimerKind::Permission(flow, peer) => {
+                    self.expire_permission(now.instant, flow, peer)
+                }
+                TimerKind::Channel(flow, number) => self.expire_channel(now.instant, flow, number),
+                TimerKind::Reservation(token) => {
+                    if self
+                        .reservations
+                        .get(&token)
+                        .is_some_and(|reservation| reservation.expires_at <= now.instant)
+                    {
+                        if let Some(reservation) = self.reservations.remove(&token) {
+                            self.reserved_relays.remove(&reservation.relay);
+                        }
+                    }
+                }
+                TimerKind::Transaction(flow, transaction_id) => {
+                    if self
+                        .responses
+                        .get(&(flow, transaction_id))
+                        .is_some_and(|cached| cached.expires_at <= now.instant)
+                    {
+                        self.responses.remove(&(flow, transaction_id));
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {
+        let Some(allocation) = self.allocations.get_mut(&flow) else {
+            return;
+        };
+        if allocation
+            .permissions
+            .get(&peer)
+            .is_some_and(|&expires_at| expires_at <= now)
+        {
+            allocation.permissions.remove(&peer);
+            self.datapath.remove_permission(allocation.relay, peer);
+        }
+    }
+
+    fn expire_channel(&mut self, now: Instant, flow: ClientFlow, number: u16) {
+        let Some(allocation) = self.allocations.get_mut(&flow) else {
+            return;
+        };
+        let Some(channel) = allocation
+            .channels
+            .get(&number)
+            .copied()
+            .filter(|channel| channel.expires_at <= now)
+        else {
+            return;
+        };
+        allocation.channels.remove(&number);
+        allocation.channel_by_peer.remove(&channel.peer);
+        self.datapath
+            .remove_channel(flow, allocation.relay, number, channel.peer);
+    }
+
+    /// The IO layer could not bind the relay socket of an OpenRelay command: the allocation
+    /// is dropped and its queued success response replaced by 508 (RFC 8656 §7.2: the
+    /// server could not allocate a relayed address).
+    pub fn handle_relay_bind_failed(&mut self, now: Now, relay: SocketAddr) {
+        let Some(&flow) = self.flows_by_relay.get(&relay) else {
+            return;
+        };
+        let Some(allocation) = self.remove_allocation_state(flow) else {
+            return;
+        };
+        tracing::warn!(%relay, client = %flow.client, "relay socket could not be bound; allocation dropped");
+        if let Some(token) = allocation.reservation_token {
+            if let Some(reservation) = self.reservations.remove(&token) {
+                self.reserved_relays.remove(&reservation.relay);
+            }
+        }
+        let transaction_id = allocation.allocate_transaction;
+        let Some(position) = self.transmits.iter().position(|transmit| {
+            transmit.to == flow.client
+                && transmit.from == flow.listener
+                && Message::parse(&transmit.payload).is_ok_and(|message| {
+                    message.transaction_id() == &transaction_id
+                        && message.method() == Method::ALLOCATE
+                        && message.class() == Class::SuccessResponse
+                })
+        }) else {
+            return;
+        };
+        let fingerprint = self
+            .transmits
+            .get(position)
+            .and_then(|transmit| Message::parse(&transmit.payload).ok())
+            .is_some_and(|message| message.fingerprint().is_some());
+        let info = RequestInfo {
+            method: Method::ALLOCATE,
+            transaction_id,
+            fingerprint,
+        };
+        let integrity = ResponseIntegrity {
+            key: &allocation.key,
+            kind: allocation.integrity,
+        };
+        self.responses.remove(&(flow, transaction_id));
+        self.queue_error(
+            now,
+            flow,
+            &info,
+            Some(integrity),
+            TurnError::InsufficientCapacity,
+            &[],
+        );
+        // queue_error appended the 508 at the back; move it into the success's place.
+        if let Some(error_response) = self.transmits.pop_back() {
+            if let Some(slot) = self.transmits.get_mut(position) {
+                *slot = error_response;
+            }
+        }
+    }
+}

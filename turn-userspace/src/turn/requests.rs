@@ -1,0 +1,596 @@
+//! STUN request handling: Binding (RFC 8489 §3), Allocate (RFC 8656 §7), Refresh (§8),
+//! CreatePermission (§9) and ChannelBind (§12), plus expiry and relay-bind failures.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use rand::Rng;
+
+use crate::datapath::{AllocationEntry, ChannelEntry, ClientFlow, Datapath, PermissionEntry};
+use crate::stun::attributes::{self as attr, AddressFamily};
+use crate::stun::channel_data::{self, CHANNEL_RANGE};
+use crate::stun::{parse_header, Class, Message, Method, ParseError};
+
+use super::allocation::{granted_lifetime, Allocation, Channel, Reservation};
+use super::authenticate::AuthContext;
+use super::response::{RequestInfo, ResponseIntegrity};
+use super::timers::TimerKind;
+use super::{
+    Command, Forward, Now, RelayAddress, Server, TurnError, CHANNEL_LIFETIME, PERMISSION_LIFETIME,
+    RESERVATION_LIFETIME,
+};
+
+/// Random probes for a free relay port before falling back to a full scan.
+const RANDOM_PORT_PROBES: usize = 32;
+
+/// A relay port choice: the port, and for EVEN-PORT with the R bit the odd port after it.
+struct PortChoice {
+    port: u16,
+    reserve_next: bool,
+}
+
+impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+    /// A datagram on a listening socket (STUN or ChannelData). Relay data (Send indication,
+    /// ChannelData) is returned as a [`Forward`] without allocating; STUN answers are queued.
+    /// `_out` is unused: client → peer data is always forwarded straight from `packet`.
+    pub fn handle_client_datagram(
+        &mut self,
+        now: Now,
+        flow: ClientFlow,
+        packet: &[u8],
+        _out: &mut Vec<u8>,
+    ) -> Option<Forward> {
+        if channel_data::is_channel_data(packet) {
+            return self.relay_channel_data_from_client(now.instant, flow, packet);
+        }
+        let message = match Message::parse(packet) {
+            Ok(message) => message,
+            Err(error) => {
+                self.reject_malformed(now, flow, packet, error);
+                return None;
+            }
+        };
+        match message.class() {
+            Class::Request => {
+                self.handle_request(now, flow, &message);
+                None
+            }
+            Class::Indication if message.method() == Method::SEND => {
+                self.relay_send_indication(now.instant, flow, &message)
+            }
+            _ => {
+                tracing::trace!(client = %flow.client, "ignored STUN message that is neither a request nor a Send indication");
+                None
+            }
+        }
+    }
+
+    /// RFC 8489 §6.3: a request whose header is intact but whose body is not is answered
+    /// with 400; anything else (not STUN, indications, responses) is silently dropped.
+    fn reject_malformed(&mut self, now: Now, flow: ClientFlow, packet: &[u8], error: ParseError) {
+        tracing::debug!(client = %flow.client, %error, "malformed STUN message");
+        let Ok(header) = parse_header(packet) else {
+            return;
+        };
+        if header.class != Class::Request {
+            return;
+        }
+        let request = RequestInfo {
+            method: header.method,
+            transaction_id: header.transaction_id,
+            fingerprint: false,
+        };
+        self.queue_error(now, flow, &request, None, TurnError::BadRequest, &[]);
+    }
+
+    fn handle_request(&mut self, now: Now, flow: ClientFlow, request: &Message) {
+        let info = RequestInfo::of(request);
+        if self.answer_retransmission(now.instant, flow, info.transaction_id) {
+            return;
+        }
+        if request.method() == Method::BINDING {
+            self.handle_binding(now, flow, &info, request);
+            return;
+        }
+        if ![
+            Method::ALLOCATE,
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+        ]
+        .contains(&request.method())
+        {
+            self.queue_error(now, flow, &info, None, TurnError::BadRequest, &[]);
+            return;
+        }
+        let auth = match self.authenticate(now, flow, request) {
+            Ok(auth) => auth,
+            Err(error) => {
+                self.queue_error(now, flow, &info, None, error, &[]);
+                return;
+            }
+        };
+        let unknown = request.unknown_comprehension_required();
+        let result = if !unknown.is_empty() {
+            Err(TurnError::UnknownAttribute)
+        } else if request.method() != Method::ALLOCATE
+            && self
+                .allocations
+                .get(&flow)
+                .is_some_and(|allocation| allocation.username != auth.username)
+        {
+            // RFC 8656 §5: only the USERNAME that created an allocation may use it.
+            Err(TurnError::WrongCredentials)
+        } else {
+            match request.method() {
+                Method::ALLOCATE => self.handle_allocate(now, flow, &info, request, &auth),
+                Method::REFRESH => self.handle_refresh(now, flow, &info, request, &auth),
+                Method::CREATE_PERMISSION => {
+                    self.handle_create_permission(now, flow, &info, request, &auth)
+                }
+                _ => self.handle_channel_bind(now, flow, &info, request, &auth),
+            }
+        };
+        if let Err(error) = result {
+            self.queue_error(
+                now,
+                flow,
+                &info,
+                Some(ResponseIntegrity::from(&auth)),
+                error,
+                unknown,
+            );
+        }
+    }
+
+    /// RFC 8489 §3: the reflexive address, no authentication.
+    fn handle_binding(
+        &mut self,
+        now: Now,
+        flow: ClientFlow,
+        info: &RequestInfo,
+        request: &Message,
+    ) {
+        let unknown = request.unknown_comprehension_required();
+        if !unknown.is_empty() {
+            self.queue_error(now, flow, info, None, TurnError::UnknownAttribute, unknown);
+            return;
+        }
+        self.queue_response(
+            now.instant,
+            flow,
+            info,
+            Class::SuccessResponse,
+            None,
+            |builder| {
+                builder.xor_address(attr::XOR_MAPPED_ADDRESS, flow.client);
+            },
+        );
+    }
+
+    fn relay_address(&self, family: AddressFamily) -> Option<RelayAddress> {
+        match family {
+            AddressFamily::Ipv4 => self.config.relay_v4,
+            AddressFamily::Ipv6 => self.config.relay_v6,
+        }
+    }
+
+    /// RFC 8656 §7.2, in the RFC's order. Everything that can fail is checked before a
+    /// port or reservation is consumed.
+    fn handle_allocate(
+        &mut self,
+        now: Now,
+        flow: ClientFlow,
+        info: &RequestInfo,
+        request: &Message,
+        auth: &AuthContext,
+    ) -> Result<(), TurnError> {
+        if self.allocations.contains_key(&flow) {
+            return Err(TurnError::AllocationMismatch);
+        }
+        match request.requested_transport()? {
+            None => return Err(TurnError::BadRequest),
+            Some(attr::TRANSPORT_UDP) => {}
+            Some(_) => return Err(TurnError::UnsupportedTransportProtocol),
+        }
+        // DONT-FRAGMENT is honoured implicitly: relay sockets never fragment UDP themselves.
+        let even_port = request.even_port()?;
+        let reservation_token = request.reservation_token()?;
+        let requested_family = request.requested_address_family()?;
+        let additional_family = request
+            .additional_address_family()
+            .map_err(|_| TurnError::BadRequest)?;
+        if reservation_token.is_some()
+            && (even_port.is_some() || requested_family.is_some() || additional_family.is_some())
+        {
+            return Err(TurnError::BadRequest);
+        }
+        if requested_family.is_some() && additional_family.is_some() {
+            return Err(TurnError::BadRequest);
+        }
+        if additional_family == Some(AddressFamily::Ipv4) {
+            return Err(TurnError::BadRequest);
+        }
+        let lifetime = granted_lifetime(
+            request.lifetime()?,
+            self.config.default_lifetime,
+            self.config.max_lifetime,
+        );
+        let family = requested_family.unwrap_or(AddressFamily::Ipv4);
+        let relay_address = match reservation_token {
+            Some(token) => {
+                let reservation = self
+                    .reservations
+                    .get(&token)
+                    .filter(|reservation| reservation.expires_at > now.instant)
+                    .ok_or(TurnError::InsufficientCapacity)?;
+                self.relay_address(AddressFamily::of(reservation.relay.ip()))
+                    .ok_or(TurnError::InsufficientCapacity)?
+            }
+            None => self
+                .relay_address(family)
+                .ok_or(TurnError::AddressFamilyNotSupported)?,
+        };
+        if self.allocations.len() >= self.config.max_allocations {
+            return Err(TurnError::AllocationQuotaReached);
+        }
+        let per_user = self.config.max_allocations_per_user;
+        if per_user != 0
+            && self
+                .allocations_per_user
+                .get(&auth.username)
+                .is_some_and(|&count| count >= per_user)
+        {
+            return Err(TurnError::AllocationQuotaReached);
+        }
+
+        let (relay, reservation) = match reservation_token {
+            Some(token) => {
+                let reservation = self
+                    .reservations
+                    .remove(&token)
+                    .ok_or(TurnError::InsufficientCapacity)?;
+                self.reserved_relays.remove(&reservation.relay);
+                (reservation.relay, None)
+            }
+            None => {
+                let choice = self
+                    .pick_port(relay_address.bind, even_port)
+                    .ok_or(TurnError::InsufficientCapacity)?;
+                let relay = SocketAddr::new(relay_address.bind, choice.port);
+                let reservation = choice.reserve_next.then(|| {
+                    self.reserve(
+                        now.instant,
+                        SocketAddr::new(relay_address.bind, choice.port + 1),
+                    )
+                });
+                (relay, reservation)
+            }
+        };
+        let advertised = SocketAddr::new(relay_address.advertised, relay.port());
+        let expires_at = now.instant + lifetime;
+        if let Err(error) = self.datapath.install_allocation(AllocationEntry {
+            flow,
+            relay,
+            expires_at,
+        }) {
+            tracing::warn!(%relay, %error, "fast path refused the allocation; relaying in userspace");
+        }
+        self.allocations.insert(
+            flow,
+            Allocation {
+                relay,
+                expires_at,
+                username: auth.username.clone(),
+                key: auth.key.clone(),
+                password_algorithm: auth.password_algorithm,
+                integrity: auth.integrity,
+                allocate_transaction: info.transaction_id,
+                reservation_token: reservation,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_by_peer: HashMap::new(),
+            },
+        );
+        self.flows_by_relay.insert(relay, flow);
+        *self
+            .allocations_per_user
+            .entry(auth.username.clone())
+            .or_default() += 1;
+        self.timers
+            .schedule(expires_at, TimerKind::Allocation(flow));
+        self.commands.push_back(Command::OpenRelay { relay });
+        tracing::debug!(client = %flow.client, %relay, lifetime = lifetime.as_secs(), "allocation created");
+
+        let lifetime_secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
+        self.queue_response(
+            now.instant,
+            flow,
+            info,
+            Class::SuccessResponse,
+            Some(auth.into()),
+            |builder| {
+                builder
+                    .xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
+                    .u32_attribute(attr::LIFETIME, lifetime_secs)
+                    .xor_address(attr::XOR_MAPPED_ADDRESS, flow.client);
+                if let Some(token) = reservation {
+                    builder.attribute(attr::RESERVATION_TOKEN, &token.to_be_bytes());
+                }
+                if additional_family == Some(AddressFamily::Ipv6) {
+                    // RFC 8656 §7.2: dual allocation is not offered; the IPv4 relay is granted
+                    // and the IPv6 part refused with ADDRESS-ERROR-CODE 440.
+                    let reason = TurnError::AddressFamilyNotSupported.to_string();
+                    let mut value = vec![AddressFamily::Ipv6.code(), 0, 4, 40];
+                    value.extend_from_slice(reason.as_bytes());
+                    builder.attribute(attr::ADDRESS_ERROR_CODE, &value);
+                }
+            },
+        );
+        Ok(())
+    }
+
+    /// A free port in the configured range on `ip`: random probes via the injected RNG,
+    /// then a scan from a random offset. EVEN-PORT asks for an even port, and with the R
+    /// bit for a free odd port after it (RFC 8656 §7.2).
+    fn pick_port(&mut self, ip: IpAddr, even_port: Option<bool>) -> Option<PortChoice> {
+        let start = *self.config.port_range.start();
+        let end = *self.config.port_range.end();
+        if start > end {
+            return None;
+        }
+        let span = u32::from(end) - u32::from(start) + 1;
+        let in_use = &self.flows_by_relay;
+        let reserved = &self.reserved_relays;
+        let free = |port: u16| {
+            let addr = SocketAddr::new(ip, port);
+            !in_use.contains_key(&addr) && !reserved.contains_key(&addr)
+        };
+        let fits = |port: u16| match even_port {
+            None => free(port),
+            Some(false) => port.is_multiple_of(2) && free(port),
+            Some(true) => port.is_multiple_of(2) && port < end && free(port) && free(port + 1),
+        };
+        let port_at =
+            |offset: u32| u16::try_from(u32::from(start) + offset % span).unwrap_or(start);
+        let rng = &mut self.rng;
+        let found = (0..RANDOM_PORT_PROBES)
+            .map(|_| port_at(rng.gen_range(0..span)))
+            .find(|&port| fits(port))
+            .or_else(|| {
+                let offset = rng.gen_range(0..span);
+                (0..span)
+                    .map(|step| port_at(offset + step))
+                    .find(|&port| fits(port))
+            })?;
+        Some(PortChoice {
+            port: found,
+            reserve_next: even_port == Some(true),
+        })
+    }
+
+    /// Holds `relay` back for ~30 s and returns the RESERVATION-TOKEN naming it.
+    fn reserve(&mut self, now: Instant, relay: SocketAddr) -> u64 {
+        let mut token = self.rng.next_u64();
+        while self.reservations.contains_key(&token) {
+            token = self.rng.next_u64();
+        }
+        let expires_at = now + RESERVATION_LIFETIME;
+        self.reservations
+            .insert(token, Reservation { relay, expires_at });
+        self.reserved_relays.insert(relay, token);
+        self.timers
+            .schedule(expires_at, TimerKind::Reservation(token));
+        token
+    }
+
+    /// RFC 8656 §8: extends the allocation, or deletes it for LIFETIME 0.
+    fn handle_refresh(
+        &mut self,
+        now: Now,
+        flow: ClientFlow,
+        info: &RequestInfo,
+        request: &Message,
+        auth: &AuthContext,
+    ) -> Result<(), TurnError> {
+        let requested_family = request.requested_address_family()?;
+        let requested_lifetime = request.lifetime()?;
+        let allocation = self
+            .allocations
+            .get_mut(&flow)
+            .ok_or(TurnError::AllocationMismatch)?;
+        if requested_family.is_some_and(|family| family != AddressFamily::of(allocation.relay.ip()))
+        {
+            return Err(TurnError::PeerAddressFamilyMismatch);
+        }
+        let lifetime_secs = if requested_lifetime == Some(0) {
+            self.delete_allocation(flow);
+            0
+        } else {
+            let lifetime = granted_lifetime(
+                requested_lifetime,
+                self.config.default_lifetime,
+                self.config.max_lifetime,
+            );
+            let expires_at = now.instant + lifetime;
+            allocation.expires_at = expires_at;
+            let relay = allocation.relay;
+            if let Err(error) = self.datapath.install_allocation(AllocationEntry {
+                flow,
+                relay,
+                expires_at,
+            }) {
+                tracing::warn!(%relay, %error, "fast path refused the allocation refresh; relaying in userspace");
+            }
+            self.timers
+                .schedule(expires_at, TimerKind::Allocation(flow));
+            u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX)
+        };
+        self.queue_response(
+            now.instant,
+            flow,
+            info,
+            Class::SuccessResponse,
+            Some(auth.into()),
+            |builder| {
+                builder.u32_attribute(attr::LIFETIME, lifetime_secs);
+            },
+        );
+        Ok(())
+    }
+
+    /// A peer address may be used when it has the relay's family (else 443) and the peer
+    /// policy allows it (else 403) — RFC 8656 §9.1, §12.1.
+    fn check_peer(&self, relay: SocketAddr, peer: IpAddr) -> Result<(), TurnError> {
+        if peer.is_ipv4() != relay.is_ipv4() {
+            return Err(TurnError::PeerAddressFamilyMismatch);
+        }
+        self.policy.check(peer).map_err(|denied| {
+            tracing::debug!(%denied, "peer refused by policy");
+            TurnError::Forbidden
+        })
+    }
+
+    /// RFC 8656 §9.1: installs or refreshes a permission for every XOR-PEER-ADDRESS —
+    /// all of them or none.
+    fn handle_create_permission(
+        &mut self,
+        now: Now,
+        flow: ClientFlow,
+        info: &RequestInfo,
+        request: &Message,
+        auth: &AuthContext,
+    ) -> Result<(), TurnError> {
+        let relay = self
+            .allocations
+            .get(&flow)
+            .ok_or(TurnError::AllocationMismatch)?
+            .relay;
+        let peers = request
+            .xor_peer_addresses()
+            .map(|peer| peer.map(|peer| peer.ip()))
+            .collect::<Result<Vec<IpAddr>, _>>()
+            .map_err(|_| TurnError::BadRequest)?;
+        if peers.is_empty() {
+            return Err(TurnError::BadRequest);
+        }
+        for &peer in &peers {
+            self.check_peer(relay, peer)?;
+        }
+        for peer in peers {
+            self.install_permission(now.instant, flow, peer);
+        }
+        self.queue_response(
+            now.instant,
+            flow,
+            info,
+            Class::SuccessResponse,
+            Some(auth.into()),
+            |_| {},
+        );
+        Ok(())
+    }
+
+    /// Creates or refreshes the permission for `peer` (RFC 8656 §9) and pushes it, and the
+    /// new expiry of channels to that IP, to the fast path.
+    fn install_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {
+        let Some(allocation) = self.allocations.get_mut(&flow) else {
+            return;
+        };
+        let expires_at = now + PERMISSION_LIFETIME;
+        allocation.permissions.insert(peer, expires_at);
+        let relay = allocation.relay;
+        if let Err(error) = self.datapath.install_permission(PermissionEntry {
+            flow,
+            relay,
+            peer_ip: peer,
+            expires_at,
+        }) {
+            tracing::warn!(%relay, %peer, %error, "fast path refused the permission; relaying in userspace");
+        }
+        for (&number, channel) in allocation
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.peer.ip() == peer)
+        {
+            let entry = ChannelEntry {
+                flow,
+                relay,
+                peer: channel.peer,
+                number,
+                expires_at: channel.expires_at.min(expires_at),
+            };
+            if let Err(error) = self.datapath.install_channel(entry) {
+                tracing::warn!(%relay, number, %error, "fast path refused the channel refresh; relaying in userspace");
+            }
+        }
+        self.timers
+            .schedule(expires_at, TimerKind::Permission(flow, peer));
+    }
+
+    /// RFC 8656 §12.1: binds (or refreshes) a channel and installs/refreshes the
+    /// permission for the peer's IP.
+    fn handle_channel_bind(
+        &mut self,
+        now: Now,
+        flow: ClientFlow,
+        info: &RequestInfo,
+        request: &Message,
+        auth: &AuthContext,
+    ) -> Result<(), TurnError> {
+        let number = request.channel_number()?.ok_or(TurnError::BadRequest)?;
+        if !CHANNEL_RANGE.contains(&number) {
+            return Err(TurnError::BadRequest);
+        }
+        let peer = request
+            .xor_peer_address()
+            .map_err(|_| TurnError::BadRequest)?
+            .ok_or(TurnError::BadRequest)?;
+        let allocation = self
+            .allocations
+            .get(&flow)
+            .ok_or(TurnError::AllocationMismatch)?;
+        let relay = allocation.relay;
+        if allocation
+            .channels
+            .get(&number)
+            .is_some_and(|channel| channel.peer != peer)
+        {
+            return Err(TurnError::BadRequest);
+        }
+        if allocation
+            .channel_by_peer
+            .get(&peer)
+            .is_some_and(|&bound| bound != number)
+        {
+            return Err(TurnError::BadRequest);
+        }
+        self.check_peer(relay, peer.ip())?;
+        let channel_expires_at = now.instant + CHANNEL_LIFETIME;
+        if let Some(allocation) = self.allocations.get_mut(&flow) {
+            allocation.channels.insert(
+                number,
+                Channel {
+                    peer,
+                    expires_at: channel_expires_at,
+                },
+            );
+            allocation.channel_by_peer.insert(peer, number);
+        }
+        // Installs the permission and, through it, the channel entry with
+        // expiry = min(channel, permission).
+        self.install_permission(now.instant, flow, peer.ip());
+        self.timers
+            .schedule(channel_expires_at, TimerKind::Channel(flow, number));
+        self.queue_response(
+            now.instant,
+            flow,
+            info,
+            Class::SuccessResponse,
+            Some(auth.into()),
+            |_| {},
+        );
+        Ok(())
+    }
+}

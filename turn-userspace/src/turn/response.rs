@@ -1,0 +1,177 @@
+//! Building, caching and queuing responses (RFC 8489 §6.3, §9.2.4).
+
+use std::time::Instant;
+
+use crate::datapath::{ClientFlow, Datapath};
+use crate::stun::attributes as attr;
+use crate::stun::{Class, Message, MessageBuilder, Method, TransactionId};
+
+use super::authenticate::{AuthContext, IntegrityKind, SERVER_PASSWORD_ALGORITHMS};
+use super::timers::TimerKind;
+use super::{
+    CachedResponse, Now, Server, Transmit, TurnError, TRANSACTION_CACHE_LIMIT,
+    TRANSACTION_CACHE_TIME,
+};
+
+/// What a response needs to know about its request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RequestInfo {
+    pub(super) method: Method,
+    pub(super) transaction_id: TransactionId,
+    /// RFC 8489 §7.3: a response carries FINGERPRINT when the request did.
+    pub(super) fingerprint: bool,
+}
+
+impl RequestInfo {
+    pub(super) fn of(request: &Message) -> RequestInfo {
+        RequestInfo {
+            method: request.method(),
+            transaction_id: *request.transaction_id(),
+            fingerprint: request.fingerprint().is_some(),
+        }
+    }
+}
+
+/// The key and algorithm a response is integrity-protected with.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResponseIntegrity<'k> {
+    pub(super) key: &'k [u8],
+    pub(super) kind: IntegrityKind,
+}
+
+impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
+    fn from(auth: &'k AuthContext) -> Self {
+        ResponseIntegrity {
+            key: &auth.key,
+            kind: auth.integrity,
+        }
+    }
+}
+
+impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+    /// Writes the response (attributes, SOFTWARE, integrity, FINGERPRINT) and queues it.
+    /// Authenticated responses are also cached for retransmissions (RFC 8489 §6.3.1,
+    /// RFC 8656 §7.2); unauthenticated ones are cheap to recompute and caching them would
+    /// let unauthenticated traffic fill memory.
+    pub(super) fn queue_response(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        request: &RequestInfo,
+        class: Class,
+        integrity: Option<ResponseIntegrity<'_>>,
+        attributes: impl FnOnce(&mut MessageBuilder<'_>),
+    ) {
+        let mut payload = Vec::with_capacity(160);
+        let mut builder =
+            MessageBuilder::new(&mut payload, request.method, class, &request.transaction_id);
+        attributes(&mut builder);
+        if let Some(software) = &self.config.software {
+            builder.attribute(attr::SOFTWARE, software.as_bytes());
+        }
+        match integrity {
+            Some(ResponseIntegrity {
+                key,
+                kind: IntegrityKind::Sha1,
+            }) => {
+                builder.message_integrity(key);
+            }
+            Some(ResponseIntegrity {
+                key,
+                kind: IntegrityKind::Sha256,
+            }) => {
+                builder.message_integrity_sha256(key);
+            }
+            None => {}
+        }
+        if request.fingerprint {
+            builder.fingerprint();
+        }
+        if integrity.is_some() && self.responses.len() < TRANSACTION_CACHE_LIMIT {
+            let expires_at = now + TRANSACTION_CACHE_TIME;
+            self.responses.insert(
+                (flow, request.transaction_id),
+                CachedResponse {
+                    payload: payload.clone(),
+                    expires_at,
+                },
+            );
+            self.timers.schedule(
+                expires_at,
+                TimerKind::Transaction(flow, request.transaction_id),
+            );
+        }
+        self.transmits.push_back(Transmit {
+            from: flow.listener,
+            to: flow.client,
+            payload,
+        });
+    }
+
+    /// Queues an error response. 401 and 438 carry REALM and a fresh NONCE (plus
+    /// PASSWORD-ALGORITHMS when the nonce announces that feature, RFC 8489 §9.2.3) and no
+    /// integrity; 420 lists the unknown attributes (RFC 8489 §6.3.1).
+    pub(super) fn queue_error(
+        &mut self,
+        now: Now,
+        flow: ClientFlow,
+        request: &RequestInfo,
+        integrity: Option<ResponseIntegrity<'_>>,
+        error: TurnError,
+        unknown_attributes: &[u16],
+    ) {
+        tracing::debug!(client = %flow.client, method = request.method.0, code = error.code(), %error, "request rejected");
+        let challenge =
+            matches!(error, TurnError::Unauthenticated | TurnError::StaleNonce).then(|| {
+                (
+                    self.config.realm.clone(),
+                    self.auth.make_nonce(now.unix_secs, flow.client.ip()),
+                    self.auth.advertises_password_algorithms(),
+                )
+            });
+        let integrity = if challenge.is_some() { None } else { integrity };
+        self.queue_response(
+            now.instant,
+            flow,
+            request,
+            Class::ErrorResponse,
+            integrity,
+            |builder| {
+                builder.error_code(error.code(), &error.to_string());
+                if let Some((realm, nonce, advertise_algorithms)) = &challenge {
+                    builder.attribute(attr::REALM, realm.as_bytes());
+                    builder.attribute(attr::NONCE, nonce.as_bytes());
+                    if *advertise_algorithms {
+                        builder.password_algorithms(&SERVER_PASSWORD_ALGORITHMS);
+                    }
+                }
+                if error == TurnError::UnknownAttribute {
+                    builder.unknown_attributes(unknown_attributes);
+                }
+            },
+        );
+    }
+
+    /// Answers a retransmitted request from the cache; false when it is not one.
+    pub(super) fn answer_retransmission(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        transaction_id: TransactionId,
+    ) -> bool {
+        let Some(cached) = self
+            .responses
+            .get(&(flow, transaction_id))
+            .filter(|cached| cached.expires_at > now)
+        else {
+            return false;
+        };
+        let payload = cached.payload.clone();
+        self.transmits.push_back(Transmit {
+            from: flow.listener,
+            to: flow.client,
+            payload,
+        });
+        true
+    }
+}

@@ -1,0 +1,217 @@
+//! Long-term authentication (RFC 8489 §9.2, RFC 8656 §5).
+
+use std::time::Duration;
+
+use crate::stun::attributes as attr;
+use crate::stun::{Class, MessageBuilder, Method, PasswordAlgorithm};
+
+use super::*;
+
+const CLIENT: &str = "198.18.1.30:40000";
+
+#[test]
+fn unauthenticated_allocate_gets_401_with_realm_nonce_and_password_algorithms() {
+    let mut harness = Harness::new();
+    let (response, commands) = harness.request(
+        flow(CLIENT),
+        Method::ALLOCATE,
+        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
+        Credentials::None,
+    );
+    assert!(commands.is_empty());
+    assert_eq!(error_code(&response), 401);
+    let message = parse(&response);
+    assert_eq!(message.realm().unwrap(), Some(REALM));
+    assert!(message
+        .nonce()
+        .unwrap()
+        .is_some_and(|nonce| nonce.starts_with(b"obMatJos2")));
+    let offered: Vec<u16> = message.password_algorithms().unwrap().unwrap().collect();
+    assert_eq!(
+        offered,
+        vec![
+            PasswordAlgorithm::Sha256.code(),
+            PasswordAlgorithm::Md5.code()
+        ]
+    );
+    assert!(
+        message.message_integrity().is_none(),
+        "401 is not integrity-protected"
+    );
+}
+
+#[test]
+fn wrong_password_unknown_user_and_foreign_nonce_get_401() {
+    let mut harness = Harness::new();
+    let transport = [raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
+    let (response, _) = harness.request(
+        flow(CLIENT),
+        Method::ALLOCATE,
+        &transport,
+        Credentials::WrongPassword("alice"),
+    );
+    assert_eq!(error_code(&response), 401);
+    let (response, _) = harness.request(
+        flow(CLIENT),
+        Method::ALLOCATE,
+        &transport,
+        Credentials::Md5("mallory"),
+    );
+    assert_eq!(error_code(&response), 401);
+    let client_ip = flow(CLIENT).client.ip();
+    harness.nonces.insert(
+        client_ip,
+        "obMatJos2AAAB0000000000000000000000000000000000000000000000".to_owned(),
+    );
+    let (response, _) = harness.request(
+        flow(CLIENT),
+        Method::ALLOCATE,
+        &transport,
+        Credentials::Md5("alice"),
+    );
+    assert_eq!(error_code(&response), 401);
+    // A nonce issued to another client IP is not valid here either.
+    let foreign = harness.fetch_nonce(flow("198.18.1.99:1"));
+    harness.nonces.insert(client_ip, foreign);
+    let (response, _) = harness.request(
+        flow(CLIENT),
+        Method::ALLOCATE,
+        &transport,
+        Credentials::Md5("alice"),
+    );
+    assert_eq!(error_code(&response), 401);
+    assert_eq!(harness.server.stats().allocations, 0);
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let (response, _) =
+        harness.allocate_with(client, &[raw(attr::LIFETIME, &3600u32.to_be_bytes())]);
+    assert_success(&response);
+    // The test nonces live 600 s.
+    harness.advance(Duration::from_secs(601));
+    let (response, _) = harness.refresh(client, Some(600));
+    assert_eq!(error_code(&response), 438);
+    let message = parse(&response);
+    assert_eq!(message.realm().unwrap(), Some(REALM));
+    let fresh = String::from_utf8(message.nonce().unwrap().unwrap().to_vec()).unwrap();
+    assert_ne!(Some(&fresh), harness.nonces.get(&client.client.ip()));
+    harness.nonces.insert(client.client.ip(), fresh);
+    let (response, _) = harness.refresh(client, Some(600));
+    assert_success(&response);
+}
+
+#[test]
+fn missing_identity_attributes_get_400() {
+    let mut harness = Harness::new();
+    let transaction_id = harness.transaction_id();
+    let mut packet = Vec::new();
+    MessageBuilder::new(
+        &mut packet,
+        Method::ALLOCATE,
+        Class::Request,
+        &transaction_id,
+    )
+    .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+    .attribute(attr::USERNAME, b"alice")
+    .message_integrity(&key("alice", PasswordAlgorithm::Md5));
+    let (_, _, transmits) = harness.send(flow(CLIENT), &packet);
+    assert_eq!(error_code(&transmits[0].payload), 400);
+}
+
+#[test]
+fn another_username_on_an_allocation_gets_441() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    harness.allocate(client);
+    let (response, _) = harness.request(client, Method::REFRESH, &[], Credentials::Md5("bob"));
+    assert_eq!(error_code(&response), 441);
+    assert!(parse(&response).verify_message_integrity(&key("bob", PasswordAlgorithm::Md5)));
+}
+
+#[test]
+fn sha256_password_algorithm_and_message_integrity_sha256() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let (response, commands) = harness.request(
+        client,
+        Method::ALLOCATE,
+        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
+        Credentials::Sha256("alice"),
+    );
+    assert_success(&response);
+    assert_eq!(commands.len(), 1);
+    let message = parse(&response);
+    assert!(message.message_integrity().is_none());
+    assert!(message.verify_message_integrity_sha256(&key("alice", PasswordAlgorithm::Sha256)));
+    assert!(!message.verify_message_integrity_sha256(&key("alice", PasswordAlgorithm::Md5)));
+
+    // Later requests of the allocation use the same algorithm and get the same protection.
+    let (response, _) = harness.request(client, Method::REFRESH, &[], Credentials::Sha256("alice"));
+    assert_success(&response);
+    assert!(
+        parse(&response).verify_message_integrity_sha256(&key("alice", PasswordAlgorithm::Sha256))
+    );
+}
+
+#[test]
+fn password_algorithm_negotiation_errors_get_400() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let nonce = harness.fetch_nonce(client);
+    let sha256_key = key("alice", PasswordAlgorithm::Sha256);
+    let cases: [&dyn Fn(&mut MessageBuilder<'_>); 3] = [
+        // PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS.
+        &|builder| {
+            builder.password_algorithm(PasswordAlgorithm::Sha256);
+        },
+        // A PASSWORD-ALGORITHMS list that is not the one the server sent (downgrade).
+        &|builder| {
+            builder
+                .password_algorithms(&[PasswordAlgorithm::Md5])
+                .password_algorithm(PasswordAlgorithm::Md5);
+        },
+        // An algorithm the server does not know.
+        &|builder| {
+            builder
+                .password_algorithms(&[PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5])
+                .attribute(attr::PASSWORD_ALGORITHM, &[0, 9, 0, 0]);
+        },
+    ];
+    for add_algorithms in cases {
+        let transaction_id = harness.transaction_id();
+        let mut packet = Vec::new();
+        let mut builder = MessageBuilder::new(
+            &mut packet,
+            Method::ALLOCATE,
+            Class::Request,
+            &transaction_id,
+        );
+        builder
+            .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attribute(attr::USERNAME, b"alice")
+            .attribute(attr::REALM, REALM.as_bytes())
+            .attribute(attr::NONCE, nonce.as_bytes());
+        add_algorithms(&mut builder);
+        builder.message_integrity_sha256(&sha256_key);
+        let (_, _, transmits) = harness.send(client, &packet);
+        assert_eq!(error_code(&transmits[0].payload), 400);
+    }
+}
+
+#[test]
+fn unknown_required_attribute_on_an_authenticated_request_gets_420_with_integrity() {
+    let mut harness = Harness::new();
+    let (response, commands) = harness.allocate_with(
+        flow(CLIENT),
+        &[raw(0x7FF0, &[1, 2, 3, 4]), raw(0xC0FF, &[])],
+    );
+    assert!(commands.is_empty());
+    assert_eq!(error_code(&response), 420);
+    let message = parse(&response);
+    let unknown: Vec<u16> = message.unknown_attributes().unwrap().unwrap().collect();
+    assert_eq!(unknown, vec![0x7FF0]);
+    assert!(message.verify_message_integrity(&key("alice", PasswordAlgorithm::Md5)));
+}

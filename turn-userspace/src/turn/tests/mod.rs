@@ -1,0 +1,383 @@
+//! Tests of the TURN server, driven through an in-memory harness: no sockets, a fake
+//! clock, a seeded RNG and [`InMemoryDatapath`].
+
+mod allocate;
+mod authentication;
+mod expiry;
+mod relay;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use sha2::Sha256;
+
+use crate::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
+use crate::datapath::{ClientFlow, Datapath, InMemoryDatapath};
+use crate::policy::PeerPolicy;
+use crate::stun::attributes as attr;
+use crate::stun::{Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId};
+
+use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, Transmit};
+
+pub(super) const REALM: &str = "example.test";
+pub(super) const LISTENER: &str = "198.18.0.1:3478";
+pub(super) const RELAY_V4_BIND: &str = "198.18.0.1";
+pub(super) const RELAY_V4_PUBLIC: &str = "198.19.0.1";
+pub(super) const RELAY_V6_BIND: &str = "2001:db8::1";
+pub(super) const RELAY_V6_PUBLIC: &str = "2001:db8::100";
+pub(super) const DENIED_NET: &str = "198.18.99.0/24";
+
+pub(super) fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("test address")
+}
+
+pub(super) fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+pub(super) fn flow(client: &str) -> ClientFlow {
+    ClientFlow {
+        client: addr(client),
+        listener: addr(LISTENER),
+    }
+}
+
+pub(super) fn config() -> ServerConfig {
+    ServerConfig {
+        realm: REALM.to_owned(),
+        software: Some("turn-relay test".to_owned()),
+        relay_v4: Some(RelayAddress {
+            bind: ip(RELAY_V4_BIND),
+            advertised: ip(RELAY_V4_PUBLIC),
+        }),
+        relay_v6: Some(RelayAddress {
+            bind: ip(RELAY_V6_BIND),
+            advertised: ip(RELAY_V6_PUBLIC),
+        }),
+        ..ServerConfig::default()
+    }
+}
+
+fn authenticator() -> Authenticator {
+    Authenticator::new(AuthConfig {
+        static_users: vec![
+            StaticUser {
+                name: "alice".to_owned(),
+                secret: StaticSecret::Password("alice-password".to_owned()),
+            },
+            StaticUser {
+                name: "bob".to_owned(),
+                secret: StaticSecret::Password("bob-password".to_owned()),
+            },
+        ],
+        auth_secrets: Vec::new(),
+        zrest_secrets: Vec::new(),
+        nonce_lifetime: Duration::from_secs(600),
+        nonce_secret: b"test nonce secret".to_vec(),
+        advertise_password_algorithms: true,
+    })
+}
+
+pub(super) fn password(username: &str) -> String {
+    format!("{username}-password")
+}
+
+pub(super) fn key(username: &str, algorithm: PasswordAlgorithm) -> Vec<u8> {
+    let input = format!("{username}:{REALM}:{}", password(username));
+    match algorithm {
+        PasswordAlgorithm::Md5 => Md5::digest(input).to_vec(),
+        PasswordAlgorithm::Sha256 => Sha256::digest(input).to_vec(),
+    }
+}
+
+/// How a test request is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Credentials<'a> {
+    None,
+    /// MD5 key, MESSAGE-INTEGRITY (RFC 5389 style).
+    Md5(&'a str),
+    /// SHA-256 key via PASSWORD-ALGORITHM, MESSAGE-INTEGRITY-SHA256 (RFC 8489).
+    Sha256(&'a str),
+    /// MD5 key but a wrong password.
+    WrongPassword(&'a str),
+}
+
+pub(super) struct Harness<D: Datapath = InMemoryDatapath> {
+    pub(super) server: Server<D, StdRng>,
+    pub(super) now: Now,
+    pub(super) out: Vec<u8>,
+    next_transaction: u8,
+    /// The nonce in use per client IP (nonces are bound to the client's IP).
+    pub(super) nonces: HashMap<IpAddr, String>,
+}
+
+impl Harness {
+    pub(super) fn new() -> Self {
+        Harness::with(config(), InMemoryDatapath::default())
+    }
+
+    pub(super) fn with_config(config: ServerConfig) -> Self {
+        Harness::with(config, InMemoryDatapath::default())
+    }
+}
+
+impl<D: Datapath> Harness<D> {
+    pub(super) fn with(config: ServerConfig, datapath: D) -> Self {
+        let relay_ips = [config.relay_v4, config.relay_v6]
+            .into_iter()
+            .flatten()
+            .map(|relay| relay.bind)
+            .collect();
+        let policy = PeerPolicy::new(
+            Vec::new(),
+            vec![DENIED_NET.parse().expect("net")],
+            relay_ips,
+        );
+        let server = Server::new(
+            config,
+            authenticator(),
+            policy,
+            datapath,
+            StdRng::seed_from_u64(42),
+        );
+        Harness {
+            server,
+            now: Now {
+                instant: Instant::now(),
+                unix_secs: 1_700_000_000,
+            },
+            out: Vec::with_capacity(2048),
+            next_transaction: 0,
+            nonces: HashMap::new(),
+        }
+    }
+
+    pub(super) fn advance(&mut self, by: Duration) {
+        self.now.instant += by;
+        self.now.unix_secs += by.as_secs();
+        self.server.handle_timeout(self.now);
+    }
+
+    pub(super) fn transaction_id(&mut self) -> TransactionId {
+        self.next_transaction = self.next_transaction.wrapping_add(1);
+        TransactionId([self.next_transaction; 12])
+    }
+
+    /// Feeds a datagram from `flow` and returns what the server queued.
+    pub(super) fn send(
+        &mut self,
+        flow: ClientFlow,
+        packet: &[u8],
+    ) -> (Option<Forward>, Vec<Command>, Vec<Transmit>) {
+        let forward = self
+            .server
+            .handle_client_datagram(self.now, flow, packet, &mut self.out);
+        let commands = std::iter::from_fn(|| self.server.poll_command()).collect();
+        let transmits = std::iter::from_fn(|| self.server.poll_transmit()).collect();
+        (forward, commands, transmits)
+    }
+
+    /// A fresh nonce, obtained the way a client does: an unauthenticated request → 401.
+    pub(super) fn fetch_nonce(&mut self, flow: ClientFlow) -> String {
+        let transaction_id = self.transaction_id();
+        let mut buf = Vec::new();
+        MessageBuilder::new(&mut buf, Method::ALLOCATE, Class::Request, &transaction_id)
+            .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let (_, _, transmits) = self.send(flow, &buf);
+        let response = transmits.first().expect("401 answer");
+        let message = Message::parse(&response.payload).expect("parse 401");
+        let nonce = message.nonce().expect("nonce").expect("nonce present");
+        String::from_utf8(nonce.to_vec()).expect("ascii nonce")
+    }
+
+    /// Encodes a request with `attributes` and the requested credentials.
+    pub(super) fn encode_request(
+        &mut self,
+        flow: ClientFlow,
+        method: Method,
+        transaction_id: &TransactionId,
+        attributes: &[Attr],
+        credentials: Credentials<'_>,
+    ) -> Vec<u8> {
+        if credentials != Credentials::None && !self.nonces.contains_key(&flow.client.ip()) {
+            let nonce = self.fetch_nonce(flow);
+            self.nonces.insert(flow.client.ip(), nonce);
+        }
+        let mut buf = Vec::new();
+        let mut builder = MessageBuilder::new(&mut buf, method, Class::Request, transaction_id);
+        for attribute in attributes {
+            match attribute {
+                Attr::Raw(kind, value) => builder.attribute(*kind, value),
+                Attr::XorPeer(peer) => builder.xor_address(attr::XOR_PEER_ADDRESS, *peer),
+            };
+        }
+        let nonce = self
+            .nonces
+            .get(&flow.client.ip())
+            .cloned()
+            .unwrap_or_default();
+        let add_identity = |builder: &mut MessageBuilder<'_>, username: &str| {
+            builder
+                .attribute(attr::USERNAME, username.as_bytes())
+                .attribute(attr::REALM, REALM.as_bytes())
+                .attribute(attr::NONCE, nonce.as_bytes());
+        };
+        match credentials {
+            Credentials::None => {}
+            Credentials::Md5(username) => {
+                add_identity(&mut builder, username);
+                builder.message_integrity(&key(username, PasswordAlgorithm::Md5));
+            }
+            Credentials::WrongPassword(username) => {
+                add_identity(&mut builder, username);
+                builder.message_integrity(b"not the key");
+            }
+            Credentials::Sha256(username) => {
+                add_identity(&mut builder, username);
+                builder
+                    .password_algorithms(&[PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5])
+                    .password_algorithm(PasswordAlgorithm::Sha256)
+                    .message_integrity_sha256(&key(username, PasswordAlgorithm::Sha256));
+            }
+        }
+        buf
+    }
+
+    /// Sends a request and returns the single response it produced, plus the commands.
+    pub(super) fn request(
+        &mut self,
+        flow: ClientFlow,
+        method: Method,
+        attributes: &[Attr],
+        credentials: Credentials<'_>,
+    ) -> (Vec<u8>, Vec<Command>) {
+        let transaction_id = self.transaction_id();
+        let packet = self.encode_request(flow, method, &transaction_id, attributes, credentials);
+        let (forward, commands, mut transmits) = self.send(flow, &packet);
+        assert!(forward.is_none(), "requests are never forwarded");
+        assert_eq!(transmits.len(), 1, "exactly one response");
+        let transmit = transmits.remove(0);
+        assert_eq!((transmit.from, transmit.to), (flow.listener, flow.client));
+        let response = Message::parse(&transmit.payload).expect("response parses");
+        assert_eq!(response.transaction_id(), &transaction_id);
+        assert_eq!(response.method(), method);
+        (transmit.payload, commands)
+    }
+
+    /// Allocates for `flow` as alice (MD5) with extra attributes; returns the response.
+    pub(super) fn allocate_with(
+        &mut self,
+        flow: ClientFlow,
+        extra: &[Attr],
+    ) -> (Vec<u8>, Vec<Command>) {
+        let mut attributes = vec![raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
+        attributes.extend_from_slice(extra);
+        self.request(
+            flow,
+            Method::ALLOCATE,
+            &attributes,
+            Credentials::Md5("alice"),
+        )
+    }
+
+    /// A successful allocation for `flow`; returns the relay *bind* address.
+    pub(super) fn allocate(&mut self, flow: ClientFlow) -> SocketAddr {
+        let (response, commands) = self.allocate_with(flow, &[]);
+        assert_success(&response);
+        match commands.as_slice() {
+            [Command::OpenRelay { relay }] => *relay,
+            other => panic!("expected one OpenRelay, got {other:?}"),
+        }
+    }
+
+    pub(super) fn create_permission(&mut self, flow: ClientFlow, peers: &[SocketAddr]) -> Vec<u8> {
+        let attributes: Vec<_> = peers.iter().map(|peer| Attr::XorPeer(*peer)).collect();
+        let (response, _) = self.request(
+            flow,
+            Method::CREATE_PERMISSION,
+            &attributes,
+            Credentials::Md5("alice"),
+        );
+        response
+    }
+
+    pub(super) fn channel_bind(
+        &mut self,
+        flow: ClientFlow,
+        number: u16,
+        peer: SocketAddr,
+    ) -> Vec<u8> {
+        let attributes = vec![
+            raw(attr::CHANNEL_NUMBER, &channel_number(number)),
+            Attr::XorPeer(peer),
+        ];
+        let (response, _) = self.request(
+            flow,
+            Method::CHANNEL_BIND,
+            &attributes,
+            Credentials::Md5("alice"),
+        );
+        response
+    }
+
+    pub(super) fn refresh(
+        &mut self,
+        flow: ClientFlow,
+        lifetime: Option<u32>,
+    ) -> (Vec<u8>, Vec<Command>) {
+        let attributes: Vec<_> = lifetime
+            .map(|secs| raw(attr::LIFETIME, &secs.to_be_bytes()))
+            .into_iter()
+            .collect();
+        self.request(
+            flow,
+            Method::REFRESH,
+            &attributes,
+            Credentials::Md5("alice"),
+        )
+    }
+}
+
+/// An attribute of a test request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Attr {
+    Raw(u16, Vec<u8>),
+    /// XOR-PEER-ADDRESS, encoded against the request's transaction ID.
+    XorPeer(SocketAddr),
+}
+
+pub(super) fn raw(kind: u16, value: &[u8]) -> Attr {
+    Attr::Raw(kind, value.to_vec())
+}
+
+pub(super) fn channel_number(number: u16) -> Vec<u8> {
+    let mut value = number.to_be_bytes().to_vec();
+    value.extend_from_slice(&[0, 0]);
+    value
+}
+
+pub(super) fn parse(response: &[u8]) -> Message<'_> {
+    Message::parse(response).expect("response parses")
+}
+
+pub(super) fn assert_success(response: &[u8]) {
+    let message = parse(response);
+    if let Ok(Some(error)) = message.error_code() {
+        panic!("expected success, got {} {}", error.code, error.reason);
+    }
+    assert_eq!(message.class(), Class::SuccessResponse);
+}
+
+pub(super) fn error_code(response: &[u8]) -> u16 {
+    let message = parse(response);
+    assert_eq!(message.class(), Class::ErrorResponse);
+    message
+        .error_code()
+        .expect("valid ERROR-CODE")
+        .expect("ERROR-CODE present")
+        .code
+}

@@ -1,0 +1,378 @@
+//! Permissions, channels and data relaying (RFC 8656 §9–§12).
+
+use std::time::Duration;
+
+use crate::stun::attributes as attr;
+use crate::stun::channel_data::ChannelData;
+use crate::stun::{Class, MessageBuilder, Method};
+use crate::turn::{Forward, Payload};
+
+use super::*;
+
+const CLIENT: &str = "198.18.1.40:40000";
+const PEER: &str = "198.18.2.20:5000";
+const OTHER_PEER: &str = "198.18.2.21:6000";
+
+/// A Send indication carrying `data` to `peer`.
+fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let transaction_id = harness.transaction_id();
+    let mut packet = Vec::new();
+    MessageBuilder::new(
+        &mut packet,
+        Method::SEND,
+        Class::Indication,
+        &transaction_id,
+    )
+    .xor_address(attr::XOR_PEER_ADDRESS, peer)
+    .attribute(attr::DONT_FRAGMENT, &[])
+    .attribute(attr::DATA, data);
+    packet
+}
+
+fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::new();
+    crate::stun::channel_data::encode(&mut packet, number, data);
+    packet
+}
+
+#[test]
+fn full_flow_in_both_directions() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peer = addr(PEER);
+    let other_peer = addr(OTHER_PEER);
+
+    // Before any permission: Send is dropped silently, peer data is discarded.
+    let packet = send_indication(&mut harness, peer, b"early");
+    let (forward, _, transmits) = harness.send(client, &packet);
+    assert!(forward.is_none() && transmits.is_empty());
+    let mut out = Vec::new();
+    assert!(harness
+        .server
+        .handle_peer_datagram(harness.now.instant, relay, peer, b"early", &mut out)
+        .is_none());
+
+    // CreatePermission for both peers at once.
+    assert_success(&harness.create_permission(client, &[peer, other_peer]));
+    let permission = harness.server.datapath().permissions[&(relay, peer.ip())];
+    assert_eq!(
+        permission.expires_at,
+        harness.now.instant + Duration::from_secs(300)
+    );
+
+    // Send indication → forwarded from the relay, payload = DATA inside the input packet.
+    let packet = send_indication(&mut harness, peer, b"hello peer");
+    let (forward, _, transmits) = harness.send(client, &packet);
+    assert!(transmits.is_empty(), "indications are never answered");
+    let Some(Forward {
+        from,
+        to,
+        payload: Payload::Input(range),
+    }) = forward
+    else {
+        panic!("{forward:?}")
+    };
+    assert_eq!((from, to), (relay, peer));
+    assert_eq!(&packet[range], b"hello peer");
+
+    // Peer → client without a channel: a Data indication in `out`.
+    let forward = harness.server.handle_peer_datagram(
+        harness.now.instant,
+        relay,
+        other_peer,
+        b"hi client",
+        &mut out,
+    );
+    assert_eq!(
+        forward,
+        Some(Forward {
+            from: client.listener,
+            to: client.client,
+            payload: Payload::Output
+        })
+    );
+    let data_indication = parse(&out);
+    assert_eq!(
+        (data_indication.method(), data_indication.class()),
+        (Method::DATA, Class::Indication)
+    );
+    assert_eq!(
+        data_indication.xor_peer_address().unwrap(),
+        Some(other_peer)
+    );
+    assert_eq!(data_indication.data(), Some(&b"hi client"[..]));
+
+    // ChannelBind, then ChannelData both ways.
+    assert_success(&harness.channel_bind(client, 0x4001, peer));
+    let channel = harness.server.datapath().channels[&(relay, 0x4001)];
+    assert_eq!(channel.peer, peer);
+    assert_eq!(
+        channel.expires_at,
+        harness.now.instant + Duration::from_secs(300),
+        "min(channel, permission)"
+    );
+
+    let packet = channel_data(0x4001, b"via channel");
+    let (forward, _, _) = harness.send(client, &packet);
+    let Some(Forward {
+        from,
+        to,
+        payload: Payload::Input(range),
+    }) = forward
+    else {
+        panic!("{forward:?}")
+    };
+    assert_eq!((from, to), (relay, peer));
+    assert_eq!(&packet[range], b"via channel");
+
+    let forward = harness.server.handle_peer_datagram(
+        harness.now.instant,
+        relay,
+        peer,
+        b"back on channel",
+        &mut out,
+    );
+    assert_eq!(
+        forward,
+        Some(Forward {
+            from: client.listener,
+            to: client.client,
+            payload: Payload::Output
+        })
+    );
+    let framed = ChannelData::parse(&out).unwrap();
+    assert_eq!(
+        (framed.number, framed.data),
+        (0x4001, &b"back on channel"[..])
+    );
+
+    // A Send indication with an unknown comprehension-required attribute is discarded.
+    let transaction_id = harness.transaction_id();
+    let mut packet = Vec::new();
+    MessageBuilder::new(
+        &mut packet,
+        Method::SEND,
+        Class::Indication,
+        &transaction_id,
+    )
+    .xor_address(attr::XOR_PEER_ADDRESS, peer)
+    .attribute(0x7FF1, &[])
+    .attribute(attr::DATA, b"x");
+    let (forward, _, transmits) = harness.send(client, &packet);
+    assert!(forward.is_none() && transmits.is_empty());
+
+    // Unbound channel numbers and peers without permission are dropped.
+    let (forward, _, _) = harness.send(client, &channel_data(0x4002, b"x"));
+    assert!(forward.is_none());
+    let stranger = addr("198.18.2.99:1");
+    assert!(harness
+        .server
+        .handle_peer_datagram(harness.now.instant, relay, stranger, b"x", &mut out)
+        .is_none());
+    // Unknown relay addresses too.
+    assert!(harness
+        .server
+        .handle_peer_datagram(
+            harness.now.instant,
+            addr("198.18.0.1:1"),
+            peer,
+            b"x",
+            &mut out
+        )
+        .is_none());
+
+    let stats = harness.server.stats();
+    assert_eq!(
+        (stats.allocations, stats.permissions, stats.channels),
+        (1, 2, 1)
+    );
+    assert_eq!(
+        (stats.to_peer_send.packets, stats.to_peer_send.bytes),
+        (1, 10)
+    );
+    assert_eq!(
+        (
+            stats.to_peer_channel_data.packets,
+            stats.to_peer_channel_data.bytes
+        ),
+        (1, 11)
+    );
+    assert_eq!(
+        (
+            stats.to_client_data_indication.packets,
+            stats.to_client_data_indication.bytes
+        ),
+        (1, 9)
+    );
+    assert_eq!(
+        (
+            stats.to_client_channel_data.packets,
+            stats.to_client_channel_data.bytes
+        ),
+        (1, 15)
+    );
+    assert_eq!(stats.dropped_packets, 6);
+}
+
+#[test]
+fn padded_channel_data_is_accepted() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    harness.allocate(client);
+    assert_success(&harness.channel_bind(client, 0x4FFF, addr(PEER)));
+    let mut packet = channel_data(0x4FFF, b"abcde");
+    packet.extend_from_slice(&[0, 0, 0]);
+    let (forward, _, _) = harness.send(client, &packet);
+    assert_eq!(forward.map(|f| f.payload), Some(Payload::Input(4..9)));
+}
+
+#[test]
+fn create_permission_is_all_or_nothing_with_403_and_443() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let denied = addr("198.18.99.5:1000");
+    let response = harness.create_permission(client, &[addr(PEER), denied]);
+    assert_eq!(error_code(&response), 403);
+    let response = harness.create_permission(client, &[addr(PEER), addr("127.0.0.1:1")]);
+    assert_eq!(error_code(&response), 403, "loopback is denied by default");
+    let response = harness.create_permission(client, &[addr(PEER), addr("[2001:db8::20]:5000")]);
+    assert_eq!(error_code(&response), 443);
+    assert!(harness.server.datapath().permissions.is_empty());
+    let (response, _) = harness.request(
+        client,
+        Method::CREATE_PERMISSION,
+        &[],
+        Credentials::Md5("alice"),
+    );
+    assert_eq!(error_code(&response), 400);
+    // The relay's own address is allowed (hairpinning).
+    let hairpin = SocketAddr::new(ip(RELAY_V4_BIND), 50000);
+    assert_success(&harness.create_permission(client, &[hairpin]));
+    assert!(harness
+        .server
+        .datapath()
+        .permissions
+        .contains_key(&(relay, hairpin.ip())));
+}
+
+#[test]
+fn channel_bind_rules() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    harness.allocate(client);
+    let peer = addr(PEER);
+    for number in [0x3FFF, 0x5000, 0xFFFF] {
+        assert_eq!(error_code(&harness.channel_bind(client, number, peer)), 400);
+    }
+    let (response, _) = harness.request(
+        client,
+        Method::CHANNEL_BIND,
+        &[raw(attr::CHANNEL_NUMBER, &channel_number(0x4000))],
+        Credentials::Md5("alice"),
+    );
+    assert_eq!(error_code(&response), 400, "XOR-PEER-ADDRESS is required");
+
+    assert_success(&harness.channel_bind(client, 0x4000, peer));
+    assert_success(&harness.channel_bind(client, 0x4000, peer));
+    assert_eq!(
+        error_code(&harness.channel_bind(client, 0x4000, addr(OTHER_PEER))),
+        400
+    );
+    assert_eq!(error_code(&harness.channel_bind(client, 0x4001, peer)), 400);
+    assert_eq!(
+        error_code(&harness.channel_bind(client, 0x4002, addr("198.18.99.1:1"))),
+        403
+    );
+    assert_eq!(
+        error_code(&harness.channel_bind(client, 0x4002, addr("[2001:db8::20]:1"))),
+        443
+    );
+    // The same IP with another port is another peer transport address: a new channel is fine.
+    assert_success(&harness.channel_bind(client, 0x4001, addr("198.18.2.20:5001")));
+    assert_eq!(harness.server.stats().channels, 2);
+}
+
+#[test]
+fn ipv6_relay_relays_ipv6_peers() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let (response, commands) = harness.allocate_with(
+        client,
+        &[raw(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0])],
+    );
+    assert_success(&response);
+    let [crate::turn::Command::OpenRelay { relay }] = commands.as_slice() else {
+        panic!()
+    };
+    let relay = *relay;
+    let peer = addr("[2001:db8::20]:5000");
+    assert_eq!(
+        error_code(&harness.create_permission(client, &[addr(PEER)])),
+        443
+    );
+    assert_success(&harness.create_permission(client, &[peer]));
+
+    let packet = send_indication(&mut harness, peer, b"v6 data");
+    let (forward, _, _) = harness.send(client, &packet);
+    let Some(Forward {
+        from,
+        to,
+        payload: Payload::Input(range),
+    }) = forward
+    else {
+        panic!("{forward:?}")
+    };
+    assert_eq!((from, to, &packet[range]), (relay, peer, &b"v6 data"[..]));
+
+    let mut out = Vec::new();
+    harness
+        .server
+        .handle_peer_datagram(harness.now.instant, relay, peer, b"v6 back", &mut out)
+        .unwrap();
+    let indication = parse(&out);
+    assert_eq!(indication.xor_peer_address().unwrap(), Some(peer));
+    assert_eq!(indication.data(), Some(&b"v6 back"[..]));
+}
+
+#[test]
+fn peer_to_client_reuses_the_output_buffer() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peer = addr(PEER);
+    harness.channel_bind(client, 0x4000, peer);
+    let mut out = Vec::with_capacity(4096);
+    let capacity = out.capacity();
+    let payload = [7u8; 1200];
+    for _ in 0..100 {
+        harness
+            .server
+            .handle_peer_datagram(harness.now.instant, relay, peer, &payload, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 1204);
+    }
+    assert_eq!(out.capacity(), capacity);
+}
+
+#[test]
+fn peer_datagrams_too_large_to_frame_are_dropped() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peer = addr(PEER);
+    harness.create_permission(client, &[peer]);
+    let mut out = Vec::new();
+    let huge = vec![0u8; 65_520];
+    assert!(harness
+        .server
+        .handle_peer_datagram(harness.now.instant, relay, peer, &huge, &mut out)
+        .is_none());
+    let largest = vec![0u8; 65_535 - 51];
+    harness
+        .server
+        .handle_peer_datagram(harness.now.instant, relay, peer, &largest, &mut out)
+        .unwrap();
+    assert_eq!(parse(&out).data().map(<[u8]>::len), Some(largest.len()));
+}
