@@ -11,7 +11,8 @@ use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?,
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?,
     );
     let ebpf_dir = manifest_dir
         .parent()
@@ -34,5 +35,7 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Nightly,
     )
-    .context("building the XDP program (needs nightly + rust-src and bpf-linker: `cargo xtask setup`)")
+    .context(
+        "building the XDP program (needs nightly + rust-src and bpf-linker: `cargo xtask setup`)",
+    )
 }

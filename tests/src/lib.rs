@@ -339,10 +339,15 @@ impl Drop for Netns {
 /// peer   eth0 198.19.1.2 / 2001:2:0:2::2  ⇄  to-peer   198.19.1.1 / 2001:2:0:2::1   (relay)
 /// ```
 ///
-/// The relay namespace does not forward IP, so client and peer reach each other only
-/// through TURN. The outer ends have GRO on (veth needs NAPI on the receiving end for
-/// XDP redirects) and TX checksum offload off (so packets carry complete UDP checksums
-/// when XDP rewrites them, as on a real NIC).
+/// What the XDP fast path needs is set up here:
+/// - IP forwarding on in the relay namespace: `bpf_fib_lookup` answers "forwarding
+///   disabled" otherwise and the program passes every frame to userspace. Client and
+///   peer only ever send to the relay's own addresses, so nothing transits.
+/// - GRO on the client's and peer's ends: a veth accepts frames redirected or XDP_TX'd
+///   into it only with NAPI enabled on its receiving side.
+/// - TX checksum offload off on every end: a same-host veth sender otherwise leaves only
+///   the pseudo-header sum in UDP checksums, which XDP's incremental update would carry
+///   into relayed frames.
 pub struct Topology {
     // Field order is drop order: no namespace outlives a test.
     pub client: Netns,
@@ -378,8 +383,8 @@ impl Topology {
             &[
                 "-q",
                 "-w",
-                "net.ipv4.ip_forward=0",
-                "net.ipv6.conf.all.forwarding=0",
+                "net.ipv4.conf.all.forwarding=1",
+                "net.ipv6.conf.all.forwarding=1",
             ],
         )?;
         Ok(topology)
@@ -421,8 +426,9 @@ impl Topology {
                 "nodad",
             ])?;
             netns.ip(&["link", "set", interface, "up"])?;
+            netns.run("ethtool", &["-K", interface, "tx", "off"])?;
         }
-        outer.run("ethtool", &["-K", "eth0", "gro", "on", "tx", "off"])?;
+        outer.run("ethtool", &["-K", "eth0", "gro", "on"])?;
         outer.ip(&["route", "add", "default", "via", &relay_v4.to_string()])?;
         outer.ip(&[
             "-6",

@@ -36,7 +36,8 @@ impl Delta {
     /// Removes a 32-bit quantity as two words.
     #[inline(always)]
     pub const fn remove_u32(self, value: u32) -> Self {
-        self.remove_word((value >> 16) as u16).remove_word(value as u16)
+        self.remove_word((value >> 16) as u16)
+            .remove_word(value as u16)
     }
 
     /// Adds one byte at `offset` from the start of the checksummed region: the high
@@ -146,7 +147,11 @@ mod tests {
     fn reference(bytes: &[u8]) -> u16 {
         let mut sum: u32 = 0;
         for chunk in bytes.chunks(2) {
-            let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+            let word = if chunk.len() == 2 {
+                u16::from_be_bytes([chunk[0], chunk[1]])
+            } else {
+                u16::from_be_bytes([chunk[0], 0])
+            };
             sum += u32::from(word);
             while sum > 0xFFFF {
                 sum = (sum & 0xFFFF) + (sum >> 16);
@@ -200,7 +205,11 @@ mod tests {
             for (i, byte) in region[33..36].iter().enumerate() {
                 delta = delta.remove_byte(*byte, 33 + i);
             }
-            assert_eq!(delta.apply(reference(region)), reference(&stripped), "seed {seed}");
+            assert_eq!(
+                delta.apply(reference(region)),
+                reference(&stripped),
+                "seed {seed}"
+            );
         }
     }
 
@@ -210,14 +219,19 @@ mod tests {
             let all = pattern(8 + 12 + 17, seed);
             let original = [&all[..8], &all[20..37]].concat();
             let delta = Delta::new().add_bytes(&all[8..20]);
-            assert_eq!(delta.apply(reference(&original)), reference(&all[..37]), "seed {seed}");
+            assert_eq!(
+                delta.apply(reference(&original)),
+                reference(&all[..37]),
+                "seed {seed}"
+            );
         }
     }
 
     #[test]
     fn u32_helpers_are_two_words() {
         let delta = Delta::new().add_u32(0xC612_0001).remove_u32(0xC612_0002);
-        let expected = Delta::new().replace_bytes(&[0xC6, 0x12, 0x00, 0x02], &[0xC6, 0x12, 0x00, 0x01]);
+        let expected =
+            Delta::new().replace_bytes(&[0xC6, 0x12, 0x00, 0x02], &[0xC6, 0x12, 0x00, 0x01]);
         assert_eq!(delta.apply(0x1234), expected.apply(0x1234));
     }
 

@@ -20,7 +20,9 @@ pub const CHANNELS_PER_ALLOCATION: u32 = 4;
 /// An IP address as stored in the maps.
 #[inline(always)]
 pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
-    [octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    [
+        octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]
 }
 
 /// `RELAYS` key: a relayed transport address (RFC 8656 §2).
@@ -36,7 +38,12 @@ pub struct RelayKey {
 impl RelayKey {
     #[inline(always)]
     pub const fn new(family: u8, ip: [u8; 16], port: [u8; 2]) -> Self {
-        RelayKey { ip, port, family, pad: 0 }
+        RelayKey {
+            ip,
+            port,
+            family,
+            pad: 0,
+        }
     }
 }
 
@@ -66,7 +73,16 @@ impl RelayValue {
         slot: u32,
         expires_ns: u64,
     ) -> Self {
-        RelayValue { expires_ns, slot, client_port, listener_port, client_ip, listener_ip, client_family, pad: [0; 7] }
+        RelayValue {
+            expires_ns,
+            slot,
+            client_port,
+            listener_port,
+            client_ip,
+            listener_ip,
+            client_family,
+            pad: [0; 7],
+        }
     }
     #[inline(always)]
     pub const fn expires_ns(&self) -> u64 {
@@ -122,7 +138,15 @@ impl FlowKey {
         listener_port: [u8; 2],
         relay_family: u8,
     ) -> Self {
-        FlowKey { client_ip, listener_ip, client_port, listener_port, family, relay_family, pad: [0; 2] }
+        FlowKey {
+            client_ip,
+            listener_ip,
+            client_port,
+            listener_port,
+            family,
+            relay_family,
+            pad: [0; 2],
+        }
     }
 }
 
@@ -141,7 +165,13 @@ pub struct AllocationValue {
 impl AllocationValue {
     #[inline(always)]
     pub const fn new(relay_ip: [u8; 16], relay_port: [u8; 2], slot: u32, expires_ns: u64) -> Self {
-        AllocationValue { expires_ns, slot, relay_port, pad: [0; 2], relay_ip }
+        AllocationValue {
+            expires_ns,
+            slot,
+            relay_port,
+            pad: [0; 2],
+            relay_ip,
+        }
     }
     #[inline(always)]
     pub const fn expires_ns(&self) -> u64 {
@@ -174,8 +204,19 @@ pub struct PermissionKey {
 
 impl PermissionKey {
     #[inline(always)]
-    pub const fn new(family: u8, relay_ip: [u8; 16], relay_port: [u8; 2], peer_ip: [u8; 16]) -> Self {
-        PermissionKey { relay_ip, peer_ip, relay_port, family, pad: 0 }
+    pub const fn new(
+        family: u8,
+        relay_ip: [u8; 16],
+        relay_port: [u8; 2],
+        peer_ip: [u8; 16],
+    ) -> Self {
+        PermissionKey {
+            relay_ip,
+            peer_ip,
+            relay_port,
+            family,
+            pad: 0,
+        }
     }
 }
 
@@ -220,7 +261,15 @@ impl ClientChannelKey {
         listener_port: [u8; 2],
         number: [u8; 2],
     ) -> Self {
-        ClientChannelKey { client_ip, listener_ip, client_port, listener_port, number, family, pad: 0 }
+        ClientChannelKey {
+            client_ip,
+            listener_ip,
+            client_port,
+            listener_port,
+            number,
+            family,
+            pad: 0,
+        }
     }
 }
 
@@ -250,7 +299,16 @@ impl ClientChannelValue {
         slot: u32,
         expires_ns: u64,
     ) -> Self {
-        ClientChannelValue { expires_ns, slot, peer_port, relay_port, peer_ip, relay_ip, peer_family, pad: [0; 7] }
+        ClientChannelValue {
+            expires_ns,
+            slot,
+            peer_port,
+            relay_port,
+            peer_ip,
+            relay_ip,
+            peer_family,
+            pad: [0; 7],
+        }
     }
     #[inline(always)]
     pub const fn expires_ns(&self) -> u64 {
@@ -296,8 +354,21 @@ pub struct PeerChannelKey {
 
 impl PeerChannelKey {
     #[inline(always)]
-    pub const fn new(family: u8, relay_ip: [u8; 16], relay_port: [u8; 2], peer_ip: [u8; 16], peer_port: [u8; 2]) -> Self {
-        PeerChannelKey { relay_ip, peer_ip, relay_port, peer_port, family, pad: [0; 3] }
+    pub const fn new(
+        family: u8,
+        relay_ip: [u8; 16],
+        relay_port: [u8; 2],
+        peer_ip: [u8; 16],
+        peer_port: [u8; 2],
+    ) -> Self {
+        PeerChannelKey {
+            relay_ip,
+            peer_ip,
+            relay_port,
+            peer_port,
+            family,
+            pad: [0; 3],
+        }
     }
 }
 
@@ -314,7 +385,11 @@ pub struct PeerChannelValue {
 impl PeerChannelValue {
     #[inline(always)]
     pub const fn new(number: [u8; 2], expires_ns: u64) -> Self {
-        PeerChannelValue { expires_ns, number, pad: [0; 6] }
+        PeerChannelValue {
+            expires_ns,
+            number,
+            pad: [0; 6],
+        }
     }
     #[inline(always)]
     pub const fn expires_ns(&self) -> u64 {
@@ -371,12 +446,24 @@ mod tests {
         assert_eq!(offset_of!(FlowKey, listener_port), 34);
         assert_eq!(offset_of!(FlowKey, family), 36);
         assert_eq!(offset_of!(FlowKey, relay_family), 37);
-        assert_eq!((size_of::<PermissionKey>(), align_of::<PermissionKey>()), (36, 1));
+        assert_eq!(
+            (size_of::<PermissionKey>(), align_of::<PermissionKey>()),
+            (36, 1)
+        );
         assert_eq!(offset_of!(PermissionKey, relay_port), 32);
-        assert_eq!((size_of::<ClientChannelKey>(), align_of::<ClientChannelKey>()), (40, 1));
+        assert_eq!(
+            (
+                size_of::<ClientChannelKey>(),
+                align_of::<ClientChannelKey>()
+            ),
+            (40, 1)
+        );
         assert_eq!(offset_of!(ClientChannelKey, number), 36);
         assert_eq!(offset_of!(ClientChannelKey, family), 38);
-        assert_eq!((size_of::<PeerChannelKey>(), align_of::<PeerChannelKey>()), (40, 1));
+        assert_eq!(
+            (size_of::<PeerChannelKey>(), align_of::<PeerChannelKey>()),
+            (40, 1)
+        );
         assert_eq!(offset_of!(PeerChannelKey, peer_port), 34);
         assert_eq!(offset_of!(PeerChannelKey, family), 36);
     }
@@ -389,29 +476,71 @@ mod tests {
         assert_eq!(offset_of!(RelayValue, client_ip), 16);
         assert_eq!(offset_of!(RelayValue, listener_ip), 32);
         assert_eq!(offset_of!(RelayValue, client_family), 48);
-        assert_eq!((size_of::<AllocationValue>(), align_of::<AllocationValue>()), (32, 8));
+        assert_eq!(
+            (size_of::<AllocationValue>(), align_of::<AllocationValue>()),
+            (32, 8)
+        );
         assert_eq!(offset_of!(AllocationValue, relay_ip), 16);
-        assert_eq!((size_of::<PermissionValue>(), align_of::<PermissionValue>()), (8, 8));
-        assert_eq!((size_of::<ClientChannelValue>(), align_of::<ClientChannelValue>()), (56, 8));
+        assert_eq!(
+            (size_of::<PermissionValue>(), align_of::<PermissionValue>()),
+            (8, 8)
+        );
+        assert_eq!(
+            (
+                size_of::<ClientChannelValue>(),
+                align_of::<ClientChannelValue>()
+            ),
+            (56, 8)
+        );
         assert_eq!(offset_of!(ClientChannelValue, peer_ip), 16);
         assert_eq!(offset_of!(ClientChannelValue, relay_ip), 32);
         assert_eq!(offset_of!(ClientChannelValue, peer_family), 48);
-        assert_eq!((size_of::<PeerChannelValue>(), align_of::<PeerChannelValue>()), (16, 8));
+        assert_eq!(
+            (
+                size_of::<PeerChannelValue>(),
+                align_of::<PeerChannelValue>()
+            ),
+            (16, 8)
+        );
         assert_eq!(offset_of!(PeerChannelValue, number), 8);
-        assert_eq!((size_of::<AllocationTraffic>(), align_of::<AllocationTraffic>()), (32, 8));
+        assert_eq!(
+            (
+                size_of::<AllocationTraffic>(),
+                align_of::<AllocationTraffic>()
+            ),
+            (32, 8)
+        );
     }
 
     #[test]
     fn equal_inputs_give_equal_key_bytes() {
-        let a = PermissionKey::new(FAMILY_V4, v4_bytes([198, 18, 0, 1]), [0xC0, 0x00], v4_bytes([198, 19, 0, 9]));
-        let b = PermissionKey::new(FAMILY_V4, v4_bytes([198, 18, 0, 1]), [0xC0, 0x00], v4_bytes([198, 19, 0, 9]));
+        let a = PermissionKey::new(
+            FAMILY_V4,
+            v4_bytes([198, 18, 0, 1]),
+            [0xC0, 0x00],
+            v4_bytes([198, 19, 0, 9]),
+        );
+        let b = PermissionKey::new(
+            FAMILY_V4,
+            v4_bytes([198, 18, 0, 1]),
+            [0xC0, 0x00],
+            v4_bytes([198, 19, 0, 9]),
+        );
         assert_eq!(a, b);
         assert_eq!(v4_bytes([1, 2, 3, 4])[4..], [0u8; 12]);
     }
 
     #[test]
     fn accessors_return_what_was_stored() {
-        let value = ClientChannelValue::new(FAMILY_V6, [7; 16], [0x12, 0x34], [9; 16], [0xC0, 0x01], 42, 1_000);
+        let value = ClientChannelValue::new(
+            FAMILY_V6,
+            [7; 16],
+            [0x12, 0x34],
+            [9; 16],
+            [0xC0, 0x01],
+            42,
+            1_000,
+        );
         assert_eq!(value.peer_family(), FAMILY_V6);
         assert_eq!(value.peer_ip(), &[7; 16]);
         assert_eq!(value.peer_port(), [0x12, 0x34]);
@@ -419,10 +548,33 @@ mod tests {
         assert_eq!(value.relay_port(), [0xC0, 0x01]);
         assert_eq!((value.slot(), value.expires_ns()), (42, 1_000));
         let relay = RelayValue::new(FAMILY_V4, [1; 16], [0, 1], [2; 16], [0x0D, 0x96], 3, 5);
-        assert_eq!((relay.client_family(), relay.client_port(), relay.listener_port()), (FAMILY_V4, [0, 1], [0x0D, 0x96]));
-        assert_eq!((relay.client_ip(), relay.listener_ip(), relay.slot(), relay.expires_ns()), (&[1; 16], &[2; 16], 3, 5));
+        assert_eq!(
+            (
+                relay.client_family(),
+                relay.client_port(),
+                relay.listener_port()
+            ),
+            (FAMILY_V4, [0, 1], [0x0D, 0x96])
+        );
+        assert_eq!(
+            (
+                relay.client_ip(),
+                relay.listener_ip(),
+                relay.slot(),
+                relay.expires_ns()
+            ),
+            (&[1; 16], &[2; 16], 3, 5)
+        );
         let allocation = AllocationValue::new([3; 16], [0xC0, 0x02], 4, 6);
-        assert_eq!((allocation.relay_ip(), allocation.relay_port(), allocation.slot(), allocation.expires_ns()), (&[3; 16], [0xC0, 0x02], 4, 6));
+        assert_eq!(
+            (
+                allocation.relay_ip(),
+                allocation.relay_port(),
+                allocation.slot(),
+                allocation.expires_ns()
+            ),
+            (&[3; 16], [0xC0, 0x02], 4, 6)
+        );
         let channel = PeerChannelValue::new([0x40, 0x00], 9);
         assert_eq!((channel.number(), channel.expires_ns()), ([0x40, 0x00], 9));
         assert_eq!(PermissionValue::new(11).expires_ns(), 11);

@@ -21,6 +21,8 @@ pub const ADDRESS_FAMILY_V4: u8 = 0x01;
 pub const ADDRESS_FAMILY_V6: u8 = 0x02;
 /// ChannelData header length (RFC 8656 §12.4).
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
-/// Valid channel numbers (RFC 8656 §12).
+/// Accepted channel numbers. RFC 8656 §12 assigns 0x4000–0x4FFF, but RFC 5766 allowed
+/// up to 0x7FFF and clients written to it are still deployed (coturn's turnutils_uclient
+/// picks from the whole range), so like coturn we accept 0x4000–0x7FFF.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const CHANNEL_MAX: u16 = 0x7FFF;

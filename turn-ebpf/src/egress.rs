@@ -7,7 +7,8 @@
 
 use aya_ebpf::bindings::{xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS};
 use aya_ebpf::helpers::{
-    bpf_fib_lookup as fib_lookup_helper, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
+    bpf_fib_lookup as fib_lookup_helper, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    bpf_xdp_store_bytes,
 };
 use aya_ebpf::programs::XdpContext;
 use aya_ebpf::EbpfContext as _;
@@ -69,7 +70,10 @@ pub fn forward<const P: usize>(
     if ttl <= 1 {
         return Err(Outcome::PassTtl);
     }
-    if reframe.padding > MAX_PADDING || reframe.data_offset < packet.payload || P > scratch.prefix.len() {
+    if reframe.padding > MAX_PADDING
+        || reframe.data_offset < packet.payload
+        || P > scratch.prefix.len()
+    {
         return Err(Outcome::PassMalformed);
     }
     let payload_end = packet.payload + packet.payload_len;
@@ -101,7 +105,11 @@ pub fn forward<const P: usize>(
         // The length is in the pseudo-header and in the UDP header.
         let old_len = packet.udp_len as u16;
         let new_len = udp_len as u16;
-        delta = delta.remove_word(old_len).remove_word(old_len).add_word(new_len).add_word(new_len);
+        delta = delta
+            .remove_word(old_len)
+            .remove_word(old_len)
+            .add_word(new_len)
+            .add_word(new_len);
         delta = delta
             .remove_word(be16(packet.src_port))
             .remove_word(be16(packet.dst_port))
@@ -113,8 +121,30 @@ pub fn forward<const P: usize>(
         let payload = packet.payload;
         let tail_parity = old_prefix_len + reframe.data_len;
         let udp_checksum = packet.udp_checksum;
-        delta = remove_frame_bytes(ctx, &mut scratch.stripped, delta, payload, old_prefix_len, 0)?;
-        delta = remove_frame_bytes(ctx, &mut scratch.stripped, delta, data_end, old_tail_len, tail_parity)?;
+        let head = packet.payload_head;
+        delta = if old_prefix_len == 4 {
+            // A ChannelData header: already read while parsing, no copy needed.
+            delta
+                .remove_word(be16([head[0], head[1]]))
+                .remove_word(be16([head[2], head[3]]))
+        } else {
+            remove_frame_bytes(
+                ctx,
+                &mut scratch.stripped,
+                delta,
+                payload,
+                old_prefix_len,
+                0,
+            )?
+        };
+        delta = remove_frame_bytes(
+            ctx,
+            &mut scratch.stripped,
+            delta,
+            data_end,
+            old_tail_len,
+            tail_parity,
+        )?;
         for i in 0..P / 2 {
             delta = delta.add_word(be16([scratch.prefix[2 * i], scratch.prefix[2 * i + 1]]));
         }
@@ -143,7 +173,11 @@ pub fn forward<const P: usize>(
     let headers = &scratch.headers;
     let prefix: &[u8; P] = scratch.prefix.first_chunk().ok_or(Outcome::PassMalformed)?;
     if scratch.packet.family == FAMILY_V4 {
-        write::<{ ETH_LEN + 20 + UDP_LEN }>(ctx, 0, headers.first_chunk().ok_or(Outcome::PassMalformed)?)?;
+        write::<{ ETH_LEN + 20 + UDP_LEN }>(
+            ctx,
+            0,
+            headers.first_chunk().ok_or(Outcome::PassMalformed)?,
+        )?;
         if P > 0 {
             write(ctx, ETH_LEN + 20 + UDP_LEN, prefix)?;
         }
@@ -158,7 +192,12 @@ pub fn forward<const P: usize>(
         // SAFETY: helper call; `zeros` holds at least `padding` (≤ 3) bytes; the helper
         // checks the frame bounds.
         let rc = unsafe {
-            bpf_xdp_store_bytes(ctx.ctx, (header_len + reframe.data_len) as u32, zeros.as_mut_ptr().cast(), reframe.padding as u32)
+            bpf_xdp_store_bytes(
+                ctx.ctx,
+                (header_len + reframe.data_len) as u32,
+                zeros.as_mut_ptr().cast(),
+                reframe.padding as u32,
+            )
         };
         if rc != 0 {
             return Err(Outcome::PassMalformed);
@@ -172,7 +211,10 @@ pub fn forward<const P: usize>(
         // SAFETY: helper call; returns XDP_REDIRECT, or XDP_ABORTED on bad flags.
         unsafe { bpf_redirect(egress_ifindex, 0) as u32 }
     };
-    Ok(Relayed { action, outcome: relayed })
+    Ok(Relayed {
+        action,
+        outcome: relayed,
+    })
 }
 
 /// Replaces an address (4 or 16 bytes per family) in a checksum.
@@ -218,8 +260,19 @@ fn remove_frame_bytes(
 /// Assembles `eth | ip | udp` of the relayed frame in `scratch.headers` (the first 42
 /// bytes for IPv4, all 62 for IPv6), from the next hop in `scratch.fib`.
 #[inline(always)]
-fn build_headers(scratch: &mut Scratch, route: &Route, reframe: &Reframe, udp_len: u16, udp_checksum: u16) {
-    let Scratch { packet, fib, headers, .. } = scratch;
+fn build_headers(
+    scratch: &mut Scratch,
+    route: &Route,
+    reframe: &Reframe,
+    udp_len: u16,
+    udp_checksum: u16,
+) {
+    let Scratch {
+        packet,
+        fib,
+        headers,
+        ..
+    } = scratch;
     headers[..6].copy_from_slice(&fib.dmac);
     headers[6..12].copy_from_slice(&fib.smac);
     let len = udp_len.to_be_bytes();
@@ -236,7 +289,13 @@ fn build_headers(scratch: &mut Scratch, route: &Route, reframe: &Reframe, udp_le
     ];
     if packet.family == FAMILY_V4 {
         headers[12..14].copy_from_slice(&[0x08, 0x00]);
-        ipv4_header(&mut headers[14..34], packet, route, 20 + udp_len, reframe.dont_fragment);
+        ipv4_header(
+            &mut headers[14..34],
+            packet,
+            route,
+            20 + udp_len,
+            reframe.dont_fragment,
+        );
         headers[34..42].copy_from_slice(&udp);
     } else {
         headers[12..14].copy_from_slice(&[0x86, 0xDD]);
@@ -248,7 +307,13 @@ fn build_headers(scratch: &mut Scratch, route: &Route, reframe: &Reframe, udp_le
 /// The relayed IPv4 header: the incoming one (TOS, ID, DF kept — RFC 8656 §14
 /// preferred behaviour) with new addresses, length and TTL - 1, checksum per RFC 1624.
 #[inline(always)]
-fn ipv4_header(header: &mut [u8], packet: &Packet, route: &Route, total_len: u16, dont_fragment: bool) {
+fn ipv4_header(
+    header: &mut [u8],
+    packet: &Packet,
+    route: &Route,
+    total_len: u16,
+    dont_fragment: bool,
+) {
     let Some(header) = header.first_chunk_mut::<20>() else {
         return;
     };
@@ -300,9 +365,18 @@ fn ipv6_header(header: &mut [u8], packet: &Packet, route: &Route, payload_len: u
 /// the frame instead (no route / neighbour not resolved / forwarding disabled → PASS;
 /// over the egress MTU → PASS, the stack fragments or sends ICMP).
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, scratch: &mut Scratch, route: &Route, ip_total_len: u16) -> Result<(), Outcome> {
+fn next_hop(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    route: &Route,
+    ip_total_len: u16,
+) -> Result<(), Outcome> {
     let family = scratch.packet.family;
-    let tos = if family == FAMILY_V4 { scratch.packet.ip_header[1] } else { 0 };
+    let tos = if family == FAMILY_V4 {
+        scratch.packet.ip_header[1]
+    } else {
+        0
+    };
     let params = &mut scratch.fib;
     // SAFETY: plain-old-data struct; all-zero is its documented initial state.
     *params = unsafe { core::mem::zeroed() };
@@ -314,8 +388,18 @@ fn next_hop(ctx: &XdpContext, scratch: &mut Scratch, route: &Route, ip_total_len
     if family == FAMILY_V4 {
         params.family = AF_INET;
         params.__bindgen_anon_2.tos = tos;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([route.src_ip[0], route.src_ip[1], route.src_ip[2], route.src_ip[3]]);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([route.dst_ip[0], route.dst_ip[1], route.dst_ip[2], route.dst_ip[3]]);
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([
+            route.src_ip[0],
+            route.src_ip[1],
+            route.src_ip[2],
+            route.src_ip[3],
+        ]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([
+            route.dst_ip[0],
+            route.dst_ip[1],
+            route.dst_ip[2],
+            route.dst_ip[3],
+        ]);
     } else {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(route.src_ip);
@@ -341,7 +425,12 @@ fn next_hop(ctx: &XdpContext, scratch: &mut Scratch, route: &Route, ip_total_len
 fn words(address: &[u8; 16]) -> [u32; 4] {
     let mut out = [0u32; 4];
     for (i, word) in out.iter_mut().enumerate() {
-        *word = u32::from_ne_bytes([address[4 * i], address[4 * i + 1], address[4 * i + 2], address[4 * i + 3]]);
+        *word = u32::from_ne_bytes([
+            address[4 * i],
+            address[4 * i + 1],
+            address[4 * i + 2],
+            address[4 * i + 3],
+        ]);
     }
     out
 }

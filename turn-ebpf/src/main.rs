@@ -6,6 +6,12 @@
 //! and sends; [`packet`] parses. `turn_xdp` only maps outcomes to actions and counts.
 #![no_std]
 #![no_main]
+// Map keys live in the per-CPU scratch value and are passed by reference on purpose: by
+// value they would be copied onto the 512-byte stack first.
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys are read from scratch memory, not copied to the stack"
+)]
 
 mod egress;
 mod packet;
@@ -21,8 +27,8 @@ use aya_ebpf::{
 };
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
-    AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey, PeerChannelKey, PeerChannelValue,
-    PermissionKey, PermissionValue, RelayKey, RelayValue,
+    AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
+    PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
 };
 use turn_common::stun::{CHANNEL_MAX, CHANNEL_MIN, HEADER_LEN, SEND_INDICATION};
 
@@ -68,7 +74,8 @@ static CLIENT_ALLOCATIONS: HashMap<FlowKey, AllocationValue> = HashMap::with_max
 static PERMISSIONS: HashMap<PermissionKey, PermissionValue> = HashMap::with_max_entries(1, 0);
 /// Client 5-tuple + channel number → peer, for client → peer ChannelData.
 #[map]
-static CLIENT_CHANNELS: HashMap<ClientChannelKey, ClientChannelValue> = HashMap::with_max_entries(1, 0);
+static CLIENT_CHANNELS: HashMap<ClientChannelKey, ClientChannelValue> =
+    HashMap::with_max_entries(1, 0);
 /// Relayed address + peer transport address → channel number, for peer → client.
 #[map]
 static PEER_CHANNELS: HashMap<PeerChannelKey, PeerChannelValue> = HashMap::with_max_entries(1, 0);
@@ -118,9 +125,13 @@ fn shape(packet: &Packet) -> Shape {
     let kind = be16([head[0], head[1]]);
     match head[0] >> 6 {
         0b01 if packet.payload_len >= 4 && (CHANNEL_MIN..=CHANNEL_MAX).contains(&kind) => {
-            Shape::ChannelData { number: [head[0], head[1]] }
+            Shape::ChannelData {
+                number: [head[0], head[1]],
+            }
         }
-        0b00 if packet.payload_len >= HEADER_LEN && kind == SEND_INDICATION => Shape::SendIndication,
+        0b00 if packet.payload_len >= HEADER_LEN && kind == SEND_INDICATION => {
+            Shape::SendIndication
+        }
         0b00 if packet.payload_len >= HEADER_LEN => Shape::Stun,
         _ => Shape::Other,
     }
@@ -173,7 +184,14 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
 #[inline(always)]
 fn is_client_flow(scratch: &mut Scratch) -> bool {
     let packet = &scratch.packet;
-    scratch.flow_key = FlowKey::new(packet.family, packet.src_ip, packet.src_port, packet.dst_ip, packet.dst_port, packet.family);
+    scratch.flow_key = FlowKey::new(
+        packet.family,
+        packet.src_ip,
+        packet.src_port,
+        packet.dst_ip,
+        packet.dst_port,
+        packet.family,
+    );
     // SAFETY: only the presence is used.
     unsafe { CLIENT_ALLOCATIONS.get(&scratch.flow_key) }.is_some()
 }

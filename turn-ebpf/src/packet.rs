@@ -23,7 +23,8 @@ pub fn load<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], 
     }
     let mut bytes = [0u8; N];
     // SAFETY: helper call; `bytes` holds N bytes; the helper checks the frame bounds.
-    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, bytes.as_mut_ptr().cast(), N as u32) };
+    let rc =
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, bytes.as_mut_ptr().cast(), N as u32) };
     if rc != 0 {
         return Err(Outcome::PassMalformed);
     }
@@ -32,7 +33,12 @@ pub fn load<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], 
 
 /// Copies `len` (1..=64) frame bytes at a variable `offset` into `buffer`.
 #[inline(always)]
-pub fn load_into(ctx: &XdpContext, offset: usize, buffer: &mut [u8; 64], len: usize) -> Result<(), Outcome> {
+pub fn load_into(
+    ctx: &XdpContext,
+    offset: usize,
+    buffer: &mut [u8; 64],
+    len: usize,
+) -> Result<(), Outcome> {
     if offset > MAX_OFFSET || len == 0 || len > 64 {
         return Err(Outcome::PassMalformed);
     }
@@ -41,7 +47,14 @@ pub fn load_into(ctx: &XdpContext, offset: usize, buffer: &mut [u8; 64], len: us
     let len = (core::hint::black_box(len - 1) & 63) + 1;
     // SAFETY: helper call; `buffer` holds 64 ≥ `len` bytes; the helper checks the frame
     // bounds.
-    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, buffer.as_mut_ptr().cast(), len as u32) };
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            offset as u32,
+            buffer.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
     if rc != 0 {
         return Err(Outcome::PassMalformed);
     }
@@ -64,7 +77,11 @@ pub fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], 
 
 /// Copies `N` bytes at a constant `offset` into `out` (direct access, no stack copy).
 #[inline(always)]
-pub fn read_into<const N: usize>(ctx: &XdpContext, offset: usize, out: &mut [u8; N]) -> Result<(), Outcome> {
+pub fn read_into<const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    out: &mut [u8; N],
+) -> Result<(), Outcome> {
     let start = ctx.data() + offset;
     if start + N > ctx.data_end() {
         return Err(Outcome::PassMalformed);
@@ -76,7 +93,11 @@ pub fn read_into<const N: usize>(ctx: &XdpContext, offset: usize, out: &mut [u8;
 
 /// Writes `N` bytes at `offset` from the start of the frame.
 #[inline(always)]
-pub fn write<const N: usize>(ctx: &XdpContext, offset: usize, bytes: &[u8; N]) -> Result<(), Outcome> {
+pub fn write<const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    bytes: &[u8; N],
+) -> Result<(), Outcome> {
     if offset > MAX_OFFSET {
         return Err(Outcome::PassMalformed);
     }
@@ -186,7 +207,9 @@ impl Packet {
             44 => return Err(Outcome::PassFragment),
             // Hop-by-hop, routing, destination options, AH, ESP, mobility, HIP, shim6,
             // experimental.
-            0 | 43 | 60 | 51 | 50 | 135 | 139 | 140 | 253 | 254 => return Err(Outcome::PassIpOptions),
+            0 | 43 | 60 | 51 | 50 | 135 | 139 | 140 | 253 | 254 => {
+                return Err(Outcome::PassIpOptions)
+            }
             _ => return Err(Outcome::PassNotUdp),
         }
         let payload_len = be16([ip[4], ip[5]]) as usize;

@@ -7,7 +7,10 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::maps::{PeerChannelKey, PermissionKey, RelayValue, FAMILY_V4};
-use turn_common::stun::{ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_XOR_PEER_ADDRESS, DATA_INDICATION, MAGIC_COOKIE};
+use turn_common::stun::{
+    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_XOR_PEER_ADDRESS, DATA_INDICATION,
+    MAGIC_COOKIE,
+};
 
 use crate::egress::{forward, Egress, Reframe, Route};
 use crate::packet::Packet;
@@ -20,7 +23,11 @@ const DATA_INDICATION_V6_LEN: usize = 48;
 
 // A separate BPF function: its stack frame is not added to the other paths'.
 #[inline(never)]
-pub fn relay(ctx: &XdpContext, scratch: &mut Scratch, allocation: &RelayValue) -> Result<Relayed, Outcome> {
+pub fn relay(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    allocation: &RelayValue,
+) -> Result<Relayed, Outcome> {
     let packet = &scratch.packet;
     let now = now_ns();
     if allocation.expires_ns() <= now {
@@ -36,28 +43,50 @@ pub fn relay(ctx: &XdpContext, scratch: &mut Scratch, allocation: &RelayValue) -
         dst_port: allocation.client_port(),
     };
     let data_len = packet.payload_len;
-    scratch.peer_channel_key = PeerChannelKey::new(packet.family, packet.dst_ip, packet.dst_port, packet.src_ip, packet.src_port);
+    scratch.peer_channel_key = PeerChannelKey::new(
+        packet.family,
+        packet.dst_ip,
+        packet.dst_port,
+        packet.src_ip,
+        packet.src_port,
+    );
     // SAFETY: the value is only read while this program runs (RCU-protected).
     if let Some(channel) = unsafe { PEER_CHANNELS.get(&scratch.peer_channel_key) } {
         if channel.expires_ns() > now {
             let number = channel.number();
             let len = (data_len as u16).to_be_bytes();
-            let reframe = Reframe { data_offset: packet.payload, data_len, padding: 0, dont_fragment: false };
+            let reframe = Reframe {
+                data_offset: packet.payload,
+                data_len,
+                padding: 0,
+                dont_fragment: false,
+            };
             scratch.prefix[..4].copy_from_slice(&[number[0], number[1], len[0], len[1]]);
-            let relayed = forward::<4>(ctx, scratch, &Egress { route, reframe }, Outcome::RelayedChannelDataToClient)?;
+            let relayed = forward::<4>(
+                ctx,
+                scratch,
+                &Egress { route, reframe },
+                Outcome::RelayedChannelDataToClient,
+            )?;
             add_traffic(allocation.slot(), data_len, false);
             return Ok(relayed);
         }
     }
     let packet = &scratch.packet;
-    scratch.permission_key = PermissionKey::new(packet.family, packet.dst_ip, packet.dst_port, packet.src_ip);
+    scratch.permission_key =
+        PermissionKey::new(packet.family, packet.dst_ip, packet.dst_port, packet.src_ip);
     // SAFETY: as above.
     match unsafe { PERMISSIONS.get(&scratch.permission_key) } {
         Some(permission) if permission.expires_ns() > now => {}
         _ => return Err(Outcome::DropNoPermission),
     }
     let padding = (4 - data_len % 4) % 4;
-    let reframe = Reframe { data_offset: packet.payload, data_len, padding, dont_fragment: false };
+    let reframe = Reframe {
+        data_offset: packet.payload,
+        data_len,
+        padding,
+        dont_fragment: false,
+    };
     let transaction_id = transaction_id();
     let egress = Egress { route, reframe };
     let outcome = Outcome::RelayedDataIndicationToClient;
@@ -88,7 +117,11 @@ fn transaction_id() -> [u8; 12] {
 /// `padded_data_len` bytes of DATA value: XOR-PEER-ADDRESS of the sending peer, then the
 /// DATA attribute header.
 #[inline(always)]
-fn data_indication<const N: usize>(scratch: &mut Scratch, transaction_id: &[u8; 12], padded_data_len: usize) {
+fn data_indication<const N: usize>(
+    scratch: &mut Scratch,
+    transaction_id: &[u8; 12],
+    padded_data_len: usize,
+) {
     let packet: &Packet = &scratch.packet;
     let Some(out) = scratch.prefix.first_chunk_mut::<N>() else {
         return;
@@ -103,7 +136,11 @@ fn data_indication<const N: usize>(scratch: &mut Scratch, transaction_id: &[u8; 
     out[8..20].copy_from_slice(transaction_id);
     out[20..22].copy_from_slice(&ATTR_XOR_PEER_ADDRESS.to_be_bytes());
     out[22..24].copy_from_slice(&((4 + address_len) as u16).to_be_bytes());
-    out[25] = if address_len == 4 { ADDRESS_FAMILY_V4 } else { ADDRESS_FAMILY_V6 };
+    out[25] = if address_len == 4 {
+        ADDRESS_FAMILY_V4
+    } else {
+        ADDRESS_FAMILY_V6
+    };
     out[26] = packet.src_port[0] ^ MAGIC_COOKIE[0];
     out[27] = packet.src_port[1] ^ MAGIC_COOKIE[1];
     // XOR key: magic cookie, then (IPv6) the transaction id, which sit at out[4..20].

@@ -6,8 +6,8 @@ use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::maps::{ClientChannelValue, FlowKey, PermissionKey, FAMILY_V4, FAMILY_V6};
 use turn_common::stun::{
-    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_XOR_PEER_ADDRESS, CHANNEL_DATA_HEADER_LEN,
-    HEADER_LEN, MAGIC_COOKIE,
+    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_XOR_PEER_ADDRESS,
+    CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
 use crate::egress::{forward, Egress, Reframe, Route};
@@ -21,7 +21,11 @@ const MAX_ATTRIBUTES: usize = 4;
 /// header and data plus at most the padding to a multiple of 4 (RFC 8656 §12.5).
 // A separate BPF function: its stack frame is not added to the other paths'.
 #[inline(never)]
-pub fn channel_data(ctx: &XdpContext, scratch: &mut Scratch, channel: &ClientChannelValue) -> Result<Relayed, Outcome> {
+pub fn channel_data(
+    ctx: &XdpContext,
+    scratch: &mut Scratch,
+    channel: &ClientChannelValue,
+) -> Result<Relayed, Outcome> {
     let packet = &scratch.packet;
     let header = packet.payload_head;
     let data_len = be16([header[2], header[3]]) as usize;
@@ -47,7 +51,12 @@ pub fn channel_data(ctx: &XdpContext, scratch: &mut Scratch, channel: &ClientCha
         padding: 0,
         dont_fragment: false,
     };
-    let relayed = forward::<0>(ctx, scratch, &Egress { route, reframe }, Outcome::RelayedChannelDataToPeer)?;
+    let relayed = forward::<0>(
+        ctx,
+        scratch,
+        &Egress { route, reframe },
+        Outcome::RelayedChannelDataToPeer,
+    )?;
     add_traffic(channel.slot(), data_len, true);
     Ok(relayed)
 }
@@ -96,7 +105,12 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
     if send.peer_family != scratch.packet.family {
         return Err(Outcome::PassCrossFamily);
     }
-    scratch.permission_key = PermissionKey::new(send.peer_family, *allocation.relay_ip(), allocation.relay_port(), send.peer_ip);
+    scratch.permission_key = PermissionKey::new(
+        send.peer_family,
+        *allocation.relay_ip(),
+        allocation.relay_port(),
+        send.peer_ip,
+    );
     // SAFETY: as above.
     let Some(permission) = (unsafe { PERMISSIONS.get(&scratch.permission_key) }) else {
         return Err(Outcome::PassNoPermission);
@@ -116,7 +130,12 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
         padding: 0,
         dont_fragment: send.dont_fragment,
     };
-    let relayed = forward::<0>(ctx, scratch, &Egress { route, reframe }, Outcome::RelayedSendToPeer)?;
+    let relayed = forward::<0>(
+        ctx,
+        scratch,
+        &Egress { route, reframe },
+        Outcome::RelayedSendToPeer,
+    )?;
     add_traffic(allocation.slot(), send.data_len, true);
     Ok(relayed)
 }
@@ -128,12 +147,20 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
 // A separate BPF function to keep the caller's stack frame small; results go through
 // an out parameter since a BPF function cannot return a pointer to stack memory.
 #[inline(never)]
-fn parse_send_indication(ctx: &XdpContext, packet: &Packet, header: &mut [u8; MAX_STRIPPED], out: &mut SendIndication) -> bool {
+fn parse_send_indication(
+    ctx: &XdpContext,
+    packet: &Packet,
+    header: &mut [u8; MAX_STRIPPED],
+    out: &mut SendIndication,
+) -> bool {
     if load_into(ctx, packet.payload, header, HEADER_LEN).is_err() {
         return false;
     }
     let message_len = be16([header[2], header[3]]) as usize;
-    if header[4..8] != MAGIC_COOKIE || message_len + HEADER_LEN != packet.payload_len || message_len % 4 != 0 {
+    if header[4..8] != MAGIC_COOKIE
+        || message_len + HEADER_LEN != packet.payload_len
+        || message_len & 3 != 0
+    {
         return false;
     }
     let mut peer_found = false;
@@ -179,7 +206,13 @@ fn parse_send_indication(ctx: &XdpContext, packet: &Packet, header: &mut [u8; MA
 
 /// Decodes XOR-PEER-ADDRESS (RFC 8489 §14.2) at frame offset `value` into `out`.
 #[inline(always)]
-fn xor_peer_address(ctx: &XdpContext, value: usize, len: usize, header: &[u8; MAX_STRIPPED], out: &mut SendIndication) -> bool {
+fn xor_peer_address(
+    ctx: &XdpContext,
+    value: usize,
+    len: usize,
+    header: &[u8; MAX_STRIPPED],
+    out: &mut SendIndication,
+) -> bool {
     let Ok(head) = load::<4>(ctx, value) else {
         return false;
     };

@@ -38,11 +38,23 @@ const DEMO_USER: &str = "demo";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config error: {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config error: {file} line {line}: {key}: {message}")]
-    AtLine { file: String, line: usize, key: String, message: String },
+    AtLine {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
     #[error("config error: {file}: {key}: {message}")]
-    Key { file: String, key: String, message: String },
+    Key {
+        file: String,
+        key: String,
+        message: String,
+    },
 }
 
 /// A relay address: what relay sockets bind to and what XOR-RELAYED-ADDRESS advertises.
@@ -104,7 +116,10 @@ impl fmt::Debug for Config {
             .field("relay_v4", &self.relay_v4)
             .field("relay_v6", &self.relay_v6)
             .field("port_range", &self.port_range)
-            .field("users", &self.users.iter().map(|u| &u.name).collect::<Vec<_>>())
+            .field(
+                "users",
+                &self.users.iter().map(|u| &u.name).collect::<Vec<_>>(),
+            )
             .field("auth_secrets", &self.auth_secrets.len())
             .field("zrest_secrets", &self.zrest_secrets.len())
             .field("xdp_mode", &self.xdp_mode)
@@ -118,13 +133,17 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: source.clone(), source: error })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: source.clone(),
+            source: error,
+        })?;
         Config::parse(&text, &source)
     }
 
     /// Parses and validates TOML `text`; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|error| syntax_error(text, source, &error))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|error| syntax_error(text, source, &error))?;
         Validator { text, source }.validate(raw)
     }
 
@@ -138,14 +157,20 @@ impl Config {
             realm: DEFAULT_REALM.to_owned(),
             software: None,
             listen: vec![SocketAddr::new(loopback, DEFAULT_TURN_PORT)],
-            relay_v4: Some(RelayAddressConfig { bind: loopback, advertised: loopback }),
+            relay_v4: Some(RelayAddressConfig {
+                bind: loopback,
+                advertised: loopback,
+            }),
             relay_v6: None,
             port_range: DEFAULT_PORT_RANGE,
             default_lifetime: Duration::from_secs(DEFAULT_LIFETIME_SECS),
             max_lifetime: Duration::from_secs(DEFAULT_MAX_LIFETIME_SECS),
             max_allocations: DEFAULT_MAX_ALLOCATIONS,
             max_allocations_per_user: 0,
-            users: vec![UserConfig { name: DEMO_USER.to_owned(), secret: StaticSecret::Password(demo_password.clone()) }],
+            users: vec![UserConfig {
+                name: DEMO_USER.to_owned(),
+                secret: StaticSecret::Password(demo_password.clone()),
+            }],
             auth_secrets: Vec::new(),
             zrest_secrets: Vec::new(),
             nonce_lifetime: Duration::from_secs(DEFAULT_NONCE_LIFETIME_SECS),
@@ -154,7 +179,10 @@ impl Config {
             advertise_password_algorithms: true,
             // Loopback is denied to peers by default; allowing it here lets a client on
             // this host relay to a peer on this host, which is what a local trial needs.
-            peers_allow: vec![IpNet::V4(ipnet::Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8))],
+            peers_allow: vec![IpNet::V4(ipnet::Ipv4Net::new_assert(
+                Ipv4Addr::new(127, 0, 0, 0),
+                8,
+            ))],
             peers_deny: Vec::new(),
             xdp_mode: XdpMode::Auto,
             xdp_interfaces: vec!["lo".to_owned()],
@@ -166,7 +194,9 @@ impl Config {
 
     /// The generated demo user name and password of the embedded default, if this is it.
     pub fn demo_credentials(&self) -> Option<(&str, &str)> {
-        self.demo_credentials.as_ref().map(|(name, password)| (name.as_str(), password.as_str()))
+        self.demo_credentials
+            .as_ref()
+            .map(|(name, password)| (name.as_str(), password.as_str()))
     }
 
     /// Replaces the listen addresses (the `--listen` option).
@@ -214,7 +244,10 @@ impl Config {
     /// The protocol core's settings.
     pub fn server_config(&self) -> ServerConfig {
         let relay = |address: Option<RelayAddressConfig>| {
-            address.map(|a| RelayAddress { bind: a.bind, advertised: a.advertised })
+            address.map(|a| RelayAddress {
+                bind: a.bind,
+                advertised: a.advertised,
+            })
         };
         ServerConfig {
             realm: self.realm.clone(),
@@ -240,7 +273,10 @@ impl Config {
             static_users: self
                 .users
                 .iter()
-                .map(|user| StaticUser { name: user.name.clone(), secret: user.secret.clone() })
+                .map(|user| StaticUser {
+                    name: user.name.clone(),
+                    secret: user.secret.clone(),
+                })
                 .collect(),
             auth_secrets: self.auth_secrets.clone(),
             zrest_secrets: self.zrest_secrets.clone(),
@@ -274,10 +310,17 @@ impl Config {
         let mut modes = Vec::new();
         if !self.users.is_empty() {
             let names: Vec<&str> = self.users.iter().map(|user| user.name.as_str()).collect();
-            modes.push(format!("{} static user(s) [{}]", names.len(), names.join(", ")));
+            modes.push(format!(
+                "{} static user(s) [{}]",
+                names.len(),
+                names.join(", ")
+            ));
         }
         if !self.auth_secrets.is_empty() {
-            modes.push(format!("use-auth-secret ({} secret(s))", self.auth_secrets.len()));
+            modes.push(format!(
+                "use-auth-secret ({} secret(s))",
+                self.auth_secrets.len()
+            ));
         }
         if !self.zrest_secrets.is_empty() {
             modes.push(format!("zrest ({} key(s))", self.zrest_secrets.len()));
@@ -292,17 +335,27 @@ impl Config {
     /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
     pub fn to_toml(&self) -> String {
         const REDACTED: &str = "<redacted>";
-        let redacted = |list: &[String]| list.iter().map(|_| REDACTED.to_owned()).collect::<Vec<_>>();
+        let redacted =
+            |list: &[String]| list.iter().map(|_| REDACTED.to_owned()).collect::<Vec<_>>();
         let printed = RawConfig {
             server: RawServer {
                 realm: Some(spanless(self.realm.clone())),
                 software: Some(self.software.clone().unwrap_or_default()),
-                listen: Some(self.listen.iter().map(|a| spanless(a.to_string())).collect()),
+                listen: Some(
+                    self.listen
+                        .iter()
+                        .map(|a| spanless(a.to_string()))
+                        .collect(),
+                ),
                 relay_address: self.relay_v4.map(|r| spanless(r.bind.to_string())),
                 public_address: self.relay_v4.map(|r| spanless(r.advertised.to_string())),
                 relay_address_v6: self.relay_v6.map(|r| spanless(r.bind.to_string())),
                 public_address_v6: self.relay_v6.map(|r| spanless(r.advertised.to_string())),
-                port_range: Some(spanless(format!("{}-{}", self.port_range.start(), self.port_range.end()))),
+                port_range: Some(spanless(format!(
+                    "{}-{}",
+                    self.port_range.start(),
+                    self.port_range.end()
+                ))),
                 default_lifetime: Some(spanless(self.default_lifetime.as_secs())),
                 max_lifetime: Some(spanless(self.max_lifetime.as_secs())),
                 max_allocations: Some(spanless(self.max_allocations as u64)),
@@ -317,27 +370,60 @@ impl Config {
                             StaticSecret::Password(_) => (Some(REDACTED.to_owned()), None),
                             StaticSecret::Md5Key(_) => (None, Some(spanless(REDACTED.to_owned()))),
                         };
-                        spanless(RawUser { name: user.name.clone(), password, key })
+                        spanless(RawUser {
+                            name: user.name.clone(),
+                            password,
+                            key,
+                        })
                     })
                     .collect(),
-                auth_secrets: redacted(&self.auth_secrets).into_iter().map(spanless).collect(),
-                zrest_secrets: redacted(&self.zrest_secrets).into_iter().map(spanless).collect(),
+                auth_secrets: redacted(&self.auth_secrets)
+                    .into_iter()
+                    .map(spanless)
+                    .collect(),
+                zrest_secrets: redacted(&self.zrest_secrets)
+                    .into_iter()
+                    .map(spanless)
+                    .collect(),
                 nonce_lifetime: Some(spanless(self.nonce_lifetime.as_secs())),
-                nonce_secret: self.nonce_secret_configured.then(|| spanless(REDACTED.to_owned())),
+                nonce_secret: self
+                    .nonce_secret_configured
+                    .then(|| spanless(REDACTED.to_owned())),
                 advertise_password_algorithms: Some(self.advertise_password_algorithms),
             },
             peers: RawPeers {
-                allow: self.peers_allow.iter().map(|n| spanless(n.to_string())).collect(),
-                deny: self.peers_deny.iter().map(|n| spanless(n.to_string())).collect(),
+                allow: self
+                    .peers_allow
+                    .iter()
+                    .map(|n| spanless(n.to_string()))
+                    .collect(),
+                deny: self
+                    .peers_deny
+                    .iter()
+                    .map(|n| spanless(n.to_string()))
+                    .collect(),
             },
-            xdp: RawXdp { mode: Some(spanless(self.xdp_mode.to_string())), interfaces: self.xdp_interfaces.clone() },
+            xdp: RawXdp {
+                mode: Some(spanless(self.xdp_mode.to_string())),
+                interfaces: self.xdp_interfaces.clone(),
+            },
             metrics: RawMetrics {
-                listen: Some(spanless(self.metrics_listen.map(|a| a.to_string()).unwrap_or_default())),
+                listen: Some(spanless(
+                    self.metrics_listen
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                )),
             },
-            log: RawLog { level: Some(spanless(self.log_level.clone())) },
+            log: RawLog {
+                level: Some(spanless(self.log_level.clone())),
+            },
         };
-        let body = toml::to_string_pretty(&printed).unwrap_or_else(|error| format!("# cannot print: {error}\n"));
-        format!("# Effective configuration (from {}); secrets are redacted.\n{body}", self.source)
+        let body = toml::to_string_pretty(&printed)
+            .unwrap_or_else(|error| format!("# cannot print: {error}\n"));
+        format!(
+            "# Effective configuration (from {}); secrets are redacted.\n{body}",
+            self.source
+        )
     }
 }
 
@@ -457,22 +543,39 @@ impl Validator<'_> {
     }
 
     fn missing(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Key { file: self.source.to_owned(), key: key.to_owned(), message: message.into() }
+        ConfigError::Key {
+            file: self.source.to_owned(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
     }
 
     /// Applies `check` to a positioned value; a failure is reported at its line.
-    fn check<T, U>(&self, value: &Spanned<T>, key: &str, check: impl FnOnce(&T) -> Result<U, String>) -> Result<U, ConfigError> {
+    fn check<T, U>(
+        &self,
+        value: &Spanned<T>,
+        key: &str,
+        check: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Result<U, ConfigError> {
         check(value.get_ref()).map_err(|message| self.at(value.span(), key, message))
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = raw.server;
         let realm = match &server.realm {
-            Some(realm) => self.check(realm, "server.realm", |r| check_realm(r).map(|()| r.clone()))?,
+            Some(realm) => self.check(realm, "server.realm", |r| {
+                check_realm(r).map(|()| r.clone())
+            })?,
             None => DEFAULT_REALM.to_owned(),
         };
-        let relay_v4 = self.relay_address(&server.relay_address, &server.public_address, "", true)?;
-        let relay_v6 = self.relay_address(&server.relay_address_v6, &server.public_address_v6, "_v6", false)?;
+        let relay_v4 =
+            self.relay_address(&server.relay_address, &server.public_address, "", true)?;
+        let relay_v6 = self.relay_address(
+            &server.relay_address_v6,
+            &server.public_address_v6,
+            "_v6",
+            false,
+        )?;
         if relay_v4.is_none() && relay_v6.is_none() {
             return Err(self.missing(
                 "server.relay_address",
@@ -484,8 +587,9 @@ impl Validator<'_> {
                 let mut addresses = Vec::with_capacity(list.len());
                 for item in list {
                     addresses.push(self.check(item, "server.listen", |text| {
-                        let address: SocketAddr =
-                            text.parse().map_err(|_| format!("{text:?} is not an ip:port address (IPv6: [addr]:port)"))?;
+                        let address: SocketAddr = text.parse().map_err(|_| {
+                            format!("{text:?} is not an ip:port address (IPv6: [addr]:port)")
+                        })?;
                         check_concrete_listen(address).map(|()| address)
                     })?);
                 }
@@ -494,16 +598,32 @@ impl Validator<'_> {
                 }
                 addresses
             }
-            None => [relay_v4, relay_v6].into_iter().flatten().map(|r| SocketAddr::new(r.bind, DEFAULT_TURN_PORT)).collect(),
+            None => [relay_v4, relay_v6]
+                .into_iter()
+                .flatten()
+                .map(|r| SocketAddr::new(r.bind, DEFAULT_TURN_PORT))
+                .collect(),
         };
         let port_range = match &server.port_range {
             Some(range) => self.check(range, "server.port_range", |text| parse_port_range(text))?,
             None => DEFAULT_PORT_RANGE,
         };
-        let default_lifetime = self.seconds(&server.default_lifetime, "server.default_lifetime", DEFAULT_LIFETIME_SECS)?;
-        let max_lifetime = self.seconds(&server.max_lifetime, "server.max_lifetime", DEFAULT_MAX_LIFETIME_SECS)?;
+        let default_lifetime = self.seconds(
+            &server.default_lifetime,
+            "server.default_lifetime",
+            DEFAULT_LIFETIME_SECS,
+        )?;
+        let max_lifetime = self.seconds(
+            &server.max_lifetime,
+            "server.max_lifetime",
+            DEFAULT_MAX_LIFETIME_SECS,
+        )?;
         if default_lifetime > max_lifetime {
-            let span = server.default_lifetime.as_ref().or(server.max_lifetime.as_ref()).map(Spanned::span);
+            let span = server
+                .default_lifetime
+                .as_ref()
+                .or(server.max_lifetime.as_ref())
+                .map(Spanned::span);
             let message = format!(
                 "default_lifetime ({} s) is longer than max_lifetime ({} s)",
                 default_lifetime.as_secs(),
@@ -514,30 +634,46 @@ impl Validator<'_> {
                 None => self.missing("server.default_lifetime", message),
             });
         }
-        let max_allocations = match &server.max_allocations {
-            Some(value) => self.check(value, "server.max_allocations", |n| match usize::try_from(*n) {
-                Ok(limit) if limit > 0 && *n <= u64::from(u32::MAX) => Ok(limit),
-                _ => Err(format!("{n} is not between 1 and {}", u32::MAX)),
-            })?,
-            None => DEFAULT_MAX_ALLOCATIONS,
-        };
-        let max_allocations_per_user =
-            server.max_allocations_per_user.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let max_allocations =
+            match &server.max_allocations {
+                Some(value) => self.check(value, "server.max_allocations", |n| {
+                    match usize::try_from(*n) {
+                        Ok(limit) if limit > 0 && *n <= u64::from(u32::MAX) => Ok(limit),
+                        _ => Err(format!("{n} is not between 1 and {}", u32::MAX)),
+                    }
+                })?,
+                None => DEFAULT_MAX_ALLOCATIONS,
+            };
+        let max_allocations_per_user = server
+            .max_allocations_per_user
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
 
         let auth = raw.auth;
         let mut users: Vec<UserConfig> = Vec::with_capacity(auth.users.len());
         for user in &auth.users {
             let parsed = self.check(user, "auth.users", |u| self.user(u))?;
             if users.iter().any(|existing| existing.name == parsed.name) {
-                return Err(self.at(user.span(), "auth.users", format!("user {:?} is listed twice", parsed.name)));
+                return Err(self.at(
+                    user.span(),
+                    "auth.users",
+                    format!("user {:?} is listed twice", parsed.name),
+                ));
             }
             users.push(parsed);
         }
         let auth_secrets = self.secrets(&auth.auth_secrets, "auth.auth_secrets")?;
         let zrest_secrets = self.secrets(&auth.zrest_secrets, "auth.zrest_secrets")?;
-        let nonce_lifetime = self.seconds(&auth.nonce_lifetime, "auth.nonce_lifetime", DEFAULT_NONCE_LIFETIME_SECS)?;
+        let nonce_lifetime = self.seconds(
+            &auth.nonce_lifetime,
+            "auth.nonce_lifetime",
+            DEFAULT_NONCE_LIFETIME_SECS,
+        )?;
         let (nonce_secret, nonce_secret_configured) = match &auth.nonce_secret {
-            Some(secret) => (self.check(secret, "auth.nonce_secret", |s| non_empty_secret(s))?.into_bytes(), true),
+            Some(secret) => (
+                self.check(secret, "auth.nonce_secret", |s| non_empty_secret(s))?
+                    .into_bytes(),
+                true,
+            ),
             None => (random_nonce_secret(), false),
         };
 
@@ -548,22 +684,32 @@ impl Validator<'_> {
             Some(mode) => self.check(mode, "xdp.mode", |m| parse_xdp_mode(m))?,
             None => XdpMode::Auto,
         };
-        if let Some(empty) = raw.xdp.interfaces.iter().find(|name| name.is_empty() || name.len() >= libc::IF_NAMESIZE) {
-            return Err(self.missing("xdp.interfaces", format!("{empty:?} is not an interface name")));
+        if let Some(empty) = raw
+            .xdp
+            .interfaces
+            .iter()
+            .find(|name| name.is_empty() || name.len() >= libc::IF_NAMESIZE)
+        {
+            return Err(self.missing(
+                "xdp.interfaces",
+                format!("{empty:?} is not an interface name"),
+            ));
         }
         let metrics_listen = match &raw.metrics.listen {
             Some(listen) => self.check(listen, "metrics.listen", |text| {
                 if text.is_empty() {
                     return Ok(None);
                 }
-                text.parse::<SocketAddr>()
-                    .map(Some)
-                    .map_err(|_| format!("{text:?} is not an ip:port address (empty turns metrics off)"))
+                text.parse::<SocketAddr>().map(Some).map_err(|_| {
+                    format!("{text:?} is not an ip:port address (empty turns metrics off)")
+                })
             })?,
             None => DEFAULT_METRICS_LISTEN.parse().ok(),
         };
         let log_level = match &raw.log.level {
-            Some(level) => self.check(level, "log.level", |l| check_log_level(l).map(|()| l.clone()))?,
+            Some(level) => self.check(level, "log.level", |l| {
+                check_log_level(l).map(|()| l.clone())
+            })?,
             None => DEFAULT_LOG_LEVEL.to_owned(),
         };
 
@@ -606,7 +752,9 @@ impl Validator<'_> {
     ) -> Result<Option<RelayAddressConfig>, ConfigError> {
         let family = if ipv4 { "IPv4" } else { "IPv6" };
         let parse = |text: &String| -> Result<IpAddr, String> {
-            let ip: IpAddr = text.parse().map_err(|_| format!("{text:?} is not an {family} address"))?;
+            let ip: IpAddr = text
+                .parse()
+                .map_err(|_| format!("{text:?} is not an {family} address"))?;
             if ip.is_ipv4() != ipv4 {
                 return Err(format!("{text:?} is not an {family} address"));
             }
@@ -616,14 +764,19 @@ impl Validator<'_> {
         let public_key = format!("server.public_address{suffix}");
         let Some(bind) = bind else {
             if public.is_some() {
-                return Err(self.missing(&bind_key, format!("{public_key} is set but {bind_key} is not")));
+                return Err(self.missing(
+                    &bind_key,
+                    format!("{public_key} is set but {bind_key} is not"),
+                ));
             }
             return Ok(None);
         };
         let bind_ip = self.check(bind, &bind_key, |text| {
             let ip = parse(text)?;
             if ip.is_unspecified() || ip.is_multicast() {
-                return Err(format!("{text:?} must be a concrete address of this host (relay sockets bind to it)"));
+                return Err(format!(
+                    "{text:?} must be a concrete address of this host (relay sockets bind to it)"
+                ));
             }
             Ok(ip)
         })?;
@@ -637,10 +790,18 @@ impl Validator<'_> {
             })?,
             None => bind_ip,
         };
-        Ok(Some(RelayAddressConfig { bind: bind_ip, advertised }))
+        Ok(Some(RelayAddressConfig {
+            bind: bind_ip,
+            advertised,
+        }))
     }
 
-    fn seconds(&self, value: &Option<Spanned<u64>>, key: &str, default: u64) -> Result<Duration, ConfigError> {
+    fn seconds(
+        &self,
+        value: &Option<Spanned<u64>>,
+        key: &str,
+        default: u64,
+    ) -> Result<Duration, ConfigError> {
         match value {
             Some(value) => self.check(value, key, |secs| {
                 if *secs == 0 {
@@ -660,18 +821,30 @@ impl Validator<'_> {
         let secret = match (&user.password, &user.key) {
             (Some(password), None) => StaticSecret::Password(non_empty_secret(password)?),
             (None, Some(key)) => StaticSecret::Md5Key(parse_md5_key(key.get_ref())?),
-            (Some(_), Some(_)) => return Err(format!("user {:?} has both password and key: set one", user.name)),
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "user {:?} has both password and key: set one",
+                    user.name
+                ))
+            }
             (None, None) => return Err(format!("user {:?} needs a password or a key", user.name)),
         };
-        Ok(UserConfig { name: user.name.clone(), secret })
+        Ok(UserConfig {
+            name: user.name.clone(),
+            secret,
+        })
     }
 
     fn secrets(&self, list: &[Spanned<String>], key: &str) -> Result<Vec<String>, ConfigError> {
-        list.iter().map(|secret| self.check(secret, key, |s| non_empty_secret(s))).collect()
+        list.iter()
+            .map(|secret| self.check(secret, key, |s| non_empty_secret(s)))
+            .collect()
     }
 
     fn networks(&self, list: &[Spanned<String>], key: &str) -> Result<Vec<IpNet>, ConfigError> {
-        list.iter().map(|net| self.check(net, key, |text| parse_network(text))).collect()
+        list.iter()
+            .map(|net| self.check(net, key, |text| parse_network(text)))
+            .collect()
     }
 }
 
@@ -708,7 +881,9 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net);
     }
-    text.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("{text:?} is not a CIDR network (e.g. \"10.0.0.0/8\")"))
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is not a CIDR network (e.g. \"10.0.0.0/8\")"))
 }
 
 fn parse_xdp_mode(text: &str) -> Result<XdpMode, String> {
@@ -717,13 +892,19 @@ fn parse_xdp_mode(text: &str) -> Result<XdpMode, String> {
         "native" => Ok(XdpMode::Native),
         "skb" => Ok(XdpMode::Skb),
         "off" => Ok(XdpMode::Off),
-        other => Err(format!("{other:?} is not one of \"auto\", \"native\", \"skb\", \"off\"")),
+        other => Err(format!(
+            "{other:?} is not one of \"auto\", \"native\", \"skb\", \"off\""
+        )),
     }
 }
 
 fn check_realm(realm: &str) -> Result<(), String> {
     // RFC 8489 §14.9: REALM is fewer than 128 characters, a quoted-string body.
-    if realm.is_empty() || realm.chars().count() >= 128 || realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+    if realm.is_empty()
+        || realm.chars().count() >= 128
+        || realm.contains(['"', '\\'])
+        || realm.chars().any(char::is_control)
+    {
         return Err(format!("{realm:?} is not a realm (1-127 characters, no quotes, backslashes or control characters)"));
     }
     Ok(())
@@ -754,12 +935,21 @@ fn check_concrete_listen(address: SocketAddr) -> Result<(), String> {
 fn syntax_error(text: &str, source: &str, error: &toml::de::Error) -> ConfigError {
     let message = error.message().trim().to_owned();
     let Some(span) = error.span() else {
-        return ConfigError::Key { file: source.to_owned(), key: "(file)".to_owned(), message };
+        return ConfigError::Key {
+            file: source.to_owned(),
+            key: "(file)".to_owned(),
+            message,
+        };
     };
     let key = unknown_field(&message)
         .map(|field| qualified(&table_at(text, span.start), field))
         .unwrap_or_else(|| key_at(text, span.start));
-    ConfigError::AtLine { file: source.to_owned(), line: line_of(text, span.start), key, message }
+    ConfigError::AtLine {
+        file: source.to_owned(),
+        line: line_of(text, span.start),
+        key,
+        message,
+    }
 }
 
 fn unknown_field(message: &str) -> Option<&str> {
@@ -777,7 +967,10 @@ fn qualified(table: &str, key: &str) -> String {
 /// 1-based line number of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes().get(..end).map_or(0, |before| before.iter().filter(|&&b| b == b'\n').count()) + 1
+    text.as_bytes()
+        .get(..end)
+        .map_or(0, |before| before.iter().filter(|&&b| b == b'\n').count())
+        + 1
 }
 
 /// The `[table]` (or `[[table]]`) header in force at `offset`.
@@ -788,7 +981,12 @@ fn table_at(text: &str, offset: usize) -> String {
         .rev()
         .map(|line| line.split('#').next().unwrap_or("").trim())
         .find(|line| line.starts_with('[') && line.ends_with(']') && !line.contains('='))
-        .map(|header| header.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+        .map(|header| {
+            header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default()
 }
 
@@ -856,7 +1054,8 @@ mod tests {
     #[test]
     fn reference_config_in_the_repository_parses() {
         let text = include_str!("../../config/turn-relay.toml");
-        let config = Config::parse(text, "config/turn-relay.toml").expect("reference config is valid");
+        let config =
+            Config::parse(text, "config/turn-relay.toml").expect("reference config is valid");
         assert_eq!(config.realm, DEFAULT_REALM);
         assert_eq!(config.port_range, DEFAULT_PORT_RANGE);
         assert_eq!(config.default_lifetime, Duration::from_secs(600));
@@ -866,11 +1065,75 @@ mod tests {
     }
 
     #[test]
+    fn reference_config_documents_every_key() {
+        let text = include_str!("../../config/turn-relay.toml");
+        let sections: &[(&str, &[&str])] = &[
+            (
+                "server",
+                &[
+                    "realm",
+                    "software",
+                    "listen",
+                    "relay_address",
+                    "relay_address_v6",
+                    "public_address",
+                    "public_address_v6",
+                    "port_range",
+                    "default_lifetime",
+                    "max_lifetime",
+                    "max_allocations",
+                    "max_allocations_per_user",
+                ],
+            ),
+            (
+                "auth",
+                &[
+                    "users",
+                    "auth_secrets",
+                    "zrest_secrets",
+                    "nonce_lifetime",
+                    "nonce_secret",
+                    "advertise_password_algorithms",
+                ],
+            ),
+            ("peers", &["allow", "deny"]),
+            ("xdp", &["mode", "interfaces"]),
+            ("metrics", &["listen"]),
+            ("log", &["level"]),
+        ];
+        for (section, keys) in sections {
+            let start = text
+                .find(&format!("\n[{section}]\n"))
+                .unwrap_or_else(|| panic!("[{section}] missing"));
+            let end = text[start + 1..]
+                .find("\n[")
+                .map_or(text.len(), |next| start + 1 + next);
+            let body = &text[start..end];
+            for key in *keys {
+                let documented = body.lines().any(|line| {
+                    line.trim_start_matches(['#', ' '])
+                        .starts_with(&format!("{key} ="))
+                });
+                assert!(
+                    documented,
+                    "{section}.{key} is not documented in config/turn-relay.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn minimal_config_gets_documented_defaults() {
         let config = Config::parse(MINIMAL, "test.toml").expect("valid");
         let relay: IpAddr = "198.18.0.1".parse().expect("ip");
         assert_eq!(config.listen, vec![SocketAddr::new(relay, 3478)]);
-        assert_eq!(config.relay_v4, Some(RelayAddressConfig { bind: relay, advertised: relay }));
+        assert_eq!(
+            config.relay_v4,
+            Some(RelayAddressConfig {
+                bind: relay,
+                advertised: relay
+            })
+        );
         assert_eq!(config.relay_v6, None);
         assert_eq!(config.max_allocations, DEFAULT_MAX_ALLOCATIONS);
         assert_eq!(config.max_allocations_per_user, 0);
@@ -925,12 +1188,21 @@ level = "debug"
         assert_eq!(config.realm, "example.org");
         assert_eq!(config.software.as_deref(), Some("turn-relay"));
         assert_eq!(config.listen.len(), 2);
-        assert_eq!(config.relay_v4.map(|r| r.advertised.to_string()), Some("203.0.113.7".into()));
-        assert_eq!(config.relay_v6.map(|r| r.bind.to_string()), Some("2001:db8::1".into()));
+        assert_eq!(
+            config.relay_v4.map(|r| r.advertised.to_string()),
+            Some("203.0.113.7".into())
+        );
+        assert_eq!(
+            config.relay_v6.map(|r| r.bind.to_string()),
+            Some("2001:db8::1".into())
+        );
         assert_eq!(config.port_range, 50000..=50999);
         assert_eq!(config.default_lifetime, Duration::from_secs(300));
         assert_eq!(config.max_lifetime, Duration::from_secs(1200));
-        assert_eq!((config.max_allocations, config.max_allocations_per_user), (1000, 10));
+        assert_eq!(
+            (config.max_allocations, config.max_allocations_per_user),
+            (1000, 10)
+        );
         assert_eq!(config.users.len(), 2);
         assert!(matches!(config.users[1].secret, StaticSecret::Md5Key(k) if k[0] == 0xd2));
         assert_eq!(config.auth_secrets.len(), 2);
@@ -1019,7 +1291,10 @@ level = "debug"
         ];
         for (text, expected) in table {
             let error = error_of(text);
-            assert!(error.contains(expected), "for {text:?}\n  got {error}\n  want {expected}");
+            assert!(
+                error.contains(expected),
+                "for {text:?}\n  got {error}\n  want {expected}"
+            );
         }
     }
 
@@ -1036,11 +1311,19 @@ level = "debug"
         let (name, password) = config.demo_credentials().expect("demo user");
         assert_eq!(name, "demo");
         assert_eq!(password.len(), 16);
-        assert_ne!(password, Config::embedded_default().demo_credentials().expect("demo").1);
+        assert_ne!(
+            password,
+            Config::embedded_default()
+                .demo_credentials()
+                .expect("demo")
+                .1
+        );
         // A loopback client may relay to a loopback peer; the metadata address stays denied.
         let policy = config.peer_policy();
         assert!(policy.check("127.0.0.1".parse().expect("ip")).is_ok());
-        assert!(policy.check("169.254.169.254".parse().expect("ip")).is_err());
+        assert!(policy
+            .check("169.254.169.254".parse().expect("ip"))
+            .is_err());
         // The embedded default survives a print/parse round trip.
         let printed = config.to_toml();
         assert!(!printed.contains(password));
@@ -1070,7 +1353,9 @@ level = "debug"
     fn authenticator_knows_the_configured_users() {
         let config = Config::embedded_default();
         let auth = config.authenticator();
-        let credential = auth.credential("demo", &config.realm, 0).expect("demo user");
+        let credential = auth
+            .credential("demo", &config.realm, 0)
+            .expect("demo user");
         assert_eq!(credential.username(), "demo");
         assert!(auth.credential("nobody", &config.realm, 0).is_err());
     }
@@ -1078,23 +1363,36 @@ level = "debug"
     #[test]
     fn command_line_overrides_are_validated() {
         let mut config = Config::embedded_default();
-        assert!(config.set_listen(vec!["0.0.0.0:3478".parse().expect("addr")]).is_err());
+        assert!(config
+            .set_listen(vec!["0.0.0.0:3478".parse().expect("addr")])
+            .is_err());
         assert!(config.set_listen(vec![]).is_err());
-        config.set_listen(vec!["127.0.0.1:3479".parse().expect("addr")]).expect("valid");
+        config
+            .set_listen(vec!["127.0.0.1:3479".parse().expect("addr")])
+            .expect("valid");
         assert_eq!(config.listen[0].port(), 3479);
         assert!(config.set_realm(String::new()).is_err());
         config.set_realm("example.org".into()).expect("valid");
         assert!(config.set_log_level("[".into()).is_err());
-        config.set_log_level("turn_relay=debug".into()).expect("valid");
+        config
+            .set_log_level("turn_relay=debug".into())
+            .expect("valid");
     }
 
     #[test]
     fn line_numbers_and_keys_from_offsets() {
-        let text = "a = 1\n[server]\n# comment = x\nport = \"v\" # k = 2\nlisten = [\n \"x\",\n \"y\"]\n";
+        let text =
+            "a = 1\n[server]\n# comment = x\nport = \"v\" # k = 2\nlisten = [\n \"x\",\n \"y\"]\n";
         assert_eq!(line_of(text, 0), 1);
         assert_eq!(line_of(text, text.find("\"v\"").expect("found")), 4);
-        assert_eq!(key_at(text, text.find("\"v\"").expect("found")), "server.port");
-        assert_eq!(key_at(text, text.find("\"y\"").expect("found")), "server.listen");
+        assert_eq!(
+            key_at(text, text.find("\"v\"").expect("found")),
+            "server.port"
+        );
+        assert_eq!(
+            key_at(text, text.find("\"y\"").expect("found")),
+            "server.listen"
+        );
         assert_eq!(key_at(text, 4), "a");
     }
 }

@@ -61,7 +61,12 @@ fn main() -> ExitCode {
             "config OK: {} (realm {}, listen {}, auth: {})",
             config.source,
             config.realm,
-            config.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            config
+                .listen
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             config.auth_summary()
         );
         return ExitCode::SUCCESS;
@@ -98,7 +103,10 @@ fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn run(config: Config) -> anyhow::Result<()> {

@@ -56,7 +56,11 @@ impl PeerPolicy {
     pub fn check(&self, peer: IpAddr) -> Result<(), PeerDenied> {
         let written = peer;
         let peer = canonical_ip(peer);
-        if self.deny.iter().any(|net| net.contains(&peer) || net.contains(&written)) {
+        if self
+            .deny
+            .iter()
+            .any(|net| net.contains(&peer) || net.contains(&written))
+        {
             return Err(PeerDenied::Configured(peer));
         }
         if self.relay_addrs.contains(&peer) || self.allow.iter().any(|net| net.contains(&peer)) {
@@ -134,7 +138,9 @@ mod tests {
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|n| n.parse().expect("test network")).collect()
+        list.iter()
+            .map(|n| n.parse().expect("test network"))
+            .collect()
     }
 
     #[test]
@@ -181,7 +187,12 @@ mod tests {
     fn explicit_allow_beats_default_deny_and_explicit_deny_beats_all() {
         let policy = PeerPolicy::new(
             nets(&["127.0.0.0/8", "10.0.0.0/8", "fe80::/64"]),
-            nets(&["127.0.0.2/32", "10.9.0.0/16", "198.18.1.0/24", "::ffff:203.0.113.0/120"]),
+            nets(&[
+                "127.0.0.2/32",
+                "10.9.0.0/16",
+                "198.18.1.0/24",
+                "::ffff:203.0.113.0/120",
+            ]),
             vec![ip("198.18.1.1"), ip("127.0.0.2")],
         );
         let table: &[(&str, Result<(), PeerDenied>)] = &[
@@ -189,17 +200,32 @@ mod tests {
             ("::ffff:127.0.0.1", Ok(())),
             ("64:ff9b::7f00:1", Ok(())),
             ("fe80::5", Ok(())),
-            ("fe80:0:0:1::5", Err(PeerDenied::DefaultDeny(ip("fe80:0:0:1::5")))),
+            (
+                "fe80:0:0:1::5",
+                Err(PeerDenied::DefaultDeny(ip("fe80:0:0:1::5"))),
+            ),
             ("10.1.0.1", Ok(())),
             ("10.9.0.1", Err(PeerDenied::Configured(ip("10.9.0.1")))),
-            ("::ffff:10.9.0.1", Err(PeerDenied::Configured(ip("10.9.0.1")))),
+            (
+                "::ffff:10.9.0.1",
+                Err(PeerDenied::Configured(ip("10.9.0.1"))),
+            ),
             // Deny wins over the relay's own address and over allow.
             ("127.0.0.2", Err(PeerDenied::Configured(ip("127.0.0.2")))),
             ("198.18.1.1", Err(PeerDenied::Configured(ip("198.18.1.1")))),
             // A mapped deny network is the IPv4 network.
-            ("203.0.113.9", Err(PeerDenied::Configured(ip("203.0.113.9")))),
-            ("::ffff:203.0.113.9", Err(PeerDenied::Configured(ip("203.0.113.9")))),
-            ("169.254.169.254", Err(PeerDenied::DefaultDeny(ip("169.254.169.254")))),
+            (
+                "203.0.113.9",
+                Err(PeerDenied::Configured(ip("203.0.113.9"))),
+            ),
+            (
+                "::ffff:203.0.113.9",
+                Err(PeerDenied::Configured(ip("203.0.113.9"))),
+            ),
+            (
+                "169.254.169.254",
+                Err(PeerDenied::DefaultDeny(ip("169.254.169.254"))),
+            ),
         ];
         for (peer, expected) in table {
             assert_eq!(policy.check(ip(peer)), *expected, "peer {peer}");
@@ -209,7 +235,10 @@ mod tests {
     #[test]
     fn denying_the_nat64_prefix_refuses_nat64_peers_only() {
         let policy = PeerPolicy::new(vec![], nets(&["64:ff9b::/96"]), vec![]);
-        assert_eq!(policy.check(ip("64:ff9b::198.18.0.1")), Err(PeerDenied::Configured(ip("198.18.0.1"))));
+        assert_eq!(
+            policy.check(ip("64:ff9b::198.18.0.1")),
+            Err(PeerDenied::Configured(ip("198.18.0.1")))
+        );
         assert_eq!(policy.check(ip("198.18.0.1")), Ok(()));
     }
 
@@ -229,7 +258,10 @@ mod tests {
         assert_eq!(canonical_ip(ip("::1.2.3.4")), ip("1.2.3.4"));
         assert_eq!(canonical_ip(ip("::1")), ip("::1"));
         assert_eq!(canonical_ip(ip("::")), ip("::"));
-        assert_eq!(canonical_ip(ip("2001:db8::1.2.3.4")), ip("2001:db8::102:304"));
+        assert_eq!(
+            canonical_ip(ip("2001:db8::1.2.3.4")),
+            ip("2001:db8::102:304")
+        );
         assert_eq!(PeerDenied::DefaultDeny(ip("::1")).stun_error_code(), 403);
     }
 }

@@ -15,12 +15,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use turn_relay::bpf::testbed::{
-    Ingress, RunResult, Testbed, CLIENT_MAC, CLIENT_SIDE_MAC, CLIENT_V4, CLIENT_V6, LISTENER_V4, LISTENER_V6,
-    NEAR_PEER_MAC, NEAR_PEER_V4, PEER_MAC, PEER_SIDE_MAC, PEER_V4, PEER_V6, RELAYED_V4, RELAYED_V6,
-    UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
+    Ingress, RunResult, Testbed, CLIENT_MAC, CLIENT_SIDE_MAC, CLIENT_V4, CLIENT_V6, LISTENER_V4,
+    LISTENER_V6, NEAR_PEER_MAC, NEAR_PEER_V4, PEER_MAC, PEER_SIDE_MAC, PEER_V4, PEER_V6,
+    RELAYED_V4, RELAYED_V6, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
 };
 use turn_relay::bpf::{BpfDatapath, Outcome};
-use turn_relay::datapath::{AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, PermissionEntry};
+use turn_relay::datapath::{
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, PermissionEntry,
+};
 use xdp_support::privileged;
 
 const XDP_DROP: u32 = 1;
@@ -73,12 +75,24 @@ struct Ip {
 
 impl Ip {
     fn new(src: IpAddr, dst: IpAddr) -> Ip {
-        Ip { src, dst, ttl: 64, tos: 0xB8, id: 0x1234, dont_fragment: true }
+        Ip {
+            src,
+            dst,
+            ttl: 64,
+            tos: 0xB8,
+            id: 0x1234,
+            dont_fragment: true,
+        }
     }
 
     /// The header a relay following RFC 8656 §14 (preferred) sends for this one.
     fn relayed(self, src: IpAddr, dst: IpAddr) -> Ip {
-        Ip { src, dst, ttl: self.ttl - 1, ..self }
+        Ip {
+            src,
+            dst,
+            ttl: self.ttl - 1,
+            ..self
+        }
     }
 }
 
@@ -88,7 +102,15 @@ enum UdpChecksum {
     Zero,
 }
 
-fn frame(src_mac: [u8; 6], dst_mac: [u8; 6], ip: Ip, sport: u16, dport: u16, payload: &[u8], checksum: UdpChecksum) -> Vec<u8> {
+fn frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    ip: Ip,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    checksum: UdpChecksum,
+) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let mut udp = Vec::new();
     udp.extend_from_slice(&sport.to_be_bytes());
@@ -106,7 +128,14 @@ fn frame(src_mac: [u8; 6], dst_mac: [u8; 6], ip: Ip, sport: u16, dport: u16, pay
             let mut header = vec![0x45, ip.tos];
             header.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
             header.extend_from_slice(&ip.id.to_be_bytes());
-            header.extend_from_slice(&[if ip.dont_fragment { 0x40 } else { 0 }, 0, ip.ttl, 17, 0, 0]);
+            header.extend_from_slice(&[
+                if ip.dont_fragment { 0x40 } else { 0 },
+                0,
+                ip.ttl,
+                17,
+                0,
+                0,
+            ]);
             header.extend_from_slice(&s.octets());
             header.extend_from_slice(&d.octets());
             let checksum = internet_checksum(&header);
@@ -192,15 +221,34 @@ fn stun(kind: u16, cookie: [u8; 4], transaction_id: &[u8; 12], attributes: &[Vec
 const SEND_TRANSACTION: [u8; 12] = [0xA5; 12];
 
 fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    stun(0x0016, COOKIE, &SEND_TRANSACTION, &[attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)), attribute(0x0013, data)])
+    stun(
+        0x0016,
+        COOKIE,
+        &SEND_TRANSACTION,
+        &[
+            attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)),
+            attribute(0x0013, data),
+        ],
+    )
 }
 
 fn data_indication(peer: SocketAddr, data: &[u8], transaction_id: &[u8; 12]) -> Vec<u8> {
-    stun(0x0017, COOKIE, transaction_id, &[attribute(0x0012, &xor_address(peer, transaction_id)), attribute(0x0013, data)])
+    stun(
+        0x0017,
+        COOKIE,
+        transaction_id,
+        &[
+            attribute(0x0012, &xor_address(peer, transaction_id)),
+            attribute(0x0013, data),
+        ],
+    )
 }
 
 // ---------------------------------------------------------------------------------
 // The fixture table.
+
+/// Builds the expected Data indication frame for a transaction id.
+type DataIndicationFrame = Box<dyn Fn(&[u8; 12]) -> Vec<u8>>;
 
 /// What a fixture expects back.
 enum Expect {
@@ -209,7 +257,7 @@ enum Expect {
     /// Exactly this frame, with this action.
     Frame(u32, Vec<u8>),
     /// A Data indication: the expected frame for the transaction id found in the output.
-    DataIndication(u32, Box<dyn Fn(&[u8; 12]) -> Vec<u8>>),
+    DataIndication(u32, DataIndicationFrame),
 }
 
 struct Fixture {
@@ -258,49 +306,134 @@ impl Family {
     }
 
     /// A frame from the client to the listener.
-    fn from_client(&self, payload: &[u8]) -> Vec<u8> {
-        frame(CLIENT_MAC, CLIENT_SIDE_MAC, Ip::new(self.client, self.listener), CLIENT_PORT, LISTENER_PORT, payload, UdpChecksum::Compute)
+    fn client_frame(&self, payload: &[u8]) -> Vec<u8> {
+        frame(
+            CLIENT_MAC,
+            CLIENT_SIDE_MAC,
+            Ip::new(self.client, self.listener),
+            CLIENT_PORT,
+            LISTENER_PORT,
+            payload,
+            UdpChecksum::Compute,
+        )
     }
 
     /// A frame from a peer to the relayed address.
-    fn from_peer(&self, peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
-        frame(PEER_MAC, PEER_SIDE_MAC, Ip::new(peer.ip(), self.relay), peer.port(), RELAY_PORT, payload, UdpChecksum::Compute)
+    fn peer_frame(&self, peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        frame(
+            PEER_MAC,
+            PEER_SIDE_MAC,
+            Ip::new(peer.ip(), self.relay),
+            peer.port(),
+            RELAY_PORT,
+            payload,
+            UdpChecksum::Compute,
+        )
     }
 
     /// The relayed frame to a peer on the peer side.
     fn to_peer(&self, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
         let ip = Ip::new(self.client, self.listener).relayed(self.relay, peer.ip());
-        frame(PEER_SIDE_MAC, PEER_MAC, ip, RELAY_PORT, peer.port(), data, UdpChecksum::Compute)
+        frame(
+            PEER_SIDE_MAC,
+            PEER_MAC,
+            ip,
+            RELAY_PORT,
+            peer.port(),
+            data,
+            UdpChecksum::Compute,
+        )
     }
 
     /// The relayed frame to the client.
     fn to_client(&self, peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
         let ip = Ip::new(peer.ip(), self.relay).relayed(self.listener, self.client);
-        frame(CLIENT_SIDE_MAC, CLIENT_MAC, ip, LISTENER_PORT, CLIENT_PORT, payload, UdpChecksum::Compute)
+        frame(
+            CLIENT_SIDE_MAC,
+            CLIENT_MAC,
+            ip,
+            LISTENER_PORT,
+            CLIENT_PORT,
+            payload,
+            UdpChecksum::Compute,
+        )
     }
+}
+
+/// The IPv6 relayed address of the IPv4 client's second allocation (RFC 8656 §7:
+/// ADDITIONAL-ADDRESS-FAMILY): cross-family relaying, which the fast path leaves to
+/// userspace.
+fn cross_family_relay() -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(RELAYED_V6), RELAY_PORT + 1)
 }
 
 fn install(datapath: &mut BpfDatapath) {
     let live = Instant::now() + Duration::from_secs(600);
     let expired = Instant::now() - Duration::from_secs(1);
+    let (flow, relay) = (FAMILIES[0].flow(), cross_family_relay());
+    datapath
+        .install_allocation(AllocationEntry {
+            flow,
+            relay,
+            expires_at: live,
+        })
+        .expect("cross-family allocation");
+    let peer_ip = IpAddr::V6(PEER_V6);
+    datapath
+        .install_permission(PermissionEntry {
+            flow,
+            relay,
+            peer_ip,
+            expires_at: live,
+        })
+        .expect("cross-family permission");
     for family in &FAMILIES {
         let flow = family.flow();
         let relay = family.relay_address();
-        datapath.install_allocation(AllocationEntry { flow, relay, expires_at: live }).expect("allocation");
+        datapath
+            .install_allocation(AllocationEntry {
+                flow,
+                relay,
+                expires_at: live,
+            })
+            .expect("allocation");
         let mut peers = vec![(family.peer, live, Some(CHANNEL_PEER))];
         if family.tag == "v4" {
             peers.extend([
                 (IpAddr::V4(NEAR_PEER_V4), live, Some(CHANNEL_NEAR_PEER)),
-                (IpAddr::V4(UNRESOLVED_PEER_V4), live, Some(CHANNEL_UNRESOLVED)),
-                (IpAddr::V4(UNROUTABLE_PEER_V4), live, Some(CHANNEL_UNROUTABLE)),
+                (
+                    IpAddr::V4(UNRESOLVED_PEER_V4),
+                    live,
+                    Some(CHANNEL_UNRESOLVED),
+                ),
+                (
+                    IpAddr::V4(UNROUTABLE_PEER_V4),
+                    live,
+                    Some(CHANNEL_UNROUTABLE),
+                ),
                 (IpAddr::V4(EXPIRED_PEER_V4), expired, Some(CHANNEL_EXPIRED)),
             ]);
         }
         for (peer_ip, expires_at, channel) in peers {
-            datapath.install_permission(PermissionEntry { flow, relay, peer_ip, expires_at }).expect("permission");
+            datapath
+                .install_permission(PermissionEntry {
+                    flow,
+                    relay,
+                    peer_ip,
+                    expires_at,
+                })
+                .expect("permission");
             if let Some(number) = channel {
                 let peer = SocketAddr::new(peer_ip, PEER_PORT);
-                datapath.install_channel(ChannelEntry { flow, relay, peer, number, expires_at }).expect("channel");
+                datapath
+                    .install_channel(ChannelEntry {
+                        flow,
+                        relay,
+                        peer,
+                        number,
+                        expires_at,
+                    })
+                    .expect("channel");
             }
         }
     }
@@ -315,35 +448,41 @@ fn fixtures() -> Vec<Fixture> {
         let peer = SocketAddr::new(family.peer, PEER_PORT);
         let other_port_peer = SocketAddr::new(family.peer, PEER_PORT + 1);
         let mut add = |name: &str, ingress, input, outcome, expect| {
-            fixtures.push(Fixture { name: format!("{name}_{t}"), ingress, input, outcome, expect });
+            fixtures.push(Fixture {
+                name: format!("{name}_{t}"),
+                ingress,
+                input,
+                outcome,
+                expect,
+            });
         };
 
         // 1) Client → peer ChannelData.
         add(
             "channel_data_to_peer",
             Ingress::ClientSide,
-            family.from_client(&channel_data(CHANNEL_PEER, &data, &[])),
+            family.client_frame(&channel_data(CHANNEL_PEER, &data, &[])),
             Outcome::RelayedChannelDataToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &data)),
         );
         add(
             "channel_data_odd_length_with_junk_padding_to_peer",
             Ingress::ClientSide,
-            family.from_client(&channel_data(CHANNEL_PEER, &odd, &[0xEE, 0x77, 0x13])),
+            family.client_frame(&channel_data(CHANNEL_PEER, &odd, &[0xEE, 0x77, 0x13])),
             Outcome::RelayedChannelDataToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &odd)),
         );
         add(
             "channel_data_odd_length_unpadded_to_peer",
             Ingress::ClientSide,
-            family.from_client(&channel_data(CHANNEL_PEER, &odd, &[])),
+            family.client_frame(&channel_data(CHANNEL_PEER, &odd, &[])),
             Outcome::RelayedChannelDataToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &odd)),
         );
         add(
             "channel_data_empty_to_peer",
             Ingress::ClientSide,
-            family.from_client(&channel_data(CHANNEL_PEER, &[], &[])),
+            family.client_frame(&channel_data(CHANNEL_PEER, &[], &[])),
             Outcome::RelayedChannelDataToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &[])),
         );
@@ -352,14 +491,14 @@ fn fixtures() -> Vec<Fixture> {
         add(
             "send_indication_to_peer",
             Ingress::ClientSide,
-            family.from_client(&send_indication(peer, &data)),
+            family.client_frame(&send_indication(peer, &data)),
             Outcome::RelayedSendToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &data)),
         );
         add(
             "send_indication_odd_length_to_peer",
             Ingress::ClientSide,
-            family.from_client(&send_indication(peer, &odd)),
+            family.client_frame(&send_indication(peer, &odd)),
             Outcome::RelayedSendToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &odd)),
         );
@@ -367,12 +506,15 @@ fn fixtures() -> Vec<Fixture> {
             0x0016,
             COOKIE,
             &SEND_TRANSACTION,
-            &[attribute(0x0013, &odd), attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION))],
+            &[
+                attribute(0x0013, &odd),
+                attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)),
+            ],
         );
         add(
             "send_indication_data_before_peer_address",
             Ingress::ClientSide,
-            family.from_client(&data_first),
+            family.client_frame(&data_first),
             Outcome::RelayedSendToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &odd)),
         );
@@ -382,7 +524,7 @@ fn fixtures() -> Vec<Fixture> {
         add(
             "peer_to_client_channel_data",
             Ingress::PeerSide,
-            family.from_peer(peer, &odd),
+            family.peer_frame(peer, &odd),
             Outcome::RelayedChannelDataToClient,
             Expect::Frame(XDP_REDIRECT, family.to_client(peer, &expected_channel_data)),
         );
@@ -390,7 +532,7 @@ fn fixtures() -> Vec<Fixture> {
         add(
             "peer_to_client_channel_data_even",
             Ingress::PeerSide,
-            family.from_peer(peer, &data),
+            family.peer_frame(peer, &data),
             Outcome::RelayedChannelDataToClient,
             Expect::Frame(XDP_REDIRECT, family.to_client(peer, &expected_channel_data)),
         );
@@ -402,15 +544,24 @@ fn fixtures() -> Vec<Fixture> {
             add(
                 &format!("peer_to_client_data_indication_{label}"),
                 Ingress::PeerSide,
-                family.from_peer(other_port_peer, &payload),
+                family.peer_frame(other_port_peer, &payload),
                 Outcome::RelayedDataIndicationToClient,
                 Expect::DataIndication(
                     XDP_REDIRECT,
                     Box::new(move |transaction_id| {
                         let (client, listener, relay) = family_client;
                         let ip = Ip::new(other_port_peer.ip(), relay).relayed(listener, client);
-                        let message = data_indication(other_port_peer, &payload_for_expect, transaction_id);
-                        frame(CLIENT_SIDE_MAC, CLIENT_MAC, ip, LISTENER_PORT, CLIENT_PORT, &message, UdpChecksum::Compute)
+                        let message =
+                            data_indication(other_port_peer, &payload_for_expect, transaction_id);
+                        frame(
+                            CLIENT_SIDE_MAC,
+                            CLIENT_MAC,
+                            ip,
+                            LISTENER_PORT,
+                            CLIENT_PORT,
+                            &message,
+                            UdpChecksum::Compute,
+                        )
                     }),
                 ),
             );
@@ -420,73 +571,166 @@ fn fixtures() -> Vec<Fixture> {
         add(
             "channel_data_unbound_number",
             Ingress::ClientSide,
-            family.from_client(&channel_data(CHANNEL_UNBOUND, &data, &[])),
+            family.client_frame(&channel_data(CHANNEL_UNBOUND, &data, &[])),
             Outcome::PassChannelNotBound,
             Expect::Unchanged(XDP_PASS),
         );
         let mut lying = channel_data(CHANNEL_PEER, &data, &[]);
         lying[2..4].copy_from_slice(&100u16.to_be_bytes());
-        add("channel_data_length_too_long", Ingress::ClientSide, family.from_client(&lying), Outcome::PassMalformed, Expect::Unchanged(XDP_PASS));
+        add(
+            "channel_data_length_too_long",
+            Ingress::ClientSide,
+            family.client_frame(&lying),
+            Outcome::PassMalformed,
+            Expect::Unchanged(XDP_PASS),
+        );
         add(
             "channel_data_length_too_short",
             Ingress::ClientSide,
-            family.from_client(&channel_data(CHANNEL_PEER, &data[..4], &data[4..])),
+            family.client_frame(&channel_data(CHANNEL_PEER, &data[..4], &data[4..])),
             Outcome::PassMalformed,
             Expect::Unchanged(XDP_PASS),
         );
         let mut wrong_cookie = send_indication(peer, &data);
         wrong_cookie[4] ^= 0xFF;
-        add("send_indication_wrong_cookie", Ingress::ClientSide, family.from_client(&wrong_cookie), Outcome::PassStun, Expect::Unchanged(XDP_PASS));
+        add(
+            "send_indication_wrong_cookie",
+            Ingress::ClientSide,
+            family.client_frame(&wrong_cookie),
+            Outcome::PassStun,
+            Expect::Unchanged(XDP_PASS),
+        );
         let with_fingerprint = stun(
             0x0016,
             COOKIE,
             &SEND_TRANSACTION,
-            &[attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)), attribute(0x0013, &data), attribute(0x8028, &[1, 2, 3, 4])],
+            &[
+                attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)),
+                attribute(0x0013, &data),
+                attribute(0x8028, &[1, 2, 3, 4]),
+            ],
         );
-        add("send_indication_with_fingerprint", Ingress::ClientSide, family.from_client(&with_fingerprint), Outcome::PassStun, Expect::Unchanged(XDP_PASS));
-        let no_data = stun(0x0016, COOKIE, &SEND_TRANSACTION, &[attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION))]);
-        add("send_indication_without_data", Ingress::ClientSide, family.from_client(&no_data), Outcome::PassStun, Expect::Unchanged(XDP_PASS));
+        add(
+            "send_indication_with_fingerprint",
+            Ingress::ClientSide,
+            family.client_frame(&with_fingerprint),
+            Outcome::PassStun,
+            Expect::Unchanged(XDP_PASS),
+        );
+        let no_data = stun(
+            0x0016,
+            COOKIE,
+            &SEND_TRANSACTION,
+            &[attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION))],
+        );
+        add(
+            "send_indication_without_data",
+            Ingress::ClientSide,
+            family.client_frame(&no_data),
+            Outcome::PassStun,
+            Expect::Unchanged(XDP_PASS),
+        );
         let mut lying_attribute = send_indication(peer, &data);
         lying_attribute[20 + 2..20 + 4].copy_from_slice(&200u16.to_be_bytes());
-        add("send_indication_attribute_overruns", Ingress::ClientSide, family.from_client(&lying_attribute), Outcome::PassStun, Expect::Unchanged(XDP_PASS));
-        let stranger = SocketAddr::new(if t == "v4" { IpAddr::V4(STRANGER_V4) } else { "2001:db8:2::50".parse().expect("ip") }, PEER_PORT);
+        add(
+            "send_indication_attribute_overruns",
+            Ingress::ClientSide,
+            family.client_frame(&lying_attribute),
+            Outcome::PassStun,
+            Expect::Unchanged(XDP_PASS),
+        );
+        let stranger = SocketAddr::new(
+            if t == "v4" {
+                IpAddr::V4(STRANGER_V4)
+            } else {
+                "2001:db8:2::50".parse().expect("ip")
+            },
+            PEER_PORT,
+        );
         add(
             "send_indication_without_permission",
             Ingress::ClientSide,
-            family.from_client(&send_indication(stranger, &data)),
+            family.client_frame(&send_indication(stranger, &data)),
             Outcome::PassNoPermission,
             Expect::Unchanged(XDP_PASS),
         );
         let binding_request = stun(0x0001, COOKIE, &SEND_TRANSACTION, &[]);
-        add("binding_request", Ingress::ClientSide, family.from_client(&binding_request), Outcome::PassStun, Expect::Unchanged(XDP_PASS));
+        add(
+            "binding_request",
+            Ingress::ClientSide,
+            family.client_frame(&binding_request),
+            Outcome::PassStun,
+            Expect::Unchanged(XDP_PASS),
+        );
         add(
             "peer_without_permission",
             Ingress::PeerSide,
-            family.from_peer(stranger, &data),
+            family.peer_frame(stranger, &data),
             Outcome::DropNoPermission,
             Expect::Unchanged(XDP_DROP),
         );
-        let unknown = frame(CLIENT_MAC, CLIENT_SIDE_MAC, Ip::new(family.client, family.listener), CLIENT_PORT, 53, &data, UdpChecksum::Compute);
-        add("unknown_udp_flow", Ingress::ClientSide, unknown, Outcome::PassUnknownFlow, Expect::Unchanged(XDP_PASS));
+        let unknown = frame(
+            CLIENT_MAC,
+            CLIENT_SIDE_MAC,
+            Ip::new(family.client, family.listener),
+            CLIENT_PORT,
+            53,
+            &data,
+            UdpChecksum::Compute,
+        );
+        add(
+            "unknown_udp_flow",
+            Ingress::ClientSide,
+            unknown,
+            Outcome::PassUnknownFlow,
+            Expect::Unchanged(XDP_PASS),
+        );
         let mut ttl_one = frame(
             CLIENT_MAC,
             CLIENT_SIDE_MAC,
-            Ip { ttl: 1, ..Ip::new(family.client, family.listener) },
+            Ip {
+                ttl: 1,
+                ..Ip::new(family.client, family.listener)
+            },
             CLIENT_PORT,
             LISTENER_PORT,
             &channel_data(CHANNEL_PEER, &data, &[]),
             UdpChecksum::Compute,
         );
-        add("ttl_one", Ingress::ClientSide, ttl_one.clone(), Outcome::PassTtl, Expect::Unchanged(XDP_PASS));
+        add(
+            "ttl_one",
+            Ingress::ClientSide,
+            ttl_one.clone(),
+            Outcome::PassTtl,
+            Expect::Unchanged(XDP_PASS),
+        );
         // Truncated: cut inside the UDP header, and a UDP length beyond the IP payload.
-        let full = family.from_client(&channel_data(CHANNEL_PEER, &data, &[]));
+        let full = family.client_frame(&channel_data(CHANNEL_PEER, &data, &[]));
         let l4 = if t == "v4" { 34 } else { 54 };
-        add("truncated_udp_header", Ingress::ClientSide, full[..l4 + 4].to_vec(), Outcome::PassMalformed, Expect::Unchanged(XDP_PASS));
-        add("truncated_ip_header", Ingress::ClientSide, full[..20].to_vec(), Outcome::PassMalformed, Expect::Unchanged(XDP_PASS));
+        add(
+            "truncated_udp_header",
+            Ingress::ClientSide,
+            full[..l4 + 4].to_vec(),
+            Outcome::PassMalformed,
+            Expect::Unchanged(XDP_PASS),
+        );
+        add(
+            "truncated_ip_header",
+            Ingress::ClientSide,
+            full[..20].to_vec(),
+            Outcome::PassMalformed,
+            Expect::Unchanged(XDP_PASS),
+        );
         let mut udp_too_long = full.clone();
         let udp_len = u16::from_be_bytes([full[l4 + 4], full[l4 + 5]]);
         udp_too_long[l4 + 4..l4 + 6].copy_from_slice(&(udp_len + 4).to_be_bytes());
-        add("udp_length_lies", Ingress::ClientSide, udp_too_long, Outcome::PassMalformed, Expect::Unchanged(XDP_PASS));
+        add(
+            "udp_length_lies",
+            Ingress::ClientSide,
+            udp_too_long,
+            Outcome::PassMalformed,
+            Expect::Unchanged(XDP_PASS),
+        );
         let mut ip_too_long = full.clone();
         if t == "v4" {
             let total = u16::from_be_bytes([full[16], full[17]]);
@@ -495,10 +739,22 @@ fn fixtures() -> Vec<Fixture> {
             let payload = u16::from_be_bytes([full[18], full[19]]);
             ip_too_long[18..20].copy_from_slice(&(payload + 8).to_be_bytes());
         }
-        add("ip_length_beyond_frame", Ingress::ClientSide, ip_too_long, Outcome::PassMalformed, Expect::Unchanged(XDP_PASS));
+        add(
+            "ip_length_beyond_frame",
+            Ingress::ClientSide,
+            ip_too_long,
+            Outcome::PassMalformed,
+            Expect::Unchanged(XDP_PASS),
+        );
         // (The kernel never hands XDP less than an Ethernet header.)
         ttl_one.truncate(14);
-        add("ethernet_header_only", Ingress::ClientSide, ttl_one, Outcome::PassMalformed, Expect::Unchanged(XDP_PASS));
+        add(
+            "ethernet_header_only",
+            Ingress::ClientSide,
+            ttl_one,
+            Outcome::PassMalformed,
+            Expect::Unchanged(XDP_PASS),
+        );
     }
 
     // IPv4-only fixtures.
@@ -509,9 +765,20 @@ fn fixtures() -> Vec<Fixture> {
     fixtures.push(Fixture {
         name: "channel_data_to_peer_on_ingress_link_is_tx_v4".into(),
         ingress: Ingress::ClientSide,
-        input: v4.from_client(&channel_data(CHANNEL_NEAR_PEER, &data, &[])),
+        input: v4.client_frame(&channel_data(CHANNEL_NEAR_PEER, &data, &[])),
         outcome: Outcome::RelayedChannelDataToPeer,
-        expect: Expect::Frame(XDP_TX, frame(CLIENT_SIDE_MAC, NEAR_PEER_MAC, near, RELAY_PORT, PEER_PORT, &data, UdpChecksum::Compute)),
+        expect: Expect::Frame(
+            XDP_TX,
+            frame(
+                CLIENT_SIDE_MAC,
+                NEAR_PEER_MAC,
+                near,
+                RELAY_PORT,
+                PEER_PORT,
+                &data,
+                UdpChecksum::Compute,
+            ),
+        ),
     });
     let zero_checksum = frame(
         CLIENT_MAC,
@@ -539,24 +806,66 @@ fn fixtures() -> Vec<Fixture> {
         outcome: Outcome::RelayedChannelDataToPeer,
         expect: Expect::Frame(XDP_REDIRECT, zero_out),
     });
-    let without_df = Ip { dont_fragment: false, ..Ip::new(v4.client, v4.listener) };
+    let v6_peer = SocketAddr::new(IpAddr::V6(PEER_V6), PEER_PORT);
+    fixtures.push(Fixture {
+        name: "cross_family_send_indication_v4_to_v6".into(),
+        ingress: Ingress::ClientSide,
+        input: v4.client_frame(&send_indication(v6_peer, &data)),
+        outcome: Outcome::PassCrossFamily,
+        expect: Expect::Unchanged(XDP_PASS),
+    });
+    let v6_to_cross_relay = frame(
+        PEER_MAC,
+        PEER_SIDE_MAC,
+        Ip::new(v6_peer.ip(), cross_family_relay().ip()),
+        PEER_PORT,
+        cross_family_relay().port(),
+        &data,
+        UdpChecksum::Compute,
+    );
+    fixtures.push(Fixture {
+        name: "cross_family_peer_v6_to_client_v4".into(),
+        ingress: Ingress::PeerSide,
+        input: v6_to_cross_relay,
+        outcome: Outcome::PassCrossFamily,
+        expect: Expect::Unchanged(XDP_PASS),
+    });
+    let without_df = Ip {
+        dont_fragment: false,
+        ..Ip::new(v4.client, v4.listener)
+    };
     let dont_fragment = stun(
         0x0016,
         COOKIE,
         &SEND_TRANSACTION,
-        &[attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)), attribute(0x001A, &[]), attribute(0x0013, &data)],
+        &[
+            attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)),
+            attribute(0x001A, &[]),
+            attribute(0x0013, &data),
+        ],
     );
     fixtures.push(Fixture {
         name: "send_indication_dont_fragment_sets_df_v4".into(),
         ingress: Ingress::ClientSide,
-        input: frame(CLIENT_MAC, CLIENT_SIDE_MAC, without_df, CLIENT_PORT, LISTENER_PORT, &dont_fragment, UdpChecksum::Compute),
+        input: frame(
+            CLIENT_MAC,
+            CLIENT_SIDE_MAC,
+            without_df,
+            CLIENT_PORT,
+            LISTENER_PORT,
+            &dont_fragment,
+            UdpChecksum::Compute,
+        ),
         outcome: Outcome::RelayedSendToPeer,
         expect: Expect::Frame(
             XDP_REDIRECT,
             frame(
                 PEER_SIDE_MAC,
                 PEER_MAC,
-                Ip { dont_fragment: true, ..without_df.relayed(v4.relay, peer.ip()) },
+                Ip {
+                    dont_fragment: true,
+                    ..without_df.relayed(v4.relay, peer.ip())
+                },
                 RELAY_PORT,
                 PEER_PORT,
                 &data,
@@ -565,54 +874,136 @@ fn fixtures() -> Vec<Fixture> {
         ),
     });
     let mut more = vec![
-        ("channel_data_expired_v4", v4.from_client(&channel_data(CHANNEL_EXPIRED, &data, &[])), Ingress::ClientSide, Outcome::PassExpired, XDP_PASS),
+        (
+            "channel_data_expired_v4",
+            v4.client_frame(&channel_data(CHANNEL_EXPIRED, &data, &[])),
+            Ingress::ClientSide,
+            Outcome::PassExpired,
+            XDP_PASS,
+        ),
         (
             "peer_with_expired_permission_v4",
-            v4.from_peer(SocketAddr::new(IpAddr::V4(EXPIRED_PEER_V4), PEER_PORT + 1), &data),
+            v4.peer_frame(
+                SocketAddr::new(IpAddr::V4(EXPIRED_PEER_V4), PEER_PORT + 1),
+                &data,
+            ),
             Ingress::PeerSide,
             Outcome::DropNoPermission,
             XDP_DROP,
         ),
-        ("peer_unresolved_neighbour_v4", v4.from_client(&channel_data(CHANNEL_UNRESOLVED, &data, &[])), Ingress::ClientSide, Outcome::PassNoRoute, XDP_PASS),
-        ("peer_without_route_v4", v4.from_client(&channel_data(CHANNEL_UNROUTABLE, &data, &[])), Ingress::ClientSide, Outcome::PassNoRoute, XDP_PASS),
+        (
+            "peer_unresolved_neighbour_v4",
+            v4.client_frame(&channel_data(CHANNEL_UNRESOLVED, &data, &[])),
+            Ingress::ClientSide,
+            Outcome::PassNoRoute,
+            XDP_PASS,
+        ),
+        (
+            "peer_without_route_v4",
+            v4.client_frame(&channel_data(CHANNEL_UNROUTABLE, &data, &[])),
+            Ingress::ClientSide,
+            Outcome::PassNoRoute,
+            XDP_PASS,
+        ),
         // 1472 bytes of UDP payload fill a 1500-byte MTU; a Data indication adds 36.
-        ("data_indication_over_mtu_v4", v4.from_peer(SocketAddr::new(v4.peer, PEER_PORT + 1), &[7u8; 1472]), Ingress::PeerSide, Outcome::PassTooBig, XDP_PASS),
+        (
+            "data_indication_over_mtu_v4",
+            v4.peer_frame(SocketAddr::new(v4.peer, PEER_PORT + 1), &[7u8; 1472]),
+            Ingress::PeerSide,
+            Outcome::PassTooBig,
+            XDP_PASS,
+        ),
     ];
-    let full = v4.from_client(&channel_data(CHANNEL_PEER, &data, &[]));
+    let full = v4.client_frame(&channel_data(CHANNEL_PEER, &data, &[]));
     let mut options = full.clone();
     options[14] = 0x46;
-    more.push(("ipv4_options_v4", options, Ingress::ClientSide, Outcome::PassIpOptions, XDP_PASS));
+    more.push((
+        "ipv4_options_v4",
+        options,
+        Ingress::ClientSide,
+        Outcome::PassIpOptions,
+        XDP_PASS,
+    ));
     let mut fragment = full.clone();
     fragment[20] |= 0x20; // more fragments
-    more.push(("ipv4_fragment_v4", fragment, Ingress::ClientSide, Outcome::PassFragment, XDP_PASS));
+    more.push((
+        "ipv4_fragment_v4",
+        fragment,
+        Ingress::ClientSide,
+        Outcome::PassFragment,
+        XDP_PASS,
+    ));
     let mut tcp = full.clone();
     tcp[23] = 6;
-    more.push(("tcp_v4", tcp, Ingress::ClientSide, Outcome::PassNotUdp, XDP_PASS));
+    more.push((
+        "tcp_v4",
+        tcp,
+        Ingress::ClientSide,
+        Outcome::PassNotUdp,
+        XDP_PASS,
+    ));
     let mut vlan = full[..12].to_vec();
     vlan.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
     vlan.extend_from_slice(&full[12..]);
-    more.push(("vlan_tagged", vlan, Ingress::ClientSide, Outcome::PassNotIp, XDP_PASS));
+    more.push((
+        "vlan_tagged",
+        vlan,
+        Ingress::ClientSide,
+        Outcome::PassNotIp,
+        XDP_PASS,
+    ));
     let mut arp = full[..12].to_vec();
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
-    more.push(("arp", arp, Ingress::ClientSide, Outcome::PassNotIp, XDP_PASS));
+    more.push((
+        "arp",
+        arp,
+        Ingress::ClientSide,
+        Outcome::PassNotIp,
+        XDP_PASS,
+    ));
     let v6 = &FAMILIES[1];
-    let full6 = v6.from_client(&channel_data(CHANNEL_PEER, &data, &[]));
+    let full6 = v6.client_frame(&channel_data(CHANNEL_PEER, &data, &[]));
     let mut hop_by_hop = full6.clone();
     hop_by_hop[20] = 0;
-    more.push(("ipv6_extension_header_v6", hop_by_hop, Ingress::ClientSide, Outcome::PassIpOptions, XDP_PASS));
+    more.push((
+        "ipv6_extension_header_v6",
+        hop_by_hop,
+        Ingress::ClientSide,
+        Outcome::PassIpOptions,
+        XDP_PASS,
+    ));
     let mut zero6 = full6.clone();
     zero6[60..62].copy_from_slice(&[0, 0]);
-    more.push(("ipv6_zero_udp_checksum_v6", zero6, Ingress::ClientSide, Outcome::PassMalformed, XDP_PASS));
+    more.push((
+        "ipv6_zero_udp_checksum_v6",
+        zero6,
+        Ingress::ClientSide,
+        Outcome::PassMalformed,
+        XDP_PASS,
+    ));
     for (name, input, ingress, outcome, action) in more {
-        fixtures.push(Fixture { name: name.into(), ingress, input, outcome, expect: Expect::Unchanged(action) });
+        fixtures.push(Fixture {
+            name: name.into(),
+            ingress,
+            input,
+            outcome,
+            expect: Expect::Unchanged(action),
+        });
     }
     fixtures
 }
 
 fn transaction_id(output: &[u8]) -> [u8; 12] {
-    let payload = if output.get(12..14) == Some(&[0x08, 0x00]) { 14 + 20 + 8 } else { 14 + 40 + 8 };
-    output.get(payload + 8..payload + 20).and_then(|id| id.try_into().ok()).unwrap_or([0; 12])
+    let payload = if output.get(12..14) == Some(&[0x08, 0x00]) {
+        14 + 20 + 8
+    } else {
+        14 + 40 + 8
+    };
+    output
+        .get(payload + 8..payload + 20)
+        .and_then(|id| id.try_into().ok())
+        .unwrap_or([0; 12])
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -621,11 +1012,20 @@ fn hex(bytes: &[u8]) -> String {
 
 fn check(testbed: &Testbed, fixture: &Fixture) -> Result<(), String> {
     let before = testbed.counters().map_err(|error| format!("{error:#}"))?;
-    let RunResult { action, frame } = testbed.run(&fixture.input, fixture.ingress).map_err(|error| format!("{error:#}"))?;
+    let RunResult { action, frame } = testbed
+        .run(&fixture.input, fixture.ingress)
+        .map_err(|error| format!("{error:#}"))?;
     let after = testbed.counters().map_err(|error| format!("{error:#}"))?;
-    let bumped: Vec<Outcome> = after.iter().filter(|(outcome, counter)| counter.packets > before.get(*outcome).packets).map(|(outcome, _)| outcome).collect();
+    let bumped: Vec<Outcome> = after
+        .iter()
+        .filter(|(outcome, counter)| counter.packets > before.get(*outcome).packets)
+        .map(|(outcome, _)| outcome)
+        .collect();
     if bumped != [fixture.outcome] {
-        return Err(format!("counted {bumped:?}, expected [{:?}]", fixture.outcome));
+        return Err(format!(
+            "counted {bumped:?}, expected [{:?}]",
+            fixture.outcome
+        ));
     }
     let (expected_action, expected_frame) = match &fixture.expect {
         Expect::Unchanged(action) => (*action, fixture.input.clone()),
@@ -642,7 +1042,11 @@ fn check(testbed: &Testbed, fixture: &Fixture) -> Result<(), String> {
         return Err(format!("action {action}, expected {expected_action}"));
     }
     if frame != expected_frame {
-        return Err(format!("frame differs:\n   got {}\n  want {}", hex(&frame), hex(&expected_frame)));
+        return Err(format!(
+            "frame differs:\n   got {}\n  want {}",
+            hex(&frame),
+            hex(&expected_frame)
+        ));
     }
     Ok(())
 }
@@ -658,9 +1062,19 @@ fn fixtures_relay_pass_and_drop_exactly() {
     let fixtures = fixtures();
     let failures: Vec<String> = fixtures
         .iter()
-        .filter_map(|fixture| check(&testbed, fixture).err().map(|error| format!("{}: {error}", fixture.name)))
+        .filter_map(|fixture| {
+            check(&testbed, fixture)
+                .err()
+                .map(|error| format!("{}: {error}", fixture.name))
+        })
         .collect();
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), fixtures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -672,7 +1086,7 @@ fn data_indications_get_fresh_transaction_ids() {
     let mut datapath = testbed.datapath().expect("datapath");
     install(&mut datapath);
     let v4 = &FAMILIES[0];
-    let input = v4.from_peer(SocketAddr::new(v4.peer, PEER_PORT + 1), b"payload");
+    let input = v4.peer_frame(SocketAddr::new(v4.peer, PEER_PORT + 1), b"payload");
     let first = testbed.run(&input, Ingress::PeerSide).expect("run");
     let second = testbed.run(&input, Ingress::PeerSide).expect("run");
     assert_eq!((first.action, second.action), (XDP_REDIRECT, XDP_REDIRECT));
@@ -690,22 +1104,44 @@ fn relayed_traffic_is_accounted_per_allocation() {
     let v4 = &FAMILIES[0];
     let peer = SocketAddr::new(v4.peer, PEER_PORT);
     for _ in 0..3 {
-        let out = testbed.run(&v4.from_client(&channel_data(CHANNEL_PEER, b"12345", &[0, 0, 0])), Ingress::ClientSide).expect("run");
+        let out = testbed
+            .run(
+                &v4.client_frame(&channel_data(CHANNEL_PEER, b"12345", &[0, 0, 0])),
+                Ingress::ClientSide,
+            )
+            .expect("run");
         assert_eq!(out.action, XDP_REDIRECT);
     }
-    let out = testbed.run(&v4.from_peer(peer, b"1234567"), Ingress::PeerSide).expect("run");
+    let out = testbed
+        .run(&v4.peer_frame(peer, b"1234567"), Ingress::PeerSide)
+        .expect("run");
     assert_eq!(out.action, XDP_REDIRECT);
     let traffic = datapath.relayed_traffic(v4.relay_address());
     assert_eq!((traffic.to_peer_packets, traffic.to_peer_bytes), (3, 15));
     assert_eq!((traffic.to_client_packets, traffic.to_client_bytes), (1, 7));
-    assert_eq!(datapath.relayed_traffic(FAMILIES[1].relay_address()).to_peer_packets, 0);
+    assert_eq!(
+        datapath
+            .relayed_traffic(FAMILIES[1].relay_address())
+            .to_peer_packets,
+        0
+    );
 
     // Removing the allocation stops the fast path for it: the frames go to userspace.
     datapath.remove_allocation(v4.flow(), v4.relay_address());
-    let out = testbed.run(&v4.from_client(&channel_data(CHANNEL_PEER, b"12345", &[0, 0, 0])), Ingress::ClientSide).expect("run");
+    let out = testbed
+        .run(
+            &v4.client_frame(&channel_data(CHANNEL_PEER, b"12345", &[0, 0, 0])),
+            Ingress::ClientSide,
+        )
+        .expect("run");
     assert_eq!(out.action, XDP_PASS);
-    let out = testbed.run(&v4.from_peer(peer, b"1234567"), Ingress::PeerSide).expect("run");
-    assert_eq!(out.action, XDP_PASS, "no relayed address any more: not ours");
+    let out = testbed
+        .run(&v4.peer_frame(peer, b"1234567"), Ingress::PeerSide)
+        .expect("run");
+    assert_eq!(
+        out.action, XDP_PASS,
+        "no relayed address any more: not ours"
+    );
 }
 
 #[test]
@@ -718,11 +1154,27 @@ fn forwarding_disabled_passes_instead_of_relaying() {
     install(&mut datapath);
     testbed.set_forwarding(false).expect("sysctl");
     for family in &FAMILIES {
-        let input = family.from_client(&channel_data(CHANNEL_PEER, b"data", &[]));
-        let before = testbed.counters().expect("counters").get(Outcome::PassNoRoute).packets;
+        let input = family.client_frame(&channel_data(CHANNEL_PEER, b"data", &[]));
+        let before = testbed
+            .counters()
+            .expect("counters")
+            .get(Outcome::PassNoRoute)
+            .packets;
         let out = testbed.run(&input, Ingress::ClientSide).expect("run");
-        assert_eq!((out.action, &out.frame), (XDP_PASS, &input), "{}", family.tag);
-        assert_eq!(testbed.counters().expect("counters").get(Outcome::PassNoRoute).packets, before + 1);
+        assert_eq!(
+            (out.action, &out.frame),
+            (XDP_PASS, &input),
+            "{}",
+            family.tag
+        );
+        assert_eq!(
+            testbed
+                .counters()
+                .expect("counters")
+                .get(Outcome::PassNoRoute)
+                .packets,
+            before + 1
+        );
     }
 }
 
@@ -735,17 +1187,42 @@ fn full_maps_refuse_entries_with_map_full() {
     let mut datapath = testbed.datapath().expect("datapath");
     let expires_at = Instant::now() + Duration::from_secs(60);
     let v4 = &FAMILIES[0];
-    datapath.install_allocation(AllocationEntry { flow: v4.flow(), relay: v4.relay_address(), expires_at }).expect("first");
-    let second = AllocationEntry { flow: FAMILIES[1].flow(), relay: FAMILIES[1].relay_address(), expires_at };
-    assert!(matches!(datapath.install_allocation(second), Err(turn_relay::datapath::DatapathError::MapFull)));
+    datapath
+        .install_allocation(AllocationEntry {
+            flow: v4.flow(),
+            relay: v4.relay_address(),
+            expires_at,
+        })
+        .expect("first");
+    let second = AllocationEntry {
+        flow: FAMILIES[1].flow(),
+        relay: FAMILIES[1].relay_address(),
+        expires_at,
+    };
+    assert!(matches!(
+        datapath.install_allocation(second),
+        Err(turn_relay::datapath::DatapathError::MapFull)
+    ));
     let wildcard = AllocationEntry {
-        flow: ClientFlow { listener: "0.0.0.0:3478".parse().expect("addr"), ..v4.flow() },
+        flow: ClientFlow {
+            listener: "0.0.0.0:3478".parse().expect("addr"),
+            ..v4.flow()
+        },
         relay: "198.19.0.1:50001".parse().expect("addr"),
         expires_at,
     };
     datapath.remove_allocation(v4.flow(), v4.relay_address());
-    assert!(datapath.install_allocation(wildcard).is_err(), "wildcard listeners are refused");
-    datapath.install_allocation(AllocationEntry { flow: v4.flow(), relay: v4.relay_address(), expires_at }).expect("slot reused");
+    assert!(
+        datapath.install_allocation(wildcard).is_err(),
+        "wildcard listeners are refused"
+    );
+    datapath
+        .install_allocation(AllocationEntry {
+            flow: v4.flow(),
+            relay: v4.relay_address(),
+            expires_at,
+        })
+        .expect("slot reused");
 }
 
 #[test]
@@ -758,8 +1235,91 @@ fn bench_times_every_path_next_to_the_baseline() {
         println!("{name:<32} {ns:>8.1} ns/packet");
     }
     let names: Vec<&str> = timings.iter().map(|(name, _)| name.as_str()).collect();
-    for expected in ["baseline_pass", "channel_data_to_peer_v4", "send_to_peer_v6", "data_indication_to_client_v6", "drop_no_permission"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    for expected in [
+        "baseline_pass",
+        "channel_data_to_peer_v4",
+        "send_to_peer_v6",
+        "data_indication_to_client_v6",
+        "drop_no_permission",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
-    assert!(timings.iter().all(|(_, ns)| ns.is_finite() && *ns > 0.0), "{timings:?}");
+    assert!(
+        timings.iter().all(|(_, ns)| ns.is_finite() && *ns > 0.0),
+        "{timings:?}"
+    );
+}
+
+#[test]
+fn channels_stop_with_their_allocation_and_resume_on_refresh() {
+    if !privileged("channels_stop_with_their_allocation_and_resume_on_refresh") {
+        return;
+    }
+    let testbed = Testbed::new(8).expect("testbed");
+    let mut datapath = testbed.datapath().expect("datapath");
+    let v4 = &FAMILIES[0];
+    let (flow, relay) = (v4.flow(), v4.relay_address());
+    let peer = SocketAddr::new(v4.peer, PEER_PORT);
+    let live = Instant::now() + Duration::from_secs(600);
+    let expired = Instant::now() - Duration::from_secs(1);
+    datapath
+        .install_allocation(AllocationEntry {
+            flow,
+            relay,
+            expires_at: expired,
+        })
+        .expect("allocation");
+    datapath
+        .install_permission(PermissionEntry {
+            flow,
+            relay,
+            peer_ip: peer.ip(),
+            expires_at: live,
+        })
+        .expect("permission");
+    datapath
+        .install_channel(ChannelEntry {
+            flow,
+            relay,
+            peer,
+            number: CHANNEL_PEER,
+            expires_at: live,
+        })
+        .expect("channel");
+    let input = v4.client_frame(&channel_data(CHANNEL_PEER, b"data", &[]));
+    assert_eq!(
+        testbed
+            .run(&input, Ingress::ClientSide)
+            .expect("run")
+            .action,
+        XDP_PASS,
+        "allocation expired"
+    );
+    datapath
+        .install_allocation(AllocationEntry {
+            flow,
+            relay,
+            expires_at: live,
+        })
+        .expect("refresh");
+    assert_eq!(
+        testbed
+            .run(&input, Ingress::ClientSide)
+            .expect("run")
+            .action,
+        XDP_REDIRECT,
+        "refreshed"
+    );
+    datapath.remove_channel(flow, relay, CHANNEL_PEER, peer);
+    assert_eq!(
+        testbed
+            .run(&input, Ingress::ClientSide)
+            .expect("run")
+            .action,
+        XDP_PASS,
+        "channel removed"
+    );
 }

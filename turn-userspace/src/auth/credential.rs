@@ -37,7 +37,10 @@ impl LongTermKeys {
             .chain_update(password)
             .finalize()
             .into();
-        LongTermKeys { md5, sha256: Some(sha256) }
+        LongTermKeys {
+            md5,
+            sha256: Some(sha256),
+        }
     }
 
     /// A pre-hashed MD5 key (coturn's `user=name:0x<hex>` form); no SHA-256 key can be derived.
@@ -66,7 +69,10 @@ pub struct Credential {
 
 impl Credential {
     pub(crate) fn new(username: &str, candidates: Vec<LongTermKeys>) -> Self {
-        Credential { username: username.to_owned(), candidates }
+        Credential {
+            username: username.to_owned(),
+            candidates,
+        }
     }
 
     /// The long-term key for the given algorithm (RFC 8489 §9.2.2): MD5(user:realm:pass) or
@@ -79,7 +85,10 @@ impl Credential {
     /// Every key the client may have used, first the one [`Credential::key`] returns. A
     /// request is authentic when its integrity checks with any of them.
     pub fn candidate_keys(&self, algorithm: PasswordAlgorithm) -> CandidateKeys<'_> {
-        CandidateKeys { candidates: self.candidates.iter(), algorithm }
+        CandidateKeys {
+            candidates: self.candidates.iter(),
+            algorithm,
+        }
     }
 
     /// The USERNAME this credential belongs to (allocation quotas are per username).
@@ -101,7 +110,9 @@ impl<'a> Iterator for CandidateKeys<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let algorithm = self.algorithm;
-        self.candidates.by_ref().find_map(|keys| keys.key(algorithm))
+        self.candidates
+            .by_ref()
+            .find_map(|keys| keys.key(algorithm))
     }
 }
 

@@ -61,11 +61,21 @@ pub struct AuthConfig {
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
-            .field("static_users", &self.static_users.iter().map(|u| &u.name).collect::<Vec<_>>())
+            .field(
+                "static_users",
+                &self
+                    .static_users
+                    .iter()
+                    .map(|u| &u.name)
+                    .collect::<Vec<_>>(),
+            )
             .field("auth_secrets", &self.auth_secrets.len())
             .field("zrest_secrets", &self.zrest_secrets.len())
             .field("nonce_lifetime", &self.nonce_lifetime)
-            .field("advertise_password_algorithms", &self.advertise_password_algorithms)
+            .field(
+                "advertise_password_algorithms",
+                &self.advertise_password_algorithms,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -112,7 +122,11 @@ impl fmt::Debug for Authenticator {
 impl Authenticator {
     pub fn new(config: AuthConfig) -> Self {
         Authenticator {
-            static_users: config.static_users.into_iter().map(|user| (user.name, user.secret)).collect(),
+            static_users: config
+                .static_users
+                .into_iter()
+                .map(|user| (user.name, user.secret))
+                .collect(),
             auth_secrets: config.auth_secrets,
             zrest_secrets: config.zrest_secrets,
             nonce_lifetime: config.nonce_lifetime,
@@ -126,10 +140,17 @@ impl Authenticator {
     /// Static users are looked up first; then a zrest-shaped username is checked against the
     /// zrest secrets, then a coturn REST username against the `use-auth-secret` secrets.
     /// Time-limited usernames are accepted up to and including their expiry second.
-    pub fn credential(&self, username: &str, realm: &str, unix_secs: u64) -> Result<Credential, AuthError> {
+    pub fn credential(
+        &self,
+        username: &str,
+        realm: &str,
+        unix_secs: u64,
+    ) -> Result<Credential, AuthError> {
         if let Some(secret) = self.static_users.get(username) {
             let keys = match secret {
-                StaticSecret::Password(password) => LongTermKeys::from_password(username, realm, password),
+                StaticSecret::Password(password) => {
+                    LongTermKeys::from_password(username, realm, password)
+                }
                 StaticSecret::Md5Key(key) => LongTermKeys::from_md5_key(*key),
             };
             return Ok(Credential::new(username, vec![keys]));
@@ -137,10 +158,12 @@ impl Authenticator {
         if !self.zrest_secrets.is_empty() {
             if let Some(zrest) = shared_secret::parse_zrest(username) {
                 check_expiry(zrest.expiry, unix_secs)?;
-                let secret = self
-                    .zrest_secrets
-                    .get(zrest.key_index)
-                    .ok_or(AuthError::UnknownKeyIndex { key_index: zrest.key_index })?;
+                let secret =
+                    self.zrest_secrets
+                        .get(zrest.key_index)
+                        .ok_or(AuthError::UnknownKeyIndex {
+                            key_index: zrest.key_index,
+                        })?;
                 let password = shared_secret::zrest_password(secret.as_bytes(), username);
                 let keys = LongTermKeys::from_password(username, realm, &password);
                 return Ok(Credential::new(username, vec![keys]));
@@ -202,7 +225,10 @@ mod tests {
     fn config() -> AuthConfig {
         AuthConfig {
             static_users: vec![
-                StaticUser { name: "alice".into(), secret: StaticSecret::Password("secretpw".into()) },
+                StaticUser {
+                    name: "alice".into(),
+                    secret: StaticSecret::Password("secretpw".into()),
+                },
                 StaticUser {
                     name: "hashed".into(),
                     // printf '%s' 'alice:turn-relay.local:secretpw' | openssl dgst -md5
@@ -224,18 +250,28 @@ mod tests {
     }
 
     fn md5_key(credential: &Credential) -> String {
-        hex::encode(credential.key(PasswordAlgorithm::Md5).expect("MD5 key always exists"))
+        hex::encode(
+            credential
+                .key(PasswordAlgorithm::Md5)
+                .expect("MD5 key always exists"),
+        )
     }
 
     #[test]
     fn static_password_user_yields_md5_and_sha256_keys() {
         let auth = Authenticator::new(config());
-        let credential = auth.credential("alice", REALM, NOW).expect("alice is configured");
+        let credential = auth
+            .credential("alice", REALM, NOW)
+            .expect("alice is configured");
         assert_eq!(credential.username(), "alice");
         // printf '%s' 'alice:turn-relay.local:secretpw' | openssl dgst -md5 / -sha256
         assert_eq!(md5_key(&credential), "d2f83184ee1f747bd65e579c334b9b55");
         assert_eq!(
-            hex::encode(credential.key(PasswordAlgorithm::Sha256).expect("derived from password")),
+            hex::encode(
+                credential
+                    .key(PasswordAlgorithm::Sha256)
+                    .expect("derived from password")
+            ),
             "36b2e24c8b74f4a53961927cf11014d6757be920f8bb1bbf4a1cc5af7eb73ca5"
         );
     }
@@ -251,14 +287,22 @@ mod tests {
     #[test]
     fn unknown_and_empty_usernames_are_rejected() {
         let auth = Authenticator::new(config());
-        assert_eq!(auth.credential("mallory", REALM, NOW).unwrap_err(), AuthError::UnknownUser);
-        assert_eq!(auth.credential("", REALM, NOW).unwrap_err(), AuthError::UnknownUser);
+        assert_eq!(
+            auth.credential("mallory", REALM, NOW).unwrap_err(),
+            AuthError::UnknownUser
+        );
+        assert_eq!(
+            auth.credential("", REALM, NOW).unwrap_err(),
+            AuthError::UnknownUser
+        );
     }
 
     #[test]
     fn coturn_rest_username_uses_every_configured_secret() {
         let auth = Authenticator::new(config());
-        let credential = auth.credential("1700000000:alice", REALM, NOW).expect("not expired");
+        let credential = auth
+            .credential("1700000000:alice", REALM, NOW)
+            .expect("not expired");
         // p = base64(HMAC-SHA1("north", u)) = Cd/49soE35ICqcJF/bCTn8Z4OyE=;
         // printf '%s' "$u:turn-relay.local:$p" | openssl dgst -md5 / -sha256
         assert_eq!(md5_key(&credential), "b094a8b568befdc9b4f967e057cbcf9f");
@@ -272,7 +316,9 @@ mod tests {
     #[test]
     fn coturn_rest_username_without_user_part_verifies_with_the_second_secret() {
         let auth = Authenticator::new(config());
-        let credential = auth.credential("1700000000", REALM, NOW).expect("not expired");
+        let credential = auth
+            .credential("1700000000", REALM, NOW)
+            .expect("not expired");
         // p = base64(HMAC-SHA1("south", "1700000000")) = nRQGY+NJyUpTFd6/uAe7NUz1cjU=
         let expected = hex_array::<16>("d15d110b48d08e8cc08ace1a09558304");
         let candidates: Vec<&[u8]> = credential.candidate_keys(PasswordAlgorithm::Md5).collect();
@@ -284,24 +330,41 @@ mod tests {
     #[test]
     fn expired_rest_username_is_rejected() {
         let auth = Authenticator::new(config());
-        assert!(auth.credential("1700000000:alice", REALM, 1_700_000_000).is_ok());
+        assert!(auth
+            .credential("1700000000:alice", REALM, 1_700_000_000)
+            .is_ok());
         assert_eq!(
-            auth.credential("1700000000:alice", REALM, 1_700_000_001).unwrap_err(),
-            AuthError::Expired { expired_at: 1_700_000_000 }
+            auth.credential("1700000000:alice", REALM, 1_700_000_001)
+                .unwrap_err(),
+            AuthError::Expired {
+                expired_at: 1_700_000_000
+            }
         );
     }
 
     #[test]
     fn rest_usernames_are_unknown_without_secrets() {
-        let auth = Authenticator::new(AuthConfig { auth_secrets: vec![], zrest_secrets: vec![], ..config() });
-        assert_eq!(auth.credential("1700000000:alice", REALM, NOW).unwrap_err(), AuthError::UnknownUser);
-        assert_eq!(auth.credential("1700000000.s.42", REALM, NOW).unwrap_err(), AuthError::UnknownUser);
+        let auth = Authenticator::new(AuthConfig {
+            auth_secrets: vec![],
+            zrest_secrets: vec![],
+            ..config()
+        });
+        assert_eq!(
+            auth.credential("1700000000:alice", REALM, NOW).unwrap_err(),
+            AuthError::UnknownUser
+        );
+        assert_eq!(
+            auth.credential("1700000000.s.42", REALM, NOW).unwrap_err(),
+            AuthError::UnknownUser
+        );
     }
 
     #[test]
     fn zrest_v1_username_selects_secret_by_key_index() {
         let auth = Authenticator::new(config());
-        let credential = auth.credential("d=1700000000.v=1.k=1.t=s.r=abc123", REALM, NOW).expect("valid");
+        let credential = auth
+            .credential("d=1700000000.v=1.k=1.t=s.r=abc123", REALM, NOW)
+            .expect("valid");
         // p = base64(HMAC-SHA512("second", u)) (openssl dgst -sha512 -hmac second);
         // printf '%s' "$u:turn-relay.local:$p" | openssl dgst -md5
         assert_eq!(md5_key(&credential), "a3094c705015f49a58df7b211e8d3253");
@@ -311,7 +374,9 @@ mod tests {
     #[test]
     fn zrest_legacy_username_uses_the_first_secret() {
         let auth = Authenticator::new(config());
-        let credential = auth.credential("1700000000.s.42", REALM, NOW).expect("valid");
+        let credential = auth
+            .credential("1700000000.s.42", REALM, NOW)
+            .expect("valid");
         // p = base64(HMAC-SHA512("first", "1700000000.s.42"))
         assert_eq!(md5_key(&credential), "efdbe2a1ef0dded958f7f212c4dad81a");
     }
@@ -320,14 +385,23 @@ mod tests {
     fn zrest_unknown_key_index_and_expiry_are_rejected() {
         let auth = Authenticator::new(config());
         assert_eq!(
-            auth.credential("d=1700000000.v=1.k=2.t=s.r=abc123", REALM, NOW).unwrap_err(),
+            auth.credential("d=1700000000.v=1.k=2.t=s.r=abc123", REALM, NOW)
+                .unwrap_err(),
             AuthError::UnknownKeyIndex { key_index: 2 }
         );
         assert_eq!(
-            auth.credential("d=1700000000.v=1.k=0.t=s.r=abc123", REALM, 1_700_000_001).unwrap_err(),
-            AuthError::Expired { expired_at: 1_700_000_000 }
+            auth.credential("d=1700000000.v=1.k=0.t=s.r=abc123", REALM, 1_700_000_001)
+                .unwrap_err(),
+            AuthError::Expired {
+                expired_at: 1_700_000_000
+            }
         );
-        assert_eq!(auth.credential("d=1700000000.v=1.k=9.t=s.r=abc123", REALM, NOW).unwrap_err().stun_error_code(), 401);
+        assert_eq!(
+            auth.credential("d=1700000000.v=1.k=9.t=s.r=abc123", REALM, NOW)
+                .unwrap_err()
+                .stun_error_code(),
+            401
+        );
     }
 
     #[test]
@@ -338,7 +412,9 @@ mod tests {
             secret: StaticSecret::Password("secretpw".into()),
         });
         let auth = Authenticator::new(cfg);
-        let credential = auth.credential("1700000000:alice", REALM, u64::MAX).expect("static never expires");
+        let credential = auth
+            .credential("1700000000:alice", REALM, u64::MAX)
+            .expect("static never expires");
         assert_eq!(credential.candidate_keys(PasswordAlgorithm::Md5).count(), 1);
     }
 
@@ -348,12 +424,24 @@ mod tests {
         let client = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7));
         let nonce = auth.make_nonce(NOW, client);
         assert!(nonce.starts_with(NONCE_COOKIE_PASSWORD_ALGORITHMS));
-        assert!(nonce.len() < 128, "RFC 8489 §14.10: fewer than 128 characters");
-        assert_eq!(auth.check_nonce(nonce.as_bytes(), NOW, client), NonceStatus::Valid);
-        assert_eq!(auth.check_nonce(nonce.as_bytes(), NOW + 3599, client), NonceStatus::Valid);
+        assert!(
+            nonce.len() < 128,
+            "RFC 8489 §14.10: fewer than 128 characters"
+        );
+        assert_eq!(
+            auth.check_nonce(nonce.as_bytes(), NOW, client),
+            NonceStatus::Valid
+        );
+        assert_eq!(
+            auth.check_nonce(nonce.as_bytes(), NOW + 3599, client),
+            NonceStatus::Valid
+        );
         // The IPv4-mapped form of the same client is the same client.
         let mapped = IpAddr::V6(Ipv4Addr::new(198, 18, 0, 7).to_ipv6_mapped());
-        assert_eq!(auth.check_nonce(nonce.as_bytes(), NOW, mapped), NonceStatus::Valid);
+        assert_eq!(
+            auth.check_nonce(nonce.as_bytes(), NOW, mapped),
+            NonceStatus::Valid
+        );
     }
 
     #[test]
@@ -361,7 +449,10 @@ mod tests {
         let auth = Authenticator::new(config());
         let client = IpAddr::V6(Ipv6Addr::LOCALHOST);
         let nonce = auth.make_nonce(NOW, client);
-        assert_eq!(auth.check_nonce(nonce.as_bytes(), NOW + 3600, client), NonceStatus::Stale);
+        assert_eq!(
+            auth.check_nonce(nonce.as_bytes(), NOW + 3600, client),
+            NonceStatus::Stale
+        );
     }
 
     #[test]
@@ -369,7 +460,10 @@ mod tests {
         let auth = Authenticator::new(config());
         let nonce = auth.make_nonce(NOW, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7)));
         let other = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 8));
-        assert_eq!(auth.check_nonce(nonce.as_bytes(), NOW, other), NonceStatus::Invalid);
+        assert_eq!(
+            auth.check_nonce(nonce.as_bytes(), NOW, other),
+            NonceStatus::Invalid
+        );
     }
 
     #[test]
@@ -381,28 +475,56 @@ mod tests {
         let cookie_len = NONCE_COOKIE_PASSWORD_ALGORITHMS.len();
         let mut extended = nonce.clone().into_bytes();
         extended[cookie_len] = b'f';
-        assert_eq!(auth.check_nonce(&extended, NOW, client), NonceStatus::Invalid);
+        assert_eq!(
+            auth.check_nonce(&extended, NOW, client),
+            NonceStatus::Invalid
+        );
         // A stale nonce with a forged MAC is invalid, not stale.
         let mut forged_stale = nonce.clone().into_bytes();
         let last = forged_stale.len() - 1;
-        forged_stale[last] = if forged_stale[last] == b'0' { b'1' } else { b'0' };
-        assert_eq!(auth.check_nonce(&forged_stale, NOW + 7200, client), NonceStatus::Invalid);
+        forged_stale[last] = if forged_stale[last] == b'0' {
+            b'1'
+        } else {
+            b'0'
+        };
+        assert_eq!(
+            auth.check_nonce(&forged_stale, NOW + 7200, client),
+            NonceStatus::Invalid
+        );
         // A nonce from a server with another secret.
-        let other = Authenticator::new(AuthConfig { nonce_secret: b"other".to_vec(), ..config() });
-        assert_eq!(auth.check_nonce(other.make_nonce(NOW, client).as_bytes(), NOW, client), NonceStatus::Invalid);
-        for junk in [&b""[..], b"obMatJos2AAAB", b"obMatJos2AAABzz", &nonce.as_bytes()[cookie_len..], b"\xff\xfe"] {
+        let other = Authenticator::new(AuthConfig {
+            nonce_secret: b"other".to_vec(),
+            ..config()
+        });
+        assert_eq!(
+            auth.check_nonce(other.make_nonce(NOW, client).as_bytes(), NOW, client),
+            NonceStatus::Invalid
+        );
+        for junk in [
+            &b""[..],
+            b"obMatJos2AAAB",
+            b"obMatJos2AAABzz",
+            &nonce.as_bytes()[cookie_len..],
+            b"\xff\xfe",
+        ] {
             assert_eq!(auth.check_nonce(junk, NOW, client), NonceStatus::Invalid);
         }
     }
 
     #[test]
     fn nonce_without_cookie_when_not_advertising() {
-        let auth = Authenticator::new(AuthConfig { advertise_password_algorithms: false, ..config() });
+        let auth = Authenticator::new(AuthConfig {
+            advertise_password_algorithms: false,
+            ..config()
+        });
         let client = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7));
         let nonce = auth.make_nonce(NOW, client);
         assert!(!nonce.starts_with("obMatJos2"));
         assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(auth.check_nonce(nonce.as_bytes(), NOW, client), NonceStatus::Valid);
+        assert_eq!(
+            auth.check_nonce(nonce.as_bytes(), NOW, client),
+            NonceStatus::Valid
+        );
         assert!(!auth.advertises_password_algorithms());
     }
 

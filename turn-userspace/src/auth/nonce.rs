@@ -40,12 +40,19 @@ pub(crate) struct NonceKey {
 
 impl NonceKey {
     pub(crate) fn new(secret: Vec<u8>, with_cookie: bool) -> Self {
-        NonceKey { secret, with_cookie }
+        NonceKey {
+            secret,
+            with_cookie,
+        }
     }
 
     pub(crate) fn make(&self, expiry: u64, client: IpAddr) -> String {
         let tag = self.tag(expiry, client);
-        let cookie = if self.with_cookie { NONCE_COOKIE_PASSWORD_ALGORITHMS } else { "" };
+        let cookie = if self.with_cookie {
+            NONCE_COOKIE_PASSWORD_ALGORITHMS
+        } else {
+            ""
+        };
         format!("{cookie}{expiry:016x}{}", hex::encode(tag))
     }
 

@@ -50,7 +50,10 @@ pub(crate) fn parse_zrest(username: &str) -> Option<ZrestUsername> {
     if !random.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
     }
-    Some(ZrestUsername { expiry: parse_decimal(expiry)?, key_index: 0 })
+    Some(ZrestUsername {
+        expiry: parse_decimal(expiry)?,
+        key_index: 0,
+    })
 }
 
 /// zrest's password: `base64(HMAC-SHA512(secret, username))`.
@@ -86,18 +89,27 @@ mod tests {
     #[test]
     fn coturn_password_matches_openssl() {
         // printf '%s' '1700000000:alice' | openssl dgst -sha1 -hmac north -binary | base64
-        assert_eq!(coturn_password(b"north", "1700000000:alice"), "Cd/49soE35ICqcJF/bCTn8Z4OyE=");
+        assert_eq!(
+            coturn_password(b"north", "1700000000:alice"),
+            "Cd/49soE35ICqcJF/bCTn8Z4OyE="
+        );
     }
 
     #[test]
     fn zrest_usernames_of_both_versions_parse() {
         assert_eq!(
             parse_zrest("d=1700000000.v=1.k=3.t=s.r=abc123"),
-            Some(ZrestUsername { expiry: 1_700_000_000, key_index: 3 })
+            Some(ZrestUsername {
+                expiry: 1_700_000_000,
+                key_index: 3
+            })
         );
         assert_eq!(
             parse_zrest("1700000000.s.42"),
-            Some(ZrestUsername { expiry: 1_700_000_000, key_index: 0 })
+            Some(ZrestUsername {
+                expiry: 1_700_000_000,
+                key_index: 0
+            })
         );
         assert_eq!(parse_zrest("d=1700000000.v=2.k=0.t=s.r=abc"), None);
         assert_eq!(parse_zrest("d=x.v=1.k=0.t=s.r=abc"), None);

@@ -43,8 +43,11 @@ fn transaction_id() -> [u8; 12] {
 /// A UDP socket in the client namespace with large buffers, connected to the server.
 pub fn client_socket(client_ns: &str, server: SocketAddrV4) -> Result<UdpSocket> {
     in_netns(client_ns, move || {
-        let socket = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0)).context("binding a client socket")?;
-        socket.connect(server).context("connecting a client socket")?;
+        let socket =
+            UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0)).context("binding a client socket")?;
+        socket
+            .connect(server)
+            .context("connecting a client socket")?;
         enlarge_buffers(&socket);
         Ok(socket)
     })
@@ -68,52 +71,80 @@ pub fn enlarge_buffers(socket: &impl AsRawFd) {
 }
 
 /// Sends a request and waits for the response with the same transaction id, retransmitting
-/// (RFC 8489 §6.2.1, shortened timers for a local benchmark).
+/// with a doubling timeout (RFC 8489 §6.2.1, 200 ms initial RTO for a local benchmark; about
+/// 6 s in all, so a server still draining an overload backlog gets time to answer).
 fn transact(socket: &UdpSocket, request: &[u8]) -> Result<Vec<u8>> {
+    const TRANSMISSIONS: u32 = 5;
     let transaction = request.get(8..20).context("request too short")?;
     let mut buf = vec![0u8; 2048];
-    socket.set_read_timeout(Some(Duration::from_millis(250)))?;
-    for _attempt in 0..6 {
+    let mut timeout = Duration::from_millis(200);
+    for _attempt in 0..TRANSMISSIONS {
         socket.send(request).context("sending a request")?;
-        let deadline = Instant::now() + Duration::from_millis(250);
-        while Instant::now() < deadline {
-            let Ok(len) = socket.recv(&mut buf) else { break };
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+        {
+            socket.set_read_timeout(Some(left))?;
+            let Ok(len) = socket.recv(&mut buf) else {
+                break;
+            };
             if buf.get(8..20) == Some(transaction) {
                 buf.truncate(len);
                 return Ok(buf);
             }
         }
+        timeout = (timeout * 2).min(Duration::from_millis(3200));
     }
-    bail!("no response after 6 transmissions")
+    bail!("no response after {TRANSMISSIONS} transmissions")
 }
 
 /// Allocate → 401 (REALM, NONCE) → Allocate with MESSAGE-INTEGRITY (RFC 8656 §7.1, RFC 8489 §9.2).
 fn allocate(socket: &UdpSocket, credentials: &Credentials) -> Result<(Session, SocketAddr)> {
     let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction_id());
-    request.attribute(wire::ATTR_REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+    request.attribute(
+        wire::ATTR_REQUESTED_TRANSPORT,
+        &wire::requested_transport_udp(),
+    );
     let response = transact(socket, &request.finish())?;
     let challenge = ParsedMessage::parse(&response).context("unparseable Allocate response")?;
     if challenge.error_code() != Some(401) {
-        bail!("expected 401 to an unauthenticated Allocate, got {:?}", challenge.error_code());
+        bail!(
+            "expected 401 to an unauthenticated Allocate, got {:?}",
+            challenge.error_code()
+        );
     }
-    let realm = challenge.text(wire::ATTR_REALM).context("401 without REALM")?;
+    let realm = challenge
+        .text(wire::ATTR_REALM)
+        .context("401 without REALM")?;
     let mut session = Session {
         key: wire::long_term_key(&credentials.username, &realm, &credentials.password),
-        nonce: challenge.text(wire::ATTR_NONCE).context("401 without NONCE")?,
+        nonce: challenge
+            .text(wire::ATTR_NONCE)
+            .context("401 without NONCE")?,
         realm,
     };
     for _stale_retry in 0..2 {
         let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction_id());
-        request.attribute(wire::ATTR_REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+        request.attribute(
+            wire::ATTR_REQUESTED_TRANSPORT,
+            &wire::requested_transport_udp(),
+        );
         add_credentials(&mut request, credentials, &session);
         let response = transact(socket, &request.finish_with_integrity(&session.key))?;
         let message = ParsedMessage::parse(&response).context("unparseable Allocate response")?;
         if message.is_success() {
-            let relayed = message.xor_address(wire::ATTR_XOR_RELAYED_ADDRESS).context("no XOR-RELAYED-ADDRESS")?;
+            let relayed = message
+                .xor_address(wire::ATTR_XOR_RELAYED_ADDRESS)
+                .context("no XOR-RELAYED-ADDRESS")?;
             return Ok((session, relayed));
         }
         match message.error_code() {
-            Some(438) => session.nonce = message.text(wire::ATTR_NONCE).context("438 without NONCE")?,
+            Some(438) => {
+                session.nonce = message
+                    .text(wire::ATTR_NONCE)
+                    .context("438 without NONCE")?
+            }
             code => bail!("authenticated Allocate failed: {code:?}"),
         }
     }
@@ -144,7 +175,11 @@ fn authenticated(
             return Ok(());
         }
         match message.error_code() {
-            Some(438) => session.nonce = message.text(wire::ATTR_NONCE).context("438 without NONCE")?,
+            Some(438) => {
+                session.nonce = message
+                    .text(wire::ATTR_NONCE)
+                    .context("438 without NONCE")?
+            }
             code => bail!("request 0x{message_type:04x} failed: {code:?}"),
         }
     }
@@ -152,7 +187,13 @@ fn authenticated(
 }
 
 /// Sets up one flow: allocation, CreatePermission and ChannelBind for `peer`.
-pub fn open_flow(client_ns: &str, server: SocketAddrV4, credentials: &Credentials, peer: SocketAddrV4, channel: u16) -> Result<Flow> {
+pub fn open_flow(
+    client_ns: &str,
+    server: SocketAddrV4,
+    credentials: &Credentials,
+    peer: SocketAddrV4,
+    channel: u16,
+) -> Result<Flow> {
     // A 5-tuple may still hold an allocation from an earlier test (437 Allocation Mismatch,
     // RFC 8656 §7.2); keep such sockets open while retrying so the next one gets a new port.
     let mut mismatched = Vec::new();
@@ -160,7 +201,9 @@ pub fn open_flow(client_ns: &str, server: SocketAddrV4, credentials: &Credential
         let socket = client_socket(client_ns, server)?;
         match allocate(&socket, credentials) {
             Ok((session, relayed)) => break (socket, session, relayed),
-            Err(error) if error.to_string().contains("437") && mismatched.len() < 8 => mismatched.push(socket),
+            Err(error) if error.to_string().contains("437") && mismatched.len() < 8 => {
+                mismatched.push(socket)
+            }
             Err(error) => return Err(error.context("Allocate")),
         }
     };
@@ -169,28 +212,55 @@ pub fn open_flow(client_ns: &str, server: SocketAddrV4, credentials: &Credential
         SocketAddr::V4(v4) => v4,
         SocketAddr::V6(_) => bail!("client socket is not IPv4"),
     };
-    authenticated(&socket, credentials, &mut session, wire::CREATE_PERMISSION_REQUEST, |r| {
-        r.xor_address(wire::ATTR_XOR_PEER_ADDRESS, peer);
-    })
+    authenticated(
+        &socket,
+        credentials,
+        &mut session,
+        wire::CREATE_PERMISSION_REQUEST,
+        |r| {
+            r.xor_address(wire::ATTR_XOR_PEER_ADDRESS, peer);
+        },
+    )
     .context("CreatePermission")?;
-    authenticated(&socket, credentials, &mut session, wire::CHANNEL_BIND_REQUEST, |r| {
-        r.attribute(wire::ATTR_CHANNEL_NUMBER, &wire::channel_number(channel));
-        r.xor_address(wire::ATTR_XOR_PEER_ADDRESS, peer);
-    })
+    authenticated(
+        &socket,
+        credentials,
+        &mut session,
+        wire::CHANNEL_BIND_REQUEST,
+        |r| {
+            r.attribute(wire::ATTR_CHANNEL_NUMBER, &wire::channel_number(channel));
+            r.xor_address(wire::ATTR_XOR_PEER_ADDRESS, peer);
+        },
+    )
     .context("ChannelBind")?;
     socket.set_nonblocking(true)?;
-    Ok(Flow { socket, local, relayed, channel, peer, session: Some(session) })
+    Ok(Flow {
+        socket,
+        local,
+        relayed,
+        channel,
+        peer,
+        session: Some(session),
+    })
 }
 
 /// Deletes the allocation (Refresh with LIFETIME 0, RFC 8656 §8) so runs do not pile up.
 pub fn close_flow(flow: Flow, credentials: &Credentials) {
-    let Some(mut session) = flow.session else { return };
+    let Some(mut session) = flow.session else {
+        return;
+    };
     if flow.socket.set_nonblocking(false).is_err() {
         return;
     }
-    let _ = authenticated(&flow.socket, credentials, &mut session, wire::REFRESH_REQUEST, |r| {
-        r.attribute(wire::ATTR_LIFETIME, &0u32.to_be_bytes());
-    });
+    let _ = authenticated(
+        &flow.socket,
+        credentials,
+        &mut session,
+        wire::REFRESH_REQUEST,
+        |r| {
+            r.attribute(wire::ATTR_LIFETIME, &0u32.to_be_bytes());
+        },
+    );
 }
 
 /// A client socket sending straight to `peer` (no relay): the baseline for added latency.
@@ -201,15 +271,28 @@ pub fn direct_flow(client_ns: &str, peer: SocketAddrV4) -> Result<Flow> {
         SocketAddr::V6(_) => bail!("client socket is not IPv4"),
     };
     socket.set_nonblocking(true)?;
-    Ok(Flow { socket, local, relayed: SocketAddr::V4(peer), channel: 0, peer, session: None })
+    Ok(Flow {
+        socket,
+        local,
+        relayed: SocketAddr::V4(peer),
+        channel: 0,
+        peer,
+        session: None,
+    })
 }
 
 /// True when the server answers a Binding request from the client namespace.
 pub fn answers_binding(client_ns: &str, server: SocketAddrV4) -> bool {
-    let Ok(socket) = client_socket(client_ns, server) else { return false };
+    let Ok(socket) = client_socket(client_ns, server) else {
+        return false;
+    };
     let request = MessageWriter::new(wire::BINDING_REQUEST, transaction_id()).finish();
     let mut buf = [0u8; 1024];
-    if socket.set_read_timeout(Some(Duration::from_millis(200))).is_err() || socket.send(&request).is_err() {
+    if socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .is_err()
+        || socket.send(&request).is_err()
+    {
         return false;
     }
     matches!(socket.recv(&mut buf), Ok(len) if ParsedMessage::parse(buf.get(..len).unwrap_or_default()).is_some_and(|m| m.is_success()))
@@ -225,10 +308,16 @@ pub struct RequestRate {
 
 /// STUN Binding requests/s (RFC 8489 §7.2): a window of outstanding requests spread over 16
 /// sockets, sent with sendmmsg-style batching per socket; counts success responses.
-pub fn binding_rate(client_ns: &str, server: SocketAddrV4, duration: Duration) -> Result<RequestRate> {
+pub fn binding_rate(
+    client_ns: &str,
+    server: SocketAddrV4,
+    duration: Duration,
+) -> Result<RequestRate> {
     const SOCKETS: usize = 16;
     const WINDOW_PER_SOCKET: u64 = 16;
-    let sockets: Vec<UdpSocket> = (0..SOCKETS).map(|_| client_socket(client_ns, server)).collect::<Result<_>>()?;
+    let sockets: Vec<UdpSocket> = (0..SOCKETS)
+        .map(|_| client_socket(client_ns, server))
+        .collect::<Result<_>>()?;
     for socket in &sockets {
         socket.set_nonblocking(true)?;
     }
@@ -253,7 +342,9 @@ pub fn binding_rate(client_ns: &str, server: SocketAddrV4, duration: Duration) -
                 sent += 1;
             }
             while let Ok(len) = socket.recv(&mut buf) {
-                if ParsedMessage::parse(buf.get(..len).unwrap_or_default()).is_some_and(|m| m.is_success()) {
+                if ParsedMessage::parse(buf.get(..len).unwrap_or_default())
+                    .is_some_and(|m| m.is_success())
+                {
                     responses += 1;
                     outstanding[index] = outstanding[index].saturating_sub(1);
                     last_progress[index] = Instant::now();
@@ -262,13 +353,24 @@ pub fn binding_rate(client_ns: &str, server: SocketAddrV4, duration: Duration) -
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(RequestRate { requests_sent: sent, responses, seconds, per_second: responses as f64 / seconds })
+    Ok(RequestRate {
+        requests_sent: sent,
+        responses,
+        seconds,
+        per_second: responses as f64 / seconds,
+    })
 }
 
 /// Authenticated allocations/s: each iteration opens a fresh client socket (a new 5-tuple),
 /// does Allocate → 401 → Allocate with MESSAGE-INTEGRITY, then deletes the allocation with
 /// Refresh(LIFETIME=0). `concurrency` clients run interleaved on one thread.
-pub fn allocation_rate(client_ns: &str, server: SocketAddrV4, credentials: &Credentials, duration: Duration, concurrency: usize) -> Result<RequestRate> {
+pub fn allocation_rate(
+    client_ns: &str,
+    server: SocketAddrV4,
+    credentials: &Credentials,
+    duration: Duration,
+    concurrency: usize,
+) -> Result<RequestRate> {
     enum Stage {
         Challenge,
         Authenticated(Vec<u8>),
@@ -286,14 +388,25 @@ pub fn allocation_rate(client_ns: &str, server: SocketAddrV4, credentials: &Cred
         socket.set_nonblocking(true)?;
         let transaction = transaction_id();
         let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction);
-        request.attribute(wire::ATTR_REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+        request.attribute(
+            wire::ATTR_REQUESTED_TRANSPORT,
+            &wire::requested_transport_udp(),
+        );
         let request = request.finish();
         let _ = socket.send(&request);
-        Ok(Client { socket, stage: Stage::Challenge, transaction, request, sent_at: Instant::now() })
+        Ok(Client {
+            socket,
+            stage: Stage::Challenge,
+            transaction,
+            request,
+            sent_at: Instant::now(),
+        })
     };
     // Creating sockets needs a namespace hop per socket; create a pool up front and reuse
     // sockets only after their allocation was deleted.
-    let mut clients: Vec<Client> = (0..concurrency).map(|_| new_client()).collect::<Result<_>>()?;
+    let mut clients: Vec<Client> = (0..concurrency)
+        .map(|_| new_client())
+        .collect::<Result<_>>()?;
     let mut spare: Vec<UdpSocket> = Vec::new();
     let mut restarting: Vec<usize> = Vec::new();
     let (mut sent, mut allocations) = (concurrency as u64, 0u64);
@@ -309,23 +422,35 @@ pub fn allocation_rate(client_ns: &str, server: SocketAddrV4, credentials: &Cred
                 }
                 continue;
             };
-            let Some(message) = ParsedMessage::parse(buf.get(..len).unwrap_or_default()) else { continue };
+            let Some(message) = ParsedMessage::parse(buf.get(..len).unwrap_or_default()) else {
+                continue;
+            };
             if message.transaction_id != client.transaction {
                 continue;
             }
             let next = match &client.stage {
                 Stage::Challenge => {
-                    let (Some(realm), Some(nonce)) = (message.text(wire::ATTR_REALM), message.text(wire::ATTR_NONCE)) else {
+                    let (Some(realm), Some(nonce)) = (
+                        message.text(wire::ATTR_REALM),
+                        message.text(wire::ATTR_NONCE),
+                    ) else {
                         restarting.push(index);
                         continue;
                     };
-                    let key = wire::long_term_key(&credentials.username, &realm, &credentials.password);
+                    let key =
+                        wire::long_term_key(&credentials.username, &realm, &credentials.password);
                     let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction_id());
-                    request.attribute(wire::ATTR_REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+                    request.attribute(
+                        wire::ATTR_REQUESTED_TRANSPORT,
+                        &wire::requested_transport_udp(),
+                    );
                     request.attribute(wire::ATTR_USERNAME, credentials.username.as_bytes());
                     request.attribute(wire::ATTR_REALM, realm.as_bytes());
                     request.attribute(wire::ATTR_NONCE, nonce.as_bytes());
-                    Some((Stage::Authenticated((realm + "\n" + &nonce).into_bytes()), request.finish_with_integrity(&key)))
+                    Some((
+                        Stage::Authenticated((realm + "\n" + &nonce).into_bytes()),
+                        request.finish_with_integrity(&key),
+                    ))
                 }
                 Stage::Authenticated(realm_nonce) => {
                     if !message.is_success() {
@@ -336,7 +461,8 @@ pub fn allocation_rate(client_ns: &str, server: SocketAddrV4, credentials: &Cred
                     allocations += 1;
                     let text = String::from_utf8_lossy(realm_nonce).into_owned();
                     let (realm, nonce) = text.split_once('\n').unwrap_or_default();
-                    let key = wire::long_term_key(&credentials.username, realm, &credentials.password);
+                    let key =
+                        wire::long_term_key(&credentials.username, realm, &credentials.password);
                     let mut request = MessageWriter::new(wire::REFRESH_REQUEST, transaction_id());
                     request.attribute(wire::ATTR_LIFETIME, &0u32.to_be_bytes());
                     request.attribute(wire::ATTR_USERNAME, credentials.username.as_bytes());
@@ -351,7 +477,10 @@ pub fn allocation_rate(client_ns: &str, server: SocketAddrV4, credentials: &Cred
                 }
             };
             if let Some((stage, request)) = next {
-                client.transaction = request.get(8..20).and_then(|t| t.try_into().ok()).unwrap_or_default();
+                client.transaction = request
+                    .get(8..20)
+                    .and_then(|t| t.try_into().ok())
+                    .unwrap_or_default();
                 let _ = client.socket.send(&request);
                 client.request = request;
                 client.stage = stage;
@@ -372,13 +501,27 @@ pub fn allocation_rate(client_ns: &str, server: SocketAddrV4, credentials: &Cred
             };
             let transaction = transaction_id();
             let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction);
-            request.attribute(wire::ATTR_REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+            request.attribute(
+                wire::ATTR_REQUESTED_TRANSPORT,
+                &wire::requested_transport_udp(),
+            );
             let request = request.finish();
             let _ = socket.send(&request);
             sent += 1;
-            clients[index] = Client { socket, stage: Stage::Challenge, transaction, request, sent_at: Instant::now() };
+            clients[index] = Client {
+                socket,
+                stage: Stage::Challenge,
+                transaction,
+                request,
+                sent_at: Instant::now(),
+            };
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(RequestRate { requests_sent: sent, responses: allocations, seconds, per_second: allocations as f64 / seconds })
+    Ok(RequestRate {
+        requests_sent: sent,
+        responses: allocations,
+        seconds,
+        per_second: allocations as f64 / seconds,
+    })
 }

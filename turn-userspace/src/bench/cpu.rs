@@ -23,33 +23,58 @@ pub struct CpuCost {
     pub softirq_seconds: f64,
     /// All CPUs' non-idle time in the window (context for the two terms above).
     pub machine_busy_seconds: f64,
-    /// (process + softirq) seconds per million relayed packets.
-    pub seconds_per_million_packets: f64,
+    /// (process + softirq) seconds per million relayed packets; None when fewer than
+    /// 1000 packets were relayed (the ratio would be meaningless).
+    pub seconds_per_million_packets: Option<f64>,
 }
 
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
 }
 
 impl CpuSnapshot {
     pub fn take(pid: u32) -> Result<CpuSnapshot> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
         // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc/<pid>/stat")?;
-        let fields: Vec<u64> = after_name.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
-        let process_ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("malformed /proc/<pid>/stat")?;
+        let fields: Vec<u64> = after_name
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let process_ticks =
+            fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
         let system = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
         let (mut softirq_ticks, mut busy_ticks) = (0, 0);
-        for line in system.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")) {
+        for line in system
+            .lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        {
             // user nice system idle iowait irq softirq steal ...
-            let values: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+            let values: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
             softirq_ticks += values.get(6).copied().unwrap_or(0);
             let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
             busy_ticks += values.iter().take(8).sum::<u64>() - idle;
         }
-        Ok(CpuSnapshot { process_ticks, softirq_ticks, busy_ticks })
+        Ok(CpuSnapshot {
+            process_ticks,
+            softirq_ticks,
+            busy_ticks,
+        })
     }
 
     pub fn cost_since(&self, before: &CpuSnapshot, relayed_packets: u64) -> CpuCost {
@@ -57,7 +82,13 @@ impl CpuSnapshot {
         let process_seconds = self.process_ticks.saturating_sub(before.process_ticks) as f64 / hz;
         let softirq_seconds = self.softirq_ticks.saturating_sub(before.softirq_ticks) as f64 / hz;
         let machine_busy_seconds = self.busy_ticks.saturating_sub(before.busy_ticks) as f64 / hz;
-        let millions = (relayed_packets as f64 / 1e6).max(1e-9);
-        CpuCost { process_seconds, softirq_seconds, machine_busy_seconds, seconds_per_million_packets: (process_seconds + softirq_seconds) / millions }
+        let seconds_per_million_packets = (relayed_packets >= 1000)
+            .then(|| (process_seconds + softirq_seconds) / (relayed_packets as f64 / 1e6));
+        CpuCost {
+            process_seconds,
+            softirq_seconds,
+            machine_busy_seconds,
+            seconds_per_million_packets,
+        }
     }
 }

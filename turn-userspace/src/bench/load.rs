@@ -45,7 +45,10 @@ impl RelayMode {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
@@ -71,7 +74,13 @@ impl Percentiles {
             let index = ((samples.len() as f64 * quantile) as usize).min(samples.len() - 1);
             f64::from(samples[index]) / 1000.0
         };
-        Some(Percentiles { samples: samples.len(), p50_us: at(0.50), p99_us: at(0.99), p999_us: at(0.999), max_us: at(1.0) })
+        Some(Percentiles {
+            samples: samples.len(),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            max_us: at(1.0),
+        })
     }
 }
 
@@ -105,7 +114,15 @@ fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, 
 
 /// Sends probes on all flows at `rate_pps` in total (None: as fast as possible) for
 /// `duration`, from `threads` generator threads that split the flows between them.
-pub fn generate(flows: &[Flow], mode: RelayMode, payload_len: usize, rate_pps: Option<f64>, duration: Duration, step: u32, threads: usize) -> GeneratorOutcome {
+pub fn generate(
+    flows: &[Flow],
+    mode: RelayMode,
+    payload_len: usize,
+    rate_pps: Option<f64>,
+    duration: Duration,
+    step: u32,
+    threads: usize,
+) -> GeneratorOutcome {
     let threads = threads.clamp(1, flows.len().max(1));
     if threads == 1 {
         return generate_on_thread(flows, 0, mode, payload_len, rate_pps, duration, step);
@@ -117,18 +134,45 @@ pub fn generate(flows: &[Flow], mode: RelayMode, payload_len: usize, rate_pps: O
             .enumerate()
             .map(|(index, chunk)| {
                 let share = rate_pps.map(|rate| rate * chunk.len() as f64 / flows.len() as f64);
-                scope.spawn(move || generate_on_thread(chunk, index * per_thread, mode, payload_len, share, duration, step))
+                scope.spawn(move || {
+                    generate_on_thread(
+                        chunk,
+                        index * per_thread,
+                        mode,
+                        payload_len,
+                        share,
+                        duration,
+                        step,
+                    )
+                })
             })
             .collect();
-        handles.into_iter().filter_map(|handle| handle.join().ok()).collect()
+        handles
+            .into_iter()
+            .filter_map(|handle| handle.join().ok())
+            .collect()
     });
-    GeneratorOutcome { sent: outcomes.iter().map(|o| o.sent).sum(), seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max) }
+    GeneratorOutcome {
+        sent: outcomes.iter().map(|o| o.sent).sum(),
+        seconds: outcomes.iter().map(|o| o.seconds).fold(0.0, f64::max),
+    }
 }
 
 /// One generator thread: flows round-robin, sendmmsg batches of up to 64 per flow, bounded
 /// by `duration` and by [`super::interrupted`]. `first_flow` is the global id of `flows[0]`.
-fn generate_on_thread(flows: &[Flow], first_flow: usize, mode: RelayMode, payload_len: usize, rate_pps: Option<f64>, duration: Duration, step: u32) -> GeneratorOutcome {
-    let templates: Vec<(Vec<u8>, usize)> = flows.iter().map(|flow| flow_template(flow, mode, payload_len)).collect();
+fn generate_on_thread(
+    flows: &[Flow],
+    first_flow: usize,
+    mode: RelayMode,
+    payload_len: usize,
+    rate_pps: Option<f64>,
+    duration: Duration,
+    step: u32,
+) -> GeneratorOutcome {
+    let templates: Vec<(Vec<u8>, usize)> = flows
+        .iter()
+        .map(|flow| flow_template(flow, mode, payload_len))
+        .collect();
     let datagram_len = templates.first().map_or(0, |(t, _)| t.len());
     let mut buffers = vec![vec![0u8; datagram_len]; BATCH];
     let mut sequences = vec![0u64; flows.len()];
@@ -180,12 +224,21 @@ fn generate_on_thread(flows: &[Flow], first_flow: usize, mode: RelayMode, payloa
         sequences[flow_index] += accepted as u64;
         sent += accepted as u64;
     }
-    GeneratorOutcome { sent, seconds: start.elapsed().as_secs_f64() }
+    GeneratorOutcome {
+        sent,
+        seconds: start.elapsed().as_secs_f64(),
+    }
 }
 
 /// One sendmmsg on a connected socket; returns how many datagrams the kernel accepted.
 fn send_batch(socket: &UdpSocket, buffers: &mut [Vec<u8>]) -> usize {
-    let mut iovecs: Vec<libc::iovec> = buffers.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+    let mut iovecs: Vec<libc::iovec> = buffers
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
     // SAFETY: zeroed mmsghdr is a valid "no name, no control" header.
     let mut headers: Vec<libc::mmsghdr> = iovecs
         .iter_mut()
@@ -197,7 +250,14 @@ fn send_batch(socket: &UdpSocket, buffers: &mut [Vec<u8>]) -> usize {
         })
         .collect();
     // SAFETY: headers and the iovecs/buffers they point to outlive the call.
-    let result = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), headers.len() as u32, libc::MSG_DONTWAIT) };
+    let result = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            headers.len() as u32,
+            libc::MSG_DONTWAIT,
+        )
+    };
     usize::try_from(result).unwrap_or(0)
 }
 
@@ -225,27 +285,44 @@ const RECEIVER_TIME_LIMIT: Duration = Duration::from_secs(300);
 impl Receiver {
     /// The peer-side sink: counts probes of `step`, tracks per-flow sequence order and
     /// one-way latency, and echoes every datagram to its source when `echo` is set.
-    pub fn start_sink(socket: &UdpSocket, step: u32, flows: usize, echo: bool) -> std::io::Result<Receiver> {
+    pub fn start_sink(
+        socket: &UdpSocket,
+        step: u32,
+        flows: usize,
+        echo: bool,
+    ) -> std::io::Result<Receiver> {
         let socket = socket.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let handle = std::thread::spawn(move || sink_loop(&socket, step, flows, echo, &stop_flag));
-        Ok(Receiver { stop, handle: Some(handle) })
+        Ok(Receiver {
+            stop,
+            handle: Some(handle),
+        })
     }
 
     /// The client-side echo receiver: RTT of echoed probes arriving as ChannelData or Data
     /// indications on the flows' sockets.
     pub fn start_echo_receiver(flows: &[Flow], step: u32) -> std::io::Result<Receiver> {
-        let sockets: Vec<UdpSocket> = flows.iter().map(|f| f.socket.try_clone()).collect::<Result<_, _>>()?;
+        let sockets: Vec<UdpSocket> = flows
+            .iter()
+            .map(|f| f.socket.try_clone())
+            .collect::<Result<_, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let handle = std::thread::spawn(move || echo_receiver_loop(&sockets, step, &stop_flag));
-        Ok(Receiver { stop, handle: Some(handle) })
+        Ok(Receiver {
+            stop,
+            handle: Some(handle),
+        })
     }
 
     pub fn finish(mut self) -> SinkReport {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().and_then(|handle| handle.join().ok()).unwrap_or_default()
+        self.handle
+            .take()
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -264,9 +341,15 @@ struct ProbeHeader {
 
 fn parse_probe(payload: &[u8]) -> Option<ProbeHeader> {
     let probe = payload.get(..PROBE_LEN)?;
-    let u32_at = |at: usize| u32::from_le_bytes([probe[at], probe[at + 1], probe[at + 2], probe[at + 3]]);
+    let u32_at =
+        |at: usize| u32::from_le_bytes([probe[at], probe[at + 1], probe[at + 2], probe[at + 3]]);
     let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
-    Some(ProbeHeader { step: u32_at(0), flow: u32_at(4), sequence: u64_at(8), sent_at_ns: u64_at(16) })
+    Some(ProbeHeader {
+        step: u32_at(0),
+        flow: u32_at(4),
+        sequence: u64_at(8),
+        sent_at_ns: u64_at(16),
+    })
 }
 
 struct ReceiveBatch {
@@ -278,12 +361,23 @@ struct ReceiveBatch {
 impl ReceiveBatch {
     fn new() -> Self {
         // SAFETY: an all-zero sockaddr_in is valid.
-        ReceiveBatch { buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH], names: vec![unsafe { std::mem::zeroed() }; BATCH], lengths: vec![0; BATCH] }
+        ReceiveBatch {
+            buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH],
+            names: vec![unsafe { std::mem::zeroed() }; BATCH],
+            lengths: vec![0; BATCH],
+        }
     }
 
     /// One non-blocking recvmmsg; returns the datagram count.
     fn receive(&mut self, socket: &UdpSocket) -> usize {
-        let mut iovecs: Vec<libc::iovec> = self.buffers.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let mut iovecs: Vec<libc::iovec> = self
+            .buffers
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
         let mut headers: Vec<libc::mmsghdr> = iovecs
             .iter_mut()
             .zip(self.names.iter_mut())
@@ -298,7 +392,15 @@ impl ReceiveBatch {
             })
             .collect();
         // SAFETY: all pointers reference live buffers owned by self for the call's duration.
-        let result = unsafe { libc::recvmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let result = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
         let count = usize::try_from(result).unwrap_or(0);
         for (length, header) in self.lengths.iter_mut().zip(&headers).take(count) {
             *length = header.msg_len as usize;
@@ -308,7 +410,16 @@ impl ReceiveBatch {
 
     /// Sends the first `count` datagrams back to where they came from.
     fn echo(&mut self, socket: &UdpSocket, count: usize) -> usize {
-        let mut iovecs: Vec<libc::iovec> = self.buffers.iter_mut().zip(&self.lengths).take(count).map(|(b, &len)| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: len }).collect();
+        let mut iovecs: Vec<libc::iovec> = self
+            .buffers
+            .iter_mut()
+            .zip(&self.lengths)
+            .take(count)
+            .map(|(b, &len)| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: len,
+            })
+            .collect();
         let mut headers: Vec<libc::mmsghdr> = iovecs
             .iter_mut()
             .zip(self.names.iter_mut())
@@ -323,7 +434,14 @@ impl ReceiveBatch {
             })
             .collect();
         // SAFETY: as in `receive`.
-        let result = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), headers.len() as u32, libc::MSG_DONTWAIT) };
+        let result = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                headers.len() as u32,
+                libc::MSG_DONTWAIT,
+            )
+        };
         usize::try_from(result).unwrap_or(0)
     }
 }
@@ -333,11 +451,21 @@ fn wait_readable(fds: &mut [libc::pollfd], timeout_ms: i32) {
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
 }
 
-fn sink_loop(socket: &UdpSocket, step: u32, flows: usize, echo: bool, stop: &AtomicBool) -> SinkReport {
+fn sink_loop(
+    socket: &UdpSocket,
+    step: u32,
+    flows: usize,
+    echo: bool,
+    stop: &AtomicBool,
+) -> SinkReport {
     let mut report = SinkReport::default();
     let mut next_sequence = vec![0u64; flows];
     let mut batch = ReceiveBatch::new();
-    let mut poll_fd = [libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    let mut poll_fd = [libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) && started.elapsed() < RECEIVER_TIME_LIMIT {
         let count = batch.receive(socket);
@@ -347,7 +475,9 @@ fn sink_loop(socket: &UdpSocket, step: u32, flows: usize, echo: bool, stop: &Ato
         }
         let now = monotonic_ns();
         for (buffer, &length) in batch.buffers.iter().zip(&batch.lengths).take(count) {
-            let Some(probe) = buffer.get(..length).and_then(parse_probe) else { continue };
+            let Some(probe) = buffer.get(..length).and_then(parse_probe) else {
+                continue;
+            };
             if probe.step != step {
                 continue;
             }
@@ -360,7 +490,9 @@ fn sink_loop(socket: &UdpSocket, step: u32, flows: usize, echo: bool, stop: &Ato
                 }
             }
             if report.latencies_ns.len() < MAX_LATENCY_SAMPLES {
-                report.latencies_ns.push(u32::try_from(now.saturating_sub(probe.sent_at_ns)).unwrap_or(u32::MAX));
+                report
+                    .latencies_ns
+                    .push(u32::try_from(now.saturating_sub(probe.sent_at_ns)).unwrap_or(u32::MAX));
             }
         }
         if echo {
@@ -373,7 +505,14 @@ fn sink_loop(socket: &UdpSocket, step: u32, flows: usize, echo: bool, stop: &Ato
 fn echo_receiver_loop(sockets: &[UdpSocket], step: u32, stop: &AtomicBool) -> SinkReport {
     let mut report = SinkReport::default();
     let mut batch = ReceiveBatch::new();
-    let mut poll_fds: Vec<libc::pollfd> = sockets.iter().map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let mut poll_fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) && started.elapsed() < RECEIVER_TIME_LIMIT {
         wait_readable(&mut poll_fds, 2);
@@ -384,13 +523,21 @@ fn echo_receiver_loop(sockets: &[UdpSocket], step: u32, stop: &AtomicBool) -> Si
             let count = batch.receive(socket);
             let now = monotonic_ns();
             for (buffer, &length) in batch.buffers.iter().zip(&batch.lengths).take(count) {
-                let Some(probe) = buffer.get(..length).and_then(wire::relayed_payload).and_then(parse_probe) else { continue };
+                let Some(probe) = buffer
+                    .get(..length)
+                    .and_then(wire::relayed_payload)
+                    .and_then(parse_probe)
+                else {
+                    continue;
+                };
                 if probe.step != step {
                     continue;
                 }
                 report.received += 1;
                 if report.latencies_ns.len() < MAX_LATENCY_SAMPLES {
-                    report.latencies_ns.push(u32::try_from(now.saturating_sub(probe.sent_at_ns)).unwrap_or(u32::MAX));
+                    report.latencies_ns.push(
+                        u32::try_from(now.saturating_sub(probe.sent_at_ns)).unwrap_or(u32::MAX),
+                    );
                 }
             }
         }
@@ -415,6 +562,8 @@ pub struct StepResult {
     /// Datagrams dropped at full socket buffers in the peer namespace (the sink's own
     /// losses; when this is most of the loss, the sink, not the server, was the limit).
     pub sink_drops: u64,
+    /// Datagrams the peer namespace dropped for a bad UDP checksum (a relay bug if not 0).
+    pub sink_checksum_errors: u64,
     /// The same counter in the relay namespace: datagrams the server's sockets had no
     /// room for (a userspace server falling behind shows up here).
     pub relay_socket_drops: u64,
@@ -424,10 +573,22 @@ pub struct StepResult {
 }
 
 impl StepResult {
-    pub fn from_parts(target_pps: Option<f64>, outcome: &GeneratorOutcome, sink: SinkReport, (sink_drops, relay_socket_drops): (u64, u64), echo: Option<SinkReport>, cpu: Option<super::cpu::CpuCost>) -> StepResult {
+    pub fn from_parts(
+        target_pps: Option<f64>,
+        outcome: &GeneratorOutcome,
+        sink: SinkReport,
+        sink_drops: super::netns::UdpDrops,
+        relay_drops: super::netns::UdpDrops,
+        echo: Option<SinkReport>,
+        cpu: Option<super::cpu::CpuCost>,
+    ) -> StepResult {
         let seconds = outcome.seconds.max(1e-9);
         let offered_pps = outcome.sent as f64 / seconds;
-        let loss_ratio = if outcome.sent == 0 { 1.0 } else { 1.0 - (sink.received.min(outcome.sent) as f64 / outcome.sent as f64) };
+        let loss_ratio = if outcome.sent == 0 {
+            1.0
+        } else {
+            1.0 - (sink.received.min(outcome.sent) as f64 / outcome.sent as f64)
+        };
         StepResult {
             target_pps,
             offered_pps,
@@ -437,8 +598,9 @@ impl StepResult {
             loss_ratio,
             reordered: sink.reordered,
             generator_bound: target_pps.is_some_and(|target| offered_pps < 0.97 * target),
-            sink_drops,
-            relay_socket_drops,
+            sink_drops: sink_drops.receive_buffer,
+            sink_checksum_errors: sink_drops.checksum,
+            relay_socket_drops: relay_drops.receive_buffer,
             one_way_latency: Percentiles::from_ns(sink.latencies_ns),
             round_trip: echo.and_then(|e| Percentiles::from_ns(e.latencies_ns)),
             cpu,
@@ -454,7 +616,10 @@ mod tests {
     fn percentiles_pick_the_right_ranks() {
         let samples: Vec<u32> = (1..=1000).rev().map(|us| us * 1000).collect();
         let p = Percentiles::from_ns(samples).expect("non-empty");
-        assert_eq!((p.p50_us, p.p99_us, p.p999_us, p.max_us), (501.0, 991.0, 1000.0, 1000.0));
+        assert_eq!(
+            (p.p50_us, p.p99_us, p.p999_us, p.max_us),
+            (501.0, 991.0, 1000.0, 1000.0)
+        );
         assert!(Percentiles::from_ns(Vec::new()).is_none());
     }
 
@@ -466,7 +631,10 @@ mod tests {
         payload[8..16].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
         payload[16..24].copy_from_slice(&99u64.to_le_bytes());
         let probe = parse_probe(&payload).expect("long enough");
-        assert_eq!((probe.step, probe.flow, probe.sequence, probe.sent_at_ns), (7, 3, 0x0102_0304_0506_0708, 99));
+        assert_eq!(
+            (probe.step, probe.flow, probe.sequence, probe.sent_at_ns),
+            (7, 3, 0x0102_0304_0506_0708, 99)
+        );
         assert!(parse_probe(&payload[..PROBE_LEN - 1]).is_none());
     }
 }

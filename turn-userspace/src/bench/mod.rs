@@ -49,7 +49,12 @@ extern "C" fn on_signal(_signal: libc::c_int) {
 fn install_signal_handlers() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+        unsafe {
+            libc::signal(
+                signal,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
     }
 }
 
@@ -96,7 +101,12 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn label(&self) -> String {
-        format!("{} {} flows {} B", self.mode.label(), self.flows, self.payload_len)
+        format!(
+            "{} {} flows {} B",
+            self.mode.label(),
+            self.flows,
+            self.payload_len
+        )
     }
 
     pub fn slug(&self) -> String {
@@ -144,6 +154,10 @@ pub struct ServerResults {
     pub server: String,
     /// coturn's version or our daemon's XDP status line.
     pub status: Option<String>,
+    /// Our daemon's XDP counters at shutdown (shows whether XDP relayed the load).
+    pub xdp_totals: Option<String>,
+    /// Non-zero XDP samples of our daemon's /metrics at the end of its run.
+    pub xdp_metrics: Vec<String>,
     pub error: Option<String>,
     pub binding_requests: Option<control::RequestRate>,
     pub allocations: Option<control::RequestRate>,
@@ -182,17 +196,35 @@ struct Plan {
 
 impl Plan {
     fn from_options(options: &RunOptions) -> Plan {
-        let flows = if !options.flows.is_empty() { options.flows.clone() } else if options.quick { vec![16] } else { vec![1, 16, 256] };
-        let payloads = if !options.payload.is_empty() { options.payload.clone() } else if options.quick { vec![120] } else { vec![120, 1200] };
+        let flows = if !options.flows.is_empty() {
+            options.flows.clone()
+        } else if options.quick {
+            vec![16]
+        } else {
+            vec![1, 16, 256]
+        };
+        let payloads = if !options.payload.is_empty() {
+            options.payload.clone()
+        } else if options.quick {
+            vec![120]
+        } else {
+            vec![120, 1200]
+        };
         let mut scenarios = Vec::new();
         for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
             for &flows in &flows {
                 for &payload_len in &payloads {
-                    scenarios.push(Scenario { mode, flows: flows.max(1), payload_len: payload_len.max(load::PROBE_LEN) });
+                    scenarios.push(Scenario {
+                        mode,
+                        flows: flows.max(1),
+                        payload_len: payload_len.max(load::PROBE_LEN),
+                    });
                 }
             }
         }
-        let step_seconds = options.step_seconds.unwrap_or(if options.quick { 1.0 } else { 2.0 });
+        let step_seconds = options
+            .step_seconds
+            .unwrap_or(if options.quick { 1.0 } else { 2.0 });
         Plan {
             scenarios,
             step: Duration::from_secs_f64(step_seconds.clamp(0.2, 30.0)),
@@ -219,36 +251,77 @@ impl Bench {
     }
 
     /// One bounded load step: generator for `plan.step`, then a short drain.
-    fn measure(&mut self, relay_pid: Option<u32>, flows: &[Flow], scenario: &Scenario, rate: Option<f64>, echo: bool) -> Result<StepResult> {
+    fn measure(
+        &mut self,
+        relay_pid: Option<u32>,
+        flows: &[Flow],
+        scenario: &Scenario,
+        rate: Option<f64>,
+        echo: bool,
+    ) -> Result<StepResult> {
         self.next_step += 1;
         let step = self.next_step;
         let sink = load::Receiver::start_sink(&self.sink_socket, step, flows.len(), echo)?;
-        let echo_receiver = if echo { Some(load::Receiver::start_echo_receiver(flows, step)?) } else { None };
-        let sink_drops_before = self.topology.udp_receive_buffer_errors(&self.topology.peer_ns)?;
-        let relay_drops_before = self.topology.udp_receive_buffer_errors(&self.topology.relay_ns)?;
+        let echo_receiver = if echo {
+            Some(load::Receiver::start_echo_receiver(flows, step)?)
+        } else {
+            None
+        };
+        let sink_drops_before = self.topology.udp_drops(&self.topology.peer_ns)?;
+        let relay_drops_before = self.topology.udp_drops(&self.topology.relay_ns)?;
         let cpu_before = relay_pid.map(cpu::CpuSnapshot::take).transpose()?;
-        let outcome = load::generate(flows, scenario.mode, scenario.payload_len, rate, self.plan.step, step, self.plan.generator_threads);
+        let outcome = load::generate(
+            flows,
+            scenario.mode,
+            scenario.payload_len,
+            rate,
+            self.plan.step,
+            step,
+            self.plan.generator_threads,
+        );
         std::thread::sleep(DRAIN);
         let sink_report = sink.finish();
         let echo_report = echo_receiver.map(load::Receiver::finish);
         let cpu = match (relay_pid, cpu_before) {
-            (Some(pid), Some(before)) => Some(cpu::CpuSnapshot::take(pid)?.cost_since(&before, sink_report.received)),
+            (Some(pid), Some(before)) => {
+                Some(cpu::CpuSnapshot::take(pid)?.cost_since(&before, sink_report.received))
+            }
             _ => None,
         };
-        let sink_drops = self.topology.udp_receive_buffer_errors(&self.topology.peer_ns)?.saturating_sub(sink_drops_before);
-        let relay_drops = self.topology.udp_receive_buffer_errors(&self.topology.relay_ns)?.saturating_sub(relay_drops_before);
+        let sink_drops = self
+            .topology
+            .udp_drops(&self.topology.peer_ns)?
+            .since(&sink_drops_before);
+        let relay_drops = self
+            .topology
+            .udp_drops(&self.topology.relay_ns)?
+            .since(&relay_drops_before);
         if interrupted() {
             bail!("interrupted");
         }
-        Ok(StepResult::from_parts(rate, &outcome, sink_report, (sink_drops, relay_drops), echo_report, cpu))
+        Ok(StepResult::from_parts(
+            rate,
+            &outcome,
+            sink_report,
+            sink_drops,
+            relay_drops,
+            echo_report,
+            cpu,
+        ))
     }
 
     fn open_flows(&self, count: usize) -> Result<Vec<Flow>> {
         (0..count)
             .map(|index| {
                 let channel = wire::FIRST_CHANNEL + index as u16;
-                control::open_flow(&self.topology.client_ns, servers::listen_address(), &self.credentials, Self::sink_address(), channel)
-                    .with_context(|| format!("setting up flow {index}"))
+                control::open_flow(
+                    &self.topology.client_ns,
+                    servers::listen_address(),
+                    &self.credentials,
+                    Self::sink_address(),
+                    channel,
+                )
+                .with_context(|| format!("setting up flow {index}"))
             })
             .collect()
     }
@@ -264,8 +337,17 @@ impl Bench {
         let saturated = self.measure(Some(pid), flows, scenario, None, false)?;
         let mut steps = vec![saturated.clone()];
         if saturated.loss_ratio <= LOSS_THRESHOLD {
-            let max_rate = MaxRate { pps: saturated.relayed_pps, generator_bound: true };
-            return Ok(ScenarioResult { scenario: *scenario, max_rate, saturated, at_max_rate: None, steps });
+            let max_rate = MaxRate {
+                pps: saturated.relayed_pps,
+                generator_bound: true,
+            };
+            return Ok(ScenarioResult {
+                scenario: *scenario,
+                max_rate,
+                saturated,
+                at_max_rate: None,
+                steps,
+            });
         }
         let (mut good, mut bad) = (0.0f64, saturated.offered_pps);
         let mut at_max_rate = None;
@@ -279,32 +361,79 @@ impl Bench {
                 bad = rate;
             }
             steps.push(result);
-            rate = if good == 0.0 { rate * 0.5 } else { (good + bad) / 2.0 };
+            rate = if good == 0.0 {
+                rate * 0.5
+            } else {
+                (good + bad) / 2.0
+            };
             if bad - good < 0.03 * bad {
                 break;
             }
         }
-        Ok(ScenarioResult { scenario: *scenario, max_rate: MaxRate { pps: good, generator_bound: false }, saturated, at_max_rate, steps })
+        Ok(ScenarioResult {
+            scenario: *scenario,
+            max_rate: MaxRate {
+                pps: good,
+                generator_bound: false,
+            },
+            saturated,
+            at_max_rate,
+            steps,
+        })
     }
 
     /// Measures one server; partial results survive a failure (the error is recorded).
-    fn run_server(&mut self, kind: ServerKind, relay_binary: &std::path::Path, work_dir: &std::path::Path, latency_rate: Option<f64>) -> ServerResults {
-        let mut results = ServerResults { server: kind.name().to_string(), ..ServerResults::default() };
-        if let Err(error) = self.measure_server(kind, relay_binary, work_dir, latency_rate, &mut results) {
+    fn run_server(
+        &mut self,
+        kind: ServerKind,
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        latency_rate: Option<f64>,
+    ) -> ServerResults {
+        let mut results = ServerResults {
+            server: kind.name().to_string(),
+            ..ServerResults::default()
+        };
+        if let Err(error) =
+            self.measure_server(kind, relay_binary, work_dir, latency_rate, &mut results)
+        {
             eprintln!("turn-bench: {}: {error:#}", kind.name());
             results.error = Some(format!("{error:#}"));
         }
         results
     }
 
-    fn measure_server(&mut self, kind: ServerKind, relay_binary: &std::path::Path, work_dir: &std::path::Path, latency_rate: Option<f64>, results: &mut ServerResults) -> Result<()> {
-        let server = RunningServer::start(kind, &self.topology, &self.credentials, relay_binary, work_dir)?;
+    fn measure_server(
+        &mut self,
+        kind: ServerKind,
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        latency_rate: Option<f64>,
+        results: &mut ServerResults,
+    ) -> Result<()> {
+        let server = RunningServer::start(
+            kind,
+            &self.topology,
+            &self.credentials,
+            relay_binary,
+            work_dir,
+        )?;
         let pid = server.pid();
         results.status = server.status();
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());
-        results.binding_requests = Some(control::binding_rate(&self.topology.client_ns, servers::listen_address(), self.plan.request_test)?);
+        results.binding_requests = Some(control::binding_rate(
+            &self.topology.client_ns,
+            servers::listen_address(),
+            self.plan.request_test,
+        )?);
         eprintln!("turn-bench: {}: allocations/s", kind.name());
-        results.allocations = Some(control::allocation_rate(&self.topology.client_ns, servers::listen_address(), &self.credentials, self.plan.request_test, 32)?);
+        results.allocations = Some(control::allocation_rate(
+            &self.topology.client_ns,
+            servers::listen_address(),
+            &self.credentials,
+            self.plan.request_test,
+            32,
+        )?);
         for scenario in self.plan.scenarios.clone() {
             eprintln!("turn-bench: {}: {}", kind.name(), scenario.label());
             let flows = self.open_flows(scenario.flows)?;
@@ -322,7 +451,9 @@ impl Bench {
             );
             results.scenarios.push(result);
         }
-        let Some(scenario) = self.plan.scenarios.first().copied() else { return Ok(()) };
+        let Some(scenario) = self.plan.scenarios.first().copied() else {
+            return Ok(());
+        };
         let own_max = results.scenarios.first().map_or(0.0, |s| s.max_rate.pps);
         let rate = latency_rate.unwrap_or(own_max * 0.5).max(100.0);
         let flows = self.open_flows(scenario.flows)?;
@@ -332,33 +463,57 @@ impl Bench {
         if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData {
             self.next_step += 1;
             eprintln!("turn-bench: {}: kernel-speed mode (AF_PACKET)", kind.name());
-            match kernel_mode::run(&self.topology, &flows, scenario.payload_len, self.plan.step, self.next_step, &self.sink_socket, pid) {
+            match kernel_mode::run(
+                &mut self.topology,
+                &flows,
+                scenario.payload_len,
+                self.plan.step,
+                self.next_step,
+                pid,
+            ) {
                 Ok(result) => results.kernel_mode = Some(result),
                 Err(error) => eprintln!("turn-bench: kernel-speed mode failed: {error:#}"),
             }
         }
         self.close_flows(flows);
-        results.latency = Some(LatencyResult { scenario, rate_pps: rate, step: step?, round_trip: round_trip.ok() });
+        results.latency = Some(LatencyResult {
+            scenario,
+            rate_pps: rate,
+            step: step?,
+            round_trip: round_trip.ok(),
+        });
+        if kind != ServerKind::Coturn {
+            match servers::xdp_metrics(&self.topology) {
+                Ok(lines) => results.xdp_metrics = lines,
+                Err(error) => eprintln!("turn-bench: {}: no metrics: {error:#}", kind.name()),
+            }
+        }
+        let log_path = server.log_path.clone();
         drop(server);
+        if kind != ServerKind::Coturn {
+            results.xdp_totals = servers::xdp_totals_line(&log_path);
+        }
         Ok(())
     }
 
-    /// One-way latency with no relay: the relay namespace forwards IP and the client sends
-    /// straight to the sink at the same rate. "Added latency" = relay p99 − this p99.
+    /// One-way latency with no relay: the client sends straight to the sink at the same
+    /// rate and the relay namespace's kernel forwards it. "Added latency" = relay p99 − this p99.
     fn baseline(&mut self, scenario: &Scenario, rate: f64) -> Result<StepResult> {
-        self.topology.set_relay_forwarding(true)?;
-        let result = (|| {
-            let flows: Vec<Flow> = (0..scenario.flows).map(|_| control::direct_flow(&self.topology.client_ns, Self::sink_address())).collect::<Result<_>>()?;
-            let direct = Scenario { mode: RelayMode::Direct, ..*scenario };
-            self.measure(None, &flows, &direct, Some(rate), false)
-        })();
-        self.topology.set_relay_forwarding(false)?;
-        result
+        let flows: Vec<Flow> = (0..scenario.flows)
+            .map(|_| control::direct_flow(&self.topology.client_ns, Self::sink_address()))
+            .collect::<Result<_>>()?;
+        let direct = Scenario {
+            mode: RelayMode::Direct,
+            ..*scenario
+        };
+        self.measure(None, &flows, &direct, Some(rate), false)
     }
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `turn-bench run`: the whole benchmark.
@@ -371,13 +526,25 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let kinds: Vec<ServerKind> = if options.only.is_empty() {
         ServerKind::ALL.to_vec()
     } else {
-        options.only.iter().map(|name| ServerKind::from_name(name).with_context(|| format!("unknown server {name} (coturn, ours-userspace, ours-xdp)"))).collect::<Result<_>>()?
+        options
+            .only
+            .iter()
+            .map(|name| {
+                ServerKind::from_name(name).with_context(|| {
+                    format!("unknown server {name} (coturn, ours-userspace, ours-xdp)")
+                })
+            })
+            .collect::<Result<_>>()?
     };
     let relay_binary = match &options.relay_binary {
         Some(path) => path.clone(),
-        None => std::env::current_exe()?.parent().context("binary has no directory")?.join("turn-relay"),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary has no directory")?
+            .join("turn-relay"),
     };
-    std::fs::create_dir_all(&options.out).with_context(|| format!("creating {}", options.out.display()))?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
     let work_dir = options.out.join("logs");
     std::fs::create_dir_all(&work_dir)?;
     let plan = Plan::from_options(options);
@@ -391,11 +558,23 @@ pub fn run(options: &RunOptions) -> Result<()> {
         Ok(socket)
     })?;
     let password = format!("bench-{:016x}", rand::random::<u64>());
-    let mut bench = Bench { topology, sink_socket, credentials: Credentials { username: "bench".into(), password }, next_step: 0, plan };
+    let mut bench = Bench {
+        topology,
+        sink_socket,
+        credentials: Credentials {
+            username: "bench".into(),
+            password,
+        },
+        next_step: 0,
+        plan,
+    };
 
     let mut report = BenchReport {
         started_unix: unix_now(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         quick: options.quick,
         step_seconds,
@@ -426,10 +605,16 @@ pub fn run(options: &RunOptions) -> Result<()> {
         }
         report.servers.push(results);
     }
-    if let (Some(rate), Some(scenario)) = (report.latency_rate_pps, bench.plan.scenarios.first().copied()) {
+    if let (Some(rate), Some(scenario)) = (
+        report.latency_rate_pps,
+        bench.plan.scenarios.first().copied(),
+    ) {
         if !interrupted() {
             eprintln!("turn-bench: baseline latency without a relay");
-            report.baseline_latency = bench.baseline(&scenario, rate).map_err(|e| eprintln!("turn-bench: baseline failed: {e:#}")).ok();
+            report.baseline_latency = bench
+                .baseline(&scenario, rate)
+                .map_err(|e| eprintln!("turn-bench: baseline failed: {e:#}"))
+                .ok();
         }
     }
     let written = report::write_all(&report, &options.out)?;

@@ -3,8 +3,10 @@
 //! ```text
 //!  [client ns] c0 198.18.1.1/24 ──veth── r0 198.18.1.2/24 [relay ns] r1 198.18.2.2/24 ──veth── p0 198.18.2.1/24 [peer ns]
 //! ```
-//! The relay namespace does not forward IP (only the TURN server connects the two sides),
-//! except during the baseline latency measurement. Everything is torn down when the
+//! The relay namespace has IPv4 forwarding on: the XDP program's bpf_fib_lookup (flags 0)
+//! answers "forwarding disabled" otherwise, and the no-relay baseline latency uses it. It
+//! does not change any server's path, since all TURN traffic is addressed to the relay's
+//! own addresses (delivered locally, never forwarded). Everything is torn down when the
 //! [`Topology`] is dropped, which also happens on error, panic unwinding and after Ctrl-C
 //! (the load loops observe [`super::interrupted`] and return).
 
@@ -21,6 +23,24 @@ pub const RELAY_PEER_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 const NETNS_PREFIX: &str = "turnbench-";
 
+/// Datagrams a namespace's UDP layer dropped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UdpDrops {
+    /// A receiving socket's buffer was full (RcvbufErrors), e.g. the sink falling behind.
+    pub receive_buffer: u64,
+    /// Bad UDP checksum (InCsumErrors): a relay wrote a wrong checksum.
+    pub checksum: u64,
+}
+
+impl UdpDrops {
+    pub fn since(&self, before: &UdpDrops) -> UdpDrops {
+        UdpDrops {
+            receive_buffer: self.receive_buffer.saturating_sub(before.receive_buffer),
+            checksum: self.checksum.saturating_sub(before.checksum),
+        }
+    }
+}
+
 /// The three namespaces and four veth ends of one benchmark run.
 pub struct Topology {
     pub client_ns: String,
@@ -31,8 +51,10 @@ pub struct Topology {
     pub relay_peer_if: String,
     pub peer_if: String,
     created_namespaces: Vec<String>,
-    /// bpf_links of XDP pass programs; closing them detaches the programs.
-    pass_links: Vec<OwnedFd>,
+    /// bpf_link of the client-side veth end's XDP pass program (closing it detaches it).
+    client_link: Option<OwnedFd>,
+    /// bpf_link of the peer-side veth end's XDP program (pass, or drop in kernel-speed mode).
+    peer_link: Option<OwnedFd>,
 }
 
 impl Topology {
@@ -50,7 +72,8 @@ impl Topology {
             relay_peer_if: format!("tb{pid}r1"),
             peer_if: format!("tb{pid}p0"),
             created_namespaces: Vec::new(),
-            pass_links: Vec::new(),
+            client_link: None,
+            peer_link: None,
         };
         for ns in [&topology.client_ns, &topology.relay_ns, &topology.peer_ns].map(String::clone) {
             ip(&["netns", "add", &ns])?;
@@ -58,13 +81,54 @@ impl Topology {
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         let t = &topology;
+        // One queue per CPU, so receive processing (and XDP) can run on every CPU.
+        let queues = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string();
+        let q = queues.as_str();
         ip(&[
-            "link", "add", &t.client_if, "netns", &t.client_ns, "type", "veth", "peer", "name",
-            &t.relay_client_if, "netns", &t.relay_ns,
+            "link",
+            "add",
+            &t.client_if,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
+            "netns",
+            &t.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &t.relay_client_if,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
+            "netns",
+            &t.relay_ns,
         ])?;
         ip(&[
-            "link", "add", &t.relay_peer_if, "netns", &t.relay_ns, "type", "veth", "peer", "name",
-            &t.peer_if, "netns", &t.peer_ns,
+            "link",
+            "add",
+            &t.relay_peer_if,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
+            "netns",
+            &t.relay_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &t.peer_if,
+            "numtxqueues",
+            q,
+            "numrxqueues",
+            q,
+            "netns",
+            &t.peer_ns,
         ])?;
         for (ns, ifname, address) in [
             (&t.client_ns, &t.client_if, CLIENT_IP),
@@ -72,11 +136,50 @@ impl Topology {
             (&t.relay_ns, &t.relay_peer_if, RELAY_PEER_SIDE_IP),
             (&t.peer_ns, &t.peer_if, PEER_IP),
         ] {
-            ip(&["-n", ns, "addr", "add", &format!("{address}/24"), "dev", ifname])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                ifname,
+            ])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
         }
-        ip(&["-n", &t.client_ns, "route", "add", "198.18.2.0/24", "via", &RELAY_CLIENT_SIDE_IP.to_string()])?;
-        ip(&["-n", &t.peer_ns, "route", "add", "198.18.1.0/24", "via", &RELAY_PEER_SIDE_IP.to_string()])?;
+        ip(&[
+            "-n",
+            &t.client_ns,
+            "route",
+            "add",
+            "198.18.2.0/24",
+            "via",
+            &RELAY_CLIENT_SIDE_IP.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            &t.peer_ns,
+            "route",
+            "add",
+            "198.18.1.0/24",
+            "via",
+            &RELAY_PEER_SIDE_IP.to_string(),
+        ])?;
+        topology.enable_relay_forwarding()?;
+        // Full UDP checksums on the wire, as a real NIC delivers them: with tx checksum
+        // offload a veth hands the relay a frame whose checksum field holds only the
+        // pseudo-header sum (CHECKSUM_PARTIAL), which an XDP program rewriting headers cannot
+        // update incrementally (the peer would then drop the relayed datagram as corrupt).
+        for (ns, ifname) in [(&t.client_ns, &t.client_if), (&t.peer_ns, &t.peer_if)] {
+            let status = Command::new("ip")
+                .args(["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("running ethtool")?;
+            if !status.success() {
+                bail!("ethtool -K {ifname} tx off failed");
+            }
+        }
         Ok(topology)
     }
 
@@ -87,25 +190,53 @@ impl Topology {
     /// (native mode) itself, so the ends facing the load generator and the sink need one.
     /// Attached for every server, so all of them see the same topology.
     pub fn attach_pass_programs(&mut self) -> Result<()> {
-        let program = load_xdp_pass_program()?;
-        for (ns, ifname) in [(self.client_ns.clone(), self.client_if.clone()), (self.peer_ns.clone(), self.peer_if.clone())] {
-            let program_fd = program.as_raw_fd();
-            let link = in_netns(&ns, move || attach_xdp_link(program_fd, &ifname))
-                .with_context(|| format!("attaching the XDP pass program in {ns}"))?;
-            self.pass_links.push(link);
-        }
+        let program = load_xdp_program(XdpAction::Pass)?;
+        let (ns, ifname, fd) = (
+            self.client_ns.clone(),
+            self.client_if.clone(),
+            program.as_raw_fd(),
+        );
+        self.client_link = Some(
+            in_netns(&ns, move || attach_xdp_link(fd, &ifname))
+                .with_context(|| format!("attaching the XDP pass program in {ns}"))?,
+        );
+        self.set_peer_side_program(XdpAction::Pass)
+    }
+
+    /// Replaces the peer-side veth end's XDP program. Kernel-speed mode uses `Drop` so that
+    /// the peer's own UDP stack does not limit the relay; the veth end still counts every
+    /// frame it received in rx_packets.
+    pub fn set_peer_side_program(&mut self, action: XdpAction) -> Result<()> {
+        let program = load_xdp_program(action)?;
+        self.peer_link = None;
+        let (ns, ifname, fd) = (
+            self.peer_ns.clone(),
+            self.peer_if.clone(),
+            program.as_raw_fd(),
+        );
+        self.peer_link = Some(
+            in_netns(&ns, move || attach_xdp_link(fd, &ifname))
+                .with_context(|| format!("attaching an XDP program in {ns}"))?,
+        );
         Ok(())
     }
 
-    /// Turns IP forwarding in the relay namespace on or off (only for the baseline latency).
-    pub fn set_relay_forwarding(&self, enabled: bool) -> Result<()> {
-        let value = if enabled { "1" } else { "0" };
+    /// Turns IPv4 forwarding on in the relay namespace (see the module documentation).
+    fn enable_relay_forwarding(&self) -> Result<()> {
         let status = Command::new("ip")
-            .args(["netns", "exec", &self.relay_ns, "sysctl", "-q", "-w", &format!("net.ipv4.ip_forward={value}")])
+            .args([
+                "netns",
+                "exec",
+                &self.relay_ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+            ])
             .status()
             .context("running sysctl in the relay namespace")?;
         if !status.success() {
-            bail!("sysctl net.ipv4.ip_forward={value} failed in {}", self.relay_ns);
+            bail!("sysctl net.ipv4.ip_forward=1 failed in {}", self.relay_ns);
         }
         Ok(())
     }
@@ -116,27 +247,36 @@ impl Topology {
             .args(["-n", ns, "-s", "-j", "link", "show", "dev", ifname])
             .output()
             .context("running ip -s -j link show")?;
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j output")?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("parsing ip -j output")?;
         value
             .pointer("/0/stats64/rx/packets")
             .and_then(serde_json::Value::as_u64)
             .with_context(|| format!("no rx packet counter for {ifname}"))
     }
 
-    /// UDP RcvbufErrors of a namespace (/proc/net/snmp as seen from inside it): datagrams
-    /// dropped because a receiving socket's buffer was full, e.g. the sink falling behind.
-    pub fn udp_receive_buffer_errors(&self, ns: &str) -> Result<u64> {
+    /// UDP drop counters of a namespace (/proc/net/snmp as seen from inside it).
+    pub fn udp_drops(&self, ns: &str) -> Result<UdpDrops> {
         in_netns(ns, || {
             // thread-self: /proc/self/net would show the main thread's namespace.
-            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").context("reading /proc/thread-self/net/snmp")?;
+            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")
+                .context("reading /proc/thread-self/net/snmp")?;
             let mut udp_lines = snmp.lines().filter(|line| line.starts_with("Udp: "));
-            let (Some(names), Some(values)) = (udp_lines.next(), udp_lines.next()) else { bail!("no Udp lines in /proc/net/snmp") };
-            names
-                .split_whitespace()
-                .zip(values.split_whitespace())
-                .find(|(name, _)| *name == "RcvbufErrors")
-                .and_then(|(_, value)| value.parse().ok())
-                .context("no Udp RcvbufErrors counter")
+            let (Some(names), Some(values)) = (udp_lines.next(), udp_lines.next()) else {
+                bail!("no Udp lines in /proc/net/snmp")
+            };
+            let counter = |wanted: &str| {
+                names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .find(|(name, _)| *name == wanted)
+                    .and_then(|(_, value)| value.parse().ok())
+                    .with_context(|| format!("no Udp {wanted} counter"))
+            };
+            Ok(UdpDrops {
+                receive_buffer: counter("RcvbufErrors")?,
+                checksum: counter("InCsumErrors")?,
+            })
         })
     }
 
@@ -146,7 +286,8 @@ impl Topology {
             .args(["-n", ns, "-j", "link", "show", "dev", ifname])
             .output()
             .context("running ip -j link show")?;
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout).context("parsing ip -j output")?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("parsing ip -j output")?;
         let text = value
             .pointer("/0/address")
             .and_then(serde_json::Value::as_str)
@@ -157,7 +298,8 @@ impl Topology {
             bail!("unexpected MAC address {text}");
         }
         for (byte, part) in mac.iter_mut().zip(parts) {
-            *byte = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC address {text}"))?;
+            *byte =
+                u8::from_str_radix(part, 16).with_context(|| format!("bad MAC address {text}"))?;
         }
         Ok(mac)
     }
@@ -165,7 +307,8 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        self.pass_links.clear();
+        self.client_link = None;
+        self.peer_link = None;
         for ns in self.created_namespaces.drain(..) {
             if let Err(error) = ip(&["netns", "del", &ns]) {
                 eprintln!("turn-bench: could not delete namespace {ns}: {error:#}");
@@ -176,11 +319,17 @@ impl Drop for Topology {
 
 /// Deletes namespaces left by earlier turn-bench runs whose process no longer exists.
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/var/run/netns") else { return };
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", &name]);
         }
@@ -188,9 +337,16 @@ fn remove_stale_namespaces() {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip").args(args).output().context("running ip")?;
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !output.status.success() {
-        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -245,13 +401,28 @@ struct LinkCreateAttr {
     padding: [u8; 64],
 }
 
-/// Loads `r0 = XDP_PASS; exit` — the smallest XDP program — straight through bpf(2).
-pub fn load_xdp_pass_program() -> Result<OwnedFd> {
-    // BPF_MOV64_IMM(BPF_REG_0, XDP_PASS = 2); BPF_EXIT_INSN()
-    let instructions: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+/// What the benchmark's own one-instruction XDP programs return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAction {
+    Drop = 1,
+    Pass = 2,
+}
+
+/// Loads `r0 = <action>; exit` — the smallest XDP program — straight through bpf(2).
+pub fn load_xdp_program(action: XdpAction) -> Result<OwnedFd> {
+    // BPF_MOV64_IMM(BPF_REG_0, action); BPF_EXIT_INSN()
+    let instructions: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, action as u8, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
     let license = b"GPL\0";
     let mut name = [0u8; 16];
-    name[..9].copy_from_slice(b"bench_pas");
+    let label: &[u8] = if action == XdpAction::Pass {
+        b"bench_pass"
+    } else {
+        b"bench_drop"
+    };
+    name[..label.len()].copy_from_slice(label);
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
         insn_cnt: 2,
@@ -268,9 +439,19 @@ pub fn load_xdp_pass_program() -> Result<OwnedFd> {
         padding: [0; 64],
     };
     // SAFETY: attr points at live, correctly laid out memory for the duration of the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    };
     if fd < 0 {
-        bail!("BPF_PROG_LOAD of the XDP pass program: {}", std::io::Error::last_os_error());
+        bail!(
+            "BPF_PROG_LOAD of the XDP {action:?} program: {}",
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -285,11 +466,27 @@ pub fn attach_xdp_link(program_fd: i32, ifname: &str) -> Result<OwnedFd> {
     if ifindex == 0 {
         bail!("no interface {ifname}");
     }
-    let attr = LinkCreateAttr { prog_fd: program_fd as u32, target_ifindex: ifindex, attach_type: BPF_XDP, flags: 0, padding: [0; 64] };
+    let attr = LinkCreateAttr {
+        prog_fd: program_fd as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: 0,
+        padding: [0; 64],
+    };
     // SAFETY: attr is live and laid out as the kernel's link_create struct.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreateAttr, std::mem::size_of::<LinkCreateAttr>()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const LinkCreateAttr,
+            std::mem::size_of::<LinkCreateAttr>(),
+        )
+    };
     if fd < 0 {
-        bail!("BPF_LINK_CREATE (XDP) on {ifname}: {}", std::io::Error::last_os_error());
+        bail!(
+            "BPF_LINK_CREATE (XDP) on {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

@@ -62,7 +62,8 @@ impl MessageWriter {
     pub fn attribute(&mut self, attribute_type: u16, value: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(&attribute_type.to_be_bytes());
         // Attribute values the benchmark writes are far below 64 KiB.
-        self.buf.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as u16).to_be_bytes());
         self.buf.extend_from_slice(value);
         let padding = (4 - value.len() % 4) % 4;
         self.buf.extend(std::iter::repeat_n(0u8, padding));
@@ -169,11 +170,18 @@ impl<'a> ParsedMessage<'a> {
             let padded = (value_len + 3) & !3;
             body = body.get((4 + padded).min(body.len())..)?;
         }
-        Some(ParsedMessage { message_type, transaction_id, attributes })
+        Some(ParsedMessage {
+            message_type,
+            transaction_id,
+            attributes,
+        })
     }
 
     pub fn attribute(&self, attribute_type: u16) -> Option<&'a [u8]> {
-        self.attributes.iter().find(|(t, _)| *t == attribute_type).map(|(_, v)| *v)
+        self.attributes
+            .iter()
+            .find(|(t, _)| *t == attribute_type)
+            .map(|(_, v)| *v)
     }
 
     pub fn is_success(&self) -> bool {
@@ -193,7 +201,8 @@ impl<'a> ParsedMessage<'a> {
     }
 
     pub fn text(&self, attribute_type: u16) -> Option<String> {
-        self.attribute(attribute_type).map(|v| String::from_utf8_lossy(v).into_owned())
+        self.attribute(attribute_type)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
     pub fn xor_address(&self, attribute_type: u16) -> Option<SocketAddr> {
@@ -237,7 +246,10 @@ mod tests {
         assert_eq!(message.len(), HEADER_LEN + 12 + 4 + 8);
         let parsed = ParsedMessage::parse(&message).expect("well formed");
         assert_eq!(parsed.message_type, SEND_INDICATION);
-        assert_eq!(parsed.xor_address(ATTR_XOR_PEER_ADDRESS), Some(SocketAddr::V4(peer)));
+        assert_eq!(
+            parsed.xor_address(ATTR_XOR_PEER_ADDRESS),
+            Some(SocketAddr::V4(peer))
+        );
         assert_eq!(parsed.attribute(ATTR_DATA), Some(&[1u8, 2, 3, 4, 5][..]));
     }
 
@@ -248,10 +260,16 @@ mod tests {
         writer.attribute(ATTR_USERNAME, b"user");
         let message = writer.finish_with_integrity(&key);
         // RFC 8489 §14.5: the length field counts up to and including MESSAGE-INTEGRITY.
-        assert_eq!(usize::from(u16::from_be_bytes([message[2], message[3]])), message.len() - HEADER_LEN);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([message[2], message[3]])),
+            message.len() - HEADER_LEN
+        );
         let mut mac = Hmac::<Sha1>::new_from_slice(&key).expect("any key length");
         mac.update(&message[..message.len() - 24]);
-        assert_eq!(&message[message.len() - 20..], &mac.finalize().into_bytes()[..]);
+        assert_eq!(
+            &message[message.len() - 20..],
+            &mac.finalize().into_bytes()[..]
+        );
     }
 
     #[test]

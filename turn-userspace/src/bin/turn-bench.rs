@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use turn_relay::bench::{run, RunOptions};
 
 #[derive(Parser)]
-#[command(version, about = "Benchmark turn-relay against coturn on the same machine and load")]
+#[command(
+    version,
+    about = "Benchmark turn-relay against coturn on the same machine and load"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::testbed::{
-    Ingress, Testbed, CLIENT_MAC, CLIENT_SIDE_MAC, CLIENT_V4, CLIENT_V6, LISTENER_V4, LISTENER_V6, PEER_MAC,
-    PEER_SIDE_MAC, PEER_V4, PEER_V6, RELAYED_V4, RELAYED_V6,
+    Ingress, Testbed, CLIENT_MAC, CLIENT_SIDE_MAC, CLIENT_V4, CLIENT_V6, LISTENER_V4, LISTENER_V6,
+    PEER_MAC, PEER_SIDE_MAC, PEER_V4, PEER_V6, RELAYED_V4, RELAYED_V6,
 };
 use crate::datapath::{AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, PermissionEntry};
 
@@ -17,6 +17,8 @@ const CLIENT_PORT: u16 = 40_000;
 const CHANNEL_PEER_PORT: u16 = 7000;
 /// A port of the peer without a channel: its datagrams become Data indications.
 const OTHER_PEER_PORT: u16 = 7001;
+/// The most single runs per path.
+pub const MAX_RUNS: u32 = 50_000;
 /// Application payload of every timed frame (a typical audio frame).
 const DATA_LEN: usize = 160;
 
@@ -24,14 +26,30 @@ const DATA_LEN: usize = 160;
 /// each (see [`Testbed::time`]: the baseline is mostly the kernel's timing overhead, so
 /// subtract it for the program's own cost). Names: `baseline_pass`, `pass_unknown_flow`, `drop_no_permission`, and
 /// `<path>_v4` / `<path>_v6` for the four relay paths.
+///
+/// Each run is one BPF_PROG_TEST_RUN syscall (see [`Testbed::time`]), so `repeat` is
+/// capped at [`MAX_RUNS`]: the median is stable long before that.
 pub fn time_paths(repeat: u32) -> anyhow::Result<Vec<(String, f64)>> {
+    let repeat = repeat.min(MAX_RUNS);
     let testbed = Testbed::new(16)?;
     let mut datapath = testbed.datapath()?;
     let expires_at = Instant::now() + Duration::from_secs(3600);
     let mut frames: Vec<(String, Vec<u8>, Ingress)> = Vec::new();
     for (suffix, listener_ip, relay_ip, client_ip, peer_ip) in [
-        ("v4", IpAddr::V4(LISTENER_V4), IpAddr::V4(RELAYED_V4), IpAddr::V4(CLIENT_V4), IpAddr::V4(PEER_V4)),
-        ("v6", IpAddr::V6(LISTENER_V6), IpAddr::V6(RELAYED_V6), IpAddr::V6(CLIENT_V6), IpAddr::V6(PEER_V6)),
+        (
+            "v4",
+            IpAddr::V4(LISTENER_V4),
+            IpAddr::V4(RELAYED_V4),
+            IpAddr::V4(CLIENT_V4),
+            IpAddr::V4(PEER_V4),
+        ),
+        (
+            "v6",
+            IpAddr::V6(LISTENER_V6),
+            IpAddr::V6(RELAYED_V6),
+            IpAddr::V6(CLIENT_V6),
+            IpAddr::V6(PEER_V6),
+        ),
     ] {
         let flow = ClientFlow {
             client: SocketAddr::new(client_ip, CLIENT_PORT),
@@ -40,17 +58,48 @@ pub fn time_paths(repeat: u32) -> anyhow::Result<Vec<(String, f64)>> {
         let relay = SocketAddr::new(relay_ip, RELAY_PORT);
         let peer = SocketAddr::new(peer_ip, CHANNEL_PEER_PORT);
         let other_peer = SocketAddr::new(peer_ip, OTHER_PEER_PORT);
-        datapath.install_allocation(AllocationEntry { flow, relay, expires_at })?;
-        datapath.install_permission(PermissionEntry { flow, relay, peer_ip, expires_at })?;
-        datapath.install_channel(ChannelEntry { flow, relay, peer, number: CHANNEL, expires_at })?;
+        datapath.install_allocation(AllocationEntry {
+            flow,
+            relay,
+            expires_at,
+        })?;
+        datapath.install_permission(PermissionEntry {
+            flow,
+            relay,
+            peer_ip,
+            expires_at,
+        })?;
+        datapath.install_channel(ChannelEntry {
+            flow,
+            relay,
+            peer,
+            number: CHANNEL,
+            expires_at,
+        })?;
         let data = [0x5Au8; DATA_LEN];
         let mut channel_data = Vec::with_capacity(4 + DATA_LEN);
         channel_data.extend_from_slice(&CHANNEL.to_be_bytes());
         channel_data.extend_from_slice(&(DATA_LEN as u16).to_be_bytes());
         channel_data.extend_from_slice(&data);
-        let to_listener = |payload: &[u8]| udp_frame(CLIENT_MAC, CLIENT_SIDE_MAC, flow.client, flow.listener, payload);
-        frames.push((format!("channel_data_to_peer_{suffix}"), to_listener(&channel_data), Ingress::ClientSide));
-        frames.push((format!("send_to_peer_{suffix}"), to_listener(&send_indication(peer, &data)), Ingress::ClientSide));
+        let to_listener = |payload: &[u8]| {
+            udp_frame(
+                CLIENT_MAC,
+                CLIENT_SIDE_MAC,
+                flow.client,
+                flow.listener,
+                payload,
+            )
+        };
+        frames.push((
+            format!("channel_data_to_peer_{suffix}"),
+            to_listener(&channel_data),
+            Ingress::ClientSide,
+        ));
+        frames.push((
+            format!("send_to_peer_{suffix}"),
+            to_listener(&send_indication(peer, &data)),
+            Ingress::ClientSide,
+        ));
         frames.push((
             format!("channel_data_to_client_{suffix}"),
             udp_frame(PEER_MAC, PEER_SIDE_MAC, peer, relay, &data),
@@ -63,17 +112,30 @@ pub fn time_paths(repeat: u32) -> anyhow::Result<Vec<(String, f64)>> {
         ));
         if suffix == "v4" {
             let stranger = SocketAddr::new(IpAddr::V4(CLIENT_V4), 9);
-            frames.push(("drop_no_permission".into(), udp_frame(PEER_MAC, PEER_SIDE_MAC, stranger, relay, &data), Ingress::PeerSide));
+            frames.push((
+                "drop_no_permission".into(),
+                udp_frame(PEER_MAC, PEER_SIDE_MAC, stranger, relay, &data),
+                Ingress::PeerSide,
+            ));
             frames.push((
                 "pass_unknown_flow".into(),
-                udp_frame(CLIENT_MAC, CLIENT_SIDE_MAC, flow.client, SocketAddr::new(listener_ip, 53), &data),
+                udp_frame(
+                    CLIENT_MAC,
+                    CLIENT_SIDE_MAC,
+                    flow.client,
+                    SocketAddr::new(listener_ip, 53),
+                    &data,
+                ),
                 Ingress::ClientSide,
             ));
         }
     }
     let mut timings = Vec::with_capacity(frames.len() + 1);
     let (_, first_frame, _) = frames.first().ok_or_else(|| anyhow::anyhow!("no frames"))?;
-    timings.push(("baseline_pass".to_string(), testbed.time(first_frame, Ingress::ClientSide, repeat, true)?));
+    timings.push((
+        "baseline_pass".to_string(),
+        testbed.time(first_frame, Ingress::ClientSide, repeat, true)?,
+    ));
     for (name, frame, ingress) in &frames {
         timings.push((name.clone(), testbed.time(frame, *ingress, repeat, false)?));
     }
@@ -87,9 +149,16 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     let mut attributes = Vec::new();
     let port = peer.port() ^ 0x2112;
     let (family, address): (u8, Vec<u8>) = match peer.ip() {
-        IpAddr::V4(v4) => (1, v4.octets().iter().zip(COOKIE).map(|(a, k)| a ^ k).collect()),
+        IpAddr::V4(v4) => (
+            1,
+            v4.octets().iter().zip(COOKIE).map(|(a, k)| a ^ k).collect(),
+        ),
         IpAddr::V6(v6) => {
-            let key: Vec<u8> = COOKIE.iter().chain(transaction_id.iter()).copied().collect();
+            let key: Vec<u8> = COOKIE
+                .iter()
+                .chain(transaction_id.iter())
+                .copied()
+                .collect();
             (2, v6.octets().iter().zip(key).map(|(a, k)| a ^ k).collect())
         }
     };
@@ -112,7 +181,13 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
 }
 
 /// An Ethernet frame carrying a UDP datagram with a correct checksum.
-fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
     let udp_len = 8 + payload.len();
     let mut udp = Vec::with_capacity(udp_len);
     udp.extend_from_slice(&src.port().to_be_bytes());
@@ -174,7 +249,12 @@ fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
 fn internet_checksum(bytes: &[u8]) -> u16 {
     let mut sum: u64 = bytes
         .chunks(2)
-        .map(|chunk| u64::from(u16::from_be_bytes([chunk[0], chunk.get(1).copied().unwrap_or(0)])))
+        .map(|chunk| {
+            u64::from(u16::from_be_bytes([
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+            ]))
+        })
         .sum();
     while sum > 0xFFFF {
         sum = (sum & 0xFFFF) + (sum >> 16);

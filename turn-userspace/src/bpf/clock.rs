@@ -19,7 +19,10 @@ fn duration_ns(duration: std::time::Duration) -> u64 {
 }
 
 fn clock_monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
@@ -38,6 +41,9 @@ mod tests {
         assert!(before <= now && now <= after, "{before} {now} {after}");
         let later = monotonic_ns(Instant::now() + Duration::from_secs(600));
         let expected = clock_monotonic_ns() + 600_000_000_000;
-        assert!(later.abs_diff(expected) < 50_000_000, "{later} vs {expected}");
+        assert!(
+            later.abs_diff(expected) < 50_000_000,
+            "{later} vs {expected}"
+        );
     }
 }

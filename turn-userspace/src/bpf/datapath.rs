@@ -9,7 +9,8 @@ use std::time::Instant;
 use super::clock::monotonic_ns;
 use super::maps::{AllocationRecord, ChannelRecord, MapAddress, Tables};
 use crate::datapath::{
-    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, PermissionEntry, RelayedTraffic,
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, PermissionEntry,
+    RelayedTraffic,
 };
 
 /// An allocation as installed: its entry and its TRAFFIC slot.
@@ -26,7 +27,8 @@ struct Installed {
 /// matches on the addresses frames carry. Entries with a wildcard are refused, so the
 /// core keeps relaying those flows in userspace.
 pub struct BpfDatapath {
-    tables: Tables,
+    /// Boxed: the map handles are large and the datapath is moved around by value.
+    tables: Box<Tables>,
     /// Keyed by relayed address (canonical form).
     allocations: HashMap<SocketAddr, Installed>,
     permissions: HashMap<(SocketAddr, IpAddr), Instant>,
@@ -51,7 +53,9 @@ fn canonical(address: SocketAddr) -> SocketAddr {
 
 fn specific(what: &str, address: SocketAddr) -> Result<MapAddress, DatapathError> {
     if address.ip().is_unspecified() || address.port() == 0 {
-        return Err(DatapathError::Update(format!("{what} {address} is not a specific address")));
+        return Err(DatapathError::Update(format!(
+            "{what} {address} is not a specific address"
+        )));
     }
     Ok(MapAddress::socket(address))
 }
@@ -59,7 +63,7 @@ fn specific(what: &str, address: SocketAddr) -> Result<MapAddress, DatapathError
 impl BpfDatapath {
     pub(crate) fn new(tables: Tables) -> BpfDatapath {
         BpfDatapath {
-            tables,
+            tables: Box::new(tables),
             allocations: HashMap::new(),
             permissions: HashMap::new(),
             channels: HashMap::new(),
@@ -68,7 +72,10 @@ impl BpfDatapath {
         }
     }
 
-    fn allocation_record(entry: &AllocationEntry, slot: u32) -> Result<AllocationRecord, DatapathError> {
+    fn allocation_record(
+        entry: &AllocationEntry,
+        slot: u32,
+    ) -> Result<AllocationRecord, DatapathError> {
         Ok(AllocationRecord {
             client: MapAddress::socket(entry.flow.client),
             listener: specific("listener", entry.flow.listener)?,
@@ -165,7 +172,12 @@ impl Datapath for BpfDatapath {
         }
         self.allocations.insert(relay, Installed { entry, slot });
         // A refresh moves the bound of this allocation's channels' client-side expiry.
-        let channels: Vec<ChannelEntry> = self.channels.values().filter(|channel| canonical(channel.relay) == relay).copied().collect();
+        let channels: Vec<ChannelEntry> = self
+            .channels
+            .values()
+            .filter(|channel| canonical(channel.relay) == relay)
+            .copied()
+            .collect();
         for channel in channels {
             let record = self.channel_record(&channel)?;
             self.tables.insert_channel(&record)?;
@@ -188,11 +200,21 @@ impl Datapath for BpfDatapath {
         if let Err(error) = self.tables.remove_allocation(&record) {
             tracing::warn!(%error, %relay, "removing a fast-path allocation failed");
         }
-        let peers: Vec<IpAddr> = self.permissions.keys().filter(|(r, _)| *r == relay).map(|(_, peer)| *peer).collect();
+        let peers: Vec<IpAddr> = self
+            .permissions
+            .keys()
+            .filter(|(r, _)| *r == relay)
+            .map(|(_, peer)| *peer)
+            .collect();
         for peer in peers {
             self.remove_permission(relay, peer);
         }
-        let channels: Vec<ChannelEntry> = self.channels.values().filter(|channel| canonical(channel.relay) == relay).copied().collect();
+        let channels: Vec<ChannelEntry> = self
+            .channels
+            .values()
+            .filter(|channel| canonical(channel.relay) == relay)
+            .copied()
+            .collect();
         for channel in channels {
             self.channels.remove(&(relay, channel.number));
             self.remove_channel_entries(&channel);
@@ -202,9 +224,17 @@ impl Datapath for BpfDatapath {
 
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
         let relay = canonical(entry.relay);
+        if !self.allocations.contains_key(&relay) {
+            // Without its allocation the entry would never be used: keep the map for others.
+            return Err(DatapathError::Update(format!("no fast-path allocation for {relay}")));
+        }
         let relay_address = specific("relayed address", relay)?;
         let peer = entry.peer_ip.to_canonical();
-        self.tables.insert_permission(relay_address, MapAddress::ip(peer), monotonic_ns(entry.expires_at))?;
+        self.tables.insert_permission(
+            relay_address,
+            MapAddress::ip(peer),
+            monotonic_ns(entry.expires_at),
+        )?;
         self.permissions.insert((relay, peer), entry.expires_at);
         Ok(())
     }
@@ -215,7 +245,10 @@ impl Datapath for BpfDatapath {
         if self.permissions.remove(&(relay, peer)).is_none() {
             return;
         }
-        if let Err(error) = self.tables.remove_permission(MapAddress::socket(relay), MapAddress::ip(peer)) {
+        if let Err(error) = self
+            .tables
+            .remove_permission(MapAddress::socket(relay), MapAddress::ip(peer))
+        {
             tracing::warn!(%error, %relay, %peer, "removing a fast-path permission failed");
         }
     }
@@ -235,7 +268,13 @@ impl Datapath for BpfDatapath {
         Ok(())
     }
 
-    fn remove_channel(&mut self, _flow: ClientFlow, relay: SocketAddr, number: u16, _peer: SocketAddr) {
+    fn remove_channel(
+        &mut self,
+        _flow: ClientFlow,
+        relay: SocketAddr,
+        number: u16,
+        _peer: SocketAddr,
+    ) {
         let relay = canonical(relay);
         if let Some(entry) = self.channels.remove(&(relay, number)) {
             self.remove_channel_entries(&entry);

@@ -9,9 +9,9 @@ use aya::maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCp
 use aya::{Ebpf, EbpfLoader};
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
-    v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey, PeerChannelKey,
-    PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue, CHANNELS_PER_ALLOCATION, FAMILY_V4,
-    FAMILY_V6, PERMISSIONS_PER_ALLOCATION,
+    v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
+    PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
+    CHANNELS_PER_ALLOCATION, FAMILY_V4, FAMILY_V6, PERMISSIONS_PER_ALLOCATION,
 };
 
 use super::XdpCounters;
@@ -71,19 +71,26 @@ pub(crate) struct Maps {
 impl Maps {
     pub(crate) fn take(ebpf: &mut Ebpf, sizes: MapSizes) -> anyhow::Result<Maps> {
         fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-            ebpf.take_map(name).ok_or_else(|| anyhow!("the XDP object has no map {name}"))
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
         }
         let counters = PerCpuArray::try_from(take_map(ebpf, COUNTERS)?).context(COUNTERS)?;
         let tables = Tables {
             relays: HashMap::try_from(take_map(ebpf, RELAYS)?).context(RELAYS)?,
-            client_allocations: HashMap::try_from(take_map(ebpf, CLIENT_ALLOCATIONS)?).context(CLIENT_ALLOCATIONS)?,
+            client_allocations: HashMap::try_from(take_map(ebpf, CLIENT_ALLOCATIONS)?)
+                .context(CLIENT_ALLOCATIONS)?,
             permissions: HashMap::try_from(take_map(ebpf, PERMISSIONS)?).context(PERMISSIONS)?,
-            client_channels: HashMap::try_from(take_map(ebpf, CLIENT_CHANNELS)?).context(CLIENT_CHANNELS)?,
-            peer_channels: HashMap::try_from(take_map(ebpf, PEER_CHANNELS)?).context(PEER_CHANNELS)?,
+            client_channels: HashMap::try_from(take_map(ebpf, CLIENT_CHANNELS)?)
+                .context(CLIENT_CHANNELS)?,
+            peer_channels: HashMap::try_from(take_map(ebpf, PEER_CHANNELS)?)
+                .context(PEER_CHANNELS)?,
             traffic: PerCpuArray::try_from(take_map(ebpf, TRAFFIC)?).context(TRAFFIC)?,
             sizes,
         };
-        Ok(Maps { counters, tables: Some(tables) })
+        Ok(Maps {
+            counters,
+            tables: Some(tables),
+        })
     }
 
     pub(crate) fn counters(&self) -> anyhow::Result<XdpCounters> {
@@ -93,10 +100,14 @@ impl Maps {
                 .counters
                 .get(&(*outcome as u32), 0)
                 .with_context(|| format!("reading counter {}", outcome.name()))?;
-            counters.push(per_cpu.iter().fold(Counter::default(), |sum, counter| Counter {
-                packets: sum.packets + counter.packets,
-                bytes: sum.bytes + counter.bytes,
-            }));
+            counters.push(
+                per_cpu
+                    .iter()
+                    .fold(Counter::default(), |sum, counter| Counter {
+                        packets: sum.packets + counter.packets,
+                        bytes: sum.bytes + counter.bytes,
+                    }),
+            );
         }
         Ok(XdpCounters { counters })
     }
@@ -139,13 +150,24 @@ pub(crate) struct MapAddress {
 impl MapAddress {
     pub(crate) fn ip(ip: IpAddr) -> MapAddress {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => MapAddress { family: FAMILY_V4, ip: v4_bytes(v4.octets()), port: [0; 2] },
-            IpAddr::V6(v6) => MapAddress { family: FAMILY_V6, ip: v6.octets(), port: [0; 2] },
+            IpAddr::V4(v4) => MapAddress {
+                family: FAMILY_V4,
+                ip: v4_bytes(v4.octets()),
+                port: [0; 2],
+            },
+            IpAddr::V6(v6) => MapAddress {
+                family: FAMILY_V6,
+                ip: v6.octets(),
+                port: [0; 2],
+            },
         }
     }
 
     pub(crate) fn socket(address: SocketAddr) -> MapAddress {
-        MapAddress { port: address.port().to_be_bytes(), ..MapAddress::ip(address.ip()) }
+        MapAddress {
+            port: address.port().to_be_bytes(),
+            ..MapAddress::ip(address.ip())
+        }
     }
 }
 
@@ -177,7 +199,10 @@ impl Tables {
         self.sizes
     }
 
-    pub(crate) fn insert_allocation(&mut self, record: &AllocationRecord) -> Result<(), DatapathError> {
+    pub(crate) fn insert_allocation(
+        &mut self,
+        record: &AllocationRecord,
+    ) -> Result<(), DatapathError> {
         let relay_key = RelayKey::new(record.relay.family, record.relay.ip, record.relay.port);
         let relay_value = RelayValue::new(
             record.client.family,
@@ -189,20 +214,44 @@ impl Tables {
             record.expires_ns,
         );
         insert(&mut self.relays, relay_key, relay_value)?;
-        let allocation = AllocationValue::new(record.relay.ip, record.relay.port, record.slot, record.expires_ns);
+        let allocation = AllocationValue::new(
+            record.relay.ip,
+            record.relay.port,
+            record.slot,
+            record.expires_ns,
+        );
         insert(&mut self.client_allocations, flow_key(record), allocation)
     }
 
-    pub(crate) fn remove_allocation(&mut self, record: &AllocationRecord) -> Result<(), DatapathError> {
-        remove(&mut self.relays, &RelayKey::new(record.relay.family, record.relay.ip, record.relay.port))?;
+    pub(crate) fn remove_allocation(
+        &mut self,
+        record: &AllocationRecord,
+    ) -> Result<(), DatapathError> {
+        remove(
+            &mut self.relays,
+            &RelayKey::new(record.relay.family, record.relay.ip, record.relay.port),
+        )?;
         remove(&mut self.client_allocations, &flow_key(record))
     }
 
-    pub(crate) fn insert_permission(&mut self, relay: MapAddress, peer: MapAddress, expires_ns: u64) -> Result<(), DatapathError> {
-        insert(&mut self.permissions, permission_key(relay, peer), PermissionValue::new(expires_ns))
+    pub(crate) fn insert_permission(
+        &mut self,
+        relay: MapAddress,
+        peer: MapAddress,
+        expires_ns: u64,
+    ) -> Result<(), DatapathError> {
+        insert(
+            &mut self.permissions,
+            permission_key(relay, peer),
+            PermissionValue::new(expires_ns),
+        )
     }
 
-    pub(crate) fn remove_permission(&mut self, relay: MapAddress, peer: MapAddress) -> Result<(), DatapathError> {
+    pub(crate) fn remove_permission(
+        &mut self,
+        relay: MapAddress,
+        peer: MapAddress,
+    ) -> Result<(), DatapathError> {
         remove(&mut self.permissions, &permission_key(relay, peer))
     }
 
@@ -217,8 +266,16 @@ impl Tables {
             record.slot,
             record.client_expires_ns,
         );
-        insert(&mut self.client_channels, client_channel_key(record), client_value)?;
-        insert(&mut self.peer_channels, peer_channel_key(record), PeerChannelValue::new(number, record.peer_expires_ns))
+        insert(
+            &mut self.client_channels,
+            client_channel_key(record),
+            client_value,
+        )?;
+        insert(
+            &mut self.peer_channels,
+            peer_channel_key(record),
+            PeerChannelValue::new(number, record.peer_expires_ns),
+        )
     }
 
     pub(crate) fn remove_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
@@ -228,21 +285,26 @@ impl Tables {
 
     /// Zeroes an allocation slot's traffic (a new allocation starts from nothing).
     pub(crate) fn reset_traffic(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let cpus = aya::util::nr_cpus().map_err(|(what, error)| DatapathError::Update(format!("{what}: {error}")))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, error)| DatapathError::Update(format!("{what}: {error}")))?;
         let zeroes = PerCpuValues::try_from(vec![AllocationTraffic::default(); cpus])
             .map_err(|error| DatapathError::Update(error.to_string()))?;
-        self.traffic.set(slot, zeroes, 0).map_err(|error| DatapathError::Update(error.to_string()))
+        self.traffic
+            .set(slot, zeroes, 0)
+            .map_err(|error| DatapathError::Update(error.to_string()))
     }
 
     /// An allocation slot's traffic summed over CPUs.
     pub(crate) fn traffic(&self, slot: u32) -> Result<AllocationTraffic, MapError> {
         let per_cpu = self.traffic.get(&slot, 0)?;
-        Ok(per_cpu.iter().fold(AllocationTraffic::default(), |sum, cpu| AllocationTraffic {
-            to_peer_packets: sum.to_peer_packets + cpu.to_peer_packets,
-            to_peer_bytes: sum.to_peer_bytes + cpu.to_peer_bytes,
-            to_client_packets: sum.to_client_packets + cpu.to_client_packets,
-            to_client_bytes: sum.to_client_bytes + cpu.to_client_bytes,
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(AllocationTraffic::default(), |sum, cpu| AllocationTraffic {
+                to_peer_packets: sum.to_peer_packets + cpu.to_peer_packets,
+                to_peer_bytes: sum.to_peer_bytes + cpu.to_peer_bytes,
+                to_client_packets: sum.to_client_packets + cpu.to_client_packets,
+                to_client_bytes: sum.to_client_bytes + cpu.to_client_bytes,
+            }))
     }
 
     pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
@@ -282,21 +344,40 @@ fn client_channel_key(record: &ChannelRecord) -> ClientChannelKey {
 }
 
 fn peer_channel_key(record: &ChannelRecord) -> PeerChannelKey {
-    PeerChannelKey::new(record.relay.family, record.relay.ip, record.relay.port, record.peer.ip, record.peer.port)
+    PeerChannelKey::new(
+        record.relay.family,
+        record.relay.ip,
+        record.relay.port,
+        record.peer.ip,
+        record.peer.port,
+    )
 }
 
-fn insert<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: K, value: V) -> Result<(), DatapathError> {
+fn insert<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: K,
+    value: V,
+) -> Result<(), DatapathError> {
     map.insert(key, value, 0).map_err(|error| match &error {
         // A full hash map refuses new keys with E2BIG.
-        MapError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(libc::E2BIG) => DatapathError::MapFull,
+        MapError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            DatapathError::MapFull
+        }
         _ => DatapathError::Update(error.to_string()),
     })
 }
 
-fn remove<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Result<(), DatapathError> {
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<(), DatapathError> {
     match map.remove(key) {
         Ok(()) => Ok(()),
-        Err(MapError::SyscallError(syscall)) if syscall.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(MapError::SyscallError(syscall))
+            if syscall.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(MapError::KeyNotFound) => Ok(()),
         Err(error) => Err(DatapathError::Update(error.to_string())),
     }

@@ -1,13 +1,37 @@
 //! The XDP fast path: loads the program built from `turn-ebpf`, attaches it through
-//! bpf_link, owns its maps (in [`maps`]) and reads its per-CPU counters.
+//! bpf_link, owns its maps (in `maps`) and reads its per-CPU counters.
 //!
 //! The program relays ChannelData and Send/Data indications (RFC 8656 §11, §12) for
 //! the flows userspace installs through [`BpfDatapath`]; everything else goes to the
 //! network stack, where the userspace relay behaves identically.
+//!
+//! # Host requirements
+//!
+//! - IP forwarding on the interfaces the program is attached to
+//!   (`net.ipv4.conf.<if>.forwarding=1`, `net.ipv6.conf.<if>.forwarding=1`, or the
+//!   `all` switches): `bpf_fib_lookup` answers "forwarding disabled" otherwise, and the
+//!   program passes every frame to userspace (correct, but no acceleration). With IPv6
+//!   forwarding on, the kernel ignores router advertisements unless `accept_ra=2`; and a
+//!   forwarding host should drop unwanted transit traffic in its firewall.
+//!   [`XdpRelay::attach`] checks these switches, warns and names them in its status line
+//!   (see `host`); it never changes them.
+//! - Listening and relayed addresses bound to specific IPs (not 0.0.0.0 / ::): the
+//!   program matches the addresses frames carry; wildcard entries are refused and stay
+//!   in userspace.
+//! - Senders on the same host through a veth offload their UDP checksum (the frame
+//!   carries only the pseudo-header sum); the program's incremental update then yields
+//!   a wrong checksum. Frames from real NICs are complete; for veth test setups turn the
+//!   sender's offload off (`ethtool -K <if> tx off`).
+//! - Frames XDP_TX'd or redirected into a veth are dropped unless the veth's peer runs
+//!   an XDP program (this one with empty maps passes everything).
+//! - No bpffs: nothing is pinned.
+//! - Map memory is preallocated: about 2.4 KiB per allocation on a 2-CPU host
+//!   (`XdpRelay::map_memory_bytes` gives the exact figure).
 
 pub mod bench;
 mod clock;
 mod datapath;
+mod host;
 mod maps;
 pub mod testbed;
 
@@ -19,12 +43,14 @@ use aya::programs::{Xdp, XdpMode as AyaXdpMode};
 use aya::{Ebpf, EbpfLoader};
 
 pub use datapath::BpfDatapath;
+pub use host::{ForwardingDisabled, IpFamily};
 pub use turn_common::counters::{Counter, Outcome};
 
 use maps::{MapSizes, Maps};
 
 /// The XDP object built by `build.rs` (aya-build) from `turn-ebpf`.
-pub(crate) static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/turn-ebpf"));
+pub(crate) static XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/turn-ebpf"));
 
 /// The name of the XDP entry point in [`XDP_OBJECT`].
 pub(crate) const PROGRAM_NAME: &str = "turn_xdp";
@@ -91,7 +117,11 @@ impl Loaded {
             .context("the kernel verifier rejected the XDP program")?;
         let maps = Maps::take(&mut ebpf, sizes)?;
         let map_memory_bytes = maps.memory_bytes()?;
-        Ok(Loaded { ebpf, maps: Mutex::new(maps), map_memory_bytes })
+        Ok(Loaded {
+            ebpf,
+            maps: Mutex::new(maps),
+            map_memory_bytes,
+        })
     }
 
     pub(crate) fn program(&self) -> anyhow::Result<&Xdp> {
@@ -103,7 +133,10 @@ impl Loaded {
     }
 
     pub(crate) fn counters(&self) -> anyhow::Result<XdpCounters> {
-        self.maps.lock().map_err(|_| anyhow!("XDP maps lock poisoned"))?.counters()
+        self.maps
+            .lock()
+            .map_err(|_| anyhow!("XDP maps lock poisoned"))?
+            .counters()
     }
 
     /// The flow tables as a [`BpfDatapath`]; there is only one.
@@ -124,12 +157,15 @@ impl Loaded {
 pub struct XdpRelay {
     loaded: Loaded,
     attachments: Vec<Attachment>,
+    /// Host settings found wrong at attach time (see [`host`]).
+    forwarding_disabled: Vec<ForwardingDisabled>,
 }
 
 impl fmt::Debug for XdpRelay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("XdpRelay")
             .field("attachments", &self.attachments)
+            .field("forwarding_disabled", &self.forwarding_disabled)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +173,11 @@ impl fmt::Debug for XdpRelay {
 impl XdpRelay {
     /// Loads the program with maps sized for `settings.max_allocations` and attaches it to
     /// every interface per `settings.mode` (auto: native, then skb; Err if both fail).
+    ///
+    /// Also checks the forwarding sysctls of those interfaces (of the calling thread's
+    /// network namespace): with forwarding off the program cannot resolve next hops and
+    /// passes everything to userspace. Each problem is logged as a warning and named in
+    /// [`XdpRelay::status`]; the sysctls are left alone.
     pub fn attach(settings: &XdpSettings) -> anyhow::Result<XdpRelay> {
         if settings.mode == XdpMode::Off {
             bail!("XDP is off in the configuration");
@@ -149,9 +190,41 @@ impl XdpRelay {
         let mut attachments = Vec::with_capacity(settings.interfaces.len());
         for interface in &settings.interfaces {
             let mode = attach_one(program, interface, settings.mode)?;
-            attachments.push(Attachment { interface: interface.clone(), mode });
+            attachments.push(Attachment {
+                interface: interface.clone(),
+                mode,
+            });
         }
-        Ok(XdpRelay { loaded, attachments })
+        let forwarding_disabled =
+            host::forwarding_disabled(&settings.interfaces, |path| std::fs::read_to_string(path));
+        for disabled in &forwarding_disabled {
+            tracing::warn!(
+                "{disabled} on {}: bpf_fib_lookup answers \"forwarding disabled\" for {} frames \
+                 arriving there, so the XDP fast path passes all of them to userspace \
+                 (correct but not accelerated); the host must set {}=1{}",
+                disabled.interface,
+                match disabled.family {
+                    IpFamily::V4 => "IPv4",
+                    IpFamily::V6 => "IPv6",
+                },
+                disabled.sysctl(),
+                match disabled.family {
+                    IpFamily::V4 => "",
+                    IpFamily::V6 => " (and accept_ra=2 where router advertisements are needed)",
+                }
+            );
+        }
+        Ok(XdpRelay {
+            loaded,
+            attachments,
+            forwarding_disabled,
+        })
+    }
+
+    /// The attached interfaces whose forwarding sysctl was off at attach time: frames of
+    /// that family arriving there are all relayed by userspace.
+    pub fn forwarding_disabled(&self) -> &[ForwardingDisabled] {
+        &self.forwarding_disabled
     }
 
     /// The [`crate::datapath::Datapath`] writing the program's maps. Only one exists:
@@ -165,11 +238,23 @@ impl XdpRelay {
         self.loaded.counters()
     }
 
-    /// A human status line for the start-up log.
+    /// A human status line for the start-up log, ending in a warning when the host's
+    /// forwarding sysctls keep the fast path from relaying anything.
     pub fn status(&self) -> String {
+        let attached = self.attached_status();
+        match host::forwarding_warning(&self.forwarding_disabled) {
+            Some(warning) => format!("{attached}; {warning}"),
+            None => attached,
+        }
+    }
+
+    fn attached_status(&self) -> String {
         let mut by_mode: Vec<(XdpMode, Vec<&str>)> = Vec::new();
         for attachment in &self.attachments {
-            match by_mode.iter_mut().find(|(mode, _)| *mode == attachment.mode) {
+            match by_mode
+                .iter_mut()
+                .find(|(mode, _)| *mode == attachment.mode)
+            {
                 Some((_, names)) => names.push(&attachment.interface),
                 None => by_mode.push((attachment.mode, vec![&attachment.interface])),
             }
@@ -186,7 +271,12 @@ impl XdpRelay {
 
     /// The kernel id of the loaded program (as `bpftool prog show` lists it).
     pub fn program_id(&self) -> anyhow::Result<u32> {
-        Ok(self.loaded.program()?.info().context("reading the XDP program's info")?.id())
+        Ok(self
+            .loaded
+            .program()?
+            .info()
+            .context("reading the XDP program's info")?
+            .id())
     }
 
     /// Bytes of kernel memory the maps take (their memlock accounting), for the
@@ -194,7 +284,6 @@ impl XdpRelay {
     pub fn map_memory_bytes(&self) -> anyhow::Result<u64> {
         Ok(self.loaded.map_memory_bytes)
     }
-
 }
 
 fn mode_label(mode: XdpMode) -> &'static str {
@@ -227,7 +316,8 @@ fn attach_one(program: &mut Xdp, interface: &str, mode: XdpMode) -> anyhow::Resu
     match mode {
         XdpMode::Native | XdpMode::Skb => attempt(program, mode),
         XdpMode::Auto => attempt(program, XdpMode::Native).or_else(|native_error| {
-            attempt(program, XdpMode::Skb).map_err(|skb_error| anyhow!("{native_error:#}; {skb_error:#}"))
+            attempt(program, XdpMode::Skb)
+                .map_err(|skb_error| anyhow!("{native_error:#}; {skb_error:#}"))
         }),
         XdpMode::Off => bail!("XDP is off in the configuration"),
     }
@@ -242,19 +332,26 @@ pub struct XdpCounters {
 impl XdpCounters {
     /// The counter of one outcome.
     pub fn get(&self, outcome: Outcome) -> Counter {
-        self.counters.get(outcome as usize).copied().unwrap_or_default()
+        self.counters
+            .get(outcome as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Every outcome with its counter, in index order.
     pub fn iter(&self) -> impl Iterator<Item = (Outcome, Counter)> + '_ {
-        Outcome::ALL.iter().map(|outcome| (*outcome, self.get(*outcome)))
+        Outcome::ALL
+            .iter()
+            .map(|outcome| (*outcome, self.get(*outcome)))
     }
 
     /// All frames the program has seen (every frame lands in exactly one outcome).
     pub fn seen(&self) -> Counter {
-        self.counters.iter().fold(Counter::default(), |sum, counter| Counter {
-            packets: sum.packets + counter.packets,
-            bytes: sum.bytes + counter.bytes,
-        })
+        self.counters
+            .iter()
+            .fold(Counter::default(), |sum, counter| Counter {
+                packets: sum.packets + counter.packets,
+                bytes: sum.bytes + counter.bytes,
+            })
     }
 }

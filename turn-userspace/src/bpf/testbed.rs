@@ -79,7 +79,9 @@ pub struct Testbed {
 
 impl std::fmt::Debug for Testbed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Testbed").field("namespace", &self.namespace.name).finish_non_exhaustive()
+        f.debug_struct("Testbed")
+            .field("namespace", &self.namespace.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,10 +97,14 @@ impl Testbed {
             .ok_or_else(|| anyhow!("the XDP object has no program {BASELINE_PROGRAM}"))?
             .try_into()?;
         baseline.load().context("loading the baseline program")?;
-        let (client_side_ifindex, peer_side_ifindex) = namespace.enter(|| {
-            Ok::<_, anyhow::Error>((ifindex("tbc0")?, ifindex("tbp0")?))
-        })??;
-        Ok(Testbed { loaded, namespace, client_side_ifindex, peer_side_ifindex })
+        let (client_side_ifindex, peer_side_ifindex) =
+            namespace.enter(|| Ok::<_, anyhow::Error>((ifindex("tbc0")?, ifindex("tbp0")?)))??;
+        Ok(Testbed {
+            loaded,
+            namespace,
+            client_side_ifindex,
+            peer_side_ifindex,
+        })
     }
 
     /// The datapath writing this program's maps (once).
@@ -123,7 +129,10 @@ impl Testbed {
             let mut out = vec![0u8; frame.len() + 256];
             let result = run_once(program, frame, ifindex, Some(&mut out))?;
             out.truncate(result.0 as usize);
-            Ok(RunResult { action: result.1, frame: out })
+            Ok(RunResult {
+                action: result.1,
+                frame: out,
+            })
         })?
     }
 
@@ -132,7 +141,13 @@ impl Testbed {
     /// BPF_PROG_TEST_RUN feeds the rewritten frame back in (live-frames mode resets it,
     /// but also pushes passed frames through the stack); the kernel times each run itself,
     /// so the syscall is excluded but its timer overhead is not (see the baseline).
-    pub fn time(&self, frame: &[u8], ingress: Ingress, runs: u32, baseline: bool) -> anyhow::Result<f64> {
+    pub fn time(
+        &self,
+        frame: &[u8],
+        ingress: Ingress,
+        runs: u32,
+        baseline: bool,
+    ) -> anyhow::Result<f64> {
         let program = if baseline {
             self.loaded
                 .ebpf
@@ -154,13 +169,19 @@ impl Testbed {
                     ctx_in: Some(&context(frame.len(), ifindex)),
                     ..TestRunOptions::default()
                 };
-                let duration = program.test_run(options).context("BPF_PROG_TEST_RUN")?.duration;
+                let duration = program
+                    .test_run(options)
+                    .context("BPF_PROG_TEST_RUN")?
+                    .duration;
                 if run > 0 {
                     durations.push(duration);
                 }
             }
             durations.sort_unstable();
-            let median = durations.get(durations.len() / 2).copied().unwrap_or_default();
+            let median = durations
+                .get(durations.len() / 2)
+                .copied()
+                .unwrap_or_default();
             Ok(median.as_nanos() as f64)
         })?
     }
@@ -174,7 +195,12 @@ impl Testbed {
 }
 
 /// (data_size_out, action)
-fn run_once(program: &Xdp, frame: &[u8], ifindex: u32, out: Option<&mut [u8]>) -> anyhow::Result<(u32, u32)> {
+fn run_once(
+    program: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    out: Option<&mut [u8]>,
+) -> anyhow::Result<(u32, u32)> {
     let options = TestRunOptions {
         data_in: Some(frame),
         data_out: out,
@@ -198,7 +224,10 @@ fn ifindex(name: &str) -> anyhow::Result<u32> {
     let name = std::ffi::CString::new(name)?;
     // SAFETY: a valid C string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(anyhow!("no interface {name:?}: {}", std::io::Error::last_os_error())),
+        0 => Err(anyhow!(
+            "no interface {name:?}: {}",
+            std::io::Error::last_os_error()
+        )),
         index => Ok(index),
     }
 }
@@ -211,7 +240,11 @@ struct Namespace {
 impl Namespace {
     fn create() -> anyhow::Result<Namespace> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("turntb{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "turntb{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         run("ip", &["netns", "add", &name])?;
         Ok(Namespace { name })
     }
@@ -243,15 +276,38 @@ impl Namespace {
             (IpAddr::V4(PEER_V4), PEER_MAC, "tbp0"),
             (IpAddr::V6(PEER_V6), PEER_MAC, "tbp0"),
         ] {
-            self.ip(&["neigh", "replace", &address.to_string(), "lladdr", &mac_string(mac), "dev", device, "nud", "permanent"])?;
+            self.ip(&[
+                "neigh",
+                "replace",
+                &address.to_string(),
+                "lladdr",
+                &mac_string(mac),
+                "dev",
+                device,
+                "nud",
+                "permanent",
+            ])?;
         }
         self.set_forwarding(true)
     }
 
     fn set_forwarding(&self, enabled: bool) -> anyhow::Result<()> {
         let value = if enabled { "1" } else { "0" };
-        for key in ["net.ipv4.conf.all.forwarding", "net.ipv6.conf.all.forwarding"] {
-            run("ip", &["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")])?;
+        for key in [
+            "net.ipv4.conf.all.forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ] {
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.name,
+                    "sysctl",
+                    "-qw",
+                    &format!("{key}={value}"),
+                ],
+            )?;
         }
         Ok(())
     }
@@ -262,7 +318,8 @@ impl Namespace {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                    let file =
+                        std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
                     // SAFETY: a valid namespace fd; setns affects only this thread.
                     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                         bail!("setns {path}: {}", std::io::Error::last_os_error());
@@ -284,13 +341,23 @@ impl Drop for Namespace {
 }
 
 fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     if !output.status.success() {
-        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(())
 }

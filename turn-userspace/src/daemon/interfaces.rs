@@ -42,7 +42,9 @@ fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
         let entry = unsafe { &*cursor };
         if let (Some(address), false) = (socket_ip(entry.ifa_addr), entry.ifa_name.is_null()) {
             // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { CStr::from_ptr(entry.ifa_name) }.to_string_lossy().into_owned();
+            let name = unsafe { CStr::from_ptr(entry.ifa_name) }
+                .to_string_lossy()
+                .into_owned();
             found.push((name, address));
         }
         cursor = entry.ifa_next;
@@ -78,14 +80,18 @@ mod tests {
 
     #[test]
     fn loopback_address_is_on_lo() {
-        let names = interfaces_holding(&[IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST)])
-            .expect("127.0.0.1 is configured");
+        let names = interfaces_holding(&[
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ])
+        .expect("127.0.0.1 is configured");
         assert_eq!(names, vec!["lo".to_owned()]);
     }
 
     #[test]
     fn an_address_nobody_holds_is_an_error() {
-        let error = interfaces_holding(&[IpAddr::V4(Ipv4Addr::new(198, 19, 255, 254))]).expect_err("not assigned");
+        let error = interfaces_holding(&[IpAddr::V4(Ipv4Addr::new(198, 19, 255, 254))])
+            .expect_err("not assigned");
         assert!(error.to_string().contains("198.19.255.254"));
     }
 }

@@ -73,7 +73,10 @@ async fn answer(mut stream: TcpStream, metrics: &SharedMetrics) -> std::io::Resu
                 return Ok::<bool, std::io::Error>(false);
             }
             filled += read;
-            if head[..filled].windows(4).any(|window| window == b"\r\n\r\n") {
+            if head[..filled]
+                .windows(4)
+                .any(|window| window == b"\r\n\r\n")
+            {
                 return Ok(true);
             }
         }
@@ -81,11 +84,18 @@ async fn answer(mut stream: TcpStream, metrics: &SharedMetrics) -> std::io::Resu
     })
     .await
     .unwrap_or(Ok(false))?;
-    let request_line = head[..filled].split(|&b| b == b'\r').next().unwrap_or_default();
+    let request_line = head[..filled]
+        .split(|&b| b == b'\r')
+        .next()
+        .unwrap_or_default();
     let response = if !complete {
         response(400, "Bad Request", "text/plain", "bad request\n")
     } else {
-        match request_line.split(|&b| b == b' ').collect::<Vec<_>>().as_slice() {
+        match request_line
+            .split(|&b| b == b' ')
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             [b"GET", b"/metrics", _version] => {
                 let body = match metrics.lock() {
                     Ok(snapshot) => render(&snapshot),
@@ -94,7 +104,12 @@ async fn answer(mut stream: TcpStream, metrics: &SharedMetrics) -> std::io::Resu
                 response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body)
             }
             [b"GET", _, _] => response(404, "Not Found", "text/plain", "try /metrics\n"),
-            _ => response(405, "Method Not Allowed", "text/plain", "only GET /metrics\n"),
+            _ => response(
+                405,
+                "Method Not Allowed",
+                "text/plain",
+                "only GET /metrics\n",
+            ),
         }
     };
     stream.write_all(response.as_bytes()).await?;
@@ -112,41 +127,133 @@ fn response(code: u16, reason: &str, content_type: &str, body: &str) -> String {
 pub(crate) fn render(snapshot: &MetricsSnapshot) -> String {
     let mut text = String::with_capacity(4096);
     let stats = &snapshot.stats;
-    gauge(&mut text, "turn_allocations", "Allocations in place.", stats.allocations as u64);
-    gauge(&mut text, "turn_permissions", "Permissions in place (all allocations).", stats.permissions as u64);
-    gauge(&mut text, "turn_channels", "Channel bindings in place (all allocations).", stats.channels as u64);
-    gauge(&mut text, "turn_relay_sockets", "Open relay sockets.", snapshot.relay_sockets as u64);
+    gauge(
+        &mut text,
+        "turn_allocations",
+        "Allocations in place.",
+        stats.allocations as u64,
+    );
+    gauge(
+        &mut text,
+        "turn_permissions",
+        "Permissions in place (all allocations).",
+        stats.permissions as u64,
+    );
+    gauge(
+        &mut text,
+        "turn_channels",
+        "Channel bindings in place (all allocations).",
+        stats.channels as u64,
+    );
+    gauge(
+        &mut text,
+        "turn_relay_sockets",
+        "Open relay sockets.",
+        snapshot.relay_sockets as u64,
+    );
 
     let relayed: [(&str, &str, PacketCount); 4] = [
         ("to_peer", "channel_data", stats.to_peer_channel_data),
         ("to_peer", "send_indication", stats.to_peer_send),
         ("to_client", "channel_data", stats.to_client_channel_data),
-        ("to_client", "data_indication", stats.to_client_data_indication),
+        (
+            "to_client",
+            "data_indication",
+            stats.to_client_data_indication,
+        ),
     ];
-    header(&mut text, "turn_userspace_relayed_packets_total", "Application datagrams relayed by userspace.", "counter");
+    header(
+        &mut text,
+        "turn_userspace_relayed_packets_total",
+        "Application datagrams relayed by userspace.",
+        "counter",
+    );
     for (direction, kind, count) in relayed {
-        let _ = writeln!(text, "turn_userspace_relayed_packets_total{{direction=\"{direction}\",kind=\"{kind}\"}} {}", count.packets);
+        let _ = writeln!(
+            text,
+            "turn_userspace_relayed_packets_total{{direction=\"{direction}\",kind=\"{kind}\"}} {}",
+            count.packets
+        );
     }
-    header(&mut text, "turn_userspace_relayed_bytes_total", "Application bytes relayed by userspace.", "counter");
+    header(
+        &mut text,
+        "turn_userspace_relayed_bytes_total",
+        "Application bytes relayed by userspace.",
+        "counter",
+    );
     for (direction, kind, count) in relayed {
-        let _ = writeln!(text, "turn_userspace_relayed_bytes_total{{direction=\"{direction}\",kind=\"{kind}\"}} {}", count.bytes);
+        let _ = writeln!(
+            text,
+            "turn_userspace_relayed_bytes_total{{direction=\"{direction}\",kind=\"{kind}\"}} {}",
+            count.bytes
+        );
     }
-    counter(&mut text, "turn_userspace_dropped_packets_total", "Relay data dropped by userspace (no allocation, permission or channel; malformed).", stats.dropped_packets);
+    counter(
+        &mut text,
+        "turn_userspace_dropped_packets_total",
+        "Relay data dropped by userspace (no allocation, permission or channel; malformed).",
+        stats.dropped_packets,
+    );
 
-    counter(&mut text, "turn_received_datagrams_total", "Datagrams read from listeners and relay sockets.", snapshot.io.received);
-    counter(&mut text, "turn_truncated_datagrams_total", "Datagrams dropped for exceeding the receive buffer.", snapshot.io.truncated);
-    counter(&mut text, "turn_send_dropped_datagrams_total", "Datagrams the kernel refused to send.", snapshot.io.send_dropped);
-    counter(&mut text, "turn_relay_bind_failures_total", "Relay sockets that could not be bound (508 to the client).", snapshot.io.relay_bind_failures);
+    counter(
+        &mut text,
+        "turn_received_datagrams_total",
+        "Datagrams read from listeners and relay sockets.",
+        snapshot.io.received,
+    );
+    counter(
+        &mut text,
+        "turn_truncated_datagrams_total",
+        "Datagrams dropped for exceeding the receive buffer.",
+        snapshot.io.truncated,
+    );
+    counter(
+        &mut text,
+        "turn_send_dropped_datagrams_total",
+        "Datagrams the kernel refused to send.",
+        snapshot.io.send_dropped,
+    );
+    counter(
+        &mut text,
+        "turn_relay_bind_failures_total",
+        "Relay sockets that could not be bound (508 to the client).",
+        snapshot.io.relay_bind_failures,
+    );
 
-    gauge(&mut text, "turn_xdp_attached", "1 while the XDP fast path is attached.", u64::from(snapshot.xdp.is_some()));
+    gauge(
+        &mut text,
+        "turn_xdp_attached",
+        "1 while the XDP fast path is attached.",
+        u64::from(snapshot.xdp.is_some()),
+    );
     if let Some(xdp) = &snapshot.xdp {
-        header(&mut text, "turn_xdp_packets_total", "Frames the XDP program handled, by outcome.", "counter");
+        header(
+            &mut text,
+            "turn_xdp_packets_total",
+            "Frames the XDP program handled, by outcome.",
+            "counter",
+        );
         for (outcome, count) in xdp.iter() {
-            let _ = writeln!(text, "turn_xdp_packets_total{{outcome=\"{}\"}} {}", outcome.name(), count.packets);
+            let _ = writeln!(
+                text,
+                "turn_xdp_packets_total{{outcome=\"{}\"}} {}",
+                outcome.name(),
+                count.packets
+            );
         }
-        header(&mut text, "turn_xdp_bytes_total", "Frame bytes the XDP program handled, by outcome.", "counter");
+        header(
+            &mut text,
+            "turn_xdp_bytes_total",
+            "Frame bytes the XDP program handled, by outcome.",
+            "counter",
+        );
         for (outcome, count) in xdp.iter() {
-            let _ = writeln!(text, "turn_xdp_bytes_total{{outcome=\"{}\"}} {}", outcome.name(), count.bytes);
+            let _ = writeln!(
+                text,
+                "turn_xdp_bytes_total{{outcome=\"{}\"}} {}",
+                outcome.name(),
+                count.bytes
+            );
         }
     }
     text
@@ -177,12 +284,21 @@ mod tests {
                 allocations: 2,
                 permissions: 3,
                 channels: 1,
-                to_peer_channel_data: PacketCount { packets: 5, bytes: 500 },
-                to_client_data_indication: PacketCount { packets: 7, bytes: 70 },
+                to_peer_channel_data: PacketCount {
+                    packets: 5,
+                    bytes: 500,
+                },
+                to_client_data_indication: PacketCount {
+                    packets: 7,
+                    bytes: 70,
+                },
                 ..ServerStats::default()
             },
             relay_sockets: 2,
-            io: IoCounters { received: 12, ..IoCounters::default() },
+            io: IoCounters {
+                received: 12,
+                ..IoCounters::default()
+            },
             xdp: None,
         };
         let text = render(&snapshot);
@@ -205,7 +321,9 @@ mod tests {
 
     #[tokio::test]
     async fn http_endpoint_answers_get_metrics_and_refuses_the_rest() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let address = listener.local_addr().expect("addr");
         let metrics: SharedMetrics = Arc::default();
         let server = tokio::spawn(serve(listener, Arc::clone(&metrics)));
@@ -220,8 +338,12 @@ mod tests {
         let ok = fetch("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains("turn_allocations 0"));
-        assert!(fetch("GET / HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
-        assert!(fetch("POST /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405"));
+        assert!(fetch("GET / HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 404"));
+        assert!(fetch("POST /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 405"));
         server.abort();
     }
 }

@@ -29,8 +29,8 @@ use tokio::io::Interest;
 use crate::bpf::{BpfDatapath, XdpMode, XdpRelay};
 use crate::config::Config;
 use crate::datapath::{
-    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, InMemoryDatapath, PermissionEntry,
-    RelayedTraffic,
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, InMemoryDatapath,
+    PermissionEntry, RelayedTraffic,
 };
 use crate::turn::{Command, Forward, Now, Payload, Server};
 
@@ -89,7 +89,13 @@ impl Datapath for AnyDatapath {
         }
     }
 
-    fn remove_channel(&mut self, flow: ClientFlow, relay: SocketAddr, number: u16, peer: SocketAddr) {
+    fn remove_channel(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        number: u16,
+        peer: SocketAddr,
+    ) {
         match self {
             AnyDatapath::Xdp(datapath) => datapath.remove_channel(flow, relay, number, peer),
             AnyDatapath::Userspace(datapath) => datapath.remove_channel(flow, relay, number, peer),
@@ -105,7 +111,10 @@ impl Datapath for AnyDatapath {
 }
 
 /// Runs the relay until `shutdown` completes (it yields the reason, e.g. "SIGTERM").
-pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = &'static str>,
+) -> anyhow::Result<()> {
     log_startup(&config);
 
     let epoll = Epoll::new().context("creating the epoll instance")?;
@@ -130,7 +139,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 .await
                 .with_context(|| format!("binding the metrics endpoint {address}"))?;
             tracing::info!("metrics: http://{address}/metrics");
-            Some(tokio::spawn(metrics::serve(listener, Arc::clone(&shared_metrics))))
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&shared_metrics),
+            )))
         }
         None => {
             tracing::info!("metrics: off");
@@ -147,7 +159,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         StdRng::from_entropy(),
     );
     let mut relay = RelayLoop::new(server, sockets);
-    let reason = relay.run(&readiness, &xdp, &shared_metrics, shutdown).await?;
+    let reason = relay
+        .run(&readiness, &xdp, &shared_metrics, shutdown)
+        .await?;
 
     let stats = relay.server.stats();
     tracing::info!(
@@ -156,7 +170,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         permissions = stats.permissions,
         channels = stats.channels,
         userspace_to_peer_packets = stats.to_peer_channel_data.packets + stats.to_peer_send.packets,
-        userspace_to_client_packets = stats.to_client_channel_data.packets + stats.to_client_data_indication.packets,
+        userspace_to_client_packets =
+            stats.to_client_channel_data.packets + stats.to_client_data_indication.packets,
         received_datagrams = relay.io.received,
         "shutting down"
     );
@@ -168,7 +183,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                     .filter(|(outcome, _)| outcome.name().starts_with("relayed_"))
                     .map(|(_, counter)| counter.packets)
                     .sum();
-                tracing::info!(xdp_relayed_packets = relayed, xdp_seen_packets = counters.seen().packets, "XDP totals");
+                tracing::info!(
+                    xdp_relayed_packets = relayed,
+                    xdp_seen_packets = counters.seen().packets,
+                    "XDP totals"
+                );
             }
             Err(error) => tracing::warn!("reading XDP counters: {error:#}"),
         }
@@ -197,13 +216,19 @@ fn select_datapath(config: &Config) -> (AnyDatapath, Option<XdpRelay>) {
     match attach_xdp(config) {
         Ok((relay, datapath, memory)) => {
             match memory {
-                Some(bytes) => tracing::info!("{}; maps take {} KiB of kernel memory", relay.status(), bytes / 1024),
+                Some(bytes) => tracing::info!(
+                    "{}; maps take {} KiB of kernel memory",
+                    relay.status(),
+                    bytes / 1024
+                ),
                 None => tracing::info!("{}", relay.status()),
             }
             (AnyDatapath::Xdp(datapath), Some(relay))
         }
         Err(error) if config.xdp_mode == XdpMode::Auto => {
-            tracing::warn!("XDP: not attached ({error:#}); falling back to userspace-only relaying");
+            tracing::warn!(
+                "XDP: not attached ({error:#}); falling back to userspace-only relaying"
+            );
             (userspace(), None)
         }
         Err(error) => {
@@ -219,8 +244,14 @@ fn select_datapath(config: &Config) -> (AnyDatapath, Option<XdpRelay>) {
 fn attach_xdp(config: &Config) -> anyhow::Result<(XdpRelay, BpfDatapath, Option<u64>)> {
     let interfaces = if config.xdp_interfaces.is_empty() {
         let mut addresses: Vec<IpAddr> = config.listen.iter().map(SocketAddr::ip).collect();
-        addresses.extend([config.relay_v4, config.relay_v6].into_iter().flatten().map(|relay| relay.bind));
-        interfaces::interfaces_holding(&addresses).context("finding the interfaces of the listen/relay addresses")?
+        addresses.extend(
+            [config.relay_v4, config.relay_v6]
+                .into_iter()
+                .flatten()
+                .map(|relay| relay.bind),
+        );
+        interfaces::interfaces_holding(&addresses)
+            .context("finding the interfaces of the listen/relay addresses")?
     } else {
         config.xdp_interfaces.clone()
     };
@@ -231,14 +262,22 @@ fn attach_xdp(config: &Config) -> anyhow::Result<(XdpRelay, BpfDatapath, Option<
 }
 
 fn log_startup(config: &Config) {
-    tracing::info!("turn-relay {} starting (config: {})", env!("CARGO_PKG_VERSION"), config.source);
+    tracing::info!(
+        "turn-relay {} starting (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        config.source
+    );
     tracing::info!("realm: {}", config.realm);
     for (family, relay) in [("IPv4", config.relay_v4), ("IPv6", config.relay_v6)] {
         if let Some(relay) = relay {
             if relay.advertised == relay.bind {
                 tracing::info!("relay address ({family}): {}", relay.bind);
             } else {
-                tracing::info!("relay address ({family}): {} advertised as {}", relay.bind, relay.advertised);
+                tracing::info!(
+                    "relay address ({family}): {} advertised as {}",
+                    relay.bind,
+                    relay.advertised
+                );
             }
         }
     }
@@ -247,12 +286,17 @@ fn log_startup(config: &Config) {
         config.port_range.start(),
         config.port_range.end(),
         config.max_allocations,
-        if config.max_allocations_per_user == 0 { "unlimited".to_owned() } else { config.max_allocations_per_user.to_string() },
+        if config.max_allocations_per_user == 0 {
+            "unlimited".to_owned()
+        } else {
+            config.max_allocations_per_user.to_string()
+        },
         config.default_lifetime.as_secs(),
         config.max_lifetime.as_secs()
     );
     tracing::info!("auth: {}", config.auth_summary());
-    if config.users.is_empty() && config.auth_secrets.is_empty() && config.zrest_secrets.is_empty() {
+    if config.users.is_empty() && config.auth_secrets.is_empty() && config.zrest_secrets.is_empty()
+    {
         tracing::warn!("no credentials configured: every allocation will be refused");
     }
     if !config.nonce_secret_configured {
@@ -260,11 +304,13 @@ fn log_startup(config: &Config) {
     }
     if let Some((user, password)) = config.demo_credentials() {
         tracing::info!("demo credentials (embedded default, new on every start): user {user:?} password {password:?}");
-        tracing::info!(
-            "try: turnutils_uclient -u {user} -w {password} -r {} -e 127.0.0.1 -n 10 {}",
-            config.realm,
-            config.listen.first().map(|a| a.ip().to_string()).unwrap_or_default()
-        );
+        if let Some(listen) = config.listen.first() {
+            tracing::info!(
+                "try it: turnutils_peer -L 127.0.0.1 -p 3480 & turnutils_uclient -u {user} -w {password} -p {} -e 127.0.0.1 -r 3480 -n 10 {}",
+                listen.port(),
+                listen.ip()
+            );
+        }
     }
     if !config.peers_allow.is_empty() {
         tracing::info!("peers explicitly allowed: {}", join(&config.peers_allow));
@@ -275,12 +321,22 @@ fn log_startup(config: &Config) {
 }
 
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn now() -> Now {
-    let unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0);
-    Now { instant: Instant::now(), unix_secs }
+    let unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    Now {
+        instant: Instant::now(),
+        unix_secs,
+    }
 }
 
 /// The server and everything the relay path touches per datagram.
@@ -322,7 +378,10 @@ impl RelayLoop {
         let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = self.server.poll_timeout().unwrap_or_else(|| Instant::now() + IDLE_SLEEP);
+            let deadline = self
+                .server
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + IDLE_SLEEP);
             timer.as_mut().reset(deadline.into());
             tokio::select! {
                 biased;
@@ -365,7 +424,9 @@ impl RelayLoop {
         let now = now();
         for &token in tokens.iter().take(count) {
             for _ in 0..BATCHES_PER_SOCKET {
-                let Some(open) = self.sockets.by_token(token) else { break };
+                let Some(open) = self.sockets.by_token(token) else {
+                    break;
+                };
                 let (local, role) = (open.local, open.role);
                 let received = match self.received.receive(&open.socket) {
                     Ok(received) => received,
@@ -396,14 +457,22 @@ impl RelayLoop {
                 self.io.truncated += 1;
                 continue;
             };
-            let Some(out) = self.outputs.get_mut(index) else { continue };
+            let Some(out) = self.outputs.get_mut(index) else {
+                continue;
+            };
             out.clear();
             let forward = match role {
                 SocketRole::Listener => {
-                    let flow = ClientFlow { client: source, listener: local };
+                    let flow = ClientFlow {
+                        client: source,
+                        listener: local,
+                    };
                     self.server.handle_client_datagram(now, flow, packet, out)
                 }
-                SocketRole::Relay => self.server.handle_peer_datagram(now.instant, local, source, packet, out),
+                SocketRole::Relay => {
+                    self.server
+                        .handle_peer_datagram(now.instant, local, source, packet, out)
+                }
             };
             if let Some(forward) = forward {
                 self.forwards.push((index, forward));
@@ -447,21 +516,33 @@ impl RelayLoop {
         if self.forwards.is_empty() {
             return;
         }
-        let placeholder = Outgoing { fd: -1, to: SocketAddr::from(([0, 0, 0, 0], 0)), payload: &[] };
+        let placeholder = Outgoing {
+            fd: -1,
+            to: SocketAddr::from(([0, 0, 0, 0], 0)),
+            payload: &[],
+        };
         let mut outgoing: [Outgoing<'_>; BATCH] = [placeholder; BATCH];
         let mut count = 0;
         let mut unsendable = 0u64;
         for (index, forward) in &self.forwards {
             let payload = match &forward.payload {
-                Payload::Input(range) => {
-                    self.received.datagram(*index).and_then(|(_, packet)| packet.get(range.clone()))
-                }
+                Payload::Input(range) => self
+                    .received
+                    .datagram(*index)
+                    .and_then(|(_, packet)| packet.get(range.clone())),
                 Payload::Output => self.outputs.get(*index).map(Vec::as_slice),
             };
-            let fd = self.sockets.by_address(forward.from).map(|open| open.socket.as_raw_fd());
+            let fd = self
+                .sockets
+                .by_address(forward.from)
+                .map(|open| open.socket.as_raw_fd());
             match (payload, fd, outgoing.get_mut(count)) {
                 (Some(payload), Some(fd), Some(slot)) => {
-                    *slot = Outgoing { fd, to: forward.to, payload };
+                    *slot = Outgoing {
+                        fd,
+                        to: forward.to,
+                        payload,
+                    };
                     count += 1;
                 }
                 _ => unsendable += 1,
@@ -489,5 +570,209 @@ impl RelayLoop {
             Ok(mut shared) => *shared = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stun::{
+        attributes, channel_data, Class, Message, MessageBuilder, Method, PasswordAlgorithm,
+        TransactionId,
+    };
+
+    const REALM: &str = "daemon-test.local";
+    const CHANNEL: u16 = 0x4001;
+
+    /// A UDP port on 127.0.0.1 that was free a moment ago.
+    fn free_port() -> u16 {
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("ephemeral port")
+    }
+
+    fn socket() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        socket
+    }
+
+    fn receive(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+        let mut buffer = vec![0u8; 2048];
+        let (length, from) = socket.recv_from(&mut buffer).expect("a reply within 3 s");
+        buffer.truncate(length);
+        (buffer, from)
+    }
+
+    /// Sends a request built by `build` and returns the response.
+    fn transact(
+        client: &UdpSocket,
+        server: SocketAddr,
+        id: u8,
+        method: Method,
+        build: impl FnOnce(&mut MessageBuilder<'_>),
+    ) -> Vec<u8> {
+        let mut request = Vec::new();
+        let mut builder = MessageBuilder::new(
+            &mut request,
+            method,
+            Class::Request,
+            &TransactionId([id; 12]),
+        );
+        build(&mut builder);
+        client.send_to(&request, server).expect("send request");
+        let (response, _) = receive(client);
+        response
+    }
+
+    /// Client ↔ daemon ↔ peer over loopback: STUN Binding, the 401 challenge, an
+    /// authenticated Allocate, ChannelBind, and ChannelData relayed both ways through the
+    /// batched userspace path.
+    #[test]
+    fn relays_channel_data_between_client_and_peer_over_loopback() {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let text = format!(
+            "[server]\nrealm = \"{REALM}\"\nlisten = [\"{listen}\"]\nrelay_address = \"127.0.0.1\"\nport_range = \"61000-61999\"\n\
+             [auth]\nusers = [{{ name = \"tester\", password = \"pw\" }}]\n[peers]\nallow = [\"127.0.0.0/8\"]\n\
+             [xdp]\nmode = \"off\"\n[metrics]\nlisten = \"\"\n"
+        );
+        let config = Config::parse(&text, "test").expect("test config");
+        let key = config
+            .authenticator()
+            .credential("tester", REALM, 0)
+            .ok()
+            .and_then(|credential| credential.key(PasswordAlgorithm::Md5).map(<[u8]>::to_vec))
+            .expect("static user key");
+
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(run(config, async move {
+                let _ = stopped.await;
+                "test finished"
+            }))
+        });
+
+        let client = socket();
+        let peer = socket();
+        let peer_address = peer.local_addr().expect("peer address");
+
+        // The daemon may still be binding its listener: retry the Binding request briefly.
+        let mut binding = None;
+        for attempt in 0..20u8 {
+            let mut request = Vec::new();
+            MessageBuilder::new(
+                &mut request,
+                Method::BINDING,
+                Class::Request,
+                &TransactionId([attempt; 12]),
+            );
+            client.send_to(&request, listen).expect("send binding");
+            client
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            let mut buffer = vec![0u8; 2048];
+            if let Ok((length, _)) = client.recv_from(&mut buffer) {
+                buffer.truncate(length);
+                binding = Some(buffer);
+                break;
+            }
+        }
+        client
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let binding = binding.expect("the daemon answers STUN Binding");
+        let binding = Message::parse(&binding).expect("binding response parses");
+        assert_eq!(binding.class(), Class::SuccessResponse);
+        assert_eq!(
+            binding.xor_mapped_address().expect("valid"),
+            Some(client.local_addr().expect("addr"))
+        );
+
+        let requested_udp = |builder: &mut MessageBuilder<'_>| {
+            builder.u32_attribute(attributes::REQUESTED_TRANSPORT, 17 << 24);
+        };
+        let challenge = transact(&client, listen, 100, Method::ALLOCATE, requested_udp);
+        let challenge = Message::parse(&challenge).expect("401 parses");
+        assert_eq!(
+            challenge.error_code().expect("valid").map(|e| e.code),
+            Some(401)
+        );
+        let nonce = challenge.nonce().expect("valid").expect("nonce").to_vec();
+        assert_eq!(challenge.realm().expect("valid"), Some(REALM));
+
+        let authenticated = |builder: &mut MessageBuilder<'_>| {
+            builder
+                .attribute(attributes::USERNAME, b"tester")
+                .attribute(attributes::REALM, REALM.as_bytes())
+                .attribute(attributes::NONCE, &nonce)
+                .message_integrity(&key);
+        };
+        let allocated = transact(&client, listen, 101, Method::ALLOCATE, |builder| {
+            requested_udp(builder);
+            authenticated(builder);
+        });
+        let allocated = Message::parse(&allocated).expect("allocate response parses");
+        assert_eq!(
+            allocated.class(),
+            Class::SuccessResponse,
+            "{:?}",
+            allocated.error_code()
+        );
+        let relayed = allocated
+            .xor_relayed_address()
+            .expect("valid")
+            .expect("relayed address");
+        assert!((61000..=61999).contains(&relayed.port()));
+
+        let bound = transact(&client, listen, 102, Method::CHANNEL_BIND, |builder| {
+            builder
+                .attribute(
+                    attributes::CHANNEL_NUMBER,
+                    &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0],
+                )
+                .xor_address(attributes::XOR_PEER_ADDRESS, peer_address);
+            authenticated(builder);
+        });
+        let bound = Message::parse(&bound).expect("channel bind response parses");
+        assert_eq!(
+            bound.class(),
+            Class::SuccessResponse,
+            "{:?}",
+            bound.error_code()
+        );
+
+        // Client → peer: several datagrams in a row exercise batching.
+        let mut framed = Vec::new();
+        for index in 0..5u8 {
+            channel_data::encode(&mut framed, CHANNEL, &[index; 40]);
+            client.send_to(&framed, listen).expect("send channel data");
+        }
+        for index in 0..5u8 {
+            let (payload, from) = receive(&peer);
+            assert_eq!(from, relayed, "peer data comes from the relayed address");
+            assert_eq!(payload, vec![index; 40]);
+        }
+
+        // Peer → client arrives framed as ChannelData.
+        peer.send_to(b"pong", relayed).expect("peer reply");
+        let (reply, from) = receive(&client);
+        assert_eq!(from, listen);
+        let mut expected = Vec::new();
+        channel_data::encode(&mut expected, CHANNEL, b"pong");
+        assert_eq!(reply.get(..8), expected.get(..8));
+
+        let _ = stop.send(());
+        let result = daemon.join().expect("daemon thread");
+        assert!(result.is_ok(), "daemon ended with {result:?}");
     }
 }

@@ -52,7 +52,9 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Epoll {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// A duplicate of the epoll fd (same instance), for registering with tokio.
@@ -61,9 +63,13 @@ impl Epoll {
     }
 
     fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
         // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        let result = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        let result =
+            unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
         if result < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -73,7 +79,14 @@ impl Epoll {
     fn delete(&self, fd: RawFd) {
         // SAFETY: a null event is allowed for EPOLL_CTL_DEL since Linux 2.6.9. Failure
         // means the fd was not registered, and closing it unregisters it anyway.
-        unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
     }
 }
 
@@ -85,18 +98,31 @@ pub(crate) struct ReadyTokens {
 
 impl ReadyTokens {
     pub(crate) fn new() -> Self {
-        ReadyTokens { events: [libc::epoll_event { events: 0, u64: 0 }; EVENTS], count: 0 }
+        ReadyTokens {
+            events: [libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+            count: 0,
+        }
     }
 
     /// Fills in the sockets that are readable now; returns how many.
     pub(crate) fn poll(&mut self, epoll: &Epoll) -> io::Result<usize> {
         // SAFETY: the buffer holds EVENTS events; timeout 0 never blocks.
-        let count =
-            unsafe { libc::epoll_wait(epoll.fd.as_raw_fd(), self.events.as_mut_ptr(), EVENTS as libc::c_int, 0) };
+        let count = unsafe {
+            libc::epoll_wait(
+                epoll.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                EVENTS as libc::c_int,
+                0,
+            )
+        };
         if count < 0 {
             let error = io::Error::last_os_error();
             self.count = 0;
-            return if error.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(error) };
+            return if error.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(error)
+            };
         }
         self.count = usize::try_from(count).unwrap_or(0).min(EVENTS);
         Ok(self.count)
@@ -127,7 +153,13 @@ pub(crate) struct SocketTable {
 
 impl SocketTable {
     pub(crate) fn new(epoll: Epoll) -> Self {
-        SocketTable { epoll, slots: Vec::new(), free: Vec::new(), by_address: HashMap::new(), relay_count: 0 }
+        SocketTable {
+            epoll,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_address: HashMap::new(),
+            relay_count: 0,
+        }
     }
 
     pub(crate) fn epoll(&self) -> &Epoll {
@@ -136,7 +168,11 @@ impl SocketTable {
 
     /// Binds a non-blocking UDP socket at `local` and starts watching it.
     pub(crate) fn bind(&mut self, local: SocketAddr, role: SocketRole) -> io::Result<()> {
-        let socket = Socket::new(Domain::for_address(local), Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+        let socket = Socket::new(
+            Domain::for_address(local),
+            Type::DGRAM.nonblocking().cloexec(),
+            Some(Protocol::UDP),
+        )?;
         if local.is_ipv6() {
             // IPv4 clients reach the IPv4 listener, never an IPv6 one as ::ffff:a.b.c.d.
             socket.set_only_v6(true)?;
@@ -160,7 +196,11 @@ impl SocketTable {
             return Err(error);
         }
         if let Some(entry) = self.slots.get_mut(slot) {
-            *entry = Some(OpenSocket { socket, local, role });
+            *entry = Some(OpenSocket {
+                socket,
+                local,
+                role,
+            });
         }
         self.by_address.insert(local, slot);
         if role == SocketRole::Relay {
@@ -171,7 +211,9 @@ impl SocketTable {
 
     /// Stops watching and closes the socket bound at `local`.
     pub(crate) fn close(&mut self, local: SocketAddr) {
-        let Some(slot) = self.by_address.remove(&local) else { return };
+        let Some(slot) = self.by_address.remove(&local) else {
+            return;
+        };
         if let Some(open) = self.slots.get_mut(slot).and_then(Option::take) {
             self.epoll.delete(open.socket.as_raw_fd());
             if open.role == SocketRole::Relay {
@@ -182,11 +224,17 @@ impl SocketTable {
     }
 
     pub(crate) fn by_token(&self, token: u64) -> Option<&OpenSocket> {
-        usize::try_from(token).ok().and_then(|slot| self.slots.get(slot)).and_then(Option::as_ref)
+        usize::try_from(token)
+            .ok()
+            .and_then(|slot| self.slots.get(slot))
+            .and_then(Option::as_ref)
     }
 
     pub(crate) fn by_address(&self, local: SocketAddr) -> Option<&OpenSocket> {
-        self.by_address.get(&local).and_then(|slot| self.slots.get(*slot)).and_then(Option::as_ref)
+        self.by_address
+            .get(&local)
+            .and_then(|slot| self.slots.get(*slot))
+            .and_then(Option::as_ref)
     }
 
     pub(crate) fn relay_count(&self) -> usize {
@@ -215,12 +263,16 @@ impl RecvBatch {
     /// Reads up to BATCH datagrams without blocking. Ok(0) when none are queued.
     pub(crate) fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.count = 0;
-        let mut names: [MaybeUninit<libc::sockaddr_storage>; BATCH] = [MaybeUninit::uninit(); BATCH];
+        let mut names: [MaybeUninit<libc::sockaddr_storage>; BATCH] =
+            [MaybeUninit::uninit(); BATCH];
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for ((buffer, iovec), (header, name)) in
-            self.buffers.iter_mut().zip(iovecs.iter_mut()).zip(headers.iter_mut().zip(names.iter_mut()))
+        for ((buffer, iovec), (header, name)) in self
+            .buffers
+            .iter_mut()
+            .zip(iovecs.iter_mut())
+            .zip(headers.iter_mut().zip(names.iter_mut()))
         {
             iovec.iov_base = buffer.as_mut_ptr().cast();
             iovec.iov_len = buffer.len();
@@ -257,7 +309,9 @@ impl RecvBatch {
                 SockAddr::new(storage, header.msg_namelen).as_socket()
             };
             self.sources[index] = if truncated { None } else { source };
-            self.lengths[index] = usize::try_from(headers[index].msg_len).unwrap_or(0).min(MAX_DATAGRAM);
+            self.lengths[index] = usize::try_from(headers[index].msg_len)
+                .unwrap_or(0)
+                .min(MAX_DATAGRAM);
         }
         self.count = received;
         Ok(received)
@@ -328,7 +382,12 @@ fn send_run(fd: RawFd, datagrams: &[Outgoing<'_>]) -> usize {
         // SAFETY: headers[next..count] point at initialised addresses and at payloads
         // borrowed for the duration of this call; the kernel only reads them.
         let result = unsafe {
-            libc::sendmmsg(fd, headers.as_mut_ptr().add(next), (count - next) as libc::c_uint, libc::MSG_DONTWAIT)
+            libc::sendmmsg(
+                fd,
+                headers.as_mut_ptr().add(next),
+                (count - next) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
         };
         match usize::try_from(result) {
             Ok(0) => break,
@@ -383,8 +442,14 @@ mod tests {
         let receiver = loopback_socket();
         let to = receiver.local_addr().expect("addr");
         let payloads: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; usize::from(i) + 1]).collect();
-        let outgoing: Vec<Outgoing<'_>> =
-            payloads.iter().map(|p| Outgoing { fd: sender.as_raw_fd(), to, payload: p }).collect();
+        let outgoing: Vec<Outgoing<'_>> = payloads
+            .iter()
+            .map(|p| Outgoing {
+                fd: sender.as_raw_fd(),
+                to,
+                payload: p,
+            })
+            .collect();
         assert_eq!(send_batch(&outgoing), 0);
 
         let mut batch = RecvBatch::new();
@@ -402,7 +467,12 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(seen, payloads);
-        assert_eq!(batch.receive(&receiver).expect("empty queue is not an error"), 0);
+        assert_eq!(
+            batch
+                .receive(&receiver)
+                .expect("empty queue is not an error"),
+            0
+        );
     }
 
     #[test]
@@ -413,8 +483,14 @@ mod tests {
         drop(probe);
         table.bind(address, SocketRole::Relay).expect("bind relay");
         assert_eq!(table.relay_count(), 1);
-        assert!(table.bind(address, SocketRole::Relay).is_err(), "port is taken");
-        assert_eq!(table.by_address(address).map(|s| s.role), Some(SocketRole::Relay));
+        assert!(
+            table.bind(address, SocketRole::Relay).is_err(),
+            "port is taken"
+        );
+        assert_eq!(
+            table.by_address(address).map(|s| s.role),
+            Some(SocketRole::Relay)
+        );
 
         let client = loopback_socket();
         client.send_to(b"ping", address).expect("send");
@@ -434,6 +510,8 @@ mod tests {
         table.close(address);
         assert_eq!(table.relay_count(), 0);
         assert!(table.by_address(address).is_none());
-        table.bind(address, SocketRole::Relay).expect("port is free again after close");
+        table
+            .bind(address, SocketRole::Relay)
+            .expect("port is free again after close");
     }
 }

@@ -6,8 +6,10 @@ use super::padded_len;
 
 /// Size of the ChannelData header (channel number + length).
 pub const HEADER_LEN: usize = 4;
-/// Valid channel numbers (RFC 8656 §12).
-pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// Accepted channel numbers: RFC 8656 §12's 0x4000–0x4FFF plus the rest of RFC 5766's
+/// 0x4000–0x7FFF, which deployed clients still use (see `turn_common::stun::CHANNEL_MAX`).
+pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> =
+    turn_common::stun::CHANNEL_MIN..=turn_common::stun::CHANNEL_MAX;
 
 /// Whether a datagram on a listening socket is ChannelData rather than STUN: the first
 /// two bits are 0b01 (RFC 8656 §12; STUN messages start with 0b00).
@@ -25,7 +27,7 @@ pub struct ChannelData<'a> {
 impl<'a> ChannelData<'a> {
     /// Parses a ChannelData datagram. Over UDP the padding to 4 bytes is optional, so
     /// both padded and unpadded datagrams are accepted; anything shorter than the length
-    /// field, longer than the padded length, or outside 0x4000–0x4FFF is rejected
+    /// field, longer than the padded length, or outside 0x4000–0x7FFF is rejected
     /// (RFC 8656 §12.4–12.5).
     pub fn parse(packet: &'a [u8]) -> Option<ChannelData<'a>> {
         let range = Self::data_range(packet)?;

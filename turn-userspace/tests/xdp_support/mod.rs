@@ -70,7 +70,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -94,11 +96,39 @@ impl VethPair {
         let b = NetNs::new("xb");
         let a_if = unique_name("va");
         let b_if = unique_name("vb");
-        ip_in(&a.name, &["link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", &b.name]);
+        ip_in(
+            &a.name,
+            &[
+                "link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
+            ],
+        );
         for (ns, interface, v4, v6) in [(&a, &a_if, A_V4, A_V6), (&b, &b_if, B_V4, B_V6)] {
-            run("ip", &["netns", "exec", &ns.name, "sysctl", "-qw", &format!("net.ipv6.conf.{interface}.accept_dad=0")]);
-            ip_in(&ns.name, &["addr", "add", &format!("{v4}/24"), "dev", interface]);
-            ip_in(&ns.name, &["addr", "add", &format!("{v6}/64"), "dev", interface, "nodad"]);
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &ns.name,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{interface}.accept_dad=0"),
+                ],
+            );
+            ip_in(
+                &ns.name,
+                &["addr", "add", &format!("{v4}/24"), "dev", interface],
+            );
+            ip_in(
+                &ns.name,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    interface,
+                    "nodad",
+                ],
+            );
             ip_in(&ns.name, &["link", "set", interface, "up"]);
         }
         VethPair { a, b, a_if, b_if }
@@ -110,7 +140,8 @@ impl VethPair {
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|error| panic!("opening {path}: {error}"));
+        let file =
+            std::fs::File::open(&path).unwrap_or_else(|error| panic!("opening {path}: {error}"));
         // SAFETY: a valid namespace fd; setns only affects this thread.
         let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());

@@ -227,11 +227,12 @@ fn channel_data_framing() {
     assert_eq!(ChannelData::parse(&padded).unwrap().data, b"hello");
     assert_eq!(ChannelData::data_range(&padded), Some(4..9));
 
-    // More than the padding, shorter than the length, and numbers outside 0x4000–0x4FFF.
+    // More than the padding, shorter than the length, and numbers outside 0x4000–0x7FFF.
     padded.push(0);
     assert!(ChannelData::parse(&padded).is_none());
     assert!(ChannelData::parse(&out[..8]).is_none());
-    assert!(ChannelData::parse(&[0x50, 0x00, 0, 0]).is_none());
+    assert!(ChannelData::parse(&[0x80, 0x00, 0, 0]).is_none());
+    assert!(ChannelData::parse(&[0x7F, 0xFF, 0, 0]).is_some());
     assert!(ChannelData::parse(&[0x40, 0x00, 0]).is_none());
     assert!(ChannelData::parse(&[0x40, 0x00, 0, 0]).is_some());
     assert!(!channel_data::is_channel_data(&[0x00, 0x01]));

@@ -220,8 +220,8 @@ fn padded_channel_data_is_accepted() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
     harness.allocate(client);
-    assert_success(&harness.channel_bind(client, 0x4FFF, addr(PEER)));
-    let mut packet = channel_data(0x4FFF, b"abcde");
+    assert_success(&harness.channel_bind(client, 0x7FFF, addr(PEER)));
+    let mut packet = channel_data(0x7FFF, b"abcde");
     packet.extend_from_slice(&[0, 0, 0]);
     let (forward, _, _) = harness.send(client, &packet);
     assert_eq!(forward.map(|f| f.payload), Some(Payload::Input(4..9)));
@@ -263,7 +263,7 @@ fn channel_bind_rules() {
     let client = flow(CLIENT);
     harness.allocate(client);
     let peer = addr(PEER);
-    for number in [0x3FFF, 0x5000, 0xFFFF] {
+    for number in [0x3FFF, 0x8000, 0xFFFF] {
         assert_eq!(error_code(&harness.channel_bind(client, number, peer)), 400);
     }
     let (response, _) = harness.request(

@@ -1,0 +1,686 @@
+//! The XDP fast path end to end (issue #3): coturn's `turnutils_uclient` in the client
+//! namespace relays through the `turn-relay` daemon to `turnutils_peer` echoing in the
+//! peer namespace, once with XDP attached in native mode on the relay's two veths and
+//! once with `xdp.mode = "off"`. Both runs must look the same to the client (0 % loss,
+//! same packet counts); with XDP the program's counters must account for ≥ 99 % of the
+//! data packets (RFC 8656 §11 Send/Data indications, §12 ChannelData) and the userspace
+//! relay for the rest.
+//!
+//! The host settings the fast path needs, made here inside the namespaces:
+//! - IP forwarding on in the relay namespace: `bpf_fib_lookup` answers "forwarding
+//!   disabled" otherwise and every frame falls back to userspace (one test checks the
+//!   daemon then says so and still relays everything). The client and peer only ever
+//!   send to the relay's own addresses, so nothing transits.
+//! - TX checksum offload off on every veth that sends (`Topology` does the client and
+//!   peer ends, these tests the relay's ends too): a same-host veth sender leaves only the
+//!   pseudo-header sum in the UDP checksum, which XDP's incremental update would carry
+//!   into relayed frames, and which a capture would flag on the daemon's own replies.
+//! - A pass-only XDP program on the receiving veth ends (client's and peer's `eth0`):
+//!   frames XDP_TX'd or redirected into a veth are dropped (`xdp_tx_errors`) unless its
+//!   peer runs an XDP program. `turn-relay` only attaches to its own interfaces and an
+//!   object file would have to be found in cargo's build directories, so the test loads
+//!   the two-instruction program `r0 = XDP_PASS; exit` with `bpf(BPF_PROG_LOAD)` and
+//!   attaches it in native mode with `bpf(BPF_LINK_CREATE)` (see [`PassOnlyXdp`]); the
+//!   link detaches when the test drops it or the namespace goes away.
+//!
+//! Not covered here: permission expiry (RFC 8656 §9, 300 s, no configuration knob to
+//! shorten it), which the bpf module's testbed checks at map level instead.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use turn_integration_tests::{
+    privileged, run_bounded, start_peer, Background, Credentials, Daemon, Metrics, Netns,
+    OrFail, RelayConfig, Topology, Uclient, UclientReport, Xdp, PEER_V4, PEER_V6,
+    RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6, RELAY_PEER_SIDE_INTERFACE, RELAY_RELAYED_V4,
+    RELAY_RELAYED_V6, TURN_PORT,
+};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "alice-password";
+/// Messages per uclient session (uclient runs two sessions per client, RTP and RTCP).
+const MESSAGES: u32 = 200;
+/// uclient's per-session send interval (`-z`, ms): 200 messages in about a second.
+const SEND_INTERVAL_MS: u32 = 5;
+/// The share of data packets the XDP program must relay itself. The rest may take the
+/// userspace path legitimately: a frame whose next hop is not resolved yet
+/// (`bpf_fib_lookup` NO_NEIGH) is passed, and the stack resolves it.
+const MINIMUM_XDP_SHARE: f64 = 0.99;
+
+const CHANNEL_OUTCOMES: [&str; 2] = [
+    "relayed_channel_data_to_peer",
+    "relayed_channel_data_to_client",
+];
+const INDICATION_OUTCOMES: [&str; 2] = ["relayed_send_to_peer", "relayed_data_indication_to_client"];
+const ALL_RELAYED_OUTCOMES: [&str; 4] = [
+    "relayed_channel_data_to_peer",
+    "relayed_send_to_peer",
+    "relayed_channel_data_to_client",
+    "relayed_data_indication_to_client",
+];
+
+// ---------------------------------------------------------------------------------------
+// A pass-only XDP program, loaded and attached with the bpf(2) syscall.
+
+/// `bpf(2)` commands, program/attach types and flags (include/uapi/linux/bpf.h,
+/// if_link.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const XDP_PASS: i32 = 2;
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD (the kernel zero-extends the rest).
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The head of `union bpf_attr` for BPF_LINK_CREATE.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// `r0 = XDP_PASS; exit` as `struct bpf_insn`s (code, dst/src regs, off, imm).
+fn pass_instructions() -> [u64; 2] {
+    let instruction = |code: u8, imm: i32| -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes[0] = code;
+        bytes[4..].copy_from_slice(&imm.to_ne_bytes());
+        u64::from_ne_bytes(bytes)
+    };
+    // BPF_ALU64 | BPF_MOV | BPF_K into r0; BPF_JMP | BPF_EXIT.
+    [instruction(0xb7, XDP_PASS), instruction(0x95, 0)]
+}
+
+fn bpf<T>(command: libc::c_long, attr: &mut T) -> Result<OwnedFd> {
+    // SAFETY: `attr` is a live repr(C) bpf_attr head of the size passed; the kernel
+    // treats the missing tail as zero.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut T,
+            std::mem::size_of::<T>(),
+        )
+    };
+    ensure!(fd >= 0, "bpf({command}): {}", std::io::Error::last_os_error());
+    let fd = i32::try_from(fd).context("bpf(2) returned an out-of-range fd")?;
+    // SAFETY: a fresh fd the kernel just handed to this process; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pass-only XDP program attached in native mode through a bpf_link, detached on drop.
+struct PassOnlyXdp {
+    _link: OwnedFd,
+}
+
+impl PassOnlyXdp {
+    fn attach(netns: &Netns, interface: &str) -> Result<PassOnlyXdp> {
+        let name = CString::new(interface)?;
+        let link = netns.run_inside(move || {
+            // SAFETY: a valid C string; resolved in this thread's (the namespace's) netns.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            ensure!(ifindex != 0, "no interface {name:?}");
+            let instructions = pass_instructions();
+            let license = c"GPL";
+            let mut prog_name = [0u8; 16];
+            prog_name[..9].copy_from_slice(b"test_pass");
+            let mut load = ProgLoadAttr {
+                prog_type: BPF_PROG_TYPE_XDP,
+                insn_cnt: instructions.len() as u32,
+                insns: instructions.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                log_level: 0,
+                log_size: 0,
+                log_buf: 0,
+                kern_version: 0,
+                prog_flags: 0,
+                prog_name,
+                prog_ifindex: 0,
+                expected_attach_type: BPF_XDP,
+            };
+            let program = bpf(BPF_PROG_LOAD, &mut load).context("loading the pass-only program")?;
+            let mut create = LinkCreateAttr {
+                prog_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&program))?,
+                target_ifindex: ifindex,
+                attach_type: BPF_XDP,
+                flags: XDP_FLAGS_DRV_MODE,
+            };
+            // The link keeps the program alive; its fd can go.
+            bpf(BPF_LINK_CREATE, &mut create).context("attaching the pass-only program")
+        })?;
+        let shown = netns.ip(&["link", "show", "dev", interface])?;
+        ensure!(
+            shown.contains("xdp"),
+            "pass-only program not shown on {interface}: {shown}"
+        );
+        Ok(PassOnlyXdp { _link: link })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The lab: H4's topology plus the host settings the fast path needs.
+
+struct Lab {
+    // Field order is drop order: programs detach before the namespaces go.
+    _pass_only: Vec<PassOnlyXdp>,
+    topology: Topology,
+}
+
+impl Lab {
+    /// `forwarding`: IP forwarding (both families) in the relay namespace.
+    fn new(forwarding: bool) -> Result<Lab> {
+        let topology = Topology::new()?;
+        let value = u8::from(forwarding);
+        topology.relay.run(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                &format!("net.ipv4.conf.all.forwarding={value}"),
+                &format!("net.ipv6.conf.all.forwarding={value}"),
+            ],
+        )?;
+        for interface in [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE] {
+            topology.relay.run("ethtool", &["-K", interface, "tx", "off"])?;
+        }
+        let pass_only = vec![
+            PassOnlyXdp::attach(&topology.client, "eth0").context("client eth0")?,
+            PassOnlyXdp::attach(&topology.peer, "eth0").context("peer eth0")?,
+        ];
+        Ok(Lab {
+            _pass_only: pass_only,
+            topology,
+        })
+    }
+
+    fn peers(&self) -> Result<(Background, Background)> {
+        Ok((
+            start_peer(&self.topology.peer, PEER_V4.into())?,
+            start_peer(&self.topology.peer, PEER_V6.into())?,
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Runs and their accounting.
+
+fn credentials() -> Credentials {
+    Credentials::Password {
+        username: USER.into(),
+        password: PASSWORD.into(),
+    }
+}
+
+fn ipv4_channels() -> Uclient {
+    Uclient {
+        messages: MESSAGES,
+        ..Uclient::new(credentials())
+    }
+}
+
+fn ipv4_indications() -> Uclient {
+    Uclient {
+        send_indications: true,
+        ..ipv4_channels()
+    }
+}
+
+fn ipv6_channels() -> Uclient {
+    Uclient {
+        server: RELAY_LISTEN_V6.into(),
+        peer: PEER_V6.into(),
+        ipv6_relay: true,
+        ..ipv4_channels()
+    }
+}
+
+fn config(xdp: Xdp) -> RelayConfig {
+    RelayConfig::new(xdp).with_ipv6().with_user(USER, PASSWORD)
+}
+
+/// Runs uclient at [`SEND_INTERVAL_MS`] (H4's `Uclient::run` uses uclient's default).
+fn run_uclient(uclient: &Uclient, client: &Netns) -> Result<UclientReport> {
+    let mut arguments = vec!["-z".to_owned(), SEND_INTERVAL_MS.to_string()];
+    arguments.extend(uclient.arguments());
+    let finished = run_bounded(
+        client.command("turnutils_uclient").args(arguments),
+        uclient.time_limit,
+    )?;
+    Ok(UclientReport::parse(finished))
+}
+
+/// What one lossless uclient run through the daemon gave.
+struct Outcome {
+    sent: u64,
+    received: u64,
+    /// Per relayed XDP outcome; empty without XDP.
+    xdp: BTreeMap<&'static str, u64>,
+    userspace: u64,
+    xdp_attached: bool,
+}
+
+impl Outcome {
+    /// Data packets the relay relayed: every message to the peer and every echo back.
+    fn data_packets(&self) -> u64 {
+        self.sent + self.received
+    }
+
+    fn xdp_relayed(&self) -> u64 {
+        self.xdp.values().sum()
+    }
+
+    fn xdp_share(&self) -> f64 {
+        self.xdp_relayed() as f64 / self.data_packets().max(1) as f64
+    }
+}
+
+fn counter(metrics: &Metrics, name: &str, label: &str) -> u64 {
+    metrics.sum_with_label(name, label).unwrap_or(0.0) as u64
+}
+
+/// The daemon publishes metrics about once a second: waits until the relayed counters
+/// cover `data_packets` (or stop moving), then returns them.
+fn settled_metrics(daemon: &Daemon<'_>, data_packets: u64) -> Result<Metrics> {
+    let relayed = |metrics: &Metrics| {
+        counter(metrics, "turn_userspace_relayed_packets_total", "")
+            + ALL_RELAYED_OUTCOMES
+                .iter()
+                .map(|outcome| {
+                    counter(
+                        metrics,
+                        "turn_xdp_packets_total",
+                        &format!("outcome=\"{outcome}\""),
+                    )
+                })
+                .sum::<u64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut previous = None;
+    loop {
+        let metrics = daemon.metrics()?;
+        let now = relayed(&metrics);
+        if now >= data_packets || Instant::now() >= deadline || previous == Some(now) {
+            return Ok(metrics);
+        }
+        previous = Some(now);
+        thread::sleep(Duration::from_millis(1200));
+    }
+}
+
+/// Starts the daemon with `xdp`, runs `uclient` once, requires 0 % loss and reads the
+/// relay's counters.
+fn relay_once(lab: &Lab, xdp: Xdp, uclient: &Uclient) -> Result<(Outcome, String)> {
+    let mut daemon = Daemon::start(&lab.topology.relay, &config(xdp))?;
+    let report = run_uclient(uclient, &lab.topology.client)?;
+    report
+        .ensure_lossless(u64::from(uclient.messages))
+        .with_context(|| format!("--- daemon log ---\n{}", daemon.log()))?;
+    daemon.ensure_running()?;
+    let sent = report.sent_messages.unwrap_or(0);
+    let received = report.received_messages.unwrap_or(0);
+    let metrics = settled_metrics(&daemon, sent + received)?;
+    let xdp_counts = ALL_RELAYED_OUTCOMES
+        .iter()
+        .filter(|outcome| {
+            metrics
+                .sum_with_label("turn_xdp_packets_total", &format!("outcome=\"{outcome}\""))
+                .is_some()
+        })
+        .map(|outcome| {
+            (
+                *outcome,
+                counter(
+                    &metrics,
+                    "turn_xdp_packets_total",
+                    &format!("outcome=\"{outcome}\""),
+                ),
+            )
+        })
+        .collect();
+    let outcome = Outcome {
+        sent,
+        received,
+        xdp: xdp_counts,
+        userspace: counter(&metrics, "turn_userspace_relayed_packets_total", ""),
+        xdp_attached: metrics.sum("turn_xdp_attached") == Some(1.0),
+    };
+    Ok((outcome, format!("{}\n--- metrics ---\n{}", daemon.log(), metrics.0)))
+}
+
+/// XDP (native) then userspace only, same uclient: same client-visible result; with XDP
+/// the program relays ≥ 99 % of the data packets as `expected_outcomes`.
+fn xdp_and_userspace_agree(test: &str, uclient: Uclient, expected_outcomes: [&str; 2]) {
+    if !privileged(test) {
+        return;
+    }
+    let lab = Lab::new(true).or_fail("building the lab");
+    let _peers = lab.peers().or_fail("starting turnutils_peer");
+
+    let (fast, log) = relay_once(&lab, Xdp::Auto, &uclient).or_fail("relaying with XDP");
+    let context = format!("--- daemon log and metrics (XDP run) ---\n{log}");
+    assert!(
+        log.contains(&format!(
+            "XDP attached in native mode on {RELAY_CLIENT_SIDE_INTERFACE}, {RELAY_PEER_SIDE_INTERFACE}"
+        )) && !log.contains("WARNING"),
+        "expected a clean native attach\n{context}"
+    );
+    assert!(fast.xdp_attached, "turn_xdp_attached is not 1\n{context}");
+    assert_eq!(
+        fast.xdp_relayed() + fast.userspace,
+        fast.data_packets(),
+        "every data packet must be relayed exactly once, by one of the paths\n{context}"
+    );
+    let expected: u64 = expected_outcomes
+        .iter()
+        .map(|outcome| fast.xdp.get(outcome).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        expected as f64 >= MINIMUM_XDP_SHARE * fast.data_packets() as f64,
+        "XDP relayed {expected} of {} data packets as {expected_outcomes:?} (< {:.0} %)\n{context}",
+        fast.data_packets(),
+        MINIMUM_XDP_SHARE * 100.0
+    );
+    for outcome in expected_outcomes {
+        assert!(
+            fast.xdp.get(outcome).copied().unwrap_or(0) > 0,
+            "nothing relayed as {outcome}\n{context}"
+        );
+    }
+    eprintln!(
+        "{test}: XDP relayed {} of {} data packets ({:.2} %), userspace {}; by outcome {:?}",
+        fast.xdp_relayed(),
+        fast.data_packets(),
+        fast.xdp_share() * 100.0,
+        fast.userspace,
+        fast.xdp
+    );
+
+    let (slow, log) = relay_once(&lab, Xdp::Off, &uclient).or_fail("relaying with XDP off");
+    let context = format!("--- daemon log and metrics (XDP off) ---\n{log}");
+    assert!(!slow.xdp_attached && slow.xdp.is_empty(), "XDP counters with mode off\n{context}");
+    assert_eq!(
+        slow.userspace,
+        slow.data_packets(),
+        "userspace must relay every data packet\n{context}"
+    );
+    assert_eq!(
+        (slow.sent, slow.received),
+        (fast.sent, fast.received),
+        "the client must see the same with and without XDP\n{context}"
+    );
+}
+
+#[test]
+fn channel_data_relayed_by_xdp_matches_userspace() {
+    xdp_and_userspace_agree(
+        "channel_data_relayed_by_xdp_matches_userspace",
+        ipv4_channels(),
+        CHANNEL_OUTCOMES,
+    );
+}
+
+#[test]
+fn send_and_data_indications_relayed_by_xdp_match_userspace() {
+    xdp_and_userspace_agree(
+        "send_and_data_indications_relayed_by_xdp_match_userspace",
+        ipv4_indications(),
+        INDICATION_OUTCOMES,
+    );
+}
+
+#[test]
+fn ipv6_channel_data_relayed_by_xdp_matches_userspace() {
+    xdp_and_userspace_agree(
+        "ipv6_channel_data_relayed_by_xdp_matches_userspace",
+        ipv6_channels(),
+        CHANNEL_OUTCOMES,
+    );
+}
+
+#[test]
+fn forwarding_disabled_is_reported_and_everything_falls_back_to_userspace() {
+    let test = "forwarding_disabled_is_reported_and_everything_falls_back_to_userspace";
+    if !privileged(test) {
+        return;
+    }
+    let lab = Lab::new(false).or_fail("building the lab");
+    let _peers = lab.peers().or_fail("starting turnutils_peer");
+    let (outcome, log) =
+        relay_once(&lab, Xdp::Auto, &ipv4_channels()).or_fail("relaying with forwarding off");
+    for sysctl in [
+        format!("net.ipv4.conf.{RELAY_CLIENT_SIDE_INTERFACE}.forwarding=0"),
+        format!("net.ipv4.conf.{RELAY_PEER_SIDE_INTERFACE}.forwarding=0"),
+        format!("net.ipv6.conf.{RELAY_CLIENT_SIDE_INTERFACE}.forwarding=0"),
+    ] {
+        assert!(
+            log.contains("WARNING: ") && log.contains(&sysctl),
+            "the daemon must say {sysctl}\n{log}"
+        );
+    }
+    assert!(outcome.xdp_attached, "XDP must still attach\n{log}");
+    assert_eq!(outcome.xdp_relayed(), 0, "XDP cannot relay without forwarding\n{log}");
+    assert_eq!(
+        outcome.userspace,
+        outcome.data_packets(),
+        "userspace must relay everything\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Captures: every relayed frame carries valid IP and UDP checksums, and the receiving
+// stacks accepted every one.
+
+/// `tcpdump` writing UDP frames of one namespace's `eth0` to a file; stopped on drop.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(netns: &Netns, directory: &Path, name: &str) -> Result<Capture> {
+        let file = directory.join(format!("{name}.pcap"));
+        let log = directory.join(format!("{name}.log"));
+        let child = netns
+            .command("tcpdump")
+            .args(["-i", "eth0", "-n", "-U", "-s", "256", "-w"])
+            .arg(&file)
+            .arg("udp")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log)?)
+            .spawn()
+            .context("starting tcpdump")?;
+        let mut capture = Capture { child, file };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string(&log)?.contains("listening on") {
+            if let Some(status) = capture.child.try_wait()? {
+                bail!("tcpdump exited ({status}): {}", fs::read_to_string(&log)?);
+            }
+            ensure!(Instant::now() < deadline, "tcpdump did not start listening");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(capture)
+    }
+
+    /// Stops tcpdump (SIGINT flushes the file) and returns the capture file.
+    fn stop(mut self) -> Result<PathBuf> {
+        self.interrupt();
+        Ok(self.file.clone())
+    }
+
+    fn interrupt(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            if let Ok(None) = self.child.try_wait() {
+                // SAFETY: our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGINT) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.interrupt();
+    }
+}
+
+/// Frames in `file` matching the display `filter`, with tshark validating IPv4 header and
+/// UDP checksums (both off by default).
+fn count_frames(file: &Path, filter: &str) -> Result<u64> {
+    let finished = run_bounded(
+        Command::new("tshark")
+            .args([
+                "-n",
+                "-o",
+                "ip.check_checksum:TRUE",
+                "-o",
+                "udp.check_checksum:TRUE",
+                "-r",
+            ])
+            .arg(file)
+            .args(["-Y", filter, "-T", "fields", "-e", "frame.number"]),
+        Duration::from_secs(60),
+    )?;
+    ensure!(
+        finished.succeeded(),
+        "tshark -Y {filter:?} failed: {}",
+        finished.output()
+    );
+    Ok(finished.stdout.lines().filter(|line| !line.trim().is_empty()).count() as u64)
+}
+
+/// The namespace's UDP/UDP6 counters (`nstat`), by name.
+fn udp_counters(netns: &Netns) -> Result<BTreeMap<String, u64>> {
+    let text = netns.run("nstat", &["-a", "-z", "-s", "Udp*", "Udp6*"])?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?;
+            let value = fields.next()?.parse().ok()?;
+            Some((name.to_owned(), value))
+        })
+        .collect())
+}
+
+#[test]
+fn relayed_frames_carry_valid_checksums_and_are_all_accepted() {
+    let test = "relayed_frames_carry_valid_checksums_and_are_all_accepted";
+    if !privileged(test) {
+        return;
+    }
+    let lab = Lab::new(true).or_fail("building the lab");
+    let _peers = lab.peers().or_fail("starting turnutils_peer");
+    let directory = std::env::temp_dir().join(format!("xdp-e2e-capture-{}", std::process::id()));
+    fs::create_dir_all(&directory)
+        .context("creating the capture directory")
+        .or_fail("capture");
+    let client_capture =
+        Capture::start(&lab.topology.client, &directory, "client").or_fail("client capture");
+    let peer_capture =
+        Capture::start(&lab.topology.peer, &directory, "peer").or_fail("peer capture");
+
+    let mut data_to_peer = 0;
+    let mut data_to_client = 0;
+    let mut logs = String::new();
+    for uclient in [ipv4_channels(), ipv4_indications(), ipv6_channels()] {
+        let (outcome, log) = relay_once(&lab, Xdp::Auto, &uclient).or_fail("relaying with XDP");
+        // The share is the other tests' business; here XDP must have relayed something.
+        assert!(outcome.xdp_relayed() > 0, "XDP relayed nothing\n{log}");
+        eprintln!(
+            "{test}: XDP relayed {} of {} data packets ({:.2} %)",
+            outcome.xdp_relayed(),
+            outcome.data_packets(),
+            outcome.xdp_share() * 100.0
+        );
+        data_to_peer += outcome.sent;
+        data_to_client += outcome.received;
+        logs.push_str(&log);
+    }
+    let client_file = client_capture.stop().or_fail("stopping the client capture");
+    let peer_file = peer_capture.stop().or_fail("stopping the peer capture");
+
+    let from_turn_port = format!("udp.srcport == {TURN_PORT}");
+    let from_relayed_addresses =
+        format!("(ip.src == {RELAY_RELAYED_V4} || ipv6.src == {RELAY_RELAYED_V6})");
+    for (side, file, relayed_to_here, from_relay) in [
+        // Frames the relay sent to the client (relayed data and STUN answers).
+        ("client", &client_file, data_to_client, &from_turn_port),
+        // Frames the relay sent to the peers (uclient's RTP and RTCP sessions).
+        ("peer", &peer_file, data_to_peer, &from_relayed_addresses),
+    ] {
+        let bad = count_frames(
+            file,
+            "ip.checksum.status == \"Bad\" || udp.checksum.status == \"Bad\"",
+        )
+        .or_fail("counting bad checksums");
+        let good_relayed = count_frames(
+            file,
+            &format!("{from_relay} && udp.checksum.status == \"Good\""),
+        )
+        .or_fail("counting good relayed frames");
+        eprintln!(
+            "{test}: {side} side: {good_relayed} relayed frames with valid checksums \
+             (expected ≥ {relayed_to_here}), {bad} bad"
+        );
+        assert_eq!(bad, 0, "{side} side: frames with bad checksums in {}\n{logs}", file.display());
+        assert!(
+            good_relayed >= relayed_to_here,
+            "{side} side: only {good_relayed} valid relayed frames of {relayed_to_here} in {}",
+            file.display()
+        );
+    }
+    for (side, netns) in [("client", &lab.topology.client), ("peer", &lab.topology.peer)] {
+        let counters = udp_counters(netns).or_fail("reading UDP counters");
+        for name in [
+            "UdpInCsumErrors",
+            "UdpInErrors",
+            "UdpRcvbufErrors",
+            "Udp6InCsumErrors",
+            "Udp6InErrors",
+            "Udp6RcvbufErrors",
+        ] {
+            assert_eq!(
+                counters.get(name).copied().unwrap_or(0),
+                0,
+                "{side} side: {name} in {counters:?}"
+            );
+        }
+    }
+    // Kept (and named in the failure) when an assertion above fails.
+    let _ = fs::remove_dir_all(&directory);
+}
