@@ -760,6 +760,24 @@ impl<'topology> Daemon<'topology> {
             .with_context(|| format!("--- daemon log ---\n{}", self.log()))
     }
 
+    /// The daemon's metrics once `settled` holds for them, or the last reading after
+    /// `limit`: the daemon publishes its counters periodically (every second), so a
+    /// reading right after traffic may lag behind it.
+    pub fn metrics_when(
+        &self,
+        limit: Duration,
+        mut settled: impl FnMut(&Metrics) -> bool,
+    ) -> Result<Metrics> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let metrics = self.metrics()?;
+            if settled(&metrics) || Instant::now() >= deadline {
+                return Ok(metrics);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Fails (with the log) if the daemon has exited, e.g. crashed during the test.
     pub fn ensure_running(&mut self) -> Result<()> {
         self.process
@@ -770,6 +788,13 @@ impl<'topology> Daemon<'topology> {
 
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
+        if thread::panicking() {
+            // Read while the daemon still runs: its counters show where packets went.
+            match self.relay.http_get(METRICS_ADDRESS, "/metrics") {
+                Ok(metrics) => eprintln!("--- turn-relay metrics ---\n{metrics}"),
+                Err(error) => eprintln!("--- turn-relay metrics unavailable: {error:#}"),
+            }
+        }
         terminate(&mut self.process.child, Duration::from_secs(10));
         if thread::panicking() {
             eprintln!("--- turn-relay log ---\n{}--- end of log ---", self.log());

@@ -3,9 +3,11 @@
 //! namespace, through the daemon with XDP attached (and once with XDP off). Every run
 //! must come back with 0 % loss, and the daemon's metrics must show which path relayed it.
 
+use std::time::Duration;
+
 use turn_integration_tests::{
-    privileged, start_peer, Credentials, Daemon, OrFail, RelayConfig, Topology, Uclient, Xdp,
-    PEER_V4, PEER_V6, RELAY_LISTEN_V6,
+    privileged, start_peer, Credentials, Daemon, Metrics, OrFail, RelayConfig, Topology, Uclient,
+    Xdp, PEER_V4, PEER_V6, RELAY_LISTEN_V6,
 };
 
 const USER: &str = "alice";
@@ -32,6 +34,9 @@ const XDP_CHANNEL_DATA: &[&str] = &[
     "relayed_channel_data_to_peer",
     "relayed_channel_data_to_client",
 ];
+/// How long the daemon's periodically published counters may take to catch up.
+const METRICS_SETTLE: Duration = Duration::from_secs(5);
+
 const XDP_INDICATIONS: &[&str] = &["relayed_send_to_peer", "relayed_data_indication_to_client"];
 
 /// Starts the topology, an IPv4 and an IPv6 peer and the daemon (static user alice),
@@ -52,37 +57,56 @@ fn relay_without_loss(test: &str, config: RelayConfig, uclient: Uclient, relayed
         .ensure_lossless(u64::from(uclient.messages))
         .or_fail(test);
     daemon.ensure_running().or_fail("turn-relay after the run");
-    let metrics = daemon.metrics().or_fail("reading /metrics");
+    let counted = |metrics: &Metrics, name: &str, label: String| {
+        metrics.sum_with_label(name, &label).unwrap_or(0.0) > 0.0
+    };
+    let xdp_relayed = |metrics: &Metrics, outcome: &str| {
+        counted(
+            metrics,
+            "turn_xdp_packets_total",
+            format!("outcome=\"{outcome}\""),
+        )
+    };
+    let userspace_relayed = |metrics: &Metrics, direction: &str| {
+        counted(
+            metrics,
+            "turn_userspace_relayed_packets_total",
+            format!("direction=\"{direction}\""),
+        )
+    };
+    const DIRECTIONS: [&str; 2] = ["to_peer", "to_client"];
     match relayed_by {
         RelayedBy::Xdp(outcomes) => {
+            let metrics = daemon
+                .metrics_when(METRICS_SETTLE, |metrics| {
+                    outcomes.iter().all(|outcome| xdp_relayed(metrics, outcome))
+                })
+                .or_fail("reading /metrics");
             for outcome in outcomes {
-                let packets = metrics
-                    .sum_with_label("turn_xdp_packets_total", &format!("outcome=\"{outcome}\""))
-                    .unwrap_or(0.0);
                 assert!(
-                    packets > 0.0,
-                    "XDP relayed nothing as {outcome}:\n{}\n--- daemon log ---\n{}",
-                    metrics.0,
-                    daemon.log()
+                    xdp_relayed(&metrics, outcome),
+                    "XDP relayed nothing as {outcome}:\n{}",
+                    metrics.0
                 );
             }
         }
         RelayedBy::Userspace => {
+            let metrics = daemon
+                .metrics_when(METRICS_SETTLE, |metrics| {
+                    DIRECTIONS
+                        .iter()
+                        .all(|direction| userspace_relayed(metrics, direction))
+                })
+                .or_fail("reading /metrics");
             assert_eq!(
                 metrics.sum("turn_xdp_packets_total"),
                 None,
                 "XDP counters with mode = off:\n{}",
                 metrics.0
             );
-            for direction in ["to_peer", "to_client"] {
-                let packets = metrics
-                    .sum_with_label(
-                        "turn_userspace_relayed_packets_total",
-                        &format!("direction=\"{direction}\""),
-                    )
-                    .unwrap_or(0.0);
+            for direction in DIRECTIONS {
                 assert!(
-                    packets > 0.0,
+                    userspace_relayed(&metrics, direction),
                     "userspace relayed nothing {direction}:\n{}",
                     metrics.0
                 );

@@ -6,22 +6,18 @@
 //! data packets (RFC 8656 §11 Send/Data indications, §12 ChannelData) and the userspace
 //! relay for the rest.
 //!
-//! The host settings the fast path needs, made here inside the namespaces:
-//! - IP forwarding on in the relay namespace: `bpf_fib_lookup` answers "forwarding
-//!   disabled" otherwise and every frame falls back to userspace (one test checks the
-//!   daemon then says so and still relays everything). The client and peer only ever
-//!   send to the relay's own addresses, so nothing transits.
-//! - TX checksum offload off on every veth that sends (`Topology` does the client and
-//!   peer ends, these tests the relay's ends too): a same-host veth sender leaves only the
-//!   pseudo-header sum in the UDP checksum, which XDP's incremental update would carry
-//!   into relayed frames, and which a capture would flag on the daemon's own replies.
-//! - A pass-only XDP program on the receiving veth ends (client's and peer's `eth0`):
-//!   frames XDP_TX'd or redirected into a veth are dropped (`xdp_tx_errors`) unless its
-//!   peer runs an XDP program. `turn-relay` only attaches to its own interfaces and an
-//!   object file would have to be found in cargo's build directories, so the test loads
-//!   the two-instruction program `r0 = XDP_PASS; exit` with `bpf(BPF_PROG_LOAD)` and
-//!   attaches it in native mode with `bpf(BPF_LINK_CREATE)` (see [`PassOnlyXdp`]); the
-//!   link detaches when the test drops it or the namespace goes away.
+//! The host settings the fast path needs come from `Topology` (IP forwarding in the
+//! relay namespace, TX checksum offload off on every veth end, GRO on the client's and
+//! peer's ends). On top of that, as the bpf module documents for veth receivers, the
+//! lab attaches a pass-only XDP program to the client's and peer's `eth0`: a veth drops
+//! frames XDP_TX'd or redirected into it (`xdp_tx_errors`) unless its receiving end has
+//! NAPI, which an XDP program enables on any kernel (GRO only on newer ones).
+//! `turn-relay` attaches only to its own interfaces, and the program's object file would
+//! have to be found in cargo's build directories, so the test loads the two-instruction
+//! program `r0 = XDP_PASS; exit` with `bpf(BPF_PROG_LOAD)` and attaches it in native mode
+//! with `bpf(BPF_LINK_CREATE)` (see [`PassOnlyXdp`]); the link detaches when the test
+//! drops it or the namespace goes away. One test turns forwarding off again to check
+//! the daemon reports it and still relays everything in userspace.
 //!
 //! Not covered here: permission expiry (RFC 8656 §9, 300 s, no configuration knob to
 //! shorten it), which the bpf module's testbed checks at map level instead.
@@ -37,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use turn_integration_tests::{
-    privileged, run_bounded, start_peer, Background, Credentials, Daemon, Metrics, Netns,
-    OrFail, RelayConfig, Topology, Uclient, UclientReport, Xdp, PEER_V4, PEER_V6,
+    privileged, run_bounded, start_peer, Background, Credentials, Daemon, Metrics, Netns, OrFail,
+    RelayConfig, Topology, Uclient, UclientReport, Xdp, PEER_V4, PEER_V6,
     RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6, RELAY_PEER_SIDE_INTERFACE, RELAY_RELAYED_V4,
     RELAY_RELAYED_V6, TURN_PORT,
 };
@@ -58,7 +54,8 @@ const CHANNEL_OUTCOMES: [&str; 2] = [
     "relayed_channel_data_to_peer",
     "relayed_channel_data_to_client",
 ];
-const INDICATION_OUTCOMES: [&str; 2] = ["relayed_send_to_peer", "relayed_data_indication_to_client"];
+const INDICATION_OUTCOMES: [&str; 2] =
+    ["relayed_send_to_peer", "relayed_data_indication_to_client"];
 const ALL_RELAYED_OUTCOMES: [&str; 4] = [
     "relayed_channel_data_to_peer",
     "relayed_send_to_peer",
@@ -127,7 +124,11 @@ fn bpf<T>(command: libc::c_long, attr: &mut T) -> Result<OwnedFd> {
             std::mem::size_of::<T>(),
         )
     };
-    ensure!(fd >= 0, "bpf({command}): {}", std::io::Error::last_os_error());
+    ensure!(
+        fd >= 0,
+        "bpf({command}): {}",
+        std::io::Error::last_os_error()
+    );
     let fd = i32::try_from(fd).context("bpf(2) returned an out-of-range fd")?;
     // SAFETY: a fresh fd the kernel just handed to this process; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -192,21 +193,20 @@ struct Lab {
 }
 
 impl Lab {
-    /// `forwarding`: IP forwarding (both families) in the relay namespace.
+    /// `forwarding`: keep `Topology`'s IP forwarding (both families) in the relay
+    /// namespace, or turn it off.
     fn new(forwarding: bool) -> Result<Lab> {
         let topology = Topology::new()?;
-        let value = u8::from(forwarding);
-        topology.relay.run(
-            "sysctl",
-            &[
-                "-q",
-                "-w",
-                &format!("net.ipv4.conf.all.forwarding={value}"),
-                &format!("net.ipv6.conf.all.forwarding={value}"),
-            ],
-        )?;
-        for interface in [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE] {
-            topology.relay.run("ethtool", &["-K", interface, "tx", "off"])?;
+        if !forwarding {
+            topology.relay.run(
+                "sysctl",
+                &[
+                    "-q",
+                    "-w",
+                    "net.ipv4.conf.all.forwarding=0",
+                    "net.ipv6.conf.all.forwarding=0",
+                ],
+            )?;
         }
         let pass_only = vec![
             PassOnlyXdp::attach(&topology.client, "eth0").context("client eth0")?,
@@ -281,6 +281,10 @@ struct Outcome {
     /// Per relayed XDP outcome; empty without XDP.
     xdp: BTreeMap<&'static str, u64>,
     userspace: u64,
+    /// Frames the program passed for want of a next hop (`bpf_fib_lookup` failed).
+    xdp_no_route: u64,
+    /// Frames the program passed because client and peer differ in address family.
+    xdp_cross_family: u64,
     xdp_attached: bool,
 }
 
@@ -367,9 +371,22 @@ fn relay_once(lab: &Lab, xdp: Xdp, uclient: &Uclient) -> Result<(Outcome, String
         received,
         xdp: xdp_counts,
         userspace: counter(&metrics, "turn_userspace_relayed_packets_total", ""),
+        xdp_no_route: counter(
+            &metrics,
+            "turn_xdp_packets_total",
+            "outcome=\"pass_no_route\"",
+        ),
+        xdp_cross_family: counter(
+            &metrics,
+            "turn_xdp_packets_total",
+            "outcome=\"pass_cross_family\"",
+        ),
         xdp_attached: metrics.sum("turn_xdp_attached") == Some(1.0),
     };
-    Ok((outcome, format!("{}\n--- metrics ---\n{}", daemon.log(), metrics.0)))
+    Ok((
+        outcome,
+        format!("{}\n--- metrics ---\n{}", daemon.log(), metrics.0),
+    ))
 }
 
 /// XDP (native) then userspace only, same uclient: same client-visible result; with XDP
@@ -381,36 +398,8 @@ fn xdp_and_userspace_agree(test: &str, uclient: Uclient, expected_outcomes: [&st
     let lab = Lab::new(true).or_fail("building the lab");
     let _peers = lab.peers().or_fail("starting turnutils_peer");
 
-    let (fast, log) = relay_once(&lab, Xdp::Auto, &uclient).or_fail("relaying with XDP");
-    let context = format!("--- daemon log and metrics (XDP run) ---\n{log}");
-    assert!(
-        log.contains(&format!(
-            "XDP attached in native mode on {RELAY_CLIENT_SIDE_INTERFACE}, {RELAY_PEER_SIDE_INTERFACE}"
-        )) && !log.contains("WARNING"),
-        "expected a clean native attach\n{context}"
-    );
-    assert!(fast.xdp_attached, "turn_xdp_attached is not 1\n{context}");
-    assert_eq!(
-        fast.xdp_relayed() + fast.userspace,
-        fast.data_packets(),
-        "every data packet must be relayed exactly once, by one of the paths\n{context}"
-    );
-    let expected: u64 = expected_outcomes
-        .iter()
-        .map(|outcome| fast.xdp.get(outcome).copied().unwrap_or(0))
-        .sum();
-    assert!(
-        expected as f64 >= MINIMUM_XDP_SHARE * fast.data_packets() as f64,
-        "XDP relayed {expected} of {} data packets as {expected_outcomes:?} (< {:.0} %)\n{context}",
-        fast.data_packets(),
-        MINIMUM_XDP_SHARE * 100.0
-    );
-    for outcome in expected_outcomes {
-        assert!(
-            fast.xdp.get(outcome).copied().unwrap_or(0) > 0,
-            "nothing relayed as {outcome}\n{context}"
-        );
-    }
+    let (fast, fast_log) = relay_once(&lab, Xdp::Auto, &uclient).or_fail("relaying with XDP");
+    let (slow, slow_log) = relay_once(&lab, Xdp::Off, &uclient).or_fail("relaying with XDP off");
     eprintln!(
         "{test}: XDP relayed {} of {} data packets ({:.2} %), userspace {}; by outcome {:?}",
         fast.xdp_relayed(),
@@ -420,9 +409,12 @@ fn xdp_and_userspace_agree(test: &str, uclient: Uclient, expected_outcomes: [&st
         fast.xdp
     );
 
-    let (slow, log) = relay_once(&lab, Xdp::Off, &uclient).or_fail("relaying with XDP off");
-    let context = format!("--- daemon log and metrics (XDP off) ---\n{log}");
-    assert!(!slow.xdp_attached && slow.xdp.is_empty(), "XDP counters with mode off\n{context}");
+    // Userspace only: relays everything, and the client sees what it saw with XDP.
+    let context = format!("--- daemon log and metrics (XDP off) ---\n{slow_log}");
+    assert!(
+        !slow.xdp_attached && slow.xdp.is_empty(),
+        "XDP counters with mode off\n{context}"
+    );
     assert_eq!(
         slow.userspace,
         slow.data_packets(),
@@ -432,6 +424,37 @@ fn xdp_and_userspace_agree(test: &str, uclient: Uclient, expected_outcomes: [&st
         (slow.sent, slow.received),
         (fast.sent, fast.received),
         "the client must see the same with and without XDP\n{context}"
+    );
+
+    // With XDP: attached cleanly in native mode, and relaying (almost) everything.
+    let context = format!("--- daemon log and metrics (XDP run) ---\n{fast_log}");
+    assert!(
+        fast_log.contains(&format!(
+            "XDP attached in native mode on {RELAY_CLIENT_SIDE_INTERFACE}, {RELAY_PEER_SIDE_INTERFACE}"
+        )) && !fast_log.contains("WARNING"),
+        "expected a clean native attach\n{context}"
+    );
+    assert!(fast.xdp_attached, "turn_xdp_attached is not 1\n{context}");
+    assert_eq!(
+        fast.xdp_relayed() + fast.userspace,
+        fast.data_packets(),
+        "every data packet must be relayed exactly once, by one of the paths\n{context}"
+    );
+    for outcome in expected_outcomes {
+        assert!(
+            fast.xdp.get(outcome).copied().unwrap_or(0) > 0,
+            "nothing relayed as {outcome}\n{context}"
+        );
+    }
+    let expected: u64 = expected_outcomes
+        .iter()
+        .map(|outcome| fast.xdp.get(outcome).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        expected as f64 >= MINIMUM_XDP_SHARE * fast.data_packets() as f64,
+        "XDP relayed {expected} of {} data packets as {expected_outcomes:?} (< {:.0} %)\n{context}",
+        fast.data_packets(),
+        MINIMUM_XDP_SHARE * 100.0
     );
 }
 
@@ -462,6 +485,64 @@ fn ipv6_channel_data_relayed_by_xdp_matches_userspace() {
     );
 }
 
+/// RFC 8656 §7.2 / RFC 6156: an IPv4 client with an IPv6 relayed address (uclient `-x`
+/// to the IPv4 listener) and an IPv6 client with the default IPv4 one. The fast path
+/// leaves cross-family relaying to userspace (`pass_cross_family`); with XDP attached the
+/// client must see exactly what it sees with XDP off.
+#[test]
+fn cross_family_relaying_falls_back_to_userspace_without_loss() {
+    let test = "cross_family_relaying_falls_back_to_userspace_without_loss";
+    if !privileged(test) {
+        return;
+    }
+    let lab = Lab::new(true).or_fail("building the lab");
+    let _peers = lab.peers().or_fail("starting turnutils_peer");
+    let ipv4_client_ipv6_relay = Uclient {
+        peer: PEER_V6.into(),
+        ipv6_relay: true,
+        ..ipv4_channels()
+    };
+    let ipv6_client_ipv4_relay = Uclient {
+        server: RELAY_LISTEN_V6.into(),
+        ..ipv4_channels()
+    };
+    for uclient in [ipv4_client_ipv6_relay, ipv6_client_ipv4_relay] {
+        let (fast, fast_log) = relay_once(&lab, Xdp::Auto, &uclient).or_fail("relaying with XDP");
+        let (slow, slow_log) =
+            relay_once(&lab, Xdp::Off, &uclient).or_fail("relaying with XDP off");
+        eprintln!(
+            "{test}: server {} peer {}: {} data packets, userspace relayed {}, \
+             XDP passed {} as cross-family",
+            uclient.server,
+            uclient.peer,
+            fast.data_packets(),
+            fast.userspace,
+            fast.xdp_cross_family
+        );
+        let context = format!("--- XDP run ---\n{fast_log}\n--- XDP off ---\n{slow_log}");
+        assert!(fast.xdp_attached, "XDP must be attached\n{context}");
+        assert_eq!(
+            fast.xdp_relayed(),
+            0,
+            "cross-family frames relayed by XDP\n{context}"
+        );
+        assert!(
+            fast.xdp_cross_family >= fast.data_packets(),
+            "data packets not passed as cross-family\n{context}"
+        );
+        assert_eq!(
+            (fast.userspace, slow.userspace),
+            (fast.data_packets(), slow.data_packets()),
+            "userspace must relay every data packet in both runs\n{context}"
+        );
+        assert_eq!(
+            (fast.sent, fast.received),
+            (slow.sent, slow.received),
+            "the client must see the same with and without XDP\n{context}"
+        );
+    }
+}
+
 #[test]
 fn forwarding_disabled_is_reported_and_everything_falls_back_to_userspace() {
     let test = "forwarding_disabled_is_reported_and_everything_falls_back_to_userspace";
@@ -483,7 +564,15 @@ fn forwarding_disabled_is_reported_and_everything_falls_back_to_userspace() {
         );
     }
     assert!(outcome.xdp_attached, "XDP must still attach\n{log}");
-    assert_eq!(outcome.xdp_relayed(), 0, "XDP cannot relay without forwarding\n{log}");
+    assert_eq!(
+        outcome.xdp_relayed(),
+        0,
+        "XDP cannot relay without forwarding\n{log}"
+    );
+    assert!(
+        outcome.xdp_no_route >= outcome.data_packets(),
+        "every data packet must have been passed for want of a next hop\n{log}"
+    );
     assert_eq!(
         outcome.userspace,
         outcome.data_packets(),
@@ -580,7 +669,11 @@ fn count_frames(file: &Path, filter: &str) -> Result<u64> {
         "tshark -Y {filter:?} failed: {}",
         finished.output()
     );
-    Ok(finished.stdout.lines().filter(|line| !line.trim().is_empty()).count() as u64)
+    Ok(finished
+        .stdout
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .count() as u64)
 }
 
 /// The namespace's UDP/UDP6 counters (`nstat`), by name.
@@ -657,14 +750,22 @@ fn relayed_frames_carry_valid_checksums_and_are_all_accepted() {
             "{test}: {side} side: {good_relayed} relayed frames with valid checksums \
              (expected ≥ {relayed_to_here}), {bad} bad"
         );
-        assert_eq!(bad, 0, "{side} side: frames with bad checksums in {}\n{logs}", file.display());
+        assert_eq!(
+            bad,
+            0,
+            "{side} side: frames with bad checksums in {}\n{logs}",
+            file.display()
+        );
         assert!(
             good_relayed >= relayed_to_here,
             "{side} side: only {good_relayed} valid relayed frames of {relayed_to_here} in {}",
             file.display()
         );
     }
-    for (side, netns) in [("client", &lab.topology.client), ("peer", &lab.topology.peer)] {
+    for (side, netns) in [
+        ("client", &lab.topology.client),
+        ("peer", &lab.topology.peer),
+    ] {
         let counters = udp_counters(netns).or_fail("reading UDP counters");
         for name in [
             "UdpInCsumErrors",

@@ -53,32 +53,27 @@ impl Delta {
         self.remove_word(byte_word(byte, offset))
     }
 
-    /// Adds big-endian words of `bytes` (an even number of bytes, word-aligned).
+    /// Adds big-endian words of `bytes` (word-aligned; an odd tail is zero-padded).
     #[inline(always)]
     pub fn add_bytes(self, bytes: &[u8]) -> Self {
-        let mut delta = self;
-        let mut i = 0;
-        while i + 1 < bytes.len() {
-            delta = delta.add_word(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-            i += 2;
-        }
-        if i < bytes.len() {
-            delta = delta.add_word(u16::from_be_bytes([bytes[i], 0]));
-        }
-        delta
+        self.fold_words(bytes, Delta::add_word)
     }
 
     /// Removes big-endian words of `bytes` (word-aligned; an odd tail is zero-padded).
     #[inline(always)]
     pub fn remove_bytes(self, bytes: &[u8]) -> Self {
+        self.fold_words(bytes, Delta::remove_word)
+    }
+
+    /// Applies `step` to every big-endian word of `bytes`, an odd tail zero-padded.
+    #[inline(always)]
+    fn fold_words(self, bytes: &[u8], step: impl Fn(Self, u16) -> Self) -> Self {
         let mut delta = self;
         let mut i = 0;
-        while i + 1 < bytes.len() {
-            delta = delta.remove_word(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        while let Some(&high) = bytes.get(i) {
+            let low = bytes.get(i + 1).copied().unwrap_or(0);
+            delta = step(delta, u16::from_be_bytes([high, low]));
             i += 2;
-        }
-        if i < bytes.len() {
-            delta = delta.remove_word(u16::from_be_bytes([bytes[i], 0]));
         }
         delta
     }

@@ -7,6 +7,27 @@
 //! padding so that equal keys are equal bytes. IPv4 addresses sit in the first 4 bytes
 //! of a 16-byte field, the rest zero.
 
+/// Read accessors that copy (`field: Type`) or borrow (`ref { field: Type }`) a field,
+/// inlined for the verifier like the rest of this module.
+macro_rules! accessors {
+    ($type:ident { $($field:ident: $ty:ty),* $(,)? } $(ref { $($ref_field:ident: $ref_ty:ty),* $(,)? })?) => {
+        impl $type {
+            $(
+                #[inline(always)]
+                pub const fn $field(&self) -> $ty {
+                    self.$field
+                }
+            )*
+            $($(
+                #[inline(always)]
+                pub const fn $ref_field(&self) -> &$ref_ty {
+                    &self.$ref_field
+                }
+            )*)?
+        }
+    };
+}
+
 /// `family` of an IPv4 entry.
 pub const FAMILY_V4: u8 = 4;
 /// `family` of an IPv6 entry.
@@ -84,35 +105,18 @@ impl RelayValue {
             pad: [0; 7],
         }
     }
-    #[inline(always)]
-    pub const fn expires_ns(&self) -> u64 {
-        self.expires_ns
-    }
-    #[inline(always)]
-    pub const fn slot(&self) -> u32 {
-        self.slot
-    }
-    #[inline(always)]
-    pub const fn client_family(&self) -> u8 {
-        self.client_family
-    }
-    #[inline(always)]
-    pub const fn client_ip(&self) -> &[u8; 16] {
-        &self.client_ip
-    }
-    #[inline(always)]
-    pub const fn client_port(&self) -> [u8; 2] {
-        self.client_port
-    }
-    #[inline(always)]
-    pub const fn listener_ip(&self) -> &[u8; 16] {
-        &self.listener_ip
-    }
-    #[inline(always)]
-    pub const fn listener_port(&self) -> [u8; 2] {
-        self.listener_port
-    }
 }
+
+accessors!(RelayValue {
+    expires_ns: u64,
+    slot: u32,
+    client_family: u8,
+    client_port: [u8; 2],
+    listener_port: [u8; 2],
+} ref {
+    client_ip: [u8; 16],
+    listener_ip: [u8; 16],
+});
 
 /// `CLIENT_ALLOCATIONS` key: a client's 5-tuple (UDP implied) and the family of the
 /// relayed address wanted (an allocation may have one of each, RFC 8656 §7.2).
@@ -173,23 +177,15 @@ impl AllocationValue {
             relay_ip,
         }
     }
-    #[inline(always)]
-    pub const fn expires_ns(&self) -> u64 {
-        self.expires_ns
-    }
-    #[inline(always)]
-    pub const fn slot(&self) -> u32 {
-        self.slot
-    }
-    #[inline(always)]
-    pub const fn relay_ip(&self) -> &[u8; 16] {
-        &self.relay_ip
-    }
-    #[inline(always)]
-    pub const fn relay_port(&self) -> [u8; 2] {
-        self.relay_port
-    }
 }
+
+accessors!(AllocationValue {
+    expires_ns: u64,
+    slot: u32,
+    relay_port: [u8; 2],
+} ref {
+    relay_ip: [u8; 16],
+});
 
 /// `PERMISSIONS` key: relayed address + peer IP (RFC 8656 §9: ports are ignored).
 #[repr(C)]
@@ -232,11 +228,9 @@ impl PermissionValue {
     pub const fn new(expires_ns: u64) -> Self {
         PermissionValue { expires_ns }
     }
-    #[inline(always)]
-    pub const fn expires_ns(&self) -> u64 {
-        self.expires_ns
-    }
 }
+
+accessors!(PermissionValue { expires_ns: u64 });
 
 /// `CLIENT_CHANNELS` key: client 5-tuple + channel number (RFC 8656 §12).
 #[repr(C)]
@@ -310,35 +304,18 @@ impl ClientChannelValue {
             pad: [0; 7],
         }
     }
-    #[inline(always)]
-    pub const fn expires_ns(&self) -> u64 {
-        self.expires_ns
-    }
-    #[inline(always)]
-    pub const fn slot(&self) -> u32 {
-        self.slot
-    }
-    #[inline(always)]
-    pub const fn peer_family(&self) -> u8 {
-        self.peer_family
-    }
-    #[inline(always)]
-    pub const fn peer_ip(&self) -> &[u8; 16] {
-        &self.peer_ip
-    }
-    #[inline(always)]
-    pub const fn peer_port(&self) -> [u8; 2] {
-        self.peer_port
-    }
-    #[inline(always)]
-    pub const fn relay_ip(&self) -> &[u8; 16] {
-        &self.relay_ip
-    }
-    #[inline(always)]
-    pub const fn relay_port(&self) -> [u8; 2] {
-        self.relay_port
-    }
 }
+
+accessors!(ClientChannelValue {
+    expires_ns: u64,
+    slot: u32,
+    peer_family: u8,
+    peer_port: [u8; 2],
+    relay_port: [u8; 2],
+} ref {
+    peer_ip: [u8; 16],
+    relay_ip: [u8; 16],
+});
 
 /// `PEER_CHANNELS` key: relayed address + peer transport address.
 #[repr(C)]
@@ -391,15 +368,12 @@ impl PeerChannelValue {
             pad: [0; 6],
         }
     }
-    #[inline(always)]
-    pub const fn expires_ns(&self) -> u64 {
-        self.expires_ns
-    }
-    #[inline(always)]
-    pub const fn number(&self) -> [u8; 2] {
-        self.number
-    }
 }
+
+accessors!(PeerChannelValue {
+    expires_ns: u64,
+    number: [u8; 2],
+});
 
 /// `TRAFFIC` per-CPU array value, indexed by allocation slot: application data relayed
 /// by the fast path (DATA / ChannelData payload bytes, headers excluded).

@@ -28,6 +28,10 @@ const DEFAULT_REALM: &str = "turn-relay.local";
 const DEFAULT_PORT_RANGE: RangeInclusive<u16> = 49152..=65535;
 const DEFAULT_LIFETIME_SECS: u64 = 600;
 const DEFAULT_MAX_LIFETIME_SECS: u64 = 3600;
+/// RFC 8656 §9: permissions live 300 s.
+const DEFAULT_PERMISSION_LIFETIME_SECS: u64 = 300;
+/// RFC 8656 §12: channel bindings live 600 s.
+const DEFAULT_CHANNEL_LIFETIME_SECS: u64 = 600;
 const DEFAULT_MAX_ALLOCATIONS: usize = 16384;
 const DEFAULT_NONCE_LIFETIME_SECS: u64 = 3600;
 const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9641";
@@ -86,6 +90,8 @@ pub struct Config {
     pub max_lifetime: Duration,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
     pub users: Vec<UserConfig>,
     pub auth_secrets: Vec<String>,
     pub zrest_secrets: Vec<String>,
@@ -167,6 +173,8 @@ impl Config {
             max_lifetime: Duration::from_secs(DEFAULT_MAX_LIFETIME_SECS),
             max_allocations: DEFAULT_MAX_ALLOCATIONS,
             max_allocations_per_user: 0,
+            permission_lifetime: Duration::from_secs(DEFAULT_PERMISSION_LIFETIME_SECS),
+            channel_lifetime: Duration::from_secs(DEFAULT_CHANNEL_LIFETIME_SECS),
             users: vec![UserConfig {
                 name: DEMO_USER.to_owned(),
                 secret: StaticSecret::Password(demo_password.clone()),
@@ -259,6 +267,8 @@ impl Config {
             max_lifetime: self.max_lifetime,
             max_allocations: self.max_allocations,
             max_allocations_per_user: self.max_allocations_per_user,
+            permission_lifetime: self.permission_lifetime,
+            channel_lifetime: self.channel_lifetime,
         }
     }
 
@@ -360,6 +370,8 @@ impl Config {
                 max_lifetime: Some(spanless(self.max_lifetime.as_secs())),
                 max_allocations: Some(spanless(self.max_allocations as u64)),
                 max_allocations_per_user: Some(self.max_allocations_per_user as u64),
+                permission_lifetime: Some(spanless(self.permission_lifetime.as_secs())),
+                channel_lifetime: Some(spanless(self.channel_lifetime.as_secs())),
             },
             auth: RawAuth {
                 users: self
@@ -472,6 +484,8 @@ struct RawServer {
     max_lifetime: Option<Spanned<u64>>,
     max_allocations: Option<Spanned<u64>>,
     max_allocations_per_user: Option<u64>,
+    permission_lifetime: Option<Spanned<u64>>,
+    channel_lifetime: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -647,6 +661,18 @@ impl Validator<'_> {
         let max_allocations_per_user = server
             .max_allocations_per_user
             .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        // Independent of each other: a channel shorter than its permission simply stops
+        // relaying earlier (ChannelData needs both alive).
+        let permission_lifetime = self.seconds(
+            &server.permission_lifetime,
+            "server.permission_lifetime",
+            DEFAULT_PERMISSION_LIFETIME_SECS,
+        )?;
+        let channel_lifetime = self.seconds(
+            &server.channel_lifetime,
+            "server.channel_lifetime",
+            DEFAULT_CHANNEL_LIFETIME_SECS,
+        )?;
 
         let auth = raw.auth;
         let mut users: Vec<UserConfig> = Vec::with_capacity(auth.users.len());
@@ -725,6 +751,8 @@ impl Validator<'_> {
             max_lifetime,
             max_allocations,
             max_allocations_per_user,
+            permission_lifetime,
+            channel_lifetime,
             users,
             auth_secrets,
             zrest_secrets,
@@ -1060,6 +1088,8 @@ mod tests {
         assert_eq!(config.port_range, DEFAULT_PORT_RANGE);
         assert_eq!(config.default_lifetime, Duration::from_secs(600));
         assert_eq!(config.max_lifetime, Duration::from_secs(3600));
+        assert_eq!(config.permission_lifetime, Duration::from_secs(300));
+        assert_eq!(config.channel_lifetime, Duration::from_secs(600));
         assert_eq!(config.xdp_mode, XdpMode::Auto);
         assert_eq!(config.metrics_listen, DEFAULT_METRICS_LISTEN.parse().ok());
     }
@@ -1083,6 +1113,8 @@ mod tests {
                     "max_lifetime",
                     "max_allocations",
                     "max_allocations_per_user",
+                    "permission_lifetime",
+                    "channel_lifetime",
                 ],
             ),
             (
@@ -1287,6 +1319,9 @@ level = "debug"
             ("[server]\nrelay_address = \"198.18.0.1\"\n[auth]\nnonce_lifetime = -5\n", "line 4: auth.nonce_lifetime: invalid value: integer `-5`"),
             ("[server]\nrelay_address = \"198.18.0.1\"\nrealm = \"a\\\"b\"\n", "line 3: server.realm:"),
             ("[server]\nrelay_address = \"198.18.0.1\"\nmax_allocations = 0\n", "line 3: server.max_allocations: 0 is not between 1"),
+            ("[server]\nrelay_address = \"198.18.0.1\"\npermission_lifetime = 0\n", "line 3: server.permission_lifetime: must be at least 1 second"),
+            ("[server]\nrelay_address = \"198.18.0.1\"\nchannel_lifetime = 0\n", "line 3: server.channel_lifetime: must be at least 1 second"),
+            ("[server]\nrelay_address = \"198.18.0.1\"\nchannel_lifetime = \"1m\"\n", "line 3: server.channel_lifetime: invalid type: string"),
             ("[server\n", "config error: test.toml line 1: "),
         ];
         for (text, expected) in table {
@@ -1347,6 +1382,27 @@ level = "debug"
         assert_eq!(server.max_allocations, DEFAULT_MAX_ALLOCATIONS);
         assert_eq!(server.max_allocations_per_user, 3);
         assert_eq!(server.realm, DEFAULT_REALM);
+        assert_eq!(server.permission_lifetime, Duration::from_secs(300));
+        assert_eq!(server.channel_lifetime, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn short_permission_and_channel_lifetimes_reach_the_core() {
+        // Shorter channels than permissions are allowed (coturn allows it too).
+        let config = Config::parse(
+            "[server]\nrelay_address = \"198.18.0.1\"\npermission_lifetime = 5\nchannel_lifetime = 3\n",
+            "test.toml",
+        )
+        .expect("valid");
+        let server = config.server_config();
+        assert_eq!(server.permission_lifetime, Duration::from_secs(5));
+        assert_eq!(server.channel_lifetime, Duration::from_secs(3));
+        let printed = config.to_toml();
+        assert!(printed.contains("permission_lifetime = 5"), "{printed}");
+        assert!(printed.contains("channel_lifetime = 3"), "{printed}");
+        let reparsed = Config::parse(&printed, "printed").expect("printed config parses");
+        assert_eq!(reparsed.permission_lifetime, Duration::from_secs(5));
+        assert_eq!(reparsed.channel_lifetime, Duration::from_secs(3));
     }
 
     #[test]

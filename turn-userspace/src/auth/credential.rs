@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use md5::{Digest as _, Md5};
+use md5::digest::Output;
+use md5::{Digest, Md5};
 use sha2::Sha256;
 
 use crate::stun::PasswordAlgorithm;
@@ -21,25 +22,9 @@ impl LongTermKeys {
     /// OpaqueString (RFC 8265) preparation is not applied: realm and password are used as
     /// raw UTF-8, which is what coturn, restund and browsers do for ASCII credentials.
     pub(crate) fn from_password(username: &str, realm: &str, password: &str) -> Self {
-        let md5: [u8; 16] = Md5::new()
-            .chain_update(username)
-            .chain_update(":")
-            .chain_update(realm)
-            .chain_update(":")
-            .chain_update(password)
-            .finalize()
-            .into();
-        let sha256: [u8; 32] = Sha256::new()
-            .chain_update(username)
-            .chain_update(":")
-            .chain_update(realm)
-            .chain_update(":")
-            .chain_update(password)
-            .finalize()
-            .into();
         LongTermKeys {
-            md5,
-            sha256: Some(sha256),
+            md5: long_term_key::<Md5>(username, realm, password).into(),
+            sha256: Some(long_term_key::<Sha256>(username, realm, password).into()),
         }
     }
 
@@ -54,6 +39,17 @@ impl LongTermKeys {
             PasswordAlgorithm::Sha256 => self.sha256.as_ref().map(|key| key.as_slice()),
         }
     }
+}
+
+/// `H(username ":" realm ":" password)` with the hash of the password algorithm.
+fn long_term_key<H: Digest>(username: &str, realm: &str, password: &str) -> Output<H> {
+    H::new()
+        .chain_update(username)
+        .chain_update(":")
+        .chain_update(realm)
+        .chain_update(":")
+        .chain_update(password)
+        .finalize()
 }
 
 /// What the server needs to check a request's MESSAGE-INTEGRITY(-SHA256) for one USERNAME.

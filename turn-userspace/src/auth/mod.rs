@@ -14,6 +14,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
+
 pub use credential::{CandidateKeys, Credential};
 pub use nonce::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
 
@@ -184,6 +186,24 @@ impl Authenticator {
             }
         }
         Err(AuthError::UnknownUser)
+    }
+
+    /// The static user whose USERHASH this is (RFC 8489 §14.4: SHA-256(username ":" realm),
+    /// without OpaqueString preparation, like the keys). Only static users can be found:
+    /// time-limited usernames cannot be enumerated, so their hashes are unknown (→ 401).
+    pub fn static_user_by_userhash(&self, userhash: &[u8; 32], realm: &str) -> Option<&str> {
+        self.static_users
+            .keys()
+            .find(|name| {
+                Sha256::new()
+                    .chain_update(name.as_bytes())
+                    .chain_update(":")
+                    .chain_update(realm)
+                    .finalize()
+                    .as_slice()
+                    == userhash
+            })
+            .map(String::as_str)
     }
 
     /// A fresh stateless nonce (HMAC over expiry + client IP) — RFC 8489 §9.2.
@@ -401,6 +421,27 @@ mod tests {
                 .unwrap_err()
                 .stun_error_code(),
             401
+        );
+    }
+
+    #[test]
+    fn userhash_finds_static_users_in_the_realm() {
+        let auth = Authenticator::new(config());
+        let userhash = |name: &str, realm: &str| -> [u8; 32] {
+            Sha256::digest(format!("{name}:{realm}")).into()
+        };
+        let name = config().static_users[0].name.clone();
+        assert_eq!(
+            auth.static_user_by_userhash(&userhash(&name, REALM), REALM),
+            Some(name.as_str())
+        );
+        assert_eq!(
+            auth.static_user_by_userhash(&userhash(&name, "other.realm"), REALM),
+            None
+        );
+        assert_eq!(
+            auth.static_user_by_userhash(&userhash("nobody", REALM), REALM),
+            None
         );
     }
 

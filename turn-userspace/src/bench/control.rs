@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::netns::{in_netns, CLIENT_IP};
-use super::wire::{self, MessageWriter, ParsedMessage};
+use super::wire::{self, MessageWriter, Response};
+use crate::stun::attributes as attr;
+use crate::stun::Method;
 
 /// A static long-term credential configured identically on every server under test.
 #[derive(Clone)]
@@ -101,50 +103,34 @@ fn transact(socket: &UdpSocket, request: &[u8]) -> Result<Vec<u8>> {
 
 /// Allocate → 401 (REALM, NONCE) → Allocate with MESSAGE-INTEGRITY (RFC 8656 §7.1, RFC 8489 §9.2).
 fn allocate(socket: &UdpSocket, credentials: &Credentials) -> Result<(Session, SocketAddr)> {
-    let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction_id());
-    request.attribute(
-        wire::ATTR_REQUESTED_TRANSPORT,
-        &wire::requested_transport_udp(),
-    );
+    let mut request = MessageWriter::request(Method::ALLOCATE, transaction_id());
+    request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
     let response = transact(socket, &request.finish())?;
-    let challenge = ParsedMessage::parse(&response).context("unparseable Allocate response")?;
-    if challenge.error_code() != Some(401) {
+    let challenge = Response::parse(&response).context("unparseable Allocate response")?;
+    if challenge.error_code != Some(401) {
         bail!(
             "expected 401 to an unauthenticated Allocate, got {:?}",
-            challenge.error_code()
+            challenge.error_code
         );
     }
-    let realm = challenge
-        .text(wire::ATTR_REALM)
-        .context("401 without REALM")?;
+    let realm = challenge.realm.clone().context("401 without REALM")?;
     let mut session = Session {
         key: wire::long_term_key(&credentials.username, &realm, &credentials.password),
-        nonce: challenge
-            .text(wire::ATTR_NONCE)
-            .context("401 without NONCE")?,
+        nonce: challenge.nonce.clone().context("401 without NONCE")?,
         realm,
     };
     for _stale_retry in 0..2 {
-        let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction_id());
-        request.attribute(
-            wire::ATTR_REQUESTED_TRANSPORT,
-            &wire::requested_transport_udp(),
-        );
+        let mut request = MessageWriter::request(Method::ALLOCATE, transaction_id());
+        request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
         add_credentials(&mut request, credentials, &session);
         let response = transact(socket, &request.finish_with_integrity(&session.key))?;
-        let message = ParsedMessage::parse(&response).context("unparseable Allocate response")?;
-        if message.is_success() {
-            let relayed = message
-                .xor_address(wire::ATTR_XOR_RELAYED_ADDRESS)
-                .context("no XOR-RELAYED-ADDRESS")?;
+        let message = Response::parse(&response).context("unparseable Allocate response")?;
+        if message.success {
+            let relayed = message.relayed.context("no XOR-RELAYED-ADDRESS")?;
             return Ok((session, relayed));
         }
-        match message.error_code() {
-            Some(438) => {
-                session.nonce = message
-                    .text(wire::ATTR_NONCE)
-                    .context("438 without NONCE")?
-            }
+        match message.error_code {
+            Some(438) => session.nonce = message.nonce.clone().context("438 without NONCE")?,
             code => bail!("authenticated Allocate failed: {code:?}"),
         }
     }
@@ -152,9 +138,7 @@ fn allocate(socket: &UdpSocket, credentials: &Credentials) -> Result<(Session, S
 }
 
 fn add_credentials(request: &mut MessageWriter, credentials: &Credentials, session: &Session) {
-    request.attribute(wire::ATTR_USERNAME, credentials.username.as_bytes());
-    request.attribute(wire::ATTR_REALM, session.realm.as_bytes());
-    request.attribute(wire::ATTR_NONCE, session.nonce.as_bytes());
+    request.credentials(&credentials.username, &session.realm, &session.nonce);
 }
 
 /// An authenticated request on an existing allocation; retries once on 438 Stale Nonce.
@@ -162,28 +146,24 @@ fn authenticated(
     socket: &UdpSocket,
     credentials: &Credentials,
     session: &mut Session,
-    message_type: u16,
+    method: Method,
     add_attributes: impl Fn(&mut MessageWriter),
 ) -> Result<()> {
     for _stale_retry in 0..2 {
-        let mut request = MessageWriter::new(message_type, transaction_id());
+        let mut request = MessageWriter::request(method, transaction_id());
         add_attributes(&mut request);
         add_credentials(&mut request, credentials, session);
         let response = transact(socket, &request.finish_with_integrity(&session.key))?;
-        let message = ParsedMessage::parse(&response).context("unparseable response")?;
-        if message.is_success() {
+        let message = Response::parse(&response).context("unparseable response")?;
+        if message.success {
             return Ok(());
         }
-        match message.error_code() {
-            Some(438) => {
-                session.nonce = message
-                    .text(wire::ATTR_NONCE)
-                    .context("438 without NONCE")?
-            }
-            code => bail!("request 0x{message_type:04x} failed: {code:?}"),
+        match message.error_code {
+            Some(438) => session.nonce = message.nonce.clone().context("438 without NONCE")?,
+            code => bail!("request {method:?} failed: {code:?}"),
         }
     }
-    bail!("request 0x{message_type:04x} kept failing with 438 Stale Nonce")
+    bail!("request {method:?} kept failing with 438 Stale Nonce")
 }
 
 /// Sets up one flow: allocation, CreatePermission and ChannelBind for `peer`.
@@ -216,9 +196,9 @@ pub fn open_flow(
         &socket,
         credentials,
         &mut session,
-        wire::CREATE_PERMISSION_REQUEST,
+        Method::CREATE_PERMISSION,
         |r| {
-            r.xor_address(wire::ATTR_XOR_PEER_ADDRESS, peer);
+            r.xor_address(attr::XOR_PEER_ADDRESS, peer);
         },
     )
     .context("CreatePermission")?;
@@ -226,10 +206,10 @@ pub fn open_flow(
         &socket,
         credentials,
         &mut session,
-        wire::CHANNEL_BIND_REQUEST,
+        Method::CHANNEL_BIND,
         |r| {
-            r.attribute(wire::ATTR_CHANNEL_NUMBER, &wire::channel_number(channel));
-            r.xor_address(wire::ATTR_XOR_PEER_ADDRESS, peer);
+            r.attribute(attr::CHANNEL_NUMBER, &wire::channel_number(channel));
+            r.xor_address(attr::XOR_PEER_ADDRESS, peer);
         },
     )
     .context("ChannelBind")?;
@@ -256,9 +236,9 @@ pub fn close_flow(flow: Flow, credentials: &Credentials) {
         &flow.socket,
         credentials,
         &mut session,
-        wire::REFRESH_REQUEST,
+        Method::REFRESH,
         |r| {
-            r.attribute(wire::ATTR_LIFETIME, &0u32.to_be_bytes());
+            r.attribute(attr::LIFETIME, &0u32.to_be_bytes());
         },
     );
 }
@@ -286,7 +266,7 @@ pub fn answers_binding(client_ns: &str, server: SocketAddrV4) -> bool {
     let Ok(socket) = client_socket(client_ns, server) else {
         return false;
     };
-    let request = MessageWriter::new(wire::BINDING_REQUEST, transaction_id()).finish();
+    let request = MessageWriter::request(Method::BINDING, transaction_id()).finish();
     let mut buf = [0u8; 1024];
     if socket
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -295,7 +275,7 @@ pub fn answers_binding(client_ns: &str, server: SocketAddrV4) -> bool {
     {
         return false;
     }
-    matches!(socket.recv(&mut buf), Ok(len) if ParsedMessage::parse(buf.get(..len).unwrap_or_default()).is_some_and(|m| m.is_success()))
+    matches!(socket.recv(&mut buf), Ok(len) if Response::parse(buf.get(..len).unwrap_or_default()).is_some_and(|m| m.success))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -334,7 +314,7 @@ pub fn binding_rate(
                 last_progress[index] = Instant::now();
             }
             while outstanding[index] < WINDOW_PER_SOCKET {
-                let request = MessageWriter::new(wire::BINDING_REQUEST, transaction_id()).finish();
+                let request = MessageWriter::request(Method::BINDING, transaction_id()).finish();
                 if socket.send(&request).is_err() {
                     break;
                 }
@@ -342,9 +322,7 @@ pub fn binding_rate(
                 sent += 1;
             }
             while let Ok(len) = socket.recv(&mut buf) {
-                if ParsedMessage::parse(buf.get(..len).unwrap_or_default())
-                    .is_some_and(|m| m.is_success())
-                {
+                if Response::parse(buf.get(..len).unwrap_or_default()).is_some_and(|m| m.success) {
                     responses += 1;
                     outstanding[index] = outstanding[index].saturating_sub(1);
                     last_progress[index] = Instant::now();
@@ -373,7 +351,12 @@ pub fn allocation_rate(
 ) -> Result<RequestRate> {
     enum Stage {
         Challenge,
-        Authenticated(Vec<u8>),
+        /// The authenticated Allocate is out; these credentials also sign the Refresh.
+        Authenticated {
+            realm: String,
+            nonce: String,
+            key: Vec<u8>,
+        },
         Deleting,
     }
     struct Client {
@@ -387,11 +370,8 @@ pub fn allocation_rate(
         let socket = client_socket(client_ns, server)?;
         socket.set_nonblocking(true)?;
         let transaction = transaction_id();
-        let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction);
-        request.attribute(
-            wire::ATTR_REQUESTED_TRANSPORT,
-            &wire::requested_transport_udp(),
-        );
+        let mut request = MessageWriter::request(Method::ALLOCATE, transaction);
+        request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
         let request = request.finish();
         let _ = socket.send(&request);
         Ok(Client {
@@ -422,7 +402,7 @@ pub fn allocation_rate(
                 }
                 continue;
             };
-            let Some(message) = ParsedMessage::parse(buf.get(..len).unwrap_or_default()) else {
+            let Some(message) = Response::parse(buf.get(..len).unwrap_or_default()) else {
                 continue;
             };
             if message.transaction_id != client.transaction {
@@ -430,45 +410,30 @@ pub fn allocation_rate(
             }
             let next = match &client.stage {
                 Stage::Challenge => {
-                    let (Some(realm), Some(nonce)) = (
-                        message.text(wire::ATTR_REALM),
-                        message.text(wire::ATTR_NONCE),
-                    ) else {
+                    let (Some(realm), Some(nonce)) = (message.realm.clone(), message.nonce.clone())
+                    else {
                         restarting.push(index);
                         continue;
                     };
                     let key =
                         wire::long_term_key(&credentials.username, &realm, &credentials.password);
-                    let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction_id());
-                    request.attribute(
-                        wire::ATTR_REQUESTED_TRANSPORT,
-                        &wire::requested_transport_udp(),
-                    );
-                    request.attribute(wire::ATTR_USERNAME, credentials.username.as_bytes());
-                    request.attribute(wire::ATTR_REALM, realm.as_bytes());
-                    request.attribute(wire::ATTR_NONCE, nonce.as_bytes());
-                    Some((
-                        Stage::Authenticated((realm + "\n" + &nonce).into_bytes()),
-                        request.finish_with_integrity(&key),
-                    ))
+                    let mut request = MessageWriter::request(Method::ALLOCATE, transaction_id());
+                    request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+                    request.credentials(&credentials.username, &realm, &nonce);
+                    let request = request.finish_with_integrity(&key);
+                    Some((Stage::Authenticated { realm, nonce, key }, request))
                 }
-                Stage::Authenticated(realm_nonce) => {
-                    if !message.is_success() {
+                Stage::Authenticated { realm, nonce, key } => {
+                    if !message.success {
                         // Start over on a fresh socket (e.g. 438 or quota).
                         restarting.push(index);
                         continue;
                     }
                     allocations += 1;
-                    let text = String::from_utf8_lossy(realm_nonce).into_owned();
-                    let (realm, nonce) = text.split_once('\n').unwrap_or_default();
-                    let key =
-                        wire::long_term_key(&credentials.username, realm, &credentials.password);
-                    let mut request = MessageWriter::new(wire::REFRESH_REQUEST, transaction_id());
-                    request.attribute(wire::ATTR_LIFETIME, &0u32.to_be_bytes());
-                    request.attribute(wire::ATTR_USERNAME, credentials.username.as_bytes());
-                    request.attribute(wire::ATTR_REALM, realm.as_bytes());
-                    request.attribute(wire::ATTR_NONCE, nonce.as_bytes());
-                    Some((Stage::Deleting, request.finish_with_integrity(&key)))
+                    let mut request = MessageWriter::request(Method::REFRESH, transaction_id());
+                    request.attribute(attr::LIFETIME, &0u32.to_be_bytes());
+                    request.credentials(&credentials.username, realm, nonce);
+                    Some((Stage::Deleting, request.finish_with_integrity(key)))
                 }
                 Stage::Deleting => {
                     spare.push(client.socket.try_clone()?);
@@ -500,11 +465,8 @@ pub fn allocation_rate(
                 }
             };
             let transaction = transaction_id();
-            let mut request = MessageWriter::new(wire::ALLOCATE_REQUEST, transaction);
-            request.attribute(
-                wire::ATTR_REQUESTED_TRANSPORT,
-                &wire::requested_transport_udp(),
-            );
+            let mut request = MessageWriter::request(Method::ALLOCATE, transaction);
+            request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
             let request = request.finish();
             let _ = socket.send(&request);
             sent += 1;

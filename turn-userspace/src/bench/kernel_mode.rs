@@ -43,12 +43,11 @@ fn build_frames(
         .iter()
         .enumerate()
         .map(|(index, flow)| {
-            let mut udp_payload = wire::channel_data_header(flow.channel, payload_len).to_vec();
-            let mut payload = vec![0xA5u8; payload_len];
-            payload[0..4].copy_from_slice(&step.to_le_bytes());
-            payload[4..8].copy_from_slice(&(index as u32).to_le_bytes());
-            payload[16..PROBE_LEN].copy_from_slice(&monotonic_ns().to_le_bytes());
-            udp_payload.extend_from_slice(&payload);
+            let mut udp_payload = wire::channel_data(flow.channel, payload_len, 0xA5);
+            let probe = &mut udp_payload[4..4 + PROBE_LEN];
+            probe[0..4].copy_from_slice(&step.to_le_bytes());
+            probe[4..8].copy_from_slice(&(index as u32).to_le_bytes());
+            probe[16..24].copy_from_slice(&monotonic_ns().to_le_bytes());
             let udp_len = 8 + udp_payload.len();
             let ip_len = 20 + udp_len;
             let mut frame = Vec::with_capacity(14 + ip_len);

@@ -93,11 +93,15 @@ pub struct GeneratorOutcome {
 /// The datagram a flow sends, up to the probe header; payload bytes follow.
 fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, usize) {
     let mut template = match mode {
-        RelayMode::ChannelData => wire::channel_data_header(flow.channel, payload_len).to_vec(),
+        RelayMode::ChannelData => {
+            let mut message = wire::channel_data(flow.channel, payload_len, 0);
+            message.truncate(message.len() - payload_len);
+            message
+        }
         RelayMode::SendIndication => {
-            let mut writer = wire::MessageWriter::new(wire::SEND_INDICATION, [0; 12]);
-            writer.xor_address(wire::ATTR_XOR_PEER_ADDRESS, flow.peer);
-            writer.attribute(wire::ATTR_DATA, &vec![0u8; payload_len]);
+            let mut writer = wire::MessageWriter::indication(crate::stun::Method::SEND, [0; 12]);
+            writer.xor_address(crate::stun::attributes::XOR_PEER_ADDRESS, flow.peer);
+            writer.attribute(crate::stun::attributes::DATA, &vec![0u8; payload_len]);
             let mut message = writer.finish();
             message.truncate(message.len() - payload_len.next_multiple_of(4));
             message

@@ -3,7 +3,7 @@
 //! ```text
 //!  [client ns] c0 198.18.1.1/24 ──veth── r0 198.18.1.2/24 [relay ns] r1 198.18.2.2/24 ──veth── p0 198.18.2.1/24 [peer ns]
 //! ```
-//! The relay namespace has IPv4 forwarding on: the XDP program's bpf_fib_lookup (flags 0)
+//! The relay namespace has IP forwarding on: the XDP program's bpf_fib_lookup (flags 0)
 //! answers "forwarding disabled" otherwise, and the no-relay baseline latency uses it. It
 //! does not change any server's path, since all TURN traffic is addressed to the relay's
 //! own addresses (delivered locally, never forwarded). Everything is torn down when the
@@ -221,22 +221,24 @@ impl Topology {
         Ok(())
     }
 
-    /// Turns IPv4 forwarding on in the relay namespace (see the module documentation).
+    /// Turns IP forwarding on in the relay namespace (see the module documentation).
     fn enable_relay_forwarding(&self) -> Result<()> {
-        let status = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.relay_ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.ip_forward=1",
-            ])
-            .status()
-            .context("running sysctl in the relay namespace")?;
-        if !status.success() {
-            bail!("sysctl net.ipv4.ip_forward=1 failed in {}", self.relay_ns);
+        for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let status = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.relay_ns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    setting,
+                ])
+                .status()
+                .context("running sysctl in the relay namespace")?;
+            if !status.success() {
+                bail!("sysctl {setting} failed in {}", self.relay_ns);
+            }
         }
         Ok(())
     }

@@ -1,106 +1,91 @@
-//! The few STUN/TURN messages a benchmark client sends, and the fields it reads back.
-//!
-//! The benchmark only needs the client side of RFC 8489/8656 (requests with long-term
-//! credentials, Send indications, ChannelData), so it carries this small encoder rather than
-//! depending on the server codec's API surface.
+//! The client side of the few STUN/TURN exchanges the benchmark needs, on top of the
+//! crate's codec ([`crate::stun`]): requests with long-term credentials, Send indications,
+//! ChannelData, and the response fields a client reads.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 
-use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
-use sha1::Sha1;
 
-/// RFC 8489 §5: the fixed magic cookie.
-pub const MAGIC_COOKIE: u32 = 0x2112_A442;
-pub const HEADER_LEN: usize = 20;
+use crate::stun::attributes as attr;
+use crate::stun::channel_data::ChannelData;
+use crate::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
-pub const BINDING_REQUEST: u16 = 0x0001;
-pub const ALLOCATE_REQUEST: u16 = 0x0003;
-pub const REFRESH_REQUEST: u16 = 0x0004;
-pub const CREATE_PERMISSION_REQUEST: u16 = 0x0008;
-pub const CHANNEL_BIND_REQUEST: u16 = 0x0009;
-pub const SEND_INDICATION: u16 = 0x0016;
-pub const DATA_INDICATION: u16 = 0x0017;
-/// RFC 8489 §5: class bits of a success response (0b10) and an error response (0b11).
-const CLASS_MASK: u16 = 0x0110;
-const CLASS_SUCCESS: u16 = 0x0100;
-const CLASS_ERROR: u16 = 0x0110;
-
-pub const ATTR_USERNAME: u16 = 0x0006;
-pub const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
-pub const ATTR_ERROR_CODE: u16 = 0x0009;
-pub const ATTR_CHANNEL_NUMBER: u16 = 0x000C;
-pub const ATTR_LIFETIME: u16 = 0x000D;
-pub const ATTR_XOR_PEER_ADDRESS: u16 = 0x0012;
-pub const ATTR_DATA: u16 = 0x0013;
-pub const ATTR_REALM: u16 = 0x0014;
-pub const ATTR_NONCE: u16 = 0x0015;
-pub const ATTR_XOR_RELAYED_ADDRESS: u16 = 0x0016;
-pub const ATTR_REQUESTED_TRANSPORT: u16 = 0x0019;
-pub const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
-
-/// RFC 8656 §14.7: REQUESTED-TRANSPORT value for UDP.
-const PROTOCOL_UDP: u8 = 17;
 /// RFC 8656 §12: the first channel number a client may bind.
 pub const FIRST_CHANNEL: u16 = 0x4000;
 
-/// A STUN message being encoded, attribute by attribute (RFC 8489 §5, §14).
+enum Attribute {
+    Raw(u16, Vec<u8>),
+    XorAddress(u16, SocketAddr),
+}
+
+/// A message to send: collects attributes, then encodes them with [`MessageBuilder`].
 pub struct MessageWriter {
-    buf: Vec<u8>,
+    method: Method,
+    class: Class,
+    transaction_id: TransactionId,
+    attributes: Vec<Attribute>,
 }
 
 impl MessageWriter {
-    pub fn new(message_type: u16, transaction_id: [u8; 12]) -> Self {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&message_type.to_be_bytes());
-        buf.extend_from_slice(&0u16.to_be_bytes());
-        buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        buf.extend_from_slice(&transaction_id);
-        MessageWriter { buf }
+    pub fn request(method: Method, transaction_id: [u8; 12]) -> Self {
+        MessageWriter {
+            method,
+            class: Class::Request,
+            transaction_id: TransactionId(transaction_id),
+            attributes: Vec::new(),
+        }
     }
 
-    pub fn attribute(&mut self, attribute_type: u16, value: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(&attribute_type.to_be_bytes());
-        // Attribute values the benchmark writes are far below 64 KiB.
-        self.buf
-            .extend_from_slice(&(value.len() as u16).to_be_bytes());
-        self.buf.extend_from_slice(value);
-        let padding = (4 - value.len() % 4) % 4;
-        self.buf.extend(std::iter::repeat_n(0u8, padding));
-        self.set_length();
+    pub fn indication(method: Method, transaction_id: [u8; 12]) -> Self {
+        MessageWriter {
+            class: Class::Indication,
+            ..Self::request(method, transaction_id)
+        }
+    }
+
+    pub fn attribute(&mut self, kind: u16, value: &[u8]) -> &mut Self {
+        self.attributes.push(Attribute::Raw(kind, value.to_vec()));
         self
     }
 
-    /// RFC 8489 §14.5, §14.4 (XOR-*-ADDRESS encoding shared by all address attributes).
-    pub fn xor_address(&mut self, attribute_type: u16, address: SocketAddrV4) -> &mut Self {
-        let value = encode_xor_address(address);
-        self.attribute(attribute_type, &value)
+    /// An XOR-*-ADDRESS attribute (RFC 8489 §14.2).
+    pub fn xor_address(&mut self, kind: u16, address: SocketAddrV4) -> &mut Self {
+        self.attributes
+            .push(Attribute::XorAddress(kind, SocketAddr::V4(address)));
+        self
     }
 
-    /// Appends MESSAGE-INTEGRITY (RFC 8489 §14.5) keyed with the long-term key, and returns the
-    /// finished message.
-    pub fn finish_with_integrity(mut self, key: &[u8]) -> Vec<u8> {
-        let integrity_len = 4 + 20;
-        let length = (self.buf.len() - HEADER_LEN + integrity_len) as u16;
-        self.buf[2..4].copy_from_slice(&length.to_be_bytes());
-        let mut mac = match Hmac::<Sha1>::new_from_slice(key) {
-            Ok(mac) => mac,
-            // HMAC accepts keys of every length; this branch cannot be taken.
-            Err(_) => return self.buf,
-        };
-        mac.update(&self.buf);
-        let digest = mac.finalize().into_bytes();
-        self.attribute(ATTR_MESSAGE_INTEGRITY, &digest);
-        self.buf
+    /// The long-term credential attributes of RFC 8489 §9.2.4 (MESSAGE-INTEGRITY is added by
+    /// [`MessageWriter::finish_with_integrity`]).
+    pub fn credentials(&mut self, username: &str, realm: &str, nonce: &str) -> &mut Self {
+        self.attribute(attr::USERNAME, username.as_bytes())
+            .attribute(attr::REALM, realm.as_bytes())
+            .attribute(attr::NONCE, nonce.as_bytes())
     }
 
     pub fn finish(self) -> Vec<u8> {
-        self.buf
+        self.encode(None)
     }
 
-    fn set_length(&mut self) {
-        let length = (self.buf.len() - HEADER_LEN) as u16;
-        self.buf[2..4].copy_from_slice(&length.to_be_bytes());
+    /// Appends MESSAGE-INTEGRITY (RFC 8489 §14.5) keyed with the long-term key.
+    pub fn finish_with_integrity(self, key: &[u8]) -> Vec<u8> {
+        self.encode(Some(key))
+    }
+
+    fn encode(self, integrity_key: Option<&[u8]>) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(256);
+        let mut builder =
+            MessageBuilder::new(&mut buf, self.method, self.class, &self.transaction_id);
+        for attribute in &self.attributes {
+            match attribute {
+                Attribute::Raw(kind, value) => builder.attribute(*kind, value),
+                Attribute::XorAddress(kind, address) => builder.xor_address(*kind, *address),
+            };
+        }
+        if let Some(key) = integrity_key {
+            builder.message_integrity(key);
+        }
+        buf
     }
 }
 
@@ -111,29 +96,9 @@ pub fn long_term_key(username: &str, realm: &str, password: &str) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-pub fn encode_xor_address(address: SocketAddrV4) -> [u8; 8] {
-    let mut value = [0u8; 8];
-    value[1] = 0x01;
-    let port = address.port() ^ (MAGIC_COOKIE >> 16) as u16;
-    value[2..4].copy_from_slice(&port.to_be_bytes());
-    let ip = u32::from(*address.ip()) ^ MAGIC_COOKIE;
-    value[4..8].copy_from_slice(&ip.to_be_bytes());
-    value
-}
-
-fn decode_xor_address(value: &[u8]) -> Option<SocketAddr> {
-    if value.get(1) != Some(&0x01) {
-        return None;
-    }
-    let port = u16::from_be_bytes([*value.get(2)?, *value.get(3)?]) ^ (MAGIC_COOKIE >> 16) as u16;
-    let raw = value.get(4..8)?;
-    let ip = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) ^ MAGIC_COOKIE;
-    Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
-}
-
 /// REQUESTED-TRANSPORT for UDP (RFC 8656 §18.7).
 pub fn requested_transport_udp() -> [u8; 4] {
-    [PROTOCOL_UDP, 0, 0, 0]
+    [attr::TRANSPORT_UDP, 0, 0, 0]
 }
 
 /// CHANNEL-NUMBER (RFC 8656 §18.1).
@@ -142,154 +107,119 @@ pub fn channel_number(channel: u16) -> [u8; 4] {
     [bytes[0], bytes[1], 0, 0]
 }
 
-/// A decoded STUN message: its type, transaction id and attributes in order.
-pub struct ParsedMessage<'a> {
-    pub message_type: u16,
+/// What a client reads from a response.
+pub struct Response {
     pub transaction_id: [u8; 12],
-    attributes: Vec<(u16, &'a [u8])>,
+    pub success: bool,
+    /// ERROR-CODE as class*100 + number (RFC 8489 §14.8).
+    pub error_code: Option<u16>,
+    pub realm: Option<String>,
+    pub nonce: Option<String>,
+    pub relayed: Option<SocketAddr>,
 }
 
-impl<'a> ParsedMessage<'a> {
-    /// Parses the header and attribute list (RFC 8489 §5, §14); None when malformed.
-    pub fn parse(packet: &'a [u8]) -> Option<Self> {
-        let header = packet.get(..HEADER_LEN)?;
-        let message_type = u16::from_be_bytes([header[0], header[1]]);
-        let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        if u32::from_be_bytes([header[4], header[5], header[6], header[7]]) != MAGIC_COOKIE {
+impl Response {
+    /// None when the datagram is not a STUN response.
+    pub fn parse(packet: &[u8]) -> Option<Response> {
+        let message = Message::parse(packet).ok()?;
+        let class = message.class();
+        if class != Class::SuccessResponse && class != Class::ErrorResponse {
             return None;
         }
-        let mut transaction_id = [0u8; 12];
-        transaction_id.copy_from_slice(&header[8..20]);
-        let mut body = packet.get(HEADER_LEN..HEADER_LEN + length)?;
-        let mut attributes = Vec::new();
-        while body.len() >= 4 {
-            let attribute_type = u16::from_be_bytes([body[0], body[1]]);
-            let value_len = usize::from(u16::from_be_bytes([body[2], body[3]]));
-            let value = body.get(4..4 + value_len)?;
-            attributes.push((attribute_type, value));
-            let padded = (value_len + 3) & !3;
-            body = body.get((4 + padded).min(body.len())..)?;
-        }
-        Some(ParsedMessage {
-            message_type,
-            transaction_id,
-            attributes,
+        Some(Response {
+            transaction_id: message.transaction_id().0,
+            success: class == Class::SuccessResponse,
+            error_code: message.error_code().ok().flatten().map(|error| error.code),
+            realm: message.realm().ok().flatten().map(str::to_string),
+            nonce: message
+                .nonce()
+                .ok()
+                .flatten()
+                .map(|nonce| String::from_utf8_lossy(nonce).into_owned()),
+            relayed: message.xor_relayed_address().ok().flatten(),
         })
-    }
-
-    pub fn attribute(&self, attribute_type: u16) -> Option<&'a [u8]> {
-        self.attributes
-            .iter()
-            .find(|(t, _)| *t == attribute_type)
-            .map(|(_, v)| *v)
-    }
-
-    pub fn is_success(&self) -> bool {
-        self.message_type & CLASS_MASK == CLASS_SUCCESS
-    }
-
-    pub fn is_error(&self) -> bool {
-        self.message_type & CLASS_MASK == CLASS_ERROR
-    }
-
-    /// ERROR-CODE (RFC 8489 §14.8) as class*100 + number.
-    pub fn error_code(&self) -> Option<u16> {
-        let value = self.attribute(ATTR_ERROR_CODE)?;
-        let class = u16::from(*value.get(2)? & 0x07);
-        let number = u16::from(*value.get(3)?);
-        Some(class * 100 + number)
-    }
-
-    pub fn text(&self, attribute_type: u16) -> Option<String> {
-        self.attribute(attribute_type)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-
-    pub fn xor_address(&self, attribute_type: u16) -> Option<SocketAddr> {
-        decode_xor_address(self.attribute(attribute_type)?)
     }
 }
 
-/// RFC 8656 §12.4: the ChannelData header (channel number, length).
-pub fn channel_data_header(channel: u16, payload_len: usize) -> [u8; 4] {
-    let c = channel.to_be_bytes();
-    let l = (payload_len as u16).to_be_bytes();
-    [c[0], c[1], l[0], l[1]]
+/// A ChannelData message with `payload_len` bytes of `fill` (RFC 8656 §12.4).
+pub fn channel_data(channel: u16, payload_len: usize, fill: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload_len);
+    crate::stun::channel_data::encode(&mut out, channel, &vec![fill; payload_len]);
+    out
 }
 
 /// The application payload of a relayed datagram arriving at a client: the body of a
 /// ChannelData message or the DATA attribute of a Data indication (RFC 8656 §11.6, §12.6).
 pub fn relayed_payload(packet: &[u8]) -> Option<&[u8]> {
-    let first = *packet.first()?;
-    if (0x40..=0x4F).contains(&first) {
-        let length = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
-        return packet.get(4..4 + length);
+    if let Some(channel_data) = ChannelData::parse(packet) {
+        return Some(channel_data.data);
     }
-    let message = ParsedMessage::parse(packet)?;
-    if message.message_type != DATA_INDICATION {
+    let message = Message::parse(packet).ok()?;
+    if message.method() != Method::DATA || message.class() != Class::Indication {
         return None;
     }
-    message.attribute(ATTR_DATA)
+    message.data()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn send_indication_carries_peer_and_data() {
         let peer = SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 1), 40000);
-        let mut writer = MessageWriter::new(SEND_INDICATION, [9; 12]);
-        writer.xor_address(ATTR_XOR_PEER_ADDRESS, peer);
-        writer.attribute(ATTR_DATA, &[1, 2, 3, 4, 5]);
+        let mut writer = MessageWriter::indication(Method::SEND, [9; 12]);
+        writer.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        writer.attribute(attr::DATA, &[1, 2, 3, 4, 5]);
         let message = writer.finish();
-        assert_eq!(message.len(), HEADER_LEN + 12 + 4 + 8);
-        let parsed = ParsedMessage::parse(&message).expect("well formed");
-        assert_eq!(parsed.message_type, SEND_INDICATION);
+        assert_eq!(message.len(), 20 + 12 + 4 + 8);
+        let parsed = Message::parse(&message).expect("well formed");
         assert_eq!(
-            parsed.xor_address(ATTR_XOR_PEER_ADDRESS),
+            (parsed.method(), parsed.class()),
+            (Method::SEND, Class::Indication)
+        );
+        assert_eq!(
+            parsed.xor_peer_address().ok().flatten(),
             Some(SocketAddr::V4(peer))
         );
-        assert_eq!(parsed.attribute(ATTR_DATA), Some(&[1u8, 2, 3, 4, 5][..]));
-    }
-
-    #[test]
-    fn integrity_covers_the_message_with_its_own_length() {
-        let key = long_term_key("user", "realm", "pass");
-        let mut writer = MessageWriter::new(BINDING_REQUEST, [1; 12]);
-        writer.attribute(ATTR_USERNAME, b"user");
-        let message = writer.finish_with_integrity(&key);
-        // RFC 8489 §14.5: the length field counts up to and including MESSAGE-INTEGRITY.
-        assert_eq!(
-            usize::from(u16::from_be_bytes([message[2], message[3]])),
-            message.len() - HEADER_LEN
-        );
-        let mut mac = Hmac::<Sha1>::new_from_slice(&key).expect("any key length");
-        mac.update(&message[..message.len() - 24]);
-        assert_eq!(
-            &message[message.len() - 20..],
-            &mac.finalize().into_bytes()[..]
-        );
+        assert_eq!(parsed.data(), Some(&[1u8, 2, 3, 4, 5][..]));
     }
 
     #[test]
     fn relayed_payload_unwraps_channel_data_and_data_indications() {
-        let mut channel_data = channel_data_header(0x4001, 3).to_vec();
-        channel_data.extend_from_slice(&[7, 8, 9]);
-        assert_eq!(relayed_payload(&channel_data), Some(&[7u8, 8, 9][..]));
-        let mut writer = MessageWriter::new(DATA_INDICATION, [2; 12]);
-        writer.attribute(ATTR_DATA, &[5, 6]);
+        let mut channel_data = channel_data(0x4001, 3, 7);
+        assert_eq!(relayed_payload(&channel_data), Some(&[7u8, 7, 7][..]));
+        channel_data.truncate(5);
+        assert_eq!(relayed_payload(&channel_data), None);
+        let mut writer = MessageWriter::indication(Method::DATA, [2; 12]);
+        writer.attribute(attr::DATA, &[5, 6]);
         assert_eq!(relayed_payload(&writer.finish()), Some(&[5u8, 6][..]));
-        assert_eq!(relayed_payload(&[0x40, 0x01, 0x00, 0x09]), None);
     }
 
     #[test]
-    fn error_code_is_class_times_hundred_plus_number() {
-        let mut writer = MessageWriter::new(ALLOCATE_REQUEST | 0x0110, [3; 12]);
-        writer.attribute(ATTR_ERROR_CODE, &[0, 0, 4, 1]);
-        let message = writer.finish();
-        let parsed = ParsedMessage::parse(&message).expect("well formed");
-        assert!(parsed.is_error());
-        assert_eq!(parsed.error_code(), Some(401));
+    fn responses_yield_error_code_realm_and_nonce() {
+        let mut buf = Vec::new();
+        let mut builder = MessageBuilder::new(
+            &mut buf,
+            Method::ALLOCATE,
+            Class::ErrorResponse,
+            &TransactionId([3; 12]),
+        );
+        builder
+            .error_code(401, "Unauthorized")
+            .attribute(attr::REALM, b"bench.invalid")
+            .attribute(attr::NONCE, b"abc");
+        let response = Response::parse(&buf).expect("a response");
+        assert!(!response.success);
+        assert_eq!(response.error_code, Some(401));
+        assert_eq!(
+            (response.realm.as_deref(), response.nonce.as_deref()),
+            (Some("bench.invalid"), Some("abc"))
+        );
+        assert_eq!(response.transaction_id, [3; 12]);
+        assert!(
+            Response::parse(&MessageWriter::request(Method::BINDING, [1; 12]).finish()).is_none()
+        );
     }
 }

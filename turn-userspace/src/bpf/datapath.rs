@@ -226,7 +226,9 @@ impl Datapath for BpfDatapath {
         let relay = canonical(entry.relay);
         if !self.allocations.contains_key(&relay) {
             // Without its allocation the entry would never be used: keep the map for others.
-            return Err(DatapathError::Update(format!("no fast-path allocation for {relay}")));
+            return Err(DatapathError::Update(format!(
+                "no fast-path allocation for {relay}"
+            )));
         }
         let relay_address = specific("relayed address", relay)?;
         let peer = entry.peer_ip.to_canonical();

@@ -117,7 +117,10 @@ pub(crate) fn forwarding_warning(disabled: &[ForwardingDisabled]) -> Option<Stri
             .collect();
         let Some(first) = off.first() else { continue };
         let all = forwarding_sysctl(family, "all");
-        let each: Vec<String> = off.iter().map(|entry| format!("{}=1", entry.sysctl())).collect();
+        let each: Vec<String> = off
+            .iter()
+            .map(|entry| format!("{}=1", entry.sysctl()))
+            .collect();
         fixes.push(match first.all_enabled {
             // `all` was set before these interfaces existed, or they were turned off since.
             Some(true) => each.join(", "),

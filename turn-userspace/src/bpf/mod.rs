@@ -22,8 +22,9 @@
 //!   carries only the pseudo-header sum); the program's incremental update then yields
 //!   a wrong checksum. Frames from real NICs are complete; for veth test setups turn the
 //!   sender's offload off (`ethtool -K <if> tx off`).
-//! - Frames XDP_TX'd or redirected into a veth are dropped unless the veth's peer runs
-//!   an XDP program (this one with empty maps passes everything).
+//! - Frames XDP_TX'd or redirected into a veth are dropped (`xdp_tx_errors`) unless the
+//!   veth's peer has NAPI: it runs an XDP program (this one with empty maps, or any
+//!   pass-only program) or, on newer kernels, has GRO on (`ethtool -K <if> gro on`).
 //! - No bpffs: nothing is pinned.
 //! - Map memory is preallocated: about 2.4 KiB per allocation on a 2-CPU host
 //!   (`XdpRelay::map_memory_bytes` gives the exact figure).
@@ -34,6 +35,8 @@ mod datapath;
 mod host;
 mod maps;
 pub mod testbed;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::sync::Mutex;

@@ -162,31 +162,27 @@ pub(crate) fn render(snapshot: &MetricsSnapshot) -> String {
             stats.to_client_data_indication,
         ),
     ];
-    header(
-        &mut text,
-        "turn_userspace_relayed_packets_total",
-        "Application datagrams relayed by userspace.",
-        "counter",
-    );
-    for (direction, kind, count) in relayed {
-        let _ = writeln!(
-            text,
-            "turn_userspace_relayed_packets_total{{direction=\"{direction}\",kind=\"{kind}\"}} {}",
-            count.packets
-        );
-    }
-    header(
-        &mut text,
-        "turn_userspace_relayed_bytes_total",
-        "Application bytes relayed by userspace.",
-        "counter",
-    );
-    for (direction, kind, count) in relayed {
-        let _ = writeln!(
-            text,
-            "turn_userspace_relayed_bytes_total{{direction=\"{direction}\",kind=\"{kind}\"}} {}",
-            count.bytes
-        );
+    let measures: [(&str, &str, fn(&PacketCount) -> u64); 2] = [
+        (
+            "turn_userspace_relayed_packets_total",
+            "Application datagrams relayed by userspace.",
+            |count| count.packets,
+        ),
+        (
+            "turn_userspace_relayed_bytes_total",
+            "Application bytes relayed by userspace.",
+            |count| count.bytes,
+        ),
+    ];
+    for (name, help, measure) in measures {
+        header(&mut text, name, help, "counter");
+        for (direction, kind, count) in &relayed {
+            let _ = writeln!(
+                text,
+                "{name}{{direction=\"{direction}\",kind=\"{kind}\"}} {}",
+                measure(count)
+            );
+        }
     }
     counter(
         &mut text,

@@ -467,7 +467,7 @@ impl RelayLoop {
                         client: source,
                         listener: local,
                     };
-                    self.server.handle_client_datagram(now, flow, packet, out)
+                    self.server.handle_client_datagram(now, flow, packet)
                 }
                 SocketRole::Relay => {
                     self.server

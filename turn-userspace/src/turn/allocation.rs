@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::stun::{PasswordAlgorithm, TransactionId};
 
 use super::authenticate::IntegrityKind;
+use super::PacketCount;
 
 /// A channel binding (RFC 8656 §12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,10 +17,27 @@ pub(super) struct Channel {
     pub(super) expires_at: Instant,
 }
 
+/// Application data this allocation relayed in userspace, for the usage log line when it
+/// ends (the fast path counts its own share).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct UserspaceTraffic {
+    pub(super) to_peer: PacketCount,
+    pub(super) to_client: PacketCount,
+}
+
+/// An expired channel binding in its cool-off (RFC 8656 §12): until `until`, neither its
+/// number nor its peer may be bound to anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CoolingChannel {
+    pub(super) peer: SocketAddr,
+    pub(super) until: Instant,
+}
+
 #[derive(Debug)]
 pub(super) struct Allocation {
     /// Relayed transport address: bind IP + port (what the relay socket binds to).
     pub(super) relay: SocketAddr,
+    pub(super) created_at: Instant,
     pub(super) expires_at: Instant,
     /// RFC 8656 §5: later requests must use the same USERNAME (else 441)…
     pub(super) username: String,
@@ -35,6 +53,9 @@ pub(super) struct Allocation {
     pub(super) permissions: HashMap<IpAddr, Instant>,
     pub(super) channels: HashMap<u16, Channel>,
     pub(super) channel_by_peer: HashMap<SocketAddr, u16>,
+    /// Expired channel numbers still cooling off.
+    pub(super) cooling_channels: HashMap<u16, CoolingChannel>,
+    pub(super) userspace_traffic: UserspaceTraffic,
 }
 
 impl Allocation {
@@ -49,6 +70,25 @@ impl Allocation {
         let number = *self.channel_by_peer.get(&peer)?;
         let channel = self.channels.get(&number)?;
         (channel.expires_at > now).then_some(number)
+    }
+
+    /// RFC 8656 §12.1: whether binding `number` to `peer` would rebind a channel number to
+    /// another peer or a peer to another number, counting bindings in their cool-off.
+    pub(super) fn channel_bind_conflicts(&self, number: u16, peer: SocketAddr, now: Instant) -> bool {
+        let number_taken = self
+            .channels
+            .get(&number)
+            .is_some_and(|channel| channel.peer != peer);
+        let peer_taken = self
+            .channel_by_peer
+            .get(&peer)
+            .is_some_and(|&bound| bound != number);
+        let cooling_conflict = self.cooling_channels.iter().any(|(&cooling_number, cooling)| {
+            let same_number = cooling_number == number;
+            let same_peer = cooling.peer == peer;
+            cooling.until > now && same_number != same_peer
+        });
+        number_taken || peer_taken || cooling_conflict
     }
 
     /// The live peer of channel `number`, if any.

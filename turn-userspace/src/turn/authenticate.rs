@@ -28,6 +28,13 @@ pub(super) struct AuthContext {
     pub(super) password_algorithm: PasswordAlgorithm,
 }
 
+/// Who a request claims to be.
+enum Identity<'a> {
+    Username(&'a str),
+    /// USERHASH (RFC 8489 §14.4) sent instead of USERNAME.
+    Userhash([u8; 32]),
+}
+
 fn verify(request: &Message, integrity: IntegrityKind, key: &[u8]) -> bool {
     match integrity {
         IntegrityKind::Sha1 => request.verify_message_integrity(key),
@@ -36,9 +43,11 @@ fn verify(request: &Message, integrity: IntegrityKind, key: &[u8]) -> bool {
 }
 
 impl<D: Datapath, R: rand::RngCore> Server<D, R> {
-    /// RFC 8489 §9.2.4, in order: no integrity → 401; USERNAME/REALM/NONCE missing → 400;
-    /// password algorithm negotiation broken → 400; nonce not ours → 401; unknown user or
-    /// wrong realm → 401; integrity mismatch → 401; nonce expired → 438. MESSAGE-INTEGRITY-SHA256
+    /// RFC 8489 §9.2.4, in order: no integrity → 401; USERNAME (or USERHASH)/REALM/NONCE
+    /// missing → 400; password algorithm negotiation broken → 400; nonce not ours → 401;
+    /// unknown user or wrong realm → 401; integrity mismatch → 401; nonce expired → 438.
+    /// USERHASH without USERNAME (RFC 8489 §14.4) finds static users only (else 401).
+    /// MESSAGE-INTEGRITY-SHA256
     /// is preferred when both are present. A request on an existing allocation with the
     /// same USERNAME is checked with the key the allocation was created with, so a
     /// time-limited username that has since expired can still refresh what it created.
@@ -55,9 +64,14 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         } else {
             return Err(TurnError::Unauthenticated);
         };
-        let (Some(username), Some(realm), Some(nonce)) =
-            (request.username()?, request.realm()?, request.nonce()?)
-        else {
+        let identity = match request.username()? {
+            Some(username) => Identity::Username(username),
+            None => request
+                .userhash()?
+                .map(Identity::Userhash)
+                .ok_or(TurnError::BadRequest)?,
+        };
+        let (Some(realm), Some(nonce)) = (request.realm()?, request.nonce()?) else {
             return Err(TurnError::BadRequest);
         };
         let password_algorithm = self.negotiated_password_algorithm(request, nonce)?;
@@ -72,6 +86,16 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             tracing::debug!(client = %flow.client, "request for another realm");
             return Err(TurnError::Unauthenticated);
         }
+        let username = match identity {
+            Identity::Username(username) => username,
+            Identity::Userhash(userhash) => self
+                .auth
+                .static_user_by_userhash(&userhash, realm)
+                .ok_or_else(|| {
+                    tracing::debug!(client = %flow.client, "USERHASH of no static user");
+                    TurnError::Unauthenticated
+                })?,
+        };
         let allocation_key = self
             .allocations
             .get(&flow)

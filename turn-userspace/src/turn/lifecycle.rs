@@ -1,28 +1,62 @@
 //! Ending state: expiry timers (RFC 8656 §7, §9, §12; RFC 8489 §6.3.1), deletion of
 //! allocations, and allocations whose relay socket could not be bound.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::datapath::{ClientFlow, Datapath};
+use crate::datapath::{ClientFlow, Datapath, RelayedTraffic};
 use crate::stun::{Class, Message, Method};
 
-use super::allocation::Allocation;
+use super::allocation::{Allocation, CoolingChannel};
 use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
-use super::{Command, Now, Server, TurnError};
+use super::{Command, Now, Server, TurnError, CHANNEL_REBIND_COOL_OFF};
+
+/// Why an allocation ended, for its usage log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DeletionReason {
+    /// Its lifetime ran out (RFC 8656 §7).
+    Expired,
+    /// The client sent a Refresh with LIFETIME 0 (RFC 8656 §8).
+    RefreshedToZero,
+}
+
+impl fmt::Display for DeletionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeletionReason::Expired => "expired",
+            DeletionReason::RefreshedToZero => "deleted by client",
+        })
+    }
+}
 
 impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     /// Removes an allocation with everything hanging off it, from userspace and the fast
-    /// path, and asks the IO layer to close its relay socket.
-    pub(super) fn delete_allocation(&mut self, flow: ClientFlow) {
+    /// path, asks the IO layer to close its relay socket and logs its usage (what coturn
+    /// operators find in coturn's session-close lines): who, where, how long and how much
+    /// was relayed in userspace plus in the fast path.
+    pub(super) fn delete_allocation(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        reason: DeletionReason,
+    ) {
+        // The fast path's counters vanish with its entry, so read them first.
+        let Some(fast_path) = self
+            .allocations
+            .get(&flow)
+            .map(|allocation| self.datapath.relayed_traffic(allocation.relay))
+        else {
+            return;
+        };
         let Some(allocation) = self.remove_allocation_state(flow) else {
             return;
         };
         self.commands.push_back(Command::CloseRelay {
             relay: allocation.relay,
         });
-        tracing::debug!(client = %flow.client, relay = %allocation.relay, "allocation deleted");
+        log_usage(now, flow, &allocation, fast_path, reason);
     }
 
     fn remove_allocation_state(&mut self, flow: ClientFlow) -> Option<Allocation> {
@@ -38,8 +72,9 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         Some(allocation)
     }
 
-    /// Expires allocations, permissions, channels, port reservations and cached responses
-    /// whose time has come (RFC 8656 §7, §9, §12; RFC 8489 §6.3.1).
+    /// Expires allocations, permissions, channels (and their rebind cool-off), port
+    /// reservations and cached responses whose time has come (RFC 8656 §7, §9, §12;
+    /// RFC 8489 §6.3.1).
     pub fn handle_timeout(&mut self, now: Now) {
         while let Some(kind) = self.timers.pop_due(now.instant) {
             match kind {
@@ -49,13 +84,24 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                         .get(&flow)
                         .is_some_and(|allocation| allocation.expires_at <= now.instant)
                     {
-                        self.delete_allocation(flow);
+                        self.delete_allocation(now.instant, flow, DeletionReason::Expired);
                     }
                 }
                 TimerKind::Permission(flow, peer) => {
                     self.expire_permission(now.instant, flow, peer)
                 }
                 TimerKind::Channel(flow, number) => self.expire_channel(now.instant, flow, number),
+                TimerKind::ChannelCoolOff(flow, number) => {
+                    if let Some(allocation) = self.allocations.get_mut(&flow) {
+                        if allocation
+                            .cooling_channels
+                            .get(&number)
+                            .is_some_and(|cooling| cooling.until <= now.instant)
+                        {
+                            allocation.cooling_channels.remove(&number);
+                        }
+                    }
+                }
                 TimerKind::Reservation(token) => {
                     if self
                         .reservations
@@ -108,8 +154,18 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         };
         allocation.channels.remove(&number);
         allocation.channel_by_peer.remove(&channel.peer);
+        let until = channel.expires_at + CHANNEL_REBIND_COOL_OFF;
+        allocation.cooling_channels.insert(
+            number,
+            CoolingChannel {
+                peer: channel.peer,
+                until,
+            },
+        );
         self.datapath
             .remove_channel(flow, allocation.relay, number, channel.peer);
+        self.timers
+            .schedule(until, TimerKind::ChannelCoolOff(flow, number));
     }
 
     /// The IO layer could not bind the relay socket of an OpenRelay command: the allocation
@@ -170,4 +226,28 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             }
         }
     }
+}
+
+/// The usage line of an ended allocation. The username is logged (operators bill and
+/// debug by it); keys and passwords never are.
+fn log_usage(
+    now: Instant,
+    flow: ClientFlow,
+    allocation: &Allocation,
+    fast_path: RelayedTraffic,
+    reason: DeletionReason,
+) {
+    let userspace = allocation.userspace_traffic;
+    tracing::info!(
+        username = %allocation.username,
+        client = %flow.client,
+        relay = %allocation.relay,
+        lifetime_secs = now.saturating_duration_since(allocation.created_at).as_secs(),
+        to_peer_packets = userspace.to_peer.packets.saturating_add(fast_path.to_peer_packets),
+        to_peer_bytes = userspace.to_peer.bytes.saturating_add(fast_path.to_peer_bytes),
+        to_client_packets = userspace.to_client.packets.saturating_add(fast_path.to_client_packets),
+        to_client_bytes = userspace.to_client.bytes.saturating_add(fast_path.to_client_bytes),
+        fast_path_packets = fast_path.to_peer_packets.saturating_add(fast_path.to_client_packets),
+        "allocation closed: {reason}"
+    );
 }

@@ -63,6 +63,11 @@ pub struct ServerConfig {
     pub max_allocations: usize,
     /// Allocations per USERNAME; 0 = unlimited (→ 486).
     pub max_allocations_per_user: usize,
+    /// How long a permission lives after CreatePermission/ChannelBind (RFC 8656 §9: 300 s).
+    pub permission_lifetime: Duration,
+    /// How long a channel binding lives after ChannelBind (RFC 8656 §12: 600 s). It may be
+    /// shorter than `permission_lifetime`; a channel relays only while both are alive.
+    pub channel_lifetime: Duration,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +82,8 @@ impl Default for ServerConfig {
             max_lifetime: Duration::from_secs(3600),
             max_allocations: 10_000,
             max_allocations_per_user: 0,
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
         }
     }
 }
@@ -133,9 +140,9 @@ pub struct PacketCount {
 }
 
 impl PacketCount {
-    fn add(&mut self, bytes: usize) {
-        self.packets += 1;
-        self.bytes += bytes as u64;
+    pub(super) fn add(&mut self, bytes: usize) {
+        self.packets = self.packets.saturating_add(1);
+        self.bytes = self.bytes.saturating_add(bytes as u64);
     }
 }
 
@@ -162,10 +169,9 @@ pub struct ServerStats {
 const TRANSACTION_CACHE_TIME: Duration = Duration::from_secs(40);
 /// Upper bound of cached responses, so a flood cannot exhaust memory.
 const TRANSACTION_CACHE_LIMIT: usize = 65_536;
-/// RFC 8656 §9: permissions live 300 s.
-const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
-/// RFC 8656 §12: channel bindings live 600 s.
-const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// RFC 8656 §12: an expired channel's number and peer are not rebound to anything else
+/// for 5 minutes, so late ChannelData cannot reach the wrong peer.
+const CHANNEL_REBIND_COOL_OFF: Duration = Duration::from_secs(300);
 /// RFC 8656 §7.2 (EVEN-PORT with R bit): a reserved port is kept "about 30 seconds".
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 

@@ -3,6 +3,7 @@
 //! client data is framed into the caller's reusable buffer.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Instant;
 
 use crate::datapath::{ClientFlow, Datapath};
@@ -10,7 +11,8 @@ use crate::stun::attributes as attr;
 use crate::stun::channel_data::{self, ChannelData};
 use crate::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
-use super::{Forward, Payload, Server};
+use super::allocation::Allocation;
+use super::{Forward, PacketCount, Payload, Server, ServerStats};
 
 /// Bytes a Data indication adds around the data: STUN header, XOR-PEER-ADDRESS (IPv6),
 /// DATA header and at most 3 bytes of padding (RFC 8656 §11.3).
@@ -25,27 +27,16 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         flow: ClientFlow,
         packet: &[u8],
     ) -> Option<Forward> {
-        let forward = ChannelData::parse(packet)
-            .zip(ChannelData::data_range(packet))
-            .and_then(|(message, range)| {
-                let allocation = self.allocations.get(&flow)?;
-                let peer = allocation.channel_peer(message.number, now)?;
-                allocation
-                    .has_permission(peer.ip(), now)
-                    .then_some(Forward {
-                        from: allocation.relay,
-                        to: peer,
-                        payload: Payload::Input(range),
-                    })
-            });
-        match &forward {
-            Some(Forward {
-                payload: Payload::Input(range),
-                ..
-            }) => self.stats.to_peer_channel_data.add(range.len()),
-            _ => self.stats.dropped_packets += 1,
-        }
-        forward
+        self.forward_to_peer(
+            now,
+            flow,
+            |allocation| {
+                let (message, range) =
+                    ChannelData::parse(packet).zip(ChannelData::data_range(packet))?;
+                Some((allocation.channel_peer(message.number, now)?, range))
+            },
+            |stats| &mut stats.to_peer_channel_data,
+        )
     }
 
     /// RFC 8656 §11.2: a Send indication's DATA goes to XOR-PEER-ADDRESS when a permission
@@ -59,26 +50,48 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         message: &Message,
     ) -> Option<Forward> {
         let understood = message.unknown_comprehension_required().is_empty();
-        let forward = self
-            .allocations
-            .get(&flow)
-            .filter(|_| understood)
-            .and_then(|allocation| {
+        self.forward_to_peer(
+            now,
+            flow,
+            |allocation| {
                 let peer = message.xor_peer_address().ok()??;
-                let range = message.data_range()?;
-                let allowed = peer.is_ipv4() == allocation.relay.is_ipv4()
-                    && allocation.has_permission(peer.ip(), now);
-                allowed.then_some(Forward {
-                    from: allocation.relay,
-                    to: peer,
-                    payload: Payload::Input(range),
-                })
-            });
+                let same_family = peer.is_ipv4() == allocation.relay.is_ipv4();
+                if !(understood && same_family) {
+                    return None;
+                }
+                Some((peer, message.data_range()?))
+            },
+            |stats| &mut stats.to_peer_send,
+        )
+    }
+
+    /// Client → peer data of `flow`'s allocation: `route` names the peer and the data's
+    /// range in the input packet; it is forwarded while the peer's permission lives (RFC
+    /// 8656 §9) and counted in `counter` and the allocation, or counted as dropped.
+    fn forward_to_peer(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        route: impl FnOnce(&Allocation) -> Option<(SocketAddr, Range<usize>)>,
+        counter: fn(&mut ServerStats) -> &mut PacketCount,
+    ) -> Option<Forward> {
+        let forward = self.allocations.get_mut(&flow).and_then(|allocation| {
+            let (peer, range) = route(allocation)?;
+            if !allocation.has_permission(peer.ip(), now) {
+                return None;
+            }
+            allocation.userspace_traffic.to_peer.add(range.len());
+            Some(Forward {
+                from: allocation.relay,
+                to: peer,
+                payload: Payload::Input(range),
+            })
+        });
         match &forward {
             Some(Forward {
                 payload: Payload::Input(range),
                 ..
-            }) => self.stats.to_peer_send.add(range.len()),
+            }) => counter(&mut self.stats).add(range.len()),
             _ => self.stats.dropped_packets += 1,
         }
         forward
@@ -98,7 +111,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         let Some((flow, allocation)) = self
             .flows_by_relay
             .get(&relay)
-            .and_then(|flow| Some((*flow, self.allocations.get(flow)?)))
+            .and_then(|flow| Some((*flow, self.allocations.get_mut(flow)?)))
             .filter(|(_, allocation)| allocation.has_permission(peer.ip(), now))
         else {
             self.stats.dropped_packets += 1;
@@ -131,6 +144,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             .attribute(attr::DATA, packet);
             self.stats.to_client_data_indication.add(packet.len());
         }
+        allocation.userspace_traffic.to_client.add(packet.len());
         Some(Forward {
             from: flow.listener,
             to: flow.client,

@@ -12,13 +12,13 @@ use crate::stun::attributes::{self as attr, AddressFamily};
 use crate::stun::channel_data::{self, CHANNEL_RANGE};
 use crate::stun::{parse_header, Class, Message, Method, ParseError};
 
-use super::allocation::{granted_lifetime, Allocation, Channel, Reservation};
+use super::allocation::{granted_lifetime, Allocation, Channel, Reservation, UserspaceTraffic};
 use super::authenticate::AuthContext;
+use super::lifecycle::DeletionReason;
 use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
 use super::{
-    Command, Forward, Now, RelayAddress, Server, TurnError, CHANNEL_LIFETIME, PERMISSION_LIFETIME,
-    RESERVATION_LIFETIME,
+    Command, Forward, Now, RelayAddress, Server, TurnError, RESERVATION_LIFETIME,
 };
 
 /// Random probes for a free relay port before falling back to a full scan.
@@ -32,14 +32,13 @@ struct PortChoice {
 
 impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     /// A datagram on a listening socket (STUN or ChannelData). Relay data (Send indication,
-    /// ChannelData) is returned as a [`Forward`] without allocating; STUN answers are queued.
-    /// `_out` is unused: client → peer data is always forwarded straight from `packet`.
+    /// ChannelData) is returned as a [`Forward`] into `packet` without allocating (RFC 8656
+    /// §11.2, §12.6); STUN answers are queued (RFC 8656 §7–§12, RFC 8489 §6.3).
     pub fn handle_client_datagram(
         &mut self,
         now: Now,
         flow: ClientFlow,
         packet: &[u8],
-        _out: &mut Vec<u8>,
     ) -> Option<Forward> {
         if channel_data::is_channel_data(packet) {
             return self.relay_channel_data_from_client(now.instant, flow, packet);
@@ -84,6 +83,9 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         self.queue_error(now, flow, &request, None, TurnError::BadRequest, &[]);
     }
 
+    /// A STUN request (RFC 8489 §6.3.1): retransmissions get the cached response, Binding
+    /// is answered without credentials, the TURN methods are authenticated (RFC 8656 §5)
+    /// and dispatched; anything else is a 400.
     fn handle_request(&mut self, now: Now, flow: ClientFlow, request: &Message) {
         let info = RequestInfo::of(request);
         if self.answer_retransmission(now.instant, flow, info.transaction_id) {
@@ -281,6 +283,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             flow,
             Allocation {
                 relay,
+                created_at: now.instant,
                 expires_at,
                 username: auth.username.clone(),
                 key: auth.key.clone(),
@@ -291,6 +294,8 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 channel_by_peer: HashMap::new(),
+                cooling_channels: HashMap::new(),
+                userspace_traffic: UserspaceTraffic::default(),
             },
         );
         self.flows_by_relay.insert(relay, flow);
@@ -304,12 +309,11 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         tracing::debug!(client = %flow.client, %relay, lifetime = lifetime.as_secs(), "allocation created");
 
         let lifetime_secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
-        self.queue_response(
+        self.queue_success(
             now.instant,
             flow,
             info,
-            Class::SuccessResponse,
-            Some(auth.into()),
+            auth,
             |builder| {
                 builder
                     .xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
@@ -405,7 +409,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             return Err(TurnError::PeerAddressFamilyMismatch);
         }
         let lifetime_secs = if requested_lifetime == Some(0) {
-            self.delete_allocation(flow);
+            self.delete_allocation(now.instant, flow, DeletionReason::RefreshedToZero);
             0
         } else {
             let lifetime = granted_lifetime(
@@ -427,12 +431,11 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 .schedule(expires_at, TimerKind::Allocation(flow));
             u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX)
         };
-        self.queue_response(
+        self.queue_success(
             now.instant,
             flow,
             info,
-            Class::SuccessResponse,
-            Some(auth.into()),
+            auth,
             |builder| {
                 builder.u32_attribute(attr::LIFETIME, lifetime_secs);
             },
@@ -481,14 +484,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         for peer in peers {
             self.install_permission(now.instant, flow, peer);
         }
-        self.queue_response(
-            now.instant,
-            flow,
-            info,
-            Class::SuccessResponse,
-            Some(auth.into()),
-            |_| {},
-        );
+        self.queue_success(now.instant, flow, info, auth, |_| {});
         Ok(())
     }
 
@@ -498,7 +494,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         let Some(allocation) = self.allocations.get_mut(&flow) else {
             return;
         };
-        let expires_at = now + PERMISSION_LIFETIME;
+        let expires_at = now + self.config.permission_lifetime;
         allocation.permissions.insert(peer, expires_at);
         let relay = allocation.relay;
         if let Err(error) = self.datapath.install_permission(PermissionEntry {
@@ -530,7 +526,9 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     }
 
     /// RFC 8656 §12.1: binds (or refreshes) a channel and installs/refreshes the
-    /// permission for the peer's IP.
+    /// permission for the peer's IP. Rebinding a number or peer to something else is a 400,
+    /// also during the 5 minutes after its binding expired (RFC 8656 §12 asks clients to
+    /// wait that long; enforcing it keeps late ChannelData from reaching another peer).
     fn handle_channel_bind(
         &mut self,
         now: Now,
@@ -552,22 +550,11 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             .get(&flow)
             .ok_or(TurnError::AllocationMismatch)?;
         let relay = allocation.relay;
-        if allocation
-            .channels
-            .get(&number)
-            .is_some_and(|channel| channel.peer != peer)
-        {
-            return Err(TurnError::BadRequest);
-        }
-        if allocation
-            .channel_by_peer
-            .get(&peer)
-            .is_some_and(|&bound| bound != number)
-        {
+        if allocation.channel_bind_conflicts(number, peer, now.instant) {
             return Err(TurnError::BadRequest);
         }
         self.check_peer(relay, peer.ip())?;
-        let channel_expires_at = now.instant + CHANNEL_LIFETIME;
+        let channel_expires_at = now.instant + self.config.channel_lifetime;
         if let Some(allocation) = self.allocations.get_mut(&flow) {
             allocation.channels.insert(
                 number,
@@ -577,20 +564,14 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 },
             );
             allocation.channel_by_peer.insert(peer, number);
+            allocation.cooling_channels.remove(&number);
         }
         // Installs the permission and, through it, the channel entry with
         // expiry = min(channel, permission).
         self.install_permission(now.instant, flow, peer.ip());
         self.timers
             .schedule(channel_expires_at, TimerKind::Channel(flow, number));
-        self.queue_response(
-            now.instant,
-            flow,
-            info,
-            Class::SuccessResponse,
-            Some(auth.into()),
-            |_| {},
-        );
+        self.queue_success(now.instant, flow, info, auth, |_| {});
         Ok(())
     }
 }

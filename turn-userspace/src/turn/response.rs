@@ -108,6 +108,25 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         });
     }
 
+    /// Queues the integrity-protected success response of an authenticated request.
+    pub(super) fn queue_success(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        request: &RequestInfo,
+        auth: &AuthContext,
+        attributes: impl FnOnce(&mut MessageBuilder<'_>),
+    ) {
+        self.queue_response(
+            now,
+            flow,
+            request,
+            Class::SuccessResponse,
+            Some(auth.into()),
+            attributes,
+        );
+    }
+
     /// Queues an error response. 401 and 438 carry REALM and a fresh NONCE (plus
     /// PASSWORD-ALGORITHMS when the nonce announces that feature, RFC 8489 §9.2.3) and no
     /// integrity; 420 lists the unknown attributes (RFC 8489 §6.3.1).

@@ -17,6 +17,7 @@ pub(super) enum TimerKind {
     Allocation(ClientFlow),
     Permission(ClientFlow, IpAddr),
     Channel(ClientFlow, u16),
+    ChannelCoolOff(ClientFlow, u16),
     Reservation(u64),
     Transaction(ClientFlow, TransactionId),
 }

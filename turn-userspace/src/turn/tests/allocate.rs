@@ -386,7 +386,7 @@ fn relay_bind_failure_replaces_the_queued_success_with_508() {
     );
     harness
         .server
-        .handle_client_datagram(harness.now, client, &packet, &mut harness.out);
+        .handle_client_datagram(harness.now, client, &packet);
     let Some(Command::OpenRelay { relay }) = harness.server.poll_command() else {
         panic!("no OpenRelay")
     };
@@ -524,7 +524,7 @@ fn seeded_garbage_never_panics_the_server() {
         }
         harness
             .server
-            .handle_client_datagram(harness.now, client, &packet, &mut out);
+            .handle_client_datagram(harness.now, client, &packet);
         harness.server.handle_peer_datagram(
             harness.now.instant,
             relay,

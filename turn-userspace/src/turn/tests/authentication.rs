@@ -215,3 +215,35 @@ fn unknown_required_attribute_on_an_authenticated_request_gets_420_with_integrit
     assert_eq!(unknown, vec![0x7FF0]);
     assert!(message.verify_message_integrity(&key("alice", PasswordAlgorithm::Md5)));
 }
+
+#[test]
+fn userhash_instead_of_username_finds_static_users_only() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let transport = [raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
+    let (response, _) = harness.request(
+        client,
+        Method::ALLOCATE,
+        &transport,
+        Credentials::Userhash("mallory"),
+    );
+    assert_eq!(error_code(&response), 401);
+
+    let (response, commands) =
+        harness.request(client, Method::ALLOCATE, &transport, Credentials::Userhash("alice"));
+    assert_success(&response);
+    assert!(parse(&response)
+        .verify_message_integrity_sha256(&key("alice", PasswordAlgorithm::Sha256)));
+    assert_eq!(commands.len(), 1, "the relay socket is opened");
+    // The allocation belongs to alice: her USERNAME requests work on it, bob's get 441.
+    let (response, _) = harness.request(
+        client,
+        Method::REFRESH,
+        &[],
+        Credentials::Sha256("alice"),
+    );
+    assert_success(&response);
+    let (response, _) =
+        harness.request(client, Method::REFRESH, &[], Credentials::Userhash("bob"));
+    assert_eq!(error_code(&response), 441);
+}

@@ -99,3 +99,72 @@ fn thousands_of_allocations_expire_together() {
     let closed = std::iter::from_fn(|| harness.server.poll_command()).count();
     assert_eq!(closed, 2000);
 }
+
+#[test]
+fn configured_short_lifetimes_expire_permissions_and_channels_early() {
+    let mut harness = Harness::with_config(ServerConfig {
+        permission_lifetime: Duration::from_secs(5),
+        channel_lifetime: Duration::from_secs(8),
+        ..config()
+    });
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peer = addr(PEER);
+    assert_success(&harness.channel_bind(client, 0x4000, peer));
+    assert_eq!(
+        harness.server.datapath().permissions[&(relay, peer.ip())].expires_at,
+        harness.now.instant + Duration::from_secs(5)
+    );
+    assert_eq!(
+        harness.server.datapath().channels[&(relay, 0x4000)].expires_at,
+        harness.now.instant + Duration::from_secs(5),
+        "the fast path's channel entry ends with its permission"
+    );
+
+    harness.advance(Duration::from_secs(4));
+    assert_eq!(harness.server.datapath().permissions.len(), 1);
+    harness.advance(Duration::from_secs(2));
+    assert!(harness.server.datapath().permissions.is_empty());
+    assert_eq!(harness.server.stats().permissions, 0);
+    let mut out = Vec::new();
+    assert!(harness
+        .server
+        .handle_peer_datagram(harness.now.instant, relay, peer, b"x", &mut out)
+        .is_none());
+
+    harness.advance(Duration::from_secs(3));
+    assert!(harness.server.datapath().channels.is_empty());
+    assert_eq!(harness.server.stats().channels, 0);
+    assert_eq!(harness.server.stats().allocations, 1);
+}
+
+#[test]
+fn expired_channels_cool_off_for_five_minutes_before_rebinding() {
+    let mut harness = Harness::with_config(ServerConfig {
+        channel_lifetime: Duration::from_secs(10),
+        ..config()
+    });
+    let client = flow(CLIENT);
+    harness.allocate(client);
+    let peer = addr(PEER);
+    let other_peer = addr("198.18.2.21:5000");
+    assert_success(&harness.channel_bind(client, 0x4000, peer));
+    harness.advance(Duration::from_secs(11));
+    assert_eq!(harness.server.stats().channels, 0, "the binding expired");
+
+    // Cooling off: neither the number nor the peer may be bound to something else…
+    assert_eq!(error_code(&harness.channel_bind(client, 0x4000, other_peer)), 400);
+    assert_eq!(error_code(&harness.channel_bind(client, 0x4001, peer)), 400);
+    // …but the same pair may be bound again, which ends its cool-off.
+    assert_success(&harness.channel_bind(client, 0x4000, peer));
+    assert_eq!(harness.server.stats().channels, 1);
+
+    // The rebound channel expires at 21 s; 5 minutes later (321 s) both are free.
+    harness.advance(Duration::from_secs(11));
+    assert_eq!(error_code(&harness.channel_bind(client, 0x4001, peer)), 400);
+    harness.advance(Duration::from_secs(298));
+    assert_eq!(error_code(&harness.channel_bind(client, 0x4001, peer)), 400);
+    harness.advance(Duration::from_secs(2));
+    assert_success(&harness.channel_bind(client, 0x4001, peer));
+    assert_success(&harness.channel_bind(client, 0x4002, other_peer));
+}

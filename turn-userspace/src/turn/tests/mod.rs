@@ -1,6 +1,7 @@
 //! Tests of the TURN server, driven through an in-memory harness: no sockets, a fake
 //! clock, a seeded RNG and [`InMemoryDatapath`].
 
+mod accounting;
 mod allocate;
 mod authentication;
 mod expiry;
@@ -104,12 +105,13 @@ pub(super) enum Credentials<'a> {
     Sha256(&'a str),
     /// MD5 key but a wrong password.
     WrongPassword(&'a str),
+    /// Like `Sha256`, but USERHASH instead of USERNAME (RFC 8489 §14.4).
+    Userhash(&'a str),
 }
 
 pub(super) struct Harness<D: Datapath = InMemoryDatapath> {
     pub(super) server: Server<D, StdRng>,
     pub(super) now: Now,
-    pub(super) out: Vec<u8>,
     next_transaction: u8,
     /// The nonce in use per client IP (nonces are bound to the client's IP).
     pub(super) nonces: HashMap<IpAddr, String>,
@@ -150,7 +152,6 @@ impl<D: Datapath> Harness<D> {
                 instant: Instant::now(),
                 unix_secs: 1_700_000_000,
             },
-            out: Vec::with_capacity(2048),
             next_transaction: 0,
             nonces: HashMap::new(),
         }
@@ -175,7 +176,7 @@ impl<D: Datapath> Harness<D> {
     ) -> (Option<Forward>, Vec<Command>, Vec<Transmit>) {
         let forward = self
             .server
-            .handle_client_datagram(self.now, flow, packet, &mut self.out);
+            .handle_client_datagram(self.now, flow, packet);
         let commands = std::iter::from_fn(|| self.server.poll_command()).collect();
         let transmits = std::iter::from_fn(|| self.server.poll_transmit()).collect();
         (forward, commands, transmits)
@@ -220,11 +221,14 @@ impl<D: Datapath> Harness<D> {
             .get(&flow.client.ip())
             .cloned()
             .unwrap_or_default();
-        let add_identity = |builder: &mut MessageBuilder<'_>, username: &str| {
+        let add_realm_and_nonce = |builder: &mut MessageBuilder<'_>| {
             builder
-                .attribute(attr::USERNAME, username.as_bytes())
                 .attribute(attr::REALM, REALM.as_bytes())
                 .attribute(attr::NONCE, nonce.as_bytes());
+        };
+        let add_identity = |builder: &mut MessageBuilder<'_>, username: &str| {
+            builder.attribute(attr::USERNAME, username.as_bytes());
+            add_realm_and_nonce(builder);
         };
         match credentials {
             Credentials::None => {}
@@ -236,8 +240,14 @@ impl<D: Datapath> Harness<D> {
                 add_identity(&mut builder, username);
                 builder.message_integrity(b"not the key");
             }
-            Credentials::Sha256(username) => {
-                add_identity(&mut builder, username);
+            Credentials::Sha256(username) | Credentials::Userhash(username) => {
+                if matches!(credentials, Credentials::Userhash(_)) {
+                    let userhash = Sha256::digest(format!("{username}:{REALM}"));
+                    builder.attribute(attr::USERHASH, &userhash);
+                    add_realm_and_nonce(&mut builder);
+                } else {
+                    add_identity(&mut builder, username);
+                }
                 builder
                     .password_algorithms(&[PasswordAlgorithm::Sha256, PasswordAlgorithm::Md5])
                     .password_algorithm(PasswordAlgorithm::Sha256)

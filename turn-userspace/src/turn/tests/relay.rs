@@ -35,6 +35,35 @@ fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
     packet
 }
 
+/// Asserts that `forward` sends `data`, a range of the input `packet`, along `route`
+/// (relay, peer).
+fn assert_forwarded_to_peer(
+    forward: Option<Forward>,
+    packet: &[u8],
+    route: (SocketAddr, SocketAddr),
+    data: &[u8],
+) {
+    let Some(Forward {
+        from,
+        to,
+        payload: Payload::Input(range),
+    }) = forward
+    else {
+        panic!("{forward:?}")
+    };
+    assert_eq!((from, to), route);
+    assert_eq!(&packet[range], data);
+}
+
+/// The forward of peer data to `client`, framed in the output buffer.
+fn forward_to_client(client: ClientFlow) -> Forward {
+    Forward {
+        from: client.listener,
+        to: client.client,
+        payload: Payload::Output,
+    }
+}
+
 #[test]
 fn full_flow_in_both_directions() {
     let mut harness = Harness::new();
@@ -65,16 +94,7 @@ fn full_flow_in_both_directions() {
     let packet = send_indication(&mut harness, peer, b"hello peer");
     let (forward, _, transmits) = harness.send(client, &packet);
     assert!(transmits.is_empty(), "indications are never answered");
-    let Some(Forward {
-        from,
-        to,
-        payload: Payload::Input(range),
-    }) = forward
-    else {
-        panic!("{forward:?}")
-    };
-    assert_eq!((from, to), (relay, peer));
-    assert_eq!(&packet[range], b"hello peer");
+    assert_forwarded_to_peer(forward, &packet, (relay, peer), b"hello peer");
 
     // Peer → client without a channel: a Data indication in `out`.
     let forward = harness.server.handle_peer_datagram(
@@ -84,14 +104,7 @@ fn full_flow_in_both_directions() {
         b"hi client",
         &mut out,
     );
-    assert_eq!(
-        forward,
-        Some(Forward {
-            from: client.listener,
-            to: client.client,
-            payload: Payload::Output
-        })
-    );
+    assert_eq!(forward, Some(forward_to_client(client)));
     let data_indication = parse(&out);
     assert_eq!(
         (data_indication.method(), data_indication.class()),
@@ -115,16 +128,7 @@ fn full_flow_in_both_directions() {
 
     let packet = channel_data(0x4001, b"via channel");
     let (forward, _, _) = harness.send(client, &packet);
-    let Some(Forward {
-        from,
-        to,
-        payload: Payload::Input(range),
-    }) = forward
-    else {
-        panic!("{forward:?}")
-    };
-    assert_eq!((from, to), (relay, peer));
-    assert_eq!(&packet[range], b"via channel");
+    assert_forwarded_to_peer(forward, &packet, (relay, peer), b"via channel");
 
     let forward = harness.server.handle_peer_datagram(
         harness.now.instant,
@@ -133,14 +137,7 @@ fn full_flow_in_both_directions() {
         b"back on channel",
         &mut out,
     );
-    assert_eq!(
-        forward,
-        Some(Forward {
-            from: client.listener,
-            to: client.client,
-            payload: Payload::Output
-        })
-    );
+    assert_eq!(forward, Some(forward_to_client(client)));
     let framed = ChannelData::parse(&out).unwrap();
     assert_eq!(
         (framed.number, framed.data),
@@ -316,15 +313,7 @@ fn ipv6_relay_relays_ipv6_peers() {
 
     let packet = send_indication(&mut harness, peer, b"v6 data");
     let (forward, _, _) = harness.send(client, &packet);
-    let Some(Forward {
-        from,
-        to,
-        payload: Payload::Input(range),
-    }) = forward
-    else {
-        panic!("{forward:?}")
-    };
-    assert_eq!((from, to, &packet[range]), (relay, peer, &b"v6 data"[..]));
+    assert_forwarded_to_peer(forward, &packet, (relay, peer), b"v6 data");
 
     let mut out = Vec::new();
     harness
