@@ -74,21 +74,23 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
-/// Runs a command to completion; fails with its output unless it succeeds.
+/// How long a configuration command (ip, sysctl, ethtool, ss) may take.
+const CONFIGURATION_COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs a short configuration command; fails with its output unless it succeeds in time.
 fn run(command: &mut Command) -> Result<String> {
     let line = describe(command);
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
+    let finished = run_bounded(command, CONFIGURATION_COMMAND_LIMIT)?;
     ensure!(
-        output.status.success(),
-        "`{line}` failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        finished.succeeded(),
+        "`{line}` failed ({}): {}",
+        finished.status.map_or_else(
+            || "killed at its time limit".to_owned(),
+            |status| status.to_string()
+        ),
+        finished.output()
     );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(finished.stdout)
 }
 
 fn describe(command: &Command) -> String {

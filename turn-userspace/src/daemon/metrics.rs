@@ -162,7 +162,9 @@ pub(crate) fn render(snapshot: &MetricsSnapshot) -> String {
             stats.to_client_data_indication,
         ),
     ];
-    let measures: [(&str, &str, fn(&PacketCount) -> u64); 2] = [
+    /// Which number of a [`PacketCount`] a metric shows.
+    type Measure = fn(&PacketCount) -> u64;
+    let measures: [(&str, &str, Measure); 2] = [
         (
             "turn_userspace_relayed_packets_total",
             "Application datagrams relayed by userspace.",

@@ -74,7 +74,12 @@ impl Allocation {
 
     /// RFC 8656 §12.1: whether binding `number` to `peer` would rebind a channel number to
     /// another peer or a peer to another number, counting bindings in their cool-off.
-    pub(super) fn channel_bind_conflicts(&self, number: u16, peer: SocketAddr, now: Instant) -> bool {
+    pub(super) fn channel_bind_conflicts(
+        &self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> bool {
         let number_taken = self
             .channels
             .get(&number)
@@ -83,11 +88,14 @@ impl Allocation {
             .channel_by_peer
             .get(&peer)
             .is_some_and(|&bound| bound != number);
-        let cooling_conflict = self.cooling_channels.iter().any(|(&cooling_number, cooling)| {
-            let same_number = cooling_number == number;
-            let same_peer = cooling.peer == peer;
-            cooling.until > now && same_number != same_peer
-        });
+        let cooling_conflict = self
+            .cooling_channels
+            .iter()
+            .any(|(&cooling_number, cooling)| {
+                let same_number = cooling_number == number;
+                let same_peer = cooling.peer == peer;
+                cooling.until > now && same_number != same_peer
+            });
         number_taken || peer_taken || cooling_conflict
     }
 

@@ -17,9 +17,7 @@ use super::authenticate::AuthContext;
 use super::lifecycle::DeletionReason;
 use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
-use super::{
-    Command, Forward, Now, RelayAddress, Server, TurnError, RESERVATION_LIFETIME,
-};
+use super::{Command, Forward, Now, RelayAddress, Server, TurnError, RESERVATION_LIFETIME};
 
 /// Random probes for a free relay port before falling back to a full scan.
 const RANDOM_PORT_PROBES: usize = 32;
@@ -309,29 +307,23 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         tracing::debug!(client = %flow.client, %relay, lifetime = lifetime.as_secs(), "allocation created");
 
         let lifetime_secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
-        self.queue_success(
-            now.instant,
-            flow,
-            info,
-            auth,
-            |builder| {
-                builder
-                    .xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
-                    .u32_attribute(attr::LIFETIME, lifetime_secs)
-                    .xor_address(attr::XOR_MAPPED_ADDRESS, flow.client);
-                if let Some(token) = reservation {
-                    builder.attribute(attr::RESERVATION_TOKEN, &token.to_be_bytes());
-                }
-                if additional_family == Some(AddressFamily::Ipv6) {
-                    // RFC 8656 §7.2: dual allocation is not offered; the IPv4 relay is granted
-                    // and the IPv6 part refused with ADDRESS-ERROR-CODE 440.
-                    let reason = TurnError::AddressFamilyNotSupported.to_string();
-                    let mut value = vec![AddressFamily::Ipv6.code(), 0, 4, 40];
-                    value.extend_from_slice(reason.as_bytes());
-                    builder.attribute(attr::ADDRESS_ERROR_CODE, &value);
-                }
-            },
-        );
+        self.queue_success(now.instant, flow, info, auth, |builder| {
+            builder
+                .xor_address(attr::XOR_RELAYED_ADDRESS, advertised)
+                .u32_attribute(attr::LIFETIME, lifetime_secs)
+                .xor_address(attr::XOR_MAPPED_ADDRESS, flow.client);
+            if let Some(token) = reservation {
+                builder.attribute(attr::RESERVATION_TOKEN, &token.to_be_bytes());
+            }
+            if additional_family == Some(AddressFamily::Ipv6) {
+                // RFC 8656 §7.2: dual allocation is not offered; the IPv4 relay is granted
+                // and the IPv6 part refused with ADDRESS-ERROR-CODE 440.
+                let reason = TurnError::AddressFamilyNotSupported.to_string();
+                let mut value = vec![AddressFamily::Ipv6.code(), 0, 4, 40];
+                value.extend_from_slice(reason.as_bytes());
+                builder.attribute(attr::ADDRESS_ERROR_CODE, &value);
+            }
+        });
         Ok(())
     }
 
@@ -431,15 +423,9 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 .schedule(expires_at, TimerKind::Allocation(flow));
             u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX)
         };
-        self.queue_success(
-            now.instant,
-            flow,
-            info,
-            auth,
-            |builder| {
-                builder.u32_attribute(attr::LIFETIME, lifetime_secs);
-            },
-        );
+        self.queue_success(now.instant, flow, info, auth, |builder| {
+            builder.u32_attribute(attr::LIFETIME, lifetime_secs);
+        });
         Ok(())
     }
 

@@ -35,7 +35,13 @@ impl Datapath for CountingDatapath {
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
         self.entries.install_channel(entry)
     }
-    fn remove_channel(&mut self, flow: ClientFlow, relay: SocketAddr, number: u16, peer: SocketAddr) {
+    fn remove_channel(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        number: u16,
+        peer: SocketAddr,
+    ) {
         self.entries.remove_channel(flow, relay, number, peer);
     }
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {

@@ -43,43 +43,30 @@ fn unauthenticated_allocate_gets_401_with_realm_nonce_and_password_algorithms() 
 #[test]
 fn wrong_password_unknown_user_and_foreign_nonce_get_401() {
     let mut harness = Harness::new();
-    let transport = [raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
-    let (response, _) = harness.request(
-        flow(CLIENT),
-        Method::ALLOCATE,
-        &transport,
-        Credentials::WrongPassword("alice"),
+    let allocate_error = |harness: &mut Harness, credentials| {
+        let transport = [raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
+        let (response, _) =
+            harness.request(flow(CLIENT), Method::ALLOCATE, &transport, credentials);
+        error_code(&response)
+    };
+    assert_eq!(
+        allocate_error(&mut harness, Credentials::WrongPassword("alice")),
+        401
     );
-    assert_eq!(error_code(&response), 401);
-    let (response, _) = harness.request(
-        flow(CLIENT),
-        Method::ALLOCATE,
-        &transport,
-        Credentials::Md5("mallory"),
+    assert_eq!(
+        allocate_error(&mut harness, Credentials::Md5("mallory")),
+        401
     );
-    assert_eq!(error_code(&response), 401);
     let client_ip = flow(CLIENT).client.ip();
     harness.nonces.insert(
         client_ip,
         "obMatJos2AAAB0000000000000000000000000000000000000000000000".to_owned(),
     );
-    let (response, _) = harness.request(
-        flow(CLIENT),
-        Method::ALLOCATE,
-        &transport,
-        Credentials::Md5("alice"),
-    );
-    assert_eq!(error_code(&response), 401);
+    assert_eq!(allocate_error(&mut harness, Credentials::Md5("alice")), 401);
     // A nonce issued to another client IP is not valid here either.
     let foreign = harness.fetch_nonce(flow("198.18.1.99:1"));
     harness.nonces.insert(client_ip, foreign);
-    let (response, _) = harness.request(
-        flow(CLIENT),
-        Method::ALLOCATE,
-        &transport,
-        Credentials::Md5("alice"),
-    );
-    assert_eq!(error_code(&response), 401);
+    assert_eq!(allocate_error(&mut harness, Credentials::Md5("alice")), 401);
     assert_eq!(harness.server.stats().allocations, 0);
 }
 
@@ -229,21 +216,20 @@ fn userhash_instead_of_username_finds_static_users_only() {
     );
     assert_eq!(error_code(&response), 401);
 
-    let (response, commands) =
-        harness.request(client, Method::ALLOCATE, &transport, Credentials::Userhash("alice"));
-    assert_success(&response);
-    assert!(parse(&response)
-        .verify_message_integrity_sha256(&key("alice", PasswordAlgorithm::Sha256)));
-    assert_eq!(commands.len(), 1, "the relay socket is opened");
-    // The allocation belongs to alice: her USERNAME requests work on it, bob's get 441.
-    let (response, _) = harness.request(
+    let (response, commands) = harness.request(
         client,
-        Method::REFRESH,
-        &[],
-        Credentials::Sha256("alice"),
+        Method::ALLOCATE,
+        &transport,
+        Credentials::Userhash("alice"),
     );
     assert_success(&response);
-    let (response, _) =
-        harness.request(client, Method::REFRESH, &[], Credentials::Userhash("bob"));
+    assert!(
+        parse(&response).verify_message_integrity_sha256(&key("alice", PasswordAlgorithm::Sha256))
+    );
+    assert_eq!(commands.len(), 1, "the relay socket is opened");
+    // The allocation belongs to alice: her USERNAME requests work on it, bob's get 441.
+    let (response, _) = harness.request(client, Method::REFRESH, &[], Credentials::Sha256("alice"));
+    assert_success(&response);
+    let (response, _) = harness.request(client, Method::REFRESH, &[], Credentials::Userhash("bob"));
     assert_eq!(error_code(&response), 441);
 }

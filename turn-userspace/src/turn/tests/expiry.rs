@@ -153,7 +153,10 @@ fn expired_channels_cool_off_for_five_minutes_before_rebinding() {
     assert_eq!(harness.server.stats().channels, 0, "the binding expired");
 
     // Cooling off: neither the number nor the peer may be bound to something else…
-    assert_eq!(error_code(&harness.channel_bind(client, 0x4000, other_peer)), 400);
+    assert_eq!(
+        error_code(&harness.channel_bind(client, 0x4000, other_peer)),
+        400
+    );
     assert_eq!(error_code(&harness.channel_bind(client, 0x4001, peer)), 400);
     // …but the same pair may be bound again, which ends its cool-off.
     assert_success(&harness.channel_bind(client, 0x4000, peer));

@@ -174,9 +174,7 @@ impl<D: Datapath> Harness<D> {
         flow: ClientFlow,
         packet: &[u8],
     ) -> (Option<Forward>, Vec<Command>, Vec<Transmit>) {
-        let forward = self
-            .server
-            .handle_client_datagram(self.now, flow, packet);
+        let forward = self.server.handle_client_datagram(self.now, flow, packet);
         let commands = std::iter::from_fn(|| self.server.poll_command()).collect();
         let transmits = std::iter::from_fn(|| self.server.poll_transmit()).collect();
         (forward, commands, transmits)
