@@ -61,8 +61,11 @@ outcomes! {
     /// UDP to an address that is neither a known client flow nor a relay address.
     PassUnknownFlow = "pass_unknown_flow",
     /// A STUN message for the server: requests, refreshes, and Send indications the fast
-    /// path leaves to userspace (unknown flow, FINGERPRINT or other extra attributes).
+    /// path leaves to userspace (unknown flow, attributes it does not relay by).
     PassStun = "pass_stun",
+    /// A Send indication whose FINGERPRINT does not match (RFC 8489 §7.3): left to
+    /// userspace as it is.
+    PassBadFingerprint = "pass_bad_fingerprint",
     /// ChannelData for a channel number that is not bound on this flow.
     PassChannelNotBound = "pass_channel_not_bound",
     /// The allocation, channel or permission entry has expired.

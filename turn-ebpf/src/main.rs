@@ -14,6 +14,7 @@
 )]
 
 mod egress;
+mod fingerprint;
 mod packet;
 mod to_client;
 mod to_peer;

@@ -6,15 +6,17 @@ use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::maps::{ClientChannelValue, FlowKey, PermissionKey, FAMILY_V4, FAMILY_V6};
 use turn_common::stun::{
-    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_XOR_PEER_ADDRESS,
-    CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
+    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_FINGERPRINT,
+    ATTR_XOR_PEER_ADDRESS, CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
 use crate::egress::{forward, Egress, Reframe, Route};
+use crate::fingerprint;
 use crate::packet::{be16, load, load_into, Packet, MAX_OFFSET};
 use crate::{add_traffic, now_ns, Relayed, Scratch, CLIENT_ALLOCATIONS, MAX_STRIPPED, PERMISSIONS};
 
-/// The most attributes a Send indication may have for the fast path to take it.
+/// The most attributes a Send indication may have for the fast path to take it
+/// (XOR-PEER-ADDRESS, DATA, DONT-FRAGMENT, FINGERPRINT).
 const MAX_ATTRIBUTES: usize = 4;
 
 /// Relays a ChannelData message of a bound channel. The UDP payload must be exactly the
@@ -70,14 +72,22 @@ struct SendIndication {
     data_offset: usize,
     data_len: usize,
     dont_fragment: bool,
+    /// Offset of a trailing FINGERPRINT attribute from the start of the message (0: none)
+    /// and its value.
+    fingerprint_offset: usize,
+    fingerprint: u32,
 }
 
 /// Relays a Send indication (RFC 8656 §11.2) from a client with a fast-path allocation
 /// to a peer it has a permission for. `Err(Outcome::PassStun)`: not a Send indication
-/// the fast path takes (malformed, extra attributes such as FINGERPRINT, or no such
-/// flow): the caller goes on with the peer-side lookup, and passes it to userspace if
-/// that finds nothing either. (Not an `Option`: a BPF function's return value must be
+/// the fast path takes (malformed, attributes other than the ones it relays by, or no
+/// such flow): the caller goes on with the peer-side lookup, and passes it to userspace
+/// if that finds nothing either. (Not an `Option`: a BPF function's return value must be
 /// fully initialised.)
+///
+/// A trailing FINGERPRINT is verified (RFC 8489 §7.3, §14.7) just before relaying; a
+/// message whose FINGERPRINT does not match is passed to userspace as it is
+/// (`PassBadFingerprint`), which then treats it exactly as it treats any such message.
 // A separate BPF function: its stack frame is not added to the other paths'.
 #[inline(never)]
 pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relayed, Outcome> {
@@ -118,6 +128,16 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
     if permission.expires_ns() <= now {
         return Err(Outcome::PassExpired);
     }
+    if send.fingerprint_offset != 0
+        && !fingerprint::matches(
+            ctx,
+            scratch.packet.payload,
+            send.fingerprint_offset,
+            send.fingerprint,
+        )
+    {
+        return Err(Outcome::PassBadFingerprint);
+    }
     let route = Route {
         src_ip: allocation.relay_ip(),
         src_port: allocation.relay_port(),
@@ -141,7 +161,8 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
 }
 
 /// Walks at most [`MAX_ATTRIBUTES`] attributes; accepts exactly one XOR-PEER-ADDRESS,
-/// one DATA and optionally DONT-FRAGMENT (RFC 8656 §11.2), nothing else. Fills `out`
+/// one DATA, optionally DONT-FRAGMENT (RFC 8656 §11.2) and optionally FINGERPRINT as the
+/// last attribute (RFC 8489 §14.7; not verified here), nothing else. Fills `out`
 /// and returns true when the message is one the fast path takes. `header` is scratch
 /// memory for the STUN header.
 // A separate BPF function to keep the caller's stack frame small; results go through
@@ -166,6 +187,7 @@ fn parse_send_indication(
     let mut peer_found = false;
     let mut data_found = false;
     out.dont_fragment = false;
+    out.fingerprint_offset = 0;
     let mut offset = HEADER_LEN;
     for _ in 0..MAX_ATTRIBUTES {
         if offset >= packet.payload_len {
@@ -197,6 +219,13 @@ fn parse_send_indication(
                 data_found = true;
             }
             ATTR_DONT_FRAGMENT if len == 0 => out.dont_fragment = true,
+            ATTR_FINGERPRINT if len == 4 && next == packet.payload_len => {
+                let Ok(value) = load::<4>(ctx, value) else {
+                    return false;
+                };
+                out.fingerprint = u32::from_be_bytes(value);
+                out.fingerprint_offset = offset;
+            }
             _ => return false,
         }
         offset = next;

@@ -232,6 +232,16 @@ fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     )
 }
 
+/// `message` with a FINGERPRINT attribute appended (RFC 8489 §14.7: CRC-32 of the
+/// message up to the attribute, length field already counting it, XOR 0x5354554E).
+fn with_fingerprint(mut message: Vec<u8>) -> Vec<u8> {
+    let length = u16::from_be_bytes([message[2], message[3]]) + 8;
+    message[2..4].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32fast::hash(&message) ^ 0x5354_554E;
+    message.extend_from_slice(&attribute(0x8028, &crc.to_be_bytes()));
+    message
+}
+
 fn data_indication(peer: SocketAddr, data: &[u8], transaction_id: &[u8; 12]) -> Vec<u8> {
     stun(
         0x0017,
@@ -600,20 +610,54 @@ fn fixtures() -> Vec<Fixture> {
             Outcome::PassStun,
             Expect::Unchanged(XDP_PASS),
         );
-        let with_fingerprint = stun(
-            0x0016,
-            COOKIE,
-            &SEND_TRANSACTION,
-            &[
-                attribute(0x0012, &xor_address(peer, &SEND_TRANSACTION)),
-                attribute(0x0013, &data),
-                attribute(0x8028, &[1, 2, 3, 4]),
-            ],
-        );
+        // FINGERPRINT (RFC 8489 §14.7), as coturn and libwebrtc send it: verified, then
+        // relayed; a wrong one goes to userspace untouched; one that is not last is not
+        // a message the fast path takes.
+        for (label, payload) in [("even", &data), ("odd", &odd)] {
+            add(
+                &format!("send_indication_with_fingerprint_{label}"),
+                Ingress::ClientSide,
+                family.client_frame(&with_fingerprint(send_indication(peer, payload))),
+                Outcome::RelayedSendToPeer,
+                Expect::Frame(XDP_REDIRECT, family.to_peer(peer, payload)),
+            );
+        }
+        let long = vec![0x3C; 1200];
         add(
-            "send_indication_with_fingerprint",
+            "send_indication_with_fingerprint_long",
             Ingress::ClientSide,
-            family.client_frame(&with_fingerprint),
+            family.client_frame(&with_fingerprint(send_indication(peer, &long))),
+            Outcome::RelayedSendToPeer,
+            Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &long)),
+        );
+        let mut wrong_fingerprint = with_fingerprint(send_indication(peer, &data));
+        let last = wrong_fingerprint.len() - 1;
+        wrong_fingerprint[last] ^= 0x01;
+        add(
+            "send_indication_wrong_fingerprint",
+            Ingress::ClientSide,
+            family.client_frame(&wrong_fingerprint),
+            Outcome::PassBadFingerprint,
+            Expect::Unchanged(XDP_PASS),
+        );
+        let mut corrupted_data = with_fingerprint(send_indication(peer, &data));
+        corrupted_data[20 + 4 + 8 + 4 + if t == "v4" { 0 } else { 12 }] ^= 0x80;
+        add(
+            "send_indication_data_changed_under_fingerprint",
+            Ingress::ClientSide,
+            family.client_frame(&corrupted_data),
+            Outcome::PassBadFingerprint,
+            Expect::Unchanged(XDP_PASS),
+        );
+        let mut fingerprint_not_last = with_fingerprint(send_indication(peer, &data));
+        let length = u16::from_be_bytes([fingerprint_not_last[2], fingerprint_not_last[3]]) + 8;
+        fingerprint_not_last[2..4].copy_from_slice(&length.to_be_bytes());
+        fingerprint_not_last.extend_from_slice(&attribute(0x001A, &[]));
+        fingerprint_not_last.extend_from_slice(&attribute(0x001A, &[]));
+        add(
+            "send_indication_attributes_after_fingerprint",
+            Ingress::ClientSide,
+            family.client_frame(&fingerprint_not_last),
             Outcome::PassStun,
             Expect::Unchanged(XDP_PASS),
         );

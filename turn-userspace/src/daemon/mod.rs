@@ -53,40 +53,42 @@ pub enum AnyDatapath {
     Userspace(InMemoryDatapath),
 }
 
+impl AnyDatapath {
+    /// The datapath in use (control-path calls only, so dynamic dispatch is fine).
+    fn active(&self) -> &dyn Datapath {
+        match self {
+            AnyDatapath::Xdp(datapath) => datapath,
+            AnyDatapath::Userspace(datapath) => datapath,
+        }
+    }
+
+    fn active_mut(&mut self) -> &mut dyn Datapath {
+        match self {
+            AnyDatapath::Xdp(datapath) => datapath,
+            AnyDatapath::Userspace(datapath) => datapath,
+        }
+    }
+}
+
 impl Datapath for AnyDatapath {
     fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath.install_allocation(entry),
-            AnyDatapath::Userspace(datapath) => datapath.install_allocation(entry),
-        }
+        self.active_mut().install_allocation(entry)
     }
 
     fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath.remove_allocation(flow, relay),
-            AnyDatapath::Userspace(datapath) => datapath.remove_allocation(flow, relay),
-        }
+        self.active_mut().remove_allocation(flow, relay);
     }
 
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath.install_permission(entry),
-            AnyDatapath::Userspace(datapath) => datapath.install_permission(entry),
-        }
+        self.active_mut().install_permission(entry)
     }
 
     fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath.remove_permission(relay, peer_ip),
-            AnyDatapath::Userspace(datapath) => datapath.remove_permission(relay, peer_ip),
-        }
+        self.active_mut().remove_permission(relay, peer_ip);
     }
 
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath.install_channel(entry),
-            AnyDatapath::Userspace(datapath) => datapath.install_channel(entry),
-        }
+        self.active_mut().install_channel(entry)
     }
 
     fn remove_channel(
@@ -96,17 +98,11 @@ impl Datapath for AnyDatapath {
         number: u16,
         peer: SocketAddr,
     ) {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath.remove_channel(flow, relay, number, peer),
-            AnyDatapath::Userspace(datapath) => datapath.remove_channel(flow, relay, number, peer),
-        }
+        self.active_mut().remove_channel(flow, relay, number, peer);
     }
 
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath.relayed_traffic(relay),
-            AnyDatapath::Userspace(datapath) => datapath.relayed_traffic(relay),
-        }
+        self.active().relayed_traffic(relay)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::datapath::{ClientFlow, Datapath, RelayedTraffic};
 use crate::stun::{Class, Message, Method};
 
-use super::allocation::{Allocation, CoolingChannel};
+use super::allocation::{Allocation, CoolingChannel, Reservation};
 use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
 use super::{Command, Now, Server, TurnError, CHANNEL_REBIND_COOL_OFF};
@@ -108,9 +108,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                         .get(&token)
                         .is_some_and(|reservation| reservation.expires_at <= now.instant)
                     {
-                        if let Some(reservation) = self.reservations.remove(&token) {
-                            self.reserved_relays.remove(&reservation.relay);
-                        }
+                        self.release_reservation(token);
                     }
                 }
                 TimerKind::Transaction(flow, transaction_id) => {
@@ -124,6 +122,13 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 }
             }
         }
+    }
+
+    /// Frees the port held by RESERVATION-TOKEN `token` (RFC 8656 §7.2), returning it.
+    pub(super) fn release_reservation(&mut self, token: u64) -> Option<Reservation> {
+        let reservation = self.reservations.remove(&token)?;
+        self.reserved_relays.remove(&reservation.relay);
+        Some(reservation)
     }
 
     fn expire_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {
@@ -180,9 +185,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         };
         tracing::warn!(%relay, client = %flow.client, "relay socket could not be bound; allocation dropped");
         if let Some(token) = allocation.reservation_token {
-            if let Some(reservation) = self.reservations.remove(&token) {
-                self.reserved_relays.remove(&reservation.relay);
-            }
+            self.release_reservation(token);
         }
         let transaction_id = allocation.allocate_transaction;
         let Some(position) = self.transmits.iter().position(|transmit| {

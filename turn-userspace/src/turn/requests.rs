@@ -248,10 +248,8 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         let (relay, reservation) = match reservation_token {
             Some(token) => {
                 let reservation = self
-                    .reservations
-                    .remove(&token)
+                    .release_reservation(token)
                     .ok_or(TurnError::InsufficientCapacity)?;
-                self.reserved_relays.remove(&reservation.relay);
                 (reservation.relay, None)
             }
             None => {
@@ -270,13 +268,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         };
         let advertised = SocketAddr::new(relay_address.advertised, relay.port());
         let expires_at = now.instant + lifetime;
-        if let Err(error) = self.datapath.install_allocation(AllocationEntry {
-            flow,
-            relay,
-            expires_at,
-        }) {
-            tracing::warn!(%relay, %error, "fast path refused the allocation; relaying in userspace");
-        }
+        self.install_allocation_in_fast_path(flow, relay, expires_at);
         self.allocations.insert(
             flow,
             Allocation {
@@ -325,6 +317,24 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             }
         });
         Ok(())
+    }
+
+    /// Installs (or, with a new expiry, refreshes) the allocation in the fast path; if it
+    /// refuses, userspace relays instead.
+    fn install_allocation_in_fast_path(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        expires_at: Instant,
+    ) {
+        let entry = AllocationEntry {
+            flow,
+            relay,
+            expires_at,
+        };
+        if let Err(error) = self.datapath.install_allocation(entry) {
+            tracing::warn!(%relay, %error, "fast path refused the allocation; relaying in userspace");
+        }
     }
 
     /// A free port in the configured range on `ip`: random probes via the injected RNG,
@@ -412,13 +422,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             let expires_at = now.instant + lifetime;
             allocation.expires_at = expires_at;
             let relay = allocation.relay;
-            if let Err(error) = self.datapath.install_allocation(AllocationEntry {
-                flow,
-                relay,
-                expires_at,
-            }) {
-                tracing::warn!(%relay, %error, "fast path refused the allocation refresh; relaying in userspace");
-            }
+            self.install_allocation_in_fast_path(flow, relay, expires_at);
             self.timers
                 .schedule(expires_at, TimerKind::Allocation(flow));
             u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX)
