@@ -42,6 +42,13 @@ const CHANNEL_UNRESOLVED: u16 = 0x4002;
 const CHANNEL_EXPIRED: u16 = 0x4003;
 const CHANNEL_UNROUTABLE: u16 = 0x4004;
 const CHANNEL_UNBOUND: u16 = 0x4005;
+/// The highest channel number (RFC 5766 range, accepted for interop), bound to the peer's
+/// [`HIGHEST_CHANNEL_PEER_PORT`].
+const CHANNEL_HIGHEST: u16 = 0x7FFF;
+const HIGHEST_CHANNEL_PEER_PORT: u16 = PEER_PORT + 2;
+/// Just past the channel range: the first bits 0b10 make it neither ChannelData nor STUN
+/// (RFC 7983 §7).
+const NOT_A_CHANNEL: u16 = 0x8000;
 /// A peer whose permission has expired.
 const EXPIRED_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 21);
 /// A peer without any permission.
@@ -424,6 +431,15 @@ fn install(datapath: &mut BpfDatapath) {
                 (IpAddr::V4(EXPIRED_PEER_V4), expired, Some(CHANNEL_EXPIRED)),
             ]);
         }
+        datapath
+            .install_channel(ChannelEntry {
+                flow,
+                relay,
+                peer: SocketAddr::new(family.peer, HIGHEST_CHANNEL_PEER_PORT),
+                number: CHANNEL_HIGHEST,
+                expires_at: live,
+            })
+            .expect("channel 0x7FFF");
         for (peer_ip, expires_at, channel) in peers {
             datapath
                 .install_permission(PermissionEntry {
@@ -495,6 +511,33 @@ fn fixtures() -> Vec<Fixture> {
             family.client_frame(&channel_data(CHANNEL_PEER, &[], &[])),
             Outcome::RelayedChannelDataToPeer,
             Expect::Frame(XDP_REDIRECT, family.to_peer(peer, &[])),
+        );
+
+        // Channel numbers 0x4000–0x7FFF are ChannelData (RFC 5766 range); 0x8000 is not.
+        let highest_peer = SocketAddr::new(family.peer, HIGHEST_CHANNEL_PEER_PORT);
+        add(
+            "channel_data_highest_number_to_peer",
+            Ingress::ClientSide,
+            family.client_frame(&channel_data(CHANNEL_HIGHEST, &data, &[])),
+            Outcome::RelayedChannelDataToPeer,
+            Expect::Frame(XDP_REDIRECT, family.to_peer(highest_peer, &data)),
+        );
+        add(
+            "peer_to_client_channel_data_highest_number",
+            Ingress::PeerSide,
+            family.peer_frame(highest_peer, &odd),
+            Outcome::RelayedChannelDataToClient,
+            Expect::Frame(
+                XDP_REDIRECT,
+                family.to_client(highest_peer, &channel_data(CHANNEL_HIGHEST, &odd, &[])),
+            ),
+        );
+        add(
+            "channel_number_past_the_range",
+            Ingress::ClientSide,
+            family.client_frame(&channel_data(NOT_A_CHANNEL, &data, &[])),
+            Outcome::PassUnknownFlow,
+            Expect::Unchanged(XDP_PASS),
         );
 
         // 2) Client → peer Send indication.
@@ -650,9 +693,8 @@ fn fixtures() -> Vec<Fixture> {
             Expect::Unchanged(XDP_PASS),
         );
         let mut fingerprint_not_last = with_fingerprint(send_indication(peer, &data));
-        let length = u16::from_be_bytes([fingerprint_not_last[2], fingerprint_not_last[3]]) + 8;
+        let length = u16::from_be_bytes([fingerprint_not_last[2], fingerprint_not_last[3]]) + 4;
         fingerprint_not_last[2..4].copy_from_slice(&length.to_be_bytes());
-        fingerprint_not_last.extend_from_slice(&attribute(0x001A, &[]));
         fingerprint_not_last.extend_from_slice(&attribute(0x001A, &[]));
         add(
             "send_indication_attributes_after_fingerprint",

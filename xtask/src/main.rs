@@ -1,4 +1,4 @@
-//! Developer tasks for the TURN relay: `cargo xtask <setup|build|run|build-and-load|test>`.
+//! Developer tasks for the TURN relay: `cargo xtask <setup|build|run|build-and-load|test|bench>`.
 //!
 //! Every task prints what it does and how long it took, and fails with context
 //! (`anyhow`) naming the step that broke.
@@ -50,8 +50,22 @@ enum Task {
         #[arg(last = true)]
         daemon_args: Vec<String>,
     },
-    /// Setup, then every unit and end-to-end test of the workspace (privileged ones too).
+    /// Setup, then every unit and end-to-end test of the workspace (privileged ones too),
+    /// then the quick benchmark.
     Test,
+    /// Setup, release build, then the benchmark against coturn (`turn-bench run`):
+    /// results.md, results.json and SVG plots in `--out`.
+    Bench {
+        /// The quick subset (under 2 minutes), as `cargo xtask test` runs it.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+        /// Extra arguments for `turn-bench run` (after `--`), e.g. `--only coturn,ours-xdp`.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -79,7 +93,48 @@ fn main() -> Result<()> {
             exec_daemon(&workspace, &args)
         }
         Task::Test => test::run(&workspace),
+        Task::Bench {
+            quick,
+            out,
+            bench_args,
+        } => {
+            setup::run(&workspace)?;
+            run_benchmark(&workspace, quick, &out, &bench_args)
+        }
     }
+}
+
+/// Builds the release daemon and `turn-bench`, then runs the benchmark; the Markdown
+/// table it writes is the one the README's benchmark section quotes.
+pub(crate) fn run_benchmark(
+    workspace: &Path,
+    quick: bool,
+    out: &Path,
+    extra_args: &[String],
+) -> Result<()> {
+    let started = Instant::now();
+    println!("==> bench: cargo build --release -p turn-userspace --bins");
+    run_checked(cargo().args(["build", "--release", "-p", "turn-userspace", "--bins"]))
+        .context("release build of turn-relay and turn-bench")?;
+    let release = target_dir(workspace).join("release");
+    let mut bench = Command::new(release.join("turn-bench"));
+    bench
+        .arg("run")
+        .arg("--out")
+        .arg(out)
+        .arg("--relay-binary")
+        .arg(release.join("turn-relay"));
+    if quick {
+        bench.arg("--quick");
+    }
+    bench.args(extra_args);
+    run_checked(&mut bench).context("running turn-bench")?;
+    println!(
+        "==> bench finished in {:.1?}; results in {}",
+        started.elapsed(),
+        out.join("results.md").display()
+    );
+    Ok(())
 }
 
 /// The workspace root: xtask lives one directory below it.
@@ -89,7 +144,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR`).
-fn target_dir(workspace: &Path) -> PathBuf {
+pub(crate) fn target_dir(workspace: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => workspace.join(dir),
         None => workspace.join("target"),
