@@ -377,29 +377,21 @@ fn next_hop(
     } else {
         0
     };
+    // Every input field is written (no 64-byte memset: a byte loop in BPF); the MAC
+    // addresses are outputs.
     let params = &mut scratch.fib;
-    // SAFETY: plain-old-data struct; all-zero is its documented initial state.
-    *params = unsafe { core::mem::zeroed() };
     params.l4_protocol = 17;
     params.sport = u16::from_ne_bytes(route.src_port);
     params.dport = u16::from_ne_bytes(route.dst_port);
     params.__bindgen_anon_1.tot_len = ip_total_len;
     params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_2.flowinfo = 0;
+    params.__bindgen_anon_5.tbid = 0;
     if family == FAMILY_V4 {
         params.family = AF_INET;
         params.__bindgen_anon_2.tos = tos;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([
-            route.src_ip[0],
-            route.src_ip[1],
-            route.src_ip[2],
-            route.src_ip[3],
-        ]);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([
-            route.dst_ip[0],
-            route.dst_ip[1],
-            route.dst_ip[2],
-            route.dst_ip[3],
-        ]);
+        params.__bindgen_anon_3.ipv6_src = [v4_word(route.src_ip), 0, 0, 0];
+        params.__bindgen_anon_4.ipv6_dst = [v4_word(route.dst_ip), 0, 0, 0];
     } else {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(route.src_ip);
@@ -419,6 +411,12 @@ fn next_hop(
         rc if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 => Err(Outcome::PassTooBig),
         _ => Err(Outcome::PassNoRoute),
     }
+}
+
+/// An IPv4 address (first 4 bytes) as `bpf_fib_lookup` holds it (network order).
+#[inline(always)]
+fn v4_word(address: &[u8; 16]) -> u32 {
+    u32::from_ne_bytes([address[0], address[1], address[2], address[3]])
 }
 
 #[inline(always)]

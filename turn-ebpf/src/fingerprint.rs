@@ -99,10 +99,7 @@ pub fn matches(ctx: &XdpContext, offset: usize, len: usize, expected: u32) -> bo
         // SAFETY: 4 bytes at `at` lie within the frame (checked just above).
         let bytes = unsafe { core::ptr::read_unaligned(at as *const [u8; 4]) };
         let low = crc ^ u32::from_le_bytes(bytes);
-        crc = entry(3, low)
-            ^ entry(2, low >> 8)
-            ^ entry(1, low >> 16)
-            ^ entry(0, low >> 24);
+        crc = entry(3, low) ^ entry(2, low >> 8) ^ entry(1, low >> 16) ^ entry(0, low >> 24);
     } else if remaining != 0 {
         return false;
     }

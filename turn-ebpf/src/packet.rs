@@ -1,10 +1,10 @@
 //! Bounds-checked access to the frame and parsing of Ethernet / IPv4 / IPv6 / UDP.
 //! Anything the fast path does not handle is an `Err(Outcome::Pass…)`.
 
-use aya_ebpf::helpers::bpf_xdp_load_bytes;
+use aya_ebpf::helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes};
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
-use turn_common::maps::{FAMILY_V4, FAMILY_V6};
+use turn_common::maps::{v4_bytes, FAMILY_V4, FAMILY_V6};
 
 pub const ETH_LEN: usize = 14;
 pub const UDP_LEN: usize = 8;
@@ -91,7 +91,9 @@ pub fn read_into<const N: usize>(
     Ok(())
 }
 
-/// Writes `N` bytes at `offset` from the start of the frame.
+/// Writes `N` bytes at `offset` from the start of the frame with the
+/// bpf_xdp_store_bytes helper: one memcpy, where a direct copy of a byte array compiles
+/// to a load and a store per byte in BPF.
 #[inline(always)]
 pub fn write<const N: usize>(
     ctx: &XdpContext,
@@ -101,12 +103,19 @@ pub fn write<const N: usize>(
     if offset > MAX_OFFSET {
         return Err(Outcome::PassMalformed);
     }
-    let start = ctx.data() + offset;
-    if start + N > ctx.data_end() {
+    // SAFETY: helper call; `bytes` holds N bytes and is only read; the helper checks the
+    // frame bounds.
+    let rc = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            offset as u32,
+            bytes.as_ptr().cast_mut().cast(),
+            N as u32,
+        )
+    };
+    if rc != 0 {
         return Err(Outcome::PassMalformed);
     }
-    // SAFETY: bounds checked against data_end just above; `bytes` is not in the frame.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), start as *mut u8, N) };
     Ok(())
 }
 
@@ -180,10 +189,8 @@ impl Packet {
         self.family = FAMILY_V4;
         self.ip_header_len = 20;
         self.ip_header[..20].copy_from_slice(&ip);
-        self.src_ip = [0; 16];
-        self.dst_ip = [0; 16];
-        self.src_ip[..4].copy_from_slice(&ip[12..16]);
-        self.dst_ip[..4].copy_from_slice(&ip[16..20]);
+        self.src_ip = v4_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        self.dst_ip = v4_bytes([ip[16], ip[17], ip[18], ip[19]]);
         self.src_port = [udp[0], udp[1]];
         self.dst_port = [udp[2], udp[3]];
         self.udp_checksum = be16([udp[6], udp[7]]);

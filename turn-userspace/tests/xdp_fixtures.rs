@@ -1326,7 +1326,11 @@ fn bench_times_every_path_next_to_the_baseline() {
         "channel_data_to_peer_v4",
         "send_to_peer_v6",
         "data_indication_to_client_v6",
+        "send_fingerprint_to_peer_v4",
         "drop_no_permission",
+        "baseline_pass_repeated",
+        "drop_no_permission_repeated",
+        "send_bad_fingerprint_v6_repeated",
     ] {
         assert!(
             names.contains(&expected),
