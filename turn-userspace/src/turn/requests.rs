@@ -48,6 +48,13 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 return None;
             }
         };
+        // RFC 8489 §7.3: a message whose FINGERPRINT does not match is not STUN; it gets
+        // no answer and is not relayed (the XDP program passes such Send indications up).
+        if message.fingerprint().is_some() && !message.verify_fingerprint() {
+            tracing::debug!(client = %flow.client, "dropped STUN message with a wrong FINGERPRINT");
+            self.stats.dropped_packets += 1;
+            return None;
+        }
         match message.class() {
             Class::Request => {
                 self.handle_request(now, flow, &message);

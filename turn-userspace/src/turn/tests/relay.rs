@@ -365,3 +365,45 @@ fn peer_datagrams_too_large_to_frame_are_dropped() {
         .unwrap();
     assert_eq!(parse(&out).data().map(<[u8]>::len), Some(largest.len()));
 }
+
+/// RFC 8489 §7.3: a Send indication with a valid FINGERPRINT is relayed like any other;
+/// one whose FINGERPRINT does not match is not STUN and is dropped (the XDP program
+/// passes exactly these up to userspace).
+#[test]
+fn send_indication_fingerprint_is_checked() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peer = addr(PEER);
+    assert_success(&harness.create_permission(client, &[peer]));
+
+    let transaction_id = harness.transaction_id();
+    let mut packet = Vec::new();
+    MessageBuilder::new(&mut packet, Method::SEND, Class::Indication, &transaction_id)
+        .xor_address(attr::XOR_PEER_ADDRESS, peer)
+        .attribute(attr::DATA, b"fingerprinted")
+        .fingerprint();
+    let (forward, _, _) = harness.send(client, &packet);
+    assert_forwarded_to_peer(forward, &packet, (relay, peer), b"fingerprinted");
+
+    let last = packet.len() - 1;
+    packet[last] ^= 0xFF;
+    let dropped_before = harness.server.stats().dropped_packets;
+    let (forward, _, transmits) = harness.send(client, &packet);
+    assert!(forward.is_none() && transmits.is_empty());
+    assert_eq!(harness.server.stats().dropped_packets, dropped_before + 1);
+}
+
+/// A request with a wrong FINGERPRINT is not STUN: no answer at all (RFC 8489 §7.3).
+#[test]
+fn request_with_wrong_fingerprint_gets_no_answer() {
+    let mut harness = Harness::new();
+    let transaction_id = harness.transaction_id();
+    let mut packet = Vec::new();
+    MessageBuilder::new(&mut packet, Method::BINDING, Class::Request, &transaction_id)
+        .fingerprint();
+    let last = packet.len() - 1;
+    packet[last] ^= 0x01;
+    let (forward, commands, transmits) = harness.send(flow(CLIENT), &packet);
+    assert!(forward.is_none() && commands.is_empty() && transmits.is_empty());
+}
