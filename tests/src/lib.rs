@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests: network namespaces, the `turn-relay` daemon
-//! as a child process, and coturn's client tools (`turnutils_*`) as real TURN clients.
+//! as a child process, coturn's client tools (`turnutils_*`) as real TURN clients, and a
+//! programmable TURN client and peer ([`turn_client`]) for tests that pause between steps.
 //!
 //! Every test builds its own namespaces (unique names, removed by a Drop guard even when
 //! the test panics) and only uses addresses from the benchmarking ranges 198.18.0.0/15 and
@@ -22,6 +23,8 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha512;
+
+pub mod turn_client;
 
 /// Client side of the client ↔ relay link.
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
@@ -565,6 +568,9 @@ pub struct User {
 pub enum Xdp {
     /// `mode = "auto"` on both relay-side interfaces (native, else generic).
     Auto,
+    /// `mode = "native"` on both relay-side interfaces: driver mode or not at all (the
+    /// daemon then relays in userspace and reports `turn_xdp_attached 0`).
+    Native,
     /// `mode = "off"`: everything relays in userspace.
     Off,
 }
@@ -578,6 +584,10 @@ pub struct RelayConfig {
     pub zrest_secrets: Vec<String>,
     pub xdp: Xdp,
     pub ipv6: bool,
+    /// `[server] permission_lifetime` in seconds (daemon default 300 when None).
+    pub permission_lifetime: Option<u32>,
+    /// `[server] channel_lifetime` in seconds (daemon default 600 when None).
+    pub channel_lifetime: Option<u32>,
 }
 
 impl RelayConfig {
@@ -589,7 +599,21 @@ impl RelayConfig {
             zrest_secrets: Vec::new(),
             xdp,
             ipv6: false,
+            permission_lifetime: None,
+            channel_lifetime: None,
         }
+    }
+
+    /// Permissions expire `seconds` (≥ 1) after their last CreatePermission/ChannelBind.
+    pub fn with_permission_lifetime(mut self, seconds: u32) -> RelayConfig {
+        self.permission_lifetime = Some(seconds);
+        self
+    }
+
+    /// Channel bindings expire `seconds` (≥ 1) after their last ChannelBind.
+    pub fn with_channel_lifetime(mut self, seconds: u32) -> RelayConfig {
+        self.channel_lifetime = Some(seconds);
+        self
     }
 
     pub fn with_user(mut self, name: &str, password: &str) -> RelayConfig {
@@ -639,6 +663,12 @@ impl RelayConfig {
         if self.ipv6 {
             let _ = writeln!(text, "relay_address_v6 = \"{RELAY_RELAYED_V6}\"");
         }
+        if let Some(seconds) = self.permission_lifetime {
+            let _ = writeln!(text, "permission_lifetime = {seconds}");
+        }
+        if let Some(seconds) = self.channel_lifetime {
+            let _ = writeln!(text, "channel_lifetime = {seconds}");
+        }
         let _ = writeln!(text, "\n[auth]");
         let users: Vec<String> = self
             .users
@@ -655,17 +685,17 @@ impl RelayConfig {
         let _ = writeln!(text, "auth_secrets = [{}]", toml_list(&self.auth_secrets));
         let _ = writeln!(text, "zrest_secrets = [{}]", toml_list(&self.zrest_secrets));
         let _ = writeln!(text, "\n[xdp]");
-        match self.xdp {
-            Xdp::Auto => {
-                let _ = writeln!(text, "mode = \"auto\"");
-                let _ = writeln!(
-                    text,
-                    "interfaces = [\"{RELAY_CLIENT_SIDE_INTERFACE}\", \"{RELAY_PEER_SIDE_INTERFACE}\"]"
-                );
-            }
-            Xdp::Off => {
-                let _ = writeln!(text, "mode = \"off\"");
-            }
+        let mode = match self.xdp {
+            Xdp::Auto => "auto",
+            Xdp::Native => "native",
+            Xdp::Off => "off",
+        };
+        let _ = writeln!(text, "mode = \"{mode}\"");
+        if self.xdp != Xdp::Off {
+            let _ = writeln!(
+                text,
+                "interfaces = [\"{RELAY_CLIENT_SIDE_INTERFACE}\", \"{RELAY_PEER_SIDE_INTERFACE}\"]"
+            );
         }
         let _ = writeln!(text, "\n[metrics]\nlisten = \"{METRICS_ADDRESS}\"");
         let _ = writeln!(text, "\n[log]\nlevel = \"info\"");
@@ -1150,6 +1180,29 @@ mod tests {
         assert!(text.contains("users = [{ name = \"alice\", password = \"pa\\\"ss\" }]"));
         assert!(text.contains("auth_secrets = [\"s1\"]"));
         assert!(text.contains("interfaces = [\"to-client\", \"to-peer\"]"));
+    }
+
+    #[test]
+    fn rendered_config_is_what_the_daemon_parses() {
+        let text = RelayConfig::new(Xdp::Native)
+            .with_user("alice", "secret")
+            .with_permission_lifetime(2)
+            .with_channel_lifetime(7)
+            .to_toml();
+        let config = turn_relay::config::Config::parse(&text, "test")
+            .unwrap_or_else(|error| panic!("{error}\n{text}"));
+        assert_eq!(config.permission_lifetime, Duration::from_secs(2));
+        assert_eq!(config.channel_lifetime, Duration::from_secs(7));
+        assert_eq!(config.xdp_mode, turn_relay::bpf::XdpMode::Native);
+        assert_eq!(
+            config.xdp_interfaces,
+            [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE]
+        );
+        let defaults =
+            turn_relay::config::Config::parse(&RelayConfig::new(Xdp::Off).to_toml(), "test")
+                .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(defaults.permission_lifetime, Duration::from_secs(300));
+        assert_eq!(defaults.xdp_mode, turn_relay::bpf::XdpMode::Off);
     }
 
     #[test]

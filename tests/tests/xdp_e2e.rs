@@ -19,8 +19,7 @@
 //! drops it or the namespace goes away. One test turns forwarding off again to check
 //! the daemon reports it and still relays everything in userspace.
 //!
-//! Not covered here: permission expiry (RFC 8656 §9, 300 s, no configuration knob to
-//! shorten it), which the bpf module's testbed checks at map level instead.
+//! Permission expiry (RFC 8656 §9) is covered end to end in `expiry.rs`.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -398,7 +397,8 @@ fn xdp_and_userspace_agree(test: &str, uclient: Uclient, expected_outcomes: [&st
     let lab = Lab::new(true).or_fail("building the lab");
     let _peers = lab.peers().or_fail("starting turnutils_peer");
 
-    let (fast, fast_log) = relay_once(&lab, Xdp::Auto, &uclient).or_fail("relaying with XDP");
+    let (fast, fast_log) =
+        relay_once(&lab, Xdp::Native, &uclient).or_fail("relaying with native XDP");
     let (slow, slow_log) = relay_once(&lab, Xdp::Off, &uclient).or_fail("relaying with XDP off");
     eprintln!(
         "{test}: XDP relayed {} of {} data packets ({:.2} %), userspace {}; by outcome {:?}",
@@ -426,15 +426,17 @@ fn xdp_and_userspace_agree(test: &str, uclient: Uclient, expected_outcomes: [&st
         "the client must see the same with and without XDP\n{context}"
     );
 
-    // With XDP: attached cleanly in native mode, and relaying (almost) everything.
+    // With XDP: attached cleanly in the native mode asked for (the daemon relays in
+    // userspace with `turn_xdp_attached 0` when it cannot), relaying (almost) everything.
     let context = format!("--- daemon log and metrics (XDP run) ---\n{fast_log}");
     assert!(
-        fast_log.contains(&format!(
-            "XDP attached in native mode on {RELAY_CLIENT_SIDE_INTERFACE}, {RELAY_PEER_SIDE_INTERFACE}"
-        )) && !fast_log.contains("WARNING"),
+        fast.xdp_attached,
+        "native XDP not attached (turn_xdp_attached is not 1)\n{context}"
+    );
+    assert!(
+        !fast_log.contains("WARNING"),
         "expected a clean native attach\n{context}"
     );
-    assert!(fast.xdp_attached, "turn_xdp_attached is not 1\n{context}");
     assert_eq!(
         fast.xdp_relayed() + fast.userspace,
         fast.data_packets(),
