@@ -81,7 +81,13 @@ pub trait Datapath: Send {
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError>;
     fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr);
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError>;
-    fn remove_channel(&mut self, flow: ClientFlow, relay: SocketAddr, number: u16, peer: SocketAddr);
+    fn remove_channel(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        number: u16,
+        peer: SocketAddr,
+    );
     /// Traffic relayed by the fast path for this allocation since it was installed.
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic;
 }
@@ -121,7 +127,13 @@ impl Datapath for InMemoryDatapath {
         Ok(())
     }
 
-    fn remove_channel(&mut self, _flow: ClientFlow, relay: SocketAddr, number: u16, _peer: SocketAddr) {
+    fn remove_channel(
+        &mut self,
+        _flow: ClientFlow,
+        relay: SocketAddr,
+        number: u16,
+        _peer: SocketAddr,
+    ) {
         self.channels.remove(&(relay, number));
     }
 

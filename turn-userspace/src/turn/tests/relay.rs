@@ -379,10 +379,15 @@ fn send_indication_fingerprint_is_checked() {
 
     let transaction_id = harness.transaction_id();
     let mut packet = Vec::new();
-    MessageBuilder::new(&mut packet, Method::SEND, Class::Indication, &transaction_id)
-        .xor_address(attr::XOR_PEER_ADDRESS, peer)
-        .attribute(attr::DATA, b"fingerprinted")
-        .fingerprint();
+    MessageBuilder::new(
+        &mut packet,
+        Method::SEND,
+        Class::Indication,
+        &transaction_id,
+    )
+    .xor_address(attr::XOR_PEER_ADDRESS, peer)
+    .attribute(attr::DATA, b"fingerprinted")
+    .fingerprint();
     let (forward, _, _) = harness.send(client, &packet);
     assert_forwarded_to_peer(forward, &packet, (relay, peer), b"fingerprinted");
 
@@ -400,8 +405,13 @@ fn request_with_wrong_fingerprint_gets_no_answer() {
     let mut harness = Harness::new();
     let transaction_id = harness.transaction_id();
     let mut packet = Vec::new();
-    MessageBuilder::new(&mut packet, Method::BINDING, Class::Request, &transaction_id)
-        .fingerprint();
+    MessageBuilder::new(
+        &mut packet,
+        Method::BINDING,
+        Class::Request,
+        &transaction_id,
+    )
+    .fingerprint();
     let last = packet.len() - 1;
     packet[last] ^= 0x01;
     let (forward, commands, transmits) = harness.send(flow(CLIENT), &packet);
