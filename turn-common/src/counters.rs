@@ -72,7 +72,8 @@ outcomes! {
     PassExpired = "pass_expired",
     /// Send indication to a peer without a fast-path permission.
     PassNoPermission = "pass_no_permission",
-    /// Client and peer are of different address families.
+    /// Client and peer are of different address families and the frame is one the fast
+    /// path cannot translate: IPv4 without a UDP checksum towards IPv6 (RFC 8200 §8.1).
     PassCrossFamily = "pass_cross_family",
     /// The rewritten frame would exceed the egress MTU.
     PassTooBig = "pass_too_big",

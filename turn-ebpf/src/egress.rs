@@ -24,8 +24,11 @@ const AF_INET6: u8 = 10;
 /// The most zero padding bytes appended after the data (STUN attribute padding).
 const MAX_PADDING: usize = 3;
 
-/// Source and destination of the relayed datagram.
+/// Source and destination of the relayed datagram. `family` may differ from the
+/// incoming frame's (cross-family relaying, RFC 8656 §7.2 REQUESTED-ADDRESS-FAMILY): the
+/// IP header is then rebuilt in the other family.
 pub struct Route<'a> {
+    pub family: u8,
     pub src_ip: &'a [u8; 16],
     pub src_port: [u8; 2],
     pub dst_ip: &'a [u8; 16],
@@ -87,7 +90,13 @@ pub fn forward<const P: usize>(
         return Err(Outcome::PassStun);
     }
 
-    let iphl = packet.ip_header_len;
+    let cross_family = route.family != packet.family;
+    // RFC 768: an IPv4 sender may omit the UDP checksum, which IPv6 requires (RFC 8200
+    // §8.1); the fast path only updates checksums incrementally, so userspace relays it.
+    if cross_family && packet.udp_checksum == 0 {
+        return Err(Outcome::PassCrossFamily);
+    }
+    let iphl = if route.family == FAMILY_V4 { 20 } else { 40 };
     let udp_len = UDP_LEN + P + reframe.data_len + reframe.padding;
     if udp_len > 0xFFFF - 40 {
         return Err(Outcome::PassTooBig);
@@ -100,8 +109,23 @@ pub fn forward<const P: usize>(
         // RFC 768: no checksum stays no checksum over IPv4.
         0
     } else {
-        let mut delta = replace_address(Delta::new(), packet.family, &packet.src_ip, route.src_ip);
-        delta = replace_address(delta, packet.family, &packet.dst_ip, route.dst_ip);
+        // Pseudo-header addresses, in each header's own family (RFC 768, RFC 8200 §8.1).
+        // Its protocol and length sum to the same words in both families (a 32-bit IPv6
+        // length under 2^16 adds a zero word), so only the addresses differ.
+        let mut delta = replace_address(
+            Delta::new(),
+            packet.family,
+            &packet.src_ip,
+            route.family,
+            route.src_ip,
+        );
+        delta = replace_address(
+            delta,
+            packet.family,
+            &packet.dst_ip,
+            route.family,
+            route.dst_ip,
+        );
         // The length is in the pseudo-header and in the UDP header.
         let old_len = packet.udp_len as u16;
         let new_len = udp_len as u16;
@@ -172,7 +196,7 @@ pub fn forward<const P: usize>(
     build_headers(scratch, route, reframe, udp_len as u16, udp_checksum);
     let headers = &scratch.headers;
     let prefix: &[u8; P] = scratch.prefix.first_chunk().ok_or(Outcome::PassMalformed)?;
-    if scratch.packet.family == FAMILY_V4 {
+    if route.family == FAMILY_V4 {
         write::<{ ETH_LEN + 20 + UDP_LEN }>(
             ctx,
             0,
@@ -217,18 +241,26 @@ pub fn forward<const P: usize>(
     })
 }
 
-/// Replaces an address (4 or 16 bytes per family) in a checksum.
+/// Replaces an address (4 or 16 bytes per family) in a checksum; `old` and `new` may be
+/// of different families.
 #[inline(always)]
-fn replace_address(delta: Delta, family: u8, old: &[u8; 16], new: &[u8; 16]) -> Delta {
-    let words = if family == FAMILY_V4 { 2 } else { 8 };
+fn replace_address(
+    delta: Delta,
+    old_family: u8,
+    old: &[u8; 16],
+    new_family: u8,
+    new: &[u8; 16],
+) -> Delta {
+    let old_words = if old_family == FAMILY_V4 { 2 } else { 8 };
+    let new_words = if new_family == FAMILY_V4 { 2 } else { 8 };
     let mut delta = delta;
     for i in 0..8 {
-        if i >= words {
-            break;
+        if i < old_words {
+            delta = delta.remove_word(be16([old[2 * i], old[2 * i + 1]]));
         }
-        delta = delta
-            .remove_word(be16([old[2 * i], old[2 * i + 1]]))
-            .add_word(be16([new[2 * i], new[2 * i + 1]]));
+        if i < new_words {
+            delta = delta.add_word(be16([new[2 * i], new[2 * i + 1]]));
+        }
     }
     delta
 }
@@ -287,21 +319,106 @@ fn build_headers(
         checksum[0],
         checksum[1],
     ];
-    if packet.family == FAMILY_V4 {
-        headers[12..14].copy_from_slice(&[0x08, 0x00]);
-        ipv4_header(
-            &mut headers[14..34],
-            packet,
-            route,
-            20 + udp_len,
-            reframe.dont_fragment,
-        );
-        headers[34..42].copy_from_slice(&udp);
-    } else {
-        headers[12..14].copy_from_slice(&[0x86, 0xDD]);
-        ipv6_header(&mut headers[14..54], packet, route, udp_len);
-        headers[54..62].copy_from_slice(&udp);
+    match (packet.family == FAMILY_V4, route.family == FAMILY_V4) {
+        (true, true) => {
+            headers[12..14].copy_from_slice(&[0x08, 0x00]);
+            ipv4_header(
+                &mut headers[14..34],
+                packet,
+                route,
+                20 + udp_len,
+                reframe.dont_fragment,
+            );
+            headers[34..42].copy_from_slice(&udp);
+        }
+        (false, true) => {
+            headers[12..14].copy_from_slice(&[0x08, 0x00]);
+            ipv4_header_from_v6(&mut headers[14..34], packet, route, 20 + udp_len);
+            headers[34..42].copy_from_slice(&udp);
+        }
+        (true, false) => {
+            headers[12..14].copy_from_slice(&[0x86, 0xDD]);
+            ipv6_header_from_v4(&mut headers[14..54], packet, route, udp_len);
+            headers[54..62].copy_from_slice(&udp);
+        }
+        (false, false) => {
+            headers[12..14].copy_from_slice(&[0x86, 0xDD]);
+            ipv6_header(&mut headers[14..54], packet, route, udp_len);
+            headers[54..62].copy_from_slice(&udp);
+        }
     }
+}
+
+/// The relayed IPv4 header for an IPv6 datagram (RFC 8656 §14, IPv6-to-IPv4, preferred
+/// behaviour per RFC 7915 §5.1): TOS from the traffic class, TTL = hop limit - 1, DF set
+/// (IPv6 is never fragmented on the path, and a relayed IPv4 datagram with DF is atomic,
+/// so its identification is 0 per RFC 6864 §4.1), checksum computed from scratch.
+#[inline(always)]
+fn ipv4_header_from_v6(header: &mut [u8], packet: &Packet, route: &Route, total_len: u16) {
+    let Some(header) = header.first_chunk_mut::<20>() else {
+        return;
+    };
+    let source = &packet.ip_header;
+    let len = total_len.to_be_bytes();
+    *header = [
+        0x45,
+        traffic_class(source),
+        len[0],
+        len[1],
+        0,
+        0,
+        0x40,
+        0,
+        source[7] - 1,
+        17,
+        0,
+        0,
+        route.src_ip[0],
+        route.src_ip[1],
+        route.src_ip[2],
+        route.src_ip[3],
+        route.dst_ip[0],
+        route.dst_ip[1],
+        route.dst_ip[2],
+        route.dst_ip[3],
+    ];
+    let mut delta = Delta::new();
+    for i in 0..10 {
+        delta = delta.add_word(be16([header[2 * i], header[2 * i + 1]]));
+    }
+    let checksum = delta.checksum().to_be_bytes();
+    header[10] = checksum[0];
+    header[11] = checksum[1];
+}
+
+/// The relayed IPv6 header for an IPv4 datagram (RFC 8656 §14, IPv4-to-IPv6, preferred
+/// behaviour per RFC 7915 §4.1): traffic class from the TOS, flow label 0, hop limit =
+/// TTL - 1. DF has no IPv6 counterpart (IPv6 is never fragmented on the path).
+#[inline(always)]
+fn ipv6_header_from_v4(header: &mut [u8], packet: &Packet, route: &Route, payload_len: u16) {
+    let Some(header) = header.first_chunk_mut::<40>() else {
+        return;
+    };
+    let tos = packet.ip_header[1];
+    let len = payload_len.to_be_bytes();
+    header[..8].copy_from_slice(&[
+        0x60 | (tos >> 4),
+        tos << 4,
+        0,
+        0,
+        len[0],
+        len[1],
+        17,
+        packet.ip_header[8] - 1,
+    ]);
+    header[8..24].copy_from_slice(route.src_ip);
+    header[24..40].copy_from_slice(route.dst_ip);
+}
+
+/// The traffic class of an IPv6 header (between the version and the flow label).
+#[inline(always)]
+fn traffic_class(ip_header: &[u8; 40]) -> u8 {
+    (ip_header[0] << 4) | (ip_header[1] >> 4)
 }
 
 /// The relayed IPv4 header: the incoming one (TOS, ID, DF kept — RFC 8656 §14
@@ -338,8 +455,8 @@ fn ipv4_header(
         .add_word(be16([header[8], header[9]]))
         .remove_word(old_flags)
         .add_word(be16([header[6], header[7]]));
-    let delta = replace_address(delta, FAMILY_V4, &packet.src_ip, route.src_ip);
-    let delta = replace_address(delta, FAMILY_V4, &packet.dst_ip, route.dst_ip);
+    let delta = replace_address(delta, FAMILY_V4, &packet.src_ip, FAMILY_V4, route.src_ip);
+    let delta = replace_address(delta, FAMILY_V4, &packet.dst_ip, FAMILY_V4, route.dst_ip);
     let checksum = delta.apply(old_checksum).to_be_bytes();
     header[10] = checksum[0];
     header[11] = checksum[1];
@@ -371,11 +488,12 @@ fn next_hop(
     route: &Route,
     ip_total_len: u16,
 ) -> Result<(), Outcome> {
-    let family = scratch.packet.family;
-    let tos = if family == FAMILY_V4 {
-        scratch.packet.ip_header[1]
-    } else {
-        0
+    let family = route.family;
+    // The TOS the relayed IPv4 header carries (RFC 8656 §14).
+    let tos = match (scratch.packet.family == FAMILY_V4, family == FAMILY_V4) {
+        (true, true) => scratch.packet.ip_header[1],
+        (false, true) => traffic_class(&scratch.packet.ip_header),
+        _ => 0,
     };
     // Every input field is written (no 64-byte memset: a byte loop in BPF); the MAC
     // addresses are outputs.

@@ -128,9 +128,8 @@ pub const fn be16(bytes: [u8; 2]) -> u16 {
 /// (the BPF stack is 512 bytes for the whole call chain).
 pub struct Packet {
     pub family: u8,
-    /// 20 (IPv4 without options) or 40 (IPv6 without extension headers).
-    pub ip_header_len: usize,
-    /// The original IP header (first `ip_header_len` bytes used).
+    /// The original IP header: 20 bytes used for IPv4 (options are passed to the stack),
+    /// all 40 for IPv6 (extension headers are too).
     pub ip_header: [u8; 40],
     pub src_ip: [u8; 16],
     pub dst_ip: [u8; 16],
@@ -187,7 +186,6 @@ impl Packet {
             return Err(Outcome::PassMalformed);
         }
         self.family = FAMILY_V4;
-        self.ip_header_len = 20;
         self.ip_header[..20].copy_from_slice(&ip);
         self.src_ip = v4_bytes([ip[12], ip[13], ip[14], ip[15]]);
         self.dst_ip = v4_bytes([ip[16], ip[17], ip[18], ip[19]]);
@@ -235,7 +233,6 @@ impl Packet {
         self.src_ip.copy_from_slice(&source[8..24]);
         self.dst_ip.copy_from_slice(&destination[..16]);
         self.family = FAMILY_V6;
-        self.ip_header_len = 40;
         self.src_port = [udp[0], udp[1]];
         self.dst_port = [udp[2], udp[3]];
         self.udp_checksum = udp_checksum;

@@ -33,10 +33,8 @@ pub fn relay(
     if allocation.expires_ns() <= now {
         return Err(Outcome::PassExpired);
     }
-    if allocation.client_family() != packet.family {
-        return Err(Outcome::PassCrossFamily);
-    }
     let route = Route {
+        family: allocation.client_family(),
         src_ip: allocation.listener_ip(),
         src_port: allocation.listener_port(),
         dst_ip: allocation.client_ip(),

@@ -38,10 +38,8 @@ pub fn channel_data(
     if channel.expires_ns() <= now_ns() {
         return Err(Outcome::PassExpired);
     }
-    if channel.peer_family() != packet.family {
-        return Err(Outcome::PassCrossFamily);
-    }
     let route = Route {
+        family: channel.peer_family(),
         src_ip: channel.relay_ip(),
         src_port: channel.relay_port(),
         dst_ip: channel.peer_ip(),
@@ -112,9 +110,6 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
     if allocation.expires_ns() <= now {
         return Err(Outcome::PassExpired);
     }
-    if send.peer_family != scratch.packet.family {
-        return Err(Outcome::PassCrossFamily);
-    }
     scratch.permission_key = PermissionKey::new(
         send.peer_family,
         *allocation.relay_ip(),
@@ -139,6 +134,7 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
         return Err(Outcome::PassBadFingerprint);
     }
     let route = Route {
+        family: send.peer_family,
         src_ip: allocation.relay_ip(),
         src_port: allocation.relay_port(),
         dst_ip: &send.peer_ip,

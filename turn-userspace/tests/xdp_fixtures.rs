@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use turn_relay::bpf::testbed::{
     Ingress, RunResult, Testbed, CLIENT_MAC, CLIENT_SIDE_MAC, CLIENT_V4, CLIENT_V6, LISTENER_V4,
-    LISTENER_V6, NEAR_PEER_MAC, NEAR_PEER_V4, PEER_MAC, PEER_SIDE_MAC, PEER_V4, PEER_V6,
-    RELAYED_V4, RELAYED_V6, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
+    LISTENER_V6, NEAR_PEER_MAC, NEAR_PEER_V4, NEAR_PEER_V6, PEER_MAC, PEER_SIDE_MAC, PEER_V4,
+    PEER_V6, RELAYED_V4, RELAYED_V6, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
 };
 use turn_relay::bpf::{BpfDatapath, Outcome};
 use turn_relay::datapath::{
@@ -377,33 +377,227 @@ impl Family {
     }
 }
 
-/// The IPv6 relayed address of the IPv4 client's second allocation (RFC 8656 §7:
-/// ADDITIONAL-ADDRESS-FAMILY): cross-family relaying, which the fast path leaves to
-/// userspace.
-fn cross_family_relay() -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(RELAYED_V6), RELAY_PORT + 1)
+/// A channel bound on a cross-family allocation (the client flow's same-family
+/// allocation uses the others; channel numbers are per client 5-tuple).
+const CHANNEL_CROSS: u16 = 0x4010;
+
+/// A cross-family allocation (RFC 8656 §7.2 REQUESTED-ADDRESS-FAMILY, or the second one of
+/// ADDITIONAL-ADDRESS-FAMILY): the client on `client`'s family, relayed address and peer
+/// on `relayed`'s.
+struct CrossFamily {
+    client: &'static Family,
+    relayed: &'static Family,
+}
+
+const CROSS_FAMILIES: [CrossFamily; 2] = [
+    CrossFamily {
+        client: &FAMILIES[0],
+        relayed: &FAMILIES[1],
+    },
+    CrossFamily {
+        client: &FAMILIES[1],
+        relayed: &FAMILIES[0],
+    },
+];
+
+impl CrossFamily {
+    fn tag(&self) -> String {
+        format!("{}_client_{}_relay", self.client.tag, self.relayed.tag)
+    }
+
+    fn relay_address(&self) -> SocketAddr {
+        SocketAddr::new(self.relayed.relay, RELAY_PORT + 1)
+    }
+
+    /// The relayed IP header: RFC 8656 §14 preferred behaviour with RFC 7915 mapping
+    /// (TOS ↔ traffic class, TTL ↔ hop limit − 1, IPv4 DF set with identification 0,
+    /// IPv6 flow label 0).
+    fn relayed_ip(incoming: Ip, src: IpAddr, dst: IpAddr) -> Ip {
+        Ip {
+            src,
+            dst,
+            ttl: incoming.ttl - 1,
+            tos: incoming.tos,
+            id: 0,
+            dont_fragment: true,
+        }
+    }
+
+    /// A frame from a peer (of the relayed family) to the cross-family relayed address.
+    fn peer_frame(&self, peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        frame(
+            PEER_MAC,
+            PEER_SIDE_MAC,
+            Ip::new(peer.ip(), self.relay_address().ip()),
+            peer.port(),
+            self.relay_address().port(),
+            payload,
+            UdpChecksum::Compute,
+        )
+    }
+
+    /// The relayed frame to a peer, in the relayed family.
+    fn to_peer(&self, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+        let incoming = Ip::new(self.client.client, self.client.listener);
+        frame(
+            PEER_SIDE_MAC,
+            PEER_MAC,
+            Self::relayed_ip(incoming, self.relay_address().ip(), peer.ip()),
+            self.relay_address().port(),
+            peer.port(),
+            data,
+            UdpChecksum::Compute,
+        )
+    }
+
+    /// The relayed frame to the client, in the client's family.
+    fn to_client(&self, peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        let incoming = Ip::new(peer.ip(), self.relay_address().ip());
+        frame(
+            CLIENT_SIDE_MAC,
+            CLIENT_MAC,
+            Self::relayed_ip(incoming, self.client.listener, self.client.client),
+            LISTENER_PORT,
+            CLIENT_PORT,
+            payload,
+            UdpChecksum::Compute,
+        )
+    }
+}
+
+fn install_cross_family(datapath: &mut BpfDatapath, live: Instant) {
+    for cross in &CROSS_FAMILIES {
+        let (flow, relay) = (cross.client.flow(), cross.relay_address());
+        datapath
+            .install_allocation(AllocationEntry {
+                flow,
+                relay,
+                expires_at: live,
+            })
+            .expect("cross-family allocation");
+        let peer_ip = cross.relayed.peer;
+        datapath
+            .install_permission(PermissionEntry {
+                flow,
+                relay,
+                peer_ip,
+                expires_at: live,
+            })
+            .expect("cross-family permission");
+        datapath
+            .install_channel(ChannelEntry {
+                flow,
+                relay,
+                peer: SocketAddr::new(peer_ip, PEER_PORT),
+                number: CHANNEL_CROSS,
+                expires_at: live,
+            })
+            .expect("cross-family channel");
+    }
+}
+
+/// Cross-family relaying in every direction and framing: the IP header is rebuilt in
+/// the other family, the UDP checksum follows the new pseudo-header.
+fn cross_family_fixtures(fixtures: &mut Vec<Fixture>) {
+    let data = b"hello, peer!".to_vec(); // 12 bytes
+    let odd = b"odd-5".to_vec(); // 5 bytes
+    for cross in &CROSS_FAMILIES {
+        let tag = cross.tag();
+        let peer = SocketAddr::new(cross.relayed.peer, PEER_PORT);
+        let other_port_peer = SocketAddr::new(cross.relayed.peer, PEER_PORT + 1);
+        let client_frame = |payload: &[u8]| cross.client.client_frame(payload);
+        for (label, payload) in [("even", &data), ("odd", &odd)] {
+            fixtures.push(Fixture {
+                name: format!("cross_family_channel_data_to_peer_{label}_{tag}"),
+                ingress: Ingress::ClientSide,
+                input: client_frame(&channel_data(CHANNEL_CROSS, payload, &[])),
+                outcome: Outcome::RelayedChannelDataToPeer,
+                expect: Expect::Frame(XDP_REDIRECT, cross.to_peer(peer, payload)),
+            });
+            fixtures.push(Fixture {
+                name: format!("cross_family_send_indication_to_peer_{label}_{tag}"),
+                ingress: Ingress::ClientSide,
+                input: client_frame(&send_indication(peer, payload)),
+                outcome: Outcome::RelayedSendToPeer,
+                expect: Expect::Frame(XDP_REDIRECT, cross.to_peer(peer, payload)),
+            });
+            fixtures.push(Fixture {
+                name: format!("cross_family_peer_to_client_channel_data_{label}_{tag}"),
+                ingress: Ingress::PeerSide,
+                input: cross.peer_frame(peer, payload),
+                outcome: Outcome::RelayedChannelDataToClient,
+                expect: Expect::Frame(
+                    XDP_REDIRECT,
+                    cross.to_client(peer, &channel_data(CHANNEL_CROSS, payload, &[])),
+                ),
+            });
+            let expected_payload = payload.clone();
+            let relay = cross.relay_address();
+            let (client, listener) = (cross.client.client, cross.client.listener);
+            fixtures.push(Fixture {
+                name: format!("cross_family_peer_to_client_data_indication_{label}_{tag}"),
+                ingress: Ingress::PeerSide,
+                input: cross.peer_frame(other_port_peer, payload),
+                outcome: Outcome::RelayedDataIndicationToClient,
+                expect: Expect::DataIndication(
+                    XDP_REDIRECT,
+                    Box::new(move |transaction_id| {
+                        let incoming = Ip::new(other_port_peer.ip(), relay.ip());
+                        frame(
+                            CLIENT_SIDE_MAC,
+                            CLIENT_MAC,
+                            CrossFamily::relayed_ip(incoming, listener, client),
+                            LISTENER_PORT,
+                            CLIENT_PORT,
+                            &data_indication(other_port_peer, &expected_payload, transaction_id),
+                            UdpChecksum::Compute,
+                        )
+                    }),
+                ),
+            });
+        }
+        fixtures.push(Fixture {
+            name: format!("cross_family_send_indication_with_fingerprint_{tag}"),
+            ingress: Ingress::ClientSide,
+            input: client_frame(&with_fingerprint(send_indication(peer, &odd))),
+            outcome: Outcome::RelayedSendToPeer,
+            expect: Expect::Frame(XDP_REDIRECT, cross.to_peer(peer, &odd)),
+        });
+    }
+    // IPv4 without a UDP checksum (RFC 768) cannot go out over IPv6 as it is (RFC 8200
+    // §8.1): userspace relays it.
+    let v4_to_v6 = &CROSS_FAMILIES[0];
+    fixtures.push(Fixture {
+        name: "cross_family_udp_checksum_zero_passes_v4_client_v6_relay".into(),
+        ingress: Ingress::ClientSide,
+        input: frame(
+            CLIENT_MAC,
+            CLIENT_SIDE_MAC,
+            Ip::new(v4_to_v6.client.client, v4_to_v6.client.listener),
+            CLIENT_PORT,
+            LISTENER_PORT,
+            &channel_data(CHANNEL_CROSS, &data, &[]),
+            UdpChecksum::Zero,
+        ),
+        outcome: Outcome::PassCrossFamily,
+        expect: Expect::Unchanged(XDP_PASS),
+    });
+    fixtures.push(Fixture {
+        name: "cross_family_send_indication_without_permission_v4_client_v6_relay".into(),
+        ingress: Ingress::ClientSide,
+        input: v4_to_v6.client.client_frame(&send_indication(
+            SocketAddr::new(IpAddr::V6(NEAR_PEER_V6), PEER_PORT),
+            &data,
+        )),
+        outcome: Outcome::PassNoPermission,
+        expect: Expect::Unchanged(XDP_PASS),
+    });
 }
 
 fn install(datapath: &mut BpfDatapath) {
     let live = Instant::now() + Duration::from_secs(600);
     let expired = Instant::now() - Duration::from_secs(1);
-    let (flow, relay) = (FAMILIES[0].flow(), cross_family_relay());
-    datapath
-        .install_allocation(AllocationEntry {
-            flow,
-            relay,
-            expires_at: live,
-        })
-        .expect("cross-family allocation");
-    let peer_ip = IpAddr::V6(PEER_V6);
-    datapath
-        .install_permission(PermissionEntry {
-            flow,
-            relay,
-            peer_ip,
-            expires_at: live,
-        })
-        .expect("cross-family permission");
+    install_cross_family(datapath, live);
     for family in &FAMILIES {
         let flow = family.flow();
         let relay = family.relay_address();
@@ -892,30 +1086,7 @@ fn fixtures() -> Vec<Fixture> {
         outcome: Outcome::RelayedChannelDataToPeer,
         expect: Expect::Frame(XDP_REDIRECT, zero_out),
     });
-    let v6_peer = SocketAddr::new(IpAddr::V6(PEER_V6), PEER_PORT);
-    fixtures.push(Fixture {
-        name: "cross_family_send_indication_v4_to_v6".into(),
-        ingress: Ingress::ClientSide,
-        input: v4.client_frame(&send_indication(v6_peer, &data)),
-        outcome: Outcome::PassCrossFamily,
-        expect: Expect::Unchanged(XDP_PASS),
-    });
-    let v6_to_cross_relay = frame(
-        PEER_MAC,
-        PEER_SIDE_MAC,
-        Ip::new(v6_peer.ip(), cross_family_relay().ip()),
-        PEER_PORT,
-        cross_family_relay().port(),
-        &data,
-        UdpChecksum::Compute,
-    );
-    fixtures.push(Fixture {
-        name: "cross_family_peer_v6_to_client_v4".into(),
-        ingress: Ingress::PeerSide,
-        input: v6_to_cross_relay,
-        outcome: Outcome::PassCrossFamily,
-        expect: Expect::Unchanged(XDP_PASS),
-    });
+    cross_family_fixtures(&mut fixtures);
     let without_df = Ip {
         dont_fragment: false,
         ..Ip::new(v4.client, v4.listener)
