@@ -90,6 +90,8 @@ pub struct Config {
     pub max_lifetime: Duration,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
+    /// Relay worker threads; 0 = one per CPU.
+    pub threads: usize,
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
     pub users: Vec<UserConfig>,
@@ -173,6 +175,7 @@ impl Config {
             max_lifetime: Duration::from_secs(DEFAULT_MAX_LIFETIME_SECS),
             max_allocations: DEFAULT_MAX_ALLOCATIONS,
             max_allocations_per_user: 0,
+            threads: 0,
             permission_lifetime: Duration::from_secs(DEFAULT_PERMISSION_LIFETIME_SECS),
             channel_lifetime: Duration::from_secs(DEFAULT_CHANNEL_LIFETIME_SECS),
             users: vec![UserConfig {
@@ -370,6 +373,7 @@ impl Config {
                 max_lifetime: Some(spanless(self.max_lifetime.as_secs())),
                 max_allocations: Some(spanless(self.max_allocations as u64)),
                 max_allocations_per_user: Some(self.max_allocations_per_user as u64),
+                threads: Some(self.threads as u64),
                 permission_lifetime: Some(spanless(self.permission_lifetime.as_secs())),
                 channel_lifetime: Some(spanless(self.channel_lifetime.as_secs())),
             },
@@ -484,6 +488,7 @@ struct RawServer {
     max_lifetime: Option<Spanned<u64>>,
     max_allocations: Option<Spanned<u64>>,
     max_allocations_per_user: Option<u64>,
+    threads: Option<u64>,
     permission_lifetime: Option<Spanned<u64>>,
     channel_lifetime: Option<Spanned<u64>>,
 }
@@ -661,6 +666,9 @@ impl Validator<'_> {
         let max_allocations_per_user = server
             .max_allocations_per_user
             .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        let threads = server
+            .threads
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
         // Independent of each other: a channel shorter than its permission simply stops
         // relaying earlier (ChannelData needs both alive).
         let permission_lifetime = self.seconds(
@@ -751,6 +759,7 @@ impl Validator<'_> {
             max_lifetime,
             max_allocations,
             max_allocations_per_user,
+            threads,
             permission_lifetime,
             channel_lifetime,
             users,
@@ -1113,6 +1122,7 @@ mod tests {
                     "max_lifetime",
                     "max_allocations",
                     "max_allocations_per_user",
+                    "threads",
                     "permission_lifetime",
                     "channel_lifetime",
                 ],
@@ -1193,6 +1203,7 @@ default_lifetime = 300
 max_lifetime = 1200
 max_allocations = 1000
 max_allocations_per_user = 10
+threads = 3
 
 [auth]
 users = [{ name = "alice", password = "pw" }, { name = "bob", key = "0xd2f83184ee1f747bd65e579c334b9b55" }]
@@ -1235,6 +1246,7 @@ level = "debug"
             (config.max_allocations, config.max_allocations_per_user),
             (1000, 10)
         );
+        assert_eq!(config.threads, 3);
         assert_eq!(config.users.len(), 2);
         assert!(matches!(config.users[1].secret, StaticSecret::Md5Key(k) if k[0] == 0xd2));
         assert_eq!(config.auth_secrets.len(), 2);

@@ -41,6 +41,10 @@ struct Args {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
+    /// Relay worker threads, each with its own SO_REUSEPORT listener socket, sharing one
+    /// TURN server state (default: `server.threads`, else one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +76,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config.log_level);
-    match run(config) {
+    let workers = match (args.threads, config.threads) {
+        (Some(threads), _) => usize::from(threads),
+        (None, 0) => daemon::default_workers(),
+        (None, threads) => threads,
+    };
+    match run(config, workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -109,14 +118,14 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        daemon::run(config, shutdown).await
+        daemon::run(config, workers, shutdown).await
     })
 }
 

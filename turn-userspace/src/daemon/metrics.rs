@@ -31,6 +31,16 @@ pub(crate) struct IoCounters {
     pub(crate) relay_bind_failures: u64,
 }
 
+impl IoCounters {
+    /// Adds another worker's counters.
+    pub(crate) fn add(&mut self, other: &IoCounters) {
+        self.received += other.received;
+        self.truncated += other.truncated;
+        self.send_dropped += other.send_dropped;
+        self.relay_bind_failures += other.relay_bind_failures;
+    }
+}
+
 /// What `/metrics` reports.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MetricsSnapshot {

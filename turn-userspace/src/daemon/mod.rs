@@ -1,11 +1,22 @@
 //! The daemon: drives the sans-IO [`Server`] with real UDP sockets on tokio.
 //!
-//! One task owns the server and every socket. Listeners and relay sockets are watched
-//! by one epoll instance (itself registered with tokio) and read/written in batches
-//! (recvmmsg/sendmmsg) into buffers allocated once. After every `handle_*` call the
-//! loop executes the server's commands (binding/closing relay sockets) before sending its
-//! queued responses, as the core requires; relay data comes back as a [`Forward`] that
-//! points into the receive buffer or the per-slot output buffer and is sent in a batch.
+//! The relay runs N workers (one per CPU by default), like coturn's relay threads. Each
+//! worker is a thread with its own current-thread tokio runtime, its own epoll instance
+//! and its own listener socket per listen address (all bound with SO_REUSEPORT: the
+//! kernel spreads clients over them by a hash of the 4-tuple). The workers share ONE
+//! [`Server`] behind a mutex, so quotas, reservation tokens and nonces behave exactly as
+//! with one thread; the lock is held only while the core handles a received batch (a few
+//! microseconds), while the system calls — where nearly all the time goes — run in
+//! parallel outside it. A relay socket is watched by the worker that opened it; any
+//! worker may send from it, and one that closes another worker's relay socket hands the
+//! close to that worker's inbox and wakes it through its eventfd.
+//!
+//! Sockets are read and written in batches (recvmmsg/sendmmsg) into buffers allocated
+//! once. After every `handle_*` call the worker executes the server's commands (binding or
+//! closing relay sockets) before taking its queued responses, as the core requires;
+//! responses and relay data (a [`Forward`] that points into the receive buffer or the
+//! per-slot output buffer) leave in sendmmsg batches, with UDP GSO grouping datagrams to
+//! the same destination.
 //!
 //! With XDP attached, the kernel relays ChannelData and Send/Data for the flows the
 //! core installs; what reaches these sockets are misses, which are relayed identically.
@@ -14,10 +25,11 @@ mod interfaces;
 mod metrics;
 mod sockets;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -25,6 +37,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng as _;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::sync::{mpsc, watch};
 
 use crate::bpf::{BpfDatapath, XdpMode, XdpRelay};
 use crate::config::Config;
@@ -32,7 +45,7 @@ use crate::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, InMemoryDatapath,
     PermissionEntry, RelayedTraffic,
 };
-use crate::turn::{Command, Forward, Now, Payload, Server};
+use crate::turn::{Command, Forward, Now, Payload, Server, Transmit};
 
 use metrics::{IoCounters, MetricsSnapshot, SharedMetrics};
 use sockets::{Epoll, Outgoing, ReadyTokens, RecvBatch, SocketRole, SocketTable, BATCH};
@@ -45,6 +58,8 @@ const ROUNDS_PER_WAKE: usize = 16;
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 /// Sleep target when the server has no timer pending.
 const IDLE_SLEEP: Duration = Duration::from_secs(3600);
+/// Epoll token of a worker's wake-up eventfd (socket tokens are small slot indices).
+const WAKE_TOKEN: u64 = u64::MAX;
 
 /// The fast path the server programs: the XDP maps, or an in-memory stand-in when XDP
 /// is off or could not be attached.
@@ -106,27 +121,64 @@ impl Datapath for AnyDatapath {
     }
 }
 
-/// Runs the relay until `shutdown` completes (it yields the reason, e.g. "SIGTERM").
+/// The number of relay workers when none is asked for: one per CPU.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// What every worker shares.
+struct Hub {
+    shared: Mutex<Shared>,
+    /// Per worker: relay sockets another worker wants closed, and the eventfd that wakes
+    /// the worker to close them.
+    closing: Vec<Mutex<Vec<SocketAddr>>>,
+    wakers: Vec<OwnedFd>,
+    /// Per worker: its IO counters, published about once a second.
+    io: Vec<Mutex<IoCounters>>,
+}
+
+/// The state behind the hub's lock.
+struct Shared {
+    server: Server<AnyDatapath, StdRng>,
+    /// Every open relay socket and the worker watching it.
+    relays: HashMap<SocketAddr, (Arc<UdpSocket>, usize)>,
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs the relay with `workers` relay threads (at least 1) until `shutdown` completes
+/// (it yields the reason, e.g. "SIGTERM") or a worker fails.
 pub async fn run(
     config: Config,
+    workers: usize,
     shutdown: impl Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     log_startup(&config);
+    let workers = workers.max(1);
+    let reuse_port = workers > 1;
 
-    let epoll = Epoll::new().context("creating the epoll instance")?;
-    let epoll_handle = epoll.duplicate_fd().context("duplicating the epoll fd")?;
-    // SAFETY: `epoll_handle` is our own duplicate of the epoll fd: the AsyncFd owns it and
-    // nothing else closes it.
-    let readiness = unsafe { AsyncFd::register_with_interest(epoll_handle, Interest::READABLE) }
-        .map_err(std::io::Error::from)
-        .context("registering the epoll instance with tokio")?;
-    let mut sockets = SocketTable::new(epoll);
-    for listen in &config.listen {
-        sockets
-            .bind(*listen, SocketRole::Listener)
-            .with_context(|| format!("binding the TURN listener {listen}"))?;
+    // Every listener socket of every worker is bound before any traffic is read, and all
+    // stay open until the end: the SO_REUSEPORT group (and so the client → worker hash)
+    // never changes while the daemon runs.
+    let mut listeners: Vec<Vec<(UdpSocket, SocketAddr)>> = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let mut sockets = Vec::with_capacity(config.listen.len());
+        for listen in &config.listen {
+            let socket = sockets::bind_udp(*listen, SocketRole::Listener, reuse_port)
+                .with_context(|| format!("binding the TURN listener {listen}"))?;
+            sockets.push((socket, *listen));
+        }
+        listeners.push(sockets);
     }
-    tracing::info!("listening for STUN/TURN on UDP {}", join(&config.listen));
+    tracing::info!(
+        "listening for STUN/TURN on UDP {} with {workers} worker thread(s){}",
+        join(&config.listen),
+        if reuse_port { " (SO_REUSEPORT)" } else { "" }
+    );
 
     let shared_metrics: SharedMetrics = Arc::default();
     let metrics_task = match config.metrics_listen {
@@ -154,12 +206,75 @@ pub async fn run(
         datapath,
         StdRng::from_entropy(),
     );
-    let mut relay = RelayLoop::new(server, sockets);
-    let reason = relay
-        .run(&readiness, &xdp, &shared_metrics, shutdown)
-        .await?;
+    let hub = Arc::new(Hub {
+        shared: Mutex::new(Shared {
+            server,
+            relays: HashMap::new(),
+        }),
+        closing: (0..workers).map(|_| Mutex::default()).collect(),
+        wakers: (0..workers)
+            .map(|_| sockets::event_fd())
+            .collect::<std::io::Result<_>>()
+            .context("creating the workers' eventfds")?,
+        io: (0..workers).map(|_| Mutex::default()).collect(),
+    });
+    let (stop, stop_signal) = watch::channel(false);
+    let (worker_ended, mut worker_ended_signal) = mpsc::unbounded_channel::<()>();
+    let mut threads = Vec::with_capacity(workers);
+    for (index, sockets) in listeners.into_iter().enumerate() {
+        let hub = Arc::clone(&hub);
+        let mut stop = stop_signal.clone();
+        let ended = worker_ended.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("turn-worker-{index}"))
+            .spawn(move || {
+                let result = run_worker(index, hub, sockets, async move {
+                    // A closed channel means the daemon is gone: stop as well.
+                    let _ = stop.wait_for(|stop| *stop).await;
+                });
+                let _ = ended.send(());
+                result
+            })
+            .context("starting a relay worker thread")?;
+        threads.push(thread);
+    }
+    drop(worker_ended);
 
-    let stats = relay.server.stats();
+    let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
+    metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            reason = &mut shutdown => break reason,
+            _ = worker_ended_signal.recv() => break "a relay worker stopped",
+            _ = metrics_tick.tick() => publish_metrics(&hub, &xdp, &shared_metrics),
+        }
+    };
+    let _ = stop.send(true);
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+
+    let mut failure = None;
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!("relay worker failed: {error:#}");
+                failure.get_or_insert(error);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| anyhow::anyhow!("a relay worker panicked"));
+            }
+        }
+    }
+    let received: u64 = hub
+        .io
+        .iter()
+        .map(|io| io.lock().unwrap_or_else(PoisonError::into_inner).received)
+        .sum();
+    let stats = hub.lock().server.stats();
     tracing::info!(
         reason,
         allocations = stats.allocations,
@@ -168,7 +283,7 @@ pub async fn run(
         userspace_to_peer_packets = stats.to_peer_channel_data.packets + stats.to_peer_send.packets,
         userspace_to_client_packets =
             stats.to_client_channel_data.packets + stats.to_client_data_indication.packets,
-        received_datagrams = relay.io.received,
+        received_datagrams = received,
         "shutting down"
     );
     if let Some(xdp) = &xdp {
@@ -188,17 +303,79 @@ pub async fn run(
             Err(error) => tracing::warn!("reading XDP counters: {error:#}"),
         }
     }
-    if let Some(task) = metrics_task {
-        task.abort();
-    }
-    // Sockets close with the loop; dropping the XdpRelay detaches the program.
-    drop(readiness);
-    drop(relay);
+    // Relay sockets close with the hub; dropping the XdpRelay detaches the program.
+    drop(hub);
     if xdp.is_some() {
         drop(xdp);
         tracing::info!("XDP detached");
     }
-    Ok(())
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Publishes the server's state, the workers' IO counters (summed) and the XDP counters.
+fn publish_metrics(hub: &Hub, xdp: &Option<XdpRelay>, shared_metrics: &SharedMetrics) {
+    let mut io = IoCounters::default();
+    for worker in &hub.io {
+        io.add(&worker.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+    let (stats, relay_sockets) = {
+        let shared = hub.lock();
+        (shared.server.stats(), shared.relays.len())
+    };
+    let snapshot = MetricsSnapshot {
+        stats,
+        relay_sockets,
+        io,
+        xdp: xdp.as_ref().and_then(|relay| match relay.counters() {
+            Ok(counters) => Some(counters),
+            Err(error) => {
+                tracing::debug!("reading XDP counters: {error:#}");
+                None
+            }
+        }),
+    };
+    *shared_metrics
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = snapshot;
+}
+
+/// One relay worker on a current-thread tokio runtime of its own, until `stop` completes.
+fn run_worker(
+    index: usize,
+    hub: Arc<Hub>,
+    listeners: Vec<(UdpSocket, SocketAddr)>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a worker's tokio runtime")?;
+    runtime.block_on(async move {
+        let epoll = Epoll::new().context("creating the epoll instance")?;
+        let epoll_handle = epoll.duplicate_fd().context("duplicating the epoll fd")?;
+        // SAFETY: `epoll_handle` is our own duplicate of the epoll fd: the AsyncFd owns it
+        // and nothing else closes it.
+        let readiness =
+            unsafe { AsyncFd::register_with_interest(epoll_handle, Interest::READABLE) }
+                .map_err(std::io::Error::from)
+                .context("registering the epoll instance with tokio")?;
+        let waker = hub.wakers.get(index).context("worker eventfd")?;
+        epoll
+            .add(waker.as_raw_fd(), WAKE_TOKEN)
+            .context("watching the worker's eventfd")?;
+        let mut sockets = SocketTable::new(epoll);
+        for (socket, local) in listeners {
+            sockets
+                .adopt(Arc::new(socket), local, SocketRole::Listener)
+                .with_context(|| format!("watching the TURN listener {local}"))?;
+        }
+        RelayLoop::new(index, hub, sockets)
+            .run(&readiness, stop)
+            .await
+    })
 }
 
 /// Attaches XDP when the configuration asks for it. `auto` falls back to userspace-only
@@ -335,58 +512,87 @@ fn now() -> Now {
     }
 }
 
-/// The server and everything the relay path touches per datagram.
+/// One worker's sockets and buffers: everything the relay path touches per datagram.
 struct RelayLoop {
-    server: Server<AnyDatapath, StdRng>,
+    index: usize,
+    hub: Arc<Hub>,
     sockets: SocketTable,
     received: RecvBatch,
     /// One reusable output buffer per batch slot (ChannelData/Data indication framing).
     outputs: Vec<Vec<u8>>,
     /// Relay data produced by the current batch: (batch slot, forward).
     forwards: Vec<(usize, Forward)>,
+    /// STUN responses taken from the server, sent after the batch.
+    responses: Vec<Transmit>,
+    /// The socket each forward / response leaves from (None: no such socket).
+    forward_fds: Vec<Option<RawFd>>,
+    response_fds: Vec<Option<RawFd>>,
+    /// Other workers' relay sockets sent from in this batch, kept open until it is sent.
+    borrowed: Vec<Arc<UdpSocket>>,
     ready: ReadyTokens,
     io: IoCounters,
 }
 
+/// The fd of the local socket at `local`: this worker's own, or another worker's relay
+/// socket (kept alive in `borrowed` until the batch is sent).
+fn socket_fd(
+    sockets: &SocketTable,
+    shared: &Shared,
+    borrowed: &mut Vec<Arc<UdpSocket>>,
+    local: SocketAddr,
+) -> Option<RawFd> {
+    if let Some(open) = sockets.by_address(local) {
+        return Some(open.socket.as_raw_fd());
+    }
+    let (socket, _) = shared.relays.get(&local)?;
+    borrowed.push(Arc::clone(socket));
+    Some(socket.as_raw_fd())
+}
+
 impl RelayLoop {
-    fn new(server: Server<AnyDatapath, StdRng>, sockets: SocketTable) -> Self {
+    fn new(index: usize, hub: Arc<Hub>, sockets: SocketTable) -> Self {
         RelayLoop {
-            server,
+            index,
+            hub,
             sockets,
             received: RecvBatch::new(),
             outputs: (0..BATCH).map(|_| Vec::with_capacity(2048)).collect(),
             forwards: Vec::with_capacity(BATCH),
+            responses: Vec::with_capacity(BATCH),
+            forward_fds: Vec::with_capacity(BATCH),
+            response_fds: Vec::with_capacity(BATCH),
+            borrowed: Vec::with_capacity(BATCH),
             ready: ReadyTokens::new(),
             io: IoCounters::default(),
         }
     }
 
+    /// Relays until `stop` completes.
     async fn run(
         &mut self,
         readiness: &AsyncFd<OwnedFd>,
-        xdp: &Option<XdpRelay>,
-        shared_metrics: &SharedMetrics,
-        shutdown: impl Future<Output = &'static str>,
-    ) -> anyhow::Result<&'static str> {
-        tokio::pin!(shutdown);
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(stop);
         let timer = tokio::time::sleep(IDLE_SLEEP);
         tokio::pin!(timer);
         let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
+                .hub
+                .lock()
                 .server
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + IDLE_SLEEP);
             timer.as_mut().reset(deadline.into());
             tokio::select! {
                 biased;
-                reason = &mut shutdown => return Ok(reason),
-                () = &mut timer => {
-                    let now = now();
-                    self.server.handle_timeout(now);
-                    self.drain_control(now);
+                () = &mut stop => {
+                    self.publish_io();
+                    return Ok(());
                 }
+                () = &mut timer => self.handle_timeout(),
                 guard = readiness.readable() => {
                     let mut guard = guard.context("waiting for socket readiness")?;
                     let mut drained = false;
@@ -400,9 +606,39 @@ impl RelayLoop {
                         guard.clear_ready();
                     }
                 }
-                _ = metrics_tick.tick() => self.publish_metrics(xdp, shared_metrics),
+                _ = metrics_tick.tick() => self.publish_io(),
             }
         }
+    }
+
+    /// Publishes this worker's IO counters for the metrics endpoint.
+    fn publish_io(&self) {
+        if let Some(slot) = self.hub.io.get(self.index) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = self.io;
+        }
+    }
+
+    /// Closes the relay sockets of this worker that other workers' commands closed.
+    fn close_requested_relays(&mut self) {
+        let Some(inbox) = self.hub.closing.get(self.index) else {
+            return;
+        };
+        let closing = std::mem::take(&mut *inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        for relay in closing {
+            self.sockets.close(relay);
+        }
+    }
+
+    fn handle_timeout(&mut self) {
+        let now = now();
+        let hub = Arc::clone(&self.hub);
+        let mut shared = hub.lock();
+        shared.server.handle_timeout(now);
+        self.drain_control(&mut shared, now);
+        self.resolve_sockets(&shared);
+        drop(shared);
+        self.send_responses();
+        self.borrowed.clear();
     }
 
     /// One epoll round: reads every ready socket. False when none was ready.
@@ -419,6 +655,13 @@ impl RelayLoop {
         }
         let now = now();
         for &token in tokens.iter().take(count) {
+            if token == WAKE_TOKEN {
+                if let Some(waker) = self.hub.wakers.get(self.index) {
+                    sockets::clear_wake(waker);
+                }
+                self.close_requested_relays();
+                continue;
+            }
             for _ in 0..BATCHES_PER_SOCKET {
                 let Some(open) = self.sockets.by_token(token) else {
                     break;
@@ -444,10 +687,13 @@ impl RelayLoop {
         Ok(true)
     }
 
-    /// Feeds one received batch to the server, then sends the relay data it produced.
+    /// Feeds one received batch to the server (under the hub's lock), then sends the
+    /// responses and relay data it produced (outside it).
     fn handle_batch(&mut self, now: Now, local: SocketAddr, role: SocketRole, received: usize) {
         self.io.received += received as u64;
         self.forwards.clear();
+        let hub = Arc::clone(&self.hub);
+        let mut shared = hub.lock();
         for index in 0..received {
             let Some((source, packet)) = self.received.datagram(index) else {
                 self.io.truncated += 1;
@@ -463,48 +709,112 @@ impl RelayLoop {
                         client: source,
                         listener: local,
                     };
-                    self.server.handle_client_datagram(now, flow, packet)
+                    shared.server.handle_client_datagram(now, flow, packet)
                 }
                 SocketRole::Relay => {
-                    self.server
+                    shared
+                        .server
                         .handle_peer_datagram(now.instant, local, source, packet, out)
                 }
             };
             if let Some(forward) = forward {
                 self.forwards.push((index, forward));
             }
-            self.drain_control(now);
+            self.drain_control(&mut shared, now);
         }
+        self.resolve_sockets(&shared);
+        drop(shared);
+        self.send_responses();
         self.send_forwards();
+        self.borrowed.clear();
     }
 
-    /// Executes the server's commands, then sends its queued responses (in that order:
+    /// Executes the server's commands, then takes its queued responses (in that order:
     /// a relay socket must exist before the Allocate success response leaves).
-    fn drain_control(&mut self, now: Now) {
-        while let Some(command) = self.server.poll_command() {
+    fn drain_control(&mut self, shared: &mut Shared, now: Now) {
+        while let Some(command) = shared.server.poll_command() {
             match command {
-                Command::OpenRelay { relay } => {
-                    if let Err(error) = self.sockets.bind(relay, SocketRole::Relay) {
+                Command::OpenRelay { relay } => match self.sockets.bind(relay, SocketRole::Relay) {
+                    Ok(socket) => {
+                        shared.relays.insert(relay, (socket, self.index));
+                    }
+                    Err(error) => {
                         tracing::warn!(%relay, %error, "cannot bind relay socket; answering 508");
                         self.io.relay_bind_failures += 1;
-                        self.server.handle_relay_bind_failed(now, relay);
+                        shared.server.handle_relay_bind_failed(now, relay);
+                    }
+                },
+                Command::CloseRelay { relay } => match shared.relays.remove(&relay) {
+                    Some((_, owner)) if owner != self.index => {
+                        if let (Some(inbox), Some(waker)) =
+                            (self.hub.closing.get(owner), self.hub.wakers.get(owner))
+                        {
+                            inbox
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(relay);
+                            sockets::wake(waker);
+                        }
+                    }
+                    _ => self.sockets.close(relay),
+                },
+            }
+        }
+        while let Some(transmit) = shared.server.poll_transmit() {
+            self.responses.push(transmit);
+        }
+    }
+
+    /// Finds the socket every response and forward of this batch leaves from.
+    fn resolve_sockets(&mut self, shared: &Shared) {
+        self.forward_fds.clear();
+        for (_, forward) in &self.forwards {
+            let fd = socket_fd(&self.sockets, shared, &mut self.borrowed, forward.from);
+            self.forward_fds.push(fd);
+        }
+        self.response_fds.clear();
+        for transmit in &self.responses {
+            let fd = socket_fd(&self.sockets, shared, &mut self.borrowed, transmit.from);
+            self.response_fds.push(fd);
+        }
+    }
+
+    /// Sends the taken responses with sendmmsg (one call per run of the same socket).
+    fn send_responses(&mut self) {
+        let placeholder = Outgoing {
+            fd: -1,
+            to: SocketAddr::from(([0, 0, 0, 0], 0)),
+            payload: &[],
+        };
+        for (transmits, fds) in self
+            .responses
+            .chunks(BATCH)
+            .zip(self.response_fds.chunks(BATCH))
+        {
+            let mut outgoing: [Outgoing<'_>; BATCH] = [placeholder; BATCH];
+            let mut count = 0;
+            let mut unsendable = 0u64;
+            for (transmit, fd) in transmits.iter().zip(fds) {
+                match (fd, outgoing.get_mut(count)) {
+                    (Some(fd), Some(slot)) => {
+                        *slot = Outgoing {
+                            fd: *fd,
+                            to: transmit.to,
+                            payload: &transmit.payload,
+                        };
+                        count += 1;
+                    }
+                    _ => {
+                        tracing::debug!(from = %transmit.from, "no socket to send a response from");
+                        unsendable += 1;
                     }
                 }
-                Command::CloseRelay { relay } => self.sockets.close(relay),
             }
+            let dropped = sockets::send_batch(outgoing.get(..count).unwrap_or_default());
+            self.io.send_dropped += unsendable + dropped as u64;
         }
-        while let Some(transmit) = self.server.poll_transmit() {
-            let sent = match self.sockets.by_address(transmit.from) {
-                Some(open) => sockets::send_one(&open.socket, transmit.to, &transmit.payload),
-                None => {
-                    tracing::debug!(from = %transmit.from, "no socket to send a response from");
-                    false
-                }
-            };
-            if !sent {
-                self.io.send_dropped += 1;
-            }
-        }
+        self.responses.clear();
+        self.response_fds.clear();
     }
 
     /// Sends this batch's relay data with sendmmsg (one call per run of the same socket).
@@ -520,7 +830,7 @@ impl RelayLoop {
         let mut outgoing: [Outgoing<'_>; BATCH] = [placeholder; BATCH];
         let mut count = 0;
         let mut unsendable = 0u64;
-        for (index, forward) in &self.forwards {
+        for ((index, forward), fd) in self.forwards.iter().zip(&self.forward_fds) {
             let payload = match &forward.payload {
                 Payload::Input(range) => self
                     .received
@@ -528,14 +838,10 @@ impl RelayLoop {
                     .and_then(|(_, packet)| packet.get(range.clone())),
                 Payload::Output => self.outputs.get(*index).map(Vec::as_slice),
             };
-            let fd = self
-                .sockets
-                .by_address(forward.from)
-                .map(|open| open.socket.as_raw_fd());
             match (payload, fd, outgoing.get_mut(count)) {
                 (Some(payload), Some(fd), Some(slot)) => {
                     *slot = Outgoing {
-                        fd,
+                        fd: *fd,
                         to: forward.to,
                         payload,
                     };
@@ -544,28 +850,12 @@ impl RelayLoop {
                 _ => unsendable += 1,
             }
         }
-        let dropped = sockets::send_batch(outgoing.get(..count).unwrap_or_default());
+        let outgoing = outgoing.get_mut(..count).unwrap_or_default();
+        // Grouped by socket and destination (a stable sort keeps each flow's order) so
+        // they leave in as few sendmmsg calls and GSO messages as possible.
+        outgoing.sort_by_key(|datagram| (datagram.fd, datagram.to));
+        let dropped = sockets::send_batch(outgoing);
         self.io.send_dropped += unsendable + dropped as u64;
-    }
-
-    fn publish_metrics(&self, xdp: &Option<XdpRelay>, shared_metrics: &SharedMetrics) {
-        let xdp_counters = xdp.as_ref().and_then(|relay| match relay.counters() {
-            Ok(counters) => Some(counters),
-            Err(error) => {
-                tracing::debug!("reading XDP counters: {error:#}");
-                None
-            }
-        });
-        let snapshot = MetricsSnapshot {
-            stats: self.server.stats(),
-            relay_sockets: self.sockets.relay_count(),
-            io: self.io,
-            xdp: xdp_counters,
-        };
-        match shared_metrics.lock() {
-            Ok(mut shared) => *shared = snapshot,
-            Err(poisoned) => *poisoned.into_inner() = snapshot,
-        }
     }
 }
 
@@ -652,7 +942,7 @@ mod tests {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            runtime.block_on(run(config, async move {
+            runtime.block_on(run(config, 2, async move {
                 let _ = stopped.await;
                 "test finished"
             }))
