@@ -12,19 +12,17 @@
 //! lab attaches a pass-only XDP program to the client's and peer's `eth0`: a veth drops
 //! frames XDP_TX'd or redirected into it (`xdp_tx_errors`) unless its receiving end has
 //! NAPI, which an XDP program enables on any kernel (GRO only on newer ones).
-//! `turn-relay` attaches only to its own interfaces, and the program's object file would
-//! have to be found in cargo's build directories, so the test loads the two-instruction
-//! program `r0 = XDP_PASS; exit` with `bpf(BPF_PROG_LOAD)` and attaches it in native mode
-//! with `bpf(BPF_LINK_CREATE)` (see [`PassOnlyXdp`]); the link detaches when the test
-//! drops it or the namespace goes away. One test turns forwarding off again to check
+//! `turn-relay` attaches only to its own interfaces, so the test loads the benchmark's
+//! two-instruction program `r0 = XDP_PASS; exit` and attaches it through a bpf_link
+//! (see [`PassOnlyXdp`]); the link detaches when the test drops it or the namespace goes
+//! away. One test turns forwarding off again to check
 //! the daemon reports it and still relays everything in userspace.
 //!
 //! Permission expiry (RFC 8656 §9) is covered end to end in `expiry.rs`.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
-use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -37,6 +35,7 @@ use turn_integration_tests::{
     RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6, RELAY_PEER_SIDE_INTERFACE, RELAY_RELAYED_V4,
     RELAY_RELAYED_V6, TURN_PORT,
 };
+use turn_relay::bench::netns::{attach_xdp_link, load_xdp_program, XdpAction};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-password";
@@ -67,72 +66,6 @@ const ALL_RELAYED_OUTCOMES: [&str; 4] = [
 
 /// `bpf(2)` commands, program/attach types and flags (include/uapi/linux/bpf.h,
 /// if_link.h).
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-const XDP_PASS: i32 = 2;
-
-/// The head of `union bpf_attr` for BPF_PROG_LOAD (the kernel zero-extends the rest).
-#[repr(C)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-/// The head of `union bpf_attr` for BPF_LINK_CREATE.
-#[repr(C)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
-/// `r0 = XDP_PASS; exit` as `struct bpf_insn`s (code, dst/src regs, off, imm).
-fn pass_instructions() -> [u64; 2] {
-    let instruction = |code: u8, imm: i32| -> u64 {
-        let mut bytes = [0u8; 8];
-        bytes[0] = code;
-        bytes[4..].copy_from_slice(&imm.to_ne_bytes());
-        u64::from_ne_bytes(bytes)
-    };
-    // BPF_ALU64 | BPF_MOV | BPF_K into r0; BPF_JMP | BPF_EXIT.
-    [instruction(0xb7, XDP_PASS), instruction(0x95, 0)]
-}
-
-fn bpf<T>(command: libc::c_long, attr: &mut T) -> Result<OwnedFd> {
-    // SAFETY: `attr` is a live repr(C) bpf_attr head of the size passed; the kernel
-    // treats the missing tail as zero.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut T,
-            std::mem::size_of::<T>(),
-        )
-    };
-    ensure!(
-        fd >= 0,
-        "bpf({command}): {}",
-        std::io::Error::last_os_error()
-    );
-    let fd = i32::try_from(fd).context("bpf(2) returned an out-of-range fd")?;
-    // SAFETY: a fresh fd the kernel just handed to this process; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// A pass-only XDP program attached in native mode through a bpf_link, detached on drop.
 struct PassOnlyXdp {
     _link: OwnedFd,
@@ -140,38 +73,12 @@ struct PassOnlyXdp {
 
 impl PassOnlyXdp {
     fn attach(netns: &Netns, interface: &str) -> Result<PassOnlyXdp> {
-        let name = CString::new(interface)?;
+        let name = interface.to_owned();
         let link = netns.run_inside(move || {
-            // SAFETY: a valid C string; resolved in this thread's (the namespace's) netns.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            ensure!(ifindex != 0, "no interface {name:?}");
-            let instructions = pass_instructions();
-            let license = c"GPL";
-            let mut prog_name = [0u8; 16];
-            prog_name[..9].copy_from_slice(b"test_pass");
-            let mut load = ProgLoadAttr {
-                prog_type: BPF_PROG_TYPE_XDP,
-                insn_cnt: instructions.len() as u32,
-                insns: instructions.as_ptr() as u64,
-                license: license.as_ptr() as u64,
-                log_level: 0,
-                log_size: 0,
-                log_buf: 0,
-                kern_version: 0,
-                prog_flags: 0,
-                prog_name,
-                prog_ifindex: 0,
-                expected_attach_type: BPF_XDP,
-            };
-            let program = bpf(BPF_PROG_LOAD, &mut load).context("loading the pass-only program")?;
-            let mut create = LinkCreateAttr {
-                prog_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&program))?,
-                target_ifindex: ifindex,
-                attach_type: BPF_XDP,
-                flags: XDP_FLAGS_DRV_MODE,
-            };
+            let program =
+                load_xdp_program(XdpAction::Pass).context("loading the pass-only program")?;
             // The link keeps the program alive; its fd can go.
-            bpf(BPF_LINK_CREATE, &mut create).context("attaching the pass-only program")
+            attach_xdp_link(program.as_raw_fd(), &name).context("attaching the pass-only program")
         })?;
         let shown = netns.ip(&["link", "show", "dev", interface])?;
         ensure!(

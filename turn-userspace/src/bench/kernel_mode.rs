@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::control::Flow;
-use super::load::{monotonic_ns, PROBE_LEN};
+use super::load::{mmsg_headers, monotonic_ns, PROBE_LEN};
 use super::netns::{in_netns, Topology, XdpAction};
 use super::wire;
 
@@ -234,16 +234,7 @@ fn send_frames(socket: &OwnedFd, mut frames: Vec<Vec<u8>>, duration: Duration) -
             iov_len: frame.len(),
         });
     }
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: zeroed mmsghdr is valid; the iovec pointer is set below.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_iov = iov;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
+    let mut headers = mmsg_headers(&mut iovecs);
     let mut sent = 0u64;
     let start = Instant::now();
     while start.elapsed() < duration && !super::interrupted() {

@@ -243,17 +243,18 @@ fn send_batch(socket: &UdpSocket, buffers: &mut [Vec<u8>]) -> usize {
             iov_len: b.len(),
         })
         .collect();
-    // SAFETY: zeroed mmsghdr is a valid "no name, no control" header.
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iov| {
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_iov = iov;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
+    let mut headers = mmsg_headers(&mut iovecs);
     // SAFETY: headers and the iovecs/buffers they point to outlive the call.
+    unsafe { send_headers(socket, &mut headers) }
+}
+
+/// One non-blocking sendmmsg of every header; returns how many datagrams the kernel
+/// accepted.
+///
+/// # Safety
+/// The iovecs, buffers and address slots the headers point to must be alive.
+unsafe fn send_headers(socket: &UdpSocket, headers: &mut [libc::mmsghdr]) -> usize {
+    // SAFETY: the caller guarantees what the headers point to is alive.
     let result = unsafe {
         libc::sendmmsg(
             socket.as_raw_fd(),
@@ -362,6 +363,36 @@ struct ReceiveBatch {
     lengths: Vec<usize>,
 }
 
+/// One "no name, no control" mmsghdr per iovec. The headers point into `iovecs`, so
+/// those (and the buffers they point to) must outlive the sendmmsg/recvmmsg call.
+pub(super) fn mmsg_headers(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: zeroed mmsghdr is valid; the iovec pointer is set below.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect()
+}
+
+/// Like [`mmsg_headers`], with header `i` also pointing at address slot `names[i]` (one
+/// header per iovec that has a slot); `names` must outlive the call too.
+fn mmsg_headers_with_names(
+    iovecs: &mut [libc::iovec],
+    names: &mut [libc::sockaddr_in],
+) -> Vec<libc::mmsghdr> {
+    let mut headers = mmsg_headers(iovecs);
+    headers.truncate(names.len());
+    for (header, name) in headers.iter_mut().zip(names.iter_mut()) {
+        header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
+        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    }
+    headers
+}
+
 impl ReceiveBatch {
     fn new() -> Self {
         // SAFETY: an all-zero sockaddr_in is valid.
@@ -382,19 +413,7 @@ impl ReceiveBatch {
                 iov_len: b.len(),
             })
             .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .zip(self.names.iter_mut())
-            .map(|(iov, name)| {
-                // SAFETY: zeroed mmsghdr is valid; pointers are set below.
-                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                header.msg_hdr.msg_iov = iov;
-                header.msg_hdr.msg_iovlen = 1;
-                header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
-                header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                header
-            })
-            .collect();
+        let mut headers = mmsg_headers_with_names(&mut iovecs, &mut self.names);
         // SAFETY: all pointers reference live buffers owned by self for the call's duration.
         let result = unsafe {
             libc::recvmmsg(
@@ -424,29 +443,9 @@ impl ReceiveBatch {
                 iov_len: len,
             })
             .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .zip(self.names.iter_mut())
-            .map(|(iov, name)| {
-                // SAFETY: zeroed mmsghdr is valid; pointers are set below.
-                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                header.msg_hdr.msg_iov = iov;
-                header.msg_hdr.msg_iovlen = 1;
-                header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
-                header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                header
-            })
-            .collect();
+        let mut headers = mmsg_headers_with_names(&mut iovecs, &mut self.names);
         // SAFETY: as in `receive`.
-        let result = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                headers.len() as u32,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        usize::try_from(result).unwrap_or(0)
+        unsafe { send_headers(socket, &mut headers) }
     }
 }
 

@@ -7,11 +7,41 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::load::{Percentiles, StepResult};
-use super::{BenchReport, ServerResults};
+use super::{BenchReport, Scenario, ServerResults};
 
 /// A no-relay one-way p99 above this means other load on the machine dominates latency.
 const NOISY_BASELINE_P99_US: f64 = 100.0;
 const SERVER_COLOURS: [&str; 4] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+
+/// Each scenario index with the scenario the first server that ran it reports.
+fn scenarios(report: &BenchReport) -> Vec<(usize, Scenario)> {
+    let scenario_count = report
+        .servers
+        .iter()
+        .map(|s| s.scenarios.len())
+        .max()
+        .unwrap_or(0);
+    (0..scenario_count)
+        .filter_map(|index| {
+            report
+                .servers
+                .iter()
+                .find_map(|s| s.scenarios.get(index))
+                .map(|s| (index, s.scenario))
+        })
+        .collect()
+}
+
+/// The first line of an error text, cut to 300 characters for the Markdown summary.
+fn first_line(error: &str) -> String {
+    error
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
+}
 
 /// Writes every output file; returns the Markdown path.
 pub fn write_all(report: &BenchReport, out: &Path) -> Result<PathBuf> {
@@ -19,21 +49,7 @@ pub fn write_all(report: &BenchReport, out: &Path) -> Result<PathBuf> {
     std::fs::write(&json_path, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
     let mut plots = Vec::new();
-    let scenario_count = report
-        .servers
-        .iter()
-        .map(|s| s.scenarios.len())
-        .max()
-        .unwrap_or(0);
-    for index in 0..scenario_count {
-        let Some(scenario) = report
-            .servers
-            .iter()
-            .find_map(|s| s.scenarios.get(index))
-            .map(|s| s.scenario)
-        else {
-            continue;
-        };
+    for (index, scenario) in scenarios(report) {
         let name = format!("plot-{}.svg", scenario.slug());
         std::fs::write(out.join(&name), plot(report, index, &scenario.label()))?;
         plots.push(name);
@@ -117,13 +133,7 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
     let _ = writeln!(md);
     for server in &report.servers {
         if let Some(error) = &server.error {
-            let first_line: String = error
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
+            let first_line = first_line(error);
             let _ = writeln!(
                 md,
                 "**{}: incomplete** — {first_line} (full text in results.json)\n",
@@ -131,21 +141,8 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
             );
         }
     }
-    let scenario_count = report
-        .servers
-        .iter()
-        .map(|s| s.scenarios.len())
-        .max()
-        .unwrap_or(0);
-    for index in 0..scenario_count {
-        let Some(label) = report
-            .servers
-            .iter()
-            .find_map(|s| s.scenarios.get(index))
-            .map(|s| s.scenario.label())
-        else {
-            continue;
-        };
+    for (index, scenario) in scenarios(report) {
+        let label = scenario.label();
         let _ = writeln!(md, "## {label}\n");
         let _ = writeln!(md, "| server | max pps @ ≤0.1 % loss | saturated: offered | relayed | loss | reordered | sink drops | relay socket drops | one-way µs p50 / p99 / p99.9 at max rate | CPU s per M pkts (proc+softirq) |");
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
@@ -283,13 +280,7 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
             "## XDP program cost per path (BPF_PROG_TEST_RUN, mean ns per packet)\n"
         );
         if let Some(error) = &report.xdp_program_timing_error {
-            let first_line: String = error
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
+            let first_line = first_line(error);
             let _ = writeln!(
                 md,
                 "Not measured: {first_line} (full text in results.json)\n"

@@ -108,11 +108,17 @@ fn rfc5769_ipv4_response_verifies() {
     assert_eq!(message.class(), Class::SuccessResponse);
     assert_eq!(message.software().unwrap(), Some("test vector"));
     let expected: SocketAddr = "192.0.2.1:32853".parse().unwrap();
+    // The builder encodes XOR-MAPPED-ADDRESS byte-for-byte like the vector (bytes 36..48).
+    assert_response_vector(&bytes, &message, expected, 48);
+}
+
+/// Checks a sample response's XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY and FINGERPRINT,
+/// and that the builder encodes `expected` exactly as the vector's bytes `36..attr_end`.
+fn assert_response_vector(bytes: &[u8], message: &Message, expected: SocketAddr, attr_end: usize) {
     assert_eq!(message.xor_mapped_address().unwrap(), Some(expected));
     assert!(message.verify_message_integrity(SHORT_TERM_PASSWORD));
     assert!(message.verify_fingerprint());
 
-    // The builder encodes XOR-MAPPED-ADDRESS byte-for-byte like the vector (bytes 36..48).
     let mut buf = Vec::new();
     let mut builder = MessageBuilder::new(
         &mut buf,
@@ -121,7 +127,7 @@ fn rfc5769_ipv4_response_verifies() {
         message.transaction_id(),
     );
     builder.xor_address(attr::XOR_MAPPED_ADDRESS, expected);
-    assert_eq!(&buf[20..], &bytes[36..48]);
+    assert_eq!(&buf[20..], &bytes[36..attr_end]);
 }
 
 #[test]
@@ -131,19 +137,7 @@ fn rfc5769_ipv6_response_verifies() {
     let expected: SocketAddr = "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
         .parse()
         .unwrap();
-    assert_eq!(message.xor_mapped_address().unwrap(), Some(expected));
-    assert!(message.verify_message_integrity(SHORT_TERM_PASSWORD));
-    assert!(message.verify_fingerprint());
-
-    let mut buf = Vec::new();
-    let mut builder = MessageBuilder::new(
-        &mut buf,
-        Method::BINDING,
-        Class::SuccessResponse,
-        message.transaction_id(),
-    );
-    builder.xor_address(attr::XOR_MAPPED_ADDRESS, expected);
-    assert_eq!(&buf[20..], &bytes[36..60]);
+    assert_response_vector(&bytes, &message, expected, 60);
 }
 
 #[test]

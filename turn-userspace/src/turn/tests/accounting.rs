@@ -109,8 +109,7 @@ fn allocate_and_relay(harness: &mut Harness<CountingDatapath>, client: ClientFlo
     assert_success(&harness.create_permission(client, &[addr(PEER)]));
     let mut out = Vec::new();
     assert!(harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, addr(PEER), b"7 bytes", &mut out)
+        .peer_datagram(relay, addr(PEER), b"7 bytes", &mut out)
         .is_some());
     relay
 }

@@ -19,9 +19,9 @@ const OTHER_CLIENT: &str = "198.18.1.11:40000";
 fn binding_answers_with_xor_mapped_address_and_echoes_fingerprint() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let mut buf = Vec::new();
-    let transaction_id = harness.transaction_id();
-    MessageBuilder::new(&mut buf, Method::BINDING, Class::Request, &transaction_id).fingerprint();
+    let buf = harness.message(Method::BINDING, Class::Request, |builder| {
+        builder.fingerprint();
+    });
     let (forward, commands, transmits) = harness.send(client, &buf);
     assert!(forward.is_none() && commands.is_empty());
     let response = parse(&transmits[0].payload);
@@ -182,10 +182,7 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
 fn ipv6_relay_on_request() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let (response, commands) = harness.allocate_with(
-        client,
-        &[raw(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0])],
-    );
+    let (response, commands) = harness.allocate_with(client, &[requested_family(2)]);
     assert_success(&response);
     let relayed = parse(&response).xor_relayed_address().unwrap().unwrap();
     assert_eq!(relayed.ip(), ip(RELAY_V6_PUBLIC));
@@ -199,7 +196,7 @@ fn ipv6_relay_on_request() {
     let (response, _) = harness.request(
         client,
         Method::REFRESH,
-        &[raw(attr::REQUESTED_ADDRESS_FAMILY, &[0x01, 0, 0, 0])],
+        &[requested_family(1)],
         Credentials::Md5("alice"),
     );
     assert_eq!(error_code(&response), 443);
@@ -211,15 +208,9 @@ fn unsupported_address_families_get_440() {
         relay_v6: None,
         ..config()
     });
-    let (response, _) = harness.allocate_with(
-        flow(CLIENT),
-        &[raw(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0])],
-    );
+    let (response, _) = harness.allocate_with(flow(CLIENT), &[requested_family(2)]);
     assert_eq!(error_code(&response), 440);
-    let (response, _) = harness.allocate_with(
-        flow(CLIENT),
-        &[raw(attr::REQUESTED_ADDRESS_FAMILY, &[0x07, 0, 0, 0])],
-    );
+    let (response, _) = harness.allocate_with(flow(CLIENT), &[requested_family(7)]);
     assert_eq!(error_code(&response), 440);
 
     let mut harness = Harness::with_config(ServerConfig {
@@ -255,7 +246,7 @@ fn additional_address_family_gets_ipv4_and_an_address_error_code() {
         flow(OTHER_CLIENT),
         &[
             raw(attr::ADDITIONAL_ADDRESS_FAMILY, &[0x02, 0, 0, 0]),
-            raw(attr::REQUESTED_ADDRESS_FAMILY, &[0x01, 0, 0, 0]),
+            requested_family(1),
         ],
     );
     assert_eq!(error_code(&response), 400);
@@ -319,7 +310,7 @@ fn even_port_with_reservation_and_reservation_token() {
     assert_eq!(error_code(&response), 400);
     let with_family = [
         raw(attr::RESERVATION_TOKEN, &token.to_be_bytes()),
-        raw(attr::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]),
+        requested_family(1),
     ];
     let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &with_family);
     assert_eq!(error_code(&response), 400);
@@ -444,10 +435,7 @@ fn datapath_errors_do_not_fail_requests() {
     assert_success(&harness.channel_bind(client, 0x4000, peer));
     // Userspace relays instead.
     let mut out = Vec::new();
-    let forward =
-        harness
-            .server
-            .handle_peer_datagram(harness.now.instant, relay, peer, b"x", &mut out);
+    let forward = harness.peer_datagram(relay, peer, b"x", &mut out);
     assert!(forward.is_some());
 }
 
@@ -525,13 +513,7 @@ fn seeded_garbage_never_panics_the_server() {
         harness
             .server
             .handle_client_datagram(harness.now, client, &packet);
-        harness.server.handle_peer_datagram(
-            harness.now.instant,
-            relay,
-            addr("198.18.2.20:5000"),
-            &packet,
-            &mut out,
-        );
+        harness.peer_datagram(relay, addr("198.18.2.20:5000"), &packet, &mut out);
         while harness.server.poll_transmit().is_some() {}
     }
 }

@@ -12,12 +12,7 @@ const CLIENT: &str = "198.18.1.30:40000";
 #[test]
 fn unauthenticated_allocate_gets_401_with_realm_nonce_and_password_algorithms() {
     let mut harness = Harness::new();
-    let (response, commands) = harness.request(
-        flow(CLIENT),
-        Method::ALLOCATE,
-        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
-        Credentials::None,
-    );
+    let (response, commands) = harness.allocate_as(flow(CLIENT), Credentials::None, &[]);
     assert!(commands.is_empty());
     assert_eq!(error_code(&response), 401);
     let message = parse(&response);
@@ -44,9 +39,7 @@ fn unauthenticated_allocate_gets_401_with_realm_nonce_and_password_algorithms() 
 fn wrong_password_unknown_user_and_foreign_nonce_get_401() {
     let mut harness = Harness::new();
     let allocate_error = |harness: &mut Harness, credentials| {
-        let transport = [raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
-        let (response, _) =
-            harness.request(flow(CLIENT), Method::ALLOCATE, &transport, credentials);
+        let (response, _) = harness.allocate_as(flow(CLIENT), credentials, &[]);
         error_code(&response)
     };
     assert_eq!(
@@ -93,17 +86,12 @@ fn stale_nonce_gets_438_with_a_fresh_nonce() {
 #[test]
 fn missing_identity_attributes_get_400() {
     let mut harness = Harness::new();
-    let transaction_id = harness.transaction_id();
-    let mut packet = Vec::new();
-    MessageBuilder::new(
-        &mut packet,
-        Method::ALLOCATE,
-        Class::Request,
-        &transaction_id,
-    )
-    .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-    .attribute(attr::USERNAME, b"alice")
-    .message_integrity(&key("alice", PasswordAlgorithm::Md5));
+    let packet = harness.message(Method::ALLOCATE, Class::Request, |builder| {
+        builder
+            .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attribute(attr::USERNAME, b"alice")
+            .message_integrity(&key("alice", PasswordAlgorithm::Md5));
+    });
     let (_, _, transmits) = harness.send(flow(CLIENT), &packet);
     assert_eq!(error_code(&transmits[0].payload), 400);
 }
@@ -122,12 +110,7 @@ fn another_username_on_an_allocation_gets_441() {
 fn sha256_password_algorithm_and_message_integrity_sha256() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let (response, commands) = harness.request(
-        client,
-        Method::ALLOCATE,
-        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
-        Credentials::Sha256("alice"),
-    );
+    let (response, commands) = harness.allocate_as(client, Credentials::Sha256("alice"), &[]);
     assert_success(&response);
     assert_eq!(commands.len(), 1);
     let message = parse(&response);
@@ -168,21 +151,15 @@ fn password_algorithm_negotiation_errors_get_400() {
         },
     ];
     for add_algorithms in cases {
-        let transaction_id = harness.transaction_id();
-        let mut packet = Vec::new();
-        let mut builder = MessageBuilder::new(
-            &mut packet,
-            Method::ALLOCATE,
-            Class::Request,
-            &transaction_id,
-        );
-        builder
-            .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .attribute(attr::USERNAME, b"alice")
-            .attribute(attr::REALM, REALM.as_bytes())
-            .attribute(attr::NONCE, nonce.as_bytes());
-        add_algorithms(&mut builder);
-        builder.message_integrity_sha256(&sha256_key);
+        let packet = harness.message(Method::ALLOCATE, Class::Request, |builder| {
+            builder
+                .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .attribute(attr::USERNAME, b"alice")
+                .attribute(attr::REALM, REALM.as_bytes())
+                .attribute(attr::NONCE, nonce.as_bytes());
+            add_algorithms(builder);
+            builder.message_integrity_sha256(&sha256_key);
+        });
         let (_, _, transmits) = harness.send(client, &packet);
         assert_eq!(error_code(&transmits[0].payload), 400);
     }
@@ -207,21 +184,10 @@ fn unknown_required_attribute_on_an_authenticated_request_gets_420_with_integrit
 fn userhash_instead_of_username_finds_static_users_only() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let transport = [raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
-    let (response, _) = harness.request(
-        client,
-        Method::ALLOCATE,
-        &transport,
-        Credentials::Userhash("mallory"),
-    );
+    let (response, _) = harness.allocate_as(client, Credentials::Userhash("mallory"), &[]);
     assert_eq!(error_code(&response), 401);
 
-    let (response, commands) = harness.request(
-        client,
-        Method::ALLOCATE,
-        &transport,
-        Credentials::Userhash("alice"),
-    );
+    let (response, commands) = harness.allocate_as(client, Credentials::Userhash("alice"), &[]);
     assert_success(&response);
     assert!(
         parse(&response).verify_message_integrity_sha256(&key("alice", PasswordAlgorithm::Sha256))

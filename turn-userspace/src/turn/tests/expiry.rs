@@ -25,10 +25,7 @@ fn permissions_channels_and_allocations_expire_and_leave_the_datapath() {
     harness.advance(Duration::from_secs(301));
     assert!(harness.server.datapath().permissions.is_empty());
     let mut out = Vec::new();
-    assert!(harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, peer, b"x", &mut out)
-        .is_none());
+    assert!(harness.peer_datagram(relay, peer, b"x", &mut out).is_none());
     assert_eq!(harness.server.stats().channels, 1);
 
     // Keep the allocation alive, then let the channel run out at 600 s.
@@ -72,10 +69,7 @@ fn refreshing_a_permission_extends_it_and_its_channels() {
     harness.advance(Duration::from_secs(150));
     assert_eq!(harness.server.stats().permissions, 1);
     let mut out = Vec::new();
-    assert!(harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, peer, b"x", &mut out)
-        .is_some());
+    assert!(harness.peer_datagram(relay, peer, b"x", &mut out).is_some());
 }
 
 #[test]
@@ -127,10 +121,7 @@ fn configured_short_lifetimes_expire_permissions_and_channels_early() {
     assert!(harness.server.datapath().permissions.is_empty());
     assert_eq!(harness.server.stats().permissions, 0);
     let mut out = Vec::new();
-    assert!(harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, peer, b"x", &mut out)
-        .is_none());
+    assert!(harness.peer_datagram(relay, peer, b"x", &mut out).is_none());
 
     harness.advance(Duration::from_secs(3));
     assert!(harness.server.datapath().channels.is_empty());

@@ -180,12 +180,43 @@ impl<D: Datapath> Harness<D> {
         (forward, commands, transmits)
     }
 
-    /// A fresh nonce, obtained the way a client does: an unauthenticated request → 401.
-    pub(super) fn fetch_nonce(&mut self, flow: ClientFlow) -> String {
+    /// Feeds a datagram from `peer` to `relay`, framing any output in `out`; returns the
+    /// forward the server asks for.
+    pub(super) fn peer_datagram(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        packet: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Forward> {
+        self.server
+            .handle_peer_datagram(self.now.instant, relay, peer, packet, out)
+    }
+
+    /// A hand-built message of `method` and `class` with a fresh transaction ID; `body`
+    /// appends the attributes.
+    pub(super) fn message(
+        &mut self,
+        method: Method,
+        class: Class,
+        body: impl FnOnce(&mut MessageBuilder<'_>),
+    ) -> Vec<u8> {
         let transaction_id = self.transaction_id();
         let mut buf = Vec::new();
-        MessageBuilder::new(&mut buf, Method::ALLOCATE, Class::Request, &transaction_id)
-            .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        body(&mut MessageBuilder::new(
+            &mut buf,
+            method,
+            class,
+            &transaction_id,
+        ));
+        buf
+    }
+
+    /// A fresh nonce, obtained the way a client does: an unauthenticated request → 401.
+    pub(super) fn fetch_nonce(&mut self, flow: ClientFlow) -> String {
+        let buf = self.message(Method::ALLOCATE, Class::Request, |builder| {
+            builder.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
         let (_, _, transmits) = self.send(flow, &buf);
         let response = transmits.first().expect("401 answer");
         let message = Message::parse(&response.payload).expect("parse 401");
@@ -276,20 +307,26 @@ impl<D: Datapath> Harness<D> {
         (transmit.payload, commands)
     }
 
+    /// Allocates (UDP) for `flow` with `credentials` and extra attributes; returns the
+    /// response.
+    pub(super) fn allocate_as(
+        &mut self,
+        flow: ClientFlow,
+        credentials: Credentials<'_>,
+        extra: &[Attr],
+    ) -> (Vec<u8>, Vec<Command>) {
+        let mut attributes = vec![raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
+        attributes.extend_from_slice(extra);
+        self.request(flow, Method::ALLOCATE, &attributes, credentials)
+    }
+
     /// Allocates for `flow` as alice (MD5) with extra attributes; returns the response.
     pub(super) fn allocate_with(
         &mut self,
         flow: ClientFlow,
         extra: &[Attr],
     ) -> (Vec<u8>, Vec<Command>) {
-        let mut attributes = vec![raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])];
-        attributes.extend_from_slice(extra);
-        self.request(
-            flow,
-            Method::ALLOCATE,
-            &attributes,
-            Credentials::Md5("alice"),
-        )
+        self.allocate_as(flow, Credentials::Md5("alice"), extra)
     }
 
     /// A successful allocation for `flow`; returns the relay *bind* address.
@@ -360,6 +397,11 @@ pub(super) enum Attr {
 
 pub(super) fn raw(kind: u16, value: &[u8]) -> Attr {
     Attr::Raw(kind, value.to_vec())
+}
+
+/// REQUESTED-ADDRESS-FAMILY with family code `family` (1 = IPv4, 2 = IPv6; RFC 8656 §18.8).
+pub(super) fn requested_family(family: u8) -> Attr {
+    raw(attr::REQUESTED_ADDRESS_FAMILY, &[family, 0, 0, 0])
 }
 
 pub(super) fn channel_number(number: u16) -> Vec<u8> {

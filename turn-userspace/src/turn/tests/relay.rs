@@ -15,18 +15,23 @@ const OTHER_PEER: &str = "198.18.2.21:6000";
 
 /// A Send indication carrying `data` to `peer`.
 fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let transaction_id = harness.transaction_id();
-    let mut packet = Vec::new();
-    MessageBuilder::new(
-        &mut packet,
-        Method::SEND,
-        Class::Indication,
-        &transaction_id,
-    )
-    .xor_address(attr::XOR_PEER_ADDRESS, peer)
-    .attribute(attr::DONT_FRAGMENT, &[])
-    .attribute(attr::DATA, data);
-    packet
+    send_indication_with(harness, peer, |builder| {
+        builder
+            .attribute(attr::DONT_FRAGMENT, &[])
+            .attribute(attr::DATA, data);
+    })
+}
+
+/// A Send indication to `peer` whose XOR-PEER-ADDRESS is followed by what `rest` adds.
+fn send_indication_with(
+    harness: &mut Harness,
+    peer: SocketAddr,
+    rest: impl FnOnce(&mut MessageBuilder<'_>),
+) -> Vec<u8> {
+    harness.message(Method::SEND, Class::Indication, |builder| {
+        builder.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        rest(builder);
+    })
 }
 
 fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
@@ -78,8 +83,7 @@ fn full_flow_in_both_directions() {
     assert!(forward.is_none() && transmits.is_empty());
     let mut out = Vec::new();
     assert!(harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, peer, b"early", &mut out)
+        .peer_datagram(relay, peer, b"early", &mut out)
         .is_none());
 
     // CreatePermission for both peers at once.
@@ -97,13 +101,7 @@ fn full_flow_in_both_directions() {
     assert_forwarded_to_peer(forward, &packet, (relay, peer), b"hello peer");
 
     // Peer → client without a channel: a Data indication in `out`.
-    let forward = harness.server.handle_peer_datagram(
-        harness.now.instant,
-        relay,
-        other_peer,
-        b"hi client",
-        &mut out,
-    );
+    let forward = harness.peer_datagram(relay, other_peer, b"hi client", &mut out);
     assert_eq!(forward, Some(forward_to_client(client)));
     let data_indication = parse(&out);
     assert_eq!(
@@ -130,13 +128,7 @@ fn full_flow_in_both_directions() {
     let (forward, _, _) = harness.send(client, &packet);
     assert_forwarded_to_peer(forward, &packet, (relay, peer), b"via channel");
 
-    let forward = harness.server.handle_peer_datagram(
-        harness.now.instant,
-        relay,
-        peer,
-        b"back on channel",
-        &mut out,
-    );
+    let forward = harness.peer_datagram(relay, peer, b"back on channel", &mut out);
     assert_eq!(forward, Some(forward_to_client(client)));
     let framed = ChannelData::parse(&out).unwrap();
     assert_eq!(
@@ -145,17 +137,9 @@ fn full_flow_in_both_directions() {
     );
 
     // A Send indication with an unknown comprehension-required attribute is discarded.
-    let transaction_id = harness.transaction_id();
-    let mut packet = Vec::new();
-    MessageBuilder::new(
-        &mut packet,
-        Method::SEND,
-        Class::Indication,
-        &transaction_id,
-    )
-    .xor_address(attr::XOR_PEER_ADDRESS, peer)
-    .attribute(0x7FF1, &[])
-    .attribute(attr::DATA, b"x");
+    let packet = send_indication_with(&mut harness, peer, |builder| {
+        builder.attribute(0x7FF1, &[]).attribute(attr::DATA, b"x");
+    });
     let (forward, _, transmits) = harness.send(client, &packet);
     assert!(forward.is_none() && transmits.is_empty());
 
@@ -164,19 +148,11 @@ fn full_flow_in_both_directions() {
     assert!(forward.is_none());
     let stranger = addr("198.18.2.99:1");
     assert!(harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, stranger, b"x", &mut out)
+        .peer_datagram(relay, stranger, b"x", &mut out)
         .is_none());
     // Unknown relay addresses too.
     assert!(harness
-        .server
-        .handle_peer_datagram(
-            harness.now.instant,
-            addr("198.18.0.1:1"),
-            peer,
-            b"x",
-            &mut out
-        )
+        .peer_datagram(addr("198.18.0.1:1"), peer, b"x", &mut out)
         .is_none());
 
     let stats = harness.server.stats();
@@ -295,10 +271,7 @@ fn channel_bind_rules() {
 fn ipv6_relay_relays_ipv6_peers() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let (response, commands) = harness.allocate_with(
-        client,
-        &[raw(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0])],
-    );
+    let (response, commands) = harness.allocate_with(client, &[requested_family(2)]);
     assert_success(&response);
     let [crate::turn::Command::OpenRelay { relay }] = commands.as_slice() else {
         panic!()
@@ -317,8 +290,7 @@ fn ipv6_relay_relays_ipv6_peers() {
 
     let mut out = Vec::new();
     harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, peer, b"v6 back", &mut out)
+        .peer_datagram(relay, peer, b"v6 back", &mut out)
         .unwrap();
     let indication = parse(&out);
     assert_eq!(indication.xor_peer_address().unwrap(), Some(peer));
@@ -337,8 +309,7 @@ fn peer_to_client_reuses_the_output_buffer() {
     let payload = [7u8; 1200];
     for _ in 0..100 {
         harness
-            .server
-            .handle_peer_datagram(harness.now.instant, relay, peer, &payload, &mut out)
+            .peer_datagram(relay, peer, &payload, &mut out)
             .unwrap();
         assert_eq!(out.len(), 1204);
     }
@@ -355,13 +326,11 @@ fn peer_datagrams_too_large_to_frame_are_dropped() {
     let mut out = Vec::new();
     let huge = vec![0u8; 65_520];
     assert!(harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, peer, &huge, &mut out)
+        .peer_datagram(relay, peer, &huge, &mut out)
         .is_none());
     let largest = vec![0u8; 65_535 - 51];
     harness
-        .server
-        .handle_peer_datagram(harness.now.instant, relay, peer, &largest, &mut out)
+        .peer_datagram(relay, peer, &largest, &mut out)
         .unwrap();
     assert_eq!(parse(&out).data().map(<[u8]>::len), Some(largest.len()));
 }
@@ -377,17 +346,11 @@ fn send_indication_fingerprint_is_checked() {
     let peer = addr(PEER);
     assert_success(&harness.create_permission(client, &[peer]));
 
-    let transaction_id = harness.transaction_id();
-    let mut packet = Vec::new();
-    MessageBuilder::new(
-        &mut packet,
-        Method::SEND,
-        Class::Indication,
-        &transaction_id,
-    )
-    .xor_address(attr::XOR_PEER_ADDRESS, peer)
-    .attribute(attr::DATA, b"fingerprinted")
-    .fingerprint();
+    let mut packet = send_indication_with(&mut harness, peer, |builder| {
+        builder
+            .attribute(attr::DATA, b"fingerprinted")
+            .fingerprint();
+    });
     let (forward, _, _) = harness.send(client, &packet);
     assert_forwarded_to_peer(forward, &packet, (relay, peer), b"fingerprinted");
 
@@ -403,15 +366,9 @@ fn send_indication_fingerprint_is_checked() {
 #[test]
 fn request_with_wrong_fingerprint_gets_no_answer() {
     let mut harness = Harness::new();
-    let transaction_id = harness.transaction_id();
-    let mut packet = Vec::new();
-    MessageBuilder::new(
-        &mut packet,
-        Method::BINDING,
-        Class::Request,
-        &transaction_id,
-    )
-    .fingerprint();
+    let mut packet = harness.message(Method::BINDING, Class::Request, |builder| {
+        builder.fingerprint();
+    });
     let last = packet.len() - 1;
     packet[last] ^= 0x01;
     let (forward, commands, transmits) = harness.send(flow(CLIENT), &packet);
