@@ -2,14 +2,14 @@
 //! with long-term credentials (RFC 8656 §7), permissions (§9), channels (§12), and the two
 //! request-rate measurements (STUN Binding requests/s, authenticated allocations/s).
 
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::netns::{in_netns, CLIENT_IP};
+use super::netns::{in_netns, CLIENT_IP, CLIENT_IP6};
 use super::wire::{self, MessageWriter, Response};
 use crate::stun::attributes as attr;
 use crate::stun::Method;
@@ -24,10 +24,10 @@ pub struct Credentials {
 /// One client's allocation, ready to relay to `peer`.
 pub struct Flow {
     pub socket: UdpSocket,
-    pub local: SocketAddrV4,
+    pub local: SocketAddr,
     pub relayed: SocketAddr,
     pub channel: u16,
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     /// None for a direct (relay-less) baseline flow.
     session: Option<Session>,
 }
@@ -43,10 +43,13 @@ fn transaction_id() -> [u8; 12] {
 }
 
 /// A UDP socket in the client namespace with large buffers, connected to the server.
-pub fn client_socket(client_ns: &str, server: SocketAddrV4) -> Result<UdpSocket> {
+pub fn client_socket(client_ns: &str, server: SocketAddr) -> Result<UdpSocket> {
     in_netns(client_ns, move || {
-        let socket =
-            UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0)).context("binding a client socket")?;
+        let local = match server {
+            SocketAddr::V4(_) => SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, 0)),
+            SocketAddr::V6(_) => SocketAddr::V6(SocketAddrV6::new(CLIENT_IP6, 0, 0, 0)),
+        };
+        let socket = UdpSocket::bind(local).context("binding a client socket")?;
         socket
             .connect(server)
             .context("connecting a client socket")?;
@@ -103,8 +106,9 @@ fn transact(socket: &UdpSocket, request: &[u8]) -> Result<Vec<u8>> {
 
 /// Allocate → 401 (REALM, NONCE) → Allocate with MESSAGE-INTEGRITY (RFC 8656 §7.1, RFC 8489 §9.2).
 fn allocate(socket: &UdpSocket, credentials: &Credentials) -> Result<(Session, SocketAddr)> {
+    let ipv6 = socket.peer_addr()?.is_ipv6();
     let mut request = MessageWriter::request(Method::ALLOCATE, transaction_id());
-    request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+    add_allocate_attributes(&mut request, ipv6);
     let response = transact(socket, &request.finish())?;
     let challenge = Response::parse(&response).context("unparseable Allocate response")?;
     if challenge.error_code != Some(401) {
@@ -121,7 +125,7 @@ fn allocate(socket: &UdpSocket, credentials: &Credentials) -> Result<(Session, S
     };
     for _stale_retry in 0..2 {
         let mut request = MessageWriter::request(Method::ALLOCATE, transaction_id());
-        request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+        add_allocate_attributes(&mut request, ipv6);
         add_credentials(&mut request, credentials, &session);
         let response = transact(socket, &request.finish_with_integrity(&session.key))?;
         let message = Response::parse(&response).context("unparseable Allocate response")?;
@@ -135,6 +139,15 @@ fn allocate(socket: &UdpSocket, credentials: &Credentials) -> Result<(Session, S
         }
     }
     bail!("Allocate kept failing with 438 Stale Nonce")
+}
+
+/// REQUESTED-TRANSPORT UDP and, for an IPv6 client, REQUESTED-ADDRESS-FAMILY IPv6 (0x02,
+/// RFC 8656 §7.2): the benchmark's IPv6 flows use an IPv6 relayed address and IPv6 peer.
+fn add_allocate_attributes(request: &mut MessageWriter, ipv6: bool) {
+    request.attribute(attr::REQUESTED_TRANSPORT, &wire::requested_transport_udp());
+    if ipv6 {
+        request.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]);
+    }
 }
 
 fn add_credentials(request: &mut MessageWriter, credentials: &Credentials, session: &Session) {
@@ -169,9 +182,9 @@ fn authenticated(
 /// Sets up one flow: allocation, CreatePermission and ChannelBind for `peer`.
 pub fn open_flow(
     client_ns: &str,
-    server: SocketAddrV4,
+    server: SocketAddr,
     credentials: &Credentials,
-    peer: SocketAddrV4,
+    peer: SocketAddr,
     channel: u16,
 ) -> Result<Flow> {
     // A 5-tuple may still hold an allocation from an earlier test (437 Allocation Mismatch,
@@ -188,10 +201,7 @@ pub fn open_flow(
         }
     };
     drop(mismatched);
-    let local = match socket.local_addr()? {
-        SocketAddr::V4(v4) => v4,
-        SocketAddr::V6(_) => bail!("client socket is not IPv4"),
-    };
+    let local = socket.local_addr()?;
     authenticated(
         &socket,
         credentials,
@@ -244,17 +254,14 @@ pub fn close_flow(flow: Flow, credentials: &Credentials) {
 }
 
 /// A client socket sending straight to `peer` (no relay): the baseline for added latency.
-pub fn direct_flow(client_ns: &str, peer: SocketAddrV4) -> Result<Flow> {
+pub fn direct_flow(client_ns: &str, peer: SocketAddr) -> Result<Flow> {
     let socket = client_socket(client_ns, peer)?;
-    let local = match socket.local_addr()? {
-        SocketAddr::V4(v4) => v4,
-        SocketAddr::V6(_) => bail!("client socket is not IPv4"),
-    };
+    let local = socket.local_addr()?;
     socket.set_nonblocking(true)?;
     Ok(Flow {
         socket,
         local,
-        relayed: SocketAddr::V4(peer),
+        relayed: peer,
         channel: 0,
         peer,
         session: None,
@@ -262,7 +269,7 @@ pub fn direct_flow(client_ns: &str, peer: SocketAddrV4) -> Result<Flow> {
 }
 
 /// True when the server answers a Binding request from the client namespace.
-pub fn answers_binding(client_ns: &str, server: SocketAddrV4) -> bool {
+pub fn answers_binding(client_ns: &str, server: SocketAddr) -> bool {
     let Ok(socket) = client_socket(client_ns, server) else {
         return false;
     };
@@ -290,7 +297,7 @@ pub struct RequestRate {
 /// sockets, sent with sendmmsg-style batching per socket; counts success responses.
 pub fn binding_rate(
     client_ns: &str,
-    server: SocketAddrV4,
+    server: SocketAddr,
     duration: Duration,
 ) -> Result<RequestRate> {
     const SOCKETS: usize = 16;
@@ -344,7 +351,7 @@ pub fn binding_rate(
 /// Refresh(LIFETIME=0). `concurrency` clients run interleaved on one thread.
 pub fn allocation_rate(
     client_ns: &str,
-    server: SocketAddrV4,
+    server: SocketAddr,
     credentials: &Credentials,
     duration: Duration,
     concurrency: usize,

@@ -60,7 +60,11 @@ fn build_frames(
             ip_header[6] = 0x40; // don't fragment
             ip_header[8] = 64;
             ip_header[9] = 17;
-            ip_header[12..16].copy_from_slice(&flow.local.ip().octets());
+            let local_ip = match flow.local.ip() {
+                std::net::IpAddr::V4(v4) => v4,
+                std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+            };
+            ip_header[12..16].copy_from_slice(&local_ip.octets());
             ip_header[16..20].copy_from_slice(&server.ip().octets());
             let checksum = internet_checksum(&ip_header);
             ip_header[10..12].copy_from_slice(&checksum.to_be_bytes());
@@ -172,13 +176,19 @@ fn offer(
     step: u32,
     relay_pid: u32,
 ) -> Result<KernelModeResult> {
+    if flows.iter().any(|flow| !flow.local.is_ipv4()) {
+        bail!("kernel-speed mode is IPv4 only");
+    }
     let destination = topology.mac_address(&topology.relay_ns, &topology.relay_client_if)?;
     let source = topology.mac_address(&topology.client_ns, &topology.client_if)?;
     let frames = build_frames(
         flows,
         destination,
         source,
-        super::servers::listen_address(),
+        std::net::SocketAddrV4::new(
+            super::netns::RELAY_CLIENT_SIDE_IP,
+            super::servers::LISTEN_PORT,
+        ),
         payload_len,
         step,
     );

@@ -178,6 +178,7 @@ fn generate_on_thread(
         .map(|flow| flow_template(flow, mode, payload_len))
         .collect();
     let datagram_len = templates.first().map_or(0, |(t, _)| t.len());
+    let ipv6_peer: Vec<bool> = flows.iter().map(|flow| flow.peer.is_ipv6()).collect();
     let mut buffers = vec![vec![0u8; datagram_len]; BATCH];
     let mut sequences = vec![0u64; flows.len()];
     let mut sent = 0u64;
@@ -222,6 +223,9 @@ fn generate_on_thread(
             if mode == RelayMode::SendIndication {
                 buffer[8..16].copy_from_slice(&sequence.to_le_bytes());
                 buffer[16..20].copy_from_slice(&((first_flow + flow_index) as u32).to_le_bytes());
+                if ipv6_peer[flow_index] {
+                    xor_ipv6_peer_with_transaction_id(buffer);
+                }
             }
         }
         let accepted = send_batch(&flows[flow_index].socket, &mut buffers[..count]);
@@ -231,6 +235,16 @@ fn generate_on_thread(
     GeneratorOutcome {
         sent,
         seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// An IPv6 XOR-PEER-ADDRESS (the template's first attribute, address at bytes 28..44) is
+/// XORed with the transaction ID too (RFC 8489 §14.2), not only the magic cookie. The
+/// template was encoded with an all-zero ID; after the generator wrote a new ID (bytes
+/// 8..20), XOR it into the address's last 12 bytes.
+fn xor_ipv6_peer_with_transaction_id(message: &mut [u8]) {
+    for j in 0..12 {
+        message[32 + j] ^= message[8 + j];
     }
 }
 
@@ -359,7 +373,7 @@ fn parse_probe(payload: &[u8]) -> Option<ProbeHeader> {
 
 struct ReceiveBatch {
     buffers: Vec<Vec<u8>>,
-    names: Vec<libc::sockaddr_in>,
+    names: Vec<libc::sockaddr_in6>,
     lengths: Vec<usize>,
 }
 
@@ -382,20 +396,20 @@ pub(super) fn mmsg_headers(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
 /// header per iovec that has a slot); `names` must outlive the call too.
 fn mmsg_headers_with_names(
     iovecs: &mut [libc::iovec],
-    names: &mut [libc::sockaddr_in],
+    names: &mut [libc::sockaddr_in6],
 ) -> Vec<libc::mmsghdr> {
     let mut headers = mmsg_headers(iovecs);
     headers.truncate(names.len());
     for (header, name) in headers.iter_mut().zip(names.iter_mut()) {
-        header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
-        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
+        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
     }
     headers
 }
 
 impl ReceiveBatch {
     fn new() -> Self {
-        // SAFETY: an all-zero sockaddr_in is valid.
+        // SAFETY: an all-zero sockaddr_in6 is valid (it also holds a sockaddr_in).
         ReceiveBatch {
             buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH],
             names: vec![unsafe { std::mem::zeroed() }; BATCH],
@@ -614,6 +628,25 @@ impl StepResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_peer_address_follows_a_new_transaction_id() {
+        use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+        let peer = SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 2),
+            40000,
+            0,
+            0,
+        ));
+        let mut writer = wire::MessageWriter::indication(crate::stun::Method::SEND, [0; 12]);
+        writer.xor_address(crate::stun::attributes::XOR_PEER_ADDRESS, peer);
+        writer.attribute(crate::stun::attributes::DATA, &[7; 8]);
+        let mut message = writer.finish();
+        message[8..20].copy_from_slice(&[0x5a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xff]);
+        xor_ipv6_peer_with_transaction_id(&mut message);
+        let parsed = crate::stun::Message::parse(&message).expect("well formed");
+        assert_eq!(parsed.xor_peer_address().ok().flatten(), Some(peer));
+    }
 
     #[test]
     fn percentiles_pick_the_right_ranks() {

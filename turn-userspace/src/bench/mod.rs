@@ -17,7 +17,7 @@ pub mod report;
 pub mod servers;
 pub mod wire;
 
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use control::{Credentials, Flow};
 use load::{RelayMode, StepResult};
-use netns::{in_netns, Topology, PEER_IP};
+use netns::{in_netns, Topology, PEER_IP, PEER_IP6};
 use servers::{RunningServer, ServerKind};
 
 /// Loss at or below this counts as "relayed" in the rate sweep (0.1 %).
@@ -89,12 +89,19 @@ pub struct RunOptions {
     /// but take CPU from the server on small machines.
     #[arg(long, default_value_t = 1)]
     pub generator_threads: usize,
+    /// IP families of the relay scenarios, comma separated: 4, 6 (default 4,6; quick 4).
+    /// Client, relayed address and peer are all of that family. Binding requests/s,
+    /// allocations/s and the kernel-speed mode are measured over IPv4 only.
+    #[arg(long, value_delimiter = ',')]
+    pub families: Vec<u8>,
 }
 
 /// One load shape.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Scenario {
     pub mode: RelayMode,
+    /// IP family of client, relayed address and peer: 4 or 6.
+    pub family: u8,
     pub flows: usize,
     pub payload_len: usize,
 }
@@ -102,8 +109,9 @@ pub struct Scenario {
 impl Scenario {
     pub fn label(&self) -> String {
         format!(
-            "{} {} flows {} B",
+            "{} IPv{} {} flows {} B",
             self.mode.label(),
+            self.family,
             self.flows,
             self.payload_len
         )
@@ -115,7 +123,9 @@ impl Scenario {
             RelayMode::SendIndication => "send",
             RelayMode::Direct => "direct",
         };
-        format!("{mode}-{}flows-{}B", self.flows, self.payload_len)
+        // IPv4 keeps the slug it had before IPv6 scenarios existed.
+        let family = if self.family == 6 { "-ipv6" } else { "" };
+        format!("{mode}{family}-{}flows-{}B", self.flows, self.payload_len)
     }
 }
 
@@ -195,7 +205,17 @@ struct Plan {
 }
 
 impl Plan {
-    fn from_options(options: &RunOptions) -> Plan {
+    fn from_options(options: &RunOptions) -> Result<Plan> {
+        let families = if !options.families.is_empty() {
+            options.families.clone()
+        } else if options.quick {
+            vec![4]
+        } else {
+            vec![4, 6]
+        };
+        if let Some(bad) = families.iter().find(|f| !matches!(f, 4 | 6)) {
+            bail!("unknown IP family {bad} (4 or 6)");
+        }
         let flows = if !options.flows.is_empty() {
             options.flows.clone()
         } else if options.quick {
@@ -211,28 +231,31 @@ impl Plan {
             vec![120, 1200]
         };
         let mut scenarios = Vec::new();
-        for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
-            for &flows in &flows {
-                for &payload_len in &payloads {
-                    scenarios.push(Scenario {
-                        mode,
-                        flows: flows.max(1),
-                        payload_len: payload_len.max(load::PROBE_LEN),
-                    });
+        for &family in &families {
+            for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
+                for &flows in &flows {
+                    for &payload_len in &payloads {
+                        scenarios.push(Scenario {
+                            mode,
+                            family,
+                            flows: flows.max(1),
+                            payload_len: payload_len.max(load::PROBE_LEN),
+                        });
+                    }
                 }
             }
         }
         let step_seconds = options
             .step_seconds
             .unwrap_or(if options.quick { 1.0 } else { 2.0 });
-        Plan {
+        Ok(Plan {
             scenarios,
             step: Duration::from_secs_f64(step_seconds.clamp(0.2, 30.0)),
             search_steps: if options.quick { 3 } else { 6 },
             request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
             kernel_mode: !options.no_kernel_mode,
             generator_threads: options.generator_threads,
-        }
+        })
     }
 }
 
@@ -240,14 +263,19 @@ impl Plan {
 struct Bench {
     topology: Topology,
     sink_socket: UdpSocket,
+    sink_socket6: UdpSocket,
     credentials: Credentials,
     next_step: u32,
     plan: Plan,
 }
 
 impl Bench {
-    fn sink_address() -> SocketAddrV4 {
-        SocketAddrV4::new(PEER_IP, SINK_PORT)
+    fn sink_address(family: u8) -> SocketAddr {
+        if family == 6 {
+            SocketAddr::V6(SocketAddrV6::new(PEER_IP6, SINK_PORT, 0, 0))
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(PEER_IP, SINK_PORT))
+        }
     }
 
     /// One bounded load step: generator for `plan.step`, then a short drain.
@@ -261,7 +289,12 @@ impl Bench {
     ) -> Result<StepResult> {
         self.next_step += 1;
         let step = self.next_step;
-        let sink = load::Receiver::start_sink(&self.sink_socket, step, flows.len(), echo)?;
+        let sink_socket = if scenario.family == 6 {
+            &self.sink_socket6
+        } else {
+            &self.sink_socket
+        };
+        let sink = load::Receiver::start_sink(sink_socket, step, flows.len(), echo)?;
         let echo_receiver = if echo {
             Some(load::Receiver::start_echo_receiver(flows, step)?)
         } else {
@@ -310,15 +343,15 @@ impl Bench {
         ))
     }
 
-    fn open_flows(&self, count: usize) -> Result<Vec<Flow>> {
+    fn open_flows(&self, count: usize, family: u8) -> Result<Vec<Flow>> {
         (0..count)
             .map(|index| {
                 let channel = wire::FIRST_CHANNEL + index as u16;
                 control::open_flow(
                     &self.topology.client_ns,
-                    servers::listen_address(),
+                    servers::listen_address(family),
                     &self.credentials,
-                    Self::sink_address(),
+                    Self::sink_address(family),
                     channel,
                 )
                 .with_context(|| format!("setting up flow {index}"))
@@ -423,20 +456,20 @@ impl Bench {
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());
         results.binding_requests = Some(control::binding_rate(
             &self.topology.client_ns,
-            servers::listen_address(),
+            servers::listen_address(4),
             self.plan.request_test,
         )?);
         eprintln!("turn-bench: {}: allocations/s", kind.name());
         results.allocations = Some(control::allocation_rate(
             &self.topology.client_ns,
-            servers::listen_address(),
+            servers::listen_address(4),
             &self.credentials,
             self.plan.request_test,
             32,
         )?);
         for scenario in self.plan.scenarios.clone() {
             eprintln!("turn-bench: {}: {}", kind.name(), scenario.label());
-            let flows = self.open_flows(scenario.flows)?;
+            let flows = self.open_flows(scenario.flows, scenario.family)?;
             let result = self.sweep(pid, &flows, &scenario);
             self.close_flows(flows);
             let result = result?;
@@ -456,11 +489,17 @@ impl Bench {
         };
         let own_max = results.scenarios.first().map_or(0.0, |s| s.max_rate.pps);
         let rate = latency_rate.unwrap_or(own_max * 0.5).max(100.0);
-        let flows = self.open_flows(scenario.flows)?;
+        let flows = self.open_flows(scenario.flows, scenario.family)?;
         eprintln!("turn-bench: {}: latency at {rate:.0} pps", kind.name());
         let step = self.measure(Some(pid), &flows, &scenario, Some(rate), false);
         let round_trip = self.measure(Some(pid), &flows, &scenario, Some(rate.min(1000.0)), true);
-        if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData {
+        if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData && scenario.family != 4
+        {
+            eprintln!(
+                "turn-bench: {}: kernel-speed mode skipped: it is IPv4 only",
+                kind.name()
+            );
+        } else if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData {
             self.next_step += 1;
             eprintln!("turn-bench: {}: kernel-speed mode (AF_PACKET)", kind.name());
             match kernel_mode::run(
@@ -500,7 +539,12 @@ impl Bench {
     /// rate and the relay namespace's kernel forwards it. "Added latency" = relay p99 − this p99.
     fn baseline(&mut self, scenario: &Scenario, rate: f64) -> Result<StepResult> {
         let flows: Vec<Flow> = (0..scenario.flows)
-            .map(|_| control::direct_flow(&self.topology.client_ns, Self::sink_address()))
+            .map(|_| {
+                control::direct_flow(
+                    &self.topology.client_ns,
+                    Self::sink_address(scenario.family),
+                )
+            })
             .collect::<Result<_>>()?;
         let direct = Scenario {
             mode: RelayMode::Direct,
@@ -547,20 +591,26 @@ pub fn run(options: &RunOptions) -> Result<()> {
         .with_context(|| format!("creating {}", options.out.display()))?;
     let work_dir = options.out.join("logs");
     std::fs::create_dir_all(&work_dir)?;
-    let plan = Plan::from_options(options);
+    let plan = Plan::from_options(options)?;
     let step_seconds = plan.step.as_secs_f64();
 
     let mut topology = Topology::create().context("building the namespaces")?;
     topology.attach_pass_programs()?;
-    let sink_socket = in_netns(&topology.peer_ns, || {
-        let socket = UdpSocket::bind(Bench::sink_address()).context("binding the sink")?;
-        control::enlarge_buffers(&socket);
-        Ok(socket)
-    })?;
+    let bind_sink = |family: u8| {
+        in_netns(&topology.peer_ns, move || {
+            let socket =
+                UdpSocket::bind(Bench::sink_address(family)).context("binding the sink")?;
+            control::enlarge_buffers(&socket);
+            Ok(socket)
+        })
+    };
+    let sink_socket = bind_sink(4)?;
+    let sink_socket6 = bind_sink(6)?;
     let password = format!("bench-{:016x}", rand::random::<u64>());
     let mut bench = Bench {
         topology,
         sink_socket,
+        sink_socket6,
         credentials: Credentials {
             username: "bench".into(),
             password,

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  [client ns] c0 198.18.1.1/24 ──veth── r0 198.18.1.2/24 [relay ns] r1 198.18.2.2/24 ──veth── p0 198.18.2.1/24 [peer ns]
+//!              2001:2:0:1::2/64        2001:2:0:1::1/64      2001:2:0:2::1/64        2001:2:0:2::2/64
 //! ```
 //! The relay namespace has IP forwarding on: the XDP program's bpf_fib_lookup (flags 0)
 //! answers "forwarding disabled" otherwise, and the no-relay baseline latency uses it. It
@@ -11,7 +12,7 @@
 //! (the load loops observe [`super::interrupted`] and return).
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 
@@ -21,6 +22,11 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const RELAY_CLIENT_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const RELAY_PEER_SIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// IPv6 addresses on the same veths, from the benchmarking range 2001:2::/48 (RFC 5180).
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2);
+pub const RELAY_CLIENT_SIDE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+pub const RELAY_PEER_SIDE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
+pub const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 2);
 const NETNS_PREFIX: &str = "turnbench-";
 
 /// Datagrams a namespace's UDP layer dropped.
@@ -147,6 +153,45 @@ impl Topology {
             ])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
         }
+        // IPv6 on the same veths; nodad so the addresses are usable at once.
+        for (ns, ifname, address) in [
+            (&t.client_ns, &t.client_if, CLIENT_IP6),
+            (&t.relay_ns, &t.relay_client_if, RELAY_CLIENT_SIDE_IP6),
+            (&t.relay_ns, &t.relay_peer_if, RELAY_PEER_SIDE_IP6),
+            (&t.peer_ns, &t.peer_if, PEER_IP6),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{address}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ])?;
+        }
+        ip(&[
+            "-n",
+            &t.client_ns,
+            "-6",
+            "route",
+            "add",
+            "2001:2:0:2::/64",
+            "via",
+            &RELAY_CLIENT_SIDE_IP6.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            &t.peer_ns,
+            "-6",
+            "route",
+            "add",
+            "2001:2:0:1::/64",
+            "via",
+            &RELAY_PEER_SIDE_IP6.to_string(),
+        ])?;
         ip(&[
             "-n",
             &t.client_ns,

@@ -110,7 +110,9 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
     );
     let _ = writeln!(
         md,
-        "Method: client, relay and peer are network namespaces joined by veth pairs (198.18.0.0/15); every flow is its own \
+        "Method: client, relay and peer are network namespaces joined by veth pairs (IPv4 198.18.0.0/15; IPv6 2001:2::/48, \
+         where an IPv6 scenario's client, relayed address (REQUESTED-ADDRESS-FAMILY IPv6) and peer are all IPv6; \
+         Binding requests/s and allocations/s are measured over IPv4); every flow is its own \
          allocation set up with long-term credentials (Allocate → 401 → Allocate with MESSAGE-INTEGRITY, CreatePermission, ChannelBind). \
          The relay namespace has IP forwarding on (the XDP program's FIB lookup needs it; \
          TURN traffic is addressed to the relay itself, so no server's path changes). The generator sends with sendmmsg; the sink in the peer namespace checks sequence numbers and one-way latency \
@@ -251,7 +253,7 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
     if report.servers.iter().any(|s| s.kernel_mode.is_some()) {
         let _ = writeln!(
             md,
-            "## Kernel-speed mode (AF_PACKET pre-built ChannelData frames, as fast as possible)\n"
+            "## Kernel-speed mode (AF_PACKET pre-built ChannelData frames, as fast as possible; IPv4 only)\n"
         );
         let _ = writeln!(md, "| server | flows | payload | sender threads | offered | relayed (peer veth rx, dropped there by XDP) | CPU s per M pkts |\n|---|---|---|---|---|---|---|");
         for server in report.servers.iter() {

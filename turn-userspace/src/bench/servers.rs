@@ -1,6 +1,6 @@
 //! Starting and stopping the servers under test inside the relay namespace.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +9,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::control::{answers_binding, Credentials};
-use super::netns::{in_netns, Topology, RELAY_CLIENT_SIDE_IP, RELAY_PEER_SIDE_IP};
+use super::netns::{
+    in_netns, Topology, RELAY_CLIENT_SIDE_IP, RELAY_CLIENT_SIDE_IP6, RELAY_PEER_SIDE_IP,
+    RELAY_PEER_SIDE_IP6,
+};
 
 pub const LISTEN_PORT: u16 = 3478;
 pub const REALM: &str = "bench.invalid";
@@ -41,8 +44,13 @@ pub fn xdp_metrics(topology: &Topology) -> Result<Vec<String>> {
     })
 }
 
-pub fn listen_address() -> SocketAddrV4 {
-    SocketAddrV4::new(RELAY_CLIENT_SIDE_IP, LISTEN_PORT)
+/// The server's address for the given IP family (4 or 6).
+pub fn listen_address(family: u8) -> SocketAddr {
+    if family == 6 {
+        SocketAddr::V6(SocketAddrV6::new(RELAY_CLIENT_SIDE_IP6, LISTEN_PORT, 0, 0))
+    } else {
+        SocketAddr::V4(SocketAddrV4::new(RELAY_CLIENT_SIDE_IP, LISTEN_PORT))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -158,7 +166,9 @@ impl RunningServer {
                     self.log_path.display()
                 );
             }
-            if answers_binding(&topology.client_ns, listen_address()) {
+            // IPv4 only, so a v4-only run does not depend on IPv6 (IPv6 flows' requests are
+            // retransmitted if the v6 socket should come up a moment later).
+            if answers_binding(&topology.client_ns, listen_address(4)) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -243,13 +253,16 @@ fn coturn_arguments(credentials: &Credentials, work_dir: &Path) -> Vec<String> {
     arguments.extend([
         format!("--listening-ip={RELAY_CLIENT_SIDE_IP}"),
         format!("--listening-port={LISTEN_PORT}"),
+        format!("--listening-ip={RELAY_CLIENT_SIDE_IP6}"),
         format!("--relay-ip={RELAY_PEER_SIDE_IP}"),
+        format!("--relay-ip={RELAY_PEER_SIDE_IP6}"),
         "--min-port=49152".to_string(),
         "--max-port=65535".to_string(),
         format!("--relay-threads={cpus}"),
         format!("--user={}:{}", credentials.username, credentials.password),
         format!("--realm={REALM}"),
         "--allowed-peer-ip=198.18.0.0-198.19.255.255".to_string(),
+        "--allowed-peer-ip=2001:2::-2001:2:0:ffff:ffff:ffff:ffff:ffff".to_string(),
         format!(
             "--log-file={}",
             work_dir.join("coturn-internal.log").display()
@@ -269,13 +282,14 @@ fn our_config(kind: ServerKind, topology: &Topology, credentials: &Credentials) 
         _ => "mode = \"off\"".to_string(),
     };
     format!(
-        "[server]\nrealm = \"{REALM}\"\nlisten = [\"{listen}\"]\nrelay_address = \"{RELAY_PEER_SIDE_IP}\"\nport_range = \"49152-65535\"\nmax_allocations = 16384\nmax_allocations_per_user = 0\n\n\
+        "[server]\nrealm = \"{REALM}\"\nlisten = [\"{listen}\", \"{listen6}\"]\nrelay_address = \"{RELAY_PEER_SIDE_IP}\"\nrelay_address_v6 = \"{RELAY_PEER_SIDE_IP6}\"\nport_range = \"49152-65535\"\nmax_allocations = 16384\nmax_allocations_per_user = 0\n\n\
          [auth]\nusers = [{{ name = \"{user}\", password = \"{password}\" }}]\n\n\
-         [peers]\nallow = [\"198.18.0.0/15\"]\n\n\
+         [peers]\nallow = [\"198.18.0.0/15\", \"2001:2::/48\"]\n\n\
          [xdp]\n{xdp}\n\n\
          [metrics]\nlisten = \"{metrics}\"\n\n\
          [log]\nlevel = \"info\"\n",
-        listen = listen_address(),
+        listen = listen_address(4),
+        listen6 = listen_address(6),
         metrics = METRICS_ADDRESS,
         user = credentials.username,
         password = credentials.password,

@@ -2,7 +2,7 @@
 //! crate's codec ([`crate::stun`]): requests with long-term credentials, Send indications,
 //! ChannelData, and the response fields a client reads.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use md5::{Digest, Md5};
 
@@ -49,9 +49,9 @@ impl MessageWriter {
     }
 
     /// An XOR-*-ADDRESS attribute (RFC 8489 §14.2).
-    pub fn xor_address(&mut self, kind: u16, address: SocketAddrV4) -> &mut Self {
+    pub fn xor_address(&mut self, kind: u16, address: impl Into<SocketAddr>) -> &mut Self {
         self.attributes
-            .push(Attribute::XorAddress(kind, SocketAddr::V4(address)));
+            .push(Attribute::XorAddress(kind, address.into()));
         self
     }
 
@@ -164,7 +164,7 @@ pub fn relayed_payload(packet: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     #[test]
     fn send_indication_carries_peer_and_data() {
