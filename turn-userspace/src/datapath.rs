@@ -81,13 +81,8 @@ pub trait Datapath: Send {
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError>;
     fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr);
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError>;
-    fn remove_channel(
-        &mut self,
-        flow: ClientFlow,
-        relay: SocketAddr,
-        number: u16,
-        peer: SocketAddr,
-    );
+    /// Removes channel `number` of the allocation on `relay`.
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16);
     /// Traffic relayed by the fast path for this allocation since it was installed.
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic;
 }
@@ -127,13 +122,7 @@ impl Datapath for InMemoryDatapath {
         Ok(())
     }
 
-    fn remove_channel(
-        &mut self,
-        _flow: ClientFlow,
-        relay: SocketAddr,
-        number: u16,
-        _peer: SocketAddr,
-    ) {
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
         self.channels.remove(&(relay, number));
     }
 

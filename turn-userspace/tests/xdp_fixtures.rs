@@ -1574,7 +1574,7 @@ fn channels_stop_with_their_allocation_and_resume_on_refresh() {
         XDP_REDIRECT,
         "refreshed"
     );
-    datapath.remove_channel(flow, relay, CHANNEL_PEER, peer);
+    datapath.remove_channel(relay, CHANNEL_PEER);
     assert_eq!(
         testbed
             .run(&input, Ingress::ClientSide)

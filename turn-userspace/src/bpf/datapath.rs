@@ -270,13 +270,7 @@ impl Datapath for BpfDatapath {
         Ok(())
     }
 
-    fn remove_channel(
-        &mut self,
-        _flow: ClientFlow,
-        relay: SocketAddr,
-        number: u16,
-        _peer: SocketAddr,
-    ) {
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
         let relay = canonical(relay);
         if let Some(entry) = self.channels.remove(&(relay, number)) {
             self.remove_channel_entries(&entry);

@@ -106,14 +106,8 @@ impl Datapath for AnyDatapath {
         self.active_mut().install_channel(entry)
     }
 
-    fn remove_channel(
-        &mut self,
-        flow: ClientFlow,
-        relay: SocketAddr,
-        number: u16,
-        peer: SocketAddr,
-    ) {
-        self.active_mut().remove_channel(flow, relay, number, peer);
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
+        self.active_mut().remove_channel(relay, number);
     }
 
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {

@@ -167,8 +167,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 until,
             },
         );
-        self.datapath
-            .remove_channel(flow, allocation.relay, number, channel.peer);
+        self.datapath.remove_channel(allocation.relay, number);
         self.timers
             .schedule(until, TimerKind::ChannelCoolOff(flow, number));
     }

@@ -35,14 +35,8 @@ impl Datapath for CountingDatapath {
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
         self.entries.install_channel(entry)
     }
-    fn remove_channel(
-        &mut self,
-        flow: ClientFlow,
-        relay: SocketAddr,
-        number: u16,
-        peer: SocketAddr,
-    ) {
-        self.entries.remove_channel(flow, relay, number, peer);
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
+        self.entries.remove_channel(relay, number);
     }
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
         if self.entries.allocations.contains_key(&relay) {

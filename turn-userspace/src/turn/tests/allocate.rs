@@ -412,14 +412,7 @@ impl Datapath for FullDatapath {
     fn install_channel(&mut self, _entry: ChannelEntry) -> Result<(), DatapathError> {
         Err(DatapathError::MapFull)
     }
-    fn remove_channel(
-        &mut self,
-        _flow: ClientFlow,
-        _relay: SocketAddr,
-        _number: u16,
-        _peer: SocketAddr,
-    ) {
-    }
+    fn remove_channel(&mut self, _relay: SocketAddr, _number: u16) {}
     fn relayed_traffic(&self, _relay: SocketAddr) -> RelayedTraffic {
         RelayedTraffic::default()
     }
