@@ -61,6 +61,15 @@ fn specific(what: &str, address: SocketAddr) -> Result<MapAddress, DatapathError
 }
 
 impl BpfDatapath {
+    /// The channels installed for the allocation on (canonical) `relay`.
+    fn channels_of(&self, relay: SocketAddr) -> Vec<ChannelEntry> {
+        self.channels
+            .values()
+            .filter(|channel| canonical(channel.relay) == relay)
+            .copied()
+            .collect()
+    }
+
     pub(crate) fn new(tables: Tables) -> BpfDatapath {
         BpfDatapath {
             tables: Box::new(tables),
@@ -172,12 +181,7 @@ impl Datapath for BpfDatapath {
         }
         self.allocations.insert(relay, Installed { entry, slot });
         // A refresh moves the bound of this allocation's channels' client-side expiry.
-        let channels: Vec<ChannelEntry> = self
-            .channels
-            .values()
-            .filter(|channel| canonical(channel.relay) == relay)
-            .copied()
-            .collect();
+        let channels = self.channels_of(relay);
         for channel in channels {
             let record = self.channel_record(&channel)?;
             self.tables.insert_channel(&record)?;
@@ -209,12 +213,7 @@ impl Datapath for BpfDatapath {
         for peer in peers {
             self.remove_permission(relay, peer);
         }
-        let channels: Vec<ChannelEntry> = self
-            .channels
-            .values()
-            .filter(|channel| canonical(channel.relay) == relay)
-            .copied()
-            .collect();
+        let channels = self.channels_of(relay);
         for channel in channels {
             self.channels.remove(&(relay, channel.number));
             self.remove_channel_entries(&channel);
