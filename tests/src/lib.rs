@@ -1189,7 +1189,7 @@ mod tests {
             .with_permission_lifetime(2)
             .with_channel_lifetime(7)
             .to_toml();
-        let config = turn_relay::config::Config::parse(&text, "test")
+        let config = turn_relay::daemon::config::Config::parse(&text, "test")
             .unwrap_or_else(|error| panic!("{error}\n{text}"));
         assert_eq!(config.permission_lifetime, Duration::from_secs(2));
         assert_eq!(config.channel_lifetime, Duration::from_secs(7));
@@ -1198,9 +1198,11 @@ mod tests {
             config.xdp_interfaces,
             [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE]
         );
-        let defaults =
-            turn_relay::config::Config::parse(&RelayConfig::new(Xdp::Off).to_toml(), "test")
-                .unwrap_or_else(|error| panic!("{error}"));
+        let defaults = turn_relay::daemon::config::Config::parse(
+            &RelayConfig::new(Xdp::Off).to_toml(),
+            "test",
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(defaults.permission_lifetime, Duration::from_secs(300));
         assert_eq!(defaults.xdp_mode, turn_relay::bpf::XdpMode::Off);
     }

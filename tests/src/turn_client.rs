@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use md5::{Digest as _, Md5};
-use turn_relay::stun::attributes as attr;
-use turn_relay::stun::channel_data::{self, ChannelData};
-use turn_relay::stun::{Class, Message, MessageBuilder, Method, TransactionId};
+use turn_relay::protocol::stun::attributes as attr;
+use turn_relay::protocol::stun::channel_data::{self, ChannelData};
+use turn_relay::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use crate::{Netns, User, CLIENT_V4, CLIENT_V6};
 

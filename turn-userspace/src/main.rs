@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use turn_relay::config::Config;
 use turn_relay::daemon;
+use turn_relay::daemon::config::Config;
 
 /// eBPF/XDP-accelerated TURN relay (RFC 8656 over UDP).
 ///
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
 }
 
 /// The configuration file (or the embedded default) with the command-line overrides.
-fn effective_config(args: &Args) -> Result<Config, turn_relay::config::ConfigError> {
+fn effective_config(args: &Args) -> Result<Config, turn_relay::daemon::config::ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),

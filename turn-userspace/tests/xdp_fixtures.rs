@@ -20,7 +20,7 @@ use turn_relay::bpf::testbed::{
     PEER_V6, RELAYED_V4, RELAYED_V6, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
 };
 use turn_relay::bpf::{BpfDatapath, Outcome};
-use turn_relay::datapath::{
+use turn_relay::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, PermissionEntry,
 };
 use xdp_support::privileged;
@@ -1458,7 +1458,7 @@ fn full_maps_refuse_entries_with_map_full() {
     };
     assert!(matches!(
         datapath.install_allocation(second),
-        Err(turn_relay::datapath::DatapathError::MapFull)
+        Err(turn_relay::protocol::datapath::DatapathError::MapFull)
     ));
     let wildcard = AllocationEntry {
         flow: ClientFlow {

@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use turn_relay::bpf::{Outcome, XdpMode, XdpRelay, XdpSettings};
-use turn_relay::datapath::{
+use turn_relay::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, PermissionEntry,
 };
 use xdp_support::{in_netns, ip_in, privileged, run, unique_name, NetNs};

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::netns::{in_netns, CLIENT_IP, CLIENT_IP6};
 use super::wire::{self, MessageWriter, Response};
-use crate::stun::attributes as attr;
-use crate::stun::Method;
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::Method;
 
 /// A static long-term credential configured identically on every server under test.
 #[derive(Clone)]

@@ -99,9 +99,16 @@ fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, 
             message
         }
         RelayMode::SendIndication => {
-            let mut writer = wire::MessageWriter::indication(crate::stun::Method::SEND, [0; 12]);
-            writer.xor_address(crate::stun::attributes::XOR_PEER_ADDRESS, flow.peer);
-            writer.attribute(crate::stun::attributes::DATA, &vec![0u8; payload_len]);
+            let mut writer =
+                wire::MessageWriter::indication(crate::protocol::stun::Method::SEND, [0; 12]);
+            writer.xor_address(
+                crate::protocol::stun::attributes::XOR_PEER_ADDRESS,
+                flow.peer,
+            );
+            writer.attribute(
+                crate::protocol::stun::attributes::DATA,
+                &vec![0u8; payload_len],
+            );
             let mut message = writer.finish();
             message.truncate(message.len() - payload_len.next_multiple_of(4));
             message
@@ -638,13 +645,14 @@ mod tests {
             0,
             0,
         ));
-        let mut writer = wire::MessageWriter::indication(crate::stun::Method::SEND, [0; 12]);
-        writer.xor_address(crate::stun::attributes::XOR_PEER_ADDRESS, peer);
-        writer.attribute(crate::stun::attributes::DATA, &[7; 8]);
+        let mut writer =
+            wire::MessageWriter::indication(crate::protocol::stun::Method::SEND, [0; 12]);
+        writer.xor_address(crate::protocol::stun::attributes::XOR_PEER_ADDRESS, peer);
+        writer.attribute(crate::protocol::stun::attributes::DATA, &[7; 8]);
         let mut message = writer.finish();
         message[8..20].copy_from_slice(&[0x5a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xff]);
         xor_ipv6_peer_with_transaction_id(&mut message);
-        let parsed = crate::stun::Message::parse(&message).expect("well formed");
+        let parsed = crate::protocol::stun::Message::parse(&message).expect("well formed");
         assert_eq!(parsed.xor_peer_address().ok().flatten(), Some(peer));
     }
 

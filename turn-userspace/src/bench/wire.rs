@@ -1,14 +1,14 @@
 //! The client side of the few STUN/TURN exchanges the benchmark needs, on top of the
-//! crate's codec ([`crate::stun`]): requests with long-term credentials, Send indications,
+//! crate's codec ([`crate::protocol::stun`]): requests with long-term credentials, Send indications,
 //! ChannelData, and the response fields a client reads.
 
 use std::net::SocketAddr;
 
 use md5::{Digest, Md5};
 
-use crate::stun::attributes as attr;
-use crate::stun::channel_data::ChannelData;
-use crate::stun::{Class, Message, MessageBuilder, Method, TransactionId};
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::channel_data::ChannelData;
+use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 /// RFC 8656 §12: the first channel number a client may bind.
 pub const FIRST_CHANNEL: u16 = 0x4000;
@@ -144,7 +144,7 @@ impl Response {
 /// A ChannelData message with `payload_len` bytes of `fill` (RFC 8656 §12.4).
 pub fn channel_data(channel: u16, payload_len: usize, fill: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + payload_len);
-    crate::stun::channel_data::encode(&mut out, channel, &vec![fill; payload_len]);
+    crate::protocol::stun::channel_data::encode(&mut out, channel, &vec![fill; payload_len]);
     out
 }
 

@@ -9,7 +9,9 @@ use super::testbed::{
     PEER_MAC, PEER_SIDE_MAC, PEER_V4, PEER_V6, RELAYED_V4, RELAYED_V6,
 };
 use super::Outcome;
-use crate::datapath::{AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, PermissionEntry};
+use crate::protocol::datapath::{
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, PermissionEntry,
+};
 
 const CHANNEL: u16 = 0x4000;
 const LISTENER_PORT: u16 = 3478;

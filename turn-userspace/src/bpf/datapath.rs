@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::clock::monotonic_ns;
 use super::maps::{AllocationRecord, ChannelRecord, MapAddress, Tables};
-use crate::datapath::{
+use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, PermissionEntry,
     RelayedTraffic,
 };

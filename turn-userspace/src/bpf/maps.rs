@@ -15,7 +15,7 @@ use turn_common::maps::{
 };
 
 use super::XdpCounters;
-use crate::datapath::DatapathError;
+use crate::protocol::datapath::DatapathError;
 
 // Map names, as declared in turn-ebpf/src/main.rs.
 const COUNTERS: &str = "COUNTERS";

@@ -230,7 +230,7 @@ impl XdpRelay {
         &self.forwarding_disabled
     }
 
-    /// The [`crate::datapath::Datapath`] writing the program's maps. Only one exists:
+    /// The [`crate::protocol::datapath::Datapath`] writing the program's maps. Only one exists:
     /// a second call is an error.
     pub fn datapath(&self) -> anyhow::Result<BpfDatapath> {
         self.loaded.datapath()

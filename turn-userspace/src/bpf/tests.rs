@@ -12,7 +12,7 @@ use super::testbed::{
     PEER_V4, RELAYED_V4,
 };
 use super::Outcome;
-use crate::datapath::{AllocationEntry, ClientFlow, Datapath as _, PermissionEntry};
+use crate::protocol::datapath::{AllocationEntry, ClientFlow, Datapath as _, PermissionEntry};
 
 const CLIENT_PORT: u16 = 40_000;
 const LISTENER_PORT: u16 = 3478;

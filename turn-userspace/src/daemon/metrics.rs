@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::bpf::XdpCounters;
-use crate::turn::{PacketCount, ServerStats};
+use crate::protocol::turn::{PacketCount, ServerStats};
 
 /// Longest request head read; longer requests are refused.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;

@@ -21,6 +21,7 @@
 //! With XDP attached, the kernel relays ChannelData and Send/Data for the flows the
 //! core installs; what reaches these sockets are misses, which are relayed identically.
 
+pub mod config;
 mod interfaces;
 mod metrics;
 mod sockets;
@@ -40,12 +41,12 @@ use tokio::io::Interest;
 use tokio::sync::{mpsc, watch};
 
 use crate::bpf::{BpfDatapath, XdpMode, XdpRelay};
-use crate::config::Config;
-use crate::datapath::{
+use crate::daemon::config::Config;
+use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, InMemoryDatapath,
     PermissionEntry, RelayedTraffic,
 };
-use crate::turn::{Command, Forward, Now, Payload, Server, Transmit};
+use crate::protocol::turn::{Command, Forward, Now, Payload, Server, Transmit};
 
 use metrics::{IoCounters, MetricsSnapshot, SharedMetrics};
 use sockets::{Epoll, Outgoing, ReadyTokens, RecvBatch, SocketRole, SocketTable, BATCH};
@@ -859,7 +860,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::stun::{
+    use crate::protocol::stun::{
         attributes, channel_data, Class, Message, MessageBuilder, Method, PasswordAlgorithm,
         TransactionId,
     };

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use crate::datapath::{
+use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, PermissionEntry,
     RelayedTraffic,
 };
-use crate::stun::attributes as attr;
-use crate::stun::{AddressFamily, Class, MessageBuilder, Method, PasswordAlgorithm};
-use crate::turn::{Command, ServerConfig};
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::{AddressFamily, Class, MessageBuilder, Method, PasswordAlgorithm};
+use crate::protocol::turn::{Command, ServerConfig};
 
 use super::*;
 
@@ -501,7 +501,7 @@ fn seeded_garbage_never_panics_the_server() {
             *first &= if rng.gen_bool(0.5) { 0x3F } else { 0x4F };
         }
         if packet.len() >= 8 && rng.gen_bool(0.5) {
-            packet[4..8].copy_from_slice(&crate::stun::MAGIC_COOKIE.to_be_bytes());
+            packet[4..8].copy_from_slice(&crate::protocol::stun::MAGIC_COOKIE.to_be_bytes());
         }
         harness
             .server

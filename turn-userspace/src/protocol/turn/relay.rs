@@ -6,17 +6,17 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::datapath::{ClientFlow, Datapath};
-use crate::stun::attributes as attr;
-use crate::stun::channel_data::{self, ChannelData};
-use crate::stun::{Class, Message, MessageBuilder, Method, TransactionId};
+use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::channel_data::{self, ChannelData};
+use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use super::allocation::Allocation;
 use super::{Forward, PacketCount, Payload, Server, ServerStats};
 
 /// Bytes a Data indication adds around the data: STUN header, XOR-PEER-ADDRESS (IPv6),
 /// DATA header and at most 3 bytes of padding (RFC 8656 §11.3).
-const DATA_INDICATION_OVERHEAD: usize = crate::stun::HEADER_LEN + 24 + 4 + 3;
+const DATA_INDICATION_OVERHEAD: usize = crate::protocol::stun::HEADER_LEN + 24 + 4 + 3;
 
 impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     /// RFC 8656 §12.6: ChannelData from the client goes to the channel's peer, while both

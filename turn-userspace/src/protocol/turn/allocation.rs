@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::stun::{PasswordAlgorithm, TransactionId};
+use crate::protocol::stun::{PasswordAlgorithm, TransactionId};
 
 use super::authenticate::IntegrityKind;
 use super::PacketCount;

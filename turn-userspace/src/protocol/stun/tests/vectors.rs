@@ -6,8 +6,10 @@ use md5::{Digest, Md5};
 use sha2::Sha256;
 
 use super::hex_bytes;
-use crate::stun::attributes::{self as attr};
-use crate::stun::{Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId};
+use crate::protocol::stun::attributes::{self as attr};
+use crate::protocol::stun::{
+    Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
+};
 
 const SHORT_TERM_PASSWORD: &[u8] = b"VOkJxbRl1RmTxUk/WvJxBt";
 /// "マトリックス" in UTF-8 (RFC 5769 §2.4, RFC 8489 Appendix B.1).
@@ -173,9 +175,9 @@ fn rfc5769_responses_rebuilt_match_except_software_padding() {
 /// primitives the builder uses (the builder itself always starts from a fresh header).
 fn append_integrity_and_fingerprint(prefix: &[u8], key: &[u8]) -> Vec<u8> {
     let mut out = prefix.to_vec();
-    let mac = crate::stun::integrity::hmac_sha1(key, &out, 20);
+    let mac = crate::protocol::stun::integrity::hmac_sha1(key, &out, 20);
     push_attribute(&mut out, attr::MESSAGE_INTEGRITY, &mac);
-    let crc = crate::stun::integrity::fingerprint(&out);
+    let crc = crate::protocol::stun::integrity::fingerprint(&out);
     push_attribute(&mut out, attr::FINGERPRINT, &crc.to_be_bytes());
     out
 }

@@ -1,8 +1,8 @@
 //! Long-term credential checks of TURN requests (RFC 8489 §9.2.4, RFC 8656 §5).
 
-use crate::auth::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
-use crate::datapath::{ClientFlow, Datapath};
-use crate::stun::{Message, PasswordAlgorithm};
+use crate::protocol::auth::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
+use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::stun::{Message, PasswordAlgorithm};
 
 use super::{Now, Server, TurnError};
 

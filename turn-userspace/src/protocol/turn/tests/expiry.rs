@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::turn::Command;
+use crate::protocol::turn::Command;
 
 use super::*;
 

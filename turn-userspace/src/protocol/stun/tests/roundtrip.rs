@@ -2,8 +2,10 @@
 
 use std::net::SocketAddr;
 
-use crate::stun::attributes as attr;
-use crate::stun::{Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId};
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::{
+    Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
+};
 
 const TID: TransactionId = TransactionId([0xA5; 12]);
 
@@ -54,7 +56,7 @@ fn every_typed_attribute_round_trips() {
     );
     assert_eq!(
         message.requested_address_family().unwrap(),
-        Some(crate::stun::AddressFamily::Ipv6)
+        Some(crate::protocol::stun::AddressFamily::Ipv6)
     );
     assert_eq!(message.channel_number().unwrap(), Some(0x4010));
     assert_eq!(message.data(), Some(&b"payload"[..]));
@@ -108,7 +110,7 @@ fn truncated_sha256_integrity_verifies() {
     let mut buf = Vec::new();
     MessageBuilder::new(&mut buf, Method::BINDING, Class::Request, &TID)
         .attribute(attr::SOFTWARE, b"x");
-    let mac = crate::stun::integrity::hmac_sha256(key, &buf, 16);
+    let mac = crate::protocol::stun::integrity::hmac_sha256(key, &buf, 16);
     let mut truncated = Vec::new();
     MessageBuilder::new(&mut truncated, Method::BINDING, Class::Request, &TID)
         .attribute(attr::SOFTWARE, b"x")

@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use crate::datapath::{ClientFlow, Datapath};
-use crate::stun::attributes as attr;
-use crate::stun::{Class, Message, MessageBuilder, Method, TransactionId};
+use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use super::authenticate::{AuthContext, IntegrityKind, SERVER_PASSWORD_ALGORITHMS};
 use super::timers::TimerKind;

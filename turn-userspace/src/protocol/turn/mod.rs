@@ -26,10 +26,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
-use crate::auth::Authenticator;
-use crate::datapath::{ClientFlow, Datapath};
-use crate::policy::PeerPolicy;
-use crate::stun::TransactionId;
+use crate::protocol::auth::Authenticator;
+use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::policy::PeerPolicy;
+use crate::protocol::stun::TransactionId;
 
 use allocation::{Allocation, Reservation};
 use timers::Timers;

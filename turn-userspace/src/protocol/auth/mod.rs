@@ -39,7 +39,7 @@ pub enum StaticSecret {
     Md5Key([u8; 16]),
 }
 
-/// Everything the [`Authenticator`] needs. Built by [`crate::config`].
+/// Everything the [`Authenticator`] needs. Built by [`crate::daemon::config`].
 #[derive(Clone)]
 pub struct AuthConfig {
     pub static_users: Vec<StaticUser>,
@@ -237,7 +237,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::stun::PasswordAlgorithm;
+    use crate::protocol::stun::PasswordAlgorithm;
 
     const REALM: &str = "turn-relay.local";
     const NOW: u64 = 1_699_999_000;

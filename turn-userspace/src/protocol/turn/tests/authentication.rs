@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::stun::attributes as attr;
-use crate::stun::{Class, MessageBuilder, Method, PasswordAlgorithm};
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::{Class, MessageBuilder, Method, PasswordAlgorithm};
 
 use super::*;
 

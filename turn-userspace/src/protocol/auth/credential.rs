@@ -6,7 +6,7 @@ use md5::digest::Output;
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
-use crate::stun::PasswordAlgorithm;
+use crate::protocol::stun::PasswordAlgorithm;
 
 /// The keys one password yields for MESSAGE-INTEGRITY (MD5) and MESSAGE-INTEGRITY-SHA256.
 #[derive(Clone, PartialEq, Eq)]

@@ -17,10 +17,10 @@ use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
 use crate::bpf::{XdpMode, XdpSettings};
-use crate::policy::PeerPolicy;
-use crate::turn::{RelayAddress, ServerConfig};
+use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
+use crate::protocol::policy::PeerPolicy;
+use crate::protocol::turn::{RelayAddress, ServerConfig};
 
 /// The port TURN listens on unless told otherwise (RFC 8656 §4).
 pub const DEFAULT_TURN_PORT: u16 = 3478;
@@ -1090,7 +1090,7 @@ mod tests {
 
     #[test]
     fn reference_config_in_the_repository_parses() {
-        let text = include_str!("../../config/turn-relay.toml");
+        let text = include_str!("../../../config/turn-relay.toml");
         let config =
             Config::parse(text, "config/turn-relay.toml").expect("reference config is valid");
         assert_eq!(config.realm, DEFAULT_REALM);
@@ -1105,7 +1105,7 @@ mod tests {
 
     #[test]
     fn reference_config_documents_every_key() {
-        let text = include_str!("../../config/turn-relay.toml");
+        let text = include_str!("../../../config/turn-relay.toml");
         let sections: &[(&str, &[&str])] = &[
             (
                 "server",

@@ -1,6 +1,6 @@
 //! The one narrow surface through which the protocol core programs the fast path.
 //!
-//! The sans-IO core ([`crate::turn`]) calls these methods synchronously, *before* it queues
+//! The sans-IO core ([`crate::protocol::turn`]) calls these methods synchronously, *before* it queues
 //! the success response of the request that created the state (RFC 8656 §9 and §11 say the
 //! permission/channel exists once the client sees success, so the kernel must already relay).
 //! Two implementations exist: [`InMemoryDatapath`] (tests, and `xdp = "off"`) and the BPF

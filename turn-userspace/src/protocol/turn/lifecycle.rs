@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::datapath::{ClientFlow, Datapath, RelayedTraffic};
-use crate::stun::{Class, Message, Method};
+use crate::protocol::datapath::{ClientFlow, Datapath, RelayedTraffic};
+use crate::protocol::stun::{Class, Message, Method};
 
 use super::allocation::{Allocation, CoolingChannel, Reservation};
 use super::response::{RequestInfo, ResponseIntegrity};

@@ -8,8 +8,8 @@ use std::collections::BinaryHeap;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::datapath::ClientFlow;
-use crate::stun::TransactionId;
+use crate::protocol::datapath::ClientFlow;
+use crate::protocol::stun::TransactionId;
 
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use crate::stun::attributes as attr;
-use crate::stun::channel_data::ChannelData;
-use crate::stun::{Class, MessageBuilder, Method};
-use crate::turn::{Forward, Payload};
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::channel_data::ChannelData;
+use crate::protocol::stun::{Class, MessageBuilder, Method};
+use crate::protocol::turn::{Forward, Payload};
 
 use super::*;
 
@@ -36,7 +36,7 @@ fn send_indication_with(
 
 fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
     let mut packet = Vec::new();
-    crate::stun::channel_data::encode(&mut packet, number, data);
+    crate::protocol::stun::channel_data::encode(&mut packet, number, data);
     packet
 }
 
@@ -273,7 +273,7 @@ fn ipv6_relay_relays_ipv6_peers() {
     let client = flow(CLIENT);
     let (response, commands) = harness.allocate_with(client, &[requested_family(2)]);
     assert_success(&response);
-    let [crate::turn::Command::OpenRelay { relay }] = commands.as_slice() else {
+    let [crate::protocol::turn::Command::OpenRelay { relay }] = commands.as_slice() else {
         panic!()
     };
     let relay = *relay;

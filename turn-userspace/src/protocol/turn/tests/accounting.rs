@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use crate::datapath::{
+use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, DatapathError, PermissionEntry, RelayedTraffic,
 };
 

@@ -3,9 +3,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::stun::attributes as attr;
-use crate::stun::channel_data::{self, ChannelData};
-use crate::stun::{
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::channel_data::{self, ChannelData};
+use crate::protocol::stun::{
     parse_header, AddressFamily, AttributeError, Class, Message, MessageBuilder, Method,
     ParseError, TransactionId,
 };
@@ -296,7 +296,7 @@ fn seeded_fuzz_never_panics() {
                 bytes[0] &= 0x3F;
                 bytes[2] = 0;
                 bytes[3] = ((len - 20) & !3) as u8;
-                bytes[4..8].copy_from_slice(&crate::stun::MAGIC_COOKIE.to_be_bytes());
+                bytes[4..8].copy_from_slice(&crate::protocol::stun::MAGIC_COOKIE.to_be_bytes());
                 bytes.truncate(20 + usize::from(bytes[3]));
             }
             bytes

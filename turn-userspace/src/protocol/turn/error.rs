@@ -52,10 +52,10 @@ impl TurnError {
 
 /// A malformed attribute is a bad request, except an unknown address family (RFC 8656
 /// §7.2: 440).
-impl From<crate::stun::AttributeError> for TurnError {
-    fn from(error: crate::stun::AttributeError) -> Self {
+impl From<crate::protocol::stun::AttributeError> for TurnError {
+    fn from(error: crate::protocol::stun::AttributeError) -> Self {
         match error {
-            crate::stun::AttributeError::UnknownAddressFamily(_) => {
+            crate::protocol::stun::AttributeError::UnknownAddressFamily(_) => {
                 TurnError::AddressFamilyNotSupported
             }
             _ => TurnError::BadRequest,

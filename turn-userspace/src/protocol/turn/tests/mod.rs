@@ -16,11 +16,13 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sha2::Sha256;
 
-use crate::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
-use crate::datapath::{ClientFlow, Datapath, InMemoryDatapath};
-use crate::policy::PeerPolicy;
-use crate::stun::attributes as attr;
-use crate::stun::{Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId};
+use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
+use crate::protocol::datapath::{ClientFlow, Datapath, InMemoryDatapath};
+use crate::protocol::policy::PeerPolicy;
+use crate::protocol::stun::attributes as attr;
+use crate::protocol::stun::{
+    Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
+};
 
 use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, Transmit};
 

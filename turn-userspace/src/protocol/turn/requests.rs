@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use rand::Rng;
 
-use crate::datapath::{AllocationEntry, ChannelEntry, ClientFlow, Datapath, PermissionEntry};
-use crate::stun::attributes::{self as attr, AddressFamily};
-use crate::stun::channel_data::{self, CHANNEL_RANGE};
-use crate::stun::{parse_header, Class, Message, Method, ParseError};
+use crate::protocol::datapath::{
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath, PermissionEntry,
+};
+use crate::protocol::stun::attributes::{self as attr, AddressFamily};
+use crate::protocol::stun::channel_data::{self, CHANNEL_RANGE};
+use crate::protocol::stun::{parse_header, Class, Message, Method, ParseError};
 
 use super::allocation::{granted_lifetime, Allocation, Channel, Reservation, UserspaceTraffic};
 use super::authenticate::AuthContext;
