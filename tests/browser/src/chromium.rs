@@ -23,16 +23,19 @@ pub const CHROMIUM: &str = "/usr/lib/chromium/chromium";
 /// Debian's ChromeDriver (package chromium-driver), the same version as [`CHROMIUM`].
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
+// With the relay's limits and the page's own (DataChannelRun::limit), a test that hangs
+// at any step still ends within a minute (a first build of turn-relay aside).
+
 /// Until ChromeDriver answers `/status`.
-const DRIVER_START_LIMIT: Duration = Duration::from_secs(15);
+const DRIVER_START_LIMIT: Duration = Duration::from_secs(8);
 /// Until Chromium runs and the session exists (slow on a loaded 2-core machine).
-const SESSION_START_LIMIT: Duration = Duration::from_secs(30);
+const SESSION_START_LIMIT: Duration = Duration::from_secs(15);
 /// Loading a local page.
-const NAVIGATION_LIMIT: Duration = Duration::from_secs(15);
+const NAVIGATION_LIMIT: Duration = Duration::from_secs(5);
 /// Closing the browser politely before the process group is killed.
-const SESSION_END_LIMIT: Duration = Duration::from_secs(5);
+const SESSION_END_LIMIT: Duration = Duration::from_secs(3);
 /// Extra time for the HTTP request of a script, beyond the script's own timeout.
-const SCRIPT_MARGIN: Duration = Duration::from_secs(5);
+const SCRIPT_MARGIN: Duration = Duration::from_secs(2);
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
@@ -154,11 +157,12 @@ impl Browser {
             if let Some(status) = self.driver_process.try_wait()? {
                 bail!("chromedriver exited at start-up ({status})");
             }
-            if matches!(self.driver.ready(Duration::from_secs(2)), Ok(true)) {
-                break;
-            }
-            if Instant::now() >= deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
                 bail!("chromedriver not ready on port {port} after {DRIVER_START_LIMIT:?}");
+            }
+            if matches!(self.driver.ready(remaining), Ok(true)) {
+                break;
             }
             thread::sleep(Duration::from_millis(100));
         }

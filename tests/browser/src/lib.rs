@@ -157,7 +157,7 @@ impl Default for DataChannelRun {
         DataChannelRun {
             messages: 200,
             payload_bytes: 256,
-            limit: Duration::from_secs(20),
+            limit: Duration::from_secs(12),
         }
     }
 }
@@ -440,7 +440,7 @@ mod tests {
     #[test]
     fn a_page_error_fails_and_shows_the_report() {
         let mut report = good_report();
-        report["error"] = json!("timed out after 20000 ms");
+        report["error"] = json!("timed out after 12000 ms");
         let message = failure(report);
         assert!(message.contains("timed out"));
         assert!(message.contains("--- page report ---"));

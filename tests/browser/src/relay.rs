@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 /// Until the daemon answers a STUN Binding request on its listener.
-const START_LIMIT: Duration = Duration::from_secs(20);
+const START_LIMIT: Duration = Duration::from_secs(8);
 /// From SIGTERM until SIGKILL on drop.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Relay ports per daemon: the browser tests need two allocations at a time.
 const PORTS_PER_RELAY: u16 = 100;
 
