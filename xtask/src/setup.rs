@@ -23,6 +23,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "xdp-tools",
     "ethtool",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// The nightly toolchain that builds the eBPF program (`-Z build-std=core`).
