@@ -23,6 +23,7 @@
 
 pub mod config;
 mod interfaces;
+pub mod logging;
 mod metrics;
 mod sockets;
 
