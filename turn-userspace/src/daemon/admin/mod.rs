@@ -164,6 +164,19 @@ mod tests {
         String::from_utf8_lossy(&reply).into_owned()
     }
 
+    /// Fetches /metrics on new connections until a reply satisfies `wanted` (true) or
+    /// [`PATIENCE`] runs out (false).
+    async fn retry_until(address: SocketAddr, wanted: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if wanted(&exchange(address, "GET /metrics HTTP/1.0\r\n\r\n").await) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     #[tokio::test]
     async fn answers_get_metrics_and_refuses_the_rest() {
         let (address, server) = endpoint(Limits::default()).await;
@@ -322,31 +335,13 @@ mod tests {
         for _ in 0..2 {
             held.push(TcpStream::connect(address).await.expect("connect"));
         }
-        // Give the server time to accept both (they are counted once accepted).
-        let deadline = Instant::now() + PATIENCE;
-        let mut refused = false;
-        while Instant::now() < deadline {
-            let reply = exchange(address, "GET /metrics HTTP/1.0\r\n\r\n").await;
-            if reply.is_empty() {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Once the server has accepted both, a third connection is closed unanswered.
+        let refused = retry_until(address, str::is_empty).await;
         assert!(refused, "a third connection was served");
 
         // One held connection goes away: new connections are served again.
         drop(held.pop());
-        let deadline = Instant::now() + PATIENCE;
-        let mut served = false;
-        while Instant::now() < deadline {
-            let reply = exchange(address, "GET /metrics HTTP/1.0\r\n\r\n").await;
-            if reply.starts_with("HTTP/1.0 200 OK") {
-                served = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let served = retry_until(address, |reply| reply.starts_with("HTTP/1.0 200 OK")).await;
         assert!(served, "no connection served after one closed");
         server.abort();
     }
