@@ -10,10 +10,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use turn_relay::daemon;
-use turn_relay::daemon::config::Config;
+use turn_relay::daemon::config::{Config, ConfigError, LogFormat, MAX_THREADS};
 
 /// eBPF/XDP-accelerated TURN relay (RFC 8656 over UDP).
 ///
@@ -35,6 +34,10 @@ struct Args {
     /// RUST_LOG, when set, wins.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Log line format: "text" (coloured only on a terminal) or "json" (one object per
+    /// line, for log shippers). Default: `log.format`, else text.
+    #[arg(long, value_name = "FORMAT", value_parser = LogFormat::NAMES)]
+    log_format: Option<String>,
     /// Validate the configuration, print a one-line summary and exit.
     #[arg(long)]
     check_config: bool,
@@ -43,7 +46,7 @@ struct Args {
     print_config: bool,
     /// Relay worker threads, each with its own SO_REUSEPORT listener socket, sharing one
     /// TURN server state (default: `server.threads`, else one per CPU).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
     threads: Option<u16>,
 }
 
@@ -75,7 +78,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log_level);
+    if let Err(error) = daemon::logging::init(&config.log_level, config.log_format) {
+        eprintln!("{error:#}");
+        return ExitCode::FAILURE;
+    }
     let workers = match (args.threads, config.threads) {
         (Some(threads), _) => usize::from(threads),
         (None, 0) => daemon::default_workers(),
@@ -91,7 +97,7 @@ fn main() -> ExitCode {
 }
 
 /// The configuration file (or the embedded default) with the command-line overrides.
-fn effective_config(args: &Args) -> Result<Config, turn_relay::daemon::config::ConfigError> {
+fn effective_config(args: &Args) -> Result<Config, ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),
@@ -105,17 +111,10 @@ fn effective_config(args: &Args) -> Result<Config, turn_relay::daemon::config::C
     if let Some(level) = &args.log_level {
         config.set_log_level(level.clone())?;
     }
+    if let Some(format) = &args.log_format {
+        config.set_log_format(format)?;
+    }
     Ok(config)
-}
-
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
 }
 
 fn run(config: Config, workers: usize) -> anyhow::Result<()> {

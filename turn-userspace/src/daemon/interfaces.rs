@@ -1,21 +1,33 @@
 //! Which network interfaces carry given local addresses (getifaddrs), so XDP can be
-//! attached where the listeners and relay sockets receive traffic.
+//! attached where the listeners and relay sockets receive traffic, and which of them are
+//! loopback devices (where XDP can never relay: the kernel delivers locally).
 
 use std::collections::BTreeSet;
-use std::ffi::CStr;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-/// Names of the interfaces that hold any of `addresses`, sorted, without duplicates.
+use nix::ifaddrs::{getifaddrs, InterfaceAddress};
+use nix::net::if_::InterfaceFlags;
+
+/// A network interface of this host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Interface {
+    pub(crate) name: String,
+    pub(crate) loopback: bool,
+}
+
+/// The interfaces that hold any of `addresses`, sorted by name, without duplicates.
 /// An address no interface holds is reported in the error.
-pub(crate) fn interfaces_holding(addresses: &[IpAddr]) -> io::Result<Vec<String>> {
-    let assigned = interface_addresses()?;
-    let mut names = BTreeSet::new();
+pub(crate) fn interfaces_holding(addresses: &[IpAddr]) -> io::Result<Vec<Interface>> {
+    let assigned: Vec<(Interface, IpAddr)> = getifaddrs()
+        .map_err(io::Error::from)?
+        .filter_map(|entry| Some((interface(&entry), ip(&entry)?)))
+        .collect();
+    let mut holders = BTreeSet::new();
     for address in addresses {
-        let holder = assigned.iter().find(|(_, assigned)| assigned == address);
-        match holder {
-            Some((name, _)) => {
-                names.insert(name.clone());
+        match assigned.iter().find(|(_, assigned)| assigned == address) {
+            Some((interface, _)) => {
+                holders.insert(interface.clone());
             }
             None => {
                 return Err(io::Error::new(
@@ -25,67 +37,53 @@ pub(crate) fn interfaces_holding(addresses: &[IpAddr]) -> io::Result<Vec<String>
             }
         }
     }
-    Ok(names.into_iter().collect())
+    Ok(holders.into_iter().collect())
 }
 
-/// Every (interface name, address) pair of this host.
-fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut found = Vec::new();
-    let mut cursor = list;
-    while !cursor.is_null() {
-        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
-        let entry = unsafe { &*cursor };
-        if let (Some(address), false) = (socket_ip(entry.ifa_addr), entry.ifa_name.is_null()) {
-            // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-            let name = unsafe { CStr::from_ptr(entry.ifa_name) }
-                .to_string_lossy()
-                .into_owned();
-            found.push((name, address));
-        }
-        cursor = entry.ifa_next;
-    }
-    // SAFETY: `list` came from getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(found)
+/// Whether the interface called `name` is a loopback device (false if there is none).
+pub(crate) fn is_loopback(name: &str) -> io::Result<bool> {
+    Ok(getifaddrs()
+        .map_err(io::Error::from)?
+        .any(|entry| entry.interface_name == name && interface(&entry).loopback))
 }
 
-fn socket_ip(address: *const libc::sockaddr) -> Option<IpAddr> {
-    if address.is_null() {
-        return None;
+fn interface(entry: &InterfaceAddress) -> Interface {
+    Interface {
+        name: entry.interface_name.clone(),
+        loopback: entry.flags.contains(InterfaceFlags::IFF_LOOPBACK),
     }
-    // SAFETY: non-null socket address from getifaddrs; its family says which struct it is.
-    unsafe {
-        match i32::from((*address).sa_family) {
-            libc::AF_INET => {
-                let v4 = &*address.cast::<libc::sockaddr_in>();
-                Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
-            }
-            libc::AF_INET6 => {
-                let v6 = &*address.cast::<libc::sockaddr_in6>();
-                Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)))
-            }
-            _ => None,
-        }
+}
+
+fn ip(entry: &InterfaceAddress) -> Option<IpAddr> {
+    let address = entry.address.as_ref()?;
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(IpAddr::V4(v4.ip()));
     }
+    address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
     fn loopback_address_is_on_lo() {
-        let names = interfaces_holding(&[
+        let holders = interfaces_holding(&[
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V4(Ipv4Addr::LOCALHOST),
         ])
         .expect("127.0.0.1 is configured");
-        assert_eq!(names, vec!["lo".to_owned()]);
+        assert_eq!(
+            holders,
+            vec![Interface {
+                name: "lo".to_owned(),
+                loopback: true
+            }]
+        );
+        assert!(is_loopback("lo").expect("getifaddrs"));
+        assert!(!is_loopback("no-such-if0").expect("getifaddrs"));
     }
 
     #[test]

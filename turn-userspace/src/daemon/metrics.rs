@@ -1,22 +1,18 @@
-//! A tiny HTTP/1.1 endpoint: `GET /metrics` answers the Prometheus text format (0.0.4).
+//! The relay's Prometheus metrics (the `prometheus` crate's registry and text format).
 //!
-//! The relay loop publishes a [`MetricsSnapshot`] about once a second; requests only read
-//! the latest snapshot, so scraping never touches the relay path.
+//! About once a second the daemon gathers a [`MetricsSnapshot`] (the core's state and
+//! totals, the workers' IO counters, the XDP program's counters) and [`Metrics::publish`]es
+//! it; `GET /metrics` only encodes what was published, so scraping never touches the relay
+//! path.
 
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::PoisonError;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use crate::bpf::XdpCounters;
+use crate::bpf::{Counter, Outcome, XdpRelay};
 use crate::protocol::turn::{PacketCount, ServerStats};
 
-/// Longest request head read; longer requests are refused.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// A client that has not sent its request by then is disconnected.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+use super::Hub;
 
 /// Counters kept by the IO layer itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,253 +37,217 @@ impl IoCounters {
     }
 }
 
-/// What `/metrics` reports.
+/// What `/metrics` reports, gathered at one moment.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MetricsSnapshot {
     pub(crate) stats: ServerStats,
     pub(crate) relay_sockets: usize,
     pub(crate) io: IoCounters,
-    /// Present while the XDP program is attached.
-    pub(crate) xdp: Option<XdpCounters>,
+    /// The XDP program's counter of every outcome, while it is attached.
+    pub(crate) xdp: Option<Vec<(Outcome, Counter)>>,
 }
 
-pub(crate) type SharedMetrics = Arc<Mutex<MetricsSnapshot>>;
-
-/// Serves `/metrics` until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, metrics: SharedMetrics) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+impl MetricsSnapshot {
+    /// The server's state, the workers' IO counters (summed) and the XDP counters now.
+    pub(crate) fn gather(hub: &Hub, xdp: Option<&XdpRelay>) -> MetricsSnapshot {
+        let mut io = IoCounters::default();
+        for worker in &hub.io {
+            io.add(&worker.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        let (stats, relay_sockets) = {
+            let shared = hub.lock();
+            (shared.server.stats(), shared.relays.len())
         };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(error) = answer(stream, &metrics).await {
-                tracing::debug!(%error, %peer, "metrics request failed");
-            }
-        });
+        MetricsSnapshot {
+            stats,
+            relay_sockets,
+            io,
+            xdp: xdp.and_then(|relay| match relay.counters() {
+                Ok(counters) => Some(counters.iter().collect()),
+                Err(error) => {
+                    tracing::debug!("reading XDP counters: {error:#}");
+                    None
+                }
+            }),
+        }
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &SharedMetrics) -> std::io::Result<()> {
-    let mut head = [0u8; MAX_REQUEST_HEAD];
-    let mut filled = 0;
-    let complete = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        while filled < head.len() {
-            let read = stream.read(&mut head[filled..]).await?;
-            if read == 0 {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            filled += read;
-            if head[..filled]
-                .windows(4)
-                .any(|window| window == b"\r\n\r\n")
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    })
-    .await
-    .unwrap_or(Ok(false))?;
-    let request_line = head[..filled]
-        .split(|&b| b == b'\r')
-        .next()
-        .unwrap_or_default();
-    let response = if !complete {
-        response(400, "Bad Request", "text/plain", "bad request\n")
-    } else {
-        match request_line
-            .split(|&b| b == b' ')
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
-            [b"GET", b"/metrics", _version] => {
-                let body = match metrics.lock() {
-                    Ok(snapshot) => render(&snapshot),
-                    Err(poisoned) => render(&poisoned.into_inner()),
-                };
-                response(200, "OK", "text/plain; version=0.0.4; charset=utf-8", &body)
-            }
-            [b"GET", _, _] => response(404, "Not Found", "text/plain", "try /metrics\n"),
-            _ => response(
-                405,
-                "Method Not Allowed",
-                "text/plain",
-                "only GET /metrics\n",
+/// The registry and its metrics. The names are part of the operator interface (README,
+/// "Metrics"): keep them.
+pub(crate) struct Metrics {
+    registry: Registry,
+    allocations: IntGauge,
+    permissions: IntGauge,
+    channels: IntGauge,
+    relay_sockets: IntGauge,
+    userspace_packets: IntCounterVec,
+    userspace_bytes: IntCounterVec,
+    userspace_dropped: IntCounter,
+    received: IntCounter,
+    truncated: IntCounter,
+    send_dropped: IntCounter,
+    relay_bind_failures: IntCounter,
+    xdp_attached: IntGauge,
+    xdp_packets: IntCounterVec,
+    xdp_bytes: IntCounterVec,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let counters = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(counters.clone()))?;
+            Ok::<_, prometheus::Error>(counters)
+        };
+        let metrics = Metrics {
+            allocations: gauge("turn_allocations", "Allocations in place.")?,
+            permissions: gauge(
+                "turn_permissions",
+                "Permissions in place (all allocations).",
+            )?,
+            channels: gauge(
+                "turn_channels",
+                "Channel bindings in place (all allocations).",
+            )?,
+            relay_sockets: gauge("turn_relay_sockets", "Open relay sockets.")?,
+            userspace_packets: counters(
+                "turn_userspace_relayed_packets_total",
+                "Application datagrams relayed by userspace.",
+                &["direction", "kind"],
+            )?,
+            userspace_bytes: counters(
+                "turn_userspace_relayed_bytes_total",
+                "Application bytes relayed by userspace.",
+                &["direction", "kind"],
+            )?,
+            userspace_dropped: counter(
+                "turn_userspace_dropped_packets_total",
+                "Relay data dropped by userspace (no allocation, permission or channel; malformed).",
+            )?,
+            received: counter(
+                "turn_received_datagrams_total",
+                "Datagrams read from listeners and relay sockets.",
+            )?,
+            truncated: counter(
+                "turn_truncated_datagrams_total",
+                "Datagrams dropped for exceeding the receive buffer.",
+            )?,
+            send_dropped: counter(
+                "turn_send_dropped_datagrams_total",
+                "Datagrams the kernel refused to send.",
+            )?,
+            relay_bind_failures: counter(
+                "turn_relay_bind_failures_total",
+                "Relay sockets that could not be bound (508 to the client).",
+            )?,
+            xdp_attached: gauge(
+                "turn_xdp_attached",
+                "1 while the XDP fast path is attached.",
+            )?,
+            xdp_packets: counters(
+                "turn_xdp_packets_total",
+                "Frames the XDP program handled, by outcome.",
+                &["outcome"],
+            )?,
+            xdp_bytes: counters(
+                "turn_xdp_bytes_total",
+                "Frame bytes the XDP program handled, by outcome.",
+                &["outcome"],
+            )?,
+            registry,
+        };
+        // Every userspace series exists from the start, at 0.
+        metrics.publish(&MetricsSnapshot::default());
+        Ok(metrics)
+    }
+
+    /// Sets every metric to the values of `snapshot`.
+    pub(crate) fn publish(&self, snapshot: &MetricsSnapshot) {
+        let stats = &snapshot.stats;
+        set_gauge(&self.allocations, stats.allocations);
+        set_gauge(&self.permissions, stats.permissions);
+        set_gauge(&self.channels, stats.channels);
+        set_gauge(&self.relay_sockets, snapshot.relay_sockets);
+        let relayed: [(&str, &str, PacketCount); 4] = [
+            ("to_peer", "channel_data", stats.to_peer_channel_data),
+            ("to_peer", "send_indication", stats.to_peer_send),
+            ("to_client", "channel_data", stats.to_client_channel_data),
+            (
+                "to_client",
+                "data_indication",
+                stats.to_client_data_indication,
             ),
-        }
-    };
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-fn response(code: u16, reason: &str, content_type: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-/// The Prometheus text exposition of a snapshot.
-pub(crate) fn render(snapshot: &MetricsSnapshot) -> String {
-    let mut text = String::with_capacity(4096);
-    let stats = &snapshot.stats;
-    gauge(
-        &mut text,
-        "turn_allocations",
-        "Allocations in place.",
-        stats.allocations as u64,
-    );
-    gauge(
-        &mut text,
-        "turn_permissions",
-        "Permissions in place (all allocations).",
-        stats.permissions as u64,
-    );
-    gauge(
-        &mut text,
-        "turn_channels",
-        "Channel bindings in place (all allocations).",
-        stats.channels as u64,
-    );
-    gauge(
-        &mut text,
-        "turn_relay_sockets",
-        "Open relay sockets.",
-        snapshot.relay_sockets as u64,
-    );
-
-    let relayed: [(&str, &str, PacketCount); 4] = [
-        ("to_peer", "channel_data", stats.to_peer_channel_data),
-        ("to_peer", "send_indication", stats.to_peer_send),
-        ("to_client", "channel_data", stats.to_client_channel_data),
-        (
-            "to_client",
-            "data_indication",
-            stats.to_client_data_indication,
-        ),
-    ];
-    /// Which number of a [`PacketCount`] a metric shows.
-    type Measure = fn(&PacketCount) -> u64;
-    let measures: [(&str, &str, Measure); 2] = [
-        (
-            "turn_userspace_relayed_packets_total",
-            "Application datagrams relayed by userspace.",
-            |count| count.packets,
-        ),
-        (
-            "turn_userspace_relayed_bytes_total",
-            "Application bytes relayed by userspace.",
-            |count| count.bytes,
-        ),
-    ];
-    for (name, help, measure) in measures {
-        header(&mut text, name, help, "counter");
-        for (direction, kind, count) in &relayed {
-            let _ = writeln!(
-                text,
-                "{name}{{direction=\"{direction}\",kind=\"{kind}\"}} {}",
-                measure(count)
+        ];
+        for (direction, kind, count) in relayed {
+            let labels = [direction, kind];
+            set_total(
+                &self.userspace_packets.with_label_values(&labels),
+                count.packets,
             );
+            set_total(
+                &self.userspace_bytes.with_label_values(&labels),
+                count.bytes,
+            );
+        }
+        set_total(&self.userspace_dropped, stats.dropped_packets);
+        set_total(&self.received, snapshot.io.received);
+        set_total(&self.truncated, snapshot.io.truncated);
+        set_total(&self.send_dropped, snapshot.io.send_dropped);
+        set_total(&self.relay_bind_failures, snapshot.io.relay_bind_failures);
+        self.xdp_attached.set(i64::from(snapshot.xdp.is_some()));
+        if let Some(xdp) = &snapshot.xdp {
+            for (outcome, count) in xdp {
+                let labels = [outcome.name()];
+                set_total(&self.xdp_packets.with_label_values(&labels), count.packets);
+                set_total(&self.xdp_bytes.with_label_values(&labels), count.bytes);
+            }
         }
     }
-    counter(
-        &mut text,
-        "turn_userspace_dropped_packets_total",
-        "Relay data dropped by userspace (no allocation, permission or channel; malformed).",
-        stats.dropped_packets,
-    );
 
-    counter(
-        &mut text,
-        "turn_received_datagrams_total",
-        "Datagrams read from listeners and relay sockets.",
-        snapshot.io.received,
-    );
-    counter(
-        &mut text,
-        "turn_truncated_datagrams_total",
-        "Datagrams dropped for exceeding the receive buffer.",
-        snapshot.io.truncated,
-    );
-    counter(
-        &mut text,
-        "turn_send_dropped_datagrams_total",
-        "Datagrams the kernel refused to send.",
-        snapshot.io.send_dropped,
-    );
-    counter(
-        &mut text,
-        "turn_relay_bind_failures_total",
-        "Relay sockets that could not be bound (508 to the client).",
-        snapshot.io.relay_bind_failures,
-    );
-
-    gauge(
-        &mut text,
-        "turn_xdp_attached",
-        "1 while the XDP fast path is attached.",
-        u64::from(snapshot.xdp.is_some()),
-    );
-    if let Some(xdp) = &snapshot.xdp {
-        header(
-            &mut text,
-            "turn_xdp_packets_total",
-            "Frames the XDP program handled, by outcome.",
-            "counter",
-        );
-        for (outcome, count) in xdp.iter() {
-            let _ = writeln!(
-                text,
-                "turn_xdp_packets_total{{outcome=\"{}\"}} {}",
-                outcome.name(),
-                count.packets
-            );
+    /// The Prometheus text exposition of what was last published, and its content type.
+    pub(crate) fn encode(&self) -> (String, &'static str) {
+        let encoder = TextEncoder::new();
+        let mut text = Vec::with_capacity(4096);
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut text) {
+            tracing::warn!("encoding the metrics: {error}");
         }
-        header(
-            &mut text,
-            "turn_xdp_bytes_total",
-            "Frame bytes the XDP program handled, by outcome.",
-            "counter",
-        );
-        for (outcome, count) in xdp.iter() {
-            let _ = writeln!(
-                text,
-                "turn_xdp_bytes_total{{outcome=\"{}\"}} {}",
-                outcome.name(),
-                count.bytes
-            );
-        }
+        (
+            String::from_utf8_lossy(&text).into_owned(),
+            prometheus::TEXT_FORMAT,
+        )
     }
-    text
 }
 
-fn header(text: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+fn set_gauge(gauge: &IntGauge, value: usize) {
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
 }
 
-fn gauge(text: &mut String, name: &str, help: &str, value: u64) {
-    header(text, name, help, "gauge");
-    let _ = writeln!(text, "{name} {value}");
-}
-
-fn counter(text: &mut String, name: &str, help: &str, value: u64) {
-    header(text, name, help, "counter");
-    let _ = writeln!(text, "{name} {value}");
+/// Moves a counter up to `total`, a running total kept elsewhere (totals never go down).
+fn set_total(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn render_reports_state_and_userspace_traffic() {
-        let snapshot = MetricsSnapshot {
+    fn snapshot() -> MetricsSnapshot {
+        MetricsSnapshot {
             stats: ServerStats {
                 allocations: 2,
                 permissions: 3,
@@ -308,8 +268,15 @@ mod tests {
                 ..IoCounters::default()
             },
             xdp: None,
-        };
-        let text = render(&snapshot);
+        }
+    }
+
+    #[test]
+    fn exposition_reports_state_and_userspace_traffic() {
+        let metrics = Metrics::new().expect("metrics register");
+        metrics.publish(&snapshot());
+        let (text, content_type) = metrics.encode();
+        assert!(content_type.starts_with("text/plain; version=0.0.4"));
         for line in [
             "turn_allocations 2",
             "turn_permissions 3",
@@ -318,40 +285,83 @@ mod tests {
             "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"channel_data\"} 5",
             "turn_userspace_relayed_bytes_total{direction=\"to_peer\",kind=\"channel_data\"} 500",
             "turn_userspace_relayed_packets_total{direction=\"to_client\",kind=\"data_indication\"} 7",
+            "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"send_indication\"} 0",
+            "turn_userspace_dropped_packets_total 0",
             "turn_received_datagrams_total 12",
+            "turn_truncated_datagrams_total 0",
+            "turn_send_dropped_datagrams_total 0",
+            "turn_relay_bind_failures_total 0",
             "turn_xdp_attached 0",
             "# TYPE turn_userspace_relayed_packets_total counter",
+            "# TYPE turn_allocations gauge",
+            "# HELP turn_allocations Allocations in place.",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
-        assert!(!text.contains("turn_xdp_packets_total"));
+        // Without XDP its per-outcome series do not exist.
+        assert!(!text.contains("turn_xdp_packets_total"), "{text}");
     }
 
-    #[tokio::test]
-    async fn http_endpoint_answers_get_metrics_and_refuses_the_rest() {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        let address = listener.local_addr().expect("addr");
-        let metrics: SharedMetrics = Arc::default();
-        let server = tokio::spawn(serve(listener, Arc::clone(&metrics)));
+    #[test]
+    fn exposition_reports_every_xdp_outcome_while_attached() {
+        let metrics = Metrics::new().expect("metrics register");
+        let mut snapshot = snapshot();
+        snapshot.xdp = Some(
+            Outcome::ALL
+                .iter()
+                .map(|outcome| {
+                    let count = if *outcome == Outcome::RelayedChannelDataToPeer {
+                        9
+                    } else {
+                        0
+                    };
+                    (
+                        *outcome,
+                        Counter {
+                            packets: count,
+                            bytes: count * 100,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        metrics.publish(&snapshot);
+        let (text, _) = metrics.encode();
+        for line in [
+            "turn_xdp_attached 1",
+            "turn_xdp_packets_total{outcome=\"relayed_channel_data_to_peer\"} 9",
+            "turn_xdp_bytes_total{outcome=\"relayed_channel_data_to_peer\"} 900",
+            "turn_xdp_packets_total{outcome=\"pass_unknown_flow\"} 0",
+            "# TYPE turn_xdp_packets_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("turn_xdp_packets_total{"))
+            .count();
+        assert_eq!(series, Outcome::ALL.len());
+    }
 
-        let fetch = |request: &'static str| async move {
-            let mut stream = TcpStream::connect(address).await.expect("connect");
-            stream.write_all(request.as_bytes()).await.expect("write");
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).await.expect("read");
-            reply
-        };
-        let ok = fetch("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("turn_allocations 0"));
-        assert!(fetch("GET / HTTP/1.1\r\n\r\n")
-            .await
-            .starts_with("HTTP/1.1 404"));
-        assert!(fetch("POST /metrics HTTP/1.1\r\n\r\n")
-            .await
-            .starts_with("HTTP/1.1 405"));
-        server.abort();
+    #[test]
+    fn publishing_again_moves_counters_to_the_new_totals() {
+        let metrics = Metrics::new().expect("metrics register");
+        let mut snapshot = snapshot();
+        metrics.publish(&snapshot);
+        snapshot.io.received = 40;
+        snapshot.stats.allocations = 0;
+        metrics.publish(&snapshot);
+        // Publishing the same totals twice changes nothing.
+        metrics.publish(&snapshot);
+        let (text, _) = metrics.encode();
+        assert!(
+            text.lines()
+                .any(|l| l == "turn_received_datagrams_total 40"),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l == "turn_allocations 0"), "{text}");
     }
 }

@@ -21,10 +21,14 @@
 //! With XDP attached, the kernel relays ChannelData and Send/Data for the flows the
 //! core installs; what reaches these sockets are misses, which are relayed identically.
 
+mod admin;
 pub mod config;
 mod interfaces;
+pub mod logging;
 mod metrics;
+mod report;
 mod sockets;
+mod xdp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,7 +44,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, watch};
 
-use crate::bpf::{BpfDatapath, XdpMode, XdpRelay};
+use crate::bpf::BpfDatapath;
 use crate::daemon::config::Config;
 use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, InMemoryDatapath,
@@ -48,7 +52,9 @@ use crate::protocol::datapath::{
 };
 use crate::protocol::turn::{Command, Forward, Now, Payload, Server, Transmit};
 
-use metrics::{IoCounters, MetricsSnapshot, SharedMetrics};
+use admin::AdminState;
+use metrics::{IoCounters, Metrics, MetricsSnapshot};
+use report::{join, log_startup, log_totals};
 use sockets::{Epoll, Outgoing, ReadyTokens, RecvBatch, SocketRole, SocketTable, BATCH};
 
 /// Batches read from one ready socket before moving on to the next (fairness).
@@ -175,25 +181,18 @@ pub async fn run(
         if reuse_port { " (SO_REUSEPORT)" } else { "" }
     );
 
-    let shared_metrics: SharedMetrics = Arc::default();
-    let metrics_task = match config.metrics_listen {
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding the metrics endpoint {address}"))?;
-            tracing::info!("metrics: http://{address}/metrics");
-            Some(tokio::spawn(metrics::serve(
-                listener,
-                Arc::clone(&shared_metrics),
-            )))
-        }
+    let admin = Arc::new(AdminState {
+        metrics: Metrics::new().context("registering the metrics")?,
+    });
+    let admin_task = match config.metrics_listen {
+        Some(address) => Some(admin::start(address, Arc::clone(&admin)).await?),
         None => {
             tracing::info!("metrics: off");
             None
         }
     };
 
-    let (datapath, xdp) = select_datapath(&config);
+    let (datapath, xdp) = xdp::select_datapath(&config);
     let server = Server::new(
         config.server_config(),
         config.authenticator(),
@@ -243,11 +242,13 @@ pub async fn run(
             biased;
             reason = &mut shutdown => break reason,
             _ = worker_ended_signal.recv() => break "a relay worker stopped",
-            _ = metrics_tick.tick() => publish_metrics(&hub, &xdp, &shared_metrics),
+            _ = metrics_tick.tick() => {
+                admin.metrics.publish(&MetricsSnapshot::gather(&hub, xdp.as_ref()));
+            }
         }
     };
     let _ = stop.send(true);
-    if let Some(task) = metrics_task {
+    if let Some(task) = admin_task {
         task.abort();
     }
 
@@ -264,40 +265,7 @@ pub async fn run(
             }
         }
     }
-    let received: u64 = hub
-        .io
-        .iter()
-        .map(|io| io.lock().unwrap_or_else(PoisonError::into_inner).received)
-        .sum();
-    let stats = hub.lock().server.stats();
-    tracing::info!(
-        reason,
-        allocations = stats.allocations,
-        permissions = stats.permissions,
-        channels = stats.channels,
-        userspace_to_peer_packets = stats.to_peer_channel_data.packets + stats.to_peer_send.packets,
-        userspace_to_client_packets =
-            stats.to_client_channel_data.packets + stats.to_client_data_indication.packets,
-        received_datagrams = received,
-        "shutting down"
-    );
-    if let Some(xdp) = &xdp {
-        match xdp.counters() {
-            Ok(counters) => {
-                let relayed: u64 = counters
-                    .iter()
-                    .filter(|(outcome, _)| outcome.name().starts_with("relayed_"))
-                    .map(|(_, counter)| counter.packets)
-                    .sum();
-                tracing::info!(
-                    xdp_relayed_packets = relayed,
-                    xdp_seen_packets = counters.seen().packets,
-                    "XDP totals"
-                );
-            }
-            Err(error) => tracing::warn!("reading XDP counters: {error:#}"),
-        }
-    }
+    log_totals(reason, &hub, xdp.as_ref());
     // Relay sockets close with the hub; dropping the XdpRelay detaches the program.
     drop(hub);
     if xdp.is_some() {
@@ -308,33 +276,6 @@ pub async fn run(
         Some(error) => Err(error),
         None => Ok(()),
     }
-}
-
-/// Publishes the server's state, the workers' IO counters (summed) and the XDP counters.
-fn publish_metrics(hub: &Hub, xdp: &Option<XdpRelay>, shared_metrics: &SharedMetrics) {
-    let mut io = IoCounters::default();
-    for worker in &hub.io {
-        io.add(&worker.lock().unwrap_or_else(PoisonError::into_inner));
-    }
-    let (stats, relay_sockets) = {
-        let shared = hub.lock();
-        (shared.server.stats(), shared.relays.len())
-    };
-    let snapshot = MetricsSnapshot {
-        stats,
-        relay_sockets,
-        io,
-        xdp: xdp.as_ref().and_then(|relay| match relay.counters() {
-            Ok(counters) => Some(counters),
-            Err(error) => {
-                tracing::debug!("reading XDP counters: {error:#}");
-                None
-            }
-        }),
-    };
-    *shared_metrics
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = snapshot;
 }
 
 /// One relay worker on a current-thread tokio runtime of its own, until `stop` completes.
@@ -371,129 +312,6 @@ fn run_worker(
             .run(&readiness, stop)
             .await
     })
-}
-
-/// Attaches XDP when the configuration asks for it. `auto` falls back to userspace-only
-/// relaying with a log line saying why; so do `native`/`skb`, loudly.
-fn select_datapath(config: &Config) -> (AnyDatapath, Option<XdpRelay>) {
-    let userspace = || AnyDatapath::Userspace(InMemoryDatapath::default());
-    if config.xdp_mode == XdpMode::Off {
-        tracing::info!("XDP: off (xdp.mode = \"off\"); userspace relays everything");
-        return (userspace(), None);
-    }
-    match attach_xdp(config) {
-        Ok((relay, datapath, memory)) => {
-            match memory {
-                Some(bytes) => tracing::info!(
-                    "{}; maps take {} KiB of kernel memory",
-                    relay.status(),
-                    bytes / 1024
-                ),
-                None => tracing::info!("{}", relay.status()),
-            }
-            (AnyDatapath::Xdp(datapath), Some(relay))
-        }
-        Err(error) if config.xdp_mode == XdpMode::Auto => {
-            tracing::warn!(
-                "XDP: not attached ({error:#}); falling back to userspace-only relaying"
-            );
-            (userspace(), None)
-        }
-        Err(error) => {
-            tracing::error!(
-                "XDP: mode \"{}\" could not be attached ({error:#}); relaying in userspace only",
-                config.xdp_mode
-            );
-            (userspace(), None)
-        }
-    }
-}
-
-fn attach_xdp(config: &Config) -> anyhow::Result<(XdpRelay, BpfDatapath, Option<u64>)> {
-    let interfaces = if config.xdp_interfaces.is_empty() {
-        let mut addresses: Vec<IpAddr> = config.listen.iter().map(SocketAddr::ip).collect();
-        addresses.extend(
-            [config.relay_v4, config.relay_v6]
-                .into_iter()
-                .flatten()
-                .map(|relay| relay.bind),
-        );
-        interfaces::interfaces_holding(&addresses)
-            .context("finding the interfaces of the listen/relay addresses")?
-    } else {
-        config.xdp_interfaces.clone()
-    };
-    let relay = XdpRelay::attach(&config.xdp_settings(interfaces))?;
-    let datapath = relay.datapath().context("opening the XDP maps")?;
-    let memory = relay.map_memory_bytes().ok();
-    Ok((relay, datapath, memory))
-}
-
-fn log_startup(config: &Config) {
-    tracing::info!(
-        "turn-relay {} starting (config: {})",
-        env!("CARGO_PKG_VERSION"),
-        config.source
-    );
-    tracing::info!("realm: {}", config.realm);
-    for (family, relay) in [("IPv4", config.relay_v4), ("IPv6", config.relay_v6)] {
-        if let Some(relay) = relay {
-            if relay.advertised == relay.bind {
-                tracing::info!("relay address ({family}): {}", relay.bind);
-            } else {
-                tracing::info!(
-                    "relay address ({family}): {} advertised as {}",
-                    relay.bind,
-                    relay.advertised
-                );
-            }
-        }
-    }
-    tracing::info!(
-        "relay ports: {}-{}; allocations: at most {} ({} per user); lifetime {} s (max {} s)",
-        config.port_range.start(),
-        config.port_range.end(),
-        config.max_allocations,
-        if config.max_allocations_per_user == 0 {
-            "unlimited".to_owned()
-        } else {
-            config.max_allocations_per_user.to_string()
-        },
-        config.default_lifetime.as_secs(),
-        config.max_lifetime.as_secs()
-    );
-    tracing::info!("auth: {}", config.auth_summary());
-    if config.users.is_empty() && config.auth_secrets.is_empty() && config.zrest_secrets.is_empty()
-    {
-        tracing::warn!("no credentials configured: every allocation will be refused");
-    }
-    if !config.nonce_secret_configured {
-        tracing::info!("nonce secret: random for this run (set auth.nonce_secret on relays sharing a load balancer)");
-    }
-    if let Some((user, password)) = config.demo_credentials() {
-        tracing::info!("demo credentials (embedded default, new on every start): user {user:?} password {password:?}");
-        if let Some(listen) = config.listen.first() {
-            tracing::info!(
-                "try it: turnutils_peer -L 127.0.0.1 -p 3480 & turnutils_uclient -u {user} -w {password} -p {} -e 127.0.0.1 -r 3480 -n 10 {}",
-                listen.port(),
-                listen.ip()
-            );
-        }
-    }
-    if !config.peers_allow.is_empty() {
-        tracing::info!("peers explicitly allowed: {}", join(&config.peers_allow));
-    }
-    if !config.peers_deny.is_empty() {
-        tracing::info!("peers denied: {}", join(&config.peers_deny));
-    }
-}
-
-fn join<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn now() -> Now {
@@ -855,205 +673,4 @@ impl RelayLoop {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::UdpSocket;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::protocol::stun::{
-        attributes, channel_data, Class, Message, MessageBuilder, Method, PasswordAlgorithm,
-        TransactionId,
-    };
-
-    const REALM: &str = "daemon-test.local";
-    const CHANNEL: u16 = 0x4001;
-
-    /// A UDP port on 127.0.0.1 that was free a moment ago.
-    fn free_port() -> u16 {
-        UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map(|a| a.port())
-            .expect("ephemeral port")
-    }
-
-    fn socket() -> UdpSocket {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        socket
-    }
-
-    fn receive(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
-        let mut buffer = vec![0u8; 2048];
-        let (length, from) = socket.recv_from(&mut buffer).expect("a reply within 3 s");
-        buffer.truncate(length);
-        (buffer, from)
-    }
-
-    /// Sends a request built by `build` and returns the response.
-    fn transact(
-        client: &UdpSocket,
-        server: SocketAddr,
-        id: u8,
-        method: Method,
-        build: impl FnOnce(&mut MessageBuilder<'_>),
-    ) -> Vec<u8> {
-        let mut request = Vec::new();
-        let mut builder = MessageBuilder::new(
-            &mut request,
-            method,
-            Class::Request,
-            &TransactionId([id; 12]),
-        );
-        build(&mut builder);
-        client.send_to(&request, server).expect("send request");
-        let (response, _) = receive(client);
-        response
-    }
-
-    /// Client ↔ daemon ↔ peer over loopback: STUN Binding, the 401 challenge, an
-    /// authenticated Allocate, ChannelBind, and ChannelData relayed both ways through the
-    /// batched userspace path.
-    #[test]
-    fn relays_channel_data_between_client_and_peer_over_loopback() {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let text = format!(
-            "[server]\nrealm = \"{REALM}\"\nlisten = [\"{listen}\"]\nrelay_address = \"127.0.0.1\"\nport_range = \"61000-61999\"\n\
-             [auth]\nusers = [{{ name = \"tester\", password = \"pw\" }}]\n[peers]\nallow = [\"127.0.0.0/8\"]\n\
-             [xdp]\nmode = \"off\"\n[metrics]\nlisten = \"\"\n"
-        );
-        let config = Config::parse(&text, "test").expect("test config");
-        let key = config
-            .authenticator()
-            .credential("tester", REALM, 0)
-            .ok()
-            .and_then(|credential| credential.key(PasswordAlgorithm::Md5).map(<[u8]>::to_vec))
-            .expect("static user key");
-
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let daemon = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(run(config, 2, async move {
-                let _ = stopped.await;
-                "test finished"
-            }))
-        });
-
-        let client = socket();
-        let peer = socket();
-        let peer_address = peer.local_addr().expect("peer address");
-
-        // The daemon may still be binding its listener: retry the Binding request briefly.
-        let mut binding = None;
-        for attempt in 0..20u8 {
-            let mut request = Vec::new();
-            MessageBuilder::new(
-                &mut request,
-                Method::BINDING,
-                Class::Request,
-                &TransactionId([attempt; 12]),
-            );
-            client.send_to(&request, listen).expect("send binding");
-            client
-                .set_read_timeout(Some(Duration::from_millis(200)))
-                .expect("timeout");
-            let mut buffer = vec![0u8; 2048];
-            if let Ok((length, _)) = client.recv_from(&mut buffer) {
-                buffer.truncate(length);
-                binding = Some(buffer);
-                break;
-            }
-        }
-        client
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .expect("timeout");
-        let binding = binding.expect("the daemon answers STUN Binding");
-        let binding = Message::parse(&binding).expect("binding response parses");
-        assert_eq!(binding.class(), Class::SuccessResponse);
-        assert_eq!(
-            binding.xor_mapped_address().expect("valid"),
-            Some(client.local_addr().expect("addr"))
-        );
-
-        let requested_udp = |builder: &mut MessageBuilder<'_>| {
-            builder.u32_attribute(attributes::REQUESTED_TRANSPORT, 17 << 24);
-        };
-        let challenge = transact(&client, listen, 100, Method::ALLOCATE, requested_udp);
-        let challenge = Message::parse(&challenge).expect("401 parses");
-        assert_eq!(
-            challenge.error_code().expect("valid").map(|e| e.code),
-            Some(401)
-        );
-        let nonce = challenge.nonce().expect("valid").expect("nonce").to_vec();
-        assert_eq!(challenge.realm().expect("valid"), Some(REALM));
-
-        let authenticated = |builder: &mut MessageBuilder<'_>| {
-            builder
-                .attribute(attributes::USERNAME, b"tester")
-                .attribute(attributes::REALM, REALM.as_bytes())
-                .attribute(attributes::NONCE, &nonce)
-                .message_integrity(&key);
-        };
-        let allocated = transact(&client, listen, 101, Method::ALLOCATE, |builder| {
-            requested_udp(builder);
-            authenticated(builder);
-        });
-        let allocated = Message::parse(&allocated).expect("allocate response parses");
-        assert_eq!(
-            allocated.class(),
-            Class::SuccessResponse,
-            "{:?}",
-            allocated.error_code()
-        );
-        let relayed = allocated
-            .xor_relayed_address()
-            .expect("valid")
-            .expect("relayed address");
-        assert!((61000..=61999).contains(&relayed.port()));
-
-        let bound = transact(&client, listen, 102, Method::CHANNEL_BIND, |builder| {
-            builder
-                .attribute(
-                    attributes::CHANNEL_NUMBER,
-                    &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0],
-                )
-                .xor_address(attributes::XOR_PEER_ADDRESS, peer_address);
-            authenticated(builder);
-        });
-        let bound = Message::parse(&bound).expect("channel bind response parses");
-        assert_eq!(
-            bound.class(),
-            Class::SuccessResponse,
-            "{:?}",
-            bound.error_code()
-        );
-
-        // Client → peer: several datagrams in a row exercise batching.
-        let mut framed = Vec::new();
-        for index in 0..5u8 {
-            channel_data::encode(&mut framed, CHANNEL, &[index; 40]);
-            client.send_to(&framed, listen).expect("send channel data");
-        }
-        for index in 0..5u8 {
-            let (payload, from) = receive(&peer);
-            assert_eq!(from, relayed, "peer data comes from the relayed address");
-            assert_eq!(payload, vec![index; 40]);
-        }
-
-        // Peer → client arrives framed as ChannelData.
-        peer.send_to(b"pong", relayed).expect("peer reply");
-        let (reply, from) = receive(&client);
-        assert_eq!(from, listen);
-        let mut expected = Vec::new();
-        channel_data::encode(&mut expected, CHANNEL, b"pong");
-        assert_eq!(reply.get(..8), expected.get(..8));
-
-        let _ = stop.send(());
-        let result = daemon.join().expect("daemon thread");
-        assert!(result.is_ok(), "daemon ended with {result:?}");
-    }
-}
+mod tests;

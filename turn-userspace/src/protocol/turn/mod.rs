@@ -73,14 +73,14 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            realm: "turn-relay".to_owned(),
+            realm: "turn-relay.local".to_owned(),
             software: None,
             relay_v4: None,
             relay_v6: None,
             port_range: 49152..=65535,
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
-            max_allocations: 10_000,
+            max_allocations: 16_384,
             max_allocations_per_user: 0,
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),

@@ -1,0 +1,548 @@
+//! From the file as written to a [`Config`]: defaults for absent keys, and a check with
+//! bounds for every value. A bad value is a [`ConfigError`] naming its line and key, never
+//! a panic, an overflow or a silently clamped number.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use crate::bpf::XdpMode;
+use crate::protocol::auth::{StaticSecret, StaticUser};
+
+use super::schema::{RawConfig, RawUser};
+use super::{defaults, random_nonce_secret, Config, ConfigError, RelayAddressConfig};
+
+/// The longest lifetime of anything with one (allocations, permissions, channels, nonces):
+/// one day. Clients refresh long before; the bound keeps deadlines far from overflow.
+pub const MAX_LIFETIME_SECS: u64 = 86_400;
+/// The most allocations one relay holds (the XDP maps are sized for at most this many).
+pub const MAX_ALLOCATIONS: u64 = 1 << 18;
+/// The most relay worker threads (`server.threads`, `--threads`).
+pub const MAX_THREADS: u64 = 1024;
+/// RFC 8489 §14.9 and §14.14: REALM and SOFTWARE are fewer than 128 characters.
+const MAX_TEXT_ATTRIBUTE_CHARS: usize = 127;
+
+/// Checks one parsed file; `text` and `source` place its errors.
+pub(super) struct Validator<'a> {
+    text: &'a str,
+    source: &'a str,
+}
+
+impl<'a> Validator<'a> {
+    pub(super) fn new(text: &'a str, source: &'a str) -> Self {
+        Validator { text, source }
+    }
+
+    fn missing(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::key(self.source, key, message)
+    }
+
+    /// Applies `check` to a positioned value; a failure is reported at its line.
+    fn check<T, U>(
+        &self,
+        value: &Spanned<T>,
+        key: &str,
+        check: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Result<U, ConfigError> {
+        check(value.get_ref())
+            .map_err(|message| ConfigError::at(self.source, self.text, value.span(), key, message))
+    }
+
+    /// An optional value, checked, or `default` when absent.
+    fn optional<T, U>(
+        &self,
+        value: &Option<Spanned<T>>,
+        key: &str,
+        default: U,
+        check: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Result<U, ConfigError> {
+        match value {
+            Some(value) => self.check(value, key, check),
+            None => Ok(default),
+        }
+    }
+
+    /// A number within `bounds`, or `default` when absent.
+    fn number(
+        &self,
+        value: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        self.optional(value, key, default, |n| within(*n, &bounds, ""))
+    }
+
+    /// A count (of allocations, threads) within `bounds`, or `default` when absent.
+    fn count(
+        &self,
+        value: &Option<Spanned<u64>>,
+        key: &str,
+        bounds: RangeInclusive<u64>,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        let default = u64::try_from(default).unwrap_or(u64::MAX);
+        let n = self.number(value, key, bounds, default)?;
+        // Bounds are far below usize::MAX on every target we build for.
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// A lifetime of 1 s to [`MAX_LIFETIME_SECS`], or `default` when absent.
+    fn seconds(
+        &self,
+        value: &Option<Spanned<u64>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.optional(value, key, default, |secs| {
+            within(*secs, &(1..=MAX_LIFETIME_SECS), " seconds").map(Duration::from_secs)
+        })
+    }
+
+    pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let core = defaults::core();
+        let server = raw.server;
+        let realm = self.optional(&server.realm, "server.realm", core.realm, |r| {
+            check_realm(r).map(|()| r.clone())
+        })?;
+        let software = self.optional(&server.software, "server.software", core.software, |s| {
+            check_software(s).map(|()| Some(s.clone()).filter(|s| !s.is_empty()))
+        })?;
+        let relay_v4 =
+            self.relay_address(&server.relay_address, &server.public_address, "", true)?;
+        let relay_v6 = self.relay_address(
+            &server.relay_address_v6,
+            &server.public_address_v6,
+            "_v6",
+            false,
+        )?;
+        if relay_v4.is_none() && relay_v6.is_none() {
+            return Err(self.missing(
+                "server.relay_address",
+                "set relay_address (IPv4) and/or relay_address_v6: the local address relay sockets bind to",
+            ));
+        }
+        let listen = match &server.listen {
+            Some(list) => self.listen(list)?,
+            None => [relay_v4, relay_v6]
+                .into_iter()
+                .flatten()
+                .map(|r| SocketAddr::new(r.bind, defaults::DEFAULT_TURN_PORT))
+                .collect(),
+        };
+        let port_range = self.optional(
+            &server.port_range,
+            "server.port_range",
+            core.port_range,
+            |text| parse_port_range(text),
+        )?;
+        let default_lifetime = self.seconds(
+            &server.default_lifetime,
+            "server.default_lifetime",
+            core.default_lifetime,
+        )?;
+        let max_lifetime = self.seconds(
+            &server.max_lifetime,
+            "server.max_lifetime",
+            core.max_lifetime,
+        )?;
+        if default_lifetime > max_lifetime {
+            let message = format!(
+                "default_lifetime ({} s) is longer than max_lifetime ({} s)",
+                default_lifetime.as_secs(),
+                max_lifetime.as_secs()
+            );
+            let (value, key) = match (&server.default_lifetime, &server.max_lifetime) {
+                (Some(value), _) => (value, "server.default_lifetime"),
+                (None, Some(value)) => (value, "server.max_lifetime"),
+                (None, None) => return Err(self.missing("server.default_lifetime", message)),
+            };
+            return Err(ConfigError::at(
+                self.source,
+                self.text,
+                value.span(),
+                key,
+                message,
+            ));
+        }
+        let max_allocations = self.count(
+            &server.max_allocations,
+            "server.max_allocations",
+            1..=MAX_ALLOCATIONS,
+            core.max_allocations,
+        )?;
+        let max_allocations_per_user = self.count(
+            &server.max_allocations_per_user,
+            "server.max_allocations_per_user",
+            0..=MAX_ALLOCATIONS,
+            core.max_allocations_per_user,
+        )?;
+        let threads = self.count(
+            &server.threads,
+            "server.threads",
+            0..=MAX_THREADS,
+            defaults::THREADS,
+        )?;
+        // Independent of each other: a channel shorter than its permission simply stops
+        // relaying earlier (ChannelData needs both alive).
+        let permission_lifetime = self.seconds(
+            &server.permission_lifetime,
+            "server.permission_lifetime",
+            core.permission_lifetime,
+        )?;
+        let channel_lifetime = self.seconds(
+            &server.channel_lifetime,
+            "server.channel_lifetime",
+            core.channel_lifetime,
+        )?;
+
+        let auth = raw.auth;
+        let mut users: Vec<StaticUser> = Vec::with_capacity(auth.users.len());
+        for user in &auth.users {
+            let parsed = self.check(user, "auth.users", parse_user)?;
+            if users.iter().any(|existing| existing.name == parsed.name) {
+                return Err(ConfigError::at(
+                    self.source,
+                    self.text,
+                    user.span(),
+                    "auth.users",
+                    format!("user {:?} is listed twice", parsed.name),
+                ));
+            }
+            users.push(parsed);
+        }
+        let auth_secrets = self.secrets(&auth.auth_secrets, "auth.auth_secrets")?;
+        let zrest_secrets = self.secrets(&auth.zrest_secrets, "auth.zrest_secrets")?;
+        let nonce_lifetime = self.seconds(
+            &auth.nonce_lifetime,
+            "auth.nonce_lifetime",
+            defaults::NONCE_LIFETIME,
+        )?;
+        let (nonce_secret, nonce_secret_configured) = match &auth.nonce_secret {
+            Some(secret) => (
+                self.check(secret, "auth.nonce_secret", |s| non_empty_secret(s))?
+                    .into_bytes(),
+                true,
+            ),
+            None => (random_nonce_secret(), false),
+        };
+
+        let peers_allow = self.networks(&raw.peers.allow, "peers.allow")?;
+        let peers_deny = self.networks(&raw.peers.deny, "peers.deny")?;
+
+        let xdp_mode = self.optional(&raw.xdp.mode, "xdp.mode", defaults::XDP_MODE, |m| {
+            parse_xdp_mode(m)
+        })?;
+        let xdp_interfaces = raw
+            .xdp
+            .interfaces
+            .iter()
+            .map(|name| self.check(name, "xdp.interfaces", |n| check_interface_name(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics_listen = self.optional(
+            &raw.metrics.listen,
+            "metrics.listen",
+            defaults::METRICS_LISTEN,
+            |text| parse_metrics_listen(text),
+        )?;
+        let log_level = self.optional(
+            &raw.log.level,
+            "log.level",
+            defaults::LOG_LEVEL.to_owned(),
+            |l| check_log_level(l).map(|()| l.clone()),
+        )?;
+        let log_format =
+            self.optional(&raw.log.format, "log.format", defaults::LOG_FORMAT, |f| {
+                f.parse()
+            })?;
+
+        Ok(Config {
+            source: self.source.to_owned(),
+            realm,
+            software,
+            listen,
+            relay_v4,
+            relay_v6,
+            port_range,
+            default_lifetime,
+            max_lifetime,
+            max_allocations,
+            max_allocations_per_user,
+            threads,
+            permission_lifetime,
+            channel_lifetime,
+            users,
+            auth_secrets,
+            zrest_secrets,
+            nonce_lifetime,
+            nonce_secret,
+            nonce_secret_configured,
+            advertise_password_algorithms: auth
+                .advertise_password_algorithms
+                .unwrap_or(defaults::ADVERTISE_PASSWORD_ALGORITHMS),
+            peers_allow,
+            peers_deny,
+            xdp_mode,
+            xdp_interfaces,
+            metrics_listen,
+            log_level,
+            log_format,
+            demo_credentials: None,
+        })
+    }
+
+    fn listen(&self, list: &[Spanned<String>]) -> Result<Vec<SocketAddr>, ConfigError> {
+        let mut addresses: Vec<SocketAddr> = Vec::with_capacity(list.len());
+        for item in list {
+            let address = self.check(item, "server.listen", |text| {
+                let address: SocketAddr = text.parse().map_err(|_| {
+                    format!("{text:?} is not an ip:port address (IPv6: [addr]:port)")
+                })?;
+                check_listen(address).map(|()| address)
+            })?;
+            if addresses.contains(&address) {
+                return Err(ConfigError::at(
+                    self.source,
+                    self.text,
+                    item.span(),
+                    "server.listen",
+                    format!("{address} is listed twice"),
+                ));
+            }
+            addresses.push(address);
+        }
+        if addresses.is_empty() {
+            return Err(self.missing("server.listen", "at least one address is needed"));
+        }
+        Ok(addresses)
+    }
+
+    /// `relay_address{suffix}` and `public_address{suffix}` of one family.
+    fn relay_address(
+        &self,
+        bind: &Option<Spanned<String>>,
+        public: &Option<Spanned<String>>,
+        suffix: &str,
+        ipv4: bool,
+    ) -> Result<Option<RelayAddressConfig>, ConfigError> {
+        let family = if ipv4 { "IPv4" } else { "IPv6" };
+        let parse = |text: &String| -> Result<IpAddr, String> {
+            match text.parse::<IpAddr>() {
+                Ok(ip) if ip.is_ipv4() == ipv4 => Ok(ip),
+                _ => Err(format!("{text:?} is not an {family} address")),
+            }
+        };
+        let bind_key = format!("server.relay_address{suffix}");
+        let public_key = format!("server.public_address{suffix}");
+        let Some(bind) = bind else {
+            if public.is_some() {
+                return Err(self.missing(
+                    &bind_key,
+                    format!("{public_key} is set but {bind_key} is not"),
+                ));
+            }
+            return Ok(None);
+        };
+        let bind_ip = self.check(bind, &bind_key, |text| {
+            let ip = parse(text)?;
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(format!(
+                    "{text:?} must be a concrete address of this host (relay sockets bind to it)"
+                ));
+            }
+            Ok(ip)
+        })?;
+        let advertised = self.optional(public, &public_key, bind_ip, |text| {
+            let ip = parse(text)?;
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(format!("{text:?} cannot be advertised to clients"));
+            }
+            Ok(ip)
+        })?;
+        Ok(Some(RelayAddressConfig {
+            bind: bind_ip,
+            advertised,
+        }))
+    }
+
+    fn secrets(&self, list: &[Spanned<String>], key: &str) -> Result<Vec<String>, ConfigError> {
+        list.iter()
+            .map(|secret| self.check(secret, key, |s| non_empty_secret(s)))
+            .collect()
+    }
+
+    fn networks(&self, list: &[Spanned<String>], key: &str) -> Result<Vec<IpNet>, ConfigError> {
+        list.iter()
+            .map(|net| self.check(net, key, |text| parse_network(text)))
+            .collect()
+    }
+}
+
+/// `n` if it lies within `bounds`, else a message naming them (`unit` follows the bounds).
+fn within(n: u64, bounds: &RangeInclusive<u64>, unit: &str) -> Result<u64, String> {
+    if bounds.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is not between {} and {}{unit}",
+            bounds.start(),
+            bounds.end()
+        ))
+    }
+}
+
+fn parse_user(user: &RawUser) -> Result<StaticUser, String> {
+    if user.name.is_empty() {
+        return Err("a user needs a non-empty name".to_owned());
+    }
+    let secret = match (&user.password, &user.key) {
+        (Some(password), None) => StaticSecret::Password(non_empty_secret(password)?),
+        (None, Some(key)) => StaticSecret::Md5Key(parse_md5_key(key)?),
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "user {:?} has both password and key: set one",
+                user.name
+            ))
+        }
+        (None, None) => return Err(format!("user {:?} needs a password or a key", user.name)),
+    };
+    Ok(StaticUser {
+        name: user.name.clone(),
+        secret,
+    })
+}
+
+fn non_empty_secret(secret: &str) -> Result<String, String> {
+    if secret.is_empty() {
+        Err("secrets and passwords must not be empty".to_owned())
+    } else {
+        Ok(secret.to_owned())
+    }
+}
+
+/// 32 hex digits of MD5(user:realm:password), optionally prefixed `0x` as coturn writes it.
+fn parse_md5_key(text: &str) -> Result<[u8; 16], String> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    let mut key = [0u8; 16];
+    hex::decode_to_slice(digits, &mut key)
+        .map_err(|_| "key must be 32 hex digits of MD5(name:realm:password)".to_owned())?;
+    Ok(key)
+}
+
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let not_a_range = || format!("{text:?} is not a port range (e.g. \"49152-65535\")");
+    let (low, high) = text.split_once('-').ok_or_else(not_a_range)?;
+    let low: u16 = low.trim().parse().map_err(|_| not_a_range())?;
+    let high: u16 = high.trim().parse().map_err(|_| not_a_range())?;
+    if low == 0 || low > high {
+        return Err(not_a_range());
+    }
+    Ok(low..=high)
+}
+
+/// A CIDR network; a bare address means just that address.
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is not a CIDR network (e.g. \"10.0.0.0/8\")"))
+}
+
+fn parse_xdp_mode(text: &str) -> Result<XdpMode, String> {
+    match text {
+        "auto" => Ok(XdpMode::Auto),
+        "native" => Ok(XdpMode::Native),
+        "skb" => Ok(XdpMode::Skb),
+        "off" => Ok(XdpMode::Off),
+        other => Err(format!(
+            "{other:?} is not one of \"auto\", \"native\", \"skb\", \"off\""
+        )),
+    }
+}
+
+fn check_interface_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', ' ']) {
+        return Err(format!("{name:?} is not an interface name"));
+    }
+    Ok(name.to_owned())
+}
+
+/// An `ip:port` with a port, or None for the empty string (metrics off).
+fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let address: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an ip:port address (empty turns metrics off)"))?;
+    if address.port() == 0 {
+        return Err(format!("{address} has no port"));
+    }
+    Ok(Some(address))
+}
+
+pub(super) fn check_realm(realm: &str) -> Result<(), String> {
+    // RFC 8489 §14.9: REALM is fewer than 128 characters, a quoted-string body.
+    if realm.is_empty()
+        || realm.chars().count() > MAX_TEXT_ATTRIBUTE_CHARS
+        || realm.contains(['"', '\\'])
+        || realm.chars().any(char::is_control)
+    {
+        return Err(format!("{realm:?} is not a realm (1-127 characters, no quotes, backslashes or control characters)"));
+    }
+    Ok(())
+}
+
+fn check_software(software: &str) -> Result<(), String> {
+    // RFC 8489 §14.14: SOFTWARE is fewer than 128 characters.
+    if software.chars().count() > MAX_TEXT_ATTRIBUTE_CHARS || software.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "{software:?} is not a software name (at most 127 characters, no control characters)"
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn check_log_level(level: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|error| format!("{level:?} is not a log level or filter ({error})"))
+}
+
+/// Replies and the XDP program need the exact address clients send to, so wildcard
+/// listeners are refused.
+fn check_listen(address: SocketAddr) -> Result<(), String> {
+    if address.ip().is_unspecified() {
+        return Err(format!(
+            "{address} is a wildcard address: listen on this host's concrete address(es) instead, \
+             so replies leave from the address clients sent to"
+        ));
+    }
+    if address.port() == 0 {
+        return Err(format!("{address} has no port"));
+    }
+    Ok(())
+}
+
+/// A non-empty list of concrete, distinct listen addresses (the `--listen` option).
+pub(super) fn check_listen_list(listen: &[SocketAddr]) -> Result<(), String> {
+    if listen.is_empty() {
+        return Err("at least one address is needed".to_owned());
+    }
+    for (index, address) in listen.iter().enumerate() {
+        check_listen(*address)?;
+        if listen
+            .get(..index)
+            .is_some_and(|seen| seen.contains(address))
+        {
+            return Err(format!("{address} is listed twice"));
+        }
+    }
+    Ok(())
+}
