@@ -35,8 +35,8 @@ mod datapath;
 mod host;
 mod maps;
 pub mod testbed;
-#[cfg(test)]
-mod tests;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 use std::sync::Mutex;

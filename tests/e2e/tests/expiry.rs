@@ -12,11 +12,12 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use turn_integration_tests::turn_client::{Delivered, Peer, TurnClient};
-use turn_integration_tests::{
-    privileged, Daemon, Metrics, OrFail, RelayConfig, Topology, User, Xdp, PEER_V4,
-    RELAY_LISTEN_V4, TURN_PORT,
-};
+use turn_testkit::addresses::{PEER_V4, RELAY_LISTEN_V4, TURN_PORT};
+use turn_testkit::config::{RelayConfig, User, Xdp};
+use turn_testkit::daemon::{Daemon, Metrics};
+use turn_testkit::stun_client::{Delivered, Peer, TurnClient};
+use turn_testkit::topology::Topology;
+use turn_testkit::{privileged, OrFail};
 
 /// Seconds a permission lives.
 const PERMISSION_LIFETIME: u32 = 2;
@@ -43,10 +44,7 @@ enum Grant {
 }
 
 fn user() -> User {
-    User {
-        name: "alice".into(),
-        password: "alice-password".into(),
-    }
+    User::new("alice", "alice-password")
 }
 
 fn counter(metrics: &Metrics, name: &str, label: &str) -> f64 {
@@ -82,7 +80,7 @@ fn relayed_to_client(metrics: &Metrics) -> f64 {
     )
 }
 
-fn log(daemon: &Daemon<'_>) -> String {
+fn log(daemon: &Daemon) -> String {
     format!("--- daemon log ---\n{}", daemon.log())
 }
 
@@ -100,7 +98,7 @@ fn relayed_while_permitted(
     peer: &Peer,
     how: Grant,
     phase: &str,
-    daemon: &Daemon<'_>,
+    daemon: &Daemon,
 ) {
     let peer_address = peer.address().or_fail("peer address");
     for index in 0..DATAGRAMS {
@@ -161,7 +159,7 @@ fn expired_permission_stops_relaying(test: &str, xdp: Xdp, how: Grant) {
     let peer =
         Peer::bind(&topology.peer, SocketAddr::new(PEER_V4.into(), 0)).or_fail("binding the peer");
     let peer_address = peer.address().or_fail("peer address");
-    let mut client = TurnClient::allocate(
+    let mut client = TurnClient::allocate_from(
         &topology.client,
         SocketAddr::new(RELAY_LISTEN_V4.into(), TURN_PORT),
         &user(),

@@ -1,9 +1,11 @@
 //! RFC 8489 §6 Binding: `turnutils_stunclient` learns its reflexive address from the relay.
 
-use turn_integration_tests::{
-    privileged, stun_binding, Daemon, OrFail, RelayConfig, Topology, Xdp, CLIENT_V4,
-    RELAY_LISTEN_V4,
-};
+use turn_testkit::addresses::{CLIENT_V4, RELAY_LISTEN_V4};
+use turn_testkit::config::{RelayConfig, Xdp};
+use turn_testkit::coturn::stun_binding;
+use turn_testkit::daemon::Daemon;
+use turn_testkit::topology::Topology;
+use turn_testkit::{privileged, OrFail};
 
 #[test]
 fn binding_request_returns_the_client_address() {

@@ -2,13 +2,14 @@
 //! through it and checks the per-CPU counters saw every datagram; then checks dropping
 //! the relay detaches the program.
 
-mod xdp_support;
-
-use std::net::UdpSocket;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use turn_relay::bpf::{XdpMode, XdpRelay, XdpSettings};
-use xdp_support::{in_netns, ip_in, privileged, VethPair, A_V4, B_V4};
+use turn_testkit::addresses::{CLIENT_V4, RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V4};
+use turn_testkit::fast_path::FastPath;
+use turn_testkit::topology::Topology;
+use turn_testkit::{privileged, OrFail};
 
 const DATAGRAMS: u64 = 5;
 
@@ -17,29 +18,44 @@ fn native_attach_counts_udp_and_detaches_on_drop() {
     if !privileged("native_attach_counts_udp_and_detaches_on_drop") {
         return;
     }
-    let veth = VethPair::new();
+    // The client ⇄ relay link of the topology: XDP on the relay's end.
+    let topology = Topology::new().or_fail("building the namespaces");
     let settings = XdpSettings {
         mode: XdpMode::Native,
-        interfaces: vec![veth.b_if.clone()],
+        interfaces: vec![RELAY_CLIENT_SIDE_INTERFACE.to_owned()],
         max_allocations: 16,
     };
-    let relay =
-        in_netns(&veth.b.name, move || XdpRelay::attach(&settings)).expect("attach in native mode");
+    let relay = topology
+        .relay
+        .run_inside(|| XdpRelay::attach(&settings))
+        .or_fail("attach in native mode");
     assert!(relay.status().contains("native mode"), "{}", relay.status());
-    assert!(ip_in(&veth.b.name, &["link", "show", &veth.b_if]).contains("xdp"));
+    let shown = || {
+        topology
+            .relay
+            .ip(&["link", "show", RELAY_CLIENT_SIDE_INTERFACE])
+            .or_fail("ip link show")
+    };
+    assert!(shown().contains("xdp"));
     let before = relay.counters().expect("counters").seen();
 
-    // A receiver in b so the datagrams are wanted, a sender in a.
-    let receiver = in_netns(&veth.b.name, || {
-        UdpSocket::bind((B_V4, 0)).expect("bind receiver")
-    });
+    // A receiver in the relay namespace so the datagrams are wanted, a sender in the
+    // client's.
+    let bind = |address: IpAddr| -> anyhow::Result<UdpSocket> {
+        Ok(UdpSocket::bind(SocketAddr::new(address, 0))?)
+    };
+    let receiver = topology
+        .relay
+        .run_inside(|| bind(RELAY_LISTEN_V4.into()))
+        .or_fail("bind receiver");
     receiver
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     let target = receiver.local_addr().expect("receiver address");
-    let sender = in_netns(&veth.a.name, || {
-        UdpSocket::bind((A_V4, 0)).expect("bind sender")
-    });
+    let sender = topology
+        .client
+        .run_inside(|| bind(CLIENT_V4.into()))
+        .or_fail("bind sender");
     let mut buffer = [0u8; 64];
     for i in 0..DATAGRAMS {
         sender.send_to(&[i as u8; 32], target).expect("send");
@@ -58,10 +74,7 @@ fn native_attach_counts_udp_and_detaches_on_drop() {
     assert!(after.bytes - before.bytes >= DATAGRAMS * (14 + 20 + 8 + 32));
 
     drop(relay);
-    assert!(
-        !ip_in(&veth.b.name, &["link", "show", &veth.b_if]).contains("xdp"),
-        "still attached after drop"
-    );
+    assert!(!shown().contains("xdp"), "still attached after drop");
 }
 
 #[test]
@@ -74,21 +87,26 @@ fn verifier_accepts_the_program_in_native_and_skb_mode() {
         (XdpMode::Skb, "skb mode"),
         (XdpMode::Auto, "native mode"),
     ] {
-        let veth = VethPair::new();
+        let topology = Topology::new().or_fail("building the namespaces");
         let settings = XdpSettings {
             mode,
-            interfaces: vec![veth.b_if.clone()],
+            interfaces: vec![RELAY_CLIENT_SIDE_INTERFACE.to_owned()],
             max_allocations: 1024,
         };
-        let relay = in_netns(&veth.b.name, move || XdpRelay::attach(&settings))
+        let relay = topology
+            .relay
+            .run_inside(|| XdpRelay::attach(&settings))
             .unwrap_or_else(|error| panic!("attach in {mode}: {error:#}"));
         let status = relay.status();
         assert!(
-            status.contains(label) && status.contains(&veth.b_if),
+            status.contains(label) && status.contains(RELAY_CLIENT_SIDE_INTERFACE),
             "{mode}: {status}"
         );
         assert!(relay.map_memory_bytes().expect("memory") > 0);
-        let _datapath = relay.datapath().expect("datapath");
-        assert!(relay.datapath().is_err(), "the datapath is handed out once");
+        let _fast_path = FastPath::of_relay(&relay).or_fail("datapath");
+        assert!(
+            FastPath::of_relay(&relay).is_err(),
+            "the datapath is handed out once"
+        );
     }
 }

@@ -12,30 +12,34 @@
 //! lab attaches a pass-only XDP program to the client's and peer's `eth0`: a veth drops
 //! frames XDP_TX'd or redirected into it (`xdp_tx_errors`) unless its receiving end has
 //! NAPI, which an XDP program enables on any kernel (GRO only on newer ones).
-//! `turn-relay` attaches only to its own interfaces, so the test loads the benchmark's
-//! two-instruction program `r0 = XDP_PASS; exit` and attaches it through a bpf_link
-//! (see [`PassOnlyXdp`]); the link detaches when the test drops it or the namespace goes
-//! away. One test turns forwarding off again to check
+//! `turn-relay` attaches only to its own interfaces, so the test attaches the object's
+//! pass-only program `xdp_pass` through a bpf_link (the testkit's `StubXdp`); the link
+//! detaches when the test drops it or the namespace goes away. One test turns
+//! forwarding off again to check
 //! the daemon reports it and still relays everything in userspace.
 //!
 //! Permission expiry (RFC 8656 §9) is covered end to end in `expiry.rs`.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use turn_integration_tests::{
-    privileged, run_bounded, start_peer, Background, Credentials, Daemon, Metrics, Netns, OrFail,
-    RelayConfig, Topology, Uclient, UclientReport, Xdp, PEER_V4, PEER_V6,
-    RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6, RELAY_PEER_SIDE_INTERFACE, RELAY_RELAYED_V4,
-    RELAY_RELAYED_V6, TURN_PORT,
+use turn_testkit::addresses::{
+    OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6,
+    RELAY_PEER_SIDE_INTERFACE, RELAY_RELAYED_V4, RELAY_RELAYED_V6, TURN_PORT,
 };
-use turn_relay::bench::netns::{attach_xdp_link, load_xdp_program, XdpAction};
+use turn_testkit::config::{RelayConfig, Xdp};
+use turn_testkit::coturn::{start_peer, Credentials, Uclient};
+use turn_testkit::daemon::{Daemon, Metrics};
+use turn_testkit::netns::Namespace;
+use turn_testkit::process::{run_bounded, Background};
+use turn_testkit::topology::Topology;
+use turn_testkit::xdp::{StubAction, StubXdp};
+use turn_testkit::{privileged, OrFail};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-password";
@@ -62,39 +66,11 @@ const ALL_RELAYED_OUTCOMES: [&str; 4] = [
 ];
 
 // ---------------------------------------------------------------------------------------
-// A pass-only XDP program, loaded and attached with the bpf(2) syscall.
-
-/// `bpf(2)` commands, program/attach types and flags (include/uapi/linux/bpf.h,
-/// if_link.h).
-/// A pass-only XDP program attached in native mode through a bpf_link, detached on drop.
-struct PassOnlyXdp {
-    _link: OwnedFd,
-}
-
-impl PassOnlyXdp {
-    fn attach(netns: &Netns, interface: &str) -> Result<PassOnlyXdp> {
-        let name = interface.to_owned();
-        let link = netns.run_inside(move || {
-            let program =
-                load_xdp_program(XdpAction::Pass).context("loading the pass-only program")?;
-            // The link keeps the program alive; its fd can go.
-            attach_xdp_link(program.as_raw_fd(), &name).context("attaching the pass-only program")
-        })?;
-        let shown = netns.ip(&["link", "show", "dev", interface])?;
-        ensure!(
-            shown.contains("xdp"),
-            "pass-only program not shown on {interface}: {shown}"
-        );
-        Ok(PassOnlyXdp { _link: link })
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The lab: H4's topology plus the host settings the fast path needs.
 
 struct Lab {
     // Field order is drop order: programs detach before the namespaces go.
-    _pass_only: Vec<PassOnlyXdp>,
+    _pass_only: [StubXdp; 2],
     topology: Topology,
 }
 
@@ -103,20 +79,12 @@ impl Lab {
     /// namespace, or turn it off.
     fn new(forwarding: bool) -> Result<Lab> {
         let topology = Topology::new()?;
-        if !forwarding {
-            topology.relay.run(
-                "sysctl",
-                &[
-                    "-q",
-                    "-w",
-                    "net.ipv4.conf.all.forwarding=0",
-                    "net.ipv6.conf.all.forwarding=0",
-                ],
-            )?;
-        }
-        let pass_only = vec![
-            PassOnlyXdp::attach(&topology.client, "eth0").context("client eth0")?,
-            PassOnlyXdp::attach(&topology.peer, "eth0").context("peer eth0")?,
+        topology.set_forwarding(forwarding)?;
+        let pass_only = [
+            StubXdp::attach(&topology.client, OUTER_INTERFACE, StubAction::Pass)
+                .context("client eth0")?,
+            StubXdp::attach(&topology.peer, OUTER_INTERFACE, StubAction::Pass)
+                .context("peer eth0")?,
         ];
         Ok(Lab {
             _pass_only: pass_only,
@@ -145,6 +113,7 @@ fn credentials() -> Credentials {
 fn ipv4_channels() -> Uclient {
     Uclient {
         messages: MESSAGES,
+        send_interval_ms: Some(SEND_INTERVAL_MS),
         ..Uclient::new(credentials())
     }
 }
@@ -167,17 +136,6 @@ fn ipv6_channels() -> Uclient {
 
 fn config(xdp: Xdp) -> RelayConfig {
     RelayConfig::new(xdp).with_ipv6().with_user(USER, PASSWORD)
-}
-
-/// Runs uclient at [`SEND_INTERVAL_MS`] (H4's `Uclient::run` uses uclient's default).
-fn run_uclient(uclient: &Uclient, client: &Netns) -> Result<UclientReport> {
-    let mut arguments = vec!["-z".to_owned(), SEND_INTERVAL_MS.to_string()];
-    arguments.extend(uclient.arguments());
-    let finished = run_bounded(
-        client.command("turnutils_uclient").args(arguments),
-        uclient.time_limit,
-    )?;
-    Ok(UclientReport::parse(finished))
 }
 
 /// What one lossless uclient run through the daemon gave.
@@ -209,24 +167,14 @@ impl Outcome {
     }
 }
 
-fn counter(metrics: &Metrics, name: &str, label: &str) -> u64 {
-    metrics.sum_with_label(name, label).unwrap_or(0.0) as u64
-}
-
 /// The daemon publishes metrics about once a second: waits until the relayed counters
 /// cover `data_packets` (or stop moving), then returns them.
-fn settled_metrics(daemon: &Daemon<'_>, data_packets: u64) -> Result<Metrics> {
+fn settled_metrics(daemon: &Daemon, data_packets: u64) -> Result<Metrics> {
     let relayed = |metrics: &Metrics| {
-        counter(metrics, "turn_userspace_relayed_packets_total", "")
+        metrics.userspace_relayed("")
             + ALL_RELAYED_OUTCOMES
                 .iter()
-                .map(|outcome| {
-                    counter(
-                        metrics,
-                        "turn_xdp_packets_total",
-                        &format!("outcome=\"{outcome}\""),
-                    )
-                })
+                .map(|outcome| metrics.xdp_packets(outcome))
                 .sum::<u64>()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -246,7 +194,7 @@ fn settled_metrics(daemon: &Daemon<'_>, data_packets: u64) -> Result<Metrics> {
 /// relay's counters.
 fn relay_once(lab: &Lab, xdp: Xdp, uclient: &Uclient) -> Result<(Outcome, String)> {
     let mut daemon = Daemon::start(&lab.topology.relay, &config(xdp))?;
-    let report = run_uclient(uclient, &lab.topology.client)?;
+    let report = uclient.run(&lab.topology.client)?;
     report
         .ensure_lossless(u64::from(uclient.messages))
         .with_context(|| format!("--- daemon log ---\n{}", daemon.log()))?;
@@ -261,32 +209,15 @@ fn relay_once(lab: &Lab, xdp: Xdp, uclient: &Uclient) -> Result<(Outcome, String
                 .sum_with_label("turn_xdp_packets_total", &format!("outcome=\"{outcome}\""))
                 .is_some()
         })
-        .map(|outcome| {
-            (
-                *outcome,
-                counter(
-                    &metrics,
-                    "turn_xdp_packets_total",
-                    &format!("outcome=\"{outcome}\""),
-                ),
-            )
-        })
+        .map(|outcome| (*outcome, metrics.xdp_packets(outcome)))
         .collect();
     let outcome = Outcome {
         sent,
         received,
         xdp: xdp_counts,
-        userspace: counter(&metrics, "turn_userspace_relayed_packets_total", ""),
-        xdp_no_route: counter(
-            &metrics,
-            "turn_xdp_packets_total",
-            "outcome=\"pass_no_route\"",
-        ),
-        xdp_cross_family: counter(
-            &metrics,
-            "turn_xdp_packets_total",
-            "outcome=\"pass_cross_family\"",
-        ),
+        userspace: metrics.userspace_relayed(""),
+        xdp_no_route: metrics.xdp_packets("pass_no_route"),
+        xdp_cross_family: metrics.xdp_packets("pass_cross_family"),
         xdp_attached: metrics.sum("turn_xdp_attached") == Some(1.0),
     };
     Ok((
@@ -509,66 +440,43 @@ fn forwarding_disabled_is_reported_and_everything_falls_back_to_userspace() {
 // Captures: every relayed frame carries valid IP and UDP checksums, and the receiving
 // stacks accepted every one.
 
-/// `tcpdump` writing UDP frames of one namespace's `eth0` to a file; stopped on drop.
+/// `tcpdump` writing UDP frames of one namespace's `eth0` to a file; stopped (SIGINT, which
+/// flushes the file) on drop.
 struct Capture {
-    child: Child,
+    process: Background,
     file: PathBuf,
 }
 
 impl Capture {
-    fn start(netns: &Netns, directory: &Path, name: &str) -> Result<Capture> {
+    fn start(netns: &Namespace, directory: &Path, name: &str) -> Result<Capture> {
         let file = directory.join(format!("{name}.pcap"));
         let log = directory.join(format!("{name}.log"));
-        let child = netns
-            .command("tcpdump")
-            .args(["-i", "eth0", "-n", "-U", "-s", "256", "-w"])
-            .arg(&file)
-            .arg("udp")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log)?)
-            .spawn()
-            .context("starting tcpdump")?;
-        let mut capture = Capture { child, file };
+        let mut process = Background::spawn(
+            netns
+                .command("tcpdump")
+                .args(["-i", OUTER_INTERFACE, "-n", "-U", "-s", "256", "-w"])
+                .arg(&file)
+                .arg("udp"),
+            Stdio::null(),
+            Stdio::from(File::create(&log)?),
+        )
+        .context("starting tcpdump")?
+        .stopped_by_sigint();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !fs::read_to_string(&log)?.contains("listening on") {
-            if let Some(status) = capture.child.try_wait()? {
-                bail!("tcpdump exited ({status}): {}", fs::read_to_string(&log)?);
+            if let Err(error) = process.ensure_running() {
+                bail!("{error:#}: {}", fs::read_to_string(&log)?);
             }
             ensure!(Instant::now() < deadline, "tcpdump did not start listening");
             thread::sleep(Duration::from_millis(50));
         }
-        Ok(capture)
+        Ok(Capture { process, file })
     }
 
-    /// Stops tcpdump (SIGINT flushes the file) and returns the capture file.
-    fn stop(mut self) -> Result<PathBuf> {
-        self.interrupt();
-        Ok(self.file.clone())
-    }
-
-    fn interrupt(&mut self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            if let Ok(None) = self.child.try_wait() {
-                // SAFETY: our own child, not yet reaped.
-                unsafe { libc::kill(pid, libc::SIGINT) };
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.interrupt();
+    /// Stops tcpdump and returns the capture file.
+    fn stop(mut self) -> PathBuf {
+        self.process.stop();
+        self.file
     }
 }
 
@@ -602,7 +510,7 @@ fn count_frames(file: &Path, filter: &str) -> Result<u64> {
 }
 
 /// The namespace's UDP/UDP6 counters (`nstat`), by name.
-fn udp_counters(netns: &Netns) -> Result<BTreeMap<String, u64>> {
+fn udp_counters(netns: &Namespace) -> Result<BTreeMap<String, u64>> {
     let text = netns.run("nstat", &["-a", "-z", "-s", "Udp*", "Udp6*"])?;
     Ok(text
         .lines()
@@ -649,8 +557,8 @@ fn relayed_frames_carry_valid_checksums_and_are_all_accepted() {
         data_to_client += outcome.received;
         logs.push_str(&log);
     }
-    let client_file = client_capture.stop().or_fail("stopping the client capture");
-    let peer_file = peer_capture.stop().or_fail("stopping the peer capture");
+    let client_file = client_capture.stop();
+    let peer_file = peer_capture.stop();
 
     let from_turn_port = format!("udp.srcport == {TURN_PORT}");
     let from_relayed_addresses =

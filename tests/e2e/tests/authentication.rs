@@ -1,10 +1,13 @@
 //! Long-term credentials (RFC 8489 §9.2) in the three forms the daemon accepts: static
 //! users, coturn's `use-auth-secret` REST credentials and Wire/restund zrest credentials.
 
-use turn_integration_tests::{
-    privileged, start_peer, unix_now, zrest_password, zrest_username, Credentials, Daemon, OrFail,
-    RelayConfig, Topology, Uclient, UclientReport, Xdp, PEER_V4,
-};
+use turn_testkit::addresses::PEER_V4;
+use turn_testkit::config::{RelayConfig, Xdp};
+use turn_testkit::coturn::{start_peer, Credentials, Uclient, UclientReport};
+use turn_testkit::credentials::{unix_now, zrest_password, zrest_username};
+use turn_testkit::daemon::Daemon;
+use turn_testkit::topology::Topology;
+use turn_testkit::{privileged, OrFail};
 
 /// Starts topology, peer and daemon with `config`, runs uclient with `credentials` and
 /// hands its report to `check` while the daemon still runs (so a failure shows its log).

@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
-use turn_integration_tests::{
-    privileged, start_peer, Credentials, Daemon, Metrics, OrFail, RelayConfig, Topology, Uclient,
-    Xdp, PEER_V4, PEER_V6, RELAY_LISTEN_V6,
-};
+use turn_testkit::addresses::{PEER_V4, PEER_V6, RELAY_LISTEN_V6};
+use turn_testkit::config::{RelayConfig, Xdp};
+use turn_testkit::coturn::{start_peer, Credentials, Uclient};
+use turn_testkit::daemon::{Daemon, Metrics};
+use turn_testkit::topology::Topology;
+use turn_testkit::{privileged, OrFail};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice-password";
@@ -57,23 +59,9 @@ fn relay_without_loss(test: &str, config: RelayConfig, uclient: Uclient, relayed
         .ensure_lossless(u64::from(uclient.messages))
         .or_fail(test);
     daemon.ensure_running().or_fail("turn-relay after the run");
-    let counted = |metrics: &Metrics, name: &str, label: String| {
-        metrics.sum_with_label(name, &label).unwrap_or(0.0) > 0.0
-    };
-    let xdp_relayed = |metrics: &Metrics, outcome: &str| {
-        counted(
-            metrics,
-            "turn_xdp_packets_total",
-            format!("outcome=\"{outcome}\""),
-        )
-    };
-    let userspace_relayed = |metrics: &Metrics, direction: &str| {
-        counted(
-            metrics,
-            "turn_userspace_relayed_packets_total",
-            format!("direction=\"{direction}\""),
-        )
-    };
+    let xdp_relayed = |metrics: &Metrics, outcome: &str| metrics.xdp_packets(outcome) > 0;
+    let userspace_relayed =
+        |metrics: &Metrics, direction: &str| metrics.userspace_relayed(direction) > 0;
     const DIRECTIONS: [&str; 2] = ["to_peer", "to_client"];
     match relayed_by {
         RelayedBy::Xdp(outcomes) => {
