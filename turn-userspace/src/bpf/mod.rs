@@ -29,12 +29,10 @@
 //! - Map memory is preallocated: about 2.4 KiB per allocation on a 2-CPU host
 //!   (`XdpRelay::map_memory_bytes` gives the exact figure).
 
-pub mod bench;
 mod clock;
 mod datapath;
 mod host;
 mod maps;
-pub mod testbed;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -1,60 +1,89 @@
 //! `turn-bench`: a re-runnable benchmark of this relay against coturn on one machine, in one
-//! run, on the same topology and load (issue #4).
+//! run, on the same topology and load (issue #4). `turn-bench run --quick --out DIR`
+//! writes results.md, results.json and plot-*.svg to DIR; `cargo xtask bench` runs it.
+//! Needs root.
 //!
-//! One run builds client/relay/peer network namespaces ([`netns`]), then for each server
+//! One run builds client/relay/peer network namespaces (the testkit's topology with its
+//! benchmark wiring), times the XDP program per path under BPF_PROG_TEST_RUN
+//! ([`xdp_timing`]), then for each server
 //! ([`servers`]: coturn, ours with XDP off, ours with XDP) measures STUN Binding requests/s
 //! and authenticated allocations/s ([`control`]), sweeps the offered rate per scenario to
 //! find the highest rate relayed with ≤ 0.1 % loss ([`load`]), measures one-way latency at
 //! half of coturn's maximum rate, and drives the XDP path at kernel speed with AF_PACKET
 //! ([`kernel_mode`]). Results go to Markdown, JSON and SVG files ([`report`]).
 
-pub mod control;
-pub mod cpu;
-pub mod kernel_mode;
-pub mod load;
-pub mod netns;
-pub mod report;
-pub mod servers;
-pub mod wire;
+mod control;
+mod cpu;
+mod kernel_mode;
+mod load;
+mod report;
+mod servers;
+mod xdp_timing;
 
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
 use serde::Serialize;
+use turn_testkit::addresses::{listener, OUTER_INTERFACE, PEER_V4, PEER_V6};
+use turn_testkit::config::User;
+use turn_testkit::netns::remove_stale_namespaces;
+use turn_testkit::privilege::is_root;
+use turn_testkit::topology::{Topology, Wiring};
+use turn_testkit::xdp::{StubAction, StubXdp};
 
-use control::{Credentials, Flow};
-use load::{RelayMode, StepResult};
-use netns::{in_netns, Topology, PEER_IP, PEER_IP6};
+use control::Flow;
+use load::{udp_drops, RelayMode, StepResult};
 use servers::{RunningServer, ServerKind};
 
 /// Loss at or below this counts as "relayed" in the rate sweep (0.1 %).
 pub const LOSS_THRESHOLD: f64 = 0.001;
 const SINK_PORT: u16 = 40000;
+/// RFC 8656 §12: the first channel number a client may bind.
+const FIRST_CHANNEL: u16 = 0x4000;
 const DRAIN: Duration = Duration::from_millis(150);
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set by SIGINT/SIGTERM (signal-hook); every load loop checks it and returns, so the
+/// namespaces are torn down and partial results written.
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
-/// True once SIGINT/SIGTERM arrived; every load loop checks it and returns.
+/// True once SIGINT/SIGTERM arrived.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
-extern "C" fn on_signal(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
+fn install_signal_handlers() -> Result<()> {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED))
+            .context("installing the signal handlers")?;
+    }
+    Ok(())
 }
 
-fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(
-                signal,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            )
-        };
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Benchmark turn-relay against coturn on the same machine and load"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the benchmark and write results.md, results.json and plots.
+    Run(RunOptions),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(options) => run(&options),
     }
 }
 
@@ -189,7 +218,7 @@ pub struct BenchReport {
     pub baseline_latency: Option<StepResult>,
     pub servers: Vec<ServerResults>,
     /// Mean ns per packet of the XDP program for each relay path, from BPF_PROG_TEST_RUN
-    /// ([`crate::bpf::bench::time_paths`]), next to a pass-only program (`baseline_pass`).
+    /// ([`xdp_timing::time_paths`]), next to a pass-only program (`baseline_pass`).
     pub xdp_program_ns_per_packet: Vec<(String, f64)>,
     pub xdp_program_timing_error: Option<String>,
 }
@@ -259,12 +288,48 @@ impl Plan {
     }
 }
 
+/// The namespaces with the trivial XDP programs on the client's and peer's veth ends: a
+/// veth accepts frames the relay's XDP program redirects into it only with an XDP
+/// program of its own. Attached for every server, so all of them see the same topology.
+pub struct Lab {
+    pub topology: Topology,
+    _client_side: StubXdp,
+    peer_side: Option<StubXdp>,
+}
+
+impl Lab {
+    fn new() -> Result<Lab> {
+        let topology = Topology::wired(Wiring::benchmark()).context("building the namespaces")?;
+        let client_side = StubXdp::attach(&topology.client, OUTER_INTERFACE, StubAction::Pass)?;
+        let mut lab = Lab {
+            topology,
+            _client_side: client_side,
+            peer_side: None,
+        };
+        lab.set_peer_side(StubAction::Pass)?;
+        Ok(lab)
+    }
+
+    /// Replaces the peer-side veth end's XDP program. Kernel-speed mode drops there, so
+    /// that the peer's own UDP stack does not limit the relay; the veth end still counts
+    /// every frame it received in rx_packets.
+    pub fn set_peer_side(&mut self, action: StubAction) -> Result<()> {
+        self.peer_side = None;
+        self.peer_side = Some(StubXdp::attach(
+            &self.topology.peer,
+            OUTER_INTERFACE,
+            action,
+        )?);
+        Ok(())
+    }
+}
+
 /// Measurement context shared by all servers of a run.
 struct Bench {
-    topology: Topology,
+    lab: Lab,
     sink_socket: UdpSocket,
     sink_socket6: UdpSocket,
-    credentials: Credentials,
+    user: User,
     next_step: u32,
     plan: Plan,
 }
@@ -272,9 +337,9 @@ struct Bench {
 impl Bench {
     fn sink_address(family: u8) -> SocketAddr {
         if family == 6 {
-            SocketAddr::V6(SocketAddrV6::new(PEER_IP6, SINK_PORT, 0, 0))
+            SocketAddr::new(PEER_V6.into(), SINK_PORT)
         } else {
-            SocketAddr::V4(SocketAddrV4::new(PEER_IP, SINK_PORT))
+            SocketAddr::new(PEER_V4.into(), SINK_PORT)
         }
     }
 
@@ -300,8 +365,9 @@ impl Bench {
         } else {
             None
         };
-        let sink_drops_before = self.topology.udp_drops(&self.topology.peer_ns)?;
-        let relay_drops_before = self.topology.udp_drops(&self.topology.relay_ns)?;
+        let topology = &self.lab.topology;
+        let sink_drops_before = udp_drops(&topology.peer)?;
+        let relay_drops_before = udp_drops(&topology.relay)?;
         let cpu_before = relay_pid.map(cpu::CpuSnapshot::take).transpose()?;
         let outcome = load::generate(
             flows,
@@ -321,14 +387,8 @@ impl Bench {
             }
             _ => None,
         };
-        let sink_drops = self
-            .topology
-            .udp_drops(&self.topology.peer_ns)?
-            .since(&sink_drops_before);
-        let relay_drops = self
-            .topology
-            .udp_drops(&self.topology.relay_ns)?
-            .since(&relay_drops_before);
+        let sink_drops = udp_drops(&topology.peer)?.since(&sink_drops_before);
+        let relay_drops = udp_drops(&topology.relay)?.since(&relay_drops_before);
         if interrupted() {
             bail!("interrupted");
         }
@@ -346,11 +406,11 @@ impl Bench {
     fn open_flows(&self, count: usize, family: u8) -> Result<Vec<Flow>> {
         (0..count)
             .map(|index| {
-                let channel = wire::FIRST_CHANNEL + index as u16;
+                let channel = FIRST_CHANNEL + index as u16;
                 control::open_flow(
-                    &self.topology.client_ns,
-                    servers::listen_address(family),
-                    &self.credentials,
+                    &self.lab.topology.client,
+                    listener(family),
+                    &self.user,
                     Self::sink_address(family),
                     channel,
                 )
@@ -361,7 +421,7 @@ impl Bench {
 
     fn close_flows(&self, flows: Vec<Flow>) {
         for flow in flows {
-            control::close_flow(flow, &self.credentials);
+            control::close_flow(flow);
         }
     }
 
@@ -444,26 +504,21 @@ impl Bench {
         latency_rate: Option<f64>,
         results: &mut ServerResults,
     ) -> Result<()> {
-        let server = RunningServer::start(
-            kind,
-            &self.topology,
-            &self.credentials,
-            relay_binary,
-            work_dir,
-        )?;
+        let server =
+            RunningServer::start(kind, &self.lab.topology, &self.user, relay_binary, work_dir)?;
         let pid = server.pid();
         results.status = server.status();
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());
         results.binding_requests = Some(control::binding_rate(
-            &self.topology.client_ns,
-            servers::listen_address(4),
+            &self.lab.topology.client,
+            listener(4),
             self.plan.request_test,
         )?);
         eprintln!("turn-bench: {}: allocations/s", kind.name());
         results.allocations = Some(control::allocation_rate(
-            &self.topology.client_ns,
-            servers::listen_address(4),
-            &self.credentials,
+            &self.lab.topology.client,
+            listener(4),
+            &self.user,
             self.plan.request_test,
             32,
         )?);
@@ -503,7 +558,7 @@ impl Bench {
             self.next_step += 1;
             eprintln!("turn-bench: {}: kernel-speed mode (AF_PACKET)", kind.name());
             match kernel_mode::run(
-                &mut self.topology,
+                &mut self.lab,
                 &flows,
                 scenario.payload_len,
                 self.plan.step,
@@ -522,12 +577,12 @@ impl Bench {
             round_trip: round_trip.ok(),
         });
         if kind != ServerKind::Coturn {
-            match servers::xdp_metrics(&self.topology) {
+            match server.xdp_metrics() {
                 Ok(lines) => results.xdp_metrics = lines,
                 Err(error) => eprintln!("turn-bench: {}: no metrics: {error:#}", kind.name()),
             }
         }
-        let log_path = server.log_path.clone();
+        let log_path = server.log_path().to_owned();
         drop(server);
         if kind != ServerKind::Coturn {
             results.xdp_totals = servers::xdp_totals_line(&log_path);
@@ -541,7 +596,7 @@ impl Bench {
         let flows: Vec<Flow> = (0..scenario.flows)
             .map(|_| {
                 control::direct_flow(
-                    &self.topology.client_ns,
+                    &self.lab.topology.client,
                     Self::sink_address(scenario.family),
                 )
             })
@@ -562,9 +617,8 @@ fn unix_now() -> u64 {
 
 /// `turn-bench run`: the whole benchmark.
 pub fn run(options: &RunOptions) -> Result<()> {
-    install_signal_handlers();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    install_signal_handlers()?;
+    if !is_root() {
         bail!("turn-bench needs root (network namespaces, AF_PACKET, XDP)");
     }
     let kinds: Vec<ServerKind> = if options.only.is_empty() {
@@ -594,10 +648,10 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let plan = Plan::from_options(options)?;
     let step_seconds = plan.step.as_secs_f64();
 
-    let mut topology = Topology::create().context("building the namespaces")?;
-    topology.attach_pass_programs()?;
+    remove_stale_namespaces();
+    let lab = Lab::new()?;
     let bind_sink = |family: u8| {
-        in_netns(&topology.peer_ns, move || {
+        lab.topology.peer.run_inside(move || {
             let socket =
                 UdpSocket::bind(Bench::sink_address(family)).context("binding the sink")?;
             control::enlarge_buffers(&socket);
@@ -608,13 +662,10 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let sink_socket6 = bind_sink(6)?;
     let password = format!("bench-{:016x}", rand::random::<u64>());
     let mut bench = Bench {
-        topology,
+        lab,
         sink_socket,
         sink_socket6,
-        credentials: Credentials {
-            username: "bench".into(),
-            password,
-        },
+        user: User::new("bench", &password),
         next_step: 0,
         plan,
     };
@@ -638,7 +689,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
     };
     if kinds.contains(&ServerKind::OursXdp) {
         eprintln!("turn-bench: XDP program per-path timing (BPF_PROG_TEST_RUN)");
-        match crate::bpf::bench::time_paths(if options.quick { 100_000 } else { 1_000_000 }) {
+        match xdp_timing::time_paths(if options.quick { 100_000 } else { 1_000_000 }) {
             Ok(timings) => report.xdp_program_ns_per_packet = timings,
             Err(error) => report.xdp_program_timing_error = Some(format!("{error:#}")),
         }

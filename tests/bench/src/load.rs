@@ -11,17 +11,60 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use turn_testkit::mmsg::{send_buffers, ReceiveBatch, BATCH};
+use turn_testkit::netns::Namespace;
+use turn_testkit::stun_client::{channel_data, relayed_payload, send_indication};
 
-use super::control::Flow;
-use super::wire;
+use crate::control::Flow;
 
 pub const PROBE_LEN: usize = 24;
-/// Datagrams per sendmmsg/recvmmsg call.
-const BATCH: usize = 64;
 /// Latency samples kept per step (about 16 MB at most).
 const MAX_LATENCY_SAMPLES: usize = 4_000_000;
-const MAX_DATAGRAM: usize = 2048;
+
+/// Datagrams a namespace's UDP layer dropped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UdpDrops {
+    /// A receiving socket's buffer was full (RcvbufErrors), e.g. the sink falling behind.
+    pub receive_buffer: u64,
+    /// Bad UDP checksum (InCsumErrors): a relay wrote a wrong checksum.
+    pub checksum: u64,
+}
+
+impl UdpDrops {
+    pub fn since(&self, before: &UdpDrops) -> UdpDrops {
+        UdpDrops {
+            receive_buffer: self.receive_buffer.saturating_sub(before.receive_buffer),
+            checksum: self.checksum.saturating_sub(before.checksum),
+        }
+    }
+}
+
+/// UDP drop counters of a namespace (/proc/net/snmp as seen from inside it).
+pub fn udp_drops(namespace: &Namespace) -> Result<UdpDrops> {
+    namespace.run_inside(|| {
+        // thread-self: /proc/self/net would show the main thread's namespace.
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")
+            .context("reading /proc/thread-self/net/snmp")?;
+        let mut udp_lines = snmp.lines().filter(|line| line.starts_with("Udp: "));
+        let (Some(names), Some(values)) = (udp_lines.next(), udp_lines.next()) else {
+            bail!("no Udp lines in /proc/net/snmp")
+        };
+        let counter = |wanted: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(name, _)| *name == wanted)
+                .and_then(|(_, value)| value.parse().ok())
+                .with_context(|| format!("no Udp {wanted} counter"))
+        };
+        Ok(UdpDrops {
+            receive_buffer: counter("RcvbufErrors")?,
+            checksum: counter("InCsumErrors")?,
+        })
+    })
+}
 
 /// How the client hands data to the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -92,24 +135,15 @@ pub struct GeneratorOutcome {
 
 /// The datagram a flow sends, up to the probe header; payload bytes follow.
 fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, usize) {
+    let zeros = vec![0u8; payload_len];
     let mut template = match mode {
         RelayMode::ChannelData => {
-            let mut message = wire::channel_data(flow.channel, payload_len, 0);
+            let mut message = channel_data(flow.channel, &zeros);
             message.truncate(message.len() - payload_len);
             message
         }
         RelayMode::SendIndication => {
-            let mut writer =
-                wire::MessageWriter::indication(crate::protocol::stun::Method::SEND, [0; 12]);
-            writer.xor_address(
-                crate::protocol::stun::attributes::XOR_PEER_ADDRESS,
-                flow.peer,
-            );
-            writer.attribute(
-                crate::protocol::stun::attributes::DATA,
-                &vec![0u8; payload_len],
-            );
-            let mut message = writer.finish();
+            let mut message = send_indication([0; 12], flow.peer, &zeros, false);
             message.truncate(message.len() - payload_len.next_multiple_of(4));
             message
         }
@@ -170,7 +204,7 @@ pub fn generate(
 }
 
 /// One generator thread: flows round-robin, sendmmsg batches of up to 64 per flow, bounded
-/// by `duration` and by [`super::interrupted`]. `first_flow` is the global id of `flows[0]`.
+/// by `duration` and by [`crate::interrupted`]. `first_flow` is the global id of `flows[0]`.
 fn generate_on_thread(
     flows: &[Flow],
     first_flow: usize,
@@ -194,7 +228,7 @@ fn generate_on_thread(
     // SAFETY: prctl(PR_SET_TIMERSLACK) only affects the calling thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
     let start = Instant::now();
-    while !super::interrupted() {
+    while !crate::interrupted() {
         let elapsed = start.elapsed();
         if elapsed >= duration {
             break;
@@ -235,7 +269,7 @@ fn generate_on_thread(
                 }
             }
         }
-        let accepted = send_batch(&flows[flow_index].socket, &mut buffers[..count]);
+        let accepted = send_buffers(&flows[flow_index].socket, &mut buffers[..count]);
         sequences[flow_index] += accepted as u64;
         sent += accepted as u64;
     }
@@ -253,38 +287,6 @@ fn xor_ipv6_peer_with_transaction_id(message: &mut [u8]) {
     for j in 0..12 {
         message[32 + j] ^= message[8 + j];
     }
-}
-
-/// One sendmmsg on a connected socket; returns how many datagrams the kernel accepted.
-fn send_batch(socket: &UdpSocket, buffers: &mut [Vec<u8>]) -> usize {
-    let mut iovecs: Vec<libc::iovec> = buffers
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut headers = mmsg_headers(&mut iovecs);
-    // SAFETY: headers and the iovecs/buffers they point to outlive the call.
-    unsafe { send_headers(socket, &mut headers) }
-}
-
-/// One non-blocking sendmmsg of every header; returns how many datagrams the kernel
-/// accepted.
-///
-/// # Safety
-/// The iovecs, buffers and address slots the headers point to must be alive.
-unsafe fn send_headers(socket: &UdpSocket, headers: &mut [libc::mmsghdr]) -> usize {
-    // SAFETY: the caller guarantees what the headers point to is alive.
-    let result = unsafe {
-        libc::sendmmsg(
-            socket.as_raw_fd(),
-            headers.as_mut_ptr(),
-            headers.len() as u32,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    usize::try_from(result).unwrap_or(0)
 }
 
 /// Per-step counters of the sink.
@@ -378,98 +380,6 @@ fn parse_probe(payload: &[u8]) -> Option<ProbeHeader> {
     })
 }
 
-struct ReceiveBatch {
-    buffers: Vec<Vec<u8>>,
-    names: Vec<libc::sockaddr_in6>,
-    lengths: Vec<usize>,
-}
-
-/// One "no name, no control" mmsghdr per iovec. The headers point into `iovecs`, so
-/// those (and the buffers they point to) must outlive the sendmmsg/recvmmsg call.
-pub(super) fn mmsg_headers(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
-    iovecs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: zeroed mmsghdr is valid; the iovec pointer is set below.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_iov = iov;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect()
-}
-
-/// Like [`mmsg_headers`], with header `i` also pointing at address slot `names[i]` (one
-/// header per iovec that has a slot); `names` must outlive the call too.
-fn mmsg_headers_with_names(
-    iovecs: &mut [libc::iovec],
-    names: &mut [libc::sockaddr_in6],
-) -> Vec<libc::mmsghdr> {
-    let mut headers = mmsg_headers(iovecs);
-    headers.truncate(names.len());
-    for (header, name) in headers.iter_mut().zip(names.iter_mut()) {
-        header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in6).cast();
-        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-    }
-    headers
-}
-
-impl ReceiveBatch {
-    fn new() -> Self {
-        // SAFETY: an all-zero sockaddr_in6 is valid (it also holds a sockaddr_in).
-        ReceiveBatch {
-            buffers: vec![vec![0u8; MAX_DATAGRAM]; BATCH],
-            names: vec![unsafe { std::mem::zeroed() }; BATCH],
-            lengths: vec![0; BATCH],
-        }
-    }
-
-    /// One non-blocking recvmmsg; returns the datagram count.
-    fn receive(&mut self, socket: &UdpSocket) -> usize {
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let mut headers = mmsg_headers_with_names(&mut iovecs, &mut self.names);
-        // SAFETY: all pointers reference live buffers owned by self for the call's duration.
-        let result = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        let count = usize::try_from(result).unwrap_or(0);
-        for (length, header) in self.lengths.iter_mut().zip(&headers).take(count) {
-            *length = header.msg_len as usize;
-        }
-        count
-    }
-
-    /// Sends the first `count` datagrams back to where they came from.
-    fn echo(&mut self, socket: &UdpSocket, count: usize) -> usize {
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .iter_mut()
-            .zip(&self.lengths)
-            .take(count)
-            .map(|(b, &len)| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: len,
-            })
-            .collect();
-        let mut headers = mmsg_headers_with_names(&mut iovecs, &mut self.names);
-        // SAFETY: as in `receive`.
-        unsafe { send_headers(socket, &mut headers) }
-    }
-}
-
 fn wait_readable(fds: &mut [libc::pollfd], timeout_ms: i32) {
     // SAFETY: fds is a valid slice of pollfd.
     unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -484,7 +394,7 @@ fn sink_loop(
 ) -> SinkReport {
     let mut report = SinkReport::default();
     let mut next_sequence = vec![0u64; flows];
-    let mut batch = ReceiveBatch::new();
+    let mut batch = ReceiveBatch::default();
     let mut poll_fd = [libc::pollfd {
         fd: socket.as_raw_fd(),
         events: libc::POLLIN,
@@ -498,8 +408,8 @@ fn sink_loop(
             continue;
         }
         let now = monotonic_ns();
-        for (buffer, &length) in batch.buffers.iter().zip(&batch.lengths).take(count) {
-            let Some(probe) = buffer.get(..length).and_then(parse_probe) else {
+        for datagram in batch.datagrams(count) {
+            let Some(probe) = parse_probe(datagram) else {
                 continue;
             };
             if probe.step != step {
@@ -528,7 +438,7 @@ fn sink_loop(
 
 fn echo_receiver_loop(sockets: &[UdpSocket], step: u32, stop: &AtomicBool) -> SinkReport {
     let mut report = SinkReport::default();
-    let mut batch = ReceiveBatch::new();
+    let mut batch = ReceiveBatch::default();
     let mut poll_fds: Vec<libc::pollfd> = sockets
         .iter()
         .map(|s| libc::pollfd {
@@ -546,12 +456,8 @@ fn echo_receiver_loop(sockets: &[UdpSocket], step: u32, stop: &AtomicBool) -> Si
             }
             let count = batch.receive(socket);
             let now = monotonic_ns();
-            for (buffer, &length) in batch.buffers.iter().zip(&batch.lengths).take(count) {
-                let Some(probe) = buffer
-                    .get(..length)
-                    .and_then(wire::relayed_payload)
-                    .and_then(parse_probe)
-                else {
+            for datagram in batch.datagrams(count) {
+                let Some(probe) = relayed_payload(datagram).and_then(parse_probe) else {
                     continue;
                 };
                 if probe.step != step {
@@ -593,7 +499,7 @@ pub struct StepResult {
     pub relay_socket_drops: u64,
     pub one_way_latency: Option<Percentiles>,
     pub round_trip: Option<Percentiles>,
-    pub cpu: Option<super::cpu::CpuCost>,
+    pub cpu: Option<crate::cpu::CpuCost>,
 }
 
 impl StepResult {
@@ -601,10 +507,10 @@ impl StepResult {
         target_pps: Option<f64>,
         outcome: &GeneratorOutcome,
         sink: SinkReport,
-        sink_drops: super::netns::UdpDrops,
-        relay_drops: super::netns::UdpDrops,
+        sink_drops: UdpDrops,
+        relay_drops: UdpDrops,
         echo: Option<SinkReport>,
-        cpu: Option<super::cpu::CpuCost>,
+        cpu: Option<crate::cpu::CpuCost>,
     ) -> StepResult {
         let seconds = outcome.seconds.max(1e-9);
         let offered_pps = outcome.sent as f64 / seconds;
@@ -645,14 +551,10 @@ mod tests {
             0,
             0,
         ));
-        let mut writer =
-            wire::MessageWriter::indication(crate::protocol::stun::Method::SEND, [0; 12]);
-        writer.xor_address(crate::protocol::stun::attributes::XOR_PEER_ADDRESS, peer);
-        writer.attribute(crate::protocol::stun::attributes::DATA, &[7; 8]);
-        let mut message = writer.finish();
+        let mut message = send_indication([0; 12], peer, &[7; 8], false);
         message[8..20].copy_from_slice(&[0x5a, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xff]);
         xor_ipv6_peer_with_transaction_id(&mut message);
-        let parsed = crate::protocol::stun::Message::parse(&message).expect("well formed");
+        let parsed = turn_relay::protocol::stun::Message::parse(&message).expect("well formed");
         assert_eq!(parsed.xor_peer_address().ok().flatten(), Some(peer));
     }
 

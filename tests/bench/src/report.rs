@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::load::{Percentiles, StepResult};
-use super::{BenchReport, Scenario, ServerResults};
+use crate::load::{Percentiles, StepResult};
+use crate::{BenchReport, Scenario, ServerResults};
 
 /// A no-relay one-way p99 above this means other load on the machine dominates latency.
 const NOISY_BASELINE_P99_US: f64 = 100.0;
