@@ -104,7 +104,7 @@ fn demo(
     });
 
     println!(
-        "{:>5}  {:>12} {:>12} {:>12} {:>12}   {:>10} {:>10}",
+        "{:>5}  {:>14} {:>14} {:>14} {:>14}   {:>11} {:>11}",
         "s",
         "XDP cd→peer",
         "XDP send→peer",
@@ -152,7 +152,7 @@ fn print_row(elapsed: Duration, metrics: &Metrics) {
     let [cd_peer, send_peer, cd_client, data_client] =
         XDP_OUTCOMES.map(|outcome| metrics.xdp_packets(outcome));
     println!(
-        "{:>5.0}  {cd_peer:>12} {send_peer:>12} {cd_client:>12} {data_client:>12}   {:>10} {:>10}",
+        "{:>5.0}  {cd_peer:>14} {send_peer:>14} {cd_client:>14} {data_client:>14}   {:>11} {:>11}",
         elapsed.as_secs_f64(),
         metrics.userspace_relayed("to_peer"),
         metrics.userspace_relayed("to_client"),
