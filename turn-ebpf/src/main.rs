@@ -111,6 +111,13 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Drops every frame: the benchmark's sink in kernel-speed mode, so the receiving stack
+/// does not limit what the relay can deliver.
+#[xdp]
+pub fn xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// What a UDP payload looks like, by its first bytes (RFC 7983 §7 demultiplexing).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shape {

@@ -8,7 +8,6 @@
 //! - [`daemon`]: the tokio event loop that drives the core with real sockets, its
 //!   configuration, metrics and start-up.
 
-pub mod bench;
 pub mod bpf;
 pub mod daemon;
 pub mod protocol;

@@ -1,4 +1,5 @@
-//! Developer tasks for the TURN relay: `cargo xtask <setup|build|run|build-and-load|test|bench>`.
+//! Developer tasks for the TURN relay:
+//! `cargo xtask <setup|build|run|build-and-load|test|bench|demo>`.
 //!
 //! Every task prints what it does and how long it took, and fails with context
 //! (`anyhow`) naming the step that broke.
@@ -53,7 +54,8 @@ enum Task {
     /// Setup, then every unit and end-to-end test of the workspace (privileged ones too),
     /// then the quick benchmark.
     Test,
-    /// Setup, release build, then the benchmark against coturn (`turn-bench run`):
+    /// Setup, release build, then the benchmark against coturn (`turn-bench run`, crate
+    /// `tests/bench`):
     /// results.md, results.json and SVG plots in `--out`.
     Bench {
         /// The quick subset (under 2 minutes), as `cargo xtask test` runs it.
@@ -65,6 +67,14 @@ enum Task {
         /// Extra arguments for `turn-bench run` (after `--`), e.g. `--only coturn,ours-xdp`.
         #[arg(last = true)]
         bench_args: Vec<String>,
+    },
+    /// Setup, release build, then a live demonstration: client, relay and peer namespaces,
+    /// the relay with XDP, coturn's uclient driving traffic through it, and per-second
+    /// counters of what XDP and userspace relayed (`turn-demo`, crate `tests/testkit`).
+    Demo {
+        /// How long the client sends.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
     },
 }
 
@@ -101,11 +111,15 @@ fn main() -> Result<()> {
             setup::run(&workspace)?;
             run_benchmark(&workspace, quick, &out, &bench_args)
         }
+        Task::Demo { seconds } => {
+            setup::run(&workspace)?;
+            run_demo(&workspace, seconds)
+        }
     }
 }
 
-/// Builds the release daemon and `turn-bench`, then runs the benchmark; the Markdown
-/// table it writes is the one the README's benchmark section quotes.
+/// Builds the release daemon and `turn-bench` (`tests/bench`), then runs the benchmark;
+/// the Markdown table it writes is the one the README's benchmark section quotes.
 pub(crate) fn run_benchmark(
     workspace: &Path,
     quick: bool,
@@ -113,9 +127,17 @@ pub(crate) fn run_benchmark(
     extra_args: &[String],
 ) -> Result<()> {
     let started = Instant::now();
-    println!("==> bench: cargo build --release -p turn-userspace --bins");
-    run_checked(cargo().args(["build", "--release", "-p", "turn-userspace", "--bins"]))
-        .context("release build of turn-relay and turn-bench")?;
+    release_build(
+        &[
+            "-p",
+            "turn-userspace",
+            "--bin",
+            "turn-relay",
+            "-p",
+            "turn-bench",
+        ],
+        "turn-relay and turn-bench",
+    )?;
     let release = target_dir(workspace).join("release");
     let mut bench = Command::new(release.join("turn-bench"));
     bench
@@ -135,6 +157,41 @@ pub(crate) fn run_benchmark(
         out.join("results.md").display()
     );
     Ok(())
+}
+
+/// Builds the release daemon and `turn-demo` (`tests/testkit`), then replaces this
+/// process with the demo, so Ctrl-C reaches it directly and it tears its namespaces down.
+fn run_demo(workspace: &Path, seconds: u64) -> Result<()> {
+    release_build(
+        &[
+            "-p",
+            "turn-userspace",
+            "--bin",
+            "turn-relay",
+            "-p",
+            "turn-testkit",
+            "--bin",
+            "turn-demo",
+        ],
+        "turn-relay and turn-demo",
+    )?;
+    let release = target_dir(workspace).join("release");
+    let demo = release.join("turn-demo");
+    println!("==> demo: {}", demo.display());
+    let error = Command::new(&demo)
+        .arg("--relay-binary")
+        .arg(release.join("turn-relay"))
+        .arg("--seconds")
+        .arg(seconds.to_string())
+        .exec();
+    Err(error).with_context(|| format!("starting {}", demo.display()))
+}
+
+/// `cargo build --release <arguments>` (packages and binaries), failing with `what`.
+fn release_build(arguments: &[&str], what: &str) -> Result<()> {
+    println!("==> cargo build --release {}", arguments.join(" "));
+    run_checked(cargo().args(["build", "--release"]).args(arguments))
+        .with_context(|| format!("release build of {what}"))
 }
 
 /// The workspace root: xtask lives one directory below it.

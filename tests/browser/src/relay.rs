@@ -40,7 +40,7 @@ impl LoopbackRelay {
     /// Writes a configuration with the static user `username`/`password`, starts the
     /// debug daemon with it and waits until it answers STUN.
     pub fn start(username: &str, password: &str) -> Result<LoopbackRelay> {
-        let binary = turn_integration_tests::daemon_binary()?;
+        let binary = turn_testkit::daemon::daemon_binary()?;
         let serial = UNIQUE.fetch_add(1, Ordering::Relaxed);
         let directory = std::env::temp_dir().join(format!(
             "turn-browser-relay-{}-{serial}",

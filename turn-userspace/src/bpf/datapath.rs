@@ -21,7 +21,7 @@ struct Installed {
 }
 
 /// The XDP program's flow tables, as a [`Datapath`]. Obtained from
-/// [`super::XdpRelay::datapath`] (or a [`super::testbed::Testbed`]).
+/// [`super::XdpRelay::datapath`].
 ///
 /// Listener and relayed addresses must be specific (not 0.0.0.0 / ::): the program
 /// matches on the addresses frames carry. Entries with a wildcard are refused, so the

@@ -29,14 +29,12 @@
 //! - Map memory is preallocated: about 2.4 KiB per allocation on a 2-CPU host
 //!   (`XdpRelay::map_memory_bytes` gives the exact figure).
 
-pub mod bench;
 mod clock;
 mod datapath;
 mod host;
 mod maps;
-pub mod testbed;
-#[cfg(test)]
-mod tests;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fmt;
 use std::sync::Mutex;

@@ -23,7 +23,7 @@ impl LongTermKeys {
     /// raw UTF-8, which is what coturn, restund and browsers do for ASCII credentials.
     pub(crate) fn from_password(username: &str, realm: &str, password: &str) -> Self {
         LongTermKeys {
-            md5: long_term_key::<Md5>(username, realm, password).into(),
+            md5: md5_long_term_key(username, realm, password),
             sha256: Some(long_term_key::<Sha256>(username, realm, password).into()),
         }
     }
@@ -39,6 +39,12 @@ impl LongTermKeys {
             PasswordAlgorithm::Sha256 => self.sha256.as_ref().map(|key| key.as_slice()),
         }
     }
+}
+
+/// The MD5 long-term key `MD5(username ":" realm ":" password)` (RFC 8489 §9.2.2) that a
+/// client keys MESSAGE-INTEGRITY with.
+pub fn md5_long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
+    long_term_key::<Md5>(username, realm, password).into()
 }
 
 /// `H(username ":" realm ":" password)` with the hash of the password algorithm.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
-pub use credential::{CandidateKeys, Credential};
+pub use credential::{md5_long_term_key, CandidateKeys, Credential};
 pub use nonce::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
 
 use credential::LongTermKeys;

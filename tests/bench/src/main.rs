@@ -1,0 +1,728 @@
+//! `turn-bench`: a re-runnable benchmark of this relay against coturn on one machine, in one
+//! run, on the same topology and load (issue #4). `turn-bench run --quick --out DIR`
+//! writes results.md, results.json and plot-*.svg to DIR; `cargo xtask bench` runs it.
+//! Needs root.
+//!
+//! One run builds client/relay/peer network namespaces (the testkit's topology with its
+//! benchmark wiring), times the XDP program per path under BPF_PROG_TEST_RUN
+//! ([`xdp_timing`]), then for each server
+//! ([`servers`]: coturn, ours with XDP off, ours with XDP) measures STUN Binding requests/s
+//! and authenticated allocations/s ([`control`]), sweeps the offered rate per scenario to
+//! find the highest rate relayed with ≤ 0.1 % loss ([`load`]), measures one-way latency at
+//! half of coturn's maximum rate, and drives the XDP path at kernel speed with AF_PACKET
+//! ([`kernel_mode`]). Results go to Markdown, JSON and SVG files ([`report`]).
+
+mod control;
+mod cpu;
+mod kernel_mode;
+mod load;
+mod report;
+mod servers;
+mod xdp_timing;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use turn_testkit::addresses::{listener, OUTER_INTERFACE, PEER_V4, PEER_V6};
+use turn_testkit::config::User;
+use turn_testkit::netns::remove_stale_namespaces;
+use turn_testkit::privilege::is_root;
+use turn_testkit::topology::{Topology, Wiring};
+use turn_testkit::xdp::{StubAction, StubXdp};
+
+use control::Flow;
+use load::{udp_drops, RelayMode, StepResult};
+use servers::{RunningServer, ServerKind};
+
+/// Loss at or below this counts as "relayed" in the rate sweep (0.1 %).
+pub const LOSS_THRESHOLD: f64 = 0.001;
+const SINK_PORT: u16 = 40000;
+/// RFC 8656 §12: the first channel number a client may bind.
+const FIRST_CHANNEL: u16 = 0x4000;
+const DRAIN: Duration = Duration::from_millis(150);
+
+/// Set by SIGINT/SIGTERM (signal-hook); every load loop checks it and returns, so the
+/// namespaces are torn down and partial results written.
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+
+/// True once SIGINT/SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+fn install_signal_handlers() -> Result<()> {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED))
+            .context("installing the signal handlers")?;
+    }
+    Ok(())
+}
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Benchmark turn-relay against coturn on the same machine and load"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the benchmark and write results.md, results.json and plots.
+    Run(RunOptions),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(options) => run(&options),
+    }
+}
+
+/// Options of `turn-bench run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunOptions {
+    /// A small subset (ChannelData and Send, 16 flows, 120 B; short steps): under 2 minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the Markdown, JSON and SVG results go.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Servers to run, comma separated: coturn, ours-userspace, ours-xdp (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// The turn-relay daemon (default: next to this binary, i.e. target/release/turn-relay).
+    #[arg(long)]
+    pub relay_binary: Option<PathBuf>,
+    /// Seconds per load step (default 2, quick 1).
+    #[arg(long)]
+    pub step_seconds: Option<f64>,
+    /// Flow counts to test, comma separated (default 1,16,256; quick 16).
+    #[arg(long, value_delimiter = ',')]
+    pub flows: Vec<usize>,
+    /// Payload sizes in bytes, comma separated (default 120,1200; quick 120).
+    #[arg(long, value_delimiter = ',')]
+    pub payload: Vec<usize>,
+    /// Skip the AF_PACKET kernel-speed mode.
+    #[arg(long)]
+    pub no_kernel_mode: bool,
+    /// Load generator threads (flows are split between them). More threads offer more load
+    /// but take CPU from the server on small machines.
+    #[arg(long, default_value_t = 1)]
+    pub generator_threads: usize,
+    /// IP families of the relay scenarios, comma separated: 4, 6 (default 4,6; quick 4).
+    /// Client, relayed address and peer are all of that family. Binding requests/s,
+    /// allocations/s and the kernel-speed mode are measured over IPv4 only.
+    #[arg(long, value_delimiter = ',')]
+    pub families: Vec<u8>,
+}
+
+/// One load shape.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Scenario {
+    pub mode: RelayMode,
+    /// IP family of client, relayed address and peer: 4 or 6.
+    pub family: u8,
+    pub flows: usize,
+    pub payload_len: usize,
+}
+
+impl Scenario {
+    pub fn label(&self) -> String {
+        format!(
+            "{} IPv{} {} flows {} B",
+            self.mode.label(),
+            self.family,
+            self.flows,
+            self.payload_len
+        )
+    }
+
+    pub fn slug(&self) -> String {
+        let mode = match self.mode {
+            RelayMode::ChannelData => "channeldata",
+            RelayMode::SendIndication => "send",
+            RelayMode::Direct => "direct",
+        };
+        // IPv4 keeps the slug it had before IPv6 scenarios existed.
+        let family = if self.family == 6 { "-ipv6" } else { "" };
+        format!("{mode}{family}-{}flows-{}B", self.flows, self.payload_len)
+    }
+}
+
+/// The highest offered rate relayed with ≤ 0.1 % loss.
+#[derive(Clone, Debug, Serialize)]
+pub struct MaxRate {
+    pub pps: f64,
+    /// True when no tested rate lost more than 0.1 %: the generator, not the server, set
+    /// the limit, so `pps` is a lower bound.
+    pub generator_bound: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: Scenario,
+    pub max_rate: MaxRate,
+    /// The as-fast-as-possible step (CPU cost is taken from it).
+    pub saturated: StepResult,
+    /// The step run at `max_rate` (None when that was the saturated step).
+    pub at_max_rate: Option<StepResult>,
+    /// All steps, including the saturated one, in the order run.
+    pub steps: Vec<StepResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyResult {
+    pub scenario: Scenario,
+    pub rate_pps: f64,
+    pub step: StepResult,
+    /// RTT through the relay and back (sink echoes), at a low rate.
+    pub round_trip: Option<StepResult>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServerResults {
+    pub server: String,
+    /// coturn's version or our daemon's XDP status line.
+    pub status: Option<String>,
+    /// Our daemon's XDP counters at shutdown (shows whether XDP relayed the load).
+    pub xdp_totals: Option<String>,
+    /// Non-zero XDP samples of our daemon's /metrics at the end of its run.
+    pub xdp_metrics: Vec<String>,
+    pub error: Option<String>,
+    pub binding_requests: Option<control::RequestRate>,
+    pub allocations: Option<control::RequestRate>,
+    pub scenarios: Vec<ScenarioResult>,
+    pub latency: Option<LatencyResult>,
+    pub kernel_mode: Option<kernel_mode::KernelModeResult>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub started_unix: u64,
+    pub kernel: String,
+    pub cpus: usize,
+    pub quick: bool,
+    pub step_seconds: f64,
+    pub generator_threads: usize,
+    pub loss_threshold: f64,
+    pub latency_rate_pps: Option<f64>,
+    pub baseline_latency: Option<StepResult>,
+    pub servers: Vec<ServerResults>,
+    /// Mean ns per packet of the XDP program for each relay path, from BPF_PROG_TEST_RUN
+    /// ([`xdp_timing::time_paths`]), next to a pass-only program (`baseline_pass`).
+    pub xdp_program_ns_per_packet: Vec<(String, f64)>,
+    pub xdp_program_timing_error: Option<String>,
+}
+
+struct Plan {
+    scenarios: Vec<Scenario>,
+    step: Duration,
+    /// Rate-search steps after the saturated step.
+    search_steps: usize,
+    request_test: Duration,
+    kernel_mode: bool,
+    generator_threads: usize,
+}
+
+impl Plan {
+    fn from_options(options: &RunOptions) -> Result<Plan> {
+        let families = if !options.families.is_empty() {
+            options.families.clone()
+        } else if options.quick {
+            vec![4]
+        } else {
+            vec![4, 6]
+        };
+        if let Some(bad) = families.iter().find(|f| !matches!(f, 4 | 6)) {
+            bail!("unknown IP family {bad} (4 or 6)");
+        }
+        let flows = if !options.flows.is_empty() {
+            options.flows.clone()
+        } else if options.quick {
+            vec![16]
+        } else {
+            vec![1, 16, 256]
+        };
+        let payloads = if !options.payload.is_empty() {
+            options.payload.clone()
+        } else if options.quick {
+            vec![120]
+        } else {
+            vec![120, 1200]
+        };
+        let mut scenarios = Vec::new();
+        for &family in &families {
+            for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
+                for &flows in &flows {
+                    for &payload_len in &payloads {
+                        scenarios.push(Scenario {
+                            mode,
+                            family,
+                            flows: flows.max(1),
+                            payload_len: payload_len.max(load::PROBE_LEN),
+                        });
+                    }
+                }
+            }
+        }
+        let step_seconds = options
+            .step_seconds
+            .unwrap_or(if options.quick { 1.0 } else { 2.0 });
+        Ok(Plan {
+            scenarios,
+            step: Duration::from_secs_f64(step_seconds.clamp(0.2, 30.0)),
+            search_steps: if options.quick { 3 } else { 6 },
+            request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
+            kernel_mode: !options.no_kernel_mode,
+            generator_threads: options.generator_threads,
+        })
+    }
+}
+
+/// The namespaces with the trivial XDP programs on the client's and peer's veth ends: a
+/// veth accepts frames the relay's XDP program redirects into it only with an XDP
+/// program of its own. Attached for every server, so all of them see the same topology.
+pub struct Lab {
+    pub topology: Topology,
+    _client_side: StubXdp,
+    peer_side: Option<StubXdp>,
+}
+
+impl Lab {
+    fn new() -> Result<Lab> {
+        let topology = Topology::wired(Wiring::benchmark()).context("building the namespaces")?;
+        let client_side = StubXdp::attach(&topology.client, OUTER_INTERFACE, StubAction::Pass)?;
+        let mut lab = Lab {
+            topology,
+            _client_side: client_side,
+            peer_side: None,
+        };
+        lab.set_peer_side(StubAction::Pass)?;
+        Ok(lab)
+    }
+
+    /// Replaces the peer-side veth end's XDP program. Kernel-speed mode drops there, so
+    /// that the peer's own UDP stack does not limit the relay; the veth end still counts
+    /// every frame it received in rx_packets.
+    pub fn set_peer_side(&mut self, action: StubAction) -> Result<()> {
+        self.peer_side = None;
+        self.peer_side = Some(StubXdp::attach(
+            &self.topology.peer,
+            OUTER_INTERFACE,
+            action,
+        )?);
+        Ok(())
+    }
+}
+
+/// Measurement context shared by all servers of a run.
+struct Bench {
+    lab: Lab,
+    sink_socket: UdpSocket,
+    sink_socket6: UdpSocket,
+    user: User,
+    next_step: u32,
+    plan: Plan,
+}
+
+impl Bench {
+    fn sink_address(family: u8) -> SocketAddr {
+        if family == 6 {
+            SocketAddr::new(PEER_V6.into(), SINK_PORT)
+        } else {
+            SocketAddr::new(PEER_V4.into(), SINK_PORT)
+        }
+    }
+
+    /// One bounded load step: generator for `plan.step`, then a short drain.
+    fn measure(
+        &mut self,
+        relay_pid: Option<u32>,
+        flows: &[Flow],
+        scenario: &Scenario,
+        rate: Option<f64>,
+        echo: bool,
+    ) -> Result<StepResult> {
+        self.next_step += 1;
+        let step = self.next_step;
+        let sink_socket = if scenario.family == 6 {
+            &self.sink_socket6
+        } else {
+            &self.sink_socket
+        };
+        let sink = load::Receiver::start_sink(sink_socket, step, flows.len(), echo)?;
+        let echo_receiver = if echo {
+            Some(load::Receiver::start_echo_receiver(flows, step)?)
+        } else {
+            None
+        };
+        let topology = &self.lab.topology;
+        let sink_drops_before = udp_drops(&topology.peer)?;
+        let relay_drops_before = udp_drops(&topology.relay)?;
+        let cpu_before = relay_pid.map(cpu::CpuSnapshot::take).transpose()?;
+        let outcome = load::generate(
+            flows,
+            scenario.mode,
+            scenario.payload_len,
+            rate,
+            self.plan.step,
+            step,
+            self.plan.generator_threads,
+        );
+        std::thread::sleep(DRAIN);
+        let sink_report = sink.finish();
+        let echo_report = echo_receiver.map(load::Receiver::finish);
+        let cpu = match (relay_pid, cpu_before) {
+            (Some(pid), Some(before)) => {
+                Some(cpu::CpuSnapshot::take(pid)?.cost_since(&before, sink_report.received))
+            }
+            _ => None,
+        };
+        let sink_drops = udp_drops(&topology.peer)?.since(&sink_drops_before);
+        let relay_drops = udp_drops(&topology.relay)?.since(&relay_drops_before);
+        if interrupted() {
+            bail!("interrupted");
+        }
+        Ok(StepResult::from_parts(
+            rate,
+            &outcome,
+            sink_report,
+            sink_drops,
+            relay_drops,
+            echo_report,
+            cpu,
+        ))
+    }
+
+    fn open_flows(&self, count: usize, family: u8) -> Result<Vec<Flow>> {
+        (0..count)
+            .map(|index| {
+                let channel = FIRST_CHANNEL + index as u16;
+                control::open_flow(
+                    &self.lab.topology.client,
+                    listener(family),
+                    &self.user,
+                    Self::sink_address(family),
+                    channel,
+                )
+                .with_context(|| format!("setting up flow {index}"))
+            })
+            .collect()
+    }
+
+    fn close_flows(&self, flows: Vec<Flow>) {
+        for flow in flows {
+            control::close_flow(flow);
+        }
+    }
+
+    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss.
+    fn sweep(&mut self, pid: u32, flows: &[Flow], scenario: &Scenario) -> Result<ScenarioResult> {
+        let saturated = self.measure(Some(pid), flows, scenario, None, false)?;
+        let mut steps = vec![saturated.clone()];
+        if saturated.loss_ratio <= LOSS_THRESHOLD {
+            let max_rate = MaxRate {
+                pps: saturated.relayed_pps,
+                generator_bound: true,
+            };
+            return Ok(ScenarioResult {
+                scenario: *scenario,
+                max_rate,
+                saturated,
+                at_max_rate: None,
+                steps,
+            });
+        }
+        let (mut good, mut bad) = (0.0f64, saturated.offered_pps);
+        let mut at_max_rate = None;
+        let mut rate = (saturated.relayed_pps * 0.95).max(100.0);
+        for _ in 0..self.plan.search_steps {
+            let result = self.measure(Some(pid), flows, scenario, Some(rate), false)?;
+            if result.loss_ratio <= LOSS_THRESHOLD && !result.generator_bound {
+                good = rate;
+                at_max_rate = Some(result.clone());
+            } else {
+                bad = rate;
+            }
+            steps.push(result);
+            rate = if good == 0.0 {
+                rate * 0.5
+            } else {
+                (good + bad) / 2.0
+            };
+            if bad - good < 0.03 * bad {
+                break;
+            }
+        }
+        Ok(ScenarioResult {
+            scenario: *scenario,
+            max_rate: MaxRate {
+                pps: good,
+                generator_bound: false,
+            },
+            saturated,
+            at_max_rate,
+            steps,
+        })
+    }
+
+    /// Measures one server; partial results survive a failure (the error is recorded).
+    fn run_server(
+        &mut self,
+        kind: ServerKind,
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        latency_rate: Option<f64>,
+    ) -> ServerResults {
+        let mut results = ServerResults {
+            server: kind.name().to_string(),
+            ..ServerResults::default()
+        };
+        if let Err(error) =
+            self.measure_server(kind, relay_binary, work_dir, latency_rate, &mut results)
+        {
+            eprintln!("turn-bench: {}: {error:#}", kind.name());
+            results.error = Some(format!("{error:#}"));
+        }
+        results
+    }
+
+    fn measure_server(
+        &mut self,
+        kind: ServerKind,
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        latency_rate: Option<f64>,
+        results: &mut ServerResults,
+    ) -> Result<()> {
+        let server =
+            RunningServer::start(kind, &self.lab.topology, &self.user, relay_binary, work_dir)?;
+        let pid = server.pid();
+        results.status = server.status();
+        eprintln!("turn-bench: {}: Binding requests/s", kind.name());
+        results.binding_requests = Some(control::binding_rate(
+            &self.lab.topology.client,
+            listener(4),
+            self.plan.request_test,
+        )?);
+        eprintln!("turn-bench: {}: allocations/s", kind.name());
+        results.allocations = Some(control::allocation_rate(
+            &self.lab.topology.client,
+            listener(4),
+            &self.user,
+            self.plan.request_test,
+            32,
+        )?);
+        for scenario in self.plan.scenarios.clone() {
+            eprintln!("turn-bench: {}: {}", kind.name(), scenario.label());
+            let flows = self.open_flows(scenario.flows, scenario.family)?;
+            let result = self.sweep(pid, &flows, &scenario);
+            self.close_flows(flows);
+            let result = result?;
+            eprintln!(
+                "turn-bench: {}: {}: max {:.0} pps at ≤0.1% loss{}; saturated offered {:.0} relayed {:.0}",
+                kind.name(),
+                scenario.label(),
+                result.max_rate.pps,
+                if result.max_rate.generator_bound { " (generator-bound)" } else { "" },
+                result.saturated.offered_pps,
+                result.saturated.relayed_pps
+            );
+            results.scenarios.push(result);
+        }
+        let Some(scenario) = self.plan.scenarios.first().copied() else {
+            return Ok(());
+        };
+        let own_max = results.scenarios.first().map_or(0.0, |s| s.max_rate.pps);
+        let rate = latency_rate.unwrap_or(own_max * 0.5).max(100.0);
+        let flows = self.open_flows(scenario.flows, scenario.family)?;
+        eprintln!("turn-bench: {}: latency at {rate:.0} pps", kind.name());
+        let step = self.measure(Some(pid), &flows, &scenario, Some(rate), false);
+        let round_trip = self.measure(Some(pid), &flows, &scenario, Some(rate.min(1000.0)), true);
+        if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData && scenario.family != 4
+        {
+            eprintln!(
+                "turn-bench: {}: kernel-speed mode skipped: it is IPv4 only",
+                kind.name()
+            );
+        } else if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData {
+            self.next_step += 1;
+            eprintln!("turn-bench: {}: kernel-speed mode (AF_PACKET)", kind.name());
+            match kernel_mode::run(
+                &mut self.lab,
+                &flows,
+                scenario.payload_len,
+                self.plan.step,
+                self.next_step,
+                pid,
+            ) {
+                Ok(result) => results.kernel_mode = Some(result),
+                Err(error) => eprintln!("turn-bench: kernel-speed mode failed: {error:#}"),
+            }
+        }
+        self.close_flows(flows);
+        results.latency = Some(LatencyResult {
+            scenario,
+            rate_pps: rate,
+            step: step?,
+            round_trip: round_trip.ok(),
+        });
+        if kind != ServerKind::Coturn {
+            match server.xdp_metrics() {
+                Ok(lines) => results.xdp_metrics = lines,
+                Err(error) => eprintln!("turn-bench: {}: no metrics: {error:#}", kind.name()),
+            }
+        }
+        let log_path = server.log_path().to_owned();
+        drop(server);
+        if kind != ServerKind::Coturn {
+            results.xdp_totals = servers::xdp_totals_line(&log_path);
+        }
+        Ok(())
+    }
+
+    /// One-way latency with no relay: the client sends straight to the sink at the same
+    /// rate and the relay namespace's kernel forwards it. "Added latency" = relay p99 − this p99.
+    fn baseline(&mut self, scenario: &Scenario, rate: f64) -> Result<StepResult> {
+        let flows: Vec<Flow> = (0..scenario.flows)
+            .map(|_| {
+                control::direct_flow(
+                    &self.lab.topology.client,
+                    Self::sink_address(scenario.family),
+                )
+            })
+            .collect::<Result<_>>()?;
+        let direct = Scenario {
+            mode: RelayMode::Direct,
+            ..*scenario
+        };
+        self.measure(None, &flows, &direct, Some(rate), false)
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `turn-bench run`: the whole benchmark.
+pub fn run(options: &RunOptions) -> Result<()> {
+    install_signal_handlers()?;
+    if !is_root() {
+        bail!("turn-bench needs root (network namespaces, AF_PACKET, XDP)");
+    }
+    let kinds: Vec<ServerKind> = if options.only.is_empty() {
+        ServerKind::ALL.to_vec()
+    } else {
+        options
+            .only
+            .iter()
+            .map(|name| {
+                ServerKind::from_name(name).with_context(|| {
+                    format!("unknown server {name} (coturn, ours-userspace, ours-xdp)")
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let relay_binary = match &options.relay_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary has no directory")?
+            .join("turn-relay"),
+    };
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("creating {}", options.out.display()))?;
+    let work_dir = options.out.join("logs");
+    std::fs::create_dir_all(&work_dir)?;
+    let plan = Plan::from_options(options)?;
+    let step_seconds = plan.step.as_secs_f64();
+
+    remove_stale_namespaces();
+    let lab = Lab::new()?;
+    let bind_sink = |family: u8| {
+        lab.topology.peer.run_inside(move || {
+            let socket =
+                UdpSocket::bind(Bench::sink_address(family)).context("binding the sink")?;
+            control::enlarge_buffers(&socket);
+            Ok(socket)
+        })
+    };
+    let sink_socket = bind_sink(4)?;
+    let sink_socket6 = bind_sink(6)?;
+    let password = format!("bench-{:016x}", rand::random::<u64>());
+    let mut bench = Bench {
+        lab,
+        sink_socket,
+        sink_socket6,
+        user: User::new("bench", &password),
+        next_step: 0,
+        plan,
+    };
+
+    let mut report = BenchReport {
+        started_unix: unix_now(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        quick: options.quick,
+        step_seconds,
+        generator_threads: options.generator_threads,
+        loss_threshold: LOSS_THRESHOLD,
+        latency_rate_pps: None,
+        baseline_latency: None,
+        servers: Vec::new(),
+        xdp_program_ns_per_packet: Vec::new(),
+        xdp_program_timing_error: None,
+    };
+    if kinds.contains(&ServerKind::OursXdp) {
+        eprintln!("turn-bench: XDP program per-path timing (BPF_PROG_TEST_RUN)");
+        match xdp_timing::time_paths(if options.quick { 100_000 } else { 1_000_000 }) {
+            Ok(timings) => report.xdp_program_ns_per_packet = timings,
+            Err(error) => report.xdp_program_timing_error = Some(format!("{error:#}")),
+        }
+    }
+    for kind in kinds {
+        if interrupted() {
+            break;
+        }
+        eprintln!("turn-bench: starting {}", kind.name());
+        let results = bench.run_server(kind, &relay_binary, &work_dir, report.latency_rate_pps);
+        if report.latency_rate_pps.is_none() {
+            // Latency is compared at half of coturn's maximum rate (or the first server's).
+            report.latency_rate_pps = results.latency.as_ref().map(|l| l.rate_pps);
+        }
+        report.servers.push(results);
+    }
+    if let (Some(rate), Some(scenario)) = (
+        report.latency_rate_pps,
+        bench.plan.scenarios.first().copied(),
+    ) {
+        if !interrupted() {
+            eprintln!("turn-bench: baseline latency without a relay");
+            report.baseline_latency = bench
+                .baseline(&scenario, rate)
+                .map_err(|e| eprintln!("turn-bench: baseline failed: {e:#}"))
+                .ok();
+        }
+    }
+    let written = report::write_all(&report, &options.out)?;
+    println!("{}", std::fs::read_to_string(&written).unwrap_or_default());
+    eprintln!("turn-bench: results in {}", options.out.display());
+    if interrupted() {
+        bail!("interrupted; partial results written");
+    }
+    Ok(())
+}

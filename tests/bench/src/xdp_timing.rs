@@ -1,0 +1,267 @@
+//! Timing of the XDP program per relay path with BPF_PROG_TEST_RUN, next to a
+//! pass-only program as baseline (needs root).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use turn_relay::bpf::Outcome;
+use turn_relay::protocol::datapath::ClientFlow;
+use turn_testkit::addresses::{
+    CLIENT_V4, CLIENT_V6, PEER_V4, PEER_V6, RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4,
+    RELAY_RELAYED_V6,
+};
+use turn_testkit::frames::{Ip, UdpChecksum, UdpFrame};
+use turn_testkit::stun_client::{channel_data, send_indication};
+use turn_testkit::testbed::{
+    Ingress, Testbed, Timed, CLIENT_MAC, CLIENT_SIDE_MAC, PEER_MAC, PEER_SIDE_MAC,
+};
+
+const CHANNEL: u16 = 0x4000;
+/// The transaction id of the timed Send indications.
+const TRANSACTION: [u8; 12] = [7; 12];
+const LISTENER_PORT: u16 = 3478;
+const RELAY_PORT: u16 = 50_000;
+const CLIENT_PORT: u16 = 40_000;
+const CHANNEL_PEER_PORT: u16 = 7000;
+/// A port of the peer without a channel: its datagrams become Data indications.
+const OTHER_PEER_PORT: u16 = 7001;
+/// The most single runs per path.
+pub const MAX_RUNS: u32 = 50_000;
+/// Repetitions of the frames timed with [`Testbed::time_repeated`].
+pub const REPEAT: u32 = 100_000;
+/// Application payload of every timed frame (a typical audio frame).
+const DATA_LEN: usize = 160;
+
+/// ns per packet of `turn_xdp` for each path next to the pass-only program `xdp_pass`,
+/// as BPF_PROG_TEST_RUN times them. Names: `baseline_pass`, `<path>_v4` / `<path>_v6`
+/// for the relay paths (`send_fingerprint_to_peer_*`: a Send indication with
+/// FINGERPRINT, whose CRC-32 the program verifies), `pass_unknown_flow` and
+/// `drop_no_permission`: the median of up to [`MAX_RUNS`] single runs each
+/// ([`Testbed::time`]), which includes the kernel's per-run timer overhead, so subtract
+/// `baseline_pass` for the program's own cost. `baseline_pass_repeated`,
+/// `pass_unknown_flow_repeated`, `drop_no_permission_repeated` and, per family,
+/// `send_bad_fingerprint_*_repeated` / `send_fingerprint_no_permission_*_repeated`: the
+/// mean over one run repeated [`REPEAT`] times ([`Testbed::time_repeated`]; timer
+/// overhead amortised), possible only for frames the program does not rewrite; it
+/// cross-checks the subtraction, and the last two differ only by the FINGERPRINT check
+/// (CRC-32 over the 196/208-byte message), so their difference is its cost. Err if a
+/// repeated frame was not counted under its expected outcome every time.
+pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
+    let repeat = repeat.min(MAX_RUNS);
+    let testbed = Testbed::new(16)?;
+    let mut fast_path = testbed.fast_path()?;
+    let expires_at = Instant::now() + Duration::from_secs(3600);
+    let mut frames: Vec<(String, Vec<u8>, Ingress)> = Vec::new();
+    for (suffix, listener_ip, relay_ip, client_ip, peer_ip) in [
+        (
+            "v4",
+            IpAddr::V4(RELAY_LISTEN_V4),
+            IpAddr::V4(RELAY_RELAYED_V4),
+            IpAddr::V4(CLIENT_V4),
+            IpAddr::V4(PEER_V4),
+        ),
+        (
+            "v6",
+            IpAddr::V6(RELAY_LISTEN_V6),
+            IpAddr::V6(RELAY_RELAYED_V6),
+            IpAddr::V6(CLIENT_V6),
+            IpAddr::V6(PEER_V6),
+        ),
+    ] {
+        let flow = ClientFlow {
+            client: SocketAddr::new(client_ip, CLIENT_PORT),
+            listener: SocketAddr::new(listener_ip, LISTENER_PORT),
+        };
+        let relay = SocketAddr::new(relay_ip, RELAY_PORT);
+        let peer = SocketAddr::new(peer_ip, CHANNEL_PEER_PORT);
+        let other_peer = SocketAddr::new(peer_ip, OTHER_PEER_PORT);
+        fast_path.allocation_with_channel(flow, relay, peer, CHANNEL, expires_at)?;
+        let data = [0x5Au8; DATA_LEN];
+        let to_listener = |payload: &[u8]| {
+            udp_frame(
+                CLIENT_MAC,
+                CLIENT_SIDE_MAC,
+                flow.client,
+                flow.listener,
+                payload,
+            )
+        };
+        frames.push((
+            format!("channel_data_to_peer_{suffix}"),
+            to_listener(&channel_data(CHANNEL, &data)),
+            Ingress::ClientSide,
+        ));
+        frames.push((
+            format!("send_to_peer_{suffix}"),
+            to_listener(&send_indication(TRANSACTION, peer, &data, false)),
+            Ingress::ClientSide,
+        ));
+        frames.push((
+            format!("send_fingerprint_to_peer_{suffix}"),
+            to_listener(&send_indication(TRANSACTION, peer, &data, true)),
+            Ingress::ClientSide,
+        ));
+        // Frames the program leaves unchanged, repeatable: the difference between them
+        // is the FINGERPRINT check (both have FINGERPRINT; only the first reaches it).
+        let mut bad_fingerprint = send_indication(TRANSACTION, peer, &data, true);
+        if let Some(last) = bad_fingerprint.last_mut() {
+            *last ^= 1;
+        }
+        frames.push((
+            format!("send_bad_fingerprint_{suffix}"),
+            to_listener(&bad_fingerprint),
+            Ingress::ClientSide,
+        ));
+        let unpermitted_peer = SocketAddr::new(other_peer_ip(peer_ip), CHANNEL_PEER_PORT);
+        frames.push((
+            format!("send_fingerprint_no_permission_{suffix}"),
+            to_listener(&send_indication(TRANSACTION, unpermitted_peer, &data, true)),
+            Ingress::ClientSide,
+        ));
+        frames.push((
+            format!("channel_data_to_client_{suffix}"),
+            udp_frame(PEER_MAC, PEER_SIDE_MAC, peer, relay, &data),
+            Ingress::PeerSide,
+        ));
+        frames.push((
+            format!("data_indication_to_client_{suffix}"),
+            udp_frame(PEER_MAC, PEER_SIDE_MAC, other_peer, relay, &data),
+            Ingress::PeerSide,
+        ));
+        if suffix == "v4" {
+            let stranger = SocketAddr::new(IpAddr::V4(CLIENT_V4), 9);
+            frames.push((
+                "drop_no_permission".into(),
+                udp_frame(PEER_MAC, PEER_SIDE_MAC, stranger, relay, &data),
+                Ingress::PeerSide,
+            ));
+            // RTP-like (first bits 0b10): neither ChannelData nor STUN.
+            frames.push((
+                "pass_unknown_flow".into(),
+                udp_frame(
+                    CLIENT_MAC,
+                    CLIENT_SIDE_MAC,
+                    flow.client,
+                    SocketAddr::new(listener_ip, 53),
+                    &[0x80; DATA_LEN],
+                ),
+                Ingress::ClientSide,
+            ));
+        }
+    }
+    let mut timings = Vec::with_capacity(frames.len() + 4);
+    let (_, first_frame, _) = frames.first().ok_or_else(|| anyhow!("no frames"))?;
+    timings.push((
+        "baseline_pass".to_string(),
+        testbed.time(first_frame, Ingress::ClientSide, repeat, Timed::Baseline)?,
+    ));
+    for (name, frame, ingress) in &frames {
+        timings.push((
+            name.clone(),
+            testbed.time(frame, *ingress, repeat, Timed::Relay)?,
+        ));
+    }
+    timings.push((
+        "baseline_pass_repeated".to_string(),
+        testbed
+            .time_repeated(first_frame, Ingress::ClientSide, REPEAT, Timed::Baseline)?
+            .ns_per_packet,
+    ));
+    for (name, outcome) in [
+        ("pass_unknown_flow", Outcome::PassUnknownFlow),
+        ("drop_no_permission", Outcome::DropNoPermission),
+        ("send_bad_fingerprint_v4", Outcome::PassBadFingerprint),
+        (
+            "send_fingerprint_no_permission_v4",
+            Outcome::PassNoPermission,
+        ),
+        ("send_bad_fingerprint_v6", Outcome::PassBadFingerprint),
+        (
+            "send_fingerprint_no_permission_v6",
+            Outcome::PassNoPermission,
+        ),
+    ] {
+        let (_, frame, ingress) = frames
+            .iter()
+            .find(|(frame_name, _, _)| frame_name == name)
+            .ok_or_else(|| anyhow!("no frame {name}"))?;
+        let timing = testbed.time_repeated(frame, *ingress, REPEAT, Timed::Relay)?;
+        if timing.counted != [(outcome, u64::from(REPEAT))] {
+            bail!(
+                "{name} repeated {REPEAT} times was counted as {:?}",
+                timing.counted
+            );
+        }
+        timings.push((format!("{name}_repeated"), timing.ns_per_packet));
+    }
+    Ok(timings)
+}
+
+/// Another address in `ip`'s subnet, without a permission.
+fn other_peer_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            IpAddr::V4([a, b, c, d.wrapping_add(1)].into())
+        }
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) + 1).into()),
+    }
+}
+
+/// An Ethernet frame carrying a UDP datagram with a correct checksum.
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
+    UdpFrame {
+        src_mac,
+        dst_mac,
+        ip: Ip::new(src.ip(), dst.ip()),
+        src_port: src.port(),
+        dst_port: dst.port(),
+        payload,
+        checksum: UdpChecksum::Compute,
+    }
+    .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_times_every_path_next_to_the_baseline() {
+        if !turn_testkit::privileged("bench_times_every_path_next_to_the_baseline") {
+            return;
+        }
+        let timings = time_paths(2000).expect("timings");
+        for (name, ns) in &timings {
+            println!("{name:<32} {ns:>8.1} ns/packet");
+        }
+        let names: Vec<&str> = timings.iter().map(|(name, _)| name.as_str()).collect();
+        for expected in [
+            "baseline_pass",
+            "channel_data_to_peer_v4",
+            "send_to_peer_v6",
+            "data_indication_to_client_v6",
+            "send_fingerprint_to_peer_v4",
+            "drop_no_permission",
+            "baseline_pass_repeated",
+            "drop_no_permission_repeated",
+            "send_bad_fingerprint_v6_repeated",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        assert!(
+            timings.iter().all(|(_, ns)| ns.is_finite() && *ns > 0.0),
+            "{timings:?}"
+        );
+    }
+}

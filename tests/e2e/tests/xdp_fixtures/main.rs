@@ -1,0 +1,249 @@
+//! Katran-style fixtures for the XDP program: tables of rows (input frame → action,
+//! counter, output frame), one file per path, kept as data ([`rows`]); the flows they
+//! run against ([`world`]); and the runner ([`runner`]) that builds the frames with the
+//! testkit's etherparse-based builder, never with the program's incremental helpers, so
+//! a wrong incremental checksum update shows up as a byte difference.
+//!
+//! Frames run through BPF_PROG_TEST_RUN inside a [`Testbed`] namespace whose routes and
+//! static neighbours make bpf_fib_lookup succeed; the rows for unresolved / unroutable
+//! peers and the forwarding-disabled test cover lookups that fail, which must PASS the
+//! frame unchanged.
+
+mod channel_data_to_client;
+mod channel_data_to_peer;
+mod data_indication_to_client;
+mod drops;
+mod hostile;
+mod passes;
+mod rows;
+mod runner;
+mod send_to_peer;
+mod world;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use turn_relay::bpf::Outcome;
+use turn_relay::protocol::datapath::{ClientFlow, DatapathError};
+use turn_testkit::testbed::{Ingress, Testbed, XDP_PASS, XDP_REDIRECT};
+use turn_testkit::{privileged, OrFail};
+
+use rows::{IpVariant, Origin, Peer, CHANNEL_PEER};
+use world::{V4, V6};
+
+/// Every table.
+const TABLES: [&[rows::Row]; 7] = [
+    channel_data_to_peer::ROWS,
+    send_to_peer::ROWS,
+    channel_data_to_client::ROWS,
+    data_indication_to_client::ROWS,
+    drops::ROWS,
+    passes::ROWS,
+    hostile::ROWS,
+];
+/// How many fixtures the tables held when they were converted from code to data; the
+/// tables may grow, never shrink.
+const FIXTURES_AT_CONVERSION: usize = 107;
+
+/// A ChannelData frame from the IPv4 client on the bound channel.
+fn channel_data_frame(data: &[u8], padding: &[u8]) -> Vec<u8> {
+    let payload = [
+        turn_testkit::stun_client::channel_data(CHANNEL_PEER, data),
+        padding.to_vec(),
+    ]
+    .concat();
+    runner::frame(&V4, Origin::Client, &payload, IpVariant::Usual).0
+}
+
+/// `data` from the IPv4 allocation's peer `peer`.
+fn peer_frame(peer: Peer, data: &[u8]) -> Vec<u8> {
+    runner::frame(&V4, Origin::Peer(peer), data, IpVariant::Usual).0
+}
+
+#[test]
+fn fixture_names_are_unique_and_none_was_lost() {
+    let fixtures = runner::fixtures(&TABLES);
+    let names: BTreeSet<&str> = fixtures
+        .iter()
+        .map(|fixture| fixture.name.as_str())
+        .collect();
+    assert_eq!(names.len(), fixtures.len(), "duplicate fixture names");
+    assert!(
+        fixtures.len() >= FIXTURES_AT_CONVERSION,
+        "{} fixtures, fewer than {FIXTURES_AT_CONVERSION}",
+        fixtures.len()
+    );
+}
+
+#[test]
+fn fixtures_relay_pass_and_drop_exactly() {
+    if !privileged("fixtures_relay_pass_and_drop_exactly") {
+        return;
+    }
+    let testbed = Testbed::new(64).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let fixtures = runner::fixtures(&TABLES);
+    let failures: Vec<String> = fixtures
+        .iter()
+        .filter_map(|fixture| {
+            fixture
+                .check(&testbed)
+                .err()
+                .map(|error| format!("{}: {error}", fixture.name))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        fixtures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn data_indications_get_fresh_transaction_ids() {
+    if !privileged("data_indications_get_fresh_transaction_ids") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let input = peer_frame(Peer::OtherPort, b"payload");
+    let first = testbed.run(&input, Ingress::PeerSide).or_fail("run");
+    let second = testbed.run(&input, Ingress::PeerSide).or_fail("run");
+    assert_eq!((first.action, second.action), (XDP_REDIRECT, XDP_REDIRECT));
+    assert_ne!(
+        runner::transaction_id(&first.frame),
+        runner::transaction_id(&second.frame)
+    );
+}
+
+#[test]
+fn relayed_traffic_is_accounted_per_allocation() {
+    if !privileged("relayed_traffic_is_accounted_per_allocation") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let to_peer = channel_data_frame(b"12345", &[0, 0, 0]);
+    let from_peer = peer_frame(Peer::Bound, b"1234567");
+    for _ in 0..3 {
+        let out = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
+        assert_eq!(out.action, XDP_REDIRECT);
+    }
+    let out = testbed.run(&from_peer, Ingress::PeerSide).or_fail("run");
+    assert_eq!(out.action, XDP_REDIRECT);
+    let traffic = fast_path.relayed_traffic(V4.relay);
+    assert_eq!((traffic.to_peer_packets, traffic.to_peer_bytes), (3, 15));
+    assert_eq!((traffic.to_client_packets, traffic.to_client_bytes), (1, 7));
+    assert_eq!(fast_path.relayed_traffic(V6.relay).to_peer_packets, 0);
+
+    // Removing the allocation stops the fast path for it: the frames go to userspace.
+    fast_path.remove_allocation(V4.flow(), V4.relay);
+    let out = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
+    assert_eq!(out.action, XDP_PASS);
+    let out = testbed.run(&from_peer, Ingress::PeerSide).or_fail("run");
+    assert_eq!(
+        out.action, XDP_PASS,
+        "no relayed address any more: not ours"
+    );
+}
+
+#[test]
+fn forwarding_disabled_passes_instead_of_relaying() {
+    if !privileged("forwarding_disabled_passes_instead_of_relaying") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    testbed.set_forwarding(false).or_fail("sysctl");
+    for allocation in [V4, V6] {
+        let payload = turn_testkit::stun_client::channel_data(CHANNEL_PEER, b"data");
+        let (input, _) = runner::frame(&allocation, Origin::Client, &payload, IpVariant::Usual);
+        let before = testbed.count(Outcome::PassNoRoute).or_fail("counters");
+        let out = testbed.run(&input, Ingress::ClientSide).or_fail("run");
+        assert_eq!(
+            (out.action, &out.frame),
+            (XDP_PASS, &input),
+            "{}",
+            allocation.tag
+        );
+        assert_eq!(
+            testbed.count(Outcome::PassNoRoute).or_fail("counters"),
+            before + 1
+        );
+    }
+}
+
+#[test]
+fn full_maps_refuse_entries_with_map_full() {
+    if !privileged("full_maps_refuse_entries_with_map_full") {
+        return;
+    }
+    let testbed = Testbed::new(1).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    let expires_at = Instant::now() + Duration::from_secs(60);
+    fast_path
+        .allocation(V4.flow(), V4.relay, expires_at)
+        .expect("first");
+    assert!(matches!(
+        fast_path.allocation(V6.flow(), V6.relay, expires_at),
+        Err(DatapathError::MapFull)
+    ));
+    let wildcard = ClientFlow {
+        listener: "0.0.0.0:3478".parse().expect("addr"),
+        ..V4.flow()
+    };
+    fast_path.remove_allocation(V4.flow(), V4.relay);
+    assert!(
+        fast_path
+            .allocation(
+                wildcard,
+                "198.19.1.1:50001".parse().expect("addr"),
+                expires_at
+            )
+            .is_err(),
+        "wildcard listeners are refused"
+    );
+    fast_path
+        .allocation(V4.flow(), V4.relay, expires_at)
+        .expect("slot reused");
+}
+
+#[test]
+fn channels_stop_with_their_allocation_and_resume_on_refresh() {
+    if !privileged("channels_stop_with_their_allocation_and_resume_on_refresh") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    let (flow, relay) = (V4.flow(), V4.relay);
+    let peer = V4.peer(Peer::Bound);
+    let live = Instant::now() + Duration::from_secs(600);
+    let expired = Instant::now() - Duration::from_secs(1);
+    fast_path
+        .allocation(flow, relay, expired)
+        .expect("allocation");
+    fast_path
+        .permission(flow, relay, peer.ip(), live)
+        .expect("permission");
+    fast_path
+        .channel(flow, relay, peer, CHANNEL_PEER, live)
+        .expect("channel");
+    let input = channel_data_frame(b"data", &[]);
+    let action = |testbed: &Testbed| {
+        testbed
+            .run(&input, Ingress::ClientSide)
+            .or_fail("run")
+            .action
+    };
+    assert_eq!(action(&testbed), XDP_PASS, "allocation expired");
+    fast_path.allocation(flow, relay, live).expect("refresh");
+    assert_eq!(action(&testbed), XDP_REDIRECT, "refreshed");
+    fast_path.remove_channel(relay, CHANNEL_PEER);
+    assert_eq!(action(&testbed), XDP_PASS, "channel removed");
+}

@@ -1,0 +1,102 @@
+//! Client → peer Send indications (RFC 8656 §11.2, §11.3): the program checks the
+//! permission (and a FINGERPRINT, RFC 8489 §14.7, as coturn and libwebrtc send it) and
+//! sends the DATA from the relayed address to the peer.
+
+use turn_relay::bpf::Outcome::RelayedSendToPeer;
+
+use crate::rows::*;
+
+const RELAYED: Row = Row {
+    outcome: RelayedSendToPeer,
+    action: Action::Redirect,
+    ..BASE
+};
+
+const fn with_fingerprint(data: &'static [u8]) -> Payload {
+    Payload::Send {
+        peer: Peer::Bound,
+        data,
+        fingerprint: true,
+    }
+}
+
+pub const ROWS: &[Row] = &[
+    Row {
+        name: "send_indication_to_peer",
+        payload: send(Peer::Bound, DATA),
+        output: to_peer(Peer::Bound, DATA),
+        ..RELAYED
+    },
+    Row {
+        name: "send_indication_odd_length_to_peer",
+        payload: send(Peer::Bound, ODD),
+        output: to_peer(Peer::Bound, ODD),
+        ..RELAYED
+    },
+    Row {
+        name: "send_indication_data_before_peer_address",
+        payload: Payload::SendShaped {
+            peer: Peer::Bound,
+            data: ODD,
+            shape: SendShape::DataFirst,
+        },
+        output: to_peer(Peer::Bound, ODD),
+        ..RELAYED
+    },
+    Row {
+        name: "send_indication_with_fingerprint_even",
+        payload: with_fingerprint(DATA),
+        output: to_peer(Peer::Bound, DATA),
+        ..RELAYED
+    },
+    Row {
+        name: "send_indication_with_fingerprint_odd",
+        payload: with_fingerprint(ODD),
+        output: to_peer(Peer::Bound, ODD),
+        ..RELAYED
+    },
+    Row {
+        name: "send_indication_with_fingerprint_long",
+        payload: with_fingerprint(LONG),
+        output: to_peer(Peer::Bound, LONG),
+        ..RELAYED
+    },
+    // DONT-FRAGMENT (RFC 8656 §11.3) sets DF on the relayed IPv4 datagram.
+    Row {
+        name: "send_indication_dont_fragment_sets_df_v4",
+        on: On::V4,
+        ip: IpVariant::MayFragment,
+        payload: Payload::SendShaped {
+            peer: Peer::Bound,
+            data: DATA,
+            shape: SendShape::DontFragment,
+        },
+        output: Output::ToPeer {
+            peer: Peer::Bound,
+            data: DATA,
+            dont_fragment: true,
+        },
+        ..RELAYED
+    },
+    Row {
+        name: "cross_family_send_indication_to_peer_even",
+        on: On::CrossFamilies,
+        payload: send(Peer::Bound, DATA),
+        output: to_peer(Peer::Bound, DATA),
+        ..RELAYED
+    },
+    Row {
+        name: "cross_family_send_indication_to_peer_odd",
+        on: On::CrossFamilies,
+        payload: send(Peer::Bound, ODD),
+        output: to_peer(Peer::Bound, ODD),
+        ..RELAYED
+    },
+    Row {
+        name: "cross_family_send_indication_with_fingerprint",
+        on: On::CrossFamilies,
+        payload: with_fingerprint(ODD),
+        output: to_peer(Peer::Bound, ODD),
+        ..RELAYED
+    },
+];

@@ -1,0 +1,286 @@
+//! The daemon's configuration as a test or the benchmark wants it, written with serde and
+//! the `toml` crate in the documented keys of `config/turn-relay.toml`.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::addresses::{
+    listener, METRICS_ADDRESS, RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE,
+    RELAY_RELAYED_V4, RELAY_RELAYED_V6,
+};
+
+/// A static long-term credential user.
+#[derive(Clone, Debug, Serialize)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl User {
+    pub fn new(name: &str, password: &str) -> User {
+        User {
+            name: name.into(),
+            password: password.into(),
+        }
+    }
+}
+
+/// How the daemon runs XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Xdp {
+    /// Native, else generic mode, on both relay-side interfaces.
+    Auto,
+    /// Driver mode or not at all (the daemon then relays in userspace and reports
+    /// `turn_xdp_attached 0`).
+    Native,
+    /// Everything relays in userspace.
+    Off,
+}
+
+/// The daemon configuration a test runs with.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub realm: String,
+    pub users: Vec<User>,
+    pub auth_secrets: Vec<String>,
+    pub zrest_secrets: Vec<String>,
+    pub xdp: Xdp,
+    /// Also listen and relay on IPv6.
+    pub ipv6: bool,
+    /// `[server] permission_lifetime` in seconds (daemon default when None).
+    pub permission_lifetime: Option<u32>,
+    /// `[server] channel_lifetime` in seconds (daemon default when None).
+    pub channel_lifetime: Option<u32>,
+    /// `[server] max_allocations` (daemon default when None).
+    pub max_allocations: Option<u32>,
+    /// `[peers] allow`: CIDRs the default deny does not apply to.
+    pub allowed_peers: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct File<'a> {
+    server: Server<'a>,
+    auth: Auth<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<Peers<'a>>,
+    xdp: XdpSection,
+    metrics: Metrics,
+    log: Log,
+}
+
+#[derive(Serialize)]
+struct Server<'a> {
+    realm: &'a str,
+    listen: Vec<SocketAddr>,
+    relay_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_address_v6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permission_lifetime: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_lifetime: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_allocations: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Auth<'a> {
+    users: &'a [User],
+    auth_secrets: &'a [String],
+    zrest_secrets: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Peers<'a> {
+    allow: &'a [String],
+}
+
+#[derive(Serialize)]
+struct XdpSection {
+    mode: Xdp,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    interfaces: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Metrics {
+    listen: SocketAddr,
+}
+
+#[derive(Serialize)]
+struct Log {
+    level: &'static str,
+}
+
+impl RelayConfig {
+    pub fn new(xdp: Xdp) -> RelayConfig {
+        RelayConfig {
+            realm: "e2e.turn-relay.test".into(),
+            users: Vec::new(),
+            auth_secrets: Vec::new(),
+            zrest_secrets: Vec::new(),
+            xdp,
+            ipv6: false,
+            permission_lifetime: None,
+            channel_lifetime: None,
+            max_allocations: None,
+            allowed_peers: Vec::new(),
+        }
+    }
+
+    /// Permissions expire `seconds` (≥ 1) after their last CreatePermission/ChannelBind.
+    pub fn with_permission_lifetime(mut self, seconds: u32) -> RelayConfig {
+        self.permission_lifetime = Some(seconds);
+        self
+    }
+
+    /// Channel bindings expire `seconds` (≥ 1) after their last ChannelBind.
+    pub fn with_channel_lifetime(mut self, seconds: u32) -> RelayConfig {
+        self.channel_lifetime = Some(seconds);
+        self
+    }
+
+    pub fn with_user(mut self, name: &str, password: &str) -> RelayConfig {
+        self.users.push(User::new(name, password));
+        self
+    }
+
+    pub fn with_auth_secret(mut self, secret: &str) -> RelayConfig {
+        self.auth_secrets.push(secret.into());
+        self
+    }
+
+    pub fn with_zrest_secret(mut self, secret: &str) -> RelayConfig {
+        self.zrest_secrets.push(secret.into());
+        self
+    }
+
+    /// Also listen and relay on IPv6.
+    pub fn with_ipv6(mut self) -> RelayConfig {
+        self.ipv6 = true;
+        self
+    }
+
+    /// The listener addresses this configuration opens.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        let mut listeners = vec![listener(4)];
+        if self.ipv6 {
+            listeners.push(listener(6));
+        }
+        listeners
+    }
+
+    /// The configuration file's text.
+    pub fn to_toml(&self) -> String {
+        let file = File {
+            server: Server {
+                realm: &self.realm,
+                listen: self.listeners(),
+                relay_address: RELAY_RELAYED_V4.to_string(),
+                relay_address_v6: self.ipv6.then(|| RELAY_RELAYED_V6.to_string()),
+                permission_lifetime: self.permission_lifetime,
+                channel_lifetime: self.channel_lifetime,
+                max_allocations: self.max_allocations,
+            },
+            auth: Auth {
+                users: &self.users,
+                auth_secrets: &self.auth_secrets,
+                zrest_secrets: &self.zrest_secrets,
+            },
+            peers: (!self.allowed_peers.is_empty()).then_some(Peers {
+                allow: &self.allowed_peers,
+            }),
+            xdp: XdpSection {
+                mode: self.xdp,
+                interfaces: if self.xdp == Xdp::Off {
+                    Vec::new()
+                } else {
+                    vec![RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE]
+                },
+            },
+            metrics: Metrics {
+                listen: METRICS_ADDRESS,
+            },
+            log: Log { level: "info" },
+        };
+        // Serializing plain strings, numbers and lists into TOML cannot fail.
+        toml::to_string(&file).unwrap_or_else(|error| panic!("rendering the config: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn config_renders_the_documented_keys() {
+        let text = RelayConfig::new(Xdp::Auto)
+            .with_user("alice", "pa\"ss")
+            .with_auth_secret("s1")
+            .with_ipv6()
+            .to_toml();
+        let value: toml::Value = text.parse().expect("valid TOML");
+        let get = |path: &str| {
+            path.split('.')
+                .try_fold(&value, |value, key| value.get(key))
+                .unwrap_or_else(|| panic!("{path} missing in\n{text}"))
+                .clone()
+        };
+        assert_eq!(
+            get("server.listen"),
+            toml::Value::from(vec!["198.18.1.1:3478", "[2001:2:0:1::1]:3478"])
+        );
+        assert_eq!(get("server.relay_address").as_str(), Some("198.19.1.1"));
+        assert_eq!(
+            get("server.relay_address_v6").as_str(),
+            Some("2001:2:0:2::1")
+        );
+        let users = get("auth.users");
+        let user = users.get(0).expect("one user");
+        assert_eq!(
+            user.get("name").and_then(toml::Value::as_str),
+            Some("alice")
+        );
+        assert_eq!(
+            user.get("password").and_then(toml::Value::as_str),
+            Some("pa\"ss")
+        );
+        assert_eq!(get("auth.auth_secrets"), toml::Value::from(vec!["s1"]));
+        assert_eq!(
+            get("xdp.interfaces"),
+            toml::Value::from(vec!["to-client", "to-peer"])
+        );
+        assert!(value.get("peers").is_none(), "no [peers] unless asked for");
+    }
+
+    #[test]
+    fn rendered_config_is_what_the_daemon_parses() {
+        let mut config = RelayConfig::new(Xdp::Native)
+            .with_user("alice", "secret")
+            .with_permission_lifetime(2)
+            .with_channel_lifetime(7);
+        config.allowed_peers = vec!["198.18.0.0/15".into(), "2001:2::/48".into()];
+        config.max_allocations = Some(100);
+        let text = config.to_toml();
+        let parsed = turn_relay::daemon::config::Config::parse(&text, "test")
+            .unwrap_or_else(|error| panic!("{error}\n{text}"));
+        assert_eq!(parsed.permission_lifetime, Duration::from_secs(2));
+        assert_eq!(parsed.channel_lifetime, Duration::from_secs(7));
+        assert_eq!(parsed.xdp_mode, turn_relay::bpf::XdpMode::Native);
+        assert_eq!(
+            parsed.xdp_interfaces,
+            [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE]
+        );
+        let defaults = turn_relay::daemon::config::Config::parse(
+            &RelayConfig::new(Xdp::Off).to_toml(),
+            "test",
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(defaults.permission_lifetime, Duration::from_secs(300));
+        assert_eq!(defaults.xdp_mode, turn_relay::bpf::XdpMode::Off);
+    }
+}

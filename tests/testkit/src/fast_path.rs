@@ -1,0 +1,104 @@
+//! The one place where tests and the benchmark write the XDP program's flow tables
+//! ([`BpfDatapath`] through the core's [`Datapath`] surface), so a change of that surface
+//! is a change here only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use anyhow::Result;
+use turn_relay::bpf::{BpfDatapath, XdpRelay};
+use turn_relay::protocol::datapath::{
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, DatapathError, PermissionEntry,
+    RelayedTraffic,
+};
+
+/// The flow tables of one loaded XDP program.
+pub struct FastPath {
+    datapath: BpfDatapath,
+}
+
+impl FastPath {
+    pub fn new(datapath: BpfDatapath) -> FastPath {
+        FastPath { datapath }
+    }
+
+    /// The tables of an attached program (handed out once per program).
+    pub fn of_relay(relay: &XdpRelay) -> Result<FastPath> {
+        relay.datapath().map(FastPath::new)
+    }
+
+    /// Installs (or refreshes) the allocation of `flow` on relayed address `relay`.
+    pub fn allocation(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        expires_at: Instant,
+    ) -> Result<(), DatapathError> {
+        self.datapath.install_allocation(AllocationEntry {
+            flow,
+            relay,
+            expires_at,
+        })
+    }
+
+    /// Installs (or refreshes) a permission for `peer_ip` (RFC 8656 §9).
+    pub fn permission(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        peer_ip: IpAddr,
+        expires_at: Instant,
+    ) -> Result<(), DatapathError> {
+        self.datapath.install_permission(PermissionEntry {
+            flow,
+            relay,
+            peer_ip,
+            expires_at,
+        })
+    }
+
+    /// Binds channel `number` to `peer` (RFC 8656 §12).
+    pub fn channel(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        number: u16,
+        expires_at: Instant,
+    ) -> Result<(), DatapathError> {
+        self.datapath.install_channel(ChannelEntry {
+            flow,
+            relay,
+            peer,
+            number,
+            expires_at,
+        })
+    }
+
+    /// An allocation with a permission for `peer`'s IP and channel `number` bound to it.
+    pub fn allocation_with_channel(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        number: u16,
+        expires_at: Instant,
+    ) -> Result<(), DatapathError> {
+        self.allocation(flow, relay, expires_at)?;
+        self.permission(flow, relay, peer.ip(), expires_at)?;
+        self.channel(flow, relay, peer, number, expires_at)
+    }
+
+    pub fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
+        self.datapath.remove_allocation(flow, relay);
+    }
+
+    pub fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
+        self.datapath.remove_channel(relay, number);
+    }
+
+    /// What the program relayed for the allocation on `relay`.
+    pub fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
+        self.datapath.relayed_traffic(relay)
+    }
+}

@@ -1,0 +1,281 @@
+//! Network namespaces: the only place that creates them (`ip netns add`) and enters them
+//! (`setns`). A [`Netns`] owns its namespace and deletes it, with every process still
+//! inside, on drop; a [`Namespace`] is a cheap handle for running things inside it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use crate::privilege::{unique_name, NAME_PREFIX};
+use crate::process::run;
+
+/// Where `ip netns` keeps its namespaces.
+const NETNS_DIRECTORY: &str = "/run/netns";
+
+/// A handle on a namespace (owned by a [`Netns`]).
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `program` prepared to run inside this namespace (`ip netns exec` execs it).
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// `ip -n <ns> <args>`; returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// Runs `program args` in the namespace to completion (short configuration commands).
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        run(self.command(program).args(args))
+    }
+
+    /// Sets sysctls (`key=value`) inside the namespace.
+    pub fn sysctl(&self, settings: &[&str]) -> Result<()> {
+        let mut args = vec!["-q", "-w"];
+        args.extend_from_slice(settings);
+        self.run("sysctl", &args).map(drop)
+    }
+
+    /// Turns IP forwarding (both families, every interface) on or off.
+    pub fn set_forwarding(&self, enabled: bool) -> Result<()> {
+        let value = u8::from(enabled);
+        self.sysctl(&[
+            &format!("net.ipv4.conf.all.forwarding={value}"),
+            &format!("net.ipv6.conf.all.forwarding={value}"),
+        ])
+    }
+
+    /// Runs `work` on a thread that has joined this namespace (setns affects only the
+    /// calling thread): sockets it opens stay in the namespace whichever thread uses them
+    /// later, and interface names it resolves are the namespace's.
+    pub fn run_inside<T: Send>(&self, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let path = Path::new(NETNS_DIRECTORY).join(&self.name);
+        let handle = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a valid namespace fd; it changes only this thread.
+                    let joined = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                    ensure!(
+                        joined == 0,
+                        "setns into {}: {}",
+                        path.display(),
+                        std::io::Error::last_os_error()
+                    );
+                    work()
+                })
+                .join()
+                .map_err(|_| anyhow!("thread inside {} panicked", self.name))?
+        })
+    }
+
+    /// The body of `GET <path>` (HTTP/1.0) from `address` inside this namespace.
+    pub fn http_get(&self, address: SocketAddr, path: &str) -> Result<String> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        let response = self.run_inside(move || {
+            let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+                .with_context(|| format!("connecting to {address}"))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            stream
+                .take(16 << 20)
+                .read_to_string(&mut response)
+                .with_context(|| format!("reading the response from {address}"))?;
+            Ok(response)
+        })?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("malformed HTTP response: {response}"))?;
+        ensure!(
+            head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200"),
+            "GET {path} from {address}: {head}"
+        );
+        Ok(body.to_owned())
+    }
+
+    /// Waits until a UDP socket is bound to `address` in this namespace while `alive`
+    /// (the process expected to bind it) keeps succeeding.
+    pub fn wait_for_udp_socket(
+        &self,
+        address: SocketAddr,
+        limit: Duration,
+        mut alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let wanted = address.to_string();
+        let deadline = Instant::now() + limit;
+        loop {
+            alive()?;
+            let sockets = self.run("ss", &["-H", "-u", "-l", "-n"])?;
+            if sockets
+                .lines()
+                .any(|line| line.split_whitespace().any(|field| field == wanted))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "nothing listens on udp {wanted} in {} after {limit:?}",
+                    self.name
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One interface's `ip -j link` record.
+    fn link(&self, interface: &str, statistics: bool) -> Result<serde_json::Value> {
+        let mut args = vec!["-j"];
+        if statistics {
+            args.push("-s");
+        }
+        args.extend(["link", "show", "dev", interface]);
+        let output = self.ip(&args)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&output).context("parsing `ip -j link` output")?;
+        Ok(value)
+    }
+
+    /// The MAC address of an interface.
+    pub fn mac_address(&self, interface: &str) -> Result<[u8; 6]> {
+        let link = self.link(interface, false)?;
+        let text = link
+            .pointer("/0/address")
+            .and_then(serde_json::Value::as_str)
+            .with_context(|| format!("no MAC address for {interface}"))?;
+        parse_mac(text)
+    }
+
+    /// Frames an interface received (its rx_packets counter).
+    pub fn rx_packets(&self, interface: &str) -> Result<u64> {
+        self.link(interface, true)?
+            .pointer("/0/stats64/rx/packets")
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("no rx packet counter for {interface}"))
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` as bytes.
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    ensure!(parts.len() == 6, "unexpected MAC address {text}");
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC address {text}"))?;
+    }
+    Ok(mac)
+}
+
+/// `aa:bb:cc:dd:ee:ff` for `ip`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A network namespace with a unique name, deleted (with its interfaces and every process
+/// still inside) on drop.
+pub struct Netns {
+    namespace: Namespace,
+}
+
+impl Netns {
+    /// Creates `tr-<pid>-<n>-<role>` with its loopback up.
+    pub fn create(role: &str) -> Result<Netns> {
+        let name = unique_name(role);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let netns = Netns {
+            namespace: Namespace { name },
+        };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// A handle that outlives borrows of this owner (e.g. kept by a daemon guard).
+    pub fn handle(&self) -> Namespace {
+        self.namespace.clone()
+    }
+}
+
+impl Deref for Netns {
+    type Target = Namespace;
+
+    fn deref(&self) -> &Namespace {
+        &self.namespace
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes still inside (a peer or daemon whose guard has not run) are ours.
+        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", &self.name])) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|pid| pid.parse::<libc::pid_t>().ok())
+            {
+                // SAFETY: plain kill(2) of a process this test started in its namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if let Err(error) = run(Command::new("ip").args(["netns", "del", &self.name])) {
+            eprintln!(
+                "could not delete network namespace {}: {error:#}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Deletes namespaces left behind by earlier runs whose process no longer exists (a
+/// benchmark killed with SIGKILL cannot clean up after itself).
+pub fn remove_stale_namespaces() {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIRECTORY) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(NAME_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(Command::new("ip").args(["netns", "del", &name]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_round_trip() {
+        let mac = [0x02, 0, 0, 0, 0x01, 0xab];
+        assert_eq!(format_mac(mac), "02:00:00:00:01:ab");
+        assert_eq!(parse_mac("02:00:00:00:01:ab").expect("valid"), mac);
+        assert!(parse_mac("02:00:00").is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! Test hooks (cargo feature `testing`, enabled only by the crates under `tests/`): the
+//! program loaded and verified but attached nowhere, for BPF_PROG_TEST_RUN, and the
+//! compiled object, from which tests attach the trivial `xdp_pass` / `xdp_drop`
+//! programs to veth ends.
+
+use anyhow::{anyhow, Context as _};
+use aya::programs::Xdp;
+
+use super::{BpfDatapath, Loaded, XdpCounters, XDP_OBJECT};
+
+/// The name of the pass-only program in [`object`]: the timing baseline, and what a veth
+/// end needs to accept frames the relay redirects or XDP_TXes into it.
+pub const PASS_PROGRAM: &str = "xdp_pass";
+/// The name of the drop-everything program in [`object`] (the benchmark's sink side).
+pub const DROP_PROGRAM: &str = "xdp_drop";
+
+/// The XDP object the daemon embeds (`turn_xdp`, [`PASS_PROGRAM`], [`DROP_PROGRAM`]).
+pub fn object() -> &'static [u8] {
+    XDP_OBJECT
+}
+
+/// `turn_xdp` and [`PASS_PROGRAM`] loaded (verified) with maps sized for a number of
+/// allocations, attached nowhere: run them with BPF_PROG_TEST_RUN.
+pub struct DetachedProgram {
+    loaded: Loaded,
+}
+
+impl DetachedProgram {
+    pub fn load(max_allocations: u32) -> anyhow::Result<DetachedProgram> {
+        let mut loaded = Loaded::new(max_allocations)?;
+        let baseline: &mut Xdp = loaded
+            .ebpf
+            .program_mut(PASS_PROGRAM)
+            .ok_or_else(|| anyhow!("the XDP object has no program {PASS_PROGRAM}"))?
+            .try_into()?;
+        baseline
+            .load()
+            .with_context(|| format!("loading {PASS_PROGRAM}"))?;
+        Ok(DetachedProgram { loaded })
+    }
+
+    /// `turn_xdp`.
+    pub fn program(&self) -> anyhow::Result<&Xdp> {
+        self.loaded.program()
+    }
+
+    /// [`PASS_PROGRAM`], the baseline `turn_xdp` is timed against.
+    pub fn baseline(&self) -> anyhow::Result<&Xdp> {
+        Ok(self
+            .loaded
+            .ebpf
+            .program(PASS_PROGRAM)
+            .ok_or_else(|| anyhow!("the XDP object has no program {PASS_PROGRAM}"))?
+            .try_into()?)
+    }
+
+    /// The datapath writing this program's maps (handed out once).
+    pub fn datapath(&self) -> anyhow::Result<BpfDatapath> {
+        self.loaded.datapath()
+    }
+
+    /// The per-CPU counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<XdpCounters> {
+        self.loaded.counters()
+    }
+}
