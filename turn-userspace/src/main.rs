@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use turn_relay::daemon;
+use turn_relay::daemon::config::import;
 use turn_relay::daemon::config::{Config, LogFormat, Sources, MAX_THREADS};
 
 /// eBPF/XDP-accelerated TURN relay (RFC 8656 over UDP).
@@ -25,7 +26,21 @@ use turn_relay::daemon::config::{Config, LogFormat, Sources, MAX_THREADS};
 ///
 /// Signals: SIGTERM/SIGINT stop, SIGHUP reloads the configuration, SIGUSR1 starts draining.
 #[derive(Debug, Parser)]
-#[command(name = "turn-relay", version)]
+#[command(name = "turn-relay", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    relay: RelayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a turn-relay TOML equivalent to a coturn or restund configuration file.
+    ImportConfig(import::ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
 struct RelayArgs {
     /// TOML configuration file (documented in config/turn-relay.toml).
     #[arg(long, short = 'c', value_name = "PATH")]
@@ -62,7 +77,12 @@ struct RelayArgs {
 }
 
 fn main() -> ExitCode {
-    let args = RelayArgs::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::ImportConfig(args)) => return import::main(&args),
+        None => {}
+    }
+    let args = cli.relay;
     let sources = sources(&args);
     let config = match Config::from_sources(&sources) {
         Ok(config) => config,

@@ -12,6 +12,7 @@
 
 mod defaults;
 mod error;
+pub mod import;
 mod keys;
 mod print;
 mod reload;
