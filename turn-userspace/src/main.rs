@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use turn_relay::daemon;
 use turn_relay::daemon::config::import;
 use turn_relay::daemon::config::{Config, LogFormat, Sources, MAX_THREADS};
+use turn_relay::daemon::ctl;
 
 /// eBPF/XDP-accelerated TURN relay (RFC 8656 over UDP).
 ///
@@ -36,6 +37,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Ask a running relay through its admin endpoint: status, drain, undrain, reload,
+    /// sessions (like eturnalctl).
+    Ctl(ctl::CtlArgs),
     /// Print a turn-relay TOML equivalent to a coturn or restund configuration file.
     ImportConfig(import::ImportArgs),
 }
@@ -79,6 +83,7 @@ struct RelayArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Ctl(args)) => return ctl::main(&args),
         Some(Command::ImportConfig(args)) => return import::main(&args),
         None => {}
     }

@@ -30,6 +30,9 @@ mod report;
 mod sockets;
 mod xdp;
 
+/// The admin endpoint's JSON documents and its command-line client (`turn-relay ctl`).
+pub use admin::{api, ctl};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket};

@@ -6,6 +6,8 @@
 //! keep-alive connections too), request heads are capped at [`MAX_REQUEST_HEAD`], and no
 //! connection lives longer than [`Limits::connection_lifetime`].
 
+pub mod api;
+pub mod ctl;
 mod routes;
 
 use std::convert::Infallible;
