@@ -115,15 +115,22 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = daemon::logging::init(&config.log_level, config.log_format) {
-        eprintln!("{error:#}");
-        return ExitCode::FAILURE;
-    }
+    let log_filter = match daemon::logging::init(&config.log_level, config.log_format) {
+        Ok(handle) => handle,
+        Err(error) => {
+            eprintln!("{error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let workers = match config.threads {
         0 => daemon::default_workers(),
         threads => threads,
     };
-    match run(config, workers) {
+    let options = daemon::Options {
+        sources,
+        log_filter: Some(log_filter),
+    };
+    match run(config, workers, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -158,14 +165,14 @@ fn sources(args: &RelayArgs) -> Sources {
     sources
 }
 
-fn run(config: Config, workers: usize) -> anyhow::Result<()> {
+fn run(config: Config, workers: usize, options: daemon::Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal().context("installing signal handlers")?;
-        daemon::run(config, workers, shutdown).await
+        daemon::run(config, workers, options, shutdown).await
     })
 }
 

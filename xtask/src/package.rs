@@ -24,7 +24,10 @@ use crate::{release_build, target_dir};
 /// Builds the package and returns its path.
 pub fn run(workspace: &Path) -> Result<PathBuf> {
     let started = Instant::now();
-    release_build(&["-p", "turn-userspace", "--bin", "turn-relay"], "turn-relay")?;
+    release_build(
+        &["-p", "turn-userspace", "--bin", "turn-relay"],
+        "turn-relay",
+    )?;
     let version = capture(
         Command::new(target_dir(workspace).join("release").join("turn-relay")).arg("--version"),
     )?
@@ -75,9 +78,17 @@ pub fn run(workspace: &Path) -> Result<PathBuf> {
     let debian = root.join("DEBIAN");
     fs::create_dir_all(&debian).with_context(|| format!("creating {}", debian.display()))?;
     fs::write(debian.join("control"), control).context("writing DEBIAN/control")?;
-    install(&config.join("debian/conffiles"), &debian.join("conffiles"), 0o644)?;
+    install(
+        &config.join("debian/conffiles"),
+        &debian.join("conffiles"),
+        0o644,
+    )?;
     for script in ["postinst", "prerm", "postrm"] {
-        install(&config.join("debian").join(script), &debian.join(script), 0o755)?;
+        install(
+            &config.join("debian").join(script),
+            &debian.join(script),
+            0o755,
+        )?;
     }
     let deb = out.join(format!("turn-relay_{version}_{architecture}.deb"));
     run_checked(
@@ -87,11 +98,7 @@ pub fn run(workspace: &Path) -> Result<PathBuf> {
             .arg(&deb),
     )
     .context("dpkg-deb --build")?;
-    println!(
-        "==> package: {} ({:.1?})",
-        deb.display(),
-        started.elapsed()
-    );
+    println!("==> package: {} ({:.1?})", deb.display(), started.elapsed());
     Ok(deb)
 }
 
@@ -101,7 +108,8 @@ fn install(from: &Path, to: &Path, mode: u32) -> Result<()> {
         fs::create_dir_all(directory)
             .with_context(|| format!("creating {}", directory.display()))?;
     }
-    fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", to.display()))
 }

@@ -196,12 +196,22 @@ pub trait OrFail<T> {
     fn or_fail(self, what: &str) -> T;
 }
 
-impl<T> OrFail<T> for Result<T> {
+impl<T, E: Into<anyhow::Error>> OrFail<T> for std::result::Result<T, E> {
     #[track_caller]
     fn or_fail(self, what: &str) -> T {
         match self {
             Ok(value) => value,
-            Err(error) => panic!("{what}: {error:#}"),
+            Err(error) => panic!("{what}: {:#}", error.into()),
+        }
+    }
+}
+
+impl<T> OrFail<T> for Option<T> {
+    #[track_caller]
+    fn or_fail(self, what: &str) -> T {
+        match self {
+            Some(value) => value,
+            None => panic!("{what}: missing"),
         }
     }
 }

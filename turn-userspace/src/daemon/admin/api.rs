@@ -7,6 +7,19 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// What the admin endpoint can ask of the running relay.
+pub(crate) trait Operations: Send + Sync {
+    /// True while new allocations are turned away (draining).
+    fn draining(&self) -> bool;
+    /// Starts or stops draining; `by` names who asked (for the log). Returns what changed.
+    fn set_draining(&self, draining: bool, by: &str) -> Answer;
+    /// Reads the configuration again and applies what can change while running.
+    fn reload(&self, by: &str) -> Result<Answer, String>;
+    fn status(&self) -> Status;
+    /// The bearer token that allows POSTs from other hosts than loopback.
+    fn token(&self) -> Option<String>;
+}
+
 /// The answer to a POST: what happened, in a sentence, and the details a script needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
