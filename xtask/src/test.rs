@@ -89,7 +89,12 @@ pub fn run(workspace: &Path) -> Result<()> {
     println!("==> summary");
     summary_row("setup", "ok", setup_time, "");
     summary_row("build turn-relay", "ok", build_time, "");
-    summary_row("package", "ok", package_time, &package.display().to_string());
+    summary_row(
+        "package",
+        "ok",
+        package_time,
+        &package.display().to_string(),
+    );
     summary_row(
         "cargo test --workspace",
         if tests_succeeded { "ok" } else { "FAILED" },
