@@ -306,6 +306,23 @@ pub fn client_socket(netns: &Namespace, server: SocketAddr) -> Result<UdpSocket>
     })
 }
 
+/// A UDP socket in `netns` connected to `server`, its source address chosen by the
+/// namespace's routes (for topologies other than [`crate::topology`]'s).
+pub fn routed_socket(netns: &Namespace, server: SocketAddr) -> Result<UdpSocket> {
+    let any: SocketAddr = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    netns.run_inside(move || {
+        let socket = UdpSocket::bind(any).context("binding a client socket")?;
+        socket
+            .connect(server)
+            .with_context(|| format!("connecting a client socket to {server}"))?;
+        Ok(socket)
+    })
+}
+
 /// Application data the relay delivered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
@@ -328,7 +345,7 @@ impl TurnClient {
         TurnClient::allocate(client_socket(netns, server)?, user)
     }
 
-    /// [`TurnClient::allocate_from`], following 300 Try Alternate to the
+    /// Allocates on `server` from a [`routed_socket`], following 300 Try Alternate to the
     /// ALTERNATE-SERVER with a new socket (RFC 8489 §10): the allocation and the servers
     /// that redirected it, in order.
     pub fn allocate_following_alternates(
@@ -339,7 +356,7 @@ impl TurnClient {
         let mut redirected_by = Vec::new();
         let mut target = server;
         loop {
-            match TurnClient::allocate_from(netns, target, user) {
+            match TurnClient::allocate(routed_socket(netns, target)?, user) {
                 Ok(client) => return Ok((client, redirected_by)),
                 Err(error) => {
                     let Some(redirect) = error.downcast_ref::<TryAlternate>().copied() else {
