@@ -96,6 +96,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.print_config || args.check_config {
+        for ignored in &config.ignored_variables {
+            eprintln!("warning: {ignored}");
+        }
+    }
     if args.print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;

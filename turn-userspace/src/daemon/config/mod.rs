@@ -152,6 +152,8 @@ pub struct Config {
     demo_credentials: Option<(String, String)>,
     /// Where each value that is not a default came from.
     pub origins: Origins,
+    /// `TURN_RELAY_*` variables that name no key, said as a warning each.
+    pub ignored_variables: Vec<String>,
 }
 
 /// Secrets are never shown: only names and counts.
@@ -201,24 +203,29 @@ impl Config {
     /// no `TURN_RELAY_*` variable is set, else the defaults), then the environment, then
     /// the command line, each value checked.
     pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
-        let overrides = sources.overrides()?;
-        match &sources.file {
+        let (overrides, ignored) = sources.overrides()?;
+        let mut config = match &sources.file {
             Some(path) => {
                 let source = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                     path: source.clone(),
                     source: error,
                 })?;
-                Config::layered(&text, &source, overrides)
+                Config::layered(&text, &source, overrides)?
             }
-            None if sources.environment.is_empty() => {
+            None if sources.environment.len() == ignored.len() => {
                 let mut config =
                     Config::layered(EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_SOURCE, overrides)?;
                 config.add_demo_user();
-                Ok(config)
+                config
             }
-            None => Config::layered("", ENVIRONMENT_SOURCE, overrides),
-        }
+            None => Config::layered("", ENVIRONMENT_SOURCE, overrides)?,
+        };
+        config.ignored_variables = ignored
+            .iter()
+            .map(|variable| sources::ignored_variable_note(variable))
+            .collect();
+        Ok(config)
     }
 
     /// `text` with `overrides` laid over it, validated.

@@ -9,6 +9,14 @@ use std::path::PathBuf;
 use toml_edit::ImDocument;
 
 use super::keys::{self, Key, ENV_PREFIX, KEYS};
+
+/// What an ignored variable is told about.
+pub(super) fn ignored_variable_note(variable: &str) -> String {
+    format!(
+        "environment variable {variable} names no configuration key ({ENV_PREFIX}<SECTION>_<KEY>, e.g. {}); ignored",
+        KEYS.first().map(Key::environment_variable).unwrap_or_default()
+    )
+}
 use super::schema::RawConfig;
 use super::ConfigError;
 
@@ -94,22 +102,21 @@ impl Sources {
         });
     }
 
-    /// The environment's and then the command line's values, each as a one-key layer.
-    pub(super) fn overrides(&self) -> Result<Vec<Override>, ConfigError> {
+    /// The environment's and then the command line's values, each as a one-key layer, and
+    /// the `TURN_RELAY_*` variables that name no key. Those are ignored, not refused:
+    /// orchestrators add variables of their own with the same prefix (Kubernetes does
+    /// for a Service called `turn-relay`: `TURN_RELAY_SERVICE_HOST`, `TURN_RELAY_PORT`).
+    pub(super) fn overrides(&self) -> Result<(Vec<Override>, Vec<String>), ConfigError> {
         let mut overrides = Vec::new();
+        let mut ignored = Vec::new();
         for (variable, text) in &self.environment {
+            let Some(key) = keys::by_environment_variable(variable) else {
+                ignored.push(variable.clone());
+                continue;
+            };
             let origin = Origin::Environment {
                 variable: variable.clone(),
             };
-            let key = keys::by_environment_variable(variable).ok_or_else(|| {
-                origin.error(
-                    "(none)",
-                    format!(
-                        "no configuration key has this variable; they are {ENV_PREFIX}<SECTION>_<KEY>, e.g. {}",
-                        KEYS.first().map(Key::environment_variable).unwrap_or_default()
-                    ),
-                )
-            })?;
             overrides.push(Override::new(key, text, origin)?);
         }
         for value in &self.command_line {
@@ -120,7 +127,7 @@ impl Sources {
                 .ok_or_else(|| origin.error(&value.key, "not a configuration key"))?;
             overrides.push(Override::new(key, &value.value, origin)?);
         }
-        Ok(overrides)
+        Ok((overrides, ignored))
     }
 }
 

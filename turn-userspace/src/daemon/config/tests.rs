@@ -785,10 +785,17 @@ fn environment_and_command_line_errors_name_their_source() {
         error_of_sources(&sources),
         "config error: environment TURN_RELAY_SERVER_MAX_ALLOCATIONS: server.max_allocations: 0 is not between 1 and 262144"
     );
-    sources.environment = vec![("TURN_RELAY_SERVER_REALMM".to_owned(), "x".to_owned())];
-    assert!(error_of_sources(&sources).starts_with(
-        "config error: environment TURN_RELAY_SERVER_REALMM: (none): no configuration key has this variable"
-    ));
+    // Variables that name no key are ignored with a warning: orchestrators add their own
+    // (Kubernetes, for a Service called turn-relay: TURN_RELAY_SERVICE_HOST…).
+    sources.environment = vec![
+        ("TURN_RELAY_SERVER_REALMM".to_owned(), "x".to_owned()),
+        ("TURN_RELAY_SERVICE_HOST".to_owned(), "10.0.0.1".to_owned()),
+    ];
+    let config = Config::from_sources(&sources).expect("ignored, not refused");
+    assert_eq!(config.ignored_variables.len(), 2);
+    assert!(config.ignored_variables[0]
+        .starts_with("environment variable TURN_RELAY_SERVER_REALMM names no configuration key"));
+    assert_eq!(config.realm, "turn-relay.local");
     sources.environment = vec![("TURN_RELAY_AUTH_USERS".to_owned(), "alice".to_owned())];
     assert!(error_of_sources(&sources)
         .contains("TURN_RELAY_AUTH_USERS: auth.users: \"alice\" is not name:password"));
@@ -817,6 +824,13 @@ fn without_a_file_the_demo_runs_only_without_environment_variables() {
     sources.set("--listen", "server.listen", "127.0.0.1:3479");
     let demo = Config::from_sources(&sources).expect("demo");
     assert!(demo.demo_credentials().is_some());
+    // Variables that name no key do not turn the demo off.
+    sources.environment = vec![("TURN_RELAY_BIN".to_owned(), "/x".to_owned())];
+    assert!(Config::from_sources(&sources)
+        .expect("demo")
+        .demo_credentials()
+        .is_some());
+    sources.environment.clear();
     assert_eq!(demo.listen[0].port(), 3479);
     // With variables, nothing of the demo applies: relay_address must be given.
     let error = error_of_sources(&environment(&[("TURN_RELAY_SERVER_REALM", "x")]));

@@ -334,6 +334,7 @@ impl<'a> Validator<'a> {
             log_format,
             demo_credentials: None,
             origins: self.origins.clone(),
+            ignored_variables: Vec::new(),
         })
     }
 
