@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::protocol::datapath::RelayedTraffic;
 use crate::protocol::stun::{PasswordAlgorithm, TransactionId};
 
 use super::authenticate::IntegrityKind;
@@ -23,6 +24,17 @@ pub(super) struct Channel {
 pub(super) struct UserspaceTraffic {
     pub(super) to_peer: PacketCount,
     pub(super) to_client: PacketCount,
+}
+
+impl From<UserspaceTraffic> for RelayedTraffic {
+    fn from(traffic: UserspaceTraffic) -> Self {
+        RelayedTraffic {
+            to_peer_packets: traffic.to_peer.packets,
+            to_peer_bytes: traffic.to_peer.bytes,
+            to_client_packets: traffic.to_client.packets,
+            to_client_bytes: traffic.to_client.bytes,
+        }
+    }
 }
 
 /// An expired channel binding in its cool-off (RFC 8656 §12): until `until`, neither its

@@ -1,7 +1,7 @@
 //! Long-term credential checks of TURN requests (RFC 8489 §9.2.4, RFC 8656 §5).
 
 use crate::protocol::auth::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::ClientFlow;
 use crate::protocol::stun::{Message, PasswordAlgorithm};
 
 use super::{Now, Server, TurnError};
@@ -42,7 +42,7 @@ fn verify(request: &Message, integrity: IntegrityKind, key: &[u8]) -> bool {
     }
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+impl<R: rand::RngCore> Server<R> {
     /// RFC 8489 §9.2.4, in order: no integrity → 401; USERNAME (or USERHASH)/REALM/NONCE
     /// missing → 400; password algorithm negotiation broken → 400; nonce not ours → 401;
     /// unknown user or wrong realm → 401; integrity mismatch → 401; nonce expired → 438.

@@ -7,8 +7,10 @@
 //! - [`Server::handle_peer_datagram`]: datagrams from peers on a relay socket (§11.3, §12.6).
 //! - Relay data never allocates: it comes back as a [`Forward`] that points into the
 //!   input packet or into the caller's reusable `out` buffer.
-//! - State that the fast path needs is pushed to the [`Datapath`] *before* the success
-//!   response is queued; on expiry or deletion it is removed again.
+//! - State that the fast path mirrors is emitted as [`FastPathCommand`]s, queued before
+//!   the success response that depends on them; on expiry or deletion their removal is
+//!   queued. The IO layer applies them in order with a [`crate::protocol::datapath::FastPath`]
+//!   before it sends the responses. The core itself never waits on a map.
 
 mod allocation;
 mod authenticate;
@@ -27,7 +29,7 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use crate::protocol::auth::Authenticator;
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::{ClientFlow, FastPathCommand};
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::TransactionId;
 
@@ -183,11 +185,10 @@ struct CachedResponse {
 }
 
 /// The TURN server state machine. See the module documentation.
-pub struct Server<D: Datapath, R: rand::RngCore> {
+pub struct Server<R: rand::RngCore> {
     config: ServerConfig,
     auth: Authenticator,
     policy: PeerPolicy,
-    datapath: D,
     rng: R,
     allocations: HashMap<ClientFlow, Allocation>,
     /// Relay (bind) address → the allocation's client flow.
@@ -199,23 +200,17 @@ pub struct Server<D: Datapath, R: rand::RngCore> {
     responses: HashMap<(ClientFlow, TransactionId), CachedResponse>,
     timers: Timers,
     commands: VecDeque<Command>,
+    fast_path: VecDeque<FastPathCommand>,
     transmits: VecDeque<Transmit>,
     stats: ServerStats,
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
-    pub fn new(
-        config: ServerConfig,
-        auth: Authenticator,
-        policy: PeerPolicy,
-        datapath: D,
-        rng: R,
-    ) -> Self {
+impl<R: rand::RngCore> Server<R> {
+    pub fn new(config: ServerConfig, auth: Authenticator, policy: PeerPolicy, rng: R) -> Self {
         Server {
             config,
             auth,
             policy,
-            datapath,
             rng,
             allocations: HashMap::new(),
             flows_by_relay: HashMap::new(),
@@ -225,6 +220,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             responses: HashMap::new(),
             timers: Timers::default(),
             commands: VecDeque::new(),
+            fast_path: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: ServerStats::default(),
         }
@@ -233,6 +229,12 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     /// IO must drain commands BEFORE transmits after every `handle_*` call.
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
+    }
+
+    /// The next change for the fast path. IO must apply them in this order, and all that
+    /// were queued before a transmit before sending that transmit (see the module docs).
+    pub fn poll_fast_path(&mut self) -> Option<FastPathCommand> {
+        self.fast_path.pop_front()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -251,9 +253,5 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         stats.permissions = self.allocations.values().map(|a| a.permissions.len()).sum();
         stats.channels = self.allocations.values().map(|a| a.channels.len()).sum();
         stats
-    }
-
-    pub fn datapath(&self) -> &D {
-        &self.datapath
     }
 }

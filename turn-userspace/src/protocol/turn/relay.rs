@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::ClientFlow;
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::channel_data::{self, ChannelData};
 use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
@@ -18,7 +18,7 @@ use super::{Forward, PacketCount, Payload, Server, ServerStats};
 /// DATA header and at most 3 bytes of padding (RFC 8656 §11.3).
 const DATA_INDICATION_OVERHEAD: usize = crate::protocol::stun::HEADER_LEN + 24 + 4 + 3;
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+impl<R: rand::RngCore> Server<R> {
     /// RFC 8656 §12.6: ChannelData from the client goes to the channel's peer, while both
     /// the channel and the peer's permission are alive.
     pub(super) fn relay_channel_data_from_client(

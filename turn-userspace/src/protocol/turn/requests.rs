@@ -8,7 +8,7 @@ use std::time::Instant;
 use rand::Rng;
 
 use crate::protocol::datapath::{
-    AllocationEntry, ChannelEntry, ClientFlow, Datapath, PermissionEntry,
+    AllocationEntry, ChannelEntry, ClientFlow, EndReason, FastPathCommand, PermissionEntry,
 };
 use crate::protocol::stun::attributes::{self as attr, AddressFamily};
 use crate::protocol::stun::channel_data::{self, CHANNEL_RANGE};
@@ -16,7 +16,6 @@ use crate::protocol::stun::{parse_header, Class, Message, Method, ParseError};
 
 use super::allocation::{granted_lifetime, Allocation, Channel, Reservation, UserspaceTraffic};
 use super::authenticate::AuthContext;
-use super::lifecycle::DeletionReason;
 use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
 use super::{Command, Forward, Now, RelayAddress, Server, TurnError, RESERVATION_LIFETIME};
@@ -30,7 +29,7 @@ struct PortChoice {
     reserve_next: bool,
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+impl<R: rand::RngCore> Server<R> {
     /// A datagram on a listening socket (STUN or ChannelData). Relay data (Send indication,
     /// ChannelData) is returned as a [`Forward`] into `packet` without allocating (RFC 8656
     /// §11.2, §12.6); STUN answers are queued (RFC 8656 §7–§12, RFC 8489 §6.3).
@@ -328,22 +327,19 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         Ok(())
     }
 
-    /// Installs (or, with a new expiry, refreshes) the allocation in the fast path; if it
-    /// refuses, userspace relays instead.
+    /// Installs (or, with a new expiry, refreshes) the allocation in the fast path.
     fn install_allocation_in_fast_path(
         &mut self,
         flow: ClientFlow,
         relay: SocketAddr,
         expires_at: Instant,
     ) {
-        let entry = AllocationEntry {
-            flow,
-            relay,
-            expires_at,
-        };
-        if let Err(error) = self.datapath.install_allocation(entry) {
-            tracing::warn!(%relay, %error, "fast path refused the allocation; relaying in userspace");
-        }
+        self.fast_path
+            .push_back(FastPathCommand::InstallAllocation(AllocationEntry {
+                flow,
+                relay,
+                expires_at,
+            }));
     }
 
     /// A free port in the configured range on `ip`: random probes via the injected RNG,
@@ -420,7 +416,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             return Err(TurnError::PeerAddressFamilyMismatch);
         }
         let lifetime_secs = if requested_lifetime == Some(0) {
-            self.delete_allocation(now.instant, flow, DeletionReason::RefreshedToZero);
+            self.delete_allocation(now.instant, flow, EndReason::DeletedByClient);
             0
         } else {
             let lifetime = granted_lifetime(
@@ -496,29 +492,26 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         let expires_at = now + self.config.permission_lifetime;
         allocation.permissions.insert(peer, expires_at);
         let relay = allocation.relay;
-        if let Err(error) = self.datapath.install_permission(PermissionEntry {
-            flow,
-            relay,
-            peer_ip: peer,
-            expires_at,
-        }) {
-            tracing::warn!(%relay, %peer, %error, "fast path refused the permission; relaying in userspace");
-        }
+        self.fast_path
+            .push_back(FastPathCommand::InstallPermission(PermissionEntry {
+                flow,
+                relay,
+                peer_ip: peer,
+                expires_at,
+            }));
         for (&number, channel) in allocation
             .channels
             .iter()
             .filter(|(_, channel)| channel.peer.ip() == peer)
         {
-            let entry = ChannelEntry {
-                flow,
-                relay,
-                peer: channel.peer,
-                number,
-                expires_at: channel.expires_at.min(expires_at),
-            };
-            if let Err(error) = self.datapath.install_channel(entry) {
-                tracing::warn!(%relay, number, %error, "fast path refused the channel refresh; relaying in userspace");
-            }
+            self.fast_path
+                .push_back(FastPathCommand::InstallChannel(ChannelEntry {
+                    flow,
+                    relay,
+                    peer: channel.peer,
+                    number,
+                    expires_at: channel.expires_at.min(expires_at),
+                }));
         }
         self.timers
             .schedule(expires_at, TimerKind::Permission(flow, peer));

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::ClientFlow;
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
@@ -48,7 +48,7 @@ impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
     }
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+impl<R: rand::RngCore> Server<R> {
     /// Writes the response (attributes, SOFTWARE, integrity, FINGERPRINT) and queues it.
     /// Authenticated responses are also cached for retransmissions (RFC 8489 §6.3.1,
     /// RFC 8656 §7.2); unauthenticated ones are cheap to recompute and caching them would

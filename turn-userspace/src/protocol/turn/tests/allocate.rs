@@ -69,7 +69,7 @@ fn allocate_success_installs_the_fast_path_first_and_advertises_the_public_addre
     };
     assert_eq!(relay.ip(), ip(RELAY_V4_BIND));
     assert_eq!(relay.port(), relayed.port());
-    let entry = harness.server.datapath().allocations[relay];
+    let entry = harness.datapath().allocations[relay];
     assert_eq!(entry.flow, client);
     assert_eq!(
         entry.expires_at,
@@ -171,7 +171,7 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
     assert_success(&response);
     assert_eq!(parse(&response).lifetime().unwrap(), Some(0));
     assert_eq!(commands, vec![Command::CloseRelay { relay }]);
-    let datapath = harness.server.datapath();
+    let datapath = harness.datapath();
     assert!(datapath.allocations.is_empty() && datapath.permissions.is_empty());
     assert_eq!(harness.server.stats().allocations, 0);
     let (response, _) = harness.refresh(client, Some(600));
@@ -388,7 +388,8 @@ fn relay_bind_failure_replaces_the_queued_success_with_508() {
     assert!(
         parse(&transmit.payload).verify_message_integrity(&key("alice", PasswordAlgorithm::Md5))
     );
-    assert!(harness.server.datapath().allocations.is_empty());
+    harness.apply_fast_path();
+    assert!(harness.datapath().allocations.is_empty());
     assert_eq!(harness.server.stats().allocations, 0);
     // The retransmission is not answered with the stale success, and a new attempt works.
     let (_, _, again) = harness.send(client, &packet);
@@ -426,7 +427,10 @@ fn datapath_errors_do_not_fail_requests() {
     let peer = addr("198.18.2.20:5000");
     assert_success(&harness.create_permission(client, &[peer]));
     assert_success(&harness.channel_bind(client, 0x4000, peer));
-    // Userspace relays instead.
+    // Userspace relays instead; the fast path holds nothing of the allocation, so XDP
+    // passes all of its traffic up.
+    assert!(harness.fast_path.is_userspace_only(relay));
+    assert_eq!(harness.fast_path.stats().userspace_only_allocations, 1);
     let mut out = Vec::new();
     let forward = harness.peer_datagram(relay, peer, b"x", &mut out);
     assert!(forward.is_some());

@@ -1,10 +1,12 @@
 //! Tests of the TURN server, driven through an in-memory harness: no sockets, a fake
-//! clock, a seeded RNG and [`InMemoryDatapath`].
+//! clock, a seeded RNG, and the fast-path commands applied to an [`InMemoryDatapath`]
+//! after every step.
 
 mod accounting;
 mod allocate;
 mod authentication;
 mod expiry;
+mod fast_path;
 mod relay;
 
 use std::collections::HashMap;
@@ -17,7 +19,7 @@ use rand::SeedableRng;
 use sha2::Sha256;
 
 use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
-use crate::protocol::datapath::{ClientFlow, Datapath, InMemoryDatapath};
+use crate::protocol::datapath::{ClientFlow, Datapath, FastPath, InMemoryDatapath};
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{
@@ -112,7 +114,8 @@ pub(super) enum Credentials<'a> {
 }
 
 pub(super) struct Harness<D: Datapath = InMemoryDatapath> {
-    pub(super) server: Server<D, StdRng>,
+    pub(super) server: Server<StdRng>,
+    pub(super) fast_path: FastPath<D>,
     pub(super) now: Now,
     next_transaction: u8,
     /// The nonce in use per client IP (nonces are bound to the client's IP).
@@ -141,15 +144,10 @@ impl<D: Datapath> Harness<D> {
             vec![DENIED_NET.parse().expect("net")],
             relay_ips,
         );
-        let server = Server::new(
-            config,
-            authenticator(),
-            policy,
-            datapath,
-            StdRng::seed_from_u64(42),
-        );
+        let server = Server::new(config, authenticator(), policy, StdRng::seed_from_u64(42));
         Harness {
             server,
+            fast_path: FastPath::new(datapath),
             now: Now {
                 instant: Instant::now(),
                 unix_secs: 1_700_000_000,
@@ -163,6 +161,20 @@ impl<D: Datapath> Harness<D> {
         self.now.instant += by;
         self.now.unix_secs += by.as_secs();
         self.server.handle_timeout(self.now);
+        self.apply_fast_path();
+    }
+
+    /// Applies the fast-path commands the server queued, in order.
+    pub(super) fn apply_fast_path(&mut self) {
+        while let Some(command) = self.server.poll_fast_path() {
+            self.fast_path.apply(command);
+        }
+    }
+
+    /// The fast path's entries (the harness applies the commands after every step it
+    /// drives; a test calling the server directly calls [`Self::apply_fast_path`]).
+    pub(super) fn datapath(&self) -> &D {
+        self.fast_path.datapath()
     }
 
     pub(super) fn transaction_id(&mut self) -> TransactionId {
@@ -177,6 +189,7 @@ impl<D: Datapath> Harness<D> {
         packet: &[u8],
     ) -> (Option<Forward>, Vec<Command>, Vec<Transmit>) {
         let forward = self.server.handle_client_datagram(self.now, flow, packet);
+        self.apply_fast_path();
         let commands = std::iter::from_fn(|| self.server.poll_command()).collect();
         let transmits = std::iter::from_fn(|| self.server.poll_transmit()).collect();
         (forward, commands, transmits)

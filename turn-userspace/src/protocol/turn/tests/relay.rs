@@ -88,7 +88,7 @@ fn full_flow_in_both_directions() {
 
     // CreatePermission for both peers at once.
     assert_success(&harness.create_permission(client, &[peer, other_peer]));
-    let permission = harness.server.datapath().permissions[&(relay, peer.ip())];
+    let permission = harness.datapath().permissions[&(relay, peer.ip())];
     assert_eq!(
         permission.expires_at,
         harness.now.instant + Duration::from_secs(300)
@@ -116,7 +116,7 @@ fn full_flow_in_both_directions() {
 
     // ChannelBind, then ChannelData both ways.
     assert_success(&harness.channel_bind(client, 0x4001, peer));
-    let channel = harness.server.datapath().channels[&(relay, 0x4001)];
+    let channel = harness.datapath().channels[&(relay, 0x4001)];
     assert_eq!(channel.peer, peer);
     assert_eq!(
         channel.expires_at,
@@ -212,7 +212,7 @@ fn create_permission_is_all_or_nothing_with_403_and_443() {
     assert_eq!(error_code(&response), 403, "loopback is denied by default");
     let response = harness.create_permission(client, &[addr(PEER), addr("[2001:db8::20]:5000")]);
     assert_eq!(error_code(&response), 443);
-    assert!(harness.server.datapath().permissions.is_empty());
+    assert!(harness.datapath().permissions.is_empty());
     let (response, _) = harness.request(
         client,
         Method::CREATE_PERMISSION,
@@ -224,7 +224,6 @@ fn create_permission_is_all_or_nothing_with_403_and_443() {
     let hairpin = SocketAddr::new(ip(RELAY_V4_BIND), 50000);
     assert_success(&harness.create_permission(client, &[hairpin]));
     assert!(harness
-        .server
         .datapath()
         .permissions
         .contains_key(&(relay, hairpin.ip())));
