@@ -11,11 +11,12 @@ use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
     v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
-    CHANNELS_PER_ALLOCATION, FAMILY_V4, FAMILY_V6, PERMISSIONS_PER_ALLOCATION,
+    FAMILY_V4, FAMILY_V6,
 };
 
 use super::XdpCounters;
 use crate::protocol::datapath::DatapathError;
+use crate::protocol::turn::ServerLimits;
 
 // Map names, as declared in turn-ebpf/src/main.rs.
 const COUNTERS: &str = "COUNTERS";
@@ -38,15 +39,43 @@ pub(crate) struct MapSizes {
 /// The most allocations the maps are sized for (a larger max_allocations still works:
 /// allocations beyond the maps' capacity are relayed in userspace).
 const MAX_FAST_PATH_ALLOCATIONS: u32 = 1 << 18;
+/// The most entries a permission or channel map gets, bounding its kernel memory (about
+/// 100 bytes per preallocated entry). Beyond it, the fast path refuses entries and the
+/// [`crate::protocol::datapath::FastPath`] hands those allocations to userspace.
+const MAX_FAST_PATH_ENTRIES: u32 = 1 << 22;
 
 impl MapSizes {
-    pub(crate) fn for_allocations(max_allocations: u32) -> MapSizes {
+    /// Sized so that no map fills up before the core refuses with 508: every allocation
+    /// may hold its full quota of permissions and channels
+    /// ([`crate::protocol::turn::ServerLimits`]), up to the bounds above.
+    pub(crate) fn new(
+        max_allocations: u32,
+        permissions_per_allocation: usize,
+        channels_per_allocation: usize,
+    ) -> MapSizes {
         let allocations = max_allocations.clamp(1, MAX_FAST_PATH_ALLOCATIONS);
+        let per_map = |per_allocation: usize| {
+            u32::try_from(per_allocation)
+                .unwrap_or(u32::MAX)
+                .max(1)
+                .saturating_mul(allocations)
+                .min(MAX_FAST_PATH_ENTRIES)
+        };
         MapSizes {
             allocations,
-            permissions: allocations.saturating_mul(PERMISSIONS_PER_ALLOCATION),
-            channels: allocations.saturating_mul(CHANNELS_PER_ALLOCATION),
+            permissions: per_map(permissions_per_allocation),
+            channels: per_map(channels_per_allocation),
         }
+    }
+
+    /// Sized for the default per-allocation caps of the core.
+    pub(crate) fn for_allocations(max_allocations: u32) -> MapSizes {
+        let limits = ServerLimits::default();
+        MapSizes::new(
+            max_allocations,
+            limits.max_permissions_per_allocation,
+            limits.max_channels_per_allocation,
+        )
     }
 }
 
@@ -394,4 +423,35 @@ fn memlock_bytes(map: &MapData) -> anyhow::Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("parsing memlock in {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_hold_every_allocation_at_its_caps() {
+        let sizes = MapSizes::new(16_384, 10, 12);
+        assert_eq!(
+            sizes,
+            MapSizes {
+                allocations: 16_384,
+                permissions: 163_840,
+                channels: 196_608,
+            }
+        );
+        assert_eq!(
+            MapSizes::for_allocations(100),
+            MapSizes::new(
+                100,
+                crate::protocol::turn::DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
+                crate::protocol::turn::DEFAULT_MAX_CHANNELS_PER_ALLOCATION
+            )
+        );
+        // Bounded: the kernel memory of a map stays bounded whatever the configuration.
+        let huge = MapSizes::new(u32::MAX, usize::MAX, 0);
+        assert_eq!(huge.allocations, MAX_FAST_PATH_ALLOCATIONS);
+        assert_eq!(huge.permissions, MAX_FAST_PATH_ENTRIES);
+        assert_eq!(huge.channels, MAX_FAST_PATH_ALLOCATIONS);
+    }
 }

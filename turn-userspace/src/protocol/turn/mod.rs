@@ -90,6 +90,33 @@ impl Default for ServerConfig {
     }
 }
 
+/// Bounds on what one allocation, request or source may cost the server, each with a
+/// safe default. Set with [`Server::with_limits`]; the XDP maps are sized from the
+/// per-allocation caps, so in the fast path a map cannot fill up before the core says 508.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Permissions (peer IPs) one allocation may hold (RFC 8656 §9.1: more → 508
+    /// Insufficient Capacity). eturnal's default; a WebRTC peer has a handful of
+    /// candidate addresses.
+    pub max_permissions_per_allocation: usize,
+    /// Channel bindings one allocation may hold (RFC 8656 §12.1: more → 508).
+    pub max_channels_per_allocation: usize,
+}
+
+/// Default of [`ServerLimits::max_permissions_per_allocation`].
+pub const DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION: usize = 10;
+/// Default of [`ServerLimits::max_channels_per_allocation`].
+pub const DEFAULT_MAX_CHANNELS_PER_ALLOCATION: usize = 10;
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_permissions_per_allocation: DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
+            max_channels_per_allocation: DEFAULT_MAX_CHANNELS_PER_ALLOCATION,
+        }
+    }
+}
+
 /// The current time, as a monotonic instant (timers) and as wall-clock unix seconds
 /// (nonces and time-limited usernames).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +214,7 @@ struct CachedResponse {
 /// The TURN server state machine. See the module documentation.
 pub struct Server<R: rand::RngCore> {
     config: ServerConfig,
+    limits: ServerLimits,
     auth: Authenticator,
     policy: PeerPolicy,
     rng: R,
@@ -209,6 +237,7 @@ impl<R: rand::RngCore> Server<R> {
     pub fn new(config: ServerConfig, auth: Authenticator, policy: PeerPolicy, rng: R) -> Self {
         Server {
             config,
+            limits: ServerLimits::default(),
             auth,
             policy,
             rng,
@@ -224,6 +253,12 @@ impl<R: rand::RngCore> Server<R> {
             transmits: VecDeque::new(),
             stats: ServerStats::default(),
         }
+    }
+
+    /// Replaces the default [`ServerLimits`].
+    pub fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// IO must drain commands BEFORE transmits after every `handle_*` call.

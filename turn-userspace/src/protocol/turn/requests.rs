@@ -451,7 +451,7 @@ impl<R: rand::RngCore> Server<R> {
     }
 
     /// RFC 8656 §9.1: installs or refreshes a permission for every XOR-PEER-ADDRESS —
-    /// all of them or none.
+    /// all of them or none; 508 when the allocation would exceed its permission cap.
     fn handle_create_permission(
         &mut self,
         now: Now,
@@ -460,18 +460,27 @@ impl<R: rand::RngCore> Server<R> {
         request: &Message,
         auth: &AuthContext,
     ) -> Result<(), TurnError> {
-        let relay = self
+        let allocation = self
             .allocations
             .get(&flow)
-            .ok_or(TurnError::AllocationMismatch)?
-            .relay;
-        let peers = request
+            .ok_or(TurnError::AllocationMismatch)?;
+        let relay = allocation.relay;
+        let mut peers = request
             .xor_peer_addresses()
             .map(|peer| peer.map(|peer| peer.ip()))
             .collect::<Result<Vec<IpAddr>, _>>()
             .map_err(|_| TurnError::BadRequest)?;
         if peers.is_empty() {
             return Err(TurnError::BadRequest);
+        }
+        peers.sort_unstable();
+        peers.dedup();
+        let added = peers
+            .iter()
+            .filter(|peer| !allocation.permissions.contains_key(peer))
+            .count();
+        if allocation.permissions.len() + added > self.limits.max_permissions_per_allocation {
+            return Err(TurnError::InsufficientCapacity);
         }
         for &peer in &peers {
             self.check_peer(relay, peer)?;
@@ -518,7 +527,8 @@ impl<R: rand::RngCore> Server<R> {
     }
 
     /// RFC 8656 §12.1: binds (or refreshes) a channel and installs/refreshes the
-    /// permission for the peer's IP. Rebinding a number or peer to something else is a 400,
+    /// permission for the peer's IP (508 beyond the allocation's channel or permission
+    /// cap). Rebinding a number or peer to something else is a 400,
     /// also during the 5 minutes after its binding expired (RFC 8656 §12 asks clients to
     /// wait that long; enforcing it keeps late ChannelData from reaching another peer).
     fn handle_channel_bind(
@@ -544,6 +554,14 @@ impl<R: rand::RngCore> Server<R> {
         let relay = allocation.relay;
         if allocation.channel_bind_conflicts(number, peer, now.instant) {
             return Err(TurnError::BadRequest);
+        }
+        let new_channel = !allocation.channels.contains_key(&number);
+        let new_permission = !allocation.permissions.contains_key(&peer.ip());
+        if (new_channel && allocation.channels.len() >= self.limits.max_channels_per_allocation)
+            || (new_permission
+                && allocation.permissions.len() >= self.limits.max_permissions_per_allocation)
+        {
+            return Err(TurnError::InsufficientCapacity);
         }
         self.check_peer(relay, peer.ip())?;
         let channel_expires_at = now.instant + self.config.channel_lifetime;

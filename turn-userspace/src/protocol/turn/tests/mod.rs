@@ -26,7 +26,7 @@ use crate::protocol::stun::{
     Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
 };
 
-use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, Transmit};
+use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, ServerLimits, Transmit};
 
 pub(super) const REALM: &str = "example.test";
 pub(super) const LISTENER: &str = "198.18.0.1:3478";
@@ -155,6 +155,11 @@ impl<D: Datapath> Harness<D> {
             next_transaction: 0,
             nonces: HashMap::new(),
         }
+    }
+
+    pub(super) fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.server = self.server.with_limits(limits);
+        self
     }
 
     pub(super) fn advance(&mut self, by: Duration) {

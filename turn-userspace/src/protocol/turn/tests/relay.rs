@@ -373,3 +373,48 @@ fn request_with_wrong_fingerprint_gets_no_answer() {
     let (forward, commands, transmits) = harness.send(flow(CLIENT), &packet);
     assert!(forward.is_none() && commands.is_empty() && transmits.is_empty());
 }
+
+#[test]
+fn permissions_and_channels_per_allocation_are_capped_with_508() {
+    let mut harness = Harness::new().with_limits(ServerLimits {
+        max_permissions_per_allocation: 3,
+        max_channels_per_allocation: 2,
+    });
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peers: Vec<SocketAddr> = (1..=4)
+        .map(|host| addr(&format!("198.18.2.{host}:5000")))
+        .collect();
+    // Two new peers and a duplicate: within the cap.
+    assert_success(&harness.create_permission(client, &[peers[0], peers[1], peers[0]]));
+    // One more fits; two more do not, and nothing of that request is installed.
+    assert_eq!(
+        error_code(&harness.create_permission(client, &[peers[2], peers[3]])),
+        508
+    );
+    assert_eq!(harness.server.stats().permissions, 2);
+    assert_success(&harness.create_permission(client, &[peers[2]]));
+    // At the cap, refreshing what exists still works.
+    assert_success(&harness.create_permission(client, &[peers[0], peers[1], peers[2]]));
+    assert_eq!(
+        error_code(&harness.create_permission(client, &[peers[3]])),
+        508
+    );
+    // Channels: to permitted peers up to the channel cap; a channel to a new peer
+    // would also exceed the permission cap.
+    assert_success(&harness.channel_bind(client, 0x4000, peers[0]));
+    assert_success(&harness.channel_bind(client, 0x4001, peers[1]));
+    assert_success(&harness.channel_bind(client, 0x4001, peers[1]));
+    assert_eq!(
+        error_code(&harness.channel_bind(client, 0x4002, peers[2])),
+        508
+    );
+    assert_eq!(harness.server.stats().channels, 2);
+    assert_eq!(harness.datapath().permissions.len(), 3);
+    assert_eq!(harness.datapath().channels.len(), 2);
+    assert!(harness
+        .datapath()
+        .permissions
+        .keys()
+        .all(|(r, _)| *r == relay));
+}
