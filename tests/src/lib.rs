@@ -684,6 +684,11 @@ impl RelayConfig {
         let _ = writeln!(text, "users = [{}]", users.join(", "));
         let _ = writeln!(text, "auth_secrets = [{}]", toml_list(&self.auth_secrets));
         let _ = writeln!(text, "zrest_secrets = [{}]", toml_list(&self.zrest_secrets));
+        // The test networks (RFC 2544 benchmarking ranges) are denied to peers by default.
+        let _ = writeln!(
+            text,
+            "\n[peers]\nallow = [\"198.18.0.0/15\", \"2001:2::/48\"]"
+        );
         let _ = writeln!(text, "\n[xdp]");
         let mode = match self.xdp {
             Xdp::Auto => "auto",

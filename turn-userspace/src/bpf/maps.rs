@@ -177,8 +177,11 @@ pub(crate) struct MapAddress {
 }
 
 impl MapAddress {
+    /// `ip` exactly as given: an IPv6 address stays IPv6 whatever it embeds (the core
+    /// refuses IPv4-mapped peers; a NAT64 peer is an IPv6 peer), so the maps only ever
+    /// hold the addresses the core checked.
     pub(crate) fn ip(ip: IpAddr) -> MapAddress {
-        match ip.to_canonical() {
+        match ip {
             IpAddr::V4(v4) => MapAddress {
                 family: FAMILY_V4,
                 ip: v4_bytes(v4.octets()),
@@ -284,6 +287,8 @@ impl Tables {
         remove(&mut self.permissions, &permission_key(relay, peer))
     }
 
+    /// Both channel entries or none: when the second insert fails, the first is rolled
+    /// back, so no direction relays on a half-installed channel.
     pub(crate) fn insert_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
         let number = record.number.to_be_bytes();
         let client_value = ClientChannelValue::new(
@@ -300,11 +305,17 @@ impl Tables {
             client_channel_key(record),
             client_value,
         )?;
-        insert(
+        let inserted = insert(
             &mut self.peer_channels,
             peer_channel_key(record),
             PeerChannelValue::new(number, record.peer_expires_ns),
-        )
+        );
+        if inserted.is_err() {
+            if let Err(error) = remove(&mut self.client_channels, &client_channel_key(record)) {
+                tracing::warn!(%error, "rolling back a half-installed fast-path channel failed");
+            }
+        }
+        inserted
     }
 
     pub(crate) fn remove_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
@@ -428,6 +439,26 @@ fn memlock_bytes(map: &MapData) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_stored_exactly_as_the_core_checked_them() {
+        let mapped: SocketAddr = "[::ffff:198.18.0.1]:5000".parse().expect("addr");
+        let stored = MapAddress::socket(mapped);
+        assert_eq!(stored.family, FAMILY_V6);
+        assert_eq!(
+            stored.ip,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1]
+        );
+        assert_eq!(stored.port, 5000u16.to_be_bytes());
+        let nat64: IpAddr = "64:ff9b::198.18.0.1".parse().expect("ip");
+        assert_eq!(MapAddress::ip(nat64).family, FAMILY_V6);
+        let v4: IpAddr = "198.18.0.1".parse().expect("ip");
+        let stored = MapAddress::ip(v4);
+        assert_eq!(
+            (stored.family, stored.ip),
+            (FAMILY_V4, v4_bytes([198, 18, 0, 1]))
+        );
+    }
 
     #[test]
     fn maps_hold_every_allocation_at_its_caps() {

@@ -430,7 +430,7 @@ fn log_startup(config: &Config) {
         tracing::info!("demo credentials (embedded default, new on every start): user {user:?} password {password:?}");
         if let Some(listen) = config.listen.first() {
             tracing::info!(
-                "try it: turnutils_peer -L 127.0.0.1 -p 3480 & turnutils_uclient -u {user} -w {password} -p {} -e 127.0.0.1 -r 3480 -n 10 {}",
+                "try it: turnutils_peer -L 127.0.0.2 -p 3480 & turnutils_uclient -u {user} -w {password} -p {} -e 127.0.0.2 -r 3480 -n 10 {}",
                 listen.port(),
                 listen.ip()
             );
@@ -872,8 +872,8 @@ mod tests {
             .expect("ephemeral port")
     }
 
-    fn socket() -> UdpSocket {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+    fn socket(ip: &str) -> UdpSocket {
+        let socket = UdpSocket::bind((ip, 0)).expect("bind loopback");
         socket
             .set_read_timeout(Some(Duration::from_secs(3)))
             .expect("timeout");
@@ -939,8 +939,9 @@ mod tests {
             }))
         });
 
-        let client = socket();
-        let peer = socket();
+        let client = socket("127.0.0.1");
+        // Not the relay's own address: its non-relay ports are never peers.
+        let peer = socket("127.0.0.2");
         let peer_address = peer.local_addr().expect("peer address");
 
         // The daemon may still be binding its listener: retry the Binding request briefly.

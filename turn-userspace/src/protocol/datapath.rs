@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::protocol::policy::PeerPorts;
+
 /// The client side of an allocation: RFC 8656 §2 "5-tuple" for UDP (the transport is
 /// always UDP here), seen from the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,7 +126,13 @@ pub enum FastPathCommand {
         relay: SocketAddr,
         usage: Option<Box<AllocationUsage>>,
     },
-    InstallPermission(PermissionEntry),
+    /// `ports`: which ports of the peer IP the policy allows. The fast path cannot check
+    /// the port of a Send indication; see [`FastPath`] for what it does with
+    /// [`PeerPorts::RelayRange`].
+    InstallPermission {
+        entry: PermissionEntry,
+        ports: PeerPorts,
+    },
     RemovePermission {
         relay: SocketAddr,
         peer_ip: IpAddr,
@@ -237,6 +245,18 @@ pub struct FastPathStats {
     pub userspace_only_allocations: u64,
 }
 
+/// Why an allocation leaves the fast path.
+enum HandOver {
+    /// The datapath refused an entry (e.g. a full map).
+    Refused(DatapathError),
+    /// A permission limited to relay ports ([`PeerPorts::RelayRange`]) for an address that
+    /// is not the allocation's own relay (bind) address: the XDP program checks no port
+    /// of a Send indication, and may forward to that address (e.g. the public address of
+    /// a relay behind 1:1 NAT, reached through the NAT's hairpin) where userspace would
+    /// refuse a port outside the relay range.
+    PortLimitedPermission,
+}
+
 /// Applies the core's [`FastPathCommand`]s to a [`Datapath`], one at a time, in order.
 ///
 /// It keeps one promise the core cannot keep alone: a refused install never makes the
@@ -247,6 +267,13 @@ pub struct FastPathStats {
 /// userspace-only until the core removes it: later commands for it are skipped. Without
 /// any entry for its addresses, XDP passes all of its traffic to the userspace relay,
 /// which behaves identically.
+///
+/// A permission for the relay's own address is limited to relay ports (hairpinning between
+/// allocations). The fast path takes it only for the allocation's own bind address: the
+/// kernel never forwards to a local address (`bpf_fib_lookup` answers "not forwarded"),
+/// so XDP passes a Send indication towards it up to userspace, which checks the port.
+/// For another own address (a public address behind NAT) the allocation is handed to
+/// userspace as above, until the XDP program can tell such permissions apart.
 pub struct FastPath<D: Datapath> {
     datapath: D,
     /// Relayed address → the fast-path traffic it had relayed before it was handed to
@@ -282,7 +309,10 @@ impl<D: Datapath> FastPath<D> {
         match command {
             FastPathCommand::InstallAllocation(entry) => {
                 if !self.is_userspace_only(entry.relay) {
-                    let result = self.datapath.install_allocation(entry);
+                    let result = self
+                        .datapath
+                        .install_allocation(entry)
+                        .map_err(HandOver::Refused);
                     self.keep_or_hand_over(entry.flow, entry.relay, result);
                 }
             }
@@ -296,11 +326,19 @@ impl<D: Datapath> FastPath<D> {
                     log_usage(flow, relay, &usage, fast_path);
                 }
             }
-            FastPathCommand::InstallPermission(entry) => {
-                if !self.is_userspace_only(entry.relay) {
-                    let result = self.datapath.install_permission(entry);
-                    self.keep_or_hand_over(entry.flow, entry.relay, result);
+            FastPathCommand::InstallPermission { entry, ports } => {
+                if self.is_userspace_only(entry.relay) {
+                    return;
                 }
+                let result = if ports == PeerPorts::RelayRange && entry.peer_ip != entry.relay.ip()
+                {
+                    Err(HandOver::PortLimitedPermission)
+                } else {
+                    self.datapath
+                        .install_permission(entry)
+                        .map_err(HandOver::Refused)
+                };
+                self.keep_or_hand_over(entry.flow, entry.relay, result);
             }
             FastPathCommand::RemovePermission { relay, peer_ip } => {
                 if !self.is_userspace_only(relay) {
@@ -309,7 +347,10 @@ impl<D: Datapath> FastPath<D> {
             }
             FastPathCommand::InstallChannel(entry) => {
                 if !self.is_userspace_only(entry.relay) {
-                    let result = self.datapath.install_channel(entry);
+                    let result = self
+                        .datapath
+                        .install_channel(entry)
+                        .map_err(HandOver::Refused);
                     self.keep_or_hand_over(entry.flow, entry.relay, result);
                 }
             }
@@ -321,18 +362,25 @@ impl<D: Datapath> FastPath<D> {
         }
     }
 
-    /// After a refused install: removes the allocation from the fast path and remembers
-    /// it as userspace-only.
+    /// After an install the fast path could not take: removes the allocation from the
+    /// fast path and remembers it as userspace-only.
     fn keep_or_hand_over(
         &mut self,
         flow: ClientFlow,
         relay: SocketAddr,
-        result: Result<(), DatapathError>,
+        result: Result<(), HandOver>,
     ) {
-        let Err(error) = result else {
+        let Err(reason) = result else {
             return;
         };
-        tracing::warn!(%relay, client = %flow.client, %error, "the fast path refused an entry; the allocation is relayed in userspace from now on");
+        match reason {
+            HandOver::Refused(error) => {
+                tracing::warn!(%relay, client = %flow.client, %error, "the fast path refused an entry; the allocation is relayed in userspace from now on")
+            }
+            HandOver::PortLimitedPermission => {
+                tracing::debug!(%relay, client = %flow.client, "permission for the relay's own non-local address; the allocation is relayed in userspace from now on")
+            }
+        }
         let relayed = self.datapath.relayed_traffic(relay);
         self.datapath.remove_allocation(flow, relay);
         self.userspace_only.insert(relay, relayed);

@@ -6,10 +6,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::protocol::datapath::RelayedTraffic;
+use crate::protocol::policy::PeerPorts;
 use crate::protocol::stun::{PasswordAlgorithm, TransactionId};
 
 use super::authenticate::IntegrityKind;
 use super::PacketCount;
+
+/// A permission (RFC 8656 §9): until when, and which ports of the peer IP the policy
+/// allows (all, or the relay ports of the relay's own address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Permission {
+    pub(super) expires_at: Instant,
+    pub(super) ports: PeerPorts,
+}
 
 /// A channel binding (RFC 8656 §12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +70,8 @@ pub(super) struct Allocation {
     pub(super) allocate_transaction: TransactionId,
     /// A port this allocation reserved for a later RESERVATION-TOKEN (EVEN-PORT R bit).
     pub(super) reservation_token: Option<u64>,
-    /// Peer IP → permission expiry (RFC 8656 §9: ports are ignored).
-    pub(super) permissions: HashMap<IpAddr, Instant>,
+    /// Peer IP → permission (RFC 8656 §9: keyed by IP, ports ignored).
+    pub(super) permissions: HashMap<IpAddr, Permission>,
     pub(super) channels: HashMap<u16, Channel>,
     pub(super) channel_by_peer: HashMap<SocketAddr, u16>,
     /// Expired channel numbers still cooling off.
@@ -72,9 +81,15 @@ pub(super) struct Allocation {
 
 impl Allocation {
     pub(super) fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.live_permission(peer, now).is_some()
+    }
+
+    /// The ports a live permission for `peer` covers.
+    pub(super) fn live_permission(&self, peer: IpAddr, now: Instant) -> Option<PeerPorts> {
         self.permissions
             .get(&peer)
-            .is_some_and(|&expires_at| expires_at > now)
+            .filter(|permission| permission.expires_at > now)
+            .map(|permission| permission.ports)
     }
 
     /// The live channel bound to `peer`, if any.

@@ -120,7 +120,7 @@ impl<R: rand::RngCore> Server<R> {
         if allocation
             .permissions
             .get(&peer)
-            .is_some_and(|&expires_at| expires_at <= now)
+            .is_some_and(|permission| permission.expires_at <= now)
         {
             allocation.permissions.remove(&peer);
             self.fast_path.push_back(FastPathCommand::RemovePermission {

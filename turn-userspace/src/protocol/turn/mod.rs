@@ -235,6 +235,7 @@ pub struct Server<R: rand::RngCore> {
 
 impl<R: rand::RngCore> Server<R> {
     pub fn new(config: ServerConfig, auth: Authenticator, policy: PeerPolicy, rng: R) -> Self {
+        let policy = policy.with_relay_ports(config.port_range.clone());
         Server {
             config,
             limits: ServerLimits::default(),

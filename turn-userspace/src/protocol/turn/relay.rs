@@ -67,7 +67,8 @@ impl<R: rand::RngCore> Server<R> {
 
     /// Client → peer data of `flow`'s allocation: `route` names the peer and the data's
     /// range in the input packet; it is forwarded while the peer's permission lives (RFC
-    /// 8656 §9) and counted in `counter` and the allocation, or counted as dropped.
+    /// 8656 §9) and covers the peer's port (the relay's own addresses: relay ports only),
+    /// and counted in `counter` and the allocation, or counted as dropped.
     fn forward_to_peer(
         &mut self,
         now: Instant,
@@ -75,9 +76,11 @@ impl<R: rand::RngCore> Server<R> {
         route: impl FnOnce(&Allocation) -> Option<(SocketAddr, Range<usize>)>,
         counter: fn(&mut ServerStats) -> &mut PacketCount,
     ) -> Option<Forward> {
+        let policy = &self.policy;
         let forward = self.allocations.get_mut(&flow).and_then(|allocation| {
             let (peer, range) = route(allocation)?;
-            if !allocation.has_permission(peer.ip(), now) {
+            let ports = allocation.live_permission(peer.ip(), now)?;
+            if !policy.allows_port(ports, peer.port()) {
                 return None;
             }
             allocation.userspace_traffic.to_peer.add(range.len());

@@ -10,11 +10,14 @@ use rand::Rng;
 use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, EndReason, FastPathCommand, PermissionEntry,
 };
+use crate::protocol::policy::{is_ipv4_written_as_ipv6, PeerPorts};
 use crate::protocol::stun::attributes::{self as attr, AddressFamily};
 use crate::protocol::stun::channel_data::{self, CHANNEL_RANGE};
 use crate::protocol::stun::{parse_header, Class, Message, Method, ParseError};
 
-use super::allocation::{granted_lifetime, Allocation, Channel, Reservation, UserspaceTraffic};
+use super::allocation::{
+    granted_lifetime, Allocation, Channel, Permission, Reservation, UserspaceTraffic,
+};
 use super::authenticate::AuthContext;
 use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
@@ -438,10 +441,13 @@ impl<R: rand::RngCore> Server<R> {
         Ok(())
     }
 
-    /// A peer address may be used when it has the relay's family (else 443) and the peer
-    /// policy allows it (else 403) — RFC 8656 §9.1, §12.1.
-    fn check_peer(&self, relay: SocketAddr, peer: IpAddr) -> Result<(), TurnError> {
-        if peer.is_ipv4() != relay.is_ipv4() {
+    /// A peer IP may be used when it has the relay's family (else 443) and the peer policy
+    /// allows it (else 403) — RFC 8656 §9.1, §12.1. An IPv4 address written in IPv6 form
+    /// (`::ffff:a.b.c.d`, `::a.b.c.d`) is an IPv4 peer: on an IPv6 allocation it is a 443,
+    /// never an alias the fast path would store as another address. Returns the ports
+    /// the permission covers.
+    fn check_peer_ip(&self, relay: SocketAddr, peer: IpAddr) -> Result<PeerPorts, TurnError> {
+        if peer.is_ipv4() != relay.is_ipv4() || is_ipv4_written_as_ipv6(peer) {
             return Err(TurnError::PeerAddressFamilyMismatch);
         }
         self.policy.check(peer).map_err(|denied| {
@@ -475,18 +481,19 @@ impl<R: rand::RngCore> Server<R> {
         }
         peers.sort_unstable();
         peers.dedup();
-        let added = peers
+        let mut checked = Vec::with_capacity(peers.len());
+        for peer in peers {
+            checked.push((peer, self.check_peer_ip(relay, peer)?));
+        }
+        let added = checked
             .iter()
-            .filter(|peer| !allocation.permissions.contains_key(peer))
+            .filter(|(peer, _)| !allocation.permissions.contains_key(peer))
             .count();
         if allocation.permissions.len() + added > self.limits.max_permissions_per_allocation {
             return Err(TurnError::InsufficientCapacity);
         }
-        for &peer in &peers {
-            self.check_peer(relay, peer)?;
-        }
-        for peer in peers {
-            self.install_permission(now.instant, flow, peer);
+        for (peer, ports) in checked {
+            self.install_permission(now.instant, flow, peer, ports);
         }
         self.queue_success(now.instant, flow, info, auth, |_| {});
         Ok(())
@@ -494,20 +501,31 @@ impl<R: rand::RngCore> Server<R> {
 
     /// Creates or refreshes the permission for `peer` (RFC 8656 §9) and pushes it, and the
     /// new expiry of channels to that IP, to the fast path.
-    fn install_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {
+    fn install_permission(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        peer: IpAddr,
+        ports: PeerPorts,
+    ) {
         let Some(allocation) = self.allocations.get_mut(&flow) else {
             return;
         };
         let expires_at = now + self.config.permission_lifetime;
-        allocation.permissions.insert(peer, expires_at);
+        allocation
+            .permissions
+            .insert(peer, Permission { expires_at, ports });
         let relay = allocation.relay;
         self.fast_path
-            .push_back(FastPathCommand::InstallPermission(PermissionEntry {
-                flow,
-                relay,
-                peer_ip: peer,
-                expires_at,
-            }));
+            .push_back(FastPathCommand::InstallPermission {
+                entry: PermissionEntry {
+                    flow,
+                    relay,
+                    peer_ip: peer,
+                    expires_at,
+                },
+                ports,
+            });
         for (&number, channel) in allocation
             .channels
             .iter()
@@ -563,7 +581,11 @@ impl<R: rand::RngCore> Server<R> {
         {
             return Err(TurnError::InsufficientCapacity);
         }
-        self.check_peer(relay, peer.ip())?;
+        let ports = self.check_peer_ip(relay, peer.ip())?;
+        if !self.policy.allows_port(ports, peer.port()) {
+            tracing::debug!(%peer, "peer refused by policy: the relay's own address outside its relay ports");
+            return Err(TurnError::Forbidden);
+        }
         let channel_expires_at = now.instant + self.config.channel_lifetime;
         if let Some(allocation) = self.allocations.get_mut(&flow) {
             allocation.channels.insert(
@@ -578,7 +600,7 @@ impl<R: rand::RngCore> Server<R> {
         }
         // Installs the permission and, through it, the channel entry with
         // expiry = min(channel, permission).
-        self.install_permission(now.instant, flow, peer.ip());
+        self.install_permission(now.instant, flow, peer.ip(), ports);
         self.timers
             .schedule(channel_expires_at, TimerKind::Channel(flow, number));
         self.queue_success(now.instant, flow, info, auth, |_| {});

@@ -7,6 +7,7 @@ mod allocate;
 mod authentication;
 mod expiry;
 mod fast_path;
+mod peers;
 mod relay;
 
 use std::collections::HashMap;
@@ -35,6 +36,9 @@ pub(super) const RELAY_V4_PUBLIC: &str = "198.19.0.1";
 pub(super) const RELAY_V6_BIND: &str = "2001:db8::1";
 pub(super) const RELAY_V6_PUBLIC: &str = "2001:db8::100";
 pub(super) const DENIED_NET: &str = "198.18.99.0/24";
+/// The test address ranges (benchmarking, documentation) are denied by default; the
+/// tests' policy allows them, as a deployment's `peers.allow` would.
+pub(super) const ALLOWED_NETS: [&str; 2] = ["198.18.0.0/15", "2001:db8::/32"];
 
 pub(super) fn addr(text: &str) -> SocketAddr {
     text.parse().expect("test address")
@@ -134,13 +138,21 @@ impl Harness {
 
 impl<D: Datapath> Harness<D> {
     pub(super) fn with(config: ServerConfig, datapath: D) -> Self {
+        Harness::with_allowed(config, datapath, &ALLOWED_NETS)
+    }
+
+    /// A harness whose peer policy allows `allowed` (and denies [`DENIED_NET`]).
+    pub(super) fn with_allowed(config: ServerConfig, datapath: D, allowed: &[&str]) -> Self {
         let relay_ips = [config.relay_v4, config.relay_v6]
             .into_iter()
             .flatten()
-            .map(|relay| relay.bind)
+            .flat_map(|relay| [relay.bind, relay.advertised])
             .collect();
         let policy = PeerPolicy::new(
-            Vec::new(),
+            allowed
+                .iter()
+                .map(|net| net.parse().expect("net"))
+                .collect(),
             vec![DENIED_NET.parse().expect("net")],
             relay_ips,
         );
