@@ -40,6 +40,16 @@ impl<R: rand::RngCore> Server<R> {
     ) -> Option<Allocation> {
         let allocation = self.allocations.remove(&flow)?;
         self.flows_by_relay.remove(&allocation.relay);
+        self.timers.cancel(TimerKind::Allocation(flow));
+        for &peer in allocation.permissions.keys() {
+            self.timers.cancel(TimerKind::Permission(flow, peer));
+        }
+        for &number in allocation.channels.keys() {
+            self.timers.cancel(TimerKind::Channel(flow, number));
+        }
+        for &number in allocation.cooling_channels.keys() {
+            self.timers.cancel(TimerKind::ChannelCoolOff(flow, number));
+        }
         if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
             *count = count.saturating_sub(1);
             if *count == 0 {

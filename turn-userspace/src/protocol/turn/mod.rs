@@ -101,6 +101,9 @@ pub struct ServerLimits {
     pub max_permissions_per_allocation: usize,
     /// Channel bindings one allocation may hold (RFC 8656 §12.1: more → 508).
     pub max_channels_per_allocation: usize,
+    /// XOR-PEER-ADDRESS attributes one CreatePermission may carry, duplicates included
+    /// (more → 400): bounds the work one request does.
+    pub max_peers_per_request: usize,
 }
 
 /// Default of [`ServerLimits::max_permissions_per_allocation`].
@@ -113,6 +116,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_permissions_per_allocation: DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
             max_channels_per_allocation: DEFAULT_MAX_CHANNELS_PER_ALLOCATION,
+            max_peers_per_request: 16,
         }
     }
 }
@@ -277,10 +281,15 @@ impl<R: rand::RngCore> Server<R> {
         self.transmits.pop_front()
     }
 
-    /// The earliest instant at which [`Self::handle_timeout`] has work (possibly a
-    /// deadline that turns out to be superseded, which is harmless).
+    /// The earliest instant at which [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next_deadline()
+    }
+
+    /// How many expiry deadlines are armed.
+    #[cfg(test)]
+    pub(super) fn armed_timers(&self) -> usize {
+        self.timers.len()
     }
 
     pub fn stats(&self) -> ServerStats {

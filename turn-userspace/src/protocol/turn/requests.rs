@@ -457,7 +457,8 @@ impl<R: rand::RngCore> Server<R> {
     }
 
     /// RFC 8656 §9.1: installs or refreshes a permission for every XOR-PEER-ADDRESS —
-    /// all of them or none; 508 when the allocation would exceed its permission cap.
+    /// all of them or none; 508 when the allocation would exceed its permission cap, 400
+    /// for more XOR-PEER-ADDRESS attributes than [`super::ServerLimits::max_peers_per_request`].
     fn handle_create_permission(
         &mut self,
         now: Now,
@@ -471,6 +472,15 @@ impl<R: rand::RngCore> Server<R> {
             .get(&flow)
             .ok_or(TurnError::AllocationMismatch)?;
         let relay = allocation.relay;
+        // Bounded work per request: the attributes are counted before anything is parsed
+        // or checked, and duplicates are checked and installed once.
+        if request
+            .xor_peer_addresses()
+            .nth(self.limits.max_peers_per_request)
+            .is_some()
+        {
+            return Err(TurnError::BadRequest);
+        }
         let mut peers = request
             .xor_peer_addresses()
             .map(|peer| peer.map(|peer| peer.ip()))

@@ -379,6 +379,7 @@ fn permissions_and_channels_per_allocation_are_capped_with_508() {
     let mut harness = Harness::new().with_limits(ServerLimits {
         max_permissions_per_allocation: 3,
         max_channels_per_allocation: 2,
+        ..ServerLimits::default()
     });
     let client = flow(CLIENT);
     let relay = harness.allocate(client);
@@ -417,4 +418,43 @@ fn permissions_and_channels_per_allocation_are_capped_with_508() {
         .permissions
         .keys()
         .all(|(r, _)| *r == relay));
+}
+
+#[test]
+fn create_permission_work_is_bounded_and_duplicates_cost_nothing() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    harness.allocate(client);
+    let peer = addr(PEER);
+    let armed = harness.server.armed_timers();
+    // 16 copies of one peer: one permission, one deadline, one fast-path entry.
+    assert_success(&harness.create_permission(client, &[peer; 16]));
+    assert_eq!(harness.server.stats().permissions, 1);
+    assert_eq!(harness.datapath().permissions.len(), 1);
+    let with_permission = harness.server.armed_timers();
+    assert_eq!(
+        with_permission,
+        armed + 2,
+        "the permission and the cached response"
+    );
+    // Refreshing re-arms the same deadline instead of adding one.
+    for _ in 0..50 {
+        assert_success(&harness.create_permission(client, &[peer, peer]));
+    }
+    assert_eq!(
+        harness.server.armed_timers(),
+        with_permission + 50,
+        "only the 50 cached responses add deadlines"
+    );
+    // More attributes than a request may carry: 400 before any of them is looked at.
+    let too_many = vec![peer; 17];
+    assert_eq!(
+        error_code(&harness.create_permission(client, &too_many)),
+        400
+    );
+    // Deleting the allocation disarms its deadlines.
+    let before_delete = harness.server.armed_timers();
+    let (response, _) = harness.refresh(client, Some(0));
+    assert_success(&response);
+    assert_eq!(harness.server.armed_timers(), before_delete + 1 - 2);
 }
