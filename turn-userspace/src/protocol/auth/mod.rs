@@ -168,12 +168,17 @@ impl Authenticator {
                         })?;
                 let password = shared_secret::zrest_password(secret.as_bytes(), username);
                 let keys = LongTermKeys::from_password(username, realm, &password);
-                return Ok(Credential::new(username, vec![keys]));
+                return Ok(Credential::time_limited(
+                    username,
+                    zrest.user,
+                    zrest.expiry,
+                    vec![keys],
+                ));
             }
         }
         if !self.auth_secrets.is_empty() {
-            if let Some(expiry) = shared_secret::coturn_expiry(username) {
-                check_expiry(expiry, unix_secs)?;
+            if let Some(coturn) = shared_secret::parse_coturn(username) {
+                check_expiry(coturn.expiry, unix_secs)?;
                 let candidates = self
                     .auth_secrets
                     .iter()
@@ -182,7 +187,12 @@ impl Authenticator {
                         LongTermKeys::from_password(username, realm, &password)
                     })
                     .collect();
-                return Ok(Credential::new(username, candidates));
+                return Ok(Credential::time_limited(
+                    username,
+                    coturn.user,
+                    coturn.expiry,
+                    candidates,
+                ));
             }
         }
         Err(AuthError::UnknownUser)
@@ -399,6 +409,37 @@ mod tests {
             .expect("valid");
         // p = base64(HMAC-SHA512("first", "1700000000.s.42"))
         assert_eq!(md5_key(&credential), "efdbe2a1ef0dded958f7f212c4dad81a");
+    }
+
+    #[test]
+    fn quotas_count_time_limited_usernames_by_their_user_part() {
+        let auth = Authenticator::new(config());
+        let quota = |username: &str| {
+            let credential = auth.credential(username, REALM, NOW).expect("valid");
+            (credential.quota_user().to_owned(), credential.expires_at())
+        };
+        assert_eq!(quota("alice"), ("alice".to_owned(), None));
+        assert_eq!(
+            quota("1700000000:alice"),
+            ("alice".to_owned(), Some(1_700_000_000))
+        );
+        assert_eq!(
+            quota("1700003600:alice"),
+            ("alice".to_owned(), Some(1_700_003_600))
+        );
+        assert_eq!(
+            quota("alice:1700000000"),
+            ("alice".to_owned(), Some(1_700_000_000))
+        );
+        assert_eq!(
+            quota("d=1700000000.v=1.k=1.t=s.r=abc123").0,
+            "v=1.k=1.t=s.r=abc123"
+        );
+        assert_eq!(
+            quota("d=1700003600.v=1.k=1.t=s.r=abc123").0,
+            "v=1.k=1.t=s.r=abc123"
+        );
+        assert_eq!(quota("1700000000.s.42").0, "s.42");
     }
 
     #[test]

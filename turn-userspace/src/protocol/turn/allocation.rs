@@ -62,6 +62,11 @@ pub(super) struct Allocation {
     pub(super) expires_at: Instant,
     /// RFC 8656 §5: later requests must use the same USERNAME (else 441)…
     pub(super) username: String,
+    /// Whom the allocation quota counts this allocation for.
+    pub(super) quota_user: String,
+    /// When its time-limited username expires (unix seconds): after that (and a grace),
+    /// the allocation can no longer be used.
+    pub(super) credential_expiry: Option<u64>,
     /// …and are verified with the key the allocation was created with.
     pub(super) key: Vec<u8>,
     pub(super) password_algorithm: PasswordAlgorithm,
@@ -135,11 +140,14 @@ impl Allocation {
     }
 }
 
-/// A port held back for the odd half of an EVEN-PORT pair (RFC 8656 §7.2).
-#[derive(Debug, Clone, Copy)]
+/// A port held back for the odd half of an EVEN-PORT pair (RFC 8656 §7.2). It counts
+/// against the quota of the user whose Allocate reserved it until it is claimed or
+/// expires.
+#[derive(Debug, Clone)]
 pub(super) struct Reservation {
     pub(super) relay: SocketAddr,
     pub(super) expires_at: Instant,
+    pub(super) quota_user: String,
 }
 
 /// RFC 8656 §7.2 and §8: the lesser of the requested and the maximum lifetime, but never

@@ -23,6 +23,11 @@ pub(super) enum IntegrityKind {
 #[derive(Debug)]
 pub(super) struct AuthContext {
     pub(super) username: String,
+    /// Whom the allocation quota counts this request for (see
+    /// [`crate::protocol::auth::Credential::quota_user`]).
+    pub(super) quota_user: String,
+    /// When a time-limited username expires (unix seconds).
+    pub(super) credential_expiry: Option<u64>,
     pub(super) key: Vec<u8>,
     pub(super) integrity: IntegrityKind,
     pub(super) password_algorithm: PasswordAlgorithm,
@@ -96,16 +101,15 @@ impl<R: rand::RngCore> Server<R> {
                     TurnError::Unauthenticated
                 })?,
         };
-        let allocation_key = self
-            .allocations
-            .get(&flow)
-            .filter(|allocation| {
-                allocation.username == username
-                    && allocation.password_algorithm == password_algorithm
-            })
-            .map(|allocation| allocation.key.as_slice());
-        let key = match allocation_key {
-            Some(key) => verify(request, integrity, key).then(|| key.to_vec()),
+        let allocation = self.allocations.get(&flow).filter(|allocation| {
+            allocation.username == username && allocation.password_algorithm == password_algorithm
+        });
+        let (key, quota_user, credential_expiry) = match allocation {
+            Some(allocation) => (
+                verify(request, integrity, &allocation.key).then(|| allocation.key.clone()),
+                allocation.quota_user.clone(),
+                allocation.credential_expiry,
+            ),
             None => {
                 let credential = self
                     .auth
@@ -114,10 +118,15 @@ impl<R: rand::RngCore> Server<R> {
                         tracing::debug!(client = %flow.client, %error, "no credential");
                         TurnError::Unauthenticated
                     })?;
-                credential
+                let key = credential
                     .candidate_keys(password_algorithm)
                     .find(|key| verify(request, integrity, key))
-                    .map(<[u8]>::to_vec)
+                    .map(<[u8]>::to_vec);
+                (
+                    key,
+                    credential.quota_user().to_owned(),
+                    credential.expires_at(),
+                )
             }
         };
         let Some(key) = key else {
@@ -129,6 +138,8 @@ impl<R: rand::RngCore> Server<R> {
         }
         Ok(AuthContext {
             username: username.to_owned(),
+            quota_user,
+            credential_expiry,
             key,
             integrity,
             password_algorithm,

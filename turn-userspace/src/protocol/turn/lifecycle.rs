@@ -50,12 +50,7 @@ impl<R: rand::RngCore> Server<R> {
         for &number in allocation.cooling_channels.keys() {
             self.timers.cancel(TimerKind::ChannelCoolOff(flow, number));
         }
-        if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.allocations_per_user.remove(&allocation.username);
-            }
-        }
+        self.uncount_for_user(&allocation.quota_user);
         self.fast_path.push_back(FastPathCommand::RemoveAllocation {
             flow,
             relay: allocation.relay,
@@ -120,7 +115,29 @@ impl<R: rand::RngCore> Server<R> {
     pub(super) fn release_reservation(&mut self, token: u64) -> Option<Reservation> {
         let reservation = self.reservations.remove(&token)?;
         self.reserved_relays.remove(&reservation.relay);
+        self.timers.cancel(TimerKind::Reservation(token));
+        self.uncount_for_user(&reservation.quota_user);
         Some(reservation)
+    }
+
+    /// One more allocation or reservation for `quota_user`'s quota.
+    pub(super) fn count_for_user(&mut self, quota_user: &str) {
+        match self.allocations_per_user.get_mut(quota_user) {
+            Some(count) => *count += 1,
+            None => {
+                self.allocations_per_user.insert(quota_user.to_owned(), 1);
+            }
+        }
+    }
+
+    /// One allocation or reservation fewer for `quota_user`'s quota.
+    fn uncount_for_user(&mut self, quota_user: &str) {
+        if let Some(count) = self.allocations_per_user.get_mut(quota_user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.allocations_per_user.remove(quota_user);
+            }
+        }
     }
 
     fn expire_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {

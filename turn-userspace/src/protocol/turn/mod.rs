@@ -61,9 +61,14 @@ pub struct ServerConfig {
     pub default_lifetime: Duration,
     /// Upper bound of any lifetime (3600 s).
     pub max_lifetime: Duration,
-    /// Allocations on the whole server (→ 486).
+    /// Allocations (and EVEN-PORT reservations) on the whole server (RFC 8656 §7.2: more
+    /// → 508 Insufficient Capacity).
     pub max_allocations: usize,
-    /// Allocations per USERNAME; 0 = unlimited (→ 486).
+    /// Allocations and EVEN-PORT reservations per user; 0 = unlimited (RFC 8656 §7.2:
+    /// more → 486 Allocation Quota Reached). A time-limited username counts for its user
+    /// part (coturn REST `expiry:user`, zrest without its expiry), so renewed credentials
+    /// share one quota. Default 10, the common practice of coturn and eturnal
+    /// deployments: a WebRTC client needs one or two allocations per call.
     pub max_allocations_per_user: usize,
     /// How long a permission lives after CreatePermission/ChannelBind (RFC 8656 §9: 300 s).
     pub permission_lifetime: Duration,
@@ -83,7 +88,7 @@ impl Default for ServerConfig {
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             max_allocations: 10_000,
-            max_allocations_per_user: 0,
+            max_allocations_per_user: DEFAULT_MAX_ALLOCATIONS_PER_USER,
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
         }
@@ -120,6 +125,9 @@ impl Default for ServerLimits {
         }
     }
 }
+
+/// Default of [`ServerConfig::max_allocations_per_user`].
+pub const DEFAULT_MAX_ALLOCATIONS_PER_USER: usize = 10;
 
 /// The current time, as a monotonic instant (timers) and as wall-clock unix seconds
 /// (nonces and time-limited usernames).

@@ -229,30 +229,45 @@ impl<R: rand::RngCore> Server<R> {
             self.config.max_lifetime,
         );
         let family = requested_family.unwrap_or(AddressFamily::Ipv4);
-        let relay_address = match reservation_token {
+        // What this Allocate adds to the server's and the user's count of allocations and
+        // reservations: claiming a reservation turns it into the allocation; EVEN-PORT
+        // with the R bit also reserves the next port.
+        let (relay_address, added, released_for_user) = match reservation_token {
             Some(token) => {
                 let reservation = self
                     .reservations
                     .get(&token)
                     .filter(|reservation| reservation.expires_at > now.instant)
                     .ok_or(TurnError::InsufficientCapacity)?;
-                self.relay_address(AddressFamily::of(reservation.relay.ip()))
-                    .ok_or(TurnError::InsufficientCapacity)?
+                let relay_address = self
+                    .relay_address(AddressFamily::of(reservation.relay.ip()))
+                    .ok_or(TurnError::InsufficientCapacity)?;
+                (relay_address, 0, reservation.quota_user == auth.quota_user)
             }
-            None => self
-                .relay_address(family)
-                .ok_or(TurnError::AddressFamilyNotSupported)?,
+            None => {
+                let relay_address = self
+                    .relay_address(family)
+                    .ok_or(TurnError::AddressFamilyNotSupported)?;
+                let added = if even_port == Some(true) { 2 } else { 1 };
+                (relay_address, added, false)
+            }
         };
-        if self.allocations.len() >= self.config.max_allocations {
-            return Err(TurnError::AllocationQuotaReached);
+        // RFC 8656 §7.2: the server is out of capacity → 508; the user's quota → 486.
+        if self.allocations.len() + self.reservations.len() + added > self.config.max_allocations {
+            return Err(TurnError::InsufficientCapacity);
         }
         let per_user = self.config.max_allocations_per_user;
-        if per_user != 0
-            && self
-                .allocations_per_user
-                .get(&auth.username)
-                .is_some_and(|&count| count >= per_user)
-        {
+        let user_count = self
+            .allocations_per_user
+            .get(&auth.quota_user)
+            .copied()
+            .unwrap_or(0);
+        let user_adds = if reservation_token.is_some() {
+            usize::from(!released_for_user)
+        } else {
+            added
+        };
+        if per_user != 0 && user_count + user_adds > per_user {
             return Err(TurnError::AllocationQuotaReached);
         }
 
@@ -272,6 +287,7 @@ impl<R: rand::RngCore> Server<R> {
                     self.reserve(
                         now.instant,
                         SocketAddr::new(relay_address.bind, choice.port + 1),
+                        &auth.quota_user,
                     )
                 });
                 (relay, reservation)
@@ -287,6 +303,8 @@ impl<R: rand::RngCore> Server<R> {
                 created_at: now.instant,
                 expires_at,
                 username: auth.username.clone(),
+                quota_user: auth.quota_user.clone(),
+                credential_expiry: auth.credential_expiry,
                 key: auth.key.clone(),
                 password_algorithm: auth.password_algorithm,
                 integrity: auth.integrity,
@@ -300,10 +318,7 @@ impl<R: rand::RngCore> Server<R> {
             },
         );
         self.flows_by_relay.insert(relay, flow);
-        *self
-            .allocations_per_user
-            .entry(auth.username.clone())
-            .or_default() += 1;
+        self.count_for_user(&auth.quota_user);
         self.timers
             .schedule(expires_at, TimerKind::Allocation(flow));
         self.commands.push_back(Command::OpenRelay { relay });
@@ -384,15 +399,23 @@ impl<R: rand::RngCore> Server<R> {
         })
     }
 
-    /// Holds `relay` back for ~30 s and returns the RESERVATION-TOKEN naming it.
-    fn reserve(&mut self, now: Instant, relay: SocketAddr) -> u64 {
+    /// Holds `relay` back for ~30 s for `quota_user`'s quota and returns the
+    /// RESERVATION-TOKEN naming it.
+    fn reserve(&mut self, now: Instant, relay: SocketAddr, quota_user: &str) -> u64 {
         let mut token = self.rng.next_u64();
         while self.reservations.contains_key(&token) {
             token = self.rng.next_u64();
         }
         let expires_at = now + RESERVATION_LIFETIME;
-        self.reservations
-            .insert(token, Reservation { relay, expires_at });
+        self.reservations.insert(
+            token,
+            Reservation {
+                relay,
+                expires_at,
+                quota_user: quota_user.to_owned(),
+            },
+        );
+        self.count_for_user(quota_user);
         self.reserved_relays.insert(relay, token);
         self.timers
             .schedule(expires_at, TimerKind::Reservation(token));

@@ -265,13 +265,121 @@ fn quotas_give_486() {
     harness.refresh(flow(CLIENT), Some(0));
     harness.allocate(flow(OTHER_CLIENT));
 
+    // The server being full is not the user's quota: 508 (RFC 8656 §7.2).
     let mut harness = Harness::with_config(ServerConfig {
         max_allocations: 1,
         ..config()
     });
     harness.allocate(flow(CLIENT));
     let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[]);
+    assert_eq!(error_code(&response), 508);
+}
+
+#[test]
+fn the_default_quota_is_ten_allocations_per_user() {
+    assert_eq!(ServerConfig::default().max_allocations_per_user, 10);
+    let mut harness = Harness::new();
+    for port in 0..10 {
+        harness.allocate(flow(&format!("198.18.1.30:{}", 41000 + port)));
+    }
+    let (response, _) = harness.allocate_with(flow("198.18.1.30:42000"), &[]);
     assert_eq!(error_code(&response), 486);
+    // Another user has a quota of their own.
+    let (response, _) =
+        harness.allocate_as(flow("198.18.1.30:42001"), Credentials::Md5("bob"), &[]);
+    assert_success(&response);
+}
+
+#[test]
+fn renewed_time_limited_usernames_share_their_users_quota() {
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 2,
+        ..config()
+    });
+    let expiry = harness.now.unix_secs + 3600;
+    // Three distinct REST usernames of one user: the third exceeds the user's quota.
+    for (index, username) in [
+        format!("{expiry}:carol"),
+        format!("{}:carol", expiry + 1),
+        format!("{}:carol", expiry + 2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (response, _) = harness.allocate_as(
+            flow(&format!("198.18.1.31:{}", 41000 + index)),
+            Credentials::Md5(username),
+            &[],
+        );
+        if index < 2 {
+            assert_success(&response);
+        } else {
+            assert_eq!(error_code(&response), 486, "{username}");
+        }
+    }
+    let (response, _) = harness.allocate_as(
+        flow("198.18.1.31:41010"),
+        Credentials::Md5(&format!("{expiry}:dave")),
+        &[],
+    );
+    assert_success(&response);
+    // zrest: the username without its expiry names the user.
+    for (index, expected) in [(0, None), (1, None), (2, Some(486))] {
+        let username = format!("d={}.v=1.k=0.t=s.r=erin", expiry + index);
+        let (response, _) = harness.allocate_as(
+            flow(&format!("198.18.1.32:{}", 41000 + index)),
+            Credentials::Md5(&username),
+            &[],
+        );
+        match expected {
+            None => assert_success(&response),
+            Some(code) => assert_eq!(error_code(&response), code),
+        }
+    }
+}
+
+#[test]
+fn even_port_reservations_count_against_the_quotas() {
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 2,
+        ..config()
+    });
+    let (response, _) = harness.allocate_with(flow(CLIENT), &[raw(attr::EVEN_PORT, &[0x80])]);
+    assert_success(&response);
+    let token = parse(&response)
+        .reservation_token()
+        .expect("valid")
+        .expect("token");
+    // The allocation and its reservation fill alice's quota of two.
+    let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[]);
+    assert_eq!(error_code(&response), 486);
+    // Claiming the reservation turns it into an allocation: still two.
+    let (response, _) = harness.allocate_with(
+        flow(OTHER_CLIENT),
+        &[raw(attr::RESERVATION_TOKEN, &token.to_be_bytes())],
+    );
+    assert_success(&response);
+    assert_eq!(harness.server.stats().allocations, 2);
+    // An expired reservation gives its place back.
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 2,
+        ..config()
+    });
+    let (response, _) = harness.allocate_with(flow(CLIENT), &[raw(attr::EVEN_PORT, &[0x80])]);
+    assert_success(&response);
+    harness.advance(Duration::from_secs(31));
+    harness.allocate(flow(OTHER_CLIENT));
+
+    // The server's capacity counts reservations too: a pair does not fit into one place.
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations: 2,
+        ..config()
+    });
+    harness.allocate(flow(CLIENT));
+    let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[raw(attr::EVEN_PORT, &[0x80])]);
+    assert_eq!(error_code(&response), 508);
+    let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[raw(attr::EVEN_PORT, &[0])]);
+    assert_success(&response);
 }
 
 #[test]
@@ -349,7 +457,10 @@ fn reservations_expire_after_30_seconds() {
 
 #[test]
 fn even_port_without_reservation() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 0,
+        ..config()
+    });
     for index in 0..20 {
         let (response, commands) = harness.allocate_with(
             flow(&format!("198.18.1.20:{}", 1000 + index)),

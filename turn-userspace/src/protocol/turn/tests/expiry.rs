@@ -74,7 +74,10 @@ fn refreshing_a_permission_extends_it_and_its_channels() {
 
 #[test]
 fn thousands_of_allocations_expire_together() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 0,
+        ..config()
+    });
     for index in 0..2000u32 {
         let client = flow(&format!(
             "198.18.{}.{}:{}",

@@ -83,15 +83,38 @@ fn authenticator() -> Authenticator {
                 secret: StaticSecret::Password("bob-password".to_owned()),
             },
         ],
-        auth_secrets: Vec::new(),
-        zrest_secrets: Vec::new(),
+        auth_secrets: vec![REST_SECRET.to_owned()],
+        zrest_secrets: vec![ZREST_SECRET.to_owned()],
         nonce_lifetime: Duration::from_secs(600),
         nonce_secret: b"test nonce secret".to_vec(),
         advertise_password_algorithms: true,
     })
 }
 
+/// The coturn REST API (`use-auth-secret`) secret of the tests.
+pub(super) const REST_SECRET: &str = "rest secret";
+/// The Wire zrest secret of the tests.
+pub(super) const ZREST_SECRET: &str = "zrest secret";
+
+/// The password of `username`: `<name>-password` for the static users, else the
+/// password a credential service derives for a time-limited username (coturn REST
+/// `expiry:user`, zrest `d=expiry.v=1…`).
 pub(super) fn password(username: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let base64 = |mac: &[u8]| base64::engine::general_purpose::STANDARD.encode(mac);
+    if username.starts_with("d=") {
+        let mut mac = <Hmac<sha2::Sha512> as Mac>::new_from_slice(ZREST_SECRET.as_bytes())
+            .expect("any key length");
+        mac.update(username.as_bytes());
+        return base64(&mac.finalize().into_bytes());
+    }
+    if username.contains(':') {
+        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(REST_SECRET.as_bytes())
+            .expect("any key length");
+        mac.update(username.as_bytes());
+        return base64(&mac.finalize().into_bytes());
+    }
     format!("{username}-password")
 }
 
