@@ -54,8 +54,11 @@ impl<R: rand::RngCore> Server<R> {
     /// USERHASH without USERNAME (RFC 8489 §14.4) finds static users only (else 401).
     /// MESSAGE-INTEGRITY-SHA256
     /// is preferred when both are present. A request on an existing allocation with the
-    /// same USERNAME is checked with the key the allocation was created with, so a
-    /// time-limited username that has since expired can still refresh what it created.
+    /// same USERNAME is checked with the key the allocation was created with; when that
+    /// username is time-limited (REST, zrest), it is refused with 401 once it expired more
+    /// than [`super::ServerLimits::credential_expiry_grace`] ago, so expiry revokes:
+    /// Refresh, CreatePermission and ChannelBind stop working and the allocation ends
+    /// with its lifetime.
     pub(super) fn authenticate(
         &self,
         now: Now,
@@ -104,6 +107,13 @@ impl<R: rand::RngCore> Server<R> {
         let allocation = self.allocations.get(&flow).filter(|allocation| {
             allocation.username == username && allocation.password_algorithm == password_algorithm
         });
+        if let Some(expiry) = allocation.and_then(|allocation| allocation.credential_expiry) {
+            let grace = self.limits.credential_expiry_grace.as_secs();
+            if now.unix_secs > expiry.saturating_add(grace) {
+                tracing::debug!(client = %flow.client, expiry, "time-limited username expired");
+                return Err(TurnError::Unauthenticated);
+            }
+        }
         let (key, quota_user, credential_expiry) = match allocation {
             Some(allocation) => (
                 verify(request, integrity, &allocation.key).then(|| allocation.key.clone()),

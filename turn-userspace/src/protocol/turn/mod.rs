@@ -109,6 +109,10 @@ pub struct ServerLimits {
     /// XOR-PEER-ADDRESS attributes one CreatePermission may carry, duplicates included
     /// (more → 400): bounds the work one request does.
     pub max_peers_per_request: usize,
+    /// How long after its expiry a time-limited username (REST, zrest) may still be used
+    /// on the allocation it created (clock skew between the credential service and the
+    /// relay); afterwards its requests get 401.
+    pub credential_expiry_grace: Duration,
 }
 
 /// Default of [`ServerLimits::max_permissions_per_allocation`].
@@ -122,6 +126,7 @@ impl Default for ServerLimits {
             max_permissions_per_allocation: DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
             max_channels_per_allocation: DEFAULT_MAX_CHANNELS_PER_ALLOCATION,
             max_peers_per_request: 16,
+            credential_expiry_grace: Duration::from_secs(60),
         }
     }
 }

@@ -199,3 +199,44 @@ fn userhash_instead_of_username_finds_static_users_only() {
     let (response, _) = harness.request(client, Method::REFRESH, &[], Credentials::Userhash("bob"));
     assert_eq!(error_code(&response), 441);
 }
+
+#[test]
+fn an_expired_time_limited_username_is_revoked_after_the_grace() {
+    let mut harness = Harness::new();
+    let expiry = harness.now.unix_secs + 100;
+    for (client, username) in [
+        (flow("198.18.1.90:40000"), format!("{expiry}:carol")),
+        (
+            flow("198.18.1.91:40000"),
+            format!("d={expiry}.v=1.k=0.t=s.r=carol"),
+        ),
+    ] {
+        let credentials = Credentials::Md5(&username);
+        let (response, _) = harness.allocate_as(client, credentials, &[]);
+        assert_success(&response);
+        let peer = Attr::XorPeer(addr("198.18.2.20:5000"));
+        // Expired, but within the grace (60 s): still usable.
+        harness.now.unix_secs = expiry + 60;
+        let (response, _) = harness.request(
+            client,
+            Method::CREATE_PERMISSION,
+            std::slice::from_ref(&peer),
+            credentials,
+        );
+        assert_success(&response);
+        // Beyond the grace: every request on the allocation is refused.
+        harness.now.unix_secs = expiry + 61;
+        let lifetime = raw(attr::LIFETIME, &600u32.to_be_bytes());
+        let channel = raw(attr::CHANNEL_NUMBER, &channel_number(0x4000));
+        for (method, attributes) in [
+            (Method::REFRESH, vec![lifetime]),
+            (Method::CREATE_PERMISSION, vec![peer.clone()]),
+            (Method::CHANNEL_BIND, vec![channel, peer]),
+        ] {
+            let (response, _) = harness.request(client, method, &attributes, credentials);
+            assert_eq!(error_code(&response), 401, "{username} {method:?}");
+        }
+        harness.now.unix_secs = expiry - 100;
+    }
+    assert_eq!(harness.server.stats().channels, 0);
+}
