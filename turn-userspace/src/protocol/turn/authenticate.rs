@@ -60,7 +60,7 @@ impl<R: rand::RngCore> Server<R> {
     /// Refresh, CreatePermission and ChannelBind stop working and the allocation ends
     /// with its lifetime.
     pub(super) fn authenticate(
-        &self,
+        &mut self,
         now: Now,
         flow: ClientFlow,
         request: &Message,
@@ -90,6 +90,8 @@ impl<R: rand::RngCore> Server<R> {
             tracing::debug!(client = %flow.client, "nonce not issued by this server");
             return Err(TurnError::Unauthenticated);
         }
+        // A nonce issued to this address came back: the source receives our answers.
+        self.answer_limiter.verify(flow.client.ip(), now.instant);
         if realm != self.config.realm {
             tracing::debug!(client = %flow.client, "request for another realm");
             return Err(TurnError::Unauthenticated);

@@ -16,6 +16,7 @@ mod allocation;
 mod authenticate;
 mod error;
 mod lifecycle;
+mod limiter;
 mod relay;
 mod requests;
 mod response;
@@ -34,6 +35,7 @@ use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::TransactionId;
 
 use allocation::{Allocation, Reservation};
+use limiter::AnswerLimiter;
 use timers::Timers;
 
 pub use error::TurnError;
@@ -113,6 +115,14 @@ pub struct ServerLimits {
     /// on the allocation it created (clock skew between the credential service and the
     /// relay); afterwards its requests get 401.
     pub credential_expiry_grace: Duration,
+    /// Error answers to unauthenticated requests (401 challenges, 400, …) per second and
+    /// source (IPv4 address, IPv6 /64); 0 = unlimited. Beyond it they are dropped
+    /// silently: the relay must not reflect floods at a spoofed source. A source that
+    /// sent back a nonce issued to it (it receives our answers, so it is not spoofed) is
+    /// not limited for the next 10 minutes.
+    pub unauthenticated_answers_per_second: u32,
+    /// How many such answers a source may get at once.
+    pub unauthenticated_answers_burst: u32,
 }
 
 /// Default of [`ServerLimits::max_permissions_per_allocation`].
@@ -127,6 +137,8 @@ impl Default for ServerLimits {
             max_channels_per_allocation: DEFAULT_MAX_CHANNELS_PER_ALLOCATION,
             max_peers_per_request: 16,
             credential_expiry_grace: Duration::from_secs(60),
+            unauthenticated_answers_per_second: 20,
+            unauthenticated_answers_burst: 50,
         }
     }
 }
@@ -208,6 +220,9 @@ pub struct ServerStats {
     pub to_client_data_indication: PacketCount,
     /// Relay data dropped (no allocation, permission or channel; malformed).
     pub dropped_packets: u64,
+    /// Answers to unauthenticated requests not sent: their source was over
+    /// [`ServerLimits::unauthenticated_answers_per_second`].
+    pub unauthenticated_answers_dropped: u64,
 }
 
 /// How long a cached response answers retransmissions (RFC 8489 §6.3.1: 40 s covers the
@@ -228,10 +243,18 @@ struct CachedResponse {
     expires_at: Instant,
 }
 
+fn answer_limiter(limits: &ServerLimits) -> AnswerLimiter {
+    AnswerLimiter::new(
+        limits.unauthenticated_answers_per_second,
+        limits.unauthenticated_answers_burst,
+    )
+}
+
 /// The TURN server state machine. See the module documentation.
 pub struct Server<R: rand::RngCore> {
     config: ServerConfig,
     limits: ServerLimits,
+    answer_limiter: AnswerLimiter,
     auth: Authenticator,
     policy: PeerPolicy,
     rng: R,
@@ -253,9 +276,11 @@ pub struct Server<R: rand::RngCore> {
 impl<R: rand::RngCore> Server<R> {
     pub fn new(config: ServerConfig, auth: Authenticator, policy: PeerPolicy, rng: R) -> Self {
         let policy = policy.with_relay_ports(config.port_range.clone());
+        let limits = ServerLimits::default();
         Server {
             config,
-            limits: ServerLimits::default(),
+            answer_limiter: answer_limiter(&limits),
+            limits,
             auth,
             policy,
             rng,
@@ -275,6 +300,7 @@ impl<R: rand::RngCore> Server<R> {
 
     /// Replaces the default [`ServerLimits`].
     pub fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.answer_limiter = answer_limiter(&limits);
         self.limits = limits;
         self
     }

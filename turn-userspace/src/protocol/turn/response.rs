@@ -49,7 +49,8 @@ impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
 }
 
 impl<R: rand::RngCore> Server<R> {
-    /// Writes the response (attributes, SOFTWARE, integrity, FINGERPRINT) and queues it.
+    /// Writes the response (attributes, SOFTWARE when authenticated, integrity,
+    /// FINGERPRINT) and queues it.
     /// Authenticated responses are also cached for retransmissions (RFC 8489 §6.3.1,
     /// RFC 8656 §7.2); unauthenticated ones are cheap to recompute and caching them would
     /// let unauthenticated traffic fill memory.
@@ -66,7 +67,8 @@ impl<R: rand::RngCore> Server<R> {
         let mut builder =
             MessageBuilder::new(&mut payload, request.method, class, &request.transaction_id);
         attributes(&mut builder);
-        if let Some(software) = &self.config.software {
+        // Unauthenticated answers stay small (they are what a spoofed request reflects).
+        if let (Some(software), Some(_)) = (&self.config.software, integrity) {
             builder.attribute(attr::SOFTWARE, software.as_bytes());
         }
         match integrity {
@@ -129,7 +131,9 @@ impl<R: rand::RngCore> Server<R> {
 
     /// Queues an error response. 401 and 438 carry REALM and a fresh NONCE (plus
     /// PASSWORD-ALGORITHMS when the nonce announces that feature, RFC 8489 §9.2.3) and no
-    /// integrity; 420 lists the unknown attributes (RFC 8489 §6.3.1).
+    /// integrity; 420 lists the unknown attributes (RFC 8489 §6.3.1). Answers to
+    /// unauthenticated requests (all but 438 of those without integrity) are limited per
+    /// source and dropped beyond the limit.
     pub(super) fn queue_error(
         &mut self,
         now: Now,
@@ -139,6 +143,14 @@ impl<R: rand::RngCore> Server<R> {
         error: TurnError,
         unknown_attributes: &[u16],
     ) {
+        if integrity.is_none()
+            && error != TurnError::StaleNonce
+            && !self.answer_limiter.allow(flow.client.ip(), now.instant)
+        {
+            tracing::trace!(client = %flow.client, code = error.code(), "unauthenticated answer over the source's rate; dropped");
+            self.stats.unauthenticated_answers_dropped += 1;
+            return;
+        }
         tracing::debug!(client = %flow.client, method = request.method.0, code = error.code(), %error, "request rejected");
         let challenge =
             matches!(error, TurnError::Unauthenticated | TurnError::StaleNonce).then(|| {
@@ -156,7 +168,14 @@ impl<R: rand::RngCore> Server<R> {
             Class::ErrorResponse,
             integrity,
             |builder| {
-                builder.error_code(error.code(), &error.to_string());
+                // A challenge has no reason phrase (RFC 8489 §14.8 allows an empty one):
+                // it is the largest unauthenticated answer.
+                let reason = if error == TurnError::Unauthenticated {
+                    String::new()
+                } else {
+                    error.to_string()
+                };
+                builder.error_code(error.code(), &reason);
                 if let Some((realm, nonce, advertise_algorithms)) = &challenge {
                     builder.attribute(attr::REALM, realm.as_bytes());
                     builder.attribute(attr::NONCE, nonce.as_bytes());
