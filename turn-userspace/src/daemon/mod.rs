@@ -653,6 +653,7 @@ impl RelayLoop {
                 self.io.truncated += 1;
                 continue;
             };
+            let hop_limit = self.received.hop_limit(index);
             let Some(out) = self.outputs.get_mut(index) else {
                 continue;
             };
@@ -663,13 +664,18 @@ impl RelayLoop {
                         client: source,
                         listener: local,
                     };
-                    shared.server.handle_client_datagram(now, flow, packet)
-                }
-                SocketRole::Relay => {
                     shared
                         .server
-                        .handle_peer_datagram(now.instant, local, source, packet, out)
+                        .handle_client_datagram(now, flow, packet, hop_limit)
                 }
+                SocketRole::Relay => shared.server.handle_peer_datagram(
+                    now.instant,
+                    local,
+                    source,
+                    packet,
+                    out,
+                    hop_limit,
+                ),
             };
             if let Some(forward) = forward {
                 self.forwards.push((index, forward));
@@ -776,6 +782,7 @@ impl RelayLoop {
             fd: -1,
             to: SocketAddr::from(([0, 0, 0, 0], 0)),
             payload: &[],
+            hop_limit: None,
         };
         for (transmits, fds) in self
             .responses
@@ -792,6 +799,7 @@ impl RelayLoop {
                             fd: *fd,
                             to: transmit.to,
                             payload: &transmit.payload,
+                            hop_limit: None,
                         };
                         count += 1;
                     }
@@ -817,6 +825,7 @@ impl RelayLoop {
             fd: -1,
             to: SocketAddr::from(([0, 0, 0, 0], 0)),
             payload: &[],
+            hop_limit: None,
         };
         let mut outgoing: [Outgoing<'_>; BATCH] = [placeholder; BATCH];
         let mut count = 0;
@@ -835,6 +844,7 @@ impl RelayLoop {
                         fd: *fd,
                         to: forward.to,
                         payload,
+                        hop_limit: forward.hop_limit,
                     };
                     count += 1;
                 }

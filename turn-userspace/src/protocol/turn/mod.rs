@@ -3,7 +3,9 @@
 //! No sockets, clocks or global RNG: time comes in as [`Now`], randomness from `R`.
 //!
 //! - [`Server::handle_client_datagram`]: STUN requests/indications and ChannelData from
-//!   clients on a listening socket (RFC 8656 §5–§12).
+//!   clients on a listening socket (RFC 8656 §5–§12). DONT-FRAGMENT (RFC 8656 §7.2,
+//!   §11.2) is not supported: an Allocate carrying it gets 420, a Send indication carrying
+//!   it is discarded, as the RFC says for servers that cannot set DF per datagram.
 //! - [`Server::handle_peer_datagram`]: datagrams from peers on a relay socket (§11.3, §12.6).
 //! - Relay data never allocates: it comes back as a [`Forward`] that points into the
 //!   input packet or into the caller's reusable `out` buffer.
@@ -161,6 +163,20 @@ pub struct Forward {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub payload: Payload,
+    /// The TTL (IPv4) or hop limit (IPv6) to send with, per [`relayed_hop_limit`]; None
+    /// when the IO layer did not say what the datagram arrived with (the socket's
+    /// default then).
+    pub hop_limit: Option<u8>,
+}
+
+/// The one TTL / hop-limit rule of both relay paths (RFC 8656 §14, "preferred
+/// behaviour"): a relayed datagram leaves with the TTL or hop limit it arrived with minus
+/// one; one that arrived with 0 or 1 is not relayed. The XDP program decrements the
+/// same way and passes such frames up to userspace, which drops them. The decrement is
+/// what ends relay loops (two relays that are each other's peer and client), whichever
+/// path a round goes through.
+pub fn relayed_hop_limit(incoming: u8) -> Option<u8> {
+    incoming.checked_sub(1).filter(|&outgoing| outgoing > 0)
 }
 
 /// Where a [`Forward`]'s bytes are.

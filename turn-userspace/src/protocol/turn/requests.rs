@@ -36,14 +36,17 @@ impl<R: rand::RngCore> Server<R> {
     /// A datagram on a listening socket (STUN or ChannelData). Relay data (Send indication,
     /// ChannelData) is returned as a [`Forward`] into `packet` without allocating (RFC 8656
     /// §11.2, §12.6); STUN answers are queued (RFC 8656 §7–§12, RFC 8489 §6.3).
+    /// `hop_limit`: the TTL / hop limit the datagram arrived with, if the IO layer knows
+    /// it (see [`super::relayed_hop_limit`]).
     pub fn handle_client_datagram(
         &mut self,
         now: Now,
         flow: ClientFlow,
         packet: &[u8],
+        hop_limit: Option<u8>,
     ) -> Option<Forward> {
         if channel_data::is_channel_data(packet) {
-            return self.relay_channel_data_from_client(now.instant, flow, packet);
+            return self.relay_channel_data_from_client(now.instant, flow, packet, hop_limit);
         }
         let message = match Message::parse(packet) {
             Ok(message) => message,
@@ -65,7 +68,7 @@ impl<R: rand::RngCore> Server<R> {
                 None
             }
             Class::Indication if message.method() == Method::SEND => {
-                self.relay_send_indication(now.instant, flow, &message)
+                self.relay_send_indication(now.instant, flow, &message, hop_limit)
             }
             _ => {
                 tracing::trace!(client = %flow.client, "ignored STUN message that is neither a request nor a Send indication");
@@ -122,7 +125,14 @@ impl<R: rand::RngCore> Server<R> {
                 return;
             }
         };
-        let unknown = request.unknown_comprehension_required();
+        let unknown = match request.unknown_comprehension_required() {
+            // RFC 8656 §7.2: a server that cannot set DF per datagram treats DONT-FRAGMENT
+            // in an Allocate as an unknown comprehension-required attribute.
+            [] if request.method() == Method::ALLOCATE && request.dont_fragment() => {
+                &[attr::DONT_FRAGMENT][..]
+            }
+            unknown => unknown,
+        };
         let result = if !unknown.is_empty() {
             Err(TurnError::UnknownAttribute)
         } else if request.method() != Method::ALLOCATE
@@ -205,7 +215,6 @@ impl<R: rand::RngCore> Server<R> {
             Some(attr::TRANSPORT_UDP) => {}
             Some(_) => return Err(TurnError::UnsupportedTransportProtocol),
         }
-        // DONT-FRAGMENT is honoured implicitly: relay sockets never fragment UDP themselves.
         let even_port = request.even_port()?;
         let reservation_token = request.reservation_token()?;
         let requested_family = request.requested_address_family()?;

@@ -55,7 +55,7 @@ fn binding_with_unknown_required_attribute_gets_420() {
 fn allocate_success_installs_the_fast_path_first_and_advertises_the_public_address() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let (response, commands) = harness.allocate_with(client, &[raw(attr::DONT_FRAGMENT, &[])]);
+    let (response, commands) = harness.allocate_with(client, &[]);
     assert_success(&response);
     let message = parse(&response);
     assert!(message.verify_message_integrity(&key("alice", PasswordAlgorithm::Md5)));
@@ -489,7 +489,7 @@ fn relay_bind_failure_replaces_the_queued_success_with_508() {
     );
     harness
         .server
-        .handle_client_datagram(harness.now, client, &packet);
+        .handle_client_datagram(harness.now, client, &packet, None);
     let Some(Command::OpenRelay { relay }) = harness.server.poll_command() else {
         panic!("no OpenRelay")
     };
@@ -621,7 +621,7 @@ fn seeded_garbage_never_panics_the_server() {
         }
         harness
             .server
-            .handle_client_datagram(harness.now, client, &packet);
+            .handle_client_datagram(harness.now, client, &packet, None);
         harness.peer_datagram(relay, addr("198.18.2.20:5000"), &packet, &mut out);
         while harness.server.poll_transmit().is_some() {}
     }

@@ -61,7 +61,7 @@ fn feed(harness: &mut Harness, client: ClientFlow, method: Method, attributes: &
     );
     harness
         .server
-        .handle_client_datagram(harness.now, client, &packet);
+        .handle_client_datagram(harness.now, client, &packet, None);
     while harness.server.poll_transmit().is_some() {}
     while harness.server.poll_command().is_some() {}
 }

@@ -144,6 +144,8 @@ pub(super) struct Harness<D: Datapath = InMemoryDatapath> {
     pub(super) server: Server<StdRng>,
     pub(super) fast_path: FastPath<D>,
     pub(super) now: Now,
+    /// The TTL / hop limit the harness's datagrams arrive with.
+    pub(super) hop_limit: Option<u8>,
     next_transaction: u8,
     /// The nonce in use per client IP (nonces are bound to the client's IP).
     pub(super) nonces: HashMap<IpAddr, String>,
@@ -187,6 +189,7 @@ impl<D: Datapath> Harness<D> {
                 instant: Instant::now(),
                 unix_secs: 1_700_000_000,
             },
+            hop_limit: Some(64),
             next_transaction: 0,
             nonces: HashMap::new(),
         }
@@ -228,7 +231,9 @@ impl<D: Datapath> Harness<D> {
         flow: ClientFlow,
         packet: &[u8],
     ) -> (Option<Forward>, Vec<Command>, Vec<Transmit>) {
-        let forward = self.server.handle_client_datagram(self.now, flow, packet);
+        let forward = self
+            .server
+            .handle_client_datagram(self.now, flow, packet, self.hop_limit);
         self.apply_fast_path();
         let commands = std::iter::from_fn(|| self.server.poll_command()).collect();
         let transmits = std::iter::from_fn(|| self.server.poll_transmit()).collect();
@@ -245,7 +250,7 @@ impl<D: Datapath> Harness<D> {
         out: &mut Vec<u8>,
     ) -> Option<Forward> {
         self.server
-            .handle_peer_datagram(self.now.instant, relay, peer, packet, out)
+            .handle_peer_datagram(self.now.instant, relay, peer, packet, out, self.hop_limit)
     }
 
     /// A hand-built message of `method` and `class` with a fresh transaction ID; `body`

@@ -16,9 +16,7 @@ const OTHER_PEER: &str = "198.18.2.21:6000";
 /// A Send indication carrying `data` to `peer`.
 fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     send_indication_with(harness, peer, |builder| {
-        builder
-            .attribute(attr::DONT_FRAGMENT, &[])
-            .attribute(attr::DATA, data);
+        builder.attribute(attr::DATA, data);
     })
 }
 
@@ -52,12 +50,18 @@ fn assert_forwarded_to_peer(
         from,
         to,
         payload: Payload::Input(range),
+        hop_limit,
     }) = forward
     else {
         panic!("{forward:?}")
     };
     assert_eq!((from, to), route);
     assert_eq!(&packet[range], data);
+    assert_eq!(
+        hop_limit,
+        Some(63),
+        "RFC 8656 §14: one less than it arrived with"
+    );
 }
 
 /// The forward of peer data to `client`, framed in the output buffer.
@@ -66,6 +70,7 @@ fn forward_to_client(client: ClientFlow) -> Forward {
         from: client.listener,
         to: client.client,
         payload: Payload::Output,
+        hop_limit: Some(63),
     }
 }
 
@@ -457,4 +462,69 @@ fn create_permission_work_is_bounded_and_duplicates_cost_nothing() {
     let (response, _) = harness.refresh(client, Some(0));
     assert_success(&response);
     assert_eq!(harness.server.armed_timers(), before_delete + 1 - 2);
+}
+
+#[test]
+fn dont_fragment_is_refused_as_rfc_8656_says_for_servers_without_df() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    // RFC 8656 §7.2: 420 with DONT-FRAGMENT in UNKNOWN-ATTRIBUTES; nothing allocated.
+    let (response, commands) = harness.allocate_with(client, &[raw(attr::DONT_FRAGMENT, &[])]);
+    assert_eq!(error_code(&response), 420);
+    let unknown: Vec<u16> = parse(&response)
+        .unknown_attributes()
+        .expect("valid")
+        .expect("UNKNOWN-ATTRIBUTES")
+        .collect();
+    assert_eq!(unknown, [attr::DONT_FRAGMENT]);
+    assert!(commands.is_empty());
+    // A Send indication with DONT-FRAGMENT is discarded (RFC 8656 §11.2).
+    harness.allocate(client);
+    let peer = addr(PEER);
+    assert_success(&harness.create_permission(client, &[peer]));
+    let packet = send_indication_with(&mut harness, peer, |builder| {
+        builder
+            .attribute(attr::DONT_FRAGMENT, &[])
+            .attribute(attr::DATA, b"df");
+    });
+    let (forward, _, _) = harness.send(client, &packet);
+    assert!(forward.is_none());
+    let packet = send_indication(&mut harness, peer, b"no df");
+    assert!(harness.send(client, &packet).0.is_some());
+}
+
+#[test]
+fn relayed_datagrams_leave_with_one_hop_less_and_never_with_zero() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peer = addr(PEER);
+    assert_success(&harness.channel_bind(client, 0x4000, peer));
+    let mut out = Vec::new();
+    for (incoming, outgoing) in [
+        (Some(255), Some(Some(254))),
+        (Some(2), Some(Some(1))),
+        (Some(1), None),
+        (Some(0), None),
+        (None, Some(None)),
+    ] {
+        harness.hop_limit = incoming;
+        let dropped = harness.server.stats().dropped_packets;
+        let to_peer = harness.send(client, &channel_data(0x4000, b"x")).0;
+        let indication = send_indication(&mut harness, peer, b"x");
+        let sent = harness.send(client, &indication).0;
+        let to_client = harness.peer_datagram(relay, peer, b"x", &mut out);
+        for forward in [&to_peer, &sent, &to_client] {
+            assert_eq!(
+                forward.as_ref().map(|f| f.hop_limit),
+                outgoing,
+                "{incoming:?}"
+            );
+        }
+        let expected_drops = if outgoing.is_none() { 3 } else { 0 };
+        assert_eq!(
+            harness.server.stats().dropped_packets,
+            dropped + expected_drops
+        );
+    }
 }
