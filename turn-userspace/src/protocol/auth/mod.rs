@@ -104,6 +104,10 @@ impl AuthError {
 /// Looks up credentials and issues/verifies nonces.
 pub struct Authenticator {
     static_users: HashMap<String, StaticSecret>,
+    /// USERHASH → static username, for [`Self::userhash_realm`] (see
+    /// [`Authenticator::index_userhashes`]).
+    userhashes: HashMap<[u8; 32], String>,
+    userhash_realm: String,
     auth_secrets: Vec<String>,
     zrest_secrets: Vec<String>,
     nonce_lifetime: Duration,
@@ -129,6 +133,8 @@ impl Authenticator {
                 .into_iter()
                 .map(|user| (user.name, user.secret))
                 .collect(),
+            userhashes: HashMap::new(),
+            userhash_realm: String::new(),
             auth_secrets: config.auth_secrets,
             zrest_secrets: config.zrest_secrets,
             nonce_lifetime: config.nonce_lifetime,
@@ -198,22 +204,28 @@ impl Authenticator {
         Err(AuthError::UnknownUser)
     }
 
-    /// The static user whose USERHASH this is (RFC 8489 §14.4: SHA-256(username ":" realm),
-    /// without OpaqueString preparation, like the keys). Only static users can be found:
-    /// time-limited usernames cannot be enumerated, so their hashes are unknown (→ 401).
-    pub fn static_user_by_userhash(&self, userhash: &[u8; 32], realm: &str) -> Option<&str> {
-        self.static_users
+    /// Precomputes the USERHASH of every static user in `realm` (RFC 8489 §14.4:
+    /// SHA-256(username ":" realm), without OpaqueString preparation, like the keys), so
+    /// [`Self::static_user_by_userhash`] is one hash lookup. The server does this for its
+    /// realm when it starts.
+    pub fn index_userhashes(&mut self, realm: &str) {
+        self.userhashes = self
+            .static_users
             .keys()
-            .find(|name| {
-                Sha256::new()
-                    .chain_update(name.as_bytes())
-                    .chain_update(":")
-                    .chain_update(realm)
-                    .finalize()
-                    .as_slice()
-                    == userhash
-            })
-            .map(String::as_str)
+            .map(|name| (userhash(name, realm), name.clone()))
+            .collect();
+        self.userhash_realm = realm.to_owned();
+    }
+
+    /// The static user whose USERHASH this is in `realm` (the realm indexed by
+    /// [`Self::index_userhashes`]; any other realm finds nobody). Only static users can
+    /// be found: time-limited usernames cannot be enumerated, so their hashes are unknown
+    /// (→ 401).
+    pub fn static_user_by_userhash(&self, userhash: &[u8; 32], realm: &str) -> Option<&str> {
+        if realm != self.userhash_realm {
+            return None;
+        }
+        self.userhashes.get(userhash).map(String::as_str)
     }
 
     /// A fresh stateless nonce (HMAC over expiry + client IP) — RFC 8489 §9.2.
@@ -232,6 +244,15 @@ impl Authenticator {
     pub fn advertises_password_algorithms(&self) -> bool {
         self.advertise_password_algorithms
     }
+}
+
+fn userhash(username: &str, realm: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(username.as_bytes())
+        .chain_update(":")
+        .chain_update(realm)
+        .finalize()
+        .into()
 }
 
 fn check_expiry(expiry: u64, unix_secs: u64) -> Result<(), AuthError> {
@@ -467,7 +488,8 @@ mod tests {
 
     #[test]
     fn userhash_finds_static_users_in_the_realm() {
-        let auth = Authenticator::new(config());
+        let mut auth = Authenticator::new(config());
+        auth.index_userhashes(REALM);
         let userhash = |name: &str, realm: &str| -> [u8; 32] {
             Sha256::digest(format!("{name}:{realm}")).into()
         };
@@ -483,6 +505,11 @@ mod tests {
         assert_eq!(
             auth.static_user_by_userhash(&userhash("nobody", REALM), REALM),
             None
+        );
+        assert_eq!(
+            auth.static_user_by_userhash(&userhash(&name, "other.realm"), "other.realm"),
+            None,
+            "only the indexed realm"
         );
     }
 

@@ -104,7 +104,7 @@ impl<R: rand::RngCore> Server<R> {
                         .get(&(flow, transaction_id))
                         .is_some_and(|cached| cached.expires_at <= now.instant)
                     {
-                        self.responses.remove(&(flow, transaction_id));
+                        self.forget_response(flow, transaction_id);
                     }
                 }
             }
@@ -226,8 +226,9 @@ impl<R: rand::RngCore> Server<R> {
         let integrity = ResponseIntegrity {
             key: &allocation.key,
             kind: allocation.integrity,
+            user: &allocation.quota_user,
         };
-        self.responses.remove(&(flow, transaction_id));
+        self.forget_response(flow, transaction_id);
         self.queue_error(
             now,
             flow,

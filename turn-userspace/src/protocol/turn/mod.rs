@@ -125,6 +125,9 @@ pub struct ServerLimits {
     pub unauthenticated_answers_per_second: u32,
     /// How many such answers a source may get at once.
     pub unauthenticated_answers_burst: u32,
+    /// Responses kept for retransmissions (RFC 8489 §6.3.1, 40 s each) per user: one
+    /// user flooding requests cannot take the whole transaction cache from the others.
+    pub max_cached_responses_per_user: usize,
 }
 
 /// Default of [`ServerLimits::max_permissions_per_allocation`].
@@ -141,6 +144,7 @@ impl Default for ServerLimits {
             credential_expiry_grace: Duration::from_secs(60),
             unauthenticated_answers_per_second: 20,
             unauthenticated_answers_burst: 50,
+            max_cached_responses_per_user: 64,
         }
     }
 }
@@ -244,7 +248,8 @@ pub struct ServerStats {
 /// How long a cached response answers retransmissions (RFC 8489 §6.3.1: 40 s covers the
 /// whole retransmission window over UDP).
 const TRANSACTION_CACHE_TIME: Duration = Duration::from_secs(40);
-/// Upper bound of cached responses, so a flood cannot exhaust memory.
+/// Upper bound of cached responses, so a flood cannot exhaust memory (each user gets at
+/// most [`ServerLimits::max_cached_responses_per_user`] of them).
 const TRANSACTION_CACHE_LIMIT: usize = 65_536;
 /// RFC 8656 §12: an expired channel's number and peer are not rebound to anything else
 /// for 5 minutes, so late ChannelData cannot reach the wrong peer.
@@ -257,6 +262,8 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 struct CachedResponse {
     payload: Vec<u8>,
     expires_at: Instant,
+    /// The (quota) user it answered.
+    user: String,
 }
 
 fn answer_limiter(limits: &ServerLimits) -> AnswerLimiter {
@@ -282,6 +289,8 @@ pub struct Server<R: rand::RngCore> {
     reservations: HashMap<u64, Reservation>,
     reserved_relays: HashMap<SocketAddr, u64>,
     responses: HashMap<(ClientFlow, TransactionId), CachedResponse>,
+    /// Cached responses per (quota) user.
+    cached_per_user: HashMap<String, usize>,
     timers: Timers,
     commands: VecDeque<Command>,
     fast_path: VecDeque<FastPathCommand>,
@@ -290,7 +299,8 @@ pub struct Server<R: rand::RngCore> {
 }
 
 impl<R: rand::RngCore> Server<R> {
-    pub fn new(config: ServerConfig, auth: Authenticator, policy: PeerPolicy, rng: R) -> Self {
+    pub fn new(config: ServerConfig, mut auth: Authenticator, policy: PeerPolicy, rng: R) -> Self {
+        auth.index_userhashes(&config.realm);
         let policy = policy.with_relay_ports(config.port_range.clone());
         let limits = ServerLimits::default();
         Server {
@@ -306,6 +316,7 @@ impl<R: rand::RngCore> Server<R> {
             reservations: HashMap::new(),
             reserved_relays: HashMap::new(),
             responses: HashMap::new(),
+            cached_per_user: HashMap::new(),
             timers: Timers::default(),
             commands: VecDeque::new(),
             fast_path: VecDeque::new(),
@@ -339,6 +350,12 @@ impl<R: rand::RngCore> Server<R> {
     /// The earliest instant at which [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next_deadline()
+    }
+
+    /// How many responses are cached for retransmissions.
+    #[cfg(test)]
+    pub(super) fn cached_responses(&self) -> usize {
+        self.responses.len()
     }
 
     /// How many expiry deadlines are armed.

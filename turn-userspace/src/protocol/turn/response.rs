@@ -32,11 +32,13 @@ impl RequestInfo {
     }
 }
 
-/// The key and algorithm a response is integrity-protected with.
+/// The key and algorithm a response is integrity-protected with, and the user it answers
+/// (its cached copy counts against that user's share of the transaction cache).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ResponseIntegrity<'k> {
     pub(super) key: &'k [u8],
     pub(super) kind: IntegrityKind,
+    pub(super) user: &'k str,
 }
 
 impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
@@ -44,6 +46,7 @@ impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
         ResponseIntegrity {
             key: &auth.key,
             kind: auth.integrity,
+            user: &auth.quota_user,
         }
     }
 }
@@ -75,12 +78,14 @@ impl<R: rand::RngCore> Server<R> {
             Some(ResponseIntegrity {
                 key,
                 kind: IntegrityKind::Sha1,
+                ..
             }) => {
                 builder.message_integrity(key);
             }
             Some(ResponseIntegrity {
                 key,
                 kind: IntegrityKind::Sha256,
+                ..
             }) => {
                 builder.message_integrity_sha256(key);
             }
@@ -89,25 +94,61 @@ impl<R: rand::RngCore> Server<R> {
         if request.fingerprint {
             builder.fingerprint();
         }
-        if integrity.is_some() && self.responses.len() < TRANSACTION_CACHE_LIMIT {
-            let expires_at = now + TRANSACTION_CACHE_TIME;
-            self.responses.insert(
-                (flow, request.transaction_id),
-                CachedResponse {
-                    payload: payload.clone(),
-                    expires_at,
-                },
-            );
-            self.timers.schedule(
-                expires_at,
-                TimerKind::Transaction(flow, request.transaction_id),
-            );
+        if let Some(ResponseIntegrity { user, .. }) = integrity {
+            self.cache_response(now, flow, request.transaction_id, user, &payload);
         }
         self.transmits.push_back(Transmit {
             from: flow.listener,
             to: flow.client,
             payload,
         });
+    }
+
+    /// Keeps an authenticated response for retransmissions, while the cache has room and
+    /// `user` has not used up its share: one user cannot crowd out everyone else's cached
+    /// responses.
+    fn cache_response(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        transaction_id: TransactionId,
+        user: &str,
+        payload: &[u8],
+    ) {
+        let cached = self.cached_per_user.get(user).copied().unwrap_or(0);
+        if self.responses.len() >= TRANSACTION_CACHE_LIMIT
+            || cached >= self.limits.max_cached_responses_per_user
+        {
+            return;
+        }
+        self.forget_response(flow, transaction_id);
+        let expires_at = now + TRANSACTION_CACHE_TIME;
+        self.responses.insert(
+            (flow, transaction_id),
+            CachedResponse {
+                payload: payload.to_vec(),
+                expires_at,
+                user: user.to_owned(),
+            },
+        );
+        *self.cached_per_user.entry(user.to_owned()).or_default() += 1;
+        self.timers
+            .schedule(expires_at, TimerKind::Transaction(flow, transaction_id));
+    }
+
+    /// Drops a cached response (expired, or replaced).
+    pub(super) fn forget_response(&mut self, flow: ClientFlow, transaction_id: TransactionId) {
+        let Some(cached) = self.responses.remove(&(flow, transaction_id)) else {
+            return;
+        };
+        self.timers
+            .cancel(TimerKind::Transaction(flow, transaction_id));
+        if let Some(count) = self.cached_per_user.get_mut(&cached.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.cached_per_user.remove(&cached.user);
+            }
+        }
     }
 
     /// Queues the integrity-protected success response of an authenticated request.

@@ -8,7 +8,7 @@ use crate::protocol::datapath::{
 };
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{AddressFamily, Class, MessageBuilder, Method, PasswordAlgorithm};
-use crate::protocol::turn::{Command, ServerConfig};
+use crate::protocol::turn::{Command, ServerConfig, ServerLimits};
 
 use super::*;
 
@@ -625,4 +625,51 @@ fn seeded_garbage_never_panics_the_server() {
         harness.peer_datagram(relay, addr("198.18.2.20:5000"), &packet, &mut out);
         while harness.server.poll_transmit().is_some() {}
     }
+}
+
+#[test]
+fn one_user_cannot_take_the_transaction_cache_from_the_others() {
+    let mut harness = Harness::new().with_limits(ServerLimits {
+        max_cached_responses_per_user: 4,
+        ..ServerLimits::default()
+    });
+    let alice = flow(CLIENT);
+    harness.allocate(alice);
+    let peer = Attr::XorPeer(addr("198.18.2.20:5000"));
+    for _ in 0..20 {
+        let (response, _) = harness.request(
+            alice,
+            Method::CREATE_PERMISSION,
+            std::slice::from_ref(&peer),
+            Credentials::Md5("alice"),
+        );
+        assert_success(&response);
+    }
+    assert_eq!(harness.server.cached_responses(), 4, "alice's share");
+    // Bob's Allocate is still cached: its retransmission gets the identical success
+    // (without the cache it would be a 437 Allocation Mismatch).
+    let bob = flow(OTHER_CLIENT);
+    let transaction_id = harness.transaction_id();
+    let allocate = harness.encode_request(
+        bob,
+        Method::ALLOCATE,
+        &transaction_id,
+        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
+        Credentials::Md5("bob"),
+    );
+    let (_, _, first) = harness.send(bob, &allocate);
+    assert_success(&first[0].payload);
+    let (_, _, again) = harness.send(bob, &allocate);
+    assert_eq!(again[0].payload, first[0].payload);
+    // Expired responses give the share back.
+    harness.advance(Duration::from_secs(41));
+    assert_eq!(harness.server.cached_responses(), 0);
+    let (response, _) = harness.request(
+        alice,
+        Method::CREATE_PERMISSION,
+        &[peer],
+        Credentials::Md5("alice"),
+    );
+    assert_success(&response);
+    assert_eq!(harness.server.cached_responses(), 1);
 }
