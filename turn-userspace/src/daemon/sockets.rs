@@ -713,22 +713,32 @@ mod tests {
         );
     }
 
-    /// Receives until `expected` datagrams arrived (bounded in time).
-    fn receive_all(receiver: &UdpSocket, expected: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+    /// Receives until `expected` datagrams arrived (bounded in time), each as `read`
+    /// takes it from its batch.
+    fn receive_with<T>(
+        receiver: &UdpSocket,
+        expected: usize,
+        read: impl Fn(&RecvBatch, usize) -> T,
+    ) -> Vec<T> {
         let mut batch = RecvBatch::new();
         let mut seen = Vec::new();
         for _ in 0..100 {
             let count = batch.receive(receiver).expect("recvmmsg");
-            for index in 0..count {
-                let (source, bytes) = batch.datagram(index).expect("datagram");
-                seen.push((source, bytes.to_vec()));
-            }
+            seen.extend((0..count).map(|index| read(&batch, index)));
             if seen.len() >= expected {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         seen
+    }
+
+    /// Receives until `expected` datagrams arrived: their sources and bytes.
+    fn receive_all(receiver: &UdpSocket, expected: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        receive_with(receiver, expected, |batch, index| {
+            let (source, bytes) = batch.datagram(index).expect("datagram");
+            (source, bytes.to_vec())
+        })
     }
 
     #[test]
@@ -880,19 +890,10 @@ mod tests {
                 })
                 .collect();
             assert_eq!(send_batch(&outgoing), 0);
-            let mut batch = RecvBatch::new();
-            let mut seen = Vec::new();
-            for _ in 0..100 {
-                let count = batch.receive(&receiver).expect("recvmmsg");
-                for index in 0..count {
-                    let (_, bytes) = batch.datagram(index).expect("datagram");
-                    seen.push((bytes[0], batch.hop_limit(index)));
-                }
-                if seen.len() == payloads.len() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
+            let seen = receive_with(&receiver, payloads.len(), |batch, index| {
+                let (_, bytes) = batch.datagram(index).expect("datagram");
+                (bytes[0], batch.hop_limit(index))
+            });
             assert_eq!(seen.len(), 3, "{local}");
             assert_eq!(&seen[..2], [(1, Some(7)), (2, Some(7))], "{local}");
             let (last, default) = seen[2];

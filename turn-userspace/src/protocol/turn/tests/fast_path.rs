@@ -1,48 +1,13 @@
 //! The fast-path commands the core emits, and the [`FastPath`] applying them: in order,
 //! and never leaving the fast path half-programmed when it refuses an entry.
 
-use crate::protocol::datapath::{
-    AllocationEntry, ChannelEntry, DatapathError, FastPathCommand, PermissionEntry, RelayedTraffic,
-};
+use crate::protocol::datapath::FastPathCommand;
 
 use super::*;
 
 const CLIENT: &str = "198.18.1.70:40000";
 const PEER: &str = "198.18.2.20:5000";
 const OTHER_PEER: &str = "198.18.2.21:5000";
-
-/// The in-memory datapath, refusing permissions for one peer IP.
-struct RefusingDatapath {
-    entries: InMemoryDatapath,
-    refused_peer: IpAddr,
-}
-
-impl Datapath for RefusingDatapath {
-    fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
-        self.entries.install_allocation(entry)
-    }
-    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
-        self.entries.remove_allocation(flow, relay);
-    }
-    fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
-        if entry.peer_ip == self.refused_peer {
-            return Err(DatapathError::MapFull);
-        }
-        self.entries.install_permission(entry)
-    }
-    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
-        self.entries.remove_permission(relay, peer_ip);
-    }
-    fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
-        self.entries.install_channel(entry)
-    }
-    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
-        self.entries.remove_channel(relay, number);
-    }
-    fn relayed_traffic(&self, _relay: SocketAddr) -> RelayedTraffic {
-        RelayedTraffic::default()
-    }
-}
 
 /// The commands queued by the last step, without applying them.
 fn queued(harness: &mut Harness) -> Vec<FastPathCommand> {
@@ -137,9 +102,10 @@ fn commands_follow_the_order_of_decisions() {
 fn a_refused_permission_hands_the_whole_allocation_to_userspace() {
     let mut harness = Harness::with(
         config(),
-        RefusingDatapath {
+        ScriptedDatapath {
             entries: InMemoryDatapath::default(),
-            refused_peer: ip("198.18.2.21"),
+            traffic: Default::default(),
+            refused_peer: Some(ip("198.18.2.21")),
         },
     );
     let client = flow(CLIENT);

@@ -20,7 +20,10 @@ use rand::SeedableRng;
 use sha2::Sha256;
 
 use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
-use crate::protocol::datapath::{ClientFlow, Datapath, FastPath, InMemoryDatapath};
+use crate::protocol::datapath::{
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, FastPath, InMemoryDatapath,
+    PermissionEntry, RelayedTraffic,
+};
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{
@@ -138,6 +141,46 @@ pub(super) enum Credentials<'a> {
     WrongPassword(&'a str),
     /// Like `Sha256`, but USERHASH instead of USERNAME (RFC 8489 §14.4).
     Userhash(&'a str),
+}
+
+/// The in-memory model with two knobs for tests of the applier: the fast-path traffic it
+/// reports for installed allocations (zeros once removed, as the maps' counters vanish
+/// with their entries), and a peer IP whose permissions it refuses (a full map).
+pub(super) struct ScriptedDatapath {
+    pub(super) entries: InMemoryDatapath,
+    pub(super) traffic: RelayedTraffic,
+    pub(super) refused_peer: Option<IpAddr>,
+}
+
+impl Datapath for ScriptedDatapath {
+    fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
+        self.entries.install_allocation(entry)
+    }
+    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
+        self.entries.remove_allocation(flow, relay);
+    }
+    fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
+        if Some(entry.peer_ip) == self.refused_peer {
+            return Err(DatapathError::MapFull);
+        }
+        self.entries.install_permission(entry)
+    }
+    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
+        self.entries.remove_permission(relay, peer_ip);
+    }
+    fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
+        self.entries.install_channel(entry)
+    }
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
+        self.entries.remove_channel(relay, number);
+    }
+    fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
+        if self.entries.allocations.contains_key(&relay) {
+            self.traffic
+        } else {
+            RelayedTraffic::default()
+        }
+    }
 }
 
 pub(super) struct Harness<D: Datapath = InMemoryDatapath> {
@@ -445,6 +488,25 @@ impl<D: Datapath> Harness<D> {
             Credentials::Md5("alice"),
         )
     }
+}
+
+/// A Send indication carrying `data` to `peer`.
+pub(super) fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    send_indication_with(harness, peer, |builder| {
+        builder.attribute(attr::DATA, data);
+    })
+}
+
+/// A Send indication to `peer` whose XOR-PEER-ADDRESS is followed by what `rest` adds.
+pub(super) fn send_indication_with(
+    harness: &mut Harness,
+    peer: SocketAddr,
+    rest: impl FnOnce(&mut MessageBuilder<'_>),
+) -> Vec<u8> {
+    harness.message(Method::SEND, Class::Indication, |builder| {
+        builder.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        rest(builder);
+    })
 }
 
 /// An attribute of a test request.

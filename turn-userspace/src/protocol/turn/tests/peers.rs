@@ -2,8 +2,6 @@
 //! peer policy, and that the fast path is only ever given the address the core checked.
 
 use crate::protocol::datapath::InMemoryDatapath;
-use crate::protocol::stun::attributes as attr;
-use crate::protocol::stun::{Class, Method};
 
 use super::*;
 
@@ -17,14 +15,6 @@ fn allocate_v6(harness: &mut Harness, client: ClientFlow) -> SocketAddr {
         [Command::OpenRelay { relay }] => *relay,
         other => panic!("expected one OpenRelay, got {other:?}"),
     }
-}
-
-fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    harness.message(Method::SEND, Class::Indication, |builder| {
-        builder
-            .xor_address(attr::XOR_PEER_ADDRESS, peer)
-            .attribute(attr::DATA, data);
-    })
 }
 
 #[test]

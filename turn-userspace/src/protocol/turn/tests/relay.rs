@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::channel_data::ChannelData;
-use crate::protocol::stun::{Class, MessageBuilder, Method};
+use crate::protocol::stun::{Class, Method};
 use crate::protocol::turn::{Forward, Payload};
 
 use super::*;
@@ -12,25 +12,6 @@ use super::*;
 const CLIENT: &str = "198.18.1.40:40000";
 const PEER: &str = "198.18.2.20:5000";
 const OTHER_PEER: &str = "198.18.2.21:6000";
-
-/// A Send indication carrying `data` to `peer`.
-fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    send_indication_with(harness, peer, |builder| {
-        builder.attribute(attr::DATA, data);
-    })
-}
-
-/// A Send indication to `peer` whose XOR-PEER-ADDRESS is followed by what `rest` adds.
-fn send_indication_with(
-    harness: &mut Harness,
-    peer: SocketAddr,
-    rest: impl FnOnce(&mut MessageBuilder<'_>),
-) -> Vec<u8> {
-    harness.message(Method::SEND, Class::Indication, |builder| {
-        builder.xor_address(attr::XOR_PEER_ADDRESS, peer);
-        rest(builder);
-    })
-}
 
 fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
     let mut packet = Vec::new();
