@@ -55,7 +55,8 @@ pub struct RelayAddress {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub realm: String,
-    /// SOFTWARE attribute in every response (RFC 8489 §14.14), if set.
+    /// SOFTWARE attribute in every authenticated response (RFC 8489 §14.14), if set;
+    /// unauthenticated answers leave it out to stay small.
     pub software: Option<String>,
     pub relay_v4: Option<RelayAddress>,
     pub relay_v6: Option<RelayAddress>,
