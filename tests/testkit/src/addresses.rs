@@ -22,6 +22,10 @@ pub const RELAY_RELAYED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1
 pub const PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
 pub const PEER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 2);
 /// Prefix lengths of the two links.
+/// Every address of the plan: the RFC 2544 / RFC 5180 benchmarking ranges, which the
+/// relay's built-in peer policy denies, so test configurations allow them explicitly.
+pub const TEST_NETWORKS: [&str; 2] = ["198.18.0.0/15", "2001:2::/48"];
+
 pub const PREFIX_V4: u8 = 24;
 pub const PREFIX_V6: u8 = 64;
 

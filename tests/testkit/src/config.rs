@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::addresses::{
     listener, METRICS_ADDRESS, RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE,
-    RELAY_RELAYED_V4, RELAY_RELAYED_V6,
+    RELAY_RELAYED_V4, RELAY_RELAYED_V6, TEST_NETWORKS,
 };
 
 /// A static long-term credential user.
@@ -148,7 +148,7 @@ impl RelayConfig {
             permission_lifetime: None,
             channel_lifetime: None,
             max_allocations: None,
-            allowed_peers: Vec::new(),
+            allowed_peers: TEST_NETWORKS.map(str::to_owned).to_vec(),
             placement: None,
             alternate_servers: Vec::new(),
             drain_exit: false,
@@ -296,7 +296,11 @@ mod tests {
             get("xdp.interfaces"),
             toml::Value::from(vec!["to-client", "to-peer"])
         );
-        assert!(value.get("peers").is_none(), "no [peers] unless asked for");
+        assert_eq!(
+            value["peers"]["allow"],
+            toml::Value::from(TEST_NETWORKS.to_vec()),
+            "the test networks are peers"
+        );
     }
 
     #[test]
@@ -305,7 +309,6 @@ mod tests {
             .with_user("alice", "secret")
             .with_permission_lifetime(2)
             .with_channel_lifetime(7);
-        config.allowed_peers = vec!["198.18.0.0/15".into(), "2001:2::/48".into()];
         config.max_allocations = Some(100);
         let text = config.to_toml();
         let parsed = turn_relay::daemon::config::Config::parse(&text, "test")

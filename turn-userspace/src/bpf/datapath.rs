@@ -1,6 +1,11 @@
-//! [`BpfDatapath`]: the [`Datapath`] the protocol core programs, writing the XDP
-//! program's maps through [`super::maps::Tables`] and keeping a mirror of what it
+//! [`BpfDatapath`]: the [`Datapath`] the core's fast-path commands are applied to, writing
+//! the XDP program's maps through [`super::maps::Tables`] and keeping a mirror of what it
 //! installed (to cascade removals and bound channel expiries by their allocation's).
+//!
+//! Every key and value holds exactly the addresses of the entry, as the core checked
+//! them: nothing is canonicalised (an IPv4-mapped or NAT64 peer is an IPv6 address), and
+//! a peer of another family than its relayed address is refused, because the program
+//! writes the relayed address as the source of the peer's family.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +34,7 @@ struct Installed {
 pub struct BpfDatapath {
     /// Boxed: the map handles are large and the datapath is moved around by value.
     tables: Box<Tables>,
-    /// Keyed by relayed address (canonical form).
+    /// Keyed by relayed address.
     allocations: HashMap<SocketAddr, Installed>,
     permissions: HashMap<(SocketAddr, IpAddr), Instant>,
     channels: HashMap<(SocketAddr, u16), ChannelEntry>,
@@ -47,8 +52,14 @@ impl std::fmt::Debug for BpfDatapath {
     }
 }
 
-fn canonical(address: SocketAddr) -> SocketAddr {
-    SocketAddr::new(address.ip().to_canonical(), address.port())
+/// Refuses a peer whose family differs from its relayed address's.
+fn same_family(relay: SocketAddr, peer: IpAddr) -> Result<(), DatapathError> {
+    if relay.is_ipv4() != peer.is_ipv4() {
+        return Err(DatapathError::Update(format!(
+            "peer {peer} is not of the family of the relayed address {relay}"
+        )));
+    }
+    Ok(())
 }
 
 fn specific(what: &str, address: SocketAddr) -> Result<MapAddress, DatapathError> {
@@ -61,11 +72,11 @@ fn specific(what: &str, address: SocketAddr) -> Result<MapAddress, DatapathError
 }
 
 impl BpfDatapath {
-    /// The channels installed for the allocation on (canonical) `relay`.
+    /// The channels installed for the allocation on `relay`.
     fn channels_of(&self, relay: SocketAddr) -> Vec<ChannelEntry> {
         self.channels
             .values()
-            .filter(|channel| canonical(channel.relay) == relay)
+            .filter(|channel| channel.relay == relay)
             .copied()
             .collect()
     }
@@ -95,7 +106,8 @@ impl BpfDatapath {
     }
 
     fn channel_record(&self, entry: &ChannelEntry) -> Result<ChannelRecord, DatapathError> {
-        let relay = canonical(entry.relay);
+        let relay = entry.relay;
+        same_family(relay, entry.peer.ip())?;
         let installed = self
             .allocations
             .get(&relay)
@@ -143,7 +155,7 @@ impl BpfDatapath {
 
 impl Datapath for BpfDatapath {
     fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
-        let relay = canonical(entry.relay);
+        let relay = entry.relay;
         let previous = self.allocations.get(&relay).copied();
         let slot = match previous {
             Some(installed) => installed.slot,
@@ -190,7 +202,6 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
-        let relay = canonical(relay);
         let Some(installed) = self.allocations.remove(&relay) else {
             return;
         };
@@ -222,7 +233,8 @@ impl Datapath for BpfDatapath {
     }
 
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
-        let relay = canonical(entry.relay);
+        let relay = entry.relay;
+        same_family(relay, entry.peer_ip)?;
         if !self.allocations.contains_key(&relay) {
             // Without its allocation the entry would never be used: keep the map for others.
             return Err(DatapathError::Update(format!(
@@ -230,7 +242,7 @@ impl Datapath for BpfDatapath {
             )));
         }
         let relay_address = specific("relayed address", relay)?;
-        let peer = entry.peer_ip.to_canonical();
+        let peer = entry.peer_ip;
         self.tables.insert_permission(
             relay_address,
             MapAddress::ip(peer),
@@ -240,9 +252,7 @@ impl Datapath for BpfDatapath {
         Ok(())
     }
 
-    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
-        let relay = canonical(relay);
-        let peer = peer_ip.to_canonical();
+    fn remove_permission(&mut self, relay: SocketAddr, peer: IpAddr) {
         if self.permissions.remove(&(relay, peer)).is_none() {
             return;
         }
@@ -255,7 +265,7 @@ impl Datapath for BpfDatapath {
     }
 
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
-        let relay = canonical(entry.relay);
+        let relay = entry.relay;
         let record = self.channel_record(&entry)?;
         // Re-binding a number to another peer (or a peer to another number) must not
         // leave the old pairing relaying.
@@ -270,14 +280,13 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
-        let relay = canonical(relay);
         if let Some(entry) = self.channels.remove(&(relay, number)) {
             self.remove_channel_entries(&entry);
         }
     }
 
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
-        let Some(installed) = self.allocations.get(&canonical(relay)) else {
+        let Some(installed) = self.allocations.get(&relay) else {
             return RelayedTraffic::default();
         };
         match self.tables.traffic(installed.slot) {

@@ -11,11 +11,12 @@ use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
     v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
-    CHANNELS_PER_ALLOCATION, FAMILY_V4, FAMILY_V6, PERMISSIONS_PER_ALLOCATION,
+    FAMILY_V4, FAMILY_V6,
 };
 
 use super::XdpCounters;
 use crate::protocol::datapath::DatapathError;
+use crate::protocol::turn::ServerLimits;
 
 // Map names, as declared in turn-ebpf/src/main.rs.
 const COUNTERS: &str = "COUNTERS";
@@ -38,15 +39,43 @@ pub(crate) struct MapSizes {
 /// The most allocations the maps are sized for (a larger max_allocations still works:
 /// allocations beyond the maps' capacity are relayed in userspace).
 const MAX_FAST_PATH_ALLOCATIONS: u32 = 1 << 18;
+/// The most entries a permission or channel map gets, bounding its kernel memory (about
+/// 100 bytes per preallocated entry). Beyond it, the fast path refuses entries and the
+/// [`crate::protocol::datapath::FastPath`] hands those allocations to userspace.
+const MAX_FAST_PATH_ENTRIES: u32 = 1 << 22;
 
 impl MapSizes {
-    pub(crate) fn for_allocations(max_allocations: u32) -> MapSizes {
+    /// Sized so that no map fills up before the core refuses with 508: every allocation
+    /// may hold its full quota of permissions and channels
+    /// ([`crate::protocol::turn::ServerLimits`]), up to the bounds above.
+    pub(crate) fn new(
+        max_allocations: u32,
+        permissions_per_allocation: usize,
+        channels_per_allocation: usize,
+    ) -> MapSizes {
         let allocations = max_allocations.clamp(1, MAX_FAST_PATH_ALLOCATIONS);
+        let per_map = |per_allocation: usize| {
+            u32::try_from(per_allocation)
+                .unwrap_or(u32::MAX)
+                .max(1)
+                .saturating_mul(allocations)
+                .min(MAX_FAST_PATH_ENTRIES)
+        };
         MapSizes {
             allocations,
-            permissions: allocations.saturating_mul(PERMISSIONS_PER_ALLOCATION),
-            channels: allocations.saturating_mul(CHANNELS_PER_ALLOCATION),
+            permissions: per_map(permissions_per_allocation),
+            channels: per_map(channels_per_allocation),
         }
+    }
+
+    /// Sized for the default per-allocation caps of the core.
+    pub(crate) fn for_allocations(max_allocations: u32) -> MapSizes {
+        let limits = ServerLimits::default();
+        MapSizes::new(
+            max_allocations,
+            limits.max_permissions_per_allocation,
+            limits.max_channels_per_allocation,
+        )
     }
 }
 
@@ -148,8 +177,11 @@ pub(crate) struct MapAddress {
 }
 
 impl MapAddress {
+    /// `ip` exactly as given: an IPv6 address stays IPv6 whatever it embeds (the core
+    /// refuses IPv4-mapped peers; a NAT64 peer is an IPv6 peer), so the maps only ever
+    /// hold the addresses the core checked.
     pub(crate) fn ip(ip: IpAddr) -> MapAddress {
-        match ip.to_canonical() {
+        match ip {
             IpAddr::V4(v4) => MapAddress {
                 family: FAMILY_V4,
                 ip: v4_bytes(v4.octets()),
@@ -255,6 +287,8 @@ impl Tables {
         remove(&mut self.permissions, &permission_key(relay, peer))
     }
 
+    /// Both channel entries or none: when the second insert fails, the first is rolled
+    /// back, so no direction relays on a half-installed channel.
     pub(crate) fn insert_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
         let number = record.number.to_be_bytes();
         let client_value = ClientChannelValue::new(
@@ -271,11 +305,17 @@ impl Tables {
             client_channel_key(record),
             client_value,
         )?;
-        insert(
+        let inserted = insert(
             &mut self.peer_channels,
             peer_channel_key(record),
             PeerChannelValue::new(number, record.peer_expires_ns),
-        )
+        );
+        if inserted.is_err() {
+            if let Err(error) = remove(&mut self.client_channels, &client_channel_key(record)) {
+                tracing::warn!(%error, "rolling back a half-installed fast-path channel failed");
+            }
+        }
+        inserted
     }
 
     pub(crate) fn remove_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
@@ -394,4 +434,55 @@ fn memlock_bytes(map: &MapData) -> anyhow::Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("parsing memlock in {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_stored_exactly_as_the_core_checked_them() {
+        let mapped: SocketAddr = "[::ffff:198.18.0.1]:5000".parse().expect("addr");
+        let stored = MapAddress::socket(mapped);
+        assert_eq!(stored.family, FAMILY_V6);
+        assert_eq!(
+            stored.ip,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 0, 1]
+        );
+        assert_eq!(stored.port, 5000u16.to_be_bytes());
+        let nat64: IpAddr = "64:ff9b::198.18.0.1".parse().expect("ip");
+        assert_eq!(MapAddress::ip(nat64).family, FAMILY_V6);
+        let v4: IpAddr = "198.18.0.1".parse().expect("ip");
+        let stored = MapAddress::ip(v4);
+        assert_eq!(
+            (stored.family, stored.ip),
+            (FAMILY_V4, v4_bytes([198, 18, 0, 1]))
+        );
+    }
+
+    #[test]
+    fn maps_hold_every_allocation_at_its_caps() {
+        let sizes = MapSizes::new(16_384, 10, 12);
+        assert_eq!(
+            sizes,
+            MapSizes {
+                allocations: 16_384,
+                permissions: 163_840,
+                channels: 196_608,
+            }
+        );
+        assert_eq!(
+            MapSizes::for_allocations(100),
+            MapSizes::new(
+                100,
+                crate::protocol::turn::DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
+                crate::protocol::turn::DEFAULT_MAX_CHANNELS_PER_ALLOCATION
+            )
+        );
+        // Bounded: the kernel memory of a map stays bounded whatever the configuration.
+        let huge = MapSizes::new(u32::MAX, usize::MAX, 0);
+        assert_eq!(huge.allocations, MAX_FAST_PATH_ALLOCATIONS);
+        assert_eq!(huge.permissions, MAX_FAST_PATH_ENTRIES);
+        assert_eq!(huge.channels, MAX_FAST_PATH_ALLOCATIONS);
+    }
 }

@@ -7,7 +7,8 @@
 //! [`Server`] behind a mutex, so quotas, reservation tokens and nonces behave exactly as
 //! with one thread; the lock is held only while the core handles a received batch (a few
 //! microseconds), while the system calls — where nearly all the time goes — run in
-//! parallel outside it. A relay socket is watched by the worker that opened it; any
+//! parallel outside it. That includes the fast-path map updates the core asks for: they
+//! are applied behind a second lock, in order (see `RelayLoop::end_section`). A relay socket is watched by the worker that opened it; any
 //! worker may send from it, and one that closes another worker's relay socket hands the
 //! close to that worker's inbox and wakes it through its eventfd.
 //!
@@ -36,7 +37,7 @@ pub use admin::{api, ctl};
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,13 +49,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, watch};
 
-use crate::bpf::{BpfDatapath, XdpRelay};
+use crate::bpf::XdpRelay;
 use crate::daemon::config::{Config, Sources};
 use crate::daemon::logging::LevelHandle;
-use crate::protocol::datapath::{
-    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, InMemoryDatapath,
-    PermissionEntry, RelayedTraffic,
-};
+use crate::protocol::datapath::{ClientFlow, Datapath, FastPath, FastPathCommand};
 use crate::protocol::turn::{Command, Forward, Now, Payload, Server, Transmit};
 
 use admin::AdminState;
@@ -74,60 +72,6 @@ const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 /// Epoll token of a worker's wake-up eventfd (socket tokens are small slot indices).
 const WAKE_TOKEN: u64 = u64::MAX;
 
-/// The fast path the server programs: the XDP maps, or an in-memory stand-in when XDP
-/// is off or could not be attached.
-pub enum AnyDatapath {
-    Xdp(BpfDatapath),
-    Userspace(InMemoryDatapath),
-}
-
-impl AnyDatapath {
-    /// The datapath in use (control-path calls only, so dynamic dispatch is fine).
-    fn active(&self) -> &dyn Datapath {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath,
-            AnyDatapath::Userspace(datapath) => datapath,
-        }
-    }
-
-    fn active_mut(&mut self) -> &mut dyn Datapath {
-        match self {
-            AnyDatapath::Xdp(datapath) => datapath,
-            AnyDatapath::Userspace(datapath) => datapath,
-        }
-    }
-}
-
-impl Datapath for AnyDatapath {
-    fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
-        self.active_mut().install_allocation(entry)
-    }
-
-    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
-        self.active_mut().remove_allocation(flow, relay);
-    }
-
-    fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
-        self.active_mut().install_permission(entry)
-    }
-
-    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
-        self.active_mut().remove_permission(relay, peer_ip);
-    }
-
-    fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
-        self.active_mut().install_channel(entry)
-    }
-
-    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
-        self.active_mut().remove_channel(relay, number);
-    }
-
-    fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
-        self.active().relayed_traffic(relay)
-    }
-}
-
 /// The number of relay workers when none is asked for: one per CPU.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -136,6 +80,10 @@ pub fn default_workers() -> usize {
 /// What every worker shares.
 struct Hub {
     shared: Mutex<Shared>,
+    /// The fast path the server's commands are applied to: the XDP maps, or the in-memory
+    /// stand-in when XDP is off or could not be attached. Its own lock, so map system
+    /// calls run off the server's; see [`RelayLoop::end_section`] for the ordering.
+    fast_path: Mutex<FastPath<Box<dyn Datapath>>>,
     /// Per worker: relay sockets another worker wants closed, and the eventfd that wakes
     /// the worker to close them.
     closing: Vec<Mutex<Vec<SocketAddr>>>,
@@ -146,7 +94,7 @@ struct Hub {
 
 /// The state behind the hub's lock.
 struct Shared {
-    server: Server<AnyDatapath, StdRng>,
+    server: Server<StdRng>,
     /// Every open relay socket and the worker watching it.
     relays: HashMap<SocketAddr, (Arc<UdpSocket>, usize)>,
 }
@@ -154,6 +102,12 @@ struct Shared {
 impl Hub {
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_fast_path(&self) -> MutexGuard<'_, FastPath<Box<dyn Datapath>>> {
+        self.fast_path
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -203,7 +157,6 @@ pub async fn run(
         config.server_config(),
         config.authenticator(),
         config.peer_policy(),
-        datapath,
         StdRng::from_entropy(),
     );
     let hub = Arc::new(Hub {
@@ -211,6 +164,7 @@ pub async fn run(
             server,
             relays: HashMap::new(),
         }),
+        fast_path: Mutex::new(FastPath::new(datapath)),
         closing: (0..workers).map(|_| Mutex::default()).collect(),
         wakers: (0..workers)
             .map(|_| sockets::event_fd())
@@ -380,6 +334,8 @@ struct RelayLoop {
     response_fds: Vec<Option<RawFd>>,
     /// Other workers' relay sockets sent from in this batch, kept open until it is sent.
     borrowed: Vec<Arc<UdpSocket>>,
+    /// The fast-path commands of the current server-lock section.
+    fast_path_commands: Vec<FastPathCommand>,
     ready: ReadyTokens,
     io: IoCounters,
 }
@@ -413,6 +369,7 @@ impl RelayLoop {
             forward_fds: Vec::with_capacity(BATCH),
             response_fds: Vec::with_capacity(BATCH),
             borrowed: Vec::with_capacity(BATCH),
+            fast_path_commands: Vec::new(),
             ready: ReadyTokens::new(),
             io: IoCounters::default(),
         }
@@ -487,7 +444,7 @@ impl RelayLoop {
         shared.server.handle_timeout(now);
         self.drain_control(&mut shared, now);
         self.resolve_sockets(&shared);
-        drop(shared);
+        self.end_section(&hub, shared);
         self.send_responses();
         self.borrowed.clear();
     }
@@ -550,6 +507,7 @@ impl RelayLoop {
                 self.io.truncated += 1;
                 continue;
             };
+            let hop_limit = self.received.hop_limit(index);
             let Some(out) = self.outputs.get_mut(index) else {
                 continue;
             };
@@ -560,13 +518,18 @@ impl RelayLoop {
                         client: source,
                         listener: local,
                     };
-                    shared.server.handle_client_datagram(now, flow, packet)
-                }
-                SocketRole::Relay => {
                     shared
                         .server
-                        .handle_peer_datagram(now.instant, local, source, packet, out)
+                        .handle_client_datagram(now, flow, packet, hop_limit)
                 }
+                SocketRole::Relay => shared.server.handle_peer_datagram(
+                    now.instant,
+                    local,
+                    source,
+                    packet,
+                    out,
+                    hop_limit,
+                ),
             };
             if let Some(forward) = forward {
                 self.forwards.push((index, forward));
@@ -574,10 +537,47 @@ impl RelayLoop {
             self.drain_control(&mut shared, now);
         }
         self.resolve_sockets(&shared);
-        drop(shared);
+        self.end_section(&hub, shared);
         self.send_responses();
         self.send_forwards();
         self.borrowed.clear();
+    }
+
+    /// Ends a section under the server lock: takes the fast-path commands the server
+    /// emitted in it, releases the server lock and applies them, so map system calls never
+    /// hold up the workers waiting for the server. Afterwards the responses may be sent.
+    ///
+    /// Two promises hold with any number of workers:
+    /// 1. Commands are applied in the order the server emitted them. The server emits
+    ///    them in the order of its lock sections. A section that emitted commands takes
+    ///    the fast-path lock *before* it releases the server lock, and keeps it until
+    ///    they are applied. A later section starts after that release, so its worker asks
+    ///    for the fast-path lock only after the earlier worker holds it, and gets it only
+    ///    once the earlier commands are applied. (A channel installed after its
+    ///    allocation's removal would relay without an allocation.)
+    /// 2. No response leaves before the state of every earlier section is in the fast
+    ///    path (RFC 8656 §9, §12: a permission or channel exists once the client sees
+    ///    success). This worker's own commands are applied before it returns. A section
+    ///    without commands but with responses (e.g. a retransmission answered from the
+    ///    cache) takes and drops the fast-path lock after releasing the server lock: by the
+    ///    argument above, every earlier section's commands are applied by then.
+    ///
+    /// The locks are always taken server first, fast path second, so they cannot deadlock.
+    fn end_section(&mut self, hub: &Hub, mut shared: MutexGuard<'_, Shared>) {
+        self.fast_path_commands
+            .extend(std::iter::from_fn(|| shared.server.poll_fast_path()));
+        if self.fast_path_commands.is_empty() {
+            drop(shared);
+            if !self.responses.is_empty() {
+                drop(hub.lock_fast_path());
+            }
+            return;
+        }
+        let mut fast_path = hub.lock_fast_path();
+        drop(shared);
+        for command in self.fast_path_commands.drain(..) {
+            fast_path.apply(command);
+        }
     }
 
     /// Executes the server's commands, then takes its queued responses (in that order:
@@ -636,6 +636,7 @@ impl RelayLoop {
             fd: -1,
             to: SocketAddr::from(([0, 0, 0, 0], 0)),
             payload: &[],
+            hop_limit: None,
         };
         for (transmits, fds) in self
             .responses
@@ -652,6 +653,7 @@ impl RelayLoop {
                             fd: *fd,
                             to: transmit.to,
                             payload: &transmit.payload,
+                            hop_limit: None,
                         };
                         count += 1;
                     }
@@ -677,6 +679,7 @@ impl RelayLoop {
             fd: -1,
             to: SocketAddr::from(([0, 0, 0, 0], 0)),
             payload: &[],
+            hop_limit: None,
         };
         let mut outgoing: [Outgoing<'_>; BATCH] = [placeholder; BATCH];
         let mut count = 0;
@@ -695,6 +698,7 @@ impl RelayLoop {
                         fd: *fd,
                         to: forward.to,
                         payload,
+                        hop_limit: forward.hop_limit,
                     };
                     count += 1;
                 }

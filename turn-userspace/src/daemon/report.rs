@@ -57,7 +57,7 @@ pub(super) fn log_startup(config: &Config) {
         tracing::info!("demo credentials (embedded default, new on every start): user {user:?} password {password:?}");
         if let Some(listen) = config.listen.first() {
             tracing::info!(
-                "try it: turnutils_peer -L 127.0.0.1 -p 3480 & turnutils_uclient -u {user} -w {password} -p {} -e 127.0.0.1 -r 3480 -n 10 {}",
+                "try it: turnutils_peer -L 127.0.0.2 -p 3480 & turnutils_uclient -u {user} -w {password} -p {} -e 127.0.0.2 -r 3480 -n 10 {}",
                 listen.port(),
                 listen.ip()
             );

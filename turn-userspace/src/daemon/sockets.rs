@@ -275,6 +275,7 @@ pub(crate) fn bind_udp(
         // IPv4 clients reach the IPv4 listener, never an IPv6 one as ::ffff:a.b.c.d.
         socket.set_only_v6(true)?;
     }
+    receive_hop_limits(&socket, local)?;
     if role == SocketRole::Listener {
         // Best effort: the kernel caps it at net.core.rmem_max.
         let _ = socket.set_recv_buffer_size(LISTENER_BUFFER_BYTES);
@@ -287,11 +288,54 @@ pub(crate) fn bind_udp(
     Ok(socket.into())
 }
 
+/// The (level, type) of the TTL (IPv4) or hop limit (IPv6) ancillary data of a socket
+/// of `local`'s family, as received (with the option enabled) and as sent.
+fn hop_limit_cmsg(local: SocketAddr) -> (libc::c_int, libc::c_int) {
+    if local.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_TTL)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
+    }
+}
+
+/// Asks the kernel for every datagram's TTL / hop limit (IP_RECVTTL, IPV6_RECVHOPLIMIT):
+/// relayed datagrams leave with one less (RFC 8656 §14, see
+/// [`crate::protocol::turn::relayed_hop_limit`]).
+fn receive_hop_limits(socket: &Socket, local: SocketAddr) -> io::Result<()> {
+    let (level, name) = if local.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_RECVTTL)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads size_of::<c_int>() bytes from `on`, which lives across
+    // the call.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Ancillary data room per received datagram: one cmsghdr with an int (CMSG_SPACE(4) =
+/// 24 bytes), 8-byte aligned.
+type RecvControl = [u64; 4];
+
 /// Buffers for one recvmmsg: BATCH datagrams of up to MAX_DATAGRAM bytes.
 pub(crate) struct RecvBatch {
     buffers: Box<[[u8; MAX_DATAGRAM]]>,
     sources: [Option<SocketAddr>; BATCH],
     lengths: [usize; BATCH],
+    hop_limits: [Option<u8>; BATCH],
     count: usize,
 }
 
@@ -301,6 +345,7 @@ impl RecvBatch {
             buffers: vec![[0u8; MAX_DATAGRAM]; BATCH].into_boxed_slice(),
             sources: [None; BATCH],
             lengths: [0; BATCH],
+            hop_limits: [None; BATCH],
             count: 0,
         }
     }
@@ -313,11 +358,13 @@ impl RecvBatch {
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for ((buffer, iovec), (header, name)) in self
+        let mut controls: [RecvControl; BATCH] = [[0; 4]; BATCH];
+        for (((buffer, iovec), (header, name)), control) in self
             .buffers
             .iter_mut()
             .zip(iovecs.iter_mut())
             .zip(headers.iter_mut().zip(names.iter_mut()))
+            .zip(controls.iter_mut())
         {
             iovec.iov_base = buffer.as_mut_ptr().cast();
             iovec.iov_len = buffer.len();
@@ -325,6 +372,8 @@ impl RecvBatch {
             header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_hdr.msg_iov = iovec;
             header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = size_of::<RecvControl>();
         }
         // SAFETY: every header points at a live buffer and name slot owned by this frame or
         // by `self.buffers`, each with the length given.
@@ -357,9 +406,16 @@ impl RecvBatch {
             self.lengths[index] = usize::try_from(headers[index].msg_len)
                 .unwrap_or(0)
                 .min(MAX_DATAGRAM);
+            self.hop_limits[index] = received_hop_limit(header);
         }
         self.count = received;
         Ok(received)
+    }
+
+    /// The TTL / hop limit datagram `index` of the last batch arrived with, if the
+    /// kernel said.
+    pub(crate) fn hop_limit(&self, index: usize) -> Option<u8> {
+        self.hop_limits.get(index).copied().flatten()
     }
 
     /// Datagram `index` of the last batch: its source and bytes. None for a truncated
@@ -374,12 +430,38 @@ impl RecvBatch {
     }
 }
 
-/// One datagram to send: the local socket's fd, the destination and the bytes.
+/// The IP_TTL / IPV6_HOPLIMIT value among a received message's ancillary data.
+fn received_hop_limit(header: &libc::msghdr) -> Option<u8> {
+    if header.msg_flags & libc::MSG_CTRUNC != 0 {
+        return None;
+    }
+    // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed cmsghdrs into the
+    // control buffer `header` points at; CMSG_* stay within them, and the int is read
+    // unaligned from inside the cmsg it belongs to.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let kind = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if kind == (libc::IPPROTO_IP, libc::IP_TTL)
+                || kind == (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
+            {
+                let value = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return u8::try_from(value).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
+/// One datagram to send: the local socket's fd, the destination, the bytes and the TTL /
+/// hop limit to send with (None: the socket's default).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Outgoing<'a> {
     pub(crate) fd: RawFd,
     pub(crate) to: SocketAddr,
     pub(crate) payload: &'a [u8],
+    pub(crate) hop_limit: Option<u8>,
 }
 
 /// `UDP_SEGMENT` from linux/udp.h (UDP GSO, Linux 4.18+); the libc crate lacks it for glibc.
@@ -418,8 +500,9 @@ pub(crate) fn send_batch(datagrams: &[Outgoing<'_>]) -> usize {
     dropped
 }
 
-/// How many of the leading `datagrams` one GSO message can carry: same destination, same
-/// length (the last may be shorter), within the kernel's limits. At least 1 when any.
+/// How many of the leading `datagrams` one GSO message can carry: same destination and
+/// hop limit, same length (the last may be shorter), within the kernel's limits. At least
+/// 1 when any.
 fn gso_group_len(datagrams: &[Outgoing<'_>], gso: bool) -> usize {
     let Some(first) = datagrams.first() else {
         return 0;
@@ -433,6 +516,7 @@ fn gso_group_len(datagrams: &[Outgoing<'_>], gso: bool) -> usize {
     for datagram in datagrams.iter().take(MAX_GSO_SEGMENTS) {
         let length = datagram.payload.len();
         if datagram.to != first.to
+            || datagram.hop_limit != first.hop_limit
             || length > segment
             || length == 0
             || total + length > MAX_GSO_BYTES
@@ -458,8 +542,9 @@ fn send_run(fd: RawFd, datagrams: &[Outgoing<'_>], gso: bool) -> usize {
     // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
     let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    // Room for one cmsghdr carrying a u16 (CMSG_SPACE(2) = 24 bytes), 8-byte aligned.
-    let mut controls = [[0u64; 4]; BATCH];
+    // Room for a cmsghdr carrying a u16 (UDP_SEGMENT, CMSG_SPACE(2) = 24 bytes) and one
+    // carrying an int (the TTL / hop limit, CMSG_SPACE(4) = 24 bytes), 8-byte aligned.
+    let mut controls = [[0u64; 6]; BATCH];
     // Per message: (index of its first datagram, number of datagrams).
     let mut groups = [(0usize, 0usize); BATCH];
     for (datagram, iovec) in datagrams.iter().zip(iovecs.iter_mut()) {
@@ -476,21 +561,44 @@ fn send_run(fd: RawFd, datagrams: &[Outgoing<'_>], gso: bool) -> usize {
         header.msg_namelen = address.len();
         header.msg_iov = iovecs.as_mut_ptr().wrapping_add(start);
         header.msg_iovlen = segments;
-        if segments > 1 {
+        let gso = segments > 1;
+        if gso || first.hop_limit.is_some() {
             let control = &mut controls[messages];
             header.msg_control = control.as_mut_ptr().cast();
             // SAFETY: CMSG_* only compute sizes and offsets; `control` is large and aligned
-            // enough for one cmsghdr with a u16, and msg_control/msg_controllen describe it.
+            // enough for a cmsghdr with a u16 and one with an int, msg_control and
+            // msg_controllen describe exactly the ones written, and each value is written
+            // inside its own cmsg.
             unsafe {
-                header.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-                let cmsg = libc::CMSG_FIRSTHDR(header);
-                (*cmsg).cmsg_level = libc::SOL_UDP;
-                (*cmsg).cmsg_type = UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
-                std::ptr::write_unaligned(
-                    libc::CMSG_DATA(cmsg).cast::<u16>(),
-                    u16::try_from(first.payload.len()).unwrap_or(u16::MAX),
-                );
+                let segment_space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                let hop_limit_space = libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) as usize;
+                header.msg_controllen = if gso { segment_space } else { 0 }
+                    + if first.hop_limit.is_some() {
+                        hop_limit_space
+                    } else {
+                        0
+                    };
+                let mut cmsg = libc::CMSG_FIRSTHDR(header);
+                if gso {
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<u16>(),
+                        u16::try_from(first.payload.len()).unwrap_or(u16::MAX),
+                    );
+                    cmsg = libc::CMSG_NXTHDR(header, cmsg);
+                }
+                if let (Some(hop_limit), false) = (first.hop_limit, cmsg.is_null()) {
+                    let (level, kind) = hop_limit_cmsg(first.to);
+                    (*cmsg).cmsg_level = level;
+                    (*cmsg).cmsg_type = kind;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize;
+                    std::ptr::write_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
+                        libc::c_int::from(hop_limit),
+                    );
+                }
             }
         }
         groups[messages] = (start, segments);
@@ -577,6 +685,7 @@ mod tests {
                 fd: sender.as_raw_fd(),
                 to,
                 payload: p,
+                hop_limit: None,
             })
             .collect();
         assert_eq!(send_batch(&outgoing), 0);
@@ -604,16 +713,18 @@ mod tests {
         );
     }
 
-    /// Receives until `expected` datagrams arrived (bounded in time).
-    fn receive_all(receiver: &UdpSocket, expected: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+    /// Receives until `expected` datagrams arrived (bounded in time), each as `read`
+    /// takes it from its batch.
+    fn receive_with<T>(
+        receiver: &UdpSocket,
+        expected: usize,
+        read: impl Fn(&RecvBatch, usize) -> T,
+    ) -> Vec<T> {
         let mut batch = RecvBatch::new();
         let mut seen = Vec::new();
         for _ in 0..100 {
             let count = batch.receive(receiver).expect("recvmmsg");
-            for index in 0..count {
-                let (source, bytes) = batch.datagram(index).expect("datagram");
-                seen.push((source, bytes.to_vec()));
-            }
+            seen.extend((0..count).map(|index| read(&batch, index)));
             if seen.len() >= expected {
                 break;
             }
@@ -622,13 +733,26 @@ mod tests {
         seen
     }
 
+    /// Receives until `expected` datagrams arrived: their sources and bytes.
+    fn receive_all(receiver: &UdpSocket, expected: usize) -> Vec<(SocketAddr, Vec<u8>)> {
+        receive_with(receiver, expected, |batch, index| {
+            let (source, bytes) = batch.datagram(index).expect("datagram");
+            (source, bytes.to_vec())
+        })
+    }
+
     #[test]
     fn gso_groups_equal_datagrams_to_one_destination() {
         let one = SocketAddr::from(([127, 0, 0, 1], 1));
         let two = SocketAddr::from(([127, 0, 0, 1], 2));
         let long = [0u8; 100];
         let short = [0u8; 40];
-        let datagram = |to, payload| Outgoing { fd: 3, to, payload };
+        let datagram = |to, payload| Outgoing {
+            fd: 3,
+            to,
+            payload,
+            hop_limit: None,
+        };
         let run = [
             datagram(one, &long[..]),
             datagram(one, &long[..]),
@@ -671,6 +795,8 @@ mod tests {
                 fd: sender.as_raw_fd(),
                 to: *to,
                 payload,
+                // A TTL next to the GSO segment size in the same message.
+                hop_limit: Some(9),
             })
             .collect();
         assert_eq!(send_batch(&outgoing), 0);
@@ -742,5 +868,37 @@ mod tests {
         table
             .bind(address, SocketRole::Relay)
             .expect("port is free again after close");
+    }
+
+    #[test]
+    fn datagrams_leave_with_the_hop_limit_asked_for_and_arrive_with_it_known() {
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let local: SocketAddr = local.parse().expect("addr");
+            let bind = || bind_udp(local, SocketRole::Relay, false).expect("bind with IP_RECVTTL");
+            let (sender, receiver) = (bind(), bind());
+            let to = receiver.local_addr().expect("addr");
+            let payloads = [[1u8; 50], [2u8; 50], [3u8; 50]];
+            let hop_limits = [Some(7), Some(7), None];
+            let outgoing: Vec<Outgoing<'_>> = payloads
+                .iter()
+                .zip(hop_limits)
+                .map(|(payload, hop_limit)| Outgoing {
+                    fd: sender.as_raw_fd(),
+                    to,
+                    payload,
+                    hop_limit,
+                })
+                .collect();
+            assert_eq!(send_batch(&outgoing), 0);
+            let seen = receive_with(&receiver, payloads.len(), |batch, index| {
+                let (_, bytes) = batch.datagram(index).expect("datagram");
+                (bytes[0], batch.hop_limit(index))
+            });
+            assert_eq!(seen.len(), 3, "{local}");
+            assert_eq!(&seen[..2], [(1, Some(7)), (2, Some(7))], "{local}");
+            let (last, default) = seen[2];
+            assert_eq!(last, 3);
+            assert!(default.is_some_and(|hops| hops > 7), "{local}: {default:?}");
+        }
     }
 }

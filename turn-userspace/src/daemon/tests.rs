@@ -31,8 +31,8 @@ fn free_port() -> u16 {
         .expect("ephemeral port")
 }
 
-fn socket() -> UdpSocket {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+fn socket(ip: &str) -> UdpSocket {
+    let socket = UdpSocket::bind((ip, 0)).expect("bind loopback");
     socket
         .set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
@@ -101,8 +101,9 @@ fn relays_channel_data_between_client_and_peer_over_loopback() {
         }))
     });
 
-    let client = socket();
-    let peer = socket();
+    let client = socket("127.0.0.1");
+    // Not the relay's own address: its non-relay ports are never peers.
+    let peer = socket("127.0.0.2");
     let peer_address = peer.local_addr().expect("peer address");
 
     // The daemon may still be binding its listener: retry the Binding request briefly.

@@ -7,10 +7,9 @@ use anyhow::Context as _;
 
 use crate::bpf::{BpfDatapath, XdpMode, XdpRelay};
 use crate::daemon::config::Config;
-use crate::protocol::datapath::InMemoryDatapath;
+use crate::protocol::datapath::{Datapath, InMemoryDatapath};
 
 use super::interfaces::{self, Interface};
-use super::AnyDatapath;
 
 /// How a newcomer sees the fast path at work on one machine.
 const FAST_PATH_DEMO: &str = "To see the fast path, run `cargo xtask demo`: client, relay and \
@@ -18,8 +17,8 @@ const FAST_PATH_DEMO: &str = "To see the fast path, run `cargo xtask demo`: clie
 
 /// Attaches XDP when the configuration asks for it. `auto` falls back to userspace-only
 /// relaying with a log line saying why; so do `native`/`skb`, loudly.
-pub(super) fn select_datapath(config: &Config) -> (AnyDatapath, Option<XdpRelay>) {
-    let userspace = || AnyDatapath::Userspace(InMemoryDatapath::default());
+pub(super) fn select_datapath(config: &Config) -> (Box<dyn Datapath>, Option<XdpRelay>) {
+    let userspace = || -> Box<dyn Datapath> { Box::new(InMemoryDatapath::default()) };
     if config.xdp_mode == XdpMode::Off {
         tracing::info!("XDP: off (xdp.mode = \"off\"); userspace relays everything");
         return (userspace(), None);
@@ -46,7 +45,7 @@ pub(super) fn select_datapath(config: &Config) -> (AnyDatapath, Option<XdpRelay>
                 ),
                 None => tracing::info!("{}", relay.status()),
             }
-            (AnyDatapath::Xdp(datapath), Some(relay))
+            (Box::new(datapath), Some(relay))
         }
         Ok(None) => (userspace(), None),
         Err(error) if config.xdp_mode == XdpMode::Auto => {

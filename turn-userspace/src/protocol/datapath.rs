@@ -1,17 +1,24 @@
-//! The one narrow surface through which the protocol core programs the fast path.
+//! The fast path as the protocol core sees it: the commands the core emits, and the
+//! [`FastPath`] that applies them to a [`Datapath`].
 //!
-//! The sans-IO core ([`crate::protocol::turn`]) calls these methods synchronously, *before* it queues
-//! the success response of the request that created the state (RFC 8656 §9 and §11 say the
-//! permission/channel exists once the client sees success, so the kernel must already relay).
-//! Two implementations exist: [`InMemoryDatapath`] (tests, and `xdp = "off"`) and the BPF
-//! one in [`crate::bpf`], which writes the XDP program's maps.
+//! The sans-IO core ([`crate::protocol::turn`]) never touches a map. Every change of the
+//! state the fast path mirrors (allocations, permissions, channels) is queued as a
+//! [`FastPathCommand`], drained with [`crate::protocol::turn::Server::poll_fast_path`] and
+//! applied by the IO layer, in the order the core emitted them and before it sends the
+//! success response that depends on them (RFC 8656 §9 and §12: the permission/channel
+//! exists once the client sees success). The daemon's worker loop documents how it keeps
+//! both promises with several workers.
 //!
-//! Every entry carries its absolute expiry so the fast path stops relaying on time even
-//! if userspace lags behind with its own expiry timers.
+//! Two [`Datapath`]s exist: [`InMemoryDatapath`] (the model the core's tests inspect, and
+//! the stand-in when XDP is off) and the BPF one in [`crate::bpf`], which writes the XDP
+//! program's maps. Every entry carries its absolute expiry so the fast path stops relaying
+//! on time even if userspace lags behind with its own expiry timers.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::protocol::policy::PeerPorts;
 
 /// The client side of an allocation: RFC 8656 §2 "5-tuple" for UDP (the transport is
 /// always UDP here), seen from the server.
@@ -53,7 +60,8 @@ pub struct ChannelEntry {
     pub expires_at: Instant,
 }
 
-/// Traffic the fast path relayed for one allocation, so userspace can account for it.
+/// Application data relayed for one allocation, by the fast path (read from its
+/// counters) or by userspace (counted by the core).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayedTraffic {
     pub to_peer_packets: u64,
@@ -62,8 +70,82 @@ pub struct RelayedTraffic {
     pub to_client_bytes: u64,
 }
 
-/// Why the fast path could not take an entry. The core keeps relaying in userspace when
-/// this happens; the allocation is never lost because of it.
+impl RelayedTraffic {
+    fn plus(self, other: RelayedTraffic) -> RelayedTraffic {
+        RelayedTraffic {
+            to_peer_packets: self.to_peer_packets.saturating_add(other.to_peer_packets),
+            to_peer_bytes: self.to_peer_bytes.saturating_add(other.to_peer_bytes),
+            to_client_packets: self
+                .to_client_packets
+                .saturating_add(other.to_client_packets),
+            to_client_bytes: self.to_client_bytes.saturating_add(other.to_client_bytes),
+        }
+    }
+}
+
+/// Why an allocation ended, for its usage line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its lifetime ran out (RFC 8656 §7).
+    Expired,
+    /// The client sent a Refresh with LIFETIME 0 (RFC 8656 §8).
+    DeletedByClient,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndReason::Expired => "expired",
+            EndReason::DeletedByClient => "deleted by client",
+        })
+    }
+}
+
+/// The userspace half of an ended allocation's usage line (what coturn operators find in
+/// coturn's session-close lines). The fast path's counters vanish with its entries, so
+/// the [`FastPath`] reads them while applying the removal, adds them and logs the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationUsage {
+    /// Logged: operators bill and debug by it. Keys and passwords never are.
+    pub username: String,
+    pub lifetime: Duration,
+    /// What the core relayed in userspace.
+    pub userspace: RelayedTraffic,
+    pub reason: EndReason,
+}
+
+/// One change of the state the fast path mirrors, in the order the core decided it.
+/// Installing an entry that exists replaces it (that is how refreshes move expiries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastPathCommand {
+    InstallAllocation(AllocationEntry),
+    /// Removes the allocation and everything hanging off it; `usage` is set when the
+    /// allocation ended (not when its relay socket could not be bound).
+    RemoveAllocation {
+        flow: ClientFlow,
+        relay: SocketAddr,
+        usage: Option<Box<AllocationUsage>>,
+    },
+    /// `ports`: which ports of the peer IP the policy allows. The fast path cannot check
+    /// the port of a Send indication; see [`FastPath`] for what it does with
+    /// [`PeerPorts::RelayRange`].
+    InstallPermission {
+        entry: PermissionEntry,
+        ports: PeerPorts,
+    },
+    RemovePermission {
+        relay: SocketAddr,
+        peer_ip: IpAddr,
+    },
+    InstallChannel(ChannelEntry),
+    RemoveChannel {
+        relay: SocketAddr,
+        number: u16,
+    },
+}
+
+/// Why the fast path could not take an entry. The [`FastPath`] then hands the whole
+/// allocation to userspace; the allocation is never lost because of it.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("fast-path map is full")]
@@ -72,8 +154,8 @@ pub enum DatapathError {
     Update(String),
 }
 
-/// The fast path, as seen by the protocol core. Installing an entry that already exists
-/// replaces it (that is how refreshes extend expiries); removing a missing entry is a no-op.
+/// A fast path's entry tables. Installing an entry that already exists replaces it;
+/// removing a missing entry is a no-op. Only [`FastPath`] drives it in the daemon.
 pub trait Datapath: Send {
     fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError>;
     /// Removes the allocation and everything that hangs off it.
@@ -87,8 +169,33 @@ pub trait Datapath: Send {
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic;
 }
 
-/// A datapath that keeps the entries in memory and relays nothing itself: used by the
-/// core's tests to see exactly what would be installed, and when XDP is off.
+/// The daemon picks its datapath at start-up (XDP or the in-memory stand-in).
+impl<T: Datapath + ?Sized> Datapath for Box<T> {
+    fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
+        (**self).install_allocation(entry)
+    }
+    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
+        (**self).remove_allocation(flow, relay);
+    }
+    fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
+        (**self).install_permission(entry)
+    }
+    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
+        (**self).remove_permission(relay, peer_ip);
+    }
+    fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
+        (**self).install_channel(entry)
+    }
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
+        (**self).remove_channel(relay, number);
+    }
+    fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
+        (**self).relayed_traffic(relay)
+    }
+}
+
+/// A datapath that keeps the entries in memory and relays nothing itself: the model the
+/// core's tests inspect, and the stand-in when XDP is off.
 #[derive(Debug, Default)]
 pub struct InMemoryDatapath {
     pub allocations: HashMap<SocketAddr, AllocationEntry>,
@@ -129,4 +236,173 @@ impl Datapath for InMemoryDatapath {
     fn relayed_traffic(&self, _relay: SocketAddr) -> RelayedTraffic {
         RelayedTraffic::default()
     }
+}
+
+/// What the [`FastPath`] did besides applying commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FastPathStats {
+    /// Allocations handed to userspace because the fast path refused one of their entries.
+    pub userspace_only_allocations: u64,
+}
+
+/// Why an allocation leaves the fast path.
+enum HandOver {
+    /// The datapath refused an entry (e.g. a full map).
+    Refused(DatapathError),
+    /// A permission limited to relay ports ([`PeerPorts::RelayRange`]) for an address that
+    /// is not the allocation's own relay (bind) address: the XDP program checks no port
+    /// of a Send indication, and may forward to that address (e.g. the public address of
+    /// a relay behind 1:1 NAT, reached through the NAT's hairpin) where userspace would
+    /// refuse a port outside the relay range.
+    PortLimitedPermission,
+}
+
+/// Applies the core's [`FastPathCommand`]s to a [`Datapath`], one at a time, in order.
+///
+/// It keeps one promise the core cannot keep alone: a refused install never makes the
+/// fast path drop what userspace relays (a permission missing from the maps while its
+/// allocation is there makes XDP drop the peer's datagrams, although userspace has the
+/// permission). When any install for an allocation fails, the allocation and everything
+/// hanging off it are removed from the fast path, and the allocation is remembered as
+/// userspace-only until the core removes it: later commands for it are skipped. Without
+/// any entry for its addresses, XDP passes all of its traffic to the userspace relay,
+/// which behaves identically.
+///
+/// A permission for the relay's own address is limited to relay ports (hairpinning between
+/// allocations). The fast path takes it only for the allocation's own bind address: the
+/// kernel never forwards to a local address (`bpf_fib_lookup` answers "not forwarded"),
+/// so XDP passes a Send indication towards it up to userspace, which checks the port.
+/// For another own address (a public address behind NAT) the allocation is handed to
+/// userspace as above, until the XDP program can tell such permissions apart.
+pub struct FastPath<D: Datapath> {
+    datapath: D,
+    /// Relayed address → the fast-path traffic it had relayed before it was handed to
+    /// userspace (its counters vanish with its entries; the usage line still adds them).
+    userspace_only: HashMap<SocketAddr, RelayedTraffic>,
+    stats: FastPathStats,
+}
+
+impl<D: Datapath> FastPath<D> {
+    pub fn new(datapath: D) -> Self {
+        FastPath {
+            datapath,
+            userspace_only: HashMap::new(),
+            stats: FastPathStats::default(),
+        }
+    }
+
+    pub fn datapath(&self) -> &D {
+        &self.datapath
+    }
+
+    pub fn stats(&self) -> FastPathStats {
+        self.stats
+    }
+
+    /// Whether the allocation on `relay` is relayed in userspace only.
+    pub fn is_userspace_only(&self, relay: SocketAddr) -> bool {
+        self.userspace_only.contains_key(&relay)
+    }
+
+    /// Applies one command. Must be called in the order the core emitted the commands.
+    pub fn apply(&mut self, command: FastPathCommand) {
+        match command {
+            FastPathCommand::InstallAllocation(entry) => {
+                if !self.is_userspace_only(entry.relay) {
+                    let result = self
+                        .datapath
+                        .install_allocation(entry)
+                        .map_err(HandOver::Refused);
+                    self.keep_or_hand_over(entry.flow, entry.relay, result);
+                }
+            }
+            FastPathCommand::RemoveAllocation { flow, relay, usage } => {
+                let fast_path = match self.userspace_only.remove(&relay) {
+                    Some(before) => before,
+                    None => self.datapath.relayed_traffic(relay),
+                };
+                self.datapath.remove_allocation(flow, relay);
+                if let Some(usage) = usage {
+                    log_usage(flow, relay, &usage, fast_path);
+                }
+            }
+            FastPathCommand::InstallPermission { entry, ports } => {
+                if self.is_userspace_only(entry.relay) {
+                    return;
+                }
+                let result = if ports == PeerPorts::RelayRange && entry.peer_ip != entry.relay.ip()
+                {
+                    Err(HandOver::PortLimitedPermission)
+                } else {
+                    self.datapath
+                        .install_permission(entry)
+                        .map_err(HandOver::Refused)
+                };
+                self.keep_or_hand_over(entry.flow, entry.relay, result);
+            }
+            FastPathCommand::RemovePermission { relay, peer_ip } => {
+                if !self.is_userspace_only(relay) {
+                    self.datapath.remove_permission(relay, peer_ip);
+                }
+            }
+            FastPathCommand::InstallChannel(entry) => {
+                if !self.is_userspace_only(entry.relay) {
+                    let result = self
+                        .datapath
+                        .install_channel(entry)
+                        .map_err(HandOver::Refused);
+                    self.keep_or_hand_over(entry.flow, entry.relay, result);
+                }
+            }
+            FastPathCommand::RemoveChannel { relay, number } => {
+                if !self.is_userspace_only(relay) {
+                    self.datapath.remove_channel(relay, number);
+                }
+            }
+        }
+    }
+
+    /// After an install the fast path could not take: removes the allocation from the
+    /// fast path and remembers it as userspace-only.
+    fn keep_or_hand_over(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        result: Result<(), HandOver>,
+    ) {
+        let Err(reason) = result else {
+            return;
+        };
+        match reason {
+            HandOver::Refused(error) => {
+                tracing::warn!(%relay, client = %flow.client, %error, "the fast path refused an entry; the allocation is relayed in userspace from now on")
+            }
+            HandOver::PortLimitedPermission => {
+                tracing::debug!(%relay, client = %flow.client, "permission for the relay's own non-local address; the allocation is relayed in userspace from now on")
+            }
+        }
+        let relayed = self.datapath.relayed_traffic(relay);
+        self.datapath.remove_allocation(flow, relay);
+        self.userspace_only.insert(relay, relayed);
+        self.stats.userspace_only_allocations += 1;
+    }
+}
+
+/// The usage line of an ended allocation: who, where, how long and how much was relayed
+/// in userspace plus in the fast path.
+fn log_usage(flow: ClientFlow, relay: SocketAddr, usage: &AllocationUsage, fast: RelayedTraffic) {
+    let total = usage.userspace.plus(fast);
+    tracing::info!(
+        username = %usage.username,
+        client = %flow.client,
+        relay = %relay,
+        lifetime_secs = usage.lifetime.as_secs(),
+        to_peer_packets = total.to_peer_packets,
+        to_peer_bytes = total.to_peer_bytes,
+        to_client_packets = total.to_client_packets,
+        to_client_bytes = total.to_client_bytes,
+        fast_path_packets = fast.to_peer_packets.saturating_add(fast.to_client_packets),
+        "allocation closed: {}",
+        usage.reason
+    );
 }

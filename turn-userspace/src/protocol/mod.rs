@@ -5,7 +5,8 @@
 //! - [`turn`]: the TURN server state machine (RFC 8656).
 //! - [`auth`]: long-term and shared-secret credentials, stateless nonces.
 //! - [`policy`]: which peer addresses may be relayed to.
-//! - [`datapath`]: the narrow surface through which the core programs the fast path.
+//! - [`datapath`]: the fast-path commands the core emits, and the applier that programs a
+//!   fast path with them.
 
 pub mod auth;
 pub mod datapath;

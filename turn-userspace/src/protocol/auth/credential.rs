@@ -66,15 +66,47 @@ fn long_term_key<H: Digest>(username: &str, realm: &str, password: &str) -> Outp
 #[derive(Clone)]
 pub struct Credential {
     username: String,
+    quota_user: String,
+    expires_at: Option<u64>,
     candidates: Vec<LongTermKeys>,
 }
 
 impl Credential {
+    /// The credential of a static user: its own quota user, never expiring.
     pub(crate) fn new(username: &str, candidates: Vec<LongTermKeys>) -> Self {
         Credential {
             username: username.to_owned(),
+            quota_user: username.to_owned(),
+            expires_at: None,
             candidates,
         }
+    }
+
+    /// The credential of a time-limited username that expires at unix second
+    /// `expires_at` and names `quota_user` across renewals.
+    pub(crate) fn time_limited(
+        username: &str,
+        quota_user: &str,
+        expires_at: u64,
+        candidates: Vec<LongTermKeys>,
+    ) -> Self {
+        Credential {
+            quota_user: quota_user.to_owned(),
+            expires_at: Some(expires_at),
+            ..Credential::new(username, candidates)
+        }
+    }
+
+    /// Whom allocation quotas count this credential for: the username of a static user;
+    /// the user part of a time-limited username (coturn REST `expiry:user`, zrest without
+    /// its expiry), so renewing a credential does not renew the quota.
+    pub fn quota_user(&self) -> &str {
+        &self.quota_user
+    }
+
+    /// The unix second a time-limited username expires at; None for static users.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
     }
 
     /// The long-term key for the given algorithm (RFC 8489 §9.2.2): MD5(user:realm:pass) or
@@ -93,7 +125,7 @@ impl Credential {
         }
     }
 
-    /// The USERNAME this credential belongs to (allocation quotas are per username).
+    /// The USERNAME this credential belongs to.
     pub fn username(&self) -> &str {
         &self.username
     }
@@ -123,6 +155,8 @@ impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
             .field("username", &self.username)
+            .field("quota_user", &self.quota_user)
+            .field("expires_at", &self.expires_at)
             .field("candidates", &self.candidates.len())
             .finish_non_exhaustive()
     }

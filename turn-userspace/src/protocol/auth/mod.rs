@@ -104,6 +104,10 @@ impl AuthError {
 /// Looks up credentials and issues/verifies nonces.
 pub struct Authenticator {
     static_users: HashMap<String, StaticSecret>,
+    /// USERHASH → static username, for [`Self::userhash_realm`] (see
+    /// [`Authenticator::index_userhashes`]).
+    userhashes: HashMap<[u8; 32], String>,
+    userhash_realm: String,
     auth_secrets: Vec<String>,
     zrest_secrets: Vec<String>,
     nonce_lifetime: Duration,
@@ -129,6 +133,8 @@ impl Authenticator {
                 .into_iter()
                 .map(|user| (user.name, user.secret))
                 .collect(),
+            userhashes: HashMap::new(),
+            userhash_realm: String::new(),
             auth_secrets: config.auth_secrets,
             zrest_secrets: config.zrest_secrets,
             nonce_lifetime: config.nonce_lifetime,
@@ -168,12 +174,17 @@ impl Authenticator {
                         })?;
                 let password = shared_secret::zrest_password(secret.as_bytes(), username);
                 let keys = LongTermKeys::from_password(username, realm, &password);
-                return Ok(Credential::new(username, vec![keys]));
+                return Ok(Credential::time_limited(
+                    username,
+                    zrest.user,
+                    zrest.expiry,
+                    vec![keys],
+                ));
             }
         }
         if !self.auth_secrets.is_empty() {
-            if let Some(expiry) = shared_secret::coturn_expiry(username) {
-                check_expiry(expiry, unix_secs)?;
+            if let Some(coturn) = shared_secret::parse_coturn(username) {
+                check_expiry(coturn.expiry, unix_secs)?;
                 let candidates = self
                     .auth_secrets
                     .iter()
@@ -182,28 +193,39 @@ impl Authenticator {
                         LongTermKeys::from_password(username, realm, &password)
                     })
                     .collect();
-                return Ok(Credential::new(username, candidates));
+                return Ok(Credential::time_limited(
+                    username,
+                    coturn.user,
+                    coturn.expiry,
+                    candidates,
+                ));
             }
         }
         Err(AuthError::UnknownUser)
     }
 
-    /// The static user whose USERHASH this is (RFC 8489 §14.4: SHA-256(username ":" realm),
-    /// without OpaqueString preparation, like the keys). Only static users can be found:
-    /// time-limited usernames cannot be enumerated, so their hashes are unknown (→ 401).
-    pub fn static_user_by_userhash(&self, userhash: &[u8; 32], realm: &str) -> Option<&str> {
-        self.static_users
+    /// Precomputes the USERHASH of every static user in `realm` (RFC 8489 §14.4:
+    /// SHA-256(username ":" realm), without OpaqueString preparation, like the keys), so
+    /// [`Self::static_user_by_userhash`] is one hash lookup. The server does this for its
+    /// realm when it starts.
+    pub fn index_userhashes(&mut self, realm: &str) {
+        self.userhashes = self
+            .static_users
             .keys()
-            .find(|name| {
-                Sha256::new()
-                    .chain_update(name.as_bytes())
-                    .chain_update(":")
-                    .chain_update(realm)
-                    .finalize()
-                    .as_slice()
-                    == userhash
-            })
-            .map(String::as_str)
+            .map(|name| (userhash(name, realm), name.clone()))
+            .collect();
+        self.userhash_realm = realm.to_owned();
+    }
+
+    /// The static user whose USERHASH this is in `realm` (the realm indexed by
+    /// [`Self::index_userhashes`]; any other realm finds nobody). Only static users can
+    /// be found: time-limited usernames cannot be enumerated, so their hashes are unknown
+    /// (→ 401).
+    pub fn static_user_by_userhash(&self, userhash: &[u8; 32], realm: &str) -> Option<&str> {
+        if realm != self.userhash_realm {
+            return None;
+        }
+        self.userhashes.get(userhash).map(String::as_str)
     }
 
     /// A fresh stateless nonce (HMAC over expiry + client IP) — RFC 8489 §9.2.
@@ -222,6 +244,15 @@ impl Authenticator {
     pub fn advertises_password_algorithms(&self) -> bool {
         self.advertise_password_algorithms
     }
+}
+
+fn userhash(username: &str, realm: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(username.as_bytes())
+        .chain_update(":")
+        .chain_update(realm)
+        .finalize()
+        .into()
 }
 
 fn check_expiry(expiry: u64, unix_secs: u64) -> Result<(), AuthError> {
@@ -402,6 +433,37 @@ mod tests {
     }
 
     #[test]
+    fn quotas_count_time_limited_usernames_by_their_user_part() {
+        let auth = Authenticator::new(config());
+        let quota = |username: &str| {
+            let credential = auth.credential(username, REALM, NOW).expect("valid");
+            (credential.quota_user().to_owned(), credential.expires_at())
+        };
+        assert_eq!(quota("alice"), ("alice".to_owned(), None));
+        assert_eq!(
+            quota("1700000000:alice"),
+            ("alice".to_owned(), Some(1_700_000_000))
+        );
+        assert_eq!(
+            quota("1700003600:alice"),
+            ("alice".to_owned(), Some(1_700_003_600))
+        );
+        assert_eq!(
+            quota("alice:1700000000"),
+            ("alice".to_owned(), Some(1_700_000_000))
+        );
+        assert_eq!(
+            quota("d=1700000000.v=1.k=1.t=s.r=abc123").0,
+            "v=1.k=1.t=s.r=abc123"
+        );
+        assert_eq!(
+            quota("d=1700003600.v=1.k=1.t=s.r=abc123").0,
+            "v=1.k=1.t=s.r=abc123"
+        );
+        assert_eq!(quota("1700000000.s.42").0, "s.42");
+    }
+
+    #[test]
     fn zrest_unknown_key_index_and_expiry_are_rejected() {
         let auth = Authenticator::new(config());
         assert_eq!(
@@ -426,7 +488,8 @@ mod tests {
 
     #[test]
     fn userhash_finds_static_users_in_the_realm() {
-        let auth = Authenticator::new(config());
+        let mut auth = Authenticator::new(config());
+        auth.index_userhashes(REALM);
         let userhash = |name: &str, realm: &str| -> [u8; 32] {
             Sha256::digest(format!("{name}:{realm}")).into()
         };
@@ -442,6 +505,11 @@ mod tests {
         assert_eq!(
             auth.static_user_by_userhash(&userhash("nobody", REALM), REALM),
             None
+        );
+        assert_eq!(
+            auth.static_user_by_userhash(&userhash(&name, "other.realm"), "other.realm"),
+            None,
+            "only the indexed realm"
         );
     }
 
@@ -465,10 +533,7 @@ mod tests {
         let client = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7));
         let nonce = auth.make_nonce(NOW, client);
         assert!(nonce.starts_with(NONCE_COOKIE_PASSWORD_ALGORITHMS));
-        assert!(
-            nonce.len() < 128,
-            "RFC 8489 §14.10: fewer than 128 characters"
-        );
+        assert_eq!(nonce.len(), 29, "short: it is in every 401");
         assert_eq!(
             auth.check_nonce(nonce.as_bytes(), NOW, client),
             NonceStatus::Valid
@@ -561,7 +626,10 @@ mod tests {
         let client = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 7));
         let nonce = auth.make_nonce(NOW, client);
         assert!(!nonce.starts_with("obMatJos2"));
-        assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(nonce.len(), 16);
+        assert!(nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(
             auth.check_nonce(nonce.as_bytes(), NOW, client),
             NonceStatus::Valid

@@ -2,12 +2,17 @@
 //! own expiry plus a MAC binding that expiry to the client's IP address.
 //!
 //! Layout (all ASCII, valid `qdtext`): optional nonce cookie `obMatJos2AAAB` (RFC 8489
-//! §9.2.1, security feature "Password algorithms"), then 16 hex digits of the expiry in unix
-//! seconds, then 24 hex digits of `HMAC-SHA256(secret, label || expiry || client IP)`
-//! truncated to 96 bits.
+//! §9.2.1, security feature "Password algorithms"), then 16 characters of unpadded
+//! base64url of 12 bytes: the expiry in unix seconds (32 bits, big-endian, good until
+//! 2106) and `HMAC-SHA256(secret, label || expiry || client IP)` truncated to 64 bits.
+//! Short on purpose: the nonce travels in every unauthenticated 401, whose size bounds
+//! the relay's amplification factor. A forger must guess 64 bits online, one request
+//! per guess.
 
 use std::net::IpAddr;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
@@ -16,9 +21,11 @@ use subtle::ConstantTimeEq as _;
 /// with only bit 0 ("Password algorithms", the rightmost bit per §18.1) set.
 pub const NONCE_COOKIE_PASSWORD_ALGORITHMS: &str = "obMatJos2AAAB";
 
-const EXPIRY_HEX_LEN: usize = 16;
-const TAG_LEN: usize = 12;
-const TAG_HEX_LEN: usize = TAG_LEN * 2;
+const EXPIRY_LEN: usize = 4;
+const TAG_LEN: usize = 8;
+const BODY_LEN: usize = EXPIRY_LEN + TAG_LEN;
+/// Unpadded base64 of [`BODY_LEN`] bytes.
+const BODY_TEXT_LEN: usize = BODY_LEN / 3 * 4;
 /// Separates nonce MACs from any other use of the same secret.
 const MAC_LABEL: &[u8] = b"turn-relay nonce v1";
 
@@ -47,37 +54,36 @@ impl NonceKey {
     }
 
     pub(crate) fn make(&self, expiry: u64, client: IpAddr) -> String {
-        let tag = self.tag(expiry, client);
+        let expiry = u32::try_from(expiry).unwrap_or(u32::MAX);
+        let mut body = [0u8; BODY_LEN];
+        body[..EXPIRY_LEN].copy_from_slice(&expiry.to_be_bytes());
+        body[EXPIRY_LEN..].copy_from_slice(&self.tag(u64::from(expiry), client));
         let cookie = if self.with_cookie {
             NONCE_COOKIE_PASSWORD_ALGORITHMS
         } else {
             ""
         };
-        format!("{cookie}{expiry:016x}{}", hex::encode(tag))
+        format!("{cookie}{}", BASE64URL.encode(body))
     }
 
     pub(crate) fn check(&self, nonce: &[u8], unix_secs: u64, client: IpAddr) -> NonceStatus {
-        let body = if self.with_cookie {
+        let text = if self.with_cookie {
             match nonce.strip_prefix(NONCE_COOKIE_PASSWORD_ALGORITHMS.as_bytes()) {
-                Some(body) => body,
+                Some(text) => text,
                 None => return NonceStatus::Invalid,
             }
         } else {
             nonce
         };
-        if body.len() != EXPIRY_HEX_LEN + TAG_HEX_LEN {
+        let mut body = [0u8; BODY_LEN];
+        if text.len() != BODY_TEXT_LEN || BASE64URL.decode_slice(text, &mut body) != Ok(BODY_LEN) {
             return NonceStatus::Invalid;
         }
-        let (expiry_hex, tag_hex) = body.split_at(EXPIRY_HEX_LEN);
-        let mut expiry_bytes = [0u8; 8];
-        let mut tag = [0u8; TAG_LEN];
-        if hex::decode_to_slice(expiry_hex, &mut expiry_bytes).is_err()
-            || hex::decode_to_slice(tag_hex, &mut tag).is_err()
-        {
-            return NonceStatus::Invalid;
-        }
-        let expiry = u64::from_be_bytes(expiry_bytes);
-        if !bool::from(self.tag(expiry, client).ct_eq(&tag)) {
+        let (expiry, tag) = body.split_at(EXPIRY_LEN);
+        let mut expiry_bytes = [0u8; EXPIRY_LEN];
+        expiry_bytes.copy_from_slice(expiry);
+        let expiry = u64::from(u32::from_be_bytes(expiry_bytes));
+        if !bool::from(self.tag(expiry, client).ct_eq(tag)) {
             return NonceStatus::Invalid;
         }
         if unix_secs >= expiry {

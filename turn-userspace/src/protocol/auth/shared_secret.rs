@@ -7,13 +7,25 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha512;
 
-/// The expiry (unix seconds) in a coturn REST API username: `<expiry>`, `<expiry>:<user>`,
-/// or, as coturn also accepts, `<user>:<expiry>` (the numeric side of the first `:`).
-pub(crate) fn coturn_expiry(username: &str) -> Option<u64> {
-    match username.split_once(':') {
-        None => parse_decimal(username),
-        Some((head, tail)) => parse_decimal(head).or_else(|| parse_decimal(tail)),
-    }
+/// A parsed coturn REST API username: `<expiry>`, `<expiry>:<user>`, or, as coturn also
+/// accepts, `<user>:<expiry>` (the numeric side of the first `:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CoturnUsername<'a> {
+    /// Unix seconds.
+    pub(crate) expiry: u64,
+    /// The user part; the whole username when there is none.
+    pub(crate) user: &'a str,
+}
+
+pub(crate) fn parse_coturn(username: &str) -> Option<CoturnUsername<'_>> {
+    let (expiry, user) = match username.split_once(':') {
+        None => (parse_decimal(username)?, username),
+        Some((head, tail)) => match parse_decimal(head) {
+            Some(expiry) => (expiry, tail),
+            None => (parse_decimal(tail)?, head),
+        },
+    };
+    Some(CoturnUsername { expiry, user })
 }
 
 /// coturn's REST API password: `base64(HMAC-SHA1(secret, username))`.
@@ -26,17 +38,20 @@ pub(crate) fn coturn_password(secret: &[u8], username: &str) -> String {
 
 /// A parsed Wire zrest username.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ZrestUsername {
+pub(crate) struct ZrestUsername<'a> {
     pub(crate) expiry: u64,
     /// Index into the configured zrest secrets (0 for the legacy format).
     pub(crate) key_index: usize,
+    /// The username without its expiry (what names the user across renewals).
+    pub(crate) user: &'a str,
 }
 
 /// Parses `d=<expiry>.v=1.k=<key index>.t=s.r=<random>` (version 1) or the legacy
 /// `<expiry>.s.<random>` (version 0), as restund's zrest module does.
-pub(crate) fn parse_zrest(username: &str) -> Option<ZrestUsername> {
+pub(crate) fn parse_zrest(username: &str) -> Option<ZrestUsername<'_>> {
     if let Some(rest) = username.strip_prefix("d=") {
-        let (expiry, rest) = rest.split_once(".v=1.k=")?;
+        let (expiry, user) = rest.split_once('.')?;
+        let rest = user.strip_prefix("v=1.k=")?;
         let (key_index, random) = rest.split_once(".t=s.r=")?;
         if !random.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
@@ -44,6 +59,7 @@ pub(crate) fn parse_zrest(username: &str) -> Option<ZrestUsername> {
         return Some(ZrestUsername {
             expiry: parse_decimal(expiry)?,
             key_index: usize::try_from(parse_decimal(key_index)?).ok()?,
+            user,
         });
     }
     let (expiry, random) = username.split_once(".s.")?;
@@ -53,6 +69,7 @@ pub(crate) fn parse_zrest(username: &str) -> Option<ZrestUsername> {
     Some(ZrestUsername {
         expiry: parse_decimal(expiry)?,
         key_index: 0,
+        user: username.get(expiry.len() + 1..).unwrap_or(username),
     })
 }
 
@@ -77,13 +94,27 @@ mod tests {
 
     #[test]
     fn coturn_usernames_carry_the_expiry_on_either_side() {
-        assert_eq!(coturn_expiry("1700000000"), Some(1_700_000_000));
-        assert_eq!(coturn_expiry("1700000000:alice"), Some(1_700_000_000));
-        assert_eq!(coturn_expiry("alice:1700000000"), Some(1_700_000_000));
-        assert_eq!(coturn_expiry("alice"), None);
-        assert_eq!(coturn_expiry("alice:bob"), None);
-        assert_eq!(coturn_expiry("+17:alice"), None);
-        assert_eq!(coturn_expiry("99999999999999999999999"), None);
+        let parsed = |expiry, user| Some(CoturnUsername { expiry, user });
+        assert_eq!(
+            parse_coturn("1700000000"),
+            parsed(1_700_000_000, "1700000000")
+        );
+        assert_eq!(
+            parse_coturn("1700000000:alice"),
+            parsed(1_700_000_000, "alice")
+        );
+        assert_eq!(
+            parse_coturn("alice:1700000000"),
+            parsed(1_700_000_000, "alice")
+        );
+        assert_eq!(
+            parse_coturn("1700000000:alice:x"),
+            parsed(1_700_000_000, "alice:x")
+        );
+        assert_eq!(parse_coturn("alice"), None);
+        assert_eq!(parse_coturn("alice:bob"), None);
+        assert_eq!(parse_coturn("+17:alice"), None);
+        assert_eq!(parse_coturn("99999999999999999999999"), None);
     }
 
     #[test]
@@ -101,14 +132,16 @@ mod tests {
             parse_zrest("d=1700000000.v=1.k=3.t=s.r=abc123"),
             Some(ZrestUsername {
                 expiry: 1_700_000_000,
-                key_index: 3
+                key_index: 3,
+                user: "v=1.k=3.t=s.r=abc123",
             })
         );
         assert_eq!(
             parse_zrest("1700000000.s.42"),
             Some(ZrestUsername {
                 expiry: 1_700_000_000,
-                key_index: 0
+                key_index: 0,
+                user: "s.42",
             })
         );
         assert_eq!(parse_zrest("d=1700000000.v=2.k=0.t=s.r=abc"), None);

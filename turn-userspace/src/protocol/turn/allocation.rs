@@ -5,10 +5,20 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::protocol::datapath::RelayedTraffic;
+use crate::protocol::policy::PeerPorts;
 use crate::protocol::stun::{PasswordAlgorithm, TransactionId};
 
 use super::authenticate::IntegrityKind;
 use super::PacketCount;
+
+/// A permission (RFC 8656 §9): until when, and which ports of the peer IP the policy
+/// allows (all, or the relay ports of the relay's own address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Permission {
+    pub(super) expires_at: Instant,
+    pub(super) ports: PeerPorts,
+}
 
 /// A channel binding (RFC 8656 §12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +33,17 @@ pub(super) struct Channel {
 pub(super) struct UserspaceTraffic {
     pub(super) to_peer: PacketCount,
     pub(super) to_client: PacketCount,
+}
+
+impl From<UserspaceTraffic> for RelayedTraffic {
+    fn from(traffic: UserspaceTraffic) -> Self {
+        RelayedTraffic {
+            to_peer_packets: traffic.to_peer.packets,
+            to_peer_bytes: traffic.to_peer.bytes,
+            to_client_packets: traffic.to_client.packets,
+            to_client_bytes: traffic.to_client.bytes,
+        }
+    }
 }
 
 /// An expired channel binding in its cool-off (RFC 8656 §12): until `until`, neither its
@@ -41,6 +62,11 @@ pub(super) struct Allocation {
     pub(super) expires_at: Instant,
     /// RFC 8656 §5: later requests must use the same USERNAME (else 441)…
     pub(super) username: String,
+    /// Whom the allocation quota counts this allocation for.
+    pub(super) quota_user: String,
+    /// When its time-limited username expires (unix seconds): after that (and a grace),
+    /// the allocation can no longer be used.
+    pub(super) credential_expiry: Option<u64>,
     /// …and are verified with the key the allocation was created with.
     pub(super) key: Vec<u8>,
     pub(super) password_algorithm: PasswordAlgorithm,
@@ -49,8 +75,8 @@ pub(super) struct Allocation {
     pub(super) allocate_transaction: TransactionId,
     /// A port this allocation reserved for a later RESERVATION-TOKEN (EVEN-PORT R bit).
     pub(super) reservation_token: Option<u64>,
-    /// Peer IP → permission expiry (RFC 8656 §9: ports are ignored).
-    pub(super) permissions: HashMap<IpAddr, Instant>,
+    /// Peer IP → permission (RFC 8656 §9: keyed by IP, ports ignored).
+    pub(super) permissions: HashMap<IpAddr, Permission>,
     pub(super) channels: HashMap<u16, Channel>,
     pub(super) channel_by_peer: HashMap<SocketAddr, u16>,
     /// Expired channel numbers still cooling off.
@@ -60,9 +86,15 @@ pub(super) struct Allocation {
 
 impl Allocation {
     pub(super) fn has_permission(&self, peer: IpAddr, now: Instant) -> bool {
+        self.live_permission(peer, now).is_some()
+    }
+
+    /// The ports a live permission for `peer` covers.
+    pub(super) fn live_permission(&self, peer: IpAddr, now: Instant) -> Option<PeerPorts> {
         self.permissions
             .get(&peer)
-            .is_some_and(|&expires_at| expires_at > now)
+            .filter(|permission| permission.expires_at > now)
+            .map(|permission| permission.ports)
     }
 
     /// The live channel bound to `peer`, if any.
@@ -108,11 +140,14 @@ impl Allocation {
     }
 }
 
-/// A port held back for the odd half of an EVEN-PORT pair (RFC 8656 §7.2).
-#[derive(Debug, Clone, Copy)]
+/// A port held back for the odd half of an EVEN-PORT pair (RFC 8656 §7.2). It counts
+/// against the quota of the user whose Allocate reserved it until it is claimed or
+/// expires.
+#[derive(Debug, Clone)]
 pub(super) struct Reservation {
     pub(super) relay: SocketAddr,
     pub(super) expires_at: Instant,
+    pub(super) quota_user: String,
 }
 
 /// RFC 8656 §7.2 and §8: the lesser of the requested and the maximum lifetime, but never

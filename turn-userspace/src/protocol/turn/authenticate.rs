@@ -1,7 +1,7 @@
 //! Long-term credential checks of TURN requests (RFC 8489 §9.2.4, RFC 8656 §5).
 
 use crate::protocol::auth::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::ClientFlow;
 use crate::protocol::stun::{Message, PasswordAlgorithm};
 
 use super::{Now, Server, TurnError};
@@ -23,6 +23,11 @@ pub(super) enum IntegrityKind {
 #[derive(Debug)]
 pub(super) struct AuthContext {
     pub(super) username: String,
+    /// Whom the allocation quota counts this request for (see
+    /// [`crate::protocol::auth::Credential::quota_user`]).
+    pub(super) quota_user: String,
+    /// When a time-limited username expires (unix seconds).
+    pub(super) credential_expiry: Option<u64>,
     pub(super) key: Vec<u8>,
     pub(super) integrity: IntegrityKind,
     pub(super) password_algorithm: PasswordAlgorithm,
@@ -42,17 +47,20 @@ fn verify(request: &Message, integrity: IntegrityKind, key: &[u8]) -> bool {
     }
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+impl<R: rand::RngCore> Server<R> {
     /// RFC 8489 §9.2.4, in order: no integrity → 401; USERNAME (or USERHASH)/REALM/NONCE
     /// missing → 400; password algorithm negotiation broken → 400; nonce not ours → 401;
     /// unknown user or wrong realm → 401; integrity mismatch → 401; nonce expired → 438.
     /// USERHASH without USERNAME (RFC 8489 §14.4) finds static users only (else 401).
     /// MESSAGE-INTEGRITY-SHA256
     /// is preferred when both are present. A request on an existing allocation with the
-    /// same USERNAME is checked with the key the allocation was created with, so a
-    /// time-limited username that has since expired can still refresh what it created.
+    /// same USERNAME is checked with the key the allocation was created with; when that
+    /// username is time-limited (REST, zrest), it is refused with 401 once it expired more
+    /// than [`super::ServerLimits::credential_expiry_grace`] ago, so expiry revokes:
+    /// Refresh, CreatePermission and ChannelBind stop working and the allocation ends
+    /// with its lifetime.
     pub(super) fn authenticate(
-        &self,
+        &mut self,
         now: Now,
         flow: ClientFlow,
         request: &Message,
@@ -82,6 +90,8 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             tracing::debug!(client = %flow.client, "nonce not issued by this server");
             return Err(TurnError::Unauthenticated);
         }
+        // A nonce issued to this address came back: the source receives our answers.
+        self.answer_limiter.verify(flow.client.ip(), now.instant);
         if realm != self.config.realm {
             tracing::debug!(client = %flow.client, "request for another realm");
             return Err(TurnError::Unauthenticated);
@@ -96,16 +106,22 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                     TurnError::Unauthenticated
                 })?,
         };
-        let allocation_key = self
-            .allocations
-            .get(&flow)
-            .filter(|allocation| {
-                allocation.username == username
-                    && allocation.password_algorithm == password_algorithm
-            })
-            .map(|allocation| allocation.key.as_slice());
-        let key = match allocation_key {
-            Some(key) => verify(request, integrity, key).then(|| key.to_vec()),
+        let allocation = self.allocations.get(&flow).filter(|allocation| {
+            allocation.username == username && allocation.password_algorithm == password_algorithm
+        });
+        if let Some(expiry) = allocation.and_then(|allocation| allocation.credential_expiry) {
+            let grace = self.limits.credential_expiry_grace.as_secs();
+            if now.unix_secs > expiry.saturating_add(grace) {
+                tracing::debug!(client = %flow.client, expiry, "time-limited username expired");
+                return Err(TurnError::Unauthenticated);
+            }
+        }
+        let (key, quota_user, credential_expiry) = match allocation {
+            Some(allocation) => (
+                verify(request, integrity, &allocation.key).then(|| allocation.key.clone()),
+                allocation.quota_user.clone(),
+                allocation.credential_expiry,
+            ),
             None => {
                 let credential = self
                     .auth
@@ -114,10 +130,15 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                         tracing::debug!(client = %flow.client, %error, "no credential");
                         TurnError::Unauthenticated
                     })?;
-                credential
+                let key = credential
                     .candidate_keys(password_algorithm)
                     .find(|key| verify(request, integrity, key))
-                    .map(<[u8]>::to_vec)
+                    .map(<[u8]>::to_vec);
+                (
+                    key,
+                    credential.quota_user().to_owned(),
+                    credential.expires_at(),
+                )
             }
         };
         let Some(key) = key else {
@@ -129,6 +150,8 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         }
         Ok(AuthContext {
             username: username.to_owned(),
+            quota_user,
+            credential_expiry,
             key,
             integrity,
             password_algorithm,

@@ -1,11 +1,10 @@
 //! Ending state: expiry timers (RFC 8656 §7, §9, §12; RFC 8489 §6.3.1), deletion of
 //! allocations, and allocations whose relay socket could not be bound.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::protocol::datapath::{ClientFlow, Datapath, RelayedTraffic};
+use crate::protocol::datapath::{AllocationUsage, ClientFlow, EndReason, FastPathCommand};
 use crate::protocol::stun::{Class, Message, Method};
 
 use super::allocation::{Allocation, CoolingChannel, Reservation};
@@ -13,62 +12,50 @@ use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
 use super::{Command, Now, Server, TurnError, CHANNEL_REBIND_COOL_OFF};
 
-/// Why an allocation ended, for its usage log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum DeletionReason {
-    /// Its lifetime ran out (RFC 8656 §7).
-    Expired,
-    /// The client sent a Refresh with LIFETIME 0 (RFC 8656 §8).
-    RefreshedToZero,
-}
-
-impl fmt::Display for DeletionReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DeletionReason::Expired => "expired",
-            DeletionReason::RefreshedToZero => "deleted by client",
-        })
+impl<R: rand::RngCore> Server<R> {
+    /// Removes an allocation with everything hanging off it, asks the IO layer to close
+    /// its relay socket, and asks the fast path to remove it and log its usage line (who,
+    /// where, how long and how much was relayed in userspace plus in the fast path).
+    pub(super) fn delete_allocation(&mut self, now: Instant, flow: ClientFlow, reason: EndReason) {
+        let Some(allocation) = self.allocations.get(&flow) else {
+            return;
+        };
+        let usage = AllocationUsage {
+            username: allocation.username.clone(),
+            lifetime: now.saturating_duration_since(allocation.created_at),
+            userspace: allocation.userspace_traffic.into(),
+            reason,
+        };
+        if let Some(allocation) = self.remove_allocation_state(flow, Some(usage)) {
+            self.commands.push_back(Command::CloseRelay {
+                relay: allocation.relay,
+            });
+        }
     }
-}
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
-    /// Removes an allocation with everything hanging off it, from userspace and the fast
-    /// path, asks the IO layer to close its relay socket and logs its usage (what coturn
-    /// operators find in coturn's session-close lines): who, where, how long and how much
-    /// was relayed in userspace plus in the fast path.
-    pub(super) fn delete_allocation(
+    fn remove_allocation_state(
         &mut self,
-        now: Instant,
         flow: ClientFlow,
-        reason: DeletionReason,
-    ) {
-        // The fast path's counters vanish with its entry, so read them first.
-        let Some(fast_path) = self
-            .allocations
-            .get(&flow)
-            .map(|allocation| self.datapath.relayed_traffic(allocation.relay))
-        else {
-            return;
-        };
-        let Some(allocation) = self.remove_allocation_state(flow) else {
-            return;
-        };
-        self.commands.push_back(Command::CloseRelay {
-            relay: allocation.relay,
-        });
-        log_usage(now, flow, &allocation, fast_path, reason);
-    }
-
-    fn remove_allocation_state(&mut self, flow: ClientFlow) -> Option<Allocation> {
+        usage: Option<AllocationUsage>,
+    ) -> Option<Allocation> {
         let allocation = self.allocations.remove(&flow)?;
         self.flows_by_relay.remove(&allocation.relay);
-        if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.allocations_per_user.remove(&allocation.username);
-            }
+        self.timers.cancel(TimerKind::Allocation(flow));
+        for &peer in allocation.permissions.keys() {
+            self.timers.cancel(TimerKind::Permission(flow, peer));
         }
-        self.datapath.remove_allocation(flow, allocation.relay);
+        for &number in allocation.channels.keys() {
+            self.timers.cancel(TimerKind::Channel(flow, number));
+        }
+        for &number in allocation.cooling_channels.keys() {
+            self.timers.cancel(TimerKind::ChannelCoolOff(flow, number));
+        }
+        self.uncount_for_user(&allocation.quota_user);
+        self.fast_path.push_back(FastPathCommand::RemoveAllocation {
+            flow,
+            relay: allocation.relay,
+            usage: usage.map(Box::new),
+        });
         Some(allocation)
     }
 
@@ -84,7 +71,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                         .get(&flow)
                         .is_some_and(|allocation| allocation.expires_at <= now.instant)
                     {
-                        self.delete_allocation(now.instant, flow, DeletionReason::Expired);
+                        self.delete_allocation(now.instant, flow, EndReason::Expired);
                     }
                 }
                 TimerKind::Permission(flow, peer) => {
@@ -117,7 +104,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                         .get(&(flow, transaction_id))
                         .is_some_and(|cached| cached.expires_at <= now.instant)
                     {
-                        self.responses.remove(&(flow, transaction_id));
+                        self.forget_response(flow, transaction_id);
                     }
                 }
             }
@@ -128,7 +115,29 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     pub(super) fn release_reservation(&mut self, token: u64) -> Option<Reservation> {
         let reservation = self.reservations.remove(&token)?;
         self.reserved_relays.remove(&reservation.relay);
+        self.timers.cancel(TimerKind::Reservation(token));
+        self.uncount_for_user(&reservation.quota_user);
         Some(reservation)
+    }
+
+    /// One more allocation or reservation for `quota_user`'s quota.
+    pub(super) fn count_for_user(&mut self, quota_user: &str) {
+        match self.allocations_per_user.get_mut(quota_user) {
+            Some(count) => *count += 1,
+            None => {
+                self.allocations_per_user.insert(quota_user.to_owned(), 1);
+            }
+        }
+    }
+
+    /// One allocation or reservation fewer for `quota_user`'s quota.
+    fn uncount_for_user(&mut self, quota_user: &str) {
+        if let Some(count) = self.allocations_per_user.get_mut(quota_user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.allocations_per_user.remove(quota_user);
+            }
+        }
     }
 
     fn expire_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {
@@ -138,10 +147,13 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         if allocation
             .permissions
             .get(&peer)
-            .is_some_and(|&expires_at| expires_at <= now)
+            .is_some_and(|permission| permission.expires_at <= now)
         {
             allocation.permissions.remove(&peer);
-            self.datapath.remove_permission(allocation.relay, peer);
+            self.fast_path.push_back(FastPathCommand::RemovePermission {
+                relay: allocation.relay,
+                peer_ip: peer,
+            });
         }
     }
 
@@ -167,7 +179,10 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 until,
             },
         );
-        self.datapath.remove_channel(allocation.relay, number);
+        self.fast_path.push_back(FastPathCommand::RemoveChannel {
+            relay: allocation.relay,
+            number,
+        });
         self.timers
             .schedule(until, TimerKind::ChannelCoolOff(flow, number));
     }
@@ -179,7 +194,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         let Some(&flow) = self.flows_by_relay.get(&relay) else {
             return;
         };
-        let Some(allocation) = self.remove_allocation_state(flow) else {
+        let Some(allocation) = self.remove_allocation_state(flow, None) else {
             return;
         };
         tracing::warn!(%relay, client = %flow.client, "relay socket could not be bound; allocation dropped");
@@ -211,8 +226,9 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         let integrity = ResponseIntegrity {
             key: &allocation.key,
             kind: allocation.integrity,
+            user: &allocation.quota_user,
         };
-        self.responses.remove(&(flow, transaction_id));
+        self.forget_response(flow, transaction_id);
         self.queue_error(
             now,
             flow,
@@ -228,28 +244,4 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             }
         }
     }
-}
-
-/// The usage line of an ended allocation. The username is logged (operators bill and
-/// debug by it); keys and passwords never are.
-fn log_usage(
-    now: Instant,
-    flow: ClientFlow,
-    allocation: &Allocation,
-    fast_path: RelayedTraffic,
-    reason: DeletionReason,
-) {
-    let userspace = allocation.userspace_traffic;
-    tracing::info!(
-        username = %allocation.username,
-        client = %flow.client,
-        relay = %allocation.relay,
-        lifetime_secs = now.saturating_duration_since(allocation.created_at).as_secs(),
-        to_peer_packets = userspace.to_peer.packets.saturating_add(fast_path.to_peer_packets),
-        to_peer_bytes = userspace.to_peer.bytes.saturating_add(fast_path.to_peer_bytes),
-        to_client_packets = userspace.to_client.packets.saturating_add(fast_path.to_client_packets),
-        to_client_bytes = userspace.to_client.bytes.saturating_add(fast_path.to_client_bytes),
-        fast_path_packets = fast_path.to_peer_packets.saturating_add(fast_path.to_client_packets),
-        "allocation closed: {reason}"
-    );
 }

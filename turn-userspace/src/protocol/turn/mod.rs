@@ -3,17 +3,22 @@
 //! No sockets, clocks or global RNG: time comes in as [`Now`], randomness from `R`.
 //!
 //! - [`Server::handle_client_datagram`]: STUN requests/indications and ChannelData from
-//!   clients on a listening socket (RFC 8656 §5–§12).
+//!   clients on a listening socket (RFC 8656 §5–§12). DONT-FRAGMENT (RFC 8656 §7.2,
+//!   §11.2) is not supported: an Allocate carrying it gets 420, a Send indication carrying
+//!   it is discarded, as the RFC says for servers that cannot set DF per datagram.
 //! - [`Server::handle_peer_datagram`]: datagrams from peers on a relay socket (§11.3, §12.6).
 //! - Relay data never allocates: it comes back as a [`Forward`] that points into the
 //!   input packet or into the caller's reusable `out` buffer.
-//! - State that the fast path needs is pushed to the [`Datapath`] *before* the success
-//!   response is queued; on expiry or deletion it is removed again.
+//! - State that the fast path mirrors is emitted as [`FastPathCommand`]s, queued before
+//!   the success response that depends on them; on expiry or deletion their removal is
+//!   queued. The IO layer applies them in order with a [`crate::protocol::datapath::FastPath`]
+//!   before it sends the responses. The core itself never waits on a map.
 
 mod allocation;
 mod authenticate;
 mod error;
 mod lifecycle;
+mod limiter;
 mod relay;
 mod requests;
 mod response;
@@ -27,11 +32,12 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use crate::protocol::auth::Authenticator;
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::{ClientFlow, FastPathCommand};
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::TransactionId;
 
 use allocation::{Allocation, Reservation};
+use limiter::AnswerLimiter;
 use timers::Timers;
 
 pub use error::TurnError;
@@ -49,7 +55,8 @@ pub struct RelayAddress {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub realm: String,
-    /// SOFTWARE attribute in every response (RFC 8489 §14.14), if set.
+    /// SOFTWARE attribute in every authenticated response (RFC 8489 §14.14), if set;
+    /// unauthenticated answers leave it out to stay small.
     pub software: Option<String>,
     pub relay_v4: Option<RelayAddress>,
     pub relay_v6: Option<RelayAddress>,
@@ -59,9 +66,14 @@ pub struct ServerConfig {
     pub default_lifetime: Duration,
     /// Upper bound of any lifetime (3600 s).
     pub max_lifetime: Duration,
-    /// Allocations on the whole server (→ 486).
+    /// Allocations (and EVEN-PORT reservations) on the whole server (RFC 8656 §7.2: more
+    /// → 508 Insufficient Capacity).
     pub max_allocations: usize,
-    /// Allocations per USERNAME; 0 = unlimited (→ 486).
+    /// Allocations and EVEN-PORT reservations per user; 0 = unlimited (RFC 8656 §7.2:
+    /// more → 486 Allocation Quota Reached). A time-limited username counts for its user
+    /// part (coturn REST `expiry:user`, zrest without its expiry), so renewed credentials
+    /// share one quota. Default 10, the common practice of coturn and eturnal
+    /// deployments: a WebRTC client needs one or two allocations per call.
     pub max_allocations_per_user: usize,
     /// How long a permission lives after CreatePermission/ChannelBind (RFC 8656 §9: 300 s).
     pub permission_lifetime: Duration,
@@ -81,12 +93,65 @@ impl Default for ServerConfig {
             default_lifetime: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             max_allocations: 16_384,
-            max_allocations_per_user: 0,
+            max_allocations_per_user: DEFAULT_MAX_ALLOCATIONS_PER_USER,
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
         }
     }
 }
+
+/// Bounds on what one allocation, request or source may cost the server, each with a
+/// safe default. Set with [`Server::with_limits`]; the XDP maps are sized from the
+/// per-allocation caps, so in the fast path a map cannot fill up before the core says 508.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Permissions (peer IPs) one allocation may hold (RFC 8656 §9.1: more → 508
+    /// Insufficient Capacity). eturnal's default; a WebRTC peer has a handful of
+    /// candidate addresses.
+    pub max_permissions_per_allocation: usize,
+    /// Channel bindings one allocation may hold (RFC 8656 §12.1: more → 508).
+    pub max_channels_per_allocation: usize,
+    /// XOR-PEER-ADDRESS attributes one CreatePermission may carry, duplicates included
+    /// (more → 400): bounds the work one request does.
+    pub max_peers_per_request: usize,
+    /// How long after its expiry a time-limited username (REST, zrest) may still be used
+    /// on the allocation it created (clock skew between the credential service and the
+    /// relay); afterwards its requests get 401.
+    pub credential_expiry_grace: Duration,
+    /// Error answers to unauthenticated requests (401 challenges, 400, …) per second and
+    /// source (IPv4 address, IPv6 /64); 0 = unlimited. Beyond it they are dropped
+    /// silently: the relay must not reflect floods at a spoofed source. A source that
+    /// sent back a nonce issued to it (it receives our answers, so it is not spoofed) is
+    /// not limited for the next 10 minutes.
+    pub unauthenticated_answers_per_second: u32,
+    /// How many such answers a source may get at once.
+    pub unauthenticated_answers_burst: u32,
+    /// Responses kept for retransmissions (RFC 8489 §6.3.1, 40 s each) per user: one
+    /// user flooding requests cannot take the whole transaction cache from the others.
+    pub max_cached_responses_per_user: usize,
+}
+
+/// Default of [`ServerLimits::max_permissions_per_allocation`].
+pub const DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION: usize = 10;
+/// Default of [`ServerLimits::max_channels_per_allocation`].
+pub const DEFAULT_MAX_CHANNELS_PER_ALLOCATION: usize = 10;
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_permissions_per_allocation: DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
+            max_channels_per_allocation: DEFAULT_MAX_CHANNELS_PER_ALLOCATION,
+            max_peers_per_request: 16,
+            credential_expiry_grace: Duration::from_secs(60),
+            unauthenticated_answers_per_second: 20,
+            unauthenticated_answers_burst: 50,
+            max_cached_responses_per_user: 64,
+        }
+    }
+}
+
+/// Default of [`ServerConfig::max_allocations_per_user`].
+pub const DEFAULT_MAX_ALLOCATIONS_PER_USER: usize = 10;
 
 /// The current time, as a monotonic instant (timers) and as wall-clock unix seconds
 /// (nonces and time-limited usernames).
@@ -103,6 +168,20 @@ pub struct Forward {
     pub from: SocketAddr,
     pub to: SocketAddr,
     pub payload: Payload,
+    /// The TTL (IPv4) or hop limit (IPv6) to send with, per [`relayed_hop_limit`]; None
+    /// when the IO layer did not say what the datagram arrived with (the socket's
+    /// default then).
+    pub hop_limit: Option<u8>,
+}
+
+/// The one TTL / hop-limit rule of both relay paths (RFC 8656 §14, "preferred
+/// behaviour"): a relayed datagram leaves with the TTL or hop limit it arrived with minus
+/// one; one that arrived with 0 or 1 is not relayed. The XDP program decrements the
+/// same way and passes such frames up to userspace, which drops them. The decrement is
+/// what ends relay loops (two relays that are each other's peer and client), whichever
+/// path a round goes through.
+pub fn relayed_hop_limit(incoming: u8) -> Option<u8> {
+    incoming.checked_sub(1).filter(|&outgoing| outgoing > 0)
 }
 
 /// Where a [`Forward`]'s bytes are.
@@ -162,12 +241,16 @@ pub struct ServerStats {
     pub to_client_data_indication: PacketCount,
     /// Relay data dropped (no allocation, permission or channel; malformed).
     pub dropped_packets: u64,
+    /// Answers to unauthenticated requests not sent: their source was over
+    /// [`ServerLimits::unauthenticated_answers_per_second`].
+    pub unauthenticated_answers_dropped: u64,
 }
 
 /// How long a cached response answers retransmissions (RFC 8489 §6.3.1: 40 s covers the
 /// whole retransmission window over UDP).
 const TRANSACTION_CACHE_TIME: Duration = Duration::from_secs(40);
-/// Upper bound of cached responses, so a flood cannot exhaust memory.
+/// Upper bound of cached responses, so a flood cannot exhaust memory (each user gets at
+/// most [`ServerLimits::max_cached_responses_per_user`] of them).
 const TRANSACTION_CACHE_LIMIT: usize = 65_536;
 /// RFC 8656 §12: an expired channel's number and peer are not rebound to anything else
 /// for 5 minutes, so late ChannelData cannot reach the wrong peer.
@@ -180,14 +263,24 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 struct CachedResponse {
     payload: Vec<u8>,
     expires_at: Instant,
+    /// The (quota) user it answered.
+    user: String,
+}
+
+fn answer_limiter(limits: &ServerLimits) -> AnswerLimiter {
+    AnswerLimiter::new(
+        limits.unauthenticated_answers_per_second,
+        limits.unauthenticated_answers_burst,
+    )
 }
 
 /// The TURN server state machine. See the module documentation.
-pub struct Server<D: Datapath, R: rand::RngCore> {
+pub struct Server<R: rand::RngCore> {
     config: ServerConfig,
+    limits: ServerLimits,
+    answer_limiter: AnswerLimiter,
     auth: Authenticator,
     policy: PeerPolicy,
-    datapath: D,
     rng: R,
     allocations: HashMap<ClientFlow, Allocation>,
     /// Relay (bind) address → the allocation's client flow.
@@ -197,25 +290,26 @@ pub struct Server<D: Datapath, R: rand::RngCore> {
     reservations: HashMap<u64, Reservation>,
     reserved_relays: HashMap<SocketAddr, u64>,
     responses: HashMap<(ClientFlow, TransactionId), CachedResponse>,
+    /// Cached responses per (quota) user.
+    cached_per_user: HashMap<String, usize>,
     timers: Timers,
     commands: VecDeque<Command>,
+    fast_path: VecDeque<FastPathCommand>,
     transmits: VecDeque<Transmit>,
     stats: ServerStats,
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
-    pub fn new(
-        config: ServerConfig,
-        auth: Authenticator,
-        policy: PeerPolicy,
-        datapath: D,
-        rng: R,
-    ) -> Self {
+impl<R: rand::RngCore> Server<R> {
+    pub fn new(config: ServerConfig, mut auth: Authenticator, policy: PeerPolicy, rng: R) -> Self {
+        auth.index_userhashes(&config.realm);
+        let policy = policy.with_relay_ports(config.port_range.clone());
+        let limits = ServerLimits::default();
         Server {
             config,
+            answer_limiter: answer_limiter(&limits),
+            limits,
             auth,
             policy,
-            datapath,
             rng,
             allocations: HashMap::new(),
             flows_by_relay: HashMap::new(),
@@ -223,11 +317,20 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             reservations: HashMap::new(),
             reserved_relays: HashMap::new(),
             responses: HashMap::new(),
+            cached_per_user: HashMap::new(),
             timers: Timers::default(),
             commands: VecDeque::new(),
+            fast_path: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: ServerStats::default(),
         }
+    }
+
+    /// Replaces the default [`ServerLimits`].
+    pub fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.answer_limiter = answer_limiter(&limits);
+        self.limits = limits;
+        self
     }
 
     /// IO must drain commands BEFORE transmits after every `handle_*` call.
@@ -235,14 +338,31 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         self.commands.pop_front()
     }
 
+    /// The next change for the fast path. IO must apply them in this order, and all that
+    /// were queued before a transmit before sending that transmit (see the module docs).
+    pub fn poll_fast_path(&mut self) -> Option<FastPathCommand> {
+        self.fast_path.pop_front()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
-    /// The earliest instant at which [`Self::handle_timeout`] has work (possibly a
-    /// deadline that turns out to be superseded, which is harmless).
+    /// The earliest instant at which [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next_deadline()
+    }
+
+    /// How many responses are cached for retransmissions.
+    #[cfg(test)]
+    pub(super) fn cached_responses(&self) -> usize {
+        self.responses.len()
+    }
+
+    /// How many expiry deadlines are armed.
+    #[cfg(test)]
+    pub(super) fn armed_timers(&self) -> usize {
+        self.timers.len()
     }
 
     pub fn stats(&self) -> ServerStats {
@@ -251,9 +371,5 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         stats.permissions = self.allocations.values().map(|a| a.permissions.len()).sum();
         stats.channels = self.allocations.values().map(|a| a.channels.len()).sum();
         stats
-    }
-
-    pub fn datapath(&self) -> &D {
-        &self.datapath
     }
 }

@@ -6,19 +6,19 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::ClientFlow;
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::channel_data::{self, ChannelData};
 use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use super::allocation::Allocation;
-use super::{Forward, PacketCount, Payload, Server, ServerStats};
+use super::{relayed_hop_limit, Forward, PacketCount, Payload, Server, ServerStats};
 
 /// Bytes a Data indication adds around the data: STUN header, XOR-PEER-ADDRESS (IPv6),
 /// DATA header and at most 3 bytes of padding (RFC 8656 §11.3).
 const DATA_INDICATION_OVERHEAD: usize = crate::protocol::stun::HEADER_LEN + 24 + 4 + 3;
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+impl<R: rand::RngCore> Server<R> {
     /// RFC 8656 §12.6: ChannelData from the client goes to the channel's peer, while both
     /// the channel and the peer's permission are alive.
     pub(super) fn relay_channel_data_from_client(
@@ -26,10 +26,12 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         now: Instant,
         flow: ClientFlow,
         packet: &[u8],
+        hop_limit: Option<u8>,
     ) -> Option<Forward> {
         self.forward_to_peer(
             now,
             flow,
+            hop_limit,
             |allocation| {
                 let (message, range) =
                     ChannelData::parse(packet).zip(ChannelData::data_range(packet))?;
@@ -41,18 +43,22 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
 
     /// RFC 8656 §11.2: a Send indication's DATA goes to XOR-PEER-ADDRESS when a permission
     /// exists; otherwise it is silently discarded (indications are never answered).
-    /// Permissions only exist for peers the policy allowed. DONT-FRAGMENT is ignored. An
-    /// indication with unknown comprehension-required attributes is discarded (RFC 8489 §6.3.2).
+    /// Permissions only exist for peers the policy allowed. An indication with unknown
+    /// comprehension-required attributes is discarded (RFC 8489 §6.3.2), and so is one
+    /// with DONT-FRAGMENT, which this server does not support (RFC 8656 §11.2).
     pub(super) fn relay_send_indication(
         &mut self,
         now: Instant,
         flow: ClientFlow,
         message: &Message,
+        hop_limit: Option<u8>,
     ) -> Option<Forward> {
-        let understood = message.unknown_comprehension_required().is_empty();
+        let understood =
+            message.unknown_comprehension_required().is_empty() && !message.dont_fragment();
         self.forward_to_peer(
             now,
             flow,
+            hop_limit,
             |allocation| {
                 let peer = message.xor_peer_address().ok()??;
                 let same_family = peer.is_ipv4() == allocation.relay.is_ipv4();
@@ -67,17 +73,23 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
 
     /// Client → peer data of `flow`'s allocation: `route` names the peer and the data's
     /// range in the input packet; it is forwarded while the peer's permission lives (RFC
-    /// 8656 §9) and counted in `counter` and the allocation, or counted as dropped.
+    /// 8656 §9) and covers the peer's port (the relay's own addresses: relay ports only)
+    /// and its hop limit allows (RFC 8656 §14), and counted in `counter` and the
+    /// allocation, or counted as dropped.
     fn forward_to_peer(
         &mut self,
         now: Instant,
         flow: ClientFlow,
+        hop_limit: Option<u8>,
         route: impl FnOnce(&Allocation) -> Option<(SocketAddr, Range<usize>)>,
         counter: fn(&mut ServerStats) -> &mut PacketCount,
     ) -> Option<Forward> {
+        let policy = &self.policy;
         let forward = self.allocations.get_mut(&flow).and_then(|allocation| {
+            let hop_limit = outgoing_hop_limit(hop_limit)?;
             let (peer, range) = route(allocation)?;
-            if !allocation.has_permission(peer.ip(), now) {
+            let ports = allocation.live_permission(peer.ip(), now)?;
+            if !policy.allows_port(ports, peer.port()) {
                 return None;
             }
             allocation.userspace_traffic.to_peer.add(range.len());
@@ -85,6 +97,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 from: allocation.relay,
                 to: peer,
                 payload: Payload::Input(range),
+                hop_limit,
             })
         });
         match &forward {
@@ -100,6 +113,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     /// A datagram from a peer on a relay socket (RFC 8656 §11.3/§12.6): dropped without a
     /// permission for the peer's IP; sent as ChannelData when a channel is bound to the
     /// peer's transport address, else as a Data indication.
+    /// `hop_limit`: the TTL / hop limit the datagram arrived with, if the IO layer knows it.
     pub fn handle_peer_datagram(
         &mut self,
         now: Instant,
@@ -107,12 +121,16 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         peer: SocketAddr,
         packet: &[u8],
         out: &mut Vec<u8>,
+        hop_limit: Option<u8>,
     ) -> Option<Forward> {
-        let Some((flow, allocation)) = self
+        let Some((flow, allocation, hop_limit)) = self
             .flows_by_relay
             .get(&relay)
             .and_then(|flow| Some((*flow, self.allocations.get_mut(flow)?)))
             .filter(|(_, allocation)| allocation.has_permission(peer.ip(), now))
+            .and_then(|(flow, allocation)| {
+                Some((flow, allocation, outgoing_hop_limit(hop_limit)?))
+            })
         else {
             self.stats.dropped_packets += 1;
             return None;
@@ -149,6 +167,16 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             from: flow.listener,
             to: flow.client,
             payload: Payload::Output,
+            hop_limit,
         })
+    }
+}
+
+/// The hop limit a relayed datagram leaves with: Some(None) when the arriving one is
+/// unknown (the socket's default), None when it must not be relayed.
+fn outgoing_hop_limit(incoming: Option<u8>) -> Option<Option<u8>> {
+    match incoming {
+        None => Some(None),
+        Some(incoming) => relayed_hop_limit(incoming).map(Some),
     }
 }

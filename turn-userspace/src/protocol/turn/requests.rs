@@ -8,15 +8,17 @@ use std::time::Instant;
 use rand::Rng;
 
 use crate::protocol::datapath::{
-    AllocationEntry, ChannelEntry, ClientFlow, Datapath, PermissionEntry,
+    AllocationEntry, ChannelEntry, ClientFlow, EndReason, FastPathCommand, PermissionEntry,
 };
+use crate::protocol::policy::{is_ipv4_written_as_ipv6, PeerPorts};
 use crate::protocol::stun::attributes::{self as attr, AddressFamily};
 use crate::protocol::stun::channel_data::{self, CHANNEL_RANGE};
 use crate::protocol::stun::{parse_header, Class, Message, Method, ParseError};
 
-use super::allocation::{granted_lifetime, Allocation, Channel, Reservation, UserspaceTraffic};
+use super::allocation::{
+    granted_lifetime, Allocation, Channel, Permission, Reservation, UserspaceTraffic,
+};
 use super::authenticate::AuthContext;
-use super::lifecycle::DeletionReason;
 use super::response::{RequestInfo, ResponseIntegrity};
 use super::timers::TimerKind;
 use super::{Command, Forward, Now, RelayAddress, Server, TurnError, RESERVATION_LIFETIME};
@@ -30,18 +32,21 @@ struct PortChoice {
     reserve_next: bool,
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
+impl<R: rand::RngCore> Server<R> {
     /// A datagram on a listening socket (STUN or ChannelData). Relay data (Send indication,
     /// ChannelData) is returned as a [`Forward`] into `packet` without allocating (RFC 8656
     /// §11.2, §12.6); STUN answers are queued (RFC 8656 §7–§12, RFC 8489 §6.3).
+    /// `hop_limit`: the TTL / hop limit the datagram arrived with, if the IO layer knows
+    /// it (see [`super::relayed_hop_limit`]).
     pub fn handle_client_datagram(
         &mut self,
         now: Now,
         flow: ClientFlow,
         packet: &[u8],
+        hop_limit: Option<u8>,
     ) -> Option<Forward> {
         if channel_data::is_channel_data(packet) {
-            return self.relay_channel_data_from_client(now.instant, flow, packet);
+            return self.relay_channel_data_from_client(now.instant, flow, packet, hop_limit);
         }
         let message = match Message::parse(packet) {
             Ok(message) => message,
@@ -63,7 +68,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 None
             }
             Class::Indication if message.method() == Method::SEND => {
-                self.relay_send_indication(now.instant, flow, &message)
+                self.relay_send_indication(now.instant, flow, &message, hop_limit)
             }
             _ => {
                 tracing::trace!(client = %flow.client, "ignored STUN message that is neither a request nor a Send indication");
@@ -120,7 +125,14 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 return;
             }
         };
-        let unknown = request.unknown_comprehension_required();
+        let unknown = match request.unknown_comprehension_required() {
+            // RFC 8656 §7.2: a server that cannot set DF per datagram treats DONT-FRAGMENT
+            // in an Allocate as an unknown comprehension-required attribute.
+            [] if request.method() == Method::ALLOCATE && request.dont_fragment() => {
+                &[attr::DONT_FRAGMENT][..]
+            }
+            unknown => unknown,
+        };
         let result = if !unknown.is_empty() {
             Err(TurnError::UnknownAttribute)
         } else if request.method() != Method::ALLOCATE
@@ -203,7 +215,6 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             Some(attr::TRANSPORT_UDP) => {}
             Some(_) => return Err(TurnError::UnsupportedTransportProtocol),
         }
-        // DONT-FRAGMENT is honoured implicitly: relay sockets never fragment UDP themselves.
         let even_port = request.even_port()?;
         let reservation_token = request.reservation_token()?;
         let requested_family = request.requested_address_family()?;
@@ -227,30 +238,45 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             self.config.max_lifetime,
         );
         let family = requested_family.unwrap_or(AddressFamily::Ipv4);
-        let relay_address = match reservation_token {
+        // What this Allocate adds to the server's and the user's count of allocations and
+        // reservations: claiming a reservation turns it into the allocation; EVEN-PORT
+        // with the R bit also reserves the next port.
+        let (relay_address, added, released_for_user) = match reservation_token {
             Some(token) => {
                 let reservation = self
                     .reservations
                     .get(&token)
                     .filter(|reservation| reservation.expires_at > now.instant)
                     .ok_or(TurnError::InsufficientCapacity)?;
-                self.relay_address(AddressFamily::of(reservation.relay.ip()))
-                    .ok_or(TurnError::InsufficientCapacity)?
+                let relay_address = self
+                    .relay_address(AddressFamily::of(reservation.relay.ip()))
+                    .ok_or(TurnError::InsufficientCapacity)?;
+                (relay_address, 0, reservation.quota_user == auth.quota_user)
             }
-            None => self
-                .relay_address(family)
-                .ok_or(TurnError::AddressFamilyNotSupported)?,
+            None => {
+                let relay_address = self
+                    .relay_address(family)
+                    .ok_or(TurnError::AddressFamilyNotSupported)?;
+                let added = if even_port == Some(true) { 2 } else { 1 };
+                (relay_address, added, false)
+            }
         };
-        if self.allocations.len() >= self.config.max_allocations {
-            return Err(TurnError::AllocationQuotaReached);
+        // RFC 8656 §7.2: the server is out of capacity → 508; the user's quota → 486.
+        if self.allocations.len() + self.reservations.len() + added > self.config.max_allocations {
+            return Err(TurnError::InsufficientCapacity);
         }
         let per_user = self.config.max_allocations_per_user;
-        if per_user != 0
-            && self
-                .allocations_per_user
-                .get(&auth.username)
-                .is_some_and(|&count| count >= per_user)
-        {
+        let user_count = self
+            .allocations_per_user
+            .get(&auth.quota_user)
+            .copied()
+            .unwrap_or(0);
+        let user_adds = if reservation_token.is_some() {
+            usize::from(!released_for_user)
+        } else {
+            added
+        };
+        if per_user != 0 && user_count + user_adds > per_user {
             return Err(TurnError::AllocationQuotaReached);
         }
 
@@ -270,6 +296,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                     self.reserve(
                         now.instant,
                         SocketAddr::new(relay_address.bind, choice.port + 1),
+                        &auth.quota_user,
                     )
                 });
                 (relay, reservation)
@@ -285,6 +312,8 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
                 created_at: now.instant,
                 expires_at,
                 username: auth.username.clone(),
+                quota_user: auth.quota_user.clone(),
+                credential_expiry: auth.credential_expiry,
                 key: auth.key.clone(),
                 password_algorithm: auth.password_algorithm,
                 integrity: auth.integrity,
@@ -298,10 +327,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             },
         );
         self.flows_by_relay.insert(relay, flow);
-        *self
-            .allocations_per_user
-            .entry(auth.username.clone())
-            .or_default() += 1;
+        self.count_for_user(&auth.quota_user);
         self.timers
             .schedule(expires_at, TimerKind::Allocation(flow));
         self.commands.push_back(Command::OpenRelay { relay });
@@ -328,22 +354,19 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         Ok(())
     }
 
-    /// Installs (or, with a new expiry, refreshes) the allocation in the fast path; if it
-    /// refuses, userspace relays instead.
+    /// Installs (or, with a new expiry, refreshes) the allocation in the fast path.
     fn install_allocation_in_fast_path(
         &mut self,
         flow: ClientFlow,
         relay: SocketAddr,
         expires_at: Instant,
     ) {
-        let entry = AllocationEntry {
-            flow,
-            relay,
-            expires_at,
-        };
-        if let Err(error) = self.datapath.install_allocation(entry) {
-            tracing::warn!(%relay, %error, "fast path refused the allocation; relaying in userspace");
-        }
+        self.fast_path
+            .push_back(FastPathCommand::InstallAllocation(AllocationEntry {
+                flow,
+                relay,
+                expires_at,
+            }));
     }
 
     /// A free port in the configured range on `ip`: random probes via the injected RNG,
@@ -385,15 +408,23 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         })
     }
 
-    /// Holds `relay` back for ~30 s and returns the RESERVATION-TOKEN naming it.
-    fn reserve(&mut self, now: Instant, relay: SocketAddr) -> u64 {
+    /// Holds `relay` back for ~30 s for `quota_user`'s quota and returns the
+    /// RESERVATION-TOKEN naming it.
+    fn reserve(&mut self, now: Instant, relay: SocketAddr, quota_user: &str) -> u64 {
         let mut token = self.rng.next_u64();
         while self.reservations.contains_key(&token) {
             token = self.rng.next_u64();
         }
         let expires_at = now + RESERVATION_LIFETIME;
-        self.reservations
-            .insert(token, Reservation { relay, expires_at });
+        self.reservations.insert(
+            token,
+            Reservation {
+                relay,
+                expires_at,
+                quota_user: quota_user.to_owned(),
+            },
+        );
+        self.count_for_user(quota_user);
         self.reserved_relays.insert(relay, token);
         self.timers
             .schedule(expires_at, TimerKind::Reservation(token));
@@ -420,7 +451,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             return Err(TurnError::PeerAddressFamilyMismatch);
         }
         let lifetime_secs = if requested_lifetime == Some(0) {
-            self.delete_allocation(now.instant, flow, DeletionReason::RefreshedToZero);
+            self.delete_allocation(now.instant, flow, EndReason::DeletedByClient);
             0
         } else {
             let lifetime = granted_lifetime(
@@ -442,10 +473,13 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         Ok(())
     }
 
-    /// A peer address may be used when it has the relay's family (else 443) and the peer
-    /// policy allows it (else 403) — RFC 8656 §9.1, §12.1.
-    fn check_peer(&self, relay: SocketAddr, peer: IpAddr) -> Result<(), TurnError> {
-        if peer.is_ipv4() != relay.is_ipv4() {
+    /// A peer IP may be used when it has the relay's family (else 443) and the peer policy
+    /// allows it (else 403) — RFC 8656 §9.1, §12.1. An IPv4 address written in IPv6 form
+    /// (`::ffff:a.b.c.d`, `::a.b.c.d`) is an IPv4 peer: on an IPv6 allocation it is a 443,
+    /// never an alias the fast path would store as another address. Returns the ports
+    /// the permission covers.
+    fn check_peer_ip(&self, relay: SocketAddr, peer: IpAddr) -> Result<PeerPorts, TurnError> {
+        if peer.is_ipv4() != relay.is_ipv4() || is_ipv4_written_as_ipv6(peer) {
             return Err(TurnError::PeerAddressFamilyMismatch);
         }
         self.policy.check(peer).map_err(|denied| {
@@ -455,7 +489,8 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
     }
 
     /// RFC 8656 §9.1: installs or refreshes a permission for every XOR-PEER-ADDRESS —
-    /// all of them or none.
+    /// all of them or none; 508 when the allocation would exceed its permission cap, 400
+    /// for more XOR-PEER-ADDRESS attributes than [`super::ServerLimits::max_peers_per_request`].
     fn handle_create_permission(
         &mut self,
         now: Now,
@@ -464,12 +499,21 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         request: &Message,
         auth: &AuthContext,
     ) -> Result<(), TurnError> {
-        let relay = self
+        let allocation = self
             .allocations
             .get(&flow)
-            .ok_or(TurnError::AllocationMismatch)?
-            .relay;
-        let peers = request
+            .ok_or(TurnError::AllocationMismatch)?;
+        let relay = allocation.relay;
+        // Bounded work per request: the attributes are counted before anything is parsed
+        // or checked, and duplicates are checked and installed once.
+        if request
+            .xor_peer_addresses()
+            .nth(self.limits.max_peers_per_request)
+            .is_some()
+        {
+            return Err(TurnError::BadRequest);
+        }
+        let mut peers = request
             .xor_peer_addresses()
             .map(|peer| peer.map(|peer| peer.ip()))
             .collect::<Result<Vec<IpAddr>, _>>()
@@ -477,11 +521,21 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         if peers.is_empty() {
             return Err(TurnError::BadRequest);
         }
-        for &peer in &peers {
-            self.check_peer(relay, peer)?;
-        }
+        peers.sort_unstable();
+        peers.dedup();
+        let mut checked = Vec::with_capacity(peers.len());
         for peer in peers {
-            self.install_permission(now.instant, flow, peer);
+            checked.push((peer, self.check_peer_ip(relay, peer)?));
+        }
+        let added = checked
+            .iter()
+            .filter(|(peer, _)| !allocation.permissions.contains_key(peer))
+            .count();
+        if allocation.permissions.len() + added > self.limits.max_permissions_per_allocation {
+            return Err(TurnError::InsufficientCapacity);
+        }
+        for (peer, ports) in checked {
+            self.install_permission(now.instant, flow, peer, ports);
         }
         self.queue_success(now.instant, flow, info, auth, |_| {});
         Ok(())
@@ -489,43 +543,52 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
 
     /// Creates or refreshes the permission for `peer` (RFC 8656 §9) and pushes it, and the
     /// new expiry of channels to that IP, to the fast path.
-    fn install_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {
+    fn install_permission(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        peer: IpAddr,
+        ports: PeerPorts,
+    ) {
         let Some(allocation) = self.allocations.get_mut(&flow) else {
             return;
         };
         let expires_at = now + self.config.permission_lifetime;
-        allocation.permissions.insert(peer, expires_at);
+        allocation
+            .permissions
+            .insert(peer, Permission { expires_at, ports });
         let relay = allocation.relay;
-        if let Err(error) = self.datapath.install_permission(PermissionEntry {
-            flow,
-            relay,
-            peer_ip: peer,
-            expires_at,
-        }) {
-            tracing::warn!(%relay, %peer, %error, "fast path refused the permission; relaying in userspace");
-        }
+        self.fast_path
+            .push_back(FastPathCommand::InstallPermission {
+                entry: PermissionEntry {
+                    flow,
+                    relay,
+                    peer_ip: peer,
+                    expires_at,
+                },
+                ports,
+            });
         for (&number, channel) in allocation
             .channels
             .iter()
             .filter(|(_, channel)| channel.peer.ip() == peer)
         {
-            let entry = ChannelEntry {
-                flow,
-                relay,
-                peer: channel.peer,
-                number,
-                expires_at: channel.expires_at.min(expires_at),
-            };
-            if let Err(error) = self.datapath.install_channel(entry) {
-                tracing::warn!(%relay, number, %error, "fast path refused the channel refresh; relaying in userspace");
-            }
+            self.fast_path
+                .push_back(FastPathCommand::InstallChannel(ChannelEntry {
+                    flow,
+                    relay,
+                    peer: channel.peer,
+                    number,
+                    expires_at: channel.expires_at.min(expires_at),
+                }));
         }
         self.timers
             .schedule(expires_at, TimerKind::Permission(flow, peer));
     }
 
     /// RFC 8656 §12.1: binds (or refreshes) a channel and installs/refreshes the
-    /// permission for the peer's IP. Rebinding a number or peer to something else is a 400,
+    /// permission for the peer's IP (508 beyond the allocation's channel or permission
+    /// cap). Rebinding a number or peer to something else is a 400,
     /// also during the 5 minutes after its binding expired (RFC 8656 §12 asks clients to
     /// wait that long; enforcing it keeps late ChannelData from reaching another peer).
     fn handle_channel_bind(
@@ -552,7 +615,19 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         if allocation.channel_bind_conflicts(number, peer, now.instant) {
             return Err(TurnError::BadRequest);
         }
-        self.check_peer(relay, peer.ip())?;
+        let new_channel = !allocation.channels.contains_key(&number);
+        let new_permission = !allocation.permissions.contains_key(&peer.ip());
+        if (new_channel && allocation.channels.len() >= self.limits.max_channels_per_allocation)
+            || (new_permission
+                && allocation.permissions.len() >= self.limits.max_permissions_per_allocation)
+        {
+            return Err(TurnError::InsufficientCapacity);
+        }
+        let ports = self.check_peer_ip(relay, peer.ip())?;
+        if !self.policy.allows_port(ports, peer.port()) {
+            tracing::debug!(%peer, "peer refused by policy: the relay's own address outside its relay ports");
+            return Err(TurnError::Forbidden);
+        }
         let channel_expires_at = now.instant + self.config.channel_lifetime;
         if let Some(allocation) = self.allocations.get_mut(&flow) {
             allocation.channels.insert(
@@ -567,7 +642,7 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         }
         // Installs the permission and, through it, the channel entry with
         // expiry = min(channel, permission).
-        self.install_permission(now.instant, flow, peer.ip());
+        self.install_permission(now.instant, flow, peer.ip(), ports);
         self.timers
             .schedule(channel_expires_at, TimerKind::Channel(flow, number));
         self.queue_success(now.instant, flow, info, auth, |_| {});

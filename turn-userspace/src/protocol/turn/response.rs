@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::protocol::datapath::{ClientFlow, Datapath};
+use crate::protocol::datapath::ClientFlow;
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
@@ -32,11 +32,13 @@ impl RequestInfo {
     }
 }
 
-/// The key and algorithm a response is integrity-protected with.
+/// The key and algorithm a response is integrity-protected with, and the user it answers
+/// (its cached copy counts against that user's share of the transaction cache).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ResponseIntegrity<'k> {
     pub(super) key: &'k [u8],
     pub(super) kind: IntegrityKind,
+    pub(super) user: &'k str,
 }
 
 impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
@@ -44,12 +46,14 @@ impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
         ResponseIntegrity {
             key: &auth.key,
             kind: auth.integrity,
+            user: &auth.quota_user,
         }
     }
 }
 
-impl<D: Datapath, R: rand::RngCore> Server<D, R> {
-    /// Writes the response (attributes, SOFTWARE, integrity, FINGERPRINT) and queues it.
+impl<R: rand::RngCore> Server<R> {
+    /// Writes the response (attributes, SOFTWARE when authenticated, integrity,
+    /// FINGERPRINT) and queues it.
     /// Authenticated responses are also cached for retransmissions (RFC 8489 §6.3.1,
     /// RFC 8656 §7.2); unauthenticated ones are cheap to recompute and caching them would
     /// let unauthenticated traffic fill memory.
@@ -66,19 +70,22 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         let mut builder =
             MessageBuilder::new(&mut payload, request.method, class, &request.transaction_id);
         attributes(&mut builder);
-        if let Some(software) = &self.config.software {
+        // Unauthenticated answers stay small (they are what a spoofed request reflects).
+        if let (Some(software), Some(_)) = (&self.config.software, integrity) {
             builder.attribute(attr::SOFTWARE, software.as_bytes());
         }
         match integrity {
             Some(ResponseIntegrity {
                 key,
                 kind: IntegrityKind::Sha1,
+                ..
             }) => {
                 builder.message_integrity(key);
             }
             Some(ResponseIntegrity {
                 key,
                 kind: IntegrityKind::Sha256,
+                ..
             }) => {
                 builder.message_integrity_sha256(key);
             }
@@ -87,25 +94,61 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         if request.fingerprint {
             builder.fingerprint();
         }
-        if integrity.is_some() && self.responses.len() < TRANSACTION_CACHE_LIMIT {
-            let expires_at = now + TRANSACTION_CACHE_TIME;
-            self.responses.insert(
-                (flow, request.transaction_id),
-                CachedResponse {
-                    payload: payload.clone(),
-                    expires_at,
-                },
-            );
-            self.timers.schedule(
-                expires_at,
-                TimerKind::Transaction(flow, request.transaction_id),
-            );
+        if let Some(ResponseIntegrity { user, .. }) = integrity {
+            self.cache_response(now, flow, request.transaction_id, user, &payload);
         }
         self.transmits.push_back(Transmit {
             from: flow.listener,
             to: flow.client,
             payload,
         });
+    }
+
+    /// Keeps an authenticated response for retransmissions, while the cache has room and
+    /// `user` has not used up its share: one user cannot crowd out everyone else's cached
+    /// responses.
+    fn cache_response(
+        &mut self,
+        now: Instant,
+        flow: ClientFlow,
+        transaction_id: TransactionId,
+        user: &str,
+        payload: &[u8],
+    ) {
+        let cached = self.cached_per_user.get(user).copied().unwrap_or(0);
+        if self.responses.len() >= TRANSACTION_CACHE_LIMIT
+            || cached >= self.limits.max_cached_responses_per_user
+        {
+            return;
+        }
+        self.forget_response(flow, transaction_id);
+        let expires_at = now + TRANSACTION_CACHE_TIME;
+        self.responses.insert(
+            (flow, transaction_id),
+            CachedResponse {
+                payload: payload.to_vec(),
+                expires_at,
+                user: user.to_owned(),
+            },
+        );
+        *self.cached_per_user.entry(user.to_owned()).or_default() += 1;
+        self.timers
+            .schedule(expires_at, TimerKind::Transaction(flow, transaction_id));
+    }
+
+    /// Drops a cached response (expired, or replaced).
+    pub(super) fn forget_response(&mut self, flow: ClientFlow, transaction_id: TransactionId) {
+        let Some(cached) = self.responses.remove(&(flow, transaction_id)) else {
+            return;
+        };
+        self.timers
+            .cancel(TimerKind::Transaction(flow, transaction_id));
+        if let Some(count) = self.cached_per_user.get_mut(&cached.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.cached_per_user.remove(&cached.user);
+            }
+        }
     }
 
     /// Queues the integrity-protected success response of an authenticated request.
@@ -129,7 +172,9 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
 
     /// Queues an error response. 401 and 438 carry REALM and a fresh NONCE (plus
     /// PASSWORD-ALGORITHMS when the nonce announces that feature, RFC 8489 §9.2.3) and no
-    /// integrity; 420 lists the unknown attributes (RFC 8489 §6.3.1).
+    /// integrity; 420 lists the unknown attributes (RFC 8489 §6.3.1). Answers to
+    /// unauthenticated requests (all but 438 of those without integrity) are limited per
+    /// source and dropped beyond the limit.
     pub(super) fn queue_error(
         &mut self,
         now: Now,
@@ -139,6 +184,14 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
         error: TurnError,
         unknown_attributes: &[u16],
     ) {
+        if integrity.is_none()
+            && error != TurnError::StaleNonce
+            && !self.answer_limiter.allow(flow.client.ip(), now.instant)
+        {
+            tracing::trace!(client = %flow.client, code = error.code(), "unauthenticated answer over the source's rate; dropped");
+            self.stats.unauthenticated_answers_dropped += 1;
+            return;
+        }
         tracing::debug!(client = %flow.client, method = request.method.0, code = error.code(), %error, "request rejected");
         let challenge =
             matches!(error, TurnError::Unauthenticated | TurnError::StaleNonce).then(|| {
@@ -156,7 +209,14 @@ impl<D: Datapath, R: rand::RngCore> Server<D, R> {
             Class::ErrorResponse,
             integrity,
             |builder| {
-                builder.error_code(error.code(), &error.to_string());
+                // A challenge has no reason phrase (RFC 8489 §14.8 allows an empty one):
+                // it is the largest unauthenticated answer.
+                let reason = if error == TurnError::Unauthenticated {
+                    String::new()
+                } else {
+                    error.to_string()
+                };
+                builder.error_code(error.code(), &reason);
                 if let Some((realm, nonce, advertise_algorithms)) = &challenge {
                     builder.attribute(attr::REALM, realm.as_bytes());
                     builder.attribute(attr::NONCE, nonce.as_bytes());

@@ -3,49 +3,12 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::datapath::{
-    AllocationEntry, ChannelEntry, DatapathError, PermissionEntry, RelayedTraffic,
-};
+use crate::protocol::datapath::RelayedTraffic;
 
 use super::*;
 
 const CLIENT: &str = "198.18.1.60:40000";
 const PEER: &str = "198.18.2.20:5000";
-
-/// The in-memory datapath, reporting fixed fast-path traffic for installed allocations
-/// only, so a read after removal would show zeros.
-struct CountingDatapath {
-    entries: InMemoryDatapath,
-    traffic: RelayedTraffic,
-}
-
-impl Datapath for CountingDatapath {
-    fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
-        self.entries.install_allocation(entry)
-    }
-    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
-        self.entries.remove_allocation(flow, relay);
-    }
-    fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
-        self.entries.install_permission(entry)
-    }
-    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
-        self.entries.remove_permission(relay, peer_ip);
-    }
-    fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
-        self.entries.install_channel(entry)
-    }
-    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
-        self.entries.remove_channel(relay, number);
-    }
-    fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
-        if self.entries.allocations.contains_key(&relay) {
-            self.traffic
-        } else {
-            RelayedTraffic::default()
-        }
-    }
-}
 
 /// A log sink shared with the test.
 #[derive(Clone, Default)]
@@ -82,11 +45,12 @@ fn captured(scenario: impl FnOnce()) -> String {
     log.text()
 }
 
-fn harness_with_fast_path_traffic() -> Harness<CountingDatapath> {
+fn harness_with_fast_path_traffic() -> Harness<ScriptedDatapath> {
     Harness::with(
         config(),
-        CountingDatapath {
+        ScriptedDatapath {
             entries: InMemoryDatapath::default(),
+            refused_peer: None,
             traffic: RelayedTraffic {
                 to_peer_packets: 1000,
                 to_peer_bytes: 100_000,
@@ -98,7 +62,7 @@ fn harness_with_fast_path_traffic() -> Harness<CountingDatapath> {
 }
 
 /// Allocates, relays 7 bytes peer → client in userspace, and returns the relay address.
-fn allocate_and_relay(harness: &mut Harness<CountingDatapath>, client: ClientFlow) -> SocketAddr {
+fn allocate_and_relay(harness: &mut Harness<ScriptedDatapath>, client: ClientFlow) -> SocketAddr {
     let relay = harness.allocate(client);
     assert_success(&harness.create_permission(client, &[addr(PEER)]));
     let mut out = Vec::new();

@@ -8,7 +8,7 @@ use crate::protocol::datapath::{
 };
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{AddressFamily, Class, MessageBuilder, Method, PasswordAlgorithm};
-use crate::protocol::turn::{Command, ServerConfig};
+use crate::protocol::turn::{Command, ServerConfig, ServerLimits};
 
 use super::*;
 
@@ -27,7 +27,8 @@ fn binding_answers_with_xor_mapped_address_and_echoes_fingerprint() {
     let response = parse(&transmits[0].payload);
     assert_eq!(response.class(), Class::SuccessResponse);
     assert_eq!(response.xor_mapped_address().unwrap(), Some(client.client));
-    assert_eq!(response.software().unwrap(), Some("turn-relay test"));
+    // SOFTWARE only in authenticated responses: unauthenticated ones stay small.
+    assert_eq!(response.software().unwrap(), None);
     assert!(response.verify_fingerprint());
     assert!(response.message_integrity().is_none());
 }
@@ -54,7 +55,7 @@ fn binding_with_unknown_required_attribute_gets_420() {
 fn allocate_success_installs_the_fast_path_first_and_advertises_the_public_address() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let (response, commands) = harness.allocate_with(client, &[raw(attr::DONT_FRAGMENT, &[])]);
+    let (response, commands) = harness.allocate_with(client, &[]);
     assert_success(&response);
     let message = parse(&response);
     assert!(message.verify_message_integrity(&key("alice", PasswordAlgorithm::Md5)));
@@ -69,7 +70,7 @@ fn allocate_success_installs_the_fast_path_first_and_advertises_the_public_addre
     };
     assert_eq!(relay.ip(), ip(RELAY_V4_BIND));
     assert_eq!(relay.port(), relayed.port());
-    let entry = harness.server.datapath().allocations[relay];
+    let entry = harness.datapath().allocations[relay];
     assert_eq!(entry.flow, client);
     assert_eq!(
         entry.expires_at,
@@ -171,7 +172,7 @@ fn refresh_with_lifetime_zero_deletes_the_allocation() {
     assert_success(&response);
     assert_eq!(parse(&response).lifetime().unwrap(), Some(0));
     assert_eq!(commands, vec![Command::CloseRelay { relay }]);
-    let datapath = harness.server.datapath();
+    let datapath = harness.datapath();
     assert!(datapath.allocations.is_empty() && datapath.permissions.is_empty());
     assert_eq!(harness.server.stats().allocations, 0);
     let (response, _) = harness.refresh(client, Some(600));
@@ -265,13 +266,121 @@ fn quotas_give_486() {
     harness.refresh(flow(CLIENT), Some(0));
     harness.allocate(flow(OTHER_CLIENT));
 
+    // The server being full is not the user's quota: 508 (RFC 8656 §7.2).
     let mut harness = Harness::with_config(ServerConfig {
         max_allocations: 1,
         ..config()
     });
     harness.allocate(flow(CLIENT));
     let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[]);
+    assert_eq!(error_code(&response), 508);
+}
+
+#[test]
+fn the_default_quota_is_ten_allocations_per_user() {
+    assert_eq!(ServerConfig::default().max_allocations_per_user, 10);
+    let mut harness = Harness::new();
+    for port in 0..10 {
+        harness.allocate(flow(&format!("198.18.1.30:{}", 41000 + port)));
+    }
+    let (response, _) = harness.allocate_with(flow("198.18.1.30:42000"), &[]);
     assert_eq!(error_code(&response), 486);
+    // Another user has a quota of their own.
+    let (response, _) =
+        harness.allocate_as(flow("198.18.1.30:42001"), Credentials::Md5("bob"), &[]);
+    assert_success(&response);
+}
+
+#[test]
+fn renewed_time_limited_usernames_share_their_users_quota() {
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 2,
+        ..config()
+    });
+    let expiry = harness.now.unix_secs + 3600;
+    // Three distinct REST usernames of one user: the third exceeds the user's quota.
+    for (index, username) in [
+        format!("{expiry}:carol"),
+        format!("{}:carol", expiry + 1),
+        format!("{}:carol", expiry + 2),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (response, _) = harness.allocate_as(
+            flow(&format!("198.18.1.31:{}", 41000 + index)),
+            Credentials::Md5(username),
+            &[],
+        );
+        if index < 2 {
+            assert_success(&response);
+        } else {
+            assert_eq!(error_code(&response), 486, "{username}");
+        }
+    }
+    let (response, _) = harness.allocate_as(
+        flow("198.18.1.31:41010"),
+        Credentials::Md5(&format!("{expiry}:dave")),
+        &[],
+    );
+    assert_success(&response);
+    // zrest: the username without its expiry names the user.
+    for (index, expected) in [(0, None), (1, None), (2, Some(486))] {
+        let username = format!("d={}.v=1.k=0.t=s.r=erin", expiry + index);
+        let (response, _) = harness.allocate_as(
+            flow(&format!("198.18.1.32:{}", 41000 + index)),
+            Credentials::Md5(&username),
+            &[],
+        );
+        match expected {
+            None => assert_success(&response),
+            Some(code) => assert_eq!(error_code(&response), code),
+        }
+    }
+}
+
+#[test]
+fn even_port_reservations_count_against_the_quotas() {
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 2,
+        ..config()
+    });
+    let (response, _) = harness.allocate_with(flow(CLIENT), &[raw(attr::EVEN_PORT, &[0x80])]);
+    assert_success(&response);
+    let token = parse(&response)
+        .reservation_token()
+        .expect("valid")
+        .expect("token");
+    // The allocation and its reservation fill alice's quota of two.
+    let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[]);
+    assert_eq!(error_code(&response), 486);
+    // Claiming the reservation turns it into an allocation: still two.
+    let (response, _) = harness.allocate_with(
+        flow(OTHER_CLIENT),
+        &[raw(attr::RESERVATION_TOKEN, &token.to_be_bytes())],
+    );
+    assert_success(&response);
+    assert_eq!(harness.server.stats().allocations, 2);
+    // An expired reservation gives its place back.
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 2,
+        ..config()
+    });
+    let (response, _) = harness.allocate_with(flow(CLIENT), &[raw(attr::EVEN_PORT, &[0x80])]);
+    assert_success(&response);
+    harness.advance(Duration::from_secs(31));
+    harness.allocate(flow(OTHER_CLIENT));
+
+    // The server's capacity counts reservations too: a pair does not fit into one place.
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations: 2,
+        ..config()
+    });
+    harness.allocate(flow(CLIENT));
+    let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[raw(attr::EVEN_PORT, &[0x80])]);
+    assert_eq!(error_code(&response), 508);
+    let (response, _) = harness.allocate_with(flow(OTHER_CLIENT), &[raw(attr::EVEN_PORT, &[0])]);
+    assert_success(&response);
 }
 
 #[test]
@@ -349,7 +458,10 @@ fn reservations_expire_after_30_seconds() {
 
 #[test]
 fn even_port_without_reservation() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 0,
+        ..config()
+    });
     for index in 0..20 {
         let (response, commands) = harness.allocate_with(
             flow(&format!("198.18.1.20:{}", 1000 + index)),
@@ -377,7 +489,7 @@ fn relay_bind_failure_replaces_the_queued_success_with_508() {
     );
     harness
         .server
-        .handle_client_datagram(harness.now, client, &packet);
+        .handle_client_datagram(harness.now, client, &packet, None);
     let Some(Command::OpenRelay { relay }) = harness.server.poll_command() else {
         panic!("no OpenRelay")
     };
@@ -388,7 +500,8 @@ fn relay_bind_failure_replaces_the_queued_success_with_508() {
     assert!(
         parse(&transmit.payload).verify_message_integrity(&key("alice", PasswordAlgorithm::Md5))
     );
-    assert!(harness.server.datapath().allocations.is_empty());
+    harness.apply_fast_path();
+    assert!(harness.datapath().allocations.is_empty());
     assert_eq!(harness.server.stats().allocations, 0);
     // The retransmission is not answered with the stale success, and a new attempt works.
     let (_, _, again) = harness.send(client, &packet);
@@ -426,7 +539,10 @@ fn datapath_errors_do_not_fail_requests() {
     let peer = addr("198.18.2.20:5000");
     assert_success(&harness.create_permission(client, &[peer]));
     assert_success(&harness.channel_bind(client, 0x4000, peer));
-    // Userspace relays instead.
+    // Userspace relays instead; the fast path holds nothing of the allocation, so XDP
+    // passes all of its traffic up.
+    assert!(harness.fast_path.is_userspace_only(relay));
+    assert_eq!(harness.fast_path.stats().userspace_only_allocations, 1);
     let mut out = Vec::new();
     let forward = harness.peer_datagram(relay, peer, b"x", &mut out);
     assert!(forward.is_some());
@@ -505,8 +621,55 @@ fn seeded_garbage_never_panics_the_server() {
         }
         harness
             .server
-            .handle_client_datagram(harness.now, client, &packet);
+            .handle_client_datagram(harness.now, client, &packet, None);
         harness.peer_datagram(relay, addr("198.18.2.20:5000"), &packet, &mut out);
         while harness.server.poll_transmit().is_some() {}
     }
+}
+
+#[test]
+fn one_user_cannot_take_the_transaction_cache_from_the_others() {
+    let mut harness = Harness::new().with_limits(ServerLimits {
+        max_cached_responses_per_user: 4,
+        ..ServerLimits::default()
+    });
+    let alice = flow(CLIENT);
+    harness.allocate(alice);
+    let peer = Attr::XorPeer(addr("198.18.2.20:5000"));
+    for _ in 0..20 {
+        let (response, _) = harness.request(
+            alice,
+            Method::CREATE_PERMISSION,
+            std::slice::from_ref(&peer),
+            Credentials::Md5("alice"),
+        );
+        assert_success(&response);
+    }
+    assert_eq!(harness.server.cached_responses(), 4, "alice's share");
+    // Bob's Allocate is still cached: its retransmission gets the identical success
+    // (without the cache it would be a 437 Allocation Mismatch).
+    let bob = flow(OTHER_CLIENT);
+    let transaction_id = harness.transaction_id();
+    let allocate = harness.encode_request(
+        bob,
+        Method::ALLOCATE,
+        &transaction_id,
+        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
+        Credentials::Md5("bob"),
+    );
+    let (_, _, first) = harness.send(bob, &allocate);
+    assert_success(&first[0].payload);
+    let (_, _, again) = harness.send(bob, &allocate);
+    assert_eq!(again[0].payload, first[0].payload);
+    // Expired responses give the share back.
+    harness.advance(Duration::from_secs(41));
+    assert_eq!(harness.server.cached_responses(), 0);
+    let (response, _) = harness.request(
+        alice,
+        Method::CREATE_PERMISSION,
+        &[peer],
+        Credentials::Md5("alice"),
+    );
+    assert_success(&response);
+    assert_eq!(harness.server.cached_responses(), 1);
 }

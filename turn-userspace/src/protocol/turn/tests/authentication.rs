@@ -199,3 +199,140 @@ fn userhash_instead_of_username_finds_static_users_only() {
     let (response, _) = harness.request(client, Method::REFRESH, &[], Credentials::Userhash("bob"));
     assert_eq!(error_code(&response), 441);
 }
+
+#[test]
+fn an_expired_time_limited_username_is_revoked_after_the_grace() {
+    let mut harness = Harness::new();
+    let expiry = harness.now.unix_secs + 100;
+    for (client, username) in [
+        (flow("198.18.1.90:40000"), format!("{expiry}:carol")),
+        (
+            flow("198.18.1.91:40000"),
+            format!("d={expiry}.v=1.k=0.t=s.r=carol"),
+        ),
+    ] {
+        let credentials = Credentials::Md5(&username);
+        let (response, _) = harness.allocate_as(client, credentials, &[]);
+        assert_success(&response);
+        let peer = Attr::XorPeer(addr("198.18.2.20:5000"));
+        // Expired, but within the grace (60 s): still usable.
+        harness.now.unix_secs = expiry + 60;
+        let (response, _) = harness.request(
+            client,
+            Method::CREATE_PERMISSION,
+            std::slice::from_ref(&peer),
+            credentials,
+        );
+        assert_success(&response);
+        // Beyond the grace: every request on the allocation is refused.
+        harness.now.unix_secs = expiry + 61;
+        let lifetime = raw(attr::LIFETIME, &600u32.to_be_bytes());
+        let channel = raw(attr::CHANNEL_NUMBER, &channel_number(0x4000));
+        for (method, attributes) in [
+            (Method::REFRESH, vec![lifetime]),
+            (Method::CREATE_PERMISSION, vec![peer.clone()]),
+            (Method::CHANNEL_BIND, vec![channel, peer]),
+        ] {
+            let (response, _) = harness.request(client, method, &attributes, credentials);
+            assert_eq!(error_code(&response), 401, "{username} {method:?}");
+        }
+        harness.now.unix_secs = expiry - 100;
+    }
+    assert_eq!(harness.server.stats().channels, 0);
+}
+
+/// Response bytes per request byte of an unauthenticated exchange.
+fn amplification(harness: &mut Harness, client: ClientFlow, request: &[u8]) -> f64 {
+    let (_, _, transmits) = harness.send(client, request);
+    let [response] = transmits.as_slice() else {
+        panic!("one answer expected, got {}", transmits.len());
+    };
+    response.payload.len() as f64 / request.len() as f64
+}
+
+#[test]
+fn unauthenticated_answers_amplify_at_most_three_and_a_half_times() {
+    // The daemon's default realm; SOFTWARE configured (it is left out of these answers).
+    let mut harness = Harness::with_config(ServerConfig {
+        realm: "turn-relay.local".to_owned(),
+        ..config()
+    });
+    let v4 = flow(CLIENT);
+    let v6 = flow("[2001:db8::30]:40000");
+    // The smallest Allocate: the header and REQUESTED-TRANSPORT (28 bytes).
+    let allocate = harness.message(Method::ALLOCATE, Class::Request, |builder| {
+        builder.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(allocate.len(), 28);
+    let allocate_ratio = amplification(&mut harness, v4, &allocate);
+    // With FINGERPRINT in the request, the answer carries one too.
+    let fingerprinted = harness.message(Method::ALLOCATE, Class::Request, |builder| {
+        builder
+            .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .fingerprint();
+    });
+    let fingerprinted_ratio = amplification(&mut harness, v4, &fingerprinted);
+    let binding = harness.message(Method::BINDING, Class::Request, |_| {});
+    let binding_v4 = amplification(&mut harness, v4, &binding);
+    let binding_v6 = amplification(&mut harness, v6, &binding);
+    eprintln!(
+        "amplification: Allocate 401 {allocate_ratio:.2}x (with FINGERPRINT \
+         {fingerprinted_ratio:.2}x), Binding {binding_v4:.2}x (IPv4) {binding_v6:.2}x (IPv6)"
+    );
+    assert!(allocate_ratio <= 3.5, "{allocate_ratio}");
+    assert!(fingerprinted_ratio <= 3.5, "{fingerprinted_ratio}");
+    assert!(
+        binding_v4 <= 1.6 && binding_v6 <= 2.2,
+        "{binding_v4} {binding_v6}"
+    );
+}
+
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source() {
+    let mut harness = Harness::new().with_limits(ServerLimits {
+        unauthenticated_answers_per_second: 10,
+        unauthenticated_answers_burst: 20,
+        ..ServerLimits::default()
+    });
+    let spoofed = flow("198.18.1.99:1");
+    let mut answered = 0;
+    for _ in 0..100 {
+        let allocate = harness.message(Method::ALLOCATE, Class::Request, |builder| {
+            builder.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        let (_, _, transmits) = harness.send(spoofed, &allocate);
+        answered += transmits.len();
+    }
+    assert_eq!(answered, 20, "the burst");
+    assert_eq!(harness.server.stats().unauthenticated_answers_dropped, 80);
+    // Malformed requests (400) draw from the same bucket.
+    let mut malformed = harness.message(Method::ALLOCATE, Class::Request, |builder| {
+        builder.u32_attribute(attr::LIFETIME, 1);
+    });
+    malformed[23] = 200;
+    let (_, _, transmits) = harness.send(spoofed, &malformed);
+    assert!(transmits.is_empty());
+    // Other sources are unaffected, and so are Binding and authenticated requests.
+    assert_eq!(
+        error_code(&harness.allocate_as(flow(CLIENT), Credentials::None, &[]).0),
+        401
+    );
+    let binding = harness.message(Method::BINDING, Class::Request, |_| {});
+    assert_eq!(harness.send(spoofed, &binding).2.len(), 1);
+    // A source that sent back its nonce receives our answers: not limited.
+    let verified = flow("198.18.1.98:1");
+    for _ in 0..100 {
+        let (response, _) = harness.allocate_as(verified, Credentials::WrongPassword("alice"), &[]);
+        assert_eq!(error_code(&response), 401);
+    }
+    // The bucket refills at the configured rate.
+    harness.advance(Duration::from_secs(1));
+    let mut answered = 0;
+    for _ in 0..100 {
+        let allocate = harness.message(Method::ALLOCATE, Class::Request, |builder| {
+            builder.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        answered += harness.send(spoofed, &allocate).2.len();
+    }
+    assert_eq!(answered, 10);
+}

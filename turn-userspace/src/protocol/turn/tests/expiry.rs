@@ -23,7 +23,7 @@ fn permissions_channels_and_allocations_expire_and_leave_the_datapath() {
 
     // At 301 s the permission is gone: no relaying either way, channel still bound.
     harness.advance(Duration::from_secs(301));
-    assert!(harness.server.datapath().permissions.is_empty());
+    assert!(harness.datapath().permissions.is_empty());
     let mut out = Vec::new();
     assert!(harness.peer_datagram(relay, peer, b"x", &mut out).is_none());
     assert_eq!(harness.server.stats().channels, 1);
@@ -33,13 +33,13 @@ fn permissions_channels_and_allocations_expire_and_leave_the_datapath() {
     let (response, _) = harness.refresh(client, Some(3600));
     assert_success(&response);
     harness.advance(Duration::from_secs(300));
-    assert!(harness.server.datapath().channels.is_empty());
+    assert!(harness.datapath().channels.is_empty());
     assert_eq!(harness.server.stats().channels, 0);
     assert_eq!(harness.server.stats().allocations, 1);
 
     // The allocation expires at its (refreshed) lifetime and asks IO to close the socket.
     harness.advance(Duration::from_secs(3300));
-    assert!(harness.server.datapath().allocations.is_empty());
+    assert!(harness.datapath().allocations.is_empty());
     assert_eq!(
         harness.server.poll_command(),
         Some(Command::CloseRelay { relay })
@@ -58,11 +58,11 @@ fn refreshing_a_permission_extends_it_and_its_channels() {
     assert_success(&harness.create_permission(client, &[peer]));
     let expected = harness.now.instant + Duration::from_secs(300);
     assert_eq!(
-        harness.server.datapath().permissions[&(relay, peer.ip())].expires_at,
+        harness.datapath().permissions[&(relay, peer.ip())].expires_at,
         expected
     );
     assert_eq!(
-        harness.server.datapath().channels[&(relay, 0x4000)].expires_at,
+        harness.datapath().channels[&(relay, 0x4000)].expires_at,
         expected
     );
     // The superseded 300 s deadline passes without removing anything.
@@ -74,7 +74,10 @@ fn refreshing_a_permission_extends_it_and_its_channels() {
 
 #[test]
 fn thousands_of_allocations_expire_together() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_config(ServerConfig {
+        max_allocations_per_user: 0,
+        ..config()
+    });
     for index in 0..2000u32 {
         let client = flow(&format!(
             "198.18.{}.{}:{}",
@@ -89,7 +92,7 @@ fn thousands_of_allocations_expire_together() {
     assert_eq!(harness.server.stats().allocations, 2000);
     harness.advance(Duration::from_secs(2));
     assert_eq!(harness.server.stats().allocations, 0);
-    assert!(harness.server.datapath().allocations.is_empty());
+    assert!(harness.datapath().allocations.is_empty());
     let closed = std::iter::from_fn(|| harness.server.poll_command()).count();
     assert_eq!(closed, 2000);
 }
@@ -106,25 +109,25 @@ fn configured_short_lifetimes_expire_permissions_and_channels_early() {
     let peer = addr(PEER);
     assert_success(&harness.channel_bind(client, 0x4000, peer));
     assert_eq!(
-        harness.server.datapath().permissions[&(relay, peer.ip())].expires_at,
+        harness.datapath().permissions[&(relay, peer.ip())].expires_at,
         harness.now.instant + Duration::from_secs(5)
     );
     assert_eq!(
-        harness.server.datapath().channels[&(relay, 0x4000)].expires_at,
+        harness.datapath().channels[&(relay, 0x4000)].expires_at,
         harness.now.instant + Duration::from_secs(5),
         "the fast path's channel entry ends with its permission"
     );
 
     harness.advance(Duration::from_secs(4));
-    assert_eq!(harness.server.datapath().permissions.len(), 1);
+    assert_eq!(harness.datapath().permissions.len(), 1);
     harness.advance(Duration::from_secs(2));
-    assert!(harness.server.datapath().permissions.is_empty());
+    assert!(harness.datapath().permissions.is_empty());
     assert_eq!(harness.server.stats().permissions, 0);
     let mut out = Vec::new();
     assert!(harness.peer_datagram(relay, peer, b"x", &mut out).is_none());
 
     harness.advance(Duration::from_secs(3));
-    assert!(harness.server.datapath().channels.is_empty());
+    assert!(harness.datapath().channels.is_empty());
     assert_eq!(harness.server.stats().channels, 0);
     assert_eq!(harness.server.stats().allocations, 1);
 }

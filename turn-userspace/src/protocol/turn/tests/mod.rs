@@ -1,10 +1,13 @@
 //! Tests of the TURN server, driven through an in-memory harness: no sockets, a fake
-//! clock, a seeded RNG and [`InMemoryDatapath`].
+//! clock, a seeded RNG, and the fast-path commands applied to an [`InMemoryDatapath`]
+//! after every step.
 
 mod accounting;
 mod allocate;
 mod authentication;
 mod expiry;
+mod fast_path;
+mod peers;
 mod relay;
 
 use std::collections::HashMap;
@@ -17,14 +20,17 @@ use rand::SeedableRng;
 use sha2::Sha256;
 
 use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
-use crate::protocol::datapath::{ClientFlow, Datapath, InMemoryDatapath};
+use crate::protocol::datapath::{
+    AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, FastPath, InMemoryDatapath,
+    PermissionEntry, RelayedTraffic,
+};
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{
     Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
 };
 
-use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, Transmit};
+use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, ServerLimits, Transmit};
 
 pub(super) const REALM: &str = "example.test";
 pub(super) const LISTENER: &str = "198.18.0.1:3478";
@@ -33,6 +39,9 @@ pub(super) const RELAY_V4_PUBLIC: &str = "198.19.0.1";
 pub(super) const RELAY_V6_BIND: &str = "2001:db8::1";
 pub(super) const RELAY_V6_PUBLIC: &str = "2001:db8::100";
 pub(super) const DENIED_NET: &str = "198.18.99.0/24";
+/// The test address ranges (benchmarking, documentation) are denied by default; the
+/// tests' policy allows them, as a deployment's `peers.allow` would.
+pub(super) const ALLOWED_NETS: [&str; 2] = ["198.18.0.0/15", "2001:db8::/32"];
 
 pub(super) fn addr(text: &str) -> SocketAddr {
     text.parse().expect("test address")
@@ -77,15 +86,38 @@ fn authenticator() -> Authenticator {
                 secret: StaticSecret::Password("bob-password".to_owned()),
             },
         ],
-        auth_secrets: Vec::new(),
-        zrest_secrets: Vec::new(),
+        auth_secrets: vec![REST_SECRET.to_owned()],
+        zrest_secrets: vec![ZREST_SECRET.to_owned()],
         nonce_lifetime: Duration::from_secs(600),
         nonce_secret: b"test nonce secret".to_vec(),
         advertise_password_algorithms: true,
     })
 }
 
+/// The coturn REST API (`use-auth-secret`) secret of the tests.
+pub(super) const REST_SECRET: &str = "rest secret";
+/// The Wire zrest secret of the tests.
+pub(super) const ZREST_SECRET: &str = "zrest secret";
+
+/// The password of `username`: `<name>-password` for the static users, else the
+/// password a credential service derives for a time-limited username (coturn REST
+/// `expiry:user`, zrest `d=expiry.v=1…`).
 pub(super) fn password(username: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let base64 = |mac: &[u8]| base64::engine::general_purpose::STANDARD.encode(mac);
+    if username.starts_with("d=") {
+        let mut mac = <Hmac<sha2::Sha512> as Mac>::new_from_slice(ZREST_SECRET.as_bytes())
+            .expect("any key length");
+        mac.update(username.as_bytes());
+        return base64(&mac.finalize().into_bytes());
+    }
+    if username.contains(':') {
+        let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(REST_SECRET.as_bytes())
+            .expect("any key length");
+        mac.update(username.as_bytes());
+        return base64(&mac.finalize().into_bytes());
+    }
     format!("{username}-password")
 }
 
@@ -111,9 +143,52 @@ pub(super) enum Credentials<'a> {
     Userhash(&'a str),
 }
 
+/// The in-memory model with two knobs for tests of the applier: the fast-path traffic it
+/// reports for installed allocations (zeros once removed, as the maps' counters vanish
+/// with their entries), and a peer IP whose permissions it refuses (a full map).
+pub(super) struct ScriptedDatapath {
+    pub(super) entries: InMemoryDatapath,
+    pub(super) traffic: RelayedTraffic,
+    pub(super) refused_peer: Option<IpAddr>,
+}
+
+impl Datapath for ScriptedDatapath {
+    fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
+        self.entries.install_allocation(entry)
+    }
+    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
+        self.entries.remove_allocation(flow, relay);
+    }
+    fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
+        if Some(entry.peer_ip) == self.refused_peer {
+            return Err(DatapathError::MapFull);
+        }
+        self.entries.install_permission(entry)
+    }
+    fn remove_permission(&mut self, relay: SocketAddr, peer_ip: IpAddr) {
+        self.entries.remove_permission(relay, peer_ip);
+    }
+    fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
+        self.entries.install_channel(entry)
+    }
+    fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
+        self.entries.remove_channel(relay, number);
+    }
+    fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
+        if self.entries.allocations.contains_key(&relay) {
+            self.traffic
+        } else {
+            RelayedTraffic::default()
+        }
+    }
+}
+
 pub(super) struct Harness<D: Datapath = InMemoryDatapath> {
-    pub(super) server: Server<D, StdRng>,
+    pub(super) server: Server<StdRng>,
+    pub(super) fast_path: FastPath<D>,
     pub(super) now: Now,
+    /// The TTL / hop limit the harness's datagrams arrive with.
+    pub(super) hop_limit: Option<u8>,
     next_transaction: u8,
     /// The nonce in use per client IP (nonces are bound to the client's IP).
     pub(super) nonces: HashMap<IpAddr, String>,
@@ -131,38 +206,61 @@ impl Harness {
 
 impl<D: Datapath> Harness<D> {
     pub(super) fn with(config: ServerConfig, datapath: D) -> Self {
+        Harness::with_allowed(config, datapath, &ALLOWED_NETS)
+    }
+
+    /// A harness whose peer policy allows `allowed` (and denies [`DENIED_NET`]).
+    pub(super) fn with_allowed(config: ServerConfig, datapath: D, allowed: &[&str]) -> Self {
         let relay_ips = [config.relay_v4, config.relay_v6]
             .into_iter()
             .flatten()
-            .map(|relay| relay.bind)
+            .flat_map(|relay| [relay.bind, relay.advertised])
             .collect();
         let policy = PeerPolicy::new(
-            Vec::new(),
+            allowed
+                .iter()
+                .map(|net| net.parse().expect("net"))
+                .collect(),
             vec![DENIED_NET.parse().expect("net")],
             relay_ips,
         );
-        let server = Server::new(
-            config,
-            authenticator(),
-            policy,
-            datapath,
-            StdRng::seed_from_u64(42),
-        );
+        let server = Server::new(config, authenticator(), policy, StdRng::seed_from_u64(42));
         Harness {
             server,
+            fast_path: FastPath::new(datapath),
             now: Now {
                 instant: Instant::now(),
                 unix_secs: 1_700_000_000,
             },
+            hop_limit: Some(64),
             next_transaction: 0,
             nonces: HashMap::new(),
         }
+    }
+
+    pub(super) fn with_limits(mut self, limits: ServerLimits) -> Self {
+        self.server = self.server.with_limits(limits);
+        self
     }
 
     pub(super) fn advance(&mut self, by: Duration) {
         self.now.instant += by;
         self.now.unix_secs += by.as_secs();
         self.server.handle_timeout(self.now);
+        self.apply_fast_path();
+    }
+
+    /// Applies the fast-path commands the server queued, in order.
+    pub(super) fn apply_fast_path(&mut self) {
+        while let Some(command) = self.server.poll_fast_path() {
+            self.fast_path.apply(command);
+        }
+    }
+
+    /// The fast path's entries (the harness applies the commands after every step it
+    /// drives; a test calling the server directly calls [`Self::apply_fast_path`]).
+    pub(super) fn datapath(&self) -> &D {
+        self.fast_path.datapath()
     }
 
     pub(super) fn transaction_id(&mut self) -> TransactionId {
@@ -176,7 +274,10 @@ impl<D: Datapath> Harness<D> {
         flow: ClientFlow,
         packet: &[u8],
     ) -> (Option<Forward>, Vec<Command>, Vec<Transmit>) {
-        let forward = self.server.handle_client_datagram(self.now, flow, packet);
+        let forward = self
+            .server
+            .handle_client_datagram(self.now, flow, packet, self.hop_limit);
+        self.apply_fast_path();
         let commands = std::iter::from_fn(|| self.server.poll_command()).collect();
         let transmits = std::iter::from_fn(|| self.server.poll_transmit()).collect();
         (forward, commands, transmits)
@@ -192,7 +293,7 @@ impl<D: Datapath> Harness<D> {
         out: &mut Vec<u8>,
     ) -> Option<Forward> {
         self.server
-            .handle_peer_datagram(self.now.instant, relay, peer, packet, out)
+            .handle_peer_datagram(self.now.instant, relay, peer, packet, out, self.hop_limit)
     }
 
     /// A hand-built message of `method` and `class` with a fresh transaction ID; `body`
@@ -387,6 +488,25 @@ impl<D: Datapath> Harness<D> {
             Credentials::Md5("alice"),
         )
     }
+}
+
+/// A Send indication carrying `data` to `peer`.
+pub(super) fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    send_indication_with(harness, peer, |builder| {
+        builder.attribute(attr::DATA, data);
+    })
+}
+
+/// A Send indication to `peer` whose XOR-PEER-ADDRESS is followed by what `rest` adds.
+pub(super) fn send_indication_with(
+    harness: &mut Harness,
+    peer: SocketAddr,
+    rest: impl FnOnce(&mut MessageBuilder<'_>),
+) -> Vec<u8> {
+    harness.message(Method::SEND, Class::Indication, |builder| {
+        builder.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        rest(builder);
+    })
 }
 
 /// An attribute of a test request.

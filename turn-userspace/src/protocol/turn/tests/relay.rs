@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::channel_data::ChannelData;
-use crate::protocol::stun::{Class, MessageBuilder, Method};
+use crate::protocol::stun::{Class, Method};
 use crate::protocol::turn::{Forward, Payload};
 
 use super::*;
@@ -12,27 +12,6 @@ use super::*;
 const CLIENT: &str = "198.18.1.40:40000";
 const PEER: &str = "198.18.2.20:5000";
 const OTHER_PEER: &str = "198.18.2.21:6000";
-
-/// A Send indication carrying `data` to `peer`.
-fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
-    send_indication_with(harness, peer, |builder| {
-        builder
-            .attribute(attr::DONT_FRAGMENT, &[])
-            .attribute(attr::DATA, data);
-    })
-}
-
-/// A Send indication to `peer` whose XOR-PEER-ADDRESS is followed by what `rest` adds.
-fn send_indication_with(
-    harness: &mut Harness,
-    peer: SocketAddr,
-    rest: impl FnOnce(&mut MessageBuilder<'_>),
-) -> Vec<u8> {
-    harness.message(Method::SEND, Class::Indication, |builder| {
-        builder.xor_address(attr::XOR_PEER_ADDRESS, peer);
-        rest(builder);
-    })
-}
 
 fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
     let mut packet = Vec::new();
@@ -52,12 +31,18 @@ fn assert_forwarded_to_peer(
         from,
         to,
         payload: Payload::Input(range),
+        hop_limit,
     }) = forward
     else {
         panic!("{forward:?}")
     };
     assert_eq!((from, to), route);
     assert_eq!(&packet[range], data);
+    assert_eq!(
+        hop_limit,
+        Some(63),
+        "RFC 8656 §14: one less than it arrived with"
+    );
 }
 
 /// The forward of peer data to `client`, framed in the output buffer.
@@ -66,6 +51,7 @@ fn forward_to_client(client: ClientFlow) -> Forward {
         from: client.listener,
         to: client.client,
         payload: Payload::Output,
+        hop_limit: Some(63),
     }
 }
 
@@ -88,7 +74,7 @@ fn full_flow_in_both_directions() {
 
     // CreatePermission for both peers at once.
     assert_success(&harness.create_permission(client, &[peer, other_peer]));
-    let permission = harness.server.datapath().permissions[&(relay, peer.ip())];
+    let permission = harness.datapath().permissions[&(relay, peer.ip())];
     assert_eq!(
         permission.expires_at,
         harness.now.instant + Duration::from_secs(300)
@@ -116,7 +102,7 @@ fn full_flow_in_both_directions() {
 
     // ChannelBind, then ChannelData both ways.
     assert_success(&harness.channel_bind(client, 0x4001, peer));
-    let channel = harness.server.datapath().channels[&(relay, 0x4001)];
+    let channel = harness.datapath().channels[&(relay, 0x4001)];
     assert_eq!(channel.peer, peer);
     assert_eq!(
         channel.expires_at,
@@ -212,7 +198,7 @@ fn create_permission_is_all_or_nothing_with_403_and_443() {
     assert_eq!(error_code(&response), 403, "loopback is denied by default");
     let response = harness.create_permission(client, &[addr(PEER), addr("[2001:db8::20]:5000")]);
     assert_eq!(error_code(&response), 443);
-    assert!(harness.server.datapath().permissions.is_empty());
+    assert!(harness.datapath().permissions.is_empty());
     let (response, _) = harness.request(
         client,
         Method::CREATE_PERMISSION,
@@ -224,7 +210,6 @@ fn create_permission_is_all_or_nothing_with_403_and_443() {
     let hairpin = SocketAddr::new(ip(RELAY_V4_BIND), 50000);
     assert_success(&harness.create_permission(client, &[hairpin]));
     assert!(harness
-        .server
         .datapath()
         .permissions
         .contains_key(&(relay, hairpin.ip())));
@@ -373,4 +358,154 @@ fn request_with_wrong_fingerprint_gets_no_answer() {
     packet[last] ^= 0x01;
     let (forward, commands, transmits) = harness.send(flow(CLIENT), &packet);
     assert!(forward.is_none() && commands.is_empty() && transmits.is_empty());
+}
+
+#[test]
+fn permissions_and_channels_per_allocation_are_capped_with_508() {
+    let mut harness = Harness::new().with_limits(ServerLimits {
+        max_permissions_per_allocation: 3,
+        max_channels_per_allocation: 2,
+        ..ServerLimits::default()
+    });
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peers: Vec<SocketAddr> = (1..=4)
+        .map(|host| addr(&format!("198.18.2.{host}:5000")))
+        .collect();
+    // Two new peers and a duplicate: within the cap.
+    assert_success(&harness.create_permission(client, &[peers[0], peers[1], peers[0]]));
+    // One more fits; two more do not, and nothing of that request is installed.
+    assert_eq!(
+        error_code(&harness.create_permission(client, &[peers[2], peers[3]])),
+        508
+    );
+    assert_eq!(harness.server.stats().permissions, 2);
+    assert_success(&harness.create_permission(client, &[peers[2]]));
+    // At the cap, refreshing what exists still works.
+    assert_success(&harness.create_permission(client, &[peers[0], peers[1], peers[2]]));
+    assert_eq!(
+        error_code(&harness.create_permission(client, &[peers[3]])),
+        508
+    );
+    // Channels: to permitted peers up to the channel cap; a channel to a new peer
+    // would also exceed the permission cap.
+    assert_success(&harness.channel_bind(client, 0x4000, peers[0]));
+    assert_success(&harness.channel_bind(client, 0x4001, peers[1]));
+    assert_success(&harness.channel_bind(client, 0x4001, peers[1]));
+    assert_eq!(
+        error_code(&harness.channel_bind(client, 0x4002, peers[2])),
+        508
+    );
+    assert_eq!(harness.server.stats().channels, 2);
+    assert_eq!(harness.datapath().permissions.len(), 3);
+    assert_eq!(harness.datapath().channels.len(), 2);
+    assert!(harness
+        .datapath()
+        .permissions
+        .keys()
+        .all(|(r, _)| *r == relay));
+}
+
+#[test]
+fn create_permission_work_is_bounded_and_duplicates_cost_nothing() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    harness.allocate(client);
+    let peer = addr(PEER);
+    let armed = harness.server.armed_timers();
+    // 16 copies of one peer: one permission, one deadline, one fast-path entry.
+    assert_success(&harness.create_permission(client, &[peer; 16]));
+    assert_eq!(harness.server.stats().permissions, 1);
+    assert_eq!(harness.datapath().permissions.len(), 1);
+    let with_permission = harness.server.armed_timers();
+    assert_eq!(
+        with_permission,
+        armed + 2,
+        "the permission and the cached response"
+    );
+    // Refreshing re-arms the same deadline instead of adding one.
+    for _ in 0..50 {
+        assert_success(&harness.create_permission(client, &[peer, peer]));
+    }
+    assert_eq!(
+        harness.server.armed_timers(),
+        with_permission + 50,
+        "only the 50 cached responses add deadlines"
+    );
+    // More attributes than a request may carry: 400 before any of them is looked at.
+    let too_many = vec![peer; 17];
+    assert_eq!(
+        error_code(&harness.create_permission(client, &too_many)),
+        400
+    );
+    // Deleting the allocation disarms its deadlines.
+    let before_delete = harness.server.armed_timers();
+    let (response, _) = harness.refresh(client, Some(0));
+    assert_success(&response);
+    assert_eq!(harness.server.armed_timers(), before_delete + 1 - 2);
+}
+
+#[test]
+fn dont_fragment_is_refused_as_rfc_8656_says_for_servers_without_df() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    // RFC 8656 §7.2: 420 with DONT-FRAGMENT in UNKNOWN-ATTRIBUTES; nothing allocated.
+    let (response, commands) = harness.allocate_with(client, &[raw(attr::DONT_FRAGMENT, &[])]);
+    assert_eq!(error_code(&response), 420);
+    let unknown: Vec<u16> = parse(&response)
+        .unknown_attributes()
+        .expect("valid")
+        .expect("UNKNOWN-ATTRIBUTES")
+        .collect();
+    assert_eq!(unknown, [attr::DONT_FRAGMENT]);
+    assert!(commands.is_empty());
+    // A Send indication with DONT-FRAGMENT is discarded (RFC 8656 §11.2).
+    harness.allocate(client);
+    let peer = addr(PEER);
+    assert_success(&harness.create_permission(client, &[peer]));
+    let packet = send_indication_with(&mut harness, peer, |builder| {
+        builder
+            .attribute(attr::DONT_FRAGMENT, &[])
+            .attribute(attr::DATA, b"df");
+    });
+    let (forward, _, _) = harness.send(client, &packet);
+    assert!(forward.is_none());
+    let packet = send_indication(&mut harness, peer, b"no df");
+    assert!(harness.send(client, &packet).0.is_some());
+}
+
+#[test]
+fn relayed_datagrams_leave_with_one_hop_less_and_never_with_zero() {
+    let mut harness = Harness::new();
+    let client = flow(CLIENT);
+    let relay = harness.allocate(client);
+    let peer = addr(PEER);
+    assert_success(&harness.channel_bind(client, 0x4000, peer));
+    let mut out = Vec::new();
+    for (incoming, outgoing) in [
+        (Some(255), Some(Some(254))),
+        (Some(2), Some(Some(1))),
+        (Some(1), None),
+        (Some(0), None),
+        (None, Some(None)),
+    ] {
+        harness.hop_limit = incoming;
+        let dropped = harness.server.stats().dropped_packets;
+        let to_peer = harness.send(client, &channel_data(0x4000, b"x")).0;
+        let indication = send_indication(&mut harness, peer, b"x");
+        let sent = harness.send(client, &indication).0;
+        let to_client = harness.peer_datagram(relay, peer, b"x", &mut out);
+        for forward in [&to_peer, &sent, &to_client] {
+            assert_eq!(
+                forward.as_ref().map(|f| f.hop_limit),
+                outgoing,
+                "{incoming:?}"
+            );
+        }
+        let expected_drops = if outgoing.is_none() { 3 } else { 0 };
+        assert_eq!(
+            harness.server.stats().dropped_packets,
+            dropped + expected_drops
+        );
+    }
 }
