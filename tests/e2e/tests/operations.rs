@@ -7,12 +7,16 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use turn_testkit::addresses::{PEER_V4, RELAY_LISTEN_V4, TURN_PORT};
+use std::net::SocketAddr;
+
+use turn_testkit::addresses::{PEER_PORT, PEER_V4, RELAY_LISTEN_V4, TURN_PORT};
 use turn_testkit::config::{RelayConfig, User, Xdp};
 use turn_testkit::coturn::{start_peer, Credentials, Uclient};
 use turn_testkit::daemon::{daemon_binary, workspace_root, Daemon, Launch};
 use turn_testkit::process::run;
-use turn_testkit::stun_client::{allocate_request, client_socket, transact, Response, TurnClient};
+use turn_testkit::stun_client::{
+    allocate_request, channel_data, client_socket, transact, Delivered, Response, TurnClient,
+};
 use turn_testkit::topology::Topology;
 use turn_testkit::{privileged, OrFail};
 
@@ -22,13 +26,14 @@ const PASSWORD: &str = "alice-password";
 const PATIENCE: Duration = Duration::from_secs(20);
 /// The capabilities of config/turn-relay.service, as setpriv names them.
 const UNIT_CAPABILITIES: [&str; 4] = ["bpf", "perfmon", "net_admin", "net_bind_service"];
+const CHANNEL: u16 = 0x4001;
 
 fn user() -> User {
     User::new(USER, PASSWORD)
 }
 
-fn listener() -> std::net::SocketAddr {
-    std::net::SocketAddr::new(RELAY_LISTEN_V4.into(), TURN_PORT)
+fn listener() -> SocketAddr {
+    SocketAddr::new(RELAY_LISTEN_V4.into(), TURN_PORT)
 }
 
 /// `turn-relay ctl <args>` inside the relay namespace: exit code and output.
@@ -148,6 +153,20 @@ fn ctl_shows_status_and_drains_and_readiness_follows() {
     }
     assert_eq!(daemon.admin("GET", "/readyz").or_fail("readyz").0, 200);
 
+    let (code, sessions) = ctl(&topology, &["sessions"]);
+    assert_eq!(code, 0, "{sessions}");
+    let row = sessions
+        .lines()
+        .find(|line| line.starts_with(USER))
+        .or_fail("a row for alice");
+    assert!(
+        row.contains("198.18.1.2:") && row.contains("198.19.1.1:") && row.contains("udp"),
+        "{row}"
+    );
+    assert!(sessions.ends_with("1 allocation(s)\n"), "{sessions}");
+    let (_, json) = ctl(&topology, &["sessions", "--json"]);
+    assert!(!json.contains(PASSWORD), "a secret in /sessions:\n{json}");
+
     let (code, drained) = ctl(&topology, &["drain"]);
     assert_eq!(code, 0, "{drained}");
     assert!(
@@ -159,7 +178,11 @@ fn ctl_shows_status_and_drains_and_readiness_follows() {
     assert_eq!(daemon.admin("GET", "/healthz").or_fail("healthz").0, 200);
     let (_, json) = ctl(&topology, &["status", "--json"]);
     assert!(json.contains("\"draining\": true"), "{json}");
-    // The established allocation carries on.
+    // No alternate configured: a new Allocate gets 508; the established one carries on.
+    let refused = TurnClient::allocate_from(&topology.client, listener(), &user())
+        .err()
+        .or_fail("a new Allocate while draining");
+    assert!(format!("{refused:#}").contains("508"), "{refused:#}");
     client.refresh(600).or_fail("Refresh while draining");
 
     let (code, undrained) = ctl(&topology, &["undrain"]);
@@ -174,13 +197,14 @@ fn a_draining_relay_with_drain_exit_exits_when_its_last_allocation_ends() {
         return;
     }
     let topology = Topology::new().or_fail("building the namespaces");
+    let _peer = start_peer(&topology.peer, PEER_V4.into()).or_fail("starting the peer");
     let launch = Launch {
         args: vec!["--exit-when-drained".into()],
         ..Launch::default()
     };
     let mut daemon = Daemon::start_with(
         &topology.relay,
-        &RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD),
+        &RelayConfig::new(Xdp::Native).with_user(USER, PASSWORD),
         &launch,
     )
     .or_fail("starting turn-relay");
@@ -192,6 +216,39 @@ fn a_draining_relay_with_drain_exit_exits_when_its_last_allocation_ends() {
             log.contains("draining: new allocations") && log.contains("(SIGUSR1)")
         })
         .or_fail("SIGUSR1 starts the drain");
+    // The allocation goes on while draining: ChannelBind, then media through XDP.
+    let peer = SocketAddr::new(PEER_V4.into(), PEER_PORT);
+    client
+        .channel_bind(CHANNEL, peer)
+        .or_fail("ChannelBind while draining");
+    for sequence in 0..20u8 {
+        client
+            .socket()
+            .send(&channel_data(CHANNEL, &[sequence; 100]))
+            .or_fail("ChannelData");
+        let echoed = client.receive(Duration::from_secs(2)).or_fail("receiving");
+        assert_eq!(
+            echoed,
+            Some(Delivered::ChannelData {
+                number: CHANNEL,
+                data: vec![sequence; 100]
+            }),
+            "packet {sequence} while draining"
+        );
+    }
+    // XDP relays them (the first may go through userspace while the neighbour resolves).
+    let relayed = |metrics: &turn_testkit::daemon::Metrics| {
+        metrics.xdp_packets("relayed_channel_data_to_peer") + metrics.userspace_relayed("to_peer")
+            >= 20
+            && metrics.xdp_packets("relayed_channel_data_to_peer") > 0
+            && metrics.xdp_packets("relayed_channel_data_to_client") > 0
+    };
+    let metrics = daemon.metrics_when(PATIENCE, relayed).or_fail("metrics");
+    assert!(
+        relayed(&metrics),
+        "XDP relays for a draining relay:\n{}",
+        metrics.0
+    );
     // One allocation is left: it keeps the process alive.
     assert!(
         daemon
@@ -221,8 +278,19 @@ fn sighup_reloads_and_a_broken_file_changes_nothing() {
     let mut daemon = Daemon::start(&topology.relay, &config).or_fail("starting turn-relay");
     let original = fs::read_to_string(daemon.config_path()).or_fail("reading the config");
 
-    // A restart-only key and the log level change: one applies, one is named.
+    let bob = User::new("bob", "bob-password");
+    assert!(TurnClient::allocate_from(&topology.client, listener(), &bob).is_err());
+    let mut alice =
+        TurnClient::allocate_from(&topology.client, listener(), &user()).or_fail("Allocate");
+
+    // A user replaced, the log level and a restart-only key changed: two apply, one is
+    // named; alice's allocation is not touched.
     let changed = original
+        .replace("name = \"alice\"", "name = \"bob\"")
+        .replace(
+            &format!("password = \"{PASSWORD}\""),
+            "password = \"bob-password\"",
+        )
         .replace("level = \"info\"", "level = \"debug\"")
         .replace("realm = \"e2e.turn-relay.test\"", "realm = \"other.test\"");
     assert_ne!(
@@ -233,9 +301,14 @@ fn sighup_reloads_and_a_broken_file_changes_nothing() {
     daemon.signal(libc::SIGHUP).or_fail("SIGHUP");
     let log = daemon
         .log_when(PATIENCE, |log| {
-            log.contains("reloaded: log.level applied (SIGHUP)")
+            log.contains("reloaded: auth.users, log.level applied (SIGHUP)")
         })
         .or_fail("the reload is logged");
+    TurnClient::allocate_from(&topology.client, listener(), &bob).or_fail("bob after the reload");
+    assert!(TurnClient::allocate_from(&topology.client, listener(), &user()).is_err());
+    alice
+        .refresh(600)
+        .or_fail("alice's allocation after the reload");
     assert!(
         log.contains("reload: server.realm changed but needs a restart"),
         "{log}"
@@ -261,7 +334,7 @@ fn sighup_reloads_and_a_broken_file_changes_nothing() {
             log.contains("refused; the running configuration stays")
         })
         .or_fail("the refused reload is logged");
-    TurnClient::allocate_from(&topology.client, listener(), &user())
+    TurnClient::allocate_from(&topology.client, listener(), &bob)
         .or_fail("Allocate after the refused reload");
     daemon
         .ensure_running()

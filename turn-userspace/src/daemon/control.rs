@@ -12,6 +12,7 @@
 //!   pings while the main loop turns, STOPPING at shutdown.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::daemon::config::{Config, Sources};
 use crate::daemon::logging::LevelHandle;
 
 use super::admin::api::{
-    AllocationCounts, Answer, Listener, Operations, Status, Traffic, XdpStatus,
+    AllocationCounts, Answer, Listener, Operations, Session, Status, Traffic, XdpStatus,
 };
 use super::Hub;
 
@@ -64,6 +65,7 @@ impl Control {
         log_filter: Option<LevelHandle>,
         xdp: XdpSetup,
     ) -> Control {
+        hub.lock().server.set_alternate_servers(config.alternates());
         Control {
             started: Instant::now(),
             sources,
@@ -152,6 +154,7 @@ impl Operations for Control {
                     String::new()
                 };
                 drop(state);
+                self.hub.lock().server.set_draining(true);
                 let message = format!("draining: new allocations are {whereto}{exit}");
                 tracing::warn!("{message} ({by})");
                 return self.announce(message);
@@ -159,6 +162,7 @@ impl Operations for Control {
             (true, false) => {
                 state.draining_since = None;
                 drop(state);
+                self.hub.lock().server.set_draining(false);
                 let message = "no longer draining: new allocations are accepted".to_owned();
                 tracing::warn!("{message} ({by})");
                 return self.announce(message);
@@ -185,6 +189,13 @@ impl Operations for Control {
             );
         }
         let config = reloaded.config;
+        {
+            let mut shared = self.hub.lock();
+            shared.server.set_authenticator(config.authenticator());
+            shared.server.set_peer_policy(config.peer_policy());
+            shared.server.set_alternate_servers(config.alternates());
+        }
+        // TLS certificates, once TLS listeners exist, are loaded again here.
         if let Some(filter) = &self.log_filter {
             if let Err(error) = filter.set(&config.log_level) {
                 tracing::warn!("reload: {error:#}");
@@ -206,7 +217,10 @@ impl Operations for Control {
     }
 
     fn status(&self) -> Status {
-        let stats = self.hub.lock().server.stats();
+        let (stats, by_family) = {
+            let shared = self.hub.lock();
+            (shared.server.stats(), shared.server.allocations_by_family())
+        };
         let state = self.state();
         let config = &state.config;
         let mut by_transport = BTreeMap::new();
@@ -221,7 +235,10 @@ impl Operations for Control {
             allocations: AllocationCounts {
                 total: stats.allocations,
                 by_transport,
-                by_family: BTreeMap::new(),
+                by_family: [("ipv4", by_family.ipv4), ("ipv6", by_family.ipv6)]
+                    .into_iter()
+                    .map(|(family, count)| (family.to_owned(), count))
+                    .collect(),
             },
             permissions: stats.permissions,
             channels: stats.channels,
@@ -262,8 +279,61 @@ impl Operations for Control {
         }
     }
 
+    fn sessions(&self) -> Vec<Session> {
+        let now = Instant::now();
+        let mut sessions: Vec<(SocketAddr, Session)> = {
+            let shared = self.hub.lock();
+            shared
+                .server
+                .allocations()
+                .map(|allocation| {
+                    let session = Session {
+                        user: allocation.username.to_owned(),
+                        client: allocation.flow.client.to_string(),
+                        listener: allocation.flow.listener.to_string(),
+                        transport: "udp".to_owned(),
+                        relayed: allocation.relayed.to_string(),
+                        age_seconds: now
+                            .saturating_duration_since(allocation.created_at)
+                            .as_secs(),
+                        permissions: allocation.permissions,
+                        channels: allocation.channels,
+                        userspace_to_peer: traffic(allocation.userspace_to_peer),
+                        userspace_to_client: traffic(allocation.userspace_to_client),
+                        xdp_to_peer: Traffic::default(),
+                        xdp_to_client: Traffic::default(),
+                    };
+                    (allocation.relay, session)
+                })
+                .collect()
+        };
+        // The fast path's own counts, under its lock (never taken before the server's).
+        let fast_path = self.hub.lock_fast_path();
+        for (relay, session) in &mut sessions {
+            let relayed = fast_path.datapath().relayed_traffic(*relay);
+            session.xdp_to_peer = Traffic {
+                packets: relayed.to_peer_packets,
+                bytes: relayed.to_peer_bytes,
+            };
+            session.xdp_to_client = Traffic {
+                packets: relayed.to_client_packets,
+                bytes: relayed.to_client_bytes,
+            };
+        }
+        drop(fast_path);
+        sessions.sort_by_key(|(_, session)| std::cmp::Reverse(session.age_seconds));
+        sessions.into_iter().map(|(_, session)| session).collect()
+    }
+
     fn token(&self) -> Option<String> {
         self.state().config.admin_token.clone()
+    }
+}
+
+fn traffic(count: crate::protocol::turn::PacketCount) -> Traffic {
+    Traffic {
+        packets: count.packets,
+        bytes: count.bytes,
     }
 }
 

@@ -16,6 +16,8 @@ pub(crate) trait Operations: Send + Sync {
     /// Reads the configuration again and applies what can change while running.
     fn reload(&self, by: &str) -> Result<Answer, String>;
     fn status(&self) -> Status;
+    /// Every allocation (no secrets).
+    fn sessions(&self) -> Vec<Session>;
     /// The bearer token that allows POSTs from other hosts than loopback.
     fn token(&self) -> Option<String>;
 }

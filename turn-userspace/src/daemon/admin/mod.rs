@@ -183,6 +183,10 @@ mod tests {
             }
         }
 
+        fn sessions(&self) -> Vec<api::Session> {
+            Vec::new()
+        }
+
         fn token(&self) -> Option<String> {
             self.token.clone()
         }
@@ -336,7 +340,7 @@ mod tests {
             assert_eq!(status, 200, "{peer}");
         }
         // Reading is open to anyone who reaches the listener.
-        for path in ["/metrics", "/status", "/healthz", "/readyz"] {
+        for path in ["/metrics", "/status", "/sessions", "/healthz", "/readyz"] {
             let (status, _) = answer(&state, hyper::Method::GET, path, remote, None).await;
             assert_eq!(status, 200, "{path}");
         }

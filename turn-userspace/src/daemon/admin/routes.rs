@@ -63,6 +63,11 @@ const ROUTES: &[Route] = &[
         handler: status,
     },
     Route {
+        method: Method::GET,
+        path: "/sessions",
+        handler: sessions,
+    },
+    Route {
         method: Method::POST,
         path: "/drain",
         handler: drain,
@@ -160,6 +165,11 @@ fn readyz(state: &AdminState, _request: &Request<'_>) -> Reply {
 /// `GET /status`: the relay's state as JSON.
 fn status(state: &AdminState, _request: &Request<'_>) -> Reply {
     json(StatusCode::OK, &state.operations.status())
+}
+
+/// `GET /sessions`: every allocation as JSON (no secrets).
+fn sessions(state: &AdminState, _request: &Request<'_>) -> Reply {
+    json(StatusCode::OK, &state.operations.sessions())
 }
 
 /// `POST /drain`: new allocations go to the alternate servers (or get 508).
