@@ -415,3 +415,92 @@ fn imported_coturn_and_restund_configurations_pass_check_config() {
         "{imported}"
     );
 }
+
+#[test]
+fn drain_timeout_ends_a_drain_that_calls_outlast() {
+    if !privileged("drain_timeout_ends_a_drain_that_calls_outlast") {
+        return;
+    }
+    let topology = Topology::new().or_fail("building the namespaces");
+    let launch = Launch {
+        env: vec![
+            ("TURN_RELAY_SERVER_DRAIN_EXIT".into(), "true".into()),
+            ("TURN_RELAY_SERVER_DRAIN_TIMEOUT".into(), "2".into()),
+        ],
+        ..Launch::default()
+    };
+    let mut daemon = Daemon::start_with(
+        &topology.relay,
+        &RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD),
+        &launch,
+    )
+    .or_fail("starting turn-relay");
+    let _call =
+        TurnClient::allocate_from(&topology.client, listener(), &user()).or_fail("Allocate");
+    let (status, _) = daemon.admin("POST", "/drain").or_fail("POST /drain");
+    assert_eq!(status, 200);
+    let exit = daemon
+        .wait_for_exit(PATIENCE)
+        .or_fail("waiting for the exit")
+        .or_fail("the drain timeout ends the process");
+    assert!(exit.success(), "exit status {exit}");
+    assert!(daemon
+        .log()
+        .contains("drained: server.drain_timeout is over"));
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_and_stopping() {
+    if !privileged("systemd_hears_ready_status_watchdog_and_stopping") {
+        return;
+    }
+    let topology = Topology::new().or_fail("building the namespaces");
+    let socket_path =
+        std::env::temp_dir().join(format!("turn-relay-notify-{}", std::process::id()));
+    let _ = fs::remove_file(&socket_path);
+    let notifications =
+        std::os::unix::net::UnixDatagram::bind(&socket_path).or_fail("binding NOTIFY_SOCKET");
+    notifications
+        .set_read_timeout(Some(PATIENCE))
+        .or_fail("read timeout");
+    let launch = Launch {
+        env: vec![
+            ("NOTIFY_SOCKET".into(), socket_path.display().to_string()),
+            // WatchdogSec=2: pings every second.
+            ("WATCHDOG_USEC".into(), "2000000".into()),
+        ],
+        ..Launch::default()
+    };
+    let mut daemon = Daemon::start_with(
+        &topology.relay,
+        &RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD),
+        &launch,
+    )
+    .or_fail("starting turn-relay");
+    let mut heard: Vec<String> = Vec::new();
+    let receive = |heard: &mut Vec<String>, until: &str| {
+        let mut buffer = [0u8; 512];
+        while !heard.iter().any(|message| message.contains(until)) {
+            let length = notifications
+                .recv(&mut buffer)
+                .or_fail(&format!("waiting for {until} (heard {heard:?})"));
+            heard.push(String::from_utf8_lossy(&buffer[..length]).into_owned());
+        }
+    };
+    receive(&mut heard, "READY=1");
+    receive(&mut heard, "WATCHDOG=1");
+    let ready = heard
+        .iter()
+        .find(|message| message.contains("READY=1"))
+        .or_fail("READY");
+    assert!(ready.contains("STATUS=0 allocation(s)"), "{ready}");
+    daemon.signal(libc::SIGUSR1).or_fail("SIGUSR1");
+    receive(&mut heard, "draining");
+    daemon.signal(libc::SIGTERM).or_fail("SIGTERM");
+    receive(&mut heard, "STOPPING=1");
+    daemon
+        .wait_for_exit(PATIENCE)
+        .or_fail("waiting for the exit")
+        .or_fail("SIGTERM ends it");
+    let _ = fs::remove_file(&socket_path);
+}

@@ -389,10 +389,13 @@ fn notify_status(summary: &str) {
 }
 
 /// The watchdog interval systemd asks for (`WatchdogSec=`), if any: pings go out at half
-/// of it.
+/// of it. As libsystemd's `sd_watchdog_enabled`: `WATCHDOG_USEC`, and `WATCHDOG_PID`
+/// naming this process when it is set (systemd sets both).
 pub(super) fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID")
+        .map_or(true, |pid| pid.parse() == Ok(std::process::id()));
+    (for_us && usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 pub(super) fn notify_watchdog() {
