@@ -55,20 +55,64 @@ fn ctl(topology: &Topology, args: &[&str]) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
-#[test]
-fn turn_relay_runs_unprivileged_with_the_units_capabilities() {
-    if !privileged("turn_relay_runs_unprivileged_with_the_units_capabilities") {
-        return;
+/// The standard topology (with an echoing peer when `peer`) and alice's relay with `xdp`,
+/// started as `launch` says; None when `test` may not run here (not root, outside CI).
+fn relay(test: &str, xdp: Xdp, launch: &Launch, peer: bool) -> Option<Relay> {
+    if !privileged(test) {
+        return None;
     }
     let topology = Topology::new().or_fail("building the namespaces");
-    let _peer = start_peer(&topology.peer, PEER_V4.into()).or_fail("starting the peer");
-    let config = RelayConfig::new(Xdp::Native).with_user(USER, PASSWORD);
+    let peer =
+        peer.then(|| start_peer(&topology.peer, PEER_V4.into()).or_fail("starting the peer"));
+    let daemon = Daemon::start_with(
+        &topology.relay,
+        &RelayConfig::new(xdp).with_user(USER, PASSWORD),
+        launch,
+    )
+    .or_fail("starting turn-relay");
+    Some(Relay {
+        daemon,
+        _peer: peer,
+        topology,
+    })
+}
+
+/// What [`relay`] starts; the daemon stops before its namespaces go.
+struct Relay {
+    daemon: Daemon,
+    _peer: Option<turn_testkit::process::Background>,
+    topology: Topology,
+}
+
+/// Waits for the daemon to exit by itself, with status 0 and `reason` in its log.
+fn exits_cleanly(daemon: &mut Daemon, reason: &str) {
+    let exit = daemon
+        .wait_for_exit(PATIENCE)
+        .or_fail("waiting for the exit")
+        .or_fail(&format!("the daemon exits ({reason})"));
+    assert!(exit.success(), "exit status {exit}:\n{}", daemon.log());
+    assert!(daemon.log().contains(reason), "{}", daemon.log());
+}
+
+#[test]
+fn turn_relay_runs_unprivileged_with_the_units_capabilities() {
     let launch = Launch {
         capabilities: Some(UNIT_CAPABILITIES.to_vec()),
         ..Launch::default()
     };
-    let mut daemon = Daemon::start_with(&topology.relay, &config, &launch)
-        .or_fail("starting turn-relay as nobody");
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "turn_relay_runs_unprivileged_with_the_units_capabilities",
+        Xdp::Native,
+        &launch,
+        true,
+    )
+    else {
+        return;
+    };
     let log = daemon
         .log_when(PATIENCE, |log| log.contains("XDP attached in native mode"))
         .or_fail("XDP attached without root");
@@ -99,18 +143,23 @@ fn turn_relay_runs_unprivileged_with_the_units_capabilities() {
 
 #[test]
 fn without_cap_perfmon_the_verifier_refuses_the_xdp_program() {
-    if !privileged("without_cap_perfmon_the_verifier_refuses_the_xdp_program") {
-        return;
-    }
-    let topology = Topology::new().or_fail("building the namespaces");
-    let _peer = start_peer(&topology.peer, PEER_V4.into()).or_fail("starting the peer");
-    let config = RelayConfig::new(Xdp::Native).with_user(USER, PASSWORD);
     let launch = Launch {
         capabilities: Some(vec!["bpf", "net_admin", "net_bind_service"]),
         ..Launch::default()
     };
-    let mut daemon = Daemon::start_with(&topology.relay, &config, &launch)
-        .or_fail("starting turn-relay as nobody");
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "without_cap_perfmon_the_verifier_refuses_the_xdp_program",
+        Xdp::Native,
+        &launch,
+        true,
+    )
+    else {
+        return;
+    };
     let log = daemon
         .log_when(PATIENCE, |log| log.contains("could not be attached"))
         .or_fail("the XDP failure is logged");
@@ -129,15 +178,20 @@ fn without_cap_perfmon_the_verifier_refuses_the_xdp_program() {
 
 #[test]
 fn ctl_shows_status_and_drains_and_readiness_follows() {
-    if !privileged("ctl_shows_status_and_drains_and_readiness_follows") {
-        return;
-    }
-    let topology = Topology::new().or_fail("building the namespaces");
-    let mut daemon = Daemon::start(
-        &topology.relay,
-        &RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD),
+    let launch = Launch::default();
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "ctl_shows_status_and_drains_and_readiness_follows",
+        Xdp::Off,
+        &launch,
+        false,
     )
-    .or_fail("starting turn-relay");
+    else {
+        return;
+    };
     let mut client =
         TurnClient::allocate_from(&topology.client, listener(), &user()).or_fail("Allocate");
 
@@ -193,21 +247,23 @@ fn ctl_shows_status_and_drains_and_readiness_follows() {
 
 #[test]
 fn a_draining_relay_with_drain_exit_exits_when_its_last_allocation_ends() {
-    if !privileged("a_draining_relay_with_drain_exit_exits_when_its_last_allocation_ends") {
-        return;
-    }
-    let topology = Topology::new().or_fail("building the namespaces");
-    let _peer = start_peer(&topology.peer, PEER_V4.into()).or_fail("starting the peer");
     let launch = Launch {
         args: vec!["--exit-when-drained".into()],
         ..Launch::default()
     };
-    let mut daemon = Daemon::start_with(
-        &topology.relay,
-        &RelayConfig::new(Xdp::Native).with_user(USER, PASSWORD),
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "a_draining_relay_with_drain_exit_exits_when_its_last_allocation_ends",
+        Xdp::Native,
         &launch,
+        true,
     )
-    .or_fail("starting turn-relay");
+    else {
+        return;
+    };
     let mut client =
         TurnClient::allocate_from(&topology.client, listener(), &user()).or_fail("Allocate");
     daemon.signal(libc::SIGUSR1).or_fail("SIGUSR1");
@@ -258,24 +314,25 @@ fn a_draining_relay_with_drain_exit_exits_when_its_last_allocation_ends() {
         "exited with an allocation left"
     );
     client.refresh(0).or_fail("deleting the allocation");
-    let exit = daemon
-        .wait_for_exit(PATIENCE)
-        .or_fail("waiting for the exit")
-        .or_fail("the drained relay exits");
-    assert!(exit.success(), "exit status {exit}:\n{}", daemon.log());
-    assert!(daemon
-        .log()
-        .contains("drained: the last allocation is gone"));
+    exits_cleanly(&mut daemon, "drained: the last allocation is gone");
 }
 
 #[test]
 fn sighup_reloads_and_a_broken_file_changes_nothing() {
-    if !privileged("sighup_reloads_and_a_broken_file_changes_nothing") {
+    let launch = Launch::default();
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "sighup_reloads_and_a_broken_file_changes_nothing",
+        Xdp::Off,
+        &launch,
+        false,
+    )
+    else {
         return;
-    }
-    let topology = Topology::new().or_fail("building the namespaces");
-    let config = RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD);
-    let mut daemon = Daemon::start(&topology.relay, &config).or_fail("starting turn-relay");
+    };
     let original = fs::read_to_string(daemon.config_path()).or_fail("reading the config");
 
     let bob = User::new("bob", "bob-password");
@@ -343,10 +400,6 @@ fn sighup_reloads_and_a_broken_file_changes_nothing() {
 
 #[test]
 fn the_environment_overrides_the_file() {
-    if !privileged("the_environment_overrides_the_file") {
-        return;
-    }
-    let topology = Topology::new().or_fail("building the namespaces");
     let launch = Launch {
         env: vec![
             (
@@ -357,12 +410,19 @@ fn the_environment_overrides_the_file() {
         ],
         ..Launch::default()
     };
-    let mut daemon = Daemon::start_with(
-        &topology.relay,
-        &RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD),
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "the_environment_overrides_the_file",
+        Xdp::Off,
         &launch,
+        false,
     )
-    .or_fail("starting turn-relay");
+    else {
+        return;
+    };
     let socket = client_socket(&topology.client, listener()).or_fail("client socket");
     let challenge = transact(&socket, &allocate_request(false, None)).or_fail("Allocate");
     let challenge = Response::parse(&challenge).or_fail("a response");
@@ -418,10 +478,6 @@ fn imported_coturn_and_restund_configurations_pass_check_config() {
 
 #[test]
 fn drain_timeout_ends_a_drain_that_calls_outlast() {
-    if !privileged("drain_timeout_ends_a_drain_that_calls_outlast") {
-        return;
-    }
-    let topology = Topology::new().or_fail("building the namespaces");
     let launch = Launch {
         env: vec![
             ("TURN_RELAY_SERVER_DRAIN_EXIT".into(), "true".into()),
@@ -429,32 +485,28 @@ fn drain_timeout_ends_a_drain_that_calls_outlast() {
         ],
         ..Launch::default()
     };
-    let mut daemon = Daemon::start_with(
-        &topology.relay,
-        &RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD),
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "drain_timeout_ends_a_drain_that_calls_outlast",
+        Xdp::Off,
         &launch,
+        false,
     )
-    .or_fail("starting turn-relay");
+    else {
+        return;
+    };
     let _call =
         TurnClient::allocate_from(&topology.client, listener(), &user()).or_fail("Allocate");
     let (status, _) = daemon.admin("POST", "/drain").or_fail("POST /drain");
     assert_eq!(status, 200);
-    let exit = daemon
-        .wait_for_exit(PATIENCE)
-        .or_fail("waiting for the exit")
-        .or_fail("the drain timeout ends the process");
-    assert!(exit.success(), "exit status {exit}");
-    assert!(daemon
-        .log()
-        .contains("drained: server.drain_timeout is over"));
+    exits_cleanly(&mut daemon, "drained: server.drain_timeout is over");
 }
 
 #[test]
 fn systemd_hears_ready_status_watchdog_and_stopping() {
-    if !privileged("systemd_hears_ready_status_watchdog_and_stopping") {
-        return;
-    }
-    let topology = Topology::new().or_fail("building the namespaces");
     let socket_path =
         std::env::temp_dir().join(format!("turn-relay-notify-{}", std::process::id()));
     let _ = fs::remove_file(&socket_path);
@@ -471,12 +523,20 @@ fn systemd_hears_ready_status_watchdog_and_stopping() {
         ],
         ..Launch::default()
     };
-    let mut daemon = Daemon::start_with(
-        &topology.relay,
-        &RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD),
+    let Some(Relay {
+        mut daemon,
+        _peer,
+        topology: _topology,
+    }) = relay(
+        "systemd_hears_ready_status_watchdog_and_stopping",
+        Xdp::Off,
         &launch,
+        false,
     )
-    .or_fail("starting turn-relay");
+    else {
+        let _ = fs::remove_file(&socket_path);
+        return;
+    };
     let mut heard: Vec<String> = Vec::new();
     let receive = |heard: &mut Vec<String>, until: &str| {
         let mut buffer = [0u8; 512];

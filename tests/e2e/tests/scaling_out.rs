@@ -280,16 +280,8 @@ fn a_retransmission_reaching_another_relay_is_answered_there() {
     let group = Group::start(2);
     // The same client address and port talks to relay 0, then (the balancer's table
     // changed) to relay 1: one socket, two destinations.
-    let socket = group
-        .topology
-        .client
-        .run_inside(|| {
-            Ok(std::net::UdpSocket::bind(SocketAddr::new(
-                Balanced::client_address(),
-                0,
-            ))?)
-        })
-        .or_fail("client socket");
+    let socket =
+        routed_socket(&group.topology.client, Balanced::relay_server(0)).or_fail("client socket");
     let to = |index: usize| {
         socket
             .connect(Balanced::relay_server(index))
@@ -331,17 +323,8 @@ fn a_retransmission_reaching_another_relay_is_answered_there() {
     assert_eq!(again.relayed, on_first.relayed);
 
     // A Refresh sent to a relay that holds no allocation for this 5-tuple: 437.
-    let other = group
-        .topology
-        .client
-        .run_inside(|| {
-            Ok(std::net::UdpSocket::bind(SocketAddr::new(
-                Balanced::client_address(),
-                0,
-            ))?)
-        })
-        .or_fail("client socket");
-    other.connect(Balanced::relay_server(1)).or_fail("connect");
+    let other =
+        routed_socket(&group.topology.client, Balanced::relay_server(1)).or_fail("client socket");
     let refresh = message(
         Method::REFRESH,
         Class::Request,

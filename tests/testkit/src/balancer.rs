@@ -75,11 +75,6 @@ impl Balanced {
         }
     }
 
-    /// The client's address.
-    pub fn client_address() -> IpAddr {
-        BALANCED_CLIENT_V4.into()
-    }
-
     /// The peer's address.
     pub fn peer_address() -> IpAddr {
         BALANCED_PEER_V4.into()

@@ -393,8 +393,8 @@ fn notify_status(summary: &str) {
 /// naming this process when it is set (systemd sets both).
 pub(super) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    let for_us = std::env::var("WATCHDOG_PID")
-        .map_or(true, |pid| pid.parse() == Ok(std::process::id()));
+    let for_us =
+        std::env::var("WATCHDOG_PID").map_or(true, |pid| pid.parse() == Ok(std::process::id()));
     (for_us && usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 

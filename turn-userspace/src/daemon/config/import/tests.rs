@@ -26,6 +26,14 @@ fn imported(format: Format, text: &str) -> (String, Config) {
     (toml, config)
 }
 
+/// Each (option, reason) is listed as not imported, with a reason containing `why`.
+fn assert_skipped(toml: &str, expected: &[(&str, &str)]) {
+    for (option, why) in expected {
+        let line = skipped_line(toml, option);
+        assert!(line.contains(why), "{line}");
+    }
+}
+
 /// The comment line about `option` in the "Not imported" list.
 fn skipped_line<'a>(toml: &'a str, option: &str) -> &'a str {
     toml.lines()
@@ -56,19 +64,19 @@ fn restund_example_of_the_wire_readme_imports() {
         vec!["brig-and-restund-share-this".to_owned()]
     );
     assert_eq!(config.metrics_listen, "127.0.0.1:8080".parse().ok());
-    for (option, why) in [
-        ("tcp_listen 198.18.0.10:3478", "UDP only"),
-        ("daemon no", "systemd unit"),
-        ("syncinterval 600", "SIGHUP"),
-        ("status_udp_addr 127.0.0.1", "GET /status"),
-        ("module drain.so", "POST /drain"),
-        ("module status.so", "/status"),
-        ("module zrest.so", "zrest_secrets"),
-        ("syslog_facility 24", "stderr"),
-    ] {
-        let line = skipped_line(&toml, option);
-        assert!(line.contains(why), "{line}");
-    }
+    assert_skipped(
+        &toml,
+        &[
+            ("tcp_listen 198.18.0.10:3478", "UDP only"),
+            ("daemon no", "systemd unit"),
+            ("syncinterval 600", "SIGHUP"),
+            ("status_udp_addr 127.0.0.1", "GET /status"),
+            ("module drain.so", "POST /drain"),
+            ("module status.so", "/status"),
+            ("module zrest.so", "zrest_secrets"),
+            ("syslog_facility 24", "stderr"),
+        ],
+    );
     // The commented-out lines of the example stay comments.
     assert!(!toml.contains("5349"), "{toml}");
 }
@@ -136,19 +144,19 @@ fn coturn_production_options_import() {
         vec!["198.18.0.21:3478".parse().expect("addr")]
     );
     assert_eq!(config.log_level, "debug");
-    for (option, why) in [
-        ("tls-listening-port 5349", "UDP only"),
-        ("cert /etc/ssl/turn.pem", "UDP only"),
-        ("pkey (value not shown)", "UDP only"),
-        ("cli-password (value not shown)", "turn-relay ctl"),
-        ("server-name turn.example.org", "no database or OAuth"),
-        ("log-file /var/log/turnserver.log", "stderr"),
-        ("pidfile /run/turnserver/turnserver.pid", "systemd unit"),
-        ("fingerprint", "FINGERPRINT"),
-    ] {
-        let line = skipped_line(&toml, option);
-        assert!(line.contains(why), "{line}");
-    }
+    assert_skipped(
+        &toml,
+        &[
+            ("tls-listening-port 5349", "UDP only"),
+            ("cert /etc/ssl/turn.pem", "UDP only"),
+            ("pkey (value not shown)", "UDP only"),
+            ("cli-password (value not shown)", "turn-relay ctl"),
+            ("server-name turn.example.org", "no database or OAuth"),
+            ("log-file /var/log/turnserver.log", "stderr"),
+            ("pidfile /run/turnserver/turnserver.pid", "systemd unit"),
+            ("fingerprint", "FINGERPRINT"),
+        ],
+    );
     assert!(!toml.contains("do-not-print-me"), "{toml}");
 }
 
