@@ -140,6 +140,8 @@ pub(crate) fn run_benchmark(
             "turn-relay",
             "-p",
             "turn-bench",
+            "--bin",
+            "turn-bench",
         ],
         "turn-relay and turn-bench",
     )?;

@@ -152,6 +152,12 @@ pub async fn run(
         if reuse_port { " (SO_REUSEPORT)" } else { "" }
     );
 
+    // Bound before XDP is attached (which may take a while): the endpoint answers from
+    // the moment the listeners do.
+    let admin_listener = match config.metrics_listen {
+        Some(address) => Some(admin::bind(address).await?),
+        None => None,
+    };
     let (datapath, xdp) = xdp::select_datapath(&config);
     let server = Server::new(
         config.server_config(),
@@ -186,8 +192,8 @@ pub async fn run(
         metrics: Metrics::new().context("registering the metrics")?,
         operations: Arc::clone(&control) as Arc<dyn admin::api::Operations>,
     });
-    let admin_task = match config.metrics_listen {
-        Some(address) => Some(admin::start(address, Arc::clone(&admin)).await?),
+    let admin_task = match admin_listener {
+        Some(listener) => Some(admin::start(listener, Arc::clone(&admin))),
         None => {
             tracing::info!("admin endpoint: off");
             None

@@ -57,19 +57,23 @@ impl Default for Limits {
     }
 }
 
-/// Binds `address` and serves the endpoint until the returned task is aborted.
-pub(crate) async fn start(
-    address: SocketAddr,
-    state: Arc<AdminState>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(address)
+/// Binds `address` early in the start-up (connections wait in the backlog until
+/// [`start`] serves them), so the endpoint answers as soon as the relay does.
+pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
         .await
-        .with_context(|| format!("binding the admin endpoint {address} (metrics.listen)"))?;
-    tracing::info!(
-        "admin endpoint: http://{address}/ (metrics, healthz, readyz, status, sessions; \
-         POST drain, undrain, reload from loopback or with admin.token)"
-    );
-    Ok(tokio::spawn(serve(listener, state, Limits::default())))
+        .with_context(|| format!("binding the admin endpoint {address} (metrics.listen)"))
+}
+
+/// Serves the endpoint on `listener` until the returned task is aborted.
+pub(crate) fn start(listener: TcpListener, state: Arc<AdminState>) -> JoinHandle<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(
+            "admin endpoint: http://{address}/ (metrics, healthz, readyz, status, sessions; \
+             POST drain, undrain, reload from loopback or with admin.token)"
+        );
+    }
+    tokio::spawn(serve(listener, state, Limits::default()))
 }
 
 /// Accepts connections on `listener` until dropped; dropping it closes them all.
