@@ -273,23 +273,30 @@ pub fn transact(socket: &UdpSocket, request: &[u8]) -> Result<Vec<u8>> {
     bail!("no response after {TRANSMISSIONS} transmissions")
 }
 
-/// One datagram within `limit` (None on timeout).
+/// One datagram within `limit` (None on timeout). A receive interrupted by a signal
+/// (EINTR: Linux also returns it for sockets with a receive timeout after the process was
+/// stopped and continued, with no handler installed) is retried until `limit`.
 fn receive_within(socket: &UdpSocket, buffer: &mut [u8], limit: Duration) -> Result<Option<usize>> {
-    if limit.is_zero() {
-        return Ok(None);
-    }
-    socket.set_read_timeout(Some(limit))?;
-    match socket.recv(buffer) {
-        Ok(len) => Ok(Some(len)),
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(None)
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
         }
-        Err(error) => Err(error).context("receiving"),
+        socket.set_read_timeout(Some(left))?;
+        match socket.recv(buffer) {
+            Ok(len) => return Ok(Some(len)),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(error) => return Err(error).context("receiving"),
+        }
     }
 }
 
