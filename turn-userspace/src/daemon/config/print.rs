@@ -6,7 +6,9 @@ use toml::Spanned;
 
 use crate::protocol::auth::StaticSecret;
 
-use super::schema::{RawAuth, RawConfig, RawLog, RawMetrics, RawPeers, RawServer, RawUser, RawXdp};
+use super::schema::{
+    RawAuth, RawConfig, RawLimits, RawLog, RawMetrics, RawPeers, RawServer, RawUser, RawXdp,
+};
 use super::Config;
 
 const REDACTED: &str = "<redacted>";
@@ -79,6 +81,25 @@ impl Config {
             peers: RawPeers {
                 allow: self.peers_allow.iter().map(text).collect(),
                 deny: self.peers_deny.iter().map(text).collect(),
+            },
+            limits: RawLimits {
+                max_permissions_per_allocation: Some(number(
+                    self.limits.max_permissions_per_allocation,
+                )),
+                max_channels_per_allocation: Some(number(self.limits.max_channels_per_allocation)),
+                max_peers_per_request: Some(number(self.limits.max_peers_per_request)),
+                credential_expiry_grace: Some(spanless(
+                    self.limits.credential_expiry_grace.as_secs(),
+                )),
+                unauthenticated_answers_per_second: Some(spanless(u64::from(
+                    self.limits.unauthenticated_answers_per_second,
+                ))),
+                unauthenticated_answers_burst: Some(spanless(u64::from(
+                    self.limits.unauthenticated_answers_burst,
+                ))),
+                max_cached_responses_per_user: Some(number(
+                    self.limits.max_cached_responses_per_user,
+                )),
             },
             xdp: RawXdp {
                 mode: Some(text(self.xdp_mode)),

@@ -16,6 +16,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) peers: RawPeers,
     #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
     pub(super) xdp: RawXdp,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
@@ -81,6 +83,19 @@ pub(super) struct RawPeers {
     pub(super) allow: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) deny: Vec<Spanned<String>>,
+}
+
+/// `[limits]`: what one allocation, request or source may cost the relay.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_permissions_per_allocation: Option<Spanned<u64>>,
+    pub(super) max_channels_per_allocation: Option<Spanned<u64>>,
+    pub(super) max_peers_per_request: Option<Spanned<u64>>,
+    pub(super) credential_expiry_grace: Option<Spanned<u64>>,
+    pub(super) unauthenticated_answers_per_second: Option<Spanned<u64>>,
+    pub(super) unauthenticated_answers_burst: Option<Spanned<u64>>,
+    pub(super) max_cached_responses_per_user: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
