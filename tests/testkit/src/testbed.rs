@@ -9,7 +9,9 @@
 //! peers, and IP forwarding on: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
 //! on an ingress device without forwarding, and the program then passes the frame (see
 //! [`Testbed::set_forwarding`]). [`UNRESOLVED_PEER_V4`] has a route but no neighbour,
-//! [`UNROUTABLE_PEER_V4`] no route.
+//! [`UNROUTABLE_PEER_V4`] no route. The IPv4-mapped IPv6 form of the peer
+//! (`::ffff:198.19.1.2`) is routed and resolved on the peer side like any IPv6 peer, so
+//! a fixture can show which family the program writes for an entry stored in that form.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -290,6 +292,11 @@ fn configure(namespace: &Netns) -> Result<()> {
         ),
         (IpAddr::V4(PEER_V4), PEER_MAC, PEER_SIDE_INTERFACE),
         (IpAddr::V6(PEER_V6), PEER_MAC, PEER_SIDE_INTERFACE),
+        (
+            IpAddr::V6(PEER_V4.to_ipv6_mapped()),
+            PEER_MAC,
+            PEER_SIDE_INTERFACE,
+        ),
     ] {
         namespace.ip(&[
             "neigh",
@@ -303,6 +310,14 @@ fn configure(namespace: &Netns) -> Result<()> {
             "permanent",
         ])?;
     }
+    namespace.ip(&[
+        "-6",
+        "route",
+        "add",
+        "::ffff:0.0.0.0/96",
+        "dev",
+        PEER_SIDE_INTERFACE,
+    ])?;
     namespace.set_forwarding(true)
 }
 

@@ -13,8 +13,8 @@ use turn_testkit::addresses::{
 use turn_testkit::fast_path::FastPath;
 
 use crate::rows::{
-    Peer, CHANNEL_CROSS, CHANNEL_EXPIRED, CHANNEL_HIGHEST, CHANNEL_NEAR_PEER, CHANNEL_PEER,
-    CHANNEL_UNRESOLVED, CHANNEL_UNROUTABLE,
+    Peer, CHANNEL_CROSS, CHANNEL_EXPIRED, CHANNEL_HIGHEST, CHANNEL_MAPPED, CHANNEL_NEAR_PEER,
+    CHANNEL_PEER, CHANNEL_UNRESOLVED, CHANNEL_UNROUTABLE,
 };
 
 pub const LISTENER_PORT: u16 = 3478;
@@ -106,6 +106,13 @@ impl Allocation {
             Peer::HighestChannel => SocketAddr::new(self.peer_ip, PEER_PORT + 2),
             Peer::Near => SocketAddr::new(pick(NEAR_PEER_V4, NEAR_PEER_V6), PEER_PORT),
             Peer::Stranger => SocketAddr::new(pick(STRANGER_V4, STRANGER_V6), PEER_PORT),
+            Peer::Ipv4Mapped => {
+                assert!(
+                    !v4,
+                    "the IPv4-mapped peer exists on the IPv6 allocation only"
+                );
+                SocketAddr::new(PEER_V4.to_ipv6_mapped().into(), PEER_PORT)
+            }
             Peer::Expired => {
                 assert!(
                     v4,
@@ -147,6 +154,9 @@ pub fn install(fast_path: &mut FastPath) {
             )
             .expect("channel 0x7FFF");
         let mut peers = vec![(allocation.peer_ip, live, CHANNEL_PEER)];
+        if allocation.peer_ip.is_ipv6() {
+            peers.push((allocation.peer(Peer::Ipv4Mapped).ip(), live, CHANNEL_MAPPED));
+        }
         if allocation.peer_ip.is_ipv4() {
             peers.extend([
                 (IpAddr::V4(NEAR_PEER_V4), live, CHANNEL_NEAR_PEER),
