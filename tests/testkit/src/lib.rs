@@ -14,12 +14,14 @@
 //! - [`stun_client`]: the STUN/TURN client, on the relay's own codec; [`in_memory`]: the
 //!   relay's sans-IO core built from a [`config::RelayConfig`] as the daemon builds it,
 //!   driven in memory.
+//! - [`capture`]: tcpdump captures and tshark's reading of them.
 //! - [`frames`]: Ethernet/IP/UDP frames built with etherparse, independently of the XDP
 //!   program; [`mmsg`]: the sendmmsg/recvmmsg wrappers.
 //! - [`xdp`]: trivial XDP programs for veth ends (aya); [`fast_path`]: the one helper
 //!   that writes the XDP program's flow tables.
 
 pub mod addresses;
+pub mod capture;
 pub mod config;
 pub mod coturn;
 pub mod credentials;
