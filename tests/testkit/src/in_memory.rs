@@ -5,7 +5,7 @@
 //! without sockets, namespaces or time passing.
 
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
 use rand::rngs::StdRng;
@@ -22,6 +22,8 @@ use crate::stun_client::{allocate_request, message, transaction_id, Response, Se
 /// The core of a relay configured like `RelayConfig`, in memory.
 pub struct InMemoryRelay {
     server: Server<StdRng>,
+    /// The daemon's view of the configuration (its peer policy, limits, addresses).
+    config: Config,
     now: Now,
     /// Fast-path commands the core emitted and the test has not taken yet.
     fast_path: Vec<FastPathCommand>,
@@ -39,27 +41,36 @@ impl InMemoryRelay {
     /// The core the daemon would run with `config` (peer policy, limits and all), with a
     /// seeded RNG.
     pub fn new(config: &RelayConfig) -> Result<InMemoryRelay> {
-        let text = config.to_toml();
-        let parsed = Config::parse(&text, "in-memory relay")
-            .map_err(|error| anyhow::anyhow!("{error}\n{text}"))?;
+        InMemoryRelay::seeded(config, 8)
+    }
+
+    /// [`InMemoryRelay::new`] with the core's RNG seeded with `seed`.
+    pub fn seeded(config: &RelayConfig, seed: u64) -> Result<InMemoryRelay> {
+        Ok(InMemoryRelay::from_parsed(parse(config)?, seed))
+    }
+
+    /// The core of an already parsed configuration (see [`parse`]), its RNG seeded with
+    /// `seed`: for callers that build many.
+    pub fn from_parsed(parsed: Config, seed: u64) -> InMemoryRelay {
         let server = Server::new(
             parsed.server_config(),
             parsed.authenticator(),
             parsed.peer_policy(),
-            StdRng::seed_from_u64(8),
+            StdRng::seed_from_u64(seed),
         )
         .with_limits(parsed.server_limits());
         let unix_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
-        Ok(InMemoryRelay {
+        InMemoryRelay {
             server,
+            config: parsed,
             now: Now {
                 instant: Instant::now(),
                 unix_secs,
             },
             fast_path: Vec::new(),
-        })
+        }
     }
 
     /// Hands `datagram` from `flow`'s client to the core; returns the STUN answers and
@@ -78,6 +89,42 @@ impl InMemoryRelay {
             .extend(std::iter::from_fn(|| self.server.poll_fast_path()));
         let transmits = std::iter::from_fn(|| self.server.poll_transmit()).collect();
         (transmits, forward)
+    }
+
+    /// Hands `datagram` from `peer` on relay socket `relay` to the core; returns the
+    /// datagram relayed to the client, if any: where it goes and its bytes.
+    pub fn peer_datagram(
+        &mut self,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<(Forward, Vec<u8>)> {
+        let mut out = Vec::new();
+        let forward = self.server.handle_peer_datagram(
+            self.now.instant,
+            relay,
+            peer,
+            datagram,
+            &mut out,
+            Some(64),
+        );
+        forward.map(|forward| (forward, out))
+    }
+
+    /// Lets `elapsed` pass (monotonic and wall clock) and runs the core's due timers.
+    pub fn advance(&mut self, elapsed: Duration) {
+        self.now.instant += elapsed;
+        self.now.unix_secs += elapsed.as_secs();
+        self.server.handle_timeout(self.now);
+        while self.server.poll_command().is_some() {}
+        while self.server.poll_transmit().is_some() {}
+        self.fast_path
+            .extend(std::iter::from_fn(|| self.server.poll_fast_path()));
+    }
+
+    /// The daemon's parsed configuration (peer policy, limits, addresses).
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The fast-path commands emitted since the last call, in order.
@@ -174,4 +221,10 @@ impl InMemoryRelay {
                 .xor_address(attr::XOR_PEER_ADDRESS, peer);
         })
     }
+}
+
+/// `config` as the daemon parses it.
+pub fn parse(config: &RelayConfig) -> Result<Config> {
+    let text = config.to_toml();
+    Config::parse(&text, "in-memory relay").map_err(|error| anyhow::anyhow!("{error}\n{text}"))
 }
