@@ -131,22 +131,32 @@ impl Testbed {
 
     /// Runs `turn_xdp` once on `frame` as received on `ingress`.
     pub fn run(&self, frame: &[u8], ingress: Ingress) -> Result<RunResult> {
+        let mut results = self.run_all(&[(frame, ingress)])?;
+        results.pop().context("no result")
+    }
+
+    /// Runs `turn_xdp` once on each frame, in order, entering the namespace once.
+    pub fn run_all(&self, frames: &[(&[u8], Ingress)]) -> Result<Vec<RunResult>> {
         let program = self.program.program()?;
-        let ifindex = self.ifindex(ingress);
         self.namespace.run_inside(|| {
-            let mut out = vec![0u8; frame.len() + 256];
-            let options = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&context(frame.len(), ifindex)),
-                ..TestRunOptions::default()
-            };
-            let result = program.test_run(options).context("BPF_PROG_TEST_RUN")?;
-            out.truncate(result.data_size_out as usize);
-            Ok(RunResult {
-                action: result.return_value,
-                frame: out,
-            })
+            frames
+                .iter()
+                .map(|(frame, ingress)| {
+                    let mut out = vec![0u8; frame.len() + 256];
+                    let options = TestRunOptions {
+                        data_in: Some(frame),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&context(frame.len(), self.ifindex(*ingress))),
+                        ..TestRunOptions::default()
+                    };
+                    let result = program.test_run(options).context("BPF_PROG_TEST_RUN")?;
+                    out.truncate(result.data_size_out as usize);
+                    Ok(RunResult {
+                        action: result.return_value,
+                        frame: out,
+                    })
+                })
+                .collect()
         })
     }
 

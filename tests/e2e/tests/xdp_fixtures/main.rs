@@ -13,6 +13,7 @@ mod channel_data_to_client;
 mod channel_data_to_peer;
 mod core_commands;
 mod data_indication_to_client;
+mod differential;
 mod drops;
 mod hostile;
 mod passes;
