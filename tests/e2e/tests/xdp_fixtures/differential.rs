@@ -196,13 +196,13 @@ impl Model {
             listener: wire.dst,
         };
         if self.relays_of(flow).next().is_some() {
-            return self.from_client(flow, wire.payload, judge);
+            return self.client_to_peer(flow, wire.payload, judge);
         }
-        self.from_peer(wire.dst, wire.src, wire.payload)
+        self.peer_to_client(wire.dst, wire.src, wire.payload)
     }
 
     /// RFC 8656 §11.2, §12.6: client → peer.
-    fn from_client(&self, flow: ClientFlow, payload: &[u8], judge: Judge) -> Option<Relayed> {
+    fn client_to_peer(&self, flow: ClientFlow, payload: &[u8], judge: Judge) -> Option<Relayed> {
         if channel_data::is_channel_data(payload) {
             let message = ChannelData::parse(payload)?;
             return self.relays_of(flow).find_map(|relay| {
@@ -239,7 +239,7 @@ impl Model {
     }
 
     /// RFC 8656 §11.3, §12.6: peer → client.
-    fn from_peer(&self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<Relayed> {
+    fn peer_to_client(&self, relay: SocketAddr, peer: SocketAddr, data: &[u8]) -> Option<Relayed> {
         let flow = self.allocation_live(relay)?;
         if !self.permitted(relay, peer.ip()) {
             return None;
