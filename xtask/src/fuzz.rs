@@ -8,6 +8,7 @@
 //! Rust, so what libFuzzer looks for are panics (broken invariants included), and the
 //! fuzzer runs several times faster without AddressSanitizer.
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -48,9 +49,11 @@ struct Report {
 }
 
 impl Report {
+    /// Reads libFuzzer's output; `succeeded`: its exit status. A run stopped by Ctrl-C
+    /// ("run interrupted") reports its stats and is no crash.
     fn parse(output: &str, succeeded: bool) -> Report {
         let mut report = Report {
-            crashed: !succeeded,
+            crashed: !succeeded && !output.contains("run interrupted"),
             ..Report::default()
         };
         let number = |text: &str| text.trim().parse::<u64>().unwrap_or(0);
@@ -204,26 +207,56 @@ fn run_target(
         command.arg(format!("-runs={runs}"));
     }
     println!("==> fuzz {target}: {}", describe(&command));
-    let output = command
+    let mut child = command
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .with_context(|| format!("could not start `{}`", describe(&command)))?;
-    // libFuzzer reports on stderr; keep its last lines visible.
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = Report::parse(&text, output.status.success());
-    let shown: Vec<&str> = text
-        .lines()
-        .rev()
-        .take(if report.crashed { 60 } else { 8 })
-        .collect();
-    for line in shown.iter().rev() {
-        println!("    {line}");
+    // libFuzzer reports on stderr: its periodic status lines, final stats and any crash
+    // are shown as they come; everything is kept for the report.
+    let stdout = child.stdout.take();
+    let echo_stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(stdout) = stdout {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    });
+    let mut text = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if shown(&line) {
+                println!("    {line}");
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
     }
-    Ok(report)
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{}`", describe(&command)))?;
+    text.push_str(&echo_stdout.join().unwrap_or_default());
+    Ok(Report::parse(&text, status.success()))
+}
+
+/// The lines of libFuzzer's output worth showing while it runs.
+fn shown(line: &str) -> bool {
+    [
+        "pulse",
+        "DONE",
+        "stat::",
+        "ERROR",
+        "panicked",
+        "Test unit",
+        "SUMMARY",
+        "interrupted",
+    ]
+    .iter()
+    .any(|marker| line.contains(marker))
 }
 
 #[cfg(test)]
@@ -259,5 +292,11 @@ stat::new_units_added:          218\n";
         );
         assert!(crash.crashed);
         assert_eq!(crash.crash_input.as_deref(), Some("a/crash-1234"));
+        let interrupted = Report::parse(
+            "==1== libFuzzer: run interrupted; exiting\nstat::number_of_executed_units: 42\n",
+            false,
+        );
+        assert!(!interrupted.crashed);
+        assert_eq!(interrupted.executions, 42);
     }
 }

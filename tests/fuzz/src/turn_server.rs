@@ -34,8 +34,9 @@ use turn_testkit::config::{RelayConfig, User, Xdp};
 use turn_testkit::in_memory::{self, InMemoryRelay};
 use turn_testkit::stun_client::{channel_data, message, Response, Session};
 
-/// The most steps of one script: a script is a few dozen datagrams.
-const MAX_STEPS: usize = 64;
+/// The most steps of one script: enough for an allocation with permissions, channels,
+/// data both ways and expiry; short enough to run thousands of scripts a second.
+const MAX_STEPS: usize = 32;
 /// The longest wait of one step (past every lifetime: allocations, nonces, reservations).
 const MAX_WAIT_SECS: u64 = 7200;
 
