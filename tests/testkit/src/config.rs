@@ -55,6 +55,8 @@ pub struct RelayConfig {
     pub channel_lifetime: Option<u32>,
     /// `[server] max_allocations` (daemon default when None).
     pub max_allocations: Option<u32>,
+    /// `[server] max_allocations_per_user`, 0 = unlimited (daemon default when None).
+    pub max_allocations_per_user: Option<u32>,
     /// `[peers] allow`: CIDRs the default deny does not apply to.
     pub allowed_peers: Vec<String>,
 }
@@ -83,6 +85,8 @@ struct Server<'a> {
     channel_lifetime: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_allocations: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_allocations_per_user: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -126,6 +130,7 @@ impl RelayConfig {
             permission_lifetime: None,
             channel_lifetime: None,
             max_allocations: None,
+            max_allocations_per_user: None,
             allowed_peers: TEST_NETWORKS.map(str::to_owned).to_vec(),
         }
     }
@@ -183,6 +188,7 @@ impl RelayConfig {
                 permission_lifetime: self.permission_lifetime,
                 channel_lifetime: self.channel_lifetime,
                 max_allocations: self.max_allocations,
+                max_allocations_per_user: self.max_allocations_per_user,
             },
             auth: Auth {
                 users: &self.users,
