@@ -123,6 +123,11 @@ pub struct RunOptions {
     /// allocations/s and the kernel-speed mode are measured over IPv4 only.
     #[arg(long, value_delimiter = ',')]
     pub families: Vec<u8>,
+    /// Measure every scenario at this one offered rate (pps) instead of sweeping for the
+    /// maximum: CPU per relayed packet at a fixed load. The "saturated" columns then hold
+    /// that step.
+    #[arg(long)]
+    pub fixed_rate: Option<f64>,
 }
 
 /// One load shape.
@@ -213,6 +218,8 @@ pub struct BenchReport {
     pub quick: bool,
     pub step_seconds: f64,
     pub generator_threads: usize,
+    /// `--fixed-rate`: every scenario ran at this offered rate only (no sweep).
+    pub fixed_rate_pps: Option<f64>,
     pub loss_threshold: f64,
     pub latency_rate_pps: Option<f64>,
     pub baseline_latency: Option<StepResult>,
@@ -231,6 +238,7 @@ struct Plan {
     request_test: Duration,
     kernel_mode: bool,
     generator_threads: usize,
+    fixed_rate: Option<f64>,
 }
 
 impl Plan {
@@ -284,6 +292,7 @@ impl Plan {
             request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
             kernel_mode: !options.no_kernel_mode,
             generator_threads: options.generator_threads,
+            fixed_rate: options.fixed_rate,
         })
     }
 }
@@ -427,12 +436,13 @@ impl Bench {
 
     /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss.
     fn sweep(&mut self, pid: u32, flows: &[Flow], scenario: &Scenario) -> Result<ScenarioResult> {
-        let saturated = self.measure(Some(pid), flows, scenario, None, false)?;
+        let fixed_rate = self.plan.fixed_rate;
+        let saturated = self.measure(Some(pid), flows, scenario, fixed_rate, false)?;
         let mut steps = vec![saturated.clone()];
-        if saturated.loss_ratio <= LOSS_THRESHOLD {
+        if saturated.loss_ratio <= LOSS_THRESHOLD || fixed_rate.is_some() {
             let max_rate = MaxRate {
                 pps: saturated.relayed_pps,
-                generator_bound: true,
+                generator_bound: fixed_rate.is_none(),
             };
             return Ok(ScenarioResult {
                 scenario: *scenario,
@@ -680,6 +690,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
         quick: options.quick,
         step_seconds,
         generator_threads: options.generator_threads,
+        fixed_rate_pps: options.fixed_rate,
         loss_threshold: LOSS_THRESHOLD,
         latency_rate_pps: None,
         baseline_latency: None,
