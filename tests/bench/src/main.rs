@@ -29,7 +29,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use turn_testkit::addresses::{listener, OUTER_INTERFACE, PEER_V4, PEER_V6};
+use turn_testkit::addresses::{
+    listener, OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE,
+    RELAY_PEER_SIDE_INTERFACE,
+};
 use turn_testkit::config::User;
 use turn_testkit::netns::remove_stale_namespaces;
 use turn_testkit::privilege::is_root;
@@ -128,6 +131,11 @@ pub struct RunOptions {
     /// that step.
     #[arg(long)]
     pub fixed_rate: Option<f64>,
+    /// Turn GRO on at the relay namespace's veth ends, as it is on a real host's NIC (veth
+    /// has it off): a server that asks for UDP_GRO then reads bursts of one flow as one
+    /// message. Off by default, so runs compare with earlier ones.
+    #[arg(long)]
+    pub relay_gro: bool,
 }
 
 /// One load shape.
@@ -220,6 +228,8 @@ pub struct BenchReport {
     pub generator_threads: usize,
     /// `--fixed-rate`: every scenario ran at this offered rate only (no sweep).
     pub fixed_rate_pps: Option<f64>,
+    /// `--relay-gro`: GRO was on at the relay's veth ends.
+    pub relay_gro: bool,
     pub loss_threshold: f64,
     pub latency_rate_pps: Option<f64>,
     pub baseline_latency: Option<StepResult>,
@@ -307,8 +317,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    fn new() -> Result<Lab> {
+    fn new(relay_gro: bool) -> Result<Lab> {
         let topology = Topology::wired(Wiring::benchmark()).context("building the namespaces")?;
+        if relay_gro {
+            for interface in [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE] {
+                topology
+                    .relay
+                    .run("ethtool", &["-K", interface, "gro", "on"])?;
+            }
+        }
         let client_side = StubXdp::attach(&topology.client, OUTER_INTERFACE, StubAction::Pass)?;
         let mut lab = Lab {
             topology,
@@ -659,7 +676,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let step_seconds = plan.step.as_secs_f64();
 
     remove_stale_namespaces();
-    let lab = Lab::new()?;
+    let lab = Lab::new(options.relay_gro)?;
     let bind_sink = |family: u8| {
         lab.topology.peer.run_inside(move || {
             let socket =
@@ -691,6 +708,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
         step_seconds,
         generator_threads: options.generator_threads,
         fixed_rate_pps: options.fixed_rate,
+        relay_gro: options.relay_gro,
         loss_threshold: LOSS_THRESHOLD,
         latency_rate_pps: None,
         baseline_latency: None,

@@ -108,6 +108,12 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
         report.loss_threshold * 100.0,
         report.started_unix
     );
+    if report.relay_gro {
+        let _ = writeln!(
+            md,
+            "**GRO on at the relay's veth ends** (`--relay-gro`), as on a real host's NIC.\n"
+        );
+    }
     if let Some(rate) = report.fixed_rate_pps {
         let _ = writeln!(
             md,
