@@ -72,7 +72,9 @@ impl Hub {
         self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_fast_path(&self) -> MutexGuard<'_, FastPath<Box<dyn Datapath>>> {
+    /// The fast path's lock. Whoever also holds the server's takes that one first (see
+    /// [`Hub::end_section`]).
+    pub(crate) fn lock_fast_path(&self) -> MutexGuard<'_, FastPath<Box<dyn Datapath>>> {
         self.fast_path
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -16,7 +16,7 @@
 //!
 //! Where things are:
 //! - [`startup`]: binding the listeners, starting the workers and the admin endpoint,
-//!   shutdown.
+//!   shutdown; [`control`]: drain, reload, signals and service-manager notifications.
 //! - [`hub`]: what the workers share (the server, the fast path, the relay sockets) and
 //!   the order in which fast-path commands and responses take effect.
 //! - [`worker`]: one worker's thread, runtime and tasks (a reader per socket, timers,
@@ -26,6 +26,7 @@
 
 mod admin;
 pub mod config;
+mod control;
 mod hub;
 mod interfaces;
 pub mod logging;
@@ -37,7 +38,9 @@ mod startup;
 mod worker;
 mod xdp;
 
-pub use startup::run;
+/// The admin endpoint's JSON documents and its command-line client (`turn-relay ctl`).
+pub use admin::{api, ctl};
+pub use startup::{run, Options};
 
 use hub::Hub;
 

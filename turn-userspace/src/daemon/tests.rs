@@ -4,7 +4,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use super::config::Config;
-use super::run;
+use super::{run, Options};
 use crate::protocol::stun::{
     attributes, channel_data, Class, Message, MessageBuilder, Method, PasswordAlgorithm,
     TransactionId,
@@ -96,7 +96,7 @@ fn relays_channel_data_between_client_and_peer_over_loopback() {
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(run(config, 2, async move {
+        runtime.block_on(run(config, 2, Options::default(), async move {
             let _ = stopped.await;
             "test finished"
         }))
