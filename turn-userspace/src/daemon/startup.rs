@@ -85,7 +85,8 @@ pub async fn run(
         config.authenticator(),
         config.peer_policy(),
         StdRng::from_entropy(),
-    );
+    )
+    .with_limits(config.server_limits());
     let (hub, inboxes) = Hub::new(server, datapath, workers);
     let hub = Arc::new(hub);
     let xdp_setup = XdpSetup {
