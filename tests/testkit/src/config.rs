@@ -56,6 +56,8 @@ pub struct RelayConfig {
     pub channel_lifetime: Option<u32>,
     /// `[server] max_allocations` (daemon default when None).
     pub max_allocations: Option<u32>,
+    /// `[server] max_allocations_per_user`, 0 = unlimited (daemon default when None).
+    pub max_allocations_per_user: Option<u32>,
     /// `[peers] allow`: CIDRs the default deny does not apply to.
     pub allowed_peers: Vec<String>,
     /// `[limits]` keys and values (daemon defaults for the others).
@@ -105,6 +107,8 @@ struct Server<'a> {
     channel_lifetime: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_allocations: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_allocations_per_user: Option<u32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     alternate_servers: &'a [SocketAddr],
     drain_exit: bool,
@@ -153,6 +157,7 @@ impl RelayConfig {
             permission_lifetime: None,
             channel_lifetime: None,
             max_allocations: None,
+            max_allocations_per_user: None,
             allowed_peers: TEST_NETWORKS.map(str::to_owned).to_vec(),
             limits: BTreeMap::new(),
             placement: None,
@@ -234,6 +239,7 @@ impl RelayConfig {
                 permission_lifetime: self.permission_lifetime,
                 channel_lifetime: self.channel_lifetime,
                 max_allocations: self.max_allocations,
+                max_allocations_per_user: self.max_allocations_per_user,
                 alternate_servers: &self.alternate_servers,
                 drain_exit: self.drain_exit,
             },
