@@ -412,17 +412,10 @@ fn attack(test: &str, xdp: Xdp) {
     let topology = Topology::new().or_fail("namespaces");
     let _receivers = pass_on_outer_ends(&topology).or_fail("pass-only XDP");
     // Everything the relay might send goes towards the peer, where it is captured.
-    for (family, gateway) in [("-4", IpAddr::V4(PEER_V4)), ("-6", IpAddr::V6(PEER_V6))] {
+    for gateway in [IpAddr::V4(PEER_V4), IpAddr::V6(PEER_V6)] {
         topology
             .relay
-            .ip(&[
-                family,
-                "route",
-                "add",
-                "default",
-                "via",
-                &gateway.to_string(),
-            ])
+            .default_route_via(gateway)
             .or_fail("default route towards the peer");
     }
     let route = topology

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -41,6 +41,14 @@ impl Namespace {
     /// `ip -n <ns> <args>`; returns its stdout.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// Adds the default route of `gateway`'s family via `gateway`.
+    pub fn default_route_via(&self, gateway: IpAddr) -> Result<()> {
+        let family = if gateway.is_ipv4() { "-4" } else { "-6" };
+        let gateway = gateway.to_string();
+        self.ip(&[family, "route", "add", "default", "via", &gateway])
+            .map(drop)
     }
 
     /// Runs `program args` in the namespace to completion (short configuration commands).
