@@ -475,10 +475,7 @@ impl RelayLoop {
             out.clear();
             let forward = match role {
                 SocketRole::Listener => {
-                    let flow = ClientFlow {
-                        client: source,
-                        listener: local,
-                    };
+                    let flow = ClientFlow::udp(source, local);
                     shared
                         .server
                         .handle_client_datagram(now, flow, packet, hop_limit)

@@ -9,6 +9,7 @@ mod expiry;
 mod fast_path;
 mod peers;
 mod relay;
+mod streams;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,7 @@ use sha2::Sha256;
 use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
 use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, FastPath, InMemoryDatapath,
-    PermissionEntry, RelayedTraffic,
+    PermissionEntry, RelayedTraffic, Transport,
 };
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::attributes as attr;
@@ -30,7 +31,10 @@ use crate::protocol::stun::{
     Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
 };
 
-use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, ServerLimits, Transmit};
+use super::{
+    Command, Forward, Now, RelayAddress, RelayedCounts, Server, ServerConfig, ServerLimits,
+    Transmit,
+};
 
 pub(super) const REALM: &str = "example.test";
 pub(super) const LISTENER: &str = "198.18.0.1:3478";
@@ -52,9 +56,14 @@ pub(super) fn ip(text: &str) -> IpAddr {
 }
 
 pub(super) fn flow(client: &str) -> ClientFlow {
+    ClientFlow::udp(addr(client), addr(LISTENER))
+}
+
+/// The flow of a client connected over `transport` (TCP or TLS) from `client`.
+pub(super) fn stream_flow(client: &str, transport: Transport) -> ClientFlow {
     ClientFlow {
-        client: addr(client),
-        listener: addr(LISTENER),
+        transport,
+        ..flow(client)
     }
 }
 

@@ -30,6 +30,7 @@ fn assert_forwarded_to_peer(
     let Some(Forward {
         from,
         to,
+        transport: Transport::Udp,
         payload: Payload::Input(range),
         hop_limit,
     }) = forward
@@ -50,6 +51,7 @@ fn forward_to_client(client: ClientFlow) -> Forward {
     Forward {
         from: client.listener,
         to: client.client,
+        transport: client.transport,
         payload: Payload::Output,
         hop_limit: Some(63),
     }
