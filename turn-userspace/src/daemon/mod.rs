@@ -8,7 +8,7 @@
 //! with one thread; the lock is held only while the core handles a received batch (a few
 //! microseconds), while the system calls — where nearly all the time goes — run in
 //! parallel outside it. That includes the fast-path map updates the core asks for: they
-//! are applied behind a second lock, in order (see `RelayLoop::end_section`). A relay socket is watched by the worker that opened it; any
+//! are applied behind a second lock, in order (see `Hub::end_section`). A relay socket is watched by the worker that opened it; any
 //! worker may send from it, and one that closes another worker's relay socket hands the
 //! close to that worker's inbox and wakes it through its eventfd.
 //!
@@ -29,6 +29,7 @@ pub mod logging;
 mod metrics;
 mod report;
 mod sockets;
+mod stream;
 mod xdp;
 
 use std::collections::HashMap;
@@ -75,7 +76,7 @@ struct Hub {
     shared: Mutex<Shared>,
     /// The fast path the server's commands are applied to: the XDP maps, or the in-memory
     /// stand-in when XDP is off or could not be attached. Its own lock, so map system
-    /// calls run off the server's; see [`RelayLoop::end_section`] for the ordering.
+    /// calls run off the server's; see [`Hub::end_section`] for the ordering.
     fast_path: Mutex<FastPath<Box<dyn Datapath>>>,
     /// Per worker: relay sockets another worker wants closed, and the eventfd that wakes
     /// the worker to close them.
@@ -83,6 +84,8 @@ struct Hub {
     wakers: Vec<OwnedFd>,
     /// Per worker: its IO counters, published about once a second.
     io: Vec<Mutex<IoCounters>>,
+    /// The relay sockets of TCP/TLS connections and their counters (see [`stream`]).
+    streams: stream::StreamRegistry,
 }
 
 /// The state behind the hub's lock.
@@ -101,6 +104,56 @@ impl Hub {
         self.fast_path
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends a section under the server lock: takes the fast-path commands the server
+    /// emitted in it (into `commands`, a reusable buffer), releases the server lock and
+    /// applies them, so map system calls never hold up the workers waiting for the server.
+    /// Afterwards the responses (`responses_pending`) may be sent.
+    ///
+    /// Two promises hold with any number of workers and stream connections:
+    /// 1. Commands are applied in the order the server emitted them. The server emits
+    ///    them in the order of its lock sections. A section that emitted commands takes
+    ///    the fast-path lock *before* it releases the server lock, and keeps it until
+    ///    they are applied. A later section starts after that release, so its worker asks
+    ///    for the fast-path lock only after the earlier worker holds it, and gets it only
+    ///    once the earlier commands are applied. (A channel installed after its
+    ///    allocation's removal would relay without an allocation.)
+    /// 2. No response leaves before the state of every earlier section is in the fast
+    ///    path (RFC 8656 §9, §12: a permission or channel exists once the client sees
+    ///    success). This section's own commands are applied before it returns. A section
+    ///    without commands but with responses (e.g. a retransmission answered from the
+    ///    cache) takes and drops the fast-path lock after releasing the server lock: by the
+    ///    argument above, every earlier section's commands are applied by then.
+    ///
+    /// The locks are always taken server first, fast path second, so they cannot deadlock.
+    fn end_section(
+        &self,
+        mut shared: MutexGuard<'_, Shared>,
+        commands: &mut Vec<FastPathCommand>,
+        responses_pending: bool,
+    ) {
+        commands.extend(std::iter::from_fn(|| shared.server.poll_fast_path()));
+        if commands.is_empty() {
+            drop(shared);
+            if responses_pending {
+                drop(self.lock_fast_path());
+            }
+            return;
+        }
+        let mut fast_path = self.lock_fast_path();
+        drop(shared);
+        for command in commands.drain(..) {
+            fast_path.apply(command);
+        }
+    }
+
+    /// A section outside the workers (a stream connection's) moved the server's earliest
+    /// deadline earlier: the first worker wakes up and re-arms its timer.
+    fn timers_changed(&self) {
+        if let Some(waker) = self.wakers.first() {
+            sockets::wake(waker);
+        }
     }
 }
 
@@ -164,7 +217,9 @@ pub async fn run(
             .collect::<std::io::Result<_>>()
             .context("creating the workers' eventfds")?,
         io: (0..workers).map(|_| Mutex::default()).collect(),
+        streams: stream::StreamRegistry::default(),
     });
+    let streams = stream::Streams::start(config.stream_settings(), Arc::clone(&hub), workers)?;
     let (stop, stop_signal) = watch::channel(false);
     let (worker_ended, mut worker_ended_signal) = mpsc::unbounded_channel::<()>();
     let mut threads = Vec::with_capacity(workers);
@@ -189,12 +244,19 @@ pub async fn run(
 
     let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     tokio::pin!(shutdown);
     let reason = loop {
         tokio::select! {
             biased;
             reason = &mut shutdown => break reason,
             _ = worker_ended_signal.recv() => break "a relay worker stopped",
+            _ = hangup.recv() => {
+                if let Err(error) = streams.reload_tls() {
+                    tracing::error!("SIGHUP: the TLS certificate stays as it was: {error:#}");
+                }
+            }
             _ = metrics_tick.tick() => {
                 admin.metrics.publish(&MetricsSnapshot::gather(&hub, xdp.as_ref()));
             }
@@ -204,6 +266,7 @@ pub async fn run(
     if let Some(task) = admin_task {
         task.abort();
     }
+    drop(streams);
 
     let mut failure = None;
     for thread in threads {
@@ -501,41 +564,14 @@ impl RelayLoop {
         self.borrowed.clear();
     }
 
-    /// Ends a section under the server lock: takes the fast-path commands the server
-    /// emitted in it, releases the server lock and applies them, so map system calls never
-    /// hold up the workers waiting for the server. Afterwards the responses may be sent.
-    ///
-    /// Two promises hold with any number of workers:
-    /// 1. Commands are applied in the order the server emitted them. The server emits
-    ///    them in the order of its lock sections. A section that emitted commands takes
-    ///    the fast-path lock *before* it releases the server lock, and keeps it until
-    ///    they are applied. A later section starts after that release, so its worker asks
-    ///    for the fast-path lock only after the earlier worker holds it, and gets it only
-    ///    once the earlier commands are applied. (A channel installed after its
-    ///    allocation's removal would relay without an allocation.)
-    /// 2. No response leaves before the state of every earlier section is in the fast
-    ///    path (RFC 8656 §9, §12: a permission or channel exists once the client sees
-    ///    success). This worker's own commands are applied before it returns. A section
-    ///    without commands but with responses (e.g. a retransmission answered from the
-    ///    cache) takes and drops the fast-path lock after releasing the server lock: by the
-    ///    argument above, every earlier section's commands are applied by then.
-    ///
-    /// The locks are always taken server first, fast path second, so they cannot deadlock.
-    fn end_section(&mut self, hub: &Hub, mut shared: MutexGuard<'_, Shared>) {
-        self.fast_path_commands
-            .extend(std::iter::from_fn(|| shared.server.poll_fast_path()));
-        if self.fast_path_commands.is_empty() {
-            drop(shared);
-            if !self.responses.is_empty() {
-                drop(hub.lock_fast_path());
-            }
-            return;
-        }
-        let mut fast_path = hub.lock_fast_path();
-        drop(shared);
-        for command in self.fast_path_commands.drain(..) {
-            fast_path.apply(command);
-        }
+    /// Ends a section under the server lock ([`Hub::end_section`]); afterwards the
+    /// responses may be sent.
+    fn end_section(&mut self, hub: &Hub, shared: MutexGuard<'_, Shared>) {
+        hub.end_section(
+            shared,
+            &mut self.fast_path_commands,
+            !self.responses.is_empty(),
+        );
     }
 
     /// Executes the server's commands, then takes its queued responses (in that order:
@@ -565,7 +601,11 @@ impl RelayLoop {
                             sockets::wake(waker);
                         }
                     }
-                    _ => self.sockets.close(relay),
+                    Some(_) => self.sockets.close(relay),
+                    // Not a UDP relay socket: a TCP/TLS connection's.
+                    None => {
+                        self.hub.streams.close_relay(relay);
+                    }
                 },
             }
         }

@@ -14,6 +14,7 @@ mod defaults;
 mod error;
 mod print;
 mod schema;
+mod streams;
 mod validate;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ use crate::protocol::turn::{RelayAddress, ServerConfig};
 
 pub use defaults::DEFAULT_TURN_PORT;
 pub use error::ConfigError;
+pub use streams::{ConnectionLimits, StreamConfig, DEFAULT_TLS_PORT};
 pub use validate::{MAX_ALLOCATIONS, MAX_LIFETIME_SECS, MAX_THREADS};
 
 /// The configuration used without `--config`: a loopback relay that may relay to loopback
@@ -130,6 +132,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// TURN over TCP and TLS (`[tcp]`, `[tls]`, `[connections]`, `[proxy_protocol]`).
+    pub streams: StreamConfig,
     /// The generated demo user (embedded default only): shown at start-up so a person can try it.
     demo_credentials: Option<(String, String)>,
 }
@@ -154,6 +158,7 @@ impl fmt::Debug for Config {
             .field("xdp_interfaces", &self.xdp_interfaces)
             .field("metrics_listen", &self.metrics_listen)
             .field("log_format", &self.log_format)
+            .field("streams", &self.streams)
             .finish_non_exhaustive()
     }
 }
@@ -277,6 +282,11 @@ impl Config {
             .flat_map(|relay| [relay.bind, relay.advertised])
             .collect();
         PeerPolicy::new(self.peers_allow.clone(), self.peers_deny.clone(), own)
+    }
+
+    /// The TCP and TLS listeners and connection limits, next to the UDP listeners.
+    pub(crate) fn stream_settings(&self) -> crate::daemon::stream::StreamSettings {
+        self.streams.settings(&self.listen)
     }
 
     /// What to ask of the XDP loader; `interfaces` are the resolved interface names.

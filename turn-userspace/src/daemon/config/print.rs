@@ -32,6 +32,7 @@ fn number(value: usize) -> Spanned<u64> {
 impl Config {
     /// The effective configuration as TOML, secrets replaced by `"<redacted>"`.
     pub fn to_toml(&self) -> String {
+        let streams = self.streams.printed(&self.listen);
         let printed = RawConfig {
             server: RawServer {
                 realm: Some(text(&self.realm)),
@@ -95,6 +96,10 @@ impl Config {
                 level: Some(text(&self.log_level)),
                 format: Some(text(self.log_format)),
             },
+            tcp: streams.tcp,
+            tls: streams.tls,
+            connections: streams.connections,
+            proxy_protocol: streams.proxy_protocol,
         };
         let body = toml::to_string_pretty(&printed)
             .unwrap_or_else(|error| format!("# cannot print: {error}\n"));

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::streams::{RawConnections, RawProxyProtocol, RawTcp, RawTls};
+
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -21,6 +23,14 @@ pub(super) struct RawConfig {
     pub(super) metrics: RawMetrics,
     #[serde(default)]
     pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) tcp: RawTcp,
+    #[serde(default)]
+    pub(super) tls: RawTls,
+    #[serde(default)]
+    pub(super) connections: RawConnections,
+    #[serde(default)]
+    pub(super) proxy_protocol: RawProxyProtocol,
 }
 
 impl RawConfig {

@@ -50,6 +50,7 @@ use limiter::AnswerLimiter;
 use timers::Timers;
 
 pub use error::TurnError;
+pub use limiter::source_key;
 
 /// One relay address family: the address relay sockets bind to and the one announced
 /// in XOR-RELAYED-ADDRESS (they differ behind 1:1 NAT, e.g. cloud VMs).
