@@ -11,7 +11,9 @@
 //!   child process, its metrics.
 //! - [`coturn`]: coturn's `turnutils_*` tools and `turnserver`; [`credentials`]: REST and
 //!   zrest credentials.
-//! - [`stun_client`]: the STUN/TURN client, on the relay's own codec.
+//! - [`stun_client`]: the STUN/TURN client, on the relay's own codec, over UDP, TCP or
+//!   TLS; [`tls`]: test certificates and the TLS client configuration;
+//!   [`proxy_protocol`]: a PROXY-v2-speaking TCP proxy in front of the relay.
 //! - [`frames`]: Ethernet/IP/UDP frames built with etherparse, independently of the XDP
 //!   program; [`mmsg`]: the sendmmsg/recvmmsg wrappers.
 //! - [`xdp`]: trivial XDP programs for veth ends (aya); [`fast_path`]: the one helper
@@ -28,8 +30,10 @@ pub mod mmsg;
 pub mod netns;
 pub mod privilege;
 pub mod process;
+pub mod proxy_protocol;
 pub mod stun_client;
 pub mod testbed;
+pub mod tls;
 pub mod topology;
 pub mod xdp;
 

@@ -119,13 +119,36 @@ impl Namespace {
         &self,
         address: SocketAddr,
         limit: Duration,
+        alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait_for_listening("udp", address, limit, alive)
+    }
+
+    /// Waits until a TCP socket listens on `address` in this namespace while `alive`
+    /// keeps succeeding.
+    pub fn wait_for_tcp_listener(
+        &self,
+        address: SocketAddr,
+        limit: Duration,
+        alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait_for_listening("tcp", address, limit, alive)
+    }
+
+    /// Waits until `ss` shows a `protocol` ("udp", "tcp") socket listening on `address`.
+    fn wait_for_listening(
+        &self,
+        protocol: &str,
+        address: SocketAddr,
+        limit: Duration,
         mut alive: impl FnMut() -> Result<()>,
     ) -> Result<()> {
         let wanted = address.to_string();
+        let flag = if protocol == "tcp" { "-t" } else { "-u" };
         let deadline = Instant::now() + limit;
         loop {
             alive()?;
-            let sockets = self.run("ss", &["-H", "-u", "-l", "-n"])?;
+            let sockets = self.run("ss", &["-H", flag, "-l", "-n"])?;
             if sockets
                 .lines()
                 .any(|line| line.split_whitespace().any(|field| field == wanted))
@@ -134,7 +157,7 @@ impl Namespace {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "nothing listens on udp {wanted} in {} after {limit:?}",
+                    "nothing listens on {protocol} {wanted} in {} after {limit:?}",
                     self.name
                 );
             }
