@@ -461,18 +461,12 @@ fn certificates_load_at_start_and_reload_on_sighup_keeping_live_connections() {
             .map_err(anyhow::Error::from)
             .or_fail("replacing the certificate files");
     }
-    // SAFETY: kill(2) of the daemon this test started.
-    let signalled = unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGHUP) };
-    assert_eq!(signalled, 0, "SIGHUP");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !daemon.log().contains("TLS certificate reloaded") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload after SIGHUP:\n{}",
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    daemon.signal(libc::SIGHUP).or_fail("SIGHUP");
+    daemon
+        .log_when(Duration::from_secs(5), |log| {
+            log.contains("TLS certificate reloaded")
+        })
+        .or_fail("the reload");
     // New connections get the new certificate.
     let renewed_link =
         tls_link(&topology.client, &renewed, &[ALPN_TURN]).or_fail("trusting the new certificate");

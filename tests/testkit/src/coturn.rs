@@ -104,6 +104,9 @@ pub struct Uclient {
     pub send_indications: bool,
     pub client_to_client: bool,
     pub ipv6_relay: bool,
+    /// No RTCP allocation per session (`-c`): no EVEN-PORT reservation redeemed by a
+    /// second socket.
+    pub no_rtcp: bool,
     /// Per-session send interval in ms (`-z`); uclient's default when None.
     pub send_interval_ms: Option<u32>,
     pub time_limit: Duration,
@@ -123,6 +126,7 @@ impl Uclient {
             send_indications: false,
             client_to_client: false,
             ipv6_relay: false,
+            no_rtcp: false,
             send_interval_ms: None,
             time_limit: Duration::from_secs(60),
         }
@@ -152,6 +156,9 @@ impl Uclient {
         }
         if self.ipv6_relay {
             arguments.push("-x".into());
+        }
+        if self.no_rtcp {
+            arguments.push("-c".into());
         }
         match &self.credentials {
             Credentials::Password { username, password } => {

@@ -164,7 +164,7 @@ impl StreamConfig {
                 write_buffer: Some(count(self.limits.write_buffer)),
             },
             proxy_protocol: RawProxyProtocol {
-                allow_from: self.proxy_protocol_allow_from.iter().map(text).collect(),
+                allow_from: Some(self.proxy_protocol_allow_from.iter().map(text).collect()),
             },
         }
     }
@@ -221,8 +221,7 @@ pub(super) struct RawConnections {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProxyProtocol {
-    #[serde(default)]
-    pub(super) allow_from: Vec<Spanned<String>>,
+    pub(super) allow_from: Option<Vec<Spanned<String>>>,
 }
 
 impl Validator<'_> {
@@ -282,6 +281,7 @@ impl Validator<'_> {
         let proxy_protocol_allow_from = proxy_protocol
             .allow_from
             .iter()
+            .flatten()
             .map(|network| {
                 self.check(network, "proxy_protocol.allow_from", |text| {
                     parse_network(text)
@@ -444,11 +444,9 @@ mod tests {
                 key: "/k.pem".into()
             })
         );
-        // --listen moves the defaults along.
+        // The UDP listeners (--listen too) move the defaults along.
         let mut config = config;
-        config
-            .set_listen(addresses(&["198.18.0.2:3478", "[2001:2::2]:3478"]))
-            .expect("valid");
+        config.listen = addresses(&["198.18.0.2:3478", "[2001:2::2]:3478"]);
         let settings = config.stream_settings();
         assert_eq!(
             settings.tcp,

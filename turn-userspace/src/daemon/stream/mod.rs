@@ -28,7 +28,7 @@ mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use anyhow::Context as _;
 use ipnet::IpNet;
@@ -159,16 +159,34 @@ pub(crate) struct StreamCounts {
 
 /// What the UDP side and the stream side share (kept in the [`Hub`]): the relay sockets
 /// stream connections own, so that a CloseRelay executed elsewhere (a UDP worker handling
-/// an expiry) reaches the connection, and the counters of the metrics.
-#[derive(Debug, Default)]
+/// an expiry) reaches the connection, the TLS certificate a reload replaces, and the
+/// counters of the metrics.
+#[derive(Default)]
 pub(crate) struct StreamRegistry {
     /// Relayed address → what wakes its connection to close it. Locked after the server
     /// lock, never before it.
     relays: Mutex<HashMap<SocketAddr, Arc<Notify>>>,
+    /// Set once the TLS listeners start.
+    tls: OnceLock<Arc<tls::Tls>>,
     counters: [TransportCounters; 2],
 }
 
 impl StreamRegistry {
+    /// Reads the TLS certificate and key files again (a reload: SIGHUP, `POST /reload`):
+    /// new connections get the new pair, live ones keep theirs; on an error the old pair
+    /// stays. Without TLS: nothing.
+    pub(crate) fn reload_tls(&self) -> anyhow::Result<()> {
+        let Some(tls) = self.tls.get() else {
+            return Ok(());
+        };
+        tls.reload()?;
+        tracing::info!(
+            "TLS certificate reloaded from {}",
+            tls.files().cert.display()
+        );
+        Ok(())
+    }
+
     /// Asks the stream connection owning `relay`, if any, to close it; whether one did.
     pub(crate) fn close_relay(&self, relay: SocketAddr) -> bool {
         let owner = self
@@ -236,10 +254,9 @@ impl StreamRegistry {
     }
 }
 
-/// The running stream side: its runtime (listeners and connections) and TLS state.
+/// The running stream side: its runtime (listeners and connections).
 pub(crate) struct Streams {
     runtime: Option<tokio::runtime::Runtime>,
-    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Streams {
@@ -251,10 +268,7 @@ impl Streams {
         threads: usize,
     ) -> anyhow::Result<Streams> {
         if !settings.any() {
-            return Ok(Streams {
-                runtime: None,
-                tls: None,
-            });
+            return Ok(Streams { runtime: None });
         }
         let tls = settings
             .tls_files
@@ -313,24 +327,12 @@ impl Streams {
                 );
             }
         }
+        if let Some(tls) = tls {
+            let _ = shared.hub.streams.tls.set(tls);
+        }
         Ok(Streams {
             runtime: Some(runtime),
-            tls,
         })
-    }
-
-    /// Reads the TLS certificate and key again (SIGHUP): new connections get the new
-    /// pair, live ones keep theirs; on an error the old pair stays. Without TLS: nothing.
-    pub(crate) fn reload_tls(&self) -> anyhow::Result<()> {
-        let Some(tls) = &self.tls else {
-            return Ok(());
-        };
-        tls.reload()?;
-        tracing::info!(
-            "TLS certificate reloaded from {}",
-            tls.files().cert.display()
-        );
-        Ok(())
     }
 }
 

@@ -28,6 +28,7 @@ mod authenticate;
 mod error;
 mod lifecycle;
 mod limiter;
+mod operations;
 mod relay;
 mod requests;
 mod response;
@@ -51,6 +52,7 @@ use timers::Timers;
 
 pub use error::TurnError;
 pub use limiter::source_key;
+pub use operations::{AllocationView, FamilyCounts};
 
 /// One relay address family: the address relay sockets bind to and the one announced
 /// in XOR-RELAYED-ADDRESS (they differ behind 1:1 NAT, e.g. cloud VMs).
@@ -394,6 +396,8 @@ pub struct Server<R: rand::RngCore> {
     relayed: [RelayedCounts; 3],
     /// Counters not kept per transport (state counts are computed by [`Self::stats`]).
     stats: ServerStats,
+    /// Draining: new allocations are sent to `alternates` (300) or refused (508).
+    drain: operations::Drain,
 }
 
 impl<R: rand::RngCore> Server<R> {
@@ -421,6 +425,7 @@ impl<R: rand::RngCore> Server<R> {
             transmits: VecDeque::new(),
             relayed: [RelayedCounts::default(); 3],
             stats: ServerStats::default(),
+            drain: operations::Drain::default(),
         }
     }
 
