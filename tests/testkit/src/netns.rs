@@ -64,6 +64,24 @@ impl Namespace {
         ])
     }
 
+    /// A firewall that lets no UDP out of this namespace except on loopback (TCP and TLS
+    /// get through): what a client behind a corporate firewall sees. Removed with the
+    /// namespace.
+    pub fn drop_outgoing_udp(&self) -> Result<()> {
+        let rules = "table inet udp_firewall {\n\
+                     \tchain output {\n\
+                     \t\ttype filter hook output priority 0; policy accept;\n\
+                     \t\toifname \"lo\" accept\n\
+                     \t\tmeta l4proto udp drop\n\
+                     \t}\n\
+                     }\n";
+        let file = std::env::temp_dir().join(format!("{}-firewall.nft", self.name));
+        std::fs::write(&file, rules).context("writing the firewall rules")?;
+        let loaded = self.run("nft", &["-f", &file.to_string_lossy()]);
+        let _ = std::fs::remove_file(&file);
+        loaded.map(drop).context("installing the UDP-dropping firewall")
+    }
+
     /// Runs `work` on a thread that has joined this namespace (setns affects only the
     /// calling thread): sockets it opens stay in the namespace whichever thread uses them
     /// later, and interface names it resolves are the namespace's.

@@ -7,6 +7,9 @@
 //!   sendmmsg after the section.
 //! - Peer → client: the allocation's relay socket belongs to this task; its datagrams are
 //!   read in batches (recvmmsg), framed by the core and queued for the connection.
+//! - Over TLS every message goes in a TLS record of its own, as coturn sends them: some
+//!   clients (coturn's own `turnutils_uclient`) take each record they read for one
+//!   message. Over TCP the queue is written in as few system calls as possible.
 //! - The write queue is bounded by `connections.write_buffer`. When it is full, relayed
 //!   data is dropped, as a full UDP socket buffer drops datagrams: media tolerates loss,
 //!   and queueing more would only add latency behind TCP's head-of-line blocking. A STUN
@@ -35,7 +38,8 @@ use tokio_util::codec::{Decoder as _, Encoder as _};
 
 use crate::daemon::sockets::{self, Outgoing, RecvBatch, SocketRole};
 use crate::daemon::{now, Shared as HubShared};
-use crate::protocol::datapath::{ClientFlow, FastPathCommand};
+use crate::protocol::datapath::{ClientFlow, FastPathCommand, Transport};
+use crate::protocol::stun::framing::stream_frame_length;
 use crate::protocol::turn::{Command, Now, Payload};
 
 use super::codec::{FrameError, StreamCodec};
@@ -146,6 +150,7 @@ impl Connection<'_> {
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
         let mut unflushed = false;
+        let record_per_message = self.flow.transport == Transport::Tls;
         if let Err(reason) = self.handle_input(&mut input) {
             return reason;
         }
@@ -153,7 +158,7 @@ impl Connection<'_> {
             let watched = self.relay.clone();
             tokio::select! {
                 biased;
-                pushed = push(&mut writer, &self.out), if !self.out.is_empty() || unflushed => match pushed {
+                pushed = push(&mut writer, &self.out, record_per_message), if !self.out.is_empty() || unflushed => match pushed {
                     Ok(Some(0)) | Err(_) => return CloseReason::IoError,
                     Ok(Some(length)) => {
                         self.out.advance(length);
@@ -433,18 +438,25 @@ impl Connection<'_> {
     }
 }
 
-/// Writes what is queued (Some(bytes written)), or, with nothing queued, flushes what the
-/// stream buffered (None; TLS keeps records until flushed). Cancel-safe, as the write and
-/// the flush are.
+/// Writes what is queued, or only its first message when `per_message` (Some(bytes
+/// written)); with nothing queued, flushes what the stream buffered (None; TLS keeps
+/// records until flushed). Cancel-safe, as the write and the flush are.
 async fn push<W: AsyncWrite + Unpin>(
     writer: &mut W,
     queued: &[u8],
+    per_message: bool,
 ) -> std::io::Result<Option<usize>> {
     if queued.is_empty() {
-        writer.flush().await.map(|()| None)
-    } else {
-        writer.write(queued).await.map(Some)
+        return writer.flush().await.map(|()| None);
     }
+    let length = match stream_frame_length(queued) {
+        Ok(Some(first)) if per_message => first.min(queued.len()),
+        _ => queued.len(),
+    };
+    writer
+        .write(queued.get(..length).unwrap_or(queued))
+        .await
+        .map(Some)
 }
 
 /// Resolves when the allocation's relay was closed by someone else; never without one.
