@@ -57,7 +57,10 @@ impl LoopbackRelay {
         fs::create_dir_all(&directory)
             .with_context(|| format!("creating {}", directory.display()))?;
         let listen = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_udp_port()?);
-        let tls_listen = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), crate::chromium::free_loopback_port()?);
+        let tls_listen = SocketAddr::new(
+            Ipv4Addr::LOCALHOST.into(),
+            crate::chromium::free_loopback_port()?,
+        );
         let port_range = unique_port_range(serial);
         let config_path = directory.join("turn-relay.toml");
         fs::write(

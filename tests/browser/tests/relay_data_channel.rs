@@ -32,25 +32,23 @@ fn chromium_data_channel_relays_through_turn_over_udp_tcp_and_tls() {
     if !chromium_installed("chromium_data_channel_relays_through_turn_over_udp_tcp_and_tls") {
         return;
     }
-    let certificate =
-        TestCertificate::generate(&["127.0.0.1"]).expect("generating a certificate");
+    let certificate = TestCertificate::generate(&["127.0.0.1"]).expect("generating a certificate");
     // The guards live in the test function, so their drops run during the panic below and
     // print the relay's and Chromium's logs.
     let mut relay =
         LoopbackRelay::start(USERNAME, PASSWORD, &certificate).expect("starting turn-relay");
-    let browser = Browser::launch(
-        &BrowserOptions::default().trusting_spki(certificate.spki_sha256_base64()),
-    )
-    .expect("starting Chromium");
+    let browser =
+        Browser::launch(&BrowserOptions::default().trusting_spki(certificate.spki_sha256_base64()))
+            .expect("starting Chromium");
     for (transport, address) in [
         (TurnTransport::Udp, relay.listen()),
         (TurnTransport::Tcp, relay.listen()),
         (TurnTransport::Tls, relay.tls_listen()),
     ] {
         let server = IceServer::new(transport, address, USERNAME, PASSWORD);
-        if let Err(error) = data_channel_through(&browser, &server, |address| {
-            relay.relays_from(address)
-        }) {
+        if let Err(error) =
+            data_channel_through(&browser, &server, |address| relay.relays_from(address))
+        {
             panic!("{error:#}");
         }
     }

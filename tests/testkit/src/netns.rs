@@ -79,7 +79,9 @@ impl Namespace {
         std::fs::write(&file, rules).context("writing the firewall rules")?;
         let loaded = self.run("nft", &["-f", &file.to_string_lossy()]);
         let _ = std::fs::remove_file(&file);
-        loaded.map(drop).context("installing the UDP-dropping firewall")
+        loaded
+            .map(drop)
+            .context("installing the UDP-dropping firewall")
     }
 
     /// Runs `work` on a thread that has joined this namespace (setns affects only the

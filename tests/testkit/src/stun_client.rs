@@ -445,6 +445,15 @@ impl Link {
         }
     }
 
+    /// Bounds how long a write may block on a stream (a relay that stopped reading);
+    /// nothing for UDP.
+    pub fn set_write_timeout(&self, limit: Duration) -> Result<()> {
+        if let Link::Stream { stream, .. } = self {
+            stream.tcp().set_write_timeout(Some(limit))?;
+        }
+        Ok(())
+    }
+
     /// The client's own address.
     pub fn local_address(&self) -> Result<SocketAddr> {
         match self {
