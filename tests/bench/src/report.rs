@@ -146,41 +146,7 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
     for (index, scenario) in scenarios(report) {
         let label = scenario.label();
         let _ = writeln!(md, "## {label}\n");
-        let _ = writeln!(md, "| server | max pps @ ≤0.1 % loss | saturated: offered | relayed | loss | reordered | sink drops | relay socket drops | one-way µs p50 / p99 / p99.9 at max rate | CPU s per M pkts (proc+softirq) |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-        for server in report.servers.iter() {
-            let Some(result) = server.scenarios.get(index) else {
-                continue;
-            };
-            let s = &result.saturated;
-            let _ = writeln!(
-                md,
-                "| {} | {}{} | {} | {} | {:.2} % | {} | {} | {} | {} | {} |",
-                server.server,
-                pps(result.max_rate.pps),
-                if result.max_rate.generator_bound {
-                    " (gen-bound)"
-                } else {
-                    ""
-                },
-                pps(s.offered_pps),
-                pps(s.relayed_pps),
-                s.loss_ratio * 100.0,
-                s.reordered,
-                s.sink_drops,
-                s.relay_socket_drops,
-                latency(
-                    result
-                        .at_max_rate
-                        .as_ref()
-                        .unwrap_or(s)
-                        .one_way_latency
-                        .as_ref()
-                ),
-                cpu_cost(s)
-            );
-        }
-        let _ = writeln!(md);
+        scenario_table(report, &mut md, |server| server.scenarios.get(index));
     }
     stream_tables(report, &mut md);
     for server in &report.servers {
@@ -358,44 +324,58 @@ fn stream_tables(report: &BenchReport, md: &mut String) {
     };
     let _ = writeln!(
         md,
-        "## TURN over TCP and TLS
-
-Each flow is a client connection (TLS: 1.3, no ALPN, as Chromium connects) that          writes 8 padded ChannelData messages per write; the relay sends them over UDP to the sink. TCP pushes back,          so a relay that reads slowly slows the generator instead of losing data: the saturated rate is what the relay          takes. XDP relays UDP clients only, so ours runs these in userspace (ours-xdp would repeat ours-userspace).
-"
+        "## TURN over TCP and TLS\n\nEach flow is a client connection (TLS: 1.3, no ALPN, as Chromium connects) that \
+         writes 8 padded ChannelData messages per write; the relay sends them over UDP to the sink. TCP pushes back, \
+         so a relay that reads slowly slows the generator instead of losing data: the saturated rate is what the relay \
+         takes. XDP relays UDP clients only, so ours runs these in userspace (ours-xdp would repeat ours-userspace).\n"
     );
     for (index, scenario) in first.stream_scenarios.iter().enumerate() {
+        let _ = writeln!(md, "### {}\n", scenario.scenario.label());
+        scenario_table(report, md, |server| server.stream_scenarios.get(index));
+    }
+}
+
+/// One scenario's table: a row per server that ran it (`result` finds its result).
+fn scenario_table<'a>(
+    report: &'a BenchReport,
+    md: &mut String,
+    result: impl Fn(&'a ServerResults) -> Option<&'a ScenarioResult>,
+) {
+    let _ = writeln!(md, "| server | max pps @ ≤0.1 % loss | saturated: offered | relayed | loss | reordered | sink drops | relay socket drops | one-way µs p50 / p99 / p99.9 at max rate | CPU s per M pkts (proc+softirq) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    for server in &report.servers {
+        let Some(result) = result(server) else {
+            continue;
+        };
+        let s = &result.saturated;
         let _ = writeln!(
             md,
-            "### {}
-",
-            scenario.scenario.label()
+            "| {} | {}{} | {} | {} | {:.2} % | {} | {} | {} | {} | {} |",
+            server.server,
+            pps(result.max_rate.pps),
+            if result.max_rate.generator_bound {
+                " (gen-bound)"
+            } else {
+                ""
+            },
+            pps(s.offered_pps),
+            pps(s.relayed_pps),
+            s.loss_ratio * 100.0,
+            s.reordered,
+            s.sink_drops,
+            s.relay_socket_drops,
+            latency(
+                result
+                    .at_max_rate
+                    .as_ref()
+                    .unwrap_or(s)
+                    .one_way_latency
+                    .as_ref()
+            ),
+            cpu_cost(s)
         );
-        let _ = writeln!(md, "| server | max pps @ ≤0.1 % loss | saturated: offered | relayed | loss | one-way µs p50 / p99 / p99.9 | CPU s per M pkts (proc+softirq) |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-        for server in &report.servers {
-            let Some(result) = server.stream_scenarios.get(index) else {
-                continue;
-            };
-            let s = &result.saturated;
-            let _ = writeln!(
-                md,
-                "| {} | {}{} | {} | {} | {:.2} % | {} | {} |",
-                server.server,
-                pps(result.max_rate.pps),
-                if result.max_rate.generator_bound {
-                    " (gen-bound)"
-                } else {
-                    ""
-                },
-                pps(s.offered_pps),
-                pps(s.relayed_pps),
-                s.loss_ratio * 100.0,
-                latency(s.one_way_latency.as_ref()),
-                cpu_cost(s)
-            );
-        }
-        let _ = writeln!(md);
     }
+    let _ = writeln!(md);
 }
 
 /// Per stream scenario: ours-userspace's max rate ≥ coturn's and less CPU per packet.

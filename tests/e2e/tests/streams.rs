@@ -59,6 +59,20 @@ fn tls_link(netns: &Namespace, certificate: &TestCertificate, alpn: &[&[u8]]) ->
     )
 }
 
+/// Gives the client namespace [`SECOND_CLIENT_V4`] as well: a second client host.
+fn add_second_client_address(topology: &Topology) {
+    topology
+        .client
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{SECOND_CLIENT_V4}/{PREFIX_V4}"),
+            "dev",
+            OUTER_INTERFACE,
+        ])
+        .or_fail("adding a second client address");
+}
+
 fn counter(metrics: &Metrics, name: &str, label: &str) -> u64 {
     metrics.sum_with_label(name, label).unwrap_or(0.0) as u64
 }
@@ -262,16 +276,7 @@ fn hostile_streams_are_closed_and_other_clients_still_relay() {
         return;
     }
     let topology = Topology::new().or_fail("building the namespaces");
-    topology
-        .client
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{SECOND_CLIENT_V4}/{PREFIX_V4}"),
-            "dev",
-            OUTER_INTERFACE,
-        ])
-        .or_fail("adding a second client address");
+    add_second_client_address(&topology);
     let certificate = certificate();
     let mut config = RelayConfig::new(Xdp::Off)
         .with_tls(&certificate)
@@ -365,16 +370,7 @@ fn behind_a_proxy_v2_balancer_the_relay_sees_the_client_and_refuses_others() {
         return;
     }
     let topology = Topology::new().or_fail("building the namespaces");
-    topology
-        .client
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{SECOND_CLIENT_V4}/{PREFIX_V4}"),
-            "dev",
-            OUTER_INTERFACE,
-        ])
-        .or_fail("adding a second client address");
+    add_second_client_address(&topology);
     let mut config = RelayConfig::new(Xdp::Off).with_user(USER, PASSWORD);
     config.tcp_proxy_protocol = true;
     // The balancer connects from the client namespace's first address.

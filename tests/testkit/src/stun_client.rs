@@ -282,6 +282,14 @@ pub fn transact(socket: &UdpSocket, request: &[u8]) -> Result<Vec<u8>> {
     bail!("no response after {TRANSMISSIONS} transmissions")
 }
 
+/// Whether a read with a timeout ended because the time was up.
+fn timed_out(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// One datagram within `limit` (None on timeout).
 fn receive_within(socket: &UdpSocket, buffer: &mut [u8], limit: Duration) -> Result<Option<usize>> {
     if limit.is_zero() {
@@ -290,14 +298,7 @@ fn receive_within(socket: &UdpSocket, buffer: &mut [u8], limit: Duration) -> Res
     socket.set_read_timeout(Some(limit))?;
     match socket.recv(buffer) {
         Ok(len) => Ok(Some(len)),
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(None)
-        }
+        Err(error) if timed_out(&error) => Ok(None),
         Err(error) => Err(error).context("receiving"),
     }
 }
@@ -518,14 +519,7 @@ impl Link {
                         Ok(length) => {
                             received.extend_from_slice(buffer.get(..length).unwrap_or_default())
                         }
-                        Err(error)
-                            if matches!(
-                                error.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            return Ok(None)
-                        }
+                        Err(error) if timed_out(&error) => return Ok(None),
                         Err(error) => return Err(error).context("reading"),
                     }
                 }
@@ -549,11 +543,7 @@ impl Link {
             match stream.read(&mut buffer) {
                 Ok(0) => return Ok(true),
                 Ok(_) => {}
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(error) if timed_out(&error) => {}
                 Err(_) => return Ok(true),
             }
         }
@@ -874,14 +864,7 @@ impl Peer {
                 buffer.get(..length).unwrap_or_default().to_vec(),
                 from,
             ))),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
+            Err(error) if timed_out(&error) => Ok(None),
             Err(error) => Err(error).context("the peer receiving"),
         }
     }

@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::bpf::{Counter, Outcome};
 use crate::daemon::config::{Config, Sources};
-use crate::protocol::datapath::Transport;
 use crate::daemon::logging::LevelHandle;
+use crate::protocol::datapath::Transport;
 
 use super::admin::api::{
     AllocationCounts, Answer, Listener, Operations, Session, Status, Traffic, XdpStatus,

@@ -500,6 +500,13 @@ impl<D: Datapath> Harness<D> {
     }
 }
 
+/// A ChannelData message on channel `number` carrying `data`.
+pub(super) fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::new();
+    crate::protocol::stun::channel_data::encode(&mut packet, number, data);
+    packet
+}
+
 /// A Send indication carrying `data` to `peer`.
 pub(super) fn send_indication(harness: &mut Harness, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     send_indication_with(harness, peer, |builder| {

@@ -11,12 +11,6 @@ use super::*;
 const CLIENT: &str = "198.18.1.80:41000";
 const PEER: &str = "198.18.2.20:5000";
 
-fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
-    let mut packet = Vec::new();
-    crate::protocol::stun::channel_data::encode(&mut packet, number, data);
-    packet
-}
-
 /// Every fast-path command the server queued since the last drain.
 fn queued(harness: &mut Harness) -> Vec<FastPathCommand> {
     std::iter::from_fn(|| harness.server.poll_fast_path()).collect()
