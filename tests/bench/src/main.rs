@@ -32,7 +32,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use turn_testkit::addresses::{listener, OUTER_INTERFACE, PEER_V4, PEER_V6};
+use turn_testkit::addresses::{
+    listener, OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE,
+    RELAY_PEER_SIDE_INTERFACE,
+};
 use turn_testkit::config::User;
 use turn_testkit::netns::remove_stale_namespaces;
 use turn_testkit::privilege::is_root;
@@ -130,6 +133,16 @@ pub struct RunOptions {
     /// allocations/s and the kernel-speed mode are measured over IPv4 only.
     #[arg(long, value_delimiter = ',')]
     pub families: Vec<u8>,
+    /// Measure every scenario at this one offered rate (pps) instead of sweeping for the
+    /// maximum: CPU per relayed packet at a fixed load. The "saturated" columns then hold
+    /// that step.
+    #[arg(long)]
+    pub fixed_rate: Option<f64>,
+    /// Turn GRO on at the relay namespace's veth ends, as it is on a real host's NIC (veth
+    /// has it off): a server that asks for UDP_GRO then reads bursts of one flow as one
+    /// message. Off by default, so runs compare with earlier ones.
+    #[arg(long)]
+    pub relay_gro: bool,
 }
 
 /// One load shape.
@@ -236,6 +249,10 @@ pub struct BenchReport {
     pub quick: bool,
     pub step_seconds: f64,
     pub generator_threads: usize,
+    /// `--fixed-rate`: every scenario ran at this offered rate only (no sweep).
+    pub fixed_rate_pps: Option<f64>,
+    /// `--relay-gro`: GRO was on at the relay's veth ends.
+    pub relay_gro: bool,
     pub loss_threshold: f64,
     pub latency_rate_pps: Option<f64>,
     pub baseline_latency: Option<StepResult>,
@@ -256,6 +273,7 @@ struct Plan {
     request_test: Duration,
     kernel_mode: bool,
     generator_threads: usize,
+    fixed_rate: Option<f64>,
 }
 
 impl Plan {
@@ -325,6 +343,7 @@ impl Plan {
             request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
             kernel_mode: !options.no_kernel_mode,
             generator_threads: options.generator_threads,
+            fixed_rate: options.fixed_rate,
         })
     }
 }
@@ -339,8 +358,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    fn new() -> Result<Lab> {
+    fn new(relay_gro: bool) -> Result<Lab> {
         let topology = Topology::wired(Wiring::benchmark()).context("building the namespaces")?;
+        if relay_gro {
+            for interface in [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE] {
+                topology
+                    .relay
+                    .run("ethtool", &["-K", interface, "gro", "on"])?;
+            }
+        }
         let client_side = StubXdp::attach(&topology.client, OUTER_INTERFACE, StubAction::Pass)?;
         let mut lab = Lab {
             topology,
@@ -529,12 +555,13 @@ impl Bench {
         scenario: &Scenario,
         measure: &mut dyn FnMut(&mut Bench, Option<f64>) -> Result<StepResult>,
     ) -> Result<ScenarioResult> {
-        let saturated = measure(self, None)?;
+        let fixed_rate = self.plan.fixed_rate;
+        let saturated = measure(self, fixed_rate)?;
         let mut steps = vec![saturated.clone()];
-        if saturated.loss_ratio <= LOSS_THRESHOLD {
+        if saturated.loss_ratio <= LOSS_THRESHOLD || fixed_rate.is_some() {
             let max_rate = MaxRate {
                 pps: saturated.relayed_pps,
-                generator_bound: true,
+                generator_bound: fixed_rate.is_none(),
             };
             return Ok(ScenarioResult {
                 scenario: *scenario,
@@ -790,7 +817,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let step_seconds = plan.step.as_secs_f64();
 
     remove_stale_namespaces();
-    let lab = Lab::new()?;
+    let lab = Lab::new(options.relay_gro)?;
     let bind_sink = |family: u8| {
         lab.topology.peer.run_inside(move || {
             let socket =
@@ -824,6 +851,8 @@ pub fn run(options: &RunOptions) -> Result<()> {
         quick: options.quick,
         step_seconds,
         generator_threads: options.generator_threads,
+        fixed_rate_pps: options.fixed_rate,
+        relay_gro: options.relay_gro,
         loss_threshold: LOSS_THRESHOLD,
         latency_rate_pps: None,
         baseline_latency: None,

@@ -108,6 +108,19 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
         report.loss_threshold * 100.0,
         report.started_unix
     );
+    if report.relay_gro {
+        let _ = writeln!(
+            md,
+            "**GRO on at the relay's veth ends** (`--relay-gro`), as on a real host's NIC.\n"
+        );
+    }
+    if let Some(rate) = report.fixed_rate_pps {
+        let _ = writeln!(
+            md,
+            "**Fixed offered rate {} pps** (`--fixed-rate`): no sweep; the *saturated* and *max pps* columns hold the step at that rate.\n",
+            pps(rate)
+        );
+    }
     let _ = writeln!(
         md,
         "Method: client, relay and peer are network namespaces joined by veth pairs (IPv4 198.18.0.0/15; IPv6 2001:2::/48, \

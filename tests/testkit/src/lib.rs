@@ -14,7 +14,10 @@
 //!   zrest credentials.
 //! - [`stun_client`]: the STUN/TURN client, on the relay's own codec, over UDP, TCP or
 //!   TLS; [`tls`]: test certificates and the TLS client configuration;
-//!   [`proxy_protocol`]: a PROXY-v2-speaking TCP proxy in front of the relay.
+//!   [`proxy_protocol`]: a PROXY-v2-speaking TCP proxy in front of the relay;
+//!   [`in_memory`]: the relay's sans-IO core built from a [`config::RelayConfig`] as the
+//!   daemon builds it, driven in memory.
+//! - [`capture`]: tcpdump captures and tshark's reading of them.
 //! - [`frames`]: Ethernet/IP/UDP frames built with etherparse, independently of the XDP
 //!   program; [`mmsg`]: the sendmmsg/recvmmsg wrappers.
 //! - [`xdp`]: trivial XDP programs for veth ends (aya); [`fast_path`]: the one helper
@@ -22,12 +25,14 @@
 
 pub mod addresses;
 pub mod balancer;
+pub mod capture;
 pub mod config;
 pub mod coturn;
 pub mod credentials;
 pub mod daemon;
 pub mod fast_path;
 pub mod frames;
+pub mod in_memory;
 pub mod mmsg;
 pub mod netns;
 pub mod privilege;

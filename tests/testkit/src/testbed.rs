@@ -9,7 +9,9 @@
 //! peers, and IP forwarding on: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
 //! on an ingress device without forwarding, and the program then passes the frame (see
 //! [`Testbed::set_forwarding`]). [`UNRESOLVED_PEER_V4`] has a route but no neighbour,
-//! [`UNROUTABLE_PEER_V4`] no route.
+//! [`UNROUTABLE_PEER_V4`] no route. The IPv4-mapped IPv6 form of the peer
+//! (`::ffff:198.19.1.2`) is routed and resolved on the peer side like any IPv6 peer, so
+//! a fixture can show which family the program writes for an entry stored in that form.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -129,22 +131,32 @@ impl Testbed {
 
     /// Runs `turn_xdp` once on `frame` as received on `ingress`.
     pub fn run(&self, frame: &[u8], ingress: Ingress) -> Result<RunResult> {
+        let mut results = self.run_all(&[(frame, ingress)])?;
+        results.pop().context("no result")
+    }
+
+    /// Runs `turn_xdp` once on each frame, in order, entering the namespace once.
+    pub fn run_all(&self, frames: &[(&[u8], Ingress)]) -> Result<Vec<RunResult>> {
         let program = self.program.program()?;
-        let ifindex = self.ifindex(ingress);
         self.namespace.run_inside(|| {
-            let mut out = vec![0u8; frame.len() + 256];
-            let options = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&context(frame.len(), ifindex)),
-                ..TestRunOptions::default()
-            };
-            let result = program.test_run(options).context("BPF_PROG_TEST_RUN")?;
-            out.truncate(result.data_size_out as usize);
-            Ok(RunResult {
-                action: result.return_value,
-                frame: out,
-            })
+            frames
+                .iter()
+                .map(|(frame, ingress)| {
+                    let mut out = vec![0u8; frame.len() + 256];
+                    let options = TestRunOptions {
+                        data_in: Some(frame),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&context(frame.len(), self.ifindex(*ingress))),
+                        ..TestRunOptions::default()
+                    };
+                    let result = program.test_run(options).context("BPF_PROG_TEST_RUN")?;
+                    out.truncate(result.data_size_out as usize);
+                    Ok(RunResult {
+                        action: result.return_value,
+                        frame: out,
+                    })
+                })
+                .collect()
         })
     }
 
@@ -290,6 +302,11 @@ fn configure(namespace: &Netns) -> Result<()> {
         ),
         (IpAddr::V4(PEER_V4), PEER_MAC, PEER_SIDE_INTERFACE),
         (IpAddr::V6(PEER_V6), PEER_MAC, PEER_SIDE_INTERFACE),
+        (
+            IpAddr::V6(PEER_V4.to_ipv6_mapped()),
+            PEER_MAC,
+            PEER_SIDE_INTERFACE,
+        ),
     ] {
         namespace.ip(&[
             "neigh",
@@ -303,6 +320,14 @@ fn configure(namespace: &Netns) -> Result<()> {
             "permanent",
         ])?;
     }
+    namespace.ip(&[
+        "-6",
+        "route",
+        "add",
+        "::ffff:0.0.0.0/96",
+        "dev",
+        PEER_SIDE_INTERFACE,
+    ])?;
     namespace.set_forwarding(true)
 }
 

@@ -12,7 +12,7 @@ use prometheus::{
 };
 
 use crate::bpf::{Counter, Outcome, XdpRelay};
-use crate::protocol::datapath::Transport;
+use crate::protocol::datapath::{FastPathStats, Transport};
 use crate::protocol::turn::{PacketCount, ServerStats};
 
 use super::stream::{CloseReason, StreamCounts};
@@ -45,6 +45,8 @@ impl IoCounters {
 #[derive(Debug, Clone)]
 pub(crate) struct MetricsSnapshot {
     pub(crate) stats: ServerStats,
+    /// What applying the core's commands to the fast path did.
+    pub(crate) fast_path: FastPathStats,
     pub(crate) relay_sockets: usize,
     pub(crate) io: IoCounters,
     /// The TCP and TLS connections' counters.
@@ -57,6 +59,7 @@ impl Default for MetricsSnapshot {
     fn default() -> Self {
         MetricsSnapshot {
             stats: ServerStats::default(),
+            fast_path: FastPathStats::default(),
             relay_sockets: 0,
             io: IoCounters::default(),
             streams: [Transport::Tcp, Transport::Tls].map(|t| (t, StreamCounts::default())),
@@ -76,8 +79,10 @@ impl MetricsSnapshot {
             let shared = hub.lock();
             (shared.server.stats(), shared.relays.len())
         };
+        let fast_path = hub.lock_fast_path().stats();
         MetricsSnapshot {
             stats,
+            fast_path,
             relay_sockets: relay_sockets + hub.streams.relay_sockets(),
             io,
             streams: hub.streams.counts(),
@@ -104,6 +109,8 @@ pub(crate) struct Metrics {
     userspace_packets: IntCounterVec,
     userspace_bytes: IntCounterVec,
     userspace_dropped: IntCounter,
+    unauthenticated_answers_dropped: IntCounter,
+    userspace_only_allocations: IntCounter,
     received: IntCounter,
     truncated: IntCounter,
     send_dropped: IntCounter,
@@ -169,6 +176,14 @@ impl Metrics {
             userspace_dropped: counter(
                 "turn_userspace_dropped_packets_total",
                 "Relay data dropped by userspace (no allocation, permission or channel; malformed).",
+            )?,
+            unauthenticated_answers_dropped: counter(
+                "turn_unauthenticated_answers_dropped_total",
+                "Answers to unauthenticated requests (401, 400, ...) not sent: their source was over limits.unauthenticated_answers_per_second.",
+            )?,
+            userspace_only_allocations: counter(
+                "turn_fast_path_userspace_only_allocations_total",
+                "Allocations handed to the userspace relay because the fast path refused one of their entries (e.g. a full map).",
             )?,
             received: counter(
                 "turn_received_datagrams_total",
@@ -267,6 +282,14 @@ impl Metrics {
             }
         }
         set_total(&self.userspace_dropped, stats.dropped_packets);
+        set_total(
+            &self.unauthenticated_answers_dropped,
+            stats.unauthenticated_answers_dropped,
+        );
+        set_total(
+            &self.userspace_only_allocations,
+            snapshot.fast_path.userspace_only_allocations,
+        );
         set_total(&self.received, snapshot.io.received);
         set_total(&self.truncated, snapshot.io.truncated);
         set_total(&self.send_dropped, snapshot.io.send_dropped);
@@ -381,7 +404,11 @@ mod tests {
                 permissions: 3,
                 channels: 1,
                 by_transport: [udp, TransportStats::default(), tls],
+                unauthenticated_answers_dropped: 11,
                 ..ServerStats::default()
+            },
+            fast_path: FastPathStats {
+                userspace_only_allocations: 3,
             },
             relay_sockets: 2,
             io: IoCounters {
@@ -426,6 +453,8 @@ mod tests {
             "turn_truncated_datagrams_total 0",
             "turn_send_dropped_datagrams_total 0",
             "turn_relay_bind_failures_total 0",
+            "turn_unauthenticated_answers_dropped_total 11",
+            "turn_fast_path_userspace_only_allocations_total 3",
             "turn_xdp_attached 0",
             "# TYPE turn_userspace_relayed_packets_total counter",
             "# TYPE turn_allocations gauge",

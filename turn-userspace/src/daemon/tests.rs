@@ -1,9 +1,10 @@
 //! The daemon end to end over loopback: real sockets, the batched userspace relay.
 
-use std::net::UdpSocket;
-use std::time::Duration;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
-use super::*;
+use super::config::Config;
+use super::{run, Options};
 use crate::protocol::stun::{
     attributes, channel_data, Class, Message, MessageBuilder, Method, PasswordAlgorithm,
     TransactionId,

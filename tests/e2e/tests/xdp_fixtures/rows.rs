@@ -27,6 +27,8 @@ pub const CHANNEL_HIGHEST: u16 = 0x7FFF;
 pub const NOT_A_CHANNEL: u16 = 0x8000;
 /// The channel bound on each cross-family allocation.
 pub const CHANNEL_CROSS: u16 = 0x4010;
+/// The channel bound on the IPv6 allocation to [`Peer::Ipv4Mapped`].
+pub const CHANNEL_MAPPED: u16 = 0x4011;
 
 /// Which allocations a row runs on; the runner appends the suffix to the row's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +61,11 @@ pub enum Peer {
     Stranger,
     /// A peer whose permission has expired.
     Expired,
+    /// The IPv4 peer written as an IPv4-mapped IPv6 address (`::ffff:198.19.1.2`), with a
+    /// permission and channel [`CHANNEL_MAPPED`] on the IPv6 allocation only. The core
+    /// never installs such entries (it answers 443); they stand for state no policy
+    /// check saw, and the program must treat them as the IPv6 addresses they are.
+    Ipv4Mapped,
 }
 
 /// Where the input frame comes from.

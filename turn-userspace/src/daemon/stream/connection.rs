@@ -36,8 +36,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, In
 use tokio::sync::Notify;
 use tokio_util::codec::{Decoder as _, Encoder as _};
 
+use crate::daemon::hub::Shared as HubShared;
+use crate::daemon::relay_loop::now;
 use crate::daemon::sockets::{self, Outgoing, RecvBatch, SocketRole};
-use crate::daemon::{now, Shared as HubShared};
 use crate::protocol::datapath::{ClientFlow, FastPathCommand, Transport};
 use crate::protocol::stun::framing::stream_frame_length;
 use crate::protocol::turn::{Command, Now, Payload};
@@ -392,15 +393,22 @@ impl Connection<'_> {
             let mut shared = hub.lock();
             let mut dropped = 0;
             FRAMED.with_borrow_mut(|framed| {
-                for index in 0..count {
-                    let Some((peer, packet)) = received.datagram(index) else {
+                // GRO messages hold several datagrams: every one of them.
+                for index in 0..received.len() {
+                    let Some(datagram) = received.datagram(index) else {
                         continue;
                     };
                     framed.clear();
-                    let hop_limit = received.hop_limit(index);
                     if shared
                         .server
-                        .handle_peer_datagram(now, relay, peer, packet, framed, hop_limit)
+                        .handle_peer_datagram(
+                            now,
+                            relay,
+                            datagram.source,
+                            datagram.bytes,
+                            framed,
+                            datagram.hop_limit,
+                        )
                         .is_some()
                         && !self.queue(framed)
                     {
