@@ -10,7 +10,9 @@
 //! and authenticated allocations/s ([`control`]), sweeps the offered rate per scenario to
 //! find the highest rate relayed with ≤ 0.1 % loss ([`load`]), measures one-way latency at
 //! half of coturn's maximum rate, and drives the XDP path at kernel speed with AF_PACKET
-//! ([`kernel_mode`]). Results go to Markdown, JSON and SVG files ([`report`]).
+//! ([`kernel_mode`]). Clients over TCP and TLS relay ChannelData to the same sink
+//! ([`stream_load`]; coturn and ours in userspace, as XDP relays UDP clients only).
+//! Results go to Markdown, JSON and SVG files ([`report`]).
 
 mod control;
 mod cpu;
@@ -18,6 +20,7 @@ mod kernel_mode;
 mod load;
 mod report;
 mod servers;
+mod stream_load;
 mod xdp_timing;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -40,8 +43,12 @@ use turn_testkit::topology::{Topology, Wiring};
 use turn_testkit::xdp::{StubAction, StubXdp};
 
 use control::Flow;
-use load::{udp_drops, RelayMode, StepResult};
+use load::{udp_drops, GeneratorOutcome, RelayMode, StepResult};
 use servers::{RunningServer, ServerKind};
+use stream_load::ClientTransport;
+use turn_testkit::addresses::RELAY_LISTEN_V4;
+use turn_testkit::stun_client::TurnClient;
+use turn_testkit::tls::TestCertificate;
 
 /// Loss at or below this counts as "relayed" in the rate sweep (0.1 %).
 pub const LOSS_THRESHOLD: f64 = 0.001;
@@ -141,6 +148,8 @@ pub struct RunOptions {
 /// One load shape.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Scenario {
+    /// How the clients reach the relay.
+    pub client: ClientTransport,
     pub mode: RelayMode,
     /// IP family of client, relayed address and peer: 4 or 6.
     pub family: u8,
@@ -150,8 +159,12 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn label(&self) -> String {
+        let client = match self.client {
+            ClientTransport::Udp => String::new(),
+            stream => format!(" over {}", stream.label()),
+        };
         format!(
-            "{} IPv{} {} flows {} B",
+            "{}{client} IPv{} {} flows {} B",
             self.mode.label(),
             self.family,
             self.flows,
@@ -167,7 +180,15 @@ impl Scenario {
         };
         // IPv4 keeps the slug it had before IPv6 scenarios existed.
         let family = if self.family == 6 { "-ipv6" } else { "" };
-        format!("{mode}{family}-{}flows-{}B", self.flows, self.payload_len)
+        let client = match self.client {
+            ClientTransport::Udp => "",
+            ClientTransport::Tcp => "tcp-",
+            ClientTransport::Tls => "tls-",
+        };
+        format!(
+            "{client}{mode}{family}-{}flows-{}B",
+            self.flows, self.payload_len
+        )
     }
 }
 
@@ -214,6 +235,8 @@ pub struct ServerResults {
     pub binding_requests: Option<control::RequestRate>,
     pub allocations: Option<control::RequestRate>,
     pub scenarios: Vec<ScenarioResult>,
+    /// Clients over TCP and TLS (coturn and ours in userspace).
+    pub stream_scenarios: Vec<ScenarioResult>,
     pub latency: Option<LatencyResult>,
     pub kernel_mode: Option<kernel_mode::KernelModeResult>,
 }
@@ -242,6 +265,8 @@ pub struct BenchReport {
 
 struct Plan {
     scenarios: Vec<Scenario>,
+    /// ChannelData from clients over TCP and TLS, IPv4.
+    stream_scenarios: Vec<Scenario>,
     step: Duration,
     /// Rate-search steps after the saturated step.
     search_steps: usize,
@@ -283,6 +308,7 @@ impl Plan {
                 for &flows in &flows {
                     for &payload_len in &payloads {
                         scenarios.push(Scenario {
+                            client: ClientTransport::Udp,
                             mode,
                             family,
                             flows: flows.max(1),
@@ -292,11 +318,26 @@ impl Plan {
                 }
             }
         }
+        let mut stream_scenarios = Vec::new();
+        for client in [ClientTransport::Tcp, ClientTransport::Tls] {
+            for &flows in flows.iter().filter(|&&flows| flows >= 16) {
+                for &payload_len in &payloads {
+                    stream_scenarios.push(Scenario {
+                        client,
+                        mode: RelayMode::ChannelData,
+                        family: 4,
+                        flows,
+                        payload_len: payload_len.max(load::PROBE_LEN),
+                    });
+                }
+            }
+        }
         let step_seconds = options
             .step_seconds
             .unwrap_or(if options.quick { 1.0 } else { 2.0 });
         Ok(Plan {
             scenarios,
+            stream_scenarios,
             step: Duration::from_secs_f64(step_seconds.clamp(0.2, 30.0)),
             search_steps: if options.quick { 3 } else { 6 },
             request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
@@ -356,6 +397,8 @@ struct Bench {
     sink_socket: UdpSocket,
     sink_socket6: UdpSocket,
     user: User,
+    /// The TLS certificate of both servers' TLS listeners.
+    certificate: TestCertificate,
     next_step: u32,
     plan: Plan,
 }
@@ -369,7 +412,7 @@ impl Bench {
         }
     }
 
-    /// One bounded load step: generator for `plan.step`, then a short drain.
+    /// One bounded load step of UDP clients: generator for `plan.step`, then a short drain.
     fn measure(
         &mut self,
         relay_pid: Option<u32>,
@@ -378,6 +421,61 @@ impl Bench {
         rate: Option<f64>,
         echo: bool,
     ) -> Result<StepResult> {
+        let (duration, threads) = (self.plan.step, self.plan.generator_threads);
+        self.measure_load(
+            relay_pid,
+            flows.len(),
+            scenario,
+            rate,
+            echo.then_some(flows),
+            |step| {
+                load::generate(
+                    flows,
+                    scenario.mode,
+                    scenario.payload_len,
+                    rate,
+                    duration,
+                    step,
+                    threads,
+                )
+            },
+        )
+    }
+
+    /// One bounded load step of clients over TCP or TLS.
+    fn measure_stream(
+        &mut self,
+        relay_pid: u32,
+        clients: &mut [TurnClient],
+        scenario: &Scenario,
+        rate: Option<f64>,
+    ) -> Result<StepResult> {
+        let duration = self.plan.step;
+        let flows = clients.len();
+        self.measure_load(Some(relay_pid), flows, scenario, rate, None, |step| {
+            stream_load::generate(
+                clients,
+                FIRST_CHANNEL,
+                scenario.payload_len,
+                rate,
+                duration,
+                step,
+            )
+        })
+    }
+
+    /// One bounded load step: `generate` (given the step number) runs for `plan.step`,
+    /// then a short drain; the sink counts `flow_count` flows, `echo_flows` get the
+    /// sink's echoes.
+    fn measure_load(
+        &mut self,
+        relay_pid: Option<u32>,
+        flow_count: usize,
+        scenario: &Scenario,
+        rate: Option<f64>,
+        echo_flows: Option<&[Flow]>,
+        generate: impl FnOnce(u32) -> GeneratorOutcome,
+    ) -> Result<StepResult> {
         self.next_step += 1;
         let step = self.next_step;
         let sink_socket = if scenario.family == 6 {
@@ -385,25 +483,16 @@ impl Bench {
         } else {
             &self.sink_socket
         };
-        let sink = load::Receiver::start_sink(sink_socket, step, flows.len(), echo)?;
-        let echo_receiver = if echo {
-            Some(load::Receiver::start_echo_receiver(flows, step)?)
-        } else {
-            None
+        let sink = load::Receiver::start_sink(sink_socket, step, flow_count, echo_flows.is_some())?;
+        let echo_receiver = match echo_flows {
+            Some(flows) => Some(load::Receiver::start_echo_receiver(flows, step)?),
+            None => None,
         };
         let topology = &self.lab.topology;
         let sink_drops_before = udp_drops(&topology.peer)?;
         let relay_drops_before = udp_drops(&topology.relay)?;
         let cpu_before = relay_pid.map(cpu::CpuSnapshot::take).transpose()?;
-        let outcome = load::generate(
-            flows,
-            scenario.mode,
-            scenario.payload_len,
-            rate,
-            self.plan.step,
-            step,
-            self.plan.generator_threads,
-        );
+        let outcome = generate(step);
         std::thread::sleep(DRAIN);
         let sink_report = sink.finish();
         let echo_report = echo_receiver.map(load::Receiver::finish);
@@ -451,10 +540,23 @@ impl Bench {
         }
     }
 
-    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss.
+    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, for UDP
+    /// clients.
     fn sweep(&mut self, pid: u32, flows: &[Flow], scenario: &Scenario) -> Result<ScenarioResult> {
+        self.sweep_with(scenario, &mut |bench, rate| {
+            bench.measure(Some(pid), flows, scenario, rate, false)
+        })
+    }
+
+    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, each step
+    /// measured by `measure` (given the rate; None: as fast as possible).
+    fn sweep_with(
+        &mut self,
+        scenario: &Scenario,
+        measure: &mut dyn FnMut(&mut Bench, Option<f64>) -> Result<StepResult>,
+    ) -> Result<ScenarioResult> {
         let fixed_rate = self.plan.fixed_rate;
-        let saturated = self.measure(Some(pid), flows, scenario, fixed_rate, false)?;
+        let saturated = measure(self, fixed_rate)?;
         let mut steps = vec![saturated.clone()];
         if saturated.loss_ratio <= LOSS_THRESHOLD || fixed_rate.is_some() {
             let max_rate = MaxRate {
@@ -473,7 +575,7 @@ impl Bench {
         let mut at_max_rate = None;
         let mut rate = (saturated.relayed_pps * 0.95).max(100.0);
         for _ in 0..self.plan.search_steps {
-            let result = self.measure(Some(pid), flows, scenario, Some(rate), false)?;
+            let result = measure(self, Some(rate))?;
             if result.loss_ratio <= LOSS_THRESHOLD && !result.generator_bound {
                 good = rate;
                 at_max_rate = Some(result.clone());
@@ -531,8 +633,14 @@ impl Bench {
         latency_rate: Option<f64>,
         results: &mut ServerResults,
     ) -> Result<()> {
-        let server =
-            RunningServer::start(kind, &self.lab.topology, &self.user, relay_binary, work_dir)?;
+        let server = RunningServer::start(
+            kind,
+            &self.lab.topology,
+            &self.user,
+            &self.certificate,
+            relay_binary,
+            work_dir,
+        )?;
         let pid = server.pid();
         results.status = server.status();
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());
@@ -565,6 +673,39 @@ impl Bench {
                 result.saturated.relayed_pps
             );
             results.scenarios.push(result);
+        }
+        // XDP relays UDP clients only: ours-xdp relays TCP and TLS clients exactly as
+        // ours-userspace does, so they are measured once.
+        if kind != ServerKind::OursXdp {
+            for scenario in self.plan.stream_scenarios.clone() {
+                eprintln!("turn-bench: {}: {}", kind.name(), scenario.label());
+                let mut clients = stream_load::open(
+                    &self.lab.topology.client,
+                    scenario.client,
+                    scenario.flows,
+                    &self.user,
+                    Self::sink_address(4),
+                    FIRST_CHANNEL,
+                    &self.certificate,
+                )?;
+                let result = self.sweep_with(&scenario, &mut |bench, rate| {
+                    bench.measure_stream(pid, &mut clients, &scenario, rate)
+                });
+                stream_load::close(clients);
+                let result = result?;
+                eprintln!(
+                    "turn-bench: {}: {}: max {:.0} pps at ≤0.1% loss{}",
+                    kind.name(),
+                    scenario.label(),
+                    result.max_rate.pps,
+                    if result.max_rate.generator_bound {
+                        " (generator-bound)"
+                    } else {
+                        ""
+                    },
+                );
+                results.stream_scenarios.push(result);
+            }
         }
         let Some(scenario) = self.plan.scenarios.first().copied() else {
             return Ok(());
@@ -688,11 +829,14 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let sink_socket = bind_sink(4)?;
     let sink_socket6 = bind_sink(6)?;
     let password = format!("bench-{:016x}", rand::random::<u64>());
+    let certificate = TestCertificate::generate(&[&RELAY_LISTEN_V4.to_string()])
+        .context("generating the TLS certificate")?;
     let mut bench = Bench {
         lab,
         sink_socket,
         sink_socket6,
         user: User::new("bench", &password),
+        certificate,
         next_step: 0,
         plan,
     };

@@ -72,6 +72,26 @@ impl Namespace {
         ])
     }
 
+    /// A firewall that lets no UDP out of this namespace except on loopback (TCP and TLS
+    /// get through): what a client behind a corporate firewall sees. Removed with the
+    /// namespace.
+    pub fn drop_outgoing_udp(&self) -> Result<()> {
+        let rules = "table inet udp_firewall {\n\
+                     \tchain output {\n\
+                     \t\ttype filter hook output priority 0; policy accept;\n\
+                     \t\toifname \"lo\" accept\n\
+                     \t\tmeta l4proto udp drop\n\
+                     \t}\n\
+                     }\n";
+        let file = std::env::temp_dir().join(format!("{}-firewall.nft", self.name));
+        std::fs::write(&file, rules).context("writing the firewall rules")?;
+        let loaded = self.run("nft", &["-f", &file.to_string_lossy()]);
+        let _ = std::fs::remove_file(&file);
+        loaded
+            .map(drop)
+            .context("installing the UDP-dropping firewall")
+    }
+
     /// Runs `work` on a thread that has joined this namespace (setns affects only the
     /// calling thread): sockets it opens stay in the namespace whichever thread uses them
     /// later, and interface names it resolves are the namespace's.
@@ -145,13 +165,36 @@ impl Namespace {
         &self,
         address: SocketAddr,
         limit: Duration,
+        alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait_for_listening("udp", address, limit, alive)
+    }
+
+    /// Waits until a TCP socket listens on `address` in this namespace while `alive`
+    /// keeps succeeding.
+    pub fn wait_for_tcp_listener(
+        &self,
+        address: SocketAddr,
+        limit: Duration,
+        alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait_for_listening("tcp", address, limit, alive)
+    }
+
+    /// Waits until `ss` shows a `protocol` ("udp", "tcp") socket listening on `address`.
+    fn wait_for_listening(
+        &self,
+        protocol: &str,
+        address: SocketAddr,
+        limit: Duration,
         mut alive: impl FnMut() -> Result<()>,
     ) -> Result<()> {
         let wanted = address.to_string();
+        let flag = if protocol == "tcp" { "-t" } else { "-u" };
         let deadline = Instant::now() + limit;
         loop {
             alive()?;
-            let sockets = self.run("ss", &["-H", "-u", "-l", "-n"])?;
+            let sockets = self.run("ss", &["-H", flag, "-l", "-n"])?;
             if sockets
                 .lines()
                 .any(|line| line.split_whitespace().any(|field| field == wanted))
@@ -160,7 +203,7 @@ impl Namespace {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "nothing listens on udp {wanted} in {} after {limit:?}",
+                    "nothing listens on {protocol} {wanted} in {} after {limit:?}",
                     self.name
                 );
             }

@@ -10,12 +10,13 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rand::rngs::StdRng;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::datapath::{Datapath, FastPath, FastPathCommand};
 use crate::protocol::turn::Server;
 
 use super::metrics::IoCounters;
+use super::stream::StreamRegistry;
 
 /// What every worker shares.
 pub(crate) struct Hub {
@@ -29,6 +30,12 @@ pub(crate) struct Hub {
     closing: Vec<mpsc::UnboundedSender<SocketAddr>>,
     /// Per worker: its IO counters, published about once a second.
     pub(crate) io: Vec<Mutex<IoCounters>>,
+    /// The relay sockets of TCP/TLS connections and their counters (see
+    /// [`super::stream`]).
+    pub(crate) streams: StreamRegistry,
+    /// A section outside the workers (a stream connection's) moved the server's earliest
+    /// deadline earlier: a worker's timer task re-reads it.
+    pub(crate) deadline_moved: Notify,
 }
 
 /// The state behind the hub's lock.
@@ -64,6 +71,8 @@ impl Hub {
             fast_path: Mutex::new(FastPath::new(datapath)),
             closing,
             io: (0..workers).map(|_| Mutex::default()).collect(),
+            streams: StreamRegistry::default(),
+            deadline_moved: Notify::new(),
         };
         (hub, inboxes)
     }
@@ -89,6 +98,12 @@ impl Hub {
         }
     }
 
+    /// Tells a worker's timer task that a section outside the workers armed a server
+    /// deadline earlier than the ones they sleep until.
+    pub(crate) fn timers_changed(&self) {
+        self.deadline_moved.notify_one();
+    }
+
     /// Publishes worker `index`'s IO counters for the metrics endpoint.
     pub(crate) fn publish_io(&self, index: usize, io: IoCounters) {
         if let Some(slot) = self.io.get(index) {
@@ -101,7 +116,7 @@ impl Hub {
     /// applies them, so map system calls never hold up the workers waiting for the
     /// server. Afterwards the section's responses (`responses_pending`) may be sent.
     ///
-    /// Two promises hold with any number of workers:
+    /// Two promises hold with any number of workers and stream connections:
     /// 1. Commands are applied in the order the server emitted them. The server emits
     ///    them in the order of its lock sections. A section that emitted commands takes
     ///    the fast-path lock *before* it releases the server lock, and keeps it until

@@ -10,6 +10,8 @@
 //! system calls — where nearly all the time goes — run in parallel outside it. That
 //! includes the fast-path map updates the core asks for: they are applied behind a second
 //! lock, in order.
+//! TCP and TLS clients ([`stream`]) each have a task on the workers' shared server: their
+//! sections follow the same lock order, and their allocations stay out of the fast path.
 //!
 //! With XDP attached, the kernel relays ChannelData and Send/Data for the flows the
 //! core installs; what reaches these sockets are misses, which are relayed identically.
@@ -35,6 +37,7 @@ mod relay_loop;
 mod report;
 mod sockets;
 mod startup;
+mod stream;
 mod worker;
 mod xdp;
 

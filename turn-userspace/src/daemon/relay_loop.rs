@@ -33,7 +33,7 @@ use super::sockets::{self, Outgoing, RecvBatch, SocketRole, BATCH};
 const BATCHES_PER_SOCKET: usize = 4;
 
 /// The current time for the core.
-fn now() -> Now {
+pub(super) fn now() -> Now {
     let unix_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
@@ -187,10 +187,7 @@ impl RelayLoop {
             out.clear();
             let forward = match role {
                 SocketRole::Listener => {
-                    let flow = ClientFlow {
-                        client: datagram.source,
-                        listener: local,
-                    };
+                    let flow = ClientFlow::udp(datagram.source, local);
                     shared.server.handle_client_datagram(
                         now,
                         flow,
@@ -254,7 +251,11 @@ impl RelayLoop {
                     Some(RelaySocket { owner, .. }) if owner != self.index => {
                         self.hub.close_elsewhere(owner, relay);
                     }
-                    _ => self.close(relay),
+                    Some(_) => self.close(relay),
+                    // Not a UDP relay socket: a TCP/TLS connection's.
+                    None => {
+                        self.hub.streams.close_relay(relay);
+                    }
                 },
             }
         }

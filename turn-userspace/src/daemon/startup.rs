@@ -1,5 +1,5 @@
 //! Start-up and shutdown: binds every worker's listeners, builds the shared [`Hub`],
-//! starts the worker threads and the admin endpoint, publishes metrics, and stops it all
+//! starts the worker threads, the TCP/TLS listeners and the admin endpoint, publishes metrics, and stops it all
 //! on the shutdown signal or when a worker fails.
 
 use std::future::Future;
@@ -23,6 +23,7 @@ use super::hub::Hub;
 use super::metrics::{Metrics, MetricsSnapshot};
 use super::report::{join, log_startup, log_totals};
 use super::sockets::{self, SocketRole};
+use super::stream;
 use super::worker::run_worker;
 use super::xdp;
 
@@ -89,6 +90,7 @@ pub async fn run(
     .with_limits(config.server_limits());
     let (hub, inboxes) = Hub::new(server, datapath, workers);
     let hub = Arc::new(hub);
+    let streams = stream::Streams::start(config.stream_settings(), Arc::clone(&hub), workers)?;
     let xdp_setup = XdpSetup {
         attached_to: xdp.as_ref().map(XdpRelay::interfaces).unwrap_or_default(),
     };
@@ -160,6 +162,7 @@ pub async fn run(
     if let Some(task) = admin_task {
         task.abort();
     }
+    drop(streams);
 
     let mut failure = None;
     for thread in threads {

@@ -214,7 +214,7 @@ fn relays_channel_data_between_client_and_peer_over_loopback() {
 
     // The metrics endpoint shows what userspace relayed (published about once a second).
     let relayed =
-        "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"channel_data\"} 5";
+        "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"channel_data\",transport=\"udp\"} 5";
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while Instant::now() < deadline && !last.lines().any(|line| line == relayed) {

@@ -145,23 +145,26 @@ async fn read_socket(
 }
 
 /// Runs the server's deadlines: sleeps until the next one this worker knows of (or until
-/// a section tells it of an earlier one), then handles what is due.
+/// a section of this worker, or of a TCP/TLS connection, tells of an earlier one), then
+/// handles what is due.
 async fn run_timers(worker: Rc<RefCell<RelayLoop>>) {
     let timer_changed = Rc::clone(&worker.borrow().timer_changed);
+    let hub = Arc::clone(&worker.borrow().hub);
     loop {
         let deadline = worker.borrow().timer;
-        let expired = match deadline {
-            Some(deadline) => tokio::select! {
-                () = tokio::time::sleep_until(deadline.into()) => true,
-                () = timer_changed.notified() => false,
-            },
-            None => {
-                timer_changed.notified().await;
-                false
+        let due = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
             }
         };
-        if expired {
-            worker.borrow_mut().handle_timeout();
+        tokio::select! {
+            () = due => worker.borrow_mut().handle_timeout(),
+            () = timer_changed.notified() => {}
+            () = hub.deadline_moved.notified() => {
+                let next = hub.lock().server.poll_timeout();
+                worker.borrow_mut().timer = next;
+            }
         }
     }
 }
