@@ -33,11 +33,6 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` of an IPv6 entry.
 pub const FAMILY_V6: u8 = 6;
 
-/// Hash map entries per allocation the maps are sized for: permissions per allocation.
-pub const PERMISSIONS_PER_ALLOCATION: u32 = 8;
-/// Channel bindings per allocation the channel maps are sized for.
-pub const CHANNELS_PER_ALLOCATION: u32 = 4;
-
 /// An IP address as stored in the maps.
 #[inline(always)]
 pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
@@ -216,17 +211,35 @@ impl PermissionKey {
     }
 }
 
-/// `PERMISSIONS` value.
+/// `PERMISSIONS` value: the expiry and the peer ports the permission covers. The
+/// relay's own addresses are peers on the relay port range only (hairpinning between
+/// allocations, never its listeners or other local services); every other permission
+/// covers all ports (`first_port` 0, `last_port` 65535).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PermissionValue {
     expires_ns: u64,
+    first_port: [u8; 2],
+    last_port: [u8; 2],
+    pad: [u8; 4],
 }
 
 impl PermissionValue {
     #[inline(always)]
-    pub const fn new(expires_ns: u64) -> Self {
-        PermissionValue { expires_ns }
+    pub const fn new(expires_ns: u64, first_port: u16, last_port: u16) -> Self {
+        PermissionValue {
+            expires_ns,
+            first_port: first_port.to_be_bytes(),
+            last_port: last_port.to_be_bytes(),
+            pad: [0; 4],
+        }
+    }
+
+    /// Whether the permission covers peer port `port` (big-endian, as on the wire).
+    #[inline(always)]
+    pub const fn covers_port(&self, port: [u8; 2]) -> bool {
+        let port = u16::from_be_bytes(port);
+        u16::from_be_bytes(self.first_port) <= port && port <= u16::from_be_bytes(self.last_port)
     }
 }
 
@@ -457,8 +470,10 @@ mod tests {
         assert_eq!(offset_of!(AllocationValue, relay_ip), 16);
         assert_eq!(
             (size_of::<PermissionValue>(), align_of::<PermissionValue>()),
-            (8, 8)
+            (16, 8)
         );
+        assert_eq!(offset_of!(PermissionValue, first_port), 8);
+        assert_eq!(offset_of!(PermissionValue, last_port), 10);
         assert_eq!(
             (
                 size_of::<ClientChannelValue>(),
@@ -551,6 +566,12 @@ mod tests {
         );
         let channel = PeerChannelValue::new([0x40, 0x00], 9);
         assert_eq!((channel.number(), channel.expires_ns()), ([0x40, 0x00], 9));
-        assert_eq!(PermissionValue::new(11).expires_ns(), 11);
+        let permission = PermissionValue::new(11, 49152, 65535);
+        assert_eq!(permission.expires_ns(), 11);
+        assert_eq!(permission.first_port, [0xC0, 0x00]);
+        assert!(!permission.covers_port(49151u16.to_be_bytes()));
+        assert!(permission.covers_port(49152u16.to_be_bytes()));
+        assert!(permission.covers_port(65535u16.to_be_bytes()));
+        assert!(PermissionValue::new(11, 0, 65535).covers_port([0, 22]));
     }
 }

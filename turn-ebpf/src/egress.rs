@@ -7,8 +7,8 @@
 
 use aya_ebpf::bindings::{xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS};
 use aya_ebpf::helpers::{
-    bpf_fib_lookup as fib_lookup_helper, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-    bpf_xdp_store_bytes,
+    bpf_fib_lookup as fib_lookup_helper, bpf_get_prandom_u32, bpf_xdp_adjust_head,
+    bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
 };
 use aya_ebpf::programs::XdpContext;
 use aya_ebpf::EbpfContext as _;
@@ -17,7 +17,7 @@ use turn_common::counters::Outcome;
 use turn_common::maps::FAMILY_V4;
 
 use crate::packet::{be16, load_into, write, Packet, ETH_LEN, UDP_LEN};
-use crate::{Relayed, Scratch, MAX_STRIPPED};
+use crate::{Relayed, Scratch, EGRESS, MAX_STRIPPED};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -42,8 +42,6 @@ pub struct Reframe {
     pub data_len: usize,
     /// Zero bytes appended after the data (attribute padding of a Data indication).
     pub padding: usize,
-    /// Set DF on the outgoing IPv4 header (Send indication with DONT-FRAGMENT).
-    pub dont_fragment: bool,
 }
 
 /// A relayed frame to build.
@@ -103,6 +101,18 @@ pub fn forward<const P: usize>(
     }
     let ip_total_len = iphl + udp_len;
     next_hop(ctx, scratch, route, ip_total_len as u16)?;
+    // Out of the interface it came in on (where the program runs), or redirected to one
+    // the daemon attached the program to; anything else goes up to the stack as it is.
+    let egress_ifindex = scratch.fib.ifindex;
+    let action = if egress_ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // Only records the target: nothing is sent unless the program returns
+        // XDP_REDIRECT, so a later Err still passes the frame up.
+        EGRESS
+            .redirect(egress_ifindex, 0)
+            .map_err(|_| Outcome::PassEgressNotAttached)?
+    };
     let packet = &scratch.packet;
 
     let udp_checksum = if packet.family == FAMILY_V4 && packet.udp_checksum == 0 {
@@ -193,7 +203,7 @@ pub fn forward<const P: usize>(
 
     // Headers are assembled in scratch memory, then copied into the frame at constant
     // offsets per family (direct, verifier-checked access).
-    build_headers(scratch, route, reframe, udp_len as u16, udp_checksum);
+    build_headers(scratch, route, udp_len as u16, udp_checksum);
     let headers = &scratch.headers;
     let prefix: &[u8; P] = scratch.prefix.first_chunk().ok_or(Outcome::PassMalformed)?;
     if route.family == FAMILY_V4 {
@@ -227,14 +237,6 @@ pub fn forward<const P: usize>(
             return Err(Outcome::PassMalformed);
         }
     }
-
-    let egress_ifindex = scratch.fib.ifindex;
-    let action = if egress_ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
-    } else {
-        // SAFETY: helper call; returns XDP_REDIRECT, or XDP_ABORTED on bad flags.
-        unsafe { bpf_redirect(egress_ifindex, 0) as u32 }
-    };
     Ok(Relayed {
         action,
         outcome: relayed,
@@ -292,13 +294,7 @@ fn remove_frame_bytes(
 /// Assembles `eth | ip | udp` of the relayed frame in `scratch.headers` (the first 42
 /// bytes for IPv4, all 62 for IPv6), from the next hop in `scratch.fib`.
 #[inline(always)]
-fn build_headers(
-    scratch: &mut Scratch,
-    route: &Route,
-    reframe: &Reframe,
-    udp_len: u16,
-    udp_checksum: u16,
-) {
+fn build_headers(scratch: &mut Scratch, route: &Route, udp_len: u16, udp_checksum: u16) {
     let Scratch {
         packet,
         fib,
@@ -322,13 +318,7 @@ fn build_headers(
     match (packet.family == FAMILY_V4, route.family == FAMILY_V4) {
         (true, true) => {
             headers[12..14].copy_from_slice(&[0x08, 0x00]);
-            ipv4_header(
-                &mut headers[14..34],
-                packet,
-                route,
-                20 + udp_len,
-                reframe.dont_fragment,
-            );
+            ipv4_header(&mut headers[14..34], packet, route, 20 + udp_len);
             headers[34..42].copy_from_slice(&udp);
         }
         (false, true) => {
@@ -421,40 +411,42 @@ fn traffic_class(ip_header: &[u8; 40]) -> u8 {
     (ip_header[0] << 4) | (ip_header[1] >> 4)
 }
 
-/// The relayed IPv4 header: the incoming one (TOS, ID, DF kept — RFC 8656 §14
-/// preferred behaviour) with new addresses, length and TTL - 1, checksum per RFC 1624.
+/// The relayed IPv4 header (RFC 8656 §14 preferred behaviour): the incoming one (TOS
+/// and DF kept) with new addresses, length and TTL - 1, checksum per RFC 1624. The
+/// Identification is the relay's own, as for any datagram it originates, never the
+/// client's: 0 with DF set (an atomic datagram, never reassembled: RFC 6864 §4.2 lets
+/// the source use any value), else a random one.
 #[inline(always)]
-fn ipv4_header(
-    header: &mut [u8],
-    packet: &Packet,
-    route: &Route,
-    total_len: u16,
-    dont_fragment: bool,
-) {
+fn ipv4_header(header: &mut [u8], packet: &Packet, route: &Route, total_len: u16) {
     let Some(header) = header.first_chunk_mut::<20>() else {
         return;
     };
     header.copy_from_slice(&packet.ip_header[..20]);
     let old_len = be16([header[2], header[3]]);
+    let old_id = be16([header[4], header[5]]);
     let old_ttl_protocol = be16([header[8], header[9]]);
-    let old_flags = be16([header[6], header[7]]);
     let old_checksum = be16([header[10], header[11]]);
     let new_len = total_len.to_be_bytes();
     header[2] = new_len[0];
     header[3] = new_len[1];
+    // Fragments never reach this point, so DF is the only flag that can be set.
+    let id = if header[6] & 0x40 != 0 {
+        0
+    } else {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_get_prandom_u32() as u16 }
+    };
+    header[4..6].copy_from_slice(&id.to_be_bytes());
     header[8] -= 1;
-    if dont_fragment {
-        header[6] |= 0x40;
-    }
     header[12..16].copy_from_slice(&route.src_ip[..4]);
     header[16..20].copy_from_slice(&route.dst_ip[..4]);
     let delta = Delta::new()
         .remove_word(old_len)
         .add_word(total_len)
+        .remove_word(old_id)
+        .add_word(id)
         .remove_word(old_ttl_protocol)
-        .add_word(be16([header[8], header[9]]))
-        .remove_word(old_flags)
-        .add_word(be16([header[6], header[7]]));
+        .add_word(be16([header[8], header[9]]));
     let delta = replace_address(delta, FAMILY_V4, &packet.src_ip, FAMILY_V4, route.src_ip);
     let delta = replace_address(delta, FAMILY_V4, &packet.dst_ip, FAMILY_V4, route.dst_ip);
     let checksum = delta.apply(old_checksum).to_be_bytes();

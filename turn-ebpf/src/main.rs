@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
     helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use turn_common::counters::{Counter, Outcome};
@@ -83,6 +83,11 @@ static PEER_CHANNELS: HashMap<PeerChannelKey, PeerChannelValue> = HashMap::with_
 /// Per-CPU application bytes relayed, indexed by allocation slot.
 #[map]
 static TRAFFIC: PerCpuArray<AllocationTraffic> = PerCpuArray::with_max_entries(1, 0);
+/// The interfaces the daemon attached the program to (ifindex → ifindex): the only ones
+/// it redirects to. A device without XDP may drop redirected frames (veth without NAPI,
+/// NICs that set up XDP transmit queues only with a program attached).
+#[map]
+static EGRESS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 /// Per-CPU [`Scratch`].
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

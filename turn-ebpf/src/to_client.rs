@@ -57,7 +57,6 @@ pub fn relay(
                 data_offset: packet.payload,
                 data_len,
                 padding: 0,
-                dont_fragment: false,
             };
             scratch.prefix[..4].copy_from_slice(&[number[0], number[1], len[0], len[1]]);
             let relayed = forward::<4>(
@@ -83,7 +82,6 @@ pub fn relay(
         data_offset: packet.payload,
         data_len,
         padding,
-        dont_fragment: false,
     };
     let transaction_id = transaction_id();
     let egress = Egress { route, reframe };

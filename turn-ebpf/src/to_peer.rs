@@ -6,8 +6,8 @@ use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::maps::{ClientChannelValue, FlowKey, PermissionKey, FAMILY_V4, FAMILY_V6};
 use turn_common::stun::{
-    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_FINGERPRINT,
-    ATTR_XOR_PEER_ADDRESS, CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
+    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_FINGERPRINT, ATTR_XOR_PEER_ADDRESS,
+    CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
 use crate::egress::{forward, Egress, Reframe, Route};
@@ -16,8 +16,8 @@ use crate::packet::{be16, load, load_into, Packet, MAX_OFFSET};
 use crate::{add_traffic, now_ns, Relayed, Scratch, CLIENT_ALLOCATIONS, MAX_STRIPPED, PERMISSIONS};
 
 /// The most attributes a Send indication may have for the fast path to take it
-/// (XOR-PEER-ADDRESS, DATA, DONT-FRAGMENT, FINGERPRINT).
-const MAX_ATTRIBUTES: usize = 4;
+/// (XOR-PEER-ADDRESS, DATA, FINGERPRINT).
+const MAX_ATTRIBUTES: usize = 3;
 
 /// Relays a ChannelData message of a bound channel. The UDP payload must be exactly the
 /// header and data plus at most the padding to a multiple of 4 (RFC 8656 §12.5).
@@ -49,7 +49,6 @@ pub fn channel_data(
         data_offset: packet.payload + CHANNEL_DATA_HEADER_LEN,
         data_len,
         padding: 0,
-        dont_fragment: false,
     };
     let relayed = forward::<0>(
         ctx,
@@ -69,7 +68,6 @@ struct SendIndication {
     peer_port: [u8; 2],
     data_offset: usize,
     data_len: usize,
-    dont_fragment: bool,
     /// Offset of a trailing FINGERPRINT attribute from the start of the message (0: none)
     /// and its value.
     fingerprint_offset: usize,
@@ -123,6 +121,9 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
     if permission.expires_ns() <= now {
         return Err(Outcome::PassExpired);
     }
+    if !permission.covers_port(send.peer_port) {
+        return Err(Outcome::PassPeerPortNotPermitted);
+    }
     if send.fingerprint_offset != 0
         && !fingerprint::matches(
             ctx,
@@ -144,7 +145,6 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
         data_offset: send.data_offset,
         data_len: send.data_len,
         padding: 0,
-        dont_fragment: send.dont_fragment,
     };
     let relayed = forward::<0>(
         ctx,
@@ -157,8 +157,9 @@ pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relaye
 }
 
 /// Walks at most [`MAX_ATTRIBUTES`] attributes; accepts exactly one XOR-PEER-ADDRESS,
-/// one DATA, optionally DONT-FRAGMENT (RFC 8656 §11.2) and optionally FINGERPRINT as the
-/// last attribute (RFC 8489 §14.7; not verified here), nothing else. Fills `out`
+/// one DATA and optionally FINGERPRINT as the last attribute (RFC 8489 §14.7; not
+/// verified here), nothing else. DONT-FRAGMENT in particular goes to userspace, which
+/// discards the indication (RFC 8656 §11.2: this server does not support it). Fills `out`
 /// and returns true when the message is one the fast path takes. `header` is scratch
 /// memory for the STUN header.
 // A separate BPF function to keep the caller's stack frame small; results go through
@@ -182,7 +183,6 @@ fn parse_send_indication(
     }
     let mut peer_found = false;
     let mut data_found = false;
-    out.dont_fragment = false;
     out.fingerprint_offset = 0;
     let mut offset = HEADER_LEN;
     for _ in 0..MAX_ATTRIBUTES {
@@ -214,7 +214,6 @@ fn parse_send_indication(
                 out.data_len = len;
                 data_found = true;
             }
-            ATTR_DONT_FRAGMENT if len == 0 => out.dont_fragment = true,
             ATTR_FINGERPRINT if len == 4 && next == packet.payload_len => {
                 let Ok(value) = load::<4>(ctx, value) else {
                     return false;

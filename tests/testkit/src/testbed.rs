@@ -9,7 +9,10 @@
 //! peers, and IP forwarding on: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
 //! on an ingress device without forwarding, and the program then passes the frame (see
 //! [`Testbed::set_forwarding`]). [`UNRESOLVED_PEER_V4`] has a route but no neighbour,
-//! [`UNROUTABLE_PEER_V4`] no route.
+//! [`UNROUTABLE_PEER_V4`] no route. The program may redirect out of the two sides, as if
+//! the daemon had attached it there; [`UNATTACHED_PEER_V4`] sits behind a third
+//! interface ([`UNATTACHED_INTERFACE`]) it may not redirect to. [`RELAY_PUBLIC_V4`] /
+//! [`RELAY_PUBLIC_V6`] are neighbours on the peer side's link.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -21,9 +24,11 @@ use turn_relay::bpf::{Outcome, XdpCounters};
 
 use crate::addresses::{
     CLIENT_V4, CLIENT_V6, NEAR_PEER_V4, NEAR_PEER_V6, PEER_V4, PEER_V6, PREFIX_V4, PREFIX_V6,
-    RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6,
+    RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6, RELAY_UNATTACHED_LINK_V4,
 };
-pub use crate::addresses::{UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4};
+pub use crate::addresses::{
+    RELAY_PUBLIC_V4, RELAY_PUBLIC_V6, UNATTACHED_PEER_V4, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
+};
 use crate::fast_path::FastPath;
 use crate::netns::{format_mac, Netns};
 
@@ -31,6 +36,8 @@ use crate::netns::{format_mac, Netns};
 /// (relayed addresses).
 pub const CLIENT_SIDE_INTERFACE: &str = "tbc0";
 pub const PEER_SIDE_INTERFACE: &str = "tbp0";
+/// An interface of the relay the program is not attached to (no redirects there).
+pub const UNATTACHED_INTERFACE: &str = "tbx0";
 
 /// MAC addresses of the relay's two interfaces and of the neighbours.
 pub const CLIENT_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
@@ -38,6 +45,8 @@ pub const PEER_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x10];
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x20];
 pub const NEAR_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x30];
+pub const RELAY_PUBLIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x40];
+pub const UNATTACHED_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x20];
 
 /// XDP actions as BPF_PROG_TEST_RUN returns them.
 pub const XDP_DROP: u32 = 1;
@@ -95,10 +104,15 @@ impl Testbed {
         configure(&namespace)?;
         let program = DetachedProgram::load(max_allocations)?;
         let (client_side_ifindex, peer_side_ifindex) = namespace.run_inside(|| {
-            Ok((
+            let sides = (
                 ifindex(CLIENT_SIDE_INTERFACE)?,
                 ifindex(PEER_SIDE_INTERFACE)?,
-            ))
+            );
+            // As the daemon does for the interfaces it attaches to (in the namespace the
+            // interfaces are in).
+            program.add_egress(sides.0)?;
+            program.add_egress(sides.1)?;
+            Ok(sides)
         })?;
         Ok(Testbed {
             program,
@@ -243,7 +257,7 @@ impl Testbed {
     }
 }
 
-/// The two veth pairs, the relay's addresses, static neighbours and forwarding.
+/// The three veth pairs, the relay's addresses, static neighbours and forwarding.
 fn configure(namespace: &Netns) -> Result<()> {
     for (inner, outer, mac, v4, v6) in [
         (
@@ -251,27 +265,36 @@ fn configure(namespace: &Netns) -> Result<()> {
             "tbc1",
             CLIENT_SIDE_MAC,
             RELAY_LISTEN_V4,
-            RELAY_LISTEN_V6,
+            Some(RELAY_LISTEN_V6),
         ),
         (
             PEER_SIDE_INTERFACE,
             "tbp1",
             PEER_SIDE_MAC,
             RELAY_RELAYED_V4,
-            RELAY_RELAYED_V6,
+            Some(RELAY_RELAYED_V6),
+        ),
+        (
+            UNATTACHED_INTERFACE,
+            "tbx1",
+            [0x02, 0, 0, 0, 0x03, 0x01],
+            RELAY_UNATTACHED_LINK_V4,
+            None,
         ),
     ] {
         namespace.ip(&["link", "add", inner, "type", "veth", "peer", "name", outer])?;
         namespace.ip(&["link", "set", inner, "address", &format_mac(mac)])?;
         namespace.ip(&["addr", "add", &format!("{v4}/{PREFIX_V4}"), "dev", inner])?;
-        namespace.ip(&[
-            "addr",
-            "add",
-            &format!("{v6}/{PREFIX_V6}"),
-            "dev",
-            inner,
-            "nodad",
-        ])?;
+        if let Some(v6) = v6 {
+            namespace.ip(&[
+                "addr",
+                "add",
+                &format!("{v6}/{PREFIX_V6}"),
+                "dev",
+                inner,
+                "nodad",
+            ])?;
+        }
         namespace.ip(&["link", "set", outer, "up"])?;
         namespace.ip(&["link", "set", inner, "up"])?;
     }
@@ -290,6 +313,21 @@ fn configure(namespace: &Netns) -> Result<()> {
         ),
         (IpAddr::V4(PEER_V4), PEER_MAC, PEER_SIDE_INTERFACE),
         (IpAddr::V6(PEER_V6), PEER_MAC, PEER_SIDE_INTERFACE),
+        (
+            IpAddr::V4(RELAY_PUBLIC_V4),
+            RELAY_PUBLIC_MAC,
+            PEER_SIDE_INTERFACE,
+        ),
+        (
+            IpAddr::V6(RELAY_PUBLIC_V6),
+            RELAY_PUBLIC_MAC,
+            PEER_SIDE_INTERFACE,
+        ),
+        (
+            IpAddr::V4(UNATTACHED_PEER_V4),
+            UNATTACHED_PEER_MAC,
+            UNATTACHED_INTERFACE,
+        ),
     ] {
         namespace.ip(&[
             "neigh",

@@ -246,6 +246,7 @@ impl Datapath for BpfDatapath {
         self.tables.insert_permission(
             relay_address,
             MapAddress::ip(peer),
+            entry.ports.first..=entry.ports.last,
             monotonic_ns(entry.expires_at),
         )?;
         self.permissions.insert((relay, peer), entry.expires_at);

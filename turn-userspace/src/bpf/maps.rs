@@ -2,10 +2,13 @@
 //! and write userspace does on them. (Pinning for restarts would go here too.)
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use anyhow::{anyhow, Context as _};
-use aya::maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    DevMapHash, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues,
+};
 use aya::{Ebpf, EbpfLoader};
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
@@ -26,6 +29,7 @@ const PERMISSIONS: &str = "PERMISSIONS";
 const CLIENT_CHANNELS: &str = "CLIENT_CHANNELS";
 const PEER_CHANNELS: &str = "PEER_CHANNELS";
 const TRAFFIC: &str = "TRAFFIC";
+const EGRESS: &str = "EGRESS";
 
 /// Entries per map for a given number of allocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +97,7 @@ pub(crate) fn size_maps(loader: &mut EbpfLoader<'_>, sizes: MapSizes) {
 /// Handles to the program's maps, taken out of the loaded object.
 pub(crate) struct Maps {
     counters: PerCpuArray<MapData, Counter>,
+    egress: DevMapHash<MapData>,
     /// Handed to the [`super::BpfDatapath`] once.
     tables: Option<Tables>,
 }
@@ -104,6 +109,7 @@ impl Maps {
                 .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
         }
         let counters = PerCpuArray::try_from(take_map(ebpf, COUNTERS)?).context(COUNTERS)?;
+        let egress = DevMapHash::try_from(take_map(ebpf, EGRESS)?).context(EGRESS)?;
         let tables = Tables {
             relays: HashMap::try_from(take_map(ebpf, RELAYS)?).context(RELAYS)?,
             client_allocations: HashMap::try_from(take_map(ebpf, CLIENT_ALLOCATIONS)?)
@@ -118,8 +124,17 @@ impl Maps {
         };
         Ok(Maps {
             counters,
+            egress,
             tables: Some(tables),
         })
+    }
+
+    /// Lets the program redirect frames out of interface `ifindex` (of the calling
+    /// thread's network namespace): only for interfaces the program is attached to.
+    pub(crate) fn add_egress(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        self.egress
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding interface {ifindex} to {EGRESS}"))
     }
 
     pub(crate) fn counters(&self) -> anyhow::Result<XdpCounters> {
@@ -149,7 +164,7 @@ impl Maps {
     /// Kernel memory charged for all maps (`memlock` in their fdinfo), while this
     /// still holds the tables.
     pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
-        let mut total = memlock_bytes(self.counters.map())?;
+        let mut total = memlock_bytes(self.counters.map())? + memlock_bytes(self.egress.map())?;
         if let Some(tables) = &self.tables {
             total += tables.memory_bytes()?;
         }
@@ -266,16 +281,18 @@ impl Tables {
         remove(&mut self.client_allocations, &flow_key(record))
     }
 
+    /// A permission for `peer` covering its ports `ports`.
     pub(crate) fn insert_permission(
         &mut self,
         relay: MapAddress,
         peer: MapAddress,
+        ports: RangeInclusive<u16>,
         expires_ns: u64,
     ) -> Result<(), DatapathError> {
         insert(
             &mut self.permissions,
             permission_key(relay, peer),
-            PermissionValue::new(expires_ns),
+            PermissionValue::new(expires_ns, *ports.start(), *ports.end()),
         )
     }
 

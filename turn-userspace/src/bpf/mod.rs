@@ -25,6 +25,9 @@
 //! - Frames XDP_TX'd or redirected into a veth are dropped (`xdp_tx_errors`) unless the
 //!   veth's peer has NAPI: it runs an XDP program (this one with empty maps, or any
 //!   pass-only program) or, on newer kernels, has GRO on (`ethtool -K <if> gro on`).
+//! - Next hops out of an interface the program is not attached to are left to the stack
+//!   (`pass_egress_not_attached`): the program redirects only to the interfaces in its
+//!   EGRESS device map, which [`XdpRelay::attach`] fills with the ones it attached to.
 //! - No bpffs: nothing is pinned.
 //! - Map memory is preallocated: about 2.4 KiB per allocation on a 2-CPU host
 //!   (`XdpRelay::map_memory_bytes` gives the exact figure).
@@ -196,6 +199,16 @@ impl XdpRelay {
                 mode,
             });
         }
+        // Redirects go only to these interfaces (see the EGRESS map of the program).
+        {
+            let mut maps = loaded
+                .maps
+                .lock()
+                .map_err(|_| anyhow!("XDP maps lock poisoned"))?;
+            for interface in &settings.interfaces {
+                maps.add_egress(ifindex(interface)?)?;
+            }
+        }
         let forwarding_disabled =
             host::forwarding_disabled(&settings.interfaces, |path| std::fs::read_to_string(path));
         for disabled in &forwarding_disabled {
@@ -292,6 +305,16 @@ fn mode_label(mode: XdpMode) -> &'static str {
         XdpMode::Native => "native",
         XdpMode::Skb => "skb",
         XdpMode::Auto | XdpMode::Off => "unknown",
+    }
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub(crate) fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c_name = std::ffi::CString::new(name).with_context(|| format!("interface name {name}"))?;
+    // SAFETY: a valid C string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {name}")),
+        index => Ok(index),
     }
 }
 

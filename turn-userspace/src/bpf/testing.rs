@@ -63,4 +63,15 @@ impl DetachedProgram {
     pub fn counters(&self) -> anyhow::Result<XdpCounters> {
         self.loaded.counters()
     }
+
+    /// Lets the program redirect out of interface `ifindex` (of the calling thread's
+    /// network namespace), as [`super::XdpRelay::attach`] does for each interface it
+    /// attaches to; the program passes frames for any other egress interface up.
+    pub fn add_egress(&self, ifindex: u32) -> anyhow::Result<()> {
+        self.loaded
+            .maps
+            .lock()
+            .map_err(|_| anyhow!("XDP maps lock poisoned"))?
+            .add_egress(ifindex)
+    }
 }

@@ -120,6 +120,33 @@ fn data_indications_get_fresh_transaction_ids() {
     );
 }
 
+/// RFC 8656 §14: the relay sets the IPv4 identification as for a datagram it originates
+/// (RFC 6864): each relayed datagram that may be fragmented gets a fresh one, never the
+/// client's (which would let fragments of two clients' datagrams collide and leak the
+/// client's counter to the peer).
+#[test]
+fn relayed_ipv4_datagrams_without_df_get_fresh_identifications() {
+    if !privileged("relayed_ipv4_datagrams_without_df_get_fresh_identifications") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let payload = turn_testkit::stun_client::channel_data(CHANNEL_PEER, b"data");
+    let (input, _) = runner::frame(&V4, Origin::Client, &payload, IpVariant::MayFragment);
+    let ids: BTreeSet<u16> = (0..16)
+        .map(|_| {
+            let out = testbed.run(&input, Ingress::ClientSide).or_fail("run");
+            assert_eq!(out.action, XDP_REDIRECT);
+            runner::ipv4_identification(&out.frame)
+        })
+        .collect();
+    assert!(
+        ids.len() > 1,
+        "one identification for 16 datagrams: {ids:?}"
+    );
+}
+
 #[test]
 fn relayed_traffic_is_accounted_per_allocation() {
     if !privileged("relayed_traffic_is_accounted_per_allocation") {

@@ -19,6 +19,8 @@ pub const CHANNEL_UNRESOLVED: u16 = 0x4002;
 pub const CHANNEL_EXPIRED: u16 = 0x4003;
 pub const CHANNEL_UNROUTABLE: u16 = 0x4004;
 pub const CHANNEL_UNBOUND: u16 = 0x4005;
+/// Bound to a peer behind an interface the program is not attached to (IPv4 allocation).
+pub const CHANNEL_UNATTACHED: u16 = 0x4006;
 /// The highest channel number (RFC 5766 range, accepted for interop), bound to
 /// [`Peer::HighestChannel`].
 pub const CHANNEL_HIGHEST: u16 = 0x7FFF;
@@ -59,6 +61,12 @@ pub enum Peer {
     Stranger,
     /// A peer whose permission has expired.
     Expired,
+    /// The relay's own public address on a relay port: its permission covers the relay
+    /// port range only (hairpinning to another allocation).
+    RelayPublicOnRelayPort,
+    /// The relay's own public address on a port outside the relay port range (its
+    /// listener).
+    RelayPublicOffRelayPorts,
 }
 
 /// Where the input frame comes from.
@@ -110,7 +118,7 @@ pub enum Payload {
 pub enum SendShape {
     /// DATA before XOR-PEER-ADDRESS.
     DataFirst,
-    /// XOR-PEER-ADDRESS, DONT-FRAGMENT, DATA.
+    /// XOR-PEER-ADDRESS, DONT-FRAGMENT (RFC 8656 §11.2), DATA.
     DontFragment,
     /// XOR-PEER-ADDRESS only.
     WithoutData,
@@ -172,13 +180,9 @@ pub enum Mangle {
 pub enum Output {
     /// The input frame, untouched.
     Unchanged,
-    /// `data` from the relayed address to `peer` (RFC 8656 §14 IP header rules; DF set
-    /// when `dont_fragment`).
-    ToPeer {
-        peer: Peer,
-        data: &'static [u8],
-        dont_fragment: bool,
-    },
+    /// `data` from the relayed address to `peer` (RFC 8656 §14 IP header rules: TTL − 1,
+    /// TOS and DF kept, the relay's own IPv4 identification).
+    ToPeer { peer: Peer, data: &'static [u8] },
     /// ChannelData on `channel` carrying `data`, from the listener to the client.
     ChannelDataToClient { channel: u16, data: &'static [u8] },
     /// A Data indication from `peer` carrying `data`, from the listener to the client;
@@ -243,9 +247,5 @@ pub const fn send(peer: Peer, data: &'static [u8]) -> Payload {
 
 /// A relayed frame to `peer` as the program must send it.
 pub const fn to_peer(peer: Peer, data: &'static [u8]) -> Output {
-    Output::ToPeer {
-        peer,
-        data,
-        dont_fragment: false,
-    }
+    Output::ToPeer { peer, data }
 }

@@ -559,15 +559,13 @@ impl<R: rand::RngCore> Server<R> {
             .insert(peer, Permission { expires_at, ports });
         let relay = allocation.relay;
         self.fast_path
-            .push_back(FastPathCommand::InstallPermission {
-                entry: PermissionEntry {
-                    flow,
-                    relay,
-                    peer_ip: peer,
-                    expires_at,
-                },
-                ports,
-            });
+            .push_back(FastPathCommand::InstallPermission(PermissionEntry {
+                flow,
+                relay,
+                peer_ip: peer,
+                ports: self.policy.ports(ports).into(),
+                expires_at,
+            }));
         for (&number, channel) in allocation
             .channels
             .iter()
