@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use turn_relay::bpf::testing::DetachedProgram;
-use turn_relay::bpf::{Outcome, XdpCounters};
+use turn_relay::bpf::{Outcome, RoutingWatch, XdpCounters};
 
 use crate::addresses::{
     CLIENT_V4, CLIENT_V6, NEAR_PEER_V4, NEAR_PEER_V6, PEER_V4, PEER_V6, PREFIX_V4, PREFIX_V6,
@@ -90,7 +90,8 @@ pub enum Timed {
 
 /// A namespace with the program loaded (not attached) and its maps.
 pub struct Testbed {
-    // Field order is drop order: the program goes before its namespace.
+    // Field order is drop order: the watcher and the program go before the namespace.
+    _routing: RoutingWatch,
     program: DetachedProgram,
     namespace: Netns,
     client_side_ifindex: u32,
@@ -103,7 +104,7 @@ impl Testbed {
         let namespace = Netns::create("testbed")?;
         configure(&namespace)?;
         let program = DetachedProgram::load(max_allocations)?;
-        let (client_side_ifindex, peer_side_ifindex) = namespace.run_inside(|| {
+        let (client_side_ifindex, peer_side_ifindex, routing) = namespace.run_inside(|| {
             let sides = (
                 ifindex(CLIENT_SIDE_INTERFACE)?,
                 ifindex(PEER_SIDE_INTERFACE)?,
@@ -112,9 +113,13 @@ impl Testbed {
             // interfaces are in).
             program.add_egress(sides.0)?;
             program.add_egress(sides.1)?;
-            Ok(sides)
+            // Next hops are cached and refreshed as in the daemon, from this namespace's
+            // routing.
+            let routing = program.watch_routing()?;
+            Ok((sides.0, sides.1, routing))
         })?;
         Ok(Testbed {
+            _routing: routing,
             program,
             namespace,
             client_side_ifindex,

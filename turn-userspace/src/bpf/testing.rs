@@ -6,7 +6,7 @@
 use anyhow::{anyhow, Context as _};
 use aya::programs::Xdp;
 
-use super::{BpfDatapath, Loaded, XdpCounters, XDP_OBJECT};
+use super::{BpfDatapath, Loaded, RoutingWatch, XdpCounters, XDP_OBJECT};
 
 /// The name of the pass-only program in [`object`]: the timing baseline, and what a veth
 /// end needs to accept frames the relay redirects or XDP_TXes into it.
@@ -62,6 +62,13 @@ impl DetachedProgram {
     /// The per-CPU counters, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<XdpCounters> {
         self.loaded.counters()
+    }
+
+    /// Starts the watcher that keeps the program's cached next hops fresh, for the
+    /// routing of the calling thread's network namespace, as [`super::XdpRelay::attach`]
+    /// does (once per program); the cache is off until then.
+    pub fn watch_routing(&self) -> anyhow::Result<RoutingWatch> {
+        self.loaded.watch_routing()
     }
 
     /// Lets the program redirect out of interface `ifindex` (of the calling thread's
