@@ -20,7 +20,7 @@ mod to_peer;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -185,11 +185,13 @@ pub unsafe fn zeroed<T>(value: &mut core::mem::MaybeUninit<T>) -> &mut T {
     unsafe { value.assume_init_mut() }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock userspace converts entry expiries to.
+/// CLOCK_MONOTONIC in ns, as of the last timer tick (CLOCK_MONOTONIC_COARSE): the clock
+/// userspace converts entry expiries to, at a tenth of the cost of the precise one here.
+/// An entry can be used up to one tick (1–10 ms) past its expiry.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The routing generation cached next hops must carry (0: cache off).
