@@ -141,6 +141,12 @@ impl Testbed {
         Ok(self.counters()?.get(outcome).packets)
     }
 
+    /// Runs `ip ARGS` in the testbed's namespace (to change routes and neighbours while
+    /// the program caches next hops).
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        self.namespace.ip(args).map(drop)
+    }
+
     /// Turns IP forwarding on the testbed's interfaces on or off.
     pub fn set_forwarding(&self, enabled: bool) -> Result<()> {
         self.namespace.set_forwarding(enabled)

@@ -54,7 +54,7 @@ pub use host::{ForwardingDisabled, IpFamily};
 pub use turn_common::counters::{Counter, Outcome};
 
 use maps::{MapSizes, Maps};
-pub use next_hop::RoutingWatch;
+pub use next_hop::{RoutingWatch, REFRESH as ROUTING_REFRESH};
 
 /// The XDP object built by `build.rs` (aya-build) from `turn-ebpf`.
 pub(crate) static XDP_OBJECT: &[u8] =

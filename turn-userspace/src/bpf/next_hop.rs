@@ -48,7 +48,7 @@ const GROUPS: [u32; 12] = [
     libc::RTNLGRP_NEXTHOP,
 ];
 /// Invalidation for changes the kernel does not announce.
-pub(crate) const REFRESH: Duration = Duration::from_secs(1);
+pub const REFRESH: Duration = Duration::from_secs(1);
 /// How long the watcher waits for a notification before it looks at the clock and its
 /// stop flag.
 const WAKE_UP: Duration = Duration::from_millis(100);
