@@ -15,6 +15,7 @@
 mod control;
 mod cpu;
 mod kernel_mode;
+mod live_cost;
 mod load;
 mod report;
 mod servers;
@@ -29,7 +30,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use turn_testkit::addresses::{listener, OUTER_INTERFACE, PEER_V4, PEER_V6};
+use turn_testkit::addresses::{
+    listener, OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE,
+};
 use turn_testkit::config::User;
 use turn_testkit::netns::remove_stale_namespaces;
 use turn_testkit::privilege::is_root;
@@ -203,6 +206,9 @@ pub struct ServerResults {
     pub scenarios: Vec<ScenarioResult>,
     pub latency: Option<LatencyResult>,
     pub kernel_mode: Option<kernel_mode::KernelModeResult>,
+    /// ours-xdp: the XDP program's cost per packet under live traffic during the latency
+    /// step ([`live_cost`]).
+    pub xdp_live_cost: Option<live_cost::LiveCost>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -321,6 +327,21 @@ impl Lab {
             action,
         )?);
         Ok(())
+    }
+}
+
+/// A live-cost measurement under way: statistics on, the programs' first snapshots.
+struct LiveCostRun {
+    _stats: live_cost::StatsEnabled,
+    relay: (u32, live_cost::Snapshot),
+    pass: (u32, live_cost::Snapshot),
+}
+
+impl LiveCostRun {
+    fn finish(self) -> Result<live_cost::LiveCost> {
+        let relay = (self.relay.1, live_cost::snapshot(self.relay.0)?);
+        let pass = (self.pass.1, live_cost::snapshot(self.pass.0)?);
+        live_cost::cost(relay, pass)
     }
 }
 
@@ -546,7 +567,14 @@ impl Bench {
         let rate = latency_rate.unwrap_or(own_max * 0.5).max(100.0);
         let flows = self.open_flows(scenario.flows, scenario.family)?;
         eprintln!("turn-bench: {}: latency at {rate:.0} pps", kind.name());
+        let live = (kind == ServerKind::OursXdp && scenario.mode == RelayMode::ChannelData)
+            .then(|| self.live_cost_start())
+            .transpose();
         let step = self.measure(Some(pid), &flows, &scenario, Some(rate), false);
+        match live.and_then(|live| live.map(|start| start.finish()).transpose()) {
+            Ok(cost) => results.xdp_live_cost = cost,
+            Err(error) => eprintln!("turn-bench: live XDP cost not measured: {error:#}"),
+        }
         let round_trip = self.measure(Some(pid), &flows, &scenario, Some(rate.min(1000.0)), true);
         if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData && scenario.family != 4
         {
@@ -588,6 +616,20 @@ impl Bench {
             results.xdp_totals = servers::xdp_totals_line(&log_path);
         }
         Ok(())
+    }
+
+    /// Starts timing the relay's XDP program and the pass-only program on the peer's
+    /// veth end (see [`live_cost`]).
+    fn live_cost_start(&self) -> Result<LiveCostRun> {
+        let topology = &self.lab.topology;
+        let relay = live_cost::attached_program(&topology.relay, RELAY_CLIENT_SIDE_INTERFACE)?;
+        let pass = live_cost::attached_program(&topology.peer, OUTER_INTERFACE)?;
+        let stats = live_cost::StatsEnabled::new()?;
+        Ok(LiveCostRun {
+            _stats: stats,
+            relay: (relay, live_cost::snapshot(relay)?),
+            pass: (pass, live_cost::snapshot(pass)?),
+        })
     }
 
     /// One-way latency with no relay: the client sends straight to the sink at the same
