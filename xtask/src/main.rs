@@ -1,10 +1,11 @@
 //! Developer tasks for the TURN relay:
-//! `cargo xtask <setup|build|run|build-and-load|test|bench|demo>`.
+//! `cargo xtask <setup|build|run|build-and-load|test|bench|demo|package>`.
 //!
 //! Every task prints what it does and how long it took, and fails with context
 //! (`anyhow`) naming the step that broke.
 
 mod command;
+mod package;
 mod setup;
 mod test;
 
@@ -76,6 +77,9 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// Release build, then the Debian package target/package/turn-relay_<version>_<arch>.deb
+    /// (binary, systemd unit, sysusers entry, /etc/turn-relay/turn-relay.toml).
+    Package,
 }
 
 fn main() -> Result<()> {
@@ -115,6 +119,7 @@ fn main() -> Result<()> {
             setup::run(&workspace)?;
             run_demo(&workspace, seconds)
         }
+        Task::Package => package::run(&workspace).map(drop),
     }
 }
 
@@ -134,6 +139,8 @@ pub(crate) fn run_benchmark(
             "--bin",
             "turn-relay",
             "-p",
+            "turn-bench",
+            "--bin",
             "turn-bench",
         ],
         "turn-relay and turn-bench",
@@ -188,7 +195,7 @@ fn run_demo(workspace: &Path, seconds: u64) -> Result<()> {
 }
 
 /// `cargo build --release <arguments>` (packages and binaries), failing with `what`.
-fn release_build(arguments: &[&str], what: &str) -> Result<()> {
+pub(crate) fn release_build(arguments: &[&str], what: &str) -> Result<()> {
     println!("==> cargo build --release {}", arguments.join(" "));
     run_checked(cargo().args(["build", "--release"]).args(arguments))
         .with_context(|| format!("release build of {what}"))

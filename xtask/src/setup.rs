@@ -25,6 +25,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "chromium",
     "chromium-driver",
+    // nft: the load balancer namespace in front of several relays (tests/e2e).
+    "nftables",
 ];
 
 /// The nightly toolchain that builds the eBPF program (`-Z build-std=core`).

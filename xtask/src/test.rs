@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, every test of the workspace, then the quick benchmark.
+//! `cargo xtask test`: setup, the Debian package, every test of the workspace (the
+//! packaging test installs that package), then the quick benchmark.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -71,8 +72,13 @@ pub fn run(workspace: &Path) -> Result<()> {
         .context("building the daemon binary for the end-to-end tests")?;
     let build_time = build_started.elapsed();
 
+    // The release build it makes is the one the quick benchmark runs later.
+    let package_started = Instant::now();
+    let package = crate::package::run(workspace).context("cargo xtask package")?;
+    let package_time = package_started.elapsed();
+
     let tests_started = Instant::now();
-    let (tests_succeeded, totals) = cargo_test_workspace()?;
+    let (tests_succeeded, totals) = cargo_test_workspace(&package)?;
     let tests_time = tests_started.elapsed();
 
     let benchmark_started = Instant::now();
@@ -83,6 +89,12 @@ pub fn run(workspace: &Path) -> Result<()> {
     println!("==> summary");
     summary_row("setup", "ok", setup_time, "");
     summary_row("build turn-relay", "ok", build_time, "");
+    summary_row(
+        "package",
+        "ok",
+        package_time,
+        &package.display().to_string(),
+    );
     summary_row(
         "cargo test --workspace",
         if tests_succeeded { "ok" } else { "FAILED" },
@@ -118,11 +130,13 @@ pub fn run(workspace: &Path) -> Result<()> {
 }
 
 /// `cargo test --workspace --no-fail-fast` (every test binary runs even after a failure),
-/// echoing the output while counting results.
-fn cargo_test_workspace() -> Result<(bool, TestTotals)> {
+/// echoing the output while counting results; `package` is the .deb the packaging test
+/// installs (`TURN_RELAY_DEB`).
+fn cargo_test_workspace(package: &Path) -> Result<(bool, TestTotals)> {
     let mut command = cargo();
     command
         .args(["test", "--workspace", "--no-fail-fast"])
+        .env("TURN_RELAY_DEB", package)
         .stdout(Stdio::piped());
     let line = describe(&command);
     println!("==> test: {line}");

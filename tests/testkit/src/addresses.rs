@@ -45,6 +45,27 @@ pub const RELAY_PUBLIC_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x
 pub const RELAY_UNATTACHED_LINK_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 3, 1);
 pub const UNATTACHED_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 3, 2);
 
+/// Several relays behind one balancer ([`crate::balancer`]): the clients' link, the
+/// peers' link and the relays' bridge, each a /24 of the balancer, which routes between
+/// them; the balancer's virtual address is DNATed to the relays.
+pub const BALANCED_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 2);
+pub const BALANCER_CLIENT_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 1);
+/// The one address clients know: `turn:198.18.60.100:3478`.
+pub const BALANCER_VIRTUAL_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 100);
+pub const BALANCED_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 62, 2);
+pub const BALANCER_PEER_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 62, 1);
+pub const BALANCER_RELAY_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 61, 1);
+
+/// Relay `index` (0-based) behind the balancer: its listen and relayed address.
+pub fn balanced_relay_v4(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        198,
+        18,
+        61,
+        11 + u8::try_from(index).unwrap_or(u8::MAX - 11),
+    )
+}
+
 /// The TURN port the relay listens on.
 pub const TURN_PORT: u16 = 3478;
 /// The UDP port `turnutils_peer` echoes on.

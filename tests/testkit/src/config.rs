@@ -1,7 +1,7 @@
 //! The daemon's configuration as a test or the benchmark wants it, written with serde and
 //! the `toml` crate in the documented keys of `config/turn-relay.toml`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -57,6 +57,23 @@ pub struct RelayConfig {
     pub max_allocations: Option<u32>,
     /// `[peers] allow`: CIDRs the default deny does not apply to.
     pub allowed_peers: Vec<String>,
+    /// Where it listens and relays, when not in the client ⇄ relay ⇄ peer topology.
+    pub placement: Option<Placement>,
+    /// `[server] alternate_servers`: where a draining relay sends new allocations.
+    pub alternate_servers: Vec<SocketAddr>,
+    /// `[server] drain_exit`: exit once drained.
+    pub drain_exit: bool,
+    /// `[auth] nonce_secret`, shared by relays behind one balancer.
+    pub nonce_secret: Option<String>,
+}
+
+/// A relay's own addresses in another topology than [`crate::topology`]'s.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub listen: SocketAddr,
+    pub relay: IpAddr,
+    /// Where XDP attaches (with [`Xdp::Auto`] or [`Xdp::Native`]).
+    pub interfaces: Vec<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -83,6 +100,9 @@ struct Server<'a> {
     channel_lifetime: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_allocations: Option<u32>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    alternate_servers: &'a [SocketAddr],
+    drain_exit: bool,
 }
 
 #[derive(Serialize)]
@@ -90,6 +110,8 @@ struct Auth<'a> {
     users: &'a [User],
     auth_secrets: &'a [String],
     zrest_secrets: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce_secret: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -127,7 +149,17 @@ impl RelayConfig {
             channel_lifetime: None,
             max_allocations: None,
             allowed_peers: TEST_NETWORKS.map(str::to_owned).to_vec(),
+            placement: None,
+            alternate_servers: Vec::new(),
+            drain_exit: false,
+            nonce_secret: None,
         }
+    }
+
+    /// Listens and relays at `placement` instead of the standard topology's addresses.
+    pub fn placed(mut self, placement: Placement) -> RelayConfig {
+        self.placement = Some(placement);
+        self
     }
 
     /// Permissions expire `seconds` (≥ 1) after their last CreatePermission/ChannelBind.
@@ -165,6 +197,9 @@ impl RelayConfig {
 
     /// The listener addresses this configuration opens.
     pub fn listeners(&self) -> Vec<SocketAddr> {
+        if let Some(placement) = &self.placement {
+            return vec![placement.listen];
+        }
         let mut listeners = vec![listener(4)];
         if self.ipv6 {
             listeners.push(listener(6));
@@ -178,26 +213,33 @@ impl RelayConfig {
             server: Server {
                 realm: &self.realm,
                 listen: self.listeners(),
-                relay_address: RELAY_RELAYED_V4.to_string(),
+                relay_address: self
+                    .placement
+                    .as_ref()
+                    .map_or(RELAY_RELAYED_V4.into(), |placement| placement.relay)
+                    .to_string(),
                 relay_address_v6: self.ipv6.then(|| RELAY_RELAYED_V6.to_string()),
                 permission_lifetime: self.permission_lifetime,
                 channel_lifetime: self.channel_lifetime,
                 max_allocations: self.max_allocations,
+                alternate_servers: &self.alternate_servers,
+                drain_exit: self.drain_exit,
             },
             auth: Auth {
                 users: &self.users,
                 auth_secrets: &self.auth_secrets,
                 zrest_secrets: &self.zrest_secrets,
+                nonce_secret: self.nonce_secret.as_deref(),
             },
             peers: (!self.allowed_peers.is_empty()).then_some(Peers {
                 allow: &self.allowed_peers,
             }),
             xdp: XdpSection {
                 mode: self.xdp,
-                interfaces: if self.xdp == Xdp::Off {
-                    Vec::new()
-                } else {
-                    vec![RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE]
+                interfaces: match (&self.placement, self.xdp) {
+                    (_, Xdp::Off) => Vec::new(),
+                    (Some(placement), _) => placement.interfaces.clone(),
+                    (None, _) => vec![RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE],
                 },
             },
             metrics: Metrics {

@@ -91,6 +91,9 @@ pub struct Uclient {
     pub send_indications: bool,
     pub client_to_client: bool,
     pub ipv6_relay: bool,
+    /// No RTCP allocation per session (`-c`): no EVEN-PORT reservation redeemed by a
+    /// second socket.
+    pub no_rtcp: bool,
     /// Per-session send interval in ms (`-z`); uclient's default when None.
     pub send_interval_ms: Option<u32>,
     pub time_limit: Duration,
@@ -109,6 +112,7 @@ impl Uclient {
             send_indications: false,
             client_to_client: false,
             ipv6_relay: false,
+            no_rtcp: false,
             send_interval_ms: None,
             time_limit: Duration::from_secs(60),
         }
@@ -127,6 +131,9 @@ impl Uclient {
         }
         if self.ipv6_relay {
             arguments.push("-x".into());
+        }
+        if self.no_rtcp {
+            arguments.push("-c".into());
         }
         match &self.credentials {
             Credentials::Password { username, password } => {

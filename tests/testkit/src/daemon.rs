@@ -94,19 +94,40 @@ impl Files {
     }
 }
 
+/// How the daemon process starts, besides its configuration file.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Environment variables (e.g. `TURN_RELAY_*` overrides).
+    pub env: Vec<(String, String)>,
+    /// Command-line arguments after `--config <file>`.
+    pub args: Vec<String>,
+    /// Run as `nobody` with only these capabilities (`setpriv` names: `bpf`,
+    /// `net_admin`…), ambient so the daemon keeps them; None runs it as root.
+    pub capabilities: Option<Vec<&'static str>>,
+}
+
+/// The unprivileged user the daemon runs as with [`Launch::capabilities`].
+const NOBODY: &str = "65534";
+
 /// The `turn-relay` daemon running in the relay namespace. Stopped (SIGTERM, then
 /// SIGKILL) on drop; its metrics and log are printed when the thread is panicking.
 pub struct Daemon {
     relay: Namespace,
     process: Background,
     files: Files,
+    config_path: PathBuf,
     log_path: PathBuf,
 }
 
 impl Daemon {
     /// The debug daemon with `config`, in a temporary directory.
     pub fn start(relay: &Namespace, config: &RelayConfig) -> Result<Daemon> {
-        Daemon::launch(relay, config, &daemon_binary()?, Files::temporary())
+        Daemon::start_with(relay, config, &Launch::default())
+    }
+
+    /// The debug daemon with `config`, started as `launch` says.
+    pub fn start_with(relay: &Namespace, config: &RelayConfig, launch: &Launch) -> Result<Daemon> {
+        Daemon::launch_with(relay, config, &daemon_binary()?, Files::temporary(), launch)
     }
 
     /// Writes `config` into `files`, starts `binary` with it and waits until every
@@ -116,6 +137,17 @@ impl Daemon {
         config: &RelayConfig,
         binary: &Path,
         files: Files,
+    ) -> Result<Daemon> {
+        Daemon::launch_with(relay, config, binary, files, &Launch::default())
+    }
+
+    /// [`Daemon::launch`], started as `launch` says.
+    pub fn launch_with(
+        relay: &Namespace,
+        config: &RelayConfig,
+        binary: &Path,
+        files: Files,
+        launch: &Launch,
     ) -> Result<Daemon> {
         ensure!(
             binary.exists(),
@@ -133,19 +165,38 @@ impl Daemon {
         let log_for_stderr = log
             .try_clone()
             .with_context(|| format!("duplicating {}", log_path.display()))?;
-        let process = Background::spawn(
-            relay
-                .command(&binary.to_string_lossy())
-                .env("NO_COLOR", "1")
-                .arg("--config")
-                .arg(&config_path),
-            Stdio::from(log),
-            Stdio::from(log_for_stderr),
-        )?;
+        let mut command = match &launch.capabilities {
+            None => relay.command(&binary.to_string_lossy()),
+            Some(capabilities) => {
+                let set: String = capabilities
+                    .iter()
+                    .map(|capability| format!(",+{capability}"))
+                    .collect();
+                let mut command = relay.command("setpriv");
+                command
+                    .arg(format!("--reuid={NOBODY}"))
+                    .arg(format!("--regid={NOBODY}"))
+                    .arg("--clear-groups")
+                    .arg(format!("--inh-caps=-all{set}"))
+                    .arg(format!("--ambient-caps=-all{set}"))
+                    .arg(format!("--bounding-set=-all{set}"))
+                    .arg(binary);
+                command
+            }
+        };
+        command
+            .env("NO_COLOR", "1")
+            .envs(launch.env.iter().map(|(name, value)| (name, value)))
+            .arg("--config")
+            .arg(&config_path)
+            .args(&launch.args);
+        let process =
+            Background::spawn(&mut command, Stdio::from(log), Stdio::from(log_for_stderr))?;
         let mut daemon = Daemon {
             relay: relay.clone(),
             process,
             files,
+            config_path,
             log_path,
         };
         for listener in config.listeners() {
@@ -168,6 +219,43 @@ impl Daemon {
 
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// The configuration file it was started with (rewrite it, then reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Sends `signal` (SIGHUP reloads, SIGUSR1 drains).
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        self.process.signal(signal)
+    }
+
+    /// Waits up to `limit` for the daemon to exit by itself (e.g. once drained).
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+        self.process.wait_for_exit(limit)
+    }
+
+    /// `<method> <path>` on the admin endpoint: status code and body.
+    pub fn admin(&self, method: &str, path: &str) -> Result<(u16, String)> {
+        let (status, _, body) = self.relay.http(METRICS_ADDRESS, method, path)?;
+        Ok((status, body))
+    }
+
+    /// The daemon's log once `wanted` holds for it, or an error with the log after `limit`.
+    pub fn log_when(&self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if wanted(&log) {
+                return Ok(log);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the daemon log did not show what was expected within {limit:?}:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Everything the daemon printed so far.

@@ -3,8 +3,9 @@
 //!
 //! - [`addresses`]: the one address plan (198.18.0.0/15 and 2001:2::/48 only).
 //! - [`netns`] and [`topology`]: network namespaces (the only place that creates them) and
-//!   the client ⇄ relay ⇄ peer topology; [`testbed`]: one namespace in which the XDP
-//!   program runs under BPF_PROG_TEST_RUN.
+//!   the client ⇄ relay ⇄ peer topology; [`balancer`]: several relays behind an nftables
+//!   balancer; [`testbed`]: one namespace in which the XDP program runs under
+//!   BPF_PROG_TEST_RUN.
 //! - [`process`]: child processes bounded in time, killed on drop; [`privilege`]: root
 //!   checks and unique names.
 //! - [`config`] and [`daemon`]: the daemon's TOML written with serde, the daemon as a
@@ -18,6 +19,7 @@
 //!   that writes the XDP program's flow tables.
 
 pub mod addresses;
+pub mod balancer;
 pub mod config;
 pub mod coturn;
 pub mod credentials;

@@ -88,9 +88,24 @@ impl Namespace {
         })
     }
 
-    /// The body of `GET <path>` (HTTP/1.0) from `address` inside this namespace.
+    /// The body of `GET <path>` (HTTP/1.0) from `address` inside this namespace; any
+    /// status but 200 is an error.
     pub fn http_get(&self, address: SocketAddr, path: &str) -> Result<String> {
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        let (status, head, body) = self.http(address, "GET", path)?;
+        ensure!(status == 200, "GET {path} from {address}: {head}");
+        Ok(body)
+    }
+
+    /// `<method> <path>` (HTTP/1.0, empty body) to `address` inside this namespace: the
+    /// status code, the status line and the body.
+    pub fn http(
+        &self,
+        address: SocketAddr,
+        method: &str,
+        path: &str,
+    ) -> Result<(u16, String, String)> {
+        let request =
+            format!("{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n");
         let response = self.run_inside(move || {
             let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
                 .with_context(|| format!("connecting to {address}"))?;
@@ -106,11 +121,14 @@ impl Namespace {
         let (head, body) = response
             .split_once("\r\n\r\n")
             .with_context(|| format!("malformed HTTP response: {response}"))?;
-        ensure!(
-            head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200"),
-            "GET {path} from {address}: {head}"
-        );
-        Ok(body.to_owned())
+        let status_line = head.lines().next().unwrap_or_default().to_owned();
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .filter(|_| head.starts_with("HTTP/1."))
+            .with_context(|| format!("malformed HTTP status line: {status_line}"))?;
+        Ok((status, status_line, body.to_owned()))
     }
 
     /// Waits until a UDP socket is bound to `address` in this namespace while `alive`

@@ -177,6 +177,35 @@ impl Background {
         }
     }
 
+    /// Waits up to `limit` for the process to exit by itself: how it ended, or None if it
+    /// still runs.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let exited = self
+                .child
+                .try_wait()
+                .with_context(|| format!("checking `{}`", self.description))?;
+            if exited.is_some() || Instant::now() >= deadline {
+                return Ok(exited);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` (SIGHUP, SIGUSR1…) to the process.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        let sent = unsafe { libc::kill(pid, signal) };
+        ensure!(
+            sent == 0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
     /// Stops the process now (a no-op once stopped) and returns how it ended.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         stop(&mut self.child, self.stop_signal, TERMINATION_GRACE)
@@ -196,12 +225,22 @@ pub trait OrFail<T> {
     fn or_fail(self, what: &str) -> T;
 }
 
-impl<T> OrFail<T> for Result<T> {
+impl<T, E: Into<anyhow::Error>> OrFail<T> for std::result::Result<T, E> {
     #[track_caller]
     fn or_fail(self, what: &str) -> T {
         match self {
             Ok(value) => value,
-            Err(error) => panic!("{what}: {error:#}"),
+            Err(error) => panic!("{what}: {:#}", error.into()),
+        }
+    }
+}
+
+impl<T> OrFail<T> for Option<T> {
+    #[track_caller]
+    fn or_fail(self, what: &str) -> T {
+        match self {
+            Some(value) => value,
+            None => panic!("{what}: missing"),
         }
     }
 }

@@ -2,7 +2,9 @@
 //! (`turn_relay::protocol::stun`): Allocate with long-term credentials (RFC 8656 §7.1,
 //! RFC 8489 §9.2), Refresh (§8), CreatePermission (§9.1), ChannelBind (§12.1), Send
 //! indications (§11.2), ChannelData (§12.4), and what a client reads from responses and
-//! relayed data (Data indications, §11.4; ChannelData, §12.5).
+//! relayed data (Data indications, §11.4; ChannelData, §12.5). It follows 300 Try
+//! Alternate to the ALTERNATE-SERVER (RFC 8489 §10) once the 300's MESSAGE-INTEGRITY
+//! checks out.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ const MAX_RTO: Duration = Duration::from_millis(3200);
 const RECEIVE_BUFFER: usize = 2048;
 /// A fresh nonce is taken at most this often per request (438 Stale Nonce, RFC 8489 §9.2.4).
 const STALE_NONCE_RETRIES: u32 = 2;
+/// How many 300 Try Alternate redirections one allocation follows.
+const MAX_REDIRECTS: usize = 3;
 /// REQUESTED-ADDRESS-FAMILY IPv6 (RFC 8656 §18.11).
 const FAMILY_IPV6: [u8; 4] = [0x02, 0, 0, 0];
 /// REQUESTED-TRANSPORT UDP (RFC 8656 §18.7).
@@ -198,7 +202,23 @@ pub struct Response {
     pub realm: Option<String>,
     pub nonce: Option<Vec<u8>>,
     pub relayed: Option<SocketAddr>,
+    /// ALTERNATE-SERVER (RFC 8489 §14.15), with 300 Try Alternate.
+    pub alternate_server: Option<SocketAddr>,
 }
+
+/// An authenticated 300 Try Alternate: the server asks the client to go to `alternate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryAlternate {
+    pub alternate: SocketAddr,
+}
+
+impl std::fmt::Display for TryAlternate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "300 Try Alternate: {}", self.alternate)
+    }
+}
+
+impl std::error::Error for TryAlternate {}
 
 impl Response {
     /// None when the datagram is not a STUN response.
@@ -219,6 +239,9 @@ impl Response {
             realm: message.realm().ok().flatten().map(str::to_owned),
             nonce: message.nonce().ok().flatten().map(<[u8]>::to_vec),
             relayed: message.xor_relayed_address().ok().flatten(),
+            alternate_server: message
+                .attribute(attr::ALTERNATE_SERVER)
+                .and_then(attr::decode_address),
         })
     }
 }
@@ -283,6 +306,23 @@ pub fn client_socket(netns: &Namespace, server: SocketAddr) -> Result<UdpSocket>
     })
 }
 
+/// A UDP socket in `netns` connected to `server`, its source address chosen by the
+/// namespace's routes (for topologies other than [`crate::topology`]'s).
+pub fn routed_socket(netns: &Namespace, server: SocketAddr) -> Result<UdpSocket> {
+    let any: SocketAddr = if server.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    netns.run_inside(move || {
+        let socket = UdpSocket::bind(any).context("binding a client socket")?;
+        socket
+            .connect(server)
+            .with_context(|| format!("connecting a client socket to {server}"))?;
+        Ok(socket)
+    })
+}
+
 /// Application data the relay delivered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
@@ -303,6 +343,34 @@ impl TurnClient {
     /// Opens a [`client_socket`] in `netns` and allocates on `server` as `user`.
     pub fn allocate_from(netns: &Namespace, server: SocketAddr, user: &User) -> Result<TurnClient> {
         TurnClient::allocate(client_socket(netns, server)?, user)
+    }
+
+    /// Allocates on `server` from a [`routed_socket`], following 300 Try Alternate to the
+    /// ALTERNATE-SERVER with a new socket (RFC 8489 §10): the allocation and the servers
+    /// that redirected it, in order.
+    pub fn allocate_following_alternates(
+        netns: &Namespace,
+        server: SocketAddr,
+        user: &User,
+    ) -> Result<(TurnClient, Vec<SocketAddr>)> {
+        let mut redirected_by = Vec::new();
+        let mut target = server;
+        loop {
+            match TurnClient::allocate(routed_socket(netns, target)?, user) {
+                Ok(client) => return Ok((client, redirected_by)),
+                Err(error) => {
+                    let Some(redirect) = error.downcast_ref::<TryAlternate>().copied() else {
+                        return Err(error);
+                    };
+                    ensure!(
+                        redirected_by.len() < MAX_REDIRECTS,
+                        "more than {MAX_REDIRECTS} redirections: {redirected_by:?}"
+                    );
+                    redirected_by.push(target);
+                    target = redirect.alternate;
+                }
+            }
+        }
     }
 
     /// Allocates a UDP relayed address (of the server's family) as `user` on the server
@@ -435,6 +503,16 @@ impl TurnClient {
             match response.error_code {
                 Some(438) => {
                     self.session.nonce = response.nonce.context("438 without NONCE")?;
+                }
+                // RFC 8489 §10: follow only an authenticated 300.
+                Some(300) => {
+                    let verified = Message::parse(&datagram)
+                        .is_ok_and(|message| message.verify_message_integrity(&self.session.key));
+                    ensure!(verified, "300 Try Alternate fails MESSAGE-INTEGRITY");
+                    let alternate = response
+                        .alternate_server
+                        .context("300 Try Alternate without ALTERNATE-SERVER")?;
+                    return Err(TryAlternate { alternate }.into());
                 }
                 Some(code) => bail!("{method:?} failed: {code} {}", response.reason),
                 None => bail!("{method:?} failed without ERROR-CODE"),

@@ -276,6 +276,14 @@ impl XdpRelay {
         self.loaded.datapath()
     }
 
+    /// The interfaces the program is attached to.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.attachments
+            .iter()
+            .map(|attachment| attachment.interface.clone())
+            .collect()
+    }
+
     /// The per-CPU counters, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<XdpCounters> {
         self.loaded.counters()

@@ -40,6 +40,22 @@ pub(crate) fn interfaces_holding(addresses: &[IpAddr]) -> io::Result<Vec<Interfa
     Ok(holders.into_iter().collect())
 }
 
+/// Every address of this host, in interface order, without duplicates, less IPv6
+/// link-local ones (listening on them needs a scope).
+pub(crate) fn host_addresses() -> io::Result<Vec<IpAddr>> {
+    let mut addresses = Vec::new();
+    for entry in getifaddrs().map_err(io::Error::from)? {
+        let Some(address) = ip(&entry) else {
+            continue;
+        };
+        let link_local = matches!(address, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if !link_local && !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    Ok(addresses)
+}
+
 /// Whether the interface called `name` is a loopback device (false if there is none).
 pub(crate) fn is_loopback(name: &str) -> io::Result<bool> {
     Ok(getifaddrs()
@@ -84,6 +100,13 @@ mod tests {
         );
         assert!(is_loopback("lo").expect("getifaddrs"));
         assert!(!is_loopback("no-such-if0").expect("getifaddrs"));
+    }
+
+    #[test]
+    fn host_addresses_include_loopback_once() {
+        let addresses = host_addresses().expect("getifaddrs");
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(addresses.iter().filter(|ip| **ip == loopback).count(), 1);
     }
 
     #[test]

@@ -24,12 +24,16 @@
 
 mod admin;
 pub mod config;
+mod control;
 mod interfaces;
 pub mod logging;
 mod metrics;
 mod report;
 mod sockets;
 mod xdp;
+
+/// The admin endpoint's JSON documents and its command-line client (`turn-relay ctl`).
+pub use admin::{api, ctl};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,11 +49,14 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, watch};
 
-use crate::daemon::config::Config;
+use crate::bpf::XdpRelay;
+use crate::daemon::config::{Config, Sources};
+use crate::daemon::logging::LevelHandle;
 use crate::protocol::datapath::{ClientFlow, Datapath, FastPath, FastPathCommand};
 use crate::protocol::turn::{Command, Forward, Now, Payload, Server, Transmit};
 
 use admin::AdminState;
+use control::{Control, XdpSetup};
 use metrics::{IoCounters, Metrics, MetricsSnapshot};
 use report::{join, log_startup, log_totals};
 use sockets::{Epoll, Outgoing, ReadyTokens, RecvBatch, SocketRole, SocketTable, BATCH};
@@ -104,11 +111,22 @@ impl Hub {
     }
 }
 
+/// What the daemon needs besides its configuration to be operated while it runs.
+#[derive(Default)]
+pub struct Options {
+    /// Where the configuration came from: a reload reads them again.
+    pub sources: Sources,
+    /// The logger's level, changed by a reload (None: leave logging alone).
+    pub log_filter: Option<LevelHandle>,
+}
+
 /// Runs the relay with `workers` relay threads (at least 1) until `shutdown` completes
-/// (it yields the reason, e.g. "SIGTERM") or a worker fails.
+/// (it yields the reason, e.g. "SIGTERM"), it has drained (`server.drain_exit`) or a
+/// worker fails. SIGHUP reloads the configuration, SIGUSR1 starts draining.
 pub async fn run(
     config: Config,
     workers: usize,
+    options: Options,
     shutdown: impl Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     log_startup(&config);
@@ -134,17 +152,12 @@ pub async fn run(
         if reuse_port { " (SO_REUSEPORT)" } else { "" }
     );
 
-    let admin = Arc::new(AdminState {
-        metrics: Metrics::new().context("registering the metrics")?,
-    });
-    let admin_task = match config.metrics_listen {
-        Some(address) => Some(admin::start(address, Arc::clone(&admin)).await?),
-        None => {
-            tracing::info!("metrics: off");
-            None
-        }
+    // Bound before XDP is attached (which may take a while): the endpoint answers from
+    // the moment the listeners do.
+    let admin_listener = match config.metrics_listen {
+        Some(address) => Some(admin::bind(address).await?),
+        None => None,
     };
-
     let (datapath, xdp) = xdp::select_datapath(&config);
     let server = Server::new(
         config.server_config(),
@@ -165,6 +178,28 @@ pub async fn run(
             .context("creating the workers' eventfds")?,
         io: (0..workers).map(|_| Mutex::default()).collect(),
     });
+    let xdp_setup = XdpSetup {
+        attached_to: xdp.as_ref().map(XdpRelay::interfaces).unwrap_or_default(),
+    };
+    let control = Arc::new(Control::new(
+        config.clone(),
+        options.sources,
+        Arc::clone(&hub),
+        options.log_filter,
+        xdp_setup,
+    ));
+    let admin = Arc::new(AdminState {
+        metrics: Metrics::new().context("registering the metrics")?,
+        operations: Arc::clone(&control) as Arc<dyn admin::api::Operations>,
+    });
+    let admin_task = match admin_listener {
+        Some(listener) => Some(admin::start(listener, Arc::clone(&admin))),
+        None => {
+            tracing::info!("admin endpoint: off");
+            None
+        }
+    };
+    let signals = control::handle_signals(Arc::clone(&control))?;
     let (stop, stop_signal) = watch::channel(false);
     let (worker_ended, mut worker_ended_signal) = mpsc::unbounded_channel::<()>();
     let mut threads = Vec::with_capacity(workers);
@@ -187,19 +222,29 @@ pub async fn run(
     }
     drop(worker_ended);
 
+    control::notify_ready(&control.summary());
+    let watchdog = control::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(IDLE_SLEEP));
     let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
     metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
+    let drained = control.drained();
+    tokio::pin!(shutdown, drained);
     let reason = loop {
         tokio::select! {
             biased;
             reason = &mut shutdown => break reason,
+            reason = &mut drained => break reason,
             _ = worker_ended_signal.recv() => break "a relay worker stopped",
             _ = metrics_tick.tick() => {
-                admin.metrics.publish(&MetricsSnapshot::gather(&hub, xdp.as_ref()));
+                let snapshot = MetricsSnapshot::gather(&hub, xdp.as_ref());
+                admin.metrics.publish(&snapshot);
+                control.record_xdp_counters(snapshot.xdp);
             }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => control::notify_watchdog(),
         }
     };
+    control::notify_stopping(reason);
+    signals.abort();
     let _ = stop.send(true);
     if let Some(task) = admin_task {
         task.abort();

@@ -15,6 +15,9 @@ pub(super) fn log_startup(config: &Config) {
         env!("CARGO_PKG_VERSION"),
         config.source
     );
+    for ignored in &config.ignored_variables {
+        tracing::warn!("{ignored}");
+    }
     tracing::info!("realm: {}", config.realm);
     for (family, relay) in [("IPv4", config.relay_v4), ("IPv6", config.relay_v6)] {
         if let Some(relay) = relay {

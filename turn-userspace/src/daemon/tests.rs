@@ -95,7 +95,7 @@ fn relays_channel_data_between_client_and_peer_over_loopback() {
             .enable_all()
             .build()
             .expect("runtime");
-        runtime.block_on(run(config, 2, async move {
+        runtime.block_on(run(config, 2, Options::default(), async move {
             let _ = stopped.await;
             "test finished"
         }))

@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint (`metrics.listen`): HTTP/1.1 on hyper, routes in [`routes`].
+//! The admin HTTP endpoint (`metrics.listen`): HTTP/1.1 on hyper, routes in [`routes`],
+//! its JSON documents in [`api`], and `turn-relay ctl`, its client, in [`ctl`].
 //!
 //! It is small on purpose and guarded like any listener facing a network: at most
 //! [`Limits::max_connections`] connections at once (more are closed on accept), a request
@@ -6,6 +7,8 @@
 //! keep-alive connections too), request heads are capped at [`MAX_REQUEST_HEAD`], and no
 //! connection lives longer than [`Limits::connection_lifetime`].
 
+pub mod api;
+pub mod ctl;
 mod routes;
 
 use std::convert::Infallible;
@@ -21,13 +24,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::metrics::Metrics;
+use api::Operations;
 
 /// The largest request head (request line and headers) read; hyper answers 431 beyond.
 pub(crate) const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
-/// What the endpoint's handlers read.
+/// What the endpoint's handlers read and ask.
 pub(crate) struct AdminState {
     pub(crate) metrics: Metrics,
+    pub(crate) operations: std::sync::Arc<dyn Operations>,
 }
 
 /// How much any client may take of the endpoint.
@@ -52,16 +57,23 @@ impl Default for Limits {
     }
 }
 
-/// Binds `address` and serves the endpoint until the returned task is aborted.
-pub(crate) async fn start(
-    address: SocketAddr,
-    state: Arc<AdminState>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(address)
+/// Binds `address` early in the start-up (connections wait in the backlog until
+/// [`start`] serves them), so the endpoint answers as soon as the relay does.
+pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
         .await
-        .with_context(|| format!("binding the metrics endpoint {address}"))?;
-    tracing::info!("metrics: http://{address}/metrics");
-    Ok(tokio::spawn(serve(listener, state, Limits::default())))
+        .with_context(|| format!("binding the admin endpoint {address} (metrics.listen)"))
+}
+
+/// Serves the endpoint on `listener` until the returned task is aborted.
+pub(crate) fn start(listener: TcpListener, state: Arc<AdminState>) -> JoinHandle<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(
+            "admin endpoint: http://{address}/ (metrics, healthz, readyz, status, sessions; \
+             POST drain, undrain, reload from loopback or with admin.token)"
+        );
+    }
+    tokio::spawn(serve(listener, state, Limits::default()))
 }
 
 /// Accepts connections on `listener` until dropped; dropping it closes them all.
@@ -97,8 +109,16 @@ async fn serve_connection(
     state: Arc<AdminState>,
     limits: Limits,
 ) {
-    let service = service_fn(move |request| {
-        let reply = routes::respond(&state, &request);
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let reply = routes::respond(
+            &state,
+            &routes::Request {
+                method: request.method(),
+                path: request.uri().path(),
+                headers: request.headers(),
+                peer,
+            },
+        );
         async move { Ok::<_, Infallible>(reply) }
     });
     let connection = http1::Builder::new()
@@ -126,15 +146,243 @@ mod tests {
     /// How long a test waits for something that should happen after `SHORT`.
     const PATIENCE: Duration = Duration::from_secs(10);
 
+    /// The relay as the routes see it: a drain flag, a token, a reload outcome.
+    #[derive(Default)]
+    struct FakeRelay {
+        draining: std::sync::atomic::AtomicBool,
+        token: Option<String>,
+        reload_error: Option<String>,
+    }
+
+    impl Operations for FakeRelay {
+        fn draining(&self) -> bool {
+            self.draining.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn set_draining(&self, draining: bool, by: &str) -> api::Answer {
+            self.draining
+                .store(draining, std::sync::atomic::Ordering::SeqCst);
+            api::Answer {
+                message: format!("draining={draining} by {by}"),
+                ..api::Answer::default()
+            }
+        }
+
+        fn reload(&self, _by: &str) -> Result<api::Answer, String> {
+            match &self.reload_error {
+                Some(error) => Err(error.clone()),
+                None => Ok(api::Answer {
+                    message: "reloaded".into(),
+                    changed: vec!["auth.users".into()],
+                    restart_needed: vec!["server.port_range".into()],
+                }),
+            }
+        }
+
+        fn status(&self) -> api::Status {
+            api::Status {
+                version: "test".into(),
+                draining: self.draining(),
+                ..api::Status::default()
+            }
+        }
+
+        fn sessions(&self) -> Vec<api::Session> {
+            Vec::new()
+        }
+
+        fn token(&self) -> Option<String> {
+            self.token.clone()
+        }
+    }
+
+    fn state(relay: FakeRelay) -> Arc<AdminState> {
+        Arc::new(AdminState {
+            metrics: Metrics::new().expect("metrics register"),
+            operations: Arc::new(relay),
+        })
+    }
+
     async fn endpoint(limits: Limits) -> (SocketAddr, JoinHandle<()>) {
+        endpoint_with(FakeRelay::default(), limits).await
+    }
+
+    async fn endpoint_with(relay: FakeRelay, limits: Limits) -> (SocketAddr, JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let address = listener.local_addr().expect("addr");
-        let state = Arc::new(AdminState {
-            metrics: Metrics::new().expect("metrics register"),
+        (address, tokio::spawn(serve(listener, state(relay), limits)))
+    }
+
+    /// The status line and body of `routes::respond` for a request from `peer`.
+    async fn answer(
+        state: &AdminState,
+        method: hyper::Method,
+        path: &str,
+        peer: &str,
+        authorization: Option<&str>,
+    ) -> (u16, String) {
+        use http_body_util::BodyExt as _;
+        let mut headers = hyper::HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(
+                hyper::header::AUTHORIZATION,
+                value.parse().expect("header value"),
+            );
+        }
+        let reply = routes::respond(
+            state,
+            &routes::Request {
+                method: &method,
+                path,
+                headers: &headers,
+                peer: peer.parse().expect("peer address"),
+            },
+        );
+        let status = reply.status().as_u16();
+        let body = reply
+            .into_body()
+            .collect()
+            .await
+            .expect("in-memory body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness_follow_the_drain() {
+        let (address, server) = endpoint(Limits::default()).await;
+        let get = |path: &'static str| async move {
+            exchange(address, &format!("GET {path} HTTP/1.0\r\n\r\n")).await
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.0 200 OK"));
+        let ready = get("/readyz").await;
+        assert!(
+            ready.starts_with("HTTP/1.0 200 OK") && ready.ends_with("ready\n"),
+            "{ready}"
+        );
+        let drained = exchange(address, "POST /drain HTTP/1.0\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(drained.starts_with("HTTP/1.0 200 OK"), "{drained}");
+        assert!(
+            drained.contains("application/json")
+                && drained.contains("\"draining=true by POST /drain from 127.0.0.1:"),
+            "{drained}"
+        );
+        let ready = get("/readyz").await;
+        assert!(
+            ready.starts_with("HTTP/1.0 503 Service Unavailable") && ready.ends_with("draining\n"),
+            "{ready}"
+        );
+        let status = get("/status").await;
+        let body = status.split_once("\r\n\r\n").expect("body").1;
+        let parsed: api::Status = serde_json::from_str(body).expect("status JSON");
+        assert!(parsed.draining);
+        assert!(
+            get("/healthz").await.starts_with("HTTP/1.0 200 OK"),
+            "alive while draining"
+        );
+        exchange(
+            address,
+            "POST /undrain HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(get("/readyz").await.starts_with("HTTP/1.0 200 OK"));
+        // Reading never changes state.
+        let wrong = get("/drain").await;
+        assert!(wrong.starts_with("HTTP/1.0 405"), "{wrong}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn posts_need_loopback_or_the_token() {
+        let relay = FakeRelay {
+            token: Some("s3cret-token".into()),
+            ..FakeRelay::default()
+        };
+        let state = state(relay);
+        let remote = "198.18.7.7:40000";
+        for path in ["/drain", "/undrain", "/reload"] {
+            let (status, body) = answer(&state, hyper::Method::POST, path, remote, None).await;
+            assert_eq!(status, 403, "{path}: {body}");
+            let (status, _) = answer(
+                &state,
+                hyper::Method::POST,
+                path,
+                remote,
+                Some("Bearer wrong"),
+            )
+            .await;
+            assert_eq!(status, 403, "{path} with a wrong token");
+            let (status, _) = answer(
+                &state,
+                hyper::Method::POST,
+                path,
+                remote,
+                Some("s3cret-token"),
+            )
+            .await;
+            assert_eq!(status, 403, "{path} without the Bearer scheme");
+        }
+        assert!(
+            !state.operations.draining(),
+            "a refused POST changed nothing"
+        );
+        let (status, body) = answer(
+            &state,
+            hyper::Method::POST,
+            "/drain",
+            remote,
+            Some("Bearer s3cret-token"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(state.operations.draining());
+        // Loopback, IPv4 and IPv6 (also IPv4-mapped), needs no token.
+        for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            let (status, _) = answer(&state, hyper::Method::POST, "/undrain", peer, None).await;
+            assert_eq!(status, 200, "{peer}");
+        }
+        // Reading is open to anyone who reaches the listener.
+        for path in ["/metrics", "/status", "/sessions", "/healthz", "/readyz"] {
+            let (status, _) = answer(&state, hyper::Method::GET, path, remote, None).await;
+            assert_eq!(status, 200, "{path}");
+        }
+        // Without a configured token, only loopback may POST.
+        let tokenless = self::state(FakeRelay::default());
+        let (status, _) = answer(
+            &tokenless,
+            hyper::Method::POST,
+            "/drain",
+            remote,
+            Some("Bearer "),
+        )
+        .await;
+        assert_eq!(status, 403);
+    }
+
+    #[tokio::test]
+    async fn reload_reports_what_changed_and_refusals() {
+        let state = state(FakeRelay::default());
+        let (status, body) =
+            answer(&state, hyper::Method::POST, "/reload", "127.0.0.1:1", None).await;
+        assert_eq!(status, 200);
+        let answer_json: api::Answer = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(answer_json.restart_needed, ["server.port_range"]);
+        let failing = self::state(FakeRelay {
+            reload_error: Some("config error: x.toml line 3: server.realm: bad".into()),
+            ..FakeRelay::default()
         });
-        (address, tokio::spawn(serve(listener, state, limits)))
+        let (status, body) = answer(
+            &failing,
+            hyper::Method::POST,
+            "/reload",
+            "127.0.0.1:1",
+            None,
+        )
+        .await;
+        assert_eq!(status, 422);
+        assert!(body.contains("line 3: server.realm"), "{body}");
     }
 
     /// Sends `request` on a new connection and reads until the server closes it.
@@ -195,7 +443,7 @@ mod tests {
             missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
             "{missing}"
         );
-        assert!(missing.contains("try /metrics"), "{missing}");
+        assert!(missing.contains("try /metrics, /healthz"), "{missing}");
 
         let wrong_method = exchange(
             address,

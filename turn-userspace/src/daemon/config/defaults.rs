@@ -31,5 +31,9 @@ pub(super) const XDP_MODE: XdpMode = XdpMode::Auto;
 /// The Prometheus endpoint: loopback only, so metrics are not exposed by accident.
 pub(super) const METRICS_LISTEN: Option<SocketAddr> =
     Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641));
+/// Draining does not end the process unless asked (`server.drain_exit`, `--exit-when-drained`).
+pub(super) const DRAIN_EXIT: bool = false;
+/// With `drain_exit`, the longest wait for the last allocation before exiting anyway.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(super) const LOG_LEVEL: &str = "info";
 pub(super) const LOG_FORMAT: LogFormat = LogFormat::Text;

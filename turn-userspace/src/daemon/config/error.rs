@@ -24,6 +24,12 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("config error: environment {variable}: {key}: {message}")]
+    Environment {
+        variable: String,
+        key: String,
+        message: String,
+    },
     #[error("config error: {file}: {key}: {message}")]
     Key {
         file: String,
@@ -64,11 +70,6 @@ impl ConfigError {
         }
     }
 
-    /// A command-line `option` that overrides `key` and was refused.
-    pub(super) fn option(option: &str, key: &str, message: String) -> ConfigError {
-        ConfigError::key(option, key, message)
-    }
-
     /// A TOML syntax error or a value of the wrong type, from the toml crate.
     pub(super) fn from_toml(
         file: &str,
@@ -97,7 +98,7 @@ impl ConfigError {
 }
 
 /// The 1-based line of byte `offset` in `text`.
-fn line_number(text: &str, offset: usize) -> usize {
+pub(super) fn line_number(text: &str, offset: usize) -> usize {
     let before = text.get(..offset).unwrap_or(text);
     before.matches('\n').count() + 1
 }

@@ -12,8 +12,12 @@
 
 mod defaults;
 mod error;
+pub mod import;
+mod keys;
 mod print;
+mod reload;
 mod schema;
+mod sources;
 mod validate;
 
 #[cfg(test)]
@@ -37,6 +41,9 @@ use crate::protocol::turn::{RelayAddress, ServerConfig};
 
 pub use defaults::DEFAULT_TURN_PORT;
 pub use error::ConfigError;
+pub use keys::ENV_PREFIX;
+pub use reload::Reloaded;
+pub use sources::{CommandLineValue, Origin, Origins, Sources};
 pub use validate::{MAX_ALLOCATIONS, MAX_LIFETIME_SECS, MAX_THREADS};
 
 /// The configuration used without `--config`: a loopback relay that may relay to loopback
@@ -49,6 +56,8 @@ relay_address = "127.0.0.1"
 allow = ["127.0.0.0/8"]
 "#;
 const EMBEDDED_DEFAULT_SOURCE: &str = "embedded default";
+/// The name of a configuration made of environment variables alone.
+const ENVIRONMENT_SOURCE: &str = "environment";
 const DEMO_USER: &str = "demo";
 
 /// A relay address: what relay sockets bind to and what XOR-RELAYED-ADDRESS advertises.
@@ -113,6 +122,11 @@ pub struct Config {
     pub threads: usize,
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
+    /// Other relays a draining relay sends new allocations to (300 Try Alternate).
+    pub alternate_servers: Vec<SocketAddr>,
+    /// Exit once draining and the last allocation is gone (or `drain_timeout` passed).
+    pub drain_exit: bool,
+    pub drain_timeout: Duration,
     pub users: Vec<StaticUser>,
     pub auth_secrets: Vec<String>,
     pub zrest_secrets: Vec<String>,
@@ -128,10 +142,18 @@ pub struct Config {
     /// Empty: the interfaces that carry the listen and relay addresses.
     pub xdp_interfaces: Vec<String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token that allows the admin endpoint's POSTs from other hosts than
+    /// loopback (`admin.token`, or read from `admin.token_file`).
+    pub admin_token: Option<String>,
+    pub admin_token_file: Option<std::path::PathBuf>,
     pub log_level: String,
     pub log_format: LogFormat,
     /// The generated demo user (embedded default only): shown at start-up so a person can try it.
     demo_credentials: Option<(String, String)>,
+    /// Where each value that is not a default came from.
+    pub origins: Origins,
+    /// `TURN_RELAY_*` variables that name no key, said as a warning each.
+    pub ignored_variables: Vec<String>,
 }
 
 /// Secrets are never shown: only names and counts.
@@ -152,28 +174,74 @@ impl fmt::Debug for Config {
             .field("zrest_secrets", &self.zrest_secrets.len())
             .field("xdp_mode", &self.xdp_mode)
             .field("xdp_interfaces", &self.xdp_interfaces)
+            .field("alternate_servers", &self.alternate_servers)
             .field("metrics_listen", &self.metrics_listen)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("log_format", &self.log_format)
             .finish_non_exhaustive()
     }
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path` (no environment, no command line).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: source.clone(),
-            source: error,
-        })?;
-        Config::parse(&text, &source)
+        Config::from_sources(&Sources {
+            file: Some(path.to_owned()),
+            ..Sources::default()
+        })
     }
 
     /// Parses and validates TOML `text`; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let raw = schema::RawConfig::from_toml(text)
+        Config::layered(text, source, Vec::new())
+    }
+
+    /// The configuration of `sources`: the file (or, without one, the loopback demo when
+    /// no `TURN_RELAY_*` variable is set, else the defaults), then the environment, then
+    /// the command line, each value checked.
+    pub fn from_sources(sources: &Sources) -> Result<Config, ConfigError> {
+        let (overrides, ignored) = sources.overrides()?;
+        let mut config = match &sources.file {
+            Some(path) => {
+                let source = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                    path: source.clone(),
+                    source: error,
+                })?;
+                Config::layered(&text, &source, overrides)?
+            }
+            None if sources.environment.len() == ignored.len() => {
+                let mut config =
+                    Config::layered(EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_SOURCE, overrides)?;
+                config.add_demo_user();
+                config
+            }
+            None => Config::layered("", ENVIRONMENT_SOURCE, overrides)?,
+        };
+        config.ignored_variables = ignored
+            .iter()
+            .map(|variable| sources::ignored_variable_note(variable))
+            .collect();
+        Ok(config)
+    }
+
+    /// `text` with `overrides` laid over it, validated.
+    fn layered(
+        text: &str,
+        source: &str,
+        overrides: Vec<sources::Override>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = schema::RawConfig::from_toml(text)
             .map_err(|error| ConfigError::from_toml(source, text, &error))?;
-        validate::Validator::new(text, source).validate(raw)
+        let mut origins = sources::file_origins(text, source);
+        for layer in overrides {
+            raw.overlay(layer.layer);
+            origins.insert(layer.key.dotted(), layer.origin);
+        }
+        validate::Validator::new(text, source, &origins).validate(raw)
     }
 
     /// The configuration used without `--config`: a loopback-only relay with a `demo` user
@@ -181,13 +249,17 @@ impl Config {
     pub fn embedded_default() -> Config {
         let mut config = Config::parse(EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_SOURCE)
             .unwrap_or_else(|error| unreachable!("the embedded default is valid: {error}"));
+        config.add_demo_user();
+        config
+    }
+
+    fn add_demo_user(&mut self) {
         let demo_password = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
-        config.users.push(StaticUser {
+        self.users.push(StaticUser {
             name: DEMO_USER.to_owned(),
             secret: StaticSecret::Password(demo_password.clone()),
         });
-        config.demo_credentials = Some((DEMO_USER.to_owned(), demo_password));
-        config
+        self.demo_credentials = Some((DEMO_USER.to_owned(), demo_password));
     }
 
     /// The generated demo user name and password of the embedded default, if this is it.
@@ -197,36 +269,24 @@ impl Config {
             .map(|(name, password)| (name.as_str(), password.as_str()))
     }
 
-    /// Replaces the listen addresses (the `--listen` option).
-    pub fn set_listen(&mut self, listen: Vec<SocketAddr>) -> Result<(), ConfigError> {
-        validate::check_listen_list(&listen)
-            .map_err(|message| ConfigError::option("--listen", "server.listen", message))?;
-        self.listen = listen;
-        Ok(())
-    }
-
-    /// Replaces the realm (the `--realm` option).
-    pub fn set_realm(&mut self, realm: String) -> Result<(), ConfigError> {
-        validate::check_realm(&realm)
-            .map_err(|message| ConfigError::option("--realm", "server.realm", message))?;
-        self.realm = realm;
-        Ok(())
-    }
-
-    /// Replaces the log level (the `--log-level` option).
-    pub fn set_log_level(&mut self, level: String) -> Result<(), ConfigError> {
-        validate::check_log_level(&level)
-            .map_err(|message| ConfigError::option("--log-level", "log.level", message))?;
-        self.log_level = level;
-        Ok(())
-    }
-
-    /// Replaces the log format (the `--log-format` option).
-    pub fn set_log_format(&mut self, format: &str) -> Result<(), ConfigError> {
-        self.log_format = format
-            .parse()
-            .map_err(|message| ConfigError::option("--log-format", "log.format", message))?;
-        Ok(())
+    /// `server.alternate_servers` less this relay itself (a listen address, or a public
+    /// address on a listen port): one file may list every relay of a group.
+    pub fn alternates(&self) -> Vec<SocketAddr> {
+        let own_ports: Vec<u16> = self.listen.iter().map(SocketAddr::port).collect();
+        let advertised: Vec<IpAddr> = [self.relay_v4, self.relay_v6]
+            .into_iter()
+            .flatten()
+            .map(|relay| relay.advertised)
+            .collect();
+        self.alternate_servers
+            .iter()
+            .filter(|server| {
+                let this_relay = self.listen.contains(server)
+                    || (advertised.contains(&server.ip()) && own_ports.contains(&server.port()));
+                !this_relay
+            })
+            .copied()
+            .collect()
     }
 
     /// The protocol core's settings.

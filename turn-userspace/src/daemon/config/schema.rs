@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) metrics: RawMetrics,
     #[serde(default)]
+    pub(super) admin: RawAdmin,
+    #[serde(default)]
     pub(super) log: RawLog,
 }
 
@@ -30,7 +32,65 @@ impl RawConfig {
     ) -> Result<RawConfig, serde_path_to_error::Error<toml::de::Error>> {
         serde_path_to_error::deserialize(toml::Deserializer::new(text))
     }
+
+    /// Replaces every value with the one `layer` sets (a higher-precedence source).
+    pub(super) fn overlay(&mut self, layer: RawConfig) {
+        self.server.overlay(layer.server);
+        self.auth.overlay(layer.auth);
+        self.peers.overlay(layer.peers);
+        self.xdp.overlay(layer.xdp);
+        self.metrics.overlay(layer.metrics);
+        self.admin.overlay(layer.admin);
+        self.log.overlay(layer.log);
+    }
 }
+
+/// `overlay` for a table whose keys are all optional: the layer's present keys win.
+macro_rules! overlay {
+    ($table:ident { $($key:ident),* $(,)? }) => {
+        impl $table {
+            fn overlay(&mut self, layer: $table) {
+                $(if layer.$key.is_some() {
+                    self.$key = layer.$key;
+                })*
+            }
+        }
+    };
+}
+
+overlay!(RawServer {
+    realm,
+    software,
+    listen,
+    relay_address,
+    relay_address_v6,
+    public_address,
+    public_address_v6,
+    port_range,
+    default_lifetime,
+    max_lifetime,
+    max_allocations,
+    max_allocations_per_user,
+    threads,
+    permission_lifetime,
+    channel_lifetime,
+    alternate_servers,
+    drain_exit,
+    drain_timeout,
+});
+overlay!(RawAuth {
+    users,
+    auth_secrets,
+    zrest_secrets,
+    nonce_lifetime,
+    nonce_secret,
+    advertise_password_algorithms,
+});
+overlay!(RawPeers { allow, deny });
+overlay!(RawXdp { mode, interfaces });
+overlay!(RawMetrics { listen });
+overlay!(RawAdmin { token, token_file });
+overlay!(RawLog { level, format });
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -50,17 +110,17 @@ pub(super) struct RawServer {
     pub(super) threads: Option<Spanned<u64>>,
     pub(super) permission_lifetime: Option<Spanned<u64>>,
     pub(super) channel_lifetime: Option<Spanned<u64>>,
+    pub(super) alternate_servers: Option<Vec<Spanned<String>>>,
+    pub(super) drain_exit: Option<bool>,
+    pub(super) drain_timeout: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
-    #[serde(default)]
-    pub(super) users: Vec<Spanned<RawUser>>,
-    #[serde(default)]
-    pub(super) auth_secrets: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub(super) zrest_secrets: Vec<Spanned<String>>,
+    pub(super) users: Option<Vec<Spanned<RawUser>>>,
+    pub(super) auth_secrets: Option<Vec<Spanned<String>>>,
+    pub(super) zrest_secrets: Option<Vec<Spanned<String>>>,
     pub(super) nonce_lifetime: Option<Spanned<u64>>,
     pub(super) nonce_secret: Option<Spanned<String>>,
     pub(super) advertise_password_algorithms: Option<bool>,
@@ -77,24 +137,30 @@ pub(super) struct RawUser {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPeers {
-    #[serde(default)]
-    pub(super) allow: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub(super) deny: Vec<Spanned<String>>,
+    pub(super) allow: Option<Vec<Spanned<String>>>,
+    pub(super) deny: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawXdp {
     pub(super) mode: Option<Spanned<String>>,
-    #[serde(default)]
-    pub(super) interfaces: Vec<Spanned<String>>,
+    pub(super) interfaces: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub(super) listen: Option<Spanned<String>>,
+}
+
+/// The admin endpoint's control: the bearer token that allows state-changing requests
+/// from other hosts than loopback (its listen address stays `metrics.listen`).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) token: Option<Spanned<String>>,
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

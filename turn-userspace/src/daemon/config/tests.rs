@@ -1,5 +1,6 @@
 use std::net::Ipv4Addr;
 
+use super::keys::{Key, Reload, KEYS};
 use super::*;
 
 const REFERENCE: &str = include_str!("../../../../config/turn-relay.toml");
@@ -23,6 +24,9 @@ max_allocations_per_user = 10
 threads = 3
 permission_lifetime = 200
 channel_lifetime = 400
+alternate_servers = ["198.18.0.2:3478", "198.18.0.3"]
+drain_exit = true
+drain_timeout = 120
 
 [auth]
 users = [{ name = "alice", password = "pw" }, { name = "bob", key = "0xd2f83184ee1f747bd65e579c334b9b55" }]
@@ -42,6 +46,9 @@ interfaces = ["eth0"]
 
 [metrics]
 listen = ""
+
+[admin]
+token = "admin-secret"
 
 [log]
 level = "debug"
@@ -106,7 +113,16 @@ fn reference_config_documents_every_key() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 28, "every key of the schema is checked");
+    // token_file is the other way to give the token (both at once are refused).
+    assert!(
+        REFERENCE.contains("# token_file = "),
+        "admin.token_file is not documented"
+    );
+    assert_eq!(
+        checked + 1,
+        KEYS.len(),
+        "every key of the schema is checked"
+    );
 }
 
 /// Each `# key = value` line of the reference file shows the default, except for the keys
@@ -121,6 +137,9 @@ fn reference_config_shows_the_real_defaults() {
         "auth.auth_secrets",
         "auth.zrest_secrets",
         "auth.nonce_secret",
+        "server.alternate_servers",
+        "admin.token",
+        "admin.token_file",
         "peers.allow",
         "peers.deny",
     ];
@@ -257,9 +276,27 @@ fn full_config_round_trips_every_key() {
     assert_eq!(config.metrics_listen, None);
     assert_eq!(config.log_level, "debug");
     assert_eq!(config.log_format, LogFormat::Json);
+    assert_eq!(
+        config.alternate_servers,
+        vec![
+            "198.18.0.2:3478".parse().expect("addr"),
+            "198.18.0.3:3478".parse().expect("addr")
+        ]
+    );
+    assert!(config.drain_exit);
+    assert_eq!(config.drain_timeout, Duration::from_secs(120));
+    assert_eq!(config.admin_token.as_deref(), Some("admin-secret"));
 
     let printed = config.to_toml();
-    for secret in ["\"pw\"", "s1", "s2", "z0", "shared", "d2f83184"] {
+    for secret in [
+        "\"pw\"",
+        "s1",
+        "s2",
+        "z0",
+        "shared",
+        "d2f83184",
+        "admin-secret",
+    ] {
         assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
     }
     for shown in [
@@ -564,32 +601,420 @@ fn authenticator_knows_the_configured_users() {
     assert!(auth.credential("nobody", &config.realm, 0).is_err());
 }
 
-#[test]
-fn command_line_overrides_are_validated() {
-    let mut config = Config::embedded_default();
-    let refused = |result: Result<(), ConfigError>| match result {
-        Err(error) => error.to_string(),
-        Ok(()) => panic!("accepted"),
+/// Sources with `environment` variables and no file.
+fn environment(variables: &[(&str, &str)]) -> Sources {
+    Sources {
+        file: None,
+        environment: variables
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect(),
+        command_line: Vec::new(),
+    }
+}
+
+/// A configuration file with `text` in a fresh temporary directory.
+fn file_with(text: &str) -> (std::path::PathBuf, Sources) {
+    let directory = std::env::temp_dir().join(format!(
+        "turn-relay-config-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&directory).expect("temporary directory");
+    let path = directory.join("turn-relay.toml");
+    std::fs::write(&path, text).expect("write config");
+    let sources = Sources {
+        file: Some(path.clone()),
+        ..Sources::default()
     };
-    assert!(
-        refused(config.set_listen(vec!["0.0.0.0:3478".parse().expect("addr")]))
-            .starts_with("config error: --listen: server.listen: 0.0.0.0:3478 is a wildcard")
+    (path, sources)
+}
+
+fn error_of_sources(sources: &Sources) -> String {
+    match Config::from_sources(sources) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn every_key_has_an_environment_variable_that_overrides_it() {
+    let token_file = file_with("from-a-file\n").0;
+    // One value per key, as an operator would write it in a container's environment.
+    let values: Vec<(&Key, String)> = KEYS
+        .iter()
+        .map(|key| {
+            let value = match key.dotted().as_str() {
+                "server.realm" => "env.example",
+                "server.software" => "relay-from-env",
+                "server.listen" => "198.18.0.1:3478, 198.18.0.1:3479",
+                "server.relay_address" => "198.18.0.1",
+                "server.relay_address_v6" => "2001:2::1",
+                "server.public_address" => "198.18.9.9",
+                "server.public_address_v6" => "2001:2::9",
+                "server.port_range" => "50000-50010",
+                "server.default_lifetime" => "100",
+                "server.max_lifetime" => "200",
+                "server.max_allocations" => "77",
+                "server.max_allocations_per_user" => "7",
+                "server.threads" => "2",
+                "server.permission_lifetime" => "30",
+                "server.channel_lifetime" => "40",
+                "server.alternate_servers" => "198.18.0.2:3478,198.18.0.3:3478",
+                "server.drain_exit" => "true",
+                "server.drain_timeout" => "60",
+                "auth.users" => "alice:pw1,bob:0xd2f83184ee1f747bd65e579c334b9b55",
+                "auth.auth_secrets" => "s1,s2",
+                "auth.zrest_secrets" => "z1",
+                "auth.nonce_lifetime" => "90",
+                "auth.nonce_secret" => "shared-by-the-group",
+                "auth.advertise_password_algorithms" => "false",
+                "peers.allow" => "198.18.0.0/15",
+                "peers.deny" => "198.18.5.0/24",
+                "xdp.mode" => "off",
+                "xdp.interfaces" => "eth1,eth2",
+                "metrics.listen" => "127.0.0.1:9700",
+                "admin.token" => "",
+                "admin.token_file" => token_file.to_str().expect("utf-8 path"),
+                "log.level" => "debug",
+                "log.format" => "json",
+                other => panic!("no test value for {other}"),
+            };
+            (key, value.to_owned())
+        })
+        // admin.token and admin.token_file exclude each other: the file is tested here.
+        .filter(|(key, _)| key.dotted() != "admin.token")
+        .collect();
+    let variables: Vec<(String, String)> = values
+        .iter()
+        .map(|(key, value)| (key.environment_variable(), value.clone()))
+        .collect();
+    let sources = Sources {
+        environment: variables,
+        ..Sources::default()
+    };
+    let config = Config::from_sources(&sources).expect("every variable is valid");
+    assert_eq!(config.source, "environment");
+    assert!(config.demo_credentials().is_none(), "no demo user from env");
+    assert_eq!(config.realm, "env.example");
+    assert_eq!(config.listen.len(), 2);
+    assert_eq!(config.users.len(), 2);
+    assert!(matches!(config.users[1].secret, StaticSecret::Md5Key(k) if k[0] == 0xd2));
+    assert_eq!(config.auth_secrets, vec!["s1".to_owned(), "s2".to_owned()]);
+    assert_eq!(
+        config.xdp_interfaces,
+        vec!["eth1".to_owned(), "eth2".to_owned()]
     );
-    assert!(refused(config.set_listen(vec![])).contains("at least one address"));
-    let twice: SocketAddr = "127.0.0.1:3479".parse().expect("addr");
-    assert!(refused(config.set_listen(vec![twice, twice])).contains("listed twice"));
-    config
-        .set_listen(vec!["127.0.0.1:3479".parse().expect("addr")])
-        .expect("valid");
-    assert_eq!(config.listen[0].port(), 3479);
-    assert!(refused(config.set_realm(String::new())).contains("--realm: server.realm"));
-    config.set_realm("example.org".into()).expect("valid");
-    assert!(refused(config.set_log_level("[".into())).contains("--log-level: log.level"));
-    config
-        .set_log_level("turn_relay=debug".into())
-        .expect("valid");
-    assert!(refused(config.set_log_format("xml"))
-        .contains("--log-format: log.format: \"xml\" is not one of"));
-    config.set_log_format("json").expect("valid");
-    assert_eq!(config.log_format, LogFormat::Json);
+    assert_eq!(config.admin_token.as_deref(), Some("from-a-file"));
+    assert!(config.drain_exit);
+    assert_eq!(config.alternate_servers.len(), 2);
+    assert!(!config.advertise_password_algorithms);
+    // Every key says it came from its variable.
+    let printed = config.to_toml();
+    for (key, _) in &values {
+        let variable = key.environment_variable();
+        assert_eq!(
+            config.origins.get(&key.dotted()),
+            Some(&Origin::Environment {
+                variable: variable.clone()
+            }),
+            "{}",
+            key.dotted()
+        );
+        assert!(
+            printed.contains(&format!("environment {variable}\n")),
+            "{variable} not shown:\n{printed}"
+        );
+    }
+    Config::parse(
+        &printed.replace("\"<redacted>\"", "\"x\"").replace(
+            "key = \"x\"",
+            "key = \"0xd2f83184ee1f747bd65e579c334b9b55\"",
+        ),
+        "printed",
+    )
+    .expect("the annotated print parses again");
+}
+
+#[test]
+fn precedence_is_file_then_environment_then_command_line() {
+    let (path, mut sources) =
+        file_with("[server]\nrelay_address = \"198.18.0.1\"\nrealm = \"from.file\"\nmax_allocations = 10\n[log]\nlevel = \"warn\"\n");
+    sources.environment = vec![
+        ("TURN_RELAY_SERVER_REALM".to_owned(), "from.env".to_owned()),
+        ("TURN_RELAY_LOG_LEVEL".to_owned(), "debug".to_owned()),
+    ];
+    sources.set("--realm", "server.realm", "from.command.line");
+    let config = Config::from_sources(&sources).expect("valid");
+    assert_eq!(config.realm, "from.command.line");
+    assert_eq!(config.log_level, "debug");
+    assert_eq!(config.max_allocations, 10);
+    let printed = config.to_toml();
+    let file = path.display().to_string();
+    for line in [
+        "realm = \"from.command.line\" # command line --realm".to_owned(),
+        "level = \"debug\" # environment TURN_RELAY_LOG_LEVEL".to_owned(),
+        format!("max_allocations = 10 # {file} line 4"),
+        format!("relay_address = \"198.18.0.1\" # {file} line 2"),
+        "port_range = \"49152-65535\" # default".to_owned(),
+    ] {
+        assert!(
+            printed.lines().any(|printed| printed == line),
+            "missing {line:?} in\n{printed}"
+        );
+    }
+    assert!(printed.contains("file < environment (TURN_RELAY_<SECTION>_<KEY>) < command line"));
+}
+
+#[test]
+fn environment_and_command_line_errors_name_their_source() {
+    let (_, mut sources) = file_with(MINIMAL);
+    sources.environment = vec![(
+        "TURN_RELAY_SERVER_MAX_ALLOCATIONS".to_owned(),
+        "lots".to_owned(),
+    )];
+    assert_eq!(
+        error_of_sources(&sources),
+        "config error: environment TURN_RELAY_SERVER_MAX_ALLOCATIONS: server.max_allocations: \"lots\" is not a whole number"
+    );
+    sources.environment = vec![(
+        "TURN_RELAY_SERVER_MAX_ALLOCATIONS".to_owned(),
+        "0".to_owned(),
+    )];
+    assert_eq!(
+        error_of_sources(&sources),
+        "config error: environment TURN_RELAY_SERVER_MAX_ALLOCATIONS: server.max_allocations: 0 is not between 1 and 262144"
+    );
+    // Variables that name no key are ignored with a warning: orchestrators add their own
+    // (Kubernetes, for a Service called turn-relay: TURN_RELAY_SERVICE_HOST…).
+    sources.environment = vec![
+        ("TURN_RELAY_SERVER_REALMM".to_owned(), "x".to_owned()),
+        ("TURN_RELAY_SERVICE_HOST".to_owned(), "10.0.0.1".to_owned()),
+    ];
+    let config = Config::from_sources(&sources).expect("ignored, not refused");
+    assert_eq!(config.ignored_variables.len(), 2);
+    assert!(config.ignored_variables[0]
+        .starts_with("environment variable TURN_RELAY_SERVER_REALMM names no configuration key"));
+    assert_eq!(config.realm, "turn-relay.local");
+    sources.environment = vec![("TURN_RELAY_AUTH_USERS".to_owned(), "alice".to_owned())];
+    assert!(error_of_sources(&sources)
+        .contains("TURN_RELAY_AUTH_USERS: auth.users: \"alice\" is not name:password"));
+    sources.environment = vec![(
+        "TURN_RELAY_SERVER_DRAIN_EXIT".to_owned(),
+        "maybe".to_owned(),
+    )];
+    assert!(error_of_sources(&sources).contains("\"maybe\" is not true or false"));
+    sources.environment.clear();
+    sources.set("--listen", "server.listen", "0.0.0.0:3478");
+    assert!(error_of_sources(&sources)
+        .starts_with("config error: --listen: server.listen: 0.0.0.0:3478 is a wildcard"));
+    sources.command_line.clear();
+    sources.set("--log-format", "log.format", "xml");
+    assert!(error_of_sources(&sources).contains("--log-format: log.format: \"xml\" is not one of"));
+    // A file value with an error still names its line when the environment sets others.
+    let (_, mut sources) =
+        file_with("[server]\nrelay_address = \"198.18.0.1\"\nport_range = \"1-0\"\n");
+    sources.environment = vec![("TURN_RELAY_SERVER_REALM".to_owned(), "ok".to_owned())];
+    assert!(error_of_sources(&sources).contains("line 3: server.port_range"));
+}
+
+#[test]
+fn without_a_file_the_demo_runs_only_without_environment_variables() {
+    let mut sources = Sources::default();
+    sources.set("--listen", "server.listen", "127.0.0.1:3479");
+    let demo = Config::from_sources(&sources).expect("demo");
+    assert!(demo.demo_credentials().is_some());
+    // Variables that name no key do not turn the demo off.
+    sources.environment = vec![("TURN_RELAY_BIN".to_owned(), "/x".to_owned())];
+    assert!(Config::from_sources(&sources)
+        .expect("demo")
+        .demo_credentials()
+        .is_some());
+    sources.environment.clear();
+    assert_eq!(demo.listen[0].port(), 3479);
+    // With variables, nothing of the demo applies: relay_address must be given.
+    let error = error_of_sources(&environment(&[("TURN_RELAY_SERVER_REALM", "x")]));
+    assert!(
+        error.contains("config error: environment: server.relay_address"),
+        "{error}"
+    );
+    let config = Config::from_sources(&environment(&[
+        ("TURN_RELAY_SERVER_RELAY_ADDRESS", "198.18.0.1"),
+        ("TURN_RELAY_PEERS_ALLOW", ""),
+    ]))
+    .expect("valid");
+    assert!(config.users.is_empty() && config.peers_allow.is_empty());
+}
+
+#[test]
+fn alternate_servers_are_checked_and_exclude_this_relay() {
+    assert_errors(&[
+        ("[server]\nrelay_address = \"198.18.0.1\"\nalternate_servers = [\"nowhere\"]\n", "line 3: server.alternate_servers: \"nowhere\" is not an ip:port"),
+        ("[server]\nrelay_address = \"198.18.0.1\"\nalternate_servers = [\"0.0.0.0:3478\"]\n", "cannot be a TURN server's address"),
+        ("[server]\nrelay_address = \"198.18.0.1\"\nalternate_servers = [\"198.18.0.2\", \"198.18.0.2:3478\"]\n", "198.18.0.2:3478 is listed twice"),
+        ("[server]\nrelay_address = \"198.18.0.1\"\ndrain_timeout = 0\n", "line 3: server.drain_timeout: 0 is not between 1 and 86400 seconds"),
+        ("[server]\nrelay_address = \"198.18.0.1\"\n[admin]\ntoken = \"\"\n", "line 4: admin.token: secrets and passwords must not be empty"),
+        ("[server]\nrelay_address = \"198.18.0.1\"\n[admin]\ntoken_file = \"/nonexistent/token\"\n", "line 4: admin.token_file: cannot read \"/nonexistent/token\""),
+        ("[server]\nrelay_address = \"198.18.0.1\"\n[admin]\ntoken = \"a\"\ntoken_file = \"/x\"\n", "line 5: admin.token_file: set admin.token or admin.token_file, not both"),
+    ]);
+    // One list for the whole group: this relay (by listen or public address) is skipped.
+    let config = Config::parse(
+        "[server]\nrelay_address = \"198.18.0.1\"\npublic_address = \"198.19.0.1\"\n\
+         alternate_servers = [\"198.18.0.1:3478\", \"198.19.0.1\", \"198.18.0.2\", \"198.18.0.1:3479\"]\n",
+        "test.toml",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.alternates(),
+        vec![
+            "198.18.0.2:3478".parse::<SocketAddr>().expect("addr"),
+            "198.18.0.1:3479".parse().expect("addr")
+        ]
+    );
+    let defaults = Config::parse(MINIMAL, "test.toml").expect("valid");
+    assert!(!defaults.drain_exit);
+    assert_eq!(defaults.drain_timeout, Duration::from_secs(3600));
+    assert!(defaults.admin_token.is_none());
+}
+
+#[test]
+fn a_reload_applies_live_keys_and_keeps_restart_keys() {
+    let before = "[server]\nrelay_address = \"198.18.0.1\"\nport_range = \"50000-50100\"\n\
+                  [auth]\nusers = [{ name = \"alice\", password = \"old\" }]\n[log]\nlevel = \"info\"\n";
+    let (path, sources) = file_with(before);
+    let running = Config::from_sources(&sources).expect("valid");
+    let unchanged = running.reload(&sources).expect("same file");
+    assert!(unchanged.changed.is_empty() && unchanged.restart_needed.is_empty());
+    assert_eq!(
+        unchanged.config.nonce_secret, running.nonce_secret,
+        "a random nonce secret survives a reload"
+    );
+
+    std::fs::write(
+        &path,
+        "[server]\nrelay_address = \"198.18.0.1\"\nport_range = \"50000-50200\"\n\
+         alternate_servers = [\"198.18.0.2\"]\n[auth]\nusers = [{ name = \"alice\", password = \"new\" }]\n\
+         auth_secrets = [\"rest\"]\n[peers]\ndeny = [\"198.18.7.0/24\"]\n[log]\nlevel = \"debug\"\n[xdp]\nmode = \"off\"\n",
+    )
+    .expect("rewrite");
+    let reloaded = running.reload(&sources).expect("valid");
+    assert_eq!(
+        reloaded.changed,
+        vec![
+            "server.alternate_servers",
+            "auth.users",
+            "auth.auth_secrets",
+            "peers.deny",
+            "log.level"
+        ]
+    );
+    assert_eq!(
+        reloaded.restart_needed,
+        vec!["server.port_range", "xdp.mode"]
+    );
+    let applied = reloaded.config;
+    assert!(matches!(&applied.users[0].secret, StaticSecret::Password(p) if p == "new"));
+    assert_eq!(applied.auth_secrets, vec!["rest".to_owned()]);
+    assert_eq!(applied.peers_deny.len(), 1);
+    assert_eq!(applied.log_level, "debug");
+    assert_eq!(applied.alternate_servers.len(), 1);
+    assert_eq!(
+        applied.port_range,
+        50000..=50100,
+        "restart key keeps its value"
+    );
+    assert_eq!(
+        applied.xdp_mode,
+        XdpMode::Auto,
+        "restart key keeps its value"
+    );
+
+    // A file with an error changes nothing: the error names file, line and key.
+    std::fs::write(
+        &path,
+        "[server]\nrelay_address = \"198.18.0.1\"\nmax_lifetime = \"x\"\n",
+    )
+    .expect("rewrite");
+    let error = running.reload(&sources).expect_err("invalid").to_string();
+    assert!(
+        error.starts_with(&format!(
+            "config error: {} line 3: server.max_lifetime",
+            path.display()
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_live_key_is_applied_by_a_reload() {
+    // Each live key changed alone reaches the merged configuration; each restart key
+    // changed alone does not.
+    let (path, sources) = file_with(MINIMAL);
+    let running = Config::from_sources(&sources).expect("valid");
+    let token_file = file_with("t0k3n\n").0;
+    for key in KEYS {
+        let value = match key.dotted().as_str() {
+            "server.realm" => "\"other.realm\"",
+            "server.software" => "\"x\"",
+            "server.listen" => "[\"198.18.0.1:3479\"]",
+            "server.relay_address" => "\"198.18.0.2\"",
+            "server.relay_address_v6" => "\"2001:2::1\"",
+            "server.public_address" => "\"198.18.0.9\"",
+            "server.public_address_v6" => continue,
+            "server.port_range" => "\"50000-50001\"",
+            "server.default_lifetime" | "server.max_lifetime" => "700",
+            "server.max_allocations" | "server.max_allocations_per_user" => "5",
+            "server.threads" => "4",
+            "server.permission_lifetime" | "server.channel_lifetime" => "9",
+            "server.alternate_servers" => "[\"198.18.0.5\"]",
+            "server.drain_exit" => "true",
+            "server.drain_timeout" | "auth.nonce_lifetime" => "10",
+            "auth.users" => "[{ name = \"u\", password = \"p\" }]",
+            "auth.auth_secrets" | "auth.zrest_secrets" => "[\"s\"]",
+            "auth.nonce_secret" => "\"n\"",
+            "auth.advertise_password_algorithms" => "false",
+            "peers.allow" | "peers.deny" => "[\"198.18.3.0/24\"]",
+            "xdp.mode" => "\"off\"",
+            "xdp.interfaces" => "[\"eth9\"]",
+            "metrics.listen" => "\"127.0.0.1:9999\"",
+            "admin.token" => "\"tok\"",
+            "admin.token_file" => &format!("{:?}", token_file.display().to_string()),
+            "log.level" => "\"trace\"",
+            "log.format" => "\"json\"",
+            other => panic!("no test value for {other}"),
+        };
+        let text = if key.dotted() == "server.default_lifetime" {
+            format!("{MINIMAL}default_lifetime = 10\n")
+        } else if key.dotted() == "server.relay_address" {
+            format!("[server]\nrelay_address = {value}\n")
+        } else if key.section == "server" {
+            format!("{MINIMAL}{} = {value}\n", key.name)
+        } else {
+            format!("{MINIMAL}[{}]\n{} = {value}\n", key.section, key.name)
+        };
+        std::fs::write(&path, &text).expect("rewrite");
+        let reloaded = running.reload(&sources).expect("valid");
+        let name = key.dotted();
+        match key.reload {
+            // A token file also changes the token.
+            Reload::Live => {
+                assert!(reloaded.changed.contains(&name), "{name} with\n{text}");
+                assert!(reloaded.restart_needed.is_empty(), "{name}: {reloaded:?}");
+            }
+            // Some restart keys move defaults of others (relay_address → listen).
+            Reload::Restart => assert!(
+                reloaded.restart_needed.contains(&name) && reloaded.changed.is_empty(),
+                "{name}: {reloaded:?}"
+            ),
+        }
+        let shown = reloaded.config.printed_values();
+        let wanted = Config::from_sources(&sources)
+            .expect("valid")
+            .printed_values();
+        let original = running.printed_values();
+        match key.reload {
+            Reload::Live => assert_eq!(shown.get(&name), wanted.get(&name), "{name} applied"),
+            Reload::Restart => assert_eq!(shown.get(&name), original.get(&name), "{name} kept"),
+        }
+    }
 }

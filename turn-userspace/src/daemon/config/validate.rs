@@ -12,7 +12,8 @@ use toml::Spanned;
 use crate::bpf::XdpMode;
 use crate::protocol::auth::{StaticSecret, StaticUser};
 
-use super::schema::{RawConfig, RawUser};
+use super::schema::{RawAdmin, RawConfig, RawUser};
+use super::sources::{Origin, Origins};
 use super::{defaults, random_nonce_secret, Config, ConfigError, RelayAddressConfig};
 
 /// The longest lifetime of anything with one (allocations, permissions, channels, nonces):
@@ -25,15 +26,37 @@ pub const MAX_THREADS: u64 = 1024;
 /// RFC 8489 §14.9 and §14.14: REALM and SOFTWARE are fewer than 128 characters.
 const MAX_TEXT_ATTRIBUTE_CHARS: usize = 127;
 
-/// Checks one parsed file; `text` and `source` place its errors.
+/// Checks one parsed configuration; `text` and `source` place the errors of values from
+/// the file, `origins` names the variable or option of the others.
 pub(super) struct Validator<'a> {
     text: &'a str,
     source: &'a str,
+    origins: &'a Origins,
 }
 
 impl<'a> Validator<'a> {
-    pub(super) fn new(text: &'a str, source: &'a str) -> Self {
-        Validator { text, source }
+    pub(super) fn new(text: &'a str, source: &'a str, origins: &'a Origins) -> Self {
+        Validator {
+            text,
+            source,
+            origins,
+        }
+    }
+
+    /// `message` about the value of `key` at `span`: its file line, or the environment
+    /// variable or option it came from.
+    fn at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        match self.origins.get(key) {
+            Some(origin @ (Origin::Environment { .. } | Origin::CommandLine { .. })) => {
+                origin.error(key, message)
+            }
+            _ => ConfigError::at(self.source, self.text, span, key, message),
+        }
     }
 
     fn missing(&self, key: &str, message: impl Into<String>) -> ConfigError {
@@ -47,8 +70,7 @@ impl<'a> Validator<'a> {
         key: &str,
         check: impl FnOnce(&T) -> Result<U, String>,
     ) -> Result<U, ConfigError> {
-        check(value.get_ref())
-            .map_err(|message| ConfigError::at(self.source, self.text, value.span(), key, message))
+        check(value.get_ref()).map_err(|message| self.at(value.span(), key, message))
     }
 
     /// An optional value, checked, or `default` when absent.
@@ -160,13 +182,7 @@ impl<'a> Validator<'a> {
                 (None, Some(value)) => (value, "server.max_lifetime"),
                 (None, None) => return Err(self.missing("server.default_lifetime", message)),
             };
-            return Err(ConfigError::at(
-                self.source,
-                self.text,
-                value.span(),
-                key,
-                message,
-            ));
+            return Err(self.at(value.span(), key, message));
         }
         let max_allocations = self.count(
             &server.max_allocations,
@@ -199,14 +215,22 @@ impl<'a> Validator<'a> {
             core.channel_lifetime,
         )?;
 
+        let alternate_servers =
+            self.alternate_servers(server.alternate_servers.as_deref().unwrap_or_default())?;
+        let drain_exit = server.drain_exit.unwrap_or(defaults::DRAIN_EXIT);
+        let drain_timeout = self.seconds(
+            &server.drain_timeout,
+            "server.drain_timeout",
+            defaults::DRAIN_TIMEOUT,
+        )?;
+
         let auth = raw.auth;
-        let mut users: Vec<StaticUser> = Vec::with_capacity(auth.users.len());
-        for user in &auth.users {
+        let listed_users = auth.users.as_deref().unwrap_or_default();
+        let mut users: Vec<StaticUser> = Vec::with_capacity(listed_users.len());
+        for user in listed_users {
             let parsed = self.check(user, "auth.users", parse_user)?;
             if users.iter().any(|existing| existing.name == parsed.name) {
-                return Err(ConfigError::at(
-                    self.source,
-                    self.text,
+                return Err(self.at(
                     user.span(),
                     "auth.users",
                     format!("user {:?} is listed twice", parsed.name),
@@ -214,8 +238,14 @@ impl<'a> Validator<'a> {
             }
             users.push(parsed);
         }
-        let auth_secrets = self.secrets(&auth.auth_secrets, "auth.auth_secrets")?;
-        let zrest_secrets = self.secrets(&auth.zrest_secrets, "auth.zrest_secrets")?;
+        let auth_secrets = self.secrets(
+            auth.auth_secrets.as_deref().unwrap_or_default(),
+            "auth.auth_secrets",
+        )?;
+        let zrest_secrets = self.secrets(
+            auth.zrest_secrets.as_deref().unwrap_or_default(),
+            "auth.zrest_secrets",
+        )?;
         let nonce_lifetime = self.seconds(
             &auth.nonce_lifetime,
             "auth.nonce_lifetime",
@@ -230,8 +260,12 @@ impl<'a> Validator<'a> {
             None => (random_nonce_secret(), false),
         };
 
-        let peers_allow = self.networks(&raw.peers.allow, "peers.allow")?;
-        let peers_deny = self.networks(&raw.peers.deny, "peers.deny")?;
+        let peers_allow = self.networks(
+            raw.peers.allow.as_deref().unwrap_or_default(),
+            "peers.allow",
+        )?;
+        let peers_deny =
+            self.networks(raw.peers.deny.as_deref().unwrap_or_default(), "peers.deny")?;
 
         let xdp_mode = self.optional(&raw.xdp.mode, "xdp.mode", defaults::XDP_MODE, |m| {
             parse_xdp_mode(m)
@@ -239,6 +273,8 @@ impl<'a> Validator<'a> {
         let xdp_interfaces = raw
             .xdp
             .interfaces
+            .as_deref()
+            .unwrap_or_default()
             .iter()
             .map(|name| self.check(name, "xdp.interfaces", |n| check_interface_name(n)))
             .collect::<Result<Vec<_>, _>>()?;
@@ -248,6 +284,7 @@ impl<'a> Validator<'a> {
             defaults::METRICS_LISTEN,
             |text| parse_metrics_listen(text),
         )?;
+        let (admin_token, admin_token_file) = self.admin_token(&raw.admin)?;
         let log_level = self.optional(
             &raw.log.level,
             "log.level",
@@ -274,6 +311,9 @@ impl<'a> Validator<'a> {
             threads,
             permission_lifetime,
             channel_lifetime,
+            alternate_servers,
+            drain_exit,
+            drain_timeout,
             users,
             auth_secrets,
             zrest_secrets,
@@ -288,10 +328,57 @@ impl<'a> Validator<'a> {
             xdp_mode,
             xdp_interfaces,
             metrics_listen,
+            admin_token,
+            admin_token_file,
             log_level,
             log_format,
             demo_credentials: None,
+            origins: self.origins.clone(),
+            ignored_variables: Vec::new(),
         })
+    }
+
+    /// `server.alternate_servers`: distinct `ip:port` addresses (a bare ip means port 3478).
+    fn alternate_servers(&self, list: &[Spanned<String>]) -> Result<Vec<SocketAddr>, ConfigError> {
+        let key = "server.alternate_servers";
+        let mut servers: Vec<SocketAddr> = Vec::with_capacity(list.len());
+        for item in list {
+            let server = self.check(item, key, |text| parse_alternate_server(text))?;
+            if servers.contains(&server) {
+                return Err(self.at(item.span(), key, format!("{server} is listed twice")));
+            }
+            servers.push(server);
+        }
+        Ok(servers)
+    }
+
+    /// The bearer token of the admin endpoint: `admin.token`, or the first line of the
+    /// file `admin.token_file` (read now, and again on every reload).
+    fn admin_token(
+        &self,
+        admin: &RawAdmin,
+    ) -> Result<(Option<String>, Option<std::path::PathBuf>), ConfigError> {
+        match (&admin.token, &admin.token_file) {
+            (Some(_), Some(file)) => Err(self.at(
+                file.span(),
+                "admin.token_file",
+                "set admin.token or admin.token_file, not both",
+            )),
+            (Some(token), None) => Ok((
+                Some(self.check(token, "admin.token", |t| non_empty_secret(t))?),
+                None,
+            )),
+            (None, Some(file)) => self.check(file, "admin.token_file", |path| {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| format!("cannot read {path:?}: {error}"))?;
+                let token = text.lines().next().unwrap_or_default().trim();
+                if token.is_empty() {
+                    return Err(format!("{path:?} holds no token on its first line"));
+                }
+                Ok((Some(token.to_owned()), Some(std::path::PathBuf::from(path))))
+            }),
+            (None, None) => Ok((None, None)),
+        }
     }
 
     fn listen(&self, list: &[Spanned<String>]) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -304,9 +391,7 @@ impl<'a> Validator<'a> {
                 check_listen(address).map(|()| address)
             })?;
             if addresses.contains(&address) {
-                return Err(ConfigError::at(
-                    self.source,
-                    self.text,
+                return Err(self.at(
                     item.span(),
                     "server.listen",
                     format!("{address} is listed twice"),
@@ -379,6 +464,21 @@ impl<'a> Validator<'a> {
             .map(|net| self.check(net, key, |text| parse_network(text)))
             .collect()
     }
+}
+
+/// An alternate server's address: `ip:port`, `[v6]:port`, or a bare ip for port 3478.
+fn parse_alternate_server(text: &str) -> Result<SocketAddr, String> {
+    let address = text
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, defaults::DEFAULT_TURN_PORT))
+        })
+        .map_err(|_| format!("{text:?} is not an ip:port address (IPv6: [addr]:port)"))?;
+    if address.ip().is_unspecified() || address.ip().is_multicast() || address.port() == 0 {
+        return Err(format!("{text:?} cannot be a TURN server's address"));
+    }
+    Ok(address)
 }
 
 /// `n` if it lies within `bounds`, else a message naming them (`unit` follows the bounds).
@@ -486,7 +586,7 @@ fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>, String> {
     Ok(Some(address))
 }
 
-pub(super) fn check_realm(realm: &str) -> Result<(), String> {
+fn check_realm(realm: &str) -> Result<(), String> {
     // RFC 8489 §14.9: REALM is fewer than 128 characters, a quoted-string body.
     if realm.is_empty()
         || realm.chars().count() > MAX_TEXT_ATTRIBUTE_CHARS
@@ -509,7 +609,7 @@ fn check_software(software: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn check_log_level(level: &str) -> Result<(), String> {
+pub(crate) fn check_log_level(level: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::try_new(level)
         .map(|_| ())
         .map_err(|error| format!("{level:?} is not a log level or filter ({error})"))
@@ -526,23 +626,6 @@ fn check_listen(address: SocketAddr) -> Result<(), String> {
     }
     if address.port() == 0 {
         return Err(format!("{address} has no port"));
-    }
-    Ok(())
-}
-
-/// A non-empty list of concrete, distinct listen addresses (the `--listen` option).
-pub(super) fn check_listen_list(listen: &[SocketAddr]) -> Result<(), String> {
-    if listen.is_empty() {
-        return Err("at least one address is needed".to_owned());
-    }
-    for (index, address) in listen.iter().enumerate() {
-        check_listen(*address)?;
-        if listen
-            .get(..index)
-            .is_some_and(|seen| seen.contains(address))
-        {
-            return Err(format!("{address} is listed twice"));
-        }
     }
     Ok(())
 }

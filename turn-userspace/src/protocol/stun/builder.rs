@@ -75,10 +75,14 @@ impl<'b> MessageBuilder<'b> {
 
     /// MAPPED-ADDRESS (RFC 8489 §14.1).
     pub fn mapped_address(&mut self, addr: SocketAddr) -> &mut Self {
+        self.address(attr::MAPPED_ADDRESS, addr)
+    }
+
+    /// A plain address attribute (MAPPED-ADDRESS, ALTERNATE-SERVER: RFC 8489 §14.1,
+    /// §14.15).
+    pub fn address(&mut self, kind: u16, addr: SocketAddr) -> &mut Self {
         let len = if addr.is_ipv4() { 8 } else { 20 };
-        self.attribute_with(attr::MAPPED_ADDRESS, len, |buf| {
-            attr::encode_address(addr, buf)
-        })
+        self.attribute_with(kind, len, |buf| attr::encode_address(addr, buf))
     }
 
     /// ERROR-CODE (RFC 8489 §14.8); `code` is 300..=699.

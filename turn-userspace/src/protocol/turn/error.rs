@@ -4,6 +4,9 @@
 /// Why a request was refused. The `Display` text is the reason phrase sent on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TurnError {
+    /// RFC 8489 §10: go to this ALTERNATE-SERVER (a draining relay's answer to Allocate).
+    #[error("Try Alternate")]
+    TryAlternate(std::net::SocketAddr),
     #[error("Bad Request")]
     BadRequest,
     #[error("Unauthenticated")]
@@ -34,6 +37,7 @@ impl TurnError {
     /// The ERROR-CODE number.
     pub fn code(self) -> u16 {
         match self {
+            TurnError::TryAlternate(_) => 300,
             TurnError::BadRequest => 400,
             TurnError::Unauthenticated => 401,
             TurnError::Forbidden => 403,

@@ -19,6 +19,7 @@ mod authenticate;
 mod error;
 mod lifecycle;
 mod limiter;
+mod operations;
 mod relay;
 mod requests;
 mod response;
@@ -41,6 +42,7 @@ use limiter::AnswerLimiter;
 use timers::Timers;
 
 pub use error::TurnError;
+pub use operations::{AllocationView, FamilyCounts};
 
 /// One relay address family: the address relay sockets bind to and the one announced
 /// in XOR-RELAYED-ADDRESS (they differ behind 1:1 NAT, e.g. cloud VMs).
@@ -297,6 +299,8 @@ pub struct Server<R: rand::RngCore> {
     fast_path: VecDeque<FastPathCommand>,
     transmits: VecDeque<Transmit>,
     stats: ServerStats,
+    /// Draining: new allocations are sent to `alternates` (300) or refused (508).
+    drain: operations::Drain,
 }
 
 impl<R: rand::RngCore> Server<R> {
@@ -323,6 +327,7 @@ impl<R: rand::RngCore> Server<R> {
             fast_path: VecDeque::new(),
             transmits: VecDeque::new(),
             stats: ServerStats::default(),
+            drain: operations::Drain::default(),
         }
     }
 

@@ -210,6 +210,11 @@ impl<R: rand::RngCore> Server<R> {
         if self.allocations.contains_key(&flow) {
             return Err(TurnError::AllocationMismatch);
         }
+        // A draining relay turns new allocations away, after authentication so the 300
+        // carries MESSAGE-INTEGRITY (RFC 8489 §10).
+        if let Some(refusal) = self.turn_away(flow.client.ip()) {
+            return Err(refusal);
+        }
         match request.requested_transport()? {
             None => return Err(TurnError::BadRequest),
             Some(attr::TRANSPORT_UDP) => {}

@@ -227,6 +227,9 @@ impl<R: rand::RngCore> Server<R> {
                 if error == TurnError::UnknownAttribute {
                     builder.unknown_attributes(unknown_attributes);
                 }
+                if let TurnError::TryAlternate(alternate) = error {
+                    builder.address(attr::ALTERNATE_SERVER, alternate);
+                }
             },
         );
     }

@@ -7,6 +7,7 @@ mod allocate;
 mod authentication;
 mod expiry;
 mod fast_path;
+mod operations;
 mod peers;
 mod relay;
 
