@@ -237,5 +237,8 @@ fn our_config(kind: ServerKind, user: &User) -> RelayConfig {
         .with_user(&user.name, &user.password);
     config.realm = REALM.to_owned();
     config.max_allocations = Some(16_384);
+    // Every flow is an allocation of the one bench user; coturn has no per-user quota
+    // by default either.
+    config.max_allocations_per_user = Some(0);
     config
 }

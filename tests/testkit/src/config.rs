@@ -55,6 +55,8 @@ pub struct RelayConfig {
     pub channel_lifetime: Option<u32>,
     /// `[server] max_allocations` (daemon default when None).
     pub max_allocations: Option<u32>,
+    /// `[server] max_allocations_per_user`, 0 = unlimited (daemon default when None).
+    pub max_allocations_per_user: Option<u32>,
     /// `[peers] allow`: CIDRs the default deny does not apply to.
     pub allowed_peers: Vec<String>,
     /// Where it listens and relays, when not in the client ⇄ relay ⇄ peer topology.
@@ -100,6 +102,8 @@ struct Server<'a> {
     channel_lifetime: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_allocations: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_allocations_per_user: Option<u32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     alternate_servers: &'a [SocketAddr],
     drain_exit: bool,
@@ -148,6 +152,7 @@ impl RelayConfig {
             permission_lifetime: None,
             channel_lifetime: None,
             max_allocations: None,
+            max_allocations_per_user: None,
             allowed_peers: TEST_NETWORKS.map(str::to_owned).to_vec(),
             placement: None,
             alternate_servers: Vec::new(),
@@ -222,6 +227,7 @@ impl RelayConfig {
                 permission_lifetime: self.permission_lifetime,
                 channel_lifetime: self.channel_lifetime,
                 max_allocations: self.max_allocations,
+                max_allocations_per_user: self.max_allocations_per_user,
                 alternate_servers: &self.alternate_servers,
                 drain_exit: self.drain_exit,
             },
