@@ -56,7 +56,8 @@ outcomes! {
     PassFragment = "pass_fragment",
     /// Not UDP.
     PassNotUdp = "pass_not_udp",
-    /// Header lengths disagree with the frame (truncated, lying lengths).
+    /// Header lengths disagree with the frame (truncated, lying lengths), or a wrong IPv4
+    /// header checksum (the stack drops those).
     PassMalformed = "pass_malformed",
     /// UDP to an address that is neither a known client flow nor a relay address.
     PassUnknownFlow = "pass_unknown_flow",

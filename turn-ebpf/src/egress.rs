@@ -253,13 +253,22 @@ fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Out
     }
     // Behind the data: the data's own padding (up to 3 bytes; the data keeps its word
     // alignment, as every prefix is a multiple of 4 long), then whole attributes
-    // (word-aligned). The padding is the end of the word that ends where it ends.
+    // (word-aligned). The padding is the end of the four bytes that end where it ends.
+    // A ChannelData datagram may carry less than the whole padding (RFC 8656 §12.5 does
+    // not require it over UDP): those four bytes then start at an odd offset, where
+    // they fill the checksum's 16-bit words rotated by a byte.
     let strip_tail = strip_tail(packet, reframe);
     let data_end = packet.payload + reframe.strip_front + reframe.data_len;
     let padding = ((4 - reframe.data_len % 4) % 4).min(strip_tail);
     if padding > 0 {
         let word = load::<u32>(ctx, data_end + padding - 4).ok_or(Outcome::PassMalformed)?;
-        delta = delta.remove_u32(u32::from_be(word) & ((1 << (8 * padding)) - 1));
+        let bytes = u32::from_be(word) & ((1 << (8 * padding)) - 1);
+        let bytes = if (reframe.data_len + padding) % 2 == 1 {
+            bytes.rotate_left(8)
+        } else {
+            bytes
+        };
+        delta = delta.remove_u32(bytes);
     }
     if reframe.attributes_after {
         delta = remove_frame_words(ctx, delta, data_end + padding, strip_tail - padding)?;

@@ -3,6 +3,7 @@
 //! does not handle is an `Err(Outcome::Pass…)`.
 
 use aya_ebpf::programs::XdpContext;
+use turn_common::checksum::Delta;
 use turn_common::counters::Outcome;
 use turn_common::maps::{FAMILY_V4, FAMILY_V6};
 use turn_common::stun::{CHANNEL_MAX, CHANNEL_MIN, HEADER_LEN, SEND_INDICATION};
@@ -161,6 +162,18 @@ impl Packet {
         // the frame is long enough and drop a bounds check the verifier needs.
         let [src, dst] = load::<[u32; 2]>(ctx, ETH_LEN + 12).ok_or(Outcome::PassMalformed)?;
         let udp = load::<[u16; 4]>(ctx, ETH_LEN + IPV4_LEN).ok_or(Outcome::PassMalformed)?;
+        // RFC 791: the stack drops a header whose checksum is wrong, and so would the
+        // userspace relay never see it; the relayed header gets a fresh checksum, which
+        // would repair it (checked on the five header words already loaded).
+        let header_sum = Delta::new()
+            .add_u32(first)
+            .add_u32(second)
+            .add_u32(third)
+            .add_u32(u32::from_be(src))
+            .add_u32(u32::from_be(dst));
+        if header_sum.checksum() != 0 {
+            return Err(Outcome::PassMalformed);
+        }
         let total_len = (first & 0xFFFF) as usize;
         let (data, end) = bounds(ctx);
         let frame_len = end - data;

@@ -1,10 +1,11 @@
 //! Developer tasks for the TURN relay:
-//! `cargo xtask <setup|build|run|build-and-load|test|bench|demo|package>`.
+//! `cargo xtask <setup|build|run|build-and-load|test|bench|demo|package|fuzz>`.
 //!
 //! Every task prints what it does and how long it took, and fails with context
 //! (`anyhow`) naming the step that broke.
 
 mod command;
+mod fuzz;
 mod package;
 mod setup;
 mod test;
@@ -80,6 +81,19 @@ enum Task {
     /// Release build, then the Debian package target/package/turn-relay_<version>_<arch>.deb
     /// (binary, systemd unit, sysusers entry, /etc/turn-relay/turn-relay.toml).
     Package,
+    /// Setup, then every fuzz target of `tests/fuzz` under libFuzzer (cargo-fuzz, nightly)
+    /// one after the other, and a table of executions, coverage and crashes.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        time: u64,
+        /// Stop a target after this many executions if it gets there before `--time`.
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Only these targets (stun_codec, channel_data, turn_server, config).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -120,6 +134,21 @@ fn main() -> Result<()> {
             run_demo(&workspace, seconds)
         }
         Task::Package => package::run(&workspace).map(drop),
+        Task::Fuzz {
+            time,
+            runs,
+            targets,
+        } => {
+            setup::run(&workspace)?;
+            fuzz::run(
+                &workspace,
+                &fuzz::Budget {
+                    seconds: time,
+                    runs,
+                },
+                &targets,
+            )
+        }
     }
 }
 

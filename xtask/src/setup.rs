@@ -52,6 +52,10 @@ const STEPS: &[Step] = &[
         action: ensure_bpf_linker,
     },
     Step {
+        name: "cargo-fuzz (cargo xtask fuzz)",
+        action: ensure_cargo_fuzz,
+    },
+    Step {
         name: "Debian packages",
         action: ensure_debian_packages,
     },
@@ -162,6 +166,17 @@ fn ensure_bpf_linker(workspace: &Path) -> Result<Outcome> {
     Ok(Outcome::Done(format!(
         "installed bpf-linker for LLVM {llvm_major}"
     )))
+}
+
+/// cargo-fuzz, which builds and runs the libFuzzer targets of `tests/fuzz` with the
+/// nightly toolchain.
+fn ensure_cargo_fuzz(_: &Path) -> Result<Outcome> {
+    if let Ok(version) = capture(cargo().args(["fuzz", "--version"])) {
+        return Ok(Outcome::AlreadyDone(version.trim().to_owned()));
+    }
+    println!("      building cargo-fuzz (takes a few minutes)");
+    run_checked(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    Ok(Outcome::Done("installed cargo-fuzz".into()))
 }
 
 /// The nightly's `libLLVM.so.<major>.<minor>-rust-<version>` and its LLVM major version.

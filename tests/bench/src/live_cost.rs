@@ -81,7 +81,12 @@ pub fn snapshot(id: u32) -> Result<Snapshot> {
     }
     let shown: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("parsing bpftool's JSON")?;
-    let field = |name: &str| shown.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let field = |name: &str| {
+        shown
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
     Ok(Snapshot {
         run_time_ns: field("run_time_ns"),
         run_count: field("run_cnt"),
@@ -89,10 +94,7 @@ pub fn snapshot(id: u32) -> Result<Snapshot> {
 }
 
 /// The cost between two snapshots of each program.
-pub fn cost(
-    relay: (Snapshot, Snapshot),
-    pass: (Snapshot, Snapshot),
-) -> Result<LiveCost> {
+pub fn cost(relay: (Snapshot, Snapshot), pass: (Snapshot, Snapshot)) -> Result<LiveCost> {
     let per_run = |(before, after): (Snapshot, Snapshot)| -> Result<(f64, u64)> {
         let runs = after.run_count.saturating_sub(before.run_count);
         if runs == 0 {

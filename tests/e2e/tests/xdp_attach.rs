@@ -24,6 +24,8 @@ fn native_attach_counts_udp_and_detaches_on_drop() {
         mode: XdpMode::Native,
         interfaces: vec![RELAY_CLIENT_SIDE_INTERFACE.to_owned()],
         max_allocations: 16,
+        max_permissions_per_allocation: 10,
+        max_channels_per_allocation: 10,
     };
     let relay = topology
         .relay
@@ -92,6 +94,8 @@ fn verifier_accepts_the_program_in_native_and_skb_mode() {
             mode,
             interfaces: vec![RELAY_CLIENT_SIDE_INTERFACE.to_owned()],
             max_allocations: 1024,
+            max_permissions_per_allocation: 10,
+            max_channels_per_allocation: 10,
         };
         let relay = topology
             .relay

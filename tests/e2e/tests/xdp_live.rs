@@ -98,6 +98,8 @@ fn relays_both_directions(plan: &Plan) {
             RELAY_PEER_SIDE_INTERFACE.to_owned(),
         ],
         max_allocations: 16,
+        max_permissions_per_allocation: 10,
+        max_channels_per_allocation: 10,
     };
     let relay = topology
         .relay

@@ -1,6 +1,7 @@
 //! The daemon's configuration as a test or the benchmark wants it, written with serde and
 //! the `toml` crate in the documented keys of `config/turn-relay.toml`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
@@ -59,6 +60,8 @@ pub struct RelayConfig {
     pub max_allocations_per_user: Option<u32>,
     /// `[peers] allow`: CIDRs the default deny does not apply to.
     pub allowed_peers: Vec<String>,
+    /// `[limits]` keys and values (daemon defaults for the others).
+    pub limits: BTreeMap<String, u64>,
     /// Where it listens and relays, when not in the client ⇄ relay ⇄ peer topology.
     pub placement: Option<Placement>,
     /// `[server] alternate_servers`: where a draining relay sends new allocations.
@@ -84,6 +87,8 @@ struct File<'a> {
     auth: Auth<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peers: Option<Peers<'a>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    limits: &'a BTreeMap<String, u64>,
     xdp: XdpSection,
     metrics: Metrics,
     log: Log,
@@ -154,11 +159,18 @@ impl RelayConfig {
             max_allocations: None,
             max_allocations_per_user: None,
             allowed_peers: TEST_NETWORKS.map(str::to_owned).to_vec(),
+            limits: BTreeMap::new(),
             placement: None,
             alternate_servers: Vec::new(),
             drain_exit: false,
             nonce_secret: None,
         }
+    }
+
+    /// Sets `[limits] <key> = value` (see `config/turn-relay.toml`).
+    pub fn with_limit(mut self, key: &str, value: u64) -> RelayConfig {
+        self.limits.insert(key.to_owned(), value);
+        self
     }
 
     /// Listens and relays at `placement` instead of the standard topology's addresses.
@@ -240,6 +252,7 @@ impl RelayConfig {
             peers: (!self.allowed_peers.is_empty()).then_some(Peers {
                 allow: &self.allowed_peers,
             }),
+            limits: &self.limits,
             xdp: XdpSection {
                 mode: self.xdp,
                 interfaces: match (&self.placement, self.xdp) {
@@ -314,13 +327,15 @@ mod tests {
         let mut config = RelayConfig::new(Xdp::Native)
             .with_user("alice", "secret")
             .with_permission_lifetime(2)
-            .with_channel_lifetime(7);
+            .with_channel_lifetime(7)
+            .with_limit("max_permissions_per_allocation", 3);
         config.max_allocations = Some(100);
         let text = config.to_toml();
         let parsed = turn_relay::daemon::config::Config::parse(&text, "test")
             .unwrap_or_else(|error| panic!("{error}\n{text}"));
         assert_eq!(parsed.permission_lifetime, Duration::from_secs(2));
         assert_eq!(parsed.channel_lifetime, Duration::from_secs(7));
+        assert_eq!(parsed.limits.max_permissions_per_allocation, 3);
         assert_eq!(parsed.xdp_mode, turn_relay::bpf::XdpMode::Native);
         assert_eq!(
             parsed.xdp_interfaces,

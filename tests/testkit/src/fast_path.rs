@@ -8,9 +8,13 @@ use std::time::Instant;
 use anyhow::Result;
 use turn_relay::bpf::{BpfDatapath, XdpRelay};
 use turn_relay::protocol::datapath::{
-    AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, DatapathError, PeerPortRange,
+    self, AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, DatapathError, PeerPortRange,
     PermissionEntry, RelayedTraffic,
 };
+
+/// The core's own applier of fast-path commands on the program's tables: what the daemon
+/// runs, for tests that feed the tables from the core's commands.
+pub type Applier = datapath::FastPath<BpfDatapath>;
 
 /// The flow tables of one loaded XDP program.
 pub struct FastPath {
@@ -25,6 +29,11 @@ impl FastPath {
     /// The tables of an attached program (handed out once per program).
     pub fn of_relay(relay: &XdpRelay) -> Result<FastPath> {
         relay.datapath().map(FastPath::new)
+    }
+
+    /// The tables behind the core's applier, for commands the core emitted.
+    pub fn into_applier(self) -> Applier {
+        Applier::new(self.datapath)
     }
 
     /// Installs (or refreshes) the allocation of `flow` on relayed address `relay`.

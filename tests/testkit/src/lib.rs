@@ -12,7 +12,10 @@
 //!   child process, its metrics.
 //! - [`coturn`]: coturn's `turnutils_*` tools and `turnserver`; [`credentials`]: REST and
 //!   zrest credentials.
-//! - [`stun_client`]: the STUN/TURN client, on the relay's own codec.
+//! - [`stun_client`]: the STUN/TURN client, on the relay's own codec; [`in_memory`]: the
+//!   relay's sans-IO core built from a [`config::RelayConfig`] as the daemon builds it,
+//!   driven in memory.
+//! - [`capture`]: tcpdump captures and tshark's reading of them.
 //! - [`frames`]: Ethernet/IP/UDP frames built with etherparse, independently of the XDP
 //!   program; [`mmsg`]: the sendmmsg/recvmmsg wrappers.
 //! - [`xdp`]: trivial XDP programs for veth ends (aya); [`fast_path`]: the one helper
@@ -20,12 +23,14 @@
 
 pub mod addresses;
 pub mod balancer;
+pub mod capture;
 pub mod config;
 pub mod coturn;
 pub mod credentials;
 pub mod daemon;
 pub mod fast_path;
 pub mod frames;
+pub mod in_memory;
 pub mod mmsg;
 pub mod netns;
 pub mod privilege;

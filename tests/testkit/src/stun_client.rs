@@ -273,23 +273,30 @@ pub fn transact(socket: &UdpSocket, request: &[u8]) -> Result<Vec<u8>> {
     bail!("no response after {TRANSMISSIONS} transmissions")
 }
 
-/// One datagram within `limit` (None on timeout).
+/// One datagram within `limit` (None on timeout). A receive interrupted by a signal
+/// (EINTR: Linux also returns it for sockets with a receive timeout after the process was
+/// stopped and continued, with no handler installed) is retried until `limit`.
 fn receive_within(socket: &UdpSocket, buffer: &mut [u8], limit: Duration) -> Result<Option<usize>> {
-    if limit.is_zero() {
-        return Ok(None);
-    }
-    socket.set_read_timeout(Some(limit))?;
-    match socket.recv(buffer) {
-        Ok(len) => Ok(Some(len)),
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(None)
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
         }
-        Err(error) => Err(error).context("receiving"),
+        socket.set_read_timeout(Some(left))?;
+        match socket.recv(buffer) {
+            Ok(len) => return Ok(Some(len)),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(error) => return Err(error).context("receiving"),
+        }
     }
 }
 
@@ -409,23 +416,16 @@ impl TurnClient {
 
     /// CreatePermission for `peer`'s IP address (RFC 8656 §9.1; the port is ignored).
     pub fn create_permission(&mut self, peer: SocketAddr) -> Result<()> {
-        self.authenticated(Method::CREATE_PERMISSION, |builder| {
-            builder.xor_address(attr::XOR_PEER_ADDRESS, peer);
-        })
-        .map(drop)
+        succeeded(
+            Method::CREATE_PERMISSION,
+            &self.try_create_permission(&[peer])?,
+        )
     }
 
     /// ChannelBind `number` to `peer` (RFC 8656 §12.1); also installs or refreshes the
     /// permission for the peer's IP. Binding the same pair again refreshes both.
     pub fn channel_bind(&mut self, number: u16, peer: SocketAddr) -> Result<()> {
-        let mut value = [0u8; 4];
-        value[..2].copy_from_slice(&number.to_be_bytes());
-        self.authenticated(Method::CHANNEL_BIND, |builder| {
-            builder
-                .attribute(attr::CHANNEL_NUMBER, &value)
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
-        })
-        .map(drop)
+        succeeded(Method::CHANNEL_BIND, &self.try_channel_bind(number, peer)?)
     }
 
     /// Refresh with `lifetime` seconds; 0 deletes the allocation (RFC 8656 §8).
@@ -480,6 +480,18 @@ impl TurnClient {
         method: Method,
         attributes: impl Fn(&mut MessageBuilder<'_>),
     ) -> Result<Response> {
+        let response = self.request(method, attributes)?;
+        succeeded(method, &response).map(|()| response)
+    }
+
+    /// Sends a request signed with the session and returns its final response, success or
+    /// error (a success must pass MESSAGE-INTEGRITY); takes a fresh nonce on 438, and turns
+    /// an authenticated 300 into a [`TryAlternate`] error.
+    pub fn request(
+        &mut self,
+        method: Method,
+        attributes: impl Fn(&mut MessageBuilder<'_>),
+    ) -> Result<Response> {
         for _ in 0..STALE_NONCE_RETRIES {
             let request = message(
                 method,
@@ -514,11 +526,39 @@ impl TurnClient {
                         .context("300 Try Alternate without ALTERNATE-SERVER")?;
                     return Err(TryAlternate { alternate }.into());
                 }
-                Some(code) => bail!("{method:?} failed: {code} {}", response.reason),
-                None => bail!("{method:?} failed without ERROR-CODE"),
+                _ => return Ok(response),
             }
         }
         bail!("{method:?} kept failing with 438 Stale Nonce")
+    }
+
+    /// CreatePermission for several peers at once; the response, success or error.
+    pub fn try_create_permission(&mut self, peers: &[SocketAddr]) -> Result<Response> {
+        self.request(Method::CREATE_PERMISSION, |builder| {
+            for peer in peers {
+                builder.xor_address(attr::XOR_PEER_ADDRESS, *peer);
+            }
+        })
+    }
+
+    /// ChannelBind `number` to `peer`; the response, success or error.
+    pub fn try_channel_bind(&mut self, number: u16, peer: SocketAddr) -> Result<Response> {
+        let mut value = [0u8; 4];
+        value[..2].copy_from_slice(&number.to_be_bytes());
+        self.request(Method::CHANNEL_BIND, |builder| {
+            builder
+                .attribute(attr::CHANNEL_NUMBER, &value)
+                .xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+    }
+}
+
+/// Ok when `response` (to `method`) is a success, else the error it carries.
+fn succeeded(method: Method, response: &Response) -> Result<()> {
+    match response.error_code {
+        _ if response.success => Ok(()),
+        Some(code) => bail!("{method:?} failed: {code} {}", response.reason),
+        None => bail!("{method:?} failed without ERROR-CODE"),
     }
 }
 

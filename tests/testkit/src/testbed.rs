@@ -12,7 +12,10 @@
 //! [`UNROUTABLE_PEER_V4`] no route. The program may redirect out of the two sides, as if
 //! the daemon had attached it there; [`UNATTACHED_PEER_V4`] sits behind a third
 //! interface ([`UNATTACHED_INTERFACE`]) it may not redirect to. [`RELAY_PUBLIC_V4`] /
-//! [`RELAY_PUBLIC_V6`] are neighbours on the peer side's link.
+//! [`RELAY_PUBLIC_V6`] are neighbours on the peer side's link. The IPv4-mapped IPv6 form
+//! of the peer (`::ffff:198.19.1.2`) is routed and resolved on the peer side like any
+//! IPv6 peer, so a fixture can show which family the program writes for an entry stored
+//! in that form.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -154,22 +157,32 @@ impl Testbed {
 
     /// Runs `turn_xdp` once on `frame` as received on `ingress`.
     pub fn run(&self, frame: &[u8], ingress: Ingress) -> Result<RunResult> {
+        let mut results = self.run_all(&[(frame, ingress)])?;
+        results.pop().context("no result")
+    }
+
+    /// Runs `turn_xdp` once on each frame, in order, entering the namespace once.
+    pub fn run_all(&self, frames: &[(&[u8], Ingress)]) -> Result<Vec<RunResult>> {
         let program = self.program.program()?;
-        let ifindex = self.ifindex(ingress);
         self.namespace.run_inside(|| {
-            let mut out = vec![0u8; frame.len() + 256];
-            let options = TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&context(frame.len(), ifindex)),
-                ..TestRunOptions::default()
-            };
-            let result = program.test_run(options).context("BPF_PROG_TEST_RUN")?;
-            out.truncate(result.data_size_out as usize);
-            Ok(RunResult {
-                action: result.return_value,
-                frame: out,
-            })
+            frames
+                .iter()
+                .map(|(frame, ingress)| {
+                    let mut out = vec![0u8; frame.len() + 256];
+                    let options = TestRunOptions {
+                        data_in: Some(frame),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&context(frame.len(), self.ifindex(*ingress))),
+                        ..TestRunOptions::default()
+                    };
+                    let result = program.test_run(options).context("BPF_PROG_TEST_RUN")?;
+                    out.truncate(result.data_size_out as usize);
+                    Ok(RunResult {
+                        action: result.return_value,
+                        frame: out,
+                    })
+                })
+                .collect()
         })
     }
 
@@ -339,6 +352,11 @@ fn configure(namespace: &Netns) -> Result<()> {
             UNATTACHED_PEER_MAC,
             UNATTACHED_INTERFACE,
         ),
+        (
+            IpAddr::V6(PEER_V4.to_ipv6_mapped()),
+            PEER_MAC,
+            PEER_SIDE_INTERFACE,
+        ),
     ] {
         namespace.ip(&[
             "neigh",
@@ -352,6 +370,14 @@ fn configure(namespace: &Netns) -> Result<()> {
             "permanent",
         ])?;
     }
+    namespace.ip(&[
+        "-6",
+        "route",
+        "add",
+        "::ffff:0.0.0.0/96",
+        "dev",
+        PEER_SIDE_INTERFACE,
+    ])?;
     namespace.set_forwarding(true)
 }
 

@@ -12,7 +12,9 @@ use aya::{Ebpf, EbpfLoader};
 use anyhow::{anyhow, Context, Result};
 use turn_relay::bpf::testing::{object, DROP_PROGRAM, PASS_PROGRAM};
 
+use crate::addresses::OUTER_INTERFACE;
 use crate::netns::Namespace;
+use crate::topology::Topology;
 
 /// Which trivial program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,4 +59,14 @@ impl StubXdp {
         );
         Ok(StubXdp { _ebpf: ebpf })
     }
+}
+
+/// The pass-only program on the client's and the peer's `eth0`, so they accept what the
+/// relay's XDP program redirects or transmits to them (detached when dropped).
+pub fn pass_on_outer_ends(topology: &Topology) -> Result<[StubXdp; 2]> {
+    Ok([
+        StubXdp::attach(&topology.client, OUTER_INTERFACE, StubAction::Pass)
+            .context("client eth0")?,
+        StubXdp::attach(&topology.peer, OUTER_INTERFACE, StubAction::Pass).context("peer eth0")?,
+    ])
 }

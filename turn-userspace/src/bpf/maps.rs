@@ -20,7 +20,6 @@ use turn_common::maps::{
 
 use super::XdpCounters;
 use crate::protocol::datapath::DatapathError;
-use crate::protocol::turn::ServerLimits;
 
 // Map names, as declared in turn-ebpf/src/main.rs.
 const COUNTERS: &str = "COUNTERS";
@@ -56,13 +55,12 @@ impl MapSizes {
     /// ([`crate::protocol::turn::ServerLimits`]), up to the bounds above.
     pub(crate) fn new(
         max_allocations: u32,
-        permissions_per_allocation: usize,
-        channels_per_allocation: usize,
+        permissions_per_allocation: u32,
+        channels_per_allocation: u32,
     ) -> MapSizes {
         let allocations = max_allocations.clamp(1, MAX_FAST_PATH_ALLOCATIONS);
-        let per_map = |per_allocation: usize| {
-            u32::try_from(per_allocation)
-                .unwrap_or(u32::MAX)
+        let per_map = |per_allocation: u32| {
+            per_allocation
                 .max(1)
                 .saturating_mul(allocations)
                 .min(MAX_FAST_PATH_ENTRIES)
@@ -75,12 +73,14 @@ impl MapSizes {
     }
 
     /// Sized for the default per-allocation caps of the core.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn for_allocations(max_allocations: u32) -> MapSizes {
-        let limits = ServerLimits::default();
+        let limits = crate::protocol::turn::ServerLimits::default();
+        let cap = |per_allocation: usize| u32::try_from(per_allocation).unwrap_or(u32::MAX);
         MapSizes::new(
             max_allocations,
-            limits.max_permissions_per_allocation,
-            limits.max_channels_per_allocation,
+            cap(limits.max_permissions_per_allocation),
+            cap(limits.max_channels_per_allocation),
         )
     }
 }
@@ -531,12 +531,12 @@ mod tests {
             MapSizes::for_allocations(100),
             MapSizes::new(
                 100,
-                crate::protocol::turn::DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION,
-                crate::protocol::turn::DEFAULT_MAX_CHANNELS_PER_ALLOCATION
+                crate::protocol::turn::DEFAULT_MAX_PERMISSIONS_PER_ALLOCATION as u32,
+                crate::protocol::turn::DEFAULT_MAX_CHANNELS_PER_ALLOCATION as u32
             )
         );
         // Bounded: the kernel memory of a map stays bounded whatever the configuration.
-        let huge = MapSizes::new(u32::MAX, usize::MAX, 0);
+        let huge = MapSizes::new(u32::MAX, u32::MAX, 0);
         assert_eq!(huge.allocations, MAX_FAST_PATH_ALLOCATIONS);
         assert_eq!(huge.permissions, MAX_FAST_PATH_ENTRIES);
         assert_eq!(huge.channels, MAX_FAST_PATH_ALLOCATIONS);

@@ -94,8 +94,12 @@ pub struct XdpSettings {
     pub mode: XdpMode,
     /// Interfaces to attach to (by name).
     pub interfaces: Vec<String>,
-    /// Sizes the maps: this many allocations fit in the fast path.
+    /// Sizes the maps: this many allocations fit in the fast path, each with this many
+    /// permissions and channels (the core's per-allocation caps, so no map fills up
+    /// before the core answers 508).
     pub max_allocations: u32,
+    pub max_permissions_per_allocation: u32,
+    pub max_channels_per_allocation: u32,
 }
 
 /// One interface the program is attached to.
@@ -114,9 +118,8 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// Loads (verifies) the program with maps sized for `max_allocations`.
-    pub(crate) fn new(max_allocations: u32) -> anyhow::Result<Loaded> {
-        let sizes = MapSizes::for_allocations(max_allocations);
+    /// Loads (verifies) the program with maps of `sizes`.
+    pub(crate) fn new(sizes: MapSizes) -> anyhow::Result<Loaded> {
         let mut loader = EbpfLoader::new();
         maps::size_maps(&mut loader, sizes);
         let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
@@ -193,7 +196,7 @@ impl fmt::Debug for XdpRelay {
 }
 
 impl XdpRelay {
-    /// Loads the program with maps sized for `settings.max_allocations` and attaches it to
+    /// Loads the program with maps sized from `settings` and attaches it to
     /// every interface per `settings.mode` (auto: native, then skb; Err if both fail).
     ///
     /// Also checks the forwarding sysctls of those interfaces (of the calling thread's
@@ -207,7 +210,11 @@ impl XdpRelay {
         if settings.interfaces.is_empty() {
             bail!("no interfaces to attach XDP to (xdp.interfaces is empty)");
         }
-        let mut loaded = Loaded::new(settings.max_allocations)?;
+        let mut loaded = Loaded::new(MapSizes::new(
+            settings.max_allocations,
+            settings.max_permissions_per_allocation,
+            settings.max_channels_per_allocation,
+        ))?;
         let program = xdp_program(&mut loaded.ebpf)?;
         let mut attachments = Vec::with_capacity(settings.interfaces.len());
         for interface in &settings.interfaces {

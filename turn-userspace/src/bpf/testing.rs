@@ -6,6 +6,7 @@
 use anyhow::{anyhow, Context as _};
 use aya::programs::Xdp;
 
+use super::maps::MapSizes;
 use super::{BpfDatapath, Loaded, RoutingWatch, XdpCounters, XDP_OBJECT};
 
 /// The name of the pass-only program in [`object`]: the timing baseline, and what a veth
@@ -26,8 +27,9 @@ pub struct DetachedProgram {
 }
 
 impl DetachedProgram {
+    /// Maps for `max_allocations` at the core's default per-allocation caps.
     pub fn load(max_allocations: u32) -> anyhow::Result<DetachedProgram> {
-        let mut loaded = Loaded::new(max_allocations)?;
+        let mut loaded = Loaded::new(MapSizes::for_allocations(max_allocations))?;
         let baseline: &mut Xdp = loaded
             .ebpf
             .program_mut(PASS_PROGRAM)

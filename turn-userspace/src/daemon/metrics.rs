@@ -10,6 +10,7 @@ use std::sync::PoisonError;
 use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::bpf::{Counter, Outcome, XdpRelay};
+use crate::protocol::datapath::FastPathStats;
 use crate::protocol::turn::{PacketCount, ServerStats};
 
 use super::Hub;
@@ -41,6 +42,8 @@ impl IoCounters {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MetricsSnapshot {
     pub(crate) stats: ServerStats,
+    /// What applying the core's commands to the fast path did.
+    pub(crate) fast_path: FastPathStats,
     pub(crate) relay_sockets: usize,
     pub(crate) io: IoCounters,
     /// The XDP program's counter of every outcome, while it is attached.
@@ -58,8 +61,10 @@ impl MetricsSnapshot {
             let shared = hub.lock();
             (shared.server.stats(), shared.relays.len())
         };
+        let fast_path = hub.lock_fast_path().stats();
         MetricsSnapshot {
             stats,
+            fast_path,
             relay_sockets,
             io,
             xdp: xdp.and_then(|relay| match relay.counters() {
@@ -84,6 +89,8 @@ pub(crate) struct Metrics {
     userspace_packets: IntCounterVec,
     userspace_bytes: IntCounterVec,
     userspace_dropped: IntCounter,
+    unauthenticated_answers_dropped: IntCounter,
+    userspace_only_allocations: IntCounter,
     received: IntCounter,
     truncated: IntCounter,
     send_dropped: IntCounter,
@@ -135,6 +142,14 @@ impl Metrics {
             userspace_dropped: counter(
                 "turn_userspace_dropped_packets_total",
                 "Relay data dropped by userspace (no allocation, permission or channel; malformed).",
+            )?,
+            unauthenticated_answers_dropped: counter(
+                "turn_unauthenticated_answers_dropped_total",
+                "Answers to unauthenticated requests (401, 400, ...) not sent: their source was over limits.unauthenticated_answers_per_second.",
+            )?,
+            userspace_only_allocations: counter(
+                "turn_fast_path_userspace_only_allocations_total",
+                "Allocations handed to the userspace relay because the fast path refused one of their entries (e.g. a full map).",
             )?,
             received: counter(
                 "turn_received_datagrams_total",
@@ -202,6 +217,14 @@ impl Metrics {
             );
         }
         set_total(&self.userspace_dropped, stats.dropped_packets);
+        set_total(
+            &self.unauthenticated_answers_dropped,
+            stats.unauthenticated_answers_dropped,
+        );
+        set_total(
+            &self.userspace_only_allocations,
+            snapshot.fast_path.userspace_only_allocations,
+        );
         set_total(&self.received, snapshot.io.received);
         set_total(&self.truncated, snapshot.io.truncated);
         set_total(&self.send_dropped, snapshot.io.send_dropped);
@@ -260,7 +283,11 @@ mod tests {
                     packets: 7,
                     bytes: 70,
                 },
+                unauthenticated_answers_dropped: 11,
                 ..ServerStats::default()
+            },
+            fast_path: FastPathStats {
+                userspace_only_allocations: 3,
             },
             relay_sockets: 2,
             io: IoCounters {
@@ -291,6 +318,8 @@ mod tests {
             "turn_truncated_datagrams_total 0",
             "turn_send_dropped_datagrams_total 0",
             "turn_relay_bind_failures_total 0",
+            "turn_unauthenticated_answers_dropped_total 11",
+            "turn_fast_path_userspace_only_allocations_total 3",
             "turn_xdp_attached 0",
             "# TYPE turn_userspace_relayed_packets_total counter",
             "# TYPE turn_allocations gauge",

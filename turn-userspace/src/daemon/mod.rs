@@ -164,7 +164,8 @@ pub async fn run(
         config.authenticator(),
         config.peer_policy(),
         StdRng::from_entropy(),
-    );
+    )
+    .with_limits(config.server_limits());
     let hub = Arc::new(Hub {
         shared: Mutex::new(Shared {
             server,

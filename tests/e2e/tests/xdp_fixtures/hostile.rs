@@ -129,4 +129,9 @@ pub const ROWS: &[Row] = &[
         Mangle::EthernetHeaderOnly,
     ),
     mangled("ipv6_zero_udp_checksum_v6", On::V6, Mangle::ZeroUdpChecksum),
+    mangled(
+        "wrong_ipv4_header_checksum_v4",
+        On::V4,
+        Mangle::WrongIpv4HeaderChecksum,
+    ),
 ];

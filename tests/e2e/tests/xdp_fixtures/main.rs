@@ -11,13 +11,16 @@
 
 mod channel_data_to_client;
 mod channel_data_to_peer;
+mod core_commands;
 mod data_indication_to_client;
+mod differential;
 mod drops;
 mod hostile;
 mod passes;
 mod rows;
 mod runner;
 mod send_to_peer;
+mod unchecked_addresses;
 mod world;
 
 use std::collections::BTreeSet;
@@ -34,7 +37,7 @@ use rows::{IpVariant, Origin, Peer, CHANNEL_PEER};
 use world::{V4, V6};
 
 /// Every table.
-const TABLES: [&[rows::Row]; 7] = [
+const TABLES: [&[rows::Row]; 8] = [
     channel_data_to_peer::ROWS,
     send_to_peer::ROWS,
     channel_data_to_client::ROWS,
@@ -42,6 +45,7 @@ const TABLES: [&[rows::Row]; 7] = [
     drops::ROWS,
     passes::ROWS,
     hostile::ROWS,
+    unchecked_addresses::ROWS,
 ];
 /// How many fixtures the tables held when they were converted from code to data; the
 /// tables may grow, never shrink.

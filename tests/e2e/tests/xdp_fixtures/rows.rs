@@ -29,6 +29,8 @@ pub const CHANNEL_HIGHEST: u16 = 0x7FFF;
 pub const NOT_A_CHANNEL: u16 = 0x8000;
 /// The channel bound on each cross-family allocation.
 pub const CHANNEL_CROSS: u16 = 0x4010;
+/// The channel bound on the IPv6 allocation to [`Peer::Ipv4Mapped`].
+pub const CHANNEL_MAPPED: u16 = 0x4011;
 
 /// Which allocations a row runs on; the runner appends the suffix to the row's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,11 @@ pub enum Peer {
     /// The relay's own public address on a port outside the relay port range (its
     /// listener).
     RelayPublicOffRelayPorts,
+    /// The IPv4 peer written as an IPv4-mapped IPv6 address (`::ffff:198.19.1.2`), with a
+    /// permission and channel [`CHANNEL_MAPPED`] on the IPv6 allocation only. The core
+    /// never installs such entries (it answers 443); they stand for state no policy
+    /// check saw, and the program must treat them as the IPv6 addresses they are.
+    Ipv4Mapped,
 }
 
 /// Where the input frame comes from.
@@ -173,6 +180,9 @@ pub enum Mangle {
     Ipv6HopByHop,
     /// The UDP checksum zeroed (forbidden over IPv6, RFC 8200 §8.1).
     ZeroUdpChecksum,
+    /// The IPv4 header checksum off by one (the stack drops the frame; relaying it with
+    /// the fresh checksum of the relayed header would repair it).
+    WrongIpv4HeaderChecksum,
 }
 
 /// The frame the program must leave behind.

@@ -281,6 +281,7 @@ fn mangle(mut frame: Vec<u8>, mangle: Mangle) -> Vec<u8> {
         }
         Mangle::Ipv6HopByHop => frame[20] = 0,
         Mangle::ZeroUdpChecksum => frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]),
+        Mangle::WrongIpv4HeaderChecksum => frame[25] ^= 1,
     }
     frame
 }

@@ -14,8 +14,8 @@ use turn_testkit::addresses::{
 use turn_testkit::fast_path::FastPath;
 
 use crate::rows::{
-    Peer, CHANNEL_CROSS, CHANNEL_EXPIRED, CHANNEL_HIGHEST, CHANNEL_NEAR_PEER, CHANNEL_PEER,
-    CHANNEL_UNATTACHED, CHANNEL_UNRESOLVED, CHANNEL_UNROUTABLE,
+    Peer, CHANNEL_CROSS, CHANNEL_EXPIRED, CHANNEL_HIGHEST, CHANNEL_MAPPED, CHANNEL_NEAR_PEER,
+    CHANNEL_PEER, CHANNEL_UNATTACHED, CHANNEL_UNRESOLVED, CHANNEL_UNROUTABLE,
 };
 
 pub const LISTENER_PORT: u16 = 3478;
@@ -112,6 +112,13 @@ impl Allocation {
             Peer::HighestChannel => SocketAddr::new(self.peer_ip, PEER_PORT + 2),
             Peer::Near => SocketAddr::new(pick(NEAR_PEER_V4, NEAR_PEER_V6), PEER_PORT),
             Peer::Stranger => SocketAddr::new(pick(STRANGER_V4, STRANGER_V6), PEER_PORT),
+            Peer::Ipv4Mapped => {
+                assert!(
+                    !v4,
+                    "the IPv4-mapped peer exists on the IPv6 allocation only"
+                );
+                SocketAddr::new(PEER_V4.to_ipv6_mapped().into(), PEER_PORT)
+            }
             Peer::Expired => {
                 assert!(
                     v4,
@@ -130,46 +137,90 @@ impl Allocation {
     }
 }
 
-/// Installs every allocation with its permissions and channels: live ones for 10
-/// minutes, a permission for the relay's own public address on relay ports only, and on
+/// One entry of the world, in installation order.
+#[derive(Clone, Copy, Debug)]
+pub enum Entry {
+    Allocation {
+        flow: ClientFlow,
+        relay: SocketAddr,
+        expires_at: Instant,
+    },
+    /// A permission for `peer_ip` on its ports `ports`.
+    Permission {
+        flow: ClientFlow,
+        relay: SocketAddr,
+        peer_ip: IpAddr,
+        ports: PeerPortRange,
+        expires_at: Instant,
+    },
+    Channel {
+        flow: ClientFlow,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        number: u16,
+        expires_at: Instant,
+    },
+}
+
+/// Every allocation with its permissions and channels: live ones for 10 minutes from
+/// `now`, a permission for the relay's own public address on relay ports only, and on
 /// the IPv4 allocation also an expired one, peers without a neighbour entry or a route
 /// and one behind an interface the program is not attached to.
-pub fn install(fast_path: &mut FastPath) {
-    let live = Instant::now() + Duration::from_secs(600);
-    let expired = Instant::now() - Duration::from_secs(1);
+pub fn entries(now: Instant) -> Vec<Entry> {
+    let live = now + Duration::from_secs(600);
+    let expired = now - Duration::from_secs(1);
+    let mut entries = Vec::new();
     for cross in [V4_CLIENT_V6_RELAY, V6_CLIENT_V4_RELAY] {
-        fast_path
-            .allocation_with_channel(
-                cross.flow(),
-                cross.relay,
-                cross.peer(Peer::Bound),
-                CHANNEL_CROSS,
-                live,
-            )
-            .expect("cross-family allocation");
+        let (flow, relay, peer) = (cross.flow(), cross.relay, cross.peer(Peer::Bound));
+        entries.extend([
+            Entry::Allocation {
+                flow,
+                relay,
+                expires_at: live,
+            },
+            Entry::Permission {
+                flow,
+                relay,
+                peer_ip: peer.ip(),
+                ports: PeerPortRange::ALL,
+                expires_at: live,
+            },
+            Entry::Channel {
+                flow,
+                relay,
+                peer,
+                number: CHANNEL_CROSS,
+                expires_at: live,
+            },
+        ]);
     }
     for allocation in [V4, V6] {
         let (flow, relay) = (allocation.flow(), allocation.relay);
-        fast_path.allocation(flow, relay, live).expect("allocation");
-        fast_path
-            .permission_on_ports(
+        entries.extend([
+            Entry::Allocation {
                 flow,
                 relay,
-                allocation.peer(Peer::RelayPublicOnRelayPort).ip(),
-                RELAY_PORTS,
-                live,
-            )
-            .expect("permission on relay ports");
-        fast_path
-            .channel(
+                expires_at: live,
+            },
+            Entry::Permission {
                 flow,
                 relay,
-                allocation.peer(Peer::HighestChannel),
-                CHANNEL_HIGHEST,
-                live,
-            )
-            .expect("channel 0x7FFF");
+                peer_ip: allocation.peer(Peer::RelayPublicOnRelayPort).ip(),
+                ports: RELAY_PORTS,
+                expires_at: live,
+            },
+            Entry::Channel {
+                flow,
+                relay,
+                peer: allocation.peer(Peer::HighestChannel),
+                number: CHANNEL_HIGHEST,
+                expires_at: live,
+            },
+        ]);
         let mut peers = vec![(allocation.peer_ip, live, CHANNEL_PEER)];
+        if allocation.peer_ip.is_ipv6() {
+            peers.push((allocation.peer(Peer::Ipv4Mapped).ip(), live, CHANNEL_MAPPED));
+        }
         if allocation.peer_ip.is_ipv4() {
             peers.extend([
                 (IpAddr::V4(NEAR_PEER_V4), live, CHANNEL_NEAR_PEER),
@@ -180,18 +231,56 @@ pub fn install(fast_path: &mut FastPath) {
             ]);
         }
         for (peer_ip, expires_at, number) in peers {
-            fast_path
-                .permission(flow, relay, peer_ip, expires_at)
-                .expect("permission");
-            fast_path
-                .channel(
+            entries.extend([
+                Entry::Permission {
                     flow,
                     relay,
-                    SocketAddr::new(peer_ip, PEER_PORT),
+                    peer_ip,
+                    ports: PeerPortRange::ALL,
+                    expires_at,
+                },
+                Entry::Channel {
+                    flow,
+                    relay,
+                    peer: SocketAddr::new(peer_ip, PEER_PORT),
                     number,
                     expires_at,
-                )
-                .expect("channel");
+                },
+            ]);
         }
+    }
+    entries
+}
+
+/// Installs the world of [`entries`] as of now.
+pub fn install(fast_path: &mut FastPath) {
+    install_entries(fast_path, &entries(Instant::now()));
+}
+
+/// Installs `entries` in order.
+pub fn install_entries(fast_path: &mut FastPath, entries: &[Entry]) {
+    for entry in entries {
+        let installed = match *entry {
+            Entry::Allocation {
+                flow,
+                relay,
+                expires_at,
+            } => fast_path.allocation(flow, relay, expires_at),
+            Entry::Permission {
+                flow,
+                relay,
+                peer_ip,
+                ports,
+                expires_at,
+            } => fast_path.permission_on_ports(flow, relay, peer_ip, ports, expires_at),
+            Entry::Channel {
+                flow,
+                relay,
+                peer,
+                number,
+                expires_at,
+            } => fast_path.channel(flow, relay, peer, number, expires_at),
+        };
+        installed.unwrap_or_else(|error| panic!("installing {entry:?}: {error}"));
     }
 }

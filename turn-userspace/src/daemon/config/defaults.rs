@@ -1,7 +1,8 @@
 //! What applies when a key is absent: the one set of defaults.
 //!
 //! The TURN core's knobs (realm, port range, lifetimes, allocation limits) default to
-//! [`ServerConfig::default`], so the core and the daemon cannot disagree. The knobs only
+//! [`ServerConfig::default`] and the `[limits]` to [`ServerLimits::default`], so the core
+//! and the daemon cannot disagree. The knobs only
 //! the daemon has are listed here. `config/turn-relay.toml` documents each of them and a
 //! test compares that file with these values.
 
@@ -9,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::bpf::XdpMode;
-use crate::protocol::turn::ServerConfig;
+use crate::protocol::turn::{ServerConfig, ServerLimits};
 
 use super::LogFormat;
 
@@ -19,6 +20,11 @@ pub const DEFAULT_TURN_PORT: u16 = 3478;
 /// The defaults of the TURN core's knobs.
 pub(super) fn core() -> ServerConfig {
     ServerConfig::default()
+}
+
+/// The defaults of the `[limits]` section.
+pub(super) fn limits() -> ServerLimits {
+    ServerLimits::default()
 }
 
 /// Relay worker threads: 0 = one per CPU.

@@ -37,14 +37,14 @@ use rand::RngCore as _;
 use crate::bpf::{XdpMode, XdpSettings};
 use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
 use crate::protocol::policy::PeerPolicy;
-use crate::protocol::turn::{RelayAddress, ServerConfig};
+use crate::protocol::turn::{RelayAddress, ServerConfig, ServerLimits};
 
 pub use defaults::DEFAULT_TURN_PORT;
 pub use error::ConfigError;
 pub use keys::ENV_PREFIX;
 pub use reload::Reloaded;
 pub use sources::{CommandLineValue, Origin, Origins, Sources};
-pub use validate::{MAX_ALLOCATIONS, MAX_LIFETIME_SECS, MAX_THREADS};
+pub use validate::{MAX_ALLOCATIONS, MAX_ENTRIES_PER_ALLOCATION, MAX_LIFETIME_SECS, MAX_THREADS};
 
 /// The configuration used without `--config`: a loopback relay that may relay to loopback
 /// peers (denied to peers by default), which is what a trial on one host needs.
@@ -138,6 +138,8 @@ pub struct Config {
     pub advertise_password_algorithms: bool,
     pub peers_allow: Vec<IpNet>,
     pub peers_deny: Vec<IpNet>,
+    /// The `[limits]` section.
+    pub limits: ServerLimits,
     pub xdp_mode: XdpMode,
     /// Empty: the interfaces that carry the listen and relay addresses.
     pub xdp_interfaces: Vec<String>,
@@ -312,6 +314,11 @@ impl Config {
         }
     }
 
+    /// The core's bounds on what one allocation, request or source may cost.
+    pub fn server_limits(&self) -> ServerLimits {
+        self.limits.clone()
+    }
+
     /// The credential store and nonce issuer.
     pub fn authenticator(&self) -> Authenticator {
         Authenticator::new(self.auth_config())
@@ -329,14 +336,25 @@ impl Config {
         }
     }
 
-    /// The peer address policy; the relay's own addresses are allowed (hairpinning).
+    /// The peer address policy. The relay's own addresses are allowed on relay ports
+    /// (hairpinning between allocations); the addresses of its other services (TURN
+    /// listeners, the metrics endpoint) that are not relay addresses are denied, whatever
+    /// `peers.allow` says: no client reaches them through the relay.
     pub fn peer_policy(&self) -> PeerPolicy {
-        let own = [self.relay_v4, self.relay_v6]
-            .into_iter()
-            .flatten()
-            .flat_map(|relay| [relay.bind, relay.advertised])
-            .collect();
-        PeerPolicy::new(self.peers_allow.clone(), self.peers_deny.clone(), own)
+        let own = relay_ips(self.relay_v4, self.relay_v6);
+        let services = self
+            .listen
+            .iter()
+            .chain(&self.metrics_listen)
+            .map(SocketAddr::ip)
+            .filter(|ip| !ip.is_unspecified() && !own.contains(ip));
+        let mut deny = self.peers_deny.clone();
+        for service in services {
+            if !deny.iter().any(|net| net.contains(&service)) {
+                deny.push(IpNet::from(service));
+            }
+        }
+        PeerPolicy::new(self.peers_allow.clone(), deny, own)
     }
 
     /// What to ask of the XDP loader; `interfaces` are the resolved interface names.
@@ -344,8 +362,14 @@ impl Config {
         XdpSettings {
             mode: self.xdp_mode,
             interfaces,
-            // Bounded by MAX_ALLOCATIONS at validation.
+            // Bounded by MAX_ALLOCATIONS and MAX_ENTRIES_PER_ALLOCATION at validation.
             max_allocations: u32::try_from(self.max_allocations).unwrap_or(u32::MAX),
+            max_permissions_per_allocation: u32::try_from(
+                self.limits.max_permissions_per_allocation,
+            )
+            .unwrap_or(u32::MAX),
+            max_channels_per_allocation: u32::try_from(self.limits.max_channels_per_allocation)
+                .unwrap_or(u32::MAX),
         }
     }
 
@@ -375,6 +399,18 @@ impl Config {
             modes.join(", ")
         }
     }
+}
+
+/// The relay's own addresses: bind and advertised address of each family.
+fn relay_ips(
+    relay_v4: Option<RelayAddressConfig>,
+    relay_v6: Option<RelayAddressConfig>,
+) -> Vec<IpAddr> {
+    [relay_v4, relay_v6]
+        .into_iter()
+        .flatten()
+        .flat_map(|relay| [relay.bind, relay.advertised])
+        .collect()
 }
 
 /// A nonce secret for a relay whose file sets none: valid for this run only.

@@ -13,7 +13,8 @@ use crate::protocol::auth::StaticSecret;
 
 use super::keys::KEYS;
 use super::schema::{
-    RawAdmin, RawAuth, RawConfig, RawLog, RawMetrics, RawPeers, RawServer, RawUser, RawXdp,
+    RawAdmin, RawAuth, RawConfig, RawLimits, RawLog, RawMetrics, RawPeers, RawServer, RawUser,
+    RawXdp,
 };
 use super::Config;
 
@@ -159,6 +160,25 @@ impl Config {
             peers: RawPeers {
                 allow: texts(&self.peers_allow),
                 deny: texts(&self.peers_deny),
+            },
+            limits: RawLimits {
+                max_permissions_per_allocation: Some(number(
+                    self.limits.max_permissions_per_allocation,
+                )),
+                max_channels_per_allocation: Some(number(self.limits.max_channels_per_allocation)),
+                max_peers_per_request: Some(number(self.limits.max_peers_per_request)),
+                credential_expiry_grace: Some(spanless(
+                    self.limits.credential_expiry_grace.as_secs(),
+                )),
+                unauthenticated_answers_per_second: Some(spanless(u64::from(
+                    self.limits.unauthenticated_answers_per_second,
+                ))),
+                unauthenticated_answers_burst: Some(spanless(u64::from(
+                    self.limits.unauthenticated_answers_burst,
+                ))),
+                max_cached_responses_per_user: Some(number(
+                    self.limits.max_cached_responses_per_user,
+                )),
             },
             xdp: RawXdp {
                 mode: Some(text(self.xdp_mode)),

@@ -16,6 +16,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) peers: RawPeers,
     #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
     pub(super) xdp: RawXdp,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
@@ -38,6 +40,7 @@ impl RawConfig {
         self.server.overlay(layer.server);
         self.auth.overlay(layer.auth);
         self.peers.overlay(layer.peers);
+        self.limits.overlay(layer.limits);
         self.xdp.overlay(layer.xdp);
         self.metrics.overlay(layer.metrics);
         self.admin.overlay(layer.admin);
@@ -87,6 +90,15 @@ overlay!(RawAuth {
     advertise_password_algorithms,
 });
 overlay!(RawPeers { allow, deny });
+overlay!(RawLimits {
+    max_permissions_per_allocation,
+    max_channels_per_allocation,
+    max_peers_per_request,
+    credential_expiry_grace,
+    unauthenticated_answers_per_second,
+    unauthenticated_answers_burst,
+    max_cached_responses_per_user,
+});
 overlay!(RawXdp { mode, interfaces });
 overlay!(RawMetrics { listen });
 overlay!(RawAdmin { token, token_file });
@@ -139,6 +151,19 @@ pub(super) struct RawUser {
 pub(super) struct RawPeers {
     pub(super) allow: Option<Vec<Spanned<String>>>,
     pub(super) deny: Option<Vec<Spanned<String>>>,
+}
+
+/// `[limits]`: what one allocation, request or source may cost the relay.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_permissions_per_allocation: Option<Spanned<u64>>,
+    pub(super) max_channels_per_allocation: Option<Spanned<u64>>,
+    pub(super) max_peers_per_request: Option<Spanned<u64>>,
+    pub(super) credential_expiry_grace: Option<Spanned<u64>>,
+    pub(super) unauthenticated_answers_per_second: Option<Spanned<u64>>,
+    pub(super) unauthenticated_answers_burst: Option<Spanned<u64>>,
+    pub(super) max_cached_responses_per_user: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -40,6 +40,15 @@ advertise_password_algorithms = false
 allow = ["10.0.0.0/8"]
 deny = ["198.18.5.0/24", "192.0.2.1"]
 
+[limits]
+max_permissions_per_allocation = 20
+max_channels_per_allocation = 30
+max_peers_per_request = 8
+credential_expiry_grace = 0
+unauthenticated_answers_per_second = 0
+unauthenticated_answers_burst = 7
+max_cached_responses_per_user = 100
+
 [xdp]
 mode = "skb"
 interfaces = ["eth0"]
@@ -184,6 +193,13 @@ fn reference_config_shows_the_real_defaults() {
         "auth.nonce_lifetime",
         "metrics.listen",
         "log.format",
+        "limits.max_permissions_per_allocation",
+        "limits.max_channels_per_allocation",
+        "limits.max_peers_per_request",
+        "limits.credential_expiry_grace",
+        "limits.unauthenticated_answers_per_second",
+        "limits.unauthenticated_answers_burst",
+        "limits.max_cached_responses_per_user",
     ] {
         assert!(
             compared.iter().any(|name| name == key),
@@ -212,6 +228,19 @@ fn core_knobs_default_to_the_core_defaults() {
     // The values the README and the reference file document.
     assert_eq!(core.realm, "turn-relay.local");
     assert_eq!(core.max_allocations, 16_384);
+    // One set of defaults for the [limits] too.
+    assert_eq!(config.server_limits(), ServerLimits::default());
+    let xdp = config.xdp_settings(Vec::new());
+    assert_eq!(
+        (
+            xdp.max_permissions_per_allocation as usize,
+            xdp.max_channels_per_allocation as usize
+        ),
+        (
+            ServerLimits::default().max_permissions_per_allocation,
+            ServerLimits::default().max_channels_per_allocation
+        )
+    );
 }
 
 #[test]
@@ -286,6 +315,27 @@ fn full_config_round_trips_every_key() {
     assert!(config.drain_exit);
     assert_eq!(config.drain_timeout, Duration::from_secs(120));
     assert_eq!(config.admin_token.as_deref(), Some("admin-secret"));
+    assert_eq!(
+        config.server_limits(),
+        ServerLimits {
+            max_permissions_per_allocation: 20,
+            max_channels_per_allocation: 30,
+            max_peers_per_request: 8,
+            credential_expiry_grace: Duration::ZERO,
+            unauthenticated_answers_per_second: 0,
+            unauthenticated_answers_burst: 7,
+            max_cached_responses_per_user: 100,
+        }
+    );
+    let xdp = config.xdp_settings(vec!["eth0".into()]);
+    assert_eq!(
+        (
+            xdp.max_allocations,
+            xdp.max_permissions_per_allocation,
+            xdp.max_channels_per_allocation
+        ),
+        (1000, 20, 30)
+    );
 
     let printed = config.to_toml();
     for secret in [
@@ -306,6 +356,8 @@ fn full_config_round_trips_every_key() {
         "deny = [\n    \"198.18.5.0/24\",\n    \"192.0.2.1/32\",\n]",
         "mode = \"skb\"",
         "format = \"json\"",
+        "max_channels_per_allocation = 30",
+        "credential_expiry_grace = 0",
     ] {
         assert!(printed.contains(shown), "{shown} missing:\n{printed}");
     }
@@ -485,6 +537,42 @@ fn numbers_out_of_bounds_are_errors_naming_the_key() {
             "line 4: auth.nonce_lifetime: number too large",
         ),
         (
+            in_section("limits", "max_permissions_per_allocation = 0"),
+            "line 4: limits.max_permissions_per_allocation: 0 is not between 1 and 256",
+        ),
+        (
+            in_section("limits", "max_channels_per_allocation = 257"),
+            "line 4: limits.max_channels_per_allocation: 257 is not between 1 and 256",
+        ),
+        (
+            in_section("limits", "max_peers_per_request = 1000"),
+            "line 4: limits.max_peers_per_request: 1000 is not between 1 and 256",
+        ),
+        (
+            in_section("limits", "credential_expiry_grace = 3601"),
+            "line 4: limits.credential_expiry_grace: 3601 is not between 0 and 3600 seconds",
+        ),
+        (
+            in_section("limits", "credential_expiry_grace = -1"),
+            "line 4: limits.credential_expiry_grace: invalid value: integer `-1`",
+        ),
+        (
+            in_section("limits", "unauthenticated_answers_per_second = 4294967296"),
+            "line 4: limits.unauthenticated_answers_per_second: 4294967296 is not between 0 and 1000000",
+        ),
+        (
+            in_section("limits", "unauthenticated_answers_burst = 0"),
+            "line 4: limits.unauthenticated_answers_burst: 0 is not between 1 and 100000",
+        ),
+        (
+            in_section("limits", "max_cached_responses_per_user = 65537"),
+            "line 4: limits.max_cached_responses_per_user: 65537 is not between 1 and 65536",
+        ),
+        (
+            in_section("limits", "max_permissions = 5"),
+            "line 4: limits.max_permissions: unknown field `max_permissions`",
+        ),
+        (
             in_section("metrics", "listen = \"127.0.0.1:0\""),
             "line 4: metrics.listen: 127.0.0.1:0 has no port",
         ),
@@ -509,7 +597,12 @@ fn numbers_out_of_bounds_are_errors_naming_the_key() {
         &format!(
             "{base}default_lifetime = 86400\nmax_lifetime = 86400\nmax_allocations = 262144\n\
              max_allocations_per_user = 262144\nthreads = 1024\npermission_lifetime = 86400\n\
-             channel_lifetime = 86400\nport_range = \"1-65535\"\n[auth]\nnonce_lifetime = 86400\n"
+             channel_lifetime = 86400\nport_range = \"1-65535\"\nlisten = [\"198.18.0.2:3478\"]\n\
+             [auth]\nnonce_lifetime = 86400\n[metrics]\nlisten = \"\"\n\
+             [limits]\nmax_permissions_per_allocation = 256\nmax_channels_per_allocation = 256\n\
+             max_peers_per_request = 256\ncredential_expiry_grace = 3600\n\
+             unauthenticated_answers_per_second = 1000000\nunauthenticated_answers_burst = 100000\n\
+             max_cached_responses_per_user = 65536\n"
         ),
         "test.toml",
     )
@@ -518,6 +611,16 @@ fn numbers_out_of_bounds_are_errors_naming_the_key() {
     assert_eq!(config.threads, 1024);
     assert_eq!(config.xdp_settings(Vec::new()).max_allocations, 262_144);
     assert_eq!(config.default_lifetime, Duration::from_secs(86_400));
+    assert_eq!(config.limits.max_cached_responses_per_user, 65_536);
+    assert_eq!(config.limits.unauthenticated_answers_per_second, 1_000_000);
+    assert_eq!(
+        config.limits.credential_expiry_grace,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        config.xdp_settings(Vec::new()).max_channels_per_allocation,
+        256
+    );
 }
 
 #[test]
@@ -671,6 +774,13 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
                 "auth.advertise_password_algorithms" => "false",
                 "peers.allow" => "198.18.0.0/15",
                 "peers.deny" => "198.18.5.0/24",
+                "limits.max_permissions_per_allocation" => "20",
+                "limits.max_channels_per_allocation" => "30",
+                "limits.max_peers_per_request" => "8",
+                "limits.credential_expiry_grace" => "0",
+                "limits.unauthenticated_answers_per_second" => "0",
+                "limits.unauthenticated_answers_burst" => "7",
+                "limits.max_cached_responses_per_user" => "100",
                 "xdp.mode" => "off",
                 "xdp.interfaces" => "eth1,eth2",
                 "metrics.listen" => "127.0.0.1:9700",
@@ -709,6 +819,8 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
     assert!(config.drain_exit);
     assert_eq!(config.alternate_servers.len(), 2);
     assert!(!config.advertise_password_algorithms);
+    assert_eq!(config.limits.max_channels_per_allocation, 30);
+    assert_eq!(config.limits.unauthenticated_answers_burst, 7);
     // Every key says it came from its variable.
     let printed = config.to_toml();
     for (key, _) in &values {
@@ -974,6 +1086,13 @@ fn every_live_key_is_applied_by_a_reload() {
             "auth.nonce_secret" => "\"n\"",
             "auth.advertise_password_algorithms" => "false",
             "peers.allow" | "peers.deny" => "[\"198.18.3.0/24\"]",
+            "limits.max_permissions_per_allocation"
+            | "limits.max_channels_per_allocation"
+            | "limits.max_peers_per_request" => "5",
+            "limits.credential_expiry_grace" => "10",
+            "limits.unauthenticated_answers_per_second"
+            | "limits.unauthenticated_answers_burst" => "3",
+            "limits.max_cached_responses_per_user" => "9",
             "xdp.mode" => "\"off\"",
             "xdp.interfaces" => "[\"eth9\"]",
             "metrics.listen" => "\"127.0.0.1:9999\"",
@@ -1017,4 +1136,75 @@ fn every_live_key_is_applied_by_a_reload() {
             Reload::Restart => assert_eq!(shown.get(&name), original.get(&name), "{name} kept"),
         }
     }
+}
+
+/// Issue 8 item 4: the relay's own addresses are peers on relay ports only, so no other
+/// service of the relay may listen there, and the addresses of its services that are
+/// not relay addresses are never peers.
+#[test]
+fn the_relays_services_are_never_reachable_as_peers() {
+    assert_errors(&[
+        (
+            "[server]\nrelay_address = \"198.18.0.1\"\nlisten = [\"198.18.0.1:50000\"]\n",
+            "line 3: server.listen: 198.18.0.1:50000 is on a relay address inside the relay port range 49152-65535",
+        ),
+        (
+            "[server]\nrelay_address = \"198.18.0.1\"\nport_range = \"3000-4000\"\n",
+            "line 3: server.port_range: 198.18.0.1:3478 is on a relay address inside the relay port range 3000-4000",
+        ),
+        (
+            "[server]\nrelay_address = \"198.18.0.1\"\n[metrics]\nlisten = \"0.0.0.0:50001\"\n",
+            "line 4: metrics.listen: 0.0.0.0:50001 is on a relay address inside the relay port range",
+        ),
+        (
+            "[server]\nrelay_address = \"198.18.0.1\"\npublic_address = \"203.0.113.7\"\nlisten = [\"203.0.113.7:60000\"]\n",
+            "line 4: server.listen: 203.0.113.7:60000 is on a relay address",
+        ),
+    ]);
+    // Elsewhere the same ports are fine.
+    Config::parse(
+        "[server]\nrelay_address = \"198.18.0.1\"\nlisten = [\"198.18.0.2:50000\"]\n[metrics]\nlisten = \"127.0.0.1:50001\"\n",
+        "test.toml",
+    )
+    .expect("services outside the relay addresses may use any port");
+    let (_, mut sources) = file_with(MINIMAL);
+    sources.set("--listen", "server.listen", "198.18.0.1:60000");
+    let refused = error_of_sources(&sources);
+    assert!(
+        refused.starts_with(
+            "config error: --listen: server.listen: 198.18.0.1:60000 is on a relay address"
+        ),
+        "{refused}"
+    );
+    let (_, mut sources) = file_with(MINIMAL);
+    sources.environment = vec![(
+        "TURN_RELAY_LIMITS_MAX_CHANNELS_PER_ALLOCATION".to_owned(),
+        "300".to_owned(),
+    )];
+    assert_eq!(
+        error_of_sources(&sources),
+        "config error: environment TURN_RELAY_LIMITS_MAX_CHANNELS_PER_ALLOCATION: \
+         limits.max_channels_per_allocation: 300 is not between 1 and 256"
+    );
+
+    // Listeners and the metrics endpoint off the relay addresses are denied as peers even
+    // where peers.allow opens their network; the relay address stays a hairpin peer.
+    let config = Config::parse(
+        "[server]\nrelay_address = \"198.19.1.1\"\nlisten = [\"198.18.1.1:3478\"]\n\
+         [peers]\nallow = [\"198.18.0.0/15\"]\n[metrics]\nlisten = \"198.18.9.9:9641\"\n",
+        "test.toml",
+    )
+    .expect("valid");
+    let policy = config.peer_policy();
+    let ip = |text: &str| -> IpAddr { text.parse().expect("ip") };
+    assert!(policy.check(ip("198.18.1.1")).is_err(), "the listener");
+    assert!(
+        policy.check(ip("198.18.9.9")).is_err(),
+        "the metrics endpoint"
+    );
+    assert!(policy.check(ip("198.18.1.2")).is_ok(), "an allowed peer");
+    assert_eq!(
+        policy.check(ip("198.19.1.1")),
+        Ok(crate::protocol::policy::PeerPorts::RelayRange)
+    );
 }

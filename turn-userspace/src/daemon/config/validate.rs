@@ -11,8 +11,9 @@ use toml::Spanned;
 
 use crate::bpf::XdpMode;
 use crate::protocol::auth::{StaticSecret, StaticUser};
+use crate::protocol::turn::ServerLimits;
 
-use super::schema::{RawAdmin, RawConfig, RawUser};
+use super::schema::{RawAdmin, RawConfig, RawLimits, RawUser};
 use super::sources::{Origin, Origins};
 use super::{defaults, random_nonce_secret, Config, ConfigError, RelayAddressConfig};
 
@@ -23,6 +24,18 @@ pub const MAX_LIFETIME_SECS: u64 = 86_400;
 pub const MAX_ALLOCATIONS: u64 = 1 << 18;
 /// The most relay worker threads (`server.threads`, `--threads`).
 pub const MAX_THREADS: u64 = 1024;
+/// The most permissions or channels one allocation may hold (`limits.max_*_per_allocation`):
+/// the XDP maps hold this many per allocation.
+pub const MAX_ENTRIES_PER_ALLOCATION: u64 = 256;
+/// The most XOR-PEER-ADDRESS attributes one CreatePermission may carry.
+const MAX_PEERS_PER_REQUEST: u64 = 256;
+/// The longest grace after a time-limited username's expiry (`limits.credential_expiry_grace`).
+const MAX_CREDENTIAL_EXPIRY_GRACE_SECS: u64 = 3600;
+/// The highest per-source rate of unauthenticated answers, and the largest burst.
+const MAX_UNAUTHENTICATED_ANSWERS_PER_SECOND: u64 = 1_000_000;
+const MAX_UNAUTHENTICATED_ANSWERS_BURST: u64 = 100_000;
+/// The most cached responses per user (the whole cache holds 65536).
+const MAX_CACHED_RESPONSES_PER_USER: u64 = 65_536;
 /// RFC 8489 §14.9 and §14.14: REALM and SOFTWARE are fewer than 128 characters.
 const MAX_TEXT_ATTRIBUTE_CHARS: usize = 127;
 
@@ -266,6 +279,7 @@ impl<'a> Validator<'a> {
         )?;
         let peers_deny =
             self.networks(raw.peers.deny.as_deref().unwrap_or_default(), "peers.deny")?;
+        let limits = self.limits(&raw.limits)?;
 
         let xdp_mode = self.optional(&raw.xdp.mode, "xdp.mode", defaults::XDP_MODE, |m| {
             parse_xdp_mode(m)
@@ -284,6 +298,24 @@ impl<'a> Validator<'a> {
             defaults::METRICS_LISTEN,
             |text| parse_metrics_listen(text),
         )?;
+        let relay_ips = super::relay_ips(relay_v4, relay_v6);
+        for (index, address) in listen.iter().enumerate() {
+            let written = server.listen.as_ref().and_then(|list| list.get(index));
+            self.service_outside_relay_ports(
+                *address,
+                (written, "server.listen"),
+                &relay_ips,
+                (&port_range, &server.port_range),
+            )?;
+        }
+        if let Some(address) = metrics_listen {
+            self.service_outside_relay_ports(
+                address,
+                (raw.metrics.listen.as_ref(), "metrics.listen"),
+                &relay_ips,
+                (&port_range, &server.port_range),
+            )?;
+        }
         let (admin_token, admin_token_file) = self.admin_token(&raw.admin)?;
         let log_level = self.optional(
             &raw.log.level,
@@ -325,6 +357,7 @@ impl<'a> Validator<'a> {
                 .unwrap_or(defaults::ADVERTISE_PASSWORD_ALGORITHMS),
             peers_allow,
             peers_deny,
+            limits,
             xdp_mode,
             xdp_interfaces,
             metrics_listen,
@@ -335,6 +368,84 @@ impl<'a> Validator<'a> {
             demo_credentials: None,
             origins: self.origins.clone(),
             ignored_variables: Vec::new(),
+        })
+    }
+
+    /// [`check_service_port`] for one of the relay's services at `address`, written as
+    /// `written` (absent: a default) under `key`; the error names the service's line, or
+    /// else the port range's.
+    fn service_outside_relay_ports(
+        &self,
+        address: SocketAddr,
+        (written, key): (Option<&Spanned<String>>, &str),
+        relay_ips: &[IpAddr],
+        (ports, written_ports): (&RangeInclusive<u16>, &Option<Spanned<String>>),
+    ) -> Result<(), ConfigError> {
+        let Err(message) = check_service_port(address, relay_ips, ports) else {
+            return Ok(());
+        };
+        let (value, key) = match (written, written_ports) {
+            (Some(value), _) => (value, key),
+            (None, Some(value)) => (value, "server.port_range"),
+            (None, None) => return Err(self.missing(key, message)),
+        };
+        Err(self.at(value.span(), key, message))
+    }
+
+    /// The `[limits]` section, each value within its bounds.
+    fn limits(&self, raw: &RawLimits) -> Result<ServerLimits, ConfigError> {
+        let defaults = defaults::limits();
+        let rate = |value: &Option<Spanned<u64>>, key: &str, bounds, default: u32| {
+            self.number(value, key, bounds, u64::from(default))
+                // Bounds are far below u32::MAX.
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        Ok(ServerLimits {
+            max_permissions_per_allocation: self.count(
+                &raw.max_permissions_per_allocation,
+                "limits.max_permissions_per_allocation",
+                1..=MAX_ENTRIES_PER_ALLOCATION,
+                defaults.max_permissions_per_allocation,
+            )?,
+            max_channels_per_allocation: self.count(
+                &raw.max_channels_per_allocation,
+                "limits.max_channels_per_allocation",
+                1..=MAX_ENTRIES_PER_ALLOCATION,
+                defaults.max_channels_per_allocation,
+            )?,
+            max_peers_per_request: self.count(
+                &raw.max_peers_per_request,
+                "limits.max_peers_per_request",
+                1..=MAX_PEERS_PER_REQUEST,
+                defaults.max_peers_per_request,
+            )?,
+            credential_expiry_grace: self.optional(
+                &raw.credential_expiry_grace,
+                "limits.credential_expiry_grace",
+                defaults.credential_expiry_grace,
+                |secs| {
+                    within(*secs, &(0..=MAX_CREDENTIAL_EXPIRY_GRACE_SECS), " seconds")
+                        .map(Duration::from_secs)
+                },
+            )?,
+            unauthenticated_answers_per_second: rate(
+                &raw.unauthenticated_answers_per_second,
+                "limits.unauthenticated_answers_per_second",
+                0..=MAX_UNAUTHENTICATED_ANSWERS_PER_SECOND,
+                defaults.unauthenticated_answers_per_second,
+            )?,
+            unauthenticated_answers_burst: rate(
+                &raw.unauthenticated_answers_burst,
+                "limits.unauthenticated_answers_burst",
+                1..=MAX_UNAUTHENTICATED_ANSWERS_BURST,
+                defaults.unauthenticated_answers_burst,
+            )?,
+            max_cached_responses_per_user: self.count(
+                &raw.max_cached_responses_per_user,
+                "limits.max_cached_responses_per_user",
+                1..=MAX_CACHED_RESPONSES_PER_USER,
+                defaults.max_cached_responses_per_user,
+            )?,
         })
     }
 
@@ -626,6 +737,27 @@ fn check_listen(address: SocketAddr) -> Result<(), String> {
     }
     if address.port() == 0 {
         return Err(format!("{address} has no port"));
+    }
+    Ok(())
+}
+
+/// A service of the relay (a TURN listener, the metrics endpoint) must not listen on a
+/// relay address (or on all addresses) inside the relay port range: the peer policy lets
+/// clients reach the relay's own addresses on relay ports (hairpinning between
+/// allocations), so the service would be reachable as a peer through the relay.
+fn check_service_port(
+    address: SocketAddr,
+    relay_ips: &[IpAddr],
+    relay_ports: &RangeInclusive<u16>,
+) -> Result<(), String> {
+    let on_relay_address = address.ip().is_unspecified() || relay_ips.contains(&address.ip());
+    if on_relay_address && relay_ports.contains(&address.port()) {
+        return Err(format!(
+            "{address} is on a relay address inside the relay port range {}-{}: clients could \
+             reach it as a peer; move it out of server.port_range",
+            relay_ports.start(),
+            relay_ports.end()
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! Packet captures: `tcpdump` writing one interface's UDP datagrams of one namespace to a
+//! file, and `tshark` reading them back with their addresses and checksum verdicts.
+//!
+//! Frames an XDP program redirects or transmits never pass the sending host's packet
+//! taps, so what a relay emitted is captured where it arrives: on the receiving
+//! namespace's interface, inbound.
+
+use std::fs::{self, File};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::netns::Namespace;
+use crate::process::{run_bounded, Background};
+
+/// How long tcpdump may take to start listening, and tshark to read a file.
+const START_LIMIT: Duration = Duration::from_secs(10);
+const READ_LIMIT: Duration = Duration::from_secs(60);
+
+/// Which packets of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Received by the interface.
+    In,
+    /// Both directions.
+    Both,
+}
+
+/// A running `tcpdump` of UDP on one interface; stopped (SIGINT, which flushes the file)
+/// by [`Capture::stop`] or on drop.
+pub struct Capture {
+    process: Background,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing UDP on `interface` of `netns` into `<directory>/<name>.pcap` and
+    /// waits until tcpdump listens.
+    pub fn start(
+        netns: &Namespace,
+        interface: &str,
+        direction: Direction,
+        directory: &Path,
+        name: &str,
+    ) -> Result<Capture> {
+        let file = directory.join(format!("{name}.pcap"));
+        let log = directory.join(format!("{name}.log"));
+        let mut command = netns.command("tcpdump");
+        command.args(["-i", interface, "-n", "-U", "-s", "256"]);
+        if direction == Direction::In {
+            command.args(["-Q", "in"]);
+        }
+        command.arg("-w").arg(&file).arg("udp");
+        let mut process = Background::spawn(
+            &mut command,
+            Stdio::null(),
+            Stdio::from(File::create(&log)?),
+        )
+        .context("starting tcpdump")?
+        .stopped_by_sigint();
+        let deadline = Instant::now() + START_LIMIT;
+        while !fs::read_to_string(&log)?.contains("listening on") {
+            if let Err(error) = process.ensure_running() {
+                bail!("{error:#}: {}", fs::read_to_string(&log)?);
+            }
+            ensure!(Instant::now() < deadline, "tcpdump did not start listening");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Capture { process, file })
+    }
+
+    /// Stops tcpdump and returns the capture file.
+    pub fn stop(mut self) -> PathBuf {
+        self.process.stop();
+        self.file.clone()
+    }
+}
+
+/// One captured UDP datagram (not one quoted inside an ICMP error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    /// tshark found the IPv4 header or the UDP checksum wrong.
+    pub bad_checksum: bool,
+}
+
+/// Every UDP datagram in a capture file, in order, with tshark checking the IPv4 header
+/// and UDP checksums.
+pub fn datagrams(file: &Path) -> Result<Vec<Datagram>> {
+    let finished = run_bounded(
+        Command::new("tshark")
+            .args([
+                "-n",
+                "-o",
+                "ip.check_checksum:TRUE",
+                "-o",
+                "udp.check_checksum:TRUE",
+                "-r",
+            ])
+            .arg(file)
+            .args([
+                "-Y",
+                "udp && !icmp && !icmpv6",
+                "-T",
+                "fields",
+                "-E",
+                "separator=|",
+                "-e",
+                "ip.src",
+                "-e",
+                "ipv6.src",
+                "-e",
+                "ip.dst",
+                "-e",
+                "ipv6.dst",
+                "-e",
+                "udp.srcport",
+                "-e",
+                "udp.dstport",
+                "-e",
+                "ip.checksum.status",
+                "-e",
+                "udp.checksum.status",
+            ]),
+        READ_LIMIT,
+    )?;
+    ensure!(
+        finished.succeeded(),
+        "tshark -r {} failed: {}",
+        file.display(),
+        finished.output()
+    );
+    finished
+        .stdout
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| parse_fields(line).with_context(|| format!("tshark line {line:?}")))
+        .collect()
+}
+
+/// `ip.src|ipv6.src|ip.dst|ipv6.dst|sport|dport|ip checksum status|udp checksum status`.
+fn parse_fields(line: &str) -> Result<Datagram> {
+    let fields: Vec<&str> = line.split('|').collect();
+    ensure!(fields.len() == 8, "expected 8 fields");
+    let address = |v4: &str, v6: &str| -> Result<IpAddr> {
+        let text = if v4.is_empty() { v6 } else { v4 };
+        // A tunnelled datagram lists every header's address; the outer one comes first.
+        let first = text.split(',').next().unwrap_or_default();
+        first
+            .parse()
+            .with_context(|| format!("not an address: {text:?}"))
+    };
+    let port = |text: &str| -> Result<u16> {
+        text.split(',')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .with_context(|| format!("not a port: {text:?}"))
+    };
+    // tshark's checksum status: 0 bad, 1 good, 2 unverified (e.g. a zero UDP checksum).
+    let bad = |status: &str| status.split(',').any(|value| value == "0");
+    Ok(Datagram {
+        source: SocketAddr::new(address(fields[0], fields[1])?, port(fields[4])?),
+        destination: SocketAddr::new(address(fields[2], fields[3])?, port(fields[5])?),
+        bad_checksum: bad(fields[6]) || bad(fields[7]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tshark_fields_become_datagrams() {
+        let v4 = parse_fields("198.19.1.1||198.19.1.2||50000|3480|1|1").expect("parses");
+        assert_eq!(
+            (v4.source, v4.destination, v4.bad_checksum),
+            (
+                "198.19.1.1:50000".parse().expect("addr"),
+                "198.19.1.2:3480".parse().expect("addr"),
+                false
+            )
+        );
+        let v6 = parse_fields("|2001:2:0:2::1||2001:2:0:2::2|50000|3480||0").expect("parses");
+        assert_eq!(
+            v6.destination,
+            "[2001:2:0:2::2]:3480".parse().expect("addr")
+        );
+        assert!(v6.bad_checksum);
+        assert!(parse_fields("198.19.1.1|x").is_err());
+    }
+}
