@@ -81,12 +81,30 @@ struct Cli {
 enum Command {
     /// Run the benchmark and write results.md, results.json and plots.
     Run(RunOptions),
+    /// Only the XDP program's per-path cost (BPF_PROG_TEST_RUN, the table `run` puts in
+    /// results.md), printed as a Markdown table: seconds instead of minutes.
+    XdpTiming {
+        /// Single runs per path, the median reported (at most and by default 50000, as
+        /// `run` does).
+        #[arg(long, default_value_t = xdp_timing::MAX_RUNS)]
+        runs: u32,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(options) => run(&options),
+        Command::XdpTiming { runs } => {
+            if !is_root() {
+                bail!("turn-bench xdp-timing needs root (BPF_PROG_TEST_RUN, a network namespace)");
+            }
+            println!("| path | ns/packet |\n|---|---|");
+            for (path, ns) in xdp_timing::time_paths(runs)? {
+                println!("| {path} | {ns:.1} |");
+            }
+            Ok(())
+        }
     }
 }
 
