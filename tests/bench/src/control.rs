@@ -79,6 +79,7 @@ pub fn open_flow(
     client.channel_bind(channel, peer).context("ChannelBind")?;
     let socket = client
         .socket()
+        .context("a UDP client")?
         .try_clone()
         .context("duplicating the client socket")?;
     socket.set_nonblocking(true)?;

@@ -10,7 +10,9 @@
 //! and authenticated allocations/s ([`control`]), sweeps the offered rate per scenario to
 //! find the highest rate relayed with ≤ 0.1 % loss ([`load`]), measures one-way latency at
 //! half of coturn's maximum rate, and drives the XDP path at kernel speed with AF_PACKET
-//! ([`kernel_mode`]). Results go to Markdown, JSON and SVG files ([`report`]).
+//! ([`kernel_mode`]). Clients over TCP and TLS relay ChannelData to the same sink
+//! ([`stream_load`]; coturn and ours in userspace, as XDP relays UDP clients only).
+//! Results go to Markdown, JSON and SVG files ([`report`]).
 
 mod control;
 mod cpu;
@@ -19,6 +21,7 @@ mod live_cost;
 mod load;
 mod report;
 mod servers;
+mod stream_load;
 mod xdp_timing;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -32,6 +35,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use turn_testkit::addresses::{
     listener, OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE,
+    RELAY_PEER_SIDE_INTERFACE,
 };
 use turn_testkit::config::User;
 use turn_testkit::netns::remove_stale_namespaces;
@@ -40,8 +44,12 @@ use turn_testkit::topology::{Topology, Wiring};
 use turn_testkit::xdp::{StubAction, StubXdp};
 
 use control::Flow;
-use load::{udp_drops, RelayMode, StepResult};
+use load::{udp_drops, GeneratorOutcome, RelayMode, StepResult};
 use servers::{RunningServer, ServerKind};
+use stream_load::ClientTransport;
+use turn_testkit::addresses::RELAY_LISTEN_V4;
+use turn_testkit::stun_client::TurnClient;
+use turn_testkit::tls::TestCertificate;
 
 /// Loss at or below this counts as "relayed" in the rate sweep (0.1 %).
 pub const LOSS_THRESHOLD: f64 = 0.001;
@@ -144,11 +152,23 @@ pub struct RunOptions {
     /// allocations/s and the kernel-speed mode are measured over IPv4 only.
     #[arg(long, value_delimiter = ',')]
     pub families: Vec<u8>,
+    /// Measure every scenario at this one offered rate (pps) instead of sweeping for the
+    /// maximum: CPU per relayed packet at a fixed load. The "saturated" columns then hold
+    /// that step.
+    #[arg(long)]
+    pub fixed_rate: Option<f64>,
+    /// Turn GRO on at the relay namespace's veth ends, as it is on a real host's NIC (veth
+    /// has it off): a server that asks for UDP_GRO then reads bursts of one flow as one
+    /// message. Off by default, so runs compare with earlier ones.
+    #[arg(long)]
+    pub relay_gro: bool,
 }
 
 /// One load shape.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Scenario {
+    /// How the clients reach the relay.
+    pub client: ClientTransport,
     pub mode: RelayMode,
     /// IP family of client, relayed address and peer: 4 or 6.
     pub family: u8,
@@ -158,8 +178,12 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn label(&self) -> String {
+        let client = match self.client {
+            ClientTransport::Udp => String::new(),
+            stream => format!(" over {}", stream.label()),
+        };
         format!(
-            "{} IPv{} {} flows {} B",
+            "{}{client} IPv{} {} flows {} B",
             self.mode.label(),
             self.family,
             self.flows,
@@ -175,7 +199,15 @@ impl Scenario {
         };
         // IPv4 keeps the slug it had before IPv6 scenarios existed.
         let family = if self.family == 6 { "-ipv6" } else { "" };
-        format!("{mode}{family}-{}flows-{}B", self.flows, self.payload_len)
+        let client = match self.client {
+            ClientTransport::Udp => "",
+            ClientTransport::Tcp => "tcp-",
+            ClientTransport::Tls => "tls-",
+        };
+        format!(
+            "{client}{mode}{family}-{}flows-{}B",
+            self.flows, self.payload_len
+        )
     }
 }
 
@@ -222,6 +254,8 @@ pub struct ServerResults {
     pub binding_requests: Option<control::RequestRate>,
     pub allocations: Option<control::RequestRate>,
     pub scenarios: Vec<ScenarioResult>,
+    /// Clients over TCP and TLS (coturn and ours in userspace).
+    pub stream_scenarios: Vec<ScenarioResult>,
     pub latency: Option<LatencyResult>,
     pub kernel_mode: Option<kernel_mode::KernelModeResult>,
     /// ours-xdp: the XDP program's cost per packet under live traffic during the latency
@@ -237,6 +271,10 @@ pub struct BenchReport {
     pub quick: bool,
     pub step_seconds: f64,
     pub generator_threads: usize,
+    /// `--fixed-rate`: every scenario ran at this offered rate only (no sweep).
+    pub fixed_rate_pps: Option<f64>,
+    /// `--relay-gro`: GRO was on at the relay's veth ends.
+    pub relay_gro: bool,
     pub loss_threshold: f64,
     pub latency_rate_pps: Option<f64>,
     pub baseline_latency: Option<StepResult>,
@@ -249,12 +287,15 @@ pub struct BenchReport {
 
 struct Plan {
     scenarios: Vec<Scenario>,
+    /// ChannelData from clients over TCP and TLS, IPv4.
+    stream_scenarios: Vec<Scenario>,
     step: Duration,
     /// Rate-search steps after the saturated step.
     search_steps: usize,
     request_test: Duration,
     kernel_mode: bool,
     generator_threads: usize,
+    fixed_rate: Option<f64>,
 }
 
 impl Plan {
@@ -289,6 +330,7 @@ impl Plan {
                 for &flows in &flows {
                     for &payload_len in &payloads {
                         scenarios.push(Scenario {
+                            client: ClientTransport::Udp,
                             mode,
                             family,
                             flows: flows.max(1),
@@ -298,16 +340,32 @@ impl Plan {
                 }
             }
         }
+        let mut stream_scenarios = Vec::new();
+        for client in [ClientTransport::Tcp, ClientTransport::Tls] {
+            for &flows in flows.iter().filter(|&&flows| flows >= 16) {
+                for &payload_len in &payloads {
+                    stream_scenarios.push(Scenario {
+                        client,
+                        mode: RelayMode::ChannelData,
+                        family: 4,
+                        flows,
+                        payload_len: payload_len.max(load::PROBE_LEN),
+                    });
+                }
+            }
+        }
         let step_seconds = options
             .step_seconds
             .unwrap_or(if options.quick { 1.0 } else { 2.0 });
         Ok(Plan {
             scenarios,
+            stream_scenarios,
             step: Duration::from_secs_f64(step_seconds.clamp(0.2, 30.0)),
             search_steps: if options.quick { 3 } else { 6 },
             request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
             kernel_mode: !options.no_kernel_mode,
             generator_threads: options.generator_threads,
+            fixed_rate: options.fixed_rate,
         })
     }
 }
@@ -322,8 +380,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    fn new() -> Result<Lab> {
+    fn new(relay_gro: bool) -> Result<Lab> {
         let topology = Topology::wired(Wiring::benchmark()).context("building the namespaces")?;
+        if relay_gro {
+            for interface in [RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE] {
+                topology
+                    .relay
+                    .run("ethtool", &["-K", interface, "gro", "on"])?;
+            }
+        }
         let client_side = StubXdp::attach(&topology.client, OUTER_INTERFACE, StubAction::Pass)?;
         let mut lab = Lab {
             topology,
@@ -369,6 +434,8 @@ struct Bench {
     sink_socket: UdpSocket,
     sink_socket6: UdpSocket,
     user: User,
+    /// The TLS certificate of both servers' TLS listeners.
+    certificate: TestCertificate,
     next_step: u32,
     plan: Plan,
 }
@@ -382,7 +449,7 @@ impl Bench {
         }
     }
 
-    /// One bounded load step: generator for `plan.step`, then a short drain.
+    /// One bounded load step of UDP clients: generator for `plan.step`, then a short drain.
     fn measure(
         &mut self,
         relay_pid: Option<u32>,
@@ -391,6 +458,61 @@ impl Bench {
         rate: Option<f64>,
         echo: bool,
     ) -> Result<StepResult> {
+        let (duration, threads) = (self.plan.step, self.plan.generator_threads);
+        self.measure_load(
+            relay_pid,
+            flows.len(),
+            scenario,
+            rate,
+            echo.then_some(flows),
+            |step| {
+                load::generate(
+                    flows,
+                    scenario.mode,
+                    scenario.payload_len,
+                    rate,
+                    duration,
+                    step,
+                    threads,
+                )
+            },
+        )
+    }
+
+    /// One bounded load step of clients over TCP or TLS.
+    fn measure_stream(
+        &mut self,
+        relay_pid: u32,
+        clients: &mut [TurnClient],
+        scenario: &Scenario,
+        rate: Option<f64>,
+    ) -> Result<StepResult> {
+        let duration = self.plan.step;
+        let flows = clients.len();
+        self.measure_load(Some(relay_pid), flows, scenario, rate, None, |step| {
+            stream_load::generate(
+                clients,
+                FIRST_CHANNEL,
+                scenario.payload_len,
+                rate,
+                duration,
+                step,
+            )
+        })
+    }
+
+    /// One bounded load step: `generate` (given the step number) runs for `plan.step`,
+    /// then a short drain; the sink counts `flow_count` flows, `echo_flows` get the
+    /// sink's echoes.
+    fn measure_load(
+        &mut self,
+        relay_pid: Option<u32>,
+        flow_count: usize,
+        scenario: &Scenario,
+        rate: Option<f64>,
+        echo_flows: Option<&[Flow]>,
+        generate: impl FnOnce(u32) -> GeneratorOutcome,
+    ) -> Result<StepResult> {
         self.next_step += 1;
         let step = self.next_step;
         let sink_socket = if scenario.family == 6 {
@@ -398,25 +520,16 @@ impl Bench {
         } else {
             &self.sink_socket
         };
-        let sink = load::Receiver::start_sink(sink_socket, step, flows.len(), echo)?;
-        let echo_receiver = if echo {
-            Some(load::Receiver::start_echo_receiver(flows, step)?)
-        } else {
-            None
+        let sink = load::Receiver::start_sink(sink_socket, step, flow_count, echo_flows.is_some())?;
+        let echo_receiver = match echo_flows {
+            Some(flows) => Some(load::Receiver::start_echo_receiver(flows, step)?),
+            None => None,
         };
         let topology = &self.lab.topology;
         let sink_drops_before = udp_drops(&topology.peer)?;
         let relay_drops_before = udp_drops(&topology.relay)?;
         let cpu_before = relay_pid.map(cpu::CpuSnapshot::take).transpose()?;
-        let outcome = load::generate(
-            flows,
-            scenario.mode,
-            scenario.payload_len,
-            rate,
-            self.plan.step,
-            step,
-            self.plan.generator_threads,
-        );
+        let outcome = generate(step);
         std::thread::sleep(DRAIN);
         let sink_report = sink.finish();
         let echo_report = echo_receiver.map(load::Receiver::finish);
@@ -464,14 +577,28 @@ impl Bench {
         }
     }
 
-    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss.
+    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, for UDP
+    /// clients.
     fn sweep(&mut self, pid: u32, flows: &[Flow], scenario: &Scenario) -> Result<ScenarioResult> {
-        let saturated = self.measure(Some(pid), flows, scenario, None, false)?;
+        self.sweep_with(scenario, &mut |bench, rate| {
+            bench.measure(Some(pid), flows, scenario, rate, false)
+        })
+    }
+
+    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, each step
+    /// measured by `measure` (given the rate; None: as fast as possible).
+    fn sweep_with(
+        &mut self,
+        scenario: &Scenario,
+        measure: &mut dyn FnMut(&mut Bench, Option<f64>) -> Result<StepResult>,
+    ) -> Result<ScenarioResult> {
+        let fixed_rate = self.plan.fixed_rate;
+        let saturated = measure(self, fixed_rate)?;
         let mut steps = vec![saturated.clone()];
-        if saturated.loss_ratio <= LOSS_THRESHOLD {
+        if saturated.loss_ratio <= LOSS_THRESHOLD || fixed_rate.is_some() {
             let max_rate = MaxRate {
                 pps: saturated.relayed_pps,
-                generator_bound: true,
+                generator_bound: fixed_rate.is_none(),
             };
             return Ok(ScenarioResult {
                 scenario: *scenario,
@@ -485,7 +612,7 @@ impl Bench {
         let mut at_max_rate = None;
         let mut rate = (saturated.relayed_pps * 0.95).max(100.0);
         for _ in 0..self.plan.search_steps {
-            let result = self.measure(Some(pid), flows, scenario, Some(rate), false)?;
+            let result = measure(self, Some(rate))?;
             if result.loss_ratio <= LOSS_THRESHOLD && !result.generator_bound {
                 good = rate;
                 at_max_rate = Some(result.clone());
@@ -543,8 +670,14 @@ impl Bench {
         latency_rate: Option<f64>,
         results: &mut ServerResults,
     ) -> Result<()> {
-        let server =
-            RunningServer::start(kind, &self.lab.topology, &self.user, relay_binary, work_dir)?;
+        let server = RunningServer::start(
+            kind,
+            &self.lab.topology,
+            &self.user,
+            &self.certificate,
+            relay_binary,
+            work_dir,
+        )?;
         let pid = server.pid();
         results.status = server.status();
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());
@@ -577,6 +710,39 @@ impl Bench {
                 result.saturated.relayed_pps
             );
             results.scenarios.push(result);
+        }
+        // XDP relays UDP clients only: ours-xdp relays TCP and TLS clients exactly as
+        // ours-userspace does, so they are measured once.
+        if kind != ServerKind::OursXdp {
+            for scenario in self.plan.stream_scenarios.clone() {
+                eprintln!("turn-bench: {}: {}", kind.name(), scenario.label());
+                let mut clients = stream_load::open(
+                    &self.lab.topology.client,
+                    scenario.client,
+                    scenario.flows,
+                    &self.user,
+                    Self::sink_address(4),
+                    FIRST_CHANNEL,
+                    &self.certificate,
+                )?;
+                let result = self.sweep_with(&scenario, &mut |bench, rate| {
+                    bench.measure_stream(pid, &mut clients, &scenario, rate)
+                });
+                stream_load::close(clients);
+                let result = result?;
+                eprintln!(
+                    "turn-bench: {}: {}: max {:.0} pps at ≤0.1% loss{}",
+                    kind.name(),
+                    scenario.label(),
+                    result.max_rate.pps,
+                    if result.max_rate.generator_bound {
+                        " (generator-bound)"
+                    } else {
+                        ""
+                    },
+                );
+                results.stream_scenarios.push(result);
+            }
         }
         let Some(scenario) = self.plan.scenarios.first().copied() else {
             return Ok(());
@@ -709,7 +875,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let step_seconds = plan.step.as_secs_f64();
 
     remove_stale_namespaces();
-    let lab = Lab::new()?;
+    let lab = Lab::new(options.relay_gro)?;
     let bind_sink = |family: u8| {
         lab.topology.peer.run_inside(move || {
             let socket =
@@ -721,11 +887,14 @@ pub fn run(options: &RunOptions) -> Result<()> {
     let sink_socket = bind_sink(4)?;
     let sink_socket6 = bind_sink(6)?;
     let password = format!("bench-{:016x}", rand::random::<u64>());
+    let certificate = TestCertificate::generate(&[&RELAY_LISTEN_V4.to_string()])
+        .context("generating the TLS certificate")?;
     let mut bench = Bench {
         lab,
         sink_socket,
         sink_socket6,
         user: User::new("bench", &password),
+        certificate,
         next_step: 0,
         plan,
     };
@@ -740,6 +909,8 @@ pub fn run(options: &RunOptions) -> Result<()> {
         quick: options.quick,
         step_seconds,
         generator_threads: options.generator_threads,
+        fixed_rate_pps: options.fixed_rate,
+        relay_gro: options.relay_gro,
         loss_threshold: LOSS_THRESHOLD,
         latency_rate_pps: None,
         baseline_latency: None,

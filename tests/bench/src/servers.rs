@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use turn_testkit::addresses::{
-    listener, RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6, TURN_PORT,
+    listener, RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6, TLS_PORT,
+    TURN_PORT,
 };
 use turn_testkit::config::{RelayConfig, User, Xdp};
 use turn_testkit::coturn::Coturn;
 use turn_testkit::daemon::{Daemon, Files};
+use turn_testkit::tls::TestCertificate;
 use turn_testkit::topology::Topology;
 
 use crate::control::answers_binding;
@@ -62,6 +64,7 @@ impl RunningServer {
         kind: ServerKind,
         topology: &Topology,
         user: &User,
+        certificate: &TestCertificate,
         relay_binary: &Path,
         work_dir: &Path,
     ) -> Result<RunningServer> {
@@ -72,7 +75,7 @@ impl RunningServer {
                     .with_context(|| format!("creating {}", log_path.display()))?;
                 let coturn = Coturn::start(
                     &topology.relay,
-                    &coturn_arguments(user, work_dir),
+                    &coturn_arguments(user, certificate, work_dir),
                     &work_dir.join("coturn.pid"),
                     Stdio::from(log),
                 )
@@ -87,7 +90,7 @@ impl RunningServer {
                 };
                 let daemon = Daemon::launch(
                     &topology.relay,
-                    &our_config(kind, user),
+                    &our_config(kind, user).with_tls(certificate),
                     relay_binary,
                     files,
                 )
@@ -184,13 +187,12 @@ fn log_line(log_path: &Path, marker: &str) -> Option<String> {
     Some(plain[start..].chars().take(300).collect())
 }
 
-/// coturn tuned for this load: UDP only, no CLI/TCP/TLS/DTLS, one relay thread per CPU
-/// (coturn's default), static long-term user, relay addresses on the peer side.
-fn coturn_arguments(user: &User, work_dir: &Path) -> Vec<String> {
+/// coturn tuned for this load: UDP, TCP and TLS (port 5349, `certificate`) clients, no
+/// CLI/DTLS, one relay thread per CPU (coturn's default), static long-term user, relay
+/// addresses on the peer side.
+fn coturn_arguments(user: &User, certificate: &TestCertificate, work_dir: &Path) -> Vec<String> {
     let mut arguments: Vec<String> = [
         "-n",
-        "--no-tcp",
-        "--no-tls",
         "--no-dtls",
         "--no-tcp-relay",
         "--no-cli",
@@ -207,6 +209,9 @@ fn coturn_arguments(user: &User, work_dir: &Path) -> Vec<String> {
     arguments.extend([
         format!("--listening-ip={RELAY_LISTEN_V4}"),
         format!("--listening-port={TURN_PORT}"),
+        format!("--tls-listening-port={TLS_PORT}"),
+        format!("--cert={}", certificate.cert.display()),
+        format!("--pkey={}", certificate.key.display()),
         format!("--listening-ip={RELAY_LISTEN_V6}"),
         format!("--relay-ip={RELAY_RELAYED_V4}"),
         format!("--relay-ip={RELAY_RELAYED_V6}"),

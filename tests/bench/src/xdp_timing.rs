@@ -69,10 +69,10 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
             IpAddr::V6(PEER_V6),
         ),
     ] {
-        let flow = ClientFlow {
-            client: SocketAddr::new(client_ip, CLIENT_PORT),
-            listener: SocketAddr::new(listener_ip, LISTENER_PORT),
-        };
+        let flow = ClientFlow::udp(
+            SocketAddr::new(client_ip, CLIENT_PORT),
+            SocketAddr::new(listener_ip, LISTENER_PORT),
+        );
         let relay = SocketAddr::new(relay_ip, RELAY_PORT);
         let peer = SocketAddr::new(peer_ip, CHANNEL_PEER_PORT);
         let other_peer = SocketAddr::new(peer_ip, OTHER_PEER_PORT);

@@ -255,8 +255,9 @@ fn file_url(path: &Path) -> Result<String> {
     ))
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (ChromeDriver binds it next).
-fn free_loopback_port() -> Result<u16> {
+/// A TCP port on 127.0.0.1 that was free a moment ago (ChromeDriver, or the relay's TLS
+/// listener, binds it next).
+pub(crate) fn free_loopback_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }

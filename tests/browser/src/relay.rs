@@ -1,12 +1,13 @@
 //! The `turn-relay` daemon on loopback for the browser tests: listener and relayed
-//! addresses on 127.0.0.1, XDP off, metrics off, one static user.
+//! addresses on 127.0.0.1 (UDP and TCP on one port, TLS on another), XDP off, metrics
+//! off, one static user.
 //!
 //! This is deliberately apart from the browser-driving code: when the browser tests move
 //! into the shared testkit's network namespaces (Chromium under `ip netns exec` in a
 //! client namespace, the relay in its own), this module is what gets replaced.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use turn_testkit::tls::TestCertificate;
 
 /// Until the daemon answers a STUN Binding request on its listener.
 const START_LIMIT: Duration = Duration::from_secs(8);
@@ -25,21 +27,27 @@ const PORTS_PER_RELAY: u16 = 100;
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
-/// A `turn-relay` process listening on `127.0.0.1:<free port>` (UDP), relaying from
-/// 127.0.0.1. Stopped (SIGTERM, then SIGKILL) on drop; its log is printed when the test
-/// is failing.
+/// A `turn-relay` process listening on `127.0.0.1:<free port>` (UDP and TCP) and TLS on
+/// another port, relaying from 127.0.0.1. Stopped (SIGTERM, then SIGKILL) on drop; its
+/// log is printed when the test is failing.
 pub struct LoopbackRelay {
     process: Child,
     listen: SocketAddr,
+    tls_listen: SocketAddr,
     port_range: RangeInclusive<u16>,
     directory: PathBuf,
     log_path: PathBuf,
 }
 
 impl LoopbackRelay {
-    /// Writes a configuration with the static user `username`/`password`, starts the
-    /// debug daemon with it and waits until it answers STUN.
-    pub fn start(username: &str, password: &str) -> Result<LoopbackRelay> {
+    /// Writes a configuration with the static user `username`/`password` and TLS with
+    /// `certificate`, starts the debug daemon with it and waits until it answers STUN and
+    /// accepts TCP and TLS connections.
+    pub fn start(
+        username: &str,
+        password: &str,
+        certificate: &TestCertificate,
+    ) -> Result<LoopbackRelay> {
         let binary = turn_testkit::daemon::daemon_binary()?;
         let serial = UNIQUE.fetch_add(1, Ordering::Relaxed);
         let directory = std::env::temp_dir().join(format!(
@@ -49,11 +57,22 @@ impl LoopbackRelay {
         fs::create_dir_all(&directory)
             .with_context(|| format!("creating {}", directory.display()))?;
         let listen = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_udp_port()?);
+        let tls_listen = SocketAddr::new(
+            Ipv4Addr::LOCALHOST.into(),
+            crate::chromium::free_loopback_port()?,
+        );
         let port_range = unique_port_range(serial);
         let config_path = directory.join("turn-relay.toml");
         fs::write(
             &config_path,
-            config(listen, &port_range, username, password),
+            config(
+                listen,
+                tls_listen,
+                certificate,
+                &port_range,
+                username,
+                password,
+            ),
         )
         .with_context(|| format!("writing {}", config_path.display()))?;
         let log_path = directory.join("turn-relay.log");
@@ -70,6 +89,7 @@ impl LoopbackRelay {
         let mut relay = LoopbackRelay {
             process,
             listen,
+            tls_listen,
             port_range,
             directory,
             log_path,
@@ -80,9 +100,14 @@ impl LoopbackRelay {
         Ok(relay)
     }
 
-    /// The TURN server address (UDP).
+    /// The TURN server address (UDP and TCP).
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The TURN over TLS address.
+    pub fn tls_listen(&self) -> SocketAddr {
+        self.tls_listen
     }
 
     /// Whether `address` is one of this daemon's relayed transport addresses.
@@ -119,11 +144,15 @@ impl LoopbackRelay {
             self.ensure_running()?;
             socket.send_to(&request, self.listen)?;
             if let Ok((length, from)) = socket.recv_from(&mut reply) {
-                // A Binding success response (0x0101) to our transaction.
+                // A Binding success response (0x0101) to our transaction, and the stream
+                // listeners (bound just after the UDP ones) accept connections.
                 if from == self.listen
                     && length >= 20
                     && reply[..2] == [0x01, 0x01]
                     && reply[8..20] == transaction
+                    && [self.listen, self.tls_listen].iter().all(|address| {
+                        TcpStream::connect_timeout(address, Duration::from_millis(200)).is_ok()
+                    })
                 {
                     return Ok(());
                 }
@@ -161,6 +190,8 @@ impl Drop for LoopbackRelay {
 /// The daemon's configuration, in the keys of `config/turn-relay.toml`.
 fn config(
     listen: SocketAddr,
+    tls_listen: SocketAddr,
+    certificate: &TestCertificate,
     port_range: &RangeInclusive<u16>,
     username: &str,
     password: &str,
@@ -189,11 +220,18 @@ listen = ""
 
 [log]
 level = "info"
+
+[tls]
+listen = ["{tls_listen}"]
+cert = {}
+key = {}
 "#,
         port_range.start(),
         port_range.end(),
         toml_string(username),
         toml_string(password),
+        toml_string(&certificate.cert.to_string_lossy()),
+        toml_string(&certificate.key.to_string_lossy()),
     )
 }
 

@@ -182,7 +182,7 @@ impl Bystander {
                 while !stop.load(Ordering::Relaxed) && round < BYSTANDER_MAX_ROUNDS {
                     round += 1;
                     let data = format!("bystander-{round}").into_bytes();
-                    client.socket().send(&channel_data(CHANNEL, &data))?;
+                    client.link().send(&channel_data(CHANNEL, &data))?;
                     let deadline = Instant::now() + ECHO_WAIT;
                     let mut answered = false;
                     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -252,7 +252,7 @@ fn try_every_trick(client: &mut TurnClient, tricks: &[(SocketAddr, u16)]) -> Res
             );
         }
         for fingerprint in [false, true] {
-            client.socket().send(&send_indication(
+            client.link().send(&send_indication(
                 rand_id(index),
                 *peer,
                 b"attack",
@@ -260,7 +260,7 @@ fn try_every_trick(client: &mut TurnClient, tricks: &[(SocketAddr, u16)]) -> Res
             ))?;
         }
         client
-            .socket()
+            .link()
             .send(&channel_data(channel, b"attack over a refused channel"))?;
     }
     Ok(())
@@ -288,7 +288,7 @@ fn own_address_on_service_ports(client: &mut TurnClient, own: IpAddr) -> Result<
             "ChannelBind to the relay's own {peer}: {binding:?}"
         );
         client
-            .socket()
+            .link()
             .send(&send_indication(rand_id(100 + index), peer, b"loop", false))?;
     }
     Ok(())
@@ -303,7 +303,7 @@ fn mixed_request_installs_nothing(client: &mut TurnClient) -> Result<()> {
         mixed.error_code == Some(403),
         "mixed CreatePermission: {mixed:?}"
     );
-    client.socket().send(&send_indication(
+    client.link().send(&send_indication(
         rand_id(200),
         allowed,
         b"after a refusal",
@@ -412,17 +412,10 @@ fn attack(test: &str, xdp: Xdp) {
     let topology = Topology::new().or_fail("namespaces");
     let _receivers = pass_on_outer_ends(&topology).or_fail("pass-only XDP");
     // Everything the relay might send goes towards the peer, where it is captured.
-    for (family, gateway) in [("-4", IpAddr::V4(PEER_V4)), ("-6", IpAddr::V6(PEER_V6))] {
+    for gateway in [IpAddr::V4(PEER_V4), IpAddr::V6(PEER_V6)] {
         topology
             .relay
-            .ip(&[
-                family,
-                "route",
-                "add",
-                "default",
-                "via",
-                &gateway.to_string(),
-            ])
+            .default_route_via(gateway)
             .or_fail("default route towards the peer");
     }
     let route = topology
@@ -490,9 +483,8 @@ fn attack(test: &str, xdp: Xdp) {
     // The attacker's allocation does relay to a checked peer (and so sits in the fast path).
     v4.channel_bind(CHANNEL, echo_v4())
         .or_fail("attacker's legitimate binding");
-    v4.socket()
+    v4.link()
         .send(&channel_data(CHANNEL, b"legitimate"))
-        .context("sending")
         .or_fail("legitimate data");
     let answers = flood(&mut v4, &topology).or_fail("flood");
     bystander.still_served("flood");

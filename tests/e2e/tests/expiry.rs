@@ -94,7 +94,7 @@ fn grant(client: &mut TurnClient, how: Grant, peer: SocketAddr) -> anyhow::Resul
 /// The peer sends [`DATAGRAMS`] tagged `phase`; every one must reach the client framed
 /// as `how` implies.
 fn relayed_while_permitted(
-    client: &TurnClient,
+    client: &mut TurnClient,
     peer: &Peer,
     how: Grant,
     phase: &str,
@@ -171,7 +171,7 @@ fn expired_permission_stops_relaying(test: &str, xdp: Xdp, how: Grant) {
     let expires_by = granted + Duration::from_secs(PERMISSION_LIFETIME.into());
     let channel_expires_by = granted + Duration::from_secs(CHANNEL_LIFETIME.into());
 
-    relayed_while_permitted(&client, &peer, how, "alive", &daemon);
+    relayed_while_permitted(&mut client, &peer, how, "alive", &daemon);
     assert!(
         Instant::now() < expires_by,
         "relaying while alive took longer than the permission lifetime; the test \
@@ -236,7 +236,7 @@ fn expired_permission_stops_relaying(test: &str, xdp: Xdp, how: Grant) {
 
     // The allocation is intact: a refreshed permission relays again.
     grant(&mut client, how, peer_address).or_fail("refreshing the permission");
-    relayed_while_permitted(&client, &peer, how, "refreshed", &daemon);
+    relayed_while_permitted(&mut client, &peer, how, "refreshed", &daemon);
 }
 
 #[test]

@@ -279,7 +279,7 @@ fn a_draining_relay_with_drain_exit_exits_when_its_last_allocation_ends() {
         .or_fail("ChannelBind while draining");
     for sequence in 0..20u8 {
         client
-            .socket()
+            .link()
             .send(&channel_data(CHANNEL, &[sequence; 100]))
             .or_fail("ChannelData");
         let echoed = client.receive(Duration::from_secs(2)).or_fail("receiving");

@@ -121,7 +121,7 @@ fn echo_through(client: &mut TurnClient, count: usize) -> usize {
     for sequence in 0..count {
         let payload = format!("media {sequence:04}");
         client
-            .socket()
+            .link()
             .send(&channel_data(CHANNEL, payload.as_bytes()))
             .or_fail("sending ChannelData");
         let deadline = std::time::Instant::now() + Duration::from_secs(2);

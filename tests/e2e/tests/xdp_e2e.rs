@@ -21,22 +21,21 @@
 //! Permission expiry (RFC 8656 §9) is covered end to end in `expiry.rs`.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{Context as _, Result};
 use turn_testkit::addresses::{
     OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6,
     RELAY_PEER_SIDE_INTERFACE, RELAY_RELAYED_V4, RELAY_RELAYED_V6, TURN_PORT,
 };
+use turn_testkit::capture::{count_frames, Capture, Direction};
 use turn_testkit::config::{RelayConfig, Xdp};
 use turn_testkit::coturn::{start_peer, Credentials, Uclient};
 use turn_testkit::daemon::{Daemon, Metrics};
 use turn_testkit::netns::Namespace;
-use turn_testkit::process::{run_bounded, Background};
+use turn_testkit::process::Background;
 use turn_testkit::topology::Topology;
 use turn_testkit::xdp::{StubAction, StubXdp};
 use turn_testkit::{privileged, OrFail};
@@ -440,75 +439,6 @@ fn forwarding_disabled_is_reported_and_everything_falls_back_to_userspace() {
 // Captures: every relayed frame carries valid IP and UDP checksums, and the receiving
 // stacks accepted every one.
 
-/// `tcpdump` writing UDP frames of one namespace's `eth0` to a file; stopped (SIGINT, which
-/// flushes the file) on drop.
-struct Capture {
-    process: Background,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(netns: &Namespace, directory: &Path, name: &str) -> Result<Capture> {
-        let file = directory.join(format!("{name}.pcap"));
-        let log = directory.join(format!("{name}.log"));
-        let mut process = Background::spawn(
-            netns
-                .command("tcpdump")
-                .args(["-i", OUTER_INTERFACE, "-n", "-U", "-s", "256", "-w"])
-                .arg(&file)
-                .arg("udp"),
-            Stdio::null(),
-            Stdio::from(File::create(&log)?),
-        )
-        .context("starting tcpdump")?
-        .stopped_by_sigint();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !fs::read_to_string(&log)?.contains("listening on") {
-            if let Err(error) = process.ensure_running() {
-                bail!("{error:#}: {}", fs::read_to_string(&log)?);
-            }
-            ensure!(Instant::now() < deadline, "tcpdump did not start listening");
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Capture { process, file })
-    }
-
-    /// Stops tcpdump and returns the capture file.
-    fn stop(mut self) -> PathBuf {
-        self.process.stop();
-        self.file
-    }
-}
-
-/// Frames in `file` matching the display `filter`, with tshark validating IPv4 header and
-/// UDP checksums (both off by default).
-fn count_frames(file: &Path, filter: &str) -> Result<u64> {
-    let finished = run_bounded(
-        Command::new("tshark")
-            .args([
-                "-n",
-                "-o",
-                "ip.check_checksum:TRUE",
-                "-o",
-                "udp.check_checksum:TRUE",
-                "-r",
-            ])
-            .arg(file)
-            .args(["-Y", filter, "-T", "fields", "-e", "frame.number"]),
-        Duration::from_secs(60),
-    )?;
-    ensure!(
-        finished.succeeded(),
-        "tshark -Y {filter:?} failed: {}",
-        finished.output()
-    );
-    Ok(finished
-        .stdout
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .count() as u64)
-}
-
 /// The namespace's UDP/UDP6 counters (`nstat`), by name.
 fn udp_counters(netns: &Namespace) -> Result<BTreeMap<String, u64>> {
     let text = netns.run("nstat", &["-a", "-z", "-s", "Udp*", "Udp6*"])?;
@@ -535,10 +465,22 @@ fn relayed_frames_carry_valid_checksums_and_are_all_accepted() {
     fs::create_dir_all(&directory)
         .context("creating the capture directory")
         .or_fail("capture");
-    let client_capture =
-        Capture::start(&lab.topology.client, &directory, "client").or_fail("client capture");
-    let peer_capture =
-        Capture::start(&lab.topology.peer, &directory, "peer").or_fail("peer capture");
+    let client_capture = Capture::start(
+        &lab.topology.client,
+        OUTER_INTERFACE,
+        Direction::Both,
+        &directory,
+        "client",
+    )
+    .or_fail("client capture");
+    let peer_capture = Capture::start(
+        &lab.topology.peer,
+        OUTER_INTERFACE,
+        Direction::Both,
+        &directory,
+        "peer",
+    )
+    .or_fail("peer capture");
 
     let mut data_to_peer = 0;
     let mut data_to_client = 0;

@@ -44,10 +44,10 @@ fn permissions_stop_relaying_once_they_expire() {
     }
     let testbed = Testbed::new(16).or_fail("testbed");
     let mut fast_path = testbed.fast_path().or_fail("datapath");
-    let flow = ClientFlow {
-        client: SocketAddr::new(CLIENT_V4.into(), CLIENT_PORT),
-        listener: SocketAddr::new(RELAY_LISTEN_V4.into(), LISTENER_PORT),
-    };
+    let flow = ClientFlow::udp(
+        SocketAddr::new(CLIENT_V4.into(), CLIENT_PORT),
+        SocketAddr::new(RELAY_LISTEN_V4.into(), LISTENER_PORT),
+    );
     let relay = SocketAddr::new(RELAY_RELAYED_V4.into(), RELAY_PORT);
     let peer = SocketAddr::new(PEER_V4.into(), PEER_PORT);
     let installed_at = Instant::now();

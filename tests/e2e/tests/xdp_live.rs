@@ -115,10 +115,7 @@ fn relays_both_directions(plan: &Plan) {
     let other_peer = bind(&topology.peer, SocketAddr::new(plan.peer, 0));
     let listener = SocketAddr::new(plan.listener, LISTENER_PORT);
     let relayed = SocketAddr::new(plan.relayed, RELAY_PORT);
-    let flow = ClientFlow {
-        client: client.local_addr().expect("addr"),
-        listener,
-    };
+    let flow = ClientFlow::udp(client.local_addr().expect("addr"), listener);
     let expires_at = Instant::now() + Duration::from_secs(60);
     let mut fast_path = FastPath::of_relay(&relay).or_fail("datapath");
     let peer_ip = plan.peer;

@@ -337,7 +337,7 @@ impl Harness {
         let (client, listener, user) = table[index];
         (
             index,
-            ClientFlow { client, listener },
+            ClientFlow::udp(client, listener),
             users()[user].clone(),
         )
     }

@@ -12,6 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// Client side of the client ⇄ relay link.
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2);
+/// A second client address on the client's link, added by the tests that need two
+/// client hosts (a load balancer and its client, a flood from one address and a client
+/// from another).
+pub const SECOND_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
 /// Relay side of the client ⇄ relay link: the TURN listener address.
 pub const RELAY_LISTEN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const RELAY_LISTEN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
@@ -66,8 +70,10 @@ pub fn balanced_relay_v4(index: usize) -> Ipv4Addr {
     )
 }
 
-/// The TURN port the relay listens on.
+/// The TURN port the relay listens on (UDP and TCP).
 pub const TURN_PORT: u16 = 3478;
+/// The TURN over TLS port (RFC 8656 §4: "turns" on 5349).
+pub const TLS_PORT: u16 = 5349;
 /// The UDP port `turnutils_peer` echoes on.
 pub const PEER_PORT: u16 = 3480;
 
@@ -87,6 +93,11 @@ pub fn listener(family: u8) -> SocketAddr {
     } else {
         SocketAddr::new(RELAY_LISTEN_V4.into(), TURN_PORT)
     }
+}
+
+/// The relay's TURN over TLS listener of one IP family (4 or 6).
+pub fn tls_listener(family: u8) -> SocketAddr {
+    SocketAddr::new(listener(family).ip(), TLS_PORT)
 }
 
 /// The client's address of the same family as `server`.

@@ -113,13 +113,7 @@ impl Balanced {
             ])?;
             outer.ip(&["link", "set", OUTER_INTERFACE, "up"])?;
             balancer.ip(&["link", "set", balancer_side, "up"])?;
-            outer.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &balancer_address.to_string(),
-            ])?;
+            outer.default_route_via(balancer_address.into())?;
         }
         balancer.ip(&[
             "addr",
@@ -151,13 +145,7 @@ impl Balanced {
                 OUTER_INTERFACE,
             ])?;
             relay.ip(&["link", "set", OUTER_INTERFACE, "up"])?;
-            relay.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &BALANCER_RELAY_SIDE_V4.to_string(),
-            ])?;
+            relay.default_route_via(BALANCER_RELAY_SIDE_V4.into())?;
             // Same-host veth senders leave partial UDP checksums otherwise.
             relay.run("ethtool", &["-K", OUTER_INTERFACE, "tx", "off"])?;
         }

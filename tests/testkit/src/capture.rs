@@ -93,40 +93,30 @@ pub struct Datagram {
 /// and UDP checksums.
 pub fn datagrams(file: &Path) -> Result<Vec<Datagram>> {
     let finished = run_bounded(
-        Command::new("tshark")
-            .args([
-                "-n",
-                "-o",
-                "ip.check_checksum:TRUE",
-                "-o",
-                "udp.check_checksum:TRUE",
-                "-r",
-            ])
-            .arg(file)
-            .args([
-                "-Y",
-                "udp && !icmp && !icmpv6",
-                "-T",
-                "fields",
-                "-E",
-                "separator=|",
-                "-e",
-                "ip.src",
-                "-e",
-                "ipv6.src",
-                "-e",
-                "ip.dst",
-                "-e",
-                "ipv6.dst",
-                "-e",
-                "udp.srcport",
-                "-e",
-                "udp.dstport",
-                "-e",
-                "ip.checksum.status",
-                "-e",
-                "udp.checksum.status",
-            ]),
+        tshark_checking_checksums(file).args([
+            "-Y",
+            "udp && !icmp && !icmpv6",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.src",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "ip.checksum.status",
+            "-e",
+            "udp.checksum.status",
+        ]),
         READ_LIMIT,
     )?;
     ensure!(
@@ -141,6 +131,42 @@ pub fn datagrams(file: &Path) -> Result<Vec<Datagram>> {
         .filter(|line| !line.trim().is_empty())
         .map(|line| parse_fields(line).with_context(|| format!("tshark line {line:?}")))
         .collect()
+}
+
+/// How many frames of `file` match the display `filter` (checksums checked, so
+/// `udp.checksum.status == "Bad"` finds the wrong ones).
+pub fn count_frames(file: &Path, filter: &str) -> Result<u64> {
+    let finished = run_bounded(
+        tshark_checking_checksums(file).args(["-Y", filter, "-T", "fields", "-e", "frame.number"]),
+        READ_LIMIT,
+    )?;
+    ensure!(
+        finished.succeeded(),
+        "tshark -Y {filter:?} failed: {}",
+        finished.output()
+    );
+    Ok(finished
+        .stdout
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .count() as u64)
+}
+
+/// tshark reading `file` with the IPv4 header and UDP checksums checked (both are off by
+/// default).
+fn tshark_checking_checksums(file: &Path) -> Command {
+    let mut command = Command::new("tshark");
+    command
+        .args([
+            "-n",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-r",
+        ])
+        .arg(file);
+    command
 }
 
 /// `ip.src|ipv6.src|ip.dst|ipv6.dst|sport|dport|ip checksum status|udp checksum status`.

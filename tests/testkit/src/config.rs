@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::addresses::{
     listener, METRICS_ADDRESS, RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE,
-    RELAY_RELAYED_V4, RELAY_RELAYED_V6, TEST_NETWORKS,
+    RELAY_RELAYED_V4, RELAY_RELAYED_V6, TEST_NETWORKS, TLS_PORT,
 };
+use crate::tls::TestCertificate;
 
 /// A static long-term credential user.
 #[derive(Clone, Debug, Serialize)]
@@ -70,6 +72,36 @@ pub struct RelayConfig {
     pub drain_exit: bool,
     /// `[auth] nonce_secret`, shared by relays behind one balancer.
     pub nonce_secret: Option<String>,
+    /// `[tcp] enabled` (the daemon's default, on, when None).
+    pub tcp: Option<bool>,
+    /// `[tls] cert` and `key`: TURN over TLS on the listeners' IPs, port 5349.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `[tcp] proxy_protocol` and `[tls] proxy_protocol`.
+    pub tcp_proxy_protocol: bool,
+    pub tls_proxy_protocol: bool,
+    /// `[proxy_protocol] allow_from`.
+    pub proxy_allow_from: Vec<String>,
+    /// `[connections]` (daemon defaults where None).
+    pub connections: Connections,
+    /// `[log] level`.
+    pub log_level: &'static str,
+}
+
+/// The `[connections]` limits of TCP and TLS clients.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Connections {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_buffer: Option<u32>,
 }
 
 /// A relay's own addresses in another topology than [`crate::topology`]'s.
@@ -92,6 +124,30 @@ struct File<'a> {
     xdp: XdpSection,
     metrics: Metrics,
     log: Log,
+    tcp: Tcp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Tls>,
+    connections: &'a Connections,
+    proxy_protocol: ProxyProtocol<'a>,
+}
+
+#[derive(Serialize)]
+struct Tcp {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enabled: Option<bool>,
+    proxy_protocol: bool,
+}
+
+#[derive(Serialize)]
+struct Tls {
+    cert: String,
+    key: String,
+    proxy_protocol: bool,
+}
+
+#[derive(Serialize)]
+struct ProxyProtocol<'a> {
+    allow_from: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -164,6 +220,13 @@ impl RelayConfig {
             alternate_servers: Vec::new(),
             drain_exit: false,
             nonce_secret: None,
+            tcp: None,
+            tls: None,
+            tcp_proxy_protocol: false,
+            tls_proxy_protocol: false,
+            proxy_allow_from: Vec::new(),
+            connections: Connections::default(),
+            log_level: "info",
         }
     }
 
@@ -171,6 +234,31 @@ impl RelayConfig {
     pub fn with_limit(mut self, key: &str, value: u64) -> RelayConfig {
         self.limits.insert(key.to_owned(), value);
         self
+    }
+
+    /// TURN over TLS with `certificate` on port 5349 of the listeners' IPs.
+    pub fn with_tls(mut self, certificate: &TestCertificate) -> RelayConfig {
+        self.tls = Some((certificate.cert.clone(), certificate.key.clone()));
+        self
+    }
+
+    /// The TCP listeners this configuration opens (the UDP listeners' addresses).
+    pub fn tcp_listeners(&self) -> Vec<SocketAddr> {
+        if self.tcp == Some(false) {
+            return Vec::new();
+        }
+        self.listeners()
+    }
+
+    /// The TLS listeners this configuration opens: port 5349 on the listeners' IPs.
+    pub fn tls_listeners(&self) -> Vec<SocketAddr> {
+        if self.tls.is_none() {
+            return Vec::new();
+        }
+        self.listeners()
+            .into_iter()
+            .map(|listener| SocketAddr::new(listener.ip(), TLS_PORT))
+            .collect()
     }
 
     /// Listens and relays at `placement` instead of the standard topology's addresses.
@@ -264,7 +352,22 @@ impl RelayConfig {
             metrics: Metrics {
                 listen: METRICS_ADDRESS,
             },
-            log: Log { level: "info" },
+            log: Log {
+                level: self.log_level,
+            },
+            tcp: Tcp {
+                enabled: self.tcp,
+                proxy_protocol: self.tcp_proxy_protocol,
+            },
+            tls: self.tls.as_ref().map(|(cert, key)| Tls {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+                proxy_protocol: self.tls_proxy_protocol,
+            }),
+            connections: &self.connections,
+            proxy_protocol: ProxyProtocol {
+                allow_from: &self.proxy_allow_from,
+            },
         };
         // Serializing plain strings, numbers and lists into TOML cannot fail.
         toml::to_string(&file).unwrap_or_else(|error| panic!("rendering the config: {error}"))

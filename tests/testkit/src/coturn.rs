@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::addresses::{PEER_PORT, PEER_V4, RELAY_LISTEN_V4, RELAY_RELAYED_V4, TURN_PORT};
+use crate::addresses::{
+    PEER_PORT, PEER_V4, RELAY_LISTEN_V4, RELAY_RELAYED_V4, TLS_PORT, TURN_PORT,
+};
 use crate::config::User;
 use crate::netns::Namespace;
 use crate::privilege::unique_name;
@@ -78,9 +80,20 @@ impl From<&User> for Credentials {
     }
 }
 
+/// How `turnutils_uclient` reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UclientTransport {
+    Udp,
+    /// `-t`: TURN over TCP on port 3478.
+    Tcp,
+    /// `-t -S`: TURN over TLS on port 5349 (uclient does not verify the certificate).
+    Tls,
+}
+
 /// One `turnutils_uclient` run.
 #[derive(Clone, Debug)]
 pub struct Uclient {
+    pub transport: UclientTransport,
     pub server: IpAddr,
     pub credentials: Credentials,
     /// Peer address (`-e`); ignored by uclient in client-to-client mode.
@@ -103,6 +116,7 @@ impl Uclient {
     /// IPv4 client → relay → peer, one client, 20 messages of 100 bytes over channels.
     pub fn new(credentials: Credentials) -> Uclient {
         Uclient {
+            transport: UclientTransport::Udp,
             server: RELAY_LISTEN_V4.into(),
             credentials,
             peer: PEER_V4.into(),
@@ -120,6 +134,17 @@ impl Uclient {
 
     pub fn arguments(&self) -> Vec<String> {
         let mut arguments: Vec<String> = Vec::new();
+        let port = match self.transport {
+            UclientTransport::Udp => TURN_PORT,
+            UclientTransport::Tcp => {
+                arguments.push("-t".into());
+                TURN_PORT
+            }
+            UclientTransport::Tls => {
+                arguments.extend(["-t".into(), "-S".into()]);
+                TLS_PORT
+            }
+        };
         if let Some(interval) = self.send_interval_ms {
             arguments.extend(["-z".into(), interval.to_string()]);
         }
@@ -155,7 +180,7 @@ impl Uclient {
             "-r".into(),
             PEER_PORT.to_string(),
             "-p".into(),
-            TURN_PORT.to_string(),
+            port.to_string(),
             self.server.to_string(),
         ]);
         arguments
@@ -358,5 +383,13 @@ mod tests {
             arguments.ends_with("-e 198.19.1.2 -r 3480 -p 3478 198.18.1.1"),
             "{arguments}"
         );
+        let tls = Uclient {
+            transport: UclientTransport::Tls,
+            ..uclient
+        }
+        .arguments()
+        .join(" ");
+        assert!(tls.starts_with("-t -S -z 5 -s"), "{tls}");
+        assert!(tls.ends_with("-p 5349 198.18.1.1"), "{tls}");
     }
 }

@@ -209,6 +209,20 @@ impl Daemon {
                 );
             }
         }
+        for listener in config
+            .tcp_listeners()
+            .into_iter()
+            .chain(config.tls_listeners())
+        {
+            let ready = relay
+                .wait_for_tcp_listener(listener, START_LIMIT, || daemon.process.ensure_running());
+            if let Err(error) = ready {
+                bail!(
+                    "daemon did not come up: {error:#}\n--- daemon log ---\n{}",
+                    daemon.log()
+                );
+            }
+        }
         Ok(daemon)
     }
 

@@ -12,9 +12,11 @@
 //!   child process, its metrics.
 //! - [`coturn`]: coturn's `turnutils_*` tools and `turnserver`; [`credentials`]: REST and
 //!   zrest credentials.
-//! - [`stun_client`]: the STUN/TURN client, on the relay's own codec; [`in_memory`]: the
-//!   relay's sans-IO core built from a [`config::RelayConfig`] as the daemon builds it,
-//!   driven in memory.
+//! - [`stun_client`]: the STUN/TURN client, on the relay's own codec, over UDP, TCP or
+//!   TLS; [`tls`]: test certificates and the TLS client configuration;
+//!   [`proxy_protocol`]: a PROXY-v2-speaking TCP proxy in front of the relay;
+//!   [`in_memory`]: the relay's sans-IO core built from a [`config::RelayConfig`] as the
+//!   daemon builds it, driven in memory.
 //! - [`capture`]: tcpdump captures and tshark's reading of them.
 //! - [`frames`]: Ethernet/IP/UDP frames built with etherparse, independently of the XDP
 //!   program; [`mmsg`]: the sendmmsg/recvmmsg wrappers.
@@ -35,8 +37,10 @@ pub mod mmsg;
 pub mod netns;
 pub mod privilege;
 pub mod process;
+pub mod proxy_protocol;
 pub mod stun_client;
 pub mod testbed;
+pub mod tls;
 pub mod topology;
 pub mod xdp;
 

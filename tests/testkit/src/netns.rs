@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -43,6 +43,14 @@ impl Namespace {
         run(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// Adds the default route of `gateway`'s family via `gateway`.
+    pub fn default_route_via(&self, gateway: IpAddr) -> Result<()> {
+        let family = if gateway.is_ipv4() { "-4" } else { "-6" };
+        let gateway = gateway.to_string();
+        self.ip(&[family, "route", "add", "default", "via", &gateway])
+            .map(drop)
+    }
+
     /// Runs `program args` in the namespace to completion (short configuration commands).
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
         run(self.command(program).args(args))
@@ -62,6 +70,26 @@ impl Namespace {
             &format!("net.ipv4.conf.all.forwarding={value}"),
             &format!("net.ipv6.conf.all.forwarding={value}"),
         ])
+    }
+
+    /// A firewall that lets no UDP out of this namespace except on loopback (TCP and TLS
+    /// get through): what a client behind a corporate firewall sees. Removed with the
+    /// namespace.
+    pub fn drop_outgoing_udp(&self) -> Result<()> {
+        let rules = "table inet udp_firewall {\n\
+                     \tchain output {\n\
+                     \t\ttype filter hook output priority 0; policy accept;\n\
+                     \t\toifname \"lo\" accept\n\
+                     \t\tmeta l4proto udp drop\n\
+                     \t}\n\
+                     }\n";
+        let file = std::env::temp_dir().join(format!("{}-firewall.nft", self.name));
+        std::fs::write(&file, rules).context("writing the firewall rules")?;
+        let loaded = self.run("nft", &["-f", &file.to_string_lossy()]);
+        let _ = std::fs::remove_file(&file);
+        loaded
+            .map(drop)
+            .context("installing the UDP-dropping firewall")
     }
 
     /// Runs `work` on a thread that has joined this namespace (setns affects only the
@@ -137,13 +165,36 @@ impl Namespace {
         &self,
         address: SocketAddr,
         limit: Duration,
+        alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait_for_listening("udp", address, limit, alive)
+    }
+
+    /// Waits until a TCP socket listens on `address` in this namespace while `alive`
+    /// keeps succeeding.
+    pub fn wait_for_tcp_listener(
+        &self,
+        address: SocketAddr,
+        limit: Duration,
+        alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        self.wait_for_listening("tcp", address, limit, alive)
+    }
+
+    /// Waits until `ss` shows a `protocol` ("udp", "tcp") socket listening on `address`.
+    fn wait_for_listening(
+        &self,
+        protocol: &str,
+        address: SocketAddr,
+        limit: Duration,
         mut alive: impl FnMut() -> Result<()>,
     ) -> Result<()> {
         let wanted = address.to_string();
+        let flag = if protocol == "tcp" { "-t" } else { "-u" };
         let deadline = Instant::now() + limit;
         loop {
             alive()?;
-            let sockets = self.run("ss", &["-H", "-u", "-l", "-n"])?;
+            let sockets = self.run("ss", &["-H", flag, "-l", "-n"])?;
             if sockets
                 .lines()
                 .any(|line| line.split_whitespace().any(|field| field == wanted))
@@ -152,7 +203,7 @@ impl Namespace {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "nothing listens on udp {wanted} in {} after {limit:?}",
+                    "nothing listens on {protocol} {wanted} in {} after {limit:?}",
                     self.name
                 );
             }

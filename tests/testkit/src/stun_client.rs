@@ -2,17 +2,23 @@
 //! (`turn_relay::protocol::stun`): Allocate with long-term credentials (RFC 8656 §7.1,
 //! RFC 8489 §9.2), Refresh (§8), CreatePermission (§9.1), ChannelBind (§12.1), Send
 //! indications (§11.2), ChannelData (§12.4), and what a client reads from responses and
-//! relayed data (Data indications, §11.4; ChannelData, §12.5). It follows 300 Try
-//! Alternate to the ALTERNATE-SERVER (RFC 8489 §10) once the 300's MESSAGE-INTEGRITY
-//! checks out.
+//! relayed data (Data indications, §11.4; ChannelData, §12.5). Over UDP, TCP or TLS
+//! ([`Link`]); on a stream, messages are framed as RFC 8656 §3.1 and §12.5 say, with the
+//! relay's own framing functions. It follows 300 Try Alternate to the ALTERNATE-SERVER
+//! (RFC 8489 §10) once the 300's MESSAGE-INTEGRITY checks out.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use turn_relay::protocol::auth::md5_long_term_key;
 use turn_relay::protocol::stun::attributes as attr;
 use turn_relay::protocol::stun::channel_data::{self, ChannelData};
+use turn_relay::protocol::stun::framing::{stream_frame_length, stream_padding};
 use turn_relay::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use crate::addresses::client_for;
@@ -202,6 +208,8 @@ pub struct Response {
     pub realm: Option<String>,
     pub nonce: Option<Vec<u8>>,
     pub relayed: Option<SocketAddr>,
+    /// XOR-MAPPED-ADDRESS: the client's address as the server saw it.
+    pub mapped: Option<SocketAddr>,
     /// ALTERNATE-SERVER (RFC 8489 §14.15), with 300 Try Alternate.
     pub alternate_server: Option<SocketAddr>,
 }
@@ -239,6 +247,7 @@ impl Response {
             realm: message.realm().ok().flatten().map(str::to_owned),
             nonce: message.nonce().ok().flatten().map(<[u8]>::to_vec),
             relayed: message.xor_relayed_address().ok().flatten(),
+            mapped: message.xor_mapped_address().ok().flatten(),
             alternate_server: message
                 .attribute(attr::ALTERNATE_SERVER)
                 .and_then(attr::decode_address),
@@ -273,6 +282,14 @@ pub fn transact(socket: &UdpSocket, request: &[u8]) -> Result<Vec<u8>> {
     bail!("no response after {TRANSMISSIONS} transmissions")
 }
 
+/// Whether a read with a timeout ended because the time was up.
+fn timed_out(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// One datagram within `limit` (None on timeout). A receive interrupted by a signal
 /// (EINTR: Linux also returns it for sockets with a receive timeout after the process was
 /// stopped and continued, with no handler installed) is retried until `limit`.
@@ -287,14 +304,7 @@ fn receive_within(socket: &UdpSocket, buffer: &mut [u8], limit: Duration) -> Res
         match socket.recv(buffer) {
             Ok(len) => return Ok(Some(len)),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(None)
-            }
+            Err(error) if timed_out(&error) => return Ok(None),
             Err(error) => return Err(error).context("receiving"),
         }
     }
@@ -310,6 +320,277 @@ pub fn client_socket(netns: &Namespace, server: SocketAddr) -> Result<UdpSocket>
             .connect(server)
             .with_context(|| format!("connecting a client socket to {server}"))?;
         Ok(socket)
+    })
+}
+
+/// How long a request over a stream waits for its response (there are no
+/// retransmissions on reliable transports, RFC 8489 §6.2.2).
+const STREAM_RESPONSE_LIMIT: Duration = Duration::from_secs(6);
+
+/// A TCP connection, or TLS over one (what a stream [`Link`] holds).
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(tcp) => tcp,
+            Stream::Tls(tls) => &tls.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(tcp) => tcp.read(buffer),
+            Stream::Tls(tls) => tls.read(buffer),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(tcp) => tcp.write(bytes),
+            Stream::Tls(tls) => tls.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// How a client reaches the relay: a connected UDP socket, or a TCP or TLS connection
+/// carrying framed messages.
+pub enum Link {
+    Udp(UdpSocket),
+    Stream {
+        stream: Stream,
+        /// Bytes read but not yet framed.
+        received: Vec<u8>,
+    },
+}
+
+impl Link {
+    /// A [`client_socket`] to `server` in `netns`.
+    pub fn udp(netns: &Namespace, server: SocketAddr) -> Result<Link> {
+        client_socket(netns, server).map(Link::Udp)
+    }
+
+    /// A TCP connection from `netns` (the client's address of `server`'s family) to
+    /// `server`.
+    pub fn tcp(netns: &Namespace, server: SocketAddr) -> Result<Link> {
+        let tcp = connect(netns, server)?;
+        Ok(Link::Stream {
+            stream: Stream::Tcp(tcp),
+            received: Vec::new(),
+        })
+    }
+
+    /// A TCP connection from `local` (an address of `netns`, any port) to `server`.
+    pub fn tcp_from(netns: &Namespace, local: IpAddr, server: SocketAddr) -> Result<Link> {
+        let tcp = netns.run_inside(move || {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(server),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket
+                .bind(&SocketAddr::new(local, 0).into())
+                .with_context(|| format!("binding {local}"))?;
+            socket
+                .connect_timeout(&server.into(), STREAM_RESPONSE_LIMIT)
+                .with_context(|| format!("connecting to {server} from {local}"))?;
+            socket.set_nodelay(true)?;
+            Ok(TcpStream::from(socket))
+        })?;
+        Ok(Link::Stream {
+            stream: Stream::Tcp(tcp),
+            received: Vec::new(),
+        })
+    }
+
+    /// A TLS connection to `server`, verified by `config` against `server_name` (a host
+    /// name, or the IP address as text); the handshake completes before this returns.
+    pub fn tls(
+        netns: &Namespace,
+        server: SocketAddr,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> Result<Link> {
+        let name = ServerName::try_from(server_name.to_owned())
+            .with_context(|| format!("{server_name:?} is not a server name"))?;
+        let tcp = connect(netns, server)?;
+        tcp.set_read_timeout(Some(STREAM_RESPONSE_LIMIT))?;
+        let connection = ClientConnection::new(config, name).context("starting TLS")?;
+        let mut tls = StreamOwned::new(connection, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .with_context(|| format!("TLS handshake with {server}"))?;
+        }
+        Ok(Link::Stream {
+            stream: Stream::Tls(Box::new(tls)),
+            received: Vec::new(),
+        })
+    }
+
+    /// The TLS protocol the server chose by ALPN (RFC 7443), if any.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        match self {
+            Link::Stream {
+                stream: Stream::Tls(tls),
+                ..
+            } => tls.conn.alpn_protocol().map(<[u8]>::to_vec),
+            _ => None,
+        }
+    }
+
+    /// Bounds how long a write may block on a stream (a relay that stopped reading);
+    /// nothing for UDP.
+    pub fn set_write_timeout(&self, limit: Duration) -> Result<()> {
+        if let Link::Stream { stream, .. } = self {
+            stream.tcp().set_write_timeout(Some(limit))?;
+        }
+        Ok(())
+    }
+
+    /// The client's own address.
+    pub fn local_address(&self) -> Result<SocketAddr> {
+        match self {
+            Link::Udp(socket) => socket.local_addr(),
+            Link::Stream { stream, .. } => stream.tcp().local_addr(),
+        }
+        .context("the client's address")
+    }
+
+    /// Sends one message (ChannelData padded on a stream).
+    pub fn send(&mut self, message: &[u8]) -> Result<()> {
+        match self {
+            Link::Udp(socket) => socket.send(message).map(drop).context("sending"),
+            Link::Stream { stream, .. } => {
+                let mut framed = message.to_vec();
+                framed.resize(message.len() + stream_padding(message), 0);
+                stream.write_all(&framed).context("writing")?;
+                stream.flush().context("flushing")
+            }
+        }
+    }
+
+    /// Writes raw bytes on a stream, framed or not (hostile-client tests).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Link::Udp(socket) => socket.send(bytes).map(drop).context("sending"),
+            Link::Stream { stream, .. } => {
+                stream.write_all(bytes).context("writing")?;
+                stream.flush().context("flushing")
+            }
+        }
+    }
+
+    /// The next message (datagram, or frame from the stream) within `limit`; None when
+    /// nothing arrives. A stream the relay closed is an error.
+    pub fn receive(&mut self, limit: Duration) -> Result<Option<Vec<u8>>> {
+        match self {
+            Link::Udp(socket) => {
+                let mut buffer = [0u8; RECEIVE_BUFFER];
+                Ok(receive_within(socket, &mut buffer, limit)?
+                    .map(|len| buffer.get(..len).unwrap_or_default().to_vec()))
+            }
+            Link::Stream { stream, received } => {
+                let deadline = Instant::now() + limit;
+                loop {
+                    if let Some(length) = stream_frame_length(received)
+                        .map_err(|error| anyhow::anyhow!("the relay sent {error}"))?
+                        .filter(|length| received.len() >= *length)
+                    {
+                        return Ok(Some(received.drain(..length).collect()));
+                    }
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        return Ok(None);
+                    };
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    stream.tcp().set_read_timeout(Some(left))?;
+                    let mut buffer = [0u8; 4096];
+                    match stream.read(&mut buffer) {
+                        Ok(0) => bail!("the relay closed the connection"),
+                        Ok(length) => {
+                            received.extend_from_slice(buffer.get(..length).unwrap_or_default())
+                        }
+                        Err(error) if timed_out(&error) => return Ok(None),
+                        Err(error) => return Err(error).context("reading"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the relay closed the connection within `limit` (end of stream or reset;
+    /// anything it sends meanwhile is skipped).
+    pub fn closed_within(&mut self, limit: Duration) -> Result<bool> {
+        let Link::Stream { stream, .. } = self else {
+            bail!("a UDP socket is never closed by the relay");
+        };
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if left.is_zero() {
+                break;
+            }
+            stream.tcp().set_read_timeout(Some(left))?;
+            let mut buffer = [0u8; 4096];
+            match stream.read(&mut buffer) {
+                Ok(0) => return Ok(true),
+                Ok(_) => {}
+                Err(error) if timed_out(&error) => {}
+                Err(_) => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sends `request` and returns the response with its transaction id; over UDP with
+    /// retransmissions ([`transact`]), over a stream once. Other messages meanwhile
+    /// (relayed data) are skipped.
+    pub fn transact(&mut self, request: &[u8]) -> Result<Vec<u8>> {
+        if let Link::Udp(socket) = self {
+            return transact(socket, request);
+        }
+        let transaction = request
+            .get(8..20)
+            .context("request shorter than a header")?
+            .to_vec();
+        self.send(request)?;
+        let deadline = Instant::now() + STREAM_RESPONSE_LIMIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(message) = self.receive(left)? else {
+                break;
+            };
+            if !channel_data::is_channel_data(&message)
+                && message.get(8..20) == Some(transaction.as_slice())
+            {
+                return Ok(message);
+            }
+        }
+        bail!("no response within {STREAM_RESPONSE_LIMIT:?}")
+    }
+}
+
+/// A TCP connection from the client's address of `server`'s family in `netns`.
+fn connect(netns: &Namespace, server: SocketAddr) -> Result<TcpStream> {
+    netns.run_inside(move || {
+        let tcp = TcpStream::connect_timeout(&server, STREAM_RESPONSE_LIMIT)
+            .with_context(|| format!("connecting to {server}"))?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
     })
 }
 
@@ -339,11 +620,13 @@ pub enum Delivered {
     ChannelData { number: u16, data: Vec<u8> },
 }
 
-/// An authenticated allocation held by a connected UDP socket.
+/// An authenticated allocation held by a [`Link`] (a connected UDP socket, or a TCP or
+/// TLS connection).
 pub struct TurnClient {
-    socket: UdpSocket,
+    link: Link,
     session: Session,
     relayed: SocketAddr,
+    mapped: Option<SocketAddr>,
 }
 
 impl TurnClient {
@@ -385,12 +668,19 @@ impl TurnClient {
     /// MESSAGE-INTEGRITY.
     pub fn allocate(socket: UdpSocket, user: &User) -> Result<TurnClient> {
         let ipv6 = socket.peer_addr().context("unconnected socket")?.is_ipv6();
-        let challenge = transact(&socket, &allocate_request(ipv6, None))?;
+        TurnClient::allocate_over(Link::Udp(socket), user, ipv6)
+    }
+
+    /// Allocates a UDP relayed address of the IPv6 family when `ipv6`, else IPv4, as
+    /// `user` over `link` (RFC 8656 §7: the relayed transport is UDP whatever the link).
+    pub fn allocate_over(mut link: Link, user: &User, ipv6: bool) -> Result<TurnClient> {
+        let challenge = link.transact(&allocate_request(ipv6, None))?;
         let challenge = Response::parse(&challenge).context("unparseable Allocate response")?;
         let mut client = TurnClient {
             session: Session::from_challenge(user, &challenge)?,
-            socket,
+            link,
             relayed: SocketAddr::from(([0, 0, 0, 0], 0)),
+            mapped: None,
         };
         let response = client.authenticated(Method::ALLOCATE, |builder| {
             builder.attribute(attr::REQUESTED_TRANSPORT, &TRANSPORT_UDP);
@@ -401,6 +691,7 @@ impl TurnClient {
         client.relayed = response
             .relayed
             .context("Allocate success without XOR-RELAYED-ADDRESS")?;
+        client.mapped = response.mapped;
         Ok(client)
     }
 
@@ -409,9 +700,24 @@ impl TurnClient {
         self.relayed
     }
 
-    /// The socket (to send data on; it must be blocking again for requests).
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
+    /// The client's address as the server saw it (XOR-MAPPED-ADDRESS of the Allocate
+    /// success).
+    pub fn mapped_address(&self) -> Option<SocketAddr> {
+        self.mapped
+    }
+
+    /// The UDP socket (to send data on; it must be blocking again for requests); None
+    /// over TCP or TLS.
+    pub fn socket(&self) -> Option<&UdpSocket> {
+        match &self.link {
+            Link::Udp(socket) => Some(socket),
+            Link::Stream { .. } => None,
+        }
+    }
+
+    /// The link to the relay (to send data or raw bytes on).
+    pub fn link(&mut self) -> &mut Link {
+        &mut self.link
     }
 
     /// CreatePermission for `peer`'s IP address (RFC 8656 §9.1; the port is ignored).
@@ -438,12 +744,11 @@ impl TurnClient {
 
     /// The next relayed datagram within `limit`, or None when nothing arrives. Anything
     /// else the server sends (there should be nothing) is an error.
-    pub fn receive(&self, limit: Duration) -> Result<Option<Delivered>> {
-        let mut buffer = [0u8; RECEIVE_BUFFER];
-        let Some(len) = receive_within(&self.socket, &mut buffer, limit)? else {
+    pub fn receive(&mut self, limit: Duration) -> Result<Option<Delivered>> {
+        let Some(message) = self.link.receive(limit)? else {
             return Ok(None);
         };
-        let datagram = buffer.get(..len).unwrap_or_default();
+        let datagram = message.as_slice();
         if channel_data::is_channel_data(datagram) {
             let message = ChannelData::parse(datagram)
                 .with_context(|| format!("malformed ChannelData {datagram:02x?}"))?;
@@ -500,7 +805,7 @@ impl TurnClient {
                 Some(&self.session),
                 &attributes,
             );
-            let datagram = transact(&self.socket, &request)?;
+            let datagram = self.link.transact(&request)?;
             let response = Response::parse(&datagram)
                 .with_context(|| format!("unparseable {method:?} response"))?;
             if response.success {
@@ -585,6 +890,23 @@ impl Peer {
             .send_to(data, to)
             .with_context(|| format!("sending from the peer to {to}"))
             .map(drop)
+    }
+
+    /// The next datagram and its source within `limit`, or None.
+    pub fn receive(&self, limit: Duration) -> Result<Option<(Vec<u8>, SocketAddr)>> {
+        if limit.is_zero() {
+            return Ok(None);
+        }
+        self.socket.set_read_timeout(Some(limit))?;
+        let mut buffer = [0u8; RECEIVE_BUFFER];
+        match self.socket.recv_from(&mut buffer) {
+            Ok((length, from)) => Ok(Some((
+                buffer.get(..length).unwrap_or_default().to_vec(),
+                from,
+            ))),
+            Err(error) if timed_out(&error) => Ok(None),
+            Err(error) => Err(error).context("the peer receiving"),
+        }
     }
 }
 

@@ -173,16 +173,8 @@ impl Topology {
         if wiring.outer_gro {
             outer.run("ethtool", &["-K", OUTER_INTERFACE, "gro", "on"])?;
         }
-        for (family, gateway) in [("-4", IpAddr::V4(relay_v4)), ("-6", IpAddr::V6(relay_v6))] {
-            outer.ip(&[
-                family,
-                "route",
-                "add",
-                "default",
-                "via",
-                &gateway.to_string(),
-            ])?;
-        }
+        outer.default_route_via(IpAddr::V4(relay_v4))?;
+        outer.default_route_via(IpAddr::V6(relay_v6))?;
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::bpf::{Counter, Outcome};
 use crate::daemon::config::{Config, Sources};
 use crate::daemon::logging::LevelHandle;
+use crate::protocol::datapath::Transport;
 
 use super::admin::api::{
     AllocationCounts, Answer, Listener, Operations, Session, Status, Traffic, XdpStatus,
@@ -195,7 +196,10 @@ impl Operations for Control {
             shared.server.set_peer_policy(config.peer_policy());
             shared.server.set_alternate_servers(config.alternates());
         }
-        // TLS certificates, once TLS listeners exist, are loaded again here.
+        // The TLS certificate files are read again (renewed certificates).
+        if let Err(error) = self.hub.streams.reload_tls() {
+            tracing::error!("reload ({by}): the TLS certificate stays as it was: {error:#}");
+        }
         if let Some(filter) = &self.log_filter {
             if let Err(error) = filter.set(&config.log_level) {
                 tracing::warn!("reload: {error:#}");
@@ -223,9 +227,27 @@ impl Operations for Control {
         };
         let state = self.state();
         let config = &state.config;
-        let mut by_transport = BTreeMap::new();
-        // Every listener is UDP (RFC 8656 over UDP).
-        by_transport.insert("udp".to_owned(), stats.allocations);
+        let by_transport: BTreeMap<String, usize> = Transport::ALL
+            .iter()
+            .map(|&transport| {
+                (
+                    transport.name().to_owned(),
+                    stats.transport(transport).allocations,
+                )
+            })
+            .collect();
+        let streams = config.stream_settings();
+        let listeners = config
+            .listen
+            .iter()
+            .map(|address| ("udp", address))
+            .chain(streams.tcp.iter().map(|address| ("tcp", address)))
+            .chain(streams.tls.iter().map(|address| ("tls", address)))
+            .map(|(transport, address)| Listener {
+                transport: transport.to_owned(),
+                address: address.to_string(),
+            })
+            .collect();
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -242,14 +264,7 @@ impl Operations for Control {
             },
             permissions: stats.permissions,
             channels: stats.channels,
-            listeners: config
-                .listen
-                .iter()
-                .map(|address| Listener {
-                    transport: "udp".to_owned(),
-                    address: address.to_string(),
-                })
-                .collect(),
+            listeners,
             admin_listen: config.metrics_listen.map(|address| address.to_string()),
             alternate_servers: config
                 .alternates()
@@ -291,7 +306,7 @@ impl Operations for Control {
                         user: allocation.username.to_owned(),
                         client: allocation.flow.client.to_string(),
                         listener: allocation.flow.listener.to_string(),
-                        transport: "udp".to_owned(),
+                        transport: allocation.flow.transport.name().to_owned(),
                         relayed: allocation.relayed.to_string(),
                         age_seconds: now
                             .saturating_duration_since(allocation.created_at)

@@ -7,12 +7,15 @@
 
 use std::sync::PoisonError;
 
-use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::bpf::{Counter, Outcome, XdpRelay};
-use crate::protocol::datapath::FastPathStats;
+use crate::protocol::datapath::{FastPathStats, Transport};
 use crate::protocol::turn::{PacketCount, ServerStats};
 
+use super::stream::{CloseReason, StreamCounts};
 use super::Hub;
 
 /// Counters kept by the IO layer itself.
@@ -39,15 +42,30 @@ impl IoCounters {
 }
 
 /// What `/metrics` reports, gathered at one moment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct MetricsSnapshot {
     pub(crate) stats: ServerStats,
     /// What applying the core's commands to the fast path did.
     pub(crate) fast_path: FastPathStats,
     pub(crate) relay_sockets: usize,
     pub(crate) io: IoCounters,
+    /// The TCP and TLS connections' counters.
+    pub(crate) streams: [(Transport, StreamCounts); 2],
     /// The XDP program's counter of every outcome, while it is attached.
     pub(crate) xdp: Option<Vec<(Outcome, Counter)>>,
+}
+
+impl Default for MetricsSnapshot {
+    fn default() -> Self {
+        MetricsSnapshot {
+            stats: ServerStats::default(),
+            fast_path: FastPathStats::default(),
+            relay_sockets: 0,
+            io: IoCounters::default(),
+            streams: [Transport::Tcp, Transport::Tls].map(|t| (t, StreamCounts::default())),
+            xdp: None,
+        }
+    }
 }
 
 impl MetricsSnapshot {
@@ -65,8 +83,9 @@ impl MetricsSnapshot {
         MetricsSnapshot {
             stats,
             fast_path,
-            relay_sockets,
+            relay_sockets: relay_sockets + hub.streams.relay_sockets(),
             io,
+            streams: hub.streams.counts(),
             xdp: xdp.and_then(|relay| match relay.counters() {
                 Ok(counters) => Some(counters.iter().collect()),
                 Err(error) => {
@@ -83,6 +102,7 @@ impl MetricsSnapshot {
 pub(crate) struct Metrics {
     registry: Registry,
     allocations: IntGauge,
+    allocations_by_transport: IntGaugeVec,
     permissions: IntGauge,
     channels: IntGauge,
     relay_sockets: IntGauge,
@@ -98,6 +118,10 @@ pub(crate) struct Metrics {
     xdp_attached: IntGauge,
     xdp_packets: IntCounterVec,
     xdp_bytes: IntCounterVec,
+    connections: IntGaugeVec,
+    connections_accepted: IntCounterVec,
+    connections_closed: IntCounterVec,
+    connection_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,8 +142,18 @@ impl Metrics {
             registry.register(Box::new(counters.clone()))?;
             Ok::<_, prometheus::Error>(counters)
         };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let gauges = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(gauges.clone()))?;
+            Ok::<_, prometheus::Error>(gauges)
+        };
         let metrics = Metrics {
             allocations: gauge("turn_allocations", "Allocations in place.")?,
+            allocations_by_transport: gauges(
+                "turn_allocations_by_transport",
+                "Allocations in place, by the client's transport (udp, tcp, tls).",
+                &["transport"],
+            )?,
             permissions: gauge(
                 "turn_permissions",
                 "Permissions in place (all allocations).",
@@ -131,13 +165,13 @@ impl Metrics {
             relay_sockets: gauge("turn_relay_sockets", "Open relay sockets.")?,
             userspace_packets: counters(
                 "turn_userspace_relayed_packets_total",
-                "Application datagrams relayed by userspace.",
-                &["direction", "kind"],
+                "Application datagrams relayed by userspace, by the client's transport.",
+                &["direction", "kind", "transport"],
             )?,
             userspace_bytes: counters(
                 "turn_userspace_relayed_bytes_total",
-                "Application bytes relayed by userspace.",
-                &["direction", "kind"],
+                "Application bytes relayed by userspace, by the client's transport.",
+                &["direction", "kind", "transport"],
             )?,
             userspace_dropped: counter(
                 "turn_userspace_dropped_packets_total",
@@ -181,6 +215,26 @@ impl Metrics {
                 "Frame bytes the XDP program handled, by outcome.",
                 &["outcome"],
             )?,
+            connections: gauges(
+                "turn_client_connections",
+                "Open TCP and TLS client connections.",
+                &["transport"],
+            )?,
+            connections_accepted: counters(
+                "turn_client_connections_accepted_total",
+                "TCP and TLS client connections accepted.",
+                &["transport"],
+            )?,
+            connections_closed: counters(
+                "turn_client_connections_closed_total",
+                "TCP and TLS client connections closed or refused, by reason.",
+                &["transport", "reason"],
+            )?,
+            connection_dropped: counters(
+                "turn_client_connection_dropped_messages_total",
+                "Relayed messages dropped because a connection's write queue was full.",
+                &["transport"],
+            )?,
             registry,
         };
         // Every userspace series exists from the start, at 0.
@@ -192,29 +246,40 @@ impl Metrics {
     pub(crate) fn publish(&self, snapshot: &MetricsSnapshot) {
         let stats = &snapshot.stats;
         set_gauge(&self.allocations, stats.allocations);
+        for transport in Transport::ALL {
+            set_gauge(
+                &self
+                    .allocations_by_transport
+                    .with_label_values(&[transport.name()]),
+                stats.transport(transport).allocations,
+            );
+        }
         set_gauge(&self.permissions, stats.permissions);
         set_gauge(&self.channels, stats.channels);
         set_gauge(&self.relay_sockets, snapshot.relay_sockets);
-        let relayed: [(&str, &str, PacketCount); 4] = [
-            ("to_peer", "channel_data", stats.to_peer_channel_data),
-            ("to_peer", "send_indication", stats.to_peer_send),
-            ("to_client", "channel_data", stats.to_client_channel_data),
-            (
-                "to_client",
-                "data_indication",
-                stats.to_client_data_indication,
-            ),
-        ];
-        for (direction, kind, count) in relayed {
-            let labels = [direction, kind];
-            set_total(
-                &self.userspace_packets.with_label_values(&labels),
-                count.packets,
-            );
-            set_total(
-                &self.userspace_bytes.with_label_values(&labels),
-                count.bytes,
-            );
+        for transport in Transport::ALL {
+            let counts = stats.transport(transport).relayed;
+            let relayed: [(&str, &str, PacketCount); 4] = [
+                ("to_peer", "channel_data", counts.to_peer_channel_data),
+                ("to_peer", "send_indication", counts.to_peer_send),
+                ("to_client", "channel_data", counts.to_client_channel_data),
+                (
+                    "to_client",
+                    "data_indication",
+                    counts.to_client_data_indication,
+                ),
+            ];
+            for (direction, kind, count) in relayed {
+                let labels = [direction, kind, transport.name()];
+                set_total(
+                    &self.userspace_packets.with_label_values(&labels),
+                    count.packets,
+                );
+                set_total(
+                    &self.userspace_bytes.with_label_values(&labels),
+                    count.bytes,
+                );
+            }
         }
         set_total(&self.userspace_dropped, stats.dropped_packets);
         set_total(
@@ -228,7 +293,37 @@ impl Metrics {
         set_total(&self.received, snapshot.io.received);
         set_total(&self.truncated, snapshot.io.truncated);
         set_total(&self.send_dropped, snapshot.io.send_dropped);
-        set_total(&self.relay_bind_failures, snapshot.io.relay_bind_failures);
+        let stream_bind_failures: u64 = snapshot
+            .streams
+            .iter()
+            .map(|(_, counts)| counts.relay_bind_failures)
+            .sum();
+        set_total(
+            &self.relay_bind_failures,
+            snapshot.io.relay_bind_failures + stream_bind_failures,
+        );
+        for (transport, counts) in &snapshot.streams {
+            let label = [transport.name()];
+            self.connections
+                .with_label_values(&label)
+                .set(i64::try_from(counts.open).unwrap_or(i64::MAX));
+            set_total(
+                &self.connections_accepted.with_label_values(&label),
+                counts.accepted,
+            );
+            set_total(
+                &self.connection_dropped.with_label_values(&label),
+                counts.dropped,
+            );
+            for (reason, closed) in CloseReason::ALL.iter().zip(counts.closed) {
+                set_total(
+                    &self
+                        .connections_closed
+                        .with_label_values(&[transport.name(), reason.name()]),
+                    closed,
+                );
+            }
+        }
         self.xdp_attached.set(i64::from(snapshot.xdp.is_some()));
         if let Some(xdp) = &snapshot.xdp {
             for (outcome, count) in xdp {
@@ -267,14 +362,14 @@ fn set_total(counter: &IntCounter, total: u64) {
 
 #[cfg(test)]
 mod tests {
+    use crate::protocol::turn::{RelayedCounts, TransportStats};
+
     use super::*;
 
     fn snapshot() -> MetricsSnapshot {
-        MetricsSnapshot {
-            stats: ServerStats {
-                allocations: 2,
-                permissions: 3,
-                channels: 1,
+        let udp = TransportStats {
+            allocations: 2,
+            relayed: RelayedCounts {
                 to_peer_channel_data: PacketCount {
                     packets: 5,
                     bytes: 500,
@@ -283,6 +378,32 @@ mod tests {
                     packets: 7,
                     bytes: 70,
                 },
+                ..RelayedCounts::default()
+            },
+        };
+        let tls = TransportStats {
+            allocations: 1,
+            relayed: RelayedCounts {
+                to_client_channel_data: PacketCount {
+                    packets: 3,
+                    bytes: 30,
+                },
+                ..RelayedCounts::default()
+            },
+        };
+        let mut tls_counts = StreamCounts {
+            open: 4,
+            accepted: 9,
+            dropped: 2,
+            ..StreamCounts::default()
+        };
+        tls_counts.closed[1] = 5;
+        MetricsSnapshot {
+            stats: ServerStats {
+                allocations: 3,
+                permissions: 3,
+                channels: 1,
+                by_transport: [udp, TransportStats::default(), tls],
                 unauthenticated_answers_dropped: 11,
                 ..ServerStats::default()
             },
@@ -294,6 +415,10 @@ mod tests {
                 received: 12,
                 ..IoCounters::default()
             },
+            streams: [
+                (Transport::Tcp, StreamCounts::default()),
+                (Transport::Tls, tls_counts),
+            ],
             xdp: None,
         }
     }
@@ -305,14 +430,24 @@ mod tests {
         let (text, content_type) = metrics.encode();
         assert!(content_type.starts_with("text/plain; version=0.0.4"));
         for line in [
-            "turn_allocations 2",
+            "turn_allocations 3",
+            "turn_allocations_by_transport{transport=\"udp\"} 2",
+            "turn_allocations_by_transport{transport=\"tcp\"} 0",
+            "turn_allocations_by_transport{transport=\"tls\"} 1",
             "turn_permissions 3",
             "turn_channels 1",
             "turn_relay_sockets 2",
-            "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"channel_data\"} 5",
-            "turn_userspace_relayed_bytes_total{direction=\"to_peer\",kind=\"channel_data\"} 500",
-            "turn_userspace_relayed_packets_total{direction=\"to_client\",kind=\"data_indication\"} 7",
-            "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"send_indication\"} 0",
+            "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"channel_data\",transport=\"udp\"} 5",
+            "turn_userspace_relayed_bytes_total{direction=\"to_peer\",kind=\"channel_data\",transport=\"udp\"} 500",
+            "turn_userspace_relayed_packets_total{direction=\"to_client\",kind=\"data_indication\",transport=\"udp\"} 7",
+            "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"send_indication\",transport=\"udp\"} 0",
+            "turn_userspace_relayed_packets_total{direction=\"to_client\",kind=\"channel_data\",transport=\"tls\"} 3",
+            "turn_client_connections{transport=\"tls\"} 4",
+            "turn_client_connections{transport=\"tcp\"} 0",
+            "turn_client_connections_accepted_total{transport=\"tls\"} 9",
+            "turn_client_connections_closed_total{reason=\"idle_timeout\",transport=\"tls\"} 5",
+            "turn_client_connections_closed_total{reason=\"bad_framing\",transport=\"tcp\"} 0",
+            "turn_client_connection_dropped_messages_total{transport=\"tls\"} 2",
             "turn_userspace_dropped_packets_total 0",
             "turn_received_datagrams_total 12",
             "turn_truncated_datagrams_total 0",

@@ -1,9 +1,10 @@
 //! The daemon end to end over loopback: real sockets, the batched userspace relay.
 
-use std::net::UdpSocket;
-use std::time::Duration;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
-use super::*;
+use super::config::Config;
+use super::{run, Options};
 use crate::protocol::stun::{
     attributes, channel_data, Class, Message, MessageBuilder, Method, PasswordAlgorithm,
     TransactionId,
@@ -213,7 +214,7 @@ fn relays_channel_data_between_client_and_peer_over_loopback() {
 
     // The metrics endpoint shows what userspace relayed (published about once a second).
     let relayed =
-        "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"channel_data\"} 5";
+        "turn_userspace_relayed_packets_total{direction=\"to_peer\",kind=\"channel_data\",transport=\"udp\"} 5";
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = String::new();
     while Instant::now() < deadline && !last.lines().any(|line| line == relayed) {

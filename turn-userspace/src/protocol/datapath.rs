@@ -19,14 +19,73 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
-/// The client side of an allocation: RFC 8656 §2 "5-tuple" for UDP (the transport is
-/// always UDP here), seen from the server.
+/// How a client reaches the server (RFC 8656 §3.1): the transport of its 5-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Udp,
+    /// TURN over TCP: STUN messages and ChannelData framed on a byte stream (RFC 8656 §3.1).
+    Tcp,
+    /// TURN over TLS over TCP, framed as over TCP.
+    Tls,
+}
+
+impl Transport {
+    /// Every transport, in the order of [`Transport::index`].
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+    /// A connection (TCP or TLS) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// Its position in [`Transport::ALL`] (for per-transport tables).
+    pub fn index(self) -> usize {
+        match self {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+            Transport::Tls => 2,
+        }
+    }
+
+    /// "udp", "tcp" or "tls": logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The client side of an allocation: RFC 8656 §2 "5-tuple", seen from the server. Over
+/// TCP and TLS it names one connection (RFC 8656 §3.1: the allocation lives and dies with
+/// it). Only UDP allocations ever enter the fast path: XDP relays UDP only, so peer data
+/// for a stream allocation is passed up (no map entry matches) and relayed in userspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientFlow {
-    /// The client's address as seen by the server (the server-reflexive address).
+    /// The client's address as seen by the server (the server-reflexive address; behind a
+    /// PROXY-protocol load balancer, the address the balancer reports).
     pub client: SocketAddr,
     /// The listening address the client sends to.
     pub listener: SocketAddr,
+    pub transport: Transport,
+}
+
+impl ClientFlow {
+    /// A client sending UDP datagrams from `client` to `listener`.
+    pub fn udp(client: SocketAddr, listener: SocketAddr) -> ClientFlow {
+        ClientFlow {
+            client,
+            listener,
+            transport: Transport::Udp,
+        }
+    }
 }
 
 /// Everything the fast path needs to know about one allocation.
@@ -122,6 +181,8 @@ pub enum EndReason {
     Expired,
     /// The client sent a Refresh with LIFETIME 0 (RFC 8656 §8).
     DeletedByClient,
+    /// Its TCP or TLS connection closed (RFC 8656 §3.1).
+    ConnectionClosed,
 }
 
 impl std::fmt::Display for EndReason {
@@ -129,6 +190,7 @@ impl std::fmt::Display for EndReason {
         f.write_str(match self {
             EndReason::Expired => "expired",
             EndReason::DeletedByClient => "deleted by client",
+            EndReason::ConnectionClosed => "connection closed",
         })
     }
 }
@@ -387,6 +449,7 @@ fn log_usage(flow: ClientFlow, relay: SocketAddr, usage: &AllocationUsage, fast:
     tracing::info!(
         username = %usage.username,
         client = %flow.client,
+        transport = %flow.transport,
         relay = %relay,
         lifetime_secs = usage.lifetime.as_secs(),
         to_peer_packets = total.to_peer_packets,

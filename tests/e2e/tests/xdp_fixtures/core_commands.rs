@@ -62,10 +62,10 @@ fn the_fast_path_holds_only_what_the_core_checked() {
         .with_ipv6()
         .with_user(&user.name, &user.password);
     let mut relay = InMemoryRelay::new(&config).or_fail("the core");
-    let flow = ClientFlow {
-        client: SocketAddr::new(CLIENT_V6.into(), CLIENT_PORT),
-        listener: SocketAddr::new(RELAY_LISTEN_V6.into(), LISTENER_PORT),
-    };
+    let flow = ClientFlow::udp(
+        SocketAddr::new(CLIENT_V6.into(), CLIENT_PORT),
+        SocketAddr::new(RELAY_LISTEN_V6.into(), LISTENER_PORT),
+    );
     let client = relay.allocate(flow, &user, true).or_fail("Allocate");
     assert_eq!(client.relayed.ip(), IpAddr::V6(RELAY_RELAYED_V6));
 

@@ -207,10 +207,7 @@ impl Model {
         if bad_checksum || wire.hop_limit <= 1 {
             return None;
         }
-        let flow = ClientFlow {
-            client: wire.src,
-            listener: wire.dst,
-        };
+        let flow = ClientFlow::udp(wire.src, wire.dst);
         if self.relays_of(flow).next().is_some() {
             return self.client_to_peer(flow, wire.payload);
         }

@@ -90,10 +90,10 @@ pub const V6_CLIENT_V4_RELAY: Allocation = Allocation {
 
 impl Allocation {
     pub fn flow(&self) -> ClientFlow {
-        ClientFlow {
-            client: SocketAddr::new(self.client, CLIENT_PORT),
-            listener: SocketAddr::new(self.listener, LISTENER_PORT),
-        }
+        ClientFlow::udp(
+            SocketAddr::new(self.client, CLIENT_PORT),
+            SocketAddr::new(self.listener, LISTENER_PORT),
+        )
     }
 
     /// The transport address of a peer, in the relayed address's family.

@@ -263,14 +263,24 @@ fn render_status(status: &Status) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // The transports that carry allocations (a relay without TCP/TLS clients shows none).
+    let in_use: std::collections::BTreeMap<String, usize> = status
+        .allocations
+        .by_transport
+        .iter()
+        .filter(|(_, count)| **count > 0)
+        .map(|(name, count)| (name.clone(), *count))
+        .collect();
+    let families = split(&status.allocations.by_family);
+    let detail = if in_use.is_empty() {
+        families
+    } else {
+        format!("{}; {families}", split(&in_use))
+    };
     let _ = writeln!(
         out,
-        "allocations: {} ({}; {}), permissions {}, channels {}",
-        status.allocations.total,
-        split(&status.allocations.by_transport),
-        split(&status.allocations.by_family),
-        status.permissions,
-        status.channels
+        "allocations: {} ({detail}), permissions {}, channels {}",
+        status.allocations.total, status.permissions, status.channels
     );
     let listeners: Vec<String> = status
         .listeners

@@ -18,6 +18,7 @@ mod print;
 mod reload;
 mod schema;
 mod sources;
+mod streams;
 mod validate;
 
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub use error::ConfigError;
 pub use keys::ENV_PREFIX;
 pub use reload::Reloaded;
 pub use sources::{CommandLineValue, Origin, Origins, Sources};
+pub use streams::{ConnectionLimits, StreamConfig, DEFAULT_TLS_PORT};
 pub use validate::{MAX_ALLOCATIONS, MAX_ENTRIES_PER_ALLOCATION, MAX_LIFETIME_SECS, MAX_THREADS};
 
 /// The configuration used without `--config`: a loopback relay that may relay to loopback
@@ -150,6 +152,8 @@ pub struct Config {
     pub admin_token_file: Option<std::path::PathBuf>,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// TURN over TCP and TLS (`[tcp]`, `[tls]`, `[connections]`, `[proxy_protocol]`).
+    pub streams: StreamConfig,
     /// The generated demo user (embedded default only): shown at start-up so a person can try it.
     demo_credentials: Option<(String, String)>,
     /// Where each value that is not a default came from.
@@ -183,6 +187,7 @@ impl fmt::Debug for Config {
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("log_format", &self.log_format)
+            .field("streams", &self.streams)
             .finish_non_exhaustive()
     }
 }
@@ -355,6 +360,11 @@ impl Config {
             }
         }
         PeerPolicy::new(self.peers_allow.clone(), deny, own)
+    }
+
+    /// The TCP and TLS listeners and connection limits, next to the UDP listeners.
+    pub(crate) fn stream_settings(&self) -> crate::daemon::stream::StreamSettings {
+        self.streams.settings(&self.listen)
     }
 
     /// What to ask of the XDP loader; `interfaces` are the resolved interface names.

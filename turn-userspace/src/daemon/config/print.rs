@@ -109,6 +109,7 @@ impl Config {
 
     /// The schema's structs filled with the effective values.
     fn printed(&self) -> RawConfig {
+        let streams = self.streams.printed(&self.listen);
         RawConfig {
             server: RawServer {
                 realm: Some(text(&self.realm)),
@@ -206,6 +207,10 @@ impl Config {
                 level: Some(text(&self.log_level)),
                 format: Some(text(self.log_format)),
             },
+            tcp: streams.tcp,
+            tls: streams.tls,
+            connections: streams.connections,
+            proxy_protocol: streams.proxy_protocol,
         }
     }
 }

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::streams::{RawConnections, RawProxyProtocol, RawTcp, RawTls};
+
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -25,6 +27,14 @@ pub(super) struct RawConfig {
     pub(super) admin: RawAdmin,
     #[serde(default)]
     pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) tcp: RawTcp,
+    #[serde(default)]
+    pub(super) tls: RawTls,
+    #[serde(default)]
+    pub(super) connections: RawConnections,
+    #[serde(default)]
+    pub(super) proxy_protocol: RawProxyProtocol,
 }
 
 impl RawConfig {
@@ -45,6 +55,10 @@ impl RawConfig {
         self.metrics.overlay(layer.metrics);
         self.admin.overlay(layer.admin);
         self.log.overlay(layer.log);
+        self.tcp.overlay(layer.tcp);
+        self.tls.overlay(layer.tls);
+        self.connections.overlay(layer.connections);
+        self.proxy_protocol.overlay(layer.proxy_protocol);
     }
 }
 
@@ -103,6 +117,26 @@ overlay!(RawXdp { mode, interfaces });
 overlay!(RawMetrics { listen });
 overlay!(RawAdmin { token, token_file });
 overlay!(RawLog { level, format });
+overlay!(RawTcp {
+    enabled,
+    listen,
+    proxy_protocol
+});
+overlay!(RawTls {
+    listen,
+    cert,
+    key,
+    proxy_protocol
+});
+overlay!(RawConnections {
+    handshake_timeout,
+    idle_timeout,
+    max,
+    max_per_ip,
+    max_message_size,
+    write_buffer,
+});
+overlay!(RawProxyProtocol { allow_from });
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

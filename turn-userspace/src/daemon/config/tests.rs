@@ -62,6 +62,28 @@ token = "admin-secret"
 [log]
 level = "debug"
 format = "json"
+
+[tcp]
+enabled = true
+listen = ["198.18.0.1:80"]
+proxy_protocol = true
+
+[tls]
+listen = ["198.18.0.1:443"]
+cert = "/etc/turn-relay/fullchain.pem"
+key = "/etc/turn-relay/privkey.pem"
+proxy_protocol = false
+
+[connections]
+handshake_timeout = 5
+idle_timeout = 30
+max = 1000
+max_per_ip = 10
+max_message_size = 4096
+write_buffer = 65536
+
+[proxy_protocol]
+allow_from = ["198.18.9.0/24"]
 "#;
 
 fn error_of(text: &str) -> String {
@@ -151,6 +173,10 @@ fn reference_config_shows_the_real_defaults() {
         "admin.token_file",
         "peers.allow",
         "peers.deny",
+        "tls.cert",
+        "tls.key",
+        "tls.listen",
+        "proxy_protocol.allow_from",
     ];
     let effective = printed(&Config::parse(REFERENCE, "reference").expect("valid"));
     let mut section = String::new();
@@ -788,6 +814,20 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
                 "admin.token_file" => token_file.to_str().expect("utf-8 path"),
                 "log.level" => "debug",
                 "log.format" => "json",
+                "tcp.enabled" => "true",
+                "tcp.listen" => "198.18.0.1:80",
+                "tcp.proxy_protocol" => "true",
+                "tls.cert" => "/etc/turn-relay/cert.pem",
+                "tls.key" => "/etc/turn-relay/key.pem",
+                "tls.listen" => "198.18.0.1:443",
+                "tls.proxy_protocol" => "false",
+                "connections.handshake_timeout" => "5",
+                "connections.idle_timeout" => "30",
+                "connections.max" => "100",
+                "connections.max_per_ip" => "10",
+                "connections.max_message_size" => "2000",
+                "connections.write_buffer" => "8192",
+                "proxy_protocol.allow_from" => "198.18.9.0/24",
                 other => panic!("no test value for {other}"),
             };
             (key, value.to_owned())
@@ -1100,6 +1140,19 @@ fn every_live_key_is_applied_by_a_reload() {
             "admin.token_file" => &format!("{:?}", token_file.display().to_string()),
             "log.level" => "\"trace\"",
             "log.format" => "\"json\"",
+            "tcp.enabled" => "false",
+            "tcp.listen" => "[\"198.18.0.1:80\"]",
+            // These need another key set with them (allow_from, cert and key).
+            "tcp.proxy_protocol" | "tls.proxy_protocol" | "tls.cert" | "tls.key" | "tls.listen" => {
+                continue
+            }
+            "connections.handshake_timeout" => "5",
+            "connections.idle_timeout" => "30",
+            "connections.max" => "100",
+            "connections.max_per_ip" => "10",
+            "connections.max_message_size" => "2000",
+            "connections.write_buffer" => "8192",
+            "proxy_protocol.allow_from" => "[\"198.18.9.0/24\"]",
             other => panic!("no test value for {other}"),
         };
         let text = if key.dotted() == "server.default_lifetime" {

@@ -15,6 +15,7 @@ use crate::protocol::turn::ServerLimits;
 
 use super::schema::{RawAdmin, RawConfig, RawLimits, RawUser};
 use super::sources::{Origin, Origins};
+use super::streams::RawStreams;
 use super::{defaults, random_nonce_secret, Config, ConfigError, RelayAddressConfig};
 
 /// The longest lifetime of anything with one (allocations, permissions, channels, nonces):
@@ -72,12 +73,12 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn missing(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn missing(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::key(self.source, key, message)
     }
 
     /// Applies `check` to a positioned value; a failure is reported at its line.
-    fn check<T, U>(
+    pub(super) fn check<T, U>(
         &self,
         value: &Spanned<T>,
         key: &str,
@@ -87,7 +88,7 @@ impl<'a> Validator<'a> {
     }
 
     /// An optional value, checked, or `default` when absent.
-    fn optional<T, U>(
+    pub(super) fn optional<T, U>(
         &self,
         value: &Option<Spanned<T>>,
         key: &str,
@@ -112,7 +113,7 @@ impl<'a> Validator<'a> {
     }
 
     /// A count (of allocations, threads) within `bounds`, or `default` when absent.
-    fn count(
+    pub(super) fn count(
         &self,
         value: &Option<Spanned<u64>>,
         key: &str,
@@ -327,6 +328,15 @@ impl<'a> Validator<'a> {
             self.optional(&raw.log.format, "log.format", defaults::LOG_FORMAT, |f| {
                 f.parse()
             })?;
+        let streams = self.streams(
+            RawStreams {
+                tcp: raw.tcp,
+                tls: raw.tls,
+                connections: raw.connections,
+                proxy_protocol: raw.proxy_protocol,
+            },
+            &listen,
+        )?;
 
         Ok(Config {
             source: self.source.to_owned(),
@@ -365,6 +375,7 @@ impl<'a> Validator<'a> {
             admin_token_file,
             log_level,
             log_format,
+            streams,
             demo_credentials: None,
             origins: self.origins.clone(),
             ignored_variables: Vec::new(),
@@ -593,7 +604,7 @@ fn parse_alternate_server(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// `n` if it lies within `bounds`, else a message naming them (`unit` follows the bounds).
-fn within(n: u64, bounds: &RangeInclusive<u64>, unit: &str) -> Result<u64, String> {
+pub(super) fn within(n: u64, bounds: &RangeInclusive<u64>, unit: &str) -> Result<u64, String> {
     if bounds.contains(&n) {
         Ok(n)
     } else {
@@ -655,7 +666,7 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
 }
 
 /// A CIDR network; a bare address means just that address.
-fn parse_network(text: &str) -> Result<IpNet, String> {
+pub(super) fn parse_network(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net);
     }
@@ -728,7 +739,7 @@ pub(crate) fn check_log_level(level: &str) -> Result<(), String> {
 
 /// Replies and the XDP program need the exact address clients send to, so wildcard
 /// listeners are refused.
-fn check_listen(address: SocketAddr) -> Result<(), String> {
+pub(super) fn check_listen(address: SocketAddr) -> Result<(), String> {
     if address.ip().is_unspecified() {
         return Err(format!(
             "{address} is a wildcard address: listen on this host's concrete address(es) instead, \

@@ -4,10 +4,12 @@
 //! - [`Message`] parses a datagram in place (no allocation) and exposes typed accessors.
 //! - [`MessageBuilder`] writes a message into a caller-owned `Vec<u8>` (capacity reused).
 //! - [`channel_data`] frames and unframes ChannelData messages.
+//! - [`framing`] cuts messages out of a TCP or TLS byte stream.
 
 pub mod attributes;
 mod builder;
 pub mod channel_data;
+pub mod framing;
 mod integrity;
 mod message;
 #[cfg(test)]

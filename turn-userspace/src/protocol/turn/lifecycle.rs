@@ -51,11 +51,14 @@ impl<R: rand::RngCore> Server<R> {
             self.timers.cancel(TimerKind::ChannelCoolOff(flow, number));
         }
         self.uncount_for_user(&allocation.quota_user);
-        self.fast_path.push_back(FastPathCommand::RemoveAllocation {
+        self.fast_path.push(
             flow,
-            relay: allocation.relay,
-            usage: usage.map(Box::new),
-        });
+            FastPathCommand::RemoveAllocation {
+                flow,
+                relay: allocation.relay,
+                usage: usage.map(Box::new),
+            },
+        );
         Some(allocation)
     }
 
@@ -150,10 +153,13 @@ impl<R: rand::RngCore> Server<R> {
             .is_some_and(|permission| permission.expires_at <= now)
         {
             allocation.permissions.remove(&peer);
-            self.fast_path.push_back(FastPathCommand::RemovePermission {
-                relay: allocation.relay,
-                peer_ip: peer,
-            });
+            self.fast_path.push(
+                flow,
+                FastPathCommand::RemovePermission {
+                    relay: allocation.relay,
+                    peer_ip: peer,
+                },
+            );
         }
     }
 
@@ -179,12 +185,23 @@ impl<R: rand::RngCore> Server<R> {
                 until,
             },
         );
-        self.fast_path.push_back(FastPathCommand::RemoveChannel {
-            relay: allocation.relay,
-            number,
-        });
+        self.fast_path.push(
+            flow,
+            FastPathCommand::RemoveChannel {
+                relay: allocation.relay,
+                number,
+            },
+        );
         self.timers
             .schedule(until, TimerKind::ChannelCoolOff(flow, number));
+    }
+
+    /// The TCP or TLS connection of `flow` closed (or was closed by the server): its
+    /// allocation, if any, is deleted (RFC 8656 §3.1: the 5-tuple is the connection).
+    pub fn handle_connection_closed(&mut self, now: Instant, flow: ClientFlow) {
+        if self.allocations.contains_key(&flow) {
+            self.delete_allocation(now, flow, EndReason::ConnectionClosed);
+        }
     }
 
     /// The IO layer could not bind the relay socket of an OpenRelay command: the allocation
@@ -203,8 +220,7 @@ impl<R: rand::RngCore> Server<R> {
         }
         let transaction_id = allocation.allocate_transaction;
         let Some(position) = self.transmits.iter().position(|transmit| {
-            transmit.to == flow.client
-                && transmit.from == flow.listener
+            transmit.flow() == flow
                 && Message::parse(&transmit.payload).is_ok_and(|message| {
                     message.transaction_id() == &transaction_id
                         && message.method() == Method::ALLOCATE

@@ -158,7 +158,7 @@ fn once_a_second(last: &mut Option<Instant>, now: Instant) -> bool {
 
 /// IPv4 sources are limited per address; IPv6 sources per /64, the smallest block an
 /// end site gets, so one host cannot dodge the limit by rotating its interface ID.
-fn source_key(source: IpAddr) -> IpAddr {
+pub fn source_key(source: IpAddr) -> IpAddr {
     match source {
         IpAddr::V4(_) => source,
         IpAddr::V6(v6) => {

@@ -1,11 +1,20 @@
-//! The sans-IO TURN server (RFC 8656 over UDP), in the style of quinn-proto: the IO layer
-//! feeds datagrams and time in, and drains [`Command`]s, [`Transmit`]s and timeouts out.
-//! No sockets, clocks or global RNG: time comes in as [`Now`], randomness from `R`.
+//! The sans-IO TURN server (RFC 8656), in the style of quinn-proto: the IO layer feeds
+//! datagrams (or frames cut from a TCP/TLS stream) and time in, and drains [`Command`]s,
+//! [`Transmit`]s and timeouts out. No sockets, clocks or global RNG: time comes in as
+//! [`Now`], randomness from `R`.
 //!
 //! - [`Server::handle_client_datagram`]: STUN requests/indications and ChannelData from
 //!   clients on a listening socket (RFC 8656 §5–§12). DONT-FRAGMENT (RFC 8656 §7.2,
 //!   §11.2) is not supported: an Allocate carrying it gets 420, a Send indication carrying
 //!   it is discarded, as the RFC says for servers that cannot set DF per datagram.
+//! - Clients reach the server over UDP, TCP or TLS ([`Transport`] in the [`ClientFlow`]);
+//!   the relayed transport is UDP whatever the client's (RFC 8656 §3.1, §7: a
+//!   REQUESTED-TRANSPORT other than UDP gets 442). Over TCP and TLS the flow is the
+//!   connection: [`Server::handle_connection_closed`] deletes its allocation. Stream
+//!   allocations never enter the fast path (only their usage line passes through it), their
+//!   responses are not cached (clients do not retransmit over reliable transports, RFC 8489
+//!   §6.2.2), and their unauthenticated answers are not rate-limited (a connection's
+//!   source cannot be spoofed, so there is nothing to reflect).
 //! - [`Server::handle_peer_datagram`]: datagrams from peers on a relay socket (§11.3, §12.6).
 //! - Relay data never allocates: it comes back as a [`Forward`] that points into the
 //!   input packet or into the caller's reusable `out` buffer.
@@ -33,7 +42,7 @@ use std::ops::{Range, RangeInclusive};
 use std::time::{Duration, Instant};
 
 use crate::protocol::auth::Authenticator;
-use crate::protocol::datapath::{ClientFlow, FastPathCommand};
+use crate::protocol::datapath::{ClientFlow, FastPathCommand, Transport};
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::TransactionId;
 
@@ -42,6 +51,7 @@ use limiter::AnswerLimiter;
 use timers::Timers;
 
 pub use error::TurnError;
+pub use limiter::source_key;
 pub use operations::{AllocationView, FamilyCounts};
 
 /// One relay address family: the address relay sockets bind to and the one announced
@@ -169,6 +179,9 @@ pub struct Now {
 pub struct Forward {
     pub from: SocketAddr,
     pub to: SocketAddr,
+    /// How it leaves: UDP towards a peer; towards a client, the client's transport (over a
+    /// stream, ChannelData must be padded to 4 bytes, RFC 8656 §12.5).
+    pub transport: Transport,
     pub payload: Payload,
     /// The TTL (IPv4) or hop limit (IPv6) to send with, per [`relayed_hop_limit`]; None
     /// when the IO layer did not say what the datagram arrived with (the socket's
@@ -205,12 +218,25 @@ pub enum Command {
     CloseRelay { relay: SocketAddr },
 }
 
-/// A STUN message to send.
+/// A STUN message to send to a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     pub from: SocketAddr,
     pub to: SocketAddr,
+    /// The client's transport: over TCP and TLS the message goes on the flow's connection.
+    pub transport: Transport,
     pub payload: Vec<u8>,
+}
+
+impl Transmit {
+    /// The client flow it answers.
+    pub fn flow(&self) -> ClientFlow {
+        ClientFlow {
+            client: self.to,
+            listener: self.from,
+            transport: self.transport,
+        }
+    }
 }
 
 /// Packets and bytes (application data) relayed in userspace.
@@ -227,12 +253,9 @@ impl PacketCount {
     }
 }
 
-/// A snapshot of the server's state and userspace relay counters.
+/// Application data relayed in userspace, by direction and framing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    pub allocations: usize,
-    pub permissions: usize,
-    pub channels: usize,
+pub struct RelayedCounts {
     /// Client → peer via ChannelData.
     pub to_peer_channel_data: PacketCount,
     /// Client → peer via Send indications.
@@ -241,11 +264,82 @@ pub struct ServerStats {
     pub to_client_channel_data: PacketCount,
     /// Peer → client via Data indications.
     pub to_client_data_indication: PacketCount,
+}
+
+impl RelayedCounts {
+    fn plus(self, other: RelayedCounts) -> RelayedCounts {
+        let add = |a: PacketCount, b: PacketCount| PacketCount {
+            packets: a.packets.saturating_add(b.packets),
+            bytes: a.bytes.saturating_add(b.bytes),
+        };
+        RelayedCounts {
+            to_peer_channel_data: add(self.to_peer_channel_data, other.to_peer_channel_data),
+            to_peer_send: add(self.to_peer_send, other.to_peer_send),
+            to_client_channel_data: add(self.to_client_channel_data, other.to_client_channel_data),
+            to_client_data_indication: add(
+                self.to_client_data_indication,
+                other.to_client_data_indication,
+            ),
+        }
+    }
+}
+
+/// The allocations and userspace relay counters of the clients of one transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    pub allocations: usize,
+    pub relayed: RelayedCounts,
+}
+
+/// A snapshot of the server's state and userspace relay counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    pub allocations: usize,
+    pub permissions: usize,
+    pub channels: usize,
+    /// Client → peer via ChannelData (all transports).
+    pub to_peer_channel_data: PacketCount,
+    /// Client → peer via Send indications (all transports).
+    pub to_peer_send: PacketCount,
+    /// Peer → client via ChannelData (all transports).
+    pub to_client_channel_data: PacketCount,
+    /// Peer → client via Data indications (all transports).
+    pub to_client_data_indication: PacketCount,
+    /// Allocations and relayed data per client transport, indexed by
+    /// [`Transport::index`].
+    pub by_transport: [TransportStats; 3],
     /// Relay data dropped (no allocation, permission or channel; malformed).
     pub dropped_packets: u64,
     /// Answers to unauthenticated requests not sent: their source was over
     /// [`ServerLimits::unauthenticated_answers_per_second`].
     pub unauthenticated_answers_dropped: u64,
+}
+
+impl ServerStats {
+    /// The figures of the clients of `transport`.
+    pub fn transport(&self, transport: Transport) -> TransportStats {
+        self.by_transport
+            .get(transport.index())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// The fast-path commands not yet drained. Only UDP allocations enter the fast path (XDP
+/// relays UDP): a stream allocation's installs and removals are not queued, except its
+/// RemoveAllocation, which removes nothing and carries its usage line.
+#[derive(Debug, Default)]
+struct FastPathQueue(VecDeque<FastPathCommand>);
+
+impl FastPathQueue {
+    /// Queues `command` about an allocation of `flow`.
+    fn push(&mut self, flow: ClientFlow, command: FastPathCommand) {
+        if !flow.transport.is_stream()
+            || matches!(command, FastPathCommand::RemoveAllocation { .. })
+        {
+            self.0.push_back(command);
+        }
+    }
 }
 
 /// How long a cached response answers retransmissions (RFC 8489 §6.3.1: 40 s covers the
@@ -296,8 +390,11 @@ pub struct Server<R: rand::RngCore> {
     cached_per_user: HashMap<String, usize>,
     timers: Timers,
     commands: VecDeque<Command>,
-    fast_path: VecDeque<FastPathCommand>,
+    fast_path: FastPathQueue,
     transmits: VecDeque<Transmit>,
+    /// Userspace relay counters per client transport ([`Transport::index`]).
+    relayed: [RelayedCounts; 3],
+    /// Counters not kept per transport (state counts are computed by [`Self::stats`]).
     stats: ServerStats,
     /// Draining: new allocations are sent to `alternates` (300) or refused (508).
     drain: operations::Drain,
@@ -324,8 +421,9 @@ impl<R: rand::RngCore> Server<R> {
             cached_per_user: HashMap::new(),
             timers: Timers::default(),
             commands: VecDeque::new(),
-            fast_path: VecDeque::new(),
+            fast_path: FastPathQueue::default(),
             transmits: VecDeque::new(),
+            relayed: [RelayedCounts::default(); 3],
             stats: ServerStats::default(),
             drain: operations::Drain::default(),
         }
@@ -346,7 +444,7 @@ impl<R: rand::RngCore> Server<R> {
     /// The next change for the fast path. IO must apply them in this order, and all that
     /// were queued before a transmit before sending that transmit (see the module docs).
     pub fn poll_fast_path(&mut self) -> Option<FastPathCommand> {
-        self.fast_path.pop_front()
+        self.fast_path.0.pop_front()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -375,6 +473,26 @@ impl<R: rand::RngCore> Server<R> {
         stats.allocations = self.allocations.len();
         stats.permissions = self.allocations.values().map(|a| a.permissions.len()).sum();
         stats.channels = self.allocations.values().map(|a| a.channels.len()).sum();
+        for (transport, relayed) in Transport::ALL.into_iter().zip(self.relayed) {
+            if let Some(slot) = stats.by_transport.get_mut(transport.index()) {
+                slot.relayed = relayed;
+            }
+        }
+        for flow in self.allocations.keys() {
+            if let Some(slot) = stats.by_transport.get_mut(flow.transport.index()) {
+                slot.allocations += 1;
+            }
+        }
+        let total = self
+            .relayed
+            .iter()
+            .fold(RelayedCounts::default(), |total, counts| {
+                total.plus(*counts)
+            });
+        stats.to_peer_channel_data = total.to_peer_channel_data;
+        stats.to_peer_send = total.to_peer_send;
+        stats.to_client_channel_data = total.to_client_channel_data;
+        stats.to_client_data_indication = total.to_client_data_indication;
         stats
     }
 }

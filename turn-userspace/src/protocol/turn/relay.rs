@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
-use crate::protocol::datapath::ClientFlow;
+use crate::protocol::datapath::{ClientFlow, Transport};
 use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::channel_data::{self, ChannelData};
 use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use super::allocation::Allocation;
-use super::{relayed_hop_limit, Forward, PacketCount, Payload, Server, ServerStats};
+use super::{relayed_hop_limit, Forward, PacketCount, Payload, RelayedCounts, Server};
 
 /// Bytes a Data indication adds around the data: STUN header, XOR-PEER-ADDRESS (IPv6),
 /// DATA header and at most 3 bytes of padding (RFC 8656 §11.3).
@@ -37,7 +37,7 @@ impl<R: rand::RngCore> Server<R> {
                     ChannelData::parse(packet).zip(ChannelData::data_range(packet))?;
                 Some((allocation.channel_peer(message.number, now)?, range))
             },
-            |stats| &mut stats.to_peer_channel_data,
+            |counts| &mut counts.to_peer_channel_data,
         )
     }
 
@@ -67,7 +67,7 @@ impl<R: rand::RngCore> Server<R> {
                 }
                 Some((peer, message.data_range()?))
             },
-            |stats| &mut stats.to_peer_send,
+            |counts| &mut counts.to_peer_send,
         )
     }
 
@@ -82,7 +82,7 @@ impl<R: rand::RngCore> Server<R> {
         flow: ClientFlow,
         hop_limit: Option<u8>,
         route: impl FnOnce(&Allocation) -> Option<(SocketAddr, Range<usize>)>,
-        counter: fn(&mut ServerStats) -> &mut PacketCount,
+        counter: fn(&mut RelayedCounts) -> &mut PacketCount,
     ) -> Option<Forward> {
         let policy = &self.policy;
         let forward = self.allocations.get_mut(&flow).and_then(|allocation| {
@@ -96,15 +96,19 @@ impl<R: rand::RngCore> Server<R> {
             Some(Forward {
                 from: allocation.relay,
                 to: peer,
+                transport: Transport::Udp,
                 payload: Payload::Input(range),
                 hop_limit,
             })
         });
-        match &forward {
-            Some(Forward {
-                payload: Payload::Input(range),
-                ..
-            }) => counter(&mut self.stats).add(range.len()),
+        match (&forward, self.relayed.get_mut(flow.transport.index())) {
+            (
+                Some(Forward {
+                    payload: Payload::Input(range),
+                    ..
+                }),
+                Some(counts),
+            ) => counter(counts).add(range.len()),
             _ => self.stats.dropped_packets += 1,
         }
         forward
@@ -146,9 +150,10 @@ impl<R: rand::RngCore> Server<R> {
             self.stats.dropped_packets += 1;
             return None;
         }
+        let counts = self.relayed.get_mut(flow.transport.index())?;
         if let Some(number) = channel {
             channel_data::encode(out, number, packet);
-            self.stats.to_client_channel_data.add(packet.len());
+            counts.to_client_channel_data.add(packet.len());
         } else {
             let mut transaction_id = [0u8; 12];
             self.rng.fill_bytes(&mut transaction_id);
@@ -160,14 +165,16 @@ impl<R: rand::RngCore> Server<R> {
             )
             .xor_address(attr::XOR_PEER_ADDRESS, peer)
             .attribute(attr::DATA, packet);
-            self.stats.to_client_data_indication.add(packet.len());
+            counts.to_client_data_indication.add(packet.len());
         }
         allocation.userspace_traffic.to_client.add(packet.len());
         Some(Forward {
             from: flow.listener,
             to: flow.client,
+            transport: flow.transport,
             payload: Payload::Output,
-            hop_limit,
+            // A stream's segments carry no per-message TTL.
+            hop_limit: hop_limit.filter(|_| !flow.transport.is_stream()),
         })
     }
 }

@@ -366,12 +366,14 @@ impl<R: rand::RngCore> Server<R> {
         relay: SocketAddr,
         expires_at: Instant,
     ) {
-        self.fast_path
-            .push_back(FastPathCommand::InstallAllocation(AllocationEntry {
+        self.fast_path.push(
+            flow,
+            FastPathCommand::InstallAllocation(AllocationEntry {
                 flow,
                 relay,
                 expires_at,
-            }));
+            }),
+        );
     }
 
     /// A free port in the configured range on `ip`: random probes via the injected RNG,
@@ -563,27 +565,31 @@ impl<R: rand::RngCore> Server<R> {
             .permissions
             .insert(peer, Permission { expires_at, ports });
         let relay = allocation.relay;
-        self.fast_path
-            .push_back(FastPathCommand::InstallPermission(PermissionEntry {
+        self.fast_path.push(
+            flow,
+            FastPathCommand::InstallPermission(PermissionEntry {
                 flow,
                 relay,
                 peer_ip: peer,
                 ports: self.policy.ports(ports).into(),
                 expires_at,
-            }));
+            }),
+        );
         for (&number, channel) in allocation
             .channels
             .iter()
             .filter(|(_, channel)| channel.peer.ip() == peer)
         {
-            self.fast_path
-                .push_back(FastPathCommand::InstallChannel(ChannelEntry {
+            self.fast_path.push(
+                flow,
+                FastPathCommand::InstallChannel(ChannelEntry {
                     flow,
                     relay,
                     peer: channel.peer,
                     number,
                     expires_at: channel.expires_at.min(expires_at),
-                }));
+                }),
+            );
         }
         self.timers
             .schedule(expires_at, TimerKind::Permission(flow, peer));

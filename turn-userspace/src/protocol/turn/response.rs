@@ -54,9 +54,10 @@ impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
 impl<R: rand::RngCore> Server<R> {
     /// Writes the response (attributes, SOFTWARE when authenticated, integrity,
     /// FINGERPRINT) and queues it.
-    /// Authenticated responses are also cached for retransmissions (RFC 8489 §6.3.1,
-    /// RFC 8656 §7.2); unauthenticated ones are cheap to recompute and caching them would
-    /// let unauthenticated traffic fill memory.
+    /// Authenticated responses to UDP clients are also cached for retransmissions (RFC 8489
+    /// §6.3.1, RFC 8656 §7.2); unauthenticated ones are cheap to recompute and caching them
+    /// would let unauthenticated traffic fill memory. Over TCP and TLS clients do not
+    /// retransmit (RFC 8489 §6.2.2), so nothing is cached for them.
     pub(super) fn queue_response(
         &mut self,
         now: Instant,
@@ -94,14 +95,12 @@ impl<R: rand::RngCore> Server<R> {
         if request.fingerprint {
             builder.fingerprint();
         }
-        if let Some(ResponseIntegrity { user, .. }) = integrity {
+        if let (Some(ResponseIntegrity { user, .. }), false) =
+            (integrity, flow.transport.is_stream())
+        {
             self.cache_response(now, flow, request.transaction_id, user, &payload);
         }
-        self.transmits.push_back(Transmit {
-            from: flow.listener,
-            to: flow.client,
-            payload,
-        });
+        self.transmit(flow, payload);
     }
 
     /// Keeps an authenticated response for retransmissions, while the cache has room and
@@ -174,7 +173,7 @@ impl<R: rand::RngCore> Server<R> {
     /// PASSWORD-ALGORITHMS when the nonce announces that feature, RFC 8489 §9.2.3) and no
     /// integrity; 420 lists the unknown attributes (RFC 8489 §6.3.1). Answers to
     /// unauthenticated requests (all but 438 of those without integrity) are limited per
-    /// source and dropped beyond the limit.
+    /// source and dropped beyond the limit, over UDP: a stream's source is not spoofed.
     pub(super) fn queue_error(
         &mut self,
         now: Now,
@@ -186,6 +185,7 @@ impl<R: rand::RngCore> Server<R> {
     ) {
         if integrity.is_none()
             && error != TurnError::StaleNonce
+            && !flow.transport.is_stream()
             && !self.answer_limiter.allow(flow.client.ip(), now.instant)
         {
             tracing::trace!(client = %flow.client, code = error.code(), "unauthenticated answer over the source's rate; dropped");
@@ -249,11 +249,17 @@ impl<R: rand::RngCore> Server<R> {
             return false;
         };
         let payload = cached.payload.clone();
+        self.transmit(flow, payload);
+        true
+    }
+
+    /// Queues `payload` for the client of `flow`.
+    fn transmit(&mut self, flow: ClientFlow, payload: Vec<u8>) {
         self.transmits.push_back(Transmit {
             from: flow.listener,
             to: flow.client,
+            transport: flow.transport,
             payload,
         });
-        true
     }
 }

@@ -115,3 +115,33 @@ fn expiry_logs_usage() {
     assert!(line.contains("lifetime_secs=601"), "{line}");
     assert!(line.contains("to_client_bytes=200007 "), "{line}");
 }
+
+#[test]
+fn a_closed_connection_logs_usage_with_its_transport() {
+    let mut harness = harness_with_fast_path_traffic();
+    let client = stream_flow(CLIENT, Transport::Tls);
+    let relay = allocate_and_relay(&mut harness, client);
+    harness.now.instant += Duration::from_secs(9);
+    let log = captured(|| {
+        harness
+            .server
+            .handle_connection_closed(harness.now.instant, client);
+        harness.apply_fast_path();
+    });
+    let line = log
+        .lines()
+        .find(|line| line.contains("allocation closed: connection closed"))
+        .unwrap_or_else(|| panic!("no usage line in:\n{log}"));
+    for expected in [
+        format!("client={CLIENT}"),
+        "transport=tls".to_owned(),
+        format!("relay={relay}"),
+        "lifetime_secs=9".to_owned(),
+        // Only what userspace relayed: the allocation never was in the fast path.
+        "to_client_packets=1 ".to_owned(),
+        "to_client_bytes=7 ".to_owned(),
+        "fast_path_packets=0".to_owned(),
+    ] {
+        assert!(line.contains(&expected), "{expected} missing in {line}");
+    }
+}

@@ -10,6 +10,7 @@ mod fast_path;
 mod operations;
 mod peers;
 mod relay;
+mod streams;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +24,7 @@ use sha2::Sha256;
 use crate::protocol::auth::{AuthConfig, Authenticator, StaticSecret, StaticUser};
 use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, Datapath, DatapathError, FastPath, InMemoryDatapath,
-    PermissionEntry, RelayedTraffic,
+    PermissionEntry, RelayedTraffic, Transport,
 };
 use crate::protocol::policy::PeerPolicy;
 use crate::protocol::stun::attributes as attr;
@@ -31,7 +32,10 @@ use crate::protocol::stun::{
     Class, Message, MessageBuilder, Method, PasswordAlgorithm, TransactionId,
 };
 
-use super::{Command, Forward, Now, RelayAddress, Server, ServerConfig, ServerLimits, Transmit};
+use super::{
+    Command, Forward, Now, RelayAddress, RelayedCounts, Server, ServerConfig, ServerLimits,
+    Transmit,
+};
 
 pub(super) const REALM: &str = "example.test";
 pub(super) const LISTENER: &str = "198.18.0.1:3478";
@@ -53,9 +57,14 @@ pub(super) fn ip(text: &str) -> IpAddr {
 }
 
 pub(super) fn flow(client: &str) -> ClientFlow {
+    ClientFlow::udp(addr(client), addr(LISTENER))
+}
+
+/// The flow of a client connected over `transport` (TCP or TLS) from `client`.
+pub(super) fn stream_flow(client: &str, transport: Transport) -> ClientFlow {
     ClientFlow {
-        client: addr(client),
-        listener: addr(LISTENER),
+        transport,
+        ..flow(client)
     }
 }
 
@@ -489,6 +498,13 @@ impl<D: Datapath> Harness<D> {
             Credentials::Md5("alice"),
         )
     }
+}
+
+/// A ChannelData message on channel `number` carrying `data`.
+pub(super) fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::new();
+    crate::protocol::stun::channel_data::encode(&mut packet, number, data);
+    packet
 }
 
 /// A Send indication carrying `data` to `peer`.

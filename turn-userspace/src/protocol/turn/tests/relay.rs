@@ -13,12 +13,6 @@ const CLIENT: &str = "198.18.1.40:40000";
 const PEER: &str = "198.18.2.20:5000";
 const OTHER_PEER: &str = "198.18.2.21:6000";
 
-fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
-    let mut packet = Vec::new();
-    crate::protocol::stun::channel_data::encode(&mut packet, number, data);
-    packet
-}
-
 /// Asserts that `forward` sends `data`, a range of the input `packet`, along `route`
 /// (relay, peer).
 fn assert_forwarded_to_peer(
@@ -30,6 +24,7 @@ fn assert_forwarded_to_peer(
     let Some(Forward {
         from,
         to,
+        transport: Transport::Udp,
         payload: Payload::Input(range),
         hop_limit,
     }) = forward
@@ -50,6 +45,7 @@ fn forward_to_client(client: ClientFlow) -> Forward {
     Forward {
         from: client.listener,
         to: client.client,
+        transport: client.transport,
         payload: Payload::Output,
         hop_limit: Some(63),
     }
