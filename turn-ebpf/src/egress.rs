@@ -297,22 +297,28 @@ fn address_word(address: &Address, i: usize) -> u32 {
 }
 
 #[inline(always)]
-fn add_address(mut delta: Delta, family: u8, address: &Address) -> Delta {
-    delta = delta.add_u32(address_word(address, 0));
-    if family != FAMILY_V4 {
-        for i in 1..4 {
-            delta = delta.add_u32(address_word(address, i));
-        }
-    }
-    delta
+fn add_address(delta: Delta, family: u8, address: &Address) -> Delta {
+    address_step(delta, family, address, Delta::add_u32)
 }
 
 #[inline(always)]
-fn remove_address(mut delta: Delta, family: u8, address: &Address) -> Delta {
-    delta = delta.remove_u32(address_word(address, 0));
+fn remove_address(delta: Delta, family: u8, address: &Address) -> Delta {
+    address_step(delta, family, address, Delta::remove_u32)
+}
+
+/// Applies `step` to each word of an address of `family` (one for IPv4, four for IPv6);
+/// generic, so each use is its own inlined copy (no function pointer in BPF).
+#[inline(always)]
+fn address_step(
+    mut delta: Delta,
+    family: u8,
+    address: &Address,
+    step: impl Fn(Delta, u32) -> Delta,
+) -> Delta {
+    delta = step(delta, address_word(address, 0));
     if family != FAMILY_V4 {
         for i in 1..4 {
-            delta = delta.remove_u32(address_word(address, i));
+            delta = step(delta, address_word(address, i));
         }
     }
     delta
