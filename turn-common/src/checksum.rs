@@ -27,17 +27,18 @@ impl Delta {
         Delta(self.0 + (!word) as u64)
     }
 
-    /// Adds a 32-bit quantity as two words (IPv4 addresses, lengths).
+    /// Adds a 32-bit quantity (two words; IPv4 addresses, a pair of ports) in one step:
+    /// `2^16 ≡ 1 (mod 2^16 - 1)`, so the unfolded sum stays congruent to the two words'.
     #[inline(always)]
     pub const fn add_u32(self, value: u32) -> Self {
-        self.add_word((value >> 16) as u16).add_word(value as u16)
+        Delta(self.0 + value as u64)
     }
 
-    /// Removes a 32-bit quantity as two words.
+    /// Removes a 32-bit quantity (two words) in one step: its 32-bit complement is
+    /// congruent to minus it modulo `2^16 - 1`, as `2^32 - 1` is a multiple of it.
     #[inline(always)]
     pub const fn remove_u32(self, value: u32) -> Self {
-        self.remove_word((value >> 16) as u16)
-            .remove_word(value as u16)
+        Delta(self.0 + (!value) as u64)
     }
 
     /// Adds one byte at `offset` from the start of the checksummed region: the high
@@ -228,6 +229,31 @@ mod tests {
         let expected =
             Delta::new().replace_bytes(&[0xC6, 0x12, 0x00, 0x02], &[0xC6, 0x12, 0x00, 0x01]);
         assert_eq!(delta.apply(0x1234), expected.apply(0x1234));
+    }
+
+    #[test]
+    fn u32_steps_match_word_steps_on_patterns() {
+        for seed in 0..50u8 {
+            let bytes = pattern(16, seed);
+            let word = |at: usize| {
+                u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+            };
+            let by_u32 = Delta::new()
+                .add_u32(word(0))
+                .add_u32(word(4))
+                .remove_u32(word(8))
+                .remove_u32(word(12));
+            let by_words = Delta::new()
+                .add_bytes(&bytes[..8])
+                .remove_bytes(&bytes[8..16]);
+            for checksum in [0, 1, 0x1234, 0xFFFE, 0xFFFF] {
+                assert_eq!(
+                    by_u32.apply(checksum),
+                    by_words.apply(checksum),
+                    "seed {seed}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -56,7 +56,8 @@ outcomes! {
     PassFragment = "pass_fragment",
     /// Not UDP.
     PassNotUdp = "pass_not_udp",
-    /// Header lengths disagree with the frame (truncated, lying lengths).
+    /// Header lengths disagree with the frame (truncated, lying lengths), or a wrong IPv4
+    /// header checksum (the stack drops those).
     PassMalformed = "pass_malformed",
     /// UDP to an address that is neither a known client flow nor a relay address.
     PassUnknownFlow = "pass_unknown_flow",
@@ -72,6 +73,9 @@ outcomes! {
     PassExpired = "pass_expired",
     /// Send indication to a peer without a fast-path permission.
     PassNoPermission = "pass_no_permission",
+    /// Send indication to a peer port its permission does not cover (the relay's own
+    /// addresses are peers on relay ports only): userspace discards it.
+    PassPeerPortNotPermitted = "pass_peer_port_not_permitted",
     /// Client and peer are of different address families and the frame is one the fast
     /// path cannot translate: IPv4 without a UDP checksum towards IPv6 (RFC 8200 §8.1).
     PassCrossFamily = "pass_cross_family",
@@ -79,6 +83,10 @@ outcomes! {
     PassTooBig = "pass_too_big",
     /// bpf_fib_lookup gave no usable next hop (no route, no neighbour, needs fragmenting).
     PassNoRoute = "pass_no_route",
+    /// The next hop is out of an interface the daemon did not attach the program to (not
+    /// in its EGRESS device map): a redirect there may be dropped by the device, so the
+    /// stack relays it.
+    PassEgressNotAttached = "pass_egress_not_attached",
     /// TTL / hop limit too low to relay (RFC 8656 §14: outgoing = incoming - 1).
     PassTtl = "pass_ttl",
     /// A bpf_xdp_adjust_head/adjust_tail call failed.

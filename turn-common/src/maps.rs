@@ -1,11 +1,20 @@
-//! Keys and values of the XDP program's hash maps. Userspace is their only writer.
+//! Keys and values of the XDP program's maps. Userspace writes the entries; the program
+//! only fills in the next-hop cache of an entry ([`NextHop`]).
 //!
 //! Layout rules (pinned by the tests below): `#[repr(C)]`; wire quantities (addresses,
-//! ports, channel numbers) are big-endian byte arrays the program copies straight into
-//! headers; host quantities (expiry in CLOCK_MONOTONIC ns, allocation slot) are native
-//! integers at aligned offsets of the values; keys have alignment 1 and explicit, zeroed
-//! padding so that equal keys are equal bytes. IPv4 addresses sit in the first 4 bytes
-//! of a 16-byte field, the rest zero.
+//! ports, channel numbers, MAC addresses) are big-endian byte arrays the program copies
+//! straight into headers; host quantities (expiry in CLOCK_MONOTONIC ns, allocation slot,
+//! interface indexes) are native integers at aligned offsets of the values. Keys are
+//! 4-byte aligned with sizes a multiple of 4 (the program builds them on its stack with
+//! word stores) and explicit, zeroed padding, so that equal keys are equal bytes. IPv4
+//! addresses sit in the first 4 bytes of a 16-byte field, the rest zero. The padding of
+//! keys, which the program builds, is made of integers, never byte arrays: zeroing a
+//! byte array becomes a call to a byte-by-byte `memset` in BPF.
+//!
+//! Each value holds everything its relay path needs, so the hot paths make one hash
+//! lookup per packet: client → peer ChannelData reads [`ClientChannelValue`], peer →
+//! client ChannelData [`PeerChannelValue`]; both carry the earliest expiry of the
+//! channel, its permission and its allocation.
 
 /// Read accessors that copy (`field: Type`) or borrow (`ref { field: Type }`) a field,
 /// inlined for the verifier like the rest of this module.
@@ -33,11 +42,6 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` of an IPv6 entry.
 pub const FAMILY_V6: u8 = 6;
 
-/// Hash map entries per allocation the maps are sized for: permissions per allocation.
-pub const PERMISSIONS_PER_ALLOCATION: u32 = 8;
-/// Channel bindings per allocation the channel maps are sized for.
-pub const CHANNELS_PER_ALLOCATION: u32 = 4;
-
 /// An IP address as stored in the maps.
 #[inline(always)]
 pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
@@ -46,8 +50,45 @@ pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
     ]
 }
 
-/// `RELAYS` key: a relayed transport address (RFC 8656 §2).
+/// The next hop towards an entry's destination, cached in the entry by the program: the
+/// result of `bpf_fib_lookup` for the first frame, reused while `generation` equals the
+/// program's routing generation, which the daemon bumps on every route, neighbour, link,
+/// address, rule or forwarding change (and once a second), and while the frame comes in
+/// on the same interface with the same routing TOS. Userspace writes it empty (all
+/// zero); only the program fills it in.
 #[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    /// The routing generation of the lookup; 0: empty.
+    pub generation: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The interface the looked-up frame came in on (policy routing may depend on it).
+    pub ingress_ifindex: u32,
+    /// The path MTU the lookup reported: longer IP datagrams go to the stack.
+    pub mtu: u16,
+    /// The IPv4 TOS the lookup was made with (0 for IPv6).
+    pub tos: u8,
+    pub pad: u8,
+    /// Destination then source MAC address, as the Ethernet header carries them.
+    pub macs: [u8; 12],
+}
+
+impl NextHop {
+    /// What userspace installs: nothing cached.
+    pub const EMPTY: NextHop = NextHop {
+        generation: 0,
+        ifindex: 0,
+        ingress_ifindex: 0,
+        mtu: 0,
+        tos: 0,
+        pad: 0,
+        macs: [0; 12],
+    };
+}
+
+/// `RELAYS` key: a relayed transport address (RFC 8656 §2).
+#[repr(C, align(4))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RelayKey {
     ip: [u8; 16],
@@ -68,22 +109,20 @@ impl RelayKey {
     }
 }
 
-/// `RELAYS` value: the allocation behind a relayed address and its client side, used for
-/// peer → client relaying.
+/// The client side of an allocation as the peer → client values hold it: where relayed
+/// data goes and from which listening address.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RelayValue {
-    expires_ns: u64,
-    slot: u32,
-    client_port: [u8; 2],
-    listener_port: [u8; 2],
+pub struct ClientSide {
     client_ip: [u8; 16],
     listener_ip: [u8; 16],
+    client_port: [u8; 2],
+    listener_port: [u8; 2],
     client_family: u8,
-    pad: [u8; 7],
+    pad: [u8; 3],
 }
 
-impl RelayValue {
+impl ClientSide {
     #[inline(always)]
     pub const fn new(
         client_family: u8,
@@ -91,25 +130,19 @@ impl RelayValue {
         client_port: [u8; 2],
         listener_ip: [u8; 16],
         listener_port: [u8; 2],
-        slot: u32,
-        expires_ns: u64,
     ) -> Self {
-        RelayValue {
-            expires_ns,
-            slot,
-            client_port,
-            listener_port,
+        ClientSide {
             client_ip,
             listener_ip,
+            client_port,
+            listener_port,
             client_family,
-            pad: [0; 7],
+            pad: [0; 3],
         }
     }
 }
 
-accessors!(RelayValue {
-    expires_ns: u64,
-    slot: u32,
+accessors!(ClientSide {
     client_family: u8,
     client_port: [u8; 2],
     listener_port: [u8; 2],
@@ -118,9 +151,39 @@ accessors!(RelayValue {
     listener_ip: [u8; 16],
 });
 
+/// `RELAYS` value: the allocation behind a relayed address and its client side, for
+/// peer → client Data indications; `next_hop` is towards the client.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayValue {
+    expires_ns: u64,
+    slot: u32,
+    pub next_hop: NextHop,
+    client: ClientSide,
+}
+
+impl RelayValue {
+    #[inline(always)]
+    pub const fn new(client: ClientSide, slot: u32, expires_ns: u64) -> Self {
+        RelayValue {
+            expires_ns,
+            slot,
+            next_hop: NextHop::EMPTY,
+            client,
+        }
+    }
+}
+
+accessors!(RelayValue {
+    expires_ns: u64,
+    slot: u32,
+} ref {
+    client: ClientSide,
+});
+
 /// `CLIENT_ALLOCATIONS` key: a client's 5-tuple (UDP implied) and the family of the
 /// relayed address wanted (an allocation may have one of each, RFC 8656 §7.2).
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     client_ip: [u8; 16],
@@ -129,7 +192,7 @@ pub struct FlowKey {
     listener_port: [u8; 2],
     family: u8,
     relay_family: u8,
-    pad: [u8; 2],
+    pad: u16,
 }
 
 impl FlowKey {
@@ -149,7 +212,7 @@ impl FlowKey {
             listener_port,
             family,
             relay_family,
-            pad: [0; 2],
+            pad: 0,
         }
     }
 }
@@ -188,7 +251,7 @@ accessors!(AllocationValue {
 });
 
 /// `PERMISSIONS` key: relayed address + peer IP (RFC 8656 §9: ports are ignored).
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PermissionKey {
     relay_ip: [u8; 16],
@@ -216,24 +279,43 @@ impl PermissionKey {
     }
 }
 
-/// `PERMISSIONS` value.
+/// `PERMISSIONS` value: the expiry, the peer ports the permission covers, and the next
+/// hop towards the peer (Send indications). The relay's own addresses are peers on the
+/// relay port range only (hairpinning between allocations, never its listeners or other
+/// local services); every other permission covers all ports (`first_port` 0,
+/// `last_port` 65535).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PermissionValue {
     expires_ns: u64,
+    first_port: [u8; 2],
+    last_port: [u8; 2],
+    pub next_hop: NextHop,
 }
 
 impl PermissionValue {
     #[inline(always)]
-    pub const fn new(expires_ns: u64) -> Self {
-        PermissionValue { expires_ns }
+    pub const fn new(expires_ns: u64, first_port: u16, last_port: u16) -> Self {
+        PermissionValue {
+            expires_ns,
+            first_port: first_port.to_be_bytes(),
+            last_port: last_port.to_be_bytes(),
+            next_hop: NextHop::EMPTY,
+        }
+    }
+
+    /// Whether the permission covers peer port `port` (big-endian, as on the wire).
+    #[inline(always)]
+    pub const fn covers_port(&self, port: [u8; 2]) -> bool {
+        let port = u16::from_be_bytes(port);
+        u16::from_be_bytes(self.first_port) <= port && port <= u16::from_be_bytes(self.last_port)
     }
 }
 
 accessors!(PermissionValue { expires_ns: u64 });
 
 /// `CLIENT_CHANNELS` key: client 5-tuple + channel number (RFC 8656 §12).
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientChannelKey {
     client_ip: [u8; 16],
@@ -267,19 +349,21 @@ impl ClientChannelKey {
     }
 }
 
-/// `CLIENT_CHANNELS` value: where client → peer ChannelData goes. `expires_ns` is the
-/// earliest of the channel's, the permission's and the allocation's expiry.
+/// `CLIENT_CHANNELS` value: everything client → peer ChannelData needs. `expires_ns` is
+/// the earliest of the channel's, the permission's and the allocation's expiry;
+/// `next_hop` is towards the peer.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientChannelValue {
     expires_ns: u64,
     slot: u32,
+    pub next_hop: NextHop,
     peer_port: [u8; 2],
     relay_port: [u8; 2],
     peer_ip: [u8; 16],
     relay_ip: [u8; 16],
     peer_family: u8,
-    pad: [u8; 7],
+    pad: [u8; 11],
 }
 
 impl ClientChannelValue {
@@ -296,12 +380,13 @@ impl ClientChannelValue {
         ClientChannelValue {
             expires_ns,
             slot,
+            next_hop: NextHop::EMPTY,
             peer_port,
             relay_port,
             peer_ip,
             relay_ip,
             peer_family,
-            pad: [0; 7],
+            pad: [0; 11],
         }
     }
 }
@@ -318,7 +403,7 @@ accessors!(ClientChannelValue {
 });
 
 /// `PEER_CHANNELS` key: relayed address + peer transport address.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerChannelKey {
     relay_ip: [u8; 16],
@@ -326,7 +411,8 @@ pub struct PeerChannelKey {
     relay_port: [u8; 2],
     peer_port: [u8; 2],
     family: u8,
-    pad: [u8; 3],
+    pad: u8,
+    pad_word: u16,
 }
 
 impl PeerChannelKey {
@@ -344,35 +430,46 @@ impl PeerChannelKey {
             relay_port,
             peer_port,
             family,
-            pad: [0; 3],
+            pad: 0,
+            pad_word: 0,
         }
     }
 }
 
-/// `PEER_CHANNELS` value: the channel number peer → client data is framed with.
-/// `expires_ns` is the earlier of the channel's and the permission's expiry.
+/// `PEER_CHANNELS` value: everything peer → client ChannelData needs: the channel number,
+/// the client side and the next hop towards the client. `expires_ns` is the earliest of
+/// the channel's, the permission's and the allocation's expiry.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerChannelValue {
     expires_ns: u64,
+    slot: u32,
+    pub next_hop: NextHop,
     number: [u8; 2],
     pad: [u8; 6],
+    client: ClientSide,
 }
 
 impl PeerChannelValue {
     #[inline(always)]
-    pub const fn new(number: [u8; 2], expires_ns: u64) -> Self {
+    pub const fn new(number: [u8; 2], client: ClientSide, slot: u32, expires_ns: u64) -> Self {
         PeerChannelValue {
             expires_ns,
+            slot,
+            next_hop: NextHop::EMPTY,
             number,
             pad: [0; 6],
+            client,
         }
     }
 }
 
 accessors!(PeerChannelValue {
     expires_ns: u64,
+    slot: u32,
     number: [u8; 2],
+} ref {
+    client: ClientSide,
 });
 
 /// `TRAFFIC` per-CPU array value, indexed by allocation slot: application data relayed
@@ -410,11 +507,11 @@ mod tests {
     use core::mem::{align_of, offset_of, size_of};
 
     #[test]
-    fn keys_are_byte_aligned_without_implicit_padding() {
-        assert_eq!((size_of::<RelayKey>(), align_of::<RelayKey>()), (20, 1));
+    fn keys_are_word_aligned_without_implicit_padding() {
+        assert_eq!((size_of::<RelayKey>(), align_of::<RelayKey>()), (20, 4));
         assert_eq!(offset_of!(RelayKey, port), 16);
         assert_eq!(offset_of!(RelayKey, family), 18);
-        assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 1));
+        assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 4));
         assert_eq!(offset_of!(FlowKey, listener_ip), 16);
         assert_eq!(offset_of!(FlowKey, client_port), 32);
         assert_eq!(offset_of!(FlowKey, listener_port), 34);
@@ -422,7 +519,7 @@ mod tests {
         assert_eq!(offset_of!(FlowKey, relay_family), 37);
         assert_eq!(
             (size_of::<PermissionKey>(), align_of::<PermissionKey>()),
-            (36, 1)
+            (36, 4)
         );
         assert_eq!(offset_of!(PermissionKey, relay_port), 32);
         assert_eq!(
@@ -430,13 +527,13 @@ mod tests {
                 size_of::<ClientChannelKey>(),
                 align_of::<ClientChannelKey>()
             ),
-            (40, 1)
+            (40, 4)
         );
         assert_eq!(offset_of!(ClientChannelKey, number), 36);
         assert_eq!(offset_of!(ClientChannelKey, family), 38);
         assert_eq!(
             (size_of::<PeerChannelKey>(), align_of::<PeerChannelKey>()),
-            (40, 1)
+            (40, 4)
         );
         assert_eq!(offset_of!(PeerChannelKey, peer_port), 34);
         assert_eq!(offset_of!(PeerChannelKey, family), 36);
@@ -444,12 +541,20 @@ mod tests {
 
     #[test]
     fn values_keep_integers_aligned() {
-        assert_eq!((size_of::<RelayValue>(), align_of::<RelayValue>()), (56, 8));
+        assert_eq!((size_of::<NextHop>(), align_of::<NextHop>()), (28, 4));
+        assert_eq!(offset_of!(NextHop, ifindex), 4);
+        assert_eq!(offset_of!(NextHop, ingress_ifindex), 8);
+        assert_eq!(offset_of!(NextHop, mtu), 12);
+        assert_eq!(offset_of!(NextHop, tos), 14);
+        assert_eq!(offset_of!(NextHop, macs), 16);
+        assert_eq!((size_of::<ClientSide>(), align_of::<ClientSide>()), (40, 1));
+        assert_eq!(offset_of!(ClientSide, listener_ip), 16);
+        assert_eq!(offset_of!(ClientSide, client_port), 32);
+        assert_eq!(offset_of!(ClientSide, client_family), 36);
+        assert_eq!((size_of::<RelayValue>(), align_of::<RelayValue>()), (80, 8));
         assert_eq!(offset_of!(RelayValue, slot), 8);
-        assert_eq!(offset_of!(RelayValue, client_port), 12);
-        assert_eq!(offset_of!(RelayValue, client_ip), 16);
-        assert_eq!(offset_of!(RelayValue, listener_ip), 32);
-        assert_eq!(offset_of!(RelayValue, client_family), 48);
+        assert_eq!(offset_of!(RelayValue, next_hop), 12);
+        assert_eq!(offset_of!(RelayValue, client), 40);
         assert_eq!(
             (size_of::<AllocationValue>(), align_of::<AllocationValue>()),
             (32, 8)
@@ -457,26 +562,33 @@ mod tests {
         assert_eq!(offset_of!(AllocationValue, relay_ip), 16);
         assert_eq!(
             (size_of::<PermissionValue>(), align_of::<PermissionValue>()),
-            (8, 8)
+            (40, 8)
         );
+        assert_eq!(offset_of!(PermissionValue, first_port), 8);
+        assert_eq!(offset_of!(PermissionValue, last_port), 10);
+        assert_eq!(offset_of!(PermissionValue, next_hop), 12);
         assert_eq!(
             (
                 size_of::<ClientChannelValue>(),
                 align_of::<ClientChannelValue>()
             ),
-            (56, 8)
+            (88, 8)
         );
-        assert_eq!(offset_of!(ClientChannelValue, peer_ip), 16);
-        assert_eq!(offset_of!(ClientChannelValue, relay_ip), 32);
-        assert_eq!(offset_of!(ClientChannelValue, peer_family), 48);
+        assert_eq!(offset_of!(ClientChannelValue, next_hop), 12);
+        assert_eq!(offset_of!(ClientChannelValue, peer_port), 40);
+        assert_eq!(offset_of!(ClientChannelValue, peer_ip), 44);
+        assert_eq!(offset_of!(ClientChannelValue, relay_ip), 60);
+        assert_eq!(offset_of!(ClientChannelValue, peer_family), 76);
         assert_eq!(
             (
                 size_of::<PeerChannelValue>(),
                 align_of::<PeerChannelValue>()
             ),
-            (16, 8)
+            (88, 8)
         );
-        assert_eq!(offset_of!(PeerChannelValue, number), 8);
+        assert_eq!(offset_of!(PeerChannelValue, next_hop), 12);
+        assert_eq!(offset_of!(PeerChannelValue, number), 40);
+        assert_eq!(offset_of!(PeerChannelValue, client), 48);
         assert_eq!(
             (
                 size_of::<AllocationTraffic>(),
@@ -521,19 +633,21 @@ mod tests {
         assert_eq!(value.relay_ip(), &[9; 16]);
         assert_eq!(value.relay_port(), [0xC0, 0x01]);
         assert_eq!((value.slot(), value.expires_ns()), (42, 1_000));
-        let relay = RelayValue::new(FAMILY_V4, [1; 16], [0, 1], [2; 16], [0x0D, 0x96], 3, 5);
+        assert_eq!(value.next_hop, NextHop::EMPTY);
+        let client = ClientSide::new(FAMILY_V4, [1; 16], [0, 1], [2; 16], [0x0D, 0x96]);
+        let relay = RelayValue::new(client, 3, 5);
         assert_eq!(
             (
-                relay.client_family(),
-                relay.client_port(),
-                relay.listener_port()
+                relay.client().client_family(),
+                relay.client().client_port(),
+                relay.client().listener_port()
             ),
             (FAMILY_V4, [0, 1], [0x0D, 0x96])
         );
         assert_eq!(
             (
-                relay.client_ip(),
-                relay.listener_ip(),
+                relay.client().client_ip(),
+                relay.client().listener_ip(),
                 relay.slot(),
                 relay.expires_ns()
             ),
@@ -549,8 +663,18 @@ mod tests {
             ),
             (&[3; 16], [0xC0, 0x02], 4, 6)
         );
-        let channel = PeerChannelValue::new([0x40, 0x00], 9);
-        assert_eq!((channel.number(), channel.expires_ns()), ([0x40, 0x00], 9));
-        assert_eq!(PermissionValue::new(11).expires_ns(), 11);
+        let channel = PeerChannelValue::new([0x40, 0x00], client, 7, 9);
+        assert_eq!(
+            (channel.number(), channel.slot(), channel.expires_ns()),
+            ([0x40, 0x00], 7, 9)
+        );
+        assert_eq!(channel.client(), &client);
+        let permission = PermissionValue::new(11, 49152, 65535);
+        assert_eq!(permission.expires_ns(), 11);
+        assert_eq!(permission.first_port, [0xC0, 0x00]);
+        assert!(!permission.covers_port(49151u16.to_be_bytes()));
+        assert!(permission.covers_port(49152u16.to_be_bytes()));
+        assert!(permission.covers_port(65535u16.to_be_bytes()));
+        assert!(PermissionValue::new(11, 0, 65535).covers_port([0, 22]));
     }
 }

@@ -1,188 +1,197 @@
-//! Turning a parsed frame into the relayed one and sending it on: next hop via
-//! bpf_fib_lookup, checksums updated incrementally (RFC 1624), headers rebuilt in front
-//! of the application data (which never moves), XDP_TX or bpf_redirect.
+//! Turning a parsed frame into the relayed one and sending it on: the next hop (cached
+//! in the entry, `bpf_fib_lookup` on a miss), the UDP checksum updated incrementally
+//! (RFC 1624) with word-sized steps, headers written in front of the application data
+//! (which never moves), XDP_TX or a redirect to an attached interface.
 //!
 //! Nothing in the frame changes until the next hop is known and every length checks
 //! out, so every `Err` leaves the frame as it arrived for the stack (`XDP_PASS`).
 
-use aya_ebpf::bindings::{xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS};
+use aya_ebpf::bindings::{
+    bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS,
+};
 use aya_ebpf::helpers::{
-    bpf_fib_lookup as fib_lookup_helper, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-    bpf_xdp_store_bytes,
+    bpf_fib_lookup as fib_lookup_helper, bpf_get_prandom_u32, bpf_xdp_adjust_head,
+    bpf_xdp_adjust_tail,
 };
 use aya_ebpf::programs::XdpContext;
 use aya_ebpf::EbpfContext as _;
 use turn_common::checksum::Delta;
 use turn_common::counters::Outcome;
-use turn_common::maps::FAMILY_V4;
+use turn_common::maps::{NextHop, FAMILY_V4};
 
-use crate::packet::{be16, load_into, write, Packet, ETH_LEN, UDP_LEN};
-use crate::{Relayed, Scratch, MAX_STRIPPED};
+use crate::packet::{
+    bounds, load, Address, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_OFFSET, UDP_LEN,
+};
+use crate::{routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+const IPPROTO_UDP: u8 = 17;
+/// The most bytes stripped in front of or behind the application data (STUN header and
+/// attributes of a Send indication, ChannelData padding).
+pub const MAX_STRIPPED: usize = 64;
 /// The most zero padding bytes appended after the data (STUN attribute padding).
 const MAX_PADDING: usize = 3;
 
-/// Source and destination of the relayed datagram. `family` may differ from the
-/// incoming frame's (cross-family relaying, RFC 8656 §7.2 REQUESTED-ADDRESS-FAMILY): the
-/// IP header is then rebuilt in the other family.
-pub struct Route<'a> {
+/// Source and destination of the relayed datagram (copied out of the entry, whose
+/// next-hop cache is written meanwhile). `family` may differ from the incoming frame's
+/// (cross-family relaying, RFC 8656 §7.2 REQUESTED-ADDRESS-FAMILY): the IP header is
+/// then built in the other family.
+pub struct Route {
+    pub src_ip: Address,
+    pub dst_ip: Address,
+    /// Ports as words holding the bytes in memory order.
+    pub src_port: u16,
+    pub dst_port: u16,
     pub family: u8,
-    pub src_ip: &'a [u8; 16],
-    pub src_port: [u8; 2],
-    pub dst_ip: &'a [u8; 16],
-    pub dst_port: [u8; 2],
 }
 
-/// Where the application data is in the frame, and what goes around it on the way out.
+/// Where the application data is in the UDP payload, and what goes around it.
 pub struct Reframe {
-    /// Offset of the application data from the start of the frame.
-    pub data_offset: usize,
+    /// Payload bytes in front of the data that go (TURN framing; a multiple of 4).
+    pub strip_front: usize,
     pub data_len: usize,
     /// Zero bytes appended after the data (attribute padding of a Data indication).
-    pub padding: usize,
-    /// Set DF on the outgoing IPv4 header (Send indication with DONT-FRAGMENT).
-    pub dont_fragment: bool,
+    pub pad: usize,
+    /// Whether whole STUN attributes may follow the data (a Send indication's), rather
+    /// than at most the padding to a multiple of 4 (ChannelData).
+    pub attributes_after: bool,
 }
 
-/// A relayed frame to build.
-pub struct Egress<'a> {
-    pub route: Route<'a>,
+/// The most words of TURN framing written in front of the data (a Data indication for
+/// an IPv6 peer: 48 bytes).
+pub const MAX_PREFIX_WORDS: usize = 12;
+
+/// The word holding `bytes` in memory order.
+#[inline(always)]
+pub const fn wire_word(bytes: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(bytes)
+}
+
+/// A relayed frame to build: where it goes, the TURN framing around the data, and the
+/// outcome it counts as. Filled in by a path, in per-CPU memory ([`crate::JOB`]): the
+/// paths' and [`forward`]'s stack frames add up along the call chain.
+pub struct Job {
+    pub route: Route,
     pub reframe: Reframe,
+    /// TURN framing written in front of the data (nothing, a ChannelData header, or a
+    /// Data indication's header and attributes): `prefix_words` words, each holding four
+    /// wire bytes in memory order (see [`wire_word`]), summed and copied by words.
+    pub prefix: [u32; MAX_PREFIX_WORDS],
+    pub prefix_words: usize,
+    pub relayed: Outcome,
 }
 
-/// Rebuilds the frame as `eth | ip | udp | prefix | data | padding` and sends it,
-/// counting it as `relayed`; the prefix (TURN framing in front of the data: nothing, a
-/// ChannelData header, or a Data indication's header and attributes) is the first `P`
-/// bytes of `scratch.prefix`.
-// A separate BPF function: its stack frame is not added to the other paths'. It returns
-// `Relayed` (packed in one register) rather than a bare action: a `Result<u32, _>` would
-// be returned through memory, and the verifier refuses stack pointers as return values.
+/// Rebuilds the frame as `eth | ip | udp | prefix | data | padding` per `job` and sends
+/// it; `next_hop` is the entry's next-hop cache.
+// Separate BPF functions for the phases, so their stack frames are not added up.
 #[inline(never)]
-pub fn forward<const P: usize>(
+pub fn forward(
     ctx: &XdpContext,
-    scratch: &mut Scratch,
-    egress: &Egress,
-    relayed: Outcome,
+    packet: &Packet,
+    job: &Job,
+    next_hop: &mut NextHop,
 ) -> Result<Relayed, Outcome> {
-    let Egress { route, reframe } = egress;
-    let packet = &scratch.packet;
-    let ttl = packet.ttl();
-    // RFC 8656 §14 (preferred): outgoing TTL = incoming - 1; leave 0/1 to userspace.
-    if ttl <= 1 {
+    let action = prepare(ctx, packet, job, next_hop)?;
+    let udp_checksum = udp_checksum(ctx, packet, job)?;
+    rewrite(ctx, packet, job, next_hop, udp_checksum)?;
+    Ok(Relayed {
+        action,
+        outcome: job.relayed,
+    })
+}
+
+/// The lengths of the relayed datagram: UDP and IP header lengths.
+#[inline(always)]
+fn lengths(job: &Job) -> (usize, usize) {
+    let ip_header_len = if job.route.family == FAMILY_V4 {
+        IPV4_LEN
+    } else {
+        IPV6_LEN
+    };
+    let udp_len = UDP_LEN + 4 * job.prefix_words + job.reframe.data_len + job.reframe.pad;
+    (udp_len, ip_header_len)
+}
+
+/// The payload bytes behind the data that go.
+#[inline(always)]
+fn strip_tail(packet: &Packet, reframe: &Reframe) -> usize {
+    packet.payload_len - reframe.strip_front - reframe.data_len
+}
+
+/// Checks that the frame can be relayed as `job` says and finds the next hop: the XDP
+/// action that sends it, or why the stack should have it. Changes nothing in the frame.
+#[inline(never)]
+fn prepare(
+    ctx: &XdpContext,
+    packet: &Packet,
+    job: &Job,
+    next_hop: &mut NextHop,
+) -> Result<u32, Outcome> {
+    let (route, reframe) = (&job.route, &job.reframe);
+    // RFC 8656 §14 (preferred): outgoing TTL = incoming - 1; 0/1 go to userspace, which
+    // drops them.
+    if packet.ttl <= 1 {
         return Err(Outcome::PassTtl);
     }
-    if reframe.padding > MAX_PADDING
-        || reframe.data_offset < packet.payload
-        || P > scratch.prefix.len()
+    if reframe.pad > MAX_PADDING
+        || job.prefix_words > MAX_PREFIX_WORDS
+        || reframe.strip_front + reframe.data_len > packet.payload_len
     {
         return Err(Outcome::PassMalformed);
     }
-    let payload_end = packet.payload + packet.payload_len;
-    let data_end = reframe.data_offset + reframe.data_len;
-    if data_end > payload_end {
-        return Err(Outcome::PassMalformed);
-    }
-    let old_prefix_len = reframe.data_offset - packet.payload;
-    let old_tail_len = payload_end - data_end;
-    if old_prefix_len > MAX_STRIPPED || old_tail_len > MAX_STRIPPED {
+    if reframe.strip_front > MAX_STRIPPED || strip_tail(packet, reframe) > MAX_STRIPPED {
         return Err(Outcome::PassStun);
     }
-
-    let cross_family = route.family != packet.family;
     // RFC 768: an IPv4 sender may omit the UDP checksum, which IPv6 requires (RFC 8200
     // §8.1); the fast path only updates checksums incrementally, so userspace relays it.
-    if cross_family && packet.udp_checksum == 0 {
+    if route.family != packet.family && packet.udp_checksum == 0 {
         return Err(Outcome::PassCrossFamily);
     }
-    let iphl = if route.family == FAMILY_V4 { 20 } else { 40 };
-    let udp_len = UDP_LEN + P + reframe.data_len + reframe.padding;
-    if udp_len > 0xFFFF - 40 {
+    let (udp_len, ip_header_len) = lengths(job);
+    if udp_len > 0xFFFF - IPV6_LEN {
         return Err(Outcome::PassTooBig);
     }
-    let ip_total_len = iphl + udp_len;
-    next_hop(ctx, scratch, route, ip_total_len as u16)?;
-    let packet = &scratch.packet;
-
-    let udp_checksum = if packet.family == FAMILY_V4 && packet.udp_checksum == 0 {
-        // RFC 768: no checksum stays no checksum over IPv4.
-        0
+    // The TOS the relayed IPv4 header carries (RFC 8656 §14), which routing may use.
+    let tos = if route.family == FAMILY_V4 {
+        packet.tos
     } else {
-        // Pseudo-header addresses, in each header's own family (RFC 768, RFC 8200 §8.1).
-        // Its protocol and length sum to the same words in both families (a 32-bit IPv6
-        // length under 2^16 adds a zero word), so only the addresses differ.
-        let mut delta = replace_address(
-            Delta::new(),
-            packet.family,
-            &packet.src_ip,
-            route.family,
-            route.src_ip,
-        );
-        delta = replace_address(
-            delta,
-            packet.family,
-            &packet.dst_ip,
-            route.family,
-            route.dst_ip,
-        );
-        // The length is in the pseudo-header and in the UDP header.
-        let old_len = packet.udp_len as u16;
-        let new_len = udp_len as u16;
-        delta = delta
-            .remove_word(old_len)
-            .remove_word(old_len)
-            .add_word(new_len)
-            .add_word(new_len);
-        delta = delta
-            .remove_word(be16(packet.src_port))
-            .remove_word(be16(packet.dst_port))
-            .add_word(be16(route.src_port))
-            .add_word(be16(route.dst_port));
-        // Stripped bytes: in front of the data at UDP offset 8 (even), behind it at an
-        // offset with the parity of old_prefix_len + data_len. The data keeps its word
-        // alignment (every prefix is a multiple of 4 long); padding added is zeros.
-        let payload = packet.payload;
-        let tail_parity = old_prefix_len + reframe.data_len;
-        let udp_checksum = packet.udp_checksum;
-        let head = packet.payload_head;
-        delta = if old_prefix_len == 4 {
-            // A ChannelData header: already read while parsing, no copy needed.
-            delta
-                .remove_word(be16([head[0], head[1]]))
-                .remove_word(be16([head[2], head[3]]))
-        } else {
-            remove_frame_bytes(
-                ctx,
-                &mut scratch.stripped,
-                delta,
-                payload,
-                old_prefix_len,
-                0,
-            )?
-        };
-        delta = remove_frame_bytes(
-            ctx,
-            &mut scratch.stripped,
-            delta,
-            data_end,
-            old_tail_len,
-            tail_parity,
-        )?;
-        for i in 0..P / 2 {
-            delta = delta.add_word(be16([scratch.prefix[2 * i], scratch.prefix[2 * i + 1]]));
-        }
-        delta.apply_udp(udp_checksum)
+        0
     };
+    resolve(ctx, next_hop, route, tos, (ip_header_len + udp_len) as u16)?;
+    let ifindex = next_hop.ifindex;
+    // Out of the interface it came in on (where the program runs), or redirected to one
+    // the daemon attached the program to; anything else goes up to the stack as it is.
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    // Only records the target: nothing is sent unless the program returns XDP_REDIRECT,
+    // so a later Err still passes the frame up.
+    EGRESS
+        .redirect(ifindex, 0)
+        .map_err(|_| Outcome::PassEgressNotAttached)
+}
 
-    let header_len = ETH_LEN + iphl + UDP_LEN + P;
-    let head_delta = reframe.data_offset as i32 - header_len as i32;
+/// Moves the frame's head and tail around the data and writes the new headers and
+/// framing.
+#[inline(never)]
+fn rewrite(
+    ctx: &XdpContext,
+    packet: &Packet,
+    job: &Job,
+    next_hop: &NextHop,
+    udp_checksum: u16,
+) -> Result<(), Outcome> {
+    let reframe = &job.reframe;
+    let (udp_len, ip_header_len) = lengths(job);
+    let data_offset = packet.payload + reframe.strip_front;
+    let header_len = ETH_LEN + ip_header_len + UDP_LEN + 4 * job.prefix_words;
+    let head_delta = data_offset as i32 - header_len as i32;
     // SAFETY: helper call on the program's own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, head_delta) } != 0 {
         return Err(Outcome::PassAdjustFailed);
     }
-    let frame_len = header_len + reframe.data_len + reframe.padding;
-    let tail_delta = frame_len as i32 - (ctx.data_end() - ctx.data()) as i32;
+    let tail_delta = reframe.pad as i32 - strip_tail(packet, reframe) as i32;
     // SAFETY: as above.
     if tail_delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, tail_delta) } != 0 {
         // Undo the head move so the stack gets the frame as it arrived.
@@ -190,363 +199,372 @@ pub fn forward<const P: usize>(
         unsafe { bpf_xdp_adjust_head(ctx.ctx, -head_delta) };
         return Err(Outcome::PassAdjustFailed);
     }
-
-    // Headers are assembled in scratch memory, then copied into the frame at constant
-    // offsets per family (direct, verifier-checked access).
-    build_headers(scratch, route, reframe, udp_len as u16, udp_checksum);
-    let headers = &scratch.headers;
-    let prefix: &[u8; P] = scratch.prefix.first_chunk().ok_or(Outcome::PassMalformed)?;
-    if route.family == FAMILY_V4 {
-        write::<{ ETH_LEN + 20 + UDP_LEN }>(
-            ctx,
-            0,
-            headers.first_chunk().ok_or(Outcome::PassMalformed)?,
-        )?;
-        if P > 0 {
-            write(ctx, ETH_LEN + 20 + UDP_LEN, prefix)?;
-        }
+    // Read as words: a copy of the bytes from the map value into the frame would become
+    // a `memmove` call.
+    // SAFETY: the 12 bytes of the entry's MAC addresses, 4-aligned in every value (the
+    // layout tests of turn-common pin the offsets).
+    let macs =
+        unsafe { core::ptr::read_volatile(&next_hop.macs as *const [u8; 12] as *const [u32; 3]) };
+    put(ctx, 0, macs)?;
+    let udp_offset = if job.route.family == FAMILY_V4 {
+        write_v4(ctx, packet, &job.route, udp_len as u16)?;
+        ETH_LEN + IPV4_LEN
     } else {
-        write::<{ ETH_LEN + 40 + UDP_LEN }>(ctx, 0, headers)?;
-        if P > 0 {
-            write(ctx, ETH_LEN + 40 + UDP_LEN, prefix)?;
-        }
-    }
-    if reframe.padding > 0 {
-        let mut zeros = [0u8; 4];
-        // SAFETY: helper call; `zeros` holds at least `padding` (≤ 3) bytes; the helper
-        // checks the frame bounds.
-        let rc = unsafe {
-            bpf_xdp_store_bytes(
-                ctx.ctx,
-                (header_len + reframe.data_len) as u32,
-                zeros.as_mut_ptr().cast(),
-                reframe.padding as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(Outcome::PassMalformed);
-        }
-    }
-
-    let egress_ifindex = scratch.fib.ifindex;
-    let action = if egress_ifindex == ctx.ingress_ifindex() as u32 {
-        xdp_action::XDP_TX
-    } else {
-        // SAFETY: helper call; returns XDP_REDIRECT, or XDP_ABORTED on bad flags.
-        unsafe { bpf_redirect(egress_ifindex, 0) as u32 }
+        write_v6(ctx, packet, &job.route, udp_len as u16)?;
+        ETH_LEN + IPV6_LEN
     };
-    Ok(Relayed {
-        action,
-        outcome: relayed,
-    })
+    write_udp(ctx, udp_offset, job, udp_len as u16, udp_checksum)?;
+    if reframe.pad > 0 {
+        write_zeros(ctx, header_len + reframe.data_len, reframe.pad)?;
+    }
+    Ok(())
 }
 
-/// Replaces an address (4 or 16 bytes per family) in a checksum; `old` and `new` may be
-/// of different families.
-#[inline(always)]
-fn replace_address(
-    delta: Delta,
-    old_family: u8,
-    old: &[u8; 16],
-    new_family: u8,
-    new: &[u8; 16],
-) -> Delta {
-    let old_words = if old_family == FAMILY_V4 { 2 } else { 8 };
-    let new_words = if new_family == FAMILY_V4 { 2 } else { 8 };
-    let mut delta = delta;
-    for i in 0..8 {
-        if i < old_words {
-            delta = delta.remove_word(be16([old[2 * i], old[2 * i + 1]]));
+/// The relayed UDP checksum: the incoming one with the pseudo-header addresses (each in
+/// its header's family), the length (in the pseudo-header and the UDP header), the ports
+/// and the TURN framing replaced. Its protocol word is the same in both families (a
+/// 32-bit IPv6 length under 2^16 adds a zero word). No checksum stays no checksum over
+/// IPv4 (RFC 768).
+#[inline(never)]
+fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Outcome> {
+    if packet.family == FAMILY_V4 && packet.udp_checksum == 0 {
+        return Ok(0);
+    }
+    let (route, reframe) = (&job.route, &job.reframe);
+    let (udp_len, _) = lengths(job);
+    let mut delta = remove_address(Delta::new(), packet.family, &packet.src_ip);
+    delta = remove_address(delta, packet.family, &packet.dst_ip);
+    delta = add_address(delta, route.family, &route.src_ip);
+    delta = add_address(delta, route.family, &route.dst_ip);
+    let (old_len, new_len) = (packet.udp_len, udp_len as u16);
+    delta = delta
+        .remove_word(old_len)
+        .remove_word(old_len)
+        .add_word(new_len)
+        .add_word(new_len)
+        .remove_u32(ports(packet.src_port, packet.dst_port))
+        .add_u32(ports(route.src_port, route.dst_port));
+    // Framing in front of the data: word-aligned at UDP payload offset 0.
+    if reframe.strip_front == 4 {
+        // A ChannelData header, read while parsing.
+        delta = delta.remove_u32(packet.head_be());
+    } else {
+        delta = remove_frame_words(ctx, delta, packet.payload, reframe.strip_front)?;
+    }
+    // Behind the data: the data's own padding (up to 3 bytes; the data keeps its word
+    // alignment, as every prefix is a multiple of 4 long), then whole attributes
+    // (word-aligned). The padding is the end of the four bytes that end where it ends.
+    // A ChannelData datagram may carry less than the whole padding (RFC 8656 §12.5 does
+    // not require it over UDP): those four bytes then start at an odd offset, where
+    // they fill the checksum's 16-bit words rotated by a byte.
+    let strip_tail = strip_tail(packet, reframe);
+    let data_end = packet.payload + reframe.strip_front + reframe.data_len;
+    let padding = ((4 - reframe.data_len % 4) % 4).min(strip_tail);
+    if padding > 0 {
+        let word = load::<u32>(ctx, data_end + padding - 4).ok_or(Outcome::PassMalformed)?;
+        let bytes = u32::from_be(word) & ((1 << (8 * padding)) - 1);
+        let bytes = if (reframe.data_len + padding) % 2 == 1 {
+            bytes.rotate_left(8)
+        } else {
+            bytes
+        };
+        delta = delta.remove_u32(bytes);
+    }
+    if reframe.attributes_after {
+        delta = remove_frame_words(ctx, delta, data_end + padding, strip_tail - padding)?;
+    } else if strip_tail != padding {
+        return Err(Outcome::PassMalformed);
+    }
+    for (i, word) in job.prefix.iter().enumerate() {
+        if i >= job.prefix_words {
+            break;
         }
-        if i < new_words {
-            delta = delta.add_word(be16([new[2 * i], new[2 * i + 1]]));
+        delta = delta.add_u32(u32::from_be(*word));
+    }
+    Ok(delta.apply_udp(packet.udp_checksum))
+}
+
+/// Two ports (memory-order words) as the big-endian value of the 32 bits they fill.
+#[inline(always)]
+fn ports(high: u16, low: u16) -> u32 {
+    (u16::from_be(high) as u32) << 16 | u16::from_be(low) as u32
+}
+
+/// Word `i` of an address as a big-endian value.
+#[inline(always)]
+fn address_word(address: &Address, i: usize) -> u32 {
+    u32::from_be(address[i])
+}
+
+#[inline(always)]
+fn add_address(delta: Delta, family: u8, address: &Address) -> Delta {
+    address_step(delta, family, address, Delta::add_u32)
+}
+
+#[inline(always)]
+fn remove_address(delta: Delta, family: u8, address: &Address) -> Delta {
+    address_step(delta, family, address, Delta::remove_u32)
+}
+
+/// Applies `step` to each word of an address of `family` (one for IPv4, four for IPv6);
+/// generic, so each use is its own inlined copy (no function pointer in BPF).
+#[inline(always)]
+fn address_step(
+    mut delta: Delta,
+    family: u8,
+    address: &Address,
+    step: impl Fn(Delta, u32) -> Delta,
+) -> Delta {
+    delta = step(delta, address_word(address, 0));
+    if family != FAMILY_V4 {
+        for i in 1..4 {
+            delta = step(delta, address_word(address, i));
         }
     }
     delta
 }
 
-/// Removes `len` frame bytes at `offset` (copied into `buffer` first), the first of them
-/// at `region_offset` within the checksummed region (only its parity matters).
+/// Removes `len` frame bytes at `offset` (a multiple of 4 long, word-aligned in the
+/// checksummed region).
 #[inline(always)]
-fn remove_frame_bytes(
+fn remove_frame_words(
     ctx: &XdpContext,
-    buffer: &mut [u8; MAX_STRIPPED],
     mut delta: Delta,
     offset: usize,
     len: usize,
-    region_offset: usize,
 ) -> Result<Delta, Outcome> {
-    if len == 0 {
-        return Ok(delta);
+    if !len.is_multiple_of(4) {
+        return Err(Outcome::PassMalformed);
     }
-    load_into(ctx, offset, buffer, len)?;
-    for (i, byte) in buffer.iter().enumerate() {
-        if i >= len {
+    for i in 0..MAX_STRIPPED / 4 {
+        if 4 * i >= len {
             break;
         }
-        delta = delta.remove_byte(*byte, region_offset + i);
+        let word = load::<u32>(ctx, offset + 4 * i).ok_or(Outcome::PassMalformed)?;
+        delta = delta.remove_u32(u32::from_be(word));
     }
     Ok(delta)
 }
 
-/// Assembles `eth | ip | udp` of the relayed frame in `scratch.headers` (the first 42
-/// bytes for IPv4, all 62 for IPv6), from the next hop in `scratch.fib`.
+/// Makes `next_hop` hold the next hop for `route`: the cached one when it is of the
+/// current routing generation and was looked up for a frame from the same interface
+/// with the same routing TOS, else a fresh `bpf_fib_lookup`, or why the stack should
+/// handle the frame instead (no route / neighbour not resolved / forwarding disabled →
+/// PASS; over the path MTU → PASS, the stack fragments or sends ICMP).
 #[inline(always)]
-fn build_headers(
-    scratch: &mut Scratch,
-    route: &Route,
-    reframe: &Reframe,
-    udp_len: u16,
-    udp_checksum: u16,
-) {
-    let Scratch {
-        packet,
-        fib,
-        headers,
-        ..
-    } = scratch;
-    headers[..6].copy_from_slice(&fib.dmac);
-    headers[6..12].copy_from_slice(&fib.smac);
-    let len = udp_len.to_be_bytes();
-    let checksum = udp_checksum.to_be_bytes();
-    let udp = [
-        route.src_port[0],
-        route.src_port[1],
-        route.dst_port[0],
-        route.dst_port[1],
-        len[0],
-        len[1],
-        checksum[0],
-        checksum[1],
-    ];
-    match (packet.family == FAMILY_V4, route.family == FAMILY_V4) {
-        (true, true) => {
-            headers[12..14].copy_from_slice(&[0x08, 0x00]);
-            ipv4_header(
-                &mut headers[14..34],
-                packet,
-                route,
-                20 + udp_len,
-                reframe.dont_fragment,
-            );
-            headers[34..42].copy_from_slice(&udp);
-        }
-        (false, true) => {
-            headers[12..14].copy_from_slice(&[0x08, 0x00]);
-            ipv4_header_from_v6(&mut headers[14..34], packet, route, 20 + udp_len);
-            headers[34..42].copy_from_slice(&udp);
-        }
-        (true, false) => {
-            headers[12..14].copy_from_slice(&[0x86, 0xDD]);
-            ipv6_header_from_v4(&mut headers[14..54], packet, route, udp_len);
-            headers[54..62].copy_from_slice(&udp);
-        }
-        (false, false) => {
-            headers[12..14].copy_from_slice(&[0x86, 0xDD]);
-            ipv6_header(&mut headers[14..54], packet, route, udp_len);
-            headers[54..62].copy_from_slice(&udp);
-        }
-    }
-}
-
-/// The relayed IPv4 header for an IPv6 datagram (RFC 8656 §14, IPv6-to-IPv4, preferred
-/// behaviour per RFC 7915 §5.1): TOS from the traffic class, TTL = hop limit - 1, DF set
-/// (IPv6 is never fragmented on the path, and a relayed IPv4 datagram with DF is atomic,
-/// so its identification is 0 per RFC 6864 §4.1), checksum computed from scratch.
-#[inline(always)]
-fn ipv4_header_from_v6(header: &mut [u8], packet: &Packet, route: &Route, total_len: u16) {
-    let Some(header) = header.first_chunk_mut::<20>() else {
-        return;
-    };
-    let source = &packet.ip_header;
-    let len = total_len.to_be_bytes();
-    *header = [
-        0x45,
-        traffic_class(source),
-        len[0],
-        len[1],
-        0,
-        0,
-        0x40,
-        0,
-        source[7] - 1,
-        17,
-        0,
-        0,
-        route.src_ip[0],
-        route.src_ip[1],
-        route.src_ip[2],
-        route.src_ip[3],
-        route.dst_ip[0],
-        route.dst_ip[1],
-        route.dst_ip[2],
-        route.dst_ip[3],
-    ];
-    let mut delta = Delta::new();
-    for i in 0..10 {
-        delta = delta.add_word(be16([header[2 * i], header[2 * i + 1]]));
-    }
-    let checksum = delta.checksum().to_be_bytes();
-    header[10] = checksum[0];
-    header[11] = checksum[1];
-}
-
-/// The relayed IPv6 header for an IPv4 datagram (RFC 8656 §14, IPv4-to-IPv6, preferred
-/// behaviour per RFC 7915 §4.1): traffic class from the TOS, flow label 0, hop limit =
-/// TTL - 1. DF has no IPv6 counterpart (IPv6 is never fragmented on the path).
-#[inline(always)]
-fn ipv6_header_from_v4(header: &mut [u8], packet: &Packet, route: &Route, payload_len: u16) {
-    let Some(header) = header.first_chunk_mut::<40>() else {
-        return;
-    };
-    let tos = packet.ip_header[1];
-    let len = payload_len.to_be_bytes();
-    header[..8].copy_from_slice(&[
-        0x60 | (tos >> 4),
-        tos << 4,
-        0,
-        0,
-        len[0],
-        len[1],
-        17,
-        packet.ip_header[8] - 1,
-    ]);
-    header[8..24].copy_from_slice(route.src_ip);
-    header[24..40].copy_from_slice(route.dst_ip);
-}
-
-/// The traffic class of an IPv6 header (between the version and the flow label).
-#[inline(always)]
-fn traffic_class(ip_header: &[u8; 40]) -> u8 {
-    (ip_header[0] << 4) | (ip_header[1] >> 4)
-}
-
-/// The relayed IPv4 header: the incoming one (TOS, ID, DF kept — RFC 8656 §14
-/// preferred behaviour) with new addresses, length and TTL - 1, checksum per RFC 1624.
-#[inline(always)]
-fn ipv4_header(
-    header: &mut [u8],
-    packet: &Packet,
-    route: &Route,
-    total_len: u16,
-    dont_fragment: bool,
-) {
-    let Some(header) = header.first_chunk_mut::<20>() else {
-        return;
-    };
-    header.copy_from_slice(&packet.ip_header[..20]);
-    let old_len = be16([header[2], header[3]]);
-    let old_ttl_protocol = be16([header[8], header[9]]);
-    let old_flags = be16([header[6], header[7]]);
-    let old_checksum = be16([header[10], header[11]]);
-    let new_len = total_len.to_be_bytes();
-    header[2] = new_len[0];
-    header[3] = new_len[1];
-    header[8] -= 1;
-    if dont_fragment {
-        header[6] |= 0x40;
-    }
-    header[12..16].copy_from_slice(&route.src_ip[..4]);
-    header[16..20].copy_from_slice(&route.dst_ip[..4]);
-    let delta = Delta::new()
-        .remove_word(old_len)
-        .add_word(total_len)
-        .remove_word(old_ttl_protocol)
-        .add_word(be16([header[8], header[9]]))
-        .remove_word(old_flags)
-        .add_word(be16([header[6], header[7]]));
-    let delta = replace_address(delta, FAMILY_V4, &packet.src_ip, FAMILY_V4, route.src_ip);
-    let delta = replace_address(delta, FAMILY_V4, &packet.dst_ip, FAMILY_V4, route.dst_ip);
-    let checksum = delta.apply(old_checksum).to_be_bytes();
-    header[10] = checksum[0];
-    header[11] = checksum[1];
-}
-
-/// The relayed IPv6 header: traffic class and flow label kept, new addresses, payload
-/// length and hop limit - 1.
-#[inline(always)]
-fn ipv6_header(header: &mut [u8], packet: &Packet, route: &Route, payload_len: u16) {
-    let Some(header) = header.first_chunk_mut::<40>() else {
-        return;
-    };
-    header.copy_from_slice(&packet.ip_header);
-    let len = payload_len.to_be_bytes();
-    header[4] = len[0];
-    header[5] = len[1];
-    header[7] -= 1;
-    header[8..24].copy_from_slice(route.src_ip);
-    header[24..40].copy_from_slice(route.dst_ip);
-}
-
-/// Looks up the egress interface and MAC addresses for `route` into `scratch.fib`, or why the stack should handle
-/// the frame instead (no route / neighbour not resolved / forwarding disabled → PASS;
-/// over the egress MTU → PASS, the stack fragments or sends ICMP).
-#[inline(always)]
-fn next_hop(
+fn resolve(
     ctx: &XdpContext,
-    scratch: &mut Scratch,
+    next_hop: &mut NextHop,
     route: &Route,
+    tos: u8,
     ip_total_len: u16,
 ) -> Result<(), Outcome> {
-    let family = route.family;
-    // The TOS the relayed IPv4 header carries (RFC 8656 §14).
-    let tos = match (scratch.packet.family == FAMILY_V4, family == FAMILY_V4) {
-        (true, true) => scratch.packet.ip_header[1],
-        (false, true) => traffic_class(&scratch.packet.ip_header),
-        _ => 0,
-    };
-    // Every input field is written (no 64-byte memset: a byte loop in BPF); the MAC
-    // addresses are outputs.
-    let params = &mut scratch.fib;
-    params.l4_protocol = 17;
-    params.sport = u16::from_ne_bytes(route.src_port);
-    params.dport = u16::from_ne_bytes(route.dst_port);
+    let generation = routing_generation();
+    let ingress = ctx.ingress_ifindex() as u32;
+    if generation != 0
+        && next_hop.generation == generation
+        && next_hop.ingress_ifindex == ingress
+        && next_hop.tos == tos
+    {
+        if ip_total_len > next_hop.mtu {
+            return Err(Outcome::PassTooBig);
+        }
+        return Ok(());
+    }
+    look_up(ctx, next_hop, route, tos, ip_total_len)
+}
+
+/// `bpf_fib_lookup` for `route`, filling in `next_hop` (its generation last: a frame
+/// that finds it of the current generation finds the rest written). A second lookup
+/// with the largest length learns the path MTU (the helper reports it only when a
+/// datagram would not fit). The lookup parameters live in per-CPU memory: this runs
+/// only on a cache miss, and 64 more bytes of stack would not fit the deepest path.
+// A separate BPF function: verified once per path, out of the hot code.
+#[inline(never)]
+fn look_up(
+    ctx: &XdpContext,
+    next_hop: &mut NextHop,
+    route: &Route,
+    tos: u8,
+    ip_total_len: u16,
+) -> Result<(), Outcome> {
+    let generation = routing_generation();
+    let ingress = ctx.ingress_ifindex() as u32;
+    let params = FIB_PARAMS.get_ptr_mut(0).ok_or(Outcome::PassInternal)?;
+    // SAFETY: this CPU's slot, used by nothing else while the program runs; all-zero is
+    // a valid bpf_fib_lookup (integers and unions of them).
+    let params = unsafe { zeroed(&mut *(params as *mut core::mem::MaybeUninit<bpf_fib_lookup>)) };
+    params.l4_protocol = IPPROTO_UDP;
+    params.sport = route.src_port;
+    params.dport = route.dst_port;
     params.__bindgen_anon_1.tot_len = ip_total_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
-    params.__bindgen_anon_2.flowinfo = 0;
-    params.__bindgen_anon_5.tbid = 0;
-    if family == FAMILY_V4 {
+    params.ifindex = ingress;
+    if route.family == FAMILY_V4 {
         params.family = AF_INET;
         params.__bindgen_anon_2.tos = tos;
-        params.__bindgen_anon_3.ipv6_src = [v4_word(route.src_ip), 0, 0, 0];
-        params.__bindgen_anon_4.ipv6_dst = [v4_word(route.dst_ip), 0, 0, 0];
+        params.__bindgen_anon_3.ipv6_src = [route.src_ip[0], 0, 0, 0];
+        params.__bindgen_anon_4.ipv6_dst = [route.dst_ip[0], 0, 0, 0];
     } else {
         params.family = AF_INET6;
-        params.__bindgen_anon_3.ipv6_src = words(route.src_ip);
-        params.__bindgen_anon_4.ipv6_dst = words(route.dst_ip);
+        params.__bindgen_anon_3.ipv6_src = route.src_ip;
+        params.__bindgen_anon_4.ipv6_dst = route.dst_ip;
     }
-    // SAFETY: helper call with a map-value struct of the size passed.
-    let rc = unsafe {
+    match fib_lookup(ctx, params) {
+        rc if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 => {}
+        rc if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 => return Err(Outcome::PassTooBig),
+        _ => return Err(Outcome::PassNoRoute),
+    }
+    let ifindex = params.ifindex;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&params.dmac);
+    macs[6..].copy_from_slice(&params.smac);
+    params.ifindex = ingress;
+    params.__bindgen_anon_1.tot_len = u16::MAX;
+    let mtu = match fib_lookup(ctx, params) {
+        // SAFETY: the helper wrote the MTU into the union on FRAG_NEEDED.
+        rc if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 => unsafe {
+            params.__bindgen_anon_1.mtu_result
+        },
+        rc if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 => u16::MAX,
+        // The route changed in between: good for this datagram only.
+        _ => ip_total_len,
+    };
+    next_hop.generation = 0;
+    next_hop.ifindex = ifindex;
+    next_hop.ingress_ifindex = ingress;
+    next_hop.mtu = mtu;
+    next_hop.tos = tos;
+    next_hop.macs = macs;
+    next_hop.generation = generation;
+    Ok(())
+}
+
+#[inline(always)]
+fn fib_lookup(ctx: &XdpContext, params: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: helper call with a stack struct of the size passed.
+    unsafe {
         fib_lookup_helper(
             ctx.as_ptr(),
             params,
-            core::mem::size_of::<aya_ebpf::bindings::bpf_fib_lookup>() as i32,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
+    }
+}
+
+/// Writes `value` (an integer or an array of them) at constant `offset`, bounds
+/// checked, with stores of its width (see [`load`] on alignment).
+#[inline(always)]
+fn put<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Outcome> {
+    let (data, end) = bounds(ctx);
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() > end {
+        return Err(Outcome::PassMalformed);
+    }
+    // SAFETY: the value's bytes lie inside the frame (checked just above).
+    unsafe { core::ptr::write_volatile(start as *mut T, value) };
+    Ok(())
+}
+
+/// The IPv4 header of the relayed frame (RFC 8656 §14, preferred behaviour): TOS and DF
+/// kept (DF set from IPv6, RFC 7915 §5.1), TTL − 1, and the relay's own identification,
+/// never the client's: 0 with DF set (an atomic datagram, never reassembled: RFC 6864
+/// §4.2 lets the source use any value), else a random one.
+#[inline(always)]
+fn write_v4(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> Result<(), Outcome> {
+    let total_len = IPV4_LEN as u32 + udp_len as u32;
+    let (identification, flags) = if packet.dont_fragment {
+        (0, 0x4000)
+    } else {
+        // SAFETY: helper without arguments.
+        (unsafe { bpf_get_prandom_u32() } & 0xFFFF, 0)
     };
-    match rc {
-        rc if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 => Ok(()),
-        rc if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 => Err(Outcome::PassTooBig),
-        _ => Err(Outcome::PassNoRoute),
+    let words = [
+        0x4500_0000 | (packet.tos as u32) << 16 | total_len,
+        identification << 16 | flags,
+        ((packet.ttl - 1) as u32) << 24 | (IPPROTO_UDP as u32) << 16,
+        address_word(&route.src_ip, 0),
+        address_word(&route.dst_ip, 0),
+    ];
+    let mut delta = Delta::new();
+    for word in words {
+        delta = delta.add_u32(word);
     }
+    let checksum = delta.checksum() as u32;
+    put(ctx, 12, 0x0800u16.to_be())?;
+    put(
+        ctx,
+        ETH_LEN,
+        [
+            words[0].to_be(),
+            words[1].to_be(),
+            (words[2] | checksum).to_be(),
+            route.src_ip[0],
+            route.dst_ip[0],
+        ],
+    )
 }
 
-/// An IPv4 address (first 4 bytes) as `bpf_fib_lookup` holds it (network order).
+/// The IPv6 header of the relayed frame: traffic class and flow label kept (from IPv4:
+/// the TOS, flow label 0, RFC 7915 §4.1), hop limit − 1.
 #[inline(always)]
-fn v4_word(address: &[u8; 16]) -> u32 {
-    u32::from_ne_bytes([address[0], address[1], address[2], address[3]])
+fn write_v6(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> Result<(), Outcome> {
+    let first = if packet.family == FAMILY_V4 {
+        0x6000_0000 | (packet.tos as u32) << 20
+    } else {
+        packet.ipv6_first_word
+    };
+    let second = (udp_len as u32) << 16 | (IPPROTO_UDP as u32) << 8 | (packet.ttl - 1) as u32;
+    put(ctx, 12, 0x86DDu16.to_be())?;
+    put(ctx, ETH_LEN, [first.to_be(), second.to_be()])?;
+    put(ctx, ETH_LEN + 8, route.src_ip)?;
+    put(ctx, ETH_LEN + 24, route.dst_ip)
 }
 
+/// The UDP header and the TURN framing behind it.
 #[inline(always)]
-fn words(address: &[u8; 16]) -> [u32; 4] {
-    let mut out = [0u32; 4];
-    for (i, word) in out.iter_mut().enumerate() {
-        *word = u32::from_ne_bytes([
-            address[4 * i],
-            address[4 * i + 1],
-            address[4 * i + 2],
-            address[4 * i + 3],
-        ]);
+fn write_udp(
+    ctx: &XdpContext,
+    offset: usize,
+    job: &Job,
+    udp_len: u16,
+    udp_checksum: u16,
+) -> Result<(), Outcome> {
+    put(
+        ctx,
+        offset,
+        [
+            job.route.src_port,
+            job.route.dst_port,
+            udp_len.to_be(),
+            udp_checksum.to_be(),
+        ],
+    )?;
+    for (i, word) in job.prefix.iter().enumerate() {
+        if i >= job.prefix_words {
+            break;
+        }
+        put(ctx, offset + UDP_LEN + 4 * i, *word)?;
     }
-    out
+    Ok(())
+}
+
+/// Writes `len` (1..=3) zero bytes at variable `offset`, which the frame ends `len`
+/// bytes after: the end of the word that ends there is rewritten (a check of one byte
+/// past a pointer is folded by LLVM into a comparison the verifier cannot follow).
+#[inline(always)]
+fn write_zeros(ctx: &XdpContext, offset: usize, len: usize) -> Result<(), Outcome> {
+    let (data, end) = bounds(ctx);
+    let start = data + ((offset + len - 4) & MAX_OFFSET);
+    if start + 4 > end {
+        return Err(Outcome::PassMalformed);
+    }
+    // The first `4 - len` bytes in memory order are the low ones (little-endian).
+    let keep = (1u32 << (8 * (4 - (len & 3)))) - 1;
+    // SAFETY: four bytes inside the frame (checked just above); see `load` on alignment.
+    unsafe {
+        let word = start as *mut u32;
+        word.write_volatile(word.read_volatile() & keep);
+    }
+    Ok(())
 }

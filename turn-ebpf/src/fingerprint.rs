@@ -7,7 +7,7 @@
 
 use aya_ebpf::programs::XdpContext;
 
-use crate::packet::MAX_OFFSET;
+use crate::packet::{bounds, MAX_OFFSET};
 
 /// The longest message prefix checked (a full 1500-byte MTU's UDP payload fits); longer
 /// Send indications go to userspace.
@@ -66,8 +66,8 @@ pub fn matches(ctx: &XdpContext, offset: usize, len: usize, expected: u32) -> bo
     if offset > MAX_OFFSET || len > MAX_LEN || len & 3 != 0 {
         return false;
     }
-    let data_end = ctx.data_end();
-    let mut at = ctx.data() + (offset & MAX_OFFSET);
+    let (data, data_end) = bounds(ctx);
+    let mut at = data + (offset & MAX_OFFSET);
     let mut crc = !0u32;
     let mut remaining = len;
     for _ in 0..MAX_LEN / 8 {

@@ -2,16 +2,15 @@
 //! (RFC 8656 §11, §12) between clients and peers for the allocations, permissions and
 //! channels userspace installs in the maps below; passes everything else to the stack.
 //!
-//! One file per forwarding direction ([`to_peer`], [`to_client`]); [`egress`] rewrites
-//! and sends; [`packet`] parses. `turn_xdp` only maps outcomes to actions and counts.
+//! One file per forwarding direction ([`to_peer`], [`to_client`]); [`egress`] finds the
+//! next hop, rewrites and sends; [`packet`] parses. `turn_xdp` only maps outcomes to
+//! actions and counts.
+//!
+//! Cost: the hot paths (ChannelData both ways) make one hash lookup; every value carries
+//! what its path needs, including a cached next hop ([`turn_common::maps::NextHop`]), so
+//! `bpf_fib_lookup` runs only for an entry's first frame and after a routing change.
 #![no_std]
 #![no_main]
-// Map keys live in the per-CPU scratch value and are passed by reference on purpose: by
-// value they would be copied onto the 512-byte stack first.
-#![allow(
-    clippy::needless_borrows_for_generic_args,
-    reason = "keys are read from scratch memory, not copied to the stack"
-)]
 
 mod egress;
 mod fingerprint;
@@ -21,9 +20,9 @@ mod to_peer;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use turn_common::counters::{Counter, Outcome};
@@ -31,32 +30,8 @@ use turn_common::maps::{
     AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
 };
-use turn_common::stun::{CHANNEL_MAX, CHANNEL_MIN, HEADER_LEN, SEND_INDICATION};
 
-use packet::{be16, Packet};
-
-/// The most bytes stripped in front of or behind the application data (STUN header and
-/// attributes of a Send indication, ChannelData header and padding).
-pub const MAX_STRIPPED: usize = 64;
-
-/// Per-packet working memory, kept in a per-CPU map: the BPF stack is 512 bytes for the
-/// whole call chain.
-pub struct Scratch {
-    pub packet: Packet,
-    pub fib: bpf_fib_lookup,
-    /// `eth | ip | udp` of the relayed frame being assembled.
-    pub headers: [u8; 62],
-    /// TURN framing to write in front of the data (up to a Data indication's 48 bytes).
-    pub prefix: [u8; 48],
-    /// Stripped bytes, copied out for the checksum update.
-    pub stripped: [u8; MAX_STRIPPED],
-    /// Lookup keys (map lookups read keys from map values as well as from the stack).
-    pub client_channel_key: ClientChannelKey,
-    pub flow_key: FlowKey,
-    pub relay_key: RelayKey,
-    pub permission_key: PermissionKey,
-    pub peer_channel_key: PeerChannelKey,
-}
+use packet::{address_bytes, Packet, Shape};
 
 // Map sizes here are placeholders: userspace sizes every map from max_allocations
 // before loading (turn-userspace/src/bpf/maps.rs).
@@ -64,28 +39,44 @@ pub struct Scratch {
 /// Per-CPU packets/bytes per [`Outcome`].
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
-/// Relayed address → allocation (client side), for peer → client.
+/// Relayed address → allocation (client side), for peer → client Data indications.
 #[map]
 static RELAYS: HashMap<RelayKey, RelayValue> = HashMap::with_max_entries(1, 0);
 /// Client 5-tuple + relay family → relayed address, for Send indications.
 #[map]
 static CLIENT_ALLOCATIONS: HashMap<FlowKey, AllocationValue> = HashMap::with_max_entries(1, 0);
-/// Relayed address + peer IP → permission expiry.
+/// Relayed address + peer IP → permission.
 #[map]
 static PERMISSIONS: HashMap<PermissionKey, PermissionValue> = HashMap::with_max_entries(1, 0);
 /// Client 5-tuple + channel number → peer, for client → peer ChannelData.
 #[map]
 static CLIENT_CHANNELS: HashMap<ClientChannelKey, ClientChannelValue> =
     HashMap::with_max_entries(1, 0);
-/// Relayed address + peer transport address → channel number, for peer → client.
+/// Relayed address + peer transport address → channel and client, for peer → client.
 #[map]
 static PEER_CHANNELS: HashMap<PeerChannelKey, PeerChannelValue> = HashMap::with_max_entries(1, 0);
 /// Per-CPU application bytes relayed, indexed by allocation slot.
 #[map]
 static TRAFFIC: PerCpuArray<AllocationTraffic> = PerCpuArray::with_max_entries(1, 0);
-/// Per-CPU [`Scratch`].
+/// The interfaces the daemon attached the program to (ifindex → ifindex): the only ones
+/// it redirects to. A device without XDP may drop redirected frames (veth without NAPI,
+/// NICs that set up XDP transmit queues only with a program attached).
 #[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+static EGRESS: DevMapHash = DevMapHash::with_max_entries(64, 0);
+/// The frame being relayed, parsed ([`Packet`]), per CPU: in the program's stack it
+/// would not leave room for the deepest path's frames (512 bytes for the whole chain).
+#[map]
+static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+/// The relayed frame being built ([`egress::Job`]), per CPU, for the same reason.
+#[map]
+static JOB: PerCpuArray<egress::Job> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU `bpf_fib_lookup` parameters for a next-hop cache miss.
+#[map]
+static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+/// The routing generation (one entry): cached next hops of another generation are
+/// looked up again. The daemon bumps it on every routing change; 0 turns the cache off.
+#[map]
+static ROUTING_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// A frame the program relayed itself.
 pub struct Relayed {
@@ -118,97 +109,95 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// What a UDP payload looks like, by its first bytes (RFC 7983 §7 demultiplexing).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    ChannelData { number: [u8; 2] },
-    SendIndication,
-    Stun,
-    Other,
-}
-
-#[inline(always)]
-fn shape(packet: &Packet) -> Shape {
-    let head = packet.payload_head;
-    let kind = be16([head[0], head[1]]);
-    match head[0] >> 6 {
-        0b01 if packet.payload_len >= 4 && (CHANNEL_MIN..=CHANNEL_MAX).contains(&kind) => {
-            Shape::ChannelData {
-                number: [head[0], head[1]],
-            }
-        }
-        0b00 if packet.payload_len >= HEADER_LEN && kind == SEND_INDICATION => {
-            Shape::SendIndication
-        }
-        0b00 if packet.payload_len >= HEADER_LEN => Shape::Stun,
-        _ => Shape::Other,
-    }
-}
-
 #[inline(always)]
 fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Outcome::PassInternal)?;
-    // SAFETY: this CPU's scratch slot; nothing else uses it while the program runs.
-    let scratch = unsafe { &mut *scratch };
-    scratch.packet.parse(ctx)?;
-    let shape = shape(&scratch.packet);
+    let packet = PACKET.get_ptr_mut(0).ok_or(Outcome::PassInternal)?;
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let packet = unsafe { &mut *packet };
+    packet.parse(ctx)?;
+    let shape = packet.shape();
     match shape {
-        Shape::ChannelData { number } => {
-            let packet = &scratch.packet;
-            scratch.client_channel_key = ClientChannelKey::new(
-                packet.family,
-                packet.src_ip,
-                packet.src_port,
-                packet.dst_ip,
-                packet.dst_port,
-                number,
-            );
-            // SAFETY: the value is only read while this program runs (RCU-protected).
-            if let Some(channel) = unsafe { CLIENT_CHANNELS.get(&scratch.client_channel_key) } {
-                return to_peer::channel_data(ctx, scratch, channel);
-            }
-        }
-        Shape::SendIndication => match to_peer::send_indication(ctx, scratch) {
+        Shape::ChannelData => match to_peer::channel_data(ctx, packet) {
+            // Not a channel of this client: maybe a peer's datagram to a relayed address.
+            Err(Outcome::PassChannelNotBound) => {}
+            verdict => return verdict,
+        },
+        Shape::SendIndication => match to_peer::send_indication(ctx, packet) {
             // Not one for the fast path: maybe a peer's datagram to a relayed address.
             Err(Outcome::PassStun) => {}
             verdict => return verdict,
         },
         Shape::Stun | Shape::Other => {}
     }
-    let packet = &scratch.packet;
-    scratch.relay_key = RelayKey::new(packet.family, packet.dst_ip, packet.dst_port);
-    // SAFETY: as above.
-    if let Some(allocation) = unsafe { RELAYS.get(&scratch.relay_key) } {
-        return to_client::relay(ctx, scratch, allocation);
+    match to_client::channel_data(ctx, packet) {
+        // No live channel for this peer: a Data indication, if any.
+        Err(Outcome::PassChannelNotBound) => to_client::data_indication(ctx, packet, shape),
+        verdict => verdict,
     }
-    Err(match shape {
-        Shape::ChannelData { .. } if is_client_flow(scratch) => Outcome::PassChannelNotBound,
-        Shape::SendIndication | Shape::Stun => Outcome::PassStun,
-        _ => Outcome::PassUnknownFlow,
-    })
+}
+
+/// This CPU's [`JOB`].
+#[inline(always)]
+pub fn job() -> Result<&'static mut egress::Job, Outcome> {
+    let job = JOB.get_ptr_mut(0).ok_or(Outcome::PassInternal)?;
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    Ok(unsafe { &mut *job })
 }
 
 /// Whether the frame comes from a client with a fast-path allocation (same-family relay).
 #[inline(always)]
-fn is_client_flow(scratch: &mut Scratch) -> bool {
-    let packet = &scratch.packet;
-    scratch.flow_key = FlowKey::new(
+pub fn is_client_flow(packet: &Packet) -> bool {
+    let key = FlowKey::new(
         packet.family,
-        packet.src_ip,
-        packet.src_port,
-        packet.dst_ip,
-        packet.dst_port,
+        address_bytes(packet.src_ip),
+        packet.src_port.to_ne_bytes(),
+        address_bytes(packet.dst_ip),
+        packet.dst_port.to_ne_bytes(),
         packet.family,
     );
     // SAFETY: only the presence is used.
-    unsafe { CLIENT_ALLOCATIONS.get(&scratch.flow_key) }.is_some()
+    unsafe { CLIENT_ALLOCATIONS.get(key) }.is_some()
 }
 
-/// CLOCK_MONOTONIC in ns: the clock userspace converts entry expiries to.
+/// Zeroes `value` in place by volatile word stores of its alignment (LLVM would merge
+/// plain ones, or a copy of zeros, into a `memset` call, which is a byte loop in BPF;
+/// the verifier refuses misaligned stack stores), and returns it.
+///
+/// # Safety
+/// All-zero must be a valid `T`.
+#[inline(always)]
+pub unsafe fn zeroed<T>(value: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(4) && core::mem::align_of::<T>() >= 4) };
+    if core::mem::align_of::<T>() >= 8 && core::mem::size_of::<T>().is_multiple_of(8) {
+        let words = value.as_mut_ptr() as *mut u64;
+        for i in 0..core::mem::size_of::<T>() / 8 {
+            // SAFETY: aligned word `i` of the value.
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
+    } else {
+        let words = value.as_mut_ptr() as *mut u32;
+        for i in 0..core::mem::size_of::<T>() / 4 {
+            // SAFETY: aligned word `i` of the value.
+            unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        }
+    }
+    // SAFETY: every byte is written, and the caller vouches that zero is valid.
+    unsafe { value.assume_init_mut() }
+}
+
+/// CLOCK_MONOTONIC in ns, as of the last timer tick (CLOCK_MONOTONIC_COARSE): the clock
+/// userspace converts entry expiries to, at a tenth of the cost of the precise one here.
+/// An entry can be used up to one tick (1–10 ms) past its expiry.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The routing generation cached next hops must carry (0: cache off).
+#[inline(always)]
+pub fn routing_generation() -> u32 {
+    ROUTING_GENERATION.get(0).copied().unwrap_or(0)
 }
 
 /// Adds relayed application bytes to an allocation's per-CPU traffic slot.

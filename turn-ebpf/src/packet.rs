@@ -1,12 +1,16 @@
-//! Bounds-checked access to the frame and parsing of Ethernet / IPv4 / IPv6 / UDP.
-//! Anything the fast path does not handle is an `Err(Outcome::Pass…)`.
+//! Parsing of Ethernet / IPv4 / IPv6 / UDP by direct packet access at constant offsets:
+//! one bounds check per header and word-sized loads ([`load`]). Anything the fast path
+//! does not handle is an `Err(Outcome::Pass…)`.
 
-use aya_ebpf::helpers::{bpf_xdp_load_bytes, bpf_xdp_store_bytes};
 use aya_ebpf::programs::XdpContext;
+use turn_common::checksum::Delta;
 use turn_common::counters::Outcome;
-use turn_common::maps::{v4_bytes, FAMILY_V4, FAMILY_V6};
+use turn_common::maps::{FAMILY_V4, FAMILY_V6};
+use turn_common::stun::{CHANNEL_MAX, CHANNEL_MIN, HEADER_LEN, SEND_INDICATION};
 
 pub const ETH_LEN: usize = 14;
+pub const IPV4_LEN: usize = 20;
+pub const IPV6_LEN: usize = 40;
 pub const UDP_LEN: usize = 8;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86DD;
@@ -14,143 +18,114 @@ const IPPROTO_UDP: u8 = 17;
 /// Offsets beyond this are never valid (keeps variable offsets bounded for the verifier).
 pub const MAX_OFFSET: usize = 0x3FFF;
 
-/// `N` bytes at a variable `offset`, copied by the bpf_xdp_load_bytes helper (the
-/// verifier cannot follow direct packet access at arbitrary offsets).
-#[inline(always)]
-pub fn load<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Outcome> {
-    if offset > MAX_OFFSET {
-        return Err(Outcome::PassMalformed);
-    }
-    let mut bytes = [0u8; N];
-    // SAFETY: helper call; `bytes` holds N bytes; the helper checks the frame bounds.
-    let rc =
-        unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, bytes.as_mut_ptr().cast(), N as u32) };
-    if rc != 0 {
-        return Err(Outcome::PassMalformed);
-    }
-    Ok(bytes)
-}
+/// An IP address as the maps hold it (16 bytes; IPv4 in the first 4, the rest zero), as
+/// four words each holding four bytes in memory order: copied and compared by words.
+pub type Address = [u32; 4];
 
-/// Copies `len` (1..=64) frame bytes at a variable `offset` into `buffer`.
+/// The frame's first byte and the end of it, read afresh (volatile loads): LLVM would
+/// otherwise pass the 32-bit context fields into a separate BPF function as arguments,
+/// and the zero extension it then adds makes the verifier lose the packet pointers.
 #[inline(always)]
-pub fn load_into(
-    ctx: &XdpContext,
-    offset: usize,
-    buffer: &mut [u8; 64],
-    len: usize,
-) -> Result<(), Outcome> {
-    if offset > MAX_OFFSET || len == 0 || len > 64 {
-        return Err(Outcome::PassMalformed);
-    }
-    // A no-op for 1..=64 that lets the verifier see the length is never zero (black_box
-    // keeps LLVM from folding it away).
-    let len = (core::hint::black_box(len - 1) & 63) + 1;
-    // SAFETY: helper call; `buffer` holds 64 ≥ `len` bytes; the helper checks the frame
-    // bounds.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            offset as u32,
-            buffer.as_mut_ptr().cast(),
-            len as u32,
+pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
+    let md = ctx.ctx;
+    // SAFETY: the program's context, valid while it runs.
+    unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*md).data)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*md).data_end)) as usize,
         )
-    };
-    if rc != 0 {
-        return Err(Outcome::PassMalformed);
     }
-    Ok(())
 }
 
-/// `N` bytes at a constant `offset` from the start of the frame (direct access).
+/// A `T` (an integer or an array of them) at `offset` from the start of the frame, or
+/// None past its end; a variable `offset` is masked to [`MAX_OFFSET`] so the verifier
+/// can bound the access.
+///
+/// One load of `T`'s width, as C programs do through header structs: frames guarantee
+/// no alignment (IP headers sit at 2 mod 4), and the BPF JITs of architectures with
+/// efficient unaligned access (x86-64, arm64) allow misaligned packet loads, while LLVM
+/// would split a load it must treat as unaligned into single bytes. (The build does not
+/// turn on LLVM's misaligned-access feature instead: it would also make misaligned
+/// stack accesses, which the verifier refuses.)
 #[inline(always)]
-pub fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Outcome> {
-    if offset > MAX_OFFSET {
-        return Err(Outcome::PassMalformed);
+pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    let (data, end) = bounds(ctx);
+    let start = data + (offset & MAX_OFFSET);
+    if start + core::mem::size_of::<T>() > end {
+        return None;
     }
-    let start = ctx.data() + offset;
-    if start + N > ctx.data_end() {
-        return Err(Outcome::PassMalformed);
-    }
-    // SAFETY: bounds checked against data_end just above.
-    Ok(unsafe { core::ptr::read_unaligned(start as *const [u8; N]) })
+    // SAFETY: inside the frame (checked just above); see above for the alignment.
+    Some(unsafe { core::ptr::read_volatile(start as *const T) })
 }
 
-/// Copies `N` bytes at a constant `offset` into `out` (direct access, no stack copy).
+/// A big-endian 16-bit value at `offset` (see [`load`]).
 #[inline(always)]
-pub fn read_into<const N: usize>(
-    ctx: &XdpContext,
-    offset: usize,
-    out: &mut [u8; N],
-) -> Result<(), Outcome> {
-    let start = ctx.data() + offset;
-    if start + N > ctx.data_end() {
-        return Err(Outcome::PassMalformed);
-    }
-    // SAFETY: bounds checked against data_end just above; `out` is not in the frame.
-    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, out.as_mut_ptr(), N) };
-    Ok(())
+pub fn load_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    load::<u16>(ctx, offset).map(u16::from_be)
 }
 
-/// Writes `N` bytes at `offset` from the start of the frame with the
-/// bpf_xdp_store_bytes helper: one memcpy, where a direct copy of a byte array compiles
-/// to a load and a store per byte in BPF.
+/// The bytes of an [`Address`] as the map keys hold them.
 #[inline(always)]
-pub fn write<const N: usize>(
-    ctx: &XdpContext,
-    offset: usize,
-    bytes: &[u8; N],
-) -> Result<(), Outcome> {
-    if offset > MAX_OFFSET {
-        return Err(Outcome::PassMalformed);
-    }
-    // SAFETY: helper call; `bytes` holds N bytes and is only read; the helper checks the
-    // frame bounds.
-    let rc = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            offset as u32,
-            bytes.as_ptr().cast_mut().cast(),
-            N as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(Outcome::PassMalformed);
-    }
-    Ok(())
+pub fn address_bytes(address: Address) -> [u8; 16] {
+    // SAFETY: plain integers to plain bytes of the same size.
+    unsafe { core::mem::transmute::<Address, [u8; 16]>(address) }
 }
 
+/// An [`Address`] from the bytes of a map value, read as four words.
+///
+/// # Safety
+/// `bytes` must be 4-aligned, as every address of the map values is (turn-common's
+/// layout tests pin the offsets).
 #[inline(always)]
-pub const fn be16(bytes: [u8; 2]) -> u16 {
-    u16::from_be_bytes(bytes)
+pub unsafe fn address_words(bytes: &[u8; 16]) -> Address {
+    // SAFETY: the caller vouches for the alignment; same size, plain integers.
+    unsafe { core::ptr::read(bytes as *const [u8; 16] as *const Address) }
 }
 
-/// The parts of a UDP/IP frame the fast path needs. Lives in the per-CPU scratch map
-/// (the BPF stack is 512 bytes for the whole call chain).
+/// What a UDP payload looks like, by its first bytes (RFC 7983 §7 demultiplexing).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    ChannelData,
+    SendIndication,
+    Stun,
+    Other,
+}
+
+/// The parts of a UDP/IP frame the fast path needs, on the stack. Wire quantities are
+/// kept as words holding the bytes in memory order.
+#[derive(Clone, Copy)]
 pub struct Packet {
-    pub family: u8,
-    /// The original IP header: 20 bytes used for IPv4 (options are passed to the stack),
-    /// all 40 for IPv6 (extension headers are too).
-    pub ip_header: [u8; 40],
-    pub src_ip: [u8; 16],
-    pub dst_ip: [u8; 16],
-    pub src_port: [u8; 2],
-    pub dst_port: [u8; 2],
-    pub udp_checksum: u16,
-    /// UDP length field (header included).
-    pub udp_len: usize,
+    pub src_ip: Address,
+    pub dst_ip: Address,
     /// Offset of the UDP payload from the start of the frame.
     pub payload: usize,
     pub payload_len: usize,
     /// The first 4 payload bytes (zero when shorter): ChannelData header / STUN type.
-    pub payload_head: [u8; 4],
+    pub head: u32,
+    /// The first word of the IPv6 header (version, traffic class, flow label), big-endian
+    /// value.
+    pub ipv6_first_word: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// UDP checksum, big-endian value (0: none, IPv4 only).
+    pub udp_checksum: u16,
+    /// UDP length field (header included).
+    pub udp_len: u16,
+    pub family: u8,
+    /// IPv4 TOS or IPv6 traffic class.
+    pub tos: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// IPv4 DF (always set for IPv6: it is never fragmented on the path).
+    pub dont_fragment: bool,
 }
 
 impl Packet {
     /// Parses the frame into `self`.
     #[inline(always)]
     pub fn parse(&mut self, ctx: &XdpContext) -> Result<(), Outcome> {
-        let ethertype: [u8; 2] = read(ctx, 12)?;
-        match be16(ethertype) {
+        let ethertype = load_be16(ctx, 12).ok_or(Outcome::PassMalformed)?;
+        match ethertype {
             ETHERTYPE_IPV4 => self.parse_v4(ctx),
             ETHERTYPE_IPV6 => self.parse_v6(ctx),
             _ => Err(Outcome::PassNotIp),
@@ -159,54 +134,84 @@ impl Packet {
 
     #[inline(always)]
     fn parse_v4(&mut self, ctx: &XdpContext) -> Result<(), Outcome> {
-        let ip: [u8; 20] = read(ctx, ETH_LEN)?;
-        if ip[0] >> 4 != 4 {
+        // version/IHL, TOS, total length | identification, flags/fragment offset |
+        // TTL, protocol, checksum
+        let [first, second, third] =
+            load::<[u32; 3]>(ctx, ETH_LEN).ok_or(Outcome::PassMalformed)?;
+        let (first, second, third) = (
+            u32::from_be(first),
+            u32::from_be(second),
+            u32::from_be(third),
+        );
+        if first >> 28 != 4 {
             return Err(Outcome::PassMalformed);
         }
-        match ip[0] & 0x0F {
+        match (first >> 24) & 0x0F {
             5 => {}
             0..=4 => return Err(Outcome::PassMalformed),
             _ => return Err(Outcome::PassIpOptions),
         }
         // More-fragments flag or a fragment offset.
-        if be16([ip[6], ip[7]]) & 0x3FFF != 0 {
+        if second & 0x3FFF != 0 {
             return Err(Outcome::PassFragment);
         }
-        if ip[9] != IPPROTO_UDP {
+        if (third >> 16) as u8 != IPPROTO_UDP {
             return Err(Outcome::PassNotUdp);
         }
-        let total_len = be16([ip[2], ip[3]]) as usize;
-        let frame_len = ctx.data_end() - ctx.data();
-        if total_len < 20 + UDP_LEN || ETH_LEN + total_len > frame_len {
+        // Every header load before the length checks: from those LLVM would infer that
+        // the frame is long enough and drop a bounds check the verifier needs.
+        let [src, dst] = load::<[u32; 2]>(ctx, ETH_LEN + 12).ok_or(Outcome::PassMalformed)?;
+        let udp = load::<[u16; 4]>(ctx, ETH_LEN + IPV4_LEN).ok_or(Outcome::PassMalformed)?;
+        // RFC 791: the stack drops a header whose checksum is wrong, and so would the
+        // userspace relay never see it; the relayed header gets a fresh checksum, which
+        // would repair it (checked on the five header words already loaded).
+        let header_sum = Delta::new()
+            .add_u32(first)
+            .add_u32(second)
+            .add_u32(third)
+            .add_u32(u32::from_be(src))
+            .add_u32(u32::from_be(dst));
+        if header_sum.checksum() != 0 {
             return Err(Outcome::PassMalformed);
         }
-        let udp: [u8; 8] = read(ctx, ETH_LEN + 20)?;
-        let udp_len = be16([udp[4], udp[5]]) as usize;
-        if udp_len != total_len - 20 {
+        let total_len = (first & 0xFFFF) as usize;
+        let (data, end) = bounds(ctx);
+        let frame_len = end - data;
+        if total_len < IPV4_LEN + UDP_LEN || ETH_LEN + total_len > frame_len {
             return Err(Outcome::PassMalformed);
         }
-        self.family = FAMILY_V4;
-        self.ip_header[..20].copy_from_slice(&ip);
-        self.src_ip = v4_bytes([ip[12], ip[13], ip[14], ip[15]]);
-        self.dst_ip = v4_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        self.src_port = [udp[0], udp[1]];
-        self.dst_port = [udp[2], udp[3]];
-        self.udp_checksum = be16([udp[6], udp[7]]);
+        let udp_len = u16::from_be(udp[2]);
+        if udp_len as usize != total_len - IPV4_LEN {
+            return Err(Outcome::PassMalformed);
+        }
+        let payload = ETH_LEN + IPV4_LEN + UDP_LEN;
+        // Field by field: a whole `Packet` would be built on the stack first.
+        self.src_ip = [src, 0, 0, 0];
+        self.dst_ip = [dst, 0, 0, 0];
+        self.payload = payload;
+        self.payload_len = udp_len as usize - UDP_LEN;
+        self.head = load::<u32>(ctx, payload).unwrap_or(0);
+        self.ipv6_first_word = 0;
+        self.src_port = udp[0];
+        self.dst_port = udp[1];
+        self.udp_checksum = u16::from_be(udp[3]);
         self.udp_len = udp_len;
-        self.payload = ETH_LEN + 20 + UDP_LEN;
-        self.payload_len = udp_len - UDP_LEN;
-        self.payload_head = read(ctx, ETH_LEN + 20 + UDP_LEN).unwrap_or([0; 4]);
+        self.family = FAMILY_V4;
+        self.tos = (first >> 16) as u8;
+        self.ttl = (third >> 24) as u8;
+        self.dont_fragment = second & 0x4000 != 0;
         Ok(())
     }
 
     #[inline(always)]
     fn parse_v6(&mut self, ctx: &XdpContext) -> Result<(), Outcome> {
-        read_into(ctx, ETH_LEN, &mut self.ip_header)?;
-        let ip = &self.ip_header;
-        if ip[0] >> 4 != 6 {
+        // version, traffic class, flow label | payload length, next header, hop limit
+        let [first, second] = load::<[u32; 2]>(ctx, ETH_LEN).ok_or(Outcome::PassMalformed)?;
+        let (first, second) = (u32::from_be(first), u32::from_be(second));
+        if first >> 28 != 6 {
             return Err(Outcome::PassMalformed);
         }
-        match ip[6] {
+        match (second >> 8) as u8 {
             IPPROTO_UDP => {}
             // Fragment header.
             44 => return Err(Outcome::PassFragment),
@@ -217,39 +222,70 @@ impl Packet {
             }
             _ => return Err(Outcome::PassNotUdp),
         }
-        let payload_len = be16([ip[4], ip[5]]) as usize;
-        let frame_len = ctx.data_end() - ctx.data();
-        if payload_len < UDP_LEN || ETH_LEN + 40 + payload_len > frame_len {
+        // Every header load before the length checks (see parse_v4).
+        let src_ip = load::<Address>(ctx, ETH_LEN + 8).ok_or(Outcome::PassMalformed)?;
+        let dst_ip = load::<Address>(ctx, ETH_LEN + 24).ok_or(Outcome::PassMalformed)?;
+        let udp = load::<[u16; 4]>(ctx, ETH_LEN + IPV6_LEN).ok_or(Outcome::PassMalformed)?;
+        let payload_len = (second >> 16) as usize;
+        let (data, end) = bounds(ctx);
+        let frame_len = end - data;
+        if payload_len < UDP_LEN || ETH_LEN + IPV6_LEN + payload_len > frame_len {
             return Err(Outcome::PassMalformed);
         }
-        let udp: [u8; 8] = read(ctx, ETH_LEN + 40)?;
-        let udp_len = be16([udp[4], udp[5]]) as usize;
-        let udp_checksum = be16([udp[6], udp[7]]);
+        let udp_len = u16::from_be(udp[2]);
+        let udp_checksum = u16::from_be(udp[3]);
         // RFC 8200 §8.1: a zero UDP checksum is invalid over IPv6.
-        if udp_len != payload_len || udp_checksum == 0 {
+        if udp_len as usize != payload_len || udp_checksum == 0 {
             return Err(Outcome::PassMalformed);
         }
-        let (source, destination) = self.ip_header.split_at(24);
-        self.src_ip.copy_from_slice(&source[8..24]);
-        self.dst_ip.copy_from_slice(&destination[..16]);
-        self.family = FAMILY_V6;
-        self.src_port = [udp[0], udp[1]];
-        self.dst_port = [udp[2], udp[3]];
+        let payload = ETH_LEN + IPV6_LEN + UDP_LEN;
+        self.src_ip = src_ip;
+        self.dst_ip = dst_ip;
+        self.payload = payload;
+        self.payload_len = udp_len as usize - UDP_LEN;
+        self.head = load::<u32>(ctx, payload).unwrap_or(0);
+        self.ipv6_first_word = first;
+        self.src_port = udp[0];
+        self.dst_port = udp[1];
         self.udp_checksum = udp_checksum;
         self.udp_len = udp_len;
-        self.payload = ETH_LEN + 40 + UDP_LEN;
-        self.payload_len = udp_len - UDP_LEN;
-        self.payload_head = read(ctx, ETH_LEN + 40 + UDP_LEN).unwrap_or([0; 4]);
+        self.family = FAMILY_V6;
+        self.tos = (first >> 20) as u8;
+        self.ttl = second as u8;
+        self.dont_fragment = true;
         Ok(())
     }
 
-    /// IPv4 TTL or IPv6 hop limit.
+    /// The first payload bytes as a big-endian value.
     #[inline(always)]
-    pub fn ttl(&self) -> u8 {
+    pub fn head_be(&self) -> u32 {
+        u32::from_be(self.head)
+    }
+
+    /// The payload's shape (RFC 7983 §7).
+    #[inline(always)]
+    pub fn shape(&self) -> Shape {
+        let head = self.head_be();
+        let kind = (head >> 16) as u16;
+        match head >> 30 {
+            0b01 if self.payload_len >= 4 && (CHANNEL_MIN..=CHANNEL_MAX).contains(&kind) => {
+                Shape::ChannelData
+            }
+            0b00 if self.payload_len >= HEADER_LEN && kind == SEND_INDICATION => {
+                Shape::SendIndication
+            }
+            0b00 if self.payload_len >= HEADER_LEN => Shape::Stun,
+            _ => Shape::Other,
+        }
+    }
+
+    /// The IP header length of the frame's family.
+    #[inline(always)]
+    pub fn ip_header_len(&self) -> usize {
         if self.family == FAMILY_V4 {
-            self.ip_header[8]
+            IPV4_LEN
         } else {
-            self.ip_header[7]
+            IPV6_LEN
         }
     }
 }

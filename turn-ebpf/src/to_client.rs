@@ -6,149 +6,191 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
-use turn_common::maps::{PeerChannelKey, PermissionKey, RelayValue, FAMILY_V4};
+use turn_common::maps::{
+    ClientSide, PeerChannelKey, PeerChannelValue, PermissionKey, RelayKey, FAMILY_V4,
+};
 use turn_common::stun::{
     ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_XOR_PEER_ADDRESS, DATA_INDICATION,
-    MAGIC_COOKIE,
+    HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::egress::{forward, Egress, Reframe, Route};
-use crate::packet::Packet;
-use crate::{add_traffic, now_ns, Relayed, Scratch, PEER_CHANNELS, PERMISSIONS};
+use crate::egress::{forward, wire_word, Reframe, Route, MAX_PREFIX_WORDS};
+use crate::packet::{address_bytes, address_words, Packet, Shape};
+use crate::{
+    add_traffic, is_client_flow, job, now_ns, Relayed, PEER_CHANNELS, PERMISSIONS, RELAYS,
+};
 
-/// Data indication framing in front of the data: STUN header (20), XOR-PEER-ADDRESS
-/// (4 + 8 or 4 + 20) and the DATA attribute header (4).
-const DATA_INDICATION_V4_LEN: usize = 36;
-const DATA_INDICATION_V6_LEN: usize = 48;
+/// Data indication framing in front of the data, in words: STUN header (20 bytes),
+/// XOR-PEER-ADDRESS (4 + 8 or 4 + 20) and the DATA attribute header (4).
+const DATA_INDICATION_V4_WORDS: usize = 9;
+const DATA_INDICATION_V6_WORDS: usize = 12;
 
-// A separate BPF function: its stack frame is not added to the other paths'.
+/// RFC 8656 §12.5: a peer's datagram as ChannelData on the channel bound to its
+/// transport address (over UDP without padding), while the channel and its permission
+/// live; `Err(Outcome::PassChannelNotBound)` otherwise.
+// A separate BPF function: the stack frames of the paths are not added up.
 #[inline(never)]
-pub fn relay(
+pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcome> {
+    let key = PeerChannelKey::new(
+        packet.family,
+        address_bytes(packet.dst_ip),
+        packet.dst_port.to_ne_bytes(),
+        address_bytes(packet.src_ip),
+        packet.src_port.to_ne_bytes(),
+    );
+    let channel = PEER_CHANNELS
+        .get_ptr_mut(key)
+        .ok_or(Outcome::PassChannelNotBound)?;
+    // SAFETY: a map value, valid while this program runs (RCU); the program writes only
+    // its next-hop cache.
+    let channel = unsafe { &mut *channel };
+    // Past the channel's (or its permission's) expiry: a Data indication while the
+    // permission lives (RFC 8656 §12).
+    if channel.expires_ns() <= now_ns() {
+        return Err(Outcome::PassChannelNotBound);
+    }
+    relay_channel_data(ctx, packet, channel)
+}
+
+/// The route from the listening address to the client.
+#[inline(always)]
+fn to_client(client: &ClientSide) -> Route {
+    Route {
+        // SAFETY: 4-aligned fields of every value holding a client side.
+        src_ip: unsafe { address_words(client.listener_ip()) },
+        // SAFETY: as above.
+        dst_ip: unsafe { address_words(client.client_ip()) },
+        src_port: u16::from_ne_bytes(client.listener_port()),
+        dst_port: u16::from_ne_bytes(client.client_port()),
+        family: client.client_family(),
+    }
+}
+
+#[inline(always)]
+fn relay_channel_data(
     ctx: &XdpContext,
-    scratch: &mut Scratch,
-    allocation: &RelayValue,
+    packet: &Packet,
+    channel: &mut PeerChannelValue,
 ) -> Result<Relayed, Outcome> {
-    let packet = &scratch.packet;
+    let data_len = packet.payload_len;
+    let job = job()?;
+    job.route = to_client(channel.client());
+    let number = channel.number();
+    let len = (data_len as u16).to_be_bytes();
+    let slot = channel.slot();
+    job.reframe = Reframe {
+        strip_front: 0,
+        data_len,
+        pad: 0,
+        attributes_after: false,
+    };
+    job.prefix[0] = wire_word([number[0], number[1], len[0], len[1]]);
+    job.prefix_words = 1;
+    job.relayed = Outcome::RelayedChannelDataToClient;
+    let relayed = forward(ctx, packet, job, &mut channel.next_hop)?;
+    add_traffic(slot, data_len, false);
+    Ok(relayed)
+}
+
+/// RFC 8656 §11.4: the peer's datagram as a Data indication when the peer has a live
+/// permission, dropped without one (§9); frames to no relayed address go to the stack.
+// A separate BPF function: the stack frames of the paths are not added up.
+#[inline(never)]
+pub fn data_indication(
+    ctx: &XdpContext,
+    packet: &Packet,
+    shape: Shape,
+) -> Result<Relayed, Outcome> {
+    let (relay_ip, relay_port) = (address_bytes(packet.dst_ip), packet.dst_port.to_ne_bytes());
+    let key = RelayKey::new(packet.family, relay_ip, relay_port);
+    let Some(allocation) = RELAYS.get_ptr_mut(key) else {
+        return Err(match shape {
+            Shape::ChannelData if is_client_flow(packet) => Outcome::PassChannelNotBound,
+            Shape::SendIndication | Shape::Stun => Outcome::PassStun,
+            _ => Outcome::PassUnknownFlow,
+        });
+    };
+    // SAFETY: a map value, valid while this program runs (RCU); the program writes only
+    // its next-hop cache.
+    let allocation = unsafe { &mut *allocation };
     let now = now_ns();
     if allocation.expires_ns() <= now {
         return Err(Outcome::PassExpired);
     }
-    let route = Route {
-        family: allocation.client_family(),
-        src_ip: allocation.listener_ip(),
-        src_port: allocation.listener_port(),
-        dst_ip: allocation.client_ip(),
-        dst_port: allocation.client_port(),
-    };
-    let data_len = packet.payload_len;
-    scratch.peer_channel_key = PeerChannelKey::new(
+    let key = PermissionKey::new(
         packet.family,
-        packet.dst_ip,
-        packet.dst_port,
-        packet.src_ip,
-        packet.src_port,
+        relay_ip,
+        relay_port,
+        address_bytes(packet.src_ip),
     );
-    // SAFETY: the value is only read while this program runs (RCU-protected).
-    if let Some(channel) = unsafe { PEER_CHANNELS.get(&scratch.peer_channel_key) } {
-        if channel.expires_ns() > now {
-            let number = channel.number();
-            let len = (data_len as u16).to_be_bytes();
-            let reframe = Reframe {
-                data_offset: packet.payload,
-                data_len,
-                padding: 0,
-                dont_fragment: false,
-            };
-            scratch.prefix[..4].copy_from_slice(&[number[0], number[1], len[0], len[1]]);
-            let relayed = forward::<4>(
-                ctx,
-                scratch,
-                &Egress { route, reframe },
-                Outcome::RelayedChannelDataToClient,
-            )?;
-            add_traffic(allocation.slot(), data_len, false);
-            return Ok(relayed);
-        }
-    }
-    let packet = &scratch.packet;
-    scratch.permission_key =
-        PermissionKey::new(packet.family, packet.dst_ip, packet.dst_port, packet.src_ip);
-    // SAFETY: as above.
-    match unsafe { PERMISSIONS.get(&scratch.permission_key) } {
+    // SAFETY: only read while this program runs.
+    match unsafe { PERMISSIONS.get(key) } {
         Some(permission) if permission.expires_ns() > now => {}
         _ => return Err(Outcome::DropNoPermission),
     }
-    let padding = (4 - data_len % 4) % 4;
-    let reframe = Reframe {
-        data_offset: packet.payload,
+    let data_len = packet.payload_len;
+    let pad = (4 - data_len % 4) % 4;
+    let slot = allocation.slot();
+    let job = job()?;
+    job.route = to_client(allocation.client());
+    job.reframe = Reframe {
+        strip_front: 0,
         data_len,
-        padding,
-        dont_fragment: false,
+        pad,
+        attributes_after: false,
     };
-    let transaction_id = transaction_id();
-    let egress = Egress { route, reframe };
-    let outcome = Outcome::RelayedDataIndicationToClient;
-    let relayed = if packet.family == FAMILY_V4 {
-        data_indication::<DATA_INDICATION_V4_LEN>(scratch, &transaction_id, data_len + padding);
-        forward::<DATA_INDICATION_V4_LEN>(ctx, scratch, &egress, outcome)?
-    } else {
-        data_indication::<DATA_INDICATION_V6_LEN>(scratch, &transaction_id, data_len + padding);
-        forward::<DATA_INDICATION_V6_LEN>(ctx, scratch, &egress, outcome)?
-    };
-    add_traffic(allocation.slot(), data_len, false);
+    job.prefix_words = data_indication_prefix(packet, pad, &mut job.prefix);
+    job.relayed = Outcome::RelayedDataIndicationToClient;
+    let relayed = forward(ctx, packet, job, &mut allocation.next_hop)?;
+    add_traffic(slot, data_len, false);
     Ok(relayed)
 }
 
-/// A fresh random transaction id (RFC 8489 §5: uniformly random for each request;
-/// indications from the server get new ones too).
+/// Writes into `words` the Data indication's header and attributes in front of the data
+/// and returns how many words they take (9 for an IPv4 peer, 12 for IPv6): a fresh
+/// random transaction id (RFC 8489 §5: indications from the server get new ones too),
+/// XOR-PEER-ADDRESS of the sending peer, then the DATA attribute header; `pad` bytes of
+/// padding follow the data.
 #[inline(always)]
-fn transaction_id() -> [u8; 12] {
-    let mut id = [0u8; 12];
-    for chunk in id.chunks_exact_mut(4) {
-        // SAFETY: helper without arguments.
-        chunk.copy_from_slice(&unsafe { bpf_get_prandom_u32() }.to_ne_bytes());
-    }
-    id
-}
-
-/// Writes into `scratch.prefix` the Data indication header and attributes in front of
-/// `padded_data_len` bytes of DATA value: XOR-PEER-ADDRESS of the sending peer, then the
-/// DATA attribute header.
-#[inline(always)]
-fn data_indication<const N: usize>(
-    scratch: &mut Scratch,
-    transaction_id: &[u8; 12],
-    padded_data_len: usize,
-) {
-    let packet: &Packet = &scratch.packet;
-    let Some(out) = scratch.prefix.first_chunk_mut::<N>() else {
-        return;
-    };
-    out.fill(0);
-    // N = 20 (header) + 4 + 4 + address (XOR-PEER-ADDRESS) + 4 (DATA header).
-    let address_len = N - 32;
-    let message_len = ((N - 20) + padded_data_len) as u16;
-    out[0..2].copy_from_slice(&DATA_INDICATION.to_be_bytes());
-    out[2..4].copy_from_slice(&message_len.to_be_bytes());
-    out[4..8].copy_from_slice(&MAGIC_COOKIE);
-    out[8..20].copy_from_slice(transaction_id);
-    out[20..22].copy_from_slice(&ATTR_XOR_PEER_ADDRESS.to_be_bytes());
-    out[22..24].copy_from_slice(&((4 + address_len) as u16).to_be_bytes());
-    out[25] = if address_len == 4 {
-        ADDRESS_FAMILY_V4
+fn data_indication_prefix(
+    packet: &Packet,
+    pad: usize,
+    words: &mut [u32; MAX_PREFIX_WORDS],
+) -> usize {
+    let v4 = packet.family == FAMILY_V4;
+    let len = if v4 {
+        DATA_INDICATION_V4_WORDS
     } else {
-        ADDRESS_FAMILY_V6
+        DATA_INDICATION_V6_WORDS
     };
-    out[26] = packet.src_port[0] ^ MAGIC_COOKIE[0];
-    out[27] = packet.src_port[1] ^ MAGIC_COOKIE[1];
-    // XOR key: magic cookie, then (IPv6) the transaction id, which sit at out[4..20].
-    for i in 0..16 {
-        if i < address_len {
-            out[28 + i] = packet.src_ip[i] ^ out[4 + i];
+    // SAFETY: helper without arguments.
+    let random = || unsafe { bpf_get_prandom_u32() };
+    let transaction = [random(), random(), random()];
+    let message_len = ((4 * len - HEADER_LEN) + packet.payload_len + pad) as u16;
+    let cookie = wire_word(MAGIC_COOKIE);
+    let two = |high: u16, low: u16| ((high as u32) << 16 | low as u32).to_be();
+    let port =
+        u16::from_be(packet.src_port) ^ u16::from_be_bytes([MAGIC_COOKIE[0], MAGIC_COOKIE[1]]);
+    // XOR key of the address: the magic cookie, then (IPv6) the transaction id.
+    let key = [cookie, transaction[0], transaction[1], transaction[2]];
+    words[0] = two(DATA_INDICATION, message_len);
+    words[1] = cookie;
+    words[2] = transaction[0];
+    words[3] = transaction[1];
+    words[4] = transaction[2];
+    let data_header = two(ATTR_DATA, packet.payload_len as u16);
+    if v4 {
+        words[5] = two(ATTR_XOR_PEER_ADDRESS, 8);
+        words[6] = two(ADDRESS_FAMILY_V4 as u16, port);
+        words[7] = packet.src_ip[0] ^ key[0];
+        words[8] = data_header;
+    } else {
+        words[5] = two(ATTR_XOR_PEER_ADDRESS, 20);
+        words[6] = two(ADDRESS_FAMILY_V6 as u16, port);
+        for i in 0..4 {
+            words[7 + i] = packet.src_ip[i] ^ key[i];
         }
+        words[11] = data_header;
     }
-    let data_attribute = 28 + address_len;
-    out[data_attribute..data_attribute + 2].copy_from_slice(&ATTR_DATA.to_be_bytes());
-    let data_len = packet.payload_len as u16;
-    out[data_attribute + 2..data_attribute + 4].copy_from_slice(&data_len.to_be_bytes());
+    len
 }

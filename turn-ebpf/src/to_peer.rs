@@ -4,33 +4,57 @@
 
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
-use turn_common::maps::{ClientChannelValue, FlowKey, PermissionKey, FAMILY_V4, FAMILY_V6};
+use turn_common::maps::{
+    ClientChannelKey, ClientChannelValue, FlowKey, PermissionKey, FAMILY_V4, FAMILY_V6,
+};
 use turn_common::stun::{
-    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_DONT_FRAGMENT, ATTR_FINGERPRINT,
-    ATTR_XOR_PEER_ADDRESS, CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
+    ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_FINGERPRINT, ATTR_XOR_PEER_ADDRESS,
+    CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::egress::{forward, Egress, Reframe, Route};
+use crate::egress::{forward, Reframe, Route};
 use crate::fingerprint;
-use crate::packet::{be16, load, load_into, Packet, MAX_OFFSET};
-use crate::{add_traffic, now_ns, Relayed, Scratch, CLIENT_ALLOCATIONS, MAX_STRIPPED, PERMISSIONS};
+use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
+use crate::{
+    add_traffic, job, now_ns, zeroed, Relayed, CLIENT_ALLOCATIONS, CLIENT_CHANNELS, PERMISSIONS,
+};
 
 /// The most attributes a Send indication may have for the fast path to take it
-/// (XOR-PEER-ADDRESS, DATA, DONT-FRAGMENT, FINGERPRINT).
-const MAX_ATTRIBUTES: usize = 4;
+/// (XOR-PEER-ADDRESS, DATA, FINGERPRINT).
+const MAX_ATTRIBUTES: usize = 3;
+
+/// Relays a ChannelData message of a channel bound on the client's flow (RFC 8656
+/// §12.4); `Err(Outcome::PassChannelNotBound)`: no such channel, the caller goes on with
+/// the peer-side lookups.
+// A separate BPF function: the stack frames of the paths are not added up.
+#[inline(never)]
+pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcome> {
+    let key = ClientChannelKey::new(
+        packet.family,
+        address_bytes(packet.src_ip),
+        packet.src_port.to_ne_bytes(),
+        address_bytes(packet.dst_ip),
+        packet.dst_port.to_ne_bytes(),
+        // The channel number: the first two payload bytes.
+        (packet.head as u16).to_ne_bytes(),
+    );
+    let channel = CLIENT_CHANNELS
+        .get_ptr_mut(key)
+        .ok_or(Outcome::PassChannelNotBound)?;
+    // SAFETY: a map value, valid while this program runs (RCU); the program writes only
+    // its next-hop cache.
+    relay_channel_data(ctx, packet, unsafe { &mut *channel })
+}
 
 /// Relays a ChannelData message of a bound channel. The UDP payload must be exactly the
 /// header and data plus at most the padding to a multiple of 4 (RFC 8656 §12.5).
-// A separate BPF function: its stack frame is not added to the other paths'.
-#[inline(never)]
-pub fn channel_data(
+#[inline(always)]
+fn relay_channel_data(
     ctx: &XdpContext,
-    scratch: &mut Scratch,
-    channel: &ClientChannelValue,
+    packet: &Packet,
+    channel: &mut ClientChannelValue,
 ) -> Result<Relayed, Outcome> {
-    let packet = &scratch.packet;
-    let header = packet.payload_head;
-    let data_len = be16([header[2], header[3]]) as usize;
+    let data_len = (packet.head_be() & 0xFFFF) as usize;
     let framed = CHANNEL_DATA_HEADER_LEN + data_len;
     if packet.payload_len < framed || packet.payload_len > (framed + 3) & !3 {
         return Err(Outcome::PassMalformed);
@@ -38,38 +62,39 @@ pub fn channel_data(
     if channel.expires_ns() <= now_ns() {
         return Err(Outcome::PassExpired);
     }
-    let route = Route {
+    let job = job()?;
+    job.route = Route {
+        // SAFETY: 4-aligned fields of the value.
+        src_ip: unsafe { address_words(channel.relay_ip()) },
+        // SAFETY: as above.
+        dst_ip: unsafe { address_words(channel.peer_ip()) },
+        src_port: u16::from_ne_bytes(channel.relay_port()),
+        dst_port: u16::from_ne_bytes(channel.peer_port()),
         family: channel.peer_family(),
-        src_ip: channel.relay_ip(),
-        src_port: channel.relay_port(),
-        dst_ip: channel.peer_ip(),
-        dst_port: channel.peer_port(),
     };
-    let reframe = Reframe {
-        data_offset: packet.payload + CHANNEL_DATA_HEADER_LEN,
+    job.reframe = Reframe {
+        strip_front: CHANNEL_DATA_HEADER_LEN,
         data_len,
-        padding: 0,
-        dont_fragment: false,
+        pad: 0,
+        attributes_after: false,
     };
-    let relayed = forward::<0>(
-        ctx,
-        scratch,
-        &Egress { route, reframe },
-        Outcome::RelayedChannelDataToPeer,
-    )?;
-    add_traffic(channel.slot(), data_len, true);
+    job.prefix_words = 0;
+    job.relayed = Outcome::RelayedChannelDataToPeer;
+    let slot = channel.slot();
+    let relayed = forward(ctx, packet, job, &mut channel.next_hop)?;
+    add_traffic(slot, data_len, true);
     Ok(relayed)
 }
 
 /// What a bounded walk over a Send indication's attributes found.
-#[derive(Default)]
 struct SendIndication {
+    peer_ip: Address,
+    /// A word holding the port's bytes in memory order.
+    peer_port: u16,
     peer_family: u8,
-    peer_ip: [u8; 16],
-    peer_port: [u8; 2],
+    /// Offset of the DATA value from the start of the message.
     data_offset: usize,
     data_len: usize,
-    dont_fragment: bool,
     /// Offset of a trailing FINGERPRINT attribute from the start of the message (0: none)
     /// and its value.
     fingerprint_offset: usize,
@@ -77,104 +102,104 @@ struct SendIndication {
 }
 
 /// Relays a Send indication (RFC 8656 §11.2) from a client with a fast-path allocation
-/// to a peer it has a permission for. `Err(Outcome::PassStun)`: not a Send indication
-/// the fast path takes (malformed, attributes other than the ones it relays by, or no
-/// such flow): the caller goes on with the peer-side lookup, and passes it to userspace
-/// if that finds nothing either. (Not an `Option`: a BPF function's return value must be
-/// fully initialised.)
+/// to a peer it has a permission for (covering the peer's port). `Err(Outcome::PassStun)`:
+/// not a Send indication the fast path takes (malformed, attributes other than the ones
+/// it relays by, or no such flow): the caller goes on with the peer-side lookups, and
+/// passes it to userspace if they find nothing either.
 ///
 /// A trailing FINGERPRINT is verified (RFC 8489 §7.3, §14.7) just before relaying; a
 /// message whose FINGERPRINT does not match is passed to userspace as it is
 /// (`PassBadFingerprint`), which then treats it exactly as it treats any such message.
 // A separate BPF function: its stack frame is not added to the other paths'.
 #[inline(never)]
-pub fn send_indication(ctx: &XdpContext, scratch: &mut Scratch) -> Result<Relayed, Outcome> {
-    let mut send = SendIndication::default();
-    if !parse_send_indication(ctx, &scratch.packet, &mut scratch.stripped, &mut send) {
+pub fn send_indication(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcome> {
+    let mut send = core::mem::MaybeUninit::<SendIndication>::uninit();
+    // SAFETY: integers and byte arrays: all-zero is valid.
+    let send = unsafe { zeroed(&mut send) };
+    if !parse_send_indication(ctx, packet, send) {
         return Err(Outcome::PassStun);
     }
-    let packet = &scratch.packet;
-    scratch.flow_key = FlowKey::new(
+    let flow = FlowKey::new(
         packet.family,
-        packet.src_ip,
-        packet.src_port,
-        packet.dst_ip,
-        packet.dst_port,
+        address_bytes(packet.src_ip),
+        packet.src_port.to_ne_bytes(),
+        address_bytes(packet.dst_ip),
+        packet.dst_port.to_ne_bytes(),
         send.peer_family,
     );
     // SAFETY: the value is only read while this program runs (RCU-protected).
-    let Some(allocation) = (unsafe { CLIENT_ALLOCATIONS.get(&scratch.flow_key) }) else {
+    let Some(allocation) = (unsafe { CLIENT_ALLOCATIONS.get(flow) }) else {
         return Err(Outcome::PassStun);
     };
     let now = now_ns();
     if allocation.expires_ns() <= now {
         return Err(Outcome::PassExpired);
     }
-    scratch.permission_key = PermissionKey::new(
+    let key = PermissionKey::new(
         send.peer_family,
         *allocation.relay_ip(),
         allocation.relay_port(),
-        send.peer_ip,
+        address_bytes(send.peer_ip),
     );
-    // SAFETY: as above.
-    let Some(permission) = (unsafe { PERMISSIONS.get(&scratch.permission_key) }) else {
+    let Some(permission) = PERMISSIONS.get_ptr_mut(key) else {
         return Err(Outcome::PassNoPermission);
     };
+    // SAFETY: a map value, valid while this program runs; the program writes only its
+    // next-hop cache.
+    let permission = unsafe { &mut *permission };
     if permission.expires_ns() <= now {
         return Err(Outcome::PassExpired);
+    }
+    if !permission.covers_port(send.peer_port.to_ne_bytes()) {
+        return Err(Outcome::PassPeerPortNotPermitted);
     }
     if send.fingerprint_offset != 0
         && !fingerprint::matches(
             ctx,
-            scratch.packet.payload,
+            packet.payload,
             send.fingerprint_offset,
             send.fingerprint,
         )
     {
         return Err(Outcome::PassBadFingerprint);
     }
-    let route = Route {
-        family: send.peer_family,
-        src_ip: allocation.relay_ip(),
-        src_port: allocation.relay_port(),
-        dst_ip: &send.peer_ip,
+    let job = job()?;
+    job.route = Route {
+        // SAFETY: a 4-aligned field of the value.
+        src_ip: unsafe { address_words(allocation.relay_ip()) },
+        dst_ip: send.peer_ip,
+        src_port: u16::from_ne_bytes(allocation.relay_port()),
         dst_port: send.peer_port,
+        family: send.peer_family,
     };
-    let reframe = Reframe {
-        data_offset: send.data_offset,
+    job.reframe = Reframe {
+        strip_front: send.data_offset,
         data_len: send.data_len,
-        padding: 0,
-        dont_fragment: send.dont_fragment,
+        pad: 0,
+        attributes_after: true,
     };
-    let relayed = forward::<0>(
-        ctx,
-        scratch,
-        &Egress { route, reframe },
-        Outcome::RelayedSendToPeer,
-    )?;
+    job.prefix_words = 0;
+    job.relayed = Outcome::RelayedSendToPeer;
+    let relayed = forward(ctx, packet, job, &mut permission.next_hop)?;
     add_traffic(allocation.slot(), send.data_len, true);
     Ok(relayed)
 }
 
 /// Walks at most [`MAX_ATTRIBUTES`] attributes; accepts exactly one XOR-PEER-ADDRESS,
-/// one DATA, optionally DONT-FRAGMENT (RFC 8656 §11.2) and optionally FINGERPRINT as the
-/// last attribute (RFC 8489 §14.7; not verified here), nothing else. Fills `out`
-/// and returns true when the message is one the fast path takes. `header` is scratch
-/// memory for the STUN header.
+/// one DATA and optionally FINGERPRINT as the last attribute (RFC 8489 §14.7; not
+/// verified here), nothing else. DONT-FRAGMENT in particular goes to userspace, which
+/// discards the indication (RFC 8656 §11.2: this server does not support it). Fills
+/// `out` and returns true when the message is one the fast path takes.
 // A separate BPF function to keep the caller's stack frame small; results go through
 // an out parameter since a BPF function cannot return a pointer to stack memory.
 #[inline(never)]
-fn parse_send_indication(
-    ctx: &XdpContext,
-    packet: &Packet,
-    header: &mut [u8; MAX_STRIPPED],
-    out: &mut SendIndication,
-) -> bool {
-    if load_into(ctx, packet.payload, header, HEADER_LEN).is_err() {
+fn parse_send_indication(ctx: &XdpContext, packet: &Packet, out: &mut SendIndication) -> bool {
+    // Type and length, magic cookie (the type was checked while parsing).
+    let Some([first, cookie]) = load::<[u32; 2]>(ctx, packet.payload) else {
         return false;
-    }
-    let message_len = be16([header[2], header[3]]) as usize;
-    if header[4..8] != MAGIC_COOKIE
+    };
+    let message_len = (u32::from_be(first) & 0xFFFF) as usize;
+    if cookie != u32::from_ne_bytes(MAGIC_COOKIE)
         || message_len + HEADER_LEN != packet.payload_len
         || message_len & 3 != 0
     {
@@ -182,7 +207,6 @@ fn parse_send_indication(
     }
     let mut peer_found = false;
     let mut data_found = false;
-    out.dont_fragment = false;
     out.fingerprint_offset = 0;
     let mut offset = HEADER_LEN;
     for _ in 0..MAX_ATTRIBUTES {
@@ -192,11 +216,11 @@ fn parse_send_indication(
         if offset > MAX_OFFSET {
             return false;
         }
-        let Ok(attribute) = load::<4>(ctx, packet.payload + offset) else {
+        let Some(attribute) = load::<u32>(ctx, packet.payload + offset) else {
             return false;
         };
-        let kind = be16([attribute[0], attribute[1]]);
-        let len = be16([attribute[2], attribute[3]]) as usize;
+        let attribute = u32::from_be(attribute);
+        let (kind, len) = ((attribute >> 16) as u16, (attribute & 0xFFFF) as usize);
         let value = packet.payload + offset + 4;
         let next = offset + 4 + ((len + 3) & !3);
         if next > packet.payload_len {
@@ -204,22 +228,21 @@ fn parse_send_indication(
         }
         match kind {
             ATTR_XOR_PEER_ADDRESS if !peer_found => {
-                if !xor_peer_address(ctx, value, len, header, out) {
+                if !xor_peer_address(ctx, packet.payload, value, len, out) {
                     return false;
                 }
                 peer_found = true;
             }
             ATTR_DATA if !data_found => {
-                out.data_offset = value;
+                out.data_offset = offset + 4;
                 out.data_len = len;
                 data_found = true;
             }
-            ATTR_DONT_FRAGMENT if len == 0 => out.dont_fragment = true,
             ATTR_FINGERPRINT if len == 4 && next == packet.payload_len => {
-                let Ok(value) = load::<4>(ctx, value) else {
+                let Some(value) = load::<u32>(ctx, value) else {
                     return false;
                 };
-                out.fingerprint = u32::from_be_bytes(value);
+                out.fingerprint = u32::from_be(value);
                 out.fingerprint_offset = offset;
             }
             _ => return false,
@@ -229,39 +252,45 @@ fn parse_send_indication(
     offset == packet.payload_len && peer_found && data_found
 }
 
-/// Decodes XOR-PEER-ADDRESS (RFC 8489 §14.2) at frame offset `value` into `out`.
+/// Decodes XOR-PEER-ADDRESS (RFC 8489 §14.2) at frame offset `value` into `out`; the
+/// message starts at frame offset `message` (the IPv6 XOR key is its magic cookie and
+/// transaction id).
 #[inline(always)]
 fn xor_peer_address(
     ctx: &XdpContext,
+    message: usize,
     value: usize,
     len: usize,
-    header: &[u8; MAX_STRIPPED],
     out: &mut SendIndication,
 ) -> bool {
-    let Ok(head) = load::<4>(ctx, value) else {
+    let Some(head) = load::<u32>(ctx, value) else {
         return false;
     };
-    out.peer_port = [head[2] ^ MAGIC_COOKIE[0], head[3] ^ MAGIC_COOKIE[1]];
-    match (head[1], len) {
+    let head = u32::from_be(head);
+    let cookie = u32::from_ne_bytes(MAGIC_COOKIE);
+    out.peer_port = ((head as u16) ^ (u32::from_be(cookie) >> 16) as u16).to_be();
+    match ((head >> 16) as u8, len) {
         (ADDRESS_FAMILY_V4, 8) => {
-            let Ok(address) = load::<4>(ctx, value + 4) else {
+            let Some(address) = load::<u32>(ctx, value + 4) else {
                 return false;
             };
-            out.peer_ip = [0; 16];
-            for i in 0..4 {
-                out.peer_ip[i] = address[i] ^ MAGIC_COOKIE[i];
-            }
+            out.peer_ip = [address ^ cookie, 0, 0, 0];
             out.peer_family = FAMILY_V4;
             true
         }
         (ADDRESS_FAMILY_V6, 20) => {
-            let Ok(address) = load::<16>(ctx, value + 4) else {
+            let (Some(address), Some(key)) = (
+                load::<Address>(ctx, value + 4),
+                load::<Address>(ctx, message + 4),
+            ) else {
                 return false;
             };
-            // XORed with the magic cookie followed by the transaction id.
-            for i in 0..16 {
-                out.peer_ip[i] = address[i] ^ header[4 + i];
-            }
+            out.peer_ip = [
+                address[0] ^ key[0],
+                address[1] ^ key[1],
+                address[2] ^ key[2],
+                address[3] ^ key[3],
+            ];
             out.peer_family = FAMILY_V6;
             true
         }

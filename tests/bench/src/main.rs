@@ -17,6 +17,7 @@
 mod control;
 mod cpu;
 mod kernel_mode;
+mod live_cost;
 mod load;
 mod report;
 mod servers;
@@ -88,12 +89,30 @@ struct Cli {
 enum Command {
     /// Run the benchmark and write results.md, results.json and plots.
     Run(RunOptions),
+    /// Only the XDP program's per-path cost (BPF_PROG_TEST_RUN, the table `run` puts in
+    /// results.md), printed as a Markdown table: seconds instead of minutes.
+    XdpTiming {
+        /// Single runs per path, the median reported (at most and by default 50000, as
+        /// `run` does).
+        #[arg(long, default_value_t = xdp_timing::MAX_RUNS)]
+        runs: u32,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(options) => run(&options),
+        Command::XdpTiming { runs } => {
+            if !is_root() {
+                bail!("turn-bench xdp-timing needs root (BPF_PROG_TEST_RUN, a network namespace)");
+            }
+            println!("| path | ns/packet |\n|---|---|");
+            for (path, ns) in xdp_timing::time_paths(runs)? {
+                println!("| {path} | {ns:.1} |");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -239,6 +258,9 @@ pub struct ServerResults {
     pub stream_scenarios: Vec<ScenarioResult>,
     pub latency: Option<LatencyResult>,
     pub kernel_mode: Option<kernel_mode::KernelModeResult>,
+    /// ours-xdp: the XDP program's cost per packet under live traffic during the latency
+    /// step ([`live_cost`]).
+    pub xdp_live_cost: Option<live_cost::LiveCost>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -388,6 +410,21 @@ impl Lab {
             action,
         )?);
         Ok(())
+    }
+}
+
+/// A live-cost measurement under way: statistics on, the programs' first snapshots.
+struct LiveCostRun {
+    _stats: live_cost::StatsEnabled,
+    relay: (u32, live_cost::Snapshot),
+    pass: (u32, live_cost::Snapshot),
+}
+
+impl LiveCostRun {
+    fn finish(self) -> Result<live_cost::LiveCost> {
+        let relay = (self.relay.1, live_cost::snapshot(self.relay.0)?);
+        let pass = (self.pass.1, live_cost::snapshot(self.pass.0)?);
+        live_cost::cost(relay, pass)
     }
 }
 
@@ -714,7 +751,14 @@ impl Bench {
         let rate = latency_rate.unwrap_or(own_max * 0.5).max(100.0);
         let flows = self.open_flows(scenario.flows, scenario.family)?;
         eprintln!("turn-bench: {}: latency at {rate:.0} pps", kind.name());
+        let live = (kind == ServerKind::OursXdp && scenario.mode == RelayMode::ChannelData)
+            .then(|| self.live_cost_start())
+            .transpose();
         let step = self.measure(Some(pid), &flows, &scenario, Some(rate), false);
+        match live.and_then(|live| live.map(|start| start.finish()).transpose()) {
+            Ok(cost) => results.xdp_live_cost = cost,
+            Err(error) => eprintln!("turn-bench: live XDP cost not measured: {error:#}"),
+        }
         let round_trip = self.measure(Some(pid), &flows, &scenario, Some(rate.min(1000.0)), true);
         if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData && scenario.family != 4
         {
@@ -756,6 +800,20 @@ impl Bench {
             results.xdp_totals = servers::xdp_totals_line(&log_path);
         }
         Ok(())
+    }
+
+    /// Starts timing the relay's XDP program and the pass-only program on the peer's
+    /// veth end (see [`live_cost`]).
+    fn live_cost_start(&self) -> Result<LiveCostRun> {
+        let topology = &self.lab.topology;
+        let relay = live_cost::attached_program(&topology.relay, RELAY_CLIENT_SIDE_INTERFACE)?;
+        let pass = live_cost::attached_program(&topology.peer, OUTER_INTERFACE)?;
+        let stats = live_cost::StatsEnabled::new()?;
+        Ok(LiveCostRun {
+            _stats: stats,
+            relay: (relay, live_cost::snapshot(relay)?),
+            pass: (pass, live_cost::snapshot(pass)?),
+        })
     }
 
     /// One-way latency with no relay: the client sends straight to the sink at the same

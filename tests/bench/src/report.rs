@@ -276,6 +276,22 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
             let _ = writeln!(md);
         }
     }
+    for server in &report.servers {
+        let Some(live) = &server.xdp_live_cost else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "XDP program cost under live traffic ({}, the latency step, bpf_stats): \
+             turn_xdp {:.0} ns per run, pass-only program in the same run {:.0} ns, \
+             so {:.0} ns per packet ({} runs).\n",
+            server.server,
+            live.relay_ns_per_run,
+            live.pass_ns_per_run,
+            live.program_ns(),
+            live.relay_runs
+        );
+    }
     for server in report.servers.iter().filter(|s| !s.xdp_metrics.is_empty()) {
         let _ = writeln!(
             md,

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use turn_relay::daemon::config::Config;
-use turn_relay::protocol::datapath::{ClientFlow, FastPath, FastPathCommand, InMemoryDatapath};
+use turn_relay::protocol::datapath::{
+    ClientFlow, FastPath, FastPathCommand, InMemoryDatapath, PeerPortRange,
+};
 use turn_relay::protocol::policy::{is_ipv4_written_as_ipv6, PeerPolicy};
 use turn_relay::protocol::stun::attributes as attr;
 use turn_relay::protocol::stun::{Class, MessageBuilder, Method, TransactionId};
@@ -558,7 +560,7 @@ impl Harness {
                 FastPathCommand::RemoveAllocation { relay, .. } => {
                     self.owners.remove(relay);
                 }
-                FastPathCommand::InstallPermission { entry, ports } => {
+                FastPathCommand::InstallPermission(entry) => {
                     let peer = entry.peer_ip;
                     assert_eq!(
                         peer.is_ipv4(),
@@ -570,8 +572,10 @@ impl Harness {
                         "an IPv4 peer written as IPv6: {entry:?}"
                     );
                     assert_eq!(
-                        self.policy.check(peer),
-                        Ok(*ports),
+                        self.policy
+                            .check(peer)
+                            .map(|ports| PeerPortRange::from(self.policy.ports(ports))),
+                        Ok(entry.ports),
                         "a permission the policy does not give: {entry:?}"
                     );
                     assert_eq!(self.owners.get(&entry.relay), Some(&entry.flow));

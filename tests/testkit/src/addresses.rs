@@ -40,6 +40,14 @@ pub const NEAR_PEER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x30)
 pub const UNRESOLVED_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 99);
 /// A peer in the benchmarking range but on neither link (no route to it).
 pub const UNROUTABLE_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 5);
+/// The relay's own public address (as behind 1:1 NAT, reached through the NAT's hairpin
+/// on the peer side's link): a peer on the relay port range only.
+pub const RELAY_PUBLIC_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 40);
+pub const RELAY_PUBLIC_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 0x40);
+/// A third link of the relay, on an interface XDP is not attached to: the relay's side
+/// and a peer behind it.
+pub const RELAY_UNATTACHED_LINK_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 3, 1);
+pub const UNATTACHED_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 3, 2);
 
 /// Several relays behind one balancer ([`crate::balancer`]): the clients' link, the
 /// peers' link and the relays' bridge, each a /24 of the balancer, which routes between

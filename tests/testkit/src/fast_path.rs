@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Result;
 use turn_relay::bpf::{BpfDatapath, XdpRelay};
 use turn_relay::protocol::datapath::{
-    self, AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, DatapathError, PermissionEntry,
-    RelayedTraffic,
+    self, AllocationEntry, ChannelEntry, ClientFlow, Datapath as _, DatapathError, PeerPortRange,
+    PermissionEntry, RelayedTraffic,
 };
 
 /// The core's own applier of fast-path commands on the program's tables: what the daemon
@@ -50,7 +50,7 @@ impl FastPath {
         })
     }
 
-    /// Installs (or refreshes) a permission for `peer_ip` (RFC 8656 §9).
+    /// Installs (or refreshes) a permission for `peer_ip` (RFC 8656 §9), on every port.
     pub fn permission(
         &mut self,
         flow: ClientFlow,
@@ -58,10 +58,24 @@ impl FastPath {
         peer_ip: IpAddr,
         expires_at: Instant,
     ) -> Result<(), DatapathError> {
+        self.permission_on_ports(flow, relay, peer_ip, PeerPortRange::ALL, expires_at)
+    }
+
+    /// A permission for `peer_ip` covering its ports `ports` only (the relay's own
+    /// addresses: the relay port range).
+    pub fn permission_on_ports(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        peer_ip: IpAddr,
+        ports: PeerPortRange,
+        expires_at: Instant,
+    ) -> Result<(), DatapathError> {
         self.datapath.install_permission(PermissionEntry {
             flow,
             relay,
             peer_ip,
+            ports,
             expires_at,
         })
     }

@@ -9,9 +9,13 @@
 //! peers, and IP forwarding on: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
 //! on an ingress device without forwarding, and the program then passes the frame (see
 //! [`Testbed::set_forwarding`]). [`UNRESOLVED_PEER_V4`] has a route but no neighbour,
-//! [`UNROUTABLE_PEER_V4`] no route. The IPv4-mapped IPv6 form of the peer
-//! (`::ffff:198.19.1.2`) is routed and resolved on the peer side like any IPv6 peer, so
-//! a fixture can show which family the program writes for an entry stored in that form.
+//! [`UNROUTABLE_PEER_V4`] no route. The program may redirect out of the two sides, as if
+//! the daemon had attached it there; [`UNATTACHED_PEER_V4`] sits behind a third
+//! interface ([`UNATTACHED_INTERFACE`]) it may not redirect to. [`RELAY_PUBLIC_V4`] /
+//! [`RELAY_PUBLIC_V6`] are neighbours on the peer side's link. The IPv4-mapped IPv6 form
+//! of the peer (`::ffff:198.19.1.2`) is routed and resolved on the peer side like any
+//! IPv6 peer, so a fixture can show which family the program writes for an entry stored
+//! in that form.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -19,13 +23,15 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use turn_relay::bpf::testing::DetachedProgram;
-use turn_relay::bpf::{Outcome, XdpCounters};
+use turn_relay::bpf::{Outcome, RoutingWatch, XdpCounters};
 
 use crate::addresses::{
     CLIENT_V4, CLIENT_V6, NEAR_PEER_V4, NEAR_PEER_V6, PEER_V4, PEER_V6, PREFIX_V4, PREFIX_V6,
-    RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6,
+    RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6, RELAY_UNATTACHED_LINK_V4,
 };
-pub use crate::addresses::{UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4};
+pub use crate::addresses::{
+    RELAY_PUBLIC_V4, RELAY_PUBLIC_V6, UNATTACHED_PEER_V4, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
+};
 use crate::fast_path::FastPath;
 use crate::netns::{format_mac, Netns};
 
@@ -33,6 +39,8 @@ use crate::netns::{format_mac, Netns};
 /// (relayed addresses).
 pub const CLIENT_SIDE_INTERFACE: &str = "tbc0";
 pub const PEER_SIDE_INTERFACE: &str = "tbp0";
+/// An interface of the relay the program is not attached to (no redirects there).
+pub const UNATTACHED_INTERFACE: &str = "tbx0";
 
 /// MAC addresses of the relay's two interfaces and of the neighbours.
 pub const CLIENT_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
@@ -40,6 +48,8 @@ pub const PEER_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x10];
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x20];
 pub const NEAR_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x30];
+pub const RELAY_PUBLIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x40];
+pub const UNATTACHED_PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0x20];
 
 /// XDP actions as BPF_PROG_TEST_RUN returns them.
 pub const XDP_DROP: u32 = 1;
@@ -83,7 +93,8 @@ pub enum Timed {
 
 /// A namespace with the program loaded (not attached) and its maps.
 pub struct Testbed {
-    // Field order is drop order: the program goes before its namespace.
+    // Field order is drop order: the watcher and the program go before the namespace.
+    _routing: RoutingWatch,
     program: DetachedProgram,
     namespace: Netns,
     client_side_ifindex: u32,
@@ -96,13 +107,22 @@ impl Testbed {
         let namespace = Netns::create("testbed")?;
         configure(&namespace)?;
         let program = DetachedProgram::load(max_allocations)?;
-        let (client_side_ifindex, peer_side_ifindex) = namespace.run_inside(|| {
-            Ok((
+        let (client_side_ifindex, peer_side_ifindex, routing) = namespace.run_inside(|| {
+            let sides = (
                 ifindex(CLIENT_SIDE_INTERFACE)?,
                 ifindex(PEER_SIDE_INTERFACE)?,
-            ))
+            );
+            // As the daemon does for the interfaces it attaches to (in the namespace the
+            // interfaces are in).
+            program.add_egress(sides.0)?;
+            program.add_egress(sides.1)?;
+            // Next hops are cached and refreshed as in the daemon, from this namespace's
+            // routing.
+            let routing = program.watch_routing()?;
+            Ok((sides.0, sides.1, routing))
         })?;
         Ok(Testbed {
+            _routing: routing,
             program,
             namespace,
             client_side_ifindex,
@@ -122,6 +142,12 @@ impl Testbed {
     /// Packets counted under `outcome` so far.
     pub fn count(&self, outcome: Outcome) -> Result<u64> {
         Ok(self.counters()?.get(outcome).packets)
+    }
+
+    /// Runs `ip ARGS` in the testbed's namespace (to change routes and neighbours while
+    /// the program caches next hops).
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        self.namespace.ip(args).map(drop)
     }
 
     /// Turns IP forwarding on the testbed's interfaces on or off.
@@ -255,7 +281,7 @@ impl Testbed {
     }
 }
 
-/// The two veth pairs, the relay's addresses, static neighbours and forwarding.
+/// The three veth pairs, the relay's addresses, static neighbours and forwarding.
 fn configure(namespace: &Netns) -> Result<()> {
     for (inner, outer, mac, v4, v6) in [
         (
@@ -263,27 +289,36 @@ fn configure(namespace: &Netns) -> Result<()> {
             "tbc1",
             CLIENT_SIDE_MAC,
             RELAY_LISTEN_V4,
-            RELAY_LISTEN_V6,
+            Some(RELAY_LISTEN_V6),
         ),
         (
             PEER_SIDE_INTERFACE,
             "tbp1",
             PEER_SIDE_MAC,
             RELAY_RELAYED_V4,
-            RELAY_RELAYED_V6,
+            Some(RELAY_RELAYED_V6),
+        ),
+        (
+            UNATTACHED_INTERFACE,
+            "tbx1",
+            [0x02, 0, 0, 0, 0x03, 0x01],
+            RELAY_UNATTACHED_LINK_V4,
+            None,
         ),
     ] {
         namespace.ip(&["link", "add", inner, "type", "veth", "peer", "name", outer])?;
         namespace.ip(&["link", "set", inner, "address", &format_mac(mac)])?;
         namespace.ip(&["addr", "add", &format!("{v4}/{PREFIX_V4}"), "dev", inner])?;
-        namespace.ip(&[
-            "addr",
-            "add",
-            &format!("{v6}/{PREFIX_V6}"),
-            "dev",
-            inner,
-            "nodad",
-        ])?;
+        if let Some(v6) = v6 {
+            namespace.ip(&[
+                "addr",
+                "add",
+                &format!("{v6}/{PREFIX_V6}"),
+                "dev",
+                inner,
+                "nodad",
+            ])?;
+        }
         namespace.ip(&["link", "set", outer, "up"])?;
         namespace.ip(&["link", "set", inner, "up"])?;
     }
@@ -302,6 +337,21 @@ fn configure(namespace: &Netns) -> Result<()> {
         ),
         (IpAddr::V4(PEER_V4), PEER_MAC, PEER_SIDE_INTERFACE),
         (IpAddr::V6(PEER_V6), PEER_MAC, PEER_SIDE_INTERFACE),
+        (
+            IpAddr::V4(RELAY_PUBLIC_V4),
+            RELAY_PUBLIC_MAC,
+            PEER_SIDE_INTERFACE,
+        ),
+        (
+            IpAddr::V6(RELAY_PUBLIC_V6),
+            RELAY_PUBLIC_MAC,
+            PEER_SIDE_INTERFACE,
+        ),
+        (
+            IpAddr::V4(UNATTACHED_PEER_V4),
+            UNATTACHED_PEER_MAC,
+            UNATTACHED_INTERFACE,
+        ),
         (
             IpAddr::V6(PEER_V4.to_ipv6_mapped()),
             PEER_MAC,

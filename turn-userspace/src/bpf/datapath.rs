@@ -112,7 +112,7 @@ impl BpfDatapath {
             .allocations
             .get(&relay)
             .ok_or_else(|| DatapathError::Update(format!("no fast-path allocation for {relay}")))?;
-        let client_expires_at = entry.expires_at.min(installed.entry.expires_at);
+        let expires_at = entry.expires_at.min(installed.entry.expires_at);
         Ok(ChannelRecord {
             client: MapAddress::socket(entry.flow.client),
             listener: specific("listener", entry.flow.listener)?,
@@ -120,8 +120,7 @@ impl BpfDatapath {
             peer: MapAddress::socket(entry.peer),
             number: entry.number,
             slot: installed.slot,
-            client_expires_ns: monotonic_ns(client_expires_at),
-            peer_expires_ns: monotonic_ns(entry.expires_at),
+            expires_ns: monotonic_ns(expires_at),
         })
     }
 
@@ -144,8 +143,7 @@ impl BpfDatapath {
             peer: MapAddress::socket(entry.peer),
             number: entry.number,
             slot: 0,
-            client_expires_ns: 0,
-            peer_expires_ns: 0,
+            expires_ns: 0,
         };
         if let Err(error) = self.tables.remove_channel(&record) {
             tracing::warn!(%error, relay = %entry.relay, channel = entry.number, "removing a fast-path channel failed");
@@ -192,7 +190,7 @@ impl Datapath for BpfDatapath {
             return Err(error);
         }
         self.allocations.insert(relay, Installed { entry, slot });
-        // A refresh moves the bound of this allocation's channels' client-side expiry.
+        // A refresh moves the bound of this allocation's channels' expiry.
         let channels = self.channels_of(relay);
         for channel in channels {
             let record = self.channel_record(&channel)?;
@@ -246,6 +244,7 @@ impl Datapath for BpfDatapath {
         self.tables.insert_permission(
             relay_address,
             MapAddress::ip(peer),
+            entry.ports.first..=entry.ports.last,
             monotonic_ns(entry.expires_at),
         )?;
         self.permissions.insert((relay, peer), entry.expires_at);

@@ -2,16 +2,20 @@
 //! and write userspace does on them. (Pinning for restarts would go here too.)
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use anyhow::{anyhow, Context as _};
-use aya::maps::{HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::Array;
+use aya::maps::{
+    DevMapHash, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues,
+};
 use aya::{Ebpf, EbpfLoader};
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
-    v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
-    PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
-    FAMILY_V4, FAMILY_V6,
+    v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, ClientSide,
+    FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey,
+    RelayValue, FAMILY_V4, FAMILY_V6,
 };
 
 use super::XdpCounters;
@@ -25,6 +29,8 @@ const PERMISSIONS: &str = "PERMISSIONS";
 const CLIENT_CHANNELS: &str = "CLIENT_CHANNELS";
 const PEER_CHANNELS: &str = "PEER_CHANNELS";
 const TRAFFIC: &str = "TRAFFIC";
+const EGRESS: &str = "EGRESS";
+const ROUTING_GENERATION: &str = "ROUTING_GENERATION";
 
 /// Entries per map for a given number of allocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +99,9 @@ pub(crate) fn size_maps(loader: &mut EbpfLoader<'_>, sizes: MapSizes) {
 /// Handles to the program's maps, taken out of the loaded object.
 pub(crate) struct Maps {
     counters: PerCpuArray<MapData, Counter>,
+    egress: DevMapHash<MapData>,
+    /// Handed to the next-hop watcher once.
+    routing_generation: Option<RoutingGeneration>,
     /// Handed to the [`super::BpfDatapath`] once.
     tables: Option<Tables>,
 }
@@ -104,6 +113,10 @@ impl Maps {
                 .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
         }
         let counters = PerCpuArray::try_from(take_map(ebpf, COUNTERS)?).context(COUNTERS)?;
+        let egress = DevMapHash::try_from(take_map(ebpf, EGRESS)?).context(EGRESS)?;
+        let routing_generation = RoutingGeneration(
+            Array::try_from(take_map(ebpf, ROUTING_GENERATION)?).context(ROUTING_GENERATION)?,
+        );
         let tables = Tables {
             relays: HashMap::try_from(take_map(ebpf, RELAYS)?).context(RELAYS)?,
             client_allocations: HashMap::try_from(take_map(ebpf, CLIENT_ALLOCATIONS)?)
@@ -118,8 +131,23 @@ impl Maps {
         };
         Ok(Maps {
             counters,
+            egress,
+            routing_generation: Some(routing_generation),
             tables: Some(tables),
         })
+    }
+
+    /// The routing generation, for the one next-hop watcher.
+    pub(crate) fn take_routing_generation(&mut self) -> Option<RoutingGeneration> {
+        self.routing_generation.take()
+    }
+
+    /// Lets the program redirect frames out of interface `ifindex` (of the calling
+    /// thread's network namespace): only for interfaces the program is attached to.
+    pub(crate) fn add_egress(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        self.egress
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding interface {ifindex} to {EGRESS}"))
     }
 
     pub(crate) fn counters(&self) -> anyhow::Result<XdpCounters> {
@@ -149,11 +177,28 @@ impl Maps {
     /// Kernel memory charged for all maps (`memlock` in their fdinfo), while this
     /// still holds the tables.
     pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
-        let mut total = memlock_bytes(self.counters.map())?;
+        let mut total = memlock_bytes(self.counters.map())? + memlock_bytes(self.egress.map())?;
+        if let Some(generation) = &self.routing_generation {
+            total += memlock_bytes(generation.0.map())?;
+        }
         if let Some(tables) = &self.tables {
             total += tables.memory_bytes()?;
         }
         Ok(total)
+    }
+}
+
+/// The program's routing generation (see `next_hop`): cached next hops of another
+/// generation are looked up again; 0 turns the cache off.
+pub(crate) struct RoutingGeneration(Array<MapData, u32>);
+
+impl RoutingGeneration {
+    pub(crate) fn get(&self) -> Result<u32, MapError> {
+        self.0.get(&0, 0)
+    }
+
+    pub(crate) fn set(&mut self, generation: u32) -> Result<(), MapError> {
+        self.0.set(0, generation, 0)
     }
 }
 
@@ -220,10 +265,8 @@ pub(crate) struct ChannelRecord {
     pub peer: MapAddress,
     pub number: u16,
     pub slot: u32,
-    /// CLIENT_CHANNELS expiry (also bounded by the allocation's).
-    pub client_expires_ns: u64,
-    /// PEER_CHANNELS expiry.
-    pub peer_expires_ns: u64,
+    /// The earliest of the channel's, its permission's and its allocation's expiry.
+    pub expires_ns: u64,
 }
 
 impl Tables {
@@ -237,11 +280,7 @@ impl Tables {
     ) -> Result<(), DatapathError> {
         let relay_key = RelayKey::new(record.relay.family, record.relay.ip, record.relay.port);
         let relay_value = RelayValue::new(
-            record.client.family,
-            record.client.ip,
-            record.client.port,
-            record.listener.ip,
-            record.listener.port,
+            client_side(record.client, record.listener),
             record.slot,
             record.expires_ns,
         );
@@ -266,16 +305,18 @@ impl Tables {
         remove(&mut self.client_allocations, &flow_key(record))
     }
 
+    /// A permission for `peer` covering its ports `ports`.
     pub(crate) fn insert_permission(
         &mut self,
         relay: MapAddress,
         peer: MapAddress,
+        ports: RangeInclusive<u16>,
         expires_ns: u64,
     ) -> Result<(), DatapathError> {
         insert(
             &mut self.permissions,
             permission_key(relay, peer),
-            PermissionValue::new(expires_ns),
+            PermissionValue::new(expires_ns, *ports.start(), *ports.end()),
         )
     }
 
@@ -298,7 +339,7 @@ impl Tables {
             record.relay.ip,
             record.relay.port,
             record.slot,
-            record.client_expires_ns,
+            record.expires_ns,
         );
         insert(
             &mut self.client_channels,
@@ -308,7 +349,12 @@ impl Tables {
         let inserted = insert(
             &mut self.peer_channels,
             peer_channel_key(record),
-            PeerChannelValue::new(number, record.peer_expires_ns),
+            PeerChannelValue::new(
+                number,
+                client_side(record.client, record.listener),
+                record.slot,
+                record.expires_ns,
+            ),
         );
         if inserted.is_err() {
             if let Err(error) = remove(&mut self.client_channels, &client_channel_key(record)) {
@@ -355,6 +401,16 @@ impl Tables {
             + memlock_bytes(self.peer_channels.map())?
             + memlock_bytes(self.traffic.map())?)
     }
+}
+
+fn client_side(client: MapAddress, listener: MapAddress) -> ClientSide {
+    ClientSide::new(
+        client.family,
+        client.ip,
+        client.port,
+        listener.ip,
+        listener.port,
+    )
 }
 
 fn flow_key(record: &AllocationRecord) -> FlowKey {

@@ -25,6 +25,11 @@
 //! - Frames XDP_TX'd or redirected into a veth are dropped (`xdp_tx_errors`) unless the
 //!   veth's peer has NAPI: it runs an XDP program (this one with empty maps, or any
 //!   pass-only program) or, on newer kernels, has GRO on (`ethtool -K <if> gro on`).
+//! - Next hops out of an interface the program is not attached to are left to the stack
+//!   (`pass_egress_not_attached`): the program redirects only to the interfaces in its
+//!   EGRESS device map, which [`XdpRelay::attach`] fills with the ones it attached to.
+//! - Next hops are cached in the map entries and looked up again after every routing
+//!   change the kernel announces, and at least once a second (see `next_hop`).
 //! - No bpffs: nothing is pinned.
 //! - Map memory is preallocated: about 2.4 KiB per allocation on a 2-CPU host
 //!   (`XdpRelay::map_memory_bytes` gives the exact figure).
@@ -33,6 +38,7 @@ mod clock;
 mod datapath;
 mod host;
 mod maps;
+mod next_hop;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -48,6 +54,7 @@ pub use host::{ForwardingDisabled, IpFamily};
 pub use turn_common::counters::{Counter, Outcome};
 
 use maps::{MapSizes, Maps};
+pub use next_hop::{RoutingWatch, REFRESH as ROUTING_REFRESH};
 
 /// The XDP object built by `build.rs` (aya-build) from `turn-ebpf`.
 pub(crate) static XDP_OBJECT: &[u8] =
@@ -143,6 +150,18 @@ impl Loaded {
             .counters()
     }
 
+    /// Starts the watcher that keeps the program's cached next hops fresh, for the
+    /// routing of the calling thread's network namespace; there is only one.
+    pub(crate) fn watch_routing(&self) -> anyhow::Result<RoutingWatch> {
+        let generation = self
+            .maps
+            .lock()
+            .map_err(|_| anyhow!("XDP maps lock poisoned"))?
+            .take_routing_generation()
+            .ok_or_else(|| anyhow!("the routing watcher was already started"))?;
+        RoutingWatch::start(generation)
+    }
+
     /// The flow tables as a [`BpfDatapath`]; there is only one.
     pub(crate) fn datapath(&self) -> anyhow::Result<BpfDatapath> {
         let tables = self
@@ -159,6 +178,8 @@ impl Loaded {
 /// interface (the bpf_links are closed); the maps live on while the [`BpfDatapath`]
 /// still refers to them.
 pub struct XdpRelay {
+    /// Stops before the program goes.
+    routing: Option<RoutingWatch>,
     loaded: Loaded,
     attachments: Vec<Attachment>,
     /// Host settings found wrong at attach time (see [`host`]).
@@ -203,6 +224,26 @@ impl XdpRelay {
                 mode,
             });
         }
+        // Redirects go only to these interfaces (see the EGRESS map of the program).
+        {
+            let mut maps = loaded
+                .maps
+                .lock()
+                .map_err(|_| anyhow!("XDP maps lock poisoned"))?;
+            for interface in &settings.interfaces {
+                maps.add_egress(ifindex(interface)?)?;
+            }
+        }
+        let routing = match loaded.watch_routing() {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                tracing::warn!(
+                    "XDP: {error:#}: next hops are not cached, every relayed frame is looked \
+                     up (correct, slower)"
+                );
+                None
+            }
+        };
         let forwarding_disabled =
             host::forwarding_disabled(&settings.interfaces, |path| std::fs::read_to_string(path));
         for disabled in &forwarding_disabled {
@@ -223,6 +264,7 @@ impl XdpRelay {
             );
         }
         Ok(XdpRelay {
+            routing,
             loaded,
             attachments,
             forwarding_disabled,
@@ -257,7 +299,10 @@ impl XdpRelay {
     /// A human status line for the start-up log, ending in a warning when the host's
     /// forwarding sysctls keep the fast path from relaying anything.
     pub fn status(&self) -> String {
-        let attached = self.attached_status();
+        let mut attached = self.attached_status();
+        if self.routing.is_none() {
+            attached.push_str("; next hops not cached (every frame is looked up)");
+        }
         match host::forwarding_warning(&self.forwarding_disabled) {
             Some(warning) => format!("{attached}; {warning}"),
             None => attached,
@@ -307,6 +352,16 @@ fn mode_label(mode: XdpMode) -> &'static str {
         XdpMode::Native => "native",
         XdpMode::Skb => "skb",
         XdpMode::Auto | XdpMode::Off => "unknown",
+    }
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub(crate) fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c_name = std::ffi::CString::new(name).with_context(|| format!("interface name {name}"))?;
+    // SAFETY: a valid C string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {name}")),
+        index => Ok(index),
     }
 }
 

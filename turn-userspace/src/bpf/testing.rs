@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context as _};
 use aya::programs::Xdp;
 
 use super::maps::MapSizes;
-use super::{BpfDatapath, Loaded, XdpCounters, XDP_OBJECT};
+use super::{BpfDatapath, Loaded, RoutingWatch, XdpCounters, XDP_OBJECT};
 
 /// The name of the pass-only program in [`object`]: the timing baseline, and what a veth
 /// end needs to accept frames the relay redirects or XDP_TXes into it.
@@ -64,5 +64,23 @@ impl DetachedProgram {
     /// The per-CPU counters, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<XdpCounters> {
         self.loaded.counters()
+    }
+
+    /// Starts the watcher that keeps the program's cached next hops fresh, for the
+    /// routing of the calling thread's network namespace, as [`super::XdpRelay::attach`]
+    /// does (once per program); the cache is off until then.
+    pub fn watch_routing(&self) -> anyhow::Result<RoutingWatch> {
+        self.loaded.watch_routing()
+    }
+
+    /// Lets the program redirect out of interface `ifindex` (of the calling thread's
+    /// network namespace), as [`super::XdpRelay::attach`] does for each interface it
+    /// attaches to; the program passes frames for any other egress interface up.
+    pub fn add_egress(&self, ifindex: u32) -> anyhow::Result<()> {
+        self.loaded
+            .maps
+            .lock()
+            .map_err(|_| anyhow!("XDP maps lock poisoned"))?
+            .add_egress(ifindex)
     }
 }

@@ -16,9 +16,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
-
-use crate::protocol::policy::PeerPorts;
 
 /// How a client reaches the server (RFC 8656 §3.1): the transport of its 5-tuple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,7 +103,40 @@ pub struct PermissionEntry {
     pub flow: ClientFlow,
     pub relay: SocketAddr,
     pub peer_ip: IpAddr,
+    /// The peer ports the permission covers, as the policy decided: all of them, or the
+    /// relay port range for the relay's own addresses (see
+    /// [`crate::protocol::policy::PeerPorts`]). Both paths check a Send indication's peer
+    /// port against it.
+    pub ports: PeerPortRange,
     pub expires_at: Instant,
+}
+
+/// An inclusive range of peer ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PeerPortRange {
+    /// Every port: what a permission covers unless the policy limits it.
+    pub const ALL: PeerPortRange = PeerPortRange {
+        first: 0,
+        last: u16::MAX,
+    };
+
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl From<RangeInclusive<u16>> for PeerPortRange {
+    fn from(range: RangeInclusive<u16>) -> Self {
+        PeerPortRange {
+            first: *range.start(),
+            last: *range.end(),
+        }
+    }
 }
 
 /// A channel binding (RFC 8656 §12): number ↔ peer transport address, per allocation.
@@ -188,13 +220,7 @@ pub enum FastPathCommand {
         relay: SocketAddr,
         usage: Option<Box<AllocationUsage>>,
     },
-    /// `ports`: which ports of the peer IP the policy allows. The fast path cannot check
-    /// the port of a Send indication; see [`FastPath`] for what it does with
-    /// [`PeerPorts::RelayRange`].
-    InstallPermission {
-        entry: PermissionEntry,
-        ports: PeerPorts,
-    },
+    InstallPermission(PermissionEntry),
     RemovePermission {
         relay: SocketAddr,
         peer_ip: IpAddr,
@@ -307,18 +333,6 @@ pub struct FastPathStats {
     pub userspace_only_allocations: u64,
 }
 
-/// Why an allocation leaves the fast path.
-enum HandOver {
-    /// The datapath refused an entry (e.g. a full map).
-    Refused(DatapathError),
-    /// A permission limited to relay ports ([`PeerPorts::RelayRange`]) for an address that
-    /// is not the allocation's own relay (bind) address: the XDP program checks no port
-    /// of a Send indication, and may forward to that address (e.g. the public address of
-    /// a relay behind 1:1 NAT, reached through the NAT's hairpin) where userspace would
-    /// refuse a port outside the relay range.
-    PortLimitedPermission,
-}
-
 /// Applies the core's [`FastPathCommand`]s to a [`Datapath`], one at a time, in order.
 ///
 /// It keeps one promise the core cannot keep alone: a refused install never makes the
@@ -330,12 +344,11 @@ enum HandOver {
 /// any entry for its addresses, XDP passes all of its traffic to the userspace relay,
 /// which behaves identically.
 ///
-/// A permission for the relay's own address is limited to relay ports (hairpinning between
-/// allocations). The fast path takes it only for the allocation's own bind address: the
-/// kernel never forwards to a local address (`bpf_fib_lookup` answers "not forwarded"),
-/// so XDP passes a Send indication towards it up to userspace, which checks the port.
-/// For another own address (a public address behind NAT) the allocation is handed to
-/// userspace as above, until the XDP program can tell such permissions apart.
+/// A permission for the relay's own addresses covers the relay ports only (hairpinning
+/// between allocations); the XDP program checks a Send indication's peer port against
+/// the permission's range and passes the ones outside it up to userspace, which discards
+/// them. (Towards a local address the kernel never forwards anyway: `bpf_fib_lookup`
+/// answers "not forwarded" and the stack delivers it.)
 pub struct FastPath<D: Datapath> {
     datapath: D,
     /// Relayed address → the fast-path traffic it had relayed before it was handed to
@@ -371,10 +384,7 @@ impl<D: Datapath> FastPath<D> {
         match command {
             FastPathCommand::InstallAllocation(entry) => {
                 if !self.is_userspace_only(entry.relay) {
-                    let result = self
-                        .datapath
-                        .install_allocation(entry)
-                        .map_err(HandOver::Refused);
+                    let result = self.datapath.install_allocation(entry);
                     self.keep_or_hand_over(entry.flow, entry.relay, result);
                 }
             }
@@ -388,19 +398,11 @@ impl<D: Datapath> FastPath<D> {
                     log_usage(flow, relay, &usage, fast_path);
                 }
             }
-            FastPathCommand::InstallPermission { entry, ports } => {
-                if self.is_userspace_only(entry.relay) {
-                    return;
+            FastPathCommand::InstallPermission(entry) => {
+                if !self.is_userspace_only(entry.relay) {
+                    let result = self.datapath.install_permission(entry);
+                    self.keep_or_hand_over(entry.flow, entry.relay, result);
                 }
-                let result = if ports == PeerPorts::RelayRange && entry.peer_ip != entry.relay.ip()
-                {
-                    Err(HandOver::PortLimitedPermission)
-                } else {
-                    self.datapath
-                        .install_permission(entry)
-                        .map_err(HandOver::Refused)
-                };
-                self.keep_or_hand_over(entry.flow, entry.relay, result);
             }
             FastPathCommand::RemovePermission { relay, peer_ip } => {
                 if !self.is_userspace_only(relay) {
@@ -409,10 +411,7 @@ impl<D: Datapath> FastPath<D> {
             }
             FastPathCommand::InstallChannel(entry) => {
                 if !self.is_userspace_only(entry.relay) {
-                    let result = self
-                        .datapath
-                        .install_channel(entry)
-                        .map_err(HandOver::Refused);
+                    let result = self.datapath.install_channel(entry);
                     self.keep_or_hand_over(entry.flow, entry.relay, result);
                 }
             }
@@ -430,19 +429,12 @@ impl<D: Datapath> FastPath<D> {
         &mut self,
         flow: ClientFlow,
         relay: SocketAddr,
-        result: Result<(), HandOver>,
+        result: Result<(), DatapathError>,
     ) {
-        let Err(reason) = result else {
+        let Err(error) = result else {
             return;
         };
-        match reason {
-            HandOver::Refused(error) => {
-                tracing::warn!(%relay, client = %flow.client, %error, "the fast path refused an entry; the allocation is relayed in userspace from now on")
-            }
-            HandOver::PortLimitedPermission => {
-                tracing::debug!(%relay, client = %flow.client, "permission for the relay's own non-local address; the allocation is relayed in userspace from now on")
-            }
-        }
+        tracing::warn!(%relay, client = %flow.client, %error, "the fast path refused an entry; the allocation is relayed in userspace from now on");
         let relayed = self.datapath.relayed_traffic(relay);
         self.datapath.remove_allocation(flow, relay);
         self.userspace_only.insert(relay, relayed);

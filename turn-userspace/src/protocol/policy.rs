@@ -153,9 +153,14 @@ impl PeerPolicy {
 
     /// Whether a permission with `ports` covers `port` (ChannelBind, Send).
     pub fn allows_port(&self, ports: PeerPorts, port: u16) -> bool {
+        self.ports(ports).contains(&port)
+    }
+
+    /// The ports a permission with `ports` covers.
+    pub fn ports(&self, ports: PeerPorts) -> RangeInclusive<u16> {
         match ports {
-            PeerPorts::Any => true,
-            PeerPorts::RelayRange => self.relay_ports.contains(&port),
+            PeerPorts::Any => 0..=u16::MAX,
+            PeerPorts::RelayRange => self.relay_ports.clone(),
         }
     }
 

@@ -13,6 +13,18 @@ const RELAYED: Row = Row {
 };
 
 pub const ROWS: &[Row] = &[
+    // DF clear stays clear, with the relay's own random identification.
+    Row {
+        name: "peer_to_client_channel_data_without_df_v4",
+        on: On::V4,
+        ip: IpVariant::MayFragment,
+        payload: Payload::Raw(DATA),
+        output: Output::ChannelDataToClient {
+            channel: CHANNEL_PEER,
+            data: DATA,
+        },
+        ..RELAYED
+    },
     Row {
         name: "peer_to_client_channel_data",
         payload: Payload::Raw(ODD),

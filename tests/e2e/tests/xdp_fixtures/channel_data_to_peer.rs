@@ -19,6 +19,14 @@ pub const ROWS: &[Row] = &[
         ..RELAYED
     },
     Row {
+        name: "channel_data_without_df_to_peer_v4",
+        on: On::V4,
+        ip: IpVariant::MayFragment,
+        payload: channel_data(CHANNEL_PEER, DATA),
+        output: to_peer(Peer::Bound, DATA),
+        ..RELAYED
+    },
+    Row {
         name: "channel_data_odd_length_with_junk_padding_to_peer",
         payload: Payload::ChannelData {
             channel: CHANNEL_PEER,

@@ -27,7 +27,7 @@ fn peers_of(commands: &[FastPathCommand]) -> Vec<IpAddr> {
     commands
         .iter()
         .filter_map(|command| match command {
-            FastPathCommand::InstallPermission { entry, .. } => Some(entry.peer_ip),
+            FastPathCommand::InstallPermission(entry) => Some(entry.peer_ip),
             FastPathCommand::InstallChannel(entry) => Some(entry.peer.ip()),
             FastPathCommand::RemovePermission { peer_ip, .. } => Some(*peer_ip),
             _ => None,

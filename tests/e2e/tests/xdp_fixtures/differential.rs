@@ -19,11 +19,12 @@
 //! - it drops (XDP_DROP) only peer data to a relayed address that the model does not
 //!   relay.
 //!
-//! Known differences are counted rather than failed (see [`Judge`]): the program relays
-//! a datagram whose IPv4 header checksum or UDP checksum is wrong, which the relay's own
-//! stack would have dropped (a wrong UDP checksum stays wrong, so the receiver drops it),
-//! and a Send indication carrying DONT-FRAGMENT with DF set, where the userspace relay,
-//! which cannot set DF per datagram, discards it (RFC 8656 §11.2 allows both).
+//! One known difference is counted rather than failed (see [`Judge`]): the program
+//! relays a datagram whose IPv4 header checksum or UDP checksum is wrong, which the
+//! relay's own stack would have dropped (a wrong UDP checksum stays wrong, so the
+//! receiver drops it). A Send indication carrying DONT-FRAGMENT is no longer one: the
+//! program passes it up to userspace, which discards it (RFC 8656 §11.2), so both paths
+//! are judged alike there.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -32,13 +33,15 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use turn_common::checksum::Delta;
-use turn_relay::protocol::datapath::ClientFlow;
+use turn_relay::protocol::datapath::{ClientFlow, PeerPortRange};
 use turn_relay::protocol::stun::channel_data::{self, ChannelData};
 use turn_relay::protocol::stun::{Class, Message, Method};
 use turn_testkit::testbed::{Ingress, Testbed, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use turn_testkit::{privileged, OrFail};
 
-use crate::rows::{IpVariant, Origin, Peer, CHANNEL_UNBOUND, DATA, LONG, NOT_A_CHANNEL, ODD};
+use crate::rows::{
+    IpVariant, Origin, Peer, CHANNEL_UNATTACHED, CHANNEL_UNBOUND, DATA, LONG, NOT_A_CHANNEL, ODD,
+};
 use crate::runner;
 use crate::world::{self, Allocation, Entry, V4, V4_CLIENT_V6_RELAY, V6, V6_CLIENT_V4_RELAY};
 
@@ -73,7 +76,6 @@ enum Relayed {
         from: SocketAddr,
         to: SocketAddr,
         data: Vec<u8>,
-        dont_fragment: bool,
     },
     ChannelDataToClient {
         from: SocketAddr,
@@ -89,18 +91,16 @@ enum Relayed {
     },
 }
 
-/// How the model judges: as the userspace relay does, or with the two known
-/// differences of the program allowed.
+/// How the model judges: as the userspace relay does, or with the known difference of
+/// the program allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Judge {
-    /// The userspace relay: the stack drops a datagram with a wrong UDP checksum, and a
-    /// Send indication with DONT-FRAGMENT is discarded (the relay cannot set DF per
-    /// datagram, RFC 8656 §11.2).
+    /// The userspace relay: the stack drops a datagram with a wrong IPv4 header or UDP
+    /// checksum.
     Userspace,
     /// The program: it verifies neither the IPv4 header checksum nor the UDP checksum
     /// (it updates the UDP checksum incrementally, so a wrong one stays wrong and the
-    /// receiver drops the datagram), and it relays a Send indication with DONT-FRAGMENT
-    /// with DF set.
+    /// receiver drops the datagram).
     Program,
 }
 
@@ -109,7 +109,8 @@ struct Model {
     now: Instant,
     /// Relayed address → (flow, expiry).
     allocations: HashMap<SocketAddr, (ClientFlow, Instant)>,
-    permissions: HashMap<(SocketAddr, IpAddr), Instant>,
+    /// (relayed address, peer IP) → (the peer ports it covers, expiry).
+    permissions: HashMap<(SocketAddr, IpAddr), (PeerPortRange, Instant)>,
     /// (relayed address, number) → (peer, expiry).
     channels: HashMap<(SocketAddr, u16), (SocketAddr, Instant)>,
 }
@@ -134,10 +135,13 @@ impl Model {
                 Entry::Permission {
                     relay,
                     peer_ip,
+                    ports,
                     expires_at,
                     ..
                 } => {
-                    model.permissions.insert((relay, peer_ip), expires_at);
+                    model
+                        .permissions
+                        .insert((relay, peer_ip), (ports, expires_at));
                 }
                 Entry::Channel {
                     relay,
@@ -164,10 +168,22 @@ impl Model {
             .map(|(flow, _)| *flow)
     }
 
+    /// Peer → client: a live permission for the peer's IP (RFC 8656 §9), whatever its
+    /// port.
     fn permitted(&self, relay: SocketAddr, peer: IpAddr) -> bool {
         self.permissions
             .get(&(relay, peer))
-            .is_some_and(|expires_at| self.live(*expires_at))
+            .is_some_and(|(_, expires_at)| self.live(*expires_at))
+    }
+
+    /// Client → peer: a live permission for the peer's IP that covers its port (the
+    /// relay's own addresses: the relay ports only).
+    fn permitted_to(&self, relay: SocketAddr, peer: SocketAddr) -> bool {
+        self.permissions
+            .get(&(relay, peer.ip()))
+            .is_some_and(|(ports, expires_at)| {
+                self.live(*expires_at) && ports.contains(peer.port())
+            })
     }
 
     fn is_relayed_address(&self, address: SocketAddr) -> bool {
@@ -193,23 +209,22 @@ impl Model {
         }
         let flow = ClientFlow::udp(wire.src, wire.dst);
         if self.relays_of(flow).next().is_some() {
-            return self.client_to_peer(flow, wire.payload, judge);
+            return self.client_to_peer(flow, wire.payload);
         }
         self.peer_to_client(wire.dst, wire.src, wire.payload)
     }
 
     /// RFC 8656 §11.2, §12.6: client → peer.
-    fn client_to_peer(&self, flow: ClientFlow, payload: &[u8], judge: Judge) -> Option<Relayed> {
+    fn client_to_peer(&self, flow: ClientFlow, payload: &[u8]) -> Option<Relayed> {
         if channel_data::is_channel_data(payload) {
             let message = ChannelData::parse(payload)?;
             return self.relays_of(flow).find_map(|relay| {
                 let (peer, expires_at) = self.channels.get(&(relay, message.number))?;
-                (self.live(*expires_at) && self.permitted(relay, peer.ip())).then(|| {
+                (self.live(*expires_at) && self.permitted_to(relay, *peer)).then(|| {
                     Relayed::ToPeer {
                         from: relay,
                         to: *peer,
                         data: message.data.to_vec(),
-                        dont_fragment: false,
                     }
                 })
             });
@@ -218,7 +233,7 @@ impl Model {
         if (message.method(), message.class()) != (Method::SEND, Class::Indication)
             || !message.unknown_comprehension_required().is_empty()
             || (message.fingerprint().is_some() && !message.verify_fingerprint())
-            || (message.dont_fragment() && judge == Judge::Userspace)
+            || message.dont_fragment()
         {
             return None;
         }
@@ -227,11 +242,10 @@ impl Model {
         let relay = self
             .relays_of(flow)
             .find(|relay| relay.is_ipv4() == peer.is_ipv4())?;
-        self.permitted(relay, peer.ip()).then(|| Relayed::ToPeer {
+        self.permitted_to(relay, peer).then(|| Relayed::ToPeer {
             from: relay,
             to: peer,
             data: data.to_vec(),
-            dont_fragment: message.dont_fragment(),
         })
     }
 
@@ -407,6 +421,9 @@ fn base_frames() -> Vec<Vec<u8>> {
     let mut frames = Vec::new();
     for allocation in [V4, V6, V4_CLIENT_V6_RELAY, V6_CLIENT_V4_RELAY] {
         let mut peers = vec![Peer::Bound, Peer::OtherPort, Peer::Stranger, Peer::Near];
+        if !allocation.cross_family {
+            peers.extend([Peer::RelayPublicOnRelayPort, Peer::RelayPublicOffRelayPorts]);
+        }
         if allocation.tag == "v4" {
             peers.push(Peer::Expired);
         }
@@ -418,6 +435,7 @@ fn base_frames() -> Vec<Vec<u8>> {
             0x4000,
             0x4001,
             0x4003,
+            CHANNEL_UNATTACHED,
             0x4010,
             0x4011,
             CHANNEL_UNBOUND,
@@ -596,17 +614,6 @@ fn check_relayed(input: &[u8], output: &[u8], expected: &Relayed) -> Result<(), 
             "payload {payload:02x?} differs from the model's {expected:?}"
         ));
     }
-    if let Relayed::ToPeer {
-        dont_fragment: true,
-        ..
-    } = expected
-    {
-        let df = output.get(12..14) == Some(&[0x08, 0x00])
-            && output.get(20).is_some_and(|flags| flags & 0x40 != 0);
-        if to.is_ipv4() && !df {
-            return Err("DONT-FRAGMENT relayed without DF".into());
-        }
-    }
     Ok(())
 }
 
@@ -693,7 +700,7 @@ fn the_program_relays_only_what_the_model_relays() {
 
     let mut failures = Vec::new();
     let (mut relayed, mut passed, mut dropped, mut model_relays) = (0u64, 0u64, 0u64, 0u64);
-    let (mut dont_fragment, mut wrong_checksum) = (0u64, 0u64);
+    let mut wrong_checksum = 0u64;
     for (index, ((frame, out), to_relay)) in frames
         .iter()
         .zip(&outputs)
@@ -714,13 +721,7 @@ fn the_program_relays_only_what_the_model_relays() {
             (XDP_TX | XDP_REDIRECT, None) => match model.relay(frame, Judge::Program) {
                 Some(expected) => {
                     relayed += 1;
-                    match expected {
-                        Relayed::ToPeer {
-                            dont_fragment: true,
-                            ..
-                        } => dont_fragment += 1,
-                        _ => wrong_checksum += 1,
-                    }
+                    wrong_checksum += 1;
                     check_relayed(frame, &out.frame, &expected)
                 }
                 None => Err("relayed a frame the model does not relay".to_owned()),
@@ -747,8 +748,7 @@ fn the_program_relays_only_what_the_model_relays() {
     eprintln!(
         "differential: {FRAMES} frames ({} unmutated), model relays {model_relays}; program \
          relayed {relayed} (of which {wrong_checksum} with a wrong IPv4 header or UDP checksum \
-         kept wrong, {dont_fragment} Send indications with DONT-FRAGMENT), passed {passed}, \
-         dropped {dropped}",
+         kept wrong), passed {passed}, dropped {dropped}",
         bases.len()
     );
     assert!(

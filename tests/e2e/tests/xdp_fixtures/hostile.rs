@@ -78,6 +78,21 @@ pub const ROWS: &[Row] = &[
         SendShape::AttributeAfterFingerprint,
         Outcome::PassStun,
     ),
+    // RFC 8656 §11.2: this server does not support DONT-FRAGMENT (it answers an Allocate
+    // with it 420), so userspace discards such a Send indication.
+    shaped(
+        "send_indication_dont_fragment_goes_to_userspace",
+        SendShape::DontFragment,
+        Outcome::PassStun,
+    ),
+    // The permission for the relay's own address covers relay ports only: never its
+    // listener or another local service.
+    Row {
+        name: "send_indication_to_relay_address_off_relay_ports",
+        payload: send(Peer::RelayPublicOffRelayPorts, DATA),
+        outcome: Outcome::PassPeerPortNotPermitted,
+        ..PASSED
+    },
     shaped(
         "send_indication_without_data",
         SendShape::WithoutData,
@@ -114,4 +129,9 @@ pub const ROWS: &[Row] = &[
         Mangle::EthernetHeaderOnly,
     ),
     mangled("ipv6_zero_udp_checksum_v6", On::V6, Mangle::ZeroUdpChecksum),
+    mangled(
+        "wrong_ipv4_header_checksum_v4",
+        On::V4,
+        Mangle::WrongIpv4HeaderChecksum,
+    ),
 ];

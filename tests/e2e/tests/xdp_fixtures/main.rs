@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use turn_relay::bpf::Outcome;
 use turn_relay::protocol::datapath::{ClientFlow, DatapathError};
-use turn_testkit::testbed::{Ingress, Testbed, XDP_PASS, XDP_REDIRECT};
+use turn_testkit::testbed::{
+    Ingress, Testbed, PEER_MAC, PEER_SIDE_INTERFACE, XDP_PASS, XDP_REDIRECT,
+};
 use turn_testkit::{privileged, OrFail};
 
 use rows::{IpVariant, Origin, Peer, CHANNEL_PEER};
@@ -122,6 +124,80 @@ fn data_indications_get_fresh_transaction_ids() {
         runner::transaction_id(&first.frame),
         runner::transaction_id(&second.frame)
     );
+}
+
+/// RFC 8656 §14: the relay sets the IPv4 identification as for a datagram it originates
+/// (RFC 6864): each relayed datagram that may be fragmented gets a fresh one, never the
+/// client's (which would let fragments of two clients' datagrams collide and leak the
+/// client's counter to the peer).
+#[test]
+fn relayed_ipv4_datagrams_without_df_get_fresh_identifications() {
+    if !privileged("relayed_ipv4_datagrams_without_df_get_fresh_identifications") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let payload = turn_testkit::stun_client::channel_data(CHANNEL_PEER, b"data");
+    let (input, _) = runner::frame(&V4, Origin::Client, &payload, IpVariant::MayFragment);
+    let ids: BTreeSet<u16> = (0..16)
+        .map(|_| {
+            let out = testbed.run(&input, Ingress::ClientSide).or_fail("run");
+            assert_eq!(out.action, XDP_REDIRECT);
+            runner::ipv4_identification(&out.frame)
+        })
+        .collect();
+    assert!(
+        ids.len() > 1,
+        "one identification for 16 datagrams: {ids:?}"
+    );
+}
+
+/// The program caches each entry's next hop; a neighbour or route change reaches the
+/// relayed frames as soon as the routing watcher sees the kernel's notification (bounded
+/// here by half its once-a-second refresh, which alone would often miss it).
+#[test]
+fn cached_next_hops_follow_neighbour_and_route_changes() {
+    if !privileged("cached_next_hops_follow_neighbour_and_route_changes") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let input = channel_data_frame(b"data", &[]);
+    let destination_mac = |testbed: &Testbed| {
+        let out = testbed.run(&input, Ingress::ClientSide).or_fail("run");
+        (out.action == XDP_REDIRECT).then(|| out.frame[..6].to_vec())
+    };
+    assert_eq!(destination_mac(&testbed), Some(PEER_MAC.to_vec()), "cached");
+    let moved = [0x02, 0, 0, 0, 0x02, 0x99];
+    let peer = world::V4.peer(Peer::Bound).ip().to_string();
+    testbed
+        .ip(&[
+            "neigh",
+            "replace",
+            &peer,
+            "lladdr",
+            &turn_testkit::netns::format_mac(moved),
+            "dev",
+            PEER_SIDE_INTERFACE,
+            "nud",
+            "permanent",
+        ])
+        .or_fail("ip neigh");
+    let within = |expected: Option<Vec<u8>>| {
+        let deadline = Instant::now() + turn_relay::bpf::ROUTING_REFRESH / 2;
+        while destination_mac(&testbed) != expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(destination_mac(&testbed), expected);
+    };
+    within(Some(moved.to_vec()));
+    testbed
+        .ip(&["route", "add", "unreachable", &format!("{peer}/32")])
+        .or_fail("ip route");
+    within(None);
+    assert!(testbed.count(Outcome::PassNoRoute).or_fail("counters") > 0);
 }
 
 #[test]

@@ -85,6 +85,14 @@ pub const ROWS: &[Row] = &[
         outcome: Outcome::PassNoRoute,
         ..PASSED
     },
+    // Redirects only to interfaces the daemon attached the program to.
+    Row {
+        name: "peer_behind_unattached_interface_v4",
+        on: On::V4,
+        payload: channel_data(CHANNEL_UNATTACHED, DATA),
+        outcome: Outcome::PassEgressNotAttached,
+        ..PASSED
+    },
     Row {
         name: "data_indication_over_mtu_v4",
         on: On::V4,

@@ -19,6 +19,8 @@ pub const CHANNEL_UNRESOLVED: u16 = 0x4002;
 pub const CHANNEL_EXPIRED: u16 = 0x4003;
 pub const CHANNEL_UNROUTABLE: u16 = 0x4004;
 pub const CHANNEL_UNBOUND: u16 = 0x4005;
+/// Bound to a peer behind an interface the program is not attached to (IPv4 allocation).
+pub const CHANNEL_UNATTACHED: u16 = 0x4006;
 /// The highest channel number (RFC 5766 range, accepted for interop), bound to
 /// [`Peer::HighestChannel`].
 pub const CHANNEL_HIGHEST: u16 = 0x7FFF;
@@ -61,6 +63,12 @@ pub enum Peer {
     Stranger,
     /// A peer whose permission has expired.
     Expired,
+    /// The relay's own public address on a relay port: its permission covers the relay
+    /// port range only (hairpinning to another allocation).
+    RelayPublicOnRelayPort,
+    /// The relay's own public address on a port outside the relay port range (its
+    /// listener).
+    RelayPublicOffRelayPorts,
     /// The IPv4 peer written as an IPv4-mapped IPv6 address (`::ffff:198.19.1.2`), with a
     /// permission and channel [`CHANNEL_MAPPED`] on the IPv6 allocation only. The core
     /// never installs such entries (it answers 443); they stand for state no policy
@@ -117,7 +125,7 @@ pub enum Payload {
 pub enum SendShape {
     /// DATA before XOR-PEER-ADDRESS.
     DataFirst,
-    /// XOR-PEER-ADDRESS, DONT-FRAGMENT, DATA.
+    /// XOR-PEER-ADDRESS, DONT-FRAGMENT (RFC 8656 §11.2), DATA.
     DontFragment,
     /// XOR-PEER-ADDRESS only.
     WithoutData,
@@ -172,6 +180,9 @@ pub enum Mangle {
     Ipv6HopByHop,
     /// The UDP checksum zeroed (forbidden over IPv6, RFC 8200 §8.1).
     ZeroUdpChecksum,
+    /// The IPv4 header checksum off by one (the stack drops the frame; relaying it with
+    /// the fresh checksum of the relayed header would repair it).
+    WrongIpv4HeaderChecksum,
 }
 
 /// The frame the program must leave behind.
@@ -179,13 +190,9 @@ pub enum Mangle {
 pub enum Output {
     /// The input frame, untouched.
     Unchanged,
-    /// `data` from the relayed address to `peer` (RFC 8656 §14 IP header rules; DF set
-    /// when `dont_fragment`).
-    ToPeer {
-        peer: Peer,
-        data: &'static [u8],
-        dont_fragment: bool,
-    },
+    /// `data` from the relayed address to `peer` (RFC 8656 §14 IP header rules: TTL − 1,
+    /// TOS and DF kept, the relay's own IPv4 identification).
+    ToPeer { peer: Peer, data: &'static [u8] },
     /// ChannelData on `channel` carrying `data`, from the listener to the client.
     ChannelDataToClient { channel: u16, data: &'static [u8] },
     /// A Data indication from `peer` carrying `data`, from the listener to the client;
@@ -250,9 +257,5 @@ pub const fn send(peer: Peer, data: &'static [u8]) -> Payload {
 
 /// A relayed frame to `peer` as the program must send it.
 pub const fn to_peer(peer: Peer, data: &'static [u8]) -> Output {
-    Output::ToPeer {
-        peer,
-        data,
-        dont_fragment: false,
-    }
+    Output::ToPeer { peer, data }
 }

@@ -10,7 +10,7 @@ use turn_testkit::frames::{udp_offset, Ip, UdpChecksum, UdpFrame};
 use turn_testkit::stun_client::{channel_data, data_indication, message, send_indication};
 use turn_testkit::testbed::{
     Ingress, RunResult, Testbed, CLIENT_MAC, CLIENT_SIDE_MAC, NEAR_PEER_MAC, PEER_MAC,
-    PEER_SIDE_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+    PEER_SIDE_MAC, RELAY_PUBLIC_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
 };
 
 use crate::rows::{Action, IpVariant, Mangle, On, Origin, Output, Payload, Peer, Row, SendShape};
@@ -113,13 +113,16 @@ fn incoming_ip(allocation: &Allocation, origin: Origin, variant: IpVariant) -> (
 }
 
 /// The header a relay following RFC 8656 §14 (preferred behaviour) sends for `incoming`:
-/// TTL − 1, TOS kept; across families (RFC 7915 mapping) identification / flow label 0
-/// and DF set.
+/// TTL − 1, TOS, DF and flow label kept, and over IPv4 the relay's own identification as
+/// for any datagram it originates: 0 for an atomic datagram (DF set, RFC 6864 §4.1), else
+/// a random one, which the runner takes from the `output` it checks. Across families
+/// (RFC 7915 mapping) identification / flow label 0 and DF set.
 fn relayed_ip(
     allocation: &Allocation,
     incoming: Ip,
     src: std::net::IpAddr,
     dst: std::net::IpAddr,
+    output: &[u8],
 ) -> Ip {
     let relayed = Ip {
         src,
@@ -133,8 +136,25 @@ fn relayed_ip(
             dont_fragment: true,
             ..relayed
         }
+    } else if src.is_ipv4() {
+        Ip {
+            id: if incoming.dont_fragment {
+                0
+            } else {
+                ipv4_identification(output)
+            },
+            ..relayed
+        }
     } else {
         relayed
+    }
+}
+
+/// The identification of an IPv4 frame (0 for anything else).
+pub fn ipv4_identification(frame: &[u8]) -> u16 {
+    match frame.get(12..20) {
+        Some([0x08, 0x00, _, _, _, _, high, low]) => u16::from_be_bytes([*high, *low]),
+        _ => 0,
     }
 }
 
@@ -261,6 +281,7 @@ fn mangle(mut frame: Vec<u8>, mangle: Mangle) -> Vec<u8> {
         }
         Mangle::Ipv6HopByHop => frame[20] = 0,
         Mangle::ZeroUdpChecksum => frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]),
+        Mangle::WrongIpv4HeaderChecksum => frame[25] ^= 1,
     }
     frame
 }
@@ -283,7 +304,13 @@ impl Fixture {
         let allocation = &self.allocation;
         let (incoming, checksum) = incoming_ip(allocation, self.row.from, self.row.ip);
         let to_client = |payload: &[u8]| {
-            let ip = relayed_ip(allocation, incoming, allocation.listener, allocation.client);
+            let ip = relayed_ip(
+                allocation,
+                incoming,
+                allocation.listener,
+                allocation.client,
+                output,
+            );
             UdpFrame {
                 src_mac: CLIENT_SIDE_MAC,
                 dst_mac: CLIENT_MAC,
@@ -297,18 +324,13 @@ impl Fixture {
         };
         Ok(match self.row.output {
             Output::Unchanged => input.to_vec(),
-            Output::ToPeer {
-                peer,
-                data,
-                dont_fragment,
-            } => {
+            Output::ToPeer { peer, data } => {
                 let to = allocation.peer(peer);
-                let mut ip = relayed_ip(allocation, incoming, allocation.relay.ip(), to.ip());
-                ip.dont_fragment |= dont_fragment;
-                let macs = if peer == Peer::Near {
-                    (CLIENT_SIDE_MAC, NEAR_PEER_MAC)
-                } else {
-                    (PEER_SIDE_MAC, PEER_MAC)
+                let ip = relayed_ip(allocation, incoming, allocation.relay.ip(), to.ip(), output);
+                let macs = match peer {
+                    Peer::Near => (CLIENT_SIDE_MAC, NEAR_PEER_MAC),
+                    Peer::RelayPublicOnRelayPort => (PEER_SIDE_MAC, RELAY_PUBLIC_MAC),
+                    _ => (PEER_SIDE_MAC, PEER_MAC),
                 };
                 UdpFrame {
                     src_mac: macs.0,

@@ -61,21 +61,23 @@ pub const ROWS: &[Row] = &[
         output: to_peer(Peer::Bound, LONG),
         ..RELAYED
     },
-    // DONT-FRAGMENT (RFC 8656 §11.3) sets DF on the relayed IPv4 datagram.
+    // The relay's own IPv4 identification (RFC 8656 §14), random for a datagram that
+    // may be fragmented (the runner checks DF stays clear; 0 with DF set in every other
+    // row).
     Row {
-        name: "send_indication_dont_fragment_sets_df_v4",
+        name: "send_indication_without_df_keeps_df_clear_v4",
         on: On::V4,
         ip: IpVariant::MayFragment,
-        payload: Payload::SendShaped {
-            peer: Peer::Bound,
-            data: DATA,
-            shape: SendShape::DontFragment,
-        },
-        output: Output::ToPeer {
-            peer: Peer::Bound,
-            data: DATA,
-            dont_fragment: true,
-        },
+        payload: send(Peer::Bound, DATA),
+        output: to_peer(Peer::Bound, DATA),
+        ..RELAYED
+    },
+    // The relay's own addresses are peers on relay ports (hairpinning to another
+    // allocation, e.g. through a NAT in front of the relay).
+    Row {
+        name: "send_indication_to_relay_address_on_relay_port",
+        payload: send(Peer::RelayPublicOnRelayPort, DATA),
+        output: to_peer(Peer::RelayPublicOnRelayPort, DATA),
         ..RELAYED
     },
     Row {

@@ -5,20 +5,26 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use turn_relay::protocol::datapath::ClientFlow;
+use turn_relay::protocol::datapath::{ClientFlow, PeerPortRange};
 use turn_testkit::addresses::{
     CLIENT_V4, CLIENT_V6, NEAR_PEER_V4, NEAR_PEER_V6, PEER_V4, PEER_V6, RELAY_LISTEN_V4,
-    RELAY_LISTEN_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
+    RELAY_LISTEN_V6, RELAY_PUBLIC_V4, RELAY_PUBLIC_V6, RELAY_RELAYED_V4, RELAY_RELAYED_V6,
+    UNATTACHED_PEER_V4, UNRESOLVED_PEER_V4, UNROUTABLE_PEER_V4,
 };
 use turn_testkit::fast_path::FastPath;
 
 use crate::rows::{
     Peer, CHANNEL_CROSS, CHANNEL_EXPIRED, CHANNEL_HIGHEST, CHANNEL_MAPPED, CHANNEL_NEAR_PEER,
-    CHANNEL_PEER, CHANNEL_UNRESOLVED, CHANNEL_UNROUTABLE,
+    CHANNEL_PEER, CHANNEL_UNATTACHED, CHANNEL_UNRESOLVED, CHANNEL_UNROUTABLE,
 };
 
 pub const LISTENER_PORT: u16 = 3478;
 pub const RELAY_PORT: u16 = 50_000;
+/// The relay port range: the ports of the relay's own addresses a peer may have.
+pub const RELAY_PORTS: PeerPortRange = PeerPortRange {
+    first: RELAY_PORT,
+    last: RELAY_PORT + 999,
+};
 pub const CLIENT_PORT: u16 = 40_000;
 pub const PEER_PORT: u16 = 7000;
 
@@ -120,6 +126,13 @@ impl Allocation {
                 );
                 SocketAddr::new(EXPIRED_PEER_V4.into(), PEER_PORT + 1)
             }
+            Peer::RelayPublicOnRelayPort => SocketAddr::new(
+                pick(RELAY_PUBLIC_V4, RELAY_PUBLIC_V6),
+                RELAY_PORTS.first + 10,
+            ),
+            Peer::RelayPublicOffRelayPorts => {
+                SocketAddr::new(pick(RELAY_PUBLIC_V4, RELAY_PUBLIC_V6), LISTENER_PORT)
+            }
         }
     }
 }
@@ -132,10 +145,12 @@ pub enum Entry {
         relay: SocketAddr,
         expires_at: Instant,
     },
+    /// A permission for `peer_ip` on its ports `ports`.
     Permission {
         flow: ClientFlow,
         relay: SocketAddr,
         peer_ip: IpAddr,
+        ports: PeerPortRange,
         expires_at: Instant,
     },
     Channel {
@@ -148,8 +163,9 @@ pub enum Entry {
 }
 
 /// Every allocation with its permissions and channels: live ones for 10 minutes from
-/// `now`, and on the IPv4 allocation also an expired one and peers without a neighbour
-/// entry or a route.
+/// `now`, a permission for the relay's own public address on relay ports only, and on
+/// the IPv4 allocation also an expired one, peers without a neighbour entry or a route
+/// and one behind an interface the program is not attached to.
 pub fn entries(now: Instant) -> Vec<Entry> {
     let live = now + Duration::from_secs(600);
     let expired = now - Duration::from_secs(1);
@@ -166,6 +182,7 @@ pub fn entries(now: Instant) -> Vec<Entry> {
                 flow,
                 relay,
                 peer_ip: peer.ip(),
+                ports: PeerPortRange::ALL,
                 expires_at: live,
             },
             Entry::Channel {
@@ -183,6 +200,13 @@ pub fn entries(now: Instant) -> Vec<Entry> {
             Entry::Allocation {
                 flow,
                 relay,
+                expires_at: live,
+            },
+            Entry::Permission {
+                flow,
+                relay,
+                peer_ip: allocation.peer(Peer::RelayPublicOnRelayPort).ip(),
+                ports: RELAY_PORTS,
                 expires_at: live,
             },
             Entry::Channel {
@@ -203,6 +227,7 @@ pub fn entries(now: Instant) -> Vec<Entry> {
                 (IpAddr::V4(UNRESOLVED_PEER_V4), live, CHANNEL_UNRESOLVED),
                 (IpAddr::V4(UNROUTABLE_PEER_V4), live, CHANNEL_UNROUTABLE),
                 (IpAddr::V4(EXPIRED_PEER_V4), expired, CHANNEL_EXPIRED),
+                (IpAddr::V4(UNATTACHED_PEER_V4), live, CHANNEL_UNATTACHED),
             ]);
         }
         for (peer_ip, expires_at, number) in peers {
@@ -211,6 +236,7 @@ pub fn entries(now: Instant) -> Vec<Entry> {
                     flow,
                     relay,
                     peer_ip,
+                    ports: PeerPortRange::ALL,
                     expires_at,
                 },
                 Entry::Channel {
@@ -244,8 +270,9 @@ pub fn install_entries(fast_path: &mut FastPath, entries: &[Entry]) {
                 flow,
                 relay,
                 peer_ip,
+                ports,
                 expires_at,
-            } => fast_path.permission(flow, relay, peer_ip, expires_at),
+            } => fast_path.permission_on_ports(flow, relay, peer_ip, ports, expires_at),
             Entry::Channel {
                 flow,
                 relay,

@@ -567,15 +567,13 @@ impl<R: rand::RngCore> Server<R> {
         let relay = allocation.relay;
         self.fast_path.push(
             flow,
-            FastPathCommand::InstallPermission {
-                entry: PermissionEntry {
-                    flow,
-                    relay,
-                    peer_ip: peer,
-                    expires_at,
-                },
-                ports,
-            },
+            FastPathCommand::InstallPermission(PermissionEntry {
+                flow,
+                relay,
+                peer_ip: peer,
+                ports: self.policy.ports(ports).into(),
+                expires_at,
+            }),
         );
         for (&number, channel) in allocation
             .channels

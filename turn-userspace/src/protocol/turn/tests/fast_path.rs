@@ -66,7 +66,7 @@ fn commands_follow_the_order_of_decisions() {
                 relay = Some(entry.relay);
                 "install allocation"
             }
-            FastPathCommand::InstallPermission { entry, .. } => {
+            FastPathCommand::InstallPermission(entry) => {
                 assert_eq!((Some(entry.relay), entry.peer_ip), (relay, peer.ip()));
                 "install permission"
             }

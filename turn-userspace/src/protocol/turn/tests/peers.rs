@@ -1,7 +1,7 @@
 //! Which peers a client may reach (RFC 8656 §9.1, §12.1, §21): the address family, the
 //! peer policy, and that the fast path is only ever given the address the core checked.
 
-use crate::protocol::datapath::InMemoryDatapath;
+use crate::protocol::datapath::{InMemoryDatapath, PeerPortRange};
 
 use super::*;
 
@@ -139,16 +139,30 @@ fn the_relays_own_addresses_are_peers_on_relay_ports_only() {
     let packet = send_indication(&mut harness, SocketAddr::new(own, 50001), b"hairpin");
     let (forward, _, _) = harness.send(client, &packet);
     assert!(forward.is_some());
-    // The allocation's own bind address stays in the fast path (the kernel never
-    // forwards to a local address, so XDP passes such Send indications up) …
-    assert!(harness.datapath().permissions.contains_key(&(relay, own)));
-    assert!(!harness.fast_path.is_userspace_only(relay));
-    // … a public address behind NAT may be forwarded to: userspace relays that allocation.
+    // The fast path gets the permissions for the relay's own addresses with the relay
+    // port range, which the XDP program checks too, and keeps the allocation: the bind
+    // address (the kernel never forwards to a local address) and a public address behind
+    // NAT alike, which may be forwarded to through the NAT's hairpin.
+    let relay_ports = PeerPortRange::from(config().port_range);
     let public = SocketAddr::new(ip(RELAY_V4_PUBLIC), 50002);
     assert_success(&harness.create_permission(client, &[public]));
-    assert!(harness.fast_path.is_userspace_only(relay));
-    assert!(harness.datapath().allocations.is_empty());
+    for own in [own, public.ip()] {
+        let installed = harness.datapath().permissions.get(&(relay, own)).copied();
+        assert_eq!(
+            installed.map(|entry| entry.ports),
+            Some(relay_ports),
+            "{own}"
+        );
+    }
+    assert!(!harness.fast_path.is_userspace_only(relay));
     let packet = send_indication(&mut harness, SocketAddr::new(public.ip(), 3478), b"x");
     let (forward, _, _) = harness.send(client, &packet);
     assert!(forward.is_none());
+    // Every other permission covers every port.
+    assert_success(&harness.create_permission(client, &[addr("198.18.2.20:5000")]));
+    let other = harness
+        .datapath()
+        .permissions
+        .get(&(relay, ip("198.18.2.20")));
+    assert_eq!(other.map(|entry| entry.ports), Some(PeerPortRange::ALL));
 }
