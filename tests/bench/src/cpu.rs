@@ -92,3 +92,35 @@ impl CpuSnapshot {
         }
     }
 }
+
+/// CPU time a thread (task) has run, in ns: the first field of /proc/<tid>/schedstat, the
+/// scheduler's sum_exec_runtime, which /proc/<pid>/stat reports as utime+stime in ticks.
+/// Softirq work the thread did with bottom halves disabled (a threaded NAPI poll) counts;
+/// on this kernel (no CONFIG_IRQ_TIME_ACCOUNTING) so does softirq work that interrupted it.
+pub fn task_ns(tid: u32) -> Result<u64> {
+    let path = format!("/proc/{tid}/schedstat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|field| field.parse().ok())
+        .with_context(|| format!("malformed {path}: {text:?}"))
+}
+
+/// The thread ids of process `pid` (/proc/<pid>/task).
+pub fn threads(pid: u32) -> Result<Vec<u32>> {
+    let path = format!("/proc/{pid}/task");
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir(&path).with_context(|| format!("listing {path}"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+/// CPU time all current threads of process `pid` have run, in ns ([`task_ns`] summed).
+/// A thread that exits between two readings takes its time with it; the servers' thread
+/// sets do not change while load runs.
+pub fn process_ns(pid: u32) -> Result<u64> {
+    threads(pid)?.into_iter().map(task_ns).sum()
+}
