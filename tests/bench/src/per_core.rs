@@ -11,7 +11,7 @@
 //! - each server runs with one relay thread (coturn `--relay-threads=1`, ours
 //!   `--threads 1`) at the same fixed offered rates;
 //! - relay CPU = the server process's CPU time + its NAPI kthreads' CPU time (scheduler
-//!   run time, [`crate::cpu::task_ns`]) over the step, divided by the packets the sink
+//!   run time, [`crate::cpu::task_run_time`]) over the step, divided by the packets the sink
 //!   received.
 //!
 //! The generator sends from sockets, so frames reach the relay's veth as skbs, as in
@@ -60,6 +60,10 @@ pub struct PerCoreRow {
     pub process_ns: f64,
     /// Its NAPI kthreads' CPU per relayed packet, ns.
     pub napi_ns: f64,
+    /// Relayed packets per time a server thread was put on the CPU.
+    pub packets_per_process_run: f64,
+    /// Relayed packets per NAPI kthread run (poll batch after a wake-up).
+    pub packets_per_napi_run: f64,
 }
 
 impl PerCoreRow {
@@ -76,6 +80,8 @@ pub struct FloorRow {
     pub target_pps: f64,
     pub offered_pps: f64,
     pub napi_ns: f64,
+    /// Frames per NAPI kthread run.
+    pub packets_per_napi_run: f64,
 }
 
 /// The whole comparison.
@@ -219,12 +225,17 @@ fn threaded_napi(namespace: &Namespace, interface: &str, cpu: usize) -> Result<V
     Ok(started)
 }
 
-/// CPU ns of `threads` so far (a kthread that ended counts 0 from then on).
-fn threads_ns(threads: &[u32]) -> u64 {
+/// Run time of `threads` so far (a kthread that ended counts 0 from then on).
+fn threads_run_time(threads: &[u32]) -> cpu::RunTime {
     threads
         .iter()
-        .filter_map(|&tid| cpu::task_ns(tid).ok())
+        .filter_map(|&tid| cpu::task_run_time(tid).ok())
         .sum()
+}
+
+/// `packets` per run (0 runs: all of them in one).
+fn per_run(packets: u64, runs: u64) -> f64 {
+    packets as f64 / runs.max(1) as f64
 }
 
 fn scenario(mode: RelayMode) -> Scenario {
@@ -350,10 +361,10 @@ impl Bench {
         mode: RelayMode,
         rate: f64,
     ) -> Result<PerCoreRow> {
-        let (process_before, napi_before) = (cpu::process_ns(pid)?, threads_ns(napi));
+        let (process_before, napi_before) = (cpu::process_run_time(pid)?, threads_run_time(napi));
         let step = self.measure(None, flows, &scenario(mode), Some(rate), false)?;
-        let process = cpu::process_ns(pid)?.saturating_sub(process_before);
-        let napi_time = threads_ns(napi).saturating_sub(napi_before);
+        let process = cpu::process_run_time(pid)?.since(&process_before);
+        let napi_time = threads_run_time(napi).since(&napi_before);
         ensure!(
             step.received >= 1000,
             "{} relayed only {} of {} {} packets at {rate} pps",
@@ -370,17 +381,21 @@ impl Bench {
             offered_pps: step.offered_pps,
             relayed_pps: step.relayed_pps,
             loss_ratio: step.loss_ratio,
-            process_ns: per_packet(process),
-            napi_ns: per_packet(napi_time),
+            process_ns: per_packet(process.ns),
+            napi_ns: per_packet(napi_time.ns),
+            packets_per_process_run: per_run(step.received, process.runs),
+            packets_per_napi_run: per_run(step.received, napi_time.runs),
         };
         eprintln!(
-            "turn-bench: per-core: {} {} at {rate:.0} pps: relayed {:.0} pps, {:.2} µs per packet (process {:.2} + NAPI {:.2})",
+            "turn-bench: per-core: {} {} at {rate:.0} pps: relayed {:.0} pps, {:.2} µs per packet (process {:.2} + NAPI {:.2}), packets per run: process {:.1}, NAPI {:.1}",
             kind.name(),
             mode.label(),
             row.relayed_pps,
             row.total_ns() / 1000.0,
             row.process_ns / 1000.0,
-            row.napi_ns / 1000.0
+            row.napi_ns / 1000.0,
+            row.packets_per_process_run,
+            row.packets_per_napi_run
         );
         Ok(row)
     }
@@ -397,7 +412,7 @@ impl Bench {
         let mut floor = Vec::new();
         for &rate in rates {
             self.next_step += 1;
-            let before = threads_ns(&napi);
+            let before = threads_run_time(&napi);
             let outcome = load::generate(
                 &flows,
                 RelayMode::ChannelData,
@@ -408,7 +423,7 @@ impl Bench {
                 1,
             );
             std::thread::sleep(crate::DRAIN);
-            let spent = threads_ns(&napi).saturating_sub(before);
+            let spent = threads_run_time(&napi).since(&before);
             ensure!(
                 outcome.sent >= 1000,
                 "the generator sent only {} frames",
@@ -417,11 +432,13 @@ impl Bench {
             let row = FloorRow {
                 target_pps: rate,
                 offered_pps: outcome.sent as f64 / outcome.seconds.max(1e-9),
-                napi_ns: spent as f64 / outcome.sent as f64,
+                napi_ns: spent.ns as f64 / outcome.sent as f64,
+                packets_per_napi_run: per_run(outcome.sent, spent.runs),
             };
             eprintln!(
-                "turn-bench: per-core: drop-only XDP at {rate:.0} pps: {:.2} µs per frame",
-                row.napi_ns / 1000.0
+                "turn-bench: per-core: drop-only XDP at {rate:.0} pps: {:.2} µs per frame, {:.1} frames per NAPI run",
+                row.napi_ns / 1000.0,
+                row.packets_per_napi_run
             );
             floor.push(row);
         }

@@ -346,7 +346,8 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
          the server process and the relay's `napi/to-client-*` kthreads are pinned to CPU {}, the generator, \
          the sink and the peer's NAPI kthreads to CPU {}. *Relay CPU* = run time (schedstat, ns) of all the \
          server's threads (*process*) plus its NAPI kthreads (*NAPI*: GRO and the UDP receive path, or the \
-         XDP program) during the step, per packet the sink received; it includes interrupts and softirqs \
+         XDP program) during the step, per packet the sink received (*pkts/run*: packets per time the server's threads / the NAPI kthreads \
+         were put on the CPU, i.e. per wake-up); it includes interrupts and softirqs \
          that hit CPU {} while they ran (no CONFIG_IRQ_TIME_ACCOUNTING). The generator sends from sockets, \
          so frames reach the relay's veth as skbs (as in containers). Targets for such frames: ours-xdp \
          ≤ 0.20× coturn, ours-userspace ≤ 0.50× coturn.\n",
@@ -362,8 +363,8 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
     }
     let _ = writeln!(
         md,
-        "| load | offered pps | server | relayed pps | loss | process µs | NAPI µs | relay CPU µs/pkt | × coturn | target |\n\
-         |---|---|---|---|---|---|---|---|---|---|"
+        "| load | offered pps | server | relayed pps | loss | process µs | NAPI µs | pkts/run process / NAPI | relay CPU µs/pkt | × coturn | target |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
         for &rate in &per_core.rates {
@@ -384,7 +385,7 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {:.2} % | {:.2} | {:.2} | **{:.2}** | {} | {verdict} |",
+                    "| {} | {} | {} | {} | {:.2} % | {:.2} | {:.2} | {:.1} / {:.1} | **{:.2}** | {} | {verdict} |",
                     mode.label(),
                     pps(row.offered_pps),
                     row.server,
@@ -392,6 +393,8 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
                     row.loss_ratio * 100.0,
                     row.process_ns / 1000.0,
                     row.napi_ns / 1000.0,
+                    row.packets_per_process_run,
+                    row.packets_per_napi_run,
                     row.total_ns() / 1000.0,
                     ratio.map_or("–".to_owned(), |r| format!("{r:.2}")),
                 );
@@ -404,20 +407,23 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
         let _ = write!(
             md,
             "- A drop-only XDP program on the same veth end, no server, same pinning, ChannelData at \
-             {} pps: {:.2} µs of NAPI CPU per frame, the floor of any XDP program fed socket-sent frames \
-             on veth (skb → XDP frame conversion, the program call, freeing the frame).",
+             {} pps: {:.2} µs of NAPI CPU per frame, {:.1} frames per NAPI run, so {:.1} µs per run: the \
+             floor of any XDP program fed socket-sent frames on veth (wake-up, skb → XDP frame conversion, \
+             the program call, freeing the frame).",
             pps(floor.offered_pps),
-            floor.napi_ns / 1000.0
+            floor.napi_ns / 1000.0,
+            floor.packets_per_napi_run,
+            floor.napi_ns * floor.packets_per_napi_run / 1000.0
         );
-        let xdp = per_core.row("ours-xdp", RelayMode::ChannelData, rate);
-        let coturn = per_core.row("coturn", RelayMode::ChannelData, rate);
-        if let (Some(xdp), Some(coturn)) = (xdp, coturn) {
-            let above = xdp.total_ns() - floor.napi_ns;
+        if let Some(xdp) = per_core.row("ours-xdp", RelayMode::ChannelData, rate) {
             let _ = write!(
                 md,
-                " ours-xdp's ChannelData figure at that rate less this floor: {:.2} µs ({:.2}× coturn).",
-                above / 1000.0,
-                above / coturn.total_ns()
+                " ours-xdp's NAPI kthreads at that rate: {:.2} µs per frame, {:.1} frames per run, {:.1} µs \
+                 per run; {:+.2} µs per frame against the floor.",
+                xdp.napi_ns / 1000.0,
+                xdp.packets_per_napi_run,
+                xdp.napi_ns * xdp.packets_per_napi_run / 1000.0,
+                (xdp.napi_ns - floor.napi_ns) / 1000.0
             );
         }
         let _ = writeln!(md);
