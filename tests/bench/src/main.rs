@@ -12,7 +12,10 @@
 //! half of coturn's maximum rate, and drives the XDP path at kernel speed with AF_PACKET
 //! ([`kernel_mode`]). Clients over TCP and TLS relay ChannelData to the same sink
 //! ([`stream_load`]; coturn and ours in userspace, as XDP relays UDP clients only).
-//! Results go to Markdown, JSON and SVG files ([`report`]).
+//! Last, the per-core comparison ([`per_core`]): each server with one relay thread,
+//! pinned with its NAPI kthreads to one core, its CPU per relayed packet at fixed rates;
+//! `--per-core-only` runs just that. Results go to Markdown, JSON and SVG files
+//! ([`report`]), the per-core table first.
 
 mod control;
 mod cpu;
@@ -120,7 +123,8 @@ fn main() -> Result<()> {
 /// Options of `turn-bench run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
-    /// A small subset (ChannelData and Send, 16 flows, 120 B; short steps): under 2 minutes.
+    /// A small subset (ChannelData and Send, 16 flows, 120 B; short steps, the per-core
+    /// comparison with 1 s steps): about 2.5 minutes.
     #[arg(long)]
     pub quick: bool,
     /// Where the Markdown, JSON and SVG results go.
