@@ -680,6 +680,25 @@ impl Bench {
         results
     }
 
+    /// Starts `kind` on the lab's topology with the bench's user and certificate.
+    fn start_server(
+        &self,
+        kind: ServerKind,
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        threads: servers::Threads,
+    ) -> Result<RunningServer> {
+        RunningServer::start(
+            kind,
+            &self.lab.topology,
+            &self.user,
+            &self.certificate,
+            relay_binary,
+            work_dir,
+            threads,
+        )
+    }
+
     fn measure_server(
         &mut self,
         kind: ServerKind,
@@ -688,15 +707,7 @@ impl Bench {
         latency_rate: Option<f64>,
         results: &mut ServerResults,
     ) -> Result<()> {
-        let server = RunningServer::start(
-            kind,
-            &self.lab.topology,
-            &self.user,
-            &self.certificate,
-            relay_binary,
-            work_dir,
-            servers::Threads::PerCpu,
-        )?;
+        let server = self.start_server(kind, relay_binary, work_dir, servers::Threads::PerCpu)?;
         let pid = server.pid();
         results.status = server.status();
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());

@@ -30,7 +30,7 @@ use turn_testkit::xdp::{StubAction, StubXdp};
 use crate::control::{self, Flow};
 use crate::cpu;
 use crate::load::{self, RelayMode};
-use crate::servers::{RunningServer, ServerKind, Threads};
+use crate::servers::{ServerKind, Threads};
 use crate::stream_load::ClientTransport;
 use crate::{Bench, Scenario};
 
@@ -322,15 +322,7 @@ impl Bench {
         work_dir: &std::path::Path,
         rows: &mut Vec<PerCoreRow>,
     ) -> Result<()> {
-        let server = RunningServer::start(
-            kind,
-            &self.lab.topology,
-            &self.user,
-            &self.certificate,
-            relay_binary,
-            work_dir,
-            Threads::One,
-        )?;
+        let server = self.start_server(kind, relay_binary, work_dir, Threads::One)?;
         // After the server attached its XDP program (if any), so the kthreads are current.
         let napi = threaded_napi(
             &self.lab.topology.relay,
