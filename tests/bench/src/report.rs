@@ -787,3 +787,66 @@ fn plot(report: &BenchReport, scenario_index: usize, title: &str) -> String {
     let _ = writeln!(svg, "</svg>");
     svg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::per_core::{FloorRow, PerCoreRow};
+
+    fn row(server: &str, process_ns: f64, napi_ns: f64) -> PerCoreRow {
+        PerCoreRow {
+            server: server.to_owned(),
+            mode: RelayMode::ChannelData,
+            target_pps: 40_000.0,
+            offered_pps: 40_000.0,
+            relayed_pps: 40_000.0,
+            loss_ratio: 0.0,
+            process_ns,
+            napi_ns,
+            packets_per_process_run: 10.0,
+            packets_per_napi_run: 4.0,
+        }
+    }
+
+    #[test]
+    fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
+        let report = PerCoreReport {
+            rates: vec![40_000.0],
+            step_seconds: 2.0,
+            rows: vec![
+                row("coturn", 8_000.0, 2_000.0),
+                row("ours-userspace", 4_000.0, 2_000.0),
+                row("ours-xdp", 0.0, 1_500.0),
+            ],
+            floor: vec![FloorRow {
+                target_pps: 40_000.0,
+                offered_pps: 40_000.0,
+                napi_ns: 1_000.0,
+                packets_per_napi_run: 4.0,
+            }],
+            errors: Vec::new(),
+        };
+        let mut md = String::new();
+        per_core_section(&report, &mut md);
+        let line = |server: &str| {
+            md.lines()
+                .find(|line| line.contains(&format!("| {server} |")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(line("coturn").contains("| **10.00** | 1.00 |  |"), "{md}");
+        assert!(
+            line("ours-userspace").contains("| **6.00** | 0.60 | ≤ 0.50: **missed** |"),
+            "{md}"
+        );
+        assert!(
+            line("ours-xdp").contains("| **1.50** | 0.15 | ≤ 0.20: met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("4.0 frames per NAPI run, so 4.0 µs per run"),
+            "{md}"
+        );
+        assert!(md.contains("+0.50 µs per frame against the floor"), "{md}");
+    }
+}
