@@ -92,3 +92,66 @@ impl CpuSnapshot {
         }
     }
 }
+
+/// How long and how often threads ran on a CPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunTime {
+    /// Run time, ns.
+    pub ns: u64,
+    /// Times the threads were put on a CPU (wake-ups and preemptions).
+    pub runs: u64,
+}
+
+impl RunTime {
+    pub fn since(&self, before: &RunTime) -> RunTime {
+        RunTime {
+            ns: self.ns.saturating_sub(before.ns),
+            runs: self.runs.saturating_sub(before.runs),
+        }
+    }
+}
+
+impl std::iter::Sum for RunTime {
+    fn sum<I: Iterator<Item = RunTime>>(iter: I) -> RunTime {
+        iter.fold(RunTime::default(), |total, one| RunTime {
+            ns: total.ns + one.ns,
+            runs: total.runs + one.runs,
+        })
+    }
+}
+
+/// A thread's (task's) run time so far, from /proc/<tid>/schedstat: the scheduler's
+/// sum_exec_runtime (what /proc/<pid>/stat reports as utime+stime, in ticks) and pcount.
+/// Softirq work the thread did with bottom halves disabled (a threaded NAPI poll) counts;
+/// on this kernel (no CONFIG_IRQ_TIME_ACCOUNTING) so do interrupts that hit it.
+pub fn task_run_time(tid: u32) -> Result<RunTime> {
+    let path = format!("/proc/{tid}/schedstat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    match fields[..] {
+        [ns, _waiting, runs] => Ok(RunTime { ns, runs }),
+        _ => anyhow::bail!("malformed {path}: {text:?}"),
+    }
+}
+
+/// The thread ids of process `pid` (/proc/<pid>/task).
+pub fn threads(pid: u32) -> Result<Vec<u32>> {
+    let path = format!("/proc/{pid}/task");
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir(&path).with_context(|| format!("listing {path}"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+/// The run time of all current threads of process `pid` ([`task_run_time`] summed). A
+/// thread that exits between two readings takes its time with it; the servers' thread
+/// sets do not change while load runs.
+pub fn process_run_time(pid: u32) -> Result<RunTime> {
+    threads(pid)?.into_iter().map(task_run_time).sum()
+}

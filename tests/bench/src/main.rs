@@ -12,13 +12,17 @@
 //! half of coturn's maximum rate, and drives the XDP path at kernel speed with AF_PACKET
 //! ([`kernel_mode`]). Clients over TCP and TLS relay ChannelData to the same sink
 //! ([`stream_load`]; coturn and ours in userspace, as XDP relays UDP clients only).
-//! Results go to Markdown, JSON and SVG files ([`report`]).
+//! Last, the per-core comparison ([`per_core`]): each server with one relay thread,
+//! pinned with its NAPI kthreads to one core, its CPU per relayed packet at fixed rates;
+//! `--per-core-only` runs just that. Results go to Markdown, JSON and SVG files
+//! ([`report`]), the per-core table first.
 
 mod control;
 mod cpu;
 mod kernel_mode;
 mod live_cost;
 mod load;
+mod per_core;
 mod report;
 mod servers;
 mod stream_load;
@@ -88,7 +92,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the benchmark and write results.md, results.json and plots.
-    Run(RunOptions),
+    Run(Box<RunOptions>),
     /// Only the XDP program's per-path cost (BPF_PROG_TEST_RUN, the table `run` puts in
     /// results.md), printed as a Markdown table: seconds instead of minutes.
     XdpTiming {
@@ -119,7 +123,8 @@ fn main() -> Result<()> {
 /// Options of `turn-bench run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
-    /// A small subset (ChannelData and Send, 16 flows, 120 B; short steps): under 2 minutes.
+    /// A small subset (ChannelData and Send, 16 flows, 120 B; short steps, the per-core
+    /// comparison with 1 s steps): about 2.5 minutes.
     #[arg(long)]
     pub quick: bool,
     /// Where the Markdown, JSON and SVG results go.
@@ -162,6 +167,17 @@ pub struct RunOptions {
     /// message. Off by default, so runs compare with earlier ones.
     #[arg(long)]
     pub relay_gro: bool,
+    /// Offered rates (pps, comma separated) of the per-core comparison: relay CPU per
+    /// relayed packet with the relay and its NAPI kthreads pinned to one core (default
+    /// 20000,40000).
+    #[arg(long, value_delimiter = ',')]
+    pub per_core_rates: Vec<f64>,
+    /// Skip the per-core comparison.
+    #[arg(long, conflicts_with = "per_core_only")]
+    pub no_per_core: bool,
+    /// Only the per-core comparison (about a minute).
+    #[arg(long)]
+    pub per_core_only: bool,
 }
 
 /// One load shape.
@@ -283,6 +299,8 @@ pub struct BenchReport {
     /// ([`xdp_timing::time_paths`]), next to a pass-only program (`baseline_pass`).
     pub xdp_program_ns_per_packet: Vec<(String, f64)>,
     pub xdp_program_timing_error: Option<String>,
+    /// Relay CPU per relayed packet on one pinned core ([`per_core`]).
+    pub per_core: Option<per_core::PerCoreReport>,
 }
 
 struct Plan {
@@ -662,6 +680,25 @@ impl Bench {
         results
     }
 
+    /// Starts `kind` on the lab's topology with the bench's user and certificate.
+    fn start_server(
+        &self,
+        kind: ServerKind,
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        threads: servers::Threads,
+    ) -> Result<RunningServer> {
+        RunningServer::start(
+            kind,
+            &self.lab.topology,
+            &self.user,
+            &self.certificate,
+            relay_binary,
+            work_dir,
+            threads,
+        )
+    }
+
     fn measure_server(
         &mut self,
         kind: ServerKind,
@@ -670,14 +707,7 @@ impl Bench {
         latency_rate: Option<f64>,
         results: &mut ServerResults,
     ) -> Result<()> {
-        let server = RunningServer::start(
-            kind,
-            &self.lab.topology,
-            &self.user,
-            &self.certificate,
-            relay_binary,
-            work_dir,
-        )?;
+        let server = self.start_server(kind, relay_binary, work_dir, servers::Threads::PerCpu)?;
         let pid = server.pid();
         results.status = server.status();
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());
@@ -835,6 +865,15 @@ impl Bench {
     }
 }
 
+/// `--per-core-rates`, or the defaults.
+fn per_core_rates(options: &RunOptions) -> Vec<f64> {
+    if options.per_core_rates.is_empty() {
+        per_core::DEFAULT_RATES.to_vec()
+    } else {
+        options.per_core_rates.clone()
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -917,7 +956,18 @@ pub fn run(options: &RunOptions) -> Result<()> {
         servers: Vec::new(),
         xdp_program_ns_per_packet: Vec::new(),
         xdp_program_timing_error: None,
+        per_core: None,
     };
+    if options.per_core_only {
+        report.per_core =
+            Some(bench.per_core(&kinds, &per_core_rates(options), &relay_binary, &work_dir));
+        let written = report::write_all(&report, &options.out)?;
+        println!("{}", std::fs::read_to_string(&written).unwrap_or_default());
+        if interrupted() {
+            bail!("interrupted; partial results written");
+        }
+        return Ok(());
+    }
     if kinds.contains(&ServerKind::OursXdp) {
         eprintln!("turn-bench: XDP program per-path timing (BPF_PROG_TEST_RUN)");
         match xdp_timing::time_paths(if options.quick { 100_000 } else { 1_000_000 }) {
@@ -925,7 +975,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
             Err(error) => report.xdp_program_timing_error = Some(format!("{error:#}")),
         }
     }
-    for kind in kinds {
+    for kind in kinds.iter().copied() {
         if interrupted() {
             break;
         }
@@ -948,6 +998,11 @@ pub fn run(options: &RunOptions) -> Result<()> {
                 .map_err(|e| eprintln!("turn-bench: baseline failed: {e:#}"))
                 .ok();
         }
+    }
+    if !options.no_per_core && !interrupted() {
+        // Last, as it turns GRO and threaded NAPI on in the namespaces.
+        report.per_core =
+            Some(bench.per_core(&kinds, &per_core_rates(options), &relay_binary, &work_dir));
     }
     let written = report::write_all(&report, &options.out)?;
     println!("{}", std::fs::read_to_string(&written).unwrap_or_default());

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::load::{Percentiles, StepResult};
+use crate::load::{Percentiles, RelayMode, StepResult};
+use crate::per_core::{self, PerCoreReport};
 use crate::{BenchReport, Scenario, ScenarioResult, ServerResults};
 
 /// A no-relay one-way p99 above this means other load on the machine dominates latency.
@@ -108,6 +109,13 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
         report.loss_threshold * 100.0,
         report.started_unix
     );
+    if let Some(per_core) = &report.per_core {
+        per_core_section(per_core, &mut md);
+        if report.servers.is_empty() {
+            // `--per-core-only`: nothing else was measured.
+            return md;
+        }
+    }
     if report.relay_gro {
         let _ = writeln!(
             md,
@@ -315,6 +323,112 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
         let _ = writeln!(md, "![relayed vs offered]({plot})");
     }
     md
+}
+
+/// Per-core targets of issue 11 for frames sent from sockets (skbs on veth): relay CPU
+/// per packet as a fraction of coturn's.
+fn per_core_target(server: &str) -> Option<f64> {
+    match server {
+        "ours-xdp" => Some(0.2),
+        "ours-userspace" => Some(0.5),
+        _ => None,
+    }
+}
+
+/// The headline table: relay CPU per relayed packet on one pinned core.
+fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
+    let _ = writeln!(
+        md,
+        "## Relay CPU per relayed packet, relay pinned to one core\n\n\
+         IPv4, {} flows, {} B payload, fixed offered rates, {:.1} s per step. Each server runs one relay \
+         thread (coturn `--relay-threads=1`, ours `--threads 1`; ours-xdp relays in its XDP program, native \
+         mode). Threaded NAPI is on at the relay's client-side veth end (GRO on there) and at the peer's end; \
+         the server process and the relay's `napi/to-client-*` kthreads are pinned to CPU {}, the generator, \
+         the sink and the peer's NAPI kthreads to CPU {}. *Relay CPU* = run time (schedstat, ns) of all the \
+         server's threads (*process*) plus its NAPI kthreads (*NAPI*: GRO and the UDP receive path, or the \
+         XDP program) during the step, per packet the sink received (*pkts/run*: packets per time the server's threads / the NAPI kthreads \
+         were put on the CPU, i.e. per wake-up); it includes interrupts and softirqs \
+         that hit CPU {} while they ran (no CONFIG_IRQ_TIME_ACCOUNTING). The generator sends from sockets, \
+         so frames reach the relay's veth as skbs (as in containers). Targets for such frames: ours-xdp \
+         ≤ 0.20× coturn, ours-userspace ≤ 0.50× coturn.\n",
+        per_core::FLOWS,
+        per_core::PAYLOAD_LEN,
+        per_core.step_seconds,
+        per_core::RELAY_CPU,
+        per_core::LOAD_CPU,
+        per_core::RELAY_CPU,
+    );
+    for error in &per_core.errors {
+        let _ = writeln!(md, "**Not measured:** {}\n", first_line(error));
+    }
+    let _ = writeln!(
+        md,
+        "| load | offered pps | server | relayed pps | loss | process µs | NAPI µs | pkts/run process / NAPI | relay CPU µs/pkt | × coturn | target |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
+        for &rate in &per_core.rates {
+            let coturn = per_core.row("coturn", mode, rate);
+            for row in per_core
+                .rows
+                .iter()
+                .filter(|row| row.mode == mode && row.target_pps == rate)
+            {
+                let ratio = coturn
+                    .filter(|c| c.total_ns() > 0.0)
+                    .map(|c| row.total_ns() / c.total_ns());
+                let verdict = match (per_core_target(&row.server), ratio) {
+                    (Some(target), Some(ratio)) if ratio <= target => format!("≤ {target:.2}: met"),
+                    (Some(target), Some(_)) => format!("≤ {target:.2}: **missed**"),
+                    (Some(target), None) => format!("≤ {target:.2}: no coturn figure"),
+                    (None, _) => String::new(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {:.2} % | {:.2} | {:.2} | {:.1} / {:.1} | **{:.2}** | {} | {verdict} |",
+                    mode.label(),
+                    pps(row.offered_pps),
+                    row.server,
+                    pps(row.relayed_pps),
+                    row.loss_ratio * 100.0,
+                    row.process_ns / 1000.0,
+                    row.napi_ns / 1000.0,
+                    row.packets_per_process_run,
+                    row.packets_per_napi_run,
+                    row.total_ns() / 1000.0,
+                    ratio.map_or("–".to_owned(), |r| format!("{r:.2}")),
+                );
+            }
+        }
+    }
+    let _ = writeln!(md);
+    for floor in &per_core.floor {
+        let rate = floor.target_pps;
+        let _ = write!(
+            md,
+            "- A drop-only XDP program on the same veth end, no server, same pinning, ChannelData at \
+             {} pps: {:.2} µs of NAPI CPU per frame, {:.1} frames per NAPI run, so {:.1} µs per run: the \
+             floor of any XDP program fed socket-sent frames on veth (wake-up, skb → XDP frame conversion, \
+             the program call, freeing the frame).",
+            pps(floor.offered_pps),
+            floor.napi_ns / 1000.0,
+            floor.packets_per_napi_run,
+            floor.napi_ns * floor.packets_per_napi_run / 1000.0
+        );
+        if let Some(xdp) = per_core.row("ours-xdp", RelayMode::ChannelData, rate) {
+            let _ = write!(
+                md,
+                " ours-xdp's NAPI kthreads at that rate: {:.2} µs per frame, {:.1} frames per run, {:.1} µs \
+                 per run; {:+.2} µs per frame against the floor.",
+                xdp.napi_ns / 1000.0,
+                xdp.packets_per_napi_run,
+                xdp.napi_ns * xdp.packets_per_napi_run / 1000.0,
+                (xdp.napi_ns - floor.napi_ns) / 1000.0
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md);
 }
 
 /// The stream scenarios of `server` and coturn's, paired by index.
@@ -672,4 +786,67 @@ fn plot(report: &BenchReport, scenario_index: usize, title: &str) -> String {
     }
     let _ = writeln!(svg, "</svg>");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::per_core::{FloorRow, PerCoreRow};
+
+    fn row(server: &str, process_ns: f64, napi_ns: f64) -> PerCoreRow {
+        PerCoreRow {
+            server: server.to_owned(),
+            mode: RelayMode::ChannelData,
+            target_pps: 40_000.0,
+            offered_pps: 40_000.0,
+            relayed_pps: 40_000.0,
+            loss_ratio: 0.0,
+            process_ns,
+            napi_ns,
+            packets_per_process_run: 10.0,
+            packets_per_napi_run: 4.0,
+        }
+    }
+
+    #[test]
+    fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
+        let report = PerCoreReport {
+            rates: vec![40_000.0],
+            step_seconds: 2.0,
+            rows: vec![
+                row("coturn", 8_000.0, 2_000.0),
+                row("ours-userspace", 4_000.0, 2_000.0),
+                row("ours-xdp", 0.0, 1_500.0),
+            ],
+            floor: vec![FloorRow {
+                target_pps: 40_000.0,
+                offered_pps: 40_000.0,
+                napi_ns: 1_000.0,
+                packets_per_napi_run: 4.0,
+            }],
+            errors: Vec::new(),
+        };
+        let mut md = String::new();
+        per_core_section(&report, &mut md);
+        let line = |server: &str| {
+            md.lines()
+                .find(|line| line.contains(&format!("| {server} |")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(line("coturn").contains("| **10.00** | 1.00 |  |"), "{md}");
+        assert!(
+            line("ours-userspace").contains("| **6.00** | 0.60 | ≤ 0.50: **missed** |"),
+            "{md}"
+        );
+        assert!(
+            line("ours-xdp").contains("| **1.50** | 0.15 | ≤ 0.20: met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("4.0 frames per NAPI run, so 4.0 µs per run"),
+            "{md}"
+        );
+        assert!(md.contains("+0.50 µs per frame against the floor"), "{md}");
+    }
 }

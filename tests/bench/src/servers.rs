@@ -13,7 +13,7 @@ use turn_testkit::addresses::{
 };
 use turn_testkit::config::{RelayConfig, User, Xdp};
 use turn_testkit::coturn::Coturn;
-use turn_testkit::daemon::{Daemon, Files};
+use turn_testkit::daemon::{Daemon, Files, Launch};
 use turn_testkit::tls::TestCertificate;
 use turn_testkit::topology::Topology;
 
@@ -53,6 +53,16 @@ impl ServerKind {
     }
 }
 
+/// How many relay threads a server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// The server's default: coturn one relay thread per CPU, ours one worker per CPU.
+    PerCpu,
+    /// One relay thread (coturn `--relay-threads=1`, ours `--threads 1`), for the
+    /// per-core comparison ([`crate::per_core`]).
+    One,
+}
+
 /// A server process; stopped when dropped.
 pub enum RunningServer {
     Coturn { coturn: Coturn, log_path: PathBuf },
@@ -67,16 +77,21 @@ impl RunningServer {
         certificate: &TestCertificate,
         relay_binary: &Path,
         work_dir: &Path,
+        threads: Threads,
     ) -> Result<RunningServer> {
-        let log_path = work_dir.join(format!("{}.log", kind.name()));
+        let stem = match threads {
+            Threads::PerCpu => kind.name().to_owned(),
+            Threads::One => format!("{}-one-thread", kind.name()),
+        };
+        let log_path = work_dir.join(format!("{stem}.log"));
         let server = match kind {
             ServerKind::Coturn => {
                 let log = std::fs::File::create(&log_path)
                     .with_context(|| format!("creating {}", log_path.display()))?;
                 let coturn = Coturn::start(
                     &topology.relay,
-                    &coturn_arguments(user, certificate, work_dir),
-                    &work_dir.join("coturn.pid"),
+                    &coturn_arguments(user, certificate, work_dir, &stem, threads),
+                    &work_dir.join(format!("{stem}.pid")),
                     Stdio::from(log),
                 )
                 .context("starting coturn")?;
@@ -85,14 +100,22 @@ impl RunningServer {
             ServerKind::OursUserspace | ServerKind::OursXdp => {
                 let files = Files {
                     directory: work_dir.to_owned(),
-                    stem: kind.name().to_owned(),
+                    stem,
                     keep: true,
                 };
-                let daemon = Daemon::launch(
+                let launch = Launch {
+                    args: match threads {
+                        Threads::PerCpu => Vec::new(),
+                        Threads::One => vec!["--threads".to_owned(), "1".to_owned()],
+                    },
+                    ..Launch::default()
+                };
+                let daemon = Daemon::launch_with(
                     &topology.relay,
                     &our_config(kind, user).with_tls(certificate),
                     relay_binary,
                     files,
+                    &launch,
                 )
                 .with_context(|| format!("starting {}", kind.name()))?;
                 RunningServer::Ours(daemon)
@@ -188,9 +211,15 @@ fn log_line(log_path: &Path, marker: &str) -> Option<String> {
 }
 
 /// coturn tuned for this load: UDP, TCP and TLS (port 5349, `certificate`) clients, no
-/// CLI/DTLS, one relay thread per CPU (coturn's default), static long-term user, relay
-/// addresses on the peer side.
-fn coturn_arguments(user: &User, certificate: &TestCertificate, work_dir: &Path) -> Vec<String> {
+/// CLI/DTLS, one relay thread per CPU (coturn's default) or one, static long-term user,
+/// relay addresses on the peer side; its own log is `<stem>-internal.log`.
+fn coturn_arguments(
+    user: &User,
+    certificate: &TestCertificate,
+    work_dir: &Path,
+    stem: &str,
+    threads: Threads,
+) -> Vec<String> {
     let mut arguments: Vec<String> = [
         "-n",
         "--no-dtls",
@@ -205,7 +234,10 @@ fn coturn_arguments(user: &User, certificate: &TestCertificate, work_dir: &Path)
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let relay_threads = match threads {
+        Threads::PerCpu => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Threads::One => 1,
+    };
     arguments.extend([
         format!("--listening-ip={RELAY_LISTEN_V4}"),
         format!("--listening-port={TURN_PORT}"),
@@ -217,14 +249,14 @@ fn coturn_arguments(user: &User, certificate: &TestCertificate, work_dir: &Path)
         format!("--relay-ip={RELAY_RELAYED_V6}"),
         "--min-port=49152".to_string(),
         "--max-port=65535".to_string(),
-        format!("--relay-threads={cpus}"),
+        format!("--relay-threads={relay_threads}"),
         format!("--user={}:{}", user.name, user.password),
         format!("--realm={REALM}"),
         "--allowed-peer-ip=198.18.0.0-198.19.255.255".to_string(),
         "--allowed-peer-ip=2001:2::-2001:2:0:ffff:ffff:ffff:ffff:ffff".to_string(),
         format!(
             "--log-file={}",
-            work_dir.join("coturn-internal.log").display()
+            work_dir.join(format!("{stem}-internal.log")).display()
         ),
     ]);
     arguments

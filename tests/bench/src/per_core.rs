@@ -1,0 +1,439 @@
+//! The per-core comparison (issue 11): relay CPU per relayed packet with the relay
+//! isolated on one core.
+//!
+//! On veth, a frame's receive processing (GRO, the UDP stack or the XDP program) runs in
+//! the softirq of the CPU that sent it, i.e. the generator's, so a whole-machine CPU
+//! figure cannot tell the relay's work from the load's. Here:
+//! - threaded NAPI is on at the relay's client-side veth end (GRO on there, so it exists
+//!   for the userspace servers too) and at the peer's end; the relay's `napi/to-client-*`
+//!   kthreads and every thread of the server process run on [`RELAY_CPU`]; the generator,
+//!   the sink and the peer's NAPI kthreads on [`LOAD_CPU`];
+//! - each server runs with one relay thread (coturn `--relay-threads=1`, ours
+//!   `--threads 1`) at the same fixed offered rates;
+//! - relay CPU = the server process's CPU time + its NAPI kthreads' CPU time (scheduler
+//!   run time, [`crate::cpu::task_run_time`]) over the step, divided by the packets the sink
+//!   received.
+//!
+//! The generator sends from sockets, so frames reach the relay's veth as skbs, as in
+//! containers; an XDP program on veth then pays for turning each skb into an XDP frame.
+//! The *floor* row measures that: a drop-only XDP program on the same veth end, no server,
+//! the same pinning and rate, its kthreads' CPU per frame sent.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+use turn_testkit::addresses::{listener, OUTER_INTERFACE, RELAY_CLIENT_SIDE_INTERFACE};
+use turn_testkit::netns::Namespace;
+use turn_testkit::xdp::{StubAction, StubXdp};
+
+use crate::control::{self, Flow};
+use crate::cpu;
+use crate::load::{self, RelayMode};
+use crate::servers::{ServerKind, Threads};
+use crate::stream_load::ClientTransport;
+use crate::{Bench, Scenario};
+
+/// The core the relay (process and NAPI kthreads) runs on.
+pub const RELAY_CPU: usize = 1;
+/// The core of the generator, the sink and the peer's NAPI kthreads.
+pub const LOAD_CPU: usize = 0;
+/// Flows (allocations, each with a channel) of every step.
+pub const FLOWS: usize = 8;
+/// UDP payload bytes of every relayed datagram (probe header included).
+pub const PAYLOAD_LEN: usize = 120;
+/// The offered rates of the full run (pps).
+pub const DEFAULT_RATES: [f64; 2] = [20_000.0, 40_000.0];
+/// How long enabling threaded NAPI may take to start its kthreads.
+const KTHREAD_LIMIT: Duration = Duration::from_secs(2);
+
+/// One server at one rate and mode.
+#[derive(Clone, Debug, Serialize)]
+pub struct PerCoreRow {
+    pub server: String,
+    pub mode: RelayMode,
+    pub target_pps: f64,
+    pub offered_pps: f64,
+    pub relayed_pps: f64,
+    pub loss_ratio: f64,
+    /// The server process's CPU per relayed packet, ns.
+    pub process_ns: f64,
+    /// Its NAPI kthreads' CPU per relayed packet, ns.
+    pub napi_ns: f64,
+    /// Relayed packets per time a server thread was put on the CPU.
+    pub packets_per_process_run: f64,
+    /// Relayed packets per NAPI kthread run (poll batch after a wake-up).
+    pub packets_per_napi_run: f64,
+}
+
+impl PerCoreRow {
+    /// Relay CPU per relayed packet, ns.
+    pub fn total_ns(&self) -> f64 {
+        self.process_ns + self.napi_ns
+    }
+}
+
+/// The drop-only XDP program's CPU per frame on the relay's veth end (see the module
+/// documentation).
+#[derive(Clone, Debug, Serialize)]
+pub struct FloorRow {
+    pub target_pps: f64,
+    pub offered_pps: f64,
+    pub napi_ns: f64,
+    /// Frames per NAPI kthread run.
+    pub packets_per_napi_run: f64,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PerCoreReport {
+    pub rates: Vec<f64>,
+    pub step_seconds: f64,
+    pub rows: Vec<PerCoreRow>,
+    pub floor: Vec<FloorRow>,
+    /// Servers or parts that could not be measured.
+    pub errors: Vec<String>,
+}
+
+impl PerCoreReport {
+    /// The row of `server` at `mode` and `rate`.
+    pub fn row(&self, server: &str, mode: RelayMode, rate: f64) -> Option<&PerCoreRow> {
+        self.rows
+            .iter()
+            .find(|row| row.server == server && row.mode == mode && row.target_pps == rate)
+    }
+}
+
+/// A CPU set holding `cpus`.
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `set` is a valid cpu_set_t; CPU_SET bounds-checks `cpu`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// Runs thread `tid` (0: the calling thread) on `set` only.
+fn set_affinity(tid: u32, set: &libc::cpu_set_t) -> Result<()> {
+    // SAFETY: `set` points to a valid cpu_set_t of the size passed.
+    let done =
+        unsafe { libc::sched_setaffinity(tid as libc::pid_t, std::mem::size_of_val(set), set) };
+    ensure!(
+        done == 0,
+        "sched_setaffinity({tid}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Every thread of process `pid` on `cpu` (threads it starts later inherit it).
+fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    let set = cpu_set(&[cpu]);
+    for tid in cpu::threads(pid)? {
+        set_affinity(tid, &set).with_context(|| format!("pinning thread {tid} of {pid}"))?;
+    }
+    Ok(())
+}
+
+/// The calling thread (and the threads it starts: generator, sink) pinned to
+/// [`LOAD_CPU`] until dropped, when it may run anywhere again.
+struct LoadPinned {
+    previous: libc::cpu_set_t,
+}
+
+impl LoadPinned {
+    fn new() -> Result<LoadPinned> {
+        let mut previous = cpu_set(&[]);
+        // SAFETY: `previous` is a valid cpu_set_t of the size passed.
+        let done =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&previous), &mut previous) };
+        ensure!(
+            done == 0,
+            "sched_getaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+        set_affinity(0, &cpu_set(&[LOAD_CPU]))?;
+        Ok(LoadPinned { previous })
+    }
+}
+
+impl Drop for LoadPinned {
+    fn drop(&mut self) {
+        if let Err(error) = set_affinity(0, &self.previous) {
+            eprintln!("turn-bench: restoring the CPU affinity: {error:#}");
+        }
+    }
+}
+
+/// The kthreads whose name starts with `prefix` (`comm` is cut to 15 bytes).
+fn kthreads(prefix: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
+        })
+        .collect()
+}
+
+/// Turns threaded NAPI on at `interface` in `namespace` and pins the kthreads it starts
+/// (`napi/<interface>-<id>`, one per receive queue) to `cpu`; returns their ids.
+///
+/// The kthreads are told apart from other namespaces' same-named interfaces by appearing
+/// when the flag goes from 0 to 1.
+fn threaded_napi(namespace: &Namespace, interface: &str, cpu: usize) -> Result<Vec<u32>> {
+    let flag = |value: u8| {
+        // `ip netns exec` mounts the namespace's own /sys/class/net.
+        namespace
+            .run(
+                "sh",
+                &[
+                    "-c",
+                    &format!("echo {value} > /sys/class/net/{interface}/threaded"),
+                ],
+            )
+            .with_context(|| format!("setting {interface}/threaded to {value}"))
+    };
+    let prefix: String = format!("napi/{interface}-").chars().take(15).collect();
+    flag(0)?;
+    let before = kthreads(&prefix);
+    flag(1)?;
+    let deadline = Instant::now() + KTHREAD_LIMIT;
+    let started = loop {
+        let started: Vec<u32> = kthreads(&prefix)
+            .into_iter()
+            .filter(|pid| !before.contains(pid))
+            .collect();
+        if !started.is_empty() || Instant::now() >= deadline {
+            break started;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if started.is_empty() {
+        bail!("no {prefix}* kthread started after enabling threaded NAPI on {interface}");
+    }
+    let set = cpu_set(&[cpu]);
+    for &pid in &started {
+        set_affinity(pid, &set).with_context(|| format!("pinning {prefix}* kthread {pid}"))?;
+    }
+    Ok(started)
+}
+
+/// Run time of `threads` so far (a kthread that ended counts 0 from then on).
+fn threads_run_time(threads: &[u32]) -> cpu::RunTime {
+    threads
+        .iter()
+        .filter_map(|&tid| cpu::task_run_time(tid).ok())
+        .sum()
+}
+
+/// `packets` per run (0 runs: all of them in one).
+fn per_run(packets: u64, runs: u64) -> f64 {
+    packets as f64 / runs.max(1) as f64
+}
+
+fn scenario(mode: RelayMode) -> Scenario {
+    Scenario {
+        client: ClientTransport::Udp,
+        mode,
+        family: 4,
+        flows: FLOWS,
+        payload_len: PAYLOAD_LEN,
+    }
+}
+
+impl Bench {
+    /// The per-core comparison for `kinds` at `rates` (see the module documentation).
+    /// Failures of one server are recorded and the others still run.
+    pub fn per_core(
+        &mut self,
+        kinds: &[ServerKind],
+        rates: &[f64],
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+    ) -> PerCoreReport {
+        let mut report = PerCoreReport {
+            rates: rates.to_vec(),
+            step_seconds: self.plan.step.as_secs_f64(),
+            ..PerCoreReport::default()
+        };
+        if let Err(error) = self.per_core_runs(kinds, rates, relay_binary, work_dir, &mut report) {
+            eprintln!("turn-bench: per-core comparison: {error:#}");
+            report.errors.push(format!("{error:#}"));
+        }
+        report
+    }
+
+    fn per_core_runs(
+        &mut self,
+        kinds: &[ServerKind],
+        rates: &[f64],
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        report: &mut PerCoreReport,
+    ) -> Result<()> {
+        ensure!(
+            std::thread::available_parallelism().map_or(1, |n| n.get()) > RELAY_CPU,
+            "the per-core comparison needs CPUs {LOAD_CPU} and {RELAY_CPU}"
+        );
+        let relay = self.lab.topology.relay.handle();
+        // NAPI (hence threaded NAPI) exists on a veth end once GRO or XDP is on; GRO keeps
+        // it across the XDP server's attach and detach.
+        relay
+            .run("ethtool", &["-K", RELAY_CLIENT_SIDE_INTERFACE, "gro", "on"])
+            .context("turning GRO on at the relay's client-side veth")?;
+        self.lab.set_peer_side(StubAction::Pass)?;
+        threaded_napi(&self.lab.topology.peer, OUTER_INTERFACE, LOAD_CPU)
+            .context("the peer's veth end")?;
+        let _pinned = LoadPinned::new()?;
+        for &kind in kinds {
+            if crate::interrupted() {
+                bail!("interrupted");
+            }
+            eprintln!("turn-bench: per-core: {} (one relay thread)", kind.name());
+            if let Err(error) =
+                self.per_core_server(kind, rates, relay_binary, work_dir, &mut report.rows)
+            {
+                eprintln!("turn-bench: per-core: {}: {error:#}", kind.name());
+                report.errors.push(format!("{}: {error:#}", kind.name()));
+            }
+        }
+        if kinds.contains(&ServerKind::OursXdp) {
+            eprintln!("turn-bench: per-core: drop-only XDP floor");
+            match self.per_core_floor(rates) {
+                Ok(floor) => report.floor = floor,
+                Err(error) => report.errors.push(format!("drop-only floor: {error:#}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn per_core_server(
+        &mut self,
+        kind: ServerKind,
+        rates: &[f64],
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        rows: &mut Vec<PerCoreRow>,
+    ) -> Result<()> {
+        let server = self.start_server(kind, relay_binary, work_dir, Threads::One)?;
+        // After the server attached its XDP program (if any), so the kthreads are current.
+        let napi = threaded_napi(
+            &self.lab.topology.relay,
+            RELAY_CLIENT_SIDE_INTERFACE,
+            RELAY_CPU,
+        )
+        .context("the relay's client-side veth end")?;
+        let pid = server.pid();
+        pin_process(pid, RELAY_CPU)?;
+        for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
+            let flows = self.open_flows(FLOWS, 4)?;
+            let measured = rates
+                .iter()
+                .map(|&rate| self.per_core_step(kind, pid, &napi, &flows, mode, rate))
+                .collect::<Result<Vec<_>>>();
+            self.close_flows(flows);
+            rows.extend(measured?);
+        }
+        Ok(())
+    }
+
+    fn per_core_step(
+        &mut self,
+        kind: ServerKind,
+        pid: u32,
+        napi: &[u32],
+        flows: &[Flow],
+        mode: RelayMode,
+        rate: f64,
+    ) -> Result<PerCoreRow> {
+        let (process_before, napi_before) = (cpu::process_run_time(pid)?, threads_run_time(napi));
+        let step = self.measure(None, flows, &scenario(mode), Some(rate), false)?;
+        let process = cpu::process_run_time(pid)?.since(&process_before);
+        let napi_time = threads_run_time(napi).since(&napi_before);
+        ensure!(
+            step.received >= 1000,
+            "{} relayed only {} of {} {} packets at {rate} pps",
+            kind.name(),
+            step.received,
+            step.sent,
+            mode.label()
+        );
+        let per_packet = |ns: u64| ns as f64 / step.received as f64;
+        let row = PerCoreRow {
+            server: kind.name().to_owned(),
+            mode,
+            target_pps: rate,
+            offered_pps: step.offered_pps,
+            relayed_pps: step.relayed_pps,
+            loss_ratio: step.loss_ratio,
+            process_ns: per_packet(process.ns),
+            napi_ns: per_packet(napi_time.ns),
+            packets_per_process_run: per_run(step.received, process.runs),
+            packets_per_napi_run: per_run(step.received, napi_time.runs),
+        };
+        eprintln!(
+            "turn-bench: per-core: {} {} at {rate:.0} pps: relayed {:.0} pps, {:.2} µs per packet (process {:.2} + NAPI {:.2}), packets per run: process {:.1}, NAPI {:.1}",
+            kind.name(),
+            mode.label(),
+            row.relayed_pps,
+            row.total_ns() / 1000.0,
+            row.process_ns / 1000.0,
+            row.napi_ns / 1000.0,
+            row.packets_per_process_run,
+            row.packets_per_napi_run
+        );
+        Ok(row)
+    }
+
+    /// The drop-only XDP program on the relay's client-side veth end, no server: its
+    /// NAPI kthreads' CPU per ChannelData frame sent at each rate.
+    fn per_core_floor(&mut self, rates: &[f64]) -> Result<Vec<FloorRow>> {
+        let relay = self.lab.topology.relay.handle();
+        let _drop = StubXdp::attach(&relay, RELAY_CLIENT_SIDE_INTERFACE, StubAction::Drop)?;
+        let napi = threaded_napi(&relay, RELAY_CLIENT_SIDE_INTERFACE, RELAY_CPU)?;
+        let flows: Vec<Flow> = (0..FLOWS)
+            .map(|_| control::direct_flow(&self.lab.topology.client, listener(4)))
+            .collect::<Result<_>>()?;
+        let mut floor = Vec::new();
+        for &rate in rates {
+            self.next_step += 1;
+            let before = threads_run_time(&napi);
+            let outcome = load::generate(
+                &flows,
+                RelayMode::ChannelData,
+                PAYLOAD_LEN,
+                Some(rate),
+                self.plan.step,
+                self.next_step,
+                1,
+            );
+            std::thread::sleep(crate::DRAIN);
+            let spent = threads_run_time(&napi).since(&before);
+            ensure!(
+                outcome.sent >= 1000,
+                "the generator sent only {} frames",
+                outcome.sent
+            );
+            let row = FloorRow {
+                target_pps: rate,
+                offered_pps: outcome.sent as f64 / outcome.seconds.max(1e-9),
+                napi_ns: spent.ns as f64 / outcome.sent as f64,
+                packets_per_napi_run: per_run(outcome.sent, spent.runs),
+            };
+            eprintln!(
+                "turn-bench: per-core: drop-only XDP at {rate:.0} pps: {:.2} µs per frame, {:.1} frames per NAPI run",
+                row.napi_ns / 1000.0,
+                row.packets_per_napi_run
+            );
+            floor.push(row);
+        }
+        Ok(floor)
+    }
+}
