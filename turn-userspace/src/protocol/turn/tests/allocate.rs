@@ -479,14 +479,7 @@ fn even_port_without_reservation() {
 fn relay_bind_failure_replaces_the_queued_success_with_508() {
     let mut harness = Harness::new();
     let client = flow(CLIENT);
-    let transaction_id = harness.transaction_id();
-    let packet = harness.encode_request(
-        client,
-        Method::ALLOCATE,
-        &transaction_id,
-        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
-        Credentials::Md5("alice"),
-    );
+    let packet = harness.signed_allocate(client, "alice");
     harness
         .server
         .handle_client_datagram(harness.now, client, &packet, None);
@@ -649,14 +642,7 @@ fn one_user_cannot_take_the_transaction_cache_from_the_others() {
     // Bob's Allocate is still cached: its retransmission gets the identical success
     // (without the cache it would be a 437 Allocation Mismatch).
     let bob = flow(OTHER_CLIENT);
-    let transaction_id = harness.transaction_id();
-    let allocate = harness.encode_request(
-        bob,
-        Method::ALLOCATE,
-        &transaction_id,
-        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
-        Credentials::Md5("bob"),
-    );
+    let allocate = harness.signed_allocate(bob, "bob");
     let (_, _, first) = harness.send(bob, &allocate);
     assert_success(&first[0].payload);
     let (_, _, again) = harness.send(bob, &allocate);

@@ -420,6 +420,19 @@ impl<D: Datapath> Harness<D> {
         (transmit.payload, commands)
     }
 
+    /// An Allocate (UDP) for `flow` signed as `user` (MD5), not sent: for tests that
+    /// drive the server step by step.
+    pub(super) fn signed_allocate(&mut self, flow: ClientFlow, user: &str) -> Vec<u8> {
+        let transaction_id = self.transaction_id();
+        self.encode_request(
+            flow,
+            Method::ALLOCATE,
+            &transaction_id,
+            &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
+            Credentials::Md5(user),
+        )
+    }
+
     /// Allocates (UDP) for `flow` with `credentials` and extra attributes; returns the
     /// response.
     pub(super) fn allocate_as(

@@ -62,14 +62,7 @@ fn only_udp_may_be_relayed_whatever_the_client_transport() {
 fn responses_answer_on_the_connection_and_are_not_cached() {
     let mut harness = Harness::new();
     let client = stream_flow(CLIENT, Transport::Tls);
-    let transaction_id = harness.transaction_id();
-    let request = harness.encode_request(
-        client,
-        Method::ALLOCATE,
-        &transaction_id,
-        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
-        Credentials::Md5("alice"),
-    );
+    let request = harness.signed_allocate(client, "alice");
     let (_, _, transmits) = harness.send(client, &request);
     let [transmit] = transmits.as_slice() else {
         panic!("{transmits:?}")
@@ -94,14 +87,7 @@ fn stream_allocations_never_enter_the_fast_path() {
     let mut harness = Harness::new();
     let client = stream_flow(CLIENT, Transport::Tcp);
     let peer = addr(PEER);
-    let transaction_id = harness.transaction_id();
-    let allocate = harness.encode_request(
-        client,
-        Method::ALLOCATE,
-        &transaction_id,
-        &[raw(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])],
-        Credentials::Md5("alice"),
-    );
+    let allocate = harness.signed_allocate(client, "alice");
     harness
         .server
         .handle_client_datagram(harness.now, client, &allocate, None);
