@@ -162,6 +162,38 @@ pub enum Entry {
     },
 }
 
+/// An allocation with a permission (peer IP, ports) and a channel (peer, number), all
+/// living until `expires_at`.
+fn allocation_with_channel(
+    flow: ClientFlow,
+    relay: SocketAddr,
+    (peer_ip, ports): (IpAddr, PeerPortRange),
+    (peer, number): (SocketAddr, u16),
+    expires_at: Instant,
+) -> [Entry; 3] {
+    [
+        Entry::Allocation {
+            flow,
+            relay,
+            expires_at,
+        },
+        Entry::Permission {
+            flow,
+            relay,
+            peer_ip,
+            ports,
+            expires_at,
+        },
+        Entry::Channel {
+            flow,
+            relay,
+            peer,
+            number,
+            expires_at,
+        },
+    ]
+}
+
 /// Every allocation with its permissions and channels: live ones for 10 minutes from
 /// `now`, a permission for the relay's own public address on relay ports only, and on
 /// the IPv4 allocation also an expired one, peers without a neighbour entry or a route
@@ -171,52 +203,27 @@ pub fn entries(now: Instant) -> Vec<Entry> {
     let expired = now - Duration::from_secs(1);
     let mut entries = Vec::new();
     for cross in [V4_CLIENT_V6_RELAY, V6_CLIENT_V4_RELAY] {
-        let (flow, relay, peer) = (cross.flow(), cross.relay, cross.peer(Peer::Bound));
-        entries.extend([
-            Entry::Allocation {
-                flow,
-                relay,
-                expires_at: live,
-            },
-            Entry::Permission {
-                flow,
-                relay,
-                peer_ip: peer.ip(),
-                ports: PeerPortRange::ALL,
-                expires_at: live,
-            },
-            Entry::Channel {
-                flow,
-                relay,
-                peer,
-                number: CHANNEL_CROSS,
-                expires_at: live,
-            },
-        ]);
+        let peer = cross.peer(Peer::Bound);
+        entries.extend(allocation_with_channel(
+            cross.flow(),
+            cross.relay,
+            (peer.ip(), PeerPortRange::ALL),
+            (peer, CHANNEL_CROSS),
+            live,
+        ));
     }
     for allocation in [V4, V6] {
         let (flow, relay) = (allocation.flow(), allocation.relay);
-        entries.extend([
-            Entry::Allocation {
-                flow,
-                relay,
-                expires_at: live,
-            },
-            Entry::Permission {
-                flow,
-                relay,
-                peer_ip: allocation.peer(Peer::RelayPublicOnRelayPort).ip(),
-                ports: RELAY_PORTS,
-                expires_at: live,
-            },
-            Entry::Channel {
-                flow,
-                relay,
-                peer: allocation.peer(Peer::HighestChannel),
-                number: CHANNEL_HIGHEST,
-                expires_at: live,
-            },
-        ]);
+        entries.extend(allocation_with_channel(
+            flow,
+            relay,
+            (
+                allocation.peer(Peer::RelayPublicOnRelayPort).ip(),
+                RELAY_PORTS,
+            ),
+            (allocation.peer(Peer::HighestChannel), CHANNEL_HIGHEST),
+            live,
+        ));
         let mut peers = vec![(allocation.peer_ip, live, CHANNEL_PEER)];
         if allocation.peer_ip.is_ipv6() {
             peers.push((allocation.peer(Peer::Ipv4Mapped).ip(), live, CHANNEL_MAPPED));
