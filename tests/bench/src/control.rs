@@ -92,6 +92,14 @@ pub fn open_flow(
     })
 }
 
+impl Flow {
+    /// The flow's socket alone, its client (and that descriptor) dropped: the allocation
+    /// lives on until it expires, as its 5-tuple stays bound.
+    pub fn into_socket(self) -> UdpSocket {
+        self.socket
+    }
+}
+
 /// Deletes the allocation (Refresh with LIFETIME 0, RFC 8656 §8) so runs do not pile up.
 pub fn close_flow(flow: Flow) {
     let Some(mut client) = flow.client else {

@@ -15,7 +15,8 @@
 //! Last, the per-core comparison ([`per_core`]): each server with one relay thread,
 //! pinned with its NAPI kthreads to one core, its CPU per relayed packet at fixed rates;
 //! `--per-core-only` runs just that. Results go to Markdown, JSON and SVG files
-//! ([`report`]), the per-core table first.
+//! ([`report`]), the per-core table first. `turn-bench scale` ([`scale`]) measures memory
+//! per allocation instead.
 
 mod control;
 mod cpu;
@@ -24,6 +25,7 @@ mod live_cost;
 mod load;
 mod per_core;
 mod report;
+mod scale;
 mod servers;
 mod stream_load;
 mod xdp_timing;
@@ -101,12 +103,17 @@ enum Command {
         #[arg(long, default_value_t = xdp_timing::MAX_RUNS)]
         runs: u32,
     },
+    /// Scale and memory: ours with XDP and N allocations with a channel each, the
+    /// daemon's RSS per allocation and the XDP maps' kernel memory (minutes, not part of
+    /// `run`).
+    Scale(Box<scale::ScaleOptions>),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(options) => run(&options),
+        Command::Scale(options) => scale::run(&options),
         Command::XdpTiming { runs } => {
             if !is_root() {
                 bail!("turn-bench xdp-timing needs root (BPF_PROG_TEST_RUN, a network namespace)");
@@ -117,6 +124,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// `given`, or else the turn-relay daemon next to this binary (target/release/turn-relay).
+fn relay_binary(given: Option<&std::path::Path>) -> Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.to_owned()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("binary has no directory")?
+            .join("turn-relay")),
     }
 }
 
@@ -899,13 +917,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
-    let relay_binary = match &options.relay_binary {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary has no directory")?
-            .join("turn-relay"),
-    };
+    let relay_binary = relay_binary(options.relay_binary.as_deref())?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     let work_dir = options.out.join("logs");

@@ -128,7 +128,7 @@ impl RunningServer {
     /// Waits until the server answers a Binding request over IPv4 (so a v4-only run does
     /// not depend on IPv6; IPv6 flows' requests are retransmitted if the v6 socket should
     /// come up a moment later).
-    fn wait_ready(&self, kind: ServerKind, topology: &Topology) -> Result<()> {
+    pub fn wait_ready(&self, kind: ServerKind, topology: &Topology) -> Result<()> {
         let deadline = Instant::now() + READY_LIMIT;
         while Instant::now() < deadline && !crate::interrupted() {
             if answers_binding(&topology.client, listener(4)) {
@@ -264,7 +264,7 @@ fn coturn_arguments(
 
 /// turn-relay's configuration: both families, the benchmark's peers allowed, XDP in
 /// native mode or off.
-fn our_config(kind: ServerKind, user: &User) -> RelayConfig {
+pub fn our_config(kind: ServerKind, user: &User) -> RelayConfig {
     let xdp = match kind {
         ServerKind::OursXdp => Xdp::Native,
         _ => Xdp::Off,

@@ -10,18 +10,27 @@ use crate::daemon::config::Config;
 use crate::protocol::datapath::{Datapath, InMemoryDatapath};
 
 use super::interfaces::{self, Interface};
+use super::report;
 
 /// How a newcomer sees the fast path at work on one machine.
 const FAST_PATH_DEMO: &str = "To see the fast path, run `cargo xtask demo`: client, relay and \
                               peer in network namespaces, with live counters per path";
 
 /// Attaches XDP when the configuration asks for it. `auto` falls back to userspace-only
-/// relaying with a log line saying why; so do `native`/`skb`, loudly.
+/// relaying with a log line saying why; so do `native`/`skb`, loudly. Then logs the
+/// memory the relay needs at its configured caps.
 pub(super) fn select_datapath(config: &Config) -> (Box<dyn Datapath>, Option<XdpRelay>) {
+    let (datapath, relay, map_bytes) = choose_datapath(config);
+    report::log_memory_budget(config.max_allocations, map_bytes);
+    (datapath, relay)
+}
+
+/// The datapath, its XDP relay when attached, and the maps' kernel memory when known.
+fn choose_datapath(config: &Config) -> (Box<dyn Datapath>, Option<XdpRelay>, Option<u64>) {
     let userspace = || -> Box<dyn Datapath> { Box::new(InMemoryDatapath::default()) };
     if config.xdp_mode == XdpMode::Off {
         tracing::info!("XDP: off (xdp.mode = \"off\"); userspace relays everything");
-        return (userspace(), None);
+        return (userspace(), None, None);
     }
     let attached = interfaces_to_attach(config).and_then(|interfaces| {
         if interfaces.is_empty() {
@@ -45,21 +54,21 @@ pub(super) fn select_datapath(config: &Config) -> (Box<dyn Datapath>, Option<Xdp
                 ),
                 None => tracing::info!("{}", relay.status()),
             }
-            (Box::new(datapath), Some(relay))
+            (Box::new(datapath), Some(relay), memory)
         }
-        Ok(None) => (userspace(), None),
+        Ok(None) => (userspace(), None, None),
         Err(error) if config.xdp_mode == XdpMode::Auto => {
             tracing::warn!(
                 "XDP: not attached ({error:#}); falling back to userspace-only relaying"
             );
-            (userspace(), None)
+            (userspace(), None, None)
         }
         Err(error) => {
             tracing::error!(
                 "XDP: mode \"{}\" could not be attached ({error:#}); relaying in userspace only",
                 config.xdp_mode
             );
-            (userspace(), None)
+            (userspace(), None, None)
         }
     }
 }
