@@ -441,6 +441,60 @@ fn the_environment_overrides_the_file() {
     daemon.ensure_running().or_fail("turn-relay");
 }
 
+/// A relay configured for a million allocations (issue 11) starts, prints the memory it
+/// needs at that cap, serves, and stays within it; it warns that its relayed ports hold
+/// far fewer.
+#[test]
+fn a_million_allocations_start_within_the_memory_printed_at_start_up() {
+    let launch = Launch {
+        env: vec![("TURN_RELAY_SERVER_MAX_ALLOCATIONS".into(), "1000000".into())],
+        ..Launch::default()
+    };
+    let Some(Relay {
+        topology,
+        mut daemon,
+        _peer,
+    }) = relay(
+        "a_million_allocations_start_within_the_memory_printed_at_start_up",
+        Xdp::Off,
+        &launch,
+        false,
+    )
+    else {
+        return;
+    };
+    let log = daemon
+        .log_when(PATIENCE, |log| {
+            log.contains("memory at 1000000 allocations")
+        })
+        .or_fail("the start-up memory line");
+    let printed_mib: u64 = log
+        .split("memory at 1000000 allocations: about ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|number| number.parse().ok())
+        .or_fail(&format!("a MiB figure in the memory line:\n{log}"));
+    assert!(
+        log.contains("relayed ports") && log.contains("allocations can exist"),
+        "no warning that the ports hold fewer allocations:\n{log}"
+    );
+    let client = TurnClient::allocate_from(&topology.client, listener(), &user())
+        .or_fail("Allocate from the relay with a million-allocation cap");
+    drop(client);
+    let status = fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .or_fail("the daemon's /proc status");
+    let resident_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .or_fail("VmRSS");
+    assert!(
+        resident_kib <= printed_mib * 1024,
+        "resident {resident_kib} KiB above the {printed_mib} MiB printed at start-up"
+    );
+    daemon.ensure_running().or_fail("turn-relay");
+}
+
 /// `import-config` output for `--from format file`, checked by `--check-config`.
 fn import_and_check(format: &str, file: &std::path::Path) -> String {
     let binary = daemon_binary().or_fail("the turn-relay binary");

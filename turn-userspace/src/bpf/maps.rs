@@ -43,7 +43,7 @@ pub(crate) struct MapSizes {
 
 /// The most allocations the maps are sized for (a larger max_allocations still works:
 /// allocations beyond the maps' capacity are relayed in userspace).
-const MAX_FAST_PATH_ALLOCATIONS: u32 = 1 << 18;
+pub const MAX_FAST_PATH_ALLOCATIONS: u32 = 1 << 18;
 /// The most entries a permission or channel map gets, bounding its kernel memory (about
 /// 100 bytes per preallocated entry). Beyond it, the fast path refuses entries and the
 /// [`crate::protocol::datapath::FastPath`] hands those allocations to userspace.

@@ -51,6 +51,7 @@ use aya::{Ebpf, EbpfLoader};
 
 pub use datapath::BpfDatapath;
 pub use host::{ForwardingDisabled, IpFamily};
+pub use maps::MAX_FAST_PATH_ALLOCATIONS;
 pub use turn_common::counters::{Counter, Outcome};
 
 use maps::{MapSizes, Maps};

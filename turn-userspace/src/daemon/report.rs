@@ -82,28 +82,59 @@ const DAEMON_BYTES_PER_ALLOCATION: u64 = 6 * 1024;
 /// XDP attached on 2 CPUs), rounded up.
 const DAEMON_BASE_BYTES: u64 = 12 << 20;
 
-/// One line at start-up: the memory the relay needs at `max_allocations`, the XDP maps'
-/// kernel memory (`map_bytes`, preallocated, known once loaded) plus the daemon's own
-/// estimate, so an operator sees it before running out. Warns when the open-file limit
-/// cannot hold a relayed socket per allocation.
-pub(super) fn log_memory_budget(max_allocations: usize, map_bytes: Option<u64>) {
+/// One line at start-up: the memory the relay needs at `server.max_allocations`, the XDP
+/// maps' kernel memory (`map_bytes`, preallocated, known once loaded) plus the daemon's own
+/// estimate, so an operator sees it before running out. Warns when the open-file limit or
+/// the relayed ports cannot hold that many allocations, and says when the XDP maps hold
+/// fewer (the rest are relayed in userspace).
+pub(super) fn log_memory_budget(config: &Config, map_bytes: Option<u64>) {
+    let max_allocations = config.max_allocations;
     tracing::info!("{}", memory_budget(max_allocations, map_bytes));
     let allocations = u64::try_from(max_allocations).unwrap_or(u64::MAX);
+    let fast_path_slots = u64::from(crate::bpf::MAX_FAST_PATH_ALLOCATIONS);
+    if map_bytes.is_some() && allocations > fast_path_slots {
+        tracing::info!(
+            "the XDP maps hold {fast_path_slots} allocations (their kernel memory is \
+             bounded); allocations beyond them are relayed in userspace"
+        );
+    }
+    let relayed_ports = relayed_ports(config);
+    if allocations > relayed_ports {
+        tracing::warn!(
+            "max_allocations {max_allocations} is above the {relayed_ports} relayed ports \
+             (server.port_range on each relay address): each allocation holds one, so at \
+             most {relayed_ports} allocations can exist"
+        );
+    }
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: a valid resource and a pointer to a live rlimit.
+    let reachable = allocations.min(relayed_ports);
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
-        && limit.rlim_cur < allocations
+        && limit.rlim_cur < reachable
     {
         tracing::warn!(
-            "open-file limit {} is below max_allocations {max_allocations}: each allocation \
-             holds a relayed socket, so allocations fail once it is reached; raise it \
-             (systemd LimitNOFILE=)",
+            "open-file limit {} is below the {reachable} allocations this relay can hold: \
+             each allocation holds a relayed socket, so allocations fail once it is \
+             reached; raise it (systemd LimitNOFILE=)",
             limit.rlim_cur
         );
     }
+}
+
+/// How many relayed transport addresses exist: the port range on each relay address
+/// (RFC 8656 §7.2: one per allocation).
+fn relayed_ports(config: &Config) -> u64 {
+    let per_address = u64::from(*config.port_range.end())
+        .saturating_sub(u64::from(*config.port_range.start()))
+        + 1;
+    let addresses = [config.relay_v4.is_some(), config.relay_v6.is_some()]
+        .into_iter()
+        .filter(|&present| present)
+        .count() as u64;
+    per_address * addresses
 }
 
 /// The start-up memory line of [`log_memory_budget`].

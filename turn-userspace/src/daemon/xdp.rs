@@ -21,7 +21,7 @@ const FAST_PATH_DEMO: &str = "To see the fast path, run `cargo xtask demo`: clie
 /// memory the relay needs at its configured caps.
 pub(super) fn select_datapath(config: &Config) -> (Box<dyn Datapath>, Option<XdpRelay>) {
     let (datapath, relay, map_bytes) = choose_datapath(config);
-    report::log_memory_budget(config.max_allocations, map_bytes);
+    report::log_memory_budget(config, map_bytes);
     (datapath, relay)
 }
 

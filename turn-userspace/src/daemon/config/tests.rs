@@ -532,15 +532,15 @@ fn numbers_out_of_bounds_are_errors_naming_the_key() {
         ),
         (
             in_server("max_allocations = 0"),
-            "line 3: server.max_allocations: 0 is not between 1 and 262144",
+            "line 3: server.max_allocations: 0 is not between 1 and 4194304",
         ),
         (
             in_server("max_allocations = 4294967296"),
-            "line 3: server.max_allocations: 4294967296 is not between 1 and 262144",
+            "line 3: server.max_allocations: 4294967296 is not between 1 and 4194304",
         ),
         (
-            in_server("max_allocations_per_user = 1000000"),
-            "line 3: server.max_allocations_per_user: 1000000 is not between 0 and 262144",
+            in_server("max_allocations_per_user = 5000000"),
+            "line 3: server.max_allocations_per_user: 5000000 is not between 0 and 4194304",
         ),
         (
             in_server("port_range = \"1-65536\""),
@@ -621,8 +621,8 @@ fn numbers_out_of_bounds_are_errors_naming_the_key() {
     // The largest values within the bounds are accepted as they are.
     let config = Config::parse(
         &format!(
-            "{base}default_lifetime = 86400\nmax_lifetime = 86400\nmax_allocations = 262144\n\
-             max_allocations_per_user = 262144\nthreads = 1024\npermission_lifetime = 86400\n\
+            "{base}default_lifetime = 86400\nmax_lifetime = 86400\nmax_allocations = 4194304\n\
+             max_allocations_per_user = 4194304\nthreads = 1024\npermission_lifetime = 86400\n\
              channel_lifetime = 86400\nport_range = \"1-65535\"\nlisten = [\"198.18.0.2:3478\"]\n\
              [auth]\nnonce_lifetime = 86400\n[metrics]\nlisten = \"\"\n\
              [limits]\nmax_permissions_per_allocation = 256\nmax_channels_per_allocation = 256\n\
@@ -633,9 +633,9 @@ fn numbers_out_of_bounds_are_errors_naming_the_key() {
         "test.toml",
     )
     .expect("the bounds themselves are valid");
-    assert_eq!(config.max_allocations, 262_144);
+    assert_eq!(config.max_allocations, 4_194_304);
     assert_eq!(config.threads, 1024);
-    assert_eq!(config.xdp_settings(Vec::new()).max_allocations, 262_144);
+    assert_eq!(config.xdp_settings(Vec::new()).max_allocations, 4_194_304);
     assert_eq!(config.default_lifetime, Duration::from_secs(86_400));
     assert_eq!(config.limits.max_cached_responses_per_user, 65_536);
     assert_eq!(config.limits.unauthenticated_answers_per_second, 1_000_000);
@@ -935,7 +935,7 @@ fn environment_and_command_line_errors_name_their_source() {
     )];
     assert_eq!(
         error_of_sources(&sources),
-        "config error: environment TURN_RELAY_SERVER_MAX_ALLOCATIONS: server.max_allocations: 0 is not between 1 and 262144"
+        "config error: environment TURN_RELAY_SERVER_MAX_ALLOCATIONS: server.max_allocations: 0 is not between 1 and 4194304"
     );
     // Variables that name no key are ignored with a warning: orchestrators add their own
     // (Kubernetes, for a Service called turn-relay: TURN_RELAY_SERVICE_HOST…).

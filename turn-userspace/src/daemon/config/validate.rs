@@ -21,8 +21,11 @@ use super::{defaults, random_nonce_secret, Config, ConfigError, RelayAddressConf
 /// The longest lifetime of anything with one (allocations, permissions, channels, nonces):
 /// one day. Clients refresh long before; the bound keeps deadlines far from overflow.
 pub const MAX_LIFETIME_SECS: u64 = 86_400;
-/// The most allocations one relay holds (the XDP maps are sized for at most this many).
-pub const MAX_ALLOCATIONS: u64 = 1 << 18;
+/// The most allocations one relay may be configured for (`server.max_allocations`): far
+/// above what its relayed ports allow today (one port each, see the start-up warning), so
+/// that only a typo is refused. The XDP maps are bounded on their own
+/// (`bpf::maps::MapSizes`); allocations beyond them are relayed in userspace.
+pub const MAX_ALLOCATIONS: u64 = 1 << 22;
 /// The most relay worker threads (`server.threads`, `--threads`).
 pub const MAX_THREADS: u64 = 1024;
 /// The most permissions or channels one allocation may hold (`limits.max_*_per_allocation`):
