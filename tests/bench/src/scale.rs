@@ -222,14 +222,16 @@ fn open_flows(
 /// The Markdown table of the measurement.
 fn table(max_allocations: u32, idle_rss: u64, map_bytes: Option<u64>, points: &[Point]) -> String {
     let kib = |bytes: u64| bytes / 1024;
+    // The maps hold at most MAX_FAST_PATH_ALLOCATIONS; the rest relay in userspace.
+    let slots = max_allocations.clamp(1, turn_relay::bpf::MAX_FAST_PATH_ALLOCATIONS);
     let mut out = format!(
         "max_allocations = {max_allocations}; daemon RSS with no allocation: {} KiB; XDP maps: {}\n\n",
         kib(idle_rss),
         match map_bytes {
             Some(bytes) => format!(
-                "{} KiB ({:.0} bytes per allocation slot)",
+                "{} KiB for {slots} allocation slots ({:.0} bytes per slot)",
                 kib(bytes),
-                bytes as f64 / f64::from(max_allocations.max(1))
+                bytes as f64 / f64::from(slots)
             ),
             None => "not logged".to_owned(),
         }
@@ -342,7 +344,10 @@ mod tests {
             },
         ];
         let table = table(4096, 10 << 20, Some(4 << 20), &points);
-        assert!(table.contains("1024 bytes per allocation slot"), "{table}");
+        assert!(
+            table.contains("4096 KiB for 4096 allocation slots (1024 bytes per slot)"),
+            "{table}"
+        );
         assert!(
             table.contains("| 1000 | 1.0 | 11264 | 1049 | – |"),
             "{table}"

@@ -37,7 +37,7 @@ impl<R: rand::RngCore> Server<R> {
         &mut self,
         flow: ClientFlow,
         usage: Option<AllocationUsage>,
-    ) -> Option<Allocation> {
+    ) -> Option<Box<Allocation>> {
         let allocation = self.allocations.remove(&flow)?;
         self.flows_by_relay.remove(&allocation.relay);
         self.timers.cancel(TimerKind::Allocation(flow));

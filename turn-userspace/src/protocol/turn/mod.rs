@@ -378,7 +378,9 @@ pub struct Server<R: rand::RngCore> {
     auth: Authenticator,
     policy: PeerPolicy,
     rng: R,
-    allocations: HashMap<ClientFlow, Allocation>,
+    /// Boxed: an allocation is several hundred bytes, and the table's spare slots (up to
+    /// half of them after it grows) would each hold one; boxed, a spare slot is a pointer.
+    allocations: HashMap<ClientFlow, Box<Allocation>>,
     /// Relay (bind) address → the allocation's client flow.
     flows_by_relay: HashMap<SocketAddr, ClientFlow>,
     allocations_per_user: HashMap<String, usize>,

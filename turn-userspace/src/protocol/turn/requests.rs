@@ -312,7 +312,7 @@ impl<R: rand::RngCore> Server<R> {
         self.install_allocation_in_fast_path(flow, relay, expires_at);
         self.allocations.insert(
             flow,
-            Allocation {
+            Box::new(Allocation {
                 relay,
                 created_at: now.instant,
                 expires_at,
@@ -329,7 +329,7 @@ impl<R: rand::RngCore> Server<R> {
                 channel_by_peer: HashMap::new(),
                 cooling_channels: HashMap::new(),
                 userspace_traffic: UserspaceTraffic::default(),
-            },
+            }),
         );
         self.flows_by_relay.insert(relay, flow);
         self.count_for_user(&auth.quota_user);
