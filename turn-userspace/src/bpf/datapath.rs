@@ -1,6 +1,8 @@
 //! [`BpfDatapath`]: the [`Datapath`] the core's fast-path commands are applied to, writing
 //! the XDP program's maps through [`super::maps::Tables`] and keeping a mirror of what it
-//! installed (to cascade removals and bound channel expiries by their allocation's).
+//! installed (to cascade removals and bound channel expiries by their allocation's). The
+//! mirror holds each allocation's permissions and channels with the allocation, so a
+//! refresh or a removal touches only that allocation's entries, however many others exist.
 //!
 //! Every key and value holds exactly the addresses of the entry, as the core checked
 //! them: nothing is canonicalised (an IPv4-mapped or NAT64 peer is an IPv6 address), and
@@ -9,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
 
 use super::clock::monotonic_ns;
 use super::maps::{AllocationRecord, ChannelRecord, MapAddress, Tables};
@@ -18,11 +19,21 @@ use crate::protocol::datapath::{
     RelayedTraffic,
 };
 
-/// An allocation as installed: its entry and its TRAFFIC slot.
-#[derive(Debug, Clone, Copy)]
+/// An allocation as installed: its entry, its TRAFFIC slot, and the permissions and
+/// channels installed for it (a handful each: bounded by the core's per-allocation caps).
+#[derive(Debug)]
 struct Installed {
     entry: AllocationEntry,
     slot: u32,
+    permissions: Vec<IpAddr>,
+    channels: Vec<ChannelEntry>,
+}
+
+/// Adds `item` growing `list` by one slot only: these lists usually hold one or two
+/// entries, and one allocation's spare capacity would otherwise cost more than its entries.
+fn push_exact<T>(list: &mut Vec<T>, item: T) {
+    list.reserve_exact(1);
+    list.push(item);
 }
 
 /// The XDP program's flow tables, as a [`Datapath`]. Obtained from
@@ -36,18 +47,22 @@ pub struct BpfDatapath {
     tables: Box<Tables>,
     /// Keyed by relayed address.
     allocations: HashMap<SocketAddr, Installed>,
-    permissions: HashMap<(SocketAddr, IpAddr), Instant>,
-    channels: HashMap<(SocketAddr, u16), ChannelEntry>,
     free_slots: Vec<u32>,
     next_slot: u32,
 }
 
 impl std::fmt::Debug for BpfDatapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = |entries: fn(&Installed) -> usize| -> usize {
+            self.allocations.values().map(entries).sum()
+        };
         f.debug_struct("BpfDatapath")
             .field("allocations", &self.allocations.len())
-            .field("permissions", &self.permissions.len())
-            .field("channels", &self.channels.len())
+            .field(
+                "permissions",
+                &count(|installed| installed.permissions.len()),
+            )
+            .field("channels", &count(|installed| installed.channels.len()))
             .finish_non_exhaustive()
     }
 }
@@ -72,21 +87,10 @@ fn specific(what: &str, address: SocketAddr) -> Result<MapAddress, DatapathError
 }
 
 impl BpfDatapath {
-    /// The channels installed for the allocation on `relay`.
-    fn channels_of(&self, relay: SocketAddr) -> Vec<ChannelEntry> {
-        self.channels
-            .values()
-            .filter(|channel| channel.relay == relay)
-            .copied()
-            .collect()
-    }
-
     pub(crate) fn new(tables: Tables) -> BpfDatapath {
         BpfDatapath {
             tables: Box::new(tables),
             allocations: HashMap::new(),
-            permissions: HashMap::new(),
-            channels: HashMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
         }
@@ -149,14 +153,36 @@ impl BpfDatapath {
             tracing::warn!(%error, relay = %entry.relay, channel = entry.number, "removing a fast-path channel failed");
         }
     }
+
+    /// Channel `number` of the allocation on `relay`, as installed.
+    fn installed_channel(&self, relay: SocketAddr, number: u16) -> Option<ChannelEntry> {
+        self.allocations
+            .get(&relay)?
+            .channels
+            .iter()
+            .find(|channel| channel.number == number)
+            .copied()
+    }
+
+    fn remove_permission_entry(&mut self, relay: SocketAddr, peer: IpAddr) {
+        if let Err(error) = self
+            .tables
+            .remove_permission(MapAddress::socket(relay), MapAddress::ip(peer))
+        {
+            tracing::warn!(%error, %relay, %peer, "removing a fast-path permission failed");
+        }
+    }
 }
 
 impl Datapath for BpfDatapath {
     fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
         let relay = entry.relay;
-        let previous = self.allocations.get(&relay).copied();
+        let previous = self
+            .allocations
+            .get(&relay)
+            .map(|installed| (installed.slot, installed.entry.flow));
         let slot = match previous {
-            Some(installed) => installed.slot,
+            Some((slot, _)) => slot,
             None => self.take_slot()?,
         };
         let record = match Self::allocation_record(&entry, slot) {
@@ -168,9 +194,9 @@ impl Datapath for BpfDatapath {
                 return Err(error);
             }
         };
-        if let Some(installed) = previous {
-            if installed.entry.flow != entry.flow {
-                self.remove_allocation(installed.entry.flow, relay);
+        if let Some((_, flow)) = previous {
+            if flow != entry.flow {
+                self.remove_allocation(flow, relay);
                 return self.install_allocation(entry);
             }
         } else if let Err(error) = self.tables.reset_traffic(slot) {
@@ -189,12 +215,30 @@ impl Datapath for BpfDatapath {
             }
             return Err(error);
         }
-        self.allocations.insert(relay, Installed { entry, slot });
+        self.allocations
+            .entry(relay)
+            .and_modify(|installed| installed.entry = entry)
+            .or_insert(Installed {
+                entry,
+                slot,
+                permissions: Vec::new(),
+                channels: Vec::new(),
+            });
         // A refresh moves the bound of this allocation's channels' expiry.
-        let channels = self.channels_of(relay);
-        for channel in channels {
-            let record = self.channel_record(&channel)?;
-            self.tables.insert_channel(&record)?;
+        let records = self
+            .allocations
+            .get(&relay)
+            .map(|installed| {
+                installed
+                    .channels
+                    .iter()
+                    .map(|channel| self.channel_record(channel))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        for record in &records {
+            self.tables.insert_channel(record)?;
         }
         Ok(())
     }
@@ -213,19 +257,11 @@ impl Datapath for BpfDatapath {
         if let Err(error) = self.tables.remove_allocation(&record) {
             tracing::warn!(%error, %relay, "removing a fast-path allocation failed");
         }
-        let peers: Vec<IpAddr> = self
-            .permissions
-            .keys()
-            .filter(|(r, _)| *r == relay)
-            .map(|(_, peer)| *peer)
-            .collect();
-        for peer in peers {
-            self.remove_permission(relay, peer);
+        for &peer in &installed.permissions {
+            self.remove_permission_entry(relay, peer);
         }
-        let channels = self.channels_of(relay);
-        for channel in channels {
-            self.channels.remove(&(relay, channel.number));
-            self.remove_channel_entries(&channel);
+        for channel in &installed.channels {
+            self.remove_channel_entries(channel);
         }
         self.free_slots.push(installed.slot);
     }
@@ -233,12 +269,12 @@ impl Datapath for BpfDatapath {
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
         let relay = entry.relay;
         same_family(relay, entry.peer_ip)?;
-        if !self.allocations.contains_key(&relay) {
+        let Some(installed) = self.allocations.get_mut(&relay) else {
             // Without its allocation the entry would never be used: keep the map for others.
             return Err(DatapathError::Update(format!(
                 "no fast-path allocation for {relay}"
             )));
-        }
+        };
         let relay_address = specific("relayed address", relay)?;
         let peer = entry.peer_ip;
         self.tables.insert_permission(
@@ -247,41 +283,59 @@ impl Datapath for BpfDatapath {
             entry.ports.first..=entry.ports.last,
             monotonic_ns(entry.expires_at),
         )?;
-        self.permissions.insert((relay, peer), entry.expires_at);
+        if !installed.permissions.contains(&peer) {
+            push_exact(&mut installed.permissions, peer);
+        }
         Ok(())
     }
 
     fn remove_permission(&mut self, relay: SocketAddr, peer: IpAddr) {
-        if self.permissions.remove(&(relay, peer)).is_none() {
+        let Some(installed) = self.allocations.get_mut(&relay) else {
             return;
-        }
-        if let Err(error) = self
-            .tables
-            .remove_permission(MapAddress::socket(relay), MapAddress::ip(peer))
-        {
-            tracing::warn!(%error, %relay, %peer, "removing a fast-path permission failed");
-        }
+        };
+        let Some(index) = installed.permissions.iter().position(|&p| p == peer) else {
+            return;
+        };
+        installed.permissions.swap_remove(index);
+        self.remove_permission_entry(relay, peer);
     }
 
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
-        let relay = entry.relay;
         let record = self.channel_record(&entry)?;
         // Re-binding a number to another peer (or a peer to another number) must not
         // leave the old pairing relaying.
-        if let Some(previous) = self.channels.get(&(relay, entry.number)).copied() {
+        if let Some(previous) = self.installed_channel(entry.relay, entry.number) {
             if previous.peer != entry.peer || previous.flow != entry.flow {
                 self.remove_channel_entries(&previous);
             }
         }
         self.tables.insert_channel(&record)?;
-        self.channels.insert((relay, entry.number), entry);
+        if let Some(installed) = self.allocations.get_mut(&entry.relay) {
+            match installed
+                .channels
+                .iter_mut()
+                .find(|channel| channel.number == entry.number)
+            {
+                Some(channel) => *channel = entry,
+                None => push_exact(&mut installed.channels, entry),
+            }
+        }
         Ok(())
     }
 
     fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
-        if let Some(entry) = self.channels.remove(&(relay, number)) {
-            self.remove_channel_entries(&entry);
-        }
+        let Some(installed) = self.allocations.get_mut(&relay) else {
+            return;
+        };
+        let Some(index) = installed
+            .channels
+            .iter()
+            .position(|channel| channel.number == number)
+        else {
+            return;
+        };
+        let entry = installed.channels.swap_remove(index);
+        self.remove_channel_entries(&entry);
     }
 
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
