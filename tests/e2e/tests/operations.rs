@@ -450,20 +450,12 @@ fn a_million_allocations_start_within_the_memory_printed_at_start_up() {
         env: vec![("TURN_RELAY_SERVER_MAX_ALLOCATIONS".into(), "1000000".into())],
         ..Launch::default()
     };
-    let Some(Relay {
-        topology,
-        mut daemon,
-        _peer,
-    }) = relay(
-        "a_million_allocations_start_within_the_memory_printed_at_start_up",
-        Xdp::Off,
-        &launch,
-        false,
-    )
-    else {
+    let test = "a_million_allocations_start_within_the_memory_printed_at_start_up";
+    let Some(mut started) = relay(test, Xdp::Off, &launch, false) else {
         return;
     };
-    let log = daemon
+    let log = started
+        .daemon
         .log_when(PATIENCE, |log| {
             log.contains("memory at 1000000 allocations")
         })
@@ -478,10 +470,10 @@ fn a_million_allocations_start_within_the_memory_printed_at_start_up() {
         log.contains("relayed ports") && log.contains("allocations can exist"),
         "no warning that the ports hold fewer allocations:\n{log}"
     );
-    let client = TurnClient::allocate_from(&topology.client, listener(), &user())
+    let client = TurnClient::allocate_from(&started.topology.client, listener(), &user())
         .or_fail("Allocate from the relay with a million-allocation cap");
     drop(client);
-    let status = fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+    let status = fs::read_to_string(format!("/proc/{}/status", started.daemon.pid()))
         .or_fail("the daemon's /proc status");
     let resident_kib: u64 = status
         .lines()
@@ -492,7 +484,7 @@ fn a_million_allocations_start_within_the_memory_printed_at_start_up() {
         resident_kib <= printed_mib * 1024,
         "resident {resident_kib} KiB above the {printed_mib} MiB printed at start-up"
     );
-    daemon.ensure_running().or_fail("turn-relay");
+    started.daemon.ensure_running().or_fail("turn-relay");
 }
 
 /// `import-config` output for `--from format file`, checked by `--check-config`.
