@@ -173,7 +173,15 @@ impl Datapath for BpfDatapath {
                 self.remove_allocation(installed.entry.flow, relay);
                 return self.install_allocation(entry);
             }
-        } else if let Err(error) = self.tables.reset_traffic(slot) {
+            // A refresh keeps the buckets (a rewrite would fill them up again).
+            if installed.entry.bytes_per_second != entry.bytes_per_second {
+                self.tables.limit_bandwidth(slot, entry.bytes_per_second)?;
+            }
+        } else if let Err(error) = self
+            .tables
+            .reset_traffic(slot)
+            .and_then(|()| self.tables.limit_bandwidth(slot, entry.bytes_per_second))
+        {
             self.free_slots.push(slot);
             return Err(error);
         }
@@ -300,5 +308,9 @@ impl Datapath for BpfDatapath {
                 RelayedTraffic::default()
             }
         }
+    }
+
+    fn limit_relay_bandwidth(&mut self, bytes_per_second: u64) -> Result<(), DatapathError> {
+        self.tables.limit_relay_bandwidth(bytes_per_second)
     }
 }
