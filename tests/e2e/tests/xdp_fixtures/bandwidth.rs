@@ -17,12 +17,12 @@ use turn_relay::protocol::datapath::ClientFlow;
 use turn_testkit::addresses::{
     CLIENT_V4, CLIENT_V6, PEER_V4, PEER_V6, RELAY_LISTEN_V4, RELAY_LISTEN_V6,
 };
-use turn_testkit::config::{RelayConfig, User, Xdp};
 use turn_testkit::in_memory::{InMemoryClient, InMemoryRelay};
 use turn_testkit::stun_client::{channel_data, send_indication};
-use turn_testkit::testbed::{Testbed, XDP_DROP, XDP_REDIRECT, XDP_TX};
+use turn_testkit::testbed::{XDP_DROP, XDP_REDIRECT, XDP_TX};
 use turn_testkit::{privileged, OrFail};
 
+use crate::core_commands::program_and_core;
 use crate::rows::{IpVariant, Origin, Peer, CHANNEL_PEER};
 use crate::runner;
 use crate::world::{Allocation, CLIENT_PORT, LISTENER_PORT, PEER_PORT};
@@ -110,15 +110,11 @@ fn both_paths_limit_bandwidth_alike() {
     if !privileged("both_paths_limit_bandwidth_alike") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut applier = testbed.fast_path().or_fail("datapath").into_applier();
-    let user = User::new("alice", "alice-password");
-    let config = RelayConfig::new(Xdp::Native)
-        .with_ipv6()
-        .with_user(&user.name, &user.password)
-        .with_limit("max_bytes_per_second_per_allocation", PER_ALLOCATION)
-        .with_limit("max_bytes_per_second_total", TOTAL);
-    let mut relay = InMemoryRelay::new(&config).or_fail("the core");
+    let (testbed, mut applier, mut relay, user) = program_and_core(|config| {
+        config
+            .with_limit("max_bytes_per_second_per_allocation", PER_ALLOCATION)
+            .with_limit("max_bytes_per_second_total", TOTAL)
+    });
     let flow = |client, listener| {
         ClientFlow::udp(
             SocketAddr::new(client, CLIENT_PORT),
