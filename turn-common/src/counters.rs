@@ -95,12 +95,15 @@ outcomes! {
     PassInternal = "pass_internal",
     /// Peer → relay address without a valid permission (RFC 8656 §9: discarded).
     DropNoPermission = "drop_no_permission",
+    /// Data over the allocation's or the relay's bandwidth limit
+    /// ([`crate::bandwidth`]): dropped, as userspace drops it.
+    DropRateLimited = "drop_rate_limited",
 }
 
 impl Outcome {
     /// True for the outcomes whose frames the program drops.
     pub const fn is_drop(self) -> bool {
-        matches!(self, Outcome::DropNoPermission)
+        matches!(self, Outcome::DropNoPermission | Outcome::DropRateLimited)
     }
 }
 

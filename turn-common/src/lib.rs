@@ -4,6 +4,7 @@
 //! `bpfel-unknown-none` and for the host, where unit tests pin their layout.
 #![no_std]
 
+pub mod bandwidth;
 pub mod checksum;
 pub mod counters;
 pub mod maps;

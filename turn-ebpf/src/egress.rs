@@ -4,7 +4,8 @@
 //! (which never moves), XDP_TX or a redirect to an attached interface.
 //!
 //! Nothing in the frame changes until the next hop is known and every length checks
-//! out, so every `Err` leaves the frame as it arrived for the stack (`XDP_PASS`).
+//! out, so every `Err` leaves the frame as it arrived for the stack (`XDP_PASS`), except
+//! `DropRateLimited` (over a bandwidth limit, see [`crate::bandwidth`]: dropped).
 
 use aya_ebpf::bindings::{
     bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS,
@@ -22,7 +23,7 @@ use turn_common::maps::{NextHop, FAMILY_V4};
 use crate::packet::{
     bounds, load, Address, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_OFFSET, UDP_LEN,
 };
-use crate::{routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
+use crate::{bandwidth, routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -80,6 +81,8 @@ pub struct Job {
     pub prefix: [u32; MAX_PREFIX_WORDS],
     pub prefix_words: usize,
     pub relayed: Outcome,
+    /// The allocation's slot: its traffic counters and bandwidth limit.
+    pub slot: u32,
 }
 
 /// Rebuilds the frame as `eth | ip | udp | prefix | data | padding` per `job` and sends
@@ -93,8 +96,16 @@ pub fn forward(
     next_hop: &mut NextHop,
 ) -> Result<Relayed, Outcome> {
     let action = prepare(ctx, packet, job, next_hop)?;
-    let udp_checksum = udp_checksum(ctx, packet, job)?;
-    rewrite(ctx, packet, job, next_hop, udp_checksum)?;
+    // Charged once the frame is known to be relayable, as userspace charges what it
+    // relays: what goes to the stack below is charged there instead.
+    bandwidth::charge(job)?;
+    let udp_checksum = match udp_checksum(ctx, packet, job) {
+        Ok(udp_checksum) => udp_checksum,
+        Err(outcome) => return Err(bandwidth::refund(job, outcome)),
+    };
+    if let Err(outcome) = rewrite(ctx, packet, job, next_hop, udp_checksum) {
+        return Err(bandwidth::refund(job, outcome));
+    }
     Ok(Relayed {
         action,
         outcome: job.relayed,

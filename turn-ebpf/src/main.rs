@@ -10,8 +10,12 @@
 //! what its path needs, including a cached next hop ([`turn_common::maps::NextHop`]), so
 //! `bpf_fib_lookup` runs only for an entry's first frame and after a routing change.
 #![no_std]
+// BPF_CMPXCHG for the bandwidth buckets (see `bandwidth`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
+mod bandwidth;
 mod egress;
 mod fingerprint;
 mod packet;

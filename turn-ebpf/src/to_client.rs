@@ -87,6 +87,7 @@ fn relay_channel_data(
     job.prefix[0] = wire_word([number[0], number[1], len[0], len[1]]);
     job.prefix_words = 1;
     job.relayed = Outcome::RelayedChannelDataToClient;
+    job.slot = slot;
     let relayed = forward(ctx, packet, job, &mut channel.next_hop)?;
     add_traffic(slot, data_len, false);
     Ok(relayed)
@@ -141,6 +142,7 @@ pub fn data_indication(
     };
     job.prefix_words = data_indication_prefix(packet, pad, &mut job.prefix);
     job.relayed = Outcome::RelayedDataIndicationToClient;
+    job.slot = slot;
     let relayed = forward(ctx, packet, job, &mut allocation.next_hop)?;
     add_traffic(slot, data_len, false);
     Ok(relayed)

@@ -81,6 +81,7 @@ fn relay_channel_data(
     job.prefix_words = 0;
     job.relayed = Outcome::RelayedChannelDataToPeer;
     let slot = channel.slot();
+    job.slot = slot;
     let relayed = forward(ctx, packet, job, &mut channel.next_hop)?;
     add_traffic(slot, data_len, true);
     Ok(relayed)
@@ -180,6 +181,7 @@ pub fn send_indication(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Out
     };
     job.prefix_words = 0;
     job.relayed = Outcome::RelayedSendToPeer;
+    job.slot = allocation.slot();
     let relayed = forward(ctx, packet, job, &mut permission.next_hop)?;
     add_traffic(allocation.slot(), send.data_len, true);
     Ok(relayed)

@@ -32,6 +32,12 @@ pub const MAX_RUNS: u32 = 50_000;
 pub const REPEAT: u32 = 100_000;
 /// Application payload of every timed frame (a typical audio frame).
 const DATA_LEN: usize = 160;
+/// A bandwidth limit no timed frame reaches (the largest the configuration takes), so
+/// the `_limited` rows time the buckets' bookkeeping on relayed frames.
+const UNREACHED_LIMIT: u64 = 100_000_000_000;
+/// A limit every timed frame is over (a datagram with more than one second's worth of
+/// data is never relayed): the `_over_limit` rows time the drop.
+const EXCEEDED_LIMIT: u64 = 1;
 
 /// ns per packet of `turn_xdp` for each path next to the pass-only program `xdp_pass`,
 /// as BPF_PROG_TEST_RUN times them. Names: `baseline_pass`, `<path>_v4` / `<path>_v6`
@@ -45,8 +51,13 @@ const DATA_LEN: usize = 160;
 /// mean over one run repeated [`REPEAT`] times ([`Testbed::time_repeated`]; timer
 /// overhead amortised), possible only for frames the program does not rewrite; it
 /// cross-checks the subtraction, and the last two differ only by the FINGERPRINT check
-/// (CRC-32 over the 196/208-byte message), so their difference is its cost. Err if a
-/// repeated frame was not counted under its expected outcome every time.
+/// (CRC-32 over the 196/208-byte message), so their difference is its cost.
+/// `channel_data_to_peer_limited_v4` / `channel_data_to_client_limited_v4`: the same
+/// ChannelData on an IPv4 allocation with a bandwidth limit and under a relay-wide one,
+/// neither reached (timed last, with the relay's limit set), next to the unlimited rows
+/// above: the buckets' cost. `channel_data_to_peer_over_limit_v4_repeated`: ChannelData
+/// over its allocation's limit, dropped (repeatable). Err if a repeated frame was not
+/// counted under its expected outcome every time.
 pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
     let repeat = repeat.min(MAX_RUNS);
     let testbed = Testbed::new(16)?;
@@ -150,7 +161,8 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
             ));
         }
     }
-    let mut timings = Vec::with_capacity(frames.len() + 4);
+    let limited_frames = limited_frames(&mut fast_path, expires_at)?;
+    let mut timings = Vec::with_capacity(frames.len() + limited_frames.len() + 4);
     let (_, first_frame, _) = frames.first().ok_or_else(|| anyhow!("no frames"))?;
     timings.push((
         "baseline_pass".to_string(),
@@ -195,7 +207,68 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
         }
         timings.push((format!("{name}_repeated"), timing.ns_per_packet));
     }
+    fast_path.limit_relay_bandwidth(UNREACHED_LIMIT)?;
+    for (name, frame, ingress) in &limited_frames {
+        if name.ends_with("_over_limit_v4") {
+            let timing = testbed.time_repeated(frame, *ingress, REPEAT, Timed::Relay)?;
+            if timing.counted != [(Outcome::DropRateLimited, u64::from(REPEAT))] {
+                bail!(
+                    "{name} repeated {REPEAT} times was counted as {:?}",
+                    timing.counted
+                );
+            }
+            timings.push((format!("{name}_repeated"), timing.ns_per_packet));
+        } else {
+            timings.push((
+                name.clone(),
+                testbed.time(frame, *ingress, repeat, Timed::Relay)?,
+            ));
+        }
+    }
     Ok(timings)
+}
+
+/// IPv4 allocations with bandwidth limits (other client and relay ports than the
+/// unlimited one, the same peer and channel), and the frames timed on them.
+fn limited_frames(
+    fast_path: &mut turn_testkit::fast_path::FastPath,
+    expires_at: Instant,
+) -> Result<Vec<(String, Vec<u8>, Ingress)>> {
+    let peer = SocketAddr::new(IpAddr::V4(PEER_V4), CHANNEL_PEER_PORT);
+    let data = [0x5Au8; DATA_LEN];
+    let mut frames = Vec::new();
+    for (offset, name, limit) in [
+        (1, "limited", UNREACHED_LIMIT),
+        (2, "over_limit", EXCEEDED_LIMIT),
+    ] {
+        let flow = ClientFlow::udp(
+            SocketAddr::new(IpAddr::V4(CLIENT_V4), CLIENT_PORT + offset),
+            SocketAddr::new(IpAddr::V4(RELAY_LISTEN_V4), LISTENER_PORT),
+        );
+        let relay = SocketAddr::new(IpAddr::V4(RELAY_RELAYED_V4), RELAY_PORT + offset);
+        fast_path.limited_allocation(flow, relay, expires_at, limit)?;
+        fast_path.permission(flow, relay, peer.ip(), expires_at)?;
+        fast_path.channel(flow, relay, peer, CHANNEL, expires_at)?;
+        frames.push((
+            format!("channel_data_to_peer_{name}_v4"),
+            udp_frame(
+                CLIENT_MAC,
+                CLIENT_SIDE_MAC,
+                flow.client,
+                flow.listener,
+                &channel_data(CHANNEL, &data),
+            ),
+            Ingress::ClientSide,
+        ));
+        if limit == UNREACHED_LIMIT {
+            frames.push((
+                format!("channel_data_to_client_{name}_v4"),
+                udp_frame(PEER_MAC, PEER_SIDE_MAC, peer, relay, &data),
+                Ingress::PeerSide,
+            ));
+        }
+    }
+    Ok(frames)
 }
 
 /// Another address in `ip`'s subnet, without a permission.
@@ -253,6 +326,9 @@ mod tests {
             "baseline_pass_repeated",
             "drop_no_permission_repeated",
             "send_bad_fingerprint_v6_repeated",
+            "channel_data_to_peer_limited_v4",
+            "channel_data_to_client_limited_v4",
+            "channel_data_to_peer_over_limit_v4_repeated",
         ] {
             assert!(
                 names.contains(&expected),

@@ -599,7 +599,8 @@ impl Harness {
                     }
                 }
                 FastPathCommand::RemovePermission { .. }
-                | FastPathCommand::RemoveChannel { .. } => {}
+                | FastPathCommand::RemoveChannel { .. }
+                | FastPathCommand::LimitRelayBandwidth { .. } => {}
             }
             self.model.apply(command);
         }

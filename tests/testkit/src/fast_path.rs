@@ -36,18 +36,36 @@ impl FastPath {
         Applier::new(self.datapath)
     }
 
-    /// Installs (or refreshes) the allocation of `flow` on relayed address `relay`.
+    /// Installs (or refreshes) the allocation of `flow` on relayed address `relay`,
+    /// without a bandwidth limit.
     pub fn allocation(
         &mut self,
         flow: ClientFlow,
         relay: SocketAddr,
         expires_at: Instant,
     ) -> Result<(), DatapathError> {
+        self.limited_allocation(flow, relay, expires_at, 0)
+    }
+
+    /// An allocation limited to `bytes_per_second` per direction (0: unlimited).
+    pub fn limited_allocation(
+        &mut self,
+        flow: ClientFlow,
+        relay: SocketAddr,
+        expires_at: Instant,
+        bytes_per_second: u64,
+    ) -> Result<(), DatapathError> {
         self.datapath.install_allocation(AllocationEntry {
             flow,
             relay,
             expires_at,
+            bytes_per_second,
         })
+    }
+
+    /// Sets the relay's total bandwidth limit (0: unlimited).
+    pub fn limit_relay_bandwidth(&mut self, bytes_per_second: u64) -> Result<(), DatapathError> {
+        self.datapath.limit_relay_bandwidth(bytes_per_second)
     }
 
     /// Installs (or refreshes) a permission for `peer_ip` (RFC 8656 §9), on every port.

@@ -14,7 +14,7 @@ use turn_relay::daemon::config::Config;
 use turn_relay::protocol::datapath::{ClientFlow, FastPathCommand};
 use turn_relay::protocol::stun::attributes as attr;
 use turn_relay::protocol::stun::{Class, MessageBuilder, Method};
-use turn_relay::protocol::turn::{Forward, Now, Server, Transmit};
+use turn_relay::protocol::turn::{Forward, Now, Server, ServerStats, Transmit};
 
 use crate::config::{RelayConfig, User};
 use crate::stun_client::{allocate_request, message, transaction_id, Response, Session};
@@ -120,6 +120,11 @@ impl InMemoryRelay {
         while self.server.poll_transmit().is_some() {}
         self.fast_path
             .extend(std::iter::from_fn(|| self.server.poll_fast_path()));
+    }
+
+    /// The core's counters now.
+    pub fn stats(&self) -> ServerStats {
+        self.server.stats()
     }
 
     /// The daemon's parsed configuration (peer policy, limits, addresses).

@@ -180,7 +180,7 @@ impl Datapath for BpfDatapath {
         let previous = self
             .allocations
             .get(&relay)
-            .map(|installed| (installed.slot, installed.entry.flow));
+            .map(|installed| (installed.slot, installed.entry));
         let slot = match previous {
             Some((slot, _)) => slot,
             None => self.take_slot()?,
@@ -194,12 +194,20 @@ impl Datapath for BpfDatapath {
                 return Err(error);
             }
         };
-        if let Some((_, flow)) = previous {
-            if flow != entry.flow {
-                self.remove_allocation(flow, relay);
+        if let Some((_, installed)) = previous {
+            if installed.flow != entry.flow {
+                self.remove_allocation(installed.flow, relay);
                 return self.install_allocation(entry);
             }
-        } else if let Err(error) = self.tables.reset_traffic(slot) {
+            // A refresh keeps the buckets (a rewrite would fill them up again).
+            if installed.bytes_per_second != entry.bytes_per_second {
+                self.tables.limit_bandwidth(slot, entry.bytes_per_second)?;
+            }
+        } else if let Err(error) = self
+            .tables
+            .reset_traffic(slot)
+            .and_then(|()| self.tables.limit_bandwidth(slot, entry.bytes_per_second))
+        {
             self.free_slots.push(slot);
             return Err(error);
         }
@@ -354,5 +362,9 @@ impl Datapath for BpfDatapath {
                 RelayedTraffic::default()
             }
         }
+    }
+
+    fn limit_relay_bandwidth(&mut self, bytes_per_second: u64) -> Result<(), DatapathError> {
+        self.tables.limit_relay_bandwidth(bytes_per_second)
     }
 }

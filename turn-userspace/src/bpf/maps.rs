@@ -11,6 +11,7 @@ use aya::maps::{
     DevMapHash, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use aya::{Ebpf, EbpfLoader};
+use turn_common::bandwidth::Bandwidth;
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
     v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, ClientSide,
@@ -31,11 +32,15 @@ const PEER_CHANNELS: &str = "PEER_CHANNELS";
 const TRAFFIC: &str = "TRAFFIC";
 const EGRESS: &str = "EGRESS";
 const ROUTING_GENERATION: &str = "ROUTING_GENERATION";
+// Declared in turn-ebpf/src/bandwidth.rs.
+const BANDWIDTH: &str = "BANDWIDTH";
+const RELAY_BANDWIDTH: &str = "RELAY_BANDWIDTH";
+const RATE_LIMITED: &str = "RATE_LIMITED";
 
 /// Entries per map for a given number of allocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MapSizes {
-    /// RELAYS, CLIENT_ALLOCATIONS and TRAFFIC slots (one per relayed address).
+    /// RELAYS, CLIENT_ALLOCATIONS, TRAFFIC and BANDWIDTH slots (one per relayed address).
     pub allocations: u32,
     pub permissions: u32,
     pub channels: u32,
@@ -91,6 +96,7 @@ pub(crate) fn size_maps(loader: &mut EbpfLoader<'_>, sizes: MapSizes) {
         .map_max_entries(RELAYS, sizes.allocations)
         .map_max_entries(CLIENT_ALLOCATIONS, sizes.allocations)
         .map_max_entries(TRAFFIC, sizes.allocations)
+        .map_max_entries(BANDWIDTH, sizes.allocations)
         .map_max_entries(PERMISSIONS, sizes.permissions)
         .map_max_entries(CLIENT_CHANNELS, sizes.channels)
         .map_max_entries(PEER_CHANNELS, sizes.channels);
@@ -99,6 +105,9 @@ pub(crate) fn size_maps(loader: &mut EbpfLoader<'_>, sizes: MapSizes) {
 /// Handles to the program's maps, taken out of the loaded object.
 pub(crate) struct Maps {
     counters: PerCpuArray<MapData, Counter>,
+    /// Dropped by a bandwidth limit, per direction (`turn_common::bandwidth::TO_PEER`,
+    /// `TO_CLIENT`).
+    rate_limited: PerCpuArray<MapData, Counter>,
     egress: DevMapHash<MapData>,
     /// Handed to the next-hop watcher once.
     routing_generation: Option<RoutingGeneration>,
@@ -114,6 +123,8 @@ impl Maps {
         }
         let counters = PerCpuArray::try_from(take_map(ebpf, COUNTERS)?).context(COUNTERS)?;
         let egress = DevMapHash::try_from(take_map(ebpf, EGRESS)?).context(EGRESS)?;
+        let rate_limited =
+            PerCpuArray::try_from(take_map(ebpf, RATE_LIMITED)?).context(RATE_LIMITED)?;
         let routing_generation = RoutingGeneration(
             Array::try_from(take_map(ebpf, ROUTING_GENERATION)?).context(ROUTING_GENERATION)?,
         );
@@ -127,10 +138,14 @@ impl Maps {
             peer_channels: HashMap::try_from(take_map(ebpf, PEER_CHANNELS)?)
                 .context(PEER_CHANNELS)?,
             traffic: PerCpuArray::try_from(take_map(ebpf, TRAFFIC)?).context(TRAFFIC)?,
+            bandwidth: Array::try_from(take_map(ebpf, BANDWIDTH)?).context(BANDWIDTH)?,
+            relay_bandwidth: Array::try_from(take_map(ebpf, RELAY_BANDWIDTH)?)
+                .context(RELAY_BANDWIDTH)?,
             sizes,
         };
         Ok(Maps {
             counters,
+            rate_limited,
             egress,
             routing_generation: Some(routing_generation),
             tables: Some(tables),
@@ -153,20 +168,20 @@ impl Maps {
     pub(crate) fn counters(&self) -> anyhow::Result<XdpCounters> {
         let mut counters = Vec::with_capacity(Outcome::ALL.len());
         for outcome in Outcome::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(*outcome as u32), 0)
-                .with_context(|| format!("reading counter {}", outcome.name()))?;
             counters.push(
-                per_cpu
-                    .iter()
-                    .fold(Counter::default(), |sum, counter| Counter {
-                        packets: sum.packets + counter.packets,
-                        bytes: sum.bytes + counter.bytes,
-                    }),
+                summed(&self.counters, *outcome as u32)
+                    .with_context(|| format!("reading counter {}", outcome.name()))?,
             );
         }
-        Ok(XdpCounters { counters })
+        let mut rate_limited = [Counter::default(); 2];
+        for (direction, counter) in rate_limited.iter_mut().enumerate() {
+            *counter = summed(&self.rate_limited, direction as u32)
+                .with_context(|| format!("reading {RATE_LIMITED}[{direction}]"))?;
+        }
+        Ok(XdpCounters {
+            counters,
+            rate_limited,
+        })
     }
 
     /// The flow tables, for the one [`super::BpfDatapath`].
@@ -177,7 +192,9 @@ impl Maps {
     /// Kernel memory charged for all maps (`memlock` in their fdinfo), while this
     /// still holds the tables.
     pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
-        let mut total = memlock_bytes(self.counters.map())? + memlock_bytes(self.egress.map())?;
+        let mut total = memlock_bytes(self.counters.map())?
+            + memlock_bytes(self.rate_limited.map())?
+            + memlock_bytes(self.egress.map())?;
         if let Some(generation) = &self.routing_generation {
             total += memlock_bytes(generation.0.map())?;
         }
@@ -210,6 +227,10 @@ pub(crate) struct Tables {
     client_channels: HashMap<MapData, ClientChannelKey, ClientChannelValue>,
     peer_channels: HashMap<MapData, PeerChannelKey, PeerChannelValue>,
     traffic: PerCpuArray<MapData, AllocationTraffic>,
+    /// Per allocation slot: its bandwidth limit and buckets.
+    bandwidth: Array<MapData, Bandwidth>,
+    /// The relay's total bandwidth limit and buckets (one entry).
+    relay_bandwidth: Array<MapData, Bandwidth>,
     sizes: MapSizes,
 }
 
@@ -380,6 +401,27 @@ impl Tables {
             .map_err(|error| DatapathError::Update(error.to_string()))
     }
 
+    /// Sets an allocation slot's bandwidth limit (0: unlimited), with full buckets.
+    pub(crate) fn limit_bandwidth(
+        &mut self,
+        slot: u32,
+        bytes_per_second: u64,
+    ) -> Result<(), DatapathError> {
+        self.bandwidth
+            .set(slot, Bandwidth::new(bytes_per_second), 0)
+            .map_err(|error| DatapathError::Update(error.to_string()))
+    }
+
+    /// Sets the relay's total bandwidth limit (0: unlimited), with full buckets.
+    pub(crate) fn limit_relay_bandwidth(
+        &mut self,
+        bytes_per_second: u64,
+    ) -> Result<(), DatapathError> {
+        self.relay_bandwidth
+            .set(0, Bandwidth::new(bytes_per_second), 0)
+            .map_err(|error| DatapathError::Update(error.to_string()))
+    }
+
     /// An allocation slot's traffic summed over CPUs.
     pub(crate) fn traffic(&self, slot: u32) -> Result<AllocationTraffic, MapError> {
         let per_cpu = self.traffic.get(&slot, 0)?;
@@ -399,7 +441,9 @@ impl Tables {
             + memlock_bytes(self.permissions.map())?
             + memlock_bytes(self.client_channels.map())?
             + memlock_bytes(self.peer_channels.map())?
-            + memlock_bytes(self.traffic.map())?)
+            + memlock_bytes(self.traffic.map())?
+            + memlock_bytes(self.bandwidth.map())?
+            + memlock_bytes(self.relay_bandwidth.map())?)
     }
 }
 
@@ -477,6 +521,17 @@ fn remove<K: aya::Pod, V: aya::Pod>(
         Err(MapError::KeyNotFound) => Ok(()),
         Err(error) => Err(DatapathError::Update(error.to_string())),
     }
+}
+
+/// Entry `index` of a per-CPU counter array, summed over CPUs.
+fn summed(array: &PerCpuArray<MapData, Counter>, index: u32) -> Result<Counter, MapError> {
+    Ok(array
+        .get(&index, 0)?
+        .iter()
+        .fold(Counter::default(), |sum, counter| Counter {
+            packets: sum.packets + counter.packets,
+            bytes: sum.bytes + counter.bytes,
+        }))
 }
 
 fn memlock_bytes(map: &MapData) -> anyhow::Result<u64> {

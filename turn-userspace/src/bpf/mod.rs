@@ -395,10 +395,14 @@ fn attach_one(program: &mut Xdp, interface: &str, mode: XdpMode) -> anyhow::Resu
     }
 }
 
-/// The program's counters summed over CPUs, one per [`Outcome`].
+/// The program's counters summed over CPUs, one per [`Outcome`], and what its bandwidth
+/// limits dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdpCounters {
     counters: Vec<Counter>,
+    /// Datagrams and application data bytes over a bandwidth limit, client → peer then
+    /// peer → client.
+    rate_limited: [Counter; 2],
 }
 
 impl XdpCounters {
@@ -415,6 +419,15 @@ impl XdpCounters {
         Outcome::ALL
             .iter()
             .map(|outcome| (*outcome, self.get(*outcome)))
+    }
+
+    /// Dropped by a bandwidth limit (datagrams, application data bytes) in `direction`
+    /// (`turn_common::bandwidth::TO_PEER` or `TO_CLIENT`).
+    pub fn rate_limited(&self, direction: usize) -> Counter {
+        self.rate_limited
+            .get(direction)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// All frames the program has seen (every frame lands in exactly one outcome).

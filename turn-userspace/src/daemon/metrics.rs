@@ -11,6 +11,8 @@ use prometheus::{
     Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use turn_common::bandwidth::{TO_CLIENT, TO_PEER};
+
 use crate::bpf::{Counter, Outcome, XdpRelay};
 use crate::protocol::datapath::{FastPathStats, Transport};
 use crate::protocol::turn::{PacketCount, ServerStats};
@@ -53,6 +55,9 @@ pub(crate) struct MetricsSnapshot {
     pub(crate) streams: [(Transport, StreamCounts); 2],
     /// The XDP program's counter of every outcome, while it is attached.
     pub(crate) xdp: Option<Vec<(Outcome, Counter)>>,
+    /// What the XDP program's bandwidth limits dropped, client → peer then peer →
+    /// client (application data bytes), while it is attached.
+    pub(crate) xdp_rate_limited: Option<[Counter; 2]>,
 }
 
 impl Default for MetricsSnapshot {
@@ -64,6 +69,7 @@ impl Default for MetricsSnapshot {
             io: IoCounters::default(),
             streams: [Transport::Tcp, Transport::Tls].map(|t| (t, StreamCounts::default())),
             xdp: None,
+            xdp_rate_limited: None,
         }
     }
 }
@@ -80,19 +86,23 @@ impl MetricsSnapshot {
             (shared.server.stats(), shared.relays.len())
         };
         let fast_path = hub.lock_fast_path().stats();
+        let xdp = xdp.and_then(|relay| match relay.counters() {
+            Ok(counters) => Some(counters),
+            Err(error) => {
+                tracing::debug!("reading XDP counters: {error:#}");
+                None
+            }
+        });
         MetricsSnapshot {
             stats,
             fast_path,
             relay_sockets: relay_sockets + hub.streams.relay_sockets(),
             io,
             streams: hub.streams.counts(),
-            xdp: xdp.and_then(|relay| match relay.counters() {
-                Ok(counters) => Some(counters.iter().collect()),
-                Err(error) => {
-                    tracing::debug!("reading XDP counters: {error:#}");
-                    None
-                }
-            }),
+            xdp_rate_limited: xdp
+                .as_ref()
+                .map(|counters| [TO_PEER, TO_CLIENT].map(|d| counters.rate_limited(d))),
+            xdp: xdp.map(|counters| counters.iter().collect()),
         }
     }
 }
@@ -118,6 +128,8 @@ pub(crate) struct Metrics {
     xdp_attached: IntGauge,
     xdp_packets: IntCounterVec,
     xdp_bytes: IntCounterVec,
+    bandwidth_limited_packets: IntCounterVec,
+    bandwidth_limited_bytes: IntCounterVec,
     connections: IntGaugeVec,
     connections_accepted: IntCounterVec,
     connections_closed: IntCounterVec,
@@ -214,6 +226,16 @@ impl Metrics {
                 "turn_xdp_bytes_total",
                 "Frame bytes the XDP program handled, by outcome.",
                 &["outcome"],
+            )?,
+            bandwidth_limited_packets: counters(
+                "turn_bandwidth_limited_packets_total",
+                "Relay datagrams dropped for exceeding the allocation's or the relay's bandwidth limit, by path (xdp, userspace) and direction.",
+                &["path", "direction"],
+            )?,
+            bandwidth_limited_bytes: counters(
+                "turn_bandwidth_limited_bytes_total",
+                "Application data bytes dropped for exceeding a bandwidth limit, by path and direction.",
+                &["path", "direction"],
             )?,
             connections: gauges(
                 "turn_client_connections",
@@ -324,6 +346,29 @@ impl Metrics {
                 );
             }
         }
+        let mut limited = vec![
+            ("userspace", "to_peer", stats.rate_limited_to_peer),
+            ("userspace", "to_client", stats.rate_limited_to_client),
+        ];
+        if let Some([to_peer, to_client]) = snapshot.xdp_rate_limited {
+            let count = |counter: Counter| PacketCount {
+                packets: counter.packets,
+                bytes: counter.bytes,
+            };
+            limited.push(("xdp", "to_peer", count(to_peer)));
+            limited.push(("xdp", "to_client", count(to_client)));
+        }
+        for (path, direction, count) in limited {
+            let labels = [path, direction];
+            set_total(
+                &self.bandwidth_limited_packets.with_label_values(&labels),
+                count.packets,
+            );
+            set_total(
+                &self.bandwidth_limited_bytes.with_label_values(&labels),
+                count.bytes,
+            );
+        }
         self.xdp_attached.set(i64::from(snapshot.xdp.is_some()));
         if let Some(xdp) = &snapshot.xdp {
             for (outcome, count) in xdp {
@@ -420,6 +465,7 @@ mod tests {
                 (Transport::Tls, tls_counts),
             ],
             xdp: None,
+            xdp_rate_limited: None,
         }
     }
 
@@ -489,9 +535,25 @@ mod tests {
                 })
                 .collect(),
         );
+        snapshot.xdp_rate_limited = Some([
+            Counter {
+                packets: 3,
+                bytes: 3600,
+            },
+            Counter::default(),
+        ]);
+        snapshot.stats.rate_limited_to_client = PacketCount {
+            packets: 2,
+            bytes: 240,
+        };
         metrics.publish(&snapshot);
         let (text, _) = metrics.encode();
         for line in [
+            "turn_bandwidth_limited_packets_total{direction=\"to_peer\",path=\"xdp\"} 3",
+            "turn_bandwidth_limited_bytes_total{direction=\"to_peer\",path=\"xdp\"} 3600",
+            "turn_bandwidth_limited_packets_total{direction=\"to_client\",path=\"xdp\"} 0",
+            "turn_bandwidth_limited_packets_total{direction=\"to_client\",path=\"userspace\"} 2",
+            "turn_bandwidth_limited_bytes_total{direction=\"to_client\",path=\"userspace\"} 240",
             "turn_xdp_attached 1",
             "turn_xdp_packets_total{outcome=\"relayed_channel_data_to_peer\"} 9",
             "turn_xdp_bytes_total{outcome=\"relayed_channel_data_to_peer\"} 900",

@@ -95,6 +95,9 @@ pub struct AllocationEntry {
     /// The relayed transport address (the local address of the relay socket).
     pub relay: SocketAddr,
     pub expires_at: Instant,
+    /// The allocation's bandwidth limit per direction, in bytes of application data per
+    /// second (0: unlimited), as the core applies it ([`turn_common::bandwidth`]).
+    pub bytes_per_second: u64,
 }
 
 /// A permission of one allocation for one peer IP (RFC 8656 §9: ports are ignored).
@@ -230,6 +233,11 @@ pub enum FastPathCommand {
         relay: SocketAddr,
         number: u16,
     },
+    /// The relay's total bandwidth limit per direction, in bytes of application data per
+    /// second (0: unlimited). Emitted once, before any allocation.
+    LimitRelayBandwidth {
+        bytes_per_second: u64,
+    },
 }
 
 /// Why the fast path could not take an entry. The [`FastPath`] then hands the whole
@@ -255,6 +263,8 @@ pub trait Datapath: Send {
     fn remove_channel(&mut self, relay: SocketAddr, number: u16);
     /// Traffic relayed by the fast path for this allocation since it was installed.
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic;
+    /// Sets the relay's total bandwidth limit (0: unlimited).
+    fn limit_relay_bandwidth(&mut self, bytes_per_second: u64) -> Result<(), DatapathError>;
 }
 
 /// The daemon picks its datapath at start-up (XDP or the in-memory stand-in).
@@ -280,6 +290,9 @@ impl<T: Datapath + ?Sized> Datapath for Box<T> {
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
         (**self).relayed_traffic(relay)
     }
+    fn limit_relay_bandwidth(&mut self, bytes_per_second: u64) -> Result<(), DatapathError> {
+        (**self).limit_relay_bandwidth(bytes_per_second)
+    }
 }
 
 /// A datapath that keeps the entries in memory and relays nothing itself: the model the
@@ -289,6 +302,8 @@ pub struct InMemoryDatapath {
     pub allocations: HashMap<SocketAddr, AllocationEntry>,
     pub permissions: HashMap<(SocketAddr, IpAddr), PermissionEntry>,
     pub channels: HashMap<(SocketAddr, u16), ChannelEntry>,
+    /// The relay's total bandwidth limit (0: unlimited).
+    pub relay_bytes_per_second: u64,
 }
 
 impl Datapath for InMemoryDatapath {
@@ -323,6 +338,11 @@ impl Datapath for InMemoryDatapath {
 
     fn relayed_traffic(&self, _relay: SocketAddr) -> RelayedTraffic {
         RelayedTraffic::default()
+    }
+
+    fn limit_relay_bandwidth(&mut self, bytes_per_second: u64) -> Result<(), DatapathError> {
+        self.relay_bytes_per_second = bytes_per_second;
+        Ok(())
     }
 }
 
@@ -418,6 +438,12 @@ impl<D: Datapath> FastPath<D> {
             FastPathCommand::RemoveChannel { relay, number } => {
                 if !self.is_userspace_only(relay) {
                     self.datapath.remove_channel(relay, number);
+                }
+            }
+            FastPathCommand::LimitRelayBandwidth { bytes_per_second } => {
+                if let Err(error) = self.datapath.limit_relay_bandwidth(bytes_per_second) {
+                    // The program then relays without the total limit: say so loudly.
+                    tracing::error!(%error, bytes_per_second, "the fast path refused the relay's bandwidth limit");
                 }
             }
         }

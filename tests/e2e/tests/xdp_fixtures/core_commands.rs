@@ -13,6 +13,7 @@ use turn_relay::bpf::Outcome;
 use turn_relay::protocol::datapath::{ClientFlow, FastPathCommand};
 use turn_testkit::addresses::{CLIENT_V6, PEER_V4, PEER_V6, RELAY_LISTEN_V6, RELAY_RELAYED_V6};
 use turn_testkit::config::{RelayConfig, User, Xdp};
+use turn_testkit::fast_path::Applier;
 use turn_testkit::in_memory::InMemoryRelay;
 use turn_testkit::stun_client::{channel_data, send_indication};
 use turn_testkit::testbed::{Ingress, Testbed, XDP_PASS, XDP_REDIRECT};
@@ -50,18 +51,27 @@ fn addresses(frame: &[u8]) -> (IpAddr, IpAddr) {
     }
 }
 
+/// A testbed with the program, the core's applier on its tables, and the core built
+/// from the tests' configuration (IPv6 too, user alice) as `configure` changes it.
+pub fn program_and_core(
+    configure: impl FnOnce(RelayConfig) -> RelayConfig,
+) -> (Testbed, Applier, InMemoryRelay, User) {
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let applier = testbed.fast_path().or_fail("datapath").into_applier();
+    let user = User::new("alice", "alice-password");
+    let config = RelayConfig::new(Xdp::Native)
+        .with_ipv6()
+        .with_user(&user.name, &user.password);
+    let relay = InMemoryRelay::new(&configure(config)).or_fail("the core");
+    (testbed, applier, relay, user)
+}
+
 #[test]
 fn the_fast_path_holds_only_what_the_core_checked() {
     if !privileged("the_fast_path_holds_only_what_the_core_checked") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut applier = testbed.fast_path().or_fail("datapath").into_applier();
-    let user = User::new("alice", "alice-password");
-    let config = RelayConfig::new(Xdp::Native)
-        .with_ipv6()
-        .with_user(&user.name, &user.password);
-    let mut relay = InMemoryRelay::new(&config).or_fail("the core");
+    let (testbed, mut applier, mut relay, user) = program_and_core(|config| config);
     let flow = ClientFlow::udp(
         SocketAddr::new(CLIENT_V6.into(), CLIENT_PORT),
         SocketAddr::new(RELAY_LISTEN_V6.into(), LISTENER_PORT),

@@ -9,6 +9,7 @@
 //! peers and the forwarding-disabled test cover lookups that fail, which must PASS the
 //! frame unchanged.
 
+mod bandwidth;
 mod channel_data_to_client;
 mod channel_data_to_peer;
 mod core_commands;

@@ -108,6 +108,13 @@ pub(super) const KEYS: &[Key] = &[
     ),
     key("limits", "unauthenticated_answers_burst", Number, Restart),
     key("limits", "max_cached_responses_per_user", Number, Restart),
+    key(
+        "limits",
+        "max_bytes_per_second_per_allocation",
+        Number,
+        Restart,
+    ),
+    key("limits", "max_bytes_per_second_total", Number, Restart),
     key("xdp", "mode", Text, Restart),
     key("xdp", "interfaces", TextList, Restart),
     key("metrics", "listen", Text, Restart),

@@ -180,6 +180,10 @@ impl Config {
                 max_cached_responses_per_user: Some(number(
                     self.limits.max_cached_responses_per_user,
                 )),
+                max_bytes_per_second_per_allocation: Some(spanless(
+                    self.limits.max_bytes_per_second_per_allocation,
+                )),
+                max_bytes_per_second_total: Some(spanless(self.limits.max_bytes_per_second_total)),
             },
             xdp: RawXdp {
                 mode: Some(text(self.xdp_mode)),

@@ -112,6 +112,8 @@ overlay!(RawLimits {
     unauthenticated_answers_per_second,
     unauthenticated_answers_burst,
     max_cached_responses_per_user,
+    max_bytes_per_second_per_allocation,
+    max_bytes_per_second_total,
 });
 overlay!(RawXdp { mode, interfaces });
 overlay!(RawMetrics { listen });
@@ -198,6 +200,8 @@ pub(super) struct RawLimits {
     pub(super) unauthenticated_answers_per_second: Option<Spanned<u64>>,
     pub(super) unauthenticated_answers_burst: Option<Spanned<u64>>,
     pub(super) max_cached_responses_per_user: Option<Spanned<u64>>,
+    pub(super) max_bytes_per_second_per_allocation: Option<Spanned<u64>>,
+    pub(super) max_bytes_per_second_total: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

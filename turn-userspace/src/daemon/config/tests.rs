@@ -48,6 +48,8 @@ credential_expiry_grace = 0
 unauthenticated_answers_per_second = 0
 unauthenticated_answers_burst = 7
 max_cached_responses_per_user = 100
+max_bytes_per_second_per_allocation = 250000
+max_bytes_per_second_total = 125000000
 
 [xdp]
 mode = "skb"
@@ -226,6 +228,8 @@ fn reference_config_shows_the_real_defaults() {
         "limits.unauthenticated_answers_per_second",
         "limits.unauthenticated_answers_burst",
         "limits.max_cached_responses_per_user",
+        "limits.max_bytes_per_second_per_allocation",
+        "limits.max_bytes_per_second_total",
     ] {
         assert!(
             compared.iter().any(|name| name == key),
@@ -351,6 +355,8 @@ fn full_config_round_trips_every_key() {
             unauthenticated_answers_per_second: 0,
             unauthenticated_answers_burst: 7,
             max_cached_responses_per_user: 100,
+            max_bytes_per_second_per_allocation: 250_000,
+            max_bytes_per_second_total: 125_000_000,
         }
     );
     let xdp = config.xdp_settings(vec!["eth0".into()]);
@@ -595,6 +601,14 @@ fn numbers_out_of_bounds_are_errors_naming_the_key() {
             "line 4: limits.max_cached_responses_per_user: 65537 is not between 1 and 65536",
         ),
         (
+            in_section("limits", "max_bytes_per_second_per_allocation = 100000000001"),
+            "line 4: limits.max_bytes_per_second_per_allocation: 100000000001 is not between 0 and 100000000000",
+        ),
+        (
+            in_section("limits", "max_bytes_per_second_total = -1"),
+            "line 4: limits.max_bytes_per_second_total: invalid value: integer `-1`",
+        ),
+        (
             in_section("limits", "max_permissions = 5"),
             "line 4: limits.max_permissions: unknown field `max_permissions`",
         ),
@@ -807,6 +821,8 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
                 "limits.unauthenticated_answers_per_second" => "0",
                 "limits.unauthenticated_answers_burst" => "7",
                 "limits.max_cached_responses_per_user" => "100",
+                "limits.max_bytes_per_second_per_allocation" => "250000",
+                "limits.max_bytes_per_second_total" => "0",
                 "xdp.mode" => "off",
                 "xdp.interfaces" => "eth1,eth2",
                 "metrics.listen" => "127.0.0.1:9700",
@@ -861,6 +877,7 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
     assert!(!config.advertise_password_algorithms);
     assert_eq!(config.limits.max_channels_per_allocation, 30);
     assert_eq!(config.limits.unauthenticated_answers_burst, 7);
+    assert_eq!(config.limits.max_bytes_per_second_per_allocation, 250_000);
     // Every key says it came from its variable.
     let printed = config.to_toml();
     for (key, _) in &values {
@@ -1105,56 +1122,58 @@ fn every_live_key_is_applied_by_a_reload() {
     let running = Config::from_sources(&sources).expect("valid");
     let token_file = file_with("t0k3n\n").0;
     for key in KEYS {
-        let value = match key.dotted().as_str() {
-            "server.realm" => "\"other.realm\"",
-            "server.software" => "\"x\"",
-            "server.listen" => "[\"198.18.0.1:3479\"]",
-            "server.relay_address" => "\"198.18.0.2\"",
-            "server.relay_address_v6" => "\"2001:2::1\"",
-            "server.public_address" => "\"198.18.0.9\"",
-            "server.public_address_v6" => continue,
-            "server.port_range" => "\"50000-50001\"",
-            "server.default_lifetime" | "server.max_lifetime" => "700",
-            "server.max_allocations" | "server.max_allocations_per_user" => "5",
-            "server.threads" => "4",
-            "server.permission_lifetime" | "server.channel_lifetime" => "9",
-            "server.alternate_servers" => "[\"198.18.0.5\"]",
-            "server.drain_exit" => "true",
-            "server.drain_timeout" | "auth.nonce_lifetime" => "10",
-            "auth.users" => "[{ name = \"u\", password = \"p\" }]",
-            "auth.auth_secrets" | "auth.zrest_secrets" => "[\"s\"]",
-            "auth.nonce_secret" => "\"n\"",
-            "auth.advertise_password_algorithms" => "false",
-            "peers.allow" | "peers.deny" => "[\"198.18.3.0/24\"]",
-            "limits.max_permissions_per_allocation"
-            | "limits.max_channels_per_allocation"
-            | "limits.max_peers_per_request" => "5",
-            "limits.credential_expiry_grace" => "10",
-            "limits.unauthenticated_answers_per_second"
-            | "limits.unauthenticated_answers_burst" => "3",
-            "limits.max_cached_responses_per_user" => "9",
-            "xdp.mode" => "\"off\"",
-            "xdp.interfaces" => "[\"eth9\"]",
-            "metrics.listen" => "\"127.0.0.1:9999\"",
-            "admin.token" => "\"tok\"",
-            "admin.token_file" => &format!("{:?}", token_file.display().to_string()),
-            "log.level" => "\"trace\"",
-            "log.format" => "\"json\"",
-            "tcp.enabled" => "false",
-            "tcp.listen" => "[\"198.18.0.1:80\"]",
-            // These need another key set with them (allow_from, cert and key).
-            "tcp.proxy_protocol" | "tls.proxy_protocol" | "tls.cert" | "tls.key" | "tls.listen" => {
-                continue
-            }
-            "connections.handshake_timeout" => "5",
-            "connections.idle_timeout" => "30",
-            "connections.max" => "100",
-            "connections.max_per_ip" => "10",
-            "connections.max_message_size" => "2000",
-            "connections.write_buffer" => "8192",
-            "proxy_protocol.allow_from" => "[\"198.18.9.0/24\"]",
-            other => panic!("no test value for {other}"),
-        };
+        let value =
+            match key.dotted().as_str() {
+                "server.realm" => "\"other.realm\"",
+                "server.software" => "\"x\"",
+                "server.listen" => "[\"198.18.0.1:3479\"]",
+                "server.relay_address" => "\"198.18.0.2\"",
+                "server.relay_address_v6" => "\"2001:2::1\"",
+                "server.public_address" => "\"198.18.0.9\"",
+                "server.public_address_v6" => continue,
+                "server.port_range" => "\"50000-50001\"",
+                "server.default_lifetime" | "server.max_lifetime" => "700",
+                "server.max_allocations" | "server.max_allocations_per_user" => "5",
+                "server.threads" => "4",
+                "server.permission_lifetime" | "server.channel_lifetime" => "9",
+                "server.alternate_servers" => "[\"198.18.0.5\"]",
+                "server.drain_exit" => "true",
+                "server.drain_timeout" | "auth.nonce_lifetime" => "10",
+                "auth.users" => "[{ name = \"u\", password = \"p\" }]",
+                "auth.auth_secrets" | "auth.zrest_secrets" => "[\"s\"]",
+                "auth.nonce_secret" => "\"n\"",
+                "auth.advertise_password_algorithms" => "false",
+                "peers.allow" | "peers.deny" => "[\"198.18.3.0/24\"]",
+                "limits.max_permissions_per_allocation"
+                | "limits.max_channels_per_allocation"
+                | "limits.max_peers_per_request" => "5",
+                "limits.credential_expiry_grace" => "10",
+                "limits.unauthenticated_answers_per_second"
+                | "limits.unauthenticated_answers_burst" => "3",
+                "limits.max_cached_responses_per_user" => "9",
+                "limits.max_bytes_per_second_per_allocation"
+                | "limits.max_bytes_per_second_total" => "1000",
+                "xdp.mode" => "\"off\"",
+                "xdp.interfaces" => "[\"eth9\"]",
+                "metrics.listen" => "\"127.0.0.1:9999\"",
+                "admin.token" => "\"tok\"",
+                "admin.token_file" => &format!("{:?}", token_file.display().to_string()),
+                "log.level" => "\"trace\"",
+                "log.format" => "\"json\"",
+                "tcp.enabled" => "false",
+                "tcp.listen" => "[\"198.18.0.1:80\"]",
+                // These need another key set with them (allow_from, cert and key).
+                "tcp.proxy_protocol" | "tls.proxy_protocol" | "tls.cert" | "tls.key"
+                | "tls.listen" => continue,
+                "connections.handshake_timeout" => "5",
+                "connections.idle_timeout" => "30",
+                "connections.max" => "100",
+                "connections.max_per_ip" => "10",
+                "connections.max_message_size" => "2000",
+                "connections.write_buffer" => "8192",
+                "proxy_protocol.allow_from" => "[\"198.18.9.0/24\"]",
+                other => panic!("no test value for {other}"),
+            };
         let text = if key.dotted() == "server.default_lifetime" {
             format!("{MINIMAL}default_lifetime = 10\n")
         } else if key.dotted() == "server.relay_address" {

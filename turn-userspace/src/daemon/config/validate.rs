@@ -37,6 +37,9 @@ const MAX_PEERS_PER_REQUEST: u64 = 256;
 const MAX_CREDENTIAL_EXPIRY_GRACE_SECS: u64 = 3600;
 /// The highest per-source rate of unauthenticated answers, and the largest burst.
 const MAX_UNAUTHENTICATED_ANSWERS_PER_SECOND: u64 = 1_000_000;
+/// Bandwidth limits: 100 GB/s, beyond any NIC (and far from overflowing the buckets'
+/// nanosecond arithmetic).
+const MAX_BYTES_PER_SECOND: u64 = 100_000_000_000;
 const MAX_UNAUTHENTICATED_ANSWERS_BURST: u64 = 100_000;
 /// The most cached responses per user (the whole cache holds 65536).
 const MAX_CACHED_RESPONSES_PER_USER: u64 = 65_536;
@@ -459,6 +462,18 @@ impl<'a> Validator<'a> {
                 "limits.max_cached_responses_per_user",
                 1..=MAX_CACHED_RESPONSES_PER_USER,
                 defaults.max_cached_responses_per_user,
+            )?,
+            max_bytes_per_second_per_allocation: self.number(
+                &raw.max_bytes_per_second_per_allocation,
+                "limits.max_bytes_per_second_per_allocation",
+                0..=MAX_BYTES_PER_SECOND,
+                defaults.max_bytes_per_second_per_allocation,
+            )?,
+            max_bytes_per_second_total: self.number(
+                &raw.max_bytes_per_second_total,
+                "limits.max_bytes_per_second_total",
+                0..=MAX_BYTES_PER_SECOND,
+                defaults.max_bytes_per_second_total,
             )?,
         })
     }

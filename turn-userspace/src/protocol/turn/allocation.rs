@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use turn_common::bandwidth::Bandwidth;
+
 use crate::protocol::datapath::RelayedTraffic;
 use crate::protocol::policy::PeerPorts;
 use crate::protocol::stun::{PasswordAlgorithm, TransactionId};
@@ -82,6 +84,8 @@ pub(super) struct Allocation {
     /// Expired channel numbers still cooling off.
     pub(super) cooling_channels: HashMap<u16, CoolingChannel>,
     pub(super) userspace_traffic: UserspaceTraffic,
+    /// Its bandwidth limit and the buckets of what userspace relays for it.
+    pub(super) bandwidth: Bandwidth,
 }
 
 impl Allocation {

@@ -49,6 +49,7 @@ use crate::protocol::stun::TransactionId;
 use allocation::{Allocation, Reservation};
 use limiter::AnswerLimiter;
 use timers::Timers;
+use turn_common::bandwidth::Bandwidth;
 
 pub use error::TurnError;
 pub use limiter::source_key;
@@ -141,6 +142,12 @@ pub struct ServerLimits {
     /// Responses kept for retransmissions (RFC 8489 §6.3.1, 40 s each) per user: one
     /// user flooding requests cannot take the whole transaction cache from the others.
     pub max_cached_responses_per_user: usize,
+    /// coturn's `max-bps`: bytes of application data per second one allocation may relay
+    /// in each direction, in bursts of one second's worth; the rest is dropped. 0 =
+    /// unlimited. Both relay paths apply the one rule of [`turn_common::bandwidth`].
+    pub max_bytes_per_second_per_allocation: u64,
+    /// coturn's `bps-capacity`: the same for all allocations together. 0 = unlimited.
+    pub max_bytes_per_second_total: u64,
 }
 
 /// Default of [`ServerLimits::max_permissions_per_allocation`].
@@ -158,6 +165,8 @@ impl Default for ServerLimits {
             unauthenticated_answers_per_second: 20,
             unauthenticated_answers_burst: 50,
             max_cached_responses_per_user: 64,
+            max_bytes_per_second_per_allocation: 0,
+            max_bytes_per_second_total: 0,
         }
     }
 }
@@ -308,8 +317,13 @@ pub struct ServerStats {
     /// Allocations and relayed data per client transport, indexed by
     /// [`Transport::index`].
     pub by_transport: [TransportStats; 3],
-    /// Relay data dropped (no allocation, permission or channel; malformed).
+    /// Relay data dropped (no allocation, permission or channel; malformed; over a
+    /// bandwidth limit).
     pub dropped_packets: u64,
+    /// Relay data dropped for being over the allocation's or the relay's bandwidth limit,
+    /// client → peer and peer → client (application data bytes).
+    pub rate_limited_to_peer: PacketCount,
+    pub rate_limited_to_client: PacketCount,
     /// Answers to unauthenticated requests not sent: their source was over
     /// [`ServerLimits::unauthenticated_answers_per_second`].
     pub unauthenticated_answers_dropped: u64,
@@ -400,6 +414,11 @@ pub struct Server<R: rand::RngCore> {
     stats: ServerStats,
     /// Draining: new allocations are sent to `alternates` (300) or refused (508).
     drain: operations::Drain,
+    /// The relay's total bandwidth limit and its buckets ([`turn_common::bandwidth`]).
+    relay_bandwidth: Bandwidth,
+    /// The instant the bandwidth buckets count their nanoseconds from (the first one
+    /// the server was given).
+    clock_origin: Option<Instant>,
 }
 
 impl<R: rand::RngCore> Server<R> {
@@ -428,12 +447,24 @@ impl<R: rand::RngCore> Server<R> {
             relayed: [RelayedCounts::default(); 3],
             stats: ServerStats::default(),
             drain: operations::Drain::default(),
+            relay_bandwidth: Bandwidth::UNLIMITED,
+            clock_origin: None,
         }
     }
 
     /// Replaces the default [`ServerLimits`].
+    /// A total bandwidth limit is queued for the fast path right away, before anything
+    /// that could use it.
     pub fn with_limits(mut self, limits: ServerLimits) -> Self {
         self.answer_limiter = answer_limiter(&limits);
+        if limits.max_bytes_per_second_total != self.relay_bandwidth.bytes_per_second {
+            self.relay_bandwidth = Bandwidth::new(limits.max_bytes_per_second_total);
+            self.fast_path
+                .0
+                .push_back(FastPathCommand::LimitRelayBandwidth {
+                    bytes_per_second: limits.max_bytes_per_second_total,
+                });
+        }
         self.limits = limits;
         self
     }

@@ -1,10 +1,14 @@
 //! The userspace relay hot path (RFC 8656 §11 Send/Data, §12 ChannelData). No heap
 //! allocation per packet: client → peer data is forwarded as a range of the input, peer →
-//! client data is framed into the caller's reusable buffer.
+//! client data is framed into the caller's reusable buffer. Bandwidth limits apply the
+//! rule of [`turn_common::bandwidth`] as the XDP program does, to what passes every other
+//! check, just before it is relayed.
 
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
+
+use turn_common::bandwidth::{take_within, TO_CLIENT, TO_PEER};
 
 use crate::protocol::datapath::{ClientFlow, Transport};
 use crate::protocol::stun::attributes as attr;
@@ -84,12 +88,26 @@ impl<R: rand::RngCore> Server<R> {
         route: impl FnOnce(&Allocation) -> Option<(SocketAddr, Range<usize>)>,
         counter: fn(&mut RelayedCounts) -> &mut PacketCount,
     ) -> Option<Forward> {
+        let now_ns = bandwidth_clock(&mut self.clock_origin, now);
         let policy = &self.policy;
+        let relay_bandwidth = &mut self.relay_bandwidth;
+        let rate_limited = &mut self.stats.rate_limited_to_peer;
         let forward = self.allocations.get_mut(&flow).and_then(|allocation| {
             let hop_limit = outgoing_hop_limit(hop_limit)?;
             let (peer, range) = route(allocation)?;
             let ports = allocation.live_permission(peer.ip(), now)?;
             if !policy.allows_port(ports, peer.port()) {
+                return None;
+            }
+            let data = range.len() as u64;
+            if !take_within(
+                &mut allocation.bandwidth,
+                relay_bandwidth,
+                TO_PEER,
+                now_ns,
+                data,
+            ) {
+                rate_limited.add(range.len());
                 return None;
             }
             allocation.userspace_traffic.to_peer.add(range.len());
@@ -150,6 +168,19 @@ impl<R: rand::RngCore> Server<R> {
             self.stats.dropped_packets += 1;
             return None;
         }
+        let now_ns = bandwidth_clock(&mut self.clock_origin, now);
+        let data = packet.len() as u64;
+        if !take_within(
+            &mut allocation.bandwidth,
+            &mut self.relay_bandwidth,
+            TO_CLIENT,
+            now_ns,
+            data,
+        ) {
+            self.stats.rate_limited_to_client.add(packet.len());
+            self.stats.dropped_packets += 1;
+            return None;
+        }
         let counts = self.relayed.get_mut(flow.transport.index())?;
         if let Some(number) = channel {
             channel_data::encode(out, number, packet);
@@ -177,6 +208,12 @@ impl<R: rand::RngCore> Server<R> {
             hop_limit: hop_limit.filter(|_| !flow.transport.is_stream()),
         })
     }
+}
+
+/// `now` as the bandwidth buckets count time: ns since the first instant they saw.
+fn bandwidth_clock(origin: &mut Option<Instant>, now: Instant) -> u64 {
+    let origin = *origin.get_or_insert(now);
+    u64::try_from(now.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The hop limit a relayed datagram leaves with: Some(None) when the arriving one is

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use rand::Rng;
+use turn_common::bandwidth::Bandwidth;
 
 use crate::protocol::datapath::{
     AllocationEntry, ChannelEntry, ClientFlow, EndReason, FastPathCommand, PermissionEntry,
@@ -329,6 +330,7 @@ impl<R: rand::RngCore> Server<R> {
                 channel_by_peer: HashMap::new(),
                 cooling_channels: HashMap::new(),
                 userspace_traffic: UserspaceTraffic::default(),
+                bandwidth: Bandwidth::new(self.limits.max_bytes_per_second_per_allocation),
             }),
         );
         self.flows_by_relay.insert(relay, flow);
@@ -372,6 +374,7 @@ impl<R: rand::RngCore> Server<R> {
                 flow,
                 relay,
                 expires_at,
+                bytes_per_second: self.limits.max_bytes_per_second_per_allocation,
             }),
         );
     }

@@ -164,7 +164,9 @@ pub(super) fn import(text: &str, host: &HostAddresses) -> Imported {
                 imported.skip(&name, &value, "use the admin endpoint and `turn-relay ctl` (status, sessions, drain, reload)")
             }
             "listening-device" | "relay-device" => imported.skip(&name, &value, "turn-relay binds to addresses, not devices (xdp.interfaces picks the XDP devices)"),
-            "max-bps" | "bps-capacity" => imported.skip(&name, &value, "no bandwidth limits"),
+            // Both in bytes per second, input and output separately, as ours.
+            "max-bps" => set_number(&mut imported, "limits", "max_bytes_per_second_per_allocation", &name, &value),
+            "bps-capacity" => set_number(&mut imported, "limits", "max_bytes_per_second_total", &name, &value),
             "mobility" => imported.skip(&name, &value, "no ICE mobility (RFC 8016)"),
             "aux-server" | "udp-self-balance" | "server-relay" | "tcp-proxy-port" | "check-origin-consistency" | "keep-address-family" | "allocation-default-address-family" | "dual-allocation" | "max-allocate-timeout" => {
                 imported.skip(&name, &value, "no equivalent in turn-relay")

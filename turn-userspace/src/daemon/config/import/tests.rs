@@ -134,6 +134,13 @@ fn coturn_production_options_import() {
         (config.max_allocations, config.max_allocations_per_user),
         (1000, 12)
     );
+    assert_eq!(
+        (
+            config.limits.max_bytes_per_second_per_allocation,
+            config.limits.max_bytes_per_second_total
+        ),
+        (250_000, 12_500_000)
+    );
     assert_eq!(config.nonce_lifetime.as_secs(), 600);
     assert_eq!(config.channel_lifetime.as_secs(), 600);
     let deny: Vec<String> = config.peers_deny.iter().map(ToString::to_string).collect();

@@ -522,6 +522,9 @@ impl Datapath for FullDatapath {
     fn relayed_traffic(&self, _relay: SocketAddr) -> RelayedTraffic {
         RelayedTraffic::default()
     }
+    fn limit_relay_bandwidth(&mut self, _bytes_per_second: u64) -> Result<(), DatapathError> {
+        Err(DatapathError::MapFull)
+    }
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod accounting;
 mod allocate;
 mod authentication;
+mod bandwidth;
 mod expiry;
 mod fast_path;
 mod operations;
@@ -190,6 +191,9 @@ impl Datapath for ScriptedDatapath {
         } else {
             RelayedTraffic::default()
         }
+    }
+    fn limit_relay_bandwidth(&mut self, bytes_per_second: u64) -> Result<(), DatapathError> {
+        self.entries.limit_relay_bandwidth(bytes_per_second)
     }
 }
 
