@@ -134,7 +134,7 @@ pub struct GeneratorOutcome {
 }
 
 /// The datagram a flow sends, up to the probe header; payload bytes follow.
-fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, usize) {
+pub fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, usize) {
     let zeros = vec![0u8; payload_len];
     let mut template = match mode {
         RelayMode::ChannelData => {
