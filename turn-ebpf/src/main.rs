@@ -130,15 +130,17 @@ enum Inject {
     /// current burst still to send.
     Burst,
     BurstLeft,
+    /// Frames in [`INJECT_FRAMES`] (flows), sent round-robin.
+    Flows,
 }
 
 impl Inject {
-    const COUNT: u32 = 7;
+    const COUNT: u32 = 8;
 }
 
 /// How late the generator may run before it gives up catching up, in ns: a pause (the
 /// generator preempted) turns into a burst of at most this much worth of frames.
-const INJECT_LATE_NS: u64 = 50_000;
+const INJECT_LATE_NS: u64 = 1_000_000;
 
 /// The longest frame the live-frames generator sends, and how many flows it has.
 const INJECT_FRAME_MAX: usize = 256;
@@ -152,10 +154,10 @@ static INJECT_FRAMES: Array<[u8; INJECT_FRAME_MAX]> = Array::with_max_entries(IN
 /// The benchmark's live-frames generator, run by BPF_PROG_TEST_RUN in live-frames mode
 /// with the client's veth end as ingress: transmits the frame back out of it (XDP_TX, so
 /// it crosses the veth pair as an XDP frame) when one is due, in bursts of [`INJECT`]'s
-/// burst size every burst × interval, and drops it (no frame leaves) otherwise. The kernel recycles the run's pages without
-/// restoring their data, which a receiver (the relay rewriting headers) may have
-/// changed, so the frame is written again from [`INJECT_FRAMES`] at the index in its
-/// 4-byte metadata.
+/// burst size every burst × interval, and drops it (no frame leaves) otherwise. Each
+/// frame sent is written from [`INJECT_FRAMES`], the flows in turn: the kernel recycles
+/// the run's pages without restoring their data, which a receiver (the relay rewriting
+/// headers) may have changed.
 #[xdp]
 pub fn xdp_transmit(ctx: XdpContext) -> u32 {
     let entry = |index: Inject| INJECT.get_ptr_mut(index as u32);
@@ -168,7 +170,11 @@ pub fn xdp_transmit(ctx: XdpContext) -> u32 {
     ) else {
         return xdp_action::XDP_ABORTED;
     };
-    let (Some(burst), Some(burst_left)) = (entry(Inject::Burst), entry(Inject::BurstLeft)) else {
+    let (Some(burst), Some(burst_left), Some(flows)) = (
+        entry(Inject::Burst),
+        entry(Inject::BurstLeft),
+        entry(Inject::Flows),
+    ) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: helper without arguments.
@@ -185,7 +191,7 @@ pub fn xdp_transmit(ctx: XdpContext) -> u32 {
         } else {
             return xdp_action::XDP_DROP;
         }
-        if !rewrite_injected(&ctx) {
+        if !rewrite_injected(&ctx, (*sent % (*flows).max(1)) as u32) {
             return xdp_action::XDP_ABORTED;
         }
         if *sent == 0 {
@@ -197,16 +203,10 @@ pub fn xdp_transmit(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Writes the live-frames generator's frame for the flow in `ctx`'s metadata over the
-/// frame; false if there is none.
+/// Writes the live-frames generator's frame of `flow` over the frame; false if there is
+/// none.
 #[inline(always)]
-fn rewrite_injected(ctx: &XdpContext) -> bool {
-    let meta = ctx.metadata();
-    if meta + 4 > ctx.metadata_end() {
-        return false;
-    }
-    // SAFETY: checked to lie within the metadata.
-    let flow = unsafe { core::ptr::read_unaligned(meta as *const u32) };
+fn rewrite_injected(ctx: &XdpContext, flow: u32) -> bool {
     let Some(frame) = INJECT_FRAMES.get_ptr_mut(flow) else {
         return false;
     };

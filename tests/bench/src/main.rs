@@ -615,16 +615,18 @@ impl Bench {
     /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, for UDP
     /// clients.
     fn sweep(&mut self, pid: u32, flows: &[Flow], scenario: &Scenario) -> Result<ScenarioResult> {
-        self.sweep_with(scenario, &mut |bench, rate| {
+        self.sweep_with(scenario, self.plan.search_steps, &mut |bench, rate| {
             bench.measure(Some(pid), flows, scenario, rate, false)
         })
     }
 
-    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, each step
-    /// measured by `measure` (given the rate; None: as fast as possible).
+    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss in up to
+    /// `search_steps` steps, each measured by `measure` (given the rate; None: as fast as
+    /// possible).
     fn sweep_with(
         &mut self,
         scenario: &Scenario,
+        search_steps: usize,
         measure: &mut dyn FnMut(&mut Bench, Option<f64>) -> Result<StepResult>,
     ) -> Result<ScenarioResult> {
         let fixed_rate = self.plan.fixed_rate;
@@ -646,7 +648,7 @@ impl Bench {
         let (mut good, mut bad) = (0.0f64, saturated.offered_pps);
         let mut at_max_rate = None;
         let mut rate = (saturated.relayed_pps * 0.95).max(100.0);
-        for _ in 0..self.plan.search_steps {
+        for _ in 0..search_steps {
             let result = measure(self, Some(rate))?;
             if result.loss_ratio <= LOSS_THRESHOLD && !result.generator_bound {
                 good = rate;
@@ -772,9 +774,10 @@ impl Bench {
                     FIRST_CHANNEL,
                     &self.certificate,
                 )?;
-                let result = self.sweep_with(&scenario, &mut |bench, rate| {
-                    bench.measure_stream(pid, &mut clients, &scenario, rate)
-                });
+                let result =
+                    self.sweep_with(&scenario, self.plan.search_steps, &mut |bench, rate| {
+                        bench.measure_stream(pid, &mut clients, &scenario, rate)
+                    });
                 stream_load::close(clients);
                 let result = result?;
                 eprintln!(

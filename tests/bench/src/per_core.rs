@@ -54,6 +54,9 @@ pub const FLOWS: usize = 8;
 pub const PAYLOAD_LEN: usize = 120;
 /// The offered rates of the full run (pps).
 pub const DEFAULT_RATES: [f64; 2] = [20_000.0, 40_000.0];
+/// Bisection steps of the kernel-speed search at least: its saturated step relays in
+/// large batches, far above the rate sustained without loss, so the search starts high.
+const KERNEL_SPEED_SEARCH_STEPS: usize = 7;
 /// How long enabling threaded NAPI may take to start its kthreads.
 const KTHREAD_LIMIT: Duration = Duration::from_secs(2);
 
@@ -472,7 +475,8 @@ impl Bench {
             "turn-bench: per-core: {name} {}: kernel speed",
             mode.label()
         );
-        let result = self.sweep_with(&scenario(mode), &mut |bench, rate| {
+        let search_steps = self.plan.search_steps.max(KERNEL_SPEED_SEARCH_STEPS);
+        let result = self.sweep_with(&scenario(mode), search_steps, &mut |bench, rate| {
             let step = bench.measure_live(injector, flows, mode, PAYLOAD_LEN, rate)?;
             eprintln!(
                 "turn-bench: per-core: {name} live frames offered {:.0} pps: relayed {:.0} pps, loss {:.3} %",

@@ -111,6 +111,7 @@ enum Inject {
     Last,
     Burst,
     BurstLeft,
+    Flows,
 }
 
 /// What one [`FrameInjector::inject`] transmitted.
@@ -132,7 +133,7 @@ pub struct Injected {
 /// them.
 ///
 /// A test run with more than one repetition swaps the kernel's XDP dispatcher twice
-/// (milliseconds), so the generator makes one long run per frame and paces inside the
+/// (milliseconds), so the generator makes one long run and paces inside the
 /// program ([`INJECT_MAP`]: a burst of frames is due every burst × interval; a frame
 /// that is not due is dropped before it leaves), and a signal ends the runs. The kernel
 /// recycles the run's pages without restoring their data, which the receiver may have
@@ -158,14 +159,12 @@ impl FrameInjector {
         Ok(FrameInjector { ebpf })
     }
 
-    /// Transmits `frames` out of interface `ifindex` at `rate` frames/s in total (None: as
-    /// fast as possible) for `duration` or until `stop()`: one thread per frame (at the
-    /// lowest priority, so that other work on its CPU goes first), each in one live-frames
-    /// test run, sharing one pace. The kernel looks `ifindex` up in the calling thread's
-    /// network namespace: call it from inside the interface's namespace
-    /// ([`crate::netns::Namespace::run_inside`]), and on one CPU (the pace is shared
-    /// without locks; the runs are serialised by disabling bottom halves on that CPU). A
-    /// frame the receiving end has no room for is dropped there, not reported here.
+    /// Transmits `frames` (of one length; one per flow, in turn) out of interface
+    /// `ifindex` at `rate` frames/s (None: as fast as possible) for `duration` or until
+    /// `stop()`, from one thread in one live-frames test run. The kernel looks `ifindex`
+    /// up in the calling thread's network namespace: call it from inside the interface's
+    /// namespace ([`crate::netns::Namespace::run_inside`]). A frame the receiving end has
+    /// no room for is dropped there, not reported here.
     pub fn inject(
         &mut self,
         ifindex: u32,
@@ -184,10 +183,11 @@ impl FrameInjector {
                 .map_mut(INJECT_FRAMES_MAP)
                 .ok_or_else(|| anyhow!("the XDP object has no map {INJECT_FRAMES_MAP}"))?,
         )?;
+        let frame_len = frames[0].len();
         for (index, frame) in frames.iter().enumerate() {
             ensure!(
-                frame.len() <= INJECT_FRAME_MAX,
-                "a {}-byte frame (at most {INJECT_FRAME_MAX})",
+                frame.len() == frame_len && frame.len() <= INJECT_FRAME_MAX,
+                "frames of {} and {frame_len} bytes (one length, at most {INJECT_FRAME_MAX})",
                 frame.len()
             );
             let mut template = [0u8; INJECT_FRAME_MAX];
@@ -208,6 +208,7 @@ impl FrameInjector {
             (Inject::Last, 0),
             (Inject::Burst, burst),
             (Inject::BurstLeft, 0),
+            (Inject::Flows, frames.len() as u64),
         ])?;
         let repeat =
             (duration.as_secs_f64() * MAX_ITERATIONS_PER_SECOND).min(f64::from(u32::MAX)) as u32;
@@ -216,47 +217,33 @@ impl FrameInjector {
             .program(TRANSMIT_PROGRAM)
             .ok_or_else(|| anyhow!("the XDP object has no program {TRANSMIT_PROGRAM}"))?
             .try_into()?;
-        // Each thread's pthread_t (0 until it started), for the stop signal.
-        let ids: Vec<AtomicU64> = frames.iter().map(|_| AtomicU64::new(0)).collect();
-        let runs: Vec<Result<()>> = std::thread::scope(|scope| {
-            let threads: Vec<_> = frames
-                .iter()
-                .zip(&ids)
-                .enumerate()
-                .map(|(index, (frame, id))| {
-                    scope.spawn(move || {
-                        // SAFETY: no preconditions.
-                        id.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
-                        transmit(program, ifindex, index as u32, frame, repeat)
-                    })
-                })
-                .collect();
+        // The thread's pthread_t (0 until it started), for the stop signal.
+        let id = AtomicU64::new(0);
+        let run = std::thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                // SAFETY: no preconditions.
+                id.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
+                transmit(program, ifindex, &frames[0], repeat)
+            });
             let deadline = Instant::now() + duration;
-            while Instant::now() < deadline && !stop() {
+            while Instant::now() < deadline && !stop() && !thread.is_finished() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             let stop_by = Instant::now() + STOP_LIMIT;
-            while threads.iter().any(|thread| !thread.is_finished()) && Instant::now() < stop_by {
-                for (thread, id) in threads.iter().zip(&ids) {
-                    let id = id.load(Ordering::Acquire);
-                    if id != 0 && !thread.is_finished() {
-                        // SAFETY: the thread is alive (not finished, joined only below);
-                        // one that is just finishing ignores the signal.
-                        unsafe { libc::pthread_kill(id as libc::pthread_t, STOP_SIGNAL) };
-                    }
+            while !thread.is_finished() && Instant::now() < stop_by {
+                let id = id.load(Ordering::Acquire);
+                if id != 0 {
+                    // SAFETY: the thread is alive (not finished, joined only below); if
+                    // it is just finishing, it ignores the signal.
+                    unsafe { libc::pthread_kill(id as libc::pthread_t, STOP_SIGNAL) };
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
-            threads
-                .into_iter()
-                .map(|thread| {
-                    thread
-                        .join()
-                        .unwrap_or_else(|_| Err(anyhow!("an injector thread panicked")))
-                })
-                .collect()
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("the injector thread panicked")))
         });
-        runs.into_iter().collect::<Result<Vec<()>>>()?;
+        run?;
         let (sent, first, last) = (
             self.read_pace(Inject::Sent)?,
             self.read_pace(Inject::First)?,
@@ -290,10 +277,9 @@ impl FrameInjector {
     }
 
     fn read_pace(&mut self, index: Inject) -> Result<u64> {
-        Ok(self
-            .pace()?
+        self.pace()?
             .get(&(index as u32), 0)
-            .with_context(|| format!("reading {INJECT_MAP}"))?)
+            .with_context(|| format!("reading {INJECT_MAP}"))
     }
 }
 
@@ -315,17 +301,12 @@ fn stop_signal_handler() -> Result<()> {
         .map_err(|error| anyhow!(error))
 }
 
-/// One live-frames test run of `program` on frame `index` of [`INJECT_FRAMES_MAP`]
-/// (`frame`), arriving on `ifindex`, for up to `repeat` iterations; ended early (EINTR)
-/// by [`STOP_SIGNAL`].
-fn transmit(program: &Xdp, ifindex: u32, index: u32, frame: &[u8], repeat: u32) -> Result<()> {
-    // SAFETY: lowers the calling thread's own priority (nice 19); no memory involved.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+/// One live-frames test run of `program` on frames of `frame`'s length, arriving on
+/// `ifindex`, for up to `repeat` iterations; ended early (EINTR) by [`STOP_SIGNAL`].
+fn transmit(program: &Xdp, ifindex: u32, frame: &[u8], repeat: u32) -> Result<()> {
     let context = xdp_md(frame.len(), ifindex);
-    // The frame's index as 4 bytes of metadata in front of it.
-    let data: Vec<u8> = index.to_ne_bytes().iter().chain(frame).copied().collect();
     let run = program.test_run(TestRunOptions {
-        data_in: Some(&data),
+        data_in: Some(frame),
         ctx_in: Some(&context),
         repeat,
         attrs: TestRunAttrs::new().xdp_live_frames(INJECT_BATCH),
@@ -346,10 +327,10 @@ fn transmit(program: &Xdp, ifindex: u32, index: u32, frame: &[u8], repeat: u32) 
 
 /// `struct xdp_md` (include/uapi/linux/bpf.h: six `__u32`, native endian: `data`,
 /// `data_end`, `data_meta`, `ingress_ifindex`, `rx_queue_index`, `egress_ifindex`) as
-/// BPF_PROG_TEST_RUN takes it in `ctx_in`, offsets into `data_in`: 4 bytes of metadata
-/// from offset 0, then the frame to its end, arriving on `ifindex`, receive queue 0.
+/// BPF_PROG_TEST_RUN takes it in `ctx_in`: the frame from offset 0 to its length, no
+/// metadata, arriving on `ifindex`, receive queue 0.
 fn xdp_md(frame_len: usize, ifindex: u32) -> [u8; 24] {
-    let fields = [4, 4 + frame_len as u32, 0, ifindex, 0, 0];
+    let fields = [0, frame_len as u32, 0, ifindex, 0, 0];
     let mut context = [0u8; 24];
     for (bytes, field) in context.chunks_exact_mut(4).zip(fields) {
         bytes.copy_from_slice(&field.to_ne_bytes());
