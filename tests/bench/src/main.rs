@@ -195,7 +195,8 @@ pub struct RunOptions {
     /// Skip the per-core comparison.
     #[arg(long, conflicts_with = "per_core_only")]
     pub no_per_core: bool,
-    /// Only the per-core comparison (about a minute).
+    /// Only the per-core comparison with its kernel-speed table (about a minute with
+    /// `--quick`, a few without).
     #[arg(long)]
     pub per_core_only: bool,
 }

@@ -469,7 +469,8 @@ fn kernel_speed_table(per_core: &PerCoreReport, md: &mut String) {
         "## Kernel speed: highest relayed rate at ≤ 0.1 % loss on one core\n\n\
          The same pinning and servers as above; the live-frames generator offers prebuilt frames ({} flows, \
          {} B payload) as fast as it can, then bisects the offered rate; *relayed* counts what reached the \
-         peer's veth end (dropped there by XDP), *loss* = 1 − that / frames injected. *gen-bound*: no step lost \
+         peer's veth end (dropped there by XDP), *loss* = 1 − that / frames injected; *max* = the highest rate \
+         a step actually offered (the generator falls short of its aim when its CPU is busy) with ≤ 0.1 % loss. *gen-bound*: no step lost \
          more than 0.1 %, so the generator, not the server, set the figure (a lower bound). Target: ours-xdp \
          ≥ {KERNEL_SPEED_TARGET}× coturn.\n\n\
          | load | server | max pps @ ≤0.1 % loss | saturated: offered | relayed | loss | × coturn | target |\n\
