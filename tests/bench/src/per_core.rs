@@ -442,34 +442,52 @@ impl Bench {
         injector: &mut FrameInjector,
         report: &mut PerCoreReport,
     ) -> Result<()> {
-        for &rate in plan.rates {
-            let row =
-                self.per_core_step(server, flows, mode, rate, Generator::Sockets, injector)?;
-            report.rows.push(row);
-        }
+        let rates = plan.rates;
+        let rows = self.per_core_rates(server, flows, mode, rates, Generator::Sockets, injector);
+        report.rows.extend(rows?);
         self.peer_end(StubAction::Drop)?;
-        let live = self.per_core_live(server, flows, mode, plan, injector, report);
+        let mut live = || -> Result<()> {
+            let rows =
+                self.per_core_rates(server, flows, mode, rates, Generator::LiveFrames, injector);
+            report.rows.extend(rows?);
+            if plan.kernel_speed_modes.contains(&mode) {
+                let result = self.kernel_speed(server, flows, mode, injector)?;
+                report.kernel_speed.push(KernelSpeedRow {
+                    server: server.kind.name().to_owned(),
+                    result,
+                });
+            }
+            Ok(())
+        };
+        let live = live();
         self.peer_end(StubAction::Pass)?;
         live
     }
 
-    fn per_core_live(
+    /// `server`'s rows in `mode` with `generator` at each of `rates`.
+    fn per_core_rates(
         &mut self,
         server: &Measured,
         flows: &[Flow],
         mode: RelayMode,
-        plan: PerCorePlan<'_>,
+        rates: &[f64],
+        generator: Generator,
         injector: &mut FrameInjector,
-        report: &mut PerCoreReport,
-    ) -> Result<()> {
-        for &rate in plan.rates {
-            let row =
-                self.per_core_step(server, flows, mode, rate, Generator::LiveFrames, injector)?;
-            report.rows.push(row);
-        }
-        if !plan.kernel_speed_modes.contains(&mode) {
-            return Ok(());
-        }
+    ) -> Result<Vec<PerCoreRow>> {
+        rates
+            .iter()
+            .map(|&rate| self.per_core_step(server, flows, mode, rate, generator, injector))
+            .collect()
+    }
+
+    /// The highest rate of live frames `server` relays in `mode` with ≤ 0.1 % loss.
+    fn kernel_speed(
+        &mut self,
+        server: &Measured,
+        flows: &[Flow],
+        mode: RelayMode,
+        injector: &mut FrameInjector,
+    ) -> Result<ScenarioResult> {
         let name = server.kind.name();
         eprintln!(
             "turn-bench: per-core: {name} {}: kernel speed",
@@ -500,11 +518,7 @@ impl Bench {
                 ""
             }
         );
-        report.kernel_speed.push(KernelSpeedRow {
-            server: name.to_owned(),
-            result,
-        });
-        Ok(())
+        Ok(result)
     }
 
     fn per_core_step(

@@ -71,6 +71,16 @@ fn pps(value: f64) -> String {
     }
 }
 
+/// A result's max rate, marked when the generator set it.
+fn max_rate(result: &ScenarioResult) -> String {
+    let bound = if result.max_rate.generator_bound {
+        " (gen-bound)"
+    } else {
+        ""
+    };
+    format!("{}{bound}", pps(result.max_rate.pps))
+}
+
 fn latency(percentiles: Option<&Percentiles>) -> String {
     percentiles.map_or("–".into(), |p| {
         format!("{:.1} / {:.1} / {:.1}", p.p50_us, p.p99_us, p.p999_us)
@@ -503,15 +513,10 @@ fn kernel_speed_table(per_core: &PerCoreReport, md: &mut String) {
             let saturated = &result.saturated;
             let _ = writeln!(
                 md,
-                "| {} | {} | {}{} | {} | {} | {:.2} % | {} | {verdict} |",
+                "| {} | {} | {} | {} | {} | {:.2} % | {} | {verdict} |",
                 mode.label(),
                 row.server,
-                pps(result.max_rate.pps),
-                if result.max_rate.generator_bound {
-                    " (gen-bound)"
-                } else {
-                    ""
-                },
+                max_rate(result),
                 pps(saturated.offered_pps),
                 pps(saturated.relayed_pps),
                 saturated.loss_ratio * 100.0,
@@ -584,14 +589,9 @@ fn scenario_table<'a>(
         let s = &result.saturated;
         let _ = writeln!(
             md,
-            "| {} | {}{} | {} | {} | {:.2} % | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} % | {} | {} | {} | {} | {} |",
             server.server,
-            pps(result.max_rate.pps),
-            if result.max_rate.generator_bound {
-                " (gen-bound)"
-            } else {
-                ""
-            },
+            max_rate(result),
             pps(s.offered_pps),
             pps(s.relayed_pps),
             s.loss_ratio * 100.0,

@@ -51,14 +51,8 @@ impl StubXdp {
         };
         let ebpf = netns
             .run_inside(|| {
-                let mut ebpf = EbpfLoader::new()
-                    .load(object())
-                    .context("loading the XDP object")?;
-                let program: &mut Xdp = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
-                    .try_into()?;
-                program.load().with_context(|| format!("loading {name}"))?;
+                let mut ebpf = load_program(name)?;
+                let program: &mut Xdp = program_mut(&mut ebpf, name)?;
                 program
                     .attach(interface, XdpMode::Driver)
                     .with_context(|| format!("attaching {name} to {interface}"))?;
@@ -72,6 +66,25 @@ impl StubXdp {
         );
         Ok(StubXdp { _ebpf: ebpf })
     }
+}
+
+/// The XDP object with program `name` loaded (verified), attached nowhere.
+fn load_program(name: &str) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .load(object())
+        .context("loading the XDP object")?;
+    program_mut(&mut ebpf, name)?
+        .load()
+        .with_context(|| format!("loading {name}"))?;
+    Ok(ebpf)
+}
+
+/// Program `name` of `ebpf`.
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
+        .try_into()?)
 }
 
 /// The pass-only program on the client's and the peer's `eth0`, so they accept what the
@@ -145,16 +158,7 @@ pub struct FrameInjector {
 
 impl FrameInjector {
     pub fn load() -> Result<FrameInjector> {
-        let mut ebpf = EbpfLoader::new()
-            .load(object())
-            .context("loading the XDP object")?;
-        let program: &mut Xdp = ebpf
-            .program_mut(TRANSMIT_PROGRAM)
-            .ok_or_else(|| anyhow!("the XDP object has no program {TRANSMIT_PROGRAM}"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading {TRANSMIT_PROGRAM}"))?;
+        let ebpf = load_program(TRANSMIT_PROGRAM)?;
         stop_signal_handler()?;
         Ok(FrameInjector { ebpf })
     }
