@@ -491,6 +491,7 @@ pub struct StepResult {
     pub generator_bound: bool,
     /// Datagrams dropped at full socket buffers in the peer namespace (the sink's own
     /// losses; when this is most of the loss, the sink, not the server, was the limit).
+    /// In live-frames steps: relayed frames the peer's veth end had no room for.
     pub sink_drops: u64,
     /// Datagrams the peer namespace dropped for a bad UDP checksum (a relay bug if not 0).
     pub sink_checksum_errors: u64,

@@ -480,13 +480,16 @@ fn kernel_speed_table(per_core: &PerCoreReport, md: &mut String) {
          The same pinning and servers as above; the live-frames generator offers prebuilt frames ({} flows, \
          {} B payload) as fast as it can, then bisects the offered rate; *relayed* counts what reached the \
          peer's veth end (dropped there by XDP), *loss* = 1 − that / frames injected; *max* = the highest rate \
-         a step actually offered (the generator falls short of its aim when its CPU is busy) with ≤ 0.1 % loss. *gen-bound*: no step lost \
+         a step actually offered (the generator falls short of its aim when its CPU is busy) with ≤ 0.1 % loss. \
+         *sink full*: of the saturated step's loss, frames the relay sent that the peer's veth end had no room for \
+         (its NAPI kthread shares CPU {} with the generator), counted as loss all the same. *gen-bound*: no step lost \
          more than 0.1 %, so the generator, not the server, set the figure (a lower bound). Target: ours-xdp \
          ≥ {KERNEL_SPEED_TARGET}× coturn.\n\n\
-         | load | server | max pps @ ≤0.1 % loss | saturated: offered | relayed | loss | × coturn | target |\n\
-         |---|---|---|---|---|---|---|---|",
+         | load | server | max pps @ ≤0.1 % loss | saturated: offered | relayed | loss | sink full | × coturn | target |\n\
+         |---|---|---|---|---|---|---|---|---|",
         per_core::FLOWS,
         per_core::PAYLOAD_LEN,
+        per_core::LOAD_CPU,
     );
     for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
         let coturn = per_core
@@ -513,13 +516,14 @@ fn kernel_speed_table(per_core: &PerCoreReport, md: &mut String) {
             let saturated = &result.saturated;
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {:.2} % | {} | {verdict} |",
+                "| {} | {} | {} | {} | {} | {:.2} % | {} | {} | {verdict} |",
                 mode.label(),
                 row.server,
                 max_rate(result),
                 pps(saturated.offered_pps),
                 pps(saturated.relayed_pps),
                 saturated.loss_ratio * 100.0,
+                saturated.sink_drops,
                 ratio.map_or("–".to_owned(), |r| format!("{r:.2}")),
             );
         }
