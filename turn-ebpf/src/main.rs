@@ -24,7 +24,7 @@ mod to_peer;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -111,6 +111,117 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdp_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
+}
+
+/// The live-frames generator's pacing and counts ([`xdp_transmit`]), indexed by
+/// [`Inject`]; written by the benchmark between runs.
+#[map]
+static INJECT: Array<u64> = Array::with_max_entries(Inject::COUNT, 0);
+
+/// The entries of [`INJECT`].
+#[repr(u32)]
+enum Inject {
+    /// ns between two transmitted frames (0: as fast as possible).
+    Interval,
+    /// When the next frame is due (bpf_ktime_get_ns).
+    Due,
+    /// Frames transmitted.
+    Sent,
+    /// When the first and the last frame were transmitted.
+    First,
+    Last,
+    /// Frames sent back to back when a burst is due (0 or 1: one), and those of the
+    /// current burst still to send.
+    Burst,
+    BurstLeft,
+    /// Frames in [`INJECT_FRAMES`] (flows), sent round-robin.
+    Flows,
+}
+
+impl Inject {
+    const COUNT: u32 = 8;
+}
+
+/// How late the generator may run before it gives up catching up, in ns: a pause (the
+/// generator preempted) turns into a burst of at most this much worth of frames.
+const INJECT_LATE_NS: u64 = 1_000_000;
+
+/// The longest frame the live-frames generator sends, and how many flows it has.
+const INJECT_FRAME_MAX: usize = 256;
+const INJECT_FLOWS: u32 = 64;
+
+/// The live-frames generator's frames, one per flow, zero-padded: [`xdp_transmit`]
+/// writes the flow's frame into every frame it transmits.
+#[map]
+static INJECT_FRAMES: Array<[u8; INJECT_FRAME_MAX]> = Array::with_max_entries(INJECT_FLOWS, 0);
+
+/// The benchmark's live-frames generator, run by BPF_PROG_TEST_RUN in live-frames mode
+/// with the client's veth end as ingress: transmits the frame back out of it (XDP_TX, so
+/// it crosses the veth pair as an XDP frame) when one is due, in bursts of [`INJECT`]'s
+/// burst size every burst × interval, and drops it (no frame leaves) otherwise. Each
+/// frame sent is written from [`INJECT_FRAMES`], the flows in turn: the kernel recycles
+/// the run's pages without restoring their data, which a receiver (the relay rewriting
+/// headers) may have changed.
+#[xdp]
+pub fn xdp_transmit(ctx: XdpContext) -> u32 {
+    let entry = |index: Inject| INJECT.get_ptr_mut(index as u32);
+    let (Some(interval), Some(due), Some(sent), Some(first), Some(last)) = (
+        entry(Inject::Interval),
+        entry(Inject::Due),
+        entry(Inject::Sent),
+        entry(Inject::First),
+        entry(Inject::Last),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (Some(burst), Some(burst_left), Some(flows)) = (
+        entry(Inject::Burst),
+        entry(Inject::BurstLeft),
+        entry(Inject::Flows),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the map's own entries; the benchmark's generator runs on one CPU with bottom
+    // halves disabled, so nothing else writes them meanwhile.
+    unsafe {
+        if *burst_left > 0 {
+            *burst_left -= 1;
+        } else if *due <= now {
+            let size = (*burst).max(1);
+            *burst_left = size - 1;
+            *due = (*due).max(now.saturating_sub(INJECT_LATE_NS)) + *interval * size;
+        } else {
+            return xdp_action::XDP_DROP;
+        }
+        if !rewrite_injected(&ctx, (*sent % (*flows).max(1)) as u32) {
+            return xdp_action::XDP_ABORTED;
+        }
+        if *sent == 0 {
+            *first = now;
+        }
+        *sent += 1;
+        *last = now;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Writes the live-frames generator's frame of `flow` over the frame; false if there is
+/// none.
+#[inline(always)]
+fn rewrite_injected(ctx: &XdpContext, flow: u32) -> bool {
+    let Some(frame) = INJECT_FRAMES.get_ptr_mut(flow) else {
+        return false;
+    };
+    let len = ctx.data_end() - ctx.data();
+    // An Ethernet header at least (a bound the verifier keeps, unlike len != 0).
+    if !(14..=INJECT_FRAME_MAX).contains(&len) {
+        return false;
+    }
+    // SAFETY: `frame` points to INJECT_FRAME_MAX bytes of the map value, `len` is at most
+    // that; the helper checks the packet's bounds.
+    unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, frame.cast(), len as u32) == 0 }
 }
 
 #[inline(always)]

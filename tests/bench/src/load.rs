@@ -134,7 +134,7 @@ pub struct GeneratorOutcome {
 }
 
 /// The datagram a flow sends, up to the probe header; payload bytes follow.
-fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, usize) {
+pub fn flow_template(flow: &Flow, mode: RelayMode, payload_len: usize) -> (Vec<u8>, usize) {
     let zeros = vec![0u8; payload_len];
     let mut template = match mode {
         RelayMode::ChannelData => {
@@ -491,6 +491,7 @@ pub struct StepResult {
     pub generator_bound: bool,
     /// Datagrams dropped at full socket buffers in the peer namespace (the sink's own
     /// losses; when this is most of the loss, the sink, not the server, was the limit).
+    /// In live-frames steps: relayed frames the peer's veth end had no room for.
     pub sink_drops: u64,
     /// Datagrams the peer namespace dropped for a bad UDP checksum (a relay bug if not 0).
     pub sink_checksum_errors: u64,

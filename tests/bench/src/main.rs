@@ -9,12 +9,13 @@
 //! ([`servers`]: coturn, ours with XDP off, ours with XDP) measures STUN Binding requests/s
 //! and authenticated allocations/s ([`control`]), sweeps the offered rate per scenario to
 //! find the highest rate relayed with ≤ 0.1 % loss ([`load`]), measures one-way latency at
-//! half of coturn's maximum rate, and drives the XDP path at kernel speed with AF_PACKET
-//! ([`kernel_mode`]). Clients over TCP and TLS relay ChannelData to the same sink
-//! ([`stream_load`]; coturn and ours in userspace, as XDP relays UDP clients only).
+//! half of coturn's maximum rate. Clients over TCP and TLS relay ChannelData to the same
+//! sink ([`stream_load`]; coturn and ours in userspace, as XDP relays UDP clients only).
 //! Last, the per-core comparison ([`per_core`]): each server with one relay thread,
-//! pinned with its NAPI kthreads to one core, its CPU per relayed packet at fixed rates;
-//! `--per-core-only` runs just that. Results go to Markdown, JSON and SVG files
+//! pinned with its NAPI kthreads to one core, its CPU per relayed packet at fixed rates
+//! with frames from sockets (skbs) and from the live-frames generator (XDP frames,
+//! [`kernel_mode`]), and its highest rate of live frames relayed with ≤ 0.1 % loss (the
+//! kernel-speed table); `--per-core-only` runs just that. Results go to Markdown, JSON and SVG files
 //! ([`report`]), the per-core table first. `turn-bench scale` ([`scale`]) measures memory
 //! per allocation instead.
 
@@ -163,7 +164,8 @@ pub struct RunOptions {
     /// Payload sizes in bytes, comma separated (default 120,1200; quick 120).
     #[arg(long, value_delimiter = ',')]
     pub payload: Vec<usize>,
-    /// Skip the AF_PACKET kernel-speed mode.
+    /// Skip the kernel-speed table (the highest rate of live frames each server relays
+    /// on one core; part of the per-core comparison).
     #[arg(long)]
     pub no_kernel_mode: bool,
     /// Load generator threads (flows are split between them). More threads offer more load
@@ -193,7 +195,8 @@ pub struct RunOptions {
     /// Skip the per-core comparison.
     #[arg(long, conflicts_with = "per_core_only")]
     pub no_per_core: bool,
-    /// Only the per-core comparison (about a minute).
+    /// Only the per-core comparison with its kernel-speed table (about a minute with
+    /// `--quick`, a few without).
     #[arg(long)]
     pub per_core_only: bool,
 }
@@ -291,7 +294,6 @@ pub struct ServerResults {
     /// Clients over TCP and TLS (coturn and ours in userspace).
     pub stream_scenarios: Vec<ScenarioResult>,
     pub latency: Option<LatencyResult>,
-    pub kernel_mode: Option<kernel_mode::KernelModeResult>,
     /// ours-xdp: the XDP program's cost per packet under live traffic during the latency
     /// step ([`live_cost`]).
     pub xdp_live_cost: Option<live_cost::LiveCost>,
@@ -329,7 +331,6 @@ struct Plan {
     /// Rate-search steps after the saturated step.
     search_steps: usize,
     request_test: Duration,
-    kernel_mode: bool,
     generator_threads: usize,
     fixed_rate: Option<f64>,
 }
@@ -399,7 +400,6 @@ impl Plan {
             step: Duration::from_secs_f64(step_seconds.clamp(0.2, 30.0)),
             search_steps: if options.quick { 3 } else { 6 },
             request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
-            kernel_mode: !options.no_kernel_mode,
             generator_threads: options.generator_threads,
             fixed_rate: options.fixed_rate,
         })
@@ -616,16 +616,18 @@ impl Bench {
     /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, for UDP
     /// clients.
     fn sweep(&mut self, pid: u32, flows: &[Flow], scenario: &Scenario) -> Result<ScenarioResult> {
-        self.sweep_with(scenario, &mut |bench, rate| {
+        self.sweep_with(scenario, self.plan.search_steps, &mut |bench, rate| {
             bench.measure(Some(pid), flows, scenario, rate, false)
         })
     }
 
-    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss, each step
-    /// measured by `measure` (given the rate; None: as fast as possible).
+    /// Saturated step, then a bisection on the offered rate for ≤ 0.1 % loss in up to
+    /// `search_steps` steps, each measured by `measure` (given the rate; None: as fast as
+    /// possible).
     fn sweep_with(
         &mut self,
         scenario: &Scenario,
+        search_steps: usize,
         measure: &mut dyn FnMut(&mut Bench, Option<f64>) -> Result<StepResult>,
     ) -> Result<ScenarioResult> {
         let fixed_rate = self.plan.fixed_rate;
@@ -647,7 +649,7 @@ impl Bench {
         let (mut good, mut bad) = (0.0f64, saturated.offered_pps);
         let mut at_max_rate = None;
         let mut rate = (saturated.relayed_pps * 0.95).max(100.0);
-        for _ in 0..self.plan.search_steps {
+        for _ in 0..search_steps {
             let result = measure(self, Some(rate))?;
             if result.loss_ratio <= LOSS_THRESHOLD && !result.generator_bound {
                 good = rate;
@@ -773,9 +775,10 @@ impl Bench {
                     FIRST_CHANNEL,
                     &self.certificate,
                 )?;
-                let result = self.sweep_with(&scenario, &mut |bench, rate| {
-                    bench.measure_stream(pid, &mut clients, &scenario, rate)
-                });
+                let result =
+                    self.sweep_with(&scenario, self.plan.search_steps, &mut |bench, rate| {
+                        bench.measure_stream(pid, &mut clients, &scenario, rate)
+                    });
                 stream_load::close(clients);
                 let result = result?;
                 eprintln!(
@@ -808,27 +811,6 @@ impl Bench {
             Err(error) => eprintln!("turn-bench: live XDP cost not measured: {error:#}"),
         }
         let round_trip = self.measure(Some(pid), &flows, &scenario, Some(rate.min(1000.0)), true);
-        if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData && scenario.family != 4
-        {
-            eprintln!(
-                "turn-bench: {}: kernel-speed mode skipped: it is IPv4 only",
-                kind.name()
-            );
-        } else if self.plan.kernel_mode && scenario.mode == RelayMode::ChannelData {
-            self.next_step += 1;
-            eprintln!("turn-bench: {}: kernel-speed mode (AF_PACKET)", kind.name());
-            match kernel_mode::run(
-                &mut self.lab,
-                &flows,
-                scenario.payload_len,
-                self.plan.step,
-                self.next_step,
-                pid,
-            ) {
-                Ok(result) => results.kernel_mode = Some(result),
-                Err(error) => eprintln!("turn-bench: kernel-speed mode failed: {error:#}"),
-            }
-        }
         self.close_flows(flows);
         results.latency = Some(LatencyResult {
             scenario,
@@ -889,6 +871,18 @@ fn per_core_rates(options: &RunOptions) -> Vec<f64> {
         per_core::DEFAULT_RATES.to_vec()
     } else {
         options.per_core_rates.clone()
+    }
+}
+
+/// The modes of the kernel-speed table: ChannelData (quick), both (full), none
+/// (`--no-kernel-mode`).
+fn kernel_speed_modes(options: &RunOptions) -> &'static [RelayMode] {
+    if options.no_kernel_mode {
+        &[]
+    } else if options.quick {
+        &[RelayMode::ChannelData]
+    } else {
+        &[RelayMode::ChannelData, RelayMode::SendIndication]
     }
 }
 
@@ -970,9 +964,13 @@ pub fn run(options: &RunOptions) -> Result<()> {
         xdp_program_timing_error: None,
         per_core: None,
     };
+    let per_core_rates = per_core_rates(options);
+    let per_core_plan = per_core::PerCorePlan {
+        rates: &per_core_rates,
+        kernel_speed_modes: kernel_speed_modes(options),
+    };
     if options.per_core_only {
-        report.per_core =
-            Some(bench.per_core(&kinds, &per_core_rates(options), &relay_binary, &work_dir));
+        report.per_core = Some(bench.per_core(&kinds, per_core_plan, &relay_binary, &work_dir));
         let written = report::write_all(&report, &options.out)?;
         println!("{}", std::fs::read_to_string(&written).unwrap_or_default());
         if interrupted() {
@@ -1013,8 +1011,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
     }
     if !options.no_per_core && !interrupted() {
         // Last, as it turns GRO and threaded NAPI on in the namespaces.
-        report.per_core =
-            Some(bench.per_core(&kinds, &per_core_rates(options), &relay_binary, &work_dir));
+        report.per_core = Some(bench.per_core(&kinds, per_core_plan, &relay_binary, &work_dir));
     }
     let written = report::write_all(&report, &options.out)?;
     println!("{}", std::fs::read_to_string(&written).unwrap_or_default());

@@ -236,10 +236,21 @@ impl Namespace {
 
     /// Frames an interface received (its rx_packets counter).
     pub fn rx_packets(&self, interface: &str) -> Result<u64> {
+        self.link_counter(interface, "rx/packets")
+    }
+
+    /// Frames an interface dropped on transmit (its tx_dropped counter; on veth also the
+    /// XDP frames redirected into it that its peer had no room for).
+    pub fn tx_dropped(&self, interface: &str) -> Result<u64> {
+        self.link_counter(interface, "tx/dropped")
+    }
+
+    /// Counter `name` (`rx/packets`, …) of `ip -s link`'s stats64.
+    fn link_counter(&self, interface: &str, name: &str) -> Result<u64> {
         self.link(interface, true)?
-            .pointer("/0/stats64/rx/packets")
+            .pointer(&format!("/0/stats64/{name}"))
             .and_then(serde_json::Value::as_u64)
-            .with_context(|| format!("no rx packet counter for {interface}"))
+            .with_context(|| format!("no {name} counter for {interface}"))
     }
 }
 

@@ -15,7 +15,24 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 /// The name of the drop-everything program in [`object`] (the benchmark's sink side).
 pub const DROP_PROGRAM: &str = "xdp_drop";
 
-/// The XDP object the daemon embeds (`turn_xdp`, [`PASS_PROGRAM`], [`DROP_PROGRAM`]).
+/// The name of the program in [`object`] that transmits frames back out of their
+/// ingress interface (XDP_TX) at the pace [`INJECT_MAP`] sets: the benchmark's
+/// live-frames generator.
+pub const TRANSMIT_PROGRAM: &str = "xdp_transmit";
+/// [`TRANSMIT_PROGRAM`]'s array of `u64`: interval between frames in ns (0: as fast as
+/// possible), when the next burst is due, frames transmitted, when the first and the
+/// last were transmitted (bpf_ktime_get_ns), frames per burst, frames of the current
+/// burst still to send, in that order (turn-ebpf's `Inject`).
+pub const INJECT_MAP: &str = "INJECT";
+/// [`TRANSMIT_PROGRAM`]'s frames, one per flow (array of [`INJECT_FRAME_MAX`] bytes,
+/// zero-padded, at most [`INJECT_FLOWS`]); it rewrites every frame it sends with the
+/// one at the index in the frame's 4-byte metadata.
+pub const INJECT_FRAMES_MAP: &str = "INJECT_FRAMES";
+pub const INJECT_FRAME_MAX: usize = 256;
+pub const INJECT_FLOWS: usize = 64;
+
+/// The XDP object the daemon embeds (`turn_xdp`, [`PASS_PROGRAM`], [`DROP_PROGRAM`],
+/// [`TRANSMIT_PROGRAM`]).
 pub fn object() -> &'static [u8] {
     XDP_OBJECT
 }
