@@ -113,7 +113,11 @@ overlay!(RawLimits {
     unauthenticated_answers_burst,
     max_cached_responses_per_user,
 });
-overlay!(RawXdp { mode, interfaces });
+overlay!(RawXdp {
+    mode,
+    interfaces,
+    trace
+});
 overlay!(RawMetrics { listen });
 overlay!(RawAdmin { token, token_file });
 overlay!(RawLog { level, format });
@@ -205,6 +209,7 @@ pub(super) struct RawLimits {
 pub(super) struct RawXdp {
     pub(super) mode: Option<Spanned<String>>,
     pub(super) interfaces: Option<Vec<Spanned<String>>>,
+    pub(super) trace: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
