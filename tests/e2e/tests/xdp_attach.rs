@@ -26,6 +26,7 @@ fn native_attach_counts_udp_and_detaches_on_drop() {
         max_allocations: 16,
         max_permissions_per_allocation: 10,
         max_channels_per_allocation: 10,
+        trace: false,
     };
     let relay = topology
         .relay
@@ -96,6 +97,7 @@ fn verifier_accepts_the_program_in_native_and_skb_mode() {
             max_allocations: 1024,
             max_permissions_per_allocation: 10,
             max_channels_per_allocation: 10,
+            trace: false,
         };
         let relay = topology
             .relay

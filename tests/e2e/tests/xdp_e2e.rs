@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use turn_testkit::addresses::{
-    OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6,
+    CLIENT_V4, OUTER_INTERFACE, PEER_V4, PEER_V6, RELAY_CLIENT_SIDE_INTERFACE, RELAY_LISTEN_V6,
     RELAY_PEER_SIDE_INTERFACE, RELAY_RELAYED_V4, RELAY_RELAYED_V6, TURN_PORT,
 };
 use turn_testkit::capture::{count_frames, Capture, Direction};
@@ -559,4 +559,30 @@ fn relayed_frames_carry_valid_checksums_and_are_all_accepted() {
     }
     // Kept (and named in the failure) when an assertion above fails.
     let _ = fs::remove_dir_all(&directory);
+}
+
+/// `xdp.trace` (issue 11): with it on, the program's decisions for relayed frames reach
+/// the daemon's log (aya-log's ring buffer, then `log` records as `tracing` events) with
+/// their flow, and the relay still relays losslessly.
+#[test]
+fn the_xdp_trace_reaches_the_daemon_log() {
+    let test = "the_xdp_trace_reaches_the_daemon_log";
+    if !privileged(test) {
+        return;
+    }
+    let lab = Lab::new(true).or_fail("building the lab");
+    let _peers = lab.peers().or_fail("starting turnutils_peer");
+    let daemon = Daemon::start(&lab.topology.relay, &config(Xdp::Native).with_xdp_trace())
+        .or_fail("starting turn-relay with xdp.trace");
+    let uclient = ipv4_channels();
+    uclient
+        .run(&lab.topology.client)
+        .or_fail("uclient")
+        .ensure_lossless(u64::from(uclient.messages))
+        .or_fail("relaying with the trace on");
+    let relayed_line = format!("relayed_channel_data_to_peer action 4 {CLIENT_V4}:");
+    let log = daemon
+        .log_when(Duration::from_secs(10), |log| log.contains(&relayed_line))
+        .or_fail("trace records in the daemon log");
+    assert!(log.contains("xdp.trace is on"), "{log}");
 }

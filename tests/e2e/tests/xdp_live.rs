@@ -100,6 +100,7 @@ fn relays_both_directions(plan: &Plan) {
         max_allocations: 16,
         max_permissions_per_allocation: 10,
         max_channels_per_allocation: 10,
+        trace: false,
     };
     let relay = topology
         .relay

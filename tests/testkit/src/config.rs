@@ -85,6 +85,8 @@ pub struct RelayConfig {
     pub connections: Connections,
     /// `[log] level`.
     pub log_level: &'static str,
+    /// `xdp.trace` (see [`RelayConfig::with_xdp_trace`]).
+    pub xdp_trace: bool,
 }
 
 /// The `[connections]` limits of TCP and TLS clients.
@@ -189,6 +191,8 @@ struct XdpSection {
     mode: Xdp,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     interfaces: Vec<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    trace: bool,
 }
 
 #[derive(Serialize)]
@@ -227,7 +231,14 @@ impl RelayConfig {
             proxy_allow_from: Vec::new(),
             connections: Connections::default(),
             log_level: "info",
+            xdp_trace: false,
         }
+    }
+
+    /// Turns on `xdp.trace`: the program logs every frame's decision.
+    pub fn with_xdp_trace(mut self) -> RelayConfig {
+        self.xdp_trace = true;
+        self
     }
 
     /// Sets `[limits] <key> = value` (see `config/turn-relay.toml`).
@@ -348,6 +359,7 @@ impl RelayConfig {
                     (Some(placement), _) => placement.interfaces.clone(),
                     (None, _) => vec![RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE],
                 },
+                trace: self.xdp_trace,
             },
             metrics: Metrics {
                 listen: METRICS_ADDRESS,

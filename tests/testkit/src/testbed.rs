@@ -18,12 +18,13 @@
 //! in that form.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use turn_relay::bpf::testing::DetachedProgram;
-use turn_relay::bpf::{Outcome, RoutingWatch, XdpCounters};
+use turn_relay::bpf::{DecisionTrace, Outcome, RoutingWatch, XdpCounters};
 
 use crate::addresses::{
     CLIENT_V4, CLIENT_V6, NEAR_PEER_V4, NEAR_PEER_V6, PEER_V4, PEER_V6, PREFIX_V4, PREFIX_V6,
@@ -95,6 +96,8 @@ pub enum Timed {
 pub struct Testbed {
     // Field order is drop order: the watcher and the program go before the namespace.
     _routing: RoutingWatch,
+    /// With [`Testbed::traced`]: the program's decision trace and what it logged.
+    trace: Option<(DecisionTrace, TraceRecords)>,
     program: DetachedProgram,
     namespace: Netns,
     client_side_ifindex: u32,
@@ -104,9 +107,25 @@ pub struct Testbed {
 impl Testbed {
     /// Creates the namespace and loads the program with maps for `max_allocations`.
     pub fn new(max_allocations: u32) -> Result<Testbed> {
+        Self::with_trace(max_allocations, false)
+    }
+
+    /// As [`Testbed::new`], with the program's decision trace (`xdp.trace`) on: what it
+    /// logs is read with [`Testbed::trace_records`].
+    pub fn traced(max_allocations: u32) -> Result<Testbed> {
+        Self::with_trace(max_allocations, true)
+    }
+
+    fn with_trace(max_allocations: u32, trace: bool) -> Result<Testbed> {
         let namespace = Netns::create("testbed")?;
         configure(&namespace)?;
-        let program = DetachedProgram::load(max_allocations)?;
+        let mut program = DetachedProgram::load_with_trace(max_allocations, trace)?;
+        let trace = if trace {
+            let records = TraceRecords::default();
+            Some((program.trace_to(records.clone())?, records))
+        } else {
+            None
+        };
         let (client_side_ifindex, peer_side_ifindex, routing) = namespace.run_inside(|| {
             let sides = (
                 ifindex(CLIENT_SIDE_INTERFACE)?,
@@ -123,11 +142,21 @@ impl Testbed {
         })?;
         Ok(Testbed {
             _routing: routing,
+            trace,
             program,
             namespace,
             client_side_ifindex,
             peer_side_ifindex,
         })
+    }
+
+    /// The decision trace's records so far, oldest first (empty unless [`Testbed::traced`];
+    /// records reach here within the trace thread's poll interval).
+    pub fn trace_records(&self) -> Vec<String> {
+        self.trace
+            .as_ref()
+            .map(|(_, records)| records.lines())
+            .unwrap_or_default()
     }
 
     /// The flow tables of this program (handed out once).
@@ -401,4 +430,29 @@ pub fn ifindex(name: &str) -> Result<u32> {
         )),
         index => Ok(index),
     }
+}
+
+/// The decision trace's records as text, collected by a `log::Log` the trace thread
+/// writes to.
+#[derive(Clone, Default)]
+struct TraceRecords(Arc<Mutex<Vec<String>>>);
+
+impl TraceRecords {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|lines| lines.clone()).unwrap_or_default()
+    }
+}
+
+impl log::Log for TraceRecords {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(format!("{} {}", record.level(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
 }

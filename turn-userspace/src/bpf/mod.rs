@@ -41,6 +41,7 @@ mod maps;
 mod next_hop;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trace;
 
 use std::fmt;
 use std::sync::Mutex;
@@ -56,6 +57,7 @@ pub use turn_common::counters::{Counter, Outcome};
 
 use maps::{MapSizes, Maps};
 pub use next_hop::{RoutingWatch, REFRESH as ROUTING_REFRESH};
+pub use trace::DecisionTrace;
 
 /// The XDP object built by `build.rs` (aya-build) from `turn-ebpf`.
 pub(crate) static XDP_OBJECT: &[u8] =
@@ -101,6 +103,8 @@ pub struct XdpSettings {
     pub max_allocations: u32,
     pub max_permissions_per_allocation: u32,
     pub max_channels_per_allocation: u32,
+    /// Log every frame's decision (`xdp.trace`; see [`DecisionTrace`]).
+    pub trace: bool,
 }
 
 /// One interface the program is attached to.
@@ -119,10 +123,12 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// Loads (verifies) the program with maps of `sizes`.
-    pub(crate) fn new(sizes: MapSizes) -> anyhow::Result<Loaded> {
+    /// Loads (verifies) the program with maps of `sizes`, its decision trace on or off
+    /// (see [`trace`]).
+    pub(crate) fn new(sizes: MapSizes, trace: bool) -> anyhow::Result<Loaded> {
         let mut loader = EbpfLoader::new();
         maps::size_maps(&mut loader, sizes);
+        trace::set_level(&mut loader, trace);
         let mut ebpf = loader.load(XDP_OBJECT).context("loading the XDP object")?;
         xdp_program(&mut ebpf)?
             .load()
@@ -181,6 +187,8 @@ impl Loaded {
 pub struct XdpRelay {
     /// Stops before the program goes.
     routing: Option<RoutingWatch>,
+    /// The decision trace's forwarding thread, when `xdp.trace` is on.
+    _trace: Option<DecisionTrace>,
     loaded: Loaded,
     attachments: Vec<Attachment>,
     /// Host settings found wrong at attach time (see [`host`]).
@@ -211,11 +219,23 @@ impl XdpRelay {
         if settings.interfaces.is_empty() {
             bail!("no interfaces to attach XDP to (xdp.interfaces is empty)");
         }
-        let mut loaded = Loaded::new(MapSizes::new(
-            settings.max_allocations,
-            settings.max_permissions_per_allocation,
-            settings.max_channels_per_allocation,
-        ))?;
+        let mut loaded = Loaded::new(
+            MapSizes::new(
+                settings.max_allocations,
+                settings.max_permissions_per_allocation,
+                settings.max_channels_per_allocation,
+            ),
+            settings.trace,
+        )?;
+        let trace = if settings.trace {
+            tracing::warn!(
+                "XDP: xdp.trace is on: every frame's decision is logged (for diagnosis only, \
+                 it costs per frame)"
+            );
+            Some(DecisionTrace::start(&mut loaded.ebpf, log::logger())?)
+        } else {
+            None
+        };
         let program = xdp_program(&mut loaded.ebpf)?;
         let mut attachments = Vec::with_capacity(settings.interfaces.len());
         for interface in &settings.interfaces {
@@ -266,6 +286,7 @@ impl XdpRelay {
         }
         Ok(XdpRelay {
             routing,
+            _trace: trace,
             loaded,
             attachments,
             forwarding_disabled,

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context as _};
 use aya::programs::Xdp;
 
 use super::maps::MapSizes;
-use super::{BpfDatapath, Loaded, RoutingWatch, XdpCounters, XDP_OBJECT};
+use super::{BpfDatapath, DecisionTrace, Loaded, RoutingWatch, XdpCounters, XDP_OBJECT};
 
 /// The name of the pass-only program in [`object`]: the timing baseline, and what a veth
 /// end needs to accept frames the relay redirects or XDP_TXes into it.
@@ -46,7 +46,13 @@ pub struct DetachedProgram {
 impl DetachedProgram {
     /// Maps for `max_allocations` at the core's default per-allocation caps.
     pub fn load(max_allocations: u32) -> anyhow::Result<DetachedProgram> {
-        let mut loaded = Loaded::new(MapSizes::for_allocations(max_allocations))?;
+        Self::load_with_trace(max_allocations, false)
+    }
+
+    /// As [`Self::load`], with the decision trace (`xdp.trace`) on or off; the records
+    /// are read with [`Self::trace_to`].
+    pub fn load_with_trace(max_allocations: u32, trace: bool) -> anyhow::Result<DetachedProgram> {
+        let mut loaded = Loaded::new(MapSizes::for_allocations(max_allocations), trace)?;
         let baseline: &mut Xdp = loaded
             .ebpf
             .program_mut(PASS_PROGRAM)
@@ -56,6 +62,15 @@ impl DetachedProgram {
             .load()
             .with_context(|| format!("loading {PASS_PROGRAM}"))?;
         Ok(DetachedProgram { loaded })
+    }
+
+    /// Forwards the decision trace's records to `logger` until the returned guard drops
+    /// (the program must be loaded with the trace on).
+    pub fn trace_to<L: log::Log + Send + 'static>(
+        &mut self,
+        logger: L,
+    ) -> anyhow::Result<DecisionTrace> {
+        DecisionTrace::start(&mut self.loaded.ebpf, logger)
     }
 
     /// `turn_xdp`.

@@ -328,3 +328,39 @@ fn channels_stop_with_their_allocation_and_resume_on_refresh() {
     fast_path.remove_channel(relay, CHANNEL_PEER);
     assert_eq!(action(&testbed), XDP_PASS, "channel removed");
 }
+
+/// `xdp.trace` (issue 11): with the trace on, each frame's decision reaches the log with
+/// its outcome, action and UDP flow; a frame that is not IP is logged without a flow.
+#[test]
+fn the_decision_trace_logs_outcome_action_and_flow() {
+    if !privileged("the_decision_trace_logs_outcome_action_and_flow") {
+        return;
+    }
+    let testbed = Testbed::traced(8).or_fail("testbed with the trace on");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let relayed = testbed
+        .run(&channel_data_frame(b"traced", &[]), Ingress::ClientSide)
+        .or_fail("run");
+    assert_eq!(relayed.action, XDP_REDIRECT);
+    let mut not_ip = channel_data_frame(b"x", &[]);
+    not_ip[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let passed = testbed.run(&not_ip, Ingress::ClientSide).or_fail("run");
+    assert_eq!(passed.action, XDP_PASS);
+    let flow = V4.flow();
+    let expected = [
+        format!(
+            "INFO relayed_channel_data_to_peer action {XDP_REDIRECT} {} -> {}",
+            flow.client, flow.listener
+        ),
+        format!("INFO pass_not_ip action {XDP_PASS}"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut records = testbed.trace_records();
+    while records.len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        records = testbed.trace_records();
+    }
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records, expected);
+}

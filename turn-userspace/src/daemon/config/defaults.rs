@@ -34,6 +34,7 @@ pub(super) const NONCE_LIFETIME: Duration = Duration::from_secs(3600);
 /// RFC 8489 §9.2.1: announce PASSWORD-ALGORITHMS so RFC 8489 clients may use SHA-256.
 pub(super) const ADVERTISE_PASSWORD_ALGORITHMS: bool = true;
 pub(super) const XDP_MODE: XdpMode = XdpMode::Auto;
+pub(super) const XDP_TRACE: bool = false;
 /// The Prometheus endpoint: loopback only, so metrics are not exposed by accident.
 pub(super) const METRICS_LISTEN: Option<SocketAddr> =
     Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641));

@@ -117,6 +117,7 @@ pub(super) const KEYS: &[Key] = &[
     key("limits", "max_bytes_per_second_total", Number, Restart),
     key("xdp", "mode", Text, Restart),
     key("xdp", "interfaces", TextList, Restart),
+    key("xdp", "trace", Flag, Restart),
     key("metrics", "listen", Text, Restart),
     key("tcp", "enabled", Flag, Restart),
     key("tcp", "listen", TextList, Restart),

@@ -145,6 +145,8 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Empty: the interfaces that carry the listen and relay addresses.
     pub xdp_interfaces: Vec<String>,
+    /// Log every frame's XDP decision (`xdp.trace`).
+    pub xdp_trace: bool,
     pub metrics_listen: Option<SocketAddr>,
     /// The bearer token that allows the admin endpoint's POSTs from other hosts than
     /// loopback (`admin.token`, or read from `admin.token_file`).
@@ -180,6 +182,7 @@ impl fmt::Debug for Config {
             .field("zrest_secrets", &self.zrest_secrets.len())
             .field("xdp_mode", &self.xdp_mode)
             .field("xdp_interfaces", &self.xdp_interfaces)
+            .field("xdp_trace", &self.xdp_trace)
             .field("alternate_servers", &self.alternate_servers)
             .field("metrics_listen", &self.metrics_listen)
             .field(
@@ -380,6 +383,7 @@ impl Config {
             .unwrap_or(u32::MAX),
             max_channels_per_allocation: u32::try_from(self.limits.max_channels_per_allocation)
                 .unwrap_or(u32::MAX),
+            trace: self.xdp_trace,
         }
     }
 

@@ -188,6 +188,7 @@ impl Config {
             xdp: RawXdp {
                 mode: Some(text(self.xdp_mode)),
                 interfaces: texts(&self.xdp_interfaces),
+                trace: Some(self.xdp_trace),
             },
             metrics: RawMetrics {
                 listen: Some(text(

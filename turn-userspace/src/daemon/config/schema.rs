@@ -115,7 +115,11 @@ overlay!(RawLimits {
     max_bytes_per_second_per_allocation,
     max_bytes_per_second_total,
 });
-overlay!(RawXdp { mode, interfaces });
+overlay!(RawXdp {
+    mode,
+    interfaces,
+    trace
+});
 overlay!(RawMetrics { listen });
 overlay!(RawAdmin { token, token_file });
 overlay!(RawLog { level, format });
@@ -209,6 +213,7 @@ pub(super) struct RawLimits {
 pub(super) struct RawXdp {
     pub(super) mode: Option<Spanned<String>>,
     pub(super) interfaces: Option<Vec<Spanned<String>>>,
+    pub(super) trace: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -825,6 +825,7 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
                 "limits.max_bytes_per_second_total" => "0",
                 "xdp.mode" => "off",
                 "xdp.interfaces" => "eth1,eth2",
+                "xdp.trace" => "true",
                 "metrics.listen" => "127.0.0.1:9700",
                 "admin.token" => "",
                 "admin.token_file" => token_file.to_str().expect("utf-8 path"),
@@ -871,6 +872,7 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
         config.xdp_interfaces,
         vec!["eth1".to_owned(), "eth2".to_owned()]
     );
+    assert!(config.xdp_trace);
     assert_eq!(config.admin_token.as_deref(), Some("from-a-file"));
     assert!(config.drain_exit);
     assert_eq!(config.alternate_servers.len(), 2);
@@ -1155,6 +1157,7 @@ fn every_live_key_is_applied_by_a_reload() {
                 | "limits.max_bytes_per_second_total" => "1000",
                 "xdp.mode" => "\"off\"",
                 "xdp.interfaces" => "[\"eth9\"]",
+                "xdp.trace" => "true",
                 "metrics.listen" => "\"127.0.0.1:9999\"",
                 "admin.token" => "\"tok\"",
                 "admin.token_file" => &format!("{:?}", token_file.display().to_string()),

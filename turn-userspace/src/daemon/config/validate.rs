@@ -376,6 +376,7 @@ impl<'a> Validator<'a> {
             limits,
             xdp_mode,
             xdp_interfaces,
+            xdp_trace: raw.xdp.trace.unwrap_or(defaults::XDP_TRACE),
             metrics_listen,
             admin_token,
             admin_token_file,
