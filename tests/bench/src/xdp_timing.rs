@@ -56,8 +56,11 @@ const EXCEEDED_LIMIT: u64 = 1;
 /// ChannelData on an IPv4 allocation with a bandwidth limit and under a relay-wide one,
 /// neither reached (timed last, with the relay's limit set), next to the unlimited rows
 /// above: the buckets' cost. `channel_data_to_peer_over_limit_v4_repeated`: ChannelData
-/// over its allocation's limit, dropped (repeatable). Err if a repeated frame was not
-/// counted under its expected outcome every time.
+/// over its allocation's limit, dropped (repeatable). `channel_data_to_peer_traced_v4`:
+/// the same ChannelData as `channel_data_to_peer_v4` through the program loaded with its
+/// decision trace on (`xdp.trace`), in a testbed of its own: what the trace costs; the
+/// other rows have it off, as by default. Err if a repeated frame was not counted under
+/// its expected outcome every time.
 pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
     let repeat = repeat.min(MAX_RUNS);
     let testbed = Testbed::new(16)?;
@@ -225,7 +228,32 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
             ));
         }
     }
+    timings.push((
+        "channel_data_to_peer_traced_v4".into(),
+        traced_channel_data(repeat, expires_at)?,
+    ));
     Ok(timings)
+}
+
+/// `channel_data_to_peer_v4`'s frame through the program with its decision trace on.
+fn traced_channel_data(repeat: u32, expires_at: Instant) -> Result<f64> {
+    let testbed = Testbed::traced(16)?;
+    let mut fast_path = testbed.fast_path()?;
+    let flow = ClientFlow::udp(
+        SocketAddr::new(IpAddr::V4(CLIENT_V4), CLIENT_PORT),
+        SocketAddr::new(IpAddr::V4(RELAY_LISTEN_V4), LISTENER_PORT),
+    );
+    let relay = SocketAddr::new(IpAddr::V4(RELAY_RELAYED_V4), RELAY_PORT);
+    let peer = SocketAddr::new(IpAddr::V4(PEER_V4), CHANNEL_PEER_PORT);
+    fast_path.allocation_with_channel(flow, relay, peer, CHANNEL, expires_at)?;
+    let frame = udp_frame(
+        CLIENT_MAC,
+        CLIENT_SIDE_MAC,
+        flow.client,
+        flow.listener,
+        &channel_data(CHANNEL, &[0x5Au8; DATA_LEN]),
+    );
+    testbed.time(&frame, Ingress::ClientSide, repeat, Timed::Relay)
 }
 
 /// IPv4 allocations with bandwidth limits (other client and relay ports than the
@@ -329,6 +357,7 @@ mod tests {
             "channel_data_to_peer_limited_v4",
             "channel_data_to_client_limited_v4",
             "channel_data_to_peer_over_limit_v4_repeated",
+            "channel_data_to_peer_traced_v4",
         ] {
             assert!(
                 names.contains(&expected),

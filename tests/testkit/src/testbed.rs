@@ -433,9 +433,12 @@ pub fn ifindex(name: &str) -> Result<u32> {
 }
 
 /// The decision trace's records as text, collected by a `log::Log` the trace thread
-/// writes to.
+/// writes to: the first [`TRACE_RECORDS_KEPT`] (a timing run traces every repetition).
 #[derive(Clone, Default)]
 struct TraceRecords(Arc<Mutex<Vec<String>>>);
+
+/// How many trace records a [`Testbed`] keeps.
+const TRACE_RECORDS_KEPT: usize = 10_000;
 
 impl TraceRecords {
     fn lines(&self) -> Vec<String> {
@@ -449,7 +452,10 @@ impl log::Log for TraceRecords {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if let Ok(mut lines) = self.0.lock() {
+        if let Ok(mut lines) = self.0.lock().map_err(drop) {
+            if lines.len() >= TRACE_RECORDS_KEPT {
+                return;
+            }
             lines.push(format!("{} {}", record.level(), record.args()));
         }
     }
