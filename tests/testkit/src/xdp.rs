@@ -156,6 +156,22 @@ pub struct FrameInjector {
     ebpf: Ebpf,
 }
 
+/// Puts the calling thread (the injector's) under SCHED_IDLE: it loops in the kernel for
+/// a whole step, and must not keep the receiving ends' NAPI kthreads sharing its CPU (the
+/// sink's) from running, or their 256-frame veth rings overflow and the sink, not the
+/// relay under test, loses frames. The same for every server measured.
+fn yield_to_every_other_thread() -> Result<()> {
+    let parameter = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; a valid policy and parameter.
+    let status = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &parameter) };
+    ensure!(
+        status == 0,
+        "sched_setscheduler(SCHED_IDLE): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 impl FrameInjector {
     pub fn load() -> Result<FrameInjector> {
         let ebpf = load_program(TRANSMIT_PROGRAM)?;
@@ -227,6 +243,7 @@ impl FrameInjector {
             let thread = scope.spawn(|| {
                 // SAFETY: no preconditions.
                 id.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
+                yield_to_every_other_thread()?;
                 transmit(program, ifindex, &frames[0], repeat)
             });
             let deadline = Instant::now() + duration;
