@@ -7,5 +7,6 @@
 pub mod bandwidth;
 pub mod checksum;
 pub mod counters;
+pub mod inject;
 pub mod maps;
 pub mod stun;

@@ -31,6 +31,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use turn_common::counters::{Counter, Outcome};
+use turn_common::inject::Inject;
 use turn_common::maps::{
     AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
@@ -174,29 +175,6 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
 #[map]
 static INJECT: Array<u64> = Array::with_max_entries(Inject::COUNT, 0);
 
-/// The entries of [`INJECT`].
-#[repr(u32)]
-enum Inject {
-    /// ns between two transmitted frames (0: as fast as possible).
-    Interval,
-    /// When the next frame is due (bpf_ktime_get_ns).
-    Due,
-    /// Frames transmitted.
-    Sent,
-    /// When the first and the last frame were transmitted.
-    First,
-    Last,
-    /// Frames sent back to back when a burst is due (0 or 1: one), and those of the
-    /// current burst still to send.
-    Burst,
-    BurstLeft,
-    /// Frames in [`INJECT_FRAMES`] (flows), sent round-robin.
-    Flows,
-}
-
-impl Inject {
-    const COUNT: u32 = 8;
-}
 
 /// How late the generator may run before it gives up catching up, in ns: a pause (the
 /// generator preempted) turns into a burst of at most this much worth of frames.

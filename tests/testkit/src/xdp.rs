@@ -20,8 +20,9 @@ use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 
 use anyhow::{anyhow, ensure, Context, Result};
+
 use turn_relay::bpf::testing::{
-    object, DROP_PROGRAM, INJECT_FLOWS, INJECT_FRAMES_MAP, INJECT_FRAME_MAX, INJECT_MAP,
+    object, Inject, DROP_PROGRAM, INJECT_FLOWS, INJECT_FRAMES_MAP, INJECT_FRAME_MAX, INJECT_MAP,
     PASS_PROGRAM, TRANSMIT_PROGRAM,
 };
 
@@ -113,19 +114,6 @@ const BURST_TIME: Duration = Duration::from_micros(50);
 
 /// How long [`FrameInjector::inject`] keeps signalling its threads to stop.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
-
-/// The entries of [`INJECT_MAP`], in its order.
-#[derive(Clone, Copy)]
-enum Inject {
-    Interval,
-    Due,
-    Sent,
-    First,
-    Last,
-    Burst,
-    BurstLeft,
-    Flows,
-}
 
 /// What one [`FrameInjector::inject`] transmitted.
 #[derive(Clone, Copy, Debug)]

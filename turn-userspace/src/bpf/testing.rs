@@ -19,11 +19,9 @@ pub const DROP_PROGRAM: &str = "xdp_drop";
 /// ingress interface (XDP_TX) at the pace [`INJECT_MAP`] sets: the benchmark's
 /// live-frames generator.
 pub const TRANSMIT_PROGRAM: &str = "xdp_transmit";
-/// [`TRANSMIT_PROGRAM`]'s array of `u64`: interval between frames in ns (0: as fast as
-/// possible), when the next burst is due, frames transmitted, when the first and the
-/// last were transmitted (bpf_ktime_get_ns), frames per burst, frames of the current
-/// burst still to send, in that order (turn-ebpf's `Inject`).
+/// [`TRANSMIT_PROGRAM`]'s array of `u64`, indexed by [`Inject`].
 pub const INJECT_MAP: &str = "INJECT";
+pub use turn_common::inject::Inject;
 /// [`TRANSMIT_PROGRAM`]'s frames, one per flow (array of [`INJECT_FRAME_MAX`] bytes,
 /// zero-padded, at most [`INJECT_FLOWS`]); it rewrites every frame it sends with the
 /// one at the index in the frame's 4-byte metadata.
