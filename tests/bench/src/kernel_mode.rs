@@ -24,10 +24,10 @@ use turn_testkit::testbed::ifindex;
 use turn_testkit::topology::Topology;
 use turn_testkit::xdp::FrameInjector;
 
+use crate::bench::Bench;
 use crate::control::Flow;
 use crate::load::{monotonic_ns, udp_drops, GeneratorOutcome, RelayMode, SinkReport, UdpDrops};
 use crate::load::{StepResult, PROBE_LEN};
-use crate::Bench;
 
 /// Ethernet/IP/UDP frames from the client to the relay's listener, one per flow, carrying
 /// what the flow's client would send in `mode` (RFC 8656 §12.4 ChannelData or §11.2 Send
@@ -91,7 +91,7 @@ pub fn generate(
 impl Bench {
     /// One bounded step of the live-frames generator on `flows` in `mode` at `rate` (None:
     /// as fast as possible): relayed = frames the peer's veth end received. The peer's end
-    /// must be dropping ([`crate::Lab::set_peer_side`]).
+    /// must be dropping ([`crate::bench::Lab::set_peer_side`]).
     pub fn measure_live(
         &mut self,
         injector: &mut FrameInjector,
@@ -107,7 +107,7 @@ impl Bench {
         let arrived_before = topology.peer.rx_packets(OUTER_INTERFACE)?;
         let sink_full_before = topology.relay.tx_dropped(RELAY_PEER_SIDE_INTERFACE)?;
         let outcome = generate(injector, &topology.client, &frames, rate, self.plan.step)?;
-        std::thread::sleep(crate::DRAIN);
+        std::thread::sleep(crate::bench::DRAIN);
         let arrived = topology
             .peer
             .rx_packets(OUTER_INTERFACE)?

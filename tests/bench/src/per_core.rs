@@ -37,12 +37,13 @@ use turn_testkit::addresses::{listener, OUTER_INTERFACE, RELAY_CLIENT_SIDE_INTER
 use turn_testkit::netns::Namespace;
 use turn_testkit::xdp::{FrameInjector, StubAction, StubXdp};
 
+use crate::bench::{Bench, LOSS_THRESHOLD};
 use crate::control::{self, Flow};
 use crate::cpu;
 use crate::load::{self, RelayMode, StepResult};
+use crate::results::{MaxRate, Scenario, ScenarioResult};
 use crate::servers::{ServerKind, Threads};
 use crate::stream_load::ClientTransport;
-use crate::{Bench, MaxRate, Scenario, ScenarioResult, LOSS_THRESHOLD};
 
 /// The core the relay (process and NAPI kthreads) runs on.
 pub const RELAY_CPU: usize = 1;
@@ -623,7 +624,7 @@ impl Bench {
                     )?
                 }
             };
-            std::thread::sleep(crate::DRAIN);
+            std::thread::sleep(crate::bench::DRAIN);
             let spent = threads_run_time(&napi).since(&before);
             ensure!(
                 outcome.sent >= 1000,

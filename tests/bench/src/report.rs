@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::load::{Percentiles, RelayMode, StepResult};
 use crate::per_core::{self, Generator, PerCoreReport};
-use crate::{BenchReport, Scenario, ScenarioResult, ServerResults};
+use crate::results::{BenchReport, Scenario, ScenarioResult, ServerResults};
 
 /// A no-relay one-way p99 above this means other load on the machine dominates latency.
 const NOISY_BASELINE_P99_US: f64 = 100.0;

@@ -18,9 +18,10 @@ use turn_testkit::daemon::{Daemon, Files, Launch};
 use turn_testkit::netns::remove_stale_namespaces;
 use turn_testkit::privilege::is_root;
 
+use crate::bench::{Lab, FIRST_CHANNEL, SINK_PORT};
 use crate::control;
+use crate::interrupted;
 use crate::servers::{our_config, RunningServer, ServerKind};
-use crate::{interrupted, Lab, FIRST_CHANNEL, SINK_PORT};
 
 /// Options of `turn-bench scale`.
 #[derive(clap::Args, Debug, Clone)]
