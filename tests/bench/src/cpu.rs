@@ -1,6 +1,6 @@
 //! CPU accounting for a measurement window.
 //!
-//! Cost = the relay process's utime+stime (/proc/<pid>/stat, all threads) plus the
+//! Cost = the relay process's utime+stime (`/proc/<pid>/stat`, all threads) plus the
 //! softirq time of all CPUs (/proc/stat, per-CPU `softirq` column), because XDP programs
 //! and the kernel's UDP receive path run in softirq. Caveats, stated in the report too:
 //! softirq is machine-wide (it includes the generator's and sink's packet processing, the
@@ -120,8 +120,8 @@ impl std::iter::Sum for RunTime {
     }
 }
 
-/// A thread's (task's) run time so far, from /proc/<tid>/schedstat: the scheduler's
-/// sum_exec_runtime (what /proc/<pid>/stat reports as utime+stime, in ticks) and pcount.
+/// A thread's (task's) run time so far, from `/proc/<tid>/schedstat`: the scheduler's
+/// sum_exec_runtime (what `/proc/<pid>/stat` reports as utime+stime, in ticks) and pcount.
 /// Softirq work the thread did with bottom halves disabled (a threaded NAPI poll) counts;
 /// on this kernel (no CONFIG_IRQ_TIME_ACCOUNTING) so do interrupts that hit it.
 pub fn task_run_time(tid: u32) -> Result<RunTime> {
@@ -137,7 +137,7 @@ pub fn task_run_time(tid: u32) -> Result<RunTime> {
     }
 }
 
-/// The thread ids of process `pid` (/proc/<pid>/task).
+/// The thread ids of process `pid` (`/proc/<pid>/task`).
 pub fn threads(pid: u32) -> Result<Vec<u32>> {
     let path = format!("/proc/{pid}/task");
     let mut tids = Vec::new();

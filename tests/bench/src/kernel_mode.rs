@@ -6,7 +6,7 @@
 //! side), so neither the client namespace nor the generator's system calls limit the relay.
 //!
 //! Relayed packets are counted where they arrive: the peer's veth end, whose XDP program
-//! drops them ([`StubAction::Drop`]) after the veth counted them in rx_packets, so the
+//! drops them ([`turn_testkit::xdp::StubAction::Drop`]) after the veth counted them in rx_packets, so the
 //! peer's UDP stack is not the limit either. Loss = 1 − arrived at the peer / injected.
 //!
 //! The per-core comparison ([`crate::per_core`]) runs its XDP-frame rows and the

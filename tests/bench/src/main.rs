@@ -19,7 +19,7 @@
 //! ([`report`]), the per-core table first. `turn-bench scale` ([`scale`]) measures memory
 //! per allocation instead.
 //!
-//! [`options`] turns `turn-bench run`'s command line into a plan, [`bench`] runs it, and
+//! [`options`] turns `turn-bench run`'s command line into a plan, [`bench`](mod@bench) runs it, and
 //! [`results`] holds what it measured.
 
 mod bench;

@@ -123,7 +123,7 @@ pub struct BenchReport {
     pub baseline_latency: Option<StepResult>,
     pub servers: Vec<ServerResults>,
     /// Mean ns per packet of the XDP program for each relay path, from BPF_PROG_TEST_RUN
-    /// ([`xdp_timing::time_paths`]), next to a pass-only program (`baseline_pass`).
+    /// ([`crate::xdp_timing::time_paths`]), next to a pass-only program (`baseline_pass`).
     pub xdp_program_ns_per_packet: Vec<(String, f64)>,
     pub xdp_program_timing_error: Option<String>,
     /// Relay CPU per relayed packet on one pinned core ([`per_core`]).

@@ -1,7 +1,7 @@
 //! Scale and memory (`turn-bench scale`, issue 11 item 6): ours with XDP, N allocations
 //! with one permission and one channel each set up through the real protocol
 //! ([`control::open_flow`]), and what they cost: the daemon's resident memory
-//! (`VmRSS` in /proc/<pid>/status) before and after, per allocation, next to the XDP
+//! (`VmRSS` in `/proc/<pid>/status`) before and after, per allocation, next to the XDP
 //! maps' kernel memory as the daemon logs it at start-up (preallocated for
 //! `max_allocations`, so it does not grow with N).
 
