@@ -85,6 +85,14 @@ enum Command {
         /// `run` does).
         #[arg(long, default_value_t = xdp_timing::MAX_RUNS)]
         runs: u32,
+        /// Only this single-run row (e.g. channel_data_to_peer_v4) after the baseline,
+        /// timed `--rounds` times over: for a profiler, e.g. `perf record -e cpu-clock --
+        /// turn-bench xdp-timing --only channel_data_to_peer_v4 --rounds 20`.
+        #[arg(long)]
+        only: Option<String>,
+        /// Rounds of `--only` (at most 1000).
+        #[arg(long, default_value_t = 1, requires = "only")]
+        rounds: u32,
     },
     /// Scale and memory: ours with XDP and N allocations with a channel each, the
     /// daemon's RSS per allocation and the XDP maps' kernel memory (minutes, not part of
@@ -97,12 +105,16 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(options) => bench::run(&options),
         Command::Scale(options) => scale::run(&options),
-        Command::XdpTiming { runs } => {
+        Command::XdpTiming { runs, only, rounds } => {
             if !is_root() {
                 bail!("turn-bench xdp-timing needs root (BPF_PROG_TEST_RUN, a network namespace)");
             }
+            let timings = match only {
+                Some(name) => xdp_timing::time_path(&name, runs, rounds)?,
+                None => xdp_timing::time_paths(runs)?,
+            };
             println!("| path | ns/packet |\n|---|---|");
-            for (path, ns) in xdp_timing::time_paths(runs)? {
+            for (path, ns) in timings {
                 println!("| {path} | {ns:.1} |");
             }
             Ok(())

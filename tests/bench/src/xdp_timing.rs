@@ -11,6 +11,7 @@ use turn_testkit::addresses::{
     CLIENT_V4, CLIENT_V6, PEER_V4, PEER_V6, RELAY_LISTEN_V4, RELAY_LISTEN_V6, RELAY_RELAYED_V4,
     RELAY_RELAYED_V6,
 };
+use turn_testkit::fast_path::FastPath;
 use turn_testkit::frames::{Ip, UdpChecksum, UdpFrame};
 use turn_testkit::stun_client::{channel_data, send_indication};
 use turn_testkit::testbed::{
@@ -66,6 +67,88 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
     let testbed = Testbed::new(16)?;
     let mut fast_path = testbed.fast_path()?;
     let expires_at = Instant::now() + Duration::from_secs(3600);
+    let frames = relay_frames(&mut fast_path, expires_at)?;
+    let limited_frames = limited_frames(&mut fast_path, expires_at)?;
+    let mut timings = Vec::with_capacity(frames.len() + limited_frames.len() + 4);
+    let (_, first_frame, _) = frames.first().ok_or_else(|| anyhow!("no frames"))?;
+    timings.push((
+        "baseline_pass".to_string(),
+        testbed.time(first_frame, Ingress::ClientSide, repeat, Timed::Baseline)?,
+    ));
+    for (name, frame, ingress) in &frames {
+        timings.push((
+            name.clone(),
+            testbed.time(frame, *ingress, repeat, Timed::Relay)?,
+        ));
+    }
+    timings.push((
+        "baseline_pass_repeated".to_string(),
+        testbed
+            .time_repeated(first_frame, Ingress::ClientSide, REPEAT, Timed::Baseline)?
+            .ns_per_packet,
+    ));
+    for (name, outcome) in [
+        ("pass_unknown_flow", Outcome::PassUnknownFlow),
+        ("drop_no_permission", Outcome::DropNoPermission),
+        ("send_bad_fingerprint_v4", Outcome::PassBadFingerprint),
+        (
+            "send_fingerprint_no_permission_v4",
+            Outcome::PassNoPermission,
+        ),
+        ("send_bad_fingerprint_v6", Outcome::PassBadFingerprint),
+        (
+            "send_fingerprint_no_permission_v6",
+            Outcome::PassNoPermission,
+        ),
+    ] {
+        let (_, frame, ingress) = frames
+            .iter()
+            .find(|(frame_name, _, _)| frame_name == name)
+            .ok_or_else(|| anyhow!("no frame {name}"))?;
+        let timing = testbed.time_repeated(frame, *ingress, REPEAT, Timed::Relay)?;
+        if timing.counted != [(outcome, u64::from(REPEAT))] {
+            bail!(
+                "{name} repeated {REPEAT} times was counted as {:?}",
+                timing.counted
+            );
+        }
+        timings.push((format!("{name}_repeated"), timing.ns_per_packet));
+    }
+    fast_path.limit_relay_bandwidth(UNREACHED_LIMIT)?;
+    for (name, frame, ingress) in &limited_frames {
+        if name.ends_with("_over_limit_v4") {
+            let timing = testbed.time_repeated(frame, *ingress, REPEAT, Timed::Relay)?;
+            if timing.counted != [(Outcome::DropRateLimited, u64::from(REPEAT))] {
+                bail!(
+                    "{name} repeated {REPEAT} times was counted as {:?}",
+                    timing.counted
+                );
+            }
+            timings.push((format!("{name}_repeated"), timing.ns_per_packet));
+        } else {
+            timings.push((
+                name.clone(),
+                testbed.time(frame, *ingress, repeat, Timed::Relay)?,
+            ));
+        }
+    }
+    let (_, traced_frame, _) = frames
+        .iter()
+        .find(|(name, _, _)| name == "channel_data_to_peer_v4")
+        .ok_or_else(|| anyhow!("no frame channel_data_to_peer_v4"))?;
+    timings.push((
+        "channel_data_to_peer_traced_v4".into(),
+        traced_channel_data(traced_frame, repeat, expires_at)?,
+    ));
+    Ok(timings)
+}
+
+/// The frames of the single-run rows, each with its ingress side, named as the rows
+/// are, for an IPv4 and an IPv6 allocation with a channel that `fast_path` installs.
+fn relay_frames(
+    fast_path: &mut FastPath,
+    expires_at: Instant,
+) -> Result<Vec<(String, Vec<u8>, Ingress)>> {
     let mut frames: Vec<(String, Vec<u8>, Ingress)> = Vec::new();
     for (suffix, listener_ip, relay_ip, client_ip, peer_ip) in [
         (
@@ -164,78 +247,37 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
             ));
         }
     }
-    let limited_frames = limited_frames(&mut fast_path, expires_at)?;
-    let mut timings = Vec::with_capacity(frames.len() + limited_frames.len() + 4);
-    let (_, first_frame, _) = frames.first().ok_or_else(|| anyhow!("no frames"))?;
-    timings.push((
+    Ok(frames)
+}
+
+/// The most rounds [`time_path`] times.
+pub const MAX_ROUNDS: u32 = 1000;
+
+/// `baseline_pass`, then the single-run row `name` (a relay path, `drop_no_permission`
+/// or `pass_unknown_flow`) timed `rounds` times over, one figure per round: enough runs
+/// of one path for a profiler (`perf record`) to see where its time goes.
+pub fn time_path(name: &str, runs: u32, rounds: u32) -> Result<Vec<(String, f64)>> {
+    let runs = runs.min(MAX_RUNS);
+    let testbed = Testbed::new(16)?;
+    let mut fast_path = testbed.fast_path()?;
+    let frames = relay_frames(&mut fast_path, Instant::now() + Duration::from_secs(3600))?;
+    let (_, frame, ingress) = frames
+        .iter()
+        .find(|(frame_name, _, _)| frame_name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = frames.iter().map(|(name, _, _)| name.as_str()).collect();
+            anyhow!("no single-run row {name}; there are {}", names.join(", "))
+        })?;
+    let mut timings = vec![(
         "baseline_pass".to_string(),
-        testbed.time(first_frame, Ingress::ClientSide, repeat, Timed::Baseline)?,
-    ));
-    for (name, frame, ingress) in &frames {
+        testbed.time(frame, *ingress, runs, Timed::Baseline)?,
+    )];
+    for _ in 0..rounds.min(MAX_ROUNDS) {
         timings.push((
-            name.clone(),
-            testbed.time(frame, *ingress, repeat, Timed::Relay)?,
+            name.to_string(),
+            testbed.time(frame, *ingress, runs, Timed::Relay)?,
         ));
     }
-    timings.push((
-        "baseline_pass_repeated".to_string(),
-        testbed
-            .time_repeated(first_frame, Ingress::ClientSide, REPEAT, Timed::Baseline)?
-            .ns_per_packet,
-    ));
-    for (name, outcome) in [
-        ("pass_unknown_flow", Outcome::PassUnknownFlow),
-        ("drop_no_permission", Outcome::DropNoPermission),
-        ("send_bad_fingerprint_v4", Outcome::PassBadFingerprint),
-        (
-            "send_fingerprint_no_permission_v4",
-            Outcome::PassNoPermission,
-        ),
-        ("send_bad_fingerprint_v6", Outcome::PassBadFingerprint),
-        (
-            "send_fingerprint_no_permission_v6",
-            Outcome::PassNoPermission,
-        ),
-    ] {
-        let (_, frame, ingress) = frames
-            .iter()
-            .find(|(frame_name, _, _)| frame_name == name)
-            .ok_or_else(|| anyhow!("no frame {name}"))?;
-        let timing = testbed.time_repeated(frame, *ingress, REPEAT, Timed::Relay)?;
-        if timing.counted != [(outcome, u64::from(REPEAT))] {
-            bail!(
-                "{name} repeated {REPEAT} times was counted as {:?}",
-                timing.counted
-            );
-        }
-        timings.push((format!("{name}_repeated"), timing.ns_per_packet));
-    }
-    fast_path.limit_relay_bandwidth(UNREACHED_LIMIT)?;
-    for (name, frame, ingress) in &limited_frames {
-        if name.ends_with("_over_limit_v4") {
-            let timing = testbed.time_repeated(frame, *ingress, REPEAT, Timed::Relay)?;
-            if timing.counted != [(Outcome::DropRateLimited, u64::from(REPEAT))] {
-                bail!(
-                    "{name} repeated {REPEAT} times was counted as {:?}",
-                    timing.counted
-                );
-            }
-            timings.push((format!("{name}_repeated"), timing.ns_per_packet));
-        } else {
-            timings.push((
-                name.clone(),
-                testbed.time(frame, *ingress, repeat, Timed::Relay)?,
-            ));
-        }
-    }
-    let (_, traced_frame, _) = frames
-        .iter()
-        .find(|(name, _, _)| name == "channel_data_to_peer_v4")
-        .ok_or_else(|| anyhow!("no frame channel_data_to_peer_v4"))?;
-    timings.push((
-        "channel_data_to_peer_traced_v4".into(),
-        traced_channel_data(traced_frame, repeat, expires_at)?,
-    ));
     Ok(timings)
 }
 
@@ -262,7 +304,7 @@ fn traced_channel_data(frame: &[u8], repeat: u32, expires_at: Instant) -> Result
 /// IPv4 allocations with bandwidth limits (other client and relay ports than the
 /// unlimited one, the same peer and channel), and the frames timed on them.
 fn limited_frames(
-    fast_path: &mut turn_testkit::fast_path::FastPath,
+    fast_path: &mut FastPath,
     expires_at: Instant,
 ) -> Result<Vec<(String, Vec<u8>, Ingress)>> {
     let peer = SocketAddr::new(IpAddr::V4(PEER_V4), CHANNEL_PEER_PORT);
@@ -371,5 +413,12 @@ mod tests {
             timings.iter().all(|(_, ns)| ns.is_finite() && *ns > 0.0),
             "{timings:?}"
         );
+        let one_path = time_path("send_to_peer_v6", 2000, 2).expect("one path");
+        let names: Vec<&str> = one_path.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["baseline_pass", "send_to_peer_v6", "send_to_peer_v6"]
+        );
+        assert!(time_path("no_such_path", 10, 1).is_err());
     }
 }
