@@ -7,7 +7,6 @@ use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use super::authenticate::{AuthContext, IntegrityKind, SERVER_PASSWORD_ALGORITHMS};
-use super::timers::TimerKind;
 use super::{
     CachedResponse, Now, Server, Transmit, TurnError, TRANSACTION_CACHE_LIMIT,
     TRANSACTION_CACHE_TIME,
@@ -44,7 +43,7 @@ pub(super) struct ResponseIntegrity<'k> {
 impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
     fn from(auth: &'k AuthContext) -> Self {
         ResponseIntegrity {
-            key: &auth.key,
+            key: auth.key.as_slice(),
             kind: auth.integrity,
             user: &auth.quota_user,
         }
@@ -131,8 +130,8 @@ impl<R: rand::RngCore> Server<R> {
             },
         );
         *self.cached_per_user.entry(user.to_owned()).or_default() += 1;
-        self.timers
-            .schedule(expires_at, TimerKind::Transaction(flow, transaction_id));
+        self.response_deadlines
+            .push_back((expires_at, flow, transaction_id));
     }
 
     /// Drops a cached response (expired, or replaced).
@@ -140,8 +139,6 @@ impl<R: rand::RngCore> Server<R> {
         let Some(cached) = self.responses.remove(&(flow, transaction_id)) else {
             return;
         };
-        self.timers
-            .cancel(TimerKind::Transaction(flow, transaction_id));
         if let Some(count) = self.cached_per_user.get_mut(&cached.user) {
             *count = count.saturating_sub(1);
             if *count == 0 {
