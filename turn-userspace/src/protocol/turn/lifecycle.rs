@@ -92,19 +92,7 @@ impl<R: rand::RngCore> Server<R> {
                 self.release_reservation(token);
             }
         }
-        while let Some(&(at, flow, transaction_id)) = self.response_deadlines.front() {
-            if at > now.instant {
-                break;
-            }
-            self.response_deadlines.pop_front();
-            if self
-                .responses
-                .get(&(flow, transaction_id))
-                .is_some_and(|cached| cached.expires_at <= now.instant)
-            {
-                self.forget_response(flow, transaction_id);
-            }
-        }
+        self.responses.expire(now.instant);
     }
 
     /// Handles every deadline of allocation `id` at or before `now`, earliest first,

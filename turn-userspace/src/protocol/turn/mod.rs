@@ -25,6 +25,7 @@
 
 mod allocation;
 mod authenticate;
+mod cache;
 mod error;
 mod lifecycle;
 mod limiter;
@@ -46,9 +47,9 @@ use std::time::{Duration, Instant};
 use crate::protocol::auth::Authenticator;
 use crate::protocol::datapath::{ClientFlow, FastPathCommand, Transport};
 use crate::protocol::policy::PeerPolicy;
-use crate::protocol::stun::TransactionId;
 
 use allocation::Reservation;
+use cache::ResponseCache;
 use limiter::AnswerLimiter;
 use table::{AllocationId, Allocations};
 use timers::Timers;
@@ -371,15 +372,6 @@ const CHANNEL_REBIND_COOL_OFF: Duration = Duration::from_secs(300);
 /// RFC 8656 §7.2 (EVEN-PORT with R bit): a reserved port is kept "about 30 seconds".
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// A response kept for retransmissions of the same request on the same 5-tuple.
-#[derive(Debug)]
-struct CachedResponse {
-    payload: Vec<u8>,
-    expires_at: Instant,
-    /// The (quota) user it answered.
-    user: String,
-}
-
 fn answer_limiter(limits: &ServerLimits) -> AnswerLimiter {
     AnswerLimiter::new(
         limits.unauthenticated_answers_per_second,
@@ -402,13 +394,8 @@ pub struct Server<R: rand::RngCore> {
     /// RESERVATION-TOKEN → reserved relay address (RFC 8656 §7.2, EVEN-PORT R bit).
     reservations: HashMap<u64, Reservation>,
     reserved_relays: HashMap<SocketAddr, u64>,
-    responses: HashMap<(ClientFlow, TransactionId), CachedResponse>,
-    /// When each cached response expires, in the order they were cached: all live
-    /// [`TRANSACTION_CACHE_TIME`], so this is also the order of their deadlines. An entry
-    /// whose response was dropped earlier (replaced) is skipped when it comes due.
-    response_deadlines: VecDeque<(Instant, ClientFlow, TransactionId)>,
-    /// Cached responses per (quota) user.
-    cached_per_user: HashMap<String, usize>,
+    /// Responses kept for retransmissions, with their own expiry.
+    responses: ResponseCache,
     /// Each allocation's next deadline (see [`allocation::Allocation::next_deadline`]).
     allocation_timers: Timers<AllocationId>,
     /// RESERVATION-TOKEN expiries.
@@ -445,9 +432,7 @@ impl<R: rand::RngCore> Server<R> {
             allocations_per_user: HashMap::new(),
             reservations: HashMap::new(),
             reserved_relays: HashMap::new(),
-            responses: HashMap::new(),
-            response_deadlines: VecDeque::new(),
-            cached_per_user: HashMap::new(),
+            responses: ResponseCache::default(),
             allocation_timers: Timers::default(),
             reservation_timers: Timers::default(),
             commands: VecDeque::new(),
@@ -495,11 +480,10 @@ impl<R: rand::RngCore> Server<R> {
 
     /// The earliest instant at which [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let responses = self.response_deadlines.front().map(|(at, _, _)| *at);
         [
             self.allocation_timers.next_deadline(),
             self.reservation_timers.next_deadline(),
-            responses,
+            self.responses.next_deadline(),
         ]
         .into_iter()
         .flatten()
