@@ -211,6 +211,24 @@ impl Allocation {
             .map(|channel| channel.peer)
     }
 
+    /// Creates or refreshes the permission for `permission.peer`.
+    pub(super) fn set_permission(&mut self, permission: Permission) {
+        replace_or_push(&mut self.permissions, permission, |existing| {
+            existing.peer == permission.peer
+        });
+    }
+
+    /// Binds or refreshes channel `channel.number` (the caller checked that it does not
+    /// conflict: a channel with this number is bound to the same peer); its cool-off, if
+    /// any, ends.
+    pub(super) fn bind_channel(&mut self, channel: Channel) {
+        replace_or_push(&mut self.channels, channel, |existing| {
+            existing.number == channel.number
+        });
+        self.cooling_channels
+            .retain(|cooling| cooling.number != channel.number);
+    }
+
     /// Every deadline of the allocation, with what it is for.
     fn deadlines(&self) -> impl Iterator<Item = (Instant, Due)> + '_ {
         let permissions = self
@@ -246,6 +264,14 @@ impl Allocation {
             .filter(|(at, _)| *at <= now)
             .min_by_key(|(at, due)| (*at, *due != Due::Allocation))
             .map(|(_, due)| due)
+    }
+}
+
+/// Replaces the element of `list` that `same` finds, or appends `item`.
+fn replace_or_push<T>(list: &mut SmallVec<[T; 1]>, item: T, same: impl Fn(&T) -> bool) {
+    match list.iter_mut().find(|existing| same(existing)) {
+        Some(existing) => *existing = item,
+        None => list.push(item),
     }
 }
 

@@ -583,19 +583,11 @@ impl<R: rand::RngCore> Server<R> {
             return;
         };
         let expires_at = now + self.config.permission_lifetime;
-        let permission = Permission {
+        allocation.set_permission(Permission {
             peer,
             expires_at,
             ports,
-        };
-        match allocation
-            .permissions
-            .iter_mut()
-            .find(|permission| permission.peer == peer)
-        {
-            Some(existing) => *existing = permission,
-            None => allocation.permissions.push(permission),
-        }
+        });
         let relay = allocation.relay;
         self.fast_path.push(
             flow,
@@ -670,23 +662,11 @@ impl<R: rand::RngCore> Server<R> {
         }
         let channel_expires_at = now.instant + self.config.channel_lifetime;
         if let Some(allocation) = self.allocations.get_mut(&flow) {
-            let channel = Channel {
+            allocation.bind_channel(Channel {
                 number,
                 peer,
                 expires_at: channel_expires_at,
-            };
-            // No conflict: a channel with this number is bound to this same peer.
-            match allocation
-                .channels
-                .iter_mut()
-                .find(|channel| channel.number == number)
-            {
-                Some(existing) => *existing = channel,
-                None => allocation.channels.push(channel),
-            }
-            allocation
-                .cooling_channels
-                .retain(|cooling| cooling.number != number);
+            });
         }
         // Installs the permission and, through it, the channel entry with
         // expiry = min(channel, permission); re-arms the allocation's timer.
