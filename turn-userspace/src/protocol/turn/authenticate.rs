@@ -4,6 +4,7 @@ use crate::protocol::auth::{NonceStatus, NONCE_COOKIE_PASSWORD_ALGORITHMS};
 use crate::protocol::datapath::ClientFlow;
 use crate::protocol::stun::{Message, PasswordAlgorithm};
 
+use super::allocation::Key;
 use super::{Now, Server, TurnError};
 
 /// The PASSWORD-ALGORITHMS this server offers, in order of preference (RFC 8489 §9.2.3).
@@ -28,7 +29,7 @@ pub(super) struct AuthContext {
     pub(super) quota_user: String,
     /// When a time-limited username expires (unix seconds).
     pub(super) credential_expiry: Option<u64>,
-    pub(super) key: Vec<u8>,
+    pub(super) key: Key,
     pub(super) integrity: IntegrityKind,
     pub(super) password_algorithm: PasswordAlgorithm,
 }
@@ -107,7 +108,7 @@ impl<R: rand::RngCore> Server<R> {
                 })?,
         };
         let allocation = self.allocations.get(&flow).filter(|allocation| {
-            allocation.username == username && allocation.password_algorithm == password_algorithm
+            *allocation.username == *username && allocation.password_algorithm == password_algorithm
         });
         if let Some(expiry) = allocation.and_then(|allocation| allocation.credential_expiry) {
             let grace = self.limits.credential_expiry_grace.as_secs();
@@ -118,8 +119,8 @@ impl<R: rand::RngCore> Server<R> {
         }
         let (key, quota_user, credential_expiry) = match allocation {
             Some(allocation) => (
-                verify(request, integrity, &allocation.key).then(|| allocation.key.clone()),
-                allocation.quota_user.clone(),
+                verify(request, integrity, allocation.key.as_slice()).then_some(allocation.key),
+                allocation.quota_user.to_string(),
                 allocation.credential_expiry,
             ),
             None => {
@@ -133,7 +134,7 @@ impl<R: rand::RngCore> Server<R> {
                 let key = credential
                     .candidate_keys(password_algorithm)
                     .find(|key| verify(request, integrity, key))
-                    .map(<[u8]>::to_vec);
+                    .and_then(Key::new);
                 (
                     key,
                     credential.quota_user().to_owned(),

@@ -2,14 +2,15 @@
 //! allocations, and allocations whose relay socket could not be bound.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::protocol::datapath::{AllocationUsage, ClientFlow, EndReason, FastPathCommand};
 use crate::protocol::stun::{Class, Message, Method};
 
-use super::allocation::{Allocation, CoolingChannel, Reservation};
+use super::allocation::{Allocation, CoolingChannel, Due, Reservation};
 use super::response::{RequestInfo, ResponseIntegrity};
-use super::timers::TimerKind;
+use super::table::AllocationId;
 use super::{Command, Now, Server, TurnError, CHANNEL_REBIND_COOL_OFF};
 
 impl<R: rand::RngCore> Server<R> {
@@ -17,16 +18,22 @@ impl<R: rand::RngCore> Server<R> {
     /// its relay socket, and asks the fast path to remove it and log its usage line (who,
     /// where, how long and how much was relayed in userspace plus in the fast path).
     pub(super) fn delete_allocation(&mut self, now: Instant, flow: ClientFlow, reason: EndReason) {
-        let Some(allocation) = self.allocations.get(&flow) else {
+        if let Some(id) = self.allocations.id(&flow) {
+            self.delete_allocation_by_id(now, id, reason);
+        }
+    }
+
+    fn delete_allocation_by_id(&mut self, now: Instant, id: AllocationId, reason: EndReason) {
+        let Some(allocation) = self.allocations.by_id(id) else {
             return;
         };
         let usage = AllocationUsage {
-            username: allocation.username.clone(),
+            username: allocation.username.to_string(),
             lifetime: now.saturating_duration_since(allocation.created_at),
             userspace: allocation.userspace_traffic.into(),
             reason,
         };
-        if let Some(allocation) = self.remove_allocation_state(flow, Some(usage)) {
+        if let Some(allocation) = self.remove_allocation_state(id, Some(usage)) {
             self.commands.push_back(Command::CloseRelay {
                 relay: allocation.relay,
             });
@@ -35,22 +42,15 @@ impl<R: rand::RngCore> Server<R> {
 
     fn remove_allocation_state(
         &mut self,
-        flow: ClientFlow,
+        id: AllocationId,
         usage: Option<AllocationUsage>,
     ) -> Option<Box<Allocation>> {
-        let allocation = self.allocations.remove(&flow)?;
-        self.flows_by_relay.remove(&allocation.relay);
-        self.timers.cancel(TimerKind::Allocation(flow));
-        for &peer in allocation.permissions.keys() {
-            self.timers.cancel(TimerKind::Permission(flow, peer));
-        }
-        for &number in allocation.channels.keys() {
-            self.timers.cancel(TimerKind::Channel(flow, number));
-        }
-        for &number in allocation.cooling_channels.keys() {
-            self.timers.cancel(TimerKind::ChannelCoolOff(flow, number));
+        let allocation = self.allocations.remove(id)?;
+        if let Some(armed) = allocation.armed {
+            self.allocation_timers.cancel(armed, id);
         }
         self.uncount_for_user(&allocation.quota_user);
+        let flow = allocation.flow;
         self.fast_path.push(
             flow,
             FastPathCommand::RemoveAllocation {
@@ -62,79 +62,92 @@ impl<R: rand::RngCore> Server<R> {
         Some(allocation)
     }
 
+    /// Arms the allocation's timer for its earliest deadline, replacing the one armed
+    /// before. Called after every change of its lifetime, permissions or channels.
+    pub(super) fn rearm(&mut self, id: AllocationId) {
+        let Some(allocation) = self.allocations.by_id_mut(id) else {
+            return;
+        };
+        let next = allocation.next_deadline();
+        self.allocation_timers.schedule(allocation.armed, next, id);
+        allocation.armed = Some(next);
+    }
+
     /// Expires allocations, permissions, channels (and their rebind cool-off), port
     /// reservations and cached responses whose time has come (RFC 8656 §7, §9, §12;
-    /// RFC 8489 §6.3.1).
+    /// RFC 8489 §6.3.1). An allocation's due deadlines are handled in their order.
     pub fn handle_timeout(&mut self, now: Now) {
-        while let Some(kind) = self.timers.pop_due(now.instant) {
-            match kind {
-                TimerKind::Allocation(flow) => {
-                    if self
-                        .allocations
-                        .get(&flow)
-                        .is_some_and(|allocation| allocation.expires_at <= now.instant)
-                    {
-                        self.delete_allocation(now.instant, flow, EndReason::Expired);
-                    }
+        while let Some(id) = self.allocation_timers.pop_due(now.instant) {
+            if let Some(allocation) = self.allocations.by_id_mut(id) {
+                allocation.armed = None;
+            }
+            self.expire_due(now.instant, id);
+        }
+        while let Some(token) = self.reservation_timers.pop_due(now.instant) {
+            if self
+                .reservations
+                .get(&token)
+                .is_some_and(|reservation| reservation.expires_at <= now.instant)
+            {
+                self.release_reservation(token);
+            }
+        }
+        self.responses.expire(now.instant);
+    }
+
+    /// Handles every deadline of allocation `id` at or before `now`, earliest first,
+    /// then re-arms its timer for the next one.
+    fn expire_due(&mut self, now: Instant, id: AllocationId) {
+        while let Some(due) = self
+            .allocations
+            .by_id(id)
+            .and_then(|allocation| allocation.next_due(now))
+        {
+            match due {
+                Due::Allocation => {
+                    self.delete_allocation_by_id(now, id, EndReason::Expired);
+                    return;
                 }
-                TimerKind::Permission(flow, peer) => {
-                    self.expire_permission(now.instant, flow, peer)
-                }
-                TimerKind::Channel(flow, number) => self.expire_channel(now.instant, flow, number),
-                TimerKind::ChannelCoolOff(flow, number) => {
-                    if let Some(allocation) = self.allocations.get_mut(&flow) {
-                        if allocation
+                Due::Permission(peer) => self.expire_permission(id, peer),
+                Due::Channel(number) => self.expire_channel(id, number),
+                Due::CoolOff(number) => {
+                    if let Some(allocation) = self.allocations.by_id_mut(id) {
+                        allocation
                             .cooling_channels
-                            .get(&number)
-                            .is_some_and(|cooling| cooling.until <= now.instant)
-                        {
-                            allocation.cooling_channels.remove(&number);
-                        }
-                    }
-                }
-                TimerKind::Reservation(token) => {
-                    if self
-                        .reservations
-                        .get(&token)
-                        .is_some_and(|reservation| reservation.expires_at <= now.instant)
-                    {
-                        self.release_reservation(token);
-                    }
-                }
-                TimerKind::Transaction(flow, transaction_id) => {
-                    if self
-                        .responses
-                        .get(&(flow, transaction_id))
-                        .is_some_and(|cached| cached.expires_at <= now.instant)
-                    {
-                        self.forget_response(flow, transaction_id);
+                            .retain(|cooling| cooling.number != number);
                     }
                 }
             }
         }
+        self.rearm(id);
     }
 
     /// Frees the port held by RESERVATION-TOKEN `token` (RFC 8656 §7.2), returning it.
     pub(super) fn release_reservation(&mut self, token: u64) -> Option<Reservation> {
         let reservation = self.reservations.remove(&token)?;
         self.reserved_relays.remove(&reservation.relay);
-        self.timers.cancel(TimerKind::Reservation(token));
+        self.reservation_timers
+            .cancel(reservation.expires_at, token);
         self.uncount_for_user(&reservation.quota_user);
         Some(reservation)
     }
 
-    /// One more allocation or reservation for `quota_user`'s quota.
-    pub(super) fn count_for_user(&mut self, quota_user: &str) {
-        match self.allocations_per_user.get_mut(quota_user) {
-            Some(count) => *count += 1,
-            None => {
-                self.allocations_per_user.insert(quota_user.to_owned(), 1);
-            }
+    /// One more allocation or reservation for `quota_user`'s quota; returns the name as
+    /// the quota table holds it, to be shared by the allocation or reservation.
+    pub(super) fn count_for_user(&mut self, quota_user: &str) -> Arc<str> {
+        if let Some((name, count)) = self.allocations_per_user.get_key_value(quota_user) {
+            let name = Arc::clone(name);
+            let count = count + 1;
+            self.allocations_per_user.insert(Arc::clone(&name), count);
+            return name;
         }
+        let name: Arc<str> = Arc::from(quota_user);
+        self.allocations_per_user.insert(Arc::clone(&name), 1);
+        name
     }
 
     /// One allocation or reservation fewer for `quota_user`'s quota.
-    fn uncount_for_user(&mut self, quota_user: &str) {
+    pub(super) fn uncount_for_user(&mut self, quota_user: &str) {
         if let Some(count) = self.allocations_per_user.get_mut(quota_user) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -143,63 +156,57 @@ impl<R: rand::RngCore> Server<R> {
         }
     }
 
-    fn expire_permission(&mut self, now: Instant, flow: ClientFlow, peer: IpAddr) {
-        let Some(allocation) = self.allocations.get_mut(&flow) else {
+    /// Removes the permission for `peer` (its time is up).
+    fn expire_permission(&mut self, id: AllocationId, peer: IpAddr) {
+        let Some(allocation) = self.allocations.by_id_mut(id) else {
             return;
         };
-        if allocation
+        allocation
             .permissions
-            .get(&peer)
-            .is_some_and(|permission| permission.expires_at <= now)
-        {
-            allocation.permissions.remove(&peer);
-            self.fast_path.push(
-                flow,
-                FastPathCommand::RemovePermission {
-                    relay: allocation.relay,
-                    peer_ip: peer,
-                },
-            );
-        }
+            .retain(|permission| permission.peer != peer);
+        self.fast_path.push(
+            allocation.flow,
+            FastPathCommand::RemovePermission {
+                relay: allocation.relay,
+                peer_ip: peer,
+            },
+        );
     }
 
-    fn expire_channel(&mut self, now: Instant, flow: ClientFlow, number: u16) {
-        let Some(allocation) = self.allocations.get_mut(&flow) else {
+    /// Removes channel `number` (its time is up) and starts its cool-off.
+    fn expire_channel(&mut self, id: AllocationId, number: u16) {
+        let Some(allocation) = self.allocations.by_id_mut(id) else {
             return;
         };
-        let Some(channel) = allocation
+        let Some(position) = allocation
             .channels
-            .get(&number)
-            .copied()
-            .filter(|channel| channel.expires_at <= now)
+            .iter()
+            .position(|channel| channel.number == number)
         else {
             return;
         };
-        allocation.channels.remove(&number);
-        allocation.channel_by_peer.remove(&channel.peer);
-        let until = channel.expires_at + CHANNEL_REBIND_COOL_OFF;
-        allocation.cooling_channels.insert(
+        let channel = allocation.channels.remove(position);
+        allocation
+            .cooling_channels
+            .retain(|cooling| cooling.number != number);
+        allocation.cooling_channels.push(CoolingChannel {
             number,
-            CoolingChannel {
-                peer: channel.peer,
-                until,
-            },
-        );
+            peer: channel.peer,
+            until: channel.expires_at + CHANNEL_REBIND_COOL_OFF,
+        });
         self.fast_path.push(
-            flow,
+            allocation.flow,
             FastPathCommand::RemoveChannel {
                 relay: allocation.relay,
                 number,
             },
         );
-        self.timers
-            .schedule(until, TimerKind::ChannelCoolOff(flow, number));
     }
 
     /// The TCP or TLS connection of `flow` closed (or was closed by the server): its
     /// allocation, if any, is deleted (RFC 8656 §3.1: the 5-tuple is the connection).
     pub fn handle_connection_closed(&mut self, now: Instant, flow: ClientFlow) {
-        if self.allocations.contains_key(&flow) {
+        if self.allocations.contains(&flow) {
             self.delete_allocation(now, flow, EndReason::ConnectionClosed);
         }
     }
@@ -208,12 +215,13 @@ impl<R: rand::RngCore> Server<R> {
     /// is dropped and its queued success response replaced by 508 (RFC 8656 §7.2: the
     /// server could not allocate a relayed address).
     pub fn handle_relay_bind_failed(&mut self, now: Now, relay: SocketAddr) {
-        let Some(&flow) = self.flows_by_relay.get(&relay) else {
+        let Some(id) = self.allocations.id_by_relay(&relay) else {
             return;
         };
-        let Some(allocation) = self.remove_allocation_state(flow, None) else {
+        let Some(allocation) = self.remove_allocation_state(id, None) else {
             return;
         };
+        let flow = allocation.flow;
         tracing::warn!(%relay, client = %flow.client, "relay socket could not be bound; allocation dropped");
         if let Some(token) = allocation.reservation_token {
             self.release_reservation(token);
@@ -240,7 +248,7 @@ impl<R: rand::RngCore> Server<R> {
             fingerprint,
         };
         let integrity = ResponseIntegrity {
-            key: &allocation.key,
+            key: allocation.key.as_slice(),
             kind: allocation.integrity,
             user: &allocation.quota_user,
         };

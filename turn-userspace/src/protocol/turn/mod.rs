@@ -25,6 +25,7 @@
 
 mod allocation;
 mod authenticate;
+mod cache;
 mod error;
 mod lifecycle;
 mod limiter;
@@ -32,6 +33,7 @@ mod operations;
 mod relay;
 mod requests;
 mod response;
+mod table;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -39,15 +41,17 @@ mod timers;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::auth::Authenticator;
 use crate::protocol::datapath::{ClientFlow, FastPathCommand, Transport};
 use crate::protocol::policy::PeerPolicy;
-use crate::protocol::stun::TransactionId;
 
-use allocation::{Allocation, Reservation};
+use allocation::Reservation;
+use cache::ResponseCache;
 use limiter::AnswerLimiter;
+use table::{AllocationId, Allocations};
 use timers::Timers;
 use turn_common::bandwidth::Bandwidth;
 
@@ -368,15 +372,6 @@ const CHANNEL_REBIND_COOL_OFF: Duration = Duration::from_secs(300);
 /// RFC 8656 §7.2 (EVEN-PORT with R bit): a reserved port is kept "about 30 seconds".
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// A response kept for retransmissions of the same request on the same 5-tuple.
-#[derive(Debug)]
-struct CachedResponse {
-    payload: Vec<u8>,
-    expires_at: Instant,
-    /// The (quota) user it answered.
-    user: String,
-}
-
 fn answer_limiter(limits: &ServerLimits) -> AnswerLimiter {
     AnswerLimiter::new(
         limits.unauthenticated_answers_per_second,
@@ -392,19 +387,19 @@ pub struct Server<R: rand::RngCore> {
     auth: Authenticator,
     policy: PeerPolicy,
     rng: R,
-    /// Boxed: an allocation is several hundred bytes, and the table's spare slots (up to
-    /// half of them after it grows) would each hold one; boxed, a spare slot is a pointer.
-    allocations: HashMap<ClientFlow, Box<Allocation>>,
-    /// Relay (bind) address → the allocation's client flow.
-    flows_by_relay: HashMap<SocketAddr, ClientFlow>,
-    allocations_per_user: HashMap<String, usize>,
+    /// By client flow and by relay (bind) address.
+    allocations: Allocations,
+    /// Allocations and reservations per quota user; its keys are shared with them.
+    allocations_per_user: HashMap<Arc<str>, usize>,
     /// RESERVATION-TOKEN → reserved relay address (RFC 8656 §7.2, EVEN-PORT R bit).
     reservations: HashMap<u64, Reservation>,
     reserved_relays: HashMap<SocketAddr, u64>,
-    responses: HashMap<(ClientFlow, TransactionId), CachedResponse>,
-    /// Cached responses per (quota) user.
-    cached_per_user: HashMap<String, usize>,
-    timers: Timers,
+    /// Responses kept for retransmissions, with their own expiry.
+    responses: ResponseCache,
+    /// Each allocation's next deadline (see [`allocation::Allocation::next_deadline`]).
+    allocation_timers: Timers<AllocationId>,
+    /// RESERVATION-TOKEN expiries.
+    reservation_timers: Timers<u64>,
     commands: VecDeque<Command>,
     fast_path: FastPathQueue,
     transmits: VecDeque<Transmit>,
@@ -433,14 +428,13 @@ impl<R: rand::RngCore> Server<R> {
             auth,
             policy,
             rng,
-            allocations: HashMap::new(),
-            flows_by_relay: HashMap::new(),
+            allocations: Allocations::default(),
             allocations_per_user: HashMap::new(),
             reservations: HashMap::new(),
             reserved_relays: HashMap::new(),
-            responses: HashMap::new(),
-            cached_per_user: HashMap::new(),
-            timers: Timers::default(),
+            responses: ResponseCache::default(),
+            allocation_timers: Timers::default(),
+            reservation_timers: Timers::default(),
             commands: VecDeque::new(),
             fast_path: FastPathQueue::default(),
             transmits: VecDeque::new(),
@@ -486,7 +480,14 @@ impl<R: rand::RngCore> Server<R> {
 
     /// The earliest instant at which [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+        [
+            self.allocation_timers.next_deadline(),
+            self.reservation_timers.next_deadline(),
+            self.responses.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// How many responses are cached for retransmissions.
@@ -495,24 +496,40 @@ impl<R: rand::RngCore> Server<R> {
         self.responses.len()
     }
 
-    /// How many expiry deadlines are armed.
+    /// How many expiry deadlines are armed: every allocation's, permission's, channel's,
+    /// cool-off's, reservation's and cached response's. The timers hold them in one entry
+    /// per allocation (its earliest), one per reservation and one per cached response.
     #[cfg(test)]
     pub(super) fn armed_timers(&self) -> usize {
-        self.timers.len()
+        let allocations: usize = self
+            .allocations
+            .iter()
+            .map(|allocation| {
+                1 + allocation.permissions.len()
+                    + allocation.channels.len()
+                    + allocation.cooling_channels.len()
+            })
+            .sum();
+        assert_eq!(self.allocation_timers.len(), self.allocations.len());
+        assert_eq!(self.reservation_timers.len(), self.reservations.len());
+        allocations + self.reservations.len() + self.responses.len()
     }
 
     pub fn stats(&self) -> ServerStats {
         let mut stats = self.stats;
         stats.allocations = self.allocations.len();
-        stats.permissions = self.allocations.values().map(|a| a.permissions.len()).sum();
-        stats.channels = self.allocations.values().map(|a| a.channels.len()).sum();
+        stats.permissions = self.allocations.iter().map(|a| a.permissions.len()).sum();
+        stats.channels = self.allocations.iter().map(|a| a.channels.len()).sum();
         for (transport, relayed) in Transport::ALL.into_iter().zip(self.relayed) {
             if let Some(slot) = stats.by_transport.get_mut(transport.index()) {
                 slot.relayed = relayed;
             }
         }
-        for flow in self.allocations.keys() {
-            if let Some(slot) = stats.by_transport.get_mut(flow.transport.index()) {
+        for allocation in self.allocations.iter() {
+            if let Some(slot) = stats
+                .by_transport
+                .get_mut(allocation.flow.transport.index())
+            {
                 slot.allocations += 1;
             }
         }

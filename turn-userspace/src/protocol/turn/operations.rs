@@ -106,14 +106,14 @@ impl<R: rand::RngCore> Server<R> {
 
     /// Every allocation, in no particular order.
     pub fn allocations(&self) -> impl Iterator<Item = AllocationView<'_>> + '_ {
-        self.allocations.iter().map(|(flow, allocation)| {
+        self.allocations.iter().map(|allocation| {
             let advertised = [self.config.relay_v4, self.config.relay_v6]
                 .into_iter()
                 .flatten()
                 .find(|relay| relay.bind == allocation.relay.ip())
                 .map_or(allocation.relay.ip(), |relay| relay.advertised);
             AllocationView {
-                flow: *flow,
+                flow: allocation.flow,
                 username: &allocation.username,
                 relay: allocation.relay,
                 relayed: SocketAddr::new(advertised, allocation.relay.port()),
@@ -130,7 +130,7 @@ impl<R: rand::RngCore> Server<R> {
     pub fn allocations_by_family(&self) -> FamilyCounts {
         let ipv4 = self
             .allocations
-            .values()
+            .iter()
             .filter(|allocation| allocation.relay.is_ipv4())
             .count();
         FamilyCounts {

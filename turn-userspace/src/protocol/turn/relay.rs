@@ -145,18 +145,16 @@ impl<R: rand::RngCore> Server<R> {
         out: &mut Vec<u8>,
         hop_limit: Option<u8>,
     ) -> Option<Forward> {
-        let Some((flow, allocation, hop_limit)) = self
-            .flows_by_relay
-            .get(&relay)
-            .and_then(|flow| Some((*flow, self.allocations.get_mut(flow)?)))
-            .filter(|(_, allocation)| allocation.has_permission(peer.ip(), now))
-            .and_then(|(flow, allocation)| {
-                Some((flow, allocation, outgoing_hop_limit(hop_limit)?))
-            })
+        let Some((allocation, hop_limit)) = self
+            .allocations
+            .by_relay_mut(&relay)
+            .filter(|allocation| allocation.has_permission(peer.ip(), now))
+            .and_then(|allocation| Some((allocation, outgoing_hop_limit(hop_limit)?)))
         else {
             self.stats.dropped_packets += 1;
             return None;
         };
+        let flow = allocation.flow;
         let channel = allocation.channel_for_peer(peer, now);
         let overhead = if channel.is_some() {
             channel_data::HEADER_LEN

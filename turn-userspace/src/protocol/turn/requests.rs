@@ -1,11 +1,12 @@
 //! STUN request handling: Binding (RFC 8489 §3), Allocate (RFC 8656 §7), Refresh (§8),
 //! CreatePermission (§9) and ChannelBind (§12), plus expiry and relay-bind failures.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
+use smallvec::SmallVec;
 use turn_common::bandwidth::Bandwidth;
 
 use crate::protocol::datapath::{
@@ -21,7 +22,6 @@ use super::allocation::{
 };
 use super::authenticate::AuthContext;
 use super::response::{RequestInfo, ResponseIntegrity};
-use super::timers::TimerKind;
 use super::{Command, Forward, Now, RelayAddress, Server, TurnError, RESERVATION_LIFETIME};
 
 /// Random probes for a free relay port before falling back to a full scan.
@@ -140,7 +140,7 @@ impl<R: rand::RngCore> Server<R> {
             && self
                 .allocations
                 .get(&flow)
-                .is_some_and(|allocation| allocation.username != auth.username)
+                .is_some_and(|allocation| *allocation.username != *auth.username)
         {
             // RFC 8656 §5: only the USERNAME that created an allocation may use it.
             Err(TurnError::WrongCredentials)
@@ -208,7 +208,7 @@ impl<R: rand::RngCore> Server<R> {
         request: &Message,
         auth: &AuthContext,
     ) -> Result<(), TurnError> {
-        if self.allocations.contains_key(&flow) {
+        if self.allocations.contains(&flow) {
             return Err(TurnError::AllocationMismatch);
         }
         // A draining relay turns new allocations away, after authentication so the 300
@@ -257,7 +257,11 @@ impl<R: rand::RngCore> Server<R> {
                 let relay_address = self
                     .relay_address(AddressFamily::of(reservation.relay.ip()))
                     .ok_or(TurnError::InsufficientCapacity)?;
-                (relay_address, 0, reservation.quota_user == auth.quota_user)
+                (
+                    relay_address,
+                    0,
+                    *reservation.quota_user == *auth.quota_user,
+                )
             }
             None => {
                 let relay_address = self
@@ -274,7 +278,7 @@ impl<R: rand::RngCore> Server<R> {
         let per_user = self.config.max_allocations_per_user;
         let user_count = self
             .allocations_per_user
-            .get(&auth.quota_user)
+            .get(auth.quota_user.as_str())
             .copied()
             .unwrap_or(0);
         let user_adds = if reservation_token.is_some() {
@@ -310,33 +314,43 @@ impl<R: rand::RngCore> Server<R> {
         };
         let advertised = SocketAddr::new(relay_address.advertised, relay.port());
         let expires_at = now.instant + lifetime;
-        self.install_allocation_in_fast_path(flow, relay, expires_at);
-        self.allocations.insert(
+        let quota_user = self.count_for_user(&auth.quota_user);
+        // A static user is its own quota user: one shared name for both.
+        let username = if *quota_user == *auth.username {
+            Arc::clone(&quota_user)
+        } else {
+            Arc::from(auth.username.as_str())
+        };
+        let inserted = self.allocations.insert(Box::new(Allocation {
             flow,
-            Box::new(Allocation {
-                relay,
-                created_at: now.instant,
-                expires_at,
-                username: auth.username.clone(),
-                quota_user: auth.quota_user.clone(),
-                credential_expiry: auth.credential_expiry,
-                key: auth.key.clone(),
-                password_algorithm: auth.password_algorithm,
-                integrity: auth.integrity,
-                allocate_transaction: info.transaction_id,
-                reservation_token: reservation,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                channel_by_peer: HashMap::new(),
-                cooling_channels: HashMap::new(),
-                userspace_traffic: UserspaceTraffic::default(),
-                bandwidth: Bandwidth::new(self.limits.max_bytes_per_second_per_allocation),
-            }),
-        );
-        self.flows_by_relay.insert(relay, flow);
-        self.count_for_user(&auth.quota_user);
-        self.timers
-            .schedule(expires_at, TimerKind::Allocation(flow));
+            relay,
+            created_at: now.instant,
+            expires_at,
+            armed: None,
+            username,
+            quota_user,
+            credential_expiry: auth.credential_expiry,
+            key: auth.key,
+            password_algorithm: auth.password_algorithm,
+            integrity: auth.integrity,
+            allocate_transaction: info.transaction_id,
+            reservation_token: reservation,
+            permissions: SmallVec::new(),
+            channels: SmallVec::new(),
+            cooling_channels: Vec::new(),
+            userspace_traffic: UserspaceTraffic::default(),
+            bandwidth: Bandwidth::new(self.limits.max_bytes_per_second_per_allocation),
+        }));
+        let Some(id) = inserted else {
+            // Every id is taken (more than 2^32 allocations): the table is full.
+            self.uncount_for_user(&auth.quota_user);
+            if let Some(token) = reservation {
+                self.release_reservation(token);
+            }
+            return Err(TurnError::InsufficientCapacity);
+        };
+        self.install_allocation_in_fast_path(flow, relay, expires_at);
+        self.rearm(id);
         self.commands.push_back(Command::OpenRelay { relay });
         tracing::debug!(client = %flow.client, %relay, lifetime = lifetime.as_secs(), "allocation created");
 
@@ -389,11 +403,11 @@ impl<R: rand::RngCore> Server<R> {
             return None;
         }
         let span = u32::from(end) - u32::from(start) + 1;
-        let in_use = &self.flows_by_relay;
+        let in_use = &self.allocations;
         let reserved = &self.reserved_relays;
         let free = |port: u16| {
             let addr = SocketAddr::new(ip, port);
-            !in_use.contains_key(&addr) && !reserved.contains_key(&addr)
+            !in_use.contains_relay(&addr) && !reserved.contains_key(&addr)
         };
         let fits = |port: u16| match even_port {
             None => free(port),
@@ -426,18 +440,17 @@ impl<R: rand::RngCore> Server<R> {
             token = self.rng.next_u64();
         }
         let expires_at = now + RESERVATION_LIFETIME;
+        let quota_user = self.count_for_user(quota_user);
         self.reservations.insert(
             token,
             Reservation {
                 relay,
                 expires_at,
-                quota_user: quota_user.to_owned(),
+                quota_user,
             },
         );
-        self.count_for_user(quota_user);
         self.reserved_relays.insert(relay, token);
-        self.timers
-            .schedule(expires_at, TimerKind::Reservation(token));
+        self.reservation_timers.schedule(None, expires_at, token);
         token
     }
 
@@ -452,9 +465,13 @@ impl<R: rand::RngCore> Server<R> {
     ) -> Result<(), TurnError> {
         let requested_family = request.requested_address_family()?;
         let requested_lifetime = request.lifetime()?;
+        let id = self
+            .allocations
+            .id(&flow)
+            .ok_or(TurnError::AllocationMismatch)?;
         let allocation = self
             .allocations
-            .get_mut(&flow)
+            .by_id_mut(id)
             .ok_or(TurnError::AllocationMismatch)?;
         if requested_family.is_some_and(|family| family != AddressFamily::of(allocation.relay.ip()))
         {
@@ -473,8 +490,7 @@ impl<R: rand::RngCore> Server<R> {
             allocation.expires_at = expires_at;
             let relay = allocation.relay;
             self.install_allocation_in_fast_path(flow, relay, expires_at);
-            self.timers
-                .schedule(expires_at, TimerKind::Allocation(flow));
+            self.rearm(id);
             u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX)
         };
         self.queue_success(now.instant, flow, info, auth, |builder| {
@@ -539,7 +555,7 @@ impl<R: rand::RngCore> Server<R> {
         }
         let added = checked
             .iter()
-            .filter(|(peer, _)| !allocation.permissions.contains_key(peer))
+            .filter(|(peer, _)| allocation.permission(*peer).is_none())
             .count();
         if allocation.permissions.len() + added > self.limits.max_permissions_per_allocation {
             return Err(TurnError::InsufficientCapacity);
@@ -560,13 +576,18 @@ impl<R: rand::RngCore> Server<R> {
         peer: IpAddr,
         ports: PeerPorts,
     ) {
-        let Some(allocation) = self.allocations.get_mut(&flow) else {
+        let Some(id) = self.allocations.id(&flow) else {
+            return;
+        };
+        let Some(allocation) = self.allocations.by_id_mut(id) else {
             return;
         };
         let expires_at = now + self.config.permission_lifetime;
-        allocation
-            .permissions
-            .insert(peer, Permission { expires_at, ports });
+        allocation.set_permission(Permission {
+            peer,
+            expires_at,
+            ports,
+        });
         let relay = allocation.relay;
         self.fast_path.push(
             flow,
@@ -578,10 +599,10 @@ impl<R: rand::RngCore> Server<R> {
                 expires_at,
             }),
         );
-        for (&number, channel) in allocation
+        for channel in allocation
             .channels
             .iter()
-            .filter(|(_, channel)| channel.peer.ip() == peer)
+            .filter(|channel| channel.peer.ip() == peer)
         {
             self.fast_path.push(
                 flow,
@@ -589,13 +610,12 @@ impl<R: rand::RngCore> Server<R> {
                     flow,
                     relay,
                     peer: channel.peer,
-                    number,
+                    number: channel.number,
                     expires_at: channel.expires_at.min(expires_at),
                 }),
             );
         }
-        self.timers
-            .schedule(expires_at, TimerKind::Permission(flow, peer));
+        self.rearm(id);
     }
 
     /// RFC 8656 §12.1: binds (or refreshes) a channel and installs/refreshes the
@@ -627,8 +647,8 @@ impl<R: rand::RngCore> Server<R> {
         if allocation.channel_bind_conflicts(number, peer, now.instant) {
             return Err(TurnError::BadRequest);
         }
-        let new_channel = !allocation.channels.contains_key(&number);
-        let new_permission = !allocation.permissions.contains_key(&peer.ip());
+        let new_channel = allocation.channel(number).is_none();
+        let new_permission = allocation.permission(peer.ip()).is_none();
         if (new_channel && allocation.channels.len() >= self.limits.max_channels_per_allocation)
             || (new_permission
                 && allocation.permissions.len() >= self.limits.max_permissions_per_allocation)
@@ -642,21 +662,15 @@ impl<R: rand::RngCore> Server<R> {
         }
         let channel_expires_at = now.instant + self.config.channel_lifetime;
         if let Some(allocation) = self.allocations.get_mut(&flow) {
-            allocation.channels.insert(
+            allocation.bind_channel(Channel {
                 number,
-                Channel {
-                    peer,
-                    expires_at: channel_expires_at,
-                },
-            );
-            allocation.channel_by_peer.insert(peer, number);
-            allocation.cooling_channels.remove(&number);
+                peer,
+                expires_at: channel_expires_at,
+            });
         }
         // Installs the permission and, through it, the channel entry with
-        // expiry = min(channel, permission).
+        // expiry = min(channel, permission); re-arms the allocation's timer.
         self.install_permission(now.instant, flow, peer.ip(), ports);
-        self.timers
-            .schedule(channel_expires_at, TimerKind::Channel(flow, number));
         self.queue_success(now.instant, flow, info, auth, |_| {});
         Ok(())
     }

@@ -7,11 +7,7 @@ use crate::protocol::stun::attributes as attr;
 use crate::protocol::stun::{Class, Message, MessageBuilder, Method, TransactionId};
 
 use super::authenticate::{AuthContext, IntegrityKind, SERVER_PASSWORD_ALGORITHMS};
-use super::timers::TimerKind;
-use super::{
-    CachedResponse, Now, Server, Transmit, TurnError, TRANSACTION_CACHE_LIMIT,
-    TRANSACTION_CACHE_TIME,
-};
+use super::{Now, Server, Transmit, TurnError};
 
 /// What a response needs to know about its request.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +40,7 @@ pub(super) struct ResponseIntegrity<'k> {
 impl<'k> From<&'k AuthContext> for ResponseIntegrity<'k> {
     fn from(auth: &'k AuthContext) -> Self {
         ResponseIntegrity {
-            key: &auth.key,
+            key: auth.key.as_slice(),
             kind: auth.integrity,
             user: &auth.quota_user,
         }
@@ -103,9 +99,7 @@ impl<R: rand::RngCore> Server<R> {
         self.transmit(flow, payload);
     }
 
-    /// Keeps an authenticated response for retransmissions, while the cache has room and
-    /// `user` has not used up its share: one user cannot crowd out everyone else's cached
-    /// responses.
+    /// Keeps an authenticated response for retransmissions (see [`super::cache::ResponseCache::insert`]).
     fn cache_response(
         &mut self,
         now: Instant,
@@ -114,40 +108,14 @@ impl<R: rand::RngCore> Server<R> {
         user: &str,
         payload: &[u8],
     ) {
-        let cached = self.cached_per_user.get(user).copied().unwrap_or(0);
-        if self.responses.len() >= TRANSACTION_CACHE_LIMIT
-            || cached >= self.limits.max_cached_responses_per_user
-        {
-            return;
-        }
-        self.forget_response(flow, transaction_id);
-        let expires_at = now + TRANSACTION_CACHE_TIME;
-        self.responses.insert(
-            (flow, transaction_id),
-            CachedResponse {
-                payload: payload.to_vec(),
-                expires_at,
-                user: user.to_owned(),
-            },
-        );
-        *self.cached_per_user.entry(user.to_owned()).or_default() += 1;
-        self.timers
-            .schedule(expires_at, TimerKind::Transaction(flow, transaction_id));
+        let per_user = self.limits.max_cached_responses_per_user;
+        self.responses
+            .insert(now, flow, transaction_id, user, per_user, payload);
     }
 
-    /// Drops a cached response (expired, or replaced).
+    /// Drops a cached response (replaced, or its allocation failed).
     pub(super) fn forget_response(&mut self, flow: ClientFlow, transaction_id: TransactionId) {
-        let Some(cached) = self.responses.remove(&(flow, transaction_id)) else {
-            return;
-        };
-        self.timers
-            .cancel(TimerKind::Transaction(flow, transaction_id));
-        if let Some(count) = self.cached_per_user.get_mut(&cached.user) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.cached_per_user.remove(&cached.user);
-            }
-        }
+        self.responses.forget(flow, transaction_id);
     }
 
     /// Queues the integrity-protected success response of an authenticated request.
@@ -241,14 +209,10 @@ impl<R: rand::RngCore> Server<R> {
         flow: ClientFlow,
         transaction_id: TransactionId,
     ) -> bool {
-        let Some(cached) = self
-            .responses
-            .get(&(flow, transaction_id))
-            .filter(|cached| cached.expires_at > now)
-        else {
+        let Some(payload) = self.responses.get(now, flow, transaction_id) else {
             return false;
         };
-        let payload = cached.payload.clone();
+        let payload = payload.to_vec();
         self.transmit(flow, payload);
         true
     }
