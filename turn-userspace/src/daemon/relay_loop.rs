@@ -281,8 +281,8 @@ impl RelayLoop {
     /// is released). None: no such socket.
     ///
     /// This worker's own relay sockets stay open until the section is sent without that:
-    /// only this worker closes them, in its sections' commands, which are all executed
-    /// before this is asked.
+    /// only this worker closes them, in the commands of its sections (all executed
+    /// before this is asked) or from its inbox between sections.
     fn route(&mut self, shared: &Shared, from: SocketAddr) -> Option<RawFd> {
         if let Some((_, socket)) = self.listeners.iter().find(|(local, _)| *local == from) {
             return Some(socket.as_raw_fd());
