@@ -8,6 +8,11 @@
 //! they became ready, each for one bounded share ([`super::relay_loop`]); one that still
 //! holds datagrams after its share queues again behind the others (an edge-triggered set
 //! reports a socket again only once new datagrams arrive).
+//!
+//! Why not a set of futures (`FuturesUnordered`, tokio-stream's `StreamMap`): the first
+//! keeps a task node and a reactor registration per socket (the memory this removes),
+//! the second polls every socket on each wake-up. The pieces here are nix's epoll and a
+//! slab; what is hand-written is the queue of sockets waiting for a share.
 
 use std::collections::VecDeque;
 use std::io;
