@@ -4,6 +4,11 @@
 //! mirror holds each allocation's permissions and channels with the allocation, so a
 //! refresh or a removal touches only that allocation's entries, however many others exist.
 //!
+//! The mirror is compact, because it holds one entry per allocation: the allocations sit
+//! in a slab indexed by their TRAFFIC slot (a vacant entry is a free slot), found by their
+//! relayed address through a map to that slot; each keeps only what its refresh and
+//! removal need, with its permissions and channels inline while it has one of each.
+//!
 //! Every key and value holds exactly the addresses of the entry, as the core checked
 //! them: nothing is canonicalised (an IPv4-mapped or NAT64 peer is an IPv6 address), and
 //! a peer of another family than its relayed address is refused, because the program
@@ -11,6 +16,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use slab::Slab;
+use smallvec::SmallVec;
 
 use super::clock::monotonic_ns;
 use super::maps::{AllocationRecord, ChannelRecord, MapAddress, Tables};
@@ -19,21 +28,49 @@ use crate::protocol::datapath::{
     RelayedTraffic,
 };
 
-/// An allocation as installed: its entry, its TRAFFIC slot, and the permissions and
-/// channels installed for it (a handful each: bounded by the core's per-allocation caps).
+/// An allocation as installed (its relayed address is the key that finds it), and the
+/// permissions and channels installed for it: a handful each, bounded by the core's
+/// per-allocation caps, usually one.
 #[derive(Debug)]
 struct Installed {
-    entry: AllocationEntry,
-    slot: u32,
-    permissions: Vec<IpAddr>,
-    channels: Vec<ChannelEntry>,
+    flow: ClientFlow,
+    expires_at: Instant,
+    bytes_per_second: u64,
+    permissions: SmallVec<[IpAddr; 1]>,
+    channels: SmallVec<[InstalledChannel; 1]>,
 }
 
-/// Adds `item` growing `list` by one slot only: these lists usually hold one or two
-/// entries, and one allocation's spare capacity would otherwise cost more than its entries.
-fn push_exact<T>(list: &mut Vec<T>, item: T) {
-    list.reserve_exact(1);
-    list.push(item);
+/// A channel as installed; its relayed address is its allocation's.
+#[derive(Debug)]
+struct InstalledChannel {
+    peer: SocketAddr,
+    number: u16,
+    expires_at: Instant,
+    /// The channel's client flow when it is not its allocation's (the core always gives
+    /// a channel its allocation's flow, so this is None but for other callers).
+    other_flow: Option<Box<ClientFlow>>,
+}
+
+impl Installed {
+    /// Channel `channel` of this allocation on `relay`, as the entry it was installed from.
+    fn channel_entry(&self, relay: SocketAddr, channel: &InstalledChannel) -> ChannelEntry {
+        ChannelEntry {
+            flow: channel.other_flow.as_deref().copied().unwrap_or(self.flow),
+            relay,
+            peer: channel.peer,
+            number: channel.number,
+            expires_at: channel.expires_at,
+        }
+    }
+
+    fn installed_channel(&self, entry: &ChannelEntry) -> InstalledChannel {
+        InstalledChannel {
+            peer: entry.peer,
+            number: entry.number,
+            expires_at: entry.expires_at,
+            other_flow: (entry.flow != self.flow).then(|| Box::new(entry.flow)),
+        }
+    }
 }
 
 /// The XDP program's flow tables, as a [`Datapath`]. Obtained from
@@ -45,19 +82,23 @@ fn push_exact<T>(list: &mut Vec<T>, item: T) {
 pub struct BpfDatapath {
     /// Boxed: the map handles are large and the datapath is moved around by value.
     tables: Box<Tables>,
-    /// Keyed by relayed address.
-    allocations: HashMap<SocketAddr, Installed>,
-    free_slots: Vec<u32>,
-    next_slot: u32,
+    /// Relayed address → its allocation's slot.
+    slots: HashMap<SocketAddr, u32>,
+    /// The installed allocations by slot (their index in TRAFFIC and BANDWIDTH); vacant
+    /// entries are the free slots, taken again first.
+    installed: Slab<Installed>,
 }
 
 impl std::fmt::Debug for BpfDatapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count = |entries: fn(&Installed) -> usize| -> usize {
-            self.allocations.values().map(entries).sum()
+            self.installed
+                .iter()
+                .map(|(_, installed)| entries(installed))
+                .sum()
         };
         f.debug_struct("BpfDatapath")
-            .field("allocations", &self.allocations.len())
+            .field("allocations", &self.installed.len())
             .field(
                 "permissions",
                 &count(|installed| installed.permissions.len()),
@@ -90,9 +131,8 @@ impl BpfDatapath {
     pub(crate) fn new(tables: Tables) -> BpfDatapath {
         BpfDatapath {
             tables: Box::new(tables),
-            allocations: HashMap::new(),
-            free_slots: Vec::new(),
-            next_slot: 0,
+            slots: HashMap::new(),
+            installed: Slab::new(),
         }
     }
 
@@ -109,34 +149,43 @@ impl BpfDatapath {
         })
     }
 
+    /// The allocation installed on `relay` and its slot.
+    fn get(&self, relay: SocketAddr) -> Option<(u32, &Installed)> {
+        let slot = *self.slots.get(&relay)?;
+        Some((slot, self.installed.get(usize::try_from(slot).ok()?)?))
+    }
+
+    fn get_mut(&mut self, relay: SocketAddr) -> Option<&mut Installed> {
+        let slot = *self.slots.get(&relay)?;
+        self.installed.get_mut(usize::try_from(slot).ok()?)
+    }
+
     fn channel_record(&self, entry: &ChannelEntry) -> Result<ChannelRecord, DatapathError> {
         let relay = entry.relay;
         same_family(relay, entry.peer.ip())?;
-        let installed = self
-            .allocations
-            .get(&relay)
+        let (slot, installed) = self
+            .get(relay)
             .ok_or_else(|| DatapathError::Update(format!("no fast-path allocation for {relay}")))?;
-        let expires_at = entry.expires_at.min(installed.entry.expires_at);
+        let expires_at = entry.expires_at.min(installed.expires_at);
         Ok(ChannelRecord {
             client: MapAddress::socket(entry.flow.client),
             listener: specific("listener", entry.flow.listener)?,
             relay: specific("relayed address", entry.relay)?,
             peer: MapAddress::socket(entry.peer),
             number: entry.number,
-            slot: installed.slot,
+            slot,
             expires_ns: monotonic_ns(expires_at),
         })
     }
 
-    fn take_slot(&mut self) -> Result<u32, DatapathError> {
-        if let Some(slot) = self.free_slots.pop() {
-            return Ok(slot);
-        }
-        if self.next_slot >= self.tables.sizes().allocations {
+    /// The slot a new allocation gets: the last one freed, else the next unused one.
+    fn free_slot(&self) -> Result<u32, DatapathError> {
+        let slot =
+            u32::try_from(self.installed.vacant_key()).map_err(|_| DatapathError::MapFull)?;
+        if slot >= self.tables.sizes().allocations {
             return Err(DatapathError::MapFull);
         }
-        self.next_slot += 1;
-        Ok(self.next_slot - 1)
+        Ok(slot)
     }
 
     fn remove_channel_entries(&mut self, entry: &ChannelEntry) {
@@ -156,12 +205,12 @@ impl BpfDatapath {
 
     /// Channel `number` of the allocation on `relay`, as installed.
     fn installed_channel(&self, relay: SocketAddr, number: u16) -> Option<ChannelEntry> {
-        self.allocations
-            .get(&relay)?
+        let (_, installed) = self.get(relay)?;
+        let channel = installed
             .channels
             .iter()
-            .find(|channel| channel.number == number)
-            .copied()
+            .find(|channel| channel.number == number)?;
+        Some(installed.channel_entry(relay, channel))
     }
 
     fn remove_permission_entry(&mut self, relay: SocketAddr, peer: IpAddr) {
@@ -178,69 +227,59 @@ impl Datapath for BpfDatapath {
     fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
         let relay = entry.relay;
         let previous = self
-            .allocations
-            .get(&relay)
-            .map(|installed| (installed.slot, installed.entry));
+            .get(relay)
+            .map(|(slot, installed)| (slot, installed.flow, installed.bytes_per_second));
         let slot = match previous {
-            Some((slot, _)) => slot,
-            None => self.take_slot()?,
+            Some((slot, ..)) => slot,
+            None => self.free_slot()?,
         };
-        let record = match Self::allocation_record(&entry, slot) {
-            Ok(record) => record,
-            Err(error) => {
-                if previous.is_none() {
-                    self.free_slots.push(slot);
-                }
-                return Err(error);
-            }
-        };
-        if let Some((_, installed)) = previous {
-            if installed.flow != entry.flow {
-                self.remove_allocation(installed.flow, relay);
+        let record = Self::allocation_record(&entry, slot)?;
+        if let Some((_, flow, bytes_per_second)) = previous {
+            if flow != entry.flow {
+                self.remove_allocation(flow, relay);
                 return self.install_allocation(entry);
             }
             // A refresh keeps the buckets (a rewrite would fill them up again).
-            if installed.bytes_per_second != entry.bytes_per_second {
+            if bytes_per_second != entry.bytes_per_second {
                 self.tables.limit_bandwidth(slot, entry.bytes_per_second)?;
             }
-        } else if let Err(error) = self
-            .tables
-            .reset_traffic(slot)
-            .and_then(|()| self.tables.limit_bandwidth(slot, entry.bytes_per_second))
-        {
-            self.free_slots.push(slot);
-            return Err(error);
+        } else {
+            self.tables.reset_traffic(slot)?;
+            self.tables.limit_bandwidth(slot, entry.bytes_per_second)?;
         }
         if let Err(error) = self.tables.insert_allocation(&record) {
-            // Leave nothing half-installed (one of the two maps may have taken it).
-            if let Err(cleanup) = self.tables.remove_allocation(&record) {
+            if previous.is_some() {
+                // Leave nothing of it behind, its permissions and channels included: the
+                // caller hands the allocation to userspace.
+                self.remove_allocation(entry.flow, relay);
+            } else if let Err(cleanup) = self.tables.remove_allocation(&record) {
+                // Leave nothing half-installed (one of the two maps may have taken it).
                 tracing::warn!(error = %cleanup, %relay, "cleaning up a failed fast-path allocation failed");
-            }
-            if previous.is_none() {
-                self.free_slots.push(slot);
-            } else {
-                self.allocations.remove(&relay);
             }
             return Err(error);
         }
-        self.allocations
-            .entry(relay)
-            .and_modify(|installed| installed.entry = entry)
-            .or_insert(Installed {
-                entry,
-                slot,
-                permissions: Vec::new(),
-                channels: Vec::new(),
+        let Some(installed) = self.get_mut(relay) else {
+            let taken = self.installed.insert(Installed {
+                flow: entry.flow,
+                expires_at: entry.expires_at,
+                bytes_per_second: entry.bytes_per_second,
+                permissions: SmallVec::new(),
+                channels: SmallVec::new(),
             });
+            debug_assert_eq!(usize::try_from(slot).ok(), Some(taken));
+            self.slots.insert(relay, slot);
+            return Ok(());
+        };
+        installed.expires_at = entry.expires_at;
+        installed.bytes_per_second = entry.bytes_per_second;
         // A refresh moves the bound of this allocation's channels' expiry.
         let records = self
-            .allocations
-            .get(&relay)
-            .map(|installed| {
+            .get(relay)
+            .map(|(_, installed)| {
                 installed
                     .channels
                     .iter()
-                    .map(|channel| self.channel_record(channel))
+                    .map(|channel| self.channel_record(&installed.channel_entry(relay, channel)))
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?
@@ -252,14 +291,20 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
-        let Some(installed) = self.allocations.remove(&relay) else {
+        let Some(slot) = self.slots.remove(&relay) else {
+            return;
+        };
+        let Some(installed) = usize::try_from(slot)
+            .ok()
+            .and_then(|slot| self.installed.try_remove(slot))
+        else {
             return;
         };
         let record = AllocationRecord {
             client: MapAddress::socket(flow.client),
             listener: MapAddress::socket(flow.listener),
             relay: MapAddress::socket(relay),
-            slot: installed.slot,
+            slot,
             expires_ns: 0,
         };
         if let Err(error) = self.tables.remove_allocation(&record) {
@@ -269,20 +314,19 @@ impl Datapath for BpfDatapath {
             self.remove_permission_entry(relay, peer);
         }
         for channel in &installed.channels {
-            self.remove_channel_entries(channel);
+            self.remove_channel_entries(&installed.channel_entry(relay, channel));
         }
-        self.free_slots.push(installed.slot);
     }
 
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
         let relay = entry.relay;
         same_family(relay, entry.peer_ip)?;
-        let Some(installed) = self.allocations.get_mut(&relay) else {
+        if self.get(relay).is_none() {
             // Without its allocation the entry would never be used: keep the map for others.
             return Err(DatapathError::Update(format!(
                 "no fast-path allocation for {relay}"
             )));
-        };
+        }
         let relay_address = specific("relayed address", relay)?;
         let peer = entry.peer_ip;
         self.tables.insert_permission(
@@ -291,14 +335,16 @@ impl Datapath for BpfDatapath {
             entry.ports.first..=entry.ports.last,
             monotonic_ns(entry.expires_at),
         )?;
-        if !installed.permissions.contains(&peer) {
-            push_exact(&mut installed.permissions, peer);
+        if let Some(installed) = self.get_mut(relay) {
+            if !installed.permissions.contains(&peer) {
+                installed.permissions.push(peer);
+            }
         }
         Ok(())
     }
 
     fn remove_permission(&mut self, relay: SocketAddr, peer: IpAddr) {
-        let Some(installed) = self.allocations.get_mut(&relay) else {
+        let Some(installed) = self.get_mut(relay) else {
             return;
         };
         let Some(index) = installed.permissions.iter().position(|&p| p == peer) else {
@@ -318,21 +364,22 @@ impl Datapath for BpfDatapath {
             }
         }
         self.tables.insert_channel(&record)?;
-        if let Some(installed) = self.allocations.get_mut(&entry.relay) {
+        if let Some(installed) = self.get_mut(entry.relay) {
+            let channel = installed.installed_channel(&entry);
             match installed
                 .channels
                 .iter_mut()
-                .find(|channel| channel.number == entry.number)
+                .find(|installed| installed.number == entry.number)
             {
-                Some(channel) => *channel = entry,
-                None => push_exact(&mut installed.channels, entry),
+                Some(installed) => *installed = channel,
+                None => installed.channels.push(channel),
             }
         }
         Ok(())
     }
 
     fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
-        let Some(installed) = self.allocations.get_mut(&relay) else {
+        let Some(installed) = self.get_mut(relay) else {
             return;
         };
         let Some(index) = installed
@@ -342,15 +389,16 @@ impl Datapath for BpfDatapath {
         else {
             return;
         };
-        let entry = installed.channels.swap_remove(index);
+        let channel = installed.channels.swap_remove(index);
+        let entry = installed.channel_entry(relay, &channel);
         self.remove_channel_entries(&entry);
     }
 
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {
-        let Some(installed) = self.allocations.get(&relay) else {
+        let Some((slot, _)) = self.get(relay) else {
             return RelayedTraffic::default();
         };
-        match self.tables.traffic(installed.slot) {
+        match self.tables.traffic(slot) {
             Ok(traffic) => RelayedTraffic {
                 to_peer_packets: traffic.to_peer_packets,
                 to_peer_bytes: traffic.to_peer_bytes,

@@ -25,9 +25,9 @@ pub(crate) struct Hub {
     /// stand-in when XDP is off or could not be attached. Its own lock, so map system
     /// calls run off the server's; see [`Hub::end_section`] for the ordering.
     fast_path: Mutex<FastPath<Box<dyn Datapath>>>,
-    /// Per worker: where to send the addresses of its relay sockets that another
-    /// worker's section closed (the owner closes them; see [`super::worker`]).
-    closing: Vec<mpsc::UnboundedSender<SocketAddr>>,
+    /// Per worker: where to send its relay sockets that another worker's section closed
+    /// (the owner closes them; see [`super::worker`]).
+    closing: Vec<mpsc::UnboundedSender<(SocketAddr, RelaySocket)>>,
     /// Per worker: its IO counters, published about once a second.
     pub(crate) io: Vec<Mutex<IoCounters>>,
     /// The relay sockets of TCP/TLS connections and their counters (see
@@ -46,14 +46,36 @@ pub(crate) struct Shared {
     pub(crate) relays: HashMap<SocketAddr, RelaySocket>,
 }
 
-/// An open relay socket and the worker that owns (reads and closes) it.
+/// An open relay socket, the worker that owns (reads and closes) it and its key among
+/// that worker's relay sockets. Small (one per allocation): the indexes are `u32`.
 pub(crate) struct RelaySocket {
     pub(crate) socket: Arc<UdpSocket>,
-    pub(crate) owner: usize,
+    owner: u32,
+    pub(crate) key: u32,
+}
+
+impl RelaySocket {
+    /// Worker `owner`'s relay socket `key`; None if an index does not fit (never with
+    /// as many sockets as a process can open).
+    pub(crate) fn new(socket: Arc<UdpSocket>, owner: usize, key: usize) -> Option<RelaySocket> {
+        Some(RelaySocket {
+            socket,
+            owner: u32::try_from(owner).ok()?,
+            key: u32::try_from(key).ok()?,
+        })
+    }
+
+    pub(crate) fn is_owned_by(&self, worker: usize) -> bool {
+        usize::try_from(self.owner).is_ok_and(|owner| owner == worker)
+    }
+
+    fn owner(&self) -> Option<usize> {
+        usize::try_from(self.owner).ok()
+    }
 }
 
 /// The receiving ends of [`Hub`]'s per-worker close inboxes, one per worker.
-pub(crate) type CloseInbox = mpsc::UnboundedReceiver<SocketAddr>;
+pub(crate) type CloseInbox = mpsc::UnboundedReceiver<(SocketAddr, RelaySocket)>;
 
 impl Hub {
     /// A hub for `workers` workers around `server`, and each worker's close inbox.
@@ -89,12 +111,12 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks worker `owner` to close its relay socket at `relay` (a section of another
-    /// worker closed the allocation). Best effort: a worker that has stopped has closed
-    /// its sockets already.
-    pub(crate) fn close_elsewhere(&self, owner: usize, relay: SocketAddr) {
-        if let Some(inbox) = self.closing.get(owner) {
-            let _ = inbox.send(relay);
+    /// Asks the owner of `socket`, the relay socket at `relay`, to close it (a section of
+    /// another worker closed the allocation). Best effort: a worker that has stopped has
+    /// closed its sockets already.
+    pub(crate) fn close_elsewhere(&self, relay: SocketAddr, socket: RelaySocket) {
+        if let Some(inbox) = socket.owner().and_then(|owner| self.closing.get(owner)) {
+            let _ = inbox.send((relay, socket));
         }
     }
 

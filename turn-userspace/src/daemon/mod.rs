@@ -21,9 +21,10 @@
 //!   shutdown; [`control`]: drain, reload, signals and service-manager notifications.
 //! - [`hub`]: what the workers share (the server, the fast path, the relay sockets) and
 //!   the order in which fast-path commands and responses take effect.
-//! - [`worker`]: one worker's thread, runtime and tasks (a reader per socket, timers,
-//!   cross-worker closes).
+//! - [`worker`]: one worker's thread, runtime and tasks (a reader per listener, one for
+//!   all its relay sockets, timers, cross-worker closes).
 //! - [`relay_loop`]: a received batch through the server and out again.
+//! - [`relay_sockets`]: a worker's relay sockets, their readiness and their turns.
 //! - [`sockets`]: binding, socket options, recvmmsg + GRO, sendmmsg + GSO, TTL.
 
 mod admin;
@@ -34,6 +35,7 @@ mod interfaces;
 pub mod logging;
 mod metrics;
 mod relay_loop;
+mod relay_sockets;
 mod report;
 mod sockets;
 mod startup;

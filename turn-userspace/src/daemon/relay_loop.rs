@@ -10,23 +10,21 @@
 //!
 //! [`Server`]: crate::protocol::turn::Server
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
 
 use crate::protocol::datapath::{ClientFlow, FastPathCommand};
 use crate::protocol::turn::{Command, Forward, Now, Payload, Transmit};
 
-use super::hub::{Hub, RelaySocket, Shared};
+use super::hub::{Hub, Shared};
 use super::metrics::IoCounters;
+use super::relay_sockets::{RelaySockets, SOCKETS_PER_TURN};
 use super::sockets::{self, Outgoing, RecvBatch, SocketRole, BATCH};
 
 /// Batches read from one ready socket before the other sockets get a turn (fairness).
@@ -44,21 +42,14 @@ pub(super) fn now() -> Now {
     }
 }
 
-/// A socket this worker reads: a listener, or a relay socket it opened.
-pub(super) struct OpenSocket {
-    pub(super) socket: Arc<UdpSocket>,
-    /// The task reading it; aborting it closes the socket.
-    pub(super) reader: AbortHandle,
-}
-
 /// One worker's sockets, buffers and timer: everything the relay path touches.
 pub(super) struct RelayLoop {
     pub(super) index: usize,
     pub(super) hub: Arc<Hub>,
-    /// This worker's own handle, for the reader tasks of the relay sockets it opens.
-    pub(super) this: Weak<RefCell<RelayLoop>>,
-    /// The sockets this worker reads, by local address.
-    pub(super) sockets: HashMap<SocketAddr, OpenSocket>,
+    /// This worker's listeners (a handful) and their addresses.
+    pub(super) listeners: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    /// The relay sockets this worker opened (and reads and closes).
+    pub(super) relays: RelaySockets,
     received: RecvBatch,
     /// One reusable output buffer per datagram of a section (ChannelData/Data indication
     /// framing).
@@ -83,12 +74,14 @@ pub(super) struct RelayLoop {
 }
 
 impl RelayLoop {
-    pub(super) fn new(index: usize, hub: Arc<Hub>, this: Weak<RefCell<RelayLoop>>) -> Self {
-        RelayLoop {
+    /// Worker `index`'s loop; inside its tokio runtime (the relay sockets' set registers
+    /// with the runtime's reactor).
+    pub(super) fn new(index: usize, hub: Arc<Hub>) -> std::io::Result<Self> {
+        Ok(RelayLoop {
             index,
             hub,
-            this,
-            sockets: HashMap::new(),
+            listeners: Vec::new(),
+            relays: RelaySockets::new()?,
             received: RecvBatch::new(),
             outputs: (0..BATCH).map(|_| Vec::with_capacity(2048)).collect(),
             forwards: Vec::with_capacity(BATCH),
@@ -100,7 +93,7 @@ impl RelayLoop {
             timer: None,
             timer_changed: Rc::new(Notify::new()),
             io: IoCounters::default(),
-        }
+        })
     }
 
     /// Publishes this worker's IO counters for the metrics endpoint.
@@ -142,6 +135,24 @@ impl RelayLoop {
             }
         }
         false
+    }
+
+    /// One turn of the relay sockets: takes the ones that became readable, then gives a
+    /// share ([`Self::receive`]) to each waiting socket, at most [`SOCKETS_PER_TURN`], in
+    /// the order they became readable; one that may hold more waits behind the others.
+    /// True when sockets are left for another turn (the caller lets the worker's other
+    /// tasks run first).
+    pub(super) fn receive_relays(&mut self) -> std::io::Result<bool> {
+        let more_ready = self.relays.collect_ready()?;
+        for _ in 0..SOCKETS_PER_TURN {
+            let Some((key, socket, local)) = self.relays.next_queued() else {
+                break;
+            };
+            if !self.receive(&socket, local, SocketRole::Relay) {
+                self.relays.requeue(key, &socket);
+            }
+        }
+        Ok(more_ready || self.relays.has_queued())
     }
 
     /// Handles the server's due timers (expiries: relay sockets close, fast-path entries
@@ -238,8 +249,7 @@ impl RelayLoop {
             match command {
                 Command::OpenRelay { relay } => match self.open_relay(relay) {
                     Ok(socket) => {
-                        let owner = self.index;
-                        shared.relays.insert(relay, RelaySocket { socket, owner });
+                        shared.relays.insert(relay, socket);
                     }
                     Err(error) => {
                         tracing::warn!(%relay, %error, "cannot bind relay socket; answering 508");
@@ -248,10 +258,10 @@ impl RelayLoop {
                     }
                 },
                 Command::CloseRelay { relay } => match shared.relays.remove(&relay) {
-                    Some(RelaySocket { owner, .. }) if owner != self.index => {
-                        self.hub.close_elsewhere(owner, relay);
+                    Some(socket) if !socket.is_owned_by(self.index) => {
+                        self.hub.close_elsewhere(relay, socket);
                     }
-                    Some(_) => self.close(relay),
+                    Some(socket) => self.close(relay, &socket),
                     // Not a UDP relay socket: a TCP/TLS connection's.
                     None => {
                         self.hub.streams.close_relay(relay);
@@ -267,13 +277,20 @@ impl RelayLoop {
     /// The one place that decides which socket a datagram the core sends from `from`
     /// (a listener address towards a client, a relay address towards a peer) leaves
     /// through: this worker's own socket, or another worker's relay socket (kept open in
-    /// `borrowed` until the section is sent). None: no such socket.
+    /// `borrowed` until the section is sent: its owner may close it once the server lock
+    /// is released). None: no such socket.
+    ///
+    /// This worker's own relay sockets stay open until the section is sent without that:
+    /// only this worker closes them, in the commands of its sections (all executed
+    /// before this is asked) or from its inbox between sections.
     fn route(&mut self, shared: &Shared, from: SocketAddr) -> Option<RawFd> {
-        if let Some(open) = self.sockets.get(&from) {
-            return Some(open.socket.as_raw_fd());
+        if let Some((_, socket)) = self.listeners.iter().find(|(local, _)| *local == from) {
+            return Some(socket.as_raw_fd());
         }
         let relay = shared.relays.get(&from)?;
-        self.borrowed.push(Arc::clone(&relay.socket));
+        if !relay.is_owned_by(self.index) {
+            self.borrowed.push(Arc::clone(&relay.socket));
+        }
         Some(relay.socket.as_raw_fd())
     }
 

@@ -1,9 +1,10 @@
 //! A relay worker: one thread with its own current-thread tokio runtime, whose reactor
-//! watches the worker's sockets. Each socket (the worker's listeners, and the relay
-//! sockets it opened) has a task that sleeps until the socket is readable, then reads it
-//! in batches through the worker's [`RelayLoop`]; a timer task runs the server's
-//! deadlines, and an inbox task closes the worker's relay sockets that other workers'
-//! sections closed.
+//! watches the worker's sockets. Each listener has a task that sleeps until the socket is
+//! readable, then reads it in batches through the worker's [`RelayLoop`]. The relay
+//! sockets the worker opened (one per allocation) share one task: the reactor watches the
+//! epoll set they sit in ([`super::relay_sockets`]), and the task reads the ready ones
+//! in turns. A timer task runs the server's deadlines, and an inbox task closes the
+//! worker's relay sockets that other workers' sections closed.
 //!
 //! The tasks run on a `LocalSet`, one at a time, and share the worker's buffers through a
 //! `RefCell` that no task holds across an `await`. Sockets are registered for
@@ -24,16 +25,20 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
 
-use super::hub::{CloseInbox, Hub};
-use super::relay_loop::{OpenSocket, RelayLoop};
+use super::hub::{CloseInbox, Hub, RelaySocket};
+use super::relay_loop::RelayLoop;
+use super::relay_sockets::ReadySet;
 use super::sockets::{self, SocketRole};
 
 /// How often a worker publishes its IO counters and re-reads the server's next deadline
 /// (which a section outside the workers may have moved).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs relay worker `index` on `listeners` until `stop` completes or one of its sockets
-/// fails.
+/// Where a reader reports the failure that stops its worker.
+type Failures = mpsc::UnboundedSender<anyhow::Error>;
+
+/// Runs relay worker `index` on `listeners` until `stop` completes or reading one of its
+/// listeners or its relay sockets' set fails.
 pub(super) fn run_worker(
     index: usize,
     hub: Arc<Hub>,
@@ -46,19 +51,18 @@ pub(super) fn run_worker(
         .build()
         .context("starting a worker's tokio runtime")?;
     LocalSet::new().block_on(&runtime, async move {
-        let worker = Rc::new_cyclic(|this| RefCell::new(RelayLoop::new(index, hub, this.clone())));
+        let worker = Rc::new(RefCell::new(
+            RelayLoop::new(index, hub).context("creating a worker's relay socket set")?,
+        ));
         let (failed, mut failure) = mpsc::unbounded_channel();
         for (socket, local) in listeners {
-            let reader = watch(
-                &worker,
-                Arc::new(socket),
-                local,
-                SocketRole::Listener,
-                Some(failed.clone()),
-            )
-            .with_context(|| format!("watching the TURN listener {local}"))?;
-            worker.borrow_mut().sockets.insert(local, reader);
+            let socket = Arc::new(socket);
+            watch_listener(&worker, Arc::clone(&socket), local, failed.clone())
+                .with_context(|| format!("watching the TURN listener {local}"))?;
+            worker.borrow_mut().listeners.push((local, socket));
         }
+        let readiness = worker.borrow().relays.readiness();
+        tokio::task::spawn_local(read_relays(Rc::clone(&worker), readiness, failed));
         tokio::task::spawn_local(close_requested(Rc::clone(&worker), inbox));
         tokio::task::spawn_local(run_timers(Rc::clone(&worker)));
         tokio::task::spawn_local(housekeeping(Rc::clone(&worker)));
@@ -72,75 +76,96 @@ pub(super) fn run_worker(
 }
 
 impl RelayLoop {
-    /// Binds a relay socket at `relay` and starts reading it.
-    pub(super) fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<Arc<UdpSocket>> {
+    /// Binds a relay socket at `relay` and adds it to this worker's relay sockets.
+    pub(super) fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<RelaySocket> {
         let socket = Arc::new(sockets::bind_udp(relay, SocketRole::Relay, false)?);
-        let worker = self.this.upgrade().ok_or(std::io::ErrorKind::BrokenPipe)?;
-        let open = watch(&worker, Arc::clone(&socket), relay, SocketRole::Relay, None)?;
-        self.sockets.insert(relay, open);
-        Ok(socket)
+        let key = self.relays.open(Arc::clone(&socket), relay)?;
+        RelaySocket::new(socket, self.index, key).ok_or_else(|| {
+            self.relays.close(key, relay);
+            std::io::Error::other("too many relay sockets")
+        })
     }
 
-    /// Stops reading and closes this worker's socket at `local` (its reader task owns
-    /// the last handle but the ones other workers borrow for a section).
-    pub(super) fn close(&mut self, local: SocketAddr) {
-        if let Some(open) = self.sockets.remove(&local) {
-            open.reader.abort();
+    /// Stops reading and closes this worker's relay socket at `relay` (the handle other
+    /// workers borrow for a section may keep its descriptor open until that is sent).
+    pub(super) fn close(&mut self, relay: SocketAddr, socket: &RelaySocket) {
+        let closed = usize::try_from(socket.key).is_ok_and(|key| self.relays.close(key, relay));
+        if !closed {
+            tracing::warn!(%relay, "closing a relay socket this worker does not read");
         }
     }
 }
 
-/// Registers `socket` (bound at `local`) with this worker's reactor and spawns its
-/// reader. A listener's reader reports a failure on `failed` (which stops the worker); a
-/// relay socket's reader just ends.
-fn watch(
+/// Registers the listener `socket` (bound at `local`) with this worker's reactor and
+/// spawns its reader, which reports a failure on `failed` (that stops the worker).
+fn watch_listener(
     worker: &Rc<RefCell<RelayLoop>>,
     socket: Arc<UdpSocket>,
     local: SocketAddr,
-    role: SocketRole,
-    failed: Option<mpsc::UnboundedSender<anyhow::Error>>,
-) -> std::io::Result<OpenSocket> {
+    failed: Failures,
+) -> std::io::Result<()> {
     // SAFETY: the AsyncFd owns a handle to the socket, so its fd stays open and the same
     // for the AsyncFd's whole life.
-    let readiness =
-        unsafe { AsyncFd::register_with_interest(Arc::clone(&socket), Interest::READABLE) }
-            .map_err(std::io::Error::from)?;
-    let reader = tokio::task::spawn_local({
-        let worker = Rc::clone(worker);
-        async move {
-            if let Err(error) = read_socket(worker, readiness, local, role).await {
-                tracing::error!(%local, %error, "socket readiness failed");
-                if let Some(failed) = failed {
-                    let _ =
-                        failed.send(anyhow::Error::new(error).context(format!("reading {local}")));
-                }
-            }
+    let readiness = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
+    let worker = Rc::clone(worker);
+    tokio::task::spawn_local(async move {
+        if let Err(error) = read_listener(worker, readiness, local).await {
+            tracing::error!(%local, %error, "socket readiness failed");
+            let _ = failed.send(anyhow::Error::new(error).context(format!("reading {local}")));
         }
     });
-    Ok(OpenSocket {
-        socket,
-        reader: reader.abort_handle(),
-    })
+    Ok(())
 }
 
-/// A socket's reader: waits for readability, relays what is queued, and sleeps again
+/// A listener's reader: waits for readability, relays what is queued, and sleeps again
 /// once the queue is empty (edge-triggered: a datagram arriving after the last read wakes
-/// it again). A socket that still has data after its share yields to the others first.
-async fn read_socket(
+/// it again). A listener that still has data after its share yields to the others first.
+async fn read_listener(
     worker: Rc<RefCell<RelayLoop>>,
     readiness: AsyncFd<Arc<UdpSocket>>,
     local: SocketAddr,
-    role: SocketRole,
 ) -> std::io::Result<()> {
     loop {
         let mut ready = readiness.readable().await?;
-        let drained = worker.borrow_mut().receive(ready.get_inner(), local, role);
+        let drained = worker
+            .borrow_mut()
+            .receive(ready.get_inner(), local, SocketRole::Listener);
         if drained {
             ready.clear_ready();
         } else {
             drop(ready);
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// The relay sockets' reader: waits until the set reports one readable, gives the ready
+/// ones a turn ([`RelayLoop::receive_relays`]), and sleeps again once none is left with
+/// datagrams. While some are, the worker's other tasks run between turns. A datagram
+/// arriving after the set was last asked makes it readable again, so clearing the
+/// readiness loses nothing. A failure of the set is reported on `failed` (that stops the
+/// worker).
+async fn read_relays(
+    worker: Rc<RefCell<RelayLoop>>,
+    readiness: Rc<AsyncFd<ReadySet>>,
+    failed: Failures,
+) {
+    let result: std::io::Result<()> = async {
+        loop {
+            let mut ready = readiness.readable().await?;
+            if worker.borrow_mut().receive_relays()? {
+                drop(ready);
+                tokio::task::yield_now().await;
+            } else {
+                ready.clear_ready();
+            }
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::error!(%error, "reading the relay sockets failed");
+        let _ = failed.send(anyhow::Error::new(error).context("reading the relay sockets"));
     }
 }
 
@@ -188,7 +213,7 @@ async fn housekeeping(worker: Rc<RefCell<RelayLoop>>) {
 
 /// Closes the relay sockets of this worker that other workers' sections closed.
 async fn close_requested(worker: Rc<RefCell<RelayLoop>>, mut inbox: CloseInbox) {
-    while let Some(relay) = inbox.recv().await {
-        worker.borrow_mut().close(relay);
+    while let Some((relay, socket)) = inbox.recv().await {
+        worker.borrow_mut().close(relay, &socket);
     }
 }
