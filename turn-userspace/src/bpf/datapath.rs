@@ -14,10 +14,10 @@
 //! a peer of another family than its relayed address is refused, because the program
 //! writes the relayed address as the source of the peer's family.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
 
+use hashbrown::HashTable;
 use slab::Slab;
 use smallvec::SmallVec;
 
@@ -28,47 +28,62 @@ use crate::protocol::datapath::{
     RelayedTraffic,
 };
 
-/// An allocation as installed (its relayed address is the key that finds it), and the
-/// permissions and channels installed for it: a handful each, bounded by the core's
-/// per-allocation caps, usually one.
+/// A client flow as the maps key it. Fast-path flows are UDP (the core installs no
+/// entries for TCP or TLS allocations), so the addresses are the whole flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlowAddresses {
+    client: MapAddress,
+    listener: MapAddress,
+}
+
+impl FlowAddresses {
+    fn of(flow: &ClientFlow) -> FlowAddresses {
+        FlowAddresses {
+            client: MapAddress::socket(flow.client),
+            listener: MapAddress::socket(flow.listener),
+        }
+    }
+}
+
+/// An allocation as installed, and the permissions and channels installed for it: a
+/// handful each, bounded by the core's per-allocation caps, usually one. Addresses are
+/// kept as the maps hold them (19 bytes, not a 32-byte `SocketAddr`) and expiries as the
+/// CLOCK_MONOTONIC nanoseconds written to them.
 #[derive(Debug)]
 struct Installed {
-    flow: ClientFlow,
-    expires_at: Instant,
+    relay: MapAddress,
+    flow: FlowAddresses,
+    expires_ns: u64,
     bytes_per_second: u64,
-    permissions: SmallVec<[IpAddr; 1]>,
+    permissions: SmallVec<[MapAddress; 1]>,
     channels: SmallVec<[InstalledChannel; 1]>,
 }
 
 /// A channel as installed; its relayed address is its allocation's.
 #[derive(Debug)]
 struct InstalledChannel {
-    peer: SocketAddr,
+    peer: MapAddress,
     number: u16,
-    expires_at: Instant,
+    /// The channel's own expiry; its allocation's bounds it in the maps.
+    expires_ns: u64,
     /// The channel's client flow when it is not its allocation's (the core always gives
     /// a channel its allocation's flow, so this is None but for other callers).
-    other_flow: Option<Box<ClientFlow>>,
+    other_flow: Option<Box<FlowAddresses>>,
 }
 
 impl Installed {
-    /// Channel `channel` of this allocation on `relay`, as the entry it was installed from.
-    fn channel_entry(&self, relay: SocketAddr, channel: &InstalledChannel) -> ChannelEntry {
-        ChannelEntry {
-            flow: channel.other_flow.as_deref().copied().unwrap_or(self.flow),
-            relay,
+    /// The entries of `channel` of this allocation in `slot`, its expiry bounded by the
+    /// allocation's.
+    fn channel_record(&self, slot: u32, channel: &InstalledChannel) -> ChannelRecord {
+        let flow = channel.other_flow.as_deref().unwrap_or(&self.flow);
+        ChannelRecord {
+            client: flow.client,
+            listener: flow.listener,
+            relay: self.relay,
             peer: channel.peer,
             number: channel.number,
-            expires_at: channel.expires_at,
-        }
-    }
-
-    fn installed_channel(&self, entry: &ChannelEntry) -> InstalledChannel {
-        InstalledChannel {
-            peer: entry.peer,
-            number: entry.number,
-            expires_at: entry.expires_at,
-            other_flow: (entry.flow != self.flow).then(|| Box::new(entry.flow)),
+            slot,
+            expires_ns: channel.expires_ns.min(self.expires_ns),
         }
     }
 }
@@ -82,11 +97,14 @@ impl Installed {
 pub struct BpfDatapath {
     /// Boxed: the map handles are large and the datapath is moved around by value.
     tables: Box<Tables>,
-    /// Relayed address → its allocation's slot.
-    slots: HashMap<SocketAddr, u32>,
     /// The installed allocations by slot (their index in TRAFFIC and BANDWIDTH); vacant
     /// entries are the free slots, taken again first.
     installed: Slab<Installed>,
+    /// Relayed address → slot: an index that holds slots only (the address is in the
+    /// entry).
+    by_relay: HashTable<u32>,
+    /// Keyed SipHash: relayed addresses are the relay's own, but ports follow clients.
+    hasher: RandomState,
 }
 
 impl std::fmt::Debug for BpfDatapath {
@@ -131,8 +149,9 @@ impl BpfDatapath {
     pub(crate) fn new(tables: Tables) -> BpfDatapath {
         BpfDatapath {
             tables: Box::new(tables),
-            slots: HashMap::new(),
             installed: Slab::new(),
+            by_relay: HashTable::new(),
+            hasher: RandomState::new(),
         }
     }
 
@@ -149,32 +168,72 @@ impl BpfDatapath {
         })
     }
 
+    /// The slot of the allocation installed on `relay`.
+    fn slot(&self, relay: SocketAddr) -> Option<u32> {
+        let relay = MapAddress::socket(relay);
+        self.by_relay
+            .find(self.hasher.hash_one(relay), |&slot| {
+                self.entry(slot)
+                    .is_some_and(|installed| installed.relay == relay)
+            })
+            .copied()
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Installed> {
+        self.installed.get(usize::try_from(slot).ok()?)
+    }
+
     /// The allocation installed on `relay` and its slot.
     fn get(&self, relay: SocketAddr) -> Option<(u32, &Installed)> {
-        let slot = *self.slots.get(&relay)?;
-        Some((slot, self.installed.get(usize::try_from(slot).ok()?)?))
+        let slot = self.slot(relay)?;
+        Some((slot, self.entry(slot)?))
     }
 
-    fn get_mut(&mut self, relay: SocketAddr) -> Option<&mut Installed> {
-        let slot = *self.slots.get(&relay)?;
-        self.installed.get_mut(usize::try_from(slot).ok()?)
+    fn get_mut(&mut self, relay: SocketAddr) -> Option<(u32, &mut Installed)> {
+        let slot = self.slot(relay)?;
+        Some((slot, self.installed.get_mut(usize::try_from(slot).ok()?)?))
     }
 
-    fn channel_record(&self, entry: &ChannelEntry) -> Result<ChannelRecord, DatapathError> {
-        let relay = entry.relay;
-        same_family(relay, entry.peer.ip())?;
-        let (slot, installed) = self
-            .get(relay)
-            .ok_or_else(|| DatapathError::Update(format!("no fast-path allocation for {relay}")))?;
-        let expires_at = entry.expires_at.min(installed.expires_at);
-        Ok(ChannelRecord {
+    /// Takes `installed` into `slot` (the slab's next vacant key).
+    fn insert(&mut self, slot: u32, installed: Installed) {
+        let hash = self.hasher.hash_one(installed.relay);
+        let taken = self.installed.insert(installed);
+        debug_assert_eq!(usize::try_from(slot).ok(), Some(taken));
+        let (entries, hasher) = (&self.installed, &self.hasher);
+        self.by_relay.insert_unique(hash, slot, |&other| {
+            usize::try_from(other)
+                .ok()
+                .and_then(|other| entries.get(other))
+                .map_or(0, |installed| hasher.hash_one(installed.relay))
+        });
+    }
+
+    /// Takes the allocation in `slot` out of the mirror (not out of the maps).
+    fn take(&mut self, slot: u32) -> Option<Installed> {
+        let installed = self.installed.try_remove(usize::try_from(slot).ok()?)?;
+        let hash = self.hasher.hash_one(installed.relay);
+        if let Ok(entry) = self.by_relay.find_entry(hash, |&other| other == slot) {
+            entry.remove();
+        }
+        Some(installed)
+    }
+
+    /// The channel `entry` as installed, its addresses checked.
+    fn installed_channel(
+        installed: &Installed,
+        entry: &ChannelEntry,
+    ) -> Result<InstalledChannel, DatapathError> {
+        same_family(entry.relay, entry.peer.ip())?;
+        specific("relayed address", entry.relay)?;
+        let flow = FlowAddresses {
             client: MapAddress::socket(entry.flow.client),
             listener: specific("listener", entry.flow.listener)?,
-            relay: specific("relayed address", entry.relay)?,
+        };
+        Ok(InstalledChannel {
             peer: MapAddress::socket(entry.peer),
             number: entry.number,
-            slot,
-            expires_ns: monotonic_ns(expires_at),
+            expires_ns: monotonic_ns(entry.expires_at),
+            other_flow: (flow != installed.flow).then(|| Box::new(flow)),
         })
     }
 
@@ -188,37 +247,46 @@ impl BpfDatapath {
         Ok(slot)
     }
 
-    fn remove_channel_entries(&mut self, entry: &ChannelEntry) {
-        let record = ChannelRecord {
-            client: MapAddress::socket(entry.flow.client),
-            listener: MapAddress::socket(entry.flow.listener),
-            relay: MapAddress::socket(entry.relay),
-            peer: MapAddress::socket(entry.peer),
-            number: entry.number,
-            slot: 0,
-            expires_ns: 0,
-        };
-        if let Err(error) = self.tables.remove_channel(&record) {
-            tracing::warn!(%error, relay = %entry.relay, channel = entry.number, "removing a fast-path channel failed");
+    fn remove_channel_entries(&mut self, record: &ChannelRecord, relay: SocketAddr) {
+        if let Err(error) = self.tables.remove_channel(record) {
+            tracing::warn!(%error, %relay, channel = record.number, "removing a fast-path channel failed");
         }
     }
 
-    /// Channel `number` of the allocation on `relay`, as installed.
-    fn installed_channel(&self, relay: SocketAddr, number: u16) -> Option<ChannelEntry> {
-        let (_, installed) = self.get(relay)?;
-        let channel = installed
-            .channels
-            .iter()
-            .find(|channel| channel.number == number)?;
-        Some(installed.channel_entry(relay, channel))
-    }
-
-    fn remove_permission_entry(&mut self, relay: SocketAddr, peer: IpAddr) {
+    fn remove_permission_entry(&mut self, relay: SocketAddr, peer: MapAddress) {
         if let Err(error) = self
             .tables
-            .remove_permission(MapAddress::socket(relay), MapAddress::ip(peer))
+            .remove_permission(MapAddress::socket(relay), peer)
         {
-            tracing::warn!(%error, %relay, %peer, "removing a fast-path permission failed");
+            tracing::warn!(%error, %relay, "removing a fast-path permission failed");
+        }
+    }
+
+    /// Removes the allocation installed on `relay` with its permissions and channels,
+    /// from the maps and the mirror.
+    fn remove_installed(&mut self, relay: SocketAddr) {
+        let Some(slot) = self.slot(relay) else {
+            return;
+        };
+        let Some(installed) = self.take(slot) else {
+            return;
+        };
+        let record = AllocationRecord {
+            client: installed.flow.client,
+            listener: installed.flow.listener,
+            relay: installed.relay,
+            slot,
+            expires_ns: 0,
+        };
+        if let Err(error) = self.tables.remove_allocation(&record) {
+            tracing::warn!(%error, %relay, "removing a fast-path allocation failed");
+        }
+        for &peer in &installed.permissions {
+            self.remove_permission_entry(relay, peer);
+        }
+        for channel in &installed.channels {
+            let record = installed.channel_record(slot, channel);
+            self.remove_channel_entries(&record, relay);
         }
     }
 }
@@ -226,6 +294,7 @@ impl BpfDatapath {
 impl Datapath for BpfDatapath {
     fn install_allocation(&mut self, entry: AllocationEntry) -> Result<(), DatapathError> {
         let relay = entry.relay;
+        let flow = FlowAddresses::of(&entry.flow);
         let previous = self
             .get(relay)
             .map(|(slot, installed)| (slot, installed.flow, installed.bytes_per_second));
@@ -234,9 +303,9 @@ impl Datapath for BpfDatapath {
             None => self.free_slot()?,
         };
         let record = Self::allocation_record(&entry, slot)?;
-        if let Some((_, flow, bytes_per_second)) = previous {
-            if flow != entry.flow {
-                self.remove_allocation(flow, relay);
+        if let Some((_, installed_flow, bytes_per_second)) = previous {
+            if installed_flow != flow {
+                self.remove_installed(relay);
                 return self.install_allocation(entry);
             }
             // A refresh keeps the buckets (a rewrite would fill them up again).
@@ -251,71 +320,45 @@ impl Datapath for BpfDatapath {
             if previous.is_some() {
                 // Leave nothing of it behind, its permissions and channels included: the
                 // caller hands the allocation to userspace.
-                self.remove_allocation(entry.flow, relay);
+                self.remove_installed(relay);
             } else if let Err(cleanup) = self.tables.remove_allocation(&record) {
                 // Leave nothing half-installed (one of the two maps may have taken it).
                 tracing::warn!(error = %cleanup, %relay, "cleaning up a failed fast-path allocation failed");
             }
             return Err(error);
         }
-        let Some(installed) = self.get_mut(relay) else {
-            let taken = self.installed.insert(Installed {
-                flow: entry.flow,
-                expires_at: entry.expires_at,
-                bytes_per_second: entry.bytes_per_second,
-                permissions: SmallVec::new(),
-                channels: SmallVec::new(),
-            });
-            debug_assert_eq!(usize::try_from(slot).ok(), Some(taken));
-            self.slots.insert(relay, slot);
+        let Some((slot, installed)) = self.get_mut(relay) else {
+            self.insert(
+                slot,
+                Installed {
+                    relay: record.relay,
+                    flow,
+                    expires_ns: record.expires_ns,
+                    bytes_per_second: entry.bytes_per_second,
+                    permissions: SmallVec::new(),
+                    channels: SmallVec::new(),
+                },
+            );
             return Ok(());
         };
-        installed.expires_at = entry.expires_at;
+        installed.expires_ns = record.expires_ns;
         installed.bytes_per_second = entry.bytes_per_second;
         // A refresh moves the bound of this allocation's channels' expiry.
-        let records = self
-            .get(relay)
-            .map(|(_, installed)| {
-                installed
-                    .channels
-                    .iter()
-                    .map(|channel| self.channel_record(&installed.channel_entry(relay, channel)))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let installed = &*installed;
+        let records: Vec<ChannelRecord> = installed
+            .channels
+            .iter()
+            .map(|channel| installed.channel_record(slot, channel))
+            .collect();
         for record in &records {
             self.tables.insert_channel(record)?;
         }
         Ok(())
     }
 
-    fn remove_allocation(&mut self, flow: ClientFlow, relay: SocketAddr) {
-        let Some(slot) = self.slots.remove(&relay) else {
-            return;
-        };
-        let Some(installed) = usize::try_from(slot)
-            .ok()
-            .and_then(|slot| self.installed.try_remove(slot))
-        else {
-            return;
-        };
-        let record = AllocationRecord {
-            client: MapAddress::socket(flow.client),
-            listener: MapAddress::socket(flow.listener),
-            relay: MapAddress::socket(relay),
-            slot,
-            expires_ns: 0,
-        };
-        if let Err(error) = self.tables.remove_allocation(&record) {
-            tracing::warn!(%error, %relay, "removing a fast-path allocation failed");
-        }
-        for &peer in &installed.permissions {
-            self.remove_permission_entry(relay, peer);
-        }
-        for channel in &installed.channels {
-            self.remove_channel_entries(&installed.channel_entry(relay, channel));
-        }
+    /// The flow is the one installed with the allocation on `relay`.
+    fn remove_allocation(&mut self, _flow: ClientFlow, relay: SocketAddr) {
+        self.remove_installed(relay);
     }
 
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
@@ -328,14 +371,14 @@ impl Datapath for BpfDatapath {
             )));
         }
         let relay_address = specific("relayed address", relay)?;
-        let peer = entry.peer_ip;
+        let peer = MapAddress::ip(entry.peer_ip);
         self.tables.insert_permission(
             relay_address,
-            MapAddress::ip(peer),
+            peer,
             entry.ports.first..=entry.ports.last,
             monotonic_ns(entry.expires_at),
         )?;
-        if let Some(installed) = self.get_mut(relay) {
+        if let Some((_, installed)) = self.get_mut(relay) {
             if !installed.permissions.contains(&peer) {
                 installed.permissions.push(peer);
             }
@@ -344,7 +387,8 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove_permission(&mut self, relay: SocketAddr, peer: IpAddr) {
-        let Some(installed) = self.get_mut(relay) else {
+        let peer = MapAddress::ip(peer);
+        let Some((_, installed)) = self.get_mut(relay) else {
             return;
         };
         let Some(index) = installed.permissions.iter().position(|&p| p == peer) else {
@@ -355,17 +399,28 @@ impl Datapath for BpfDatapath {
     }
 
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {
-        let record = self.channel_record(&entry)?;
+        let relay = entry.relay;
+        let (slot, installed) = self
+            .get(relay)
+            .ok_or_else(|| DatapathError::Update(format!("no fast-path allocation for {relay}")))?;
+        let channel = Self::installed_channel(installed, &entry)?;
+        let record = installed.channel_record(slot, &channel);
         // Re-binding a number to another peer (or a peer to another number) must not
         // leave the old pairing relaying.
-        if let Some(previous) = self.installed_channel(entry.relay, entry.number) {
-            if previous.peer != entry.peer || previous.flow != entry.flow {
-                self.remove_channel_entries(&previous);
-            }
+        let previous = installed
+            .channels
+            .iter()
+            .find(|installed| installed.number == entry.number)
+            .map(|previous| installed.channel_record(slot, previous))
+            .filter(|previous| {
+                (previous.peer, previous.client, previous.listener)
+                    != (record.peer, record.client, record.listener)
+            });
+        if let Some(previous) = previous {
+            self.remove_channel_entries(&previous, relay);
         }
         self.tables.insert_channel(&record)?;
-        if let Some(installed) = self.get_mut(entry.relay) {
-            let channel = installed.installed_channel(&entry);
+        if let Some((_, installed)) = self.get_mut(relay) {
             match installed
                 .channels
                 .iter_mut()
@@ -379,7 +434,7 @@ impl Datapath for BpfDatapath {
     }
 
     fn remove_channel(&mut self, relay: SocketAddr, number: u16) {
-        let Some(installed) = self.get_mut(relay) else {
+        let Some((slot, installed)) = self.get_mut(relay) else {
             return;
         };
         let Some(index) = installed
@@ -390,8 +445,8 @@ impl Datapath for BpfDatapath {
             return;
         };
         let channel = installed.channels.swap_remove(index);
-        let entry = installed.channel_entry(relay, &channel);
-        self.remove_channel_entries(&entry);
+        let record = installed.channel_record(slot, &channel);
+        self.remove_channel_entries(&record, relay);
     }
 
     fn relayed_traffic(&self, relay: SocketAddr) -> RelayedTraffic {

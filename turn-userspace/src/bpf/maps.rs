@@ -235,7 +235,7 @@ pub(crate) struct Tables {
 }
 
 /// An address as the maps store it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct MapAddress {
     pub family: u8,
     pub ip: [u8; 16],
