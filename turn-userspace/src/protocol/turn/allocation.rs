@@ -61,6 +61,37 @@ pub(super) struct CoolingChannel {
     pub(super) until: Instant,
 }
 
+/// An allocation's channels in their cool-off, one per number: rare (a channel must
+/// expire), so a single pointer while there are none.
+#[derive(Debug, Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "one pointer in every allocation, where a Vec would be three words"
+)]
+pub(super) struct CoolingChannels(Option<Box<Vec<CoolingChannel>>>);
+
+impl CoolingChannels {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &CoolingChannel> + '_ {
+        self.0.iter().flat_map(|cooling| cooling.iter())
+    }
+
+    /// Starts the cool-off of channel `cooling.number`, replacing an earlier one.
+    pub(super) fn start(&mut self, cooling: CoolingChannel) {
+        self.end(cooling.number);
+        self.0.get_or_insert_default().push(cooling);
+    }
+
+    /// Ends the cool-off of channel `number`, if it has one.
+    pub(super) fn end(&mut self, number: u16) {
+        if let Some(cooling) = &mut self.0 {
+            cooling.retain(|cooling| cooling.number != number);
+            if cooling.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
 /// The long-term key a request was verified with (RFC 8489 §9.2.2): 16 bytes (MD5) or
 /// 32 (SHA-256), kept inline.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -138,7 +169,7 @@ pub(super) struct Allocation {
     /// One per channel number and one per peer transport address (RFC 8656 §12).
     pub(super) channels: SmallVec<[Channel; 1]>,
     /// Expired channel numbers still cooling off, one per number.
-    pub(super) cooling_channels: Vec<CoolingChannel>,
+    pub(super) cooling_channels: CoolingChannels,
     pub(super) userspace_traffic: UserspaceTraffic,
     /// Its bandwidth limit and the buckets of what userspace relays for it.
     pub(super) bandwidth: Bandwidth,
@@ -225,8 +256,7 @@ impl Allocation {
         replace_or_push(&mut self.channels, channel, |existing| {
             existing.number == channel.number
         });
-        self.cooling_channels
-            .retain(|cooling| cooling.number != channel.number);
+        self.cooling_channels.end(channel.number);
     }
 
     /// Every deadline of the allocation, with what it is for.

@@ -112,9 +112,7 @@ impl<R: rand::RngCore> Server<R> {
                 Due::Channel(number) => self.expire_channel(id, number),
                 Due::CoolOff(number) => {
                     if let Some(allocation) = self.allocations.by_id_mut(id) {
-                        allocation
-                            .cooling_channels
-                            .retain(|cooling| cooling.number != number);
+                        allocation.cooling_channels.end(number);
                     }
                 }
             }
@@ -186,10 +184,7 @@ impl<R: rand::RngCore> Server<R> {
             return;
         };
         let channel = allocation.channels.remove(position);
-        allocation
-            .cooling_channels
-            .retain(|cooling| cooling.number != number);
-        allocation.cooling_channels.push(CoolingChannel {
+        allocation.cooling_channels.start(CoolingChannel {
             number,
             peer: channel.peer,
             until: channel.expires_at + CHANNEL_REBIND_COOL_OFF,

@@ -507,7 +507,7 @@ impl<R: rand::RngCore> Server<R> {
             .map(|allocation| {
                 1 + allocation.permissions.len()
                     + allocation.channels.len()
-                    + allocation.cooling_channels.len()
+                    + allocation.cooling_channels.iter().count()
             })
             .sum();
         assert_eq!(self.allocation_timers.len(), self.allocations.len());

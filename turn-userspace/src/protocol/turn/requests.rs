@@ -18,7 +18,8 @@ use crate::protocol::stun::channel_data::{self, CHANNEL_RANGE};
 use crate::protocol::stun::{parse_header, Class, Message, Method, ParseError};
 
 use super::allocation::{
-    granted_lifetime, Allocation, Channel, Permission, Reservation, UserspaceTraffic,
+    granted_lifetime, Allocation, Channel, CoolingChannels, Permission, Reservation,
+    UserspaceTraffic,
 };
 use super::authenticate::AuthContext;
 use super::response::{RequestInfo, ResponseIntegrity};
@@ -337,7 +338,7 @@ impl<R: rand::RngCore> Server<R> {
             reservation_token: reservation,
             permissions: SmallVec::new(),
             channels: SmallVec::new(),
-            cooling_channels: Vec::new(),
+            cooling_channels: CoolingChannels::default(),
             userspace_traffic: UserspaceTraffic::default(),
             bandwidth: Bandwidth::new(self.limits.max_bytes_per_second_per_allocation),
         }));
