@@ -97,7 +97,7 @@ impl Group {
     /// A client allocated through the virtual address that landed on relay `index`.
     fn client_on(&self, index: usize) -> TurnClient {
         for _ in 0..ATTEMPTS {
-            let client = TurnClient::allocate(
+            let mut client = TurnClient::allocate(
                 routed_socket(&self.topology.client, Balanced::virtual_server()).or_fail("socket"),
                 &user(),
             )
@@ -105,6 +105,10 @@ impl Group {
             if self.relay_of(&client) == index {
                 return client;
             }
+            // Not kept: freed, so the misses never fill a relay's per-user quota.
+            client
+                .refresh(0)
+                .or_fail("freeing an allocation on another relay");
         }
         panic!("no allocation landed on relay {index} in {ATTEMPTS} attempts");
     }
@@ -202,7 +206,7 @@ fn draining_one_relay_sends_new_allocations_elsewhere_and_keeps_its_calls() {
     // New allocations that reach relay 0 are sent on and succeed elsewhere.
     let mut redirected = None;
     for _ in 0..ATTEMPTS {
-        let (client, redirected_by) = TurnClient::allocate_following_alternates(
+        let (mut client, redirected_by) = TurnClient::allocate_following_alternates(
             &group.topology.client,
             Balanced::virtual_server(),
             &user(),
@@ -213,6 +217,10 @@ fn draining_one_relay_sends_new_allocations_elsewhere_and_keeps_its_calls() {
             redirected = Some(client);
             break;
         }
+        // Not kept: freed, so the misses never fill a relay's per-user quota (486).
+        client
+            .refresh(0)
+            .or_fail("freeing an allocation made without a redirect");
     }
     let mut moved = redirected.or_fail("no Allocate reached the draining relay");
     moved
