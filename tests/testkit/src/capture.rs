@@ -50,7 +50,10 @@ impl Capture {
         let file = directory.join(format!("{name}.pcap"));
         let log = directory.join(format!("{name}.log"));
         let mut command = netns.command("tcpdump");
-        command.args(["-i", interface, "-n", "-U", "-s", "256"]);
+        // A 16 MiB capture buffer, written out in blocks (the file is read only once
+        // tcpdump has stopped): bursts of relayed frames must not outrun the capture, or
+        // frames that were relayed look lost.
+        command.args(["-i", interface, "-n", "-B", "16384", "-s", "256"]);
         if direction == Direction::In {
             command.args(["-Q", "in"]);
         }
