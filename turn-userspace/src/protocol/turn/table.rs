@@ -52,19 +52,25 @@ impl Allocations {
     }
 
     pub(super) fn id(&self, flow: &ClientFlow) -> Option<AllocationId> {
-        let hash = self.hasher.hash_one(flow);
-        self.by_flow
-            .find(hash, |&id| {
-                slot(&self.slots, id).is_some_and(|allocation| allocation.flow == *flow)
-            })
-            .copied()
+        self.find(&self.by_flow, flow, |allocation| allocation.flow == *flow)
     }
 
     pub(super) fn id_by_relay(&self, relay: &SocketAddr) -> Option<AllocationId> {
-        let hash = self.hasher.hash_one(relay);
-        self.by_relay
-            .find(hash, |&id| {
-                slot(&self.slots, id).is_some_and(|allocation| allocation.relay == *relay)
+        self.find(&self.by_relay, relay, |allocation| {
+            allocation.relay == *relay
+        })
+    }
+
+    /// The id in `index` (hashed by `key`) of the allocation that `matches`.
+    fn find(
+        &self,
+        index: &HashTable<AllocationId>,
+        key: impl std::hash::Hash,
+        matches: impl Fn(&Allocation) -> bool,
+    ) -> Option<AllocationId> {
+        index
+            .find(self.hasher.hash_one(key), |&id| {
+                slot(&self.slots, id).is_some_and(&matches)
             })
             .copied()
     }
