@@ -143,3 +143,17 @@ mod parse;
 mod reference;
 mod reload;
 mod sources;
+
+/// A valid value, written the same in a file and in the environment, for a
+/// `connections.*` key (the tests that set every key share these).
+fn connections_test_value(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "connections.handshake_timeout" => "5",
+        "connections.idle_timeout" => "30",
+        "connections.max" => "100",
+        "connections.max_per_ip" => "10",
+        "connections.max_message_size" => "2000",
+        "connections.write_buffer" => "8192",
+        _ => return None,
+    })
+}

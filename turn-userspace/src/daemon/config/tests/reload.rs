@@ -122,14 +122,9 @@ fn every_live_key_is_applied_by_a_reload() {
                 // These need another key set with them (allow_from, cert and key).
                 "tcp.proxy_protocol" | "tls.proxy_protocol" | "tls.cert" | "tls.key"
                 | "tls.listen" => continue,
-                "connections.handshake_timeout" => "5",
-                "connections.idle_timeout" => "30",
-                "connections.max" => "100",
-                "connections.max_per_ip" => "10",
-                "connections.max_message_size" => "2000",
-                "connections.write_buffer" => "8192",
                 "proxy_protocol.allow_from" => "[\"198.18.9.0/24\"]",
-                other => panic!("no test value for {other}"),
+                other => connections_test_value(other)
+                    .unwrap_or_else(|| panic!("no test value for {other}")),
             };
         let text = if key.dotted() == "server.default_lifetime" {
             format!("{MINIMAL}default_lifetime = 10\n")

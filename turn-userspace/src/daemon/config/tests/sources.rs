@@ -72,14 +72,9 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
                 "tls.key" => "/etc/turn-relay/key.pem",
                 "tls.listen" => "198.18.0.1:443",
                 "tls.proxy_protocol" => "false",
-                "connections.handshake_timeout" => "5",
-                "connections.idle_timeout" => "30",
-                "connections.max" => "100",
-                "connections.max_per_ip" => "10",
-                "connections.max_message_size" => "2000",
-                "connections.write_buffer" => "8192",
                 "proxy_protocol.allow_from" => "198.18.9.0/24",
-                other => panic!("no test value for {other}"),
+                other => connections_test_value(other)
+                    .unwrap_or_else(|| panic!("no test value for {other}")),
             };
             (key, value.to_owned())
         })
