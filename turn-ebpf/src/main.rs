@@ -175,10 +175,12 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
 #[map]
 static INJECT: Array<u64> = Array::with_max_entries(Inject::COUNT, 0);
 
-
-/// How late the generator may run before it gives up catching up, in ns: a pause (the
-/// generator preempted) turns into a burst of at most this much worth of frames.
-const INJECT_LATE_NS: u64 = 1_000_000;
+/// How many frames late the generator may run before it gives up catching up: a pause
+/// (the generator preempted) turns into a burst of at most this many frames on top of
+/// the paced ones. Counted in frames, not time, so that the burst fits the receiving
+/// veth's 256-frame ring at any rate (a NIC's rings are larger): a burst the generator
+/// makes up after its own pause would otherwise be counted as the relay's loss.
+const INJECT_CATCH_UP_FRAMES: u64 = 64;
 
 /// The longest frame the live-frames generator sends, and how many flows it has.
 const INJECT_FRAME_MAX: usize = 256;
@@ -225,7 +227,8 @@ pub fn xdp_transmit(ctx: XdpContext) -> u32 {
         } else if *due <= now {
             let size = (*burst).max(1);
             *burst_left = size - 1;
-            *due = (*due).max(now.saturating_sub(INJECT_LATE_NS)) + *interval * size;
+            let catch_up = *interval * INJECT_CATCH_UP_FRAMES;
+            *due = (*due).max(now.saturating_sub(catch_up)) + *interval * size;
         } else {
             return xdp_action::XDP_DROP;
         }

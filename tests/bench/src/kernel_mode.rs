@@ -9,9 +9,19 @@
 //! drops them ([`turn_testkit::xdp::StubAction::Drop`]) after the veth counted them in rx_packets, so the
 //! peer's UDP stack is not the limit either. Loss = 1 − arrived at the peer / injected.
 //!
+//! Each step also reads the veth driver's XDP counters (`ethtool -S`) at the four ends of
+//! the path ([`PathCounters`], logged per step) and tells where frames were lost: the
+//! injector's XDP_TX is an ndo_xdp_xmit into the relay end's 256-frame ring, so the
+//! client end's `tx_xdp_xmit` + `tx_xdp_xmit_errors` = frames injected, the errors being
+//! frames the relay's NAPI kthread had not made room for (`relay_ring_full`); the relay
+//! end's `rx_xdp_packets` vs `rx_xdp_redirect` shows what the relay's XDP program did
+//! with them; the relay's peer-side end's `tx_xdp_xmit_errors` are frames the sink had no
+//! room for ("sink full"), its `tx_xdp_xmit` = the peer end's rx_packets.
+//!
 //! The per-core comparison ([`crate::per_core`]) runs its XDP-frame rows and the
 //! kernel-speed table (highest rate relayed with ≤ 0.1 % loss on one pinned core) with it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
@@ -106,8 +116,15 @@ impl Bench {
         let relay_drops_before = udp_drops(&topology.relay)?;
         let arrived_before = topology.peer.rx_packets(OUTER_INTERFACE)?;
         let sink_full_before = topology.relay.tx_dropped(RELAY_PEER_SIDE_INTERFACE)?;
+        let path_before = PathCounters::take(topology)?;
         let outcome = generate(injector, &topology.client, &frames, rate, self.plan.step)?;
         std::thread::sleep(crate::bench::DRAIN);
+        let path = PathCounters::take(topology)?.since(&path_before);
+        eprintln!(
+            "turn-bench: live frames: injected {} {}",
+            outcome.sent,
+            path.describe()
+        );
         let arrived = topology
             .peer
             .rx_packets(OUTER_INTERFACE)?
@@ -126,7 +143,7 @@ impl Bench {
             received: arrived,
             ..SinkReport::default()
         };
-        Ok(StepResult::from_parts(
+        let mut step = StepResult::from_parts(
             rate,
             &outcome,
             arrived,
@@ -137,6 +154,97 @@ impl Bench {
             relay_drops,
             None,
             None,
-        ))
+        );
+        // The injector's frames that the relay's client-side end had no room for (XDP_TX
+        // out of the client's end is an ndo_xdp_xmit into the relay end's ring).
+        step.relay_ring_full = path.get(CLIENT_END, "tx_xdp_xmit_errors");
+        Ok(step)
     }
+}
+
+/// The client's veth end in [`PathCounters`].
+const CLIENT_END: &str = "client";
+
+/// The veth driver's XDP counters (`ethtool -S`, queues summed) along the live frames'
+/// path: client end → relay's client-side end → relay's peer-side end → peer end.
+#[derive(Clone, Debug, Default)]
+pub struct PathCounters {
+    ends: [(&'static str, BTreeMap<String, u64>); 4],
+}
+
+impl PathCounters {
+    pub fn take(topology: &Topology) -> Result<PathCounters> {
+        let read = |namespace: &Namespace, interface: &str| -> Result<BTreeMap<String, u64>> {
+            let mut summed = BTreeMap::new();
+            for (name, value) in namespace.driver_counters(interface)? {
+                if name == "peer_ifindex" {
+                    continue;
+                }
+                *summed.entry(queue_summed(&name)).or_insert(0) += value;
+            }
+            Ok(summed)
+        };
+        Ok(PathCounters {
+            ends: [
+                (CLIENT_END, read(&topology.client, OUTER_INTERFACE)?),
+                (
+                    "relay/to-client",
+                    read(&topology.relay, RELAY_CLIENT_SIDE_INTERFACE)?,
+                ),
+                (
+                    "relay/to-peer",
+                    read(&topology.relay, RELAY_PEER_SIDE_INTERFACE)?,
+                ),
+                ("peer", read(&topology.peer, OUTER_INTERFACE)?),
+            ],
+        })
+    }
+
+    /// The counts since `before`.
+    pub fn since(&self, before: &PathCounters) -> PathCounters {
+        let mut delta = self.clone();
+        for ((_, now), (_, then)) in delta.ends.iter_mut().zip(&before.ends) {
+            for (name, value) in now.iter_mut() {
+                *value = value.saturating_sub(then.get(name).copied().unwrap_or(0));
+            }
+        }
+        delta
+    }
+
+    /// Counter `name` (queues summed, e.g. `rx_xdp_packets`) of end `end`.
+    pub fn get(&self, end: &str, name: &str) -> u64 {
+        self.ends
+            .iter()
+            .find(|(label, _)| *label == end)
+            .and_then(|(_, counters)| counters.get(name).copied())
+            .unwrap_or(0)
+    }
+
+    /// The non-zero counters, end by end.
+    pub fn describe(&self) -> String {
+        self.ends
+            .iter()
+            .map(|(label, counters)| {
+                let nonzero: Vec<String> = counters
+                    .iter()
+                    .filter(|(_, &value)| value != 0)
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect();
+                format!("[{label}: {}]", nonzero.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `rx_queue_3_xdp_packets` → `rx_xdp_packets` (any other name unchanged).
+fn queue_summed(name: &str) -> String {
+    for direction in ["rx", "tx"] {
+        if let Some(rest) = name.strip_prefix(&format!("{direction}_queue_")) {
+            if let Some((_, counter)) = rest.split_once('_') {
+                return format!("{direction}_{counter}");
+            }
+        }
+    }
+    name.to_owned()
 }

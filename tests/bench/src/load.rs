@@ -498,6 +498,13 @@ pub struct StepResult {
     /// The same counter in the relay namespace: datagrams the server's sockets had no
     /// room for (a userspace server falling behind shows up here).
     pub relay_socket_drops: u64,
+    /// Live-frames steps: injected frames the relay's receive ring (its client-side veth
+    /// end, 256 frames) had no room for because the relay's NAPI kthread had not emptied
+    /// it in time. The relay's loss (counted in `loss_ratio`), shown apart.
+    pub relay_ring_full: u64,
+    /// Live-frames steps on the pinned cores: CPU time the machine took from the relay's
+    /// or the load's core during the step (see [`crate::per_core::Disturbance`]).
+    pub disturbance: Option<crate::per_core::Disturbance>,
     pub one_way_latency: Option<Percentiles>,
     pub round_trip: Option<Percentiles>,
     pub cpu: Option<crate::cpu::CpuCost>,
@@ -532,6 +539,8 @@ impl StepResult {
             sink_drops: sink_drops.receive_buffer,
             sink_checksum_errors: sink_drops.checksum,
             relay_socket_drops: relay_drops.receive_buffer,
+            relay_ring_full: 0,
+            disturbance: None,
             one_way_latency: Percentiles::from_ns(sink.latencies_ns),
             round_trip: echo.and_then(|e| Percentiles::from_ns(e.latencies_ns)),
             cpu,

@@ -7,7 +7,10 @@
 //! - threaded NAPI is on at the relay's client-side veth end (GRO on there, so it exists
 //!   for the userspace servers too) and at the peer's end; the relay's `napi/to-client-*`
 //!   kthreads and every thread of the server process run on [`RELAY_CPU`]; the generator,
-//!   the sink and the peer's NAPI kthreads on [`LOAD_CPU`];
+//!   the sink and the peer's NAPI kthreads on [`LOAD_CPU`], the latter SCHED_FIFO so that
+//!   the sink keeps up ([`Bench::peer_end`]);
+//! - a live-frames step during which the hypervisor or other tasks took one of the two
+//!   cores is tried again ([`Disturbance`], [`LIVE_TRIES`]);
 //! - each server runs with one relay thread (coturn `--relay-threads=1`, ours
 //!   `--threads 1`) at the same fixed offered rates;
 //! - relay CPU = the server process's CPU time + its NAPI kthreads' CPU time (scheduler
@@ -60,6 +63,18 @@ pub const DEFAULT_RATES: [f64; 2] = [20_000.0, 40_000.0];
 const KERNEL_SPEED_SEARCH_STEPS: usize = 7;
 /// How long enabling threaded NAPI may take to start its kthreads.
 const KTHREAD_LIMIT: Duration = Duration::from_secs(2);
+/// Real-time priority (SCHED_FIFO) of the peer's NAPI kthreads, the sink: see
+/// [`Bench::peer_end`].
+const SINK_PRIORITY: i32 = 50;
+/// Tries of a live-frames step at most: one, and more while the machine disturbed it.
+pub const LIVE_TRIES: usize = 3;
+/// A step is disturbed when the hypervisor took at least this much from the relay's or
+/// the load's core (steal time; /proc/stat counts it in 10 ms ticks)…
+pub const STEAL_LIMIT_MS: u64 = 20;
+/// …or other tasks that may run on the relay's core (every task not pinned elsewhere,
+/// less the server and its NAPI kthreads) ran this much in all (an upper bound of what
+/// they took from it).
+pub const FOREIGN_LIMIT_MS: i64 = 20;
 
 /// How the load reaches the relay's veth end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -193,6 +208,22 @@ fn set_affinity(tid: u32, set: &libc::cpu_set_t) -> Result<()> {
     ensure!(
         done == 0,
         "sched_setaffinity({tid}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// Runs thread `tid` under SCHED_FIFO at `priority`.
+fn real_time(tid: u32, priority: i32) -> Result<()> {
+    let parameter = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: a valid policy and parameter.
+    let done =
+        unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &parameter) };
+    ensure!(
+        done == 0,
+        "sched_setscheduler({tid}, SCHED_FIFO): {}",
         std::io::Error::last_os_error()
     );
     Ok(())
@@ -395,10 +426,21 @@ impl Bench {
     /// Puts `action`'s program on the peer's veth end (pass: the sink socket counts;
     /// drop: its rx_packets does) and pins the NAPI kthreads the new program starts to
     /// [`LOAD_CPU`].
+    ///
+    /// The sink is test rig, not relay: its kthreads run SCHED_FIFO ([`SINK_PRIORITY`]),
+    /// so that on the shared [`LOAD_CPU`] neither the generator nor turn-bench delays
+    /// them. Otherwise the peer end's 256-frame ring overflows behind a relay that kept
+    /// up (measured: 3 % of ours-xdp's frames at 100 k pps, 16 % at 400 k, none of them
+    /// lost by the relay), and the ≤ 0.1 % criterion measures the sink. The same for
+    /// every server; what still overflows there is counted as loss ("sink full").
     fn peer_end(&mut self, action: StubAction) -> Result<()> {
         self.lab.set_peer_side(action)?;
-        threaded_napi(&self.lab.topology.peer, OUTER_INTERFACE, LOAD_CPU)
+        let napi = threaded_napi(&self.lab.topology.peer, OUTER_INTERFACE, LOAD_CPU)
             .context("the peer's veth end")?;
+        for pid in napi {
+            real_time(pid, SINK_PRIORITY)
+                .with_context(|| format!("the peer's NAPI kthread {pid}"))?;
+        }
         Ok(())
     }
 
@@ -428,6 +470,21 @@ impl Bench {
             let measured = self.per_core_mode(&server, &flows, mode, plan, injector, report);
             self.close_flows(flows);
             measured?;
+        }
+        // The XDP program's outcomes over all of this server's steps (our daemon only).
+        match running.xdp_metrics() {
+            Ok(lines) if !lines.is_empty() => {
+                eprintln!(
+                    "turn-bench: per-core: {} XDP: {}",
+                    kind.name(),
+                    lines.join(", ")
+                )
+            }
+            Ok(_) => {}
+            Err(error) => eprintln!(
+                "turn-bench: per-core: {}: no metrics: {error:#}",
+                kind.name()
+            ),
         }
         Ok(())
     }
@@ -496,12 +553,14 @@ impl Bench {
         );
         let search_steps = self.plan.search_steps.max(KERNEL_SPEED_SEARCH_STEPS);
         let result = self.sweep_with(&scenario(mode), search_steps, &mut |bench, rate| {
-            let step = bench.measure_live(injector, flows, mode, PAYLOAD_LEN, rate)?;
+            let (step, _, _) = bench.live_step(server, flows, mode, rate, injector)?;
             eprintln!(
-                "turn-bench: per-core: {name} live frames offered {:.0} pps: relayed {:.0} pps, loss {:.3} %",
+                "turn-bench: per-core: {name} live frames offered {:.0} pps: relayed {:.0} pps, loss {:.3} % (relay's ring full {}, sink full {})",
                 step.offered_pps,
                 step.relayed_pps,
-                step.loss_ratio * 100.0
+                step.loss_ratio * 100.0,
+                step.relay_ring_full,
+                step.sink_drops,
             );
             Ok(step)
         })?;
@@ -522,6 +581,57 @@ impl Bench {
         Ok(result)
     }
 
+    /// One live-frames step on `server` with its run times, tried again (up to
+    /// [`LIVE_TRIES`] in all) while the machine disturbed it: this 2-vCPU VM's hypervisor
+    /// or other tasks took the relay's or the load's core for milliseconds, which
+    /// overflows the 256-frame veth rings at any rate above a few tens of thousands of
+    /// frames per second whatever the server (the relay's NAPI kthread cannot run). The
+    /// first undisturbed try counts, else the least disturbed one, marked. The same for
+    /// every server; a loss the relay causes on a core it has to itself is never retried
+    /// away.
+    fn live_step(
+        &mut self,
+        server: &Measured,
+        flows: &[Flow],
+        mode: RelayMode,
+        rate: Option<f64>,
+        injector: &mut FrameInjector,
+    ) -> Result<(StepResult, cpu::RunTime, cpu::RunTime)> {
+        let mut best: Option<(StepResult, cpu::RunTime, cpu::RunTime)> = None;
+        for attempt in 1..=LIVE_TRIES {
+            let (pid, napi) = (server.pid, &server.napi);
+            let mut own = cpu::threads(pid)?;
+            own.extend(napi);
+            let clocks_before = CpuClocks::take(&own)?;
+            let (process_before, napi_before) =
+                (cpu::process_run_time(pid)?, threads_run_time(napi));
+            let mut step = self.measure_live(injector, flows, mode, PAYLOAD_LEN, rate)?;
+            let process = cpu::process_run_time(pid)?.since(&process_before);
+            let napi_time = threads_run_time(napi).since(&napi_before);
+            let disturbance = CpuClocks::take(&own)?.disturbance_since(&clocks_before);
+            step.disturbance = Some(disturbance);
+            let disturbed = disturbance.disturbed();
+            if disturbed {
+                eprintln!(
+                    "turn-bench: per-core: {} try {attempt} disturbed ({}), loss {:.3} %",
+                    server.kind.name(),
+                    disturbance.describe(),
+                    step.loss_ratio * 100.0
+                );
+            }
+            let better = best.as_ref().is_none_or(|(kept, _, _)| {
+                kept.disturbance.map_or(0, |d| d.weight()) > disturbance.weight()
+            });
+            if better {
+                best = Some((step, process, napi_time));
+            }
+            if !disturbed || crate::interrupted() {
+                break;
+            }
+        }
+        best.context("no live-frames step")
+    }
+
     fn per_core_step(
         &mut self,
         server: &Measured,
@@ -531,16 +641,17 @@ impl Bench {
         generator: Generator,
         injector: &mut FrameInjector,
     ) -> Result<PerCoreRow> {
-        let (pid, napi) = (server.pid, &server.napi);
-        let (process_before, napi_before) = (cpu::process_run_time(pid)?, threads_run_time(napi));
-        let step: StepResult = match generator {
-            Generator::Sockets => self.measure(None, flows, &scenario(mode), Some(rate), false)?,
-            Generator::LiveFrames => {
-                self.measure_live(injector, flows, mode, PAYLOAD_LEN, Some(rate))?
+        let (step, process, napi_time) = match generator {
+            Generator::Sockets => {
+                let (pid, napi) = (server.pid, &server.napi);
+                let (process_before, napi_before) =
+                    (cpu::process_run_time(pid)?, threads_run_time(napi));
+                let step = self.measure(None, flows, &scenario(mode), Some(rate), false)?;
+                let process = cpu::process_run_time(pid)?.since(&process_before);
+                (step, process, threads_run_time(napi).since(&napi_before))
             }
+            Generator::LiveFrames => self.live_step(server, flows, mode, Some(rate), injector)?,
         };
-        let process = cpu::process_run_time(pid)?.since(&process_before);
-        let napi_time = threads_run_time(napi).since(&napi_before);
         let name = server.kind.name();
         ensure!(
             step.received >= 1000,
@@ -673,4 +784,165 @@ struct Measured {
     kind: ServerKind,
     pid: u32,
     napi: Vec<u32>,
+}
+
+/// CPU time the machine took from the pinned cores during a step: the hypervisor's
+/// (steal) on the load's and the relay's core, and other tasks' on the relay's core.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Disturbance {
+    pub steal_ms_load_cpu: u64,
+    pub steal_ms_relay_cpu: u64,
+    /// Run time of the other tasks that may run on the relay's core (an upper bound of
+    /// what they took from it).
+    pub foreign_ms_relay_cpu: i64,
+}
+
+impl Disturbance {
+    pub fn disturbed(&self) -> bool {
+        self.steal_ms_load_cpu >= STEAL_LIMIT_MS
+            || self.steal_ms_relay_cpu >= STEAL_LIMIT_MS
+            || self.foreign_ms_relay_cpu >= FOREIGN_LIMIT_MS
+    }
+
+    /// How disturbed, to keep the least disturbed try (ms).
+    fn weight(&self) -> u64 {
+        self.steal_ms_load_cpu + self.steal_ms_relay_cpu + self.foreign_ms_relay_cpu.max(0) as u64
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "steal {} ms on CPU {LOAD_CPU}, {} ms on CPU {RELAY_CPU}; other tasks {} ms on CPU {RELAY_CPU}",
+            self.steal_ms_load_cpu, self.steal_ms_relay_cpu, self.foreign_ms_relay_cpu
+        )
+    }
+}
+
+/// Steal time (ms, /proc/stat) of the pinned cores, and the run time of the tasks that
+/// may run on the relay's core other than the relay's own.
+#[derive(Clone, Copy, Debug)]
+struct CpuClocks {
+    steal_load: u64,
+    steal_relay: u64,
+    /// ns.
+    foreign: u64,
+}
+
+impl CpuClocks {
+    /// `own`: the server's threads and its NAPI kthreads.
+    fn take(own: &[u32]) -> Result<CpuClocks> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        Ok(CpuClocks {
+            steal_load: steal_ms(&stat, LOAD_CPU)?,
+            steal_relay: steal_ms(&stat, RELAY_CPU)?,
+            foreign: foreign_run_time(own),
+        })
+    }
+
+    fn disturbance_since(&self, before: &CpuClocks) -> Disturbance {
+        Disturbance {
+            steal_ms_load_cpu: self.steal_load.saturating_sub(before.steal_load),
+            steal_ms_relay_cpu: self.steal_relay.saturating_sub(before.steal_relay),
+            foreign_ms_relay_cpu: (self.foreign.saturating_sub(before.foreign) / 1_000_000) as i64,
+        }
+    }
+}
+
+/// The run time (ns) of every task allowed on [`RELAY_CPU`] except `own`; a task that
+/// starts or ends between two readings is missed or counted whole (kthreads and
+/// short-lived processes: the bound is rough, not exact).
+fn foreign_run_time(own: &[u32]) -> u64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if own.contains(&tid) || !may_run_on(tid, RELAY_CPU) {
+                continue;
+            }
+            total += cpu::task_run_time(tid).map_or(0, |run| run.ns);
+        }
+    }
+    total
+}
+
+/// Whether thread `tid`'s affinity includes `cpu`.
+fn may_run_on(tid: u32, cpu: usize) -> bool {
+    let mut set = cpu_set(&[]);
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let done = unsafe {
+        libc::sched_getaffinity(tid as libc::pid_t, std::mem::size_of_val(&set), &mut set)
+    };
+    // SAFETY: `set` is a valid cpu_set_t; CPU_ISSET bounds-checks `cpu`.
+    done == 0 && unsafe { libc::CPU_ISSET(cpu, &set) }
+}
+
+/// Steal time of `cpu` in ms from /proc/stat's `cpuN user nice system idle iowait irq
+/// softirq steal …` line (USER_HZ ticks).
+fn steal_ms(stat: &str, cpu: usize) -> Result<u64> {
+    let label = format!("cpu{cpu}");
+    let values: Vec<u64> = stat
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(label.as_str()))
+                .then(|| fields.map(|f| f.parse().unwrap_or(0)).collect())
+        })
+        .with_context(|| format!("no {label} in /proc/stat"))?;
+    ensure!(values.len() >= 8, "short {label} line in /proc/stat");
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        ticks if ticks > 0 => ticks as u64,
+        _ => 100,
+    };
+    Ok(values[7] * 1000 / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_read_per_cpu() {
+        let stat =
+            "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 1 2 3 100 5 6 7 8 0 0\ncpu1 10 0 20 100 0 0 30 4 0 0\n";
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        assert_eq!(steal_ms(stat, 0).unwrap(), 8 * 1000 / hz);
+        assert_eq!(steal_ms(stat, 1).unwrap(), 4 * 1000 / hz);
+        assert!(steal_ms(stat, 2).is_err());
+    }
+
+    #[test]
+    fn a_step_is_disturbed_by_steal_or_other_tasks() {
+        let quiet = Disturbance::default();
+        assert!(!quiet.disturbed());
+        let stolen = Disturbance {
+            steal_ms_relay_cpu: STEAL_LIMIT_MS,
+            ..quiet
+        };
+        assert!(stolen.disturbed());
+        let busy = Disturbance {
+            foreign_ms_relay_cpu: FOREIGN_LIMIT_MS,
+            ..quiet
+        };
+        assert!(busy.disturbed());
+    }
 }

@@ -2,6 +2,7 @@
 //! (`setns`). A [`Netns`] owns its namespace and deletes it, with every process still
 //! inside, on drop; a [`Namespace`] is a cheap handle for running things inside it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -245,6 +246,15 @@ impl Namespace {
         self.link_counter(interface, "tx/dropped")
     }
 
+    /// The driver's own counters of an interface (`ethtool -S`), by name: on veth the
+    /// per-queue XDP counters (`rx_queue_0_xdp_packets`, `rx_queue_0_xdp_redirect`,
+    /// `rx_queue_0_xdp_drops`, `tx_queue_0_xdp_xmit_errors`, …). Non-numeric lines are
+    /// left out.
+    pub fn driver_counters(&self, interface: &str) -> Result<BTreeMap<String, u64>> {
+        let output = self.run("ethtool", &["-S", interface])?;
+        Ok(parse_driver_counters(&output))
+    }
+
     /// Counter `name` (`rx/packets`, …) of `ip -s link`'s stats64.
     fn link_counter(&self, interface: &str, name: &str) -> Result<u64> {
         self.link(interface, true)?
@@ -252,6 +262,17 @@ impl Namespace {
             .and_then(serde_json::Value::as_u64)
             .with_context(|| format!("no {name} counter for {interface}"))
     }
+}
+
+/// `ethtool -S` output (`NIC statistics:` then `     name: value` lines) as a map.
+fn parse_driver_counters(output: &str) -> BTreeMap<String, u64> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// `aa:bb:cc:dd:ee:ff` as bytes.
@@ -357,5 +378,16 @@ mod tests {
         assert_eq!(format_mac(mac), "02:00:00:00:01:ab");
         assert_eq!(parse_mac("02:00:00:00:01:ab").expect("valid"), mac);
         assert!(parse_mac("02:00:00").is_err());
+    }
+
+    #[test]
+    fn driver_counters_are_parsed_by_name() {
+        let output =
+            "NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_packets: 12\n     \
+                      tx_queue_0_xdp_xmit_errors: 3\n";
+        let counters = parse_driver_counters(output);
+        assert_eq!(counters.get("rx_queue_0_xdp_packets"), Some(&12));
+        assert_eq!(counters.get("tx_queue_0_xdp_xmit_errors"), Some(&3));
+        assert_eq!(counters.get("NIC statistics"), None);
     }
 }
