@@ -12,9 +12,9 @@ pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 pub const IPV6_LEN: usize = 40;
 pub const UDP_LEN: usize = 8;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86DD;
-const IPPROTO_UDP: u8 = 17;
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_IPV6: u16 = 0x86DD;
+pub const IPPROTO_UDP: u8 = 17;
 /// Offsets beyond this are never valid (keeps variable offsets bounded for the verifier).
 pub const MAX_OFFSET: usize = 0x3FFF;
 

@@ -34,6 +34,7 @@ use crate::topology::Topology;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StubAction {
     Pass,
+    /// Drops UDP, passes ARP and the rest (the relay keeps resolving the sink).
     Drop,
 }
 

@@ -12,7 +12,8 @@ use super::{BpfDatapath, DecisionTrace, Loaded, RoutingWatch, XdpCounters, XDP_O
 /// The name of the pass-only program in [`object`]: the timing baseline, and what a veth
 /// end needs to accept frames the relay redirects or XDP_TXes into it.
 pub const PASS_PROGRAM: &str = "xdp_pass";
-/// The name of the drop-everything program in [`object`] (the benchmark's sink side).
+/// The name of the program in [`object`] that drops UDP and passes ARP and the rest (the
+/// benchmark's sink side).
 pub const DROP_PROGRAM: &str = "xdp_drop";
 
 /// The name of the program in [`object`] that transmits frames back out of their
