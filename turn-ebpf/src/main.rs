@@ -35,8 +35,10 @@ use turn_common::inject::Inject;
 use turn_common::maps::{
     AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
+    FAMILY_V4,
 };
 
+use egress::Lean;
 use packet::{address_bytes, Packet, Shape};
 
 // Map sizes here are placeholders: userspace sizes every map from max_allocations
@@ -175,7 +177,6 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
 #[map]
 static INJECT: Array<u64> = Array::with_max_entries(Inject::COUNT, 0);
 
-
 /// How late the generator may run before it gives up catching up, in ns: a pause (the
 /// generator preempted) turns into a burst of at most this much worth of frames.
 const INJECT_LATE_NS: u64 = 1_000_000;
@@ -265,12 +266,23 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
     let packet = unsafe { &mut *packet };
     packet.parse(ctx)?;
     let shape = packet.shape();
+    // IPv4 ChannelData tries the lean path first (`egress::channel_data_v4`), which
+    // leaves whatever it does not handle to the general one at the same step.
+    let v4 = packet.family == FAMILY_V4;
     match shape {
-        Shape::ChannelData => match to_peer::channel_data(ctx, packet) {
-            // Not a channel of this client: maybe a peer's datagram to a relayed address.
-            Err(Outcome::PassChannelNotBound) => {}
-            verdict => return verdict,
-        },
+        Shape::ChannelData => {
+            let lean = if v4 {
+                to_peer::channel_data_v4(ctx, packet)
+            } else {
+                Lean::General
+            };
+            match lean.or_general(|| to_peer::channel_data(ctx, packet)) {
+                // Not a channel of this client: maybe a peer's datagram to a relayed
+                // address.
+                Err(Outcome::PassChannelNotBound) => {}
+                verdict => return verdict,
+            }
+        }
         Shape::SendIndication => match to_peer::send_indication(ctx, packet) {
             // Not one for the fast path: maybe a peer's datagram to a relayed address.
             Err(Outcome::PassStun) => {}
@@ -278,7 +290,12 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
         },
         Shape::Stun | Shape::Other => {}
     }
-    match to_client::channel_data(ctx, packet) {
+    let lean = if v4 {
+        to_client::channel_data_v4(ctx, packet)
+    } else {
+        Lean::General
+    };
+    match lean.or_general(|| to_client::channel_data(ctx, packet)) {
         // No live channel for this peer: a Data indication, if any.
         Err(Outcome::PassChannelNotBound) => to_client::data_indication(ctx, packet, shape),
         verdict => verdict,
