@@ -113,11 +113,15 @@ pub fn forward(
     })
 }
 
-/// What a lean path ([`channel_data_v4`]) made of a frame.
+/// What a lean path ([`channel_data`]) made of a frame. Without payload: the verdict
+/// goes through an out parameter, as a BPF function's return register must not carry
+/// the leftover pointer bits LLVM may leave in an enum's unused payload (the verifier
+/// refuses arithmetic on a pointer).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Lean {
     /// Decided, as the general path would have: relayed, or an outcome of the relaying
-    /// itself (over a bandwidth limit, a failed head move).
-    Done(Result<Relayed, Outcome>),
+    /// itself (over a bandwidth limit, a failed head move); the verdict is written.
+    Done,
     /// No entry for the frame: the general path goes on with its next lookup.
     NotFound,
     /// An entry the lean path does not handle (or an expired one): the general path
@@ -126,22 +130,39 @@ pub enum Lean {
 }
 
 impl Lean {
-    /// The verdict, running `general` (the general path of the same lookup) when the lean
-    /// path left the frame to it; `NotFound` is the general path's "no channel".
+    /// The verdict: `verdict` when the lean path decided, the general path's "no
+    /// channel" when it found none, else what `general` (the general path of the same
+    /// lookup) decides.
     #[inline(always)]
     pub fn or_general(
         self,
+        verdict: Result<Relayed, Outcome>,
         general: impl FnOnce() -> Result<Relayed, Outcome>,
     ) -> Result<Relayed, Outcome> {
         match self {
-            Lean::Done(verdict) => verdict,
+            Lean::Done => verdict,
             Lean::NotFound => Err(Outcome::PassChannelNotBound),
             Lean::General => general(),
         }
     }
+
+    /// `Done` with `decided` written to `verdict`, or `General` for none.
+    #[inline(always)]
+    pub fn from(
+        decided: Option<Result<Relayed, Outcome>>,
+        verdict: &mut Result<Relayed, Outcome>,
+    ) -> Lean {
+        match decided {
+            Some(decided) => {
+                *verdict = decided;
+                Lean::Done
+            }
+            None => Lean::General,
+        }
+    }
 }
 
-/// The TURN framing a lean ChannelData relay changes ([`channel_data_v4`]).
+/// The TURN framing a lean ChannelData relay changes ([`channel_data`]).
 #[derive(Clone, Copy)]
 pub enum ChannelDataFraming {
     /// Client → peer: the ChannelData header (the payload's first word) goes.
@@ -150,8 +171,8 @@ pub enum ChannelDataFraming {
     Prepend(u32),
 }
 
-/// The lean relay of IPv4 → IPv4 ChannelData without padding (RFC 8656 §12.4, §12.5),
-/// the commonest frame by far: the same checks, checksum and headers as [`forward`] for
+/// The lean relay of ChannelData without padding within one IP family (RFC 8656 §12.4,
+/// §12.5), the commonest frame by far: the same checks, checksum and headers as [`forward`] for
 /// such a frame, hand-written in one BPF function without [`forward`]'s calls of its
 /// phases (each call and return is dear on a kernel with SRSO "safe RET"), its per-CPU
 /// job and its generality (other families, padding, longer framing, next-hop lookups).
@@ -162,7 +183,7 @@ pub enum ChannelDataFraming {
 /// egress not attached): nothing has changed then, and the caller runs the general path,
 /// which decides the frame as if this had not run.
 #[inline(always)]
-pub fn channel_data_v4(
+pub fn channel_data(
     ctx: &XdpContext,
     packet: &Packet,
     next_hop: &NextHop,
@@ -176,21 +197,25 @@ pub fn channel_data_v4(
         ChannelDataFraming::Prepend(_) => (Outcome::RelayedChannelDataToClient, 0, 4),
     };
     // The checks of `prepare`, for this shape of frame.
-    if route.family != FAMILY_V4 || packet.family != FAMILY_V4 || packet.ttl <= 1 {
+    if route.family != packet.family || packet.ttl <= 1 {
         return None;
     }
+    let v4 = packet.family == FAMILY_V4;
     let udp_len = UDP_LEN + prefix_len + data_len;
     if udp_len > 0xFFFF - IPV6_LEN || strip_front + data_len != packet.payload_len {
         return None;
     }
-    let ip_total_len = (IPV4_LEN + udp_len) as u16;
+    let ip_header_len = if v4 { IPV4_LEN } else { IPV6_LEN };
+    let ip_total_len = (ip_header_len + udp_len) as u16;
+    // The TOS the relayed IPv4 header carries (RFC 8656 §14), as `prepare` has it.
+    let tos = if v4 { packet.tos } else { 0 };
     // Only a cached next hop (see `resolve`).
     let generation = routing_generation();
     let ingress = ctx.ingress_ifindex() as u32;
     if generation == 0
         || next_hop.generation != generation
         || next_hop.ingress_ifindex != ingress
-        || next_hop.tos != packet.tos
+        || next_hop.tos != tos
         || ip_total_len > next_hop.mtu
     {
         return None;
@@ -204,17 +229,17 @@ pub fn channel_data_v4(
     if let Err(outcome) = bandwidth::charge(slot, relayed, bytes) {
         return Some(Err(outcome));
     }
-    // The delta of `udp_checksum` for this frame: IPv4 addresses, lengths, ports, and
-    // the ChannelData header removed or added. No checksum stays none (RFC 768).
+    // The delta of `udp_checksum` for this frame: addresses, lengths, ports, and the
+    // ChannelData header removed or added. No checksum stays none (IPv4, RFC 768).
     let udp_checksum = if packet.udp_checksum == 0 {
         0
     } else {
         let (old_len, new_len) = (packet.udp_len, udp_len as u16);
-        let delta = Delta::new()
-            .remove_u32(address_word(&packet.src_ip, 0))
-            .remove_u32(address_word(&packet.dst_ip, 0))
-            .add_u32(address_word(&route.src_ip, 0))
-            .add_u32(address_word(&route.dst_ip, 0))
+        let mut delta = remove_address(Delta::new(), packet.family, &packet.src_ip);
+        delta = remove_address(delta, packet.family, &packet.dst_ip);
+        delta = add_address(delta, route.family, &route.src_ip);
+        delta = add_address(delta, route.family, &route.dst_ip);
+        let delta = delta
             .remove_word(old_len)
             .remove_word(old_len)
             .add_word(new_len)
@@ -228,7 +253,7 @@ pub fn channel_data_v4(
         delta.apply_udp(packet.udp_checksum)
     };
     // The writes of `rewrite`: the data stays where it is, the headers move.
-    let header_len = ETH_LEN + IPV4_LEN + UDP_LEN + prefix_len;
+    let header_len = ETH_LEN + ip_header_len + UDP_LEN + prefix_len;
     let head_delta = (packet.payload + strip_front) as i32 - header_len as i32;
     // SAFETY: helper call on the program's own context.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, head_delta) } != 0 {
@@ -240,7 +265,7 @@ pub fn channel_data_v4(
         )));
     }
     if let Err(outcome) =
-        write_v4_channel_data(ctx, packet, next_hop, route, udp_len, udp_checksum, framing)
+        write_channel_data(ctx, packet, next_hop, route, udp_len, udp_checksum, framing)
     {
         return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome)));
     }
@@ -251,9 +276,9 @@ pub fn channel_data_v4(
     }))
 }
 
-/// The headers of [`channel_data_v4`]'s relayed frame, at the frame's (moved) start.
+/// The headers of [`channel_data`]'s relayed frame, at the frame's (moved) start.
 #[inline(always)]
-fn write_v4_channel_data(
+fn write_channel_data(
     ctx: &XdpContext,
     packet: &Packet,
     next_hop: &NextHop,
@@ -266,8 +291,13 @@ fn write_v4_channel_data(
     let macs =
         unsafe { core::ptr::read_volatile(&next_hop.macs as *const [u8; 12] as *const [u32; 3]) };
     put(ctx, 0, macs)?;
-    write_v4(ctx, packet, route, udp_len as u16)?;
-    let udp_offset = ETH_LEN + IPV4_LEN;
+    let udp_offset = if route.family == FAMILY_V4 {
+        write_v4(ctx, packet, route, udp_len as u16)?;
+        ETH_LEN + IPV4_LEN
+    } else {
+        write_v6(ctx, packet, route, udp_len as u16)?;
+        ETH_LEN + IPV6_LEN
+    };
     put(
         ctx,
         udp_offset,

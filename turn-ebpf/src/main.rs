@@ -35,10 +35,8 @@ use turn_common::inject::Inject;
 use turn_common::maps::{
     AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
-    FAMILY_V4,
 };
 
-use egress::Lean;
 use packet::{address_bytes, Packet, Shape};
 
 // Map sizes here are placeholders: userspace sizes every map from max_allocations
@@ -87,6 +85,7 @@ static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1
 static ROUTING_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// A frame the program relayed itself.
+#[derive(Clone, Copy)]
 pub struct Relayed {
     pub action: u32,
     pub outcome: Outcome,
@@ -266,17 +265,13 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
     let packet = unsafe { &mut *packet };
     packet.parse(ctx)?;
     let shape = packet.shape();
-    // IPv4 ChannelData tries the lean path first (`egress::channel_data_v4`), which
-    // leaves whatever it does not handle to the general one at the same step.
-    let v4 = packet.family == FAMILY_V4;
+    // ChannelData tries the lean path first (`egress::channel_data`), which leaves
+    // whatever it does not handle to the general one at the same step.
+    let mut verdict = Err(Outcome::PassChannelNotBound);
     match shape {
         Shape::ChannelData => {
-            let lean = if v4 {
-                to_peer::channel_data_v4(ctx, packet)
-            } else {
-                Lean::General
-            };
-            match lean.or_general(|| to_peer::channel_data(ctx, packet)) {
+            let lean = to_peer::channel_data_lean(ctx, packet, &mut verdict);
+            match lean.or_general(verdict, || to_peer::channel_data(ctx, packet)) {
                 // Not a channel of this client: maybe a peer's datagram to a relayed
                 // address.
                 Err(Outcome::PassChannelNotBound) => {}
@@ -290,12 +285,8 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
         },
         Shape::Stun | Shape::Other => {}
     }
-    let lean = if v4 {
-        to_client::channel_data_v4(ctx, packet)
-    } else {
-        Lean::General
-    };
-    match lean.or_general(|| to_client::channel_data(ctx, packet)) {
+    let lean = to_client::channel_data_lean(ctx, packet, &mut verdict);
+    match lean.or_general(verdict, || to_client::channel_data(ctx, packet)) {
         // No live channel for this peer: a Data indication, if any.
         Err(Outcome::PassChannelNotBound) => to_client::data_indication(ctx, packet, shape),
         verdict => verdict,

@@ -47,12 +47,17 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
     relay_channel_data(ctx, packet, channel)
 }
 
-/// [`channel_data`] for an IPv4 peer on the lean path ([`egress::channel_data_v4`]): a
-/// live channel of an IPv4 client. Anything else is left to [`channel_data`]
-/// (`Lean::General`), including an expired channel (a Data indication, maybe).
+/// [`channel_data`] on the lean path ([`egress::channel_data`]): a live channel of a
+/// client of the peer's family. Anything else is left to [`channel_data`]
+/// (`Lean::General`), including an expired channel (a Data indication, maybe);
+/// `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
 #[inline(never)]
-pub fn channel_data_v4(ctx: &XdpContext, packet: &Packet) -> Lean {
+pub fn channel_data_lean(
+    ctx: &XdpContext,
+    packet: &Packet,
+    verdict: &mut Result<Relayed, Outcome>,
+) -> Lean {
     let Some(channel) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
         return Lean::NotFound;
     };
@@ -61,7 +66,7 @@ pub fn channel_data_v4(ctx: &XdpContext, packet: &Packet) -> Lean {
     if channel.expires_ns() <= now_ns() {
         return Lean::General;
     }
-    match egress::channel_data_v4(
+    let decided = egress::channel_data(
         ctx,
         packet,
         &channel.next_hop,
@@ -69,10 +74,8 @@ pub fn channel_data_v4(ctx: &XdpContext, packet: &Packet) -> Lean {
         channel.slot(),
         packet.payload_len,
         ChannelDataFraming::Prepend(channel_header(channel, packet.payload_len)),
-    ) {
-        Some(verdict) => Lean::Done(verdict),
-        None => Lean::General,
-    }
+    );
+    Lean::from(decided, verdict)
 }
 
 /// The `PEER_CHANNELS` key of a peer's datagram to a relayed address.

@@ -37,12 +37,17 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
     relay_channel_data(ctx, packet, unsafe { &mut *channel })
 }
 
-/// [`channel_data`] for an IPv4 client on the lean path ([`egress::channel_data_v4`]):
-/// a channel to an IPv4 peer, a payload of exactly the header and the data (no padding),
-/// a live entry. Anything else is left to [`channel_data`] (`Lean::General`).
+/// [`channel_data`] on the lean path ([`egress::channel_data`]): a channel to a peer of
+/// the client's family, a payload of exactly the header and the data (no padding), a
+/// live entry. Anything else is left to [`channel_data`] (`Lean::General`); `verdict`
+/// is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
 #[inline(never)]
-pub fn channel_data_v4(ctx: &XdpContext, packet: &Packet) -> Lean {
+pub fn channel_data_lean(
+    ctx: &XdpContext,
+    packet: &Packet,
+    verdict: &mut Result<Relayed, Outcome>,
+) -> Lean {
     let Some(channel) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
         return Lean::NotFound;
     };
@@ -52,7 +57,7 @@ pub fn channel_data_v4(ctx: &XdpContext, packet: &Packet) -> Lean {
     if channel.expires_ns() <= now_ns() {
         return Lean::General;
     }
-    match egress::channel_data_v4(
+    let decided = egress::channel_data(
         ctx,
         packet,
         &channel.next_hop,
@@ -60,10 +65,8 @@ pub fn channel_data_v4(ctx: &XdpContext, packet: &Packet) -> Lean {
         channel.slot(),
         data_len,
         ChannelDataFraming::Strip,
-    ) {
-        Some(verdict) => Lean::Done(verdict),
-        None => Lean::General,
-    }
+    );
+    Lean::from(decided, verdict)
 }
 
 /// The `CLIENT_CHANNELS` key of a ChannelData frame from a client.
