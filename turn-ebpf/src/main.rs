@@ -9,6 +9,10 @@
 //! Cost: the hot paths (ChannelData both ways) make one hash lookup; every value carries
 //! what its path needs, including a cached next hop ([`turn_common::maps::NextHop`]), so
 //! `bpf_fib_lookup` runs only for an entry's first frame and after a routing change.
+//! Same-family ChannelData without padding, with its next hop cached, takes a lean path
+//! (`channel_data_lean` of each direction, [`egress::channel_data`]): one BPF function
+//! instead of the general path's chain of them, which leaves every other frame to the
+//! general path at the same step.
 #![no_std]
 // BPF_CMPXCHG for the bandwidth buckets (see `bandwidth`).
 #![feature(core_intrinsics)]
