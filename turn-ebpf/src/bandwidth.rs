@@ -10,8 +10,8 @@
 //! compare-and-swap too.
 //! The cost with a limit set: two array lookups (inlined by the verifier), one division
 //! and one locked instruction per bucket, on a cache line the CPUs relaying that
-//! allocation share. Without limits: a BPF function call, the two lookups and two
-//! compares (not even the clock is read).
+//! allocation share. Without limits: the two lookups and two compares, inline (no
+//! call; not even the clock is read).
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering::Relaxed};
 
@@ -20,7 +20,6 @@ use aya_ebpf::maps::{Array, PerCpuArray};
 use turn_common::bandwidth::{admit, cost_ns, Bandwidth, TO_CLIENT, TO_PEER};
 use turn_common::counters::{Counter, Outcome};
 
-use crate::egress::Job;
 use crate::now_ns;
 
 /// Compare-and-swap attempts per bucket before a datagram counts as not fitting.
@@ -46,20 +45,27 @@ fn direction(relayed: Outcome) -> usize {
     }
 }
 
-/// Takes the job's data from its allocation's bucket and then the relay's, in its
-/// direction; `Err(DropRateLimited)` (counted) when either refuses, and then neither
-/// keeps anything.
-// A separate BPF function: its stack frame is not added to `forward`'s.
-#[inline(never)]
-pub fn charge(job: &Job) -> Result<(), Outcome> {
-    let (slot, direction) = (job.slot, direction(job.relayed));
-    let bytes = job.reframe.data_len as u64;
-    let allocation = BANDWIDTH.get_ptr_mut(slot);
-    let relay = RELAY_BANDWIDTH.get_ptr_mut(0);
-    if rate(allocation) == 0 && rate(relay) == 0 {
-        // Unlimited: not even the clock is read.
+/// Takes `bytes` of application data relayed as `relayed` from the bucket of the
+/// allocation in `slot` and then the relay's, in its direction; `Err(DropRateLimited)`
+/// (counted) when either refuses, and then neither keeps anything.
+///
+/// Unlimited (the common case) is decided inline, by two array lookups the verifier
+/// inlines: no call, not even the clock is read.
+#[inline(always)]
+pub fn charge(slot: u32, relayed: Outcome, bytes: u64) -> Result<(), Outcome> {
+    if rate(BANDWIDTH.get_ptr_mut(slot)) == 0 && rate(RELAY_BANDWIDTH.get_ptr_mut(0)) == 0 {
         return Ok(());
     }
+    charge_limited(slot, relayed, bytes)
+}
+
+/// [`charge`] when a limit is set.
+// A separate BPF function: its stack frame is not added to its callers'.
+#[inline(never)]
+fn charge_limited(slot: u32, relayed: Outcome, bytes: u64) -> Result<(), Outcome> {
+    let direction = direction(relayed);
+    let allocation = BANDWIDTH.get_ptr_mut(slot);
+    let relay = RELAY_BANDWIDTH.get_ptr_mut(0);
     let now = now_ns();
     if take(allocation, direction, now, bytes) {
         if take(relay, direction, now, bytes) {
@@ -71,12 +77,12 @@ pub fn charge(job: &Job) -> Result<(), Outcome> {
     Err(Outcome::DropRateLimited)
 }
 
-/// Undoes a [`charge`] that succeeded, for a datagram that goes to the stack after all
-/// (for `outcome`, which it returns).
+/// Undoes a [`charge`] of the same arguments that succeeded, for a datagram that goes
+/// to the stack after all (for `outcome`, which it returns).
 #[inline(never)]
-pub fn refund(job: &Job, outcome: Outcome) -> Outcome {
-    let (direction, bytes) = (direction(job.relayed), job.reframe.data_len as u64);
-    give_back(BANDWIDTH.get_ptr_mut(job.slot), direction, bytes);
+pub fn refund(slot: u32, relayed: Outcome, bytes: u64, outcome: Outcome) -> Outcome {
+    let direction = direction(relayed);
+    give_back(BANDWIDTH.get_ptr_mut(slot), direction, bytes);
     give_back(RELAY_BANDWIDTH.get_ptr_mut(0), direction, bytes);
     outcome
 }

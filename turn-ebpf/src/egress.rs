@@ -23,7 +23,7 @@ use turn_common::maps::{NextHop, FAMILY_V4};
 use crate::packet::{
     bounds, load, Address, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_OFFSET, UDP_LEN,
 };
-use crate::{bandwidth, routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
+use crate::{add_traffic, bandwidth, routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -98,18 +98,220 @@ pub fn forward(
     let action = prepare(ctx, packet, job, next_hop)?;
     // Charged once the frame is known to be relayable, as userspace charges what it
     // relays: what goes to the stack below is charged there instead.
-    bandwidth::charge(job)?;
+    let (slot, bytes) = (job.slot, job.reframe.data_len as u64);
+    bandwidth::charge(slot, job.relayed, bytes)?;
     let udp_checksum = match udp_checksum(ctx, packet, job) {
         Ok(udp_checksum) => udp_checksum,
-        Err(outcome) => return Err(bandwidth::refund(job, outcome)),
+        Err(outcome) => return Err(bandwidth::refund(slot, job.relayed, bytes, outcome)),
     };
     if let Err(outcome) = rewrite(ctx, packet, job, next_hop, udp_checksum) {
-        return Err(bandwidth::refund(job, outcome));
+        return Err(bandwidth::refund(slot, job.relayed, bytes, outcome));
     }
     Ok(Relayed {
         action,
         outcome: job.relayed,
     })
+}
+
+/// What a lean path ([`channel_data`]) made of a frame. Without payload: the verdict
+/// goes through an out parameter, as a BPF function's return register must not carry
+/// the leftover pointer bits LLVM may leave in an enum's unused payload (the verifier
+/// refuses arithmetic on a pointer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lean {
+    /// Decided, as the general path would have: relayed, or an outcome of the relaying
+    /// itself (over a bandwidth limit, a failed head move); the verdict is written.
+    Done,
+    /// No entry for the frame: the general path goes on with its next lookup.
+    NotFound,
+    /// An entry the lean path does not handle (or an expired one): the general path
+    /// decides the frame from the same lookup on; nothing has changed meanwhile.
+    General,
+}
+
+impl Lean {
+    /// The verdict: `verdict` when the lean path decided, the general path's "no
+    /// channel" when it found none, else what `general` (the general path of the same
+    /// lookup) decides.
+    #[inline(always)]
+    pub fn or_general(
+        self,
+        verdict: Result<Relayed, Outcome>,
+        general: impl FnOnce() -> Result<Relayed, Outcome>,
+    ) -> Result<Relayed, Outcome> {
+        match self {
+            Lean::Done => verdict,
+            Lean::NotFound => Err(Outcome::PassChannelNotBound),
+            Lean::General => general(),
+        }
+    }
+
+    /// `Done` with `decided` written to `verdict`, or `General` for none.
+    #[inline(always)]
+    pub fn from(
+        decided: Option<Result<Relayed, Outcome>>,
+        verdict: &mut Result<Relayed, Outcome>,
+    ) -> Lean {
+        match decided {
+            Some(decided) => {
+                *verdict = decided;
+                Lean::Done
+            }
+            None => Lean::General,
+        }
+    }
+}
+
+/// The TURN framing a lean ChannelData relay changes ([`channel_data`]).
+#[derive(Clone, Copy)]
+pub enum ChannelDataFraming {
+    /// Client → peer: the ChannelData header (the payload's first word) goes.
+    Strip,
+    /// Peer → client: this ChannelData header (a wire word) goes in front of the data.
+    Prepend(u32),
+}
+
+/// The lean relay of ChannelData without padding within one IP family (RFC 8656 §12.4,
+/// §12.5), the commonest frame by far: the same checks, checksum and headers as [`forward`] for
+/// such a frame, hand-written in one BPF function without [`forward`]'s calls of its
+/// phases (each call and return is dear on a kernel with SRSO "safe RET"), its per-CPU
+/// job and its generality (other families, padding, longer framing, next-hop lookups).
+/// `data_len` is the application data's length, `route` what [`forward`] would get.
+///
+/// `None` when the frame needs what only [`forward`] does (a family change, TTL 1, a
+/// next hop not cached or of another generation, TOS or ingress, over the path MTU, an
+/// egress not attached): nothing has changed then, and the caller runs the general path,
+/// which decides the frame as if this had not run.
+#[inline(always)]
+pub fn channel_data(
+    ctx: &XdpContext,
+    packet: &Packet,
+    next_hop: &NextHop,
+    route: &Route,
+    slot: u32,
+    data_len: usize,
+    framing: ChannelDataFraming,
+) -> Option<Result<Relayed, Outcome>> {
+    let (relayed, strip_front, prefix_len) = match framing {
+        ChannelDataFraming::Strip => (Outcome::RelayedChannelDataToPeer, 4, 0),
+        ChannelDataFraming::Prepend(_) => (Outcome::RelayedChannelDataToClient, 0, 4),
+    };
+    // The checks of `prepare`, for this shape of frame.
+    if route.family != packet.family || packet.ttl <= 1 {
+        return None;
+    }
+    let v4 = packet.family == FAMILY_V4;
+    let udp_len = UDP_LEN + prefix_len + data_len;
+    if udp_len > 0xFFFF - IPV6_LEN || strip_front + data_len != packet.payload_len {
+        return None;
+    }
+    let ip_header_len = if v4 { IPV4_LEN } else { IPV6_LEN };
+    let ip_total_len = (ip_header_len + udp_len) as u16;
+    // The TOS the relayed IPv4 header carries (RFC 8656 §14), as `prepare` has it.
+    let tos = if v4 { packet.tos } else { 0 };
+    // Only a cached next hop (see `resolve`).
+    let generation = routing_generation();
+    let ingress = ctx.ingress_ifindex() as u32;
+    if generation == 0
+        || next_hop.generation != generation
+        || next_hop.ingress_ifindex != ingress
+        || next_hop.tos != tos
+        || ip_total_len > next_hop.mtu
+    {
+        return None;
+    }
+    let action = if next_hop.ifindex == ingress {
+        xdp_action::XDP_TX
+    } else {
+        EGRESS.redirect(next_hop.ifindex, 0).ok()?
+    };
+    let bytes = data_len as u64;
+    if let Err(outcome) = bandwidth::charge(slot, relayed, bytes) {
+        return Some(Err(outcome));
+    }
+    // The delta of `udp_checksum` for this frame: addresses, lengths, ports, and the
+    // ChannelData header removed or added. No checksum stays none (IPv4, RFC 768).
+    let udp_checksum = if packet.udp_checksum == 0 {
+        0
+    } else {
+        let (old_len, new_len) = (packet.udp_len, udp_len as u16);
+        let mut delta = remove_address(Delta::new(), packet.family, &packet.src_ip);
+        delta = remove_address(delta, packet.family, &packet.dst_ip);
+        delta = add_address(delta, route.family, &route.src_ip);
+        delta = add_address(delta, route.family, &route.dst_ip);
+        let delta = delta
+            .remove_word(old_len)
+            .remove_word(old_len)
+            .add_word(new_len)
+            .add_word(new_len)
+            .remove_u32(ports(packet.src_port, packet.dst_port))
+            .add_u32(ports(route.src_port, route.dst_port));
+        let delta = match framing {
+            ChannelDataFraming::Strip => delta.remove_u32(packet.head_be()),
+            ChannelDataFraming::Prepend(header) => delta.add_u32(u32::from_be(header)),
+        };
+        delta.apply_udp(packet.udp_checksum)
+    };
+    // The writes of `rewrite`: the data stays where it is, the headers move.
+    let header_len = ETH_LEN + ip_header_len + UDP_LEN + prefix_len;
+    let head_delta = (packet.payload + strip_front) as i32 - header_len as i32;
+    // SAFETY: helper call on the program's own context.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, head_delta) } != 0 {
+        return Some(Err(bandwidth::refund(
+            slot,
+            relayed,
+            bytes,
+            Outcome::PassAdjustFailed,
+        )));
+    }
+    if let Err(outcome) =
+        write_channel_data(ctx, packet, next_hop, route, udp_len, udp_checksum, framing)
+    {
+        return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome)));
+    }
+    add_traffic(slot, data_len, matches!(framing, ChannelDataFraming::Strip));
+    Some(Ok(Relayed {
+        action,
+        outcome: relayed,
+    }))
+}
+
+/// The headers of [`channel_data`]'s relayed frame, at the frame's (moved) start.
+#[inline(always)]
+fn write_channel_data(
+    ctx: &XdpContext,
+    packet: &Packet,
+    next_hop: &NextHop,
+    route: &Route,
+    udp_len: usize,
+    udp_checksum: u16,
+    framing: ChannelDataFraming,
+) -> Result<(), Outcome> {
+    // SAFETY: as in `rewrite`.
+    let macs =
+        unsafe { core::ptr::read_volatile(&next_hop.macs as *const [u8; 12] as *const [u32; 3]) };
+    put(ctx, 0, macs)?;
+    let udp_offset = if route.family == FAMILY_V4 {
+        write_v4(ctx, packet, route, udp_len as u16)?;
+        ETH_LEN + IPV4_LEN
+    } else {
+        write_v6(ctx, packet, route, udp_len as u16)?;
+        ETH_LEN + IPV6_LEN
+    };
+    put(
+        ctx,
+        udp_offset,
+        [
+            route.src_port,
+            route.dst_port,
+            (udp_len as u16).to_be(),
+            udp_checksum.to_be(),
+        ],
+    )?;
+    if let ChannelDataFraming::Prepend(header) = framing {
+        put(ctx, udp_offset + UDP_LEN, header)?;
+    }
+    Ok(())
 }
 
 /// The lengths of the relayed datagram: UDP and IP header lengths.

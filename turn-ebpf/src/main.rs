@@ -9,6 +9,10 @@
 //! Cost: the hot paths (ChannelData both ways) make one hash lookup; every value carries
 //! what its path needs, including a cached next hop ([`turn_common::maps::NextHop`]), so
 //! `bpf_fib_lookup` runs only for an entry's first frame and after a routing change.
+//! Same-family ChannelData without padding, with its next hop cached, takes a lean path
+//! (`channel_data_lean` of each direction, [`egress::channel_data`]): one BPF function
+//! instead of the general path's chain of them, which leaves every other frame to the
+//! general path at the same step.
 #![no_std]
 // BPF_CMPXCHG for the bandwidth buckets (see `bandwidth`).
 #![feature(core_intrinsics)]
@@ -85,6 +89,7 @@ static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1
 static ROUTING_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// A frame the program relayed itself.
+#[derive(Clone, Copy)]
 pub struct Relayed {
     pub action: u32,
     pub outcome: Outcome,
@@ -280,12 +285,19 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
     let packet = unsafe { &mut *packet };
     packet.parse(ctx)?;
     let shape = packet.shape();
+    // ChannelData tries the lean path first (`egress::channel_data`), which leaves
+    // whatever it does not handle to the general one at the same step.
+    let mut verdict = Err(Outcome::PassChannelNotBound);
     match shape {
-        Shape::ChannelData => match to_peer::channel_data(ctx, packet) {
-            // Not a channel of this client: maybe a peer's datagram to a relayed address.
-            Err(Outcome::PassChannelNotBound) => {}
-            verdict => return verdict,
-        },
+        Shape::ChannelData => {
+            let lean = to_peer::channel_data_lean(ctx, packet, &mut verdict);
+            match lean.or_general(verdict, || to_peer::channel_data(ctx, packet)) {
+                // Not a channel of this client: maybe a peer's datagram to a relayed
+                // address.
+                Err(Outcome::PassChannelNotBound) => {}
+                verdict => return verdict,
+            }
+        }
         Shape::SendIndication => match to_peer::send_indication(ctx, packet) {
             // Not one for the fast path: maybe a peer's datagram to a relayed address.
             Err(Outcome::PassStun) => {}
@@ -293,7 +305,8 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
         },
         Shape::Stun | Shape::Other => {}
     }
-    match to_client::channel_data(ctx, packet) {
+    let lean = to_client::channel_data_lean(ctx, packet, &mut verdict);
+    match lean.or_general(verdict, || to_client::channel_data(ctx, packet)) {
         // No live channel for this peer: a Data indication, if any.
         Err(Outcome::PassChannelNotBound) => to_client::data_indication(ctx, packet, shape),
         verdict => verdict,

@@ -14,7 +14,9 @@ use turn_common::stun::{
     HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::egress::{forward, wire_word, Reframe, Route, MAX_PREFIX_WORDS};
+use crate::egress::{
+    self, forward, wire_word, ChannelDataFraming, Lean, Reframe, Route, MAX_PREFIX_WORDS,
+};
 use crate::packet::{address_bytes, address_words, Packet, Shape};
 use crate::{
     add_traffic, is_client_flow, job, now_ns, Relayed, PEER_CHANNELS, PERMISSIONS, RELAYS,
@@ -31,15 +33,8 @@ const DATA_INDICATION_V6_WORDS: usize = 12;
 // A separate BPF function: the stack frames of the paths are not added up.
 #[inline(never)]
 pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcome> {
-    let key = PeerChannelKey::new(
-        packet.family,
-        address_bytes(packet.dst_ip),
-        packet.dst_port.to_ne_bytes(),
-        address_bytes(packet.src_ip),
-        packet.src_port.to_ne_bytes(),
-    );
     let channel = PEER_CHANNELS
-        .get_ptr_mut(key)
+        .get_ptr_mut(channel_key(packet))
         .ok_or(Outcome::PassChannelNotBound)?;
     // SAFETY: a map value, valid while this program runs (RCU); the program writes only
     // its next-hop cache.
@@ -50,6 +45,57 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
         return Err(Outcome::PassChannelNotBound);
     }
     relay_channel_data(ctx, packet, channel)
+}
+
+/// [`channel_data`] on the lean path ([`egress::channel_data`]): a live channel of a
+/// client of the peer's family. Anything else is left to [`channel_data`]
+/// (`Lean::General`), including an expired channel (a Data indication, maybe);
+/// `verdict` is written for `Lean::Done`.
+// A separate BPF function: its stack frame is not added to the general paths'.
+#[inline(never)]
+pub fn channel_data_lean(
+    ctx: &XdpContext,
+    packet: &Packet,
+    verdict: &mut Result<Relayed, Outcome>,
+) -> Lean {
+    let Some(channel) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
+        return Lean::NotFound;
+    };
+    // SAFETY: a map value, valid while this program runs (RCU); only read here.
+    let channel = unsafe { &*channel };
+    if channel.expires_ns() <= now_ns() {
+        return Lean::General;
+    }
+    let decided = egress::channel_data(
+        ctx,
+        packet,
+        &channel.next_hop,
+        &to_client(channel.client()),
+        channel.slot(),
+        packet.payload_len,
+        ChannelDataFraming::Prepend(channel_header(channel, packet.payload_len)),
+    );
+    Lean::from(decided, verdict)
+}
+
+/// The `PEER_CHANNELS` key of a peer's datagram to a relayed address.
+#[inline(always)]
+fn channel_key(packet: &Packet) -> PeerChannelKey {
+    PeerChannelKey::new(
+        packet.family,
+        address_bytes(packet.dst_ip),
+        packet.dst_port.to_ne_bytes(),
+        address_bytes(packet.src_ip),
+        packet.src_port.to_ne_bytes(),
+    )
+}
+
+/// The ChannelData header (a wire word) in front of `data_len` bytes on `channel`.
+#[inline(always)]
+fn channel_header(channel: &PeerChannelValue, data_len: usize) -> u32 {
+    let number = channel.number();
+    let len = (data_len as u16).to_be_bytes();
+    wire_word([number[0], number[1], len[0], len[1]])
 }
 
 /// The route from the listening address to the client.
@@ -75,8 +121,6 @@ fn relay_channel_data(
     let data_len = packet.payload_len;
     let job = job()?;
     job.route = to_client(channel.client());
-    let number = channel.number();
-    let len = (data_len as u16).to_be_bytes();
     let slot = channel.slot();
     job.reframe = Reframe {
         strip_front: 0,
@@ -84,7 +128,7 @@ fn relay_channel_data(
         pad: 0,
         attributes_after: false,
     };
-    job.prefix[0] = wire_word([number[0], number[1], len[0], len[1]]);
+    job.prefix[0] = channel_header(channel, data_len);
     job.prefix_words = 1;
     job.relayed = Outcome::RelayedChannelDataToClient;
     job.slot = slot;

@@ -12,7 +12,7 @@ use turn_common::stun::{
     CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::egress::{forward, Reframe, Route};
+use crate::egress::{self, forward, ChannelDataFraming, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
 use crate::{
@@ -29,7 +29,50 @@ const MAX_ATTRIBUTES: usize = 3;
 // A separate BPF function: the stack frames of the paths are not added up.
 #[inline(never)]
 pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcome> {
-    let key = ClientChannelKey::new(
+    let channel = CLIENT_CHANNELS
+        .get_ptr_mut(channel_key(packet))
+        .ok_or(Outcome::PassChannelNotBound)?;
+    // SAFETY: a map value, valid while this program runs (RCU); the program writes only
+    // its next-hop cache.
+    relay_channel_data(ctx, packet, unsafe { &mut *channel })
+}
+
+/// [`channel_data`] on the lean path ([`egress::channel_data`]): a channel to a peer of
+/// the client's family, a payload of exactly the header and the data (no padding), a
+/// live entry. Anything else is left to [`channel_data`] (`Lean::General`); `verdict`
+/// is written for `Lean::Done`.
+// A separate BPF function: its stack frame is not added to the general paths'.
+#[inline(never)]
+pub fn channel_data_lean(
+    ctx: &XdpContext,
+    packet: &Packet,
+    verdict: &mut Result<Relayed, Outcome>,
+) -> Lean {
+    let Some(channel) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
+        return Lean::NotFound;
+    };
+    // SAFETY: a map value, valid while this program runs (RCU); only read here.
+    let channel = unsafe { &*channel };
+    let data_len = (packet.head_be() & 0xFFFF) as usize;
+    if channel.expires_ns() <= now_ns() {
+        return Lean::General;
+    }
+    let decided = egress::channel_data(
+        ctx,
+        packet,
+        &channel.next_hop,
+        &to_peer(channel),
+        channel.slot(),
+        data_len,
+        ChannelDataFraming::Strip,
+    );
+    Lean::from(decided, verdict)
+}
+
+/// The `CLIENT_CHANNELS` key of a ChannelData frame from a client.
+#[inline(always)]
+fn channel_key(packet: &Packet) -> ClientChannelKey {
+    ClientChannelKey::new(
         packet.family,
         address_bytes(packet.src_ip),
         packet.src_port.to_ne_bytes(),
@@ -37,13 +80,21 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
         packet.dst_port.to_ne_bytes(),
         // The channel number: the first two payload bytes.
         (packet.head as u16).to_ne_bytes(),
-    );
-    let channel = CLIENT_CHANNELS
-        .get_ptr_mut(key)
-        .ok_or(Outcome::PassChannelNotBound)?;
-    // SAFETY: a map value, valid while this program runs (RCU); the program writes only
-    // its next-hop cache.
-    relay_channel_data(ctx, packet, unsafe { &mut *channel })
+    )
+}
+
+/// The route from the relayed address to the channel's peer.
+#[inline(always)]
+fn to_peer(channel: &ClientChannelValue) -> Route {
+    Route {
+        // SAFETY: 4-aligned fields of the value.
+        src_ip: unsafe { address_words(channel.relay_ip()) },
+        // SAFETY: as above.
+        dst_ip: unsafe { address_words(channel.peer_ip()) },
+        src_port: u16::from_ne_bytes(channel.relay_port()),
+        dst_port: u16::from_ne_bytes(channel.peer_port()),
+        family: channel.peer_family(),
+    }
 }
 
 /// Relays a ChannelData message of a bound channel. The UDP payload must be exactly the
@@ -63,15 +114,7 @@ fn relay_channel_data(
         return Err(Outcome::PassExpired);
     }
     let job = job()?;
-    job.route = Route {
-        // SAFETY: 4-aligned fields of the value.
-        src_ip: unsafe { address_words(channel.relay_ip()) },
-        // SAFETY: as above.
-        dst_ip: unsafe { address_words(channel.peer_ip()) },
-        src_port: u16::from_ne_bytes(channel.relay_port()),
-        dst_port: u16::from_ne_bytes(channel.peer_port()),
-        family: channel.peer_family(),
-    };
+    job.route = to_peer(channel);
     job.reframe = Reframe {
         strip_front: CHANNEL_DATA_HEADER_LEN,
         data_len,
