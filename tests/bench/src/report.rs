@@ -333,8 +333,7 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
         "## Relay CPU per relayed packet, relay pinned to one core\n\n\
          IPv4, {} flows, {} B payload, fixed offered rates, {:.1} s per step. Each server runs one relay \
          thread (coturn `--relay-threads=1`, ours `--threads 1`; ours-xdp relays in its XDP program, native \
-         mode). Threaded NAPI is on at the relay's client-side veth end (GRO on there) and at the peer's end, \
-         its kthreads SCHED_FIFO as NAPI's softirq preempts tasks on a host without it (same for every server); \
+         mode). Threaded NAPI is on at the relay's client-side veth end (GRO on there) and at the peer's end; \
          the server process and the relay's `napi/to-client-*` kthreads are pinned to CPU {}, the generator, \
          the sink and the peer's NAPI kthreads to CPU {}. *Relay CPU* = run time (schedstat, ns) of all the \
          server's threads (*process*) plus its NAPI kthreads (*NAPI*: GRO and the UDP receive path, or the \
@@ -487,8 +486,10 @@ fn kernel_speed_table(per_core: &PerCoreReport, md: &mut String) {
          Every lost frame counts, wherever it was lost; the saturated step's are shown apart where the veth \
          counters tell: *ring full* = frames the relay's own receive ring (its client-side veth end, 256 \
          frames) had no room for, i.e. its NAPI kthread had not emptied it in time (the relay's loss); *sink \
-         full* = relayed frames the peer's veth end had no room for (its NAPI kthread shares CPU {} with the \
-         generator). *disturbed*: steps during which \
+         full* = relayed frames the peer's veth end had no room for. The sink is test rig: its NAPI kthread \
+         runs SCHED_FIFO on CPU {}, so the generator sharing that CPU cannot delay it (before, it overflowed \
+         behind a relay that kept up: 3 % of ours-xdp's frames at 100 k pps, 16 % at 400 k); what still \
+         overflows there counts as loss all the same, as it stays 0 or nearly. *disturbed*: steps during which \
          the hypervisor (steal time) or other tasks took the relay's or the load's core for more than \
          {STEAL_LIMIT_MS} / {FOREIGN_LIMIT_MS} ms; such a step is tried again up to {LIVE_TRIES} times and the \
          least disturbed try kept: a stall of a few ms fills a 256-frame ring at any rate above some 50 k pps \
