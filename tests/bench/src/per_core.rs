@@ -64,7 +64,11 @@ const KERNEL_SPEED_SEARCH_STEPS: usize = 7;
 /// How long enabling threaded NAPI may take to start its kthreads.
 const KTHREAD_LIMIT: Duration = Duration::from_secs(2);
 /// Real-time priority (SCHED_FIFO) of the peer's NAPI kthreads, the sink: see
-/// [`Bench::peer_end`].
+/// [`Bench::peer_end`]. The relay's own NAPI kthreads stay SCHED_OTHER, as ksoftirqd is
+/// when a host's NAPI is overloaded: run SCHED_FIFO (tried on 2026-12-01), they starved
+/// coturn's and ours-userspace's process on the shared core in every step above their
+/// capacity (coturn relayed 3.5 k of 3.7 M pps offered, then the rate search settled at
+/// 2–3 k pps against 30–59 k with SCHED_OTHER).
 const SINK_PRIORITY: i32 = 50;
 /// Tries of a live-frames step at most: one, and more while the machine disturbed it.
 pub const LIVE_TRIES: usize = 3;
