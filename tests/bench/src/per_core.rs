@@ -272,6 +272,82 @@ impl Drop for LoadPinned {
     }
 }
 
+/// The machine's other threads kept off [`RELAY_CPU`] until dropped, as `isolcpus` would
+/// keep them: the same for every server. On this VM the guest agent (pid 1) and DAMON's
+/// `kdamond` took 20–50 ms of the relay's core per 2-second step, long enough for its
+/// 256-frame veth ring to overflow above some 50 k pps whatever the server. Threads
+/// pinned to their CPU (per-CPU kthreads) cannot move and stay; threads started later
+/// (the servers, their NAPI kthreads) are pinned where they belong by their callers.
+struct RelayCoreCleared {
+    /// Each moved thread and the affinity it had.
+    moved: Vec<(u32, libc::cpu_set_t)>,
+}
+
+impl RelayCoreCleared {
+    fn new() -> RelayCoreCleared {
+        let mut moved = Vec::new();
+        for tid in all_threads() {
+            let Some(previous) = affinity(tid) else {
+                continue;
+            };
+            // SAFETY: `previous` is a valid cpu_set_t; CPU_ISSET bounds-checks the CPU.
+            if !unsafe { libc::CPU_ISSET(RELAY_CPU, &previous) } {
+                continue;
+            }
+            let mut elsewhere = previous;
+            // SAFETY: as above; CPU_CLR bounds-checks the CPU.
+            unsafe { libc::CPU_CLR(RELAY_CPU, &mut elsewhere) };
+            // SAFETY: as above.
+            if unsafe { libc::CPU_COUNT(&elsewhere) } == 0 {
+                continue;
+            }
+            // Per-CPU kthreads refuse (EINVAL), threads that ended meanwhile too (ESRCH).
+            if set_affinity(tid, &elsewhere).is_ok() {
+                moved.push((tid, previous));
+            }
+        }
+        RelayCoreCleared { moved }
+    }
+}
+
+impl Drop for RelayCoreCleared {
+    fn drop(&mut self) {
+        for (tid, previous) in &self.moved {
+            // A thread that ended meanwhile has nothing to restore.
+            let _ = set_affinity(*tid, previous);
+        }
+    }
+}
+
+/// The affinity of thread `tid`, None if it cannot be read (the thread ended).
+fn affinity(tid: u32) -> Option<libc::cpu_set_t> {
+    let mut set = cpu_set(&[]);
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let done = unsafe {
+        libc::sched_getaffinity(tid as libc::pid_t, std::mem::size_of_val(&set), &mut set)
+    };
+    (done == 0).then_some(set)
+}
+
+/// Every thread of every process (/proc/<pid>/task/<tid>).
+fn all_threads() -> Vec<u32> {
+    let numbered = |dir: &str| -> Vec<u32> {
+        std::fs::read_dir(dir).map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .flatten()
+                    .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                    .collect()
+            },
+        )
+    };
+    numbered("/proc")
+        .into_iter()
+        .flat_map(|pid| numbered(&format!("/proc/{pid}/task")))
+        .collect()
+}
+
 /// The kthreads whose name starts with `prefix` (`comm` is cut to 15 bytes).
 fn kthreads(prefix: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -397,6 +473,11 @@ impl Bench {
         self.peer_end(StubAction::Pass)?;
         let mut injector = FrameInjector::load().context("the live-frames generator")?;
         let _pinned = LoadPinned::new()?;
+        let cleared = RelayCoreCleared::new();
+        eprintln!(
+            "turn-bench: per-core: {} other threads moved off CPU {RELAY_CPU} for the comparison",
+            cleared.moved.len()
+        );
         for &kind in kinds {
             if crate::interrupted() {
                 bail!("interrupted");
@@ -855,47 +936,17 @@ impl CpuClocks {
 /// starts or ends between two readings is missed or counted whole (kthreads and
 /// short-lived processes: the bound is rough, not exact).
 fn foreign_run_time(own: &[u32]) -> u64 {
-    let Ok(processes) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut total = 0;
-    for process in processes.flatten() {
-        let Some(pid) = process
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if own.contains(&tid) || !may_run_on(tid, RELAY_CPU) {
-                continue;
-            }
-            total += cpu::task_run_time(tid).map_or(0, |run| run.ns);
-        }
-    }
-    total
+    all_threads()
+        .into_iter()
+        .filter(|tid| !own.contains(tid) && may_run_on(*tid, RELAY_CPU))
+        .map(|tid| cpu::task_run_time(tid).map_or(0, |run| run.ns))
+        .sum()
 }
 
 /// Whether thread `tid`'s affinity includes `cpu`.
 fn may_run_on(tid: u32, cpu: usize) -> bool {
-    let mut set = cpu_set(&[]);
-    // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    let done = unsafe {
-        libc::sched_getaffinity(tid as libc::pid_t, std::mem::size_of_val(&set), &mut set)
-    };
-    // SAFETY: `set` is a valid cpu_set_t; CPU_ISSET bounds-checks `cpu`.
-    done == 0 && unsafe { libc::CPU_ISSET(cpu, &set) }
+    // SAFETY: a valid cpu_set_t; CPU_ISSET bounds-checks `cpu`.
+    affinity(tid).is_some_and(|set| unsafe { libc::CPU_ISSET(cpu, &set) })
 }
 
 /// Steal time of `cpu` in ms from /proc/stat's `cpuN user nice system idle iowait irq
