@@ -234,18 +234,7 @@ pub fn channel_data(
     let udp_checksum = if packet.udp_checksum == 0 {
         0
     } else {
-        let (old_len, new_len) = (packet.udp_len, udp_len as u16);
-        let mut delta = remove_address(Delta::new(), packet.family, &packet.src_ip);
-        delta = remove_address(delta, packet.family, &packet.dst_ip);
-        delta = add_address(delta, route.family, &route.src_ip);
-        delta = add_address(delta, route.family, &route.dst_ip);
-        let delta = delta
-            .remove_word(old_len)
-            .remove_word(old_len)
-            .add_word(new_len)
-            .add_word(new_len)
-            .remove_u32(ports(packet.src_port, packet.dst_port))
-            .add_u32(ports(route.src_port, route.dst_port));
+        let delta = headers_delta(packet, route, udp_len as u16);
         let delta = match framing {
             ChannelDataFraming::Strip => delta.remove_u32(packet.head_be()),
             ChannelDataFraming::Prepend(header) => delta.add_u32(u32::from_be(header)),
@@ -445,18 +434,7 @@ fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Out
     }
     let (route, reframe) = (&job.route, &job.reframe);
     let (udp_len, _) = lengths(job);
-    let mut delta = remove_address(Delta::new(), packet.family, &packet.src_ip);
-    delta = remove_address(delta, packet.family, &packet.dst_ip);
-    delta = add_address(delta, route.family, &route.src_ip);
-    delta = add_address(delta, route.family, &route.dst_ip);
-    let (old_len, new_len) = (packet.udp_len, udp_len as u16);
-    delta = delta
-        .remove_word(old_len)
-        .remove_word(old_len)
-        .add_word(new_len)
-        .add_word(new_len)
-        .remove_u32(ports(packet.src_port, packet.dst_port))
-        .add_u32(ports(route.src_port, route.dst_port));
+    let mut delta = headers_delta(packet, route, udp_len as u16);
     // Framing in front of the data: word-aligned at UDP payload offset 0.
     if reframe.strip_front == 4 {
         // A ChannelData header, read while parsing.
@@ -495,6 +473,24 @@ fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Out
         delta = delta.add_u32(u32::from_be(*word));
     }
     Ok(delta.apply_udp(packet.udp_checksum))
+}
+
+/// The UDP checksum delta of the headers: the pseudo-header addresses (each in its
+/// header's family), the length (in the pseudo-header and the UDP header) and the ports
+/// of the incoming frame replaced by the relayed datagram's (`route`, `udp_len`).
+#[inline(always)]
+fn headers_delta(packet: &Packet, route: &Route, udp_len: u16) -> Delta {
+    let mut delta = remove_address(Delta::new(), packet.family, &packet.src_ip);
+    delta = remove_address(delta, packet.family, &packet.dst_ip);
+    delta = add_address(delta, route.family, &route.src_ip);
+    delta = add_address(delta, route.family, &route.dst_ip);
+    delta
+        .remove_word(packet.udp_len)
+        .remove_word(packet.udp_len)
+        .add_word(udp_len)
+        .add_word(udp_len)
+        .remove_u32(ports(packet.src_port, packet.dst_port))
+        .add_u32(ports(route.src_port, route.dst_port))
 }
 
 /// Two ports (memory-order words) as the big-endian value of the 32 bits they fill.
