@@ -483,6 +483,71 @@ pub struct AllocationTraffic {
     pub to_client_bytes: u64,
 }
 
+/// Words of a bitmap with one bit per UDP port.
+pub const PORT_WORDS: usize = 65536 / 64;
+
+/// `PORT_FILTER` array value (one entry): the destination ports the program's lookups can
+/// hit, so that a frame to any other port skips them without a hash lookup. `listening`
+/// holds the listener port of every client flow userspace ever installed (the client
+/// side: CLIENT_ALLOCATIONS, CLIENT_CHANNELS), `relayed` the port of every relayed
+/// address (the peer side: RELAYS, PERMISSIONS, PEER_CHANNELS); bit `port % 64` of word
+/// `port / 64`. Userspace only ever adds bits, each before the first entry that needs it,
+/// so a key in a table always has its port's bit set: a clear bit only ever skips a
+/// lookup that would have missed. While `present` is 0 (nothing written yet) every port
+/// counts as both, and the program makes every lookup as without a filter.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortFilter {
+    present: u64,
+    listening: [u64; PORT_WORDS],
+    relayed: [u64; PORT_WORDS],
+}
+
+impl PortFilter {
+    /// No port yet, but present: every lookup of a frame skipped until bits are added.
+    pub const EMPTY: PortFilter = PortFilter {
+        present: 1,
+        listening: [0; PORT_WORDS],
+        relayed: [0; PORT_WORDS],
+    };
+
+    /// Whether a frame to `port` may match a client-side entry.
+    #[inline(always)]
+    pub fn is_listening(&self, port: u16) -> bool {
+        self.present == 0 || bit(&self.listening, port)
+    }
+
+    /// Whether a frame to `port` may match a peer-side entry.
+    #[inline(always)]
+    pub fn is_relayed(&self, port: u16) -> bool {
+        self.present == 0 || bit(&self.relayed, port)
+    }
+
+    /// Adds a listener port; false if it was there already.
+    pub fn add_listening(&mut self, port: u16) -> bool {
+        set_bit(&mut self.listening, port)
+    }
+
+    /// Adds a relayed port; false if it was there already.
+    pub fn add_relayed(&mut self, port: u16) -> bool {
+        set_bit(&mut self.relayed, port)
+    }
+}
+
+#[inline(always)]
+fn bit(words: &[u64; PORT_WORDS], port: u16) -> bool {
+    // `port >> 6` < PORT_WORDS: no bounds check is left for the verifier.
+    words[usize::from(port >> 6)] & (1 << (port & 63)) != 0
+}
+
+fn set_bit(words: &mut [u64; PORT_WORDS], port: u16) -> bool {
+    let word = &mut words[usize::from(port >> 6)];
+    let mask = 1 << (port & 63);
+    let added = *word & mask == 0;
+    *word |= mask;
+    added
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -499,6 +564,7 @@ mod pod {
     unsafe impl aya::Pod for PeerChannelKey {}
     unsafe impl aya::Pod for PeerChannelValue {}
     unsafe impl aya::Pod for AllocationTraffic {}
+    unsafe impl aya::Pod for PortFilter {}
 }
 
 #[cfg(test)]
@@ -596,6 +662,36 @@ mod tests {
             ),
             (32, 8)
         );
+    }
+
+    #[test]
+    fn the_port_filter_is_a_flag_word_then_two_bitmaps() {
+        assert_eq!(
+            (size_of::<PortFilter>(), align_of::<PortFilter>()),
+            (8 + 2 * 8192, 8)
+        );
+        assert_eq!(offset_of!(PortFilter, listening), 8);
+        assert_eq!(offset_of!(PortFilter, relayed), 8 + 8192);
+    }
+
+    #[test]
+    fn the_port_filter_has_exactly_the_ports_added() {
+        let mut filter = PortFilter::EMPTY;
+        assert!(filter.add_listening(3478));
+        assert!(!filter.add_listening(3478));
+        assert!(filter.add_relayed(65535));
+        assert!(filter.add_relayed(0));
+        assert!(filter.is_listening(3478));
+        assert!(!filter.is_listening(3479) && !filter.is_listening(3414));
+        assert!(!filter.is_relayed(3478));
+        assert!(filter.is_relayed(65535) && filter.is_relayed(0));
+        assert!(!filter.is_relayed(65534) && !filter.is_relayed(1));
+        // Unwritten (all zero): every port may hit, as without a filter.
+        let unwritten = PortFilter {
+            present: 0,
+            ..PortFilter::EMPTY
+        };
+        assert!(unwritten.is_listening(1) && unwritten.is_relayed(1));
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! Same-family ChannelData without padding, with its next hop cached, takes a lean path
 //! (`channel_data_lean` of each direction, [`egress::channel_data`]): one BPF function
 //! instead of the general path's chain of them, which leaves every other frame to the
-//! general path at the same step.
+//! general path at the same step. A frame tries the client-side tables only when sent to
+//! a listener port, the peer-side ones only when sent to a relayed port ([`PortFilter`],
+//! an array lookup): so a peer's datagram that looks like ChannelData makes no lookup in
+//! the client's channels.
 #![no_std]
 // BPF_CMPXCHG for the bandwidth buckets (see `bandwidth`).
 #![feature(core_intrinsics)]
@@ -38,7 +41,8 @@ use turn_common::counters::{Counter, Outcome};
 use turn_common::inject::Inject;
 use turn_common::maps::{
     AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
-    PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey, RelayValue,
+    PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, PortFilter, RelayKey,
+    RelayValue,
 };
 
 use packet::{address_bytes, Packet, Shape};
@@ -87,6 +91,15 @@ static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1
 /// looked up again. The daemon bumps it on every routing change; 0 turns the cache off.
 #[map]
 static ROUTING_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The destination ports the tables can hit (one entry, [`PortFilter`]): each client-side
+/// function looks up only frames to a listener port ([`is_listening`]), each peer-side
+/// one only frames to a relayed port ([`is_relayed`]). Userspace adds a port before the
+/// first entry keyed by it and never removes one, so a skipped lookup is one that would
+/// have missed, and every frame gets the verdict it gets without the filter; unwritten,
+/// it lets every lookup through.
+#[map]
+static PORT_FILTER: Array<PortFilter> = Array::with_max_entries(1, 0);
 
 /// A frame the program relayed itself.
 #[derive(Clone, Copy)]
@@ -311,6 +324,29 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
         Err(Outcome::PassChannelNotBound) => to_client::data_indication(ctx, packet, shape),
         verdict => verdict,
     }
+}
+
+/// Whether the frame's destination port may be a listener's ([`PORT_FILTER`]; yes while
+/// it is unwritten): else no client-side entry can match it. Checked at the top of the
+/// client-side functions, not in [`relay`], whose stack frame is under every relaying
+/// path's (512 bytes for the whole chain).
+#[inline(always)]
+pub fn is_listening(packet: &Packet) -> bool {
+    let port = u16::from_be(packet.dst_port);
+    PORT_FILTER
+        .get(0)
+        .is_none_or(|filter| filter.is_listening(port))
+}
+
+/// Whether the frame's destination port may be a relayed address's ([`PORT_FILTER`];
+/// yes while it is unwritten): else no peer-side entry can match it. Checked as
+/// [`is_listening`].
+#[inline(always)]
+pub fn is_relayed(packet: &Packet) -> bool {
+    let port = u16::from_be(packet.dst_port);
+    PORT_FILTER
+        .get(0)
+        .is_none_or(|filter| filter.is_relayed(port))
 }
 
 /// This CPU's [`JOB`].

@@ -19,7 +19,8 @@ use crate::egress::{
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
 use crate::{
-    add_traffic, is_client_flow, job, now_ns, Relayed, PEER_CHANNELS, PERMISSIONS, RELAYS,
+    add_traffic, is_client_flow, is_listening, is_relayed, job, now_ns, Relayed, PEER_CHANNELS,
+    PERMISSIONS, RELAYS,
 };
 
 /// Data indication framing in front of the data, in words: STUN header (20 bytes),
@@ -58,6 +59,10 @@ pub fn channel_data_lean(
     packet: &Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
+    // No relayed address on this port: the lookup would miss.
+    if !is_relayed(packet) {
+        return Lean::NotFound;
+    }
     let Some(channel) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
         return Lean::NotFound;
     };
@@ -148,9 +153,18 @@ pub fn data_indication(
 ) -> Result<Relayed, Outcome> {
     let (relay_ip, relay_port) = (address_bytes(packet.dst_ip), packet.dst_port.to_ne_bytes());
     let key = RelayKey::new(packet.family, relay_ip, relay_port);
-    let Some(allocation) = RELAYS.get_ptr_mut(key) else {
+    // No relayed address on this port: the lookup would miss. Nor can a client flow be
+    // found where no client flow's port is.
+    let found = if is_relayed(packet) {
+        RELAYS.get_ptr_mut(key)
+    } else {
+        None
+    };
+    let Some(allocation) = found else {
         return Err(match shape {
-            Shape::ChannelData if is_client_flow(packet) => Outcome::PassChannelNotBound,
+            Shape::ChannelData if is_listening(packet) && is_client_flow(packet) => {
+                Outcome::PassChannelNotBound
+            }
             Shape::SendIndication | Shape::Stun => Outcome::PassStun,
             _ => Outcome::PassUnknownFlow,
         });

@@ -16,7 +16,8 @@ use crate::egress::{self, forward, ChannelDataFraming, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
 use crate::{
-    add_traffic, job, now_ns, zeroed, Relayed, CLIENT_ALLOCATIONS, CLIENT_CHANNELS, PERMISSIONS,
+    add_traffic, is_listening, job, now_ns, zeroed, Relayed, CLIENT_ALLOCATIONS, CLIENT_CHANNELS,
+    PERMISSIONS,
 };
 
 /// The most attributes a Send indication may have for the fast path to take it
@@ -48,6 +49,10 @@ pub fn channel_data_lean(
     packet: &Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
+    // No client flow on this port: the lookup would miss.
+    if !is_listening(packet) {
+        return Lean::NotFound;
+    }
     let Some(channel) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
         return Lean::NotFound;
     };
@@ -157,6 +162,10 @@ struct SendIndication {
 // A separate BPF function: its stack frame is not added to the other paths'.
 #[inline(never)]
 pub fn send_indication(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcome> {
+    // No client flow on this port: the lookup would miss (PassStun, as below).
+    if !is_listening(packet) {
+        return Err(Outcome::PassStun);
+    }
     let mut send = core::mem::MaybeUninit::<SendIndication>::uninit();
     // SAFETY: integers and byte arrays: all-zero is valid.
     let send = unsafe { zeroed(&mut send) };

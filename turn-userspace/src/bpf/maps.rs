@@ -15,8 +15,8 @@ use turn_common::bandwidth::Bandwidth;
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
     v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, ClientSide,
-    FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, RelayKey,
-    RelayValue, FAMILY_V4, FAMILY_V6,
+    FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, PortFilter,
+    RelayKey, RelayValue, FAMILY_V4, FAMILY_V6,
 };
 
 use super::XdpCounters;
@@ -32,6 +32,7 @@ const PEER_CHANNELS: &str = "PEER_CHANNELS";
 const TRAFFIC: &str = "TRAFFIC";
 const EGRESS: &str = "EGRESS";
 const ROUTING_GENERATION: &str = "ROUTING_GENERATION";
+const PORT_FILTER: &str = "PORT_FILTER";
 // Declared in turn-ebpf/src/bandwidth.rs.
 const BANDWIDTH: &str = "BANDWIDTH";
 const RELAY_BANDWIDTH: &str = "RELAY_BANDWIDTH";
@@ -141,6 +142,10 @@ impl Maps {
             bandwidth: Array::try_from(take_map(ebpf, BANDWIDTH)?).context(BANDWIDTH)?,
             relay_bandwidth: Array::try_from(take_map(ebpf, RELAY_BANDWIDTH)?)
                 .context(RELAY_BANDWIDTH)?,
+            ports: Ports::write_empty(
+                Array::try_from(take_map(ebpf, PORT_FILTER)?).context(PORT_FILTER)?,
+            )
+            .context(PORT_FILTER)?,
             sizes,
         };
         Ok(Maps {
@@ -231,7 +236,61 @@ pub(crate) struct Tables {
     bandwidth: Array<MapData, Bandwidth>,
     /// The relay's total bandwidth limit and buckets (one entry).
     relay_bandwidth: Array<MapData, Bandwidth>,
+    /// The ports the entries are keyed by.
+    ports: Ports,
     sizes: MapSizes,
+}
+
+/// The program's PORT_FILTER ([`PortFilter`]) and the copy userspace keeps of it: every
+/// listener port and relayed port an entry was ever keyed by. The program skips the
+/// lookups of frames to other ports, so a port must be in it before the first entry
+/// keyed by it goes in (each `insert_*` of [`Tables`] adds them first), and is never
+/// removed (a stale bit costs one missed lookup, a missing one would pass up a frame
+/// that an entry relays).
+///
+/// Taken from the entries, not from the configuration: so it holds by construction for
+/// any listener (several addresses and ports, one inside the relay port range on
+/// another IP) and any relayed port, also for the test harnesses that load the program
+/// without the daemon; and `server.listen` and `server.port_range` need no reload
+/// handling (both need a restart anyway). A write replaces the whole value while the
+/// program may read it, but only ever sets bits, so the program sees each byte either
+/// as before or as after: never a bit missing that an installed entry needs.
+struct Ports {
+    map: Array<MapData, PortFilter>,
+    filter: Box<PortFilter>,
+}
+
+impl Ports {
+    /// Writes the filter empty and present, before any entry exists: from then on the
+    /// program skips every lookup for ports no entry has. (Unwritten, it skips none.)
+    fn write_empty(mut map: Array<MapData, PortFilter>) -> Result<Ports, MapError> {
+        let filter = Box::new(PortFilter::EMPTY);
+        map.set(0, *filter, 0)?;
+        Ok(Ports { map, filter })
+    }
+
+    /// Adds the ports of an entry about to be inserted: its listener's, if it has a
+    /// client side, and its relayed address's; writes the map if one of them is new.
+    fn cover(
+        &mut self,
+        listener: Option<MapAddress>,
+        relay: MapAddress,
+    ) -> Result<(), DatapathError> {
+        if add_ports(&mut self.filter, listener, relay) {
+            self.map
+                .set(0, *self.filter, 0)
+                .map_err(|error| DatapathError::Update(format!("{PORT_FILTER}: {error}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds `listener`'s port (if any) and `relay`'s to `filter`; whether one was new.
+fn add_ports(filter: &mut PortFilter, listener: Option<MapAddress>, relay: MapAddress) -> bool {
+    let listening =
+        listener.is_some_and(|listener| filter.add_listening(u16::from_be_bytes(listener.port)));
+    let relayed = filter.add_relayed(u16::from_be_bytes(relay.port));
+    listening || relayed
 }
 
 /// An address as the maps store it.
@@ -299,6 +358,7 @@ impl Tables {
         &mut self,
         record: &AllocationRecord,
     ) -> Result<(), DatapathError> {
+        self.ports.cover(Some(record.listener), record.relay)?;
         let relay_key = RelayKey::new(record.relay.family, record.relay.ip, record.relay.port);
         let relay_value = RelayValue::new(
             client_side(record.client, record.listener),
@@ -334,6 +394,7 @@ impl Tables {
         ports: RangeInclusive<u16>,
         expires_ns: u64,
     ) -> Result<(), DatapathError> {
+        self.ports.cover(None, relay)?;
         insert(
             &mut self.permissions,
             permission_key(relay, peer),
@@ -352,6 +413,7 @@ impl Tables {
     /// Both channel entries or none: when the second insert fails, the first is rolled
     /// back, so no direction relays on a half-installed channel.
     pub(crate) fn insert_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
+        self.ports.cover(Some(record.listener), record.relay)?;
         let number = record.number.to_be_bytes();
         let client_value = ClientChannelValue::new(
             record.peer.family,
@@ -443,7 +505,8 @@ impl Tables {
             + memlock_bytes(self.peer_channels.map())?
             + memlock_bytes(self.traffic.map())?
             + memlock_bytes(self.bandwidth.map())?
-            + memlock_bytes(self.relay_bandwidth.map())?)
+            + memlock_bytes(self.relay_bandwidth.map())?
+            + memlock_bytes(self.ports.map.map())?)
     }
 }
 
@@ -569,6 +632,35 @@ mod tests {
             (stored.family, stored.ip),
             (FAMILY_V4, v4_bytes([198, 18, 0, 1]))
         );
+    }
+
+    #[test]
+    fn the_port_filter_holds_the_listener_and_relayed_ports_of_every_entry() {
+        let socket = |text: &str| MapAddress::socket(text.parse().expect("address"));
+        let mut filter = PortFilter::EMPTY;
+        // An allocation: its client flow's listener port and its relayed port.
+        assert!(add_ports(
+            &mut filter,
+            Some(socket("198.18.0.1:3478")),
+            socket("198.18.0.1:49152")
+        ));
+        // A permission: only its relayed port, here already in.
+        assert!(!add_ports(&mut filter, None, socket("198.18.0.1:49152")));
+        // A channel of another listener, IPv6, whose port lies in the relay port range
+        // (allowed on an IP that is not a relay address): both bits, independently.
+        assert!(add_ports(
+            &mut filter,
+            Some(socket("[2001:db8::1]:50000")),
+            socket("[2001:db8::2]:65535")
+        ));
+        let listening: Vec<u16> = (0..=u16::MAX)
+            .filter(|port| filter.is_listening(*port))
+            .collect();
+        let relayed: Vec<u16> = (0..=u16::MAX)
+            .filter(|port| filter.is_relayed(*port))
+            .collect();
+        assert_eq!(listening, [3478, 50000]);
+        assert_eq!(relayed, [49152, 65535]);
     }
 
     #[test]
