@@ -335,7 +335,8 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
          thread (coturn `--relay-threads=1`, ours `--threads 1`; ours-xdp relays in its XDP program, native \
          mode). Threaded NAPI is on at the relay's client-side veth end (GRO on there) and at the peer's end; \
          the server process and the relay's `napi/to-client-*` kthreads are pinned to CPU {}, the generator, \
-         the sink and the peer's NAPI kthreads to CPU {}. *Relay CPU* = run time (schedstat, ns) of all the \
+         the sink and the peer's NAPI kthreads to CPU {}; every other thread that may move is kept off CPU {} \
+         meanwhile, as `isolcpus` would keep it. *Relay CPU* = run time (schedstat, ns) of all the \
          server's threads (*process*) plus its NAPI kthreads (*NAPI*: GRO and the UDP receive path, or the \
          XDP program) during the step, per packet that reached the peer (*pkts/run*: packets per time the server's threads / the NAPI kthreads \
          were put on the CPU, i.e. per wake-up); it includes interrupts and softirqs \
@@ -350,6 +351,7 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
         per_core.step_seconds,
         per_core::RELAY_CPU,
         per_core::LOAD_CPU,
+        per_core::RELAY_CPU,
         per_core::RELAY_CPU,
     );
     for error in &per_core.errors {
