@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use turn_relay::bpf::Outcome;
 use turn_relay::protocol::datapath::ClientFlow;
 use turn_testkit::addresses::{CLIENT_V4, PEER_V4, RELAY_LISTEN_V4, RELAY_RELAYED_V4};
-use turn_testkit::frames::{Ip, UdpChecksum, UdpFrame};
+use turn_testkit::frames::UdpFrame;
 use turn_testkit::stun_client::channel_data;
 use turn_testkit::testbed::{
     Ingress, Testbed, CLIENT_MAC, CLIENT_SIDE_MAC, PEER_MAC, PEER_SIDE_MAC, XDP_PASS, XDP_REDIRECT,
@@ -24,16 +24,7 @@ const CHANNEL: u16 = 0x4000;
 
 /// An Ethernet/IPv4/UDP frame with complete checksums.
 fn frame(macs: ([u8; 6], [u8; 6]), from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    UdpFrame {
-        src_mac: macs.0,
-        dst_mac: macs.1,
-        ip: Ip::new(from.ip(), to.ip()),
-        src_port: from.port(),
-        dst_port: to.port(),
-        payload,
-        checksum: UdpChecksum::Compute,
-    }
-    .build()
+    UdpFrame::between(macs, from, to, payload).build()
 }
 
 #[test]

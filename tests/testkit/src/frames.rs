@@ -3,7 +3,7 @@
 //! here from scratch, never with the program's own incremental helpers, so a wrong
 //! incremental update shows up as a byte difference.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{
     EtherType, Ethernet2Header, IpNumber, Ipv4Dscp, Ipv4Ecn, Ipv4Header, Ipv6FlowLabel, Ipv6Header,
@@ -60,7 +60,26 @@ pub struct UdpFrame<'a> {
     pub checksum: UdpChecksum,
 }
 
-impl UdpFrame<'_> {
+impl<'a> UdpFrame<'a> {
+    /// A datagram from `from` to `to` between the MACs `macs` (source, destination), with
+    /// [`Ip::new`]'s header fields and a computed UDP checksum.
+    pub fn between(
+        macs: ([u8; 6], [u8; 6]),
+        from: SocketAddr,
+        to: SocketAddr,
+        payload: &'a [u8],
+    ) -> UdpFrame<'a> {
+        UdpFrame {
+            src_mac: macs.0,
+            dst_mac: macs.1,
+            ip: Ip::new(from.ip(), to.ip()),
+            src_port: from.port(),
+            dst_port: to.port(),
+            payload,
+            checksum: UdpChecksum::Compute,
+        }
+    }
+
     /// The frame's bytes. Panics when source and destination differ in family or the
     /// payload does not fit one datagram: test input, never network input.
     pub fn build(&self) -> Vec<u8> {
