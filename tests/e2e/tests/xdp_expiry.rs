@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use turn_relay::bpf::Outcome;
-use turn_relay::protocol::datapath::ClientFlow;
-use turn_testkit::addresses::{CLIENT_V4, PEER_V4, RELAY_LISTEN_V4, RELAY_RELAYED_V4};
+use turn_testkit::fast_path::Ipv4Flow;
 use turn_testkit::frames::UdpFrame;
 use turn_testkit::stun_client::send_indication;
 use turn_testkit::testbed::{
@@ -17,11 +16,6 @@ use turn_testkit::testbed::{
     XDP_REDIRECT,
 };
 use turn_testkit::{privileged, OrFail};
-
-const CLIENT_PORT: u16 = 40_000;
-const LISTENER_PORT: u16 = 3478;
-const RELAY_PORT: u16 = 50_000;
-const PEER_PORT: u16 = 60_000;
 
 /// An Ethernet/IPv4/UDP frame with complete checksums.
 fn frame(macs: ([u8; 6], [u8; 6]), from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
@@ -35,12 +29,7 @@ fn permissions_stop_relaying_once_they_expire() {
     }
     let testbed = Testbed::new(16).or_fail("testbed");
     let mut fast_path = testbed.fast_path().or_fail("datapath");
-    let flow = ClientFlow::udp(
-        SocketAddr::new(CLIENT_V4.into(), CLIENT_PORT),
-        SocketAddr::new(RELAY_LISTEN_V4.into(), LISTENER_PORT),
-    );
-    let relay = SocketAddr::new(RELAY_RELAYED_V4.into(), RELAY_PORT);
-    let peer = SocketAddr::new(PEER_V4.into(), PEER_PORT);
+    let Ipv4Flow { flow, relay, peer } = Ipv4Flow::new();
     let installed_at = Instant::now();
     let permission_expires_at = installed_at + Duration::from_millis(1500);
     fast_path

@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use turn_relay::bpf::Outcome;
-use turn_relay::protocol::datapath::ClientFlow;
-use turn_testkit::addresses::{CLIENT_V4, PEER_V4, RELAY_LISTEN_V4, RELAY_RELAYED_V4};
+use turn_testkit::fast_path::Ipv4Flow;
 use turn_testkit::frames::UdpFrame;
 use turn_testkit::stun_client::channel_data;
 use turn_testkit::testbed::{
@@ -16,10 +15,6 @@ use turn_testkit::testbed::{
 };
 use turn_testkit::{privileged, OrFail};
 
-const CLIENT_PORT: u16 = 40_000;
-const LISTENER_PORT: u16 = 3478;
-const RELAY_PORT: u16 = 50_000;
-const PEER_PORT: u16 = 60_000;
 const CHANNEL: u16 = 0x4000;
 
 /// An Ethernet/IPv4/UDP frame with complete checksums.
@@ -34,12 +29,7 @@ fn frames_to_ports_without_entries_still_pass_to_userspace() {
     }
     let testbed = Testbed::new(16).or_fail("testbed");
     let mut fast_path = testbed.fast_path().or_fail("datapath");
-    let flow = ClientFlow::udp(
-        SocketAddr::new(CLIENT_V4.into(), CLIENT_PORT),
-        SocketAddr::new(RELAY_LISTEN_V4.into(), LISTENER_PORT),
-    );
-    let relay = SocketAddr::new(RELAY_RELAYED_V4.into(), RELAY_PORT);
-    let peer = SocketAddr::new(PEER_V4.into(), PEER_PORT);
+    let Ipv4Flow { flow, relay, peer } = Ipv4Flow::new();
     fast_path
         .allocation_with_channel(
             flow,
@@ -72,11 +62,11 @@ fn frames_to_ports_without_entries_still_pass_to_userspace() {
             Ingress::ClientSide,
         ),
         (
-            from_peer(SocketAddr::new(relay.ip(), RELAY_PORT + 1)),
+            from_peer(SocketAddr::new(relay.ip(), Ipv4Flow::RELAY_PORT + 1)),
             Ingress::PeerSide,
         ),
         (
-            from_peer(SocketAddr::new(relay.ip(), LISTENER_PORT)),
+            from_peer(SocketAddr::new(relay.ip(), Ipv4Flow::LISTENER_PORT)),
             Ingress::PeerSide,
         ),
     ];

@@ -12,6 +12,41 @@ use turn_relay::protocol::datapath::{
     PermissionEntry, RelayedTraffic,
 };
 
+use crate::addresses::{CLIENT_V4, PEER_V4, RELAY_LISTEN_V4, RELAY_RELAYED_V4};
+
+/// One IPv4 client's addresses in a [`crate::testbed::Testbed`]: its flow to the
+/// listener (198.18 client port 40000 → listener port 3478), its relayed address (port
+/// 50000) and a peer (port 60000), for tests that install entries for them.
+pub struct Ipv4Flow {
+    pub flow: ClientFlow,
+    pub relay: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl Ipv4Flow {
+    pub const CLIENT_PORT: u16 = 40_000;
+    pub const LISTENER_PORT: u16 = 3478;
+    pub const RELAY_PORT: u16 = 50_000;
+    pub const PEER_PORT: u16 = 60_000;
+
+    pub fn new() -> Ipv4Flow {
+        Ipv4Flow {
+            flow: ClientFlow::udp(
+                SocketAddr::new(CLIENT_V4.into(), Self::CLIENT_PORT),
+                SocketAddr::new(RELAY_LISTEN_V4.into(), Self::LISTENER_PORT),
+            ),
+            relay: SocketAddr::new(RELAY_RELAYED_V4.into(), Self::RELAY_PORT),
+            peer: SocketAddr::new(PEER_V4.into(), Self::PEER_PORT),
+        }
+    }
+}
+
+impl Default for Ipv4Flow {
+    fn default() -> Ipv4Flow {
+        Ipv4Flow::new()
+    }
+}
+
 /// The core's own applier of fast-path commands on the program's tables: what the daemon
 /// runs, for tests that feed the tables from the core's commands.
 pub type Applier = datapath::FastPath<BpfDatapath>;
