@@ -30,6 +30,7 @@ mod live_cost;
 mod load;
 mod options;
 mod per_core;
+mod pinning;
 mod report;
 mod results;
 mod scale;
