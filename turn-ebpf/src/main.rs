@@ -33,7 +33,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_store_bytes},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
@@ -188,16 +188,43 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 /// datagram to it but one a second, whatever the server.
 #[xdp]
 pub fn xdp_drop(ctx: XdpContext) -> u32 {
-    let protocol = match packet::load_be16(&ctx, 12) {
-        Some(packet::ETHERTYPE_IPV4) => packet::load::<u8>(&ctx, packet::ETH_LEN + 9),
-        Some(packet::ETHERTYPE_IPV6) => packet::load::<u8>(&ctx, packet::ETH_LEN + 6),
-        _ => None,
-    };
-    if protocol == Some(packet::IPPROTO_UDP) {
+    if is_udp(&ctx) {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// The one interface [`xdp_redirect_floor`] redirects to (entry 0), written by the
+/// benchmark.
+#[map]
+static REDIRECT_FLOOR: DevMap = DevMap::with_max_entries(1, 0);
+
+/// Redirects every UDP datagram unchanged into the interface in [`REDIRECT_FLOOR`] and
+/// passes the rest (ARP, neighbour discovery): the benchmark's redirect-only floor, what
+/// veth costs a program that relays with no lookup and no rewrite. The same helper call
+/// as the relay's redirect (`bpf_redirect_map`); with no entry, the frame is aborted
+/// (XDP_ABORTED: dropped, and traced as an exception).
+#[xdp]
+pub fn xdp_redirect_floor(ctx: XdpContext) -> u32 {
+    if is_udp(&ctx) {
+        REDIRECT_FLOOR
+            .redirect(0, 0)
+            .unwrap_or(xdp_action::XDP_ABORTED)
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Whether the frame is an IPv4 or IPv6 UDP datagram (no extension headers).
+#[inline(always)]
+fn is_udp(ctx: &XdpContext) -> bool {
+    let protocol = match packet::load_be16(ctx, 12) {
+        Some(packet::ETHERTYPE_IPV4) => packet::load::<u8>(ctx, packet::ETH_LEN + 9),
+        Some(packet::ETHERTYPE_IPV6) => packet::load::<u8>(ctx, packet::ETH_LEN + 6),
+        _ => None,
+    };
+    protocol == Some(packet::IPPROTO_UDP)
 }
 
 /// The live-frames generator's pacing and counts ([`xdp_transmit`]), indexed by

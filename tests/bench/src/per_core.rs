@@ -25,21 +25,31 @@
 //!   NIC driver. They are counted where they arrive at the peer's veth end, which drops
 //!   them.
 //!
-//! The *floor* rows measure what veth itself costs: a drop-only XDP program on the same
+//! The *floor* rows measure what veth itself costs: a trivial XDP program on the same
 //! veth end, no server, the same pinning and rate, its kthreads' CPU per frame sent, for
-//! each generator; the difference between the two is the skb → XDP frame conversion.
+//! each generator ([`FloorProgram`]):
+//! - drop-only: the difference between the two generators is the skb → XDP frame
+//!   conversion;
+//! - redirect-only: every frame redirected unchanged into the relay's peer-side veth, as
+//!   the relay's program redirects (`bpf_redirect_map`), and dropped at the peer's end
+//!   (which counts what arrived). Over the drop-only floor, it is what the redirect costs
+//!   the relay's core, including waking the peer end's NAPI kthread on [`LOAD_CPU`]; ours-xdp
+//!   over it is the relay program's own work.
 //!
 //! Last, per server, the kernel-speed table: the highest rate of live frames relayed with
 //! ≤ 0.1 % loss on the one pinned core (saturated step, then bisection).
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
-use turn_testkit::addresses::{listener, OUTER_INTERFACE, RELAY_CLIENT_SIDE_INTERFACE};
+use turn_testkit::addresses::{
+    listener, OUTER_INTERFACE, RELAY_CLIENT_SIDE_INTERFACE, RELAY_PEER_SIDE_INTERFACE,
+};
 use turn_testkit::xdp::{FrameInjector, StubAction, StubXdp};
 
 use crate::bench::{Bench, LOSS_THRESHOLD};
 use crate::control::{self, Flow};
 use crate::cpu;
+use crate::kernel_mode::PathCounters;
 use crate::load::{self, RelayMode, StepResult};
 use crate::pinning::{
     all_threads, may_run_on, pin_process, real_time, threaded_napi, threads_run_time, LoadPinned,
@@ -126,16 +136,40 @@ impl PerCoreRow {
     }
 }
 
-/// The drop-only XDP program's CPU per frame on the relay's veth end (see the module
+/// The trivial XDP program of a floor row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FloorProgram {
+    /// Drops UDP ([`StubAction::Drop`]).
+    Drop,
+    /// Redirects UDP unchanged into the relay's peer-side veth
+    /// ([`StubAction::RedirectTo`]).
+    Redirect,
+}
+
+impl FloorProgram {
+    pub const ALL: [FloorProgram; 2] = [FloorProgram::Drop, FloorProgram::Redirect];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FloorProgram::Drop => "drop-only",
+            FloorProgram::Redirect => "redirect-only",
+        }
+    }
+}
+
+/// A trivial XDP program's CPU per frame on the relay's veth end (see the module
 /// documentation).
 #[derive(Clone, Debug, Serialize)]
 pub struct FloorRow {
+    pub program: FloorProgram,
     pub generator: Generator,
     pub target_pps: f64,
     pub offered_pps: f64,
     pub napi_ns: f64,
     /// Frames per NAPI kthread run.
     pub packets_per_napi_run: f64,
+    /// The share of the frames sent that reached the peer's veth end (redirect-only).
+    pub delivered_ratio: Option<f64>,
 }
 
 /// The whole comparison.
@@ -172,6 +206,18 @@ impl PerCoreReport {
                 && row.mode == mode
                 && row.generator == generator
                 && row.target_pps == rate
+        })
+    }
+
+    /// The floor row of `program` fed by `generator` at `rate`.
+    pub fn floor(
+        &self,
+        program: FloorProgram,
+        generator: Generator,
+        rate: f64,
+    ) -> Option<&FloorRow> {
+        self.floor.iter().find(|floor| {
+            floor.program == program && floor.generator == generator && floor.target_pps == rate
         })
     }
 
@@ -269,16 +315,14 @@ impl Bench {
             }
         }
         if kinds.contains(&ServerKind::OursXdp) {
-            for generator in Generator::ALL {
-                eprintln!(
-                    "turn-bench: per-core: drop-only XDP floor, {}",
-                    generator.label()
-                );
-                match self.per_core_floor(plan.rates, generator, &mut injector) {
-                    Ok(floor) => report.floor.extend(floor),
-                    Err(error) => report
-                        .errors
-                        .push(format!("drop-only floor, {}: {error:#}", generator.label())),
+            for program in FloorProgram::ALL {
+                for generator in Generator::ALL {
+                    let label = format!("{} floor, {}", program.label(), generator.label());
+                    eprintln!("turn-bench: per-core: {label}");
+                    match self.per_core_floor(plan.rates, program, generator, &mut injector) {
+                        Ok(floor) => report.floor.extend(floor),
+                        Err(error) => report.errors.push(format!("{label}: {error:#}")),
+                    }
                 }
             }
         }
@@ -552,16 +596,24 @@ impl Bench {
         Ok(row)
     }
 
-    /// The drop-only XDP program on the relay's client-side veth end, no server: its
-    /// NAPI kthreads' CPU per ChannelData frame sent by `generator` at each rate.
+    /// `program` on the relay's client-side veth end, no server: its NAPI kthreads' CPU
+    /// per ChannelData frame sent by `generator` at each rate. The redirect-only program
+    /// sends the frames to the peer's end, which drops them (as in the live-frames rows)
+    /// and counts them: frames the redirect lost would otherwise look cheap.
     fn per_core_floor(
         &mut self,
         rates: &[f64],
+        program: FloorProgram,
         generator: Generator,
         injector: &mut FrameInjector,
     ) -> Result<Vec<FloorRow>> {
+        let action = match program {
+            FloorProgram::Drop => StubAction::Drop,
+            FloorProgram::Redirect => StubAction::RedirectTo(RELAY_PEER_SIDE_INTERFACE),
+        };
+        self.peer_end(StubAction::Drop)?;
         let relay = self.lab.topology.relay.handle();
-        let _drop = StubXdp::attach(&relay, RELAY_CLIENT_SIDE_INTERFACE, StubAction::Drop)?;
+        let _stub = StubXdp::attach(&relay, RELAY_CLIENT_SIDE_INTERFACE, action)?;
         let napi = threaded_napi(&relay, RELAY_CLIENT_SIDE_INTERFACE, RELAY_CPU)?;
         let flows: Vec<Flow> = (0..FLOWS)
             .map(|_| control::direct_flow(&self.lab.topology.client, listener(4)))
@@ -569,6 +621,9 @@ impl Bench {
         let mut floor = Vec::new();
         for &rate in rates {
             self.next_step += 1;
+            let topology = &self.lab.topology;
+            let arrived_before = topology.peer.rx_packets(OUTER_INTERFACE)?;
+            let path_before = PathCounters::take(topology)?;
             let before = threads_run_time(&napi);
             let outcome = match generator {
                 Generator::Sockets => load::generate(
@@ -581,7 +636,6 @@ impl Bench {
                     1,
                 ),
                 Generator::LiveFrames => {
-                    let topology = &self.lab.topology;
                     let frames = crate::kernel_mode::build_frames(
                         topology,
                         &flows,
@@ -600,23 +654,35 @@ impl Bench {
             };
             std::thread::sleep(crate::bench::DRAIN);
             let spent = threads_run_time(&napi).since(&before);
+            let topology = &self.lab.topology;
+            let arrived = topology
+                .peer
+                .rx_packets(OUTER_INTERFACE)?
+                .saturating_sub(arrived_before);
+            let path = PathCounters::take(topology)?.since(&path_before);
             ensure!(
                 outcome.sent >= 1000,
                 "the generator sent only {} frames",
                 outcome.sent
             );
             let row = FloorRow {
+                program,
                 generator,
                 target_pps: rate,
                 offered_pps: outcome.sent as f64 / outcome.seconds.max(1e-9),
                 napi_ns: spent.ns as f64 / outcome.sent as f64,
                 packets_per_napi_run: per_run(outcome.sent, spent.runs),
+                delivered_ratio: (program == FloorProgram::Redirect)
+                    .then(|| arrived as f64 / outcome.sent as f64),
             };
             eprintln!(
-                "turn-bench: per-core: drop-only XDP, {}, at {rate:.0} pps: {:.2} µs per frame, {:.1} frames per NAPI run",
+                "turn-bench: per-core: {} XDP, {}, at {rate:.0} pps: {:.2} µs per frame, {:.1} frames per NAPI run; sent {}, {arrived} reached the peer's end {}",
+                program.label(),
                 generator.label(),
                 row.napi_ns / 1000.0,
-                row.packets_per_napi_run
+                row.packets_per_napi_run,
+                outcome.sent,
+                path.describe()
             );
             floor.push(row);
         }

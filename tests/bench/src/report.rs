@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 
 use crate::load::{Percentiles, RelayMode, StepResult};
 use crate::per_core::{
-    self, Generator, PerCoreReport, FOREIGN_LIMIT_MS, LIVE_TRIES, STEAL_LIMIT_MS,
+    self, FloorProgram, FloorRow, Generator, PerCoreReport, FOREIGN_LIMIT_MS, LIVE_TRIES,
+    STEAL_LIMIT_MS,
 };
 use crate::results::{BenchReport, Scenario, ScenarioResult, ServerResults};
 
@@ -370,7 +371,7 @@ fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
         }
     }
     let _ = writeln!(md);
-    skb_conversion(per_core, md);
+    veth_floors(per_core, md);
     kernel_speed_table(per_core, md);
 }
 
@@ -416,60 +417,124 @@ fn per_core_rows(
     }
 }
 
-/// What veth's skb → XDP frame conversion costs: the drop-only floor and ours-xdp, fed
-/// by sockets and by live frames at the same rate.
-fn skb_conversion(per_core: &PerCoreReport, md: &mut String) {
+/// What veth costs an XDP program on the relay's client-side end, from the floor rows:
+/// turning skbs into XDP frames (the drop-only floor and ours-xdp fed by each
+/// generator), redirecting into the peer's veth (redirect-only over drop-only floor), and
+/// what is left to the relay program itself (ours-xdp over the redirect-only floor).
+fn veth_floors(per_core: &PerCoreReport, md: &mut String) {
     for &rate in &per_core.rates {
-        let floor = |generator| {
-            per_core
-                .floor
-                .iter()
-                .find(|floor| floor.generator == generator && floor.target_pps == rate)
-        };
-        for generator in Generator::ALL {
-            if let Some(floor) = floor(generator) {
-                let _ = writeln!(
-                    md,
-                    "- Drop-only XDP program on the same veth end, no server, same pinning, ChannelData from {} at \
-                     {} pps: {:.2} µs of NAPI CPU per frame, {:.1} frames per NAPI run, so {:.1} µs per run: the \
-                     floor of any XDP program fed such frames on veth.",
-                    generator.label(),
-                    pps(floor.offered_pps),
-                    floor.napi_ns / 1000.0,
-                    floor.packets_per_napi_run,
-                    floor.napi_ns * floor.packets_per_napi_run / 1000.0
-                );
+        for program in FloorProgram::ALL {
+            for generator in Generator::ALL {
+                if let Some(floor) = per_core.floor(program, generator, rate) {
+                    floor_bullet(floor, md);
+                }
             }
         }
         let xdp = |generator| per_core.row("ours-xdp", RelayMode::ChannelData, generator, rate);
-        if let (Some(skbs), Some(frames)) = (xdp(Generator::Sockets), xdp(Generator::LiveFrames)) {
-            let conversion = skbs.total_ns() - frames.total_ns();
+        let (Some(skbs), Some(frames)) = (xdp(Generator::Sockets), xdp(Generator::LiveFrames))
+        else {
+            continue;
+        };
+        let conversion = skbs.total_ns() - frames.total_ns();
+        let _ = write!(
+            md,
+            "- ours-xdp, ChannelData at {} pps: {:.2} µs per packet fed skbs, {:.2} µs fed XDP frames: \
+             {:.2} µs ({:.0} %) of the skb figure is veth turning skbs into XDP frames",
+            pps(rate),
+            skbs.total_ns() / 1000.0,
+            frames.total_ns() / 1000.0,
+            conversion / 1000.0,
+            100.0 * conversion / skbs.total_ns().max(1.0)
+        );
+        let drop = |generator| per_core.floor(FloorProgram::Drop, generator, rate);
+        if let (Some(skb_floor), Some(frame_floor)) =
+            (drop(Generator::Sockets), drop(Generator::LiveFrames))
+        {
             let _ = write!(
                 md,
-                "- ours-xdp, ChannelData at {} pps: {:.2} µs per packet fed skbs, {:.2} µs fed XDP frames: \
-                 {:.2} µs ({:.0} %) of the skb figure is veth turning skbs into XDP frames",
-                pps(rate),
-                skbs.total_ns() / 1000.0,
-                frames.total_ns() / 1000.0,
-                conversion / 1000.0,
-                100.0 * conversion / skbs.total_ns().max(1.0)
+                " (the drop-only floors differ by {:.2} µs)",
+                (skb_floor.napi_ns - frame_floor.napi_ns) / 1000.0
             );
-            match (floor(Generator::Sockets), floor(Generator::LiveFrames)) {
-                (Some(skb_floor), Some(frame_floor)) => {
-                    let _ = writeln!(
-                        md,
-                        " (the drop-only floors differ by {:.2} µs); the program's own work over the XDP-frame floor: {:+.2} µs.",
-                        (skb_floor.napi_ns - frame_floor.napi_ns) / 1000.0,
-                        (frames.napi_ns - frame_floor.napi_ns) / 1000.0
-                    );
-                }
-                _ => {
-                    let _ = writeln!(md, ".");
-                }
+        }
+        let _ = write!(md, ".");
+        for (generator, row, fed) in [
+            (Generator::LiveFrames, frames, "XDP frames"),
+            (Generator::Sockets, skbs, "skbs"),
+        ] {
+            if let Some(split) = over_floors(per_core, generator, rate, row.napi_ns) {
+                let _ = write!(
+                    md,
+                    " Fed {fed}, its NAPI CPU over the drop-only floor: {split}."
+                );
             }
         }
+        let _ = writeln!(md);
     }
     let _ = writeln!(md);
+}
+
+/// One floor row as a bullet.
+fn floor_bullet(floor: &FloorRow, md: &mut String) {
+    let (program, what) = match floor.program {
+        FloorProgram::Drop => (
+            "Drop-only",
+            "the floor of any XDP program fed such frames on veth",
+        ),
+        FloorProgram::Redirect => (
+            "Redirect-only",
+            "the floor of any XDP program that relays such frames into another veth",
+        ),
+    };
+    let how = match floor.program {
+        FloorProgram::Drop => String::new(),
+        FloorProgram::Redirect => " (every UDP frame redirected unchanged into the relay's peer-side veth \
+             through a one-entry DEVMAP, `bpf_redirect_map` as the relay's program redirects; dropped at the \
+             peer's end)"
+            .to_owned(),
+    };
+    let delivered = floor.delivered_ratio.map_or(String::new(), |ratio| {
+        format!(
+            "; {:.2} % of the frames sent reached the peer's veth end",
+            ratio * 100.0
+        )
+    });
+    let _ = writeln!(
+        md,
+        "- {program} XDP program on the same veth end{how}, no server, same pinning, ChannelData from {} at \
+         {} pps: {:.2} µs of NAPI CPU per frame, {:.1} frames per NAPI run, so {:.1} µs per run{delivered}: \
+         {what}.",
+        floor.generator.label(),
+        pps(floor.offered_pps),
+        floor.napi_ns / 1000.0,
+        floor.packets_per_napi_run,
+        floor.napi_ns * floor.packets_per_napi_run / 1000.0
+    );
+}
+
+/// ours-xdp's NAPI CPU per packet (`napi_ns`) fed by `generator` at `rate` over the
+/// drop-only floor, split at the redirect-only floor when there is one; None without a
+/// drop-only floor.
+fn over_floors(
+    per_core: &PerCoreReport,
+    generator: Generator,
+    rate: f64,
+    napi_ns: f64,
+) -> Option<String> {
+    let drop = per_core.floor(FloorProgram::Drop, generator, rate)?;
+    let over = format!("{:+.2} µs", (napi_ns - drop.napi_ns) / 1000.0);
+    Some(
+        match per_core.floor(FloorProgram::Redirect, generator, rate) {
+            Some(redirect) => format!(
+                "{over}, of which {:+.2} µs the redirect into the peer's veth, waking that end's NAPI \
+                 kthread on CPU {} included (redirect-only − drop-only floor), and {:+.2} µs the relay \
+                 program's own work (ours-xdp − redirect-only floor)",
+                (redirect.napi_ns - drop.napi_ns) / 1000.0,
+                per_core::LOAD_CPU,
+                (napi_ns - redirect.napi_ns) / 1000.0
+            ),
+            None => over,
+        },
+    )
 }
 
 /// The highest rate of live frames each server relayed with ≤ 0.1 % loss on the pinned

@@ -4,7 +4,8 @@
 //! dropped (`xdp_tx_errors`) unless the receiving end runs an XDP program itself, so the
 //! client's and peer's ends get the pass-only program; the benchmark's kernel-speed mode
 //! puts the drop-everything program on the peer's end so that the peer's own stack does
-//! not limit what is measured.
+//! not limit what is measured. The redirect-only program ([`StubAction::RedirectTo`]) is
+//! the per-core benchmark's floor of a relaying program: a redirect with no lookup.
 //!
 //! [`FrameInjector`] is the benchmark's live-frames generator: a transmitting program run
 //! with BPF_PROG_TEST_RUN in live-frames mode, so prebuilt frames cross a veth pair as XDP
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, DevMap, MapData};
 use aya::programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
@@ -23,11 +24,12 @@ use anyhow::{anyhow, ensure, Context, Result};
 
 use turn_relay::bpf::testing::{
     object, Inject, DROP_PROGRAM, INJECT_FLOWS, INJECT_FRAMES_MAP, INJECT_FRAME_MAX, INJECT_MAP,
-    PASS_PROGRAM, TRANSMIT_PROGRAM,
+    PASS_PROGRAM, REDIRECT_FLOOR_MAP, REDIRECT_FLOOR_PROGRAM, TRANSMIT_PROGRAM,
 };
 
 use crate::addresses::OUTER_INTERFACE;
 use crate::netns::Namespace;
+use crate::testbed::ifindex;
 use crate::topology::Topology;
 
 /// Which trivial program.
@@ -36,6 +38,11 @@ pub enum StubAction {
     Pass,
     /// Drops UDP, passes ARP and the rest (the relay keeps resolving the sink).
     Drop,
+    /// Redirects UDP unchanged (`bpf_redirect_map`, a one-entry DEVMAP) to the named
+    /// interface of the same namespace and passes the rest: the benchmark's
+    /// redirect-only floor. The target's veth peer must have an XDP program (or GRO on)
+    /// to accept the frames.
+    RedirectTo(&'static str),
 }
 
 /// A trivial program attached in native mode to one interface through a bpf_link;
@@ -50,10 +57,14 @@ impl StubXdp {
         let name = match action {
             StubAction::Pass => PASS_PROGRAM,
             StubAction::Drop => DROP_PROGRAM,
+            StubAction::RedirectTo(_) => REDIRECT_FLOOR_PROGRAM,
         };
         let ebpf = netns
             .run_inside(|| {
                 let mut ebpf = load_program(name)?;
+                if let StubAction::RedirectTo(target) = action {
+                    redirect_to(&mut ebpf, target)?;
+                }
                 let program: &mut Xdp = program_mut(&mut ebpf, name)?;
                 program
                     .attach(interface, XdpMode::Driver)
@@ -68,6 +79,18 @@ impl StubXdp {
         );
         Ok(StubXdp { _ebpf: ebpf })
     }
+}
+
+/// Points [`REDIRECT_FLOOR_PROGRAM`] at interface `target` of the calling thread's
+/// namespace (entry 0 of [`REDIRECT_FLOOR_MAP`]).
+fn redirect_to(ebpf: &mut Ebpf, target: &str) -> Result<()> {
+    let map = ebpf
+        .map_mut(REDIRECT_FLOOR_MAP)
+        .ok_or_else(|| anyhow!("the XDP object has no map {REDIRECT_FLOOR_MAP}"))?;
+    let mut devices = DevMap::try_from(map)?;
+    devices
+        .set(0, ifindex(target)?, None, 0)
+        .with_context(|| format!("writing {target} into {REDIRECT_FLOOR_MAP}"))
 }
 
 /// The XDP object with program `name` loaded (verified), attached nowhere.

@@ -15,6 +15,11 @@ pub const PASS_PROGRAM: &str = "xdp_pass";
 /// The name of the program in [`object`] that drops UDP and passes ARP and the rest (the
 /// benchmark's sink side).
 pub const DROP_PROGRAM: &str = "xdp_drop";
+/// The name of the program in [`object`] that redirects UDP unchanged to the interface in
+/// entry 0 of its DEVMAP [`REDIRECT_FLOOR_MAP`] and passes the rest (the benchmark's
+/// redirect-only floor).
+pub const REDIRECT_FLOOR_PROGRAM: &str = "xdp_redirect_floor";
+pub const REDIRECT_FLOOR_MAP: &str = "REDIRECT_FLOOR";
 
 /// The name of the program in [`object`] that transmits frames back out of their
 /// ingress interface (XDP_TX) at the pace [`INJECT_MAP`] sets: the benchmark's
@@ -31,7 +36,7 @@ pub const INJECT_FRAME_MAX: usize = 256;
 pub const INJECT_FLOWS: usize = 64;
 
 /// The XDP object the daemon embeds (`turn_xdp`, [`PASS_PROGRAM`], [`DROP_PROGRAM`],
-/// [`TRANSMIT_PROGRAM`]).
+/// [`REDIRECT_FLOOR_PROGRAM`], [`TRANSMIT_PROGRAM`]).
 pub fn object() -> &'static [u8] {
     XDP_OBJECT
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::per_core::{FloorRow, PerCoreRow};
+use crate::per_core::{FloorProgram, FloorRow, PerCoreRow};
 
 fn row(server: &str, generator: Generator, process_ns: f64, napi_ns: f64) -> PerCoreRow {
     PerCoreRow {
@@ -17,18 +17,21 @@ fn row(server: &str, generator: Generator, process_ns: f64, napi_ns: f64) -> Per
     }
 }
 
-fn floor(generator: Generator, napi_ns: f64) -> FloorRow {
+fn floor(program: FloorProgram, generator: Generator, napi_ns: f64) -> FloorRow {
     FloorRow {
+        program,
         generator,
         target_pps: 40_000.0,
         offered_pps: 40_000.0,
         napi_ns,
         packets_per_napi_run: 4.0,
+        delivered_ratio: (program == FloorProgram::Redirect).then_some(0.999),
     }
 }
 
 #[test]
 fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
+    use FloorProgram::{Drop, Redirect};
     use Generator::{LiveFrames, Sockets};
     let report = PerCoreReport {
         rates: vec![40_000.0],
@@ -40,7 +43,12 @@ fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
             row("coturn", LiveFrames, 8_000.0, 1_000.0),
             row("ours-xdp", LiveFrames, 0.0, 1_000.0),
         ],
-        floor: vec![floor(Sockets, 1_000.0), floor(LiveFrames, 400.0)],
+        floor: vec![
+            floor(Drop, Sockets, 1_000.0),
+            floor(Drop, LiveFrames, 400.0),
+            floor(Redirect, Sockets, 1_200.0),
+            floor(Redirect, LiveFrames, 700.0),
+        ],
         kernel_speed: Vec::new(),
         errors: Vec::new(),
     };
@@ -76,7 +84,27 @@ fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
         "{md}"
     );
     assert!(
-        md.contains("0.50 µs (33 %) of the skb figure is veth turning skbs into XDP frames (the drop-only floors differ by 0.60 µs); the program's own work over the XDP-frame floor: +0.60 µs."),
+        md.contains("0.50 µs (33 %) of the skb figure is veth turning skbs into XDP frames (the drop-only floors differ by 0.60 µs)."),
+        "{md}"
+    );
+    assert!(
+        md.contains("- Redirect-only XDP program on the same veth end (every UDP frame redirected"),
+        "{md}"
+    );
+    assert!(
+        md.contains("ChannelData from live frames (XDP) at 40.0 k pps: 0.70 µs of NAPI CPU per frame, 4.0 frames per NAPI run, so 2.8 µs per run; 99.90 % of the frames sent reached the peer's veth end"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Fed XDP frames, its NAPI CPU over the drop-only floor: +0.60 µs, of which +0.30 µs the redirect into the peer's veth"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Fed skbs, its NAPI CPU over the drop-only floor: +0.50 µs, of which +0.20 µs the redirect"),
+        "{md}"
+    );
+    assert!(
+        md.contains("(redirect-only − drop-only floor), and +0.30 µs the relay program's own work (ours-xdp − redirect-only floor)."),
         "{md}"
     );
 }
