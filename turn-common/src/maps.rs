@@ -42,6 +42,23 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` of an IPv6 entry.
 pub const FAMILY_V6: u8 = 6;
 
+/// `GENERATIONS` (an array of `u32`, one cache line): the routing generation of the
+/// next hops the program caches in entries ([`NextHop`]; 0: no caching).
+pub const GENERATION_ROUTING: u32 = 0;
+/// `GENERATIONS`: the generation of the program's per-CPU channel cache, Gray-coded
+/// ([`gray_code`]), moved on after every write or removal of a channel entry; 0: no
+/// caching.
+pub const GENERATION_CHANNEL_CACHE: u32 = 1;
+/// Entries of `GENERATIONS`.
+pub const GENERATION_COUNT: u32 = 2;
+
+/// The `n`th Gray code: `gray_code(n)` and `gray_code(n + 1)` differ in one bit, so a
+/// reader that catches the word mid-copy (the map update syscall copies bytes) sees one
+/// or the other, never an earlier value.
+pub const fn gray_code(n: u32) -> u32 {
+    n ^ (n >> 1)
+}
+
 /// An IP address as stored in the maps.
 #[inline(always)]
 pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
@@ -571,6 +588,15 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn consecutive_gray_codes_differ_in_one_bit() {
+        for n in [0, 1, 2, 3, 254, 255, 256, 65_535, 0x00FF_FFFF, u32::MAX - 1] {
+            assert_eq!((gray_code(n) ^ gray_code(n + 1)).count_ones(), 1, "{n}");
+        }
+        assert_eq!(gray_code(0), 0);
+        assert_ne!(gray_code(1), 0);
+    }
 
     #[test]
     fn keys_are_word_aligned_without_implicit_padding() {

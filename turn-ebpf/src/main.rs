@@ -23,6 +23,7 @@
 #![no_main]
 
 mod bandwidth;
+mod channel_cache;
 mod egress;
 mod fingerprint;
 mod packet;
@@ -42,7 +43,7 @@ use turn_common::inject::Inject;
 use turn_common::maps::{
     AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, PortFilter, RelayKey,
-    RelayValue,
+    RelayValue, GENERATION_ROUTING,
 };
 
 use packet::{address_bytes, Packet, Shape};
@@ -87,10 +88,6 @@ static JOB: PerCpuArray<egress::Job> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU `bpf_fib_lookup` parameters for a next-hop cache miss.
 #[map]
 static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
-/// The routing generation (one entry): cached next hops of another generation are
-/// looked up again. The daemon bumps it on every routing change; 0 turns the cache off.
-#[map]
-static ROUTING_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The destination ports the tables can hit (one entry, [`PortFilter`]): each client-side
 /// function looks up only frames to a listener port ([`is_listening`]), each peer-side
@@ -407,10 +404,15 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The routing generation cached next hops must carry (0: cache off).
+/// The routing generation cached next hops must carry (0: cache off): cached next hops
+/// of another generation are looked up again. The daemon bumps it on every routing
+/// change.
 #[inline(always)]
 pub fn routing_generation() -> u32 {
-    ROUTING_GENERATION.get(0).copied().unwrap_or(0)
+    channel_cache::GENERATIONS
+        .get(GENERATION_ROUTING)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Adds relayed application bytes to an allocation's per-CPU traffic slot.

@@ -14,9 +14,10 @@ use aya::{Ebpf, EbpfLoader};
 use turn_common::bandwidth::Bandwidth;
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
-    v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, ClientSide,
-    FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, PortFilter,
-    RelayKey, RelayValue, FAMILY_V4, FAMILY_V6,
+    gray_code, v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue,
+    ClientSide, FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue,
+    PortFilter, RelayKey, RelayValue, FAMILY_V4, FAMILY_V6, GENERATION_CHANNEL_CACHE,
+    GENERATION_ROUTING,
 };
 
 use super::XdpCounters;
@@ -31,8 +32,10 @@ const CLIENT_CHANNELS: &str = "CLIENT_CHANNELS";
 const PEER_CHANNELS: &str = "PEER_CHANNELS";
 const TRAFFIC: &str = "TRAFFIC";
 const EGRESS: &str = "EGRESS";
-const ROUTING_GENERATION: &str = "ROUTING_GENERATION";
 const PORT_FILTER: &str = "PORT_FILTER";
+// Declared in turn-ebpf/src/channel_cache.rs.
+const GENERATIONS: &str = "GENERATIONS";
+const CHANNEL_CACHE: &str = "CHANNEL_CACHE";
 // Declared in turn-ebpf/src/bandwidth.rs.
 const BANDWIDTH: &str = "BANDWIDTH";
 const RELAY_BANDWIDTH: &str = "RELAY_BANDWIDTH";
@@ -110,6 +113,8 @@ pub(crate) struct Maps {
     /// `TO_CLIENT`).
     rate_limited: PerCpuArray<MapData, Counter>,
     egress: DevMapHash<MapData>,
+    /// The program's per-CPU channel cache (only its memory is read here).
+    channel_cache: MapData,
     /// Handed to the next-hop watcher once.
     routing_generation: Option<RoutingGeneration>,
     /// Handed to the [`super::BpfDatapath`] once.
@@ -126,9 +131,13 @@ impl Maps {
         let egress = DevMapHash::try_from(take_map(ebpf, EGRESS)?).context(EGRESS)?;
         let rate_limited =
             PerCpuArray::try_from(take_map(ebpf, RATE_LIMITED)?).context(RATE_LIMITED)?;
-        let routing_generation = RoutingGeneration(
-            Array::try_from(take_map(ebpf, ROUTING_GENERATION)?).context(ROUTING_GENERATION)?,
-        );
+        let channel_cache = match take_map(ebpf, CHANNEL_CACHE)? {
+            aya::maps::Map::PerCpuArray(data) => data,
+            _ => return Err(anyhow!("{CHANNEL_CACHE} is not a per-CPU array")),
+        };
+        let generations = Array::try_from(take_map(ebpf, GENERATIONS)?).context(GENERATIONS)?;
+        let cache_generation = ChannelCacheGeneration::start(&generations).context(GENERATIONS)?;
+        let routing_generation = RoutingGeneration(generations);
         let tables = Tables {
             relays: HashMap::try_from(take_map(ebpf, RELAYS)?).context(RELAYS)?,
             client_allocations: HashMap::try_from(take_map(ebpf, CLIENT_ALLOCATIONS)?)
@@ -142,6 +151,7 @@ impl Maps {
             bandwidth: Array::try_from(take_map(ebpf, BANDWIDTH)?).context(BANDWIDTH)?,
             relay_bandwidth: Array::try_from(take_map(ebpf, RELAY_BANDWIDTH)?)
                 .context(RELAY_BANDWIDTH)?,
+            cache_generation,
             ports: Ports::write_empty(
                 Array::try_from(take_map(ebpf, PORT_FILTER)?).context(PORT_FILTER)?,
             )
@@ -152,6 +162,7 @@ impl Maps {
             counters,
             rate_limited,
             egress,
+            channel_cache,
             routing_generation: Some(routing_generation),
             tables: Some(tables),
         })
@@ -199,7 +210,8 @@ impl Maps {
     pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
         let mut total = memlock_bytes(self.counters.map())?
             + memlock_bytes(self.rate_limited.map())?
-            + memlock_bytes(self.egress.map())?;
+            + memlock_bytes(self.egress.map())?
+            + memlock_bytes(&self.channel_cache)?;
         if let Some(generation) = &self.routing_generation {
             total += memlock_bytes(generation.0.map())?;
         }
@@ -211,16 +223,53 @@ impl Maps {
 }
 
 /// The program's routing generation (see `next_hop`): cached next hops of another
-/// generation are looked up again; 0 turns the cache off.
+/// generation are looked up again; 0 turns the cache off. Also holds the
+/// channel cache's generation ([`ChannelCacheGeneration`]), which it leaves alone.
 pub(crate) struct RoutingGeneration(Array<MapData, u32>);
 
 impl RoutingGeneration {
     pub(crate) fn get(&self) -> Result<u32, MapError> {
-        self.0.get(&0, 0)
+        self.0.get(&GENERATION_ROUTING, 0)
     }
 
     pub(crate) fn set(&mut self, generation: u32) -> Result<(), MapError> {
-        self.0.set(0, generation, 0)
+        self.0.set(GENERATION_ROUTING, generation, 0)
+    }
+}
+
+/// The generation of the program's per-CPU channel cache (turn-ebpf's
+/// `channel_cache`): each CPU keeps copies of the channel entries it relayed, used
+/// only while they carry the current generation. So it moves on after every write or
+/// removal of a channel entry, and a copy of an entry that has since changed is never
+/// used again. Gray-coded ([`gray_code`]): the map update copies bytes while the program
+/// may read the word, and consecutive codes differ in one bit. Another handle to
+/// [`RoutingGeneration`]'s map (both words share a cache line the program reads
+/// anyway), written at its own index only.
+struct ChannelCacheGeneration {
+    map: Array<MapData, u32>,
+    count: u32,
+}
+
+impl ChannelCacheGeneration {
+    /// Turns the cache on: writes the first generation through a handle of its own.
+    fn start(generations: &Array<MapData, u32>) -> anyhow::Result<ChannelCacheGeneration> {
+        let fd = generations
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the map's descriptor")?;
+        let map = Array::try_from(aya::maps::Map::Array(MapData::from_fd(fd)?))?;
+        let mut generation = ChannelCacheGeneration { map, count: 0 };
+        generation.move_on()?;
+        Ok(generation)
+    }
+
+    /// The next generation (never 0, which turns the cache off).
+    fn move_on(&mut self) -> Result<(), MapError> {
+        self.count = self.count.wrapping_add(1).max(1);
+        self.map
+            .set(GENERATION_CHANNEL_CACHE, gray_code(self.count), 0)
     }
 }
 
@@ -236,6 +285,8 @@ pub(crate) struct Tables {
     bandwidth: Array<MapData, Bandwidth>,
     /// The relay's total bandwidth limit and buckets (one entry).
     relay_bandwidth: Array<MapData, Bandwidth>,
+    /// Moved on after every write or removal of a channel entry.
+    cache_generation: ChannelCacheGeneration,
     /// The ports the entries are keyed by.
     ports: Ports,
     sizes: MapSizes,
@@ -444,12 +495,26 @@ impl Tables {
                 tracing::warn!(%error, "rolling back a half-installed fast-path channel failed");
             }
         }
+        // After the writes (see `ChannelCacheGeneration`): a new key changes no copy, but
+        // this one may have replaced an entry (a refresh, a rebind).
+        self.move_cache_generation()?;
         inserted
     }
 
     pub(crate) fn remove_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
-        remove(&mut self.client_channels, &client_channel_key(record))?;
-        remove(&mut self.peer_channels, &peer_channel_key(record))
+        let client_side = remove(&mut self.client_channels, &client_channel_key(record));
+        let peer_side = remove(&mut self.peer_channels, &peer_channel_key(record));
+        // After the removals, whether they succeeded or not.
+        self.move_cache_generation()?;
+        client_side.and(peer_side)
+    }
+
+    /// Moves the channel cache's generation on: no CPU uses its copies of channel entries
+    /// made before.
+    fn move_cache_generation(&mut self) -> Result<(), DatapathError> {
+        self.cache_generation
+            .move_on()
+            .map_err(|error| DatapathError::Update(format!("{GENERATIONS}: {error}")))
     }
 
     /// Zeroes an allocation slot's traffic (a new allocation starts from nothing).
