@@ -28,21 +28,16 @@
 //! wrong verdict, since the whole key is compared.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, PerCpuArray};
-use turn_common::maps::{NextHop, FAMILY_V4, GENERATION_CHANNEL_CACHE, GENERATION_COUNT};
+use aya_ebpf::maps::PerCpuArray;
+use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4};
 
+use crate::control;
 use crate::egress::Route;
 use crate::packet::Packet;
 
 /// Slots per CPU (a power of two); `SLOT_BITS` index bits.
 const SLOT_BITS: u32 = 10;
 const SLOTS: u32 = 1 << SLOT_BITS;
-
-/// The generations the daemon moves on, one `u32` each ([`GENERATION_COUNT`], indexed
-/// by `turn_common::maps::GENERATION_*`), in one cache line: the routing generation of
-/// the cached next hops ([`crate::routing_generation`]) and this cache's.
-#[map]
-pub static GENERATIONS: Array<u32> = Array::with_max_entries(GENERATION_COUNT, 0);
 
 /// The slots, per CPU.
 #[map]
@@ -110,15 +105,11 @@ impl CachedChannel {
     }
 }
 
-/// The cache generation; 0: off.
+/// The cache generation; 0: off. (A word caught mid-write is harmless: see the module
+/// documentation.)
 #[inline(always)]
 pub fn generation() -> u32 {
-    match GENERATIONS.get_ptr(GENERATION_CHANNEL_CACHE) {
-        // SAFETY: the map's own entry; one aligned word, read once (see the module
-        // documentation on why a word caught mid-write is harmless).
-        Some(generation) => unsafe { core::ptr::read_volatile(generation) },
-        None => 0,
-    }
+    control(CONTROL_CHANNEL_CACHE_GENERATION)
 }
 
 /// The key of an IPv4 frame on `direction`'s path, with `number` (the channel number
