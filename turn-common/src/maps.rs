@@ -42,6 +42,27 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` of an IPv6 entry.
 pub const FAMILY_V6: u8 = 6;
 
+/// `CONTROL` (an array of `u32` words in one cache line, which every relayed frame
+/// reads): the routing generation of the next hops the program caches in entries
+/// ([`NextHop`]; 0: no caching).
+pub const CONTROL_ROUTING_GENERATION: u32 = 0;
+/// `CONTROL`: the generation of the program's per-CPU channel cache, Gray-coded
+/// ([`gray_code`]), moved on after every write or removal of a channel entry; 0: no
+/// caching.
+pub const CONTROL_CHANNEL_CACHE_GENERATION: u32 = 1;
+/// `CONTROL`: nonzero once userspace has set a bandwidth limit (an allocation's or the
+/// relay's); while 0, the program does not look at the limits.
+pub const CONTROL_LIMITS: u32 = 2;
+/// Entries of `CONTROL`.
+pub const CONTROL_WORDS: u32 = 3;
+
+/// The `n`th Gray code: `gray_code(n)` and `gray_code(n + 1)` differ in one bit, so a
+/// reader that catches the word mid-copy (the map update syscall copies bytes) sees one
+/// or the other, never an earlier value.
+pub const fn gray_code(n: u32) -> u32 {
+    n ^ (n >> 1)
+}
+
 /// An IP address as stored in the maps.
 #[inline(always)]
 pub const fn v4_bytes(octets: [u8; 4]) -> [u8; 16] {
@@ -493,20 +514,19 @@ pub const PORT_WORDS: usize = 65536 / 64;
 /// address (the peer side: RELAYS, PERMISSIONS, PEER_CHANNELS); bit `port % 64` of word
 /// `port / 64`. Userspace only ever adds bits, each before the first entry that needs it,
 /// so a key in a table always has its port's bit set: a clear bit only ever skips a
-/// lookup that would have missed. While `present` is 0 (nothing written yet) every port
-/// counts as both, and the program makes every lookup as without a filter.
+/// lookup that would have missed. Unwritten (all zero), it makes the program skip every
+/// lookup, which misses anyway while no entry exists. No word besides the bitmaps: a
+/// frame's check reads one cache line.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortFilter {
-    present: u64,
     listening: [u64; PORT_WORDS],
     relayed: [u64; PORT_WORDS],
 }
 
 impl PortFilter {
-    /// No port yet, but present: every lookup of a frame skipped until bits are added.
+    /// No port yet: every lookup of a frame skipped until bits are added.
     pub const EMPTY: PortFilter = PortFilter {
-        present: 1,
         listening: [0; PORT_WORDS],
         relayed: [0; PORT_WORDS],
     };
@@ -514,13 +534,13 @@ impl PortFilter {
     /// Whether a frame to `port` may match a client-side entry.
     #[inline(always)]
     pub fn is_listening(&self, port: u16) -> bool {
-        self.present == 0 || bit(&self.listening, port)
+        bit(&self.listening, port)
     }
 
     /// Whether a frame to `port` may match a peer-side entry.
     #[inline(always)]
     pub fn is_relayed(&self, port: u16) -> bool {
-        self.present == 0 || bit(&self.relayed, port)
+        bit(&self.relayed, port)
     }
 
     /// Adds a listener port; false if it was there already.
@@ -571,6 +591,15 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn consecutive_gray_codes_differ_in_one_bit() {
+        for n in [0, 1, 2, 3, 254, 255, 256, 65_535, 0x00FF_FFFF, u32::MAX - 1] {
+            assert_eq!((gray_code(n) ^ gray_code(n + 1)).count_ones(), 1, "{n}");
+        }
+        assert_eq!(gray_code(0), 0);
+        assert_ne!(gray_code(1), 0);
+    }
 
     #[test]
     fn keys_are_word_aligned_without_implicit_padding() {
@@ -668,10 +697,10 @@ mod tests {
     fn the_port_filter_is_a_flag_word_then_two_bitmaps() {
         assert_eq!(
             (size_of::<PortFilter>(), align_of::<PortFilter>()),
-            (8 + 2 * 8192, 8)
+            (2 * 8192, 8)
         );
-        assert_eq!(offset_of!(PortFilter, listening), 8);
-        assert_eq!(offset_of!(PortFilter, relayed), 8 + 8192);
+        assert_eq!(offset_of!(PortFilter, listening), 0);
+        assert_eq!(offset_of!(PortFilter, relayed), 8192);
     }
 
     #[test]
@@ -686,12 +715,6 @@ mod tests {
         assert!(!filter.is_relayed(3478));
         assert!(filter.is_relayed(65535) && filter.is_relayed(0));
         assert!(!filter.is_relayed(65534) && !filter.is_relayed(1));
-        // Unwritten (all zero): every port may hit, as without a filter.
-        let unwritten = PortFilter {
-            present: 0,
-            ..PortFilter::EMPTY
-        };
-        assert!(unwritten.is_listening(1) && unwritten.is_relayed(1));
     }
 
     #[test]

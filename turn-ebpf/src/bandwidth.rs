@@ -10,8 +10,9 @@
 //! compare-and-swap too.
 //! The cost with a limit set: two array lookups (inlined by the verifier), one division
 //! and one locked instruction per bucket, on a cache line the CPUs relaying that
-//! allocation share. Without limits: the two lookups and two compares, inline (no
-//! call; not even the clock is read).
+//! allocation share. Limits set, but not this allocation's: the two lookups and two
+//! compares, inline (no call; not even the clock is read). No limit ever set (the
+//! default): one word of `CONTROL`, which the frame reads anyway.
 
 use core::intrinsics::{atomic_cxchg, AtomicOrdering::Relaxed};
 
@@ -20,7 +21,8 @@ use aya_ebpf::maps::{Array, PerCpuArray};
 use turn_common::bandwidth::{admit, cost_ns, Bandwidth, TO_CLIENT, TO_PEER};
 use turn_common::counters::{Counter, Outcome};
 
-use crate::now_ns;
+use crate::{control, now_ns};
+use turn_common::maps::CONTROL_LIMITS;
 
 /// Compare-and-swap attempts per bucket before a datagram counts as not fitting.
 const CAS_TRIES: usize = 4;
@@ -49,10 +51,15 @@ fn direction(relayed: Outcome) -> usize {
 /// allocation in `slot` and then the relay's, in its direction; `Err(DropRateLimited)`
 /// (counted) when either refuses, and then neither keeps anything.
 ///
-/// Unlimited (the common case) is decided inline, by two array lookups the verifier
-/// inlines: no call, not even the clock is read.
+/// Unlimited (the common case) is decided inline: by one word of `CONTROL` while no
+/// limit was ever set, else by two array lookups the verifier inlines; no call, not
+/// even the clock is read.
 #[inline(always)]
 pub fn charge(slot: u32, relayed: Outcome, bytes: u64) -> Result<(), Outcome> {
+    // No limit was ever set: not even the limits' cache lines are read.
+    if control(CONTROL_LIMITS) == 0 {
+        return Ok(());
+    }
     if rate(BANDWIDTH.get_ptr_mut(slot)) == 0 && rate(RELAY_BANDWIDTH.get_ptr_mut(0)) == 0 {
         return Ok(());
     }
@@ -81,6 +88,10 @@ fn charge_limited(slot: u32, relayed: Outcome, bytes: u64) -> Result<(), Outcome
 /// to the stack after all (for `outcome`, which it returns).
 #[inline(never)]
 pub fn refund(slot: u32, relayed: Outcome, bytes: u64, outcome: Outcome) -> Outcome {
+    // As in `charge`: nothing was taken.
+    if control(CONTROL_LIMITS) == 0 {
+        return outcome;
+    }
     let direction = direction(relayed);
     give_back(BANDWIDTH.get_ptr_mut(slot), direction, bytes);
     give_back(RELAY_BANDWIDTH.get_ptr_mut(0), direction, bytes);

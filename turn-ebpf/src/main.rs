@@ -23,6 +23,7 @@
 #![no_main]
 
 mod bandwidth;
+mod channel_cache;
 mod egress;
 mod fingerprint;
 mod packet;
@@ -30,7 +31,7 @@ mod to_client;
 mod to_peer;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action},
+    bindings::{bpf_fib_lookup, xdp_action, BPF_F_MMAPABLE},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray},
@@ -42,7 +43,7 @@ use turn_common::inject::Inject;
 use turn_common::maps::{
     AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey,
     PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, PortFilter, RelayKey,
-    RelayValue,
+    RelayValue, CONTROL_ROUTING_GENERATION, CONTROL_WORDS,
 };
 
 use packet::{address_bytes, Packet, Shape};
@@ -87,17 +88,22 @@ static JOB: PerCpuArray<egress::Job> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU `bpf_fib_lookup` parameters for a next-hop cache miss.
 #[map]
 static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
-/// The routing generation (one entry): cached next hops of another generation are
-/// looked up again. The daemon bumps it on every routing change; 0 turns the cache off.
+
+/// The words userspace writes that relayed frames read (`turn_common::maps::CONTROL_*`:
+/// the routing generation, the channel cache's generation, whether any bandwidth limit
+/// is set), read through [`control`]. Memory-mappable only so that the kernel puts its
+/// values at a page boundary, all in one cache line (a plain array's values start
+/// mid-line): every relayed frame reads two or three of them, and at a few tens of
+/// thousands of frames a second a CPU finds each line cold.
 #[map]
-static ROUTING_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_WORDS, BPF_F_MMAPABLE);
 
 /// The destination ports the tables can hit (one entry, [`PortFilter`]): each client-side
 /// function looks up only frames to a listener port ([`is_listening`]), each peer-side
 /// one only frames to a relayed port ([`is_relayed`]). Userspace adds a port before the
 /// first entry keyed by it and never removes one, so a skipped lookup is one that would
-/// have missed, and every frame gets the verdict it gets without the filter; unwritten,
-/// it lets every lookup through.
+/// have missed, and every frame gets the verdict it gets without the filter. Unwritten
+/// (no port), it skips every lookup: none could hit while no entry exists.
 #[map]
 static PORT_FILTER: Array<PortFilter> = Array::with_max_entries(1, 0);
 
@@ -353,8 +359,8 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
     }
 }
 
-/// Whether the frame's destination port may be a listener's ([`PORT_FILTER`]; yes while
-/// it is unwritten): else no client-side entry can match it. Checked at the top of the
+/// Whether the frame's destination port may be a listener's ([`PORT_FILTER`]): else no
+/// client-side entry can match it. Checked at the top of the
 /// client-side functions, not in [`relay`], whose stack frame is under every relaying
 /// path's (512 bytes for the whole chain).
 #[inline(always)]
@@ -362,18 +368,18 @@ pub fn is_listening(packet: &Packet) -> bool {
     let port = u16::from_be(packet.dst_port);
     PORT_FILTER
         .get(0)
-        .is_none_or(|filter| filter.is_listening(port))
+        .is_some_and(|filter| filter.is_listening(port))
 }
 
-/// Whether the frame's destination port may be a relayed address's ([`PORT_FILTER`];
-/// yes while it is unwritten): else no peer-side entry can match it. Checked as
+/// Whether the frame's destination port may be a relayed address's ([`PORT_FILTER`]):
+/// else no peer-side entry can match it. Checked as
 /// [`is_listening`].
 #[inline(always)]
 pub fn is_relayed(packet: &Packet) -> bool {
     let port = u16::from_be(packet.dst_port);
     PORT_FILTER
         .get(0)
-        .is_none_or(|filter| filter.is_relayed(port))
+        .is_some_and(|filter| filter.is_relayed(port))
 }
 
 /// This CPU's [`JOB`].
@@ -434,10 +440,22 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The routing generation cached next hops must carry (0: cache off).
+/// The routing generation cached next hops must carry (0: cache off): cached next hops
+/// of another generation are looked up again. The daemon bumps it on every routing
+/// change.
 #[inline(always)]
 pub fn routing_generation() -> u32 {
-    ROUTING_GENERATION.get(0).copied().unwrap_or(0)
+    control(CONTROL_ROUTING_GENERATION)
+}
+
+/// Word `index` of [`CONTROL`] (`turn_common::maps::CONTROL_*`), read once; 0 if absent.
+#[inline(always)]
+pub fn control(index: u32) -> u32 {
+    match CONTROL.get_ptr(index) {
+        // SAFETY: the map's own entry, an aligned word.
+        Some(word) => unsafe { core::ptr::read_volatile(word) },
+        None => 0,
+    }
 }
 
 /// Adds relayed application bytes to an allocation's per-CPU traffic slot.

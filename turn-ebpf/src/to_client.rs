@@ -14,13 +14,14 @@ use turn_common::stun::{
     HEADER_LEN, MAGIC_COOKIE,
 };
 
+use crate::channel_cache::{self, Direction, Fill};
 use crate::egress::{
     self, forward, wire_word, ChannelDataFraming, Lean, Reframe, Route, MAX_PREFIX_WORDS,
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
 use crate::{
-    add_traffic, is_client_flow, is_listening, is_relayed, job, now_ns, Relayed, PEER_CHANNELS,
-    PERMISSIONS, RELAYS,
+    add_traffic, is_client_flow, is_listening, is_relayed, job, now_ns, routing_generation,
+    Relayed, PEER_CHANNELS, PERMISSIONS, RELAYS,
 };
 
 /// Data indication framing in front of the data, in words: STUN header (20 bytes),
@@ -49,9 +50,10 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
 }
 
 /// [`channel_data`] on the lean path ([`egress::channel_data`]): a live channel of a
-/// client of the peer's family. Anything else is left to [`channel_data`]
-/// (`Lean::General`), including an expired channel (a Data indication, maybe);
-/// `verdict` is written for `Lean::Done`.
+/// client of the peer's family. IPv4 channels it relayed are found in this CPU's
+/// [`channel_cache`] first, without the hash lookup. Anything else is left to
+/// [`channel_data`] (`Lean::General`), including an expired channel (a Data indication,
+/// maybe); `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
 #[inline(never)]
 pub fn channel_data_lean(
@@ -63,22 +65,62 @@ pub fn channel_data_lean(
     if !is_relayed(packet) {
         return Lean::NotFound;
     }
-    let Some(channel) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
-        return Lean::NotFound;
+    // Read before the hash lookup a slot may be filled from (see `channel_cache`).
+    let cache_generation = channel_cache::generation();
+    let cache_key = channel_cache::key(packet, Direction::ToClient, 0, cache_generation);
+    let cached = cache_key.and_then(|key| {
+        channel_cache::find(
+            &key,
+            cache_generation,
+            routing_generation(),
+            ctx.ingress_ifindex() as u32,
+        )
+    });
+    let (next_hop, route, number, slot, expires_ns) = match cached {
+        Some(cached) => (
+            cached.next_hop(),
+            cached.route(),
+            cached.number(),
+            cached.slot(),
+            cached.expires_ns(),
+        ),
+        None => {
+            let Some(channel) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
+                return Lean::NotFound;
+            };
+            // SAFETY: a map value, valid while this program runs (RCU); only read here.
+            let channel = unsafe { &*channel };
+            let route = to_client(channel.client());
+            if let Some(key) = cache_key {
+                let fill = Fill {
+                    route: &route,
+                    number: channel.number(),
+                    slot: channel.slot(),
+                    expires_ns: channel.expires_ns(),
+                    next_hop: &channel.next_hop,
+                };
+                channel_cache::fill(&key, cache_generation, fill);
+            }
+            (
+                &channel.next_hop,
+                route,
+                channel.number(),
+                channel.slot(),
+                channel.expires_ns(),
+            )
+        }
     };
-    // SAFETY: a map value, valid while this program runs (RCU); only read here.
-    let channel = unsafe { &*channel };
-    if channel.expires_ns() <= now_ns() {
+    if expires_ns <= now_ns() {
         return Lean::General;
     }
     let decided = egress::channel_data(
         ctx,
         packet,
-        &channel.next_hop,
-        &to_client(channel.client()),
-        channel.slot(),
+        next_hop,
+        &route,
+        slot,
         packet.payload_len,
-        ChannelDataFraming::Prepend(channel_header(channel, packet.payload_len)),
+        ChannelDataFraming::Prepend(channel_header(number, packet.payload_len)),
     );
     Lean::from(decided, verdict)
 }
@@ -95,10 +137,10 @@ fn channel_key(packet: &Packet) -> PeerChannelKey {
     )
 }
 
-/// The ChannelData header (a wire word) in front of `data_len` bytes on `channel`.
+/// The ChannelData header (a wire word) in front of `data_len` bytes on the channel
+/// `number` (in memory order).
 #[inline(always)]
-fn channel_header(channel: &PeerChannelValue, data_len: usize) -> u32 {
-    let number = channel.number();
+fn channel_header(number: [u8; 2], data_len: usize) -> u32 {
     let len = (data_len as u16).to_be_bytes();
     wire_word([number[0], number[1], len[0], len[1]])
 }
@@ -133,7 +175,7 @@ fn relay_channel_data(
         pad: 0,
         attributes_after: false,
     };
-    job.prefix[0] = channel_header(channel, data_len);
+    job.prefix[0] = channel_header(channel.number(), data_len);
     job.prefix_words = 1;
     job.relayed = Outcome::RelayedChannelDataToClient;
     job.slot = slot;

@@ -14,9 +14,10 @@ use aya::{Ebpf, EbpfLoader};
 use turn_common::bandwidth::Bandwidth;
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
-    v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue, ClientSide,
-    FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue, PortFilter,
-    RelayKey, RelayValue, FAMILY_V4, FAMILY_V6,
+    gray_code, v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue,
+    ClientSide, FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue,
+    PortFilter, RelayKey, RelayValue, CONTROL_CHANNEL_CACHE_GENERATION, CONTROL_LIMITS,
+    CONTROL_ROUTING_GENERATION, FAMILY_V4, FAMILY_V6,
 };
 
 use super::XdpCounters;
@@ -31,8 +32,10 @@ const CLIENT_CHANNELS: &str = "CLIENT_CHANNELS";
 const PEER_CHANNELS: &str = "PEER_CHANNELS";
 const TRAFFIC: &str = "TRAFFIC";
 const EGRESS: &str = "EGRESS";
-const ROUTING_GENERATION: &str = "ROUTING_GENERATION";
 const PORT_FILTER: &str = "PORT_FILTER";
+const CONTROL: &str = "CONTROL";
+// Declared in turn-ebpf/src/channel_cache.rs.
+const CHANNEL_CACHE: &str = "CHANNEL_CACHE";
 // Declared in turn-ebpf/src/bandwidth.rs.
 const BANDWIDTH: &str = "BANDWIDTH";
 const RELAY_BANDWIDTH: &str = "RELAY_BANDWIDTH";
@@ -110,6 +113,8 @@ pub(crate) struct Maps {
     /// `TO_CLIENT`).
     rate_limited: PerCpuArray<MapData, Counter>,
     egress: DevMapHash<MapData>,
+    /// The program's per-CPU channel cache (only its memory is read here).
+    channel_cache: MapData,
     /// Handed to the next-hop watcher once.
     routing_generation: Option<RoutingGeneration>,
     /// Handed to the [`super::BpfDatapath`] once.
@@ -126,9 +131,13 @@ impl Maps {
         let egress = DevMapHash::try_from(take_map(ebpf, EGRESS)?).context(EGRESS)?;
         let rate_limited =
             PerCpuArray::try_from(take_map(ebpf, RATE_LIMITED)?).context(RATE_LIMITED)?;
-        let routing_generation = RoutingGeneration(
-            Array::try_from(take_map(ebpf, ROUTING_GENERATION)?).context(ROUTING_GENERATION)?,
-        );
+        let channel_cache = match take_map(ebpf, CHANNEL_CACHE)? {
+            aya::maps::Map::PerCpuArray(data) => data,
+            _ => return Err(anyhow!("{CHANNEL_CACHE} is not a per-CPU array")),
+        };
+        let control_words = Array::try_from(take_map(ebpf, CONTROL)?).context(CONTROL)?;
+        let control = Control::start(&control_words).context(CONTROL)?;
+        let routing_generation = RoutingGeneration(control_words);
         let tables = Tables {
             relays: HashMap::try_from(take_map(ebpf, RELAYS)?).context(RELAYS)?,
             client_allocations: HashMap::try_from(take_map(ebpf, CLIENT_ALLOCATIONS)?)
@@ -142,16 +151,17 @@ impl Maps {
             bandwidth: Array::try_from(take_map(ebpf, BANDWIDTH)?).context(BANDWIDTH)?,
             relay_bandwidth: Array::try_from(take_map(ebpf, RELAY_BANDWIDTH)?)
                 .context(RELAY_BANDWIDTH)?,
-            ports: Ports::write_empty(
+            control,
+            ports: Ports::empty(
                 Array::try_from(take_map(ebpf, PORT_FILTER)?).context(PORT_FILTER)?,
-            )
-            .context(PORT_FILTER)?,
+            ),
             sizes,
         };
         Ok(Maps {
             counters,
             rate_limited,
             egress,
+            channel_cache,
             routing_generation: Some(routing_generation),
             tables: Some(tables),
         })
@@ -199,7 +209,8 @@ impl Maps {
     pub(crate) fn memory_bytes(&self) -> anyhow::Result<u64> {
         let mut total = memlock_bytes(self.counters.map())?
             + memlock_bytes(self.rate_limited.map())?
-            + memlock_bytes(self.egress.map())?;
+            + memlock_bytes(self.egress.map())?
+            + memlock_bytes(&self.channel_cache)?;
         if let Some(generation) = &self.routing_generation {
             total += memlock_bytes(generation.0.map())?;
         }
@@ -211,16 +222,71 @@ impl Maps {
 }
 
 /// The program's routing generation (see `next_hop`): cached next hops of another
-/// generation are looked up again; 0 turns the cache off.
+/// generation are looked up again; 0 turns the cache off. A word of the program's
+/// `CONTROL`, whose other words [`Control`] writes.
 pub(crate) struct RoutingGeneration(Array<MapData, u32>);
 
 impl RoutingGeneration {
     pub(crate) fn get(&self) -> Result<u32, MapError> {
-        self.0.get(&0, 0)
+        self.0.get(&CONTROL_ROUTING_GENERATION, 0)
     }
 
     pub(crate) fn set(&mut self, generation: u32) -> Result<(), MapError> {
-        self.0.set(0, generation, 0)
+        self.0.set(CONTROL_ROUTING_GENERATION, generation, 0)
+    }
+}
+
+/// The words of the program's `CONTROL` that follow the tables (through a handle of
+/// its own; [`RoutingGeneration`] writes the routing generation):
+/// - the generation of the per-CPU channel cache (turn-ebpf's `channel_cache`): each
+///   CPU keeps copies of the channel entries it relayed, used only while they carry the
+///   current generation. So it moves on after every write or removal of a channel
+///   entry, and a copy of an entry that has since changed is never used again.
+///   Gray-coded ([`gray_code`]): the map update copies bytes while the program may read
+///   the word, and consecutive codes differ in one bit.
+/// - whether a bandwidth limit was ever set: until then the program skips the limits.
+struct Control {
+    map: Array<MapData, u32>,
+    cache_generations: u32,
+    limits: bool,
+}
+
+impl Control {
+    /// Turns the channel cache on.
+    fn start(words: &Array<MapData, u32>) -> anyhow::Result<Control> {
+        let fd = words
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the map's descriptor")?;
+        let map = Array::try_from(aya::maps::Map::Array(MapData::from_fd(fd)?))?;
+        let mut control = Control {
+            map,
+            cache_generations: 0,
+            limits: false,
+        };
+        control.move_cache_generation()?;
+        Ok(control)
+    }
+
+    /// The next generation (never 0, which turns the cache off).
+    fn move_cache_generation(&mut self) -> Result<(), MapError> {
+        self.cache_generations = self.cache_generations.wrapping_add(1).max(1);
+        self.map.set(
+            CONTROL_CHANNEL_CACHE_GENERATION,
+            gray_code(self.cache_generations),
+            0,
+        )
+    }
+
+    /// Makes the program look at the limits from now on (before the first is written).
+    fn enable_limits(&mut self) -> Result<(), MapError> {
+        if !self.limits {
+            self.map.set(CONTROL_LIMITS, 1, 0)?;
+            self.limits = true;
+        }
+        Ok(())
     }
 }
 
@@ -236,6 +302,8 @@ pub(crate) struct Tables {
     bandwidth: Array<MapData, Bandwidth>,
     /// The relay's total bandwidth limit and buckets (one entry).
     relay_bandwidth: Array<MapData, Bandwidth>,
+    /// The channel cache's generation and the limits switch.
+    control: Control,
     /// The ports the entries are keyed by.
     ports: Ports,
     sizes: MapSizes,
@@ -261,12 +329,13 @@ struct Ports {
 }
 
 impl Ports {
-    /// Writes the filter empty and present, before any entry exists: from then on the
-    /// program skips every lookup for ports no entry has. (Unwritten, it skips none.)
-    fn write_empty(mut map: Array<MapData, PortFilter>) -> Result<Ports, MapError> {
-        let filter = Box::new(PortFilter::EMPTY);
-        map.set(0, *filter, 0)?;
-        Ok(Ports { map, filter })
+    /// The filter of a freshly loaded program: empty, as the map starts (no entry yet,
+    /// so every lookup is skipped).
+    fn empty(map: Array<MapData, PortFilter>) -> Ports {
+        Ports {
+            map,
+            filter: Box::new(PortFilter::EMPTY),
+        }
     }
 
     /// Adds the ports of an entry about to be inserted: its listener's, if it has a
@@ -444,12 +513,26 @@ impl Tables {
                 tracing::warn!(%error, "rolling back a half-installed fast-path channel failed");
             }
         }
+        // After the writes (see `ChannelCacheGeneration`): a new key changes no copy, but
+        // this one may have replaced an entry (a refresh, a rebind).
+        self.move_cache_generation()?;
         inserted
     }
 
     pub(crate) fn remove_channel(&mut self, record: &ChannelRecord) -> Result<(), DatapathError> {
-        remove(&mut self.client_channels, &client_channel_key(record))?;
-        remove(&mut self.peer_channels, &peer_channel_key(record))
+        let client_side = remove(&mut self.client_channels, &client_channel_key(record));
+        let peer_side = remove(&mut self.peer_channels, &peer_channel_key(record));
+        // After the removals, whether they succeeded or not.
+        self.move_cache_generation()?;
+        client_side.and(peer_side)
+    }
+
+    /// Moves the channel cache's generation on: no CPU uses its copies of channel entries
+    /// made before.
+    fn move_cache_generation(&mut self) -> Result<(), DatapathError> {
+        self.control
+            .move_cache_generation()
+            .map_err(|error| DatapathError::Update(format!("{CONTROL}: {error}")))
     }
 
     /// Zeroes an allocation slot's traffic (a new allocation starts from nothing).
@@ -469,6 +552,7 @@ impl Tables {
         slot: u32,
         bytes_per_second: u64,
     ) -> Result<(), DatapathError> {
+        self.enable_limits(bytes_per_second)?;
         self.bandwidth
             .set(slot, Bandwidth::new(bytes_per_second), 0)
             .map_err(|error| DatapathError::Update(error.to_string()))
@@ -479,9 +563,21 @@ impl Tables {
         &mut self,
         bytes_per_second: u64,
     ) -> Result<(), DatapathError> {
+        self.enable_limits(bytes_per_second)?;
         self.relay_bandwidth
             .set(0, Bandwidth::new(bytes_per_second), 0)
             .map_err(|error| DatapathError::Update(error.to_string()))
+    }
+
+    /// Before a limit of `bytes_per_second` is written: the program must look at the
+    /// limits if it is one (0: unlimited).
+    fn enable_limits(&mut self, bytes_per_second: u64) -> Result<(), DatapathError> {
+        if bytes_per_second == 0 {
+            return Ok(());
+        }
+        self.control
+            .enable_limits()
+            .map_err(|error| DatapathError::Update(format!("{CONTROL}: {error}")))
     }
 
     /// An allocation slot's traffic summed over CPUs.

@@ -201,6 +201,67 @@ fn cached_next_hops_follow_neighbour_and_route_changes() {
     assert!(testbed.count(Outcome::PassNoRoute).or_fail("counters") > 0);
 }
 
+/// The UDP destination port and the first payload byte of a frame the program relayed.
+fn udp_destination_and_first_byte(frame: &[u8]) -> (u16, u8) {
+    let sliced = etherparse::SlicedPacket::from_ethernet(frame).or_fail("relayed frame");
+    match sliced.transport {
+        Some(etherparse::TransportSlice::Udp(udp)) => (
+            udp.destination_port(),
+            udp.payload().first().copied().or_fail("empty payload"),
+        ),
+        other => panic!("relayed frame is not UDP: {other:?}"),
+    }
+}
+
+/// The per-CPU channel cache (turn-ebpf's `channel_cache`) copies a channel entry on
+/// the first frames and relays later ones from the copy: a channel entry rewritten or
+/// removed must never be relayed from the old copy. Six frames each way so that, on
+/// two CPUs, at least three run on the same one (the copy is made on the second, with
+/// the next hop the first left, and used from the third on).
+#[test]
+fn cached_channels_follow_rewrites_and_removals() {
+    if !privileged("cached_channels_follow_rewrites_and_removals") {
+        return;
+    }
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    let to_peer = channel_data_frame(b"data", &[]);
+    let from_peer = peer_frame(Peer::Bound, b"data");
+    let relayed = |frame: &[u8], ingress: Ingress| {
+        let out = testbed.run(frame, ingress).or_fail("run");
+        assert_eq!(out.action, XDP_REDIRECT);
+        udp_destination_and_first_byte(&out.frame)
+    };
+    let bound = V4.peer(Peer::Bound);
+    for _ in 0..6 {
+        assert_eq!(relayed(&to_peer, Ingress::ClientSide).0, bound.port());
+        // ChannelData (first two bits 01) to the client.
+        assert_eq!(relayed(&from_peer, Ingress::PeerSide).1 >> 6, 1);
+    }
+    // The client channel rewritten to another peer port: frames follow at once.
+    let other = V4.peer(Peer::OtherPort);
+    let live = Instant::now() + Duration::from_secs(600);
+    fast_path
+        .channel(V4.flow(), V4.relay, other, CHANNEL_PEER, live)
+        .or_fail("rewrite");
+    for _ in 0..6 {
+        assert_eq!(relayed(&to_peer, Ingress::ClientSide).0, other.port());
+    }
+    // Removed: the client's frames go to userspace, the peer's become Data indications
+    // (its permission lives on).
+    fast_path.remove_channel(V4.relay, CHANNEL_PEER);
+    for _ in 0..6 {
+        let out = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
+        assert_eq!(out.action, XDP_PASS, "channel removed");
+        assert_eq!(
+            relayed(&from_peer, Ingress::PeerSide).1,
+            0,
+            "a Data indication"
+        );
+    }
+}
+
 #[test]
 fn relayed_traffic_is_accounted_per_allocation() {
     if !privileged("relayed_traffic_is_accounted_per_allocation") {
