@@ -159,9 +159,14 @@ pub struct Fill<'a> {
 }
 
 /// Fills `key`'s slot on this CPU under `generation` (read before the hash lookup the
-/// copy comes from) with what the lean path takes from the entry it found.
+/// copy comes from) with what the lean path takes from the entry it found, if that
+/// relays IPv4 to IPv4: a slot holds IPv4 routes only, and a cross-family channel (an
+/// IPv4 frame relayed as IPv6) is never cached.
 #[inline(always)]
 pub fn fill(key: &Key, generation: u32, fill: Fill) {
+    if fill.route.family != FAMILY_V4 {
+        return;
+    }
     let Some(cached) = CHANNEL_CACHE.get_ptr_mut(index(key)) else {
         return;
     };

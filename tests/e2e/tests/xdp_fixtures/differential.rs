@@ -478,6 +478,7 @@ fn base_frames() -> Vec<Vec<u8>> {
                 IpVariant::TtlOne,
                 IpVariant::MayFragment,
                 IpVariant::NoUdpChecksum,
+                IpVariant::BestEffort,
             ] {
                 if variant == IpVariant::NoUdpChecksum && allocation.client.is_ipv6() {
                     continue;

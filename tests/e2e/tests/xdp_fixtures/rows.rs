@@ -151,6 +151,8 @@ pub enum IpVariant {
     MayFragment,
     /// No UDP checksum (0).
     NoUdpChecksum,
+    /// TOS / traffic class 0 (best effort; the other variants carry DSCP EF).
+    BestEffort,
 }
 
 /// A change to the built input frame's bytes.

@@ -108,6 +108,7 @@ fn incoming_ip(allocation: &Allocation, origin: Origin, variant: IpVariant) -> (
         IpVariant::TtlOne => ip.ttl = 1,
         IpVariant::MayFragment => ip.dont_fragment = false,
         IpVariant::NoUdpChecksum => checksum = UdpChecksum::Zero,
+        IpVariant::BestEffort => ip.tos = 0,
     }
     (ip, checksum)
 }
