@@ -31,9 +31,11 @@ use aya_ebpf::macros::map;
 use aya_ebpf::maps::PerCpuArray;
 use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4};
 
-use crate::control;
+use aya_ebpf::programs::XdpContext;
+
 use crate::egress::Route;
 use crate::packet::Packet;
+use crate::{control, routing_generation};
 
 /// Slots per CPU (a power of two); `SLOT_BITS` index bits.
 const SLOT_BITS: u32 = 10;
@@ -76,31 +78,74 @@ pub struct CachedChannel {
 }
 
 impl CachedChannel {
-    pub fn slot(&self) -> u32 {
-        self.slot
-    }
-
-    pub fn expires_ns(&self) -> u64 {
-        self.expires_ns
-    }
-
-    pub fn number(&self) -> [u8; 2] {
-        self.number
-    }
-
-    pub fn next_hop(&self) -> &NextHop {
-        &self.next_hop
-    }
-
-    /// The cached route (IPv4 to IPv4).
+    /// What the slot holds, as the lean path relays with it (IPv4 to IPv4).
     #[inline(always)]
-    pub fn route(&self) -> Route {
-        Route {
-            src_ip: [self.src_ip, 0, 0, 0],
-            dst_ip: [self.dst_ip, 0, 0, 0],
-            src_port: self.src_port,
-            dst_port: self.dst_port,
-            family: FAMILY_V4,
+    fn channel(&self) -> Channel<'_> {
+        Channel {
+            next_hop: &self.next_hop,
+            route: Route {
+                src_ip: [self.src_ip, 0, 0, 0],
+                dst_ip: [self.dst_ip, 0, 0, 0],
+                src_port: self.src_port,
+                dst_port: self.dst_port,
+                family: FAMILY_V4,
+            },
+            number: self.number,
+            slot: self.slot,
+            expires_ns: self.expires_ns,
+        }
+    }
+}
+
+/// What a lean path relays a channel's frame with, from a slot or from the hash entry.
+pub struct Channel<'a> {
+    pub next_hop: &'a NextHop,
+    pub route: Route,
+    /// The channel number (to the client), in memory order.
+    pub number: [u8; 2],
+    pub slot: u32,
+    pub expires_ns: u64,
+}
+
+/// A frame's place in this CPU's cache: its key, if it has one, and the generation read
+/// before the hash lookup a slot may be filled from.
+pub struct Lookup {
+    key: Option<Key>,
+    generation: u32,
+}
+
+impl Lookup {
+    /// The frame's slot on `direction`'s path (`number`: the channel number from the
+    /// ChannelData header to the peer, 0 to the client), and what it holds for the
+    /// frame if it is a hit (see [`find`]).
+    #[inline(always)]
+    pub fn new(
+        ctx: &XdpContext,
+        packet: &Packet,
+        direction: Direction,
+        number: u16,
+    ) -> (Lookup, Option<Channel<'static>>) {
+        let generation = generation();
+        let key = key(packet, direction, number, generation);
+        let cached = key.and_then(|key| {
+            find(
+                &key,
+                generation,
+                routing_generation(),
+                ctx.ingress_ifindex() as u32,
+            )
+        });
+        (
+            Lookup { key, generation },
+            cached.map(CachedChannel::channel),
+        )
+    }
+
+    /// Fills the frame's slot with what the hash path found ([`fill`]), if it has one.
+    #[inline(always)]
+    pub fn fill(&self, channel: &Channel) {
+        if let Some(key) = &self.key {
+            fill(key, self.generation, channel);
         }
     }
 }
@@ -108,7 +153,7 @@ impl CachedChannel {
 /// The cache generation; 0: off. (A word caught mid-write is harmless: see the module
 /// documentation.)
 #[inline(always)]
-pub fn generation() -> u32 {
+fn generation() -> u32 {
     control(CONTROL_CHANNEL_CACHE_GENERATION)
 }
 
@@ -116,7 +161,7 @@ pub fn generation() -> u32 {
 /// from the ChannelData header to the peer, 0 to the client); `None` for IPv6 or with
 /// the cache off.
 #[inline(always)]
-pub fn key(packet: &Packet, direction: Direction, number: u16, generation: u32) -> Option<Key> {
+fn key(packet: &Packet, direction: Direction, number: u16, generation: u32) -> Option<Key> {
     if packet.family != FAMILY_V4 || generation == 0 {
         return None;
     }
@@ -133,7 +178,7 @@ pub fn key(packet: &Packet, direction: Direction, number: u16, generation: u32) 
 /// is still current for a frame that came in on `ingress` (else the hash path, which
 /// refreshes the next hop, and then the slot).
 #[inline(always)]
-pub fn find(
+fn find(
     key: &Key,
     generation: u32,
     routing_generation: u32,
@@ -149,21 +194,12 @@ pub fn find(
     hit.then_some(cached)
 }
 
-/// What a relayed frame's slot gets.
-pub struct Fill<'a> {
-    pub route: &'a Route,
-    pub number: [u8; 2],
-    pub slot: u32,
-    pub expires_ns: u64,
-    pub next_hop: &'a NextHop,
-}
-
 /// Fills `key`'s slot on this CPU under `generation` (read before the hash lookup the
 /// copy comes from) with what the lean path takes from the entry it found, if that
 /// relays IPv4 to IPv4: a slot holds IPv4 routes only, and a cross-family channel (an
 /// IPv4 frame relayed as IPv6) is never cached.
 #[inline(always)]
-pub fn fill(key: &Key, generation: u32, fill: Fill) {
+fn fill(key: &Key, generation: u32, fill: &Channel) {
     if fill.route.family != FAMILY_V4 {
         return;
     }

@@ -14,14 +14,14 @@ use turn_common::stun::{
     HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{self, Direction, Fill};
+use crate::channel_cache::{Channel, Direction, Lookup};
 use crate::egress::{
     self, forward, wire_word, ChannelDataFraming, Lean, Reframe, Route, MAX_PREFIX_WORDS,
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
 use crate::{
-    add_traffic, is_client_flow, is_listening, is_relayed, job, now_ns, routing_generation,
-    Relayed, PEER_CHANNELS, PERMISSIONS, RELAYS,
+    add_traffic, is_client_flow, is_listening, is_relayed, job, now_ns, Relayed, PEER_CHANNELS,
+    PERMISSIONS, RELAYS,
 };
 
 /// Data indication framing in front of the data, in words: STUN header (20 bytes),
@@ -51,7 +51,7 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
 
 /// [`channel_data`] on the lean path ([`egress::channel_data`]): a live channel of a
 /// client of the peer's family. IPv4 channels it relayed are found in this CPU's
-/// [`channel_cache`] first, without the hash lookup. Anything else is left to
+/// [`crate::channel_cache`] first, without the hash lookup. Anything else is left to
 /// [`channel_data`] (`Lean::General`), including an expired channel (a Data indication,
 /// maybe); `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
@@ -65,62 +65,38 @@ pub fn channel_data_lean(
     if !is_relayed(packet) {
         return Lean::NotFound;
     }
-    // Read before the hash lookup a slot may be filled from (see `channel_cache`).
-    let cache_generation = channel_cache::generation();
-    let cache_key = channel_cache::key(packet, Direction::ToClient, 0, cache_generation);
-    let cached = cache_key.and_then(|key| {
-        channel_cache::find(
-            &key,
-            cache_generation,
-            routing_generation(),
-            ctx.ingress_ifindex() as u32,
-        )
-    });
-    let (next_hop, route, number, slot, expires_ns) = match cached {
-        Some(cached) => (
-            cached.next_hop(),
-            cached.route(),
-            cached.number(),
-            cached.slot(),
-            cached.expires_ns(),
-        ),
+    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToClient, 0);
+    let channel = match cached {
+        Some(channel) => channel,
         None => {
-            let Some(channel) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
+            let Some(entry) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
                 return Lean::NotFound;
             };
             // SAFETY: a map value, valid while this program runs (RCU); only read here.
-            let channel = unsafe { &*channel };
-            let route = to_client(channel.client());
-            if let Some(key) = cache_key {
-                let fill = Fill {
-                    route: &route,
-                    number: channel.number(),
-                    slot: channel.slot(),
-                    expires_ns: channel.expires_ns(),
-                    next_hop: &channel.next_hop,
-                };
-                channel_cache::fill(&key, cache_generation, fill);
-            }
-            (
-                &channel.next_hop,
-                route,
-                channel.number(),
-                channel.slot(),
-                channel.expires_ns(),
-            )
+            let entry = unsafe { &*entry };
+            let channel = Channel {
+                next_hop: &entry.next_hop,
+                route: to_client(entry.client()),
+                number: entry.number(),
+                slot: entry.slot(),
+                expires_ns: entry.expires_ns(),
+            };
+            cache.fill(&channel);
+            channel
         }
     };
-    if expires_ns <= now_ns() {
+    if channel.expires_ns <= now_ns() {
         return Lean::General;
     }
+    let header = channel_header(channel.number, packet.payload_len);
     let decided = egress::channel_data(
         ctx,
         packet,
-        next_hop,
-        &route,
-        slot,
+        channel.next_hop,
+        &channel.route,
+        channel.slot,
         packet.payload_len,
-        ChannelDataFraming::Prepend(channel_header(number, packet.payload_len)),
+        ChannelDataFraming::Prepend(header),
     );
     Lean::from(decided, verdict)
 }

@@ -12,13 +12,13 @@ use turn_common::stun::{
     CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{self, Direction, Fill};
+use crate::channel_cache::{Channel, Direction, Lookup};
 use crate::egress::{self, forward, ChannelDataFraming, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
 use crate::{
-    add_traffic, is_listening, job, now_ns, routing_generation, zeroed, Relayed,
-    CLIENT_ALLOCATIONS, CLIENT_CHANNELS, PERMISSIONS,
+    add_traffic, is_listening, job, now_ns, zeroed, Relayed, CLIENT_ALLOCATIONS, CLIENT_CHANNELS,
+    PERMISSIONS,
 };
 
 /// The most attributes a Send indication may have for the fast path to take it
@@ -41,9 +41,9 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
 
 /// [`channel_data`] on the lean path ([`egress::channel_data`]): a channel to a peer of
 /// the client's family, a payload of exactly the header and the data (no padding), a
-/// live entry. IPv4 channels it relayed are found in this CPU's [`channel_cache`] first,
-/// without the hash lookup. Anything else is left to [`channel_data`] (`Lean::General`);
-/// `verdict` is written for `Lean::Done`.
+/// live entry. IPv4 channels it relayed are found in this CPU's
+/// [`crate::channel_cache`] first, without the hash lookup. Anything else is left to
+/// [`channel_data`] (`Lean::General`); `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
 #[inline(never)]
 pub fn channel_data_lean(
@@ -56,59 +56,36 @@ pub fn channel_data_lean(
         return Lean::NotFound;
     }
     let data_len = (packet.head_be() & 0xFFFF) as usize;
-    // Read before the hash lookup a slot may be filled from (see `channel_cache`).
-    let cache_generation = channel_cache::generation();
     let number = (packet.head_be() >> 16) as u16;
-    let cache_key = channel_cache::key(packet, Direction::ToPeer, number, cache_generation);
-    let cached = cache_key.and_then(|key| {
-        channel_cache::find(
-            &key,
-            cache_generation,
-            routing_generation(),
-            ctx.ingress_ifindex() as u32,
-        )
-    });
-    let (next_hop, route, slot, expires_ns) = match cached {
-        Some(cached) => (
-            cached.next_hop(),
-            cached.route(),
-            cached.slot(),
-            cached.expires_ns(),
-        ),
+    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number);
+    let channel = match cached {
+        Some(channel) => channel,
         None => {
-            let Some(channel) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
+            let Some(entry) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
                 return Lean::NotFound;
             };
             // SAFETY: a map value, valid while this program runs (RCU); only read here.
-            let channel = unsafe { &*channel };
-            let route = to_peer(channel);
-            if let Some(key) = cache_key {
-                let fill = Fill {
-                    route: &route,
-                    number: [0; 2],
-                    slot: channel.slot(),
-                    expires_ns: channel.expires_ns(),
-                    next_hop: &channel.next_hop,
-                };
-                channel_cache::fill(&key, cache_generation, fill);
-            }
-            (
-                &channel.next_hop,
-                route,
-                channel.slot(),
-                channel.expires_ns(),
-            )
+            let entry = unsafe { &*entry };
+            let channel = Channel {
+                next_hop: &entry.next_hop,
+                route: to_peer(entry),
+                number: [0; 2],
+                slot: entry.slot(),
+                expires_ns: entry.expires_ns(),
+            };
+            cache.fill(&channel);
+            channel
         }
     };
-    if expires_ns <= now_ns() {
+    if channel.expires_ns <= now_ns() {
         return Lean::General;
     }
     let decided = egress::channel_data(
         ctx,
         packet,
-        next_hop,
-        &route,
-        slot,
+        channel.next_hop,
+        &channel.route,
+        channel.slot,
         data_len,
         ChannelDataFraming::Strip,
     );

@@ -277,5 +277,9 @@ pub fn our_config(kind: ServerKind, user: &User) -> RelayConfig {
     // Every flow is an allocation of the one bench user; coturn has no per-user quota
     // by default either.
     config.max_allocations_per_user = Some(0);
+    // Every TCP/TLS flow is a connection from the one client address (256 in the full
+    // matrix, over the default 128 per address, which closed the rest); coturn has no
+    // per-address limit by default either.
+    config.connections.max_per_ip = Some(65_536);
     config
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use turn_relay::bpf::Outcome;
 use turn_relay::protocol::datapath::{ClientFlow, DatapathError};
+use turn_testkit::fast_path::FastPath;
 use turn_testkit::testbed::{
     Ingress, Testbed, PEER_MAC, PEER_SIDE_INTERFACE, XDP_PASS, XDP_REDIRECT,
 };
@@ -114,9 +115,7 @@ fn data_indications_get_fresh_transaction_ids() {
     if !privileged("data_indications_get_fresh_transaction_ids") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut fast_path = testbed.fast_path().or_fail("datapath");
-    world::install(&mut fast_path);
+    let (testbed, _fast_path) = installed_testbed();
     let input = peer_frame(Peer::OtherPort, b"payload");
     let first = testbed.run(&input, Ingress::PeerSide).or_fail("run");
     let second = testbed.run(&input, Ingress::PeerSide).or_fail("run");
@@ -136,9 +135,7 @@ fn relayed_ipv4_datagrams_without_df_get_fresh_identifications() {
     if !privileged("relayed_ipv4_datagrams_without_df_get_fresh_identifications") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut fast_path = testbed.fast_path().or_fail("datapath");
-    world::install(&mut fast_path);
+    let (testbed, _fast_path) = installed_testbed();
     let payload = turn_testkit::stun_client::channel_data(CHANNEL_PEER, b"data");
     let (input, _) = runner::frame(&V4, Origin::Client, &payload, IpVariant::MayFragment);
     let ids: BTreeSet<u16> = (0..16)
@@ -162,9 +159,7 @@ fn cached_next_hops_follow_neighbour_and_route_changes() {
     if !privileged("cached_next_hops_follow_neighbour_and_route_changes") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut fast_path = testbed.fast_path().or_fail("datapath");
-    world::install(&mut fast_path);
+    let (testbed, _fast_path) = installed_testbed();
     let input = channel_data_frame(b"data", &[]);
     let destination_mac = |testbed: &Testbed| {
         let out = testbed.run(&input, Ingress::ClientSide).or_fail("run");
@@ -201,6 +196,14 @@ fn cached_next_hops_follow_neighbour_and_route_changes() {
     assert!(testbed.count(Outcome::PassNoRoute).or_fail("counters") > 0);
 }
 
+/// A testbed with [`world::install`]'s entries, and the datapath that installed them.
+fn installed_testbed() -> (Testbed, FastPath) {
+    let testbed = Testbed::new(8).or_fail("testbed");
+    let mut fast_path = testbed.fast_path().or_fail("datapath");
+    world::install(&mut fast_path);
+    (testbed, fast_path)
+}
+
 /// Whether a frame the program relayed is IPv6.
 fn is_ipv6(frame: &[u8]) -> bool {
     let sliced = etherparse::SlicedPacket::from_ethernet(frame).or_fail("relayed frame");
@@ -229,9 +232,7 @@ fn cached_channels_follow_rewrites_and_removals() {
     if !privileged("cached_channels_follow_rewrites_and_removals") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut fast_path = testbed.fast_path().or_fail("datapath");
-    world::install(&mut fast_path);
+    let (testbed, mut fast_path) = installed_testbed();
     let to_peer = channel_data_frame(b"data", &[]);
     let from_peer = peer_frame(Peer::Bound, b"data");
     let relayed = |frame: &[u8], ingress: Ingress| {
@@ -295,9 +296,7 @@ fn relayed_traffic_is_accounted_per_allocation() {
     if !privileged("relayed_traffic_is_accounted_per_allocation") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut fast_path = testbed.fast_path().or_fail("datapath");
-    world::install(&mut fast_path);
+    let (testbed, mut fast_path) = installed_testbed();
     let to_peer = channel_data_frame(b"12345", &[0, 0, 0]);
     let from_peer = peer_frame(Peer::Bound, b"1234567");
     for _ in 0..3 {
@@ -327,9 +326,7 @@ fn forwarding_disabled_passes_instead_of_relaying() {
     if !privileged("forwarding_disabled_passes_instead_of_relaying") {
         return;
     }
-    let testbed = Testbed::new(8).or_fail("testbed");
-    let mut fast_path = testbed.fast_path().or_fail("datapath");
-    world::install(&mut fast_path);
+    let (testbed, _fast_path) = installed_testbed();
     testbed.set_forwarding(false).or_fail("sysctl");
     for allocation in [V4, V6] {
         let payload = turn_testkit::stun_client::channel_data(CHANNEL_PEER, b"data");
