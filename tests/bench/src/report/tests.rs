@@ -1,5 +1,6 @@
 use super::*;
-use crate::per_core::{FloorProgram, FloorRow, PerCoreRow};
+use crate::load::RelayMode;
+use crate::per_core::{FloorProgram, FloorRow, Generator, PerCoreReport, PerCoreRow};
 
 fn row(server: &str, generator: Generator, process_ns: f64, napi_ns: f64) -> PerCoreRow {
     PerCoreRow {
