@@ -360,26 +360,26 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
 }
 
 /// Whether the frame's destination port may be a listener's ([`PORT_FILTER`]): else no
-/// client-side entry can match it. Checked at the top of the
-/// client-side functions, not in [`relay`], whose stack frame is under every relaying
-/// path's (512 bytes for the whole chain).
+/// client-side entry can match it. Checked at the top of the client-side functions, not
+/// in [`relay`], whose stack frame is under every relaying path's (512 bytes for the
+/// whole chain).
 #[inline(always)]
 pub fn is_listening(packet: &Packet) -> bool {
-    let port = u16::from_be(packet.dst_port);
-    PORT_FILTER
-        .get(0)
-        .is_some_and(|filter| filter.is_listening(port))
+    port_filter_passes(packet, PortFilter::is_listening)
 }
 
 /// Whether the frame's destination port may be a relayed address's ([`PORT_FILTER`]):
-/// else no peer-side entry can match it. Checked as
-/// [`is_listening`].
+/// else no peer-side entry can match it. Checked as [`is_listening`].
 #[inline(always)]
 pub fn is_relayed(packet: &Packet) -> bool {
+    port_filter_passes(packet, PortFilter::is_relayed)
+}
+
+/// Whether `side` of [`PORT_FILTER`] holds the frame's destination port.
+#[inline(always)]
+fn port_filter_passes(packet: &Packet, side: fn(&PortFilter, u16) -> bool) -> bool {
     let port = u16::from_be(packet.dst_port);
-    PORT_FILTER
-        .get(0)
-        .is_some_and(|filter| filter.is_relayed(port))
+    PORT_FILTER.get(0).is_some_and(|filter| side(filter, port))
 }
 
 /// This CPU's [`JOB`].

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::load::{Percentiles, StepResult};
-use per_core_tables::per_core_section;
 use crate::results::{BenchReport, Scenario, ScenarioResult, ServerResults};
+use per_core_tables::per_core_section;
 
 /// A no-relay one-way p99 above this means other load on the machine dominates latency.
 const NOISY_BASELINE_P99_US: f64 = 100.0;

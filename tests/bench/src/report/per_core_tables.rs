@@ -313,4 +313,3 @@ fn kernel_speed_table(per_core: &PerCoreReport, md: &mut String) {
     }
     let _ = writeln!(md);
 }
-
