@@ -13,6 +13,16 @@
 //! makes on the value (expiry, next hop of the current routing generation, ingress),
 //! then the same [`crate::egress::channel_data`].
 //!
+//! **Expiry in jiffies.** A hit reads no clock helper: it compares the kernel's tick
+//! counter (`bpf_jiffies64`, which the verifier turns into one load) with a deadline in
+//! jiffies that the fill computed from the entry's expiry (CLOCK_MONOTONIC ns, read with
+//! the coarse clock as the hash path does) as if every jiffy were
+//! [`MAX_NS_PER_JIFFY`] long, the longest there is (`CONFIG_HZ` ≥ 100). With shorter
+//! jiffies the copy expires early, and the frame then takes the hash path, which checks
+//! the entry's own expiry and fills the slot again: a copy is never used past the
+//! entry's expiry (give or take the tick both clocks move with), only refilled more
+//! often (at `CONFIG_HZ=250`, after 40 % of the time left).
+//!
 //! **Why a copy is never stale.** Userspace moves the cache generation on after every
 //! write or removal of a channel entry (`Tables` in turn-userspace's `bpf/maps.rs`), so a
 //! slot filled from an entry that has since changed no longer matches. A run that read
@@ -27,6 +37,7 @@
 //! hash of the key: a collision or a flood of new flows only costs hash lookups, never a
 //! wrong verdict, since the whole key is compared.
 
+use aya_ebpf::helpers::bpf_jiffies64;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::PerCpuArray;
 use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4};
@@ -35,7 +46,11 @@ use aya_ebpf::programs::XdpContext;
 
 use crate::egress::Route;
 use crate::packet::Packet;
-use crate::{control, routing_generation};
+use crate::{control, now_ns, routing_generation};
+
+/// The longest a jiffy lasts: 10 ms, at `CONFIG_HZ=100`, the fewest ticks a second the
+/// kernel can be built with (see the module documentation).
+const MAX_NS_PER_JIFFY: u64 = 10_000_000;
 
 /// Slots per CPU (a power of two); `SLOT_BITS` index bits.
 const SLOT_BITS: u32 = 10;
@@ -72,7 +87,8 @@ pub struct CachedChannel {
     number: [u8; 2],
     pad: [u8; 2],
     slot: u32,
-    expires_ns: u64,
+    /// Jiffies before which the copy may be used (see the module documentation).
+    expires_jiffies: u64,
     next_hop: NextHop,
     pad_end: u32,
 }
@@ -92,7 +108,6 @@ impl CachedChannel {
             },
             number: self.number,
             slot: self.slot,
-            expires_ns: self.expires_ns,
         }
     }
 }
@@ -104,20 +119,20 @@ pub struct Channel<'a> {
     /// The channel number (to the client), in memory order.
     pub number: [u8; 2],
     pub slot: u32,
-    pub expires_ns: u64,
 }
 
-/// A frame's place in this CPU's cache: its key, if it has one, and the generation read
-/// before the hash lookup a slot may be filled from.
+/// A frame's place in this CPU's cache: its key, if it has one, and the generation and
+/// jiffies read before the hash lookup a slot may be filled from.
 pub struct Lookup {
     key: Option<Key>,
     generation: u32,
+    jiffies: u64,
 }
 
 impl Lookup {
     /// The frame's slot on `direction`'s path (`number`: the channel number from the
     /// ChannelData header to the peer, 0 to the client), and what it holds for the
-    /// frame if it is a hit (see [`find`]).
+    /// frame if it is a hit (see [`find`]): a live channel.
     #[inline(always)]
     pub fn new(
         ctx: &XdpContext,
@@ -126,27 +141,42 @@ impl Lookup {
         number: u16,
     ) -> (Lookup, Option<Channel<'static>>) {
         let generation = generation();
+        // SAFETY: helper without arguments.
+        let jiffies = unsafe { bpf_jiffies64() };
         let key = key(packet, direction, number, generation);
         let cached = key.and_then(|key| {
             find(
                 &key,
                 generation,
+                jiffies,
                 routing_generation(),
                 ctx.ingress_ifindex() as u32,
             )
         });
         (
-            Lookup { key, generation },
+            Lookup {
+                key,
+                generation,
+                jiffies,
+            },
             cached.map(CachedChannel::channel),
         )
     }
 
-    /// Fills the frame's slot with what the hash path found ([`fill`]), if it has one.
+    /// Whether `channel`, which the hash path found in an entry expiring at
+    /// `expires_ns` (CLOCK_MONOTONIC), is live; if so, the frame's slot is filled with it
+    /// ([`fill`]), if the frame has one.
     #[inline(always)]
-    pub fn fill(&self, channel: &Channel) {
-        if let Some(key) = &self.key {
-            fill(key, self.generation, channel);
+    pub fn admit(&self, channel: &Channel, expires_ns: u64) -> bool {
+        let now = now_ns();
+        if expires_ns <= now {
+            return false;
         }
+        if let Some(key) = &self.key {
+            let expires_jiffies = self.jiffies + (expires_ns - now) / MAX_NS_PER_JIFFY;
+            fill(key, self.generation, expires_jiffies, channel);
+        }
+        true
     }
 }
 
@@ -174,13 +204,14 @@ fn key(packet: &Packet, direction: Direction, number: u16, generation: u32) -> O
     ])
 }
 
-/// This CPU's slot for `key` if it holds `key` under `generation` with a next hop that
-/// is still current for a frame that came in on `ingress` (else the hash path, which
-/// refreshes the next hop, and then the slot).
+/// This CPU's slot for `key` if it holds `key` under `generation`, unexpired at
+/// `jiffies`, with a next hop that is still current for a frame that came in on
+/// `ingress` (else the hash path, which refreshes the next hop, and then the slot).
 #[inline(always)]
 fn find(
     key: &Key,
     generation: u32,
+    jiffies: u64,
     routing_generation: u32,
     ingress: u32,
 ) -> Option<&'static CachedChannel> {
@@ -189,17 +220,18 @@ fn find(
     let cached = unsafe { &*cached };
     let hit = cached.generation == generation
         && cached.key == *key
+        && jiffies < cached.expires_jiffies
         && cached.next_hop.generation == routing_generation
         && cached.next_hop.ingress_ifindex == ingress;
     hit.then_some(cached)
 }
 
 /// Fills `key`'s slot on this CPU under `generation` (read before the hash lookup the
-/// copy comes from) with what the lean path takes from the entry it found, if that
-/// relays IPv4 to IPv4: a slot holds IPv4 routes only, and a cross-family channel (an
-/// IPv4 frame relayed as IPv6) is never cached.
+/// copy comes from), usable before `expires_jiffies`, with what the lean path takes from
+/// the entry it found, if that relays IPv4 to IPv4: a slot holds IPv4 routes only, and a
+/// cross-family channel (an IPv4 frame relayed as IPv6) is never cached.
 #[inline(always)]
-fn fill(key: &Key, generation: u32, fill: &Channel) {
+fn fill(key: &Key, generation: u32, expires_jiffies: u64, fill: &Channel) {
     if fill.route.family != FAMILY_V4 {
         return;
     }
@@ -215,7 +247,7 @@ fn fill(key: &Key, generation: u32, fill: &Channel) {
     cached.dst_port = fill.route.dst_port;
     cached.number = fill.number;
     cached.slot = fill.slot;
-    cached.expires_ns = fill.expires_ns;
+    cached.expires_jiffies = expires_jiffies;
     // The next hop as `egress::look_up` leaves it, which another CPU may be rewriting
     // (generation 0 first, its own generation last): copied only if its generation is
     // the same before and after the copy.

@@ -67,6 +67,7 @@ pub fn channel_data_lean(
     }
     let (cache, cached) = Lookup::new(ctx, packet, Direction::ToClient, 0);
     let channel = match cached {
+        // Live: `find` checked the copy's expiry.
         Some(channel) => channel,
         None => {
             let Some(entry) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
@@ -79,15 +80,13 @@ pub fn channel_data_lean(
                 route: to_client(entry.client()),
                 number: entry.number(),
                 slot: entry.slot(),
-                expires_ns: entry.expires_ns(),
             };
-            cache.fill(&channel);
+            if !cache.admit(&channel, entry.expires_ns()) {
+                return Lean::General;
+            }
             channel
         }
     };
-    if channel.expires_ns <= now_ns() {
-        return Lean::General;
-    }
     let header = channel_header(channel.number, packet.payload_len);
     let decided = egress::channel_data(
         ctx,

@@ -59,6 +59,7 @@ pub fn channel_data_lean(
     let number = (packet.head_be() >> 16) as u16;
     let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number);
     let channel = match cached {
+        // Live: `find` checked the copy's expiry.
         Some(channel) => channel,
         None => {
             let Some(entry) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
@@ -71,15 +72,13 @@ pub fn channel_data_lean(
                 route: to_peer(entry),
                 number: [0; 2],
                 slot: entry.slot(),
-                expires_ns: entry.expires_ns(),
             };
-            cache.fill(&channel);
+            if !cache.admit(&channel, entry.expires_ns()) {
+                return Lean::General;
+            }
             channel
         }
     };
-    if channel.expires_ns <= now_ns() {
-        return Lean::General;
-    }
     let decided = egress::channel_data(
         ctx,
         packet,
