@@ -32,7 +32,7 @@ mod to_peer;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_F_MMAPABLE},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_store_bytes},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_store_bytes},
     macros::{map, xdp},
     maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -432,13 +432,42 @@ pub unsafe fn zeroed<T>(value: &mut core::mem::MaybeUninit<T>) -> &mut T {
 }
 
 /// CLOCK_MONOTONIC in ns, as of the last timer tick (CLOCK_MONOTONIC_COARSE): the clock
-/// userspace converts entry expiries to, at a tenth of the cost of the precise one here.
-/// An entry can be used up to one tick (1–10 ms) past its expiry.
+/// userspace converts entry expiries to. An entry can be used up to two ticks (2–20 ms)
+/// past its expiry: the coarse clock's own tick, and one more from [`CLOCK`].
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: helper without arguments; the verifier turns it into one load.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(memo) = CLOCK.get_ptr_mut(0) else {
+        // SAFETY: helper without arguments.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let memo = unsafe { &mut *memo };
+    if memo.jiffies != jiffies {
+        memo.jiffies = jiffies;
+        // SAFETY: helper without arguments.
+        memo.now_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    memo.now_ns
 }
+
+/// The coarse clock as this CPU read it first during a jiffy ([`now_ns`]).
+pub struct ClockMemo {
+    /// The jiffy of the reading (never 0 once read: jiffies start at a large value, so an
+    /// unwritten memo never matches).
+    jiffies: u64,
+    now_ns: u64,
+}
+
+/// Per CPU, the coarse clock as read during the current jiffy, so that a frame reads it
+/// with one load of `jiffies` and one of this map instead of a call of the clock helper
+/// (a chain of kernel functions, each return dear with SRSO's "safe RET"): the coarse
+/// clock moves only at the timer tick, which also moves `jiffies`. The tick moves
+/// `jiffies` just before the clock, so a reading taken in between is one tick behind for
+/// the rest of that jiffy.
+#[map]
+static CLOCK: PerCpuArray<ClockMemo> = PerCpuArray::with_max_entries(1, 0);
 
 /// The routing generation cached next hops must carry (0: cache off): cached next hops
 /// of another generation are looked up again. The daemon bumps it on every routing
