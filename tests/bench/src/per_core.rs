@@ -37,7 +37,9 @@
 //!   over it is the relay program's own work.
 //!
 //! Last, per server, the kernel-speed table: the highest rate of live frames relayed with
-//! ≤ 0.1 % loss on the one pinned core (saturated step, then bisection).
+//! ≤ 0.1 % loss on the one pinned core (saturated step, then bisection). For ours-xdp,
+//! its XDP program's own cost under live traffic at [`crate::live_cost::RATES`], against
+//! the pass-only program's in its place after the floors ([`crate::live_cost`]).
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;

@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 
 use super::{first_line, max_rate, pps};
-use crate::live_cost::{LiveCostByRate, TimedProgram};
+use crate::bench::LOSS_THRESHOLD;
+use crate::live_cost::{LiveCostByRate, TimedProgram, TimedStep};
 use crate::load::RelayMode;
 use crate::per_core::{
     self, FloorProgram, FloorRow, Generator, PerCoreReport, FOREIGN_LIMIT_MS, LIVE_TRIES,
@@ -306,10 +307,29 @@ fn live_cost_table(live_cost: &LiveCostByRate, md: &mut String) {
          cost; at low rates the relay's core sleeps between frames, so each run starts with cold caches, at \
          high rates its NAPI kthread runs frames back to back in polls of up to 64.\n"
     );
+    let overflowed: Vec<&TimedStep> = live_cost
+        .steps
+        .iter()
+        .filter(|step| {
+            step.program == TimedProgram::PassOnly && step.share_run() < 1.0 - LOSS_THRESHOLD
+        })
+        .collect();
+    for step in &overflowed {
+        let _ = writeln!(
+            md,
+            "- The pass-only program, {} at {} pps offered, ran on {:.1} % of the frames ({} pps): the relay \
+             namespace's stack behind it did not keep up, so its NAPI kthread polled full batches and the rest \
+             found the veth ring full.",
+            step.mode.label(),
+            pps(step.offered_pps),
+            step.share_run() * 100.0,
+            pps(step.offered_pps * step.share_run()),
+        );
+    }
     for note in &live_cost.not_measured {
         let _ = writeln!(md, "- **Not measured:** {}", first_line(note));
     }
-    if !live_cost.not_measured.is_empty() {
+    if !overflowed.is_empty() || !live_cost.not_measured.is_empty() {
         let _ = writeln!(md);
     }
 }
