@@ -14,8 +14,9 @@
 //! Last, the per-core comparison ([`per_core`]): each server with one relay thread,
 //! pinned with its NAPI kthreads to one core, its CPU per relayed packet at fixed rates
 //! with frames from sockets (skbs) and from the live-frames generator (XDP frames,
-//! [`kernel_mode`]), and its highest rate of live frames relayed with ≤ 0.1 % loss (the
-//! kernel-speed table); `--per-core-only` runs just that. Results go to Markdown, JSON and SVG files
+//! [`kernel_mode`]), its highest rate of live frames relayed with ≤ 0.1 % loss (the
+//! kernel-speed table) and, for ours-xdp, its XDP program's cost under live traffic by
+//! rate ([`live_cost`]); `--per-core-only` runs just that. Results go to Markdown, JSON and SVG files
 //! ([`report`]), the per-core table first. `turn-bench scale` ([`scale`]) measures memory
 //! per allocation instead.
 //!

@@ -67,8 +67,9 @@ pub struct RunOptions {
     /// Skip the per-core comparison.
     #[arg(long, conflicts_with = "per_core_only")]
     pub no_per_core: bool,
-    /// Only the per-core comparison with its kernel-speed table (about a minute with
-    /// `--quick`, a few without).
+    /// Only the per-core comparison with its kernel-speed table and, for ours-xdp, its
+    /// XDP program's cost under live traffic by rate (about a minute with `--quick`, a few
+    /// without).
     #[arg(long)]
     pub per_core_only: bool,
 }

@@ -37,7 +37,9 @@
 //!   over it is the relay program's own work.
 //!
 //! Last, per server, the kernel-speed table: the highest rate of live frames relayed with
-//! ≤ 0.1 % loss on the one pinned core (saturated step, then bisection).
+//! ≤ 0.1 % loss on the one pinned core (saturated step, then bisection). For ours-xdp,
+//! its XDP program's own cost under live traffic at [`crate::live_cost::RATES`], against
+//! the pass-only program's in its place after the floors ([`crate::live_cost`]).
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
@@ -50,6 +52,7 @@ use crate::bench::{Bench, LOSS_THRESHOLD};
 use crate::control::{self, Flow};
 use crate::cpu;
 use crate::kernel_mode::PathCounters;
+use crate::live_cost::{self, LiveCostByRate};
 use crate::load::{self, RelayMode, StepResult};
 use crate::pinning::{
     all_threads, may_run_on, pin_process, real_time, threaded_napi, threads_run_time, LoadPinned,
@@ -181,6 +184,8 @@ pub struct PerCoreReport {
     pub floor: Vec<FloorRow>,
     /// The highest rate of live frames each server relayed with ≤ 0.1 % loss.
     pub kernel_speed: Vec<KernelSpeedRow>,
+    /// ours-xdp's `turn_xdp` under live traffic by rate, against the pass-only program.
+    pub live_cost: LiveCostByRate,
     /// Servers or parts that could not be measured.
     pub errors: Vec<String>,
 }
@@ -266,6 +271,10 @@ impl Bench {
         let mut report = PerCoreReport {
             rates: plan.rates.to_vec(),
             step_seconds: self.plan.step.as_secs_f64(),
+            live_cost: LiveCostByRate {
+                rates: live_cost::RATES.to_vec(),
+                ..LiveCostByRate::default()
+            },
             ..PerCoreReport::default()
         };
         if let Err(error) = self.per_core_runs(kinds, plan, relay_binary, work_dir, &mut report) {
@@ -324,6 +333,13 @@ impl Bench {
                         Err(error) => report.errors.push(format!("{label}: {error:#}")),
                     }
                 }
+            }
+            eprintln!("turn-bench: per-core: live cost, pass-only program in turn_xdp's place");
+            if let Err(error) = self.live_cost_pass(&mut injector, &mut report.live_cost) {
+                report
+                    .live_cost
+                    .not_measured
+                    .push(format!("pass-only program: {error:#}"));
             }
         }
         self.peer_end(StubAction::Pass)?;
@@ -415,6 +431,9 @@ impl Bench {
             let rows =
                 self.per_core_rates(server, flows, mode, rates, Generator::LiveFrames, injector);
             report.rows.extend(rows?);
+            if server.kind == ServerKind::OursXdp {
+                self.live_cost_relay(server, flows, mode, injector, &mut report.live_cost);
+            }
             if plan.kernel_speed_modes.contains(&mode) {
                 let result = self.kernel_speed(server, flows, mode, injector)?;
                 report.kernel_speed.push(KernelSpeedRow {
@@ -488,14 +507,8 @@ impl Bench {
         Ok(result)
     }
 
-    /// One live-frames step on `server` with its run times, tried again (up to
-    /// [`LIVE_TRIES`] in all) while the machine disturbed it: this 2-vCPU VM's hypervisor
-    /// or other tasks took the relay's or the load's core for milliseconds, which
-    /// overflows the 256-frame veth rings at any rate above a few tens of thousands of
-    /// frames per second whatever the server (the relay's NAPI kthread cannot run). The
-    /// first undisturbed try counts, else the least disturbed one, marked. The same for
-    /// every server; a loss the relay causes on a core it has to itself is never retried
-    /// away.
+    /// One live-frames step on `server` with its run times, tried again while the
+    /// machine disturbed it ([`Bench::least_disturbed`]).
     fn live_step(
         &mut self,
         server: &Measured,
@@ -504,33 +517,52 @@ impl Bench {
         rate: Option<f64>,
         injector: &mut FrameInjector,
     ) -> Result<(StepResult, cpu::RunTime, cpu::RunTime)> {
-        let mut best: Option<(StepResult, cpu::RunTime, cpu::RunTime)> = None;
+        let (pid, napi) = (server.pid, &server.napi);
+        let (step, (process, napi_time)) =
+            self.least_disturbed(server.kind.name(), &|| server.threads(), &mut |bench| {
+                let (process_before, napi_before) =
+                    (cpu::process_run_time(pid)?, threads_run_time(napi));
+                let step = bench.measure_live(injector, flows, mode, PAYLOAD_LEN, rate)?;
+                let process = cpu::process_run_time(pid)?.since(&process_before);
+                Ok((step, (process, threads_run_time(napi).since(&napi_before))))
+            })?;
+        Ok((step, process, napi_time))
+    }
+
+    /// A live-frames step (`try_step`: the step and what else it measured), tried again
+    /// (up to [`LIVE_TRIES`] in all) while the machine disturbed it: this 2-vCPU VM's
+    /// hypervisor or other tasks took the relay's or the load's core for milliseconds,
+    /// which overflows the 256-frame veth rings at any rate above a few tens of thousands
+    /// of frames per second whatever the server (the relay's NAPI kthread cannot run).
+    /// `own`: the threads measured (the relay's), which are not "other tasks". The first
+    /// undisturbed try counts, else the least disturbed one, marked. The same for every
+    /// server; a loss the relay causes on a core it has to itself is never retried away.
+    pub(crate) fn least_disturbed<T>(
+        &mut self,
+        label: &str,
+        own: &dyn Fn() -> Result<Vec<u32>>,
+        try_step: &mut dyn FnMut(&mut Bench) -> Result<(StepResult, T)>,
+    ) -> Result<(StepResult, T)> {
+        let mut best: Option<(StepResult, T)> = None;
         for attempt in 1..=LIVE_TRIES {
-            let (pid, napi) = (server.pid, &server.napi);
-            let mut own = cpu::threads(pid)?;
-            own.extend(napi);
+            let own = own()?;
             let clocks_before = CpuClocks::take(&own)?;
-            let (process_before, napi_before) =
-                (cpu::process_run_time(pid)?, threads_run_time(napi));
-            let mut step = self.measure_live(injector, flows, mode, PAYLOAD_LEN, rate)?;
-            let process = cpu::process_run_time(pid)?.since(&process_before);
-            let napi_time = threads_run_time(napi).since(&napi_before);
+            let (mut step, measured) = try_step(self)?;
             let disturbance = CpuClocks::take(&own)?.disturbance_since(&clocks_before);
             step.disturbance = Some(disturbance);
             let disturbed = disturbance.disturbed();
             if disturbed {
                 eprintln!(
-                    "turn-bench: per-core: {} try {attempt} disturbed ({}), loss {:.3} %",
-                    server.kind.name(),
+                    "turn-bench: per-core: {label} try {attempt} disturbed ({}), loss {:.3} %",
                     disturbance.describe(),
                     step.loss_ratio * 100.0
                 );
             }
-            let better = best.as_ref().is_none_or(|(kept, _, _)| {
+            let better = best.as_ref().is_none_or(|(kept, _)| {
                 kept.disturbance.map_or(0, |d| d.weight()) > disturbance.weight()
             });
             if better {
-                best = Some((step, process, napi_time));
+                best = Some((step, measured));
             }
             if !disturbed || crate::interrupted() {
                 break;
@@ -596,6 +628,29 @@ impl Bench {
         Ok(row)
     }
 
+    /// `action`'s trivial program on the relay's client-side veth end, where a server's
+    /// XDP program would be (none may run), its NAPI kthreads (returned) pinned to
+    /// [`RELAY_CPU`] as a server's are, and the peer's end dropping. Detached when the
+    /// returned [`StubXdp`] is dropped: the next server attaches its own again.
+    pub(crate) fn stub_in_relays_place(
+        &mut self,
+        action: StubAction,
+    ) -> Result<(StubXdp, Vec<u32>)> {
+        self.peer_end(StubAction::Drop)?;
+        let relay = self.lab.topology.relay.handle();
+        let stub = StubXdp::attach(&relay, RELAY_CLIENT_SIDE_INTERFACE, action)?;
+        let napi = threaded_napi(&relay, RELAY_CLIENT_SIDE_INTERFACE, RELAY_CPU)?;
+        Ok((stub, napi))
+    }
+
+    /// [`FLOWS`] client sockets sending straight to the relay's listener, no allocation:
+    /// the sources of frames for a program that stands in for the relay's.
+    pub(crate) fn direct_flows(&self) -> Result<Vec<Flow>> {
+        (0..FLOWS)
+            .map(|_| control::direct_flow(&self.lab.topology.client, listener(4)))
+            .collect()
+    }
+
     /// `program` on the relay's client-side veth end, no server: its NAPI kthreads' CPU
     /// per ChannelData frame sent by `generator` at each rate. The redirect-only program
     /// sends the frames to the peer's end, which drops them (as in the live-frames rows)
@@ -611,13 +666,8 @@ impl Bench {
             FloorProgram::Drop => StubAction::Drop,
             FloorProgram::Redirect => StubAction::RedirectTo(RELAY_PEER_SIDE_INTERFACE),
         };
-        self.peer_end(StubAction::Drop)?;
-        let relay = self.lab.topology.relay.handle();
-        let _stub = StubXdp::attach(&relay, RELAY_CLIENT_SIDE_INTERFACE, action)?;
-        let napi = threaded_napi(&relay, RELAY_CLIENT_SIDE_INTERFACE, RELAY_CPU)?;
-        let flows: Vec<Flow> = (0..FLOWS)
-            .map(|_| control::direct_flow(&self.lab.topology.client, listener(4)))
-            .collect::<Result<_>>()?;
+        let (_stub, napi) = self.stub_in_relays_place(action)?;
+        let flows = self.direct_flows()?;
         let mut floor = Vec::new();
         for &rate in rates {
             self.next_step += 1;
@@ -709,10 +759,19 @@ fn highest_lossless_rate(search: &ScenarioResult) -> MaxRate {
 
 /// The server being measured: its process and the NAPI kthreads of its client-side veth
 /// end.
-struct Measured {
-    kind: ServerKind,
+pub(crate) struct Measured {
+    pub(crate) kind: ServerKind,
     pid: u32,
     napi: Vec<u32>,
+}
+
+impl Measured {
+    /// The server's threads and its NAPI kthreads.
+    pub(crate) fn threads(&self) -> Result<Vec<u32>> {
+        let mut own = cpu::threads(self.pid)?;
+        own.extend(&self.napi);
+        Ok(own)
+    }
 }
 
 /// CPU time the machine took from the pinned cores during a step: the hypervisor's

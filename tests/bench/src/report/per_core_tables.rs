@@ -1,9 +1,12 @@
 //! The per-core part of `results.md`: relay CPU per relayed packet on one pinned core,
-//! the drop-only and redirect-only floors under it, and the kernel-speed table.
+//! the drop-only and redirect-only floors under it, the XDP program's cost under live
+//! traffic by rate, and the kernel-speed table.
 
 use std::fmt::Write as _;
 
 use super::{first_line, max_rate, pps};
+use crate::bench::LOSS_THRESHOLD;
+use crate::live_cost::{LiveCostByRate, TimedProgram, TimedStep};
 use crate::load::RelayMode;
 use crate::per_core::{
     self, FloorProgram, FloorRow, Generator, PerCoreReport, FOREIGN_LIMIT_MS, LIVE_TRIES,
@@ -70,6 +73,7 @@ pub(super) fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
     }
     let _ = writeln!(md);
     veth_floors(per_core, md);
+    live_cost_table(&per_core.live_cost, md);
     kernel_speed_table(per_core, md);
 }
 
@@ -233,6 +237,101 @@ fn over_floors(
             None => over,
         },
     )
+}
+
+/// Issue 11's target for `turn_xdp` under live traffic, IPv4 ChannelData: ns per packet
+/// (bpf_stats, less a pass-only program's).
+const LIVE_PROGRAM_TARGET_NS: f64 = 150.0;
+
+/// `turn_xdp`'s cost per packet under live traffic at each rate, against the pass-only
+/// program's at the same rate.
+fn live_cost_table(live_cost: &LiveCostByRate, md: &mut String) {
+    if live_cost.steps.is_empty() && live_cost.not_measured.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## XDP program cost under live traffic, by rate\n\n\
+         ours-xdp's `turn_xdp` on the pinned relay core as above, fed live frames (IPv4, {} flows, {} B \
+         payload) at fixed offered rates, timed by bpf_stats (`kernel.bpf_stats_enabled=1` during these steps \
+         only; `run_time_ns` / `run_cnt` of the program on the relay's client-side veth end). Then, after \
+         ours-xdp stopped (its program cannot be replaced while it runs), the pass-only program `xdp_pass` in \
+         its place on the same veth end, same pinning, same loads and rates; the frames it passes go up the \
+         relay namespace's stack to no socket. *relayed* and *loss* are `turn_xdp`'s step's. Target (issue \
+         11): ≤ {LIVE_PROGRAM_TARGET_NS:.0} ns per packet for IPv4 ChannelData.\n\n\
+         | load | offered pps | relayed pps | loss | turn_xdp ns/run | pass-only ns/run | program ns/packet | target |\n\
+         |---|---|---|---|---|---|---|---|",
+        per_core::FLOWS,
+        per_core::PAYLOAD_LEN,
+    );
+    for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
+        for &rate in &live_cost.rates {
+            let Some(relay) = live_cost.step(TimedProgram::Relay, mode, rate) else {
+                continue;
+            };
+            let pass = live_cost.step(TimedProgram::PassOnly, mode, rate);
+            let program_ns = live_cost.program_ns(mode, rate);
+            let verdict = match (mode, program_ns) {
+                (RelayMode::ChannelData, Some(ns)) if ns <= LIVE_PROGRAM_TARGET_NS => {
+                    format!("≤ {LIVE_PROGRAM_TARGET_NS:.0}: met")
+                }
+                (RelayMode::ChannelData, Some(_)) => {
+                    format!("≤ {LIVE_PROGRAM_TARGET_NS:.0}: **missed**")
+                }
+                (RelayMode::ChannelData, None) => {
+                    format!("≤ {LIVE_PROGRAM_TARGET_NS:.0}: no pass-only figure")
+                }
+                _ => "no live target".to_owned(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.2} %{} | {:.1} | {} | {} | {verdict} |",
+                mode.label(),
+                pps(relay.offered_pps),
+                pps(relay.relayed_pps),
+                relay.loss_ratio * 100.0,
+                if relay.disturbed { " (disturbed)" } else { "" },
+                relay.runs.ns_per_run,
+                pass.map_or("–".to_owned(), |pass| format!(
+                    "{:.1}",
+                    pass.runs.ns_per_run
+                )),
+                program_ns.map_or("–".to_owned(), |ns| format!("**{ns:.1}**")),
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n*program ns/packet* = turn_xdp's ns per run − the pass-only program's: bpf_stats' own overhead \
+         (its clock reads and counting around every run) is in both, so the difference is turn_xdp's own \
+         cost; at low rates the relay's core sleeps between frames, so each run starts with cold caches, at \
+         high rates its NAPI kthread runs frames back to back in polls of up to 64.\n"
+    );
+    let overflowed: Vec<&TimedStep> = live_cost
+        .steps
+        .iter()
+        .filter(|step| {
+            step.program == TimedProgram::PassOnly && step.share_run() < 1.0 - LOSS_THRESHOLD
+        })
+        .collect();
+    for step in &overflowed {
+        let _ = writeln!(
+            md,
+            "- The pass-only program, {} at {} pps offered, ran on {:.1} % of the frames ({} pps): the relay \
+             namespace's stack behind it did not keep up, so its NAPI kthread polled full batches and the rest \
+             found the veth ring full.",
+            step.mode.label(),
+            pps(step.offered_pps),
+            step.share_run() * 100.0,
+            pps(step.offered_pps * step.share_run()),
+        );
+    }
+    for note in &live_cost.not_measured {
+        let _ = writeln!(md, "- **Not measured:** {}", first_line(note));
+    }
+    if !overflowed.is_empty() || !live_cost.not_measured.is_empty() {
+        let _ = writeln!(md);
+    }
 }
 
 /// The highest rate of live frames each server relayed with ≤ 0.1 % loss on the pinned

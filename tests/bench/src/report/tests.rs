@@ -1,4 +1,5 @@
 use super::*;
+use crate::live_cost::{LiveCostByRate, Runs, TimedProgram, TimedStep};
 use crate::load::RelayMode;
 use crate::per_core::{FloorProgram, FloorRow, Generator, PerCoreReport, PerCoreRow};
 
@@ -51,6 +52,7 @@ fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
             floor(Redirect, LiveFrames, 700.0),
         ],
         kernel_speed: Vec::new(),
+        live_cost: LiveCostByRate::default(),
         errors: Vec::new(),
     };
     let mut md = String::new();
@@ -106,6 +108,95 @@ fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
     );
     assert!(
         md.contains("(redirect-only − drop-only floor), and +0.30 µs the relay program's own work (ours-xdp − redirect-only floor)."),
+        "{md}"
+    );
+}
+
+fn timed(program: TimedProgram, mode: RelayMode, rate: f64, ns_per_run: f64) -> TimedStep {
+    TimedStep {
+        program,
+        mode,
+        target_pps: rate,
+        offered_pps: rate,
+        sent: rate as u64,
+        relayed_pps: if program == TimedProgram::Relay {
+            rate * 0.999
+        } else {
+            0.0
+        },
+        loss_ratio: if program == TimedProgram::Relay {
+            0.001
+        } else {
+            1.0
+        },
+        disturbed: false,
+        runs: Runs {
+            ns_per_run,
+            count: if program == TimedProgram::PassOnly && rate > 100_000.0 {
+                rate as u64 / 2
+            } else {
+                rate as u64
+            },
+        },
+    }
+}
+
+#[test]
+fn live_cost_rows_carry_the_difference_to_the_pass_only_program_and_verdict() {
+    use RelayMode::{ChannelData, SendIndication};
+    use TimedProgram::{PassOnly, Relay};
+    let live_cost = LiveCostByRate {
+        rates: vec![40_000.0, 400_000.0, 1_000_000.0],
+        steps: vec![
+            timed(Relay, ChannelData, 40_000.0, 420.0),
+            timed(Relay, ChannelData, 400_000.0, 180.0),
+            timed(Relay, SendIndication, 40_000.0, 500.0),
+            timed(PassOnly, ChannelData, 40_000.0, 60.0),
+            timed(PassOnly, ChannelData, 400_000.0, 50.0),
+        ],
+        not_measured: vec![
+            "turn_xdp, ChannelData, at 1000000 pps: skipped, the generator offered only 800000 pps"
+                .to_owned(),
+        ],
+    };
+    assert_eq!(live_cost.program_ns(ChannelData, 400_000.0), Some(130.0));
+    assert_eq!(live_cost.program_ns(SendIndication, 40_000.0), None);
+    let report = PerCoreReport {
+        rates: vec![40_000.0],
+        step_seconds: 1.0,
+        live_cost,
+        ..PerCoreReport::default()
+    };
+    let mut md = String::new();
+    per_core_section(&report, &mut md);
+    assert!(
+        md.contains("| ChannelData | 40.0 k | 40.0 k | 0.10 % | 420.0 | 60.0 | **360.0** | ≤ 150: **missed** |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| ChannelData | 400.0 k | 399.6 k | 0.10 % | 180.0 | 50.0 | **130.0** | ≤ 150: met |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains("| Send/Data | 40.0 k | 40.0 k | 0.10 % | 500.0 | – | – | no live target |"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("| ChannelData | 1.00 M"),
+        "a rate the generator did not reach has no row: {md}"
+    );
+    assert!(
+        md.contains("- The pass-only program, ChannelData at 400.0 k pps offered, ran on 50.0 % of the frames (200.0 k pps): the relay namespace's stack"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("- The pass-only program, ChannelData at 40.0 k"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- **Not measured:** turn_xdp, ChannelData, at 1000000 pps: skipped, the generator offered only 800000 pps"),
         "{md}"
     );
 }
