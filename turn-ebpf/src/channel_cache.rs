@@ -44,9 +44,9 @@ use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4};
 
 use aya_ebpf::programs::XdpContext;
 
-use crate::egress::Route;
+use crate::egress::{Arrival, Channel, Route};
 use crate::packet::Packet;
-use crate::{control, now_ns, routing_generation};
+use crate::{control, now_ns};
 
 /// The longest a jiffy lasts: 10 ms, at `CONFIG_HZ=100`, the fewest ticks a second the
 /// kernel can be built with (see the module documentation).
@@ -112,21 +112,14 @@ impl CachedChannel {
     }
 }
 
-/// What a lean path relays a channel's frame with, from a slot or from the hash entry.
-pub struct Channel<'a> {
-    pub next_hop: &'a NextHop,
-    pub route: Route,
-    /// The channel number (to the client), in memory order.
-    pub number: [u8; 2],
-    pub slot: u32,
-}
-
 /// A frame's place in this CPU's cache: its key, if it has one, and the generation and
 /// jiffies read before the hash lookup a slot may be filled from.
 pub struct Lookup {
     key: Option<Key>,
     generation: u32,
     jiffies: u64,
+    /// What a next hop must match for the frame, as the slot was checked against.
+    pub arrival: Arrival,
 }
 
 impl Lookup {
@@ -143,21 +136,15 @@ impl Lookup {
         let generation = generation();
         // SAFETY: helper without arguments.
         let jiffies = unsafe { bpf_jiffies64() };
+        let arrival = Arrival::of(ctx);
         let key = key(packet, direction, number, generation);
-        let cached = key.and_then(|key| {
-            find(
-                &key,
-                generation,
-                jiffies,
-                routing_generation(),
-                ctx.ingress_ifindex() as u32,
-            )
-        });
+        let cached = key.and_then(|key| find(&key, generation, jiffies, arrival));
         (
             Lookup {
                 key,
                 generation,
                 jiffies,
+                arrival,
             },
             cached.map(CachedChannel::channel),
         )
@@ -205,15 +192,14 @@ fn key(packet: &Packet, direction: Direction, number: u16, generation: u32) -> O
 }
 
 /// This CPU's slot for `key` if it holds `key` under `generation`, unexpired at
-/// `jiffies`, with a next hop that is still current for a frame that came in on
-/// `ingress` (else the hash path, which refreshes the next hop, and then the slot).
+/// `jiffies`, with a next hop that is still current for a frame of `arrival` (else the
+/// hash path, which refreshes the next hop, and then the slot).
 #[inline(always)]
 fn find(
     key: &Key,
     generation: u32,
     jiffies: u64,
-    routing_generation: u32,
-    ingress: u32,
+    arrival: Arrival,
 ) -> Option<&'static CachedChannel> {
     let cached = CHANNEL_CACHE.get_ptr(index(key))?;
     // SAFETY: this CPU's slot, written only by this CPU's runs, which do not overlap.
@@ -221,8 +207,8 @@ fn find(
     let hit = cached.generation == generation
         && cached.key == *key
         && jiffies < cached.expires_jiffies
-        && cached.next_hop.generation == routing_generation
-        && cached.next_hop.ingress_ifindex == ingress;
+        && cached.next_hop.generation == arrival.routing_generation
+        && cached.next_hop.ingress_ifindex == arrival.ingress;
     hit.then_some(cached)
 }
 

@@ -162,6 +162,35 @@ impl Lean {
     }
 }
 
+/// What a lean path relays a channel's frame with, from a slot of
+/// [`crate::channel_cache`] or from the hash entry.
+pub struct Channel<'a> {
+    pub next_hop: &'a NextHop,
+    pub route: Route,
+    /// The channel number (to the client), in memory order.
+    pub number: [u8; 2],
+    /// The allocation's slot.
+    pub slot: u32,
+}
+
+/// What a cached next hop must match for the frame being relayed, read once per frame:
+/// the routing generation (0: no caching) and the interface the frame came in on.
+#[derive(Clone, Copy)]
+pub struct Arrival {
+    pub routing_generation: u32,
+    pub ingress: u32,
+}
+
+impl Arrival {
+    #[inline(always)]
+    pub fn of(ctx: &XdpContext) -> Arrival {
+        Arrival {
+            routing_generation: routing_generation(),
+            ingress: ctx.ingress_ifindex() as u32,
+        }
+    }
+}
+
 /// The TURN framing a lean ChannelData relay changes ([`channel_data`]).
 #[derive(Clone, Copy)]
 pub enum ChannelDataFraming {
@@ -181,17 +210,17 @@ pub enum ChannelDataFraming {
 /// `None` when the frame needs what only [`forward`] does (a family change, TTL 1, a
 /// next hop not cached or of another generation, TOS or ingress, over the path MTU, an
 /// egress not attached): nothing has changed then, and the caller runs the general path,
-/// which decides the frame as if this had not run.
+/// which decides the frame as if this had not run. `arrival`: [`Arrival::of`] the frame.
 #[inline(always)]
 pub fn channel_data(
     ctx: &XdpContext,
     packet: &Packet,
-    next_hop: &NextHop,
-    route: &Route,
-    slot: u32,
+    arrival: Arrival,
+    channel: &Channel,
     data_len: usize,
     framing: ChannelDataFraming,
 ) -> Option<Result<Relayed, Outcome>> {
+    let (next_hop, route, slot) = (channel.next_hop, &channel.route, channel.slot);
     let (relayed, strip_front, prefix_len) = match framing {
         ChannelDataFraming::Strip => (Outcome::RelayedChannelDataToPeer, 4, 0),
         ChannelDataFraming::Prepend(_) => (Outcome::RelayedChannelDataToClient, 0, 4),
@@ -210,8 +239,10 @@ pub fn channel_data(
     // The TOS the relayed IPv4 header carries (RFC 8656 §14), as `prepare` has it.
     let tos = if v4 { packet.tos } else { 0 };
     // Only a cached next hop (see `resolve`).
-    let generation = routing_generation();
-    let ingress = ctx.ingress_ifindex() as u32;
+    let Arrival {
+        routing_generation: generation,
+        ingress,
+    } = arrival;
     if generation == 0
         || next_hop.generation != generation
         || next_hop.ingress_ifindex != ingress

@@ -14,9 +14,9 @@ use turn_common::stun::{
     HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{Channel, Direction, Lookup};
+use crate::channel_cache::{Direction, Lookup};
 use crate::egress::{
-    self, forward, wire_word, ChannelDataFraming, Lean, Reframe, Route, MAX_PREFIX_WORDS,
+    self, forward, wire_word, Channel, ChannelDataFraming, Lean, Reframe, Route, MAX_PREFIX_WORDS,
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
 use crate::{
@@ -91,9 +91,8 @@ pub fn channel_data_lean(
     let decided = egress::channel_data(
         ctx,
         packet,
-        channel.next_hop,
-        &channel.route,
-        channel.slot,
+        cache.arrival,
+        &channel,
         packet.payload_len,
         ChannelDataFraming::Prepend(header),
     );

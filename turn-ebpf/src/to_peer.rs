@@ -12,8 +12,8 @@ use turn_common::stun::{
     CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{Channel, Direction, Lookup};
-use crate::egress::{self, forward, ChannelDataFraming, Lean, Reframe, Route};
+use crate::channel_cache::{Direction, Lookup};
+use crate::egress::{self, forward, Channel, ChannelDataFraming, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
 use crate::{
@@ -82,9 +82,8 @@ pub fn channel_data_lean(
     let decided = egress::channel_data(
         ctx,
         packet,
-        channel.next_hop,
-        &channel.route,
-        channel.slot,
+        cache.arrival,
+        &channel,
         data_len,
         ChannelDataFraming::Strip,
     );
