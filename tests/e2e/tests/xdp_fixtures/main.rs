@@ -291,6 +291,61 @@ fn cached_channels_follow_rewrites_and_removals() {
     }
 }
 
+/// A channel cache copy is never used past its entry's expiry: the copy's deadline is in
+/// jiffies, computed as if each lasted the longest a jiffy can (10 ms), so it may only
+/// expire early. A channel expiring in 0.8 s is relayed from the copy, then, once
+/// expired (plus the two ticks the program's clock may lag), the client's frames go to
+/// userspace and the peer's become Data indications (its permission lives on). The
+/// frames relayed first and the pause after them let the neighbour events of the first
+/// next-hop lookups move the routing generation on before the copy is made: a later
+/// move would send the expired frames down the hash path, past the copy.
+#[test]
+fn cached_channels_expire_with_their_entries() {
+    if !privileged("cached_channels_expire_with_their_entries") {
+        return;
+    }
+    let (testbed, mut fast_path) = installed_testbed();
+    let to_peer = channel_data_frame(b"data", &[]);
+    let from_peer = peer_frame(Peer::Bound, b"data");
+    let run_both = || {
+        let out_to_peer = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
+        let out_from_peer = testbed.run(&from_peer, Ingress::PeerSide).or_fail("run");
+        (out_to_peer, out_from_peer)
+    };
+    for _ in 0..6 {
+        run_both();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let expires_at = Instant::now() + Duration::from_millis(800);
+    let bound = V4.peer(Peer::Bound);
+    fast_path
+        .channel(V4.flow(), V4.relay, bound, CHANNEL_PEER, expires_at)
+        .or_fail("channel");
+    for _ in 0..6 {
+        let (to_peer, from_peer) = run_both();
+        assert_eq!(to_peer.action, XDP_REDIRECT, "live channel");
+        assert_eq!(from_peer.action, XDP_REDIRECT, "live channel");
+        assert_eq!(
+            udp_destination_and_first_byte(&from_peer.frame).1 >> 6,
+            1,
+            "ChannelData"
+        );
+    }
+    std::thread::sleep(
+        expires_at.saturating_duration_since(Instant::now()) + Duration::from_millis(100),
+    );
+    for _ in 0..6 {
+        let (to_peer, from_peer) = run_both();
+        assert_eq!(to_peer.action, XDP_PASS, "expired channel");
+        assert_eq!(from_peer.action, XDP_REDIRECT);
+        assert_eq!(
+            udp_destination_and_first_byte(&from_peer.frame).1,
+            0,
+            "a Data indication"
+        );
+    }
+}
+
 #[test]
 fn relayed_traffic_is_accounted_per_allocation() {
     if !privileged("relayed_traffic_is_accounted_per_allocation") {
