@@ -13,15 +13,8 @@
 //! makes on the value (expiry, next hop of the current routing generation, ingress),
 //! then the same [`crate::egress::channel_data`].
 //!
-//! **Expiry in jiffies.** A hit reads no clock helper: it compares the kernel's tick
-//! counter (`bpf_jiffies64`, which the verifier turns into one load) with a deadline in
-//! jiffies that the fill computed from the entry's expiry (CLOCK_MONOTONIC ns, read with
-//! the coarse clock as the hash path does) as if every jiffy were
-//! [`MAX_NS_PER_JIFFY`] long, the longest there is (`CONFIG_HZ` ≥ 100). With shorter
-//! jiffies the copy expires early, and the frame then takes the hash path, which checks
-//! the entry's own expiry and fills the slot again: a copy is never used past the
-//! entry's expiry (give or take the tick both clocks move with), only refilled more
-//! often (at `CONFIG_HZ=250`, after 40 % of the time left).
+//! **Expiry.** A hit checks the copy's expiry against [`now_ns`], the coarse clock as
+//! this CPU read it during the current jiffy, as the hash path checks the entry's.
 //!
 //! **Why a copy is never stale.** Userspace moves the cache generation on after every
 //! write or removal of a channel entry (`Tables` in turn-userspace's `bpf/maps.rs`), so a
@@ -37,20 +30,14 @@
 //! hash of the key: a collision or a flood of new flows only costs hash lookups, never a
 //! wrong verdict, since the whole key is compared.
 
-use aya_ebpf::helpers::bpf_jiffies64;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::PerCpuArray;
-use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4};
-
 use aya_ebpf::programs::XdpContext;
+use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4};
 
 use crate::egress::{Arrival, Channel, Route};
 use crate::packet::Packet;
 use crate::{control, now_ns};
-
-/// The longest a jiffy lasts: 10 ms, at `CONFIG_HZ=100`, the fewest ticks a second the
-/// kernel can be built with (see the module documentation).
-const MAX_NS_PER_JIFFY: u64 = 10_000_000;
 
 /// Slots per CPU (a power of two); `SLOT_BITS` index bits.
 const SLOT_BITS: u32 = 10;
@@ -87,8 +74,7 @@ pub struct CachedChannel {
     number: [u8; 2],
     pad: [u8; 2],
     slot: u32,
-    /// Jiffies before which the copy may be used (see the module documentation).
-    expires_jiffies: u64,
+    expires_ns: u64,
     next_hop: NextHop,
     pad_end: u32,
 }
@@ -112,12 +98,11 @@ impl CachedChannel {
     }
 }
 
-/// A frame's place in this CPU's cache: its key, if it has one, and the generation and
-/// jiffies read before the hash lookup a slot may be filled from.
+/// A frame's place in this CPU's cache: its key, if it has one, and the generation read
+/// before the hash lookup a slot may be filled from.
 pub struct Lookup {
     key: Option<Key>,
     generation: u32,
-    jiffies: u64,
     /// What a next hop must match for the frame, as the slot was checked against.
     pub arrival: Arrival,
 }
@@ -134,16 +119,13 @@ impl Lookup {
         number: u16,
     ) -> (Lookup, Option<Channel<'static>>) {
         let generation = generation();
-        // SAFETY: helper without arguments.
-        let jiffies = unsafe { bpf_jiffies64() };
         let arrival = Arrival::of(ctx);
         let key = key(packet, direction, number, generation);
-        let cached = key.and_then(|key| find(&key, generation, jiffies, arrival));
+        let cached = key.and_then(|key| find(&key, generation, now_ns(), arrival));
         (
             Lookup {
                 key,
                 generation,
-                jiffies,
                 arrival,
             },
             cached.map(CachedChannel::channel),
@@ -155,13 +137,11 @@ impl Lookup {
     /// ([`fill`]), if the frame has one.
     #[inline(always)]
     pub fn admit(&self, channel: &Channel, expires_ns: u64) -> bool {
-        let now = now_ns();
-        if expires_ns <= now {
+        if expires_ns <= now_ns() {
             return false;
         }
         if let Some(key) = &self.key {
-            let expires_jiffies = self.jiffies + (expires_ns - now) / MAX_NS_PER_JIFFY;
-            fill(key, self.generation, expires_jiffies, channel);
+            fill(key, self.generation, expires_ns, channel);
         }
         true
     }
@@ -191,14 +171,14 @@ fn key(packet: &Packet, direction: Direction, number: u16, generation: u32) -> O
     ])
 }
 
-/// This CPU's slot for `key` if it holds `key` under `generation`, unexpired at
-/// `jiffies`, with a next hop that is still current for a frame of `arrival` (else the
+/// This CPU's slot for `key` if it holds `key` under `generation`, unexpired at `now`
+/// (ns), with a next hop that is still current for a frame of `arrival` (else the
 /// hash path, which refreshes the next hop, and then the slot).
 #[inline(always)]
 fn find(
     key: &Key,
     generation: u32,
-    jiffies: u64,
+    now: u64,
     arrival: Arrival,
 ) -> Option<&'static CachedChannel> {
     let cached = CHANNEL_CACHE.get_ptr(index(key))?;
@@ -206,18 +186,18 @@ fn find(
     let cached = unsafe { &*cached };
     let hit = cached.generation == generation
         && cached.key == *key
-        && jiffies < cached.expires_jiffies
+        && now < cached.expires_ns
         && cached.next_hop.generation == arrival.routing_generation
         && cached.next_hop.ingress_ifindex == arrival.ingress;
     hit.then_some(cached)
 }
 
 /// Fills `key`'s slot on this CPU under `generation` (read before the hash lookup the
-/// copy comes from), usable before `expires_jiffies`, with what the lean path takes from
+/// copy comes from), usable before `expires_ns`, with what the lean path takes from
 /// the entry it found, if that relays IPv4 to IPv4: a slot holds IPv4 routes only, and a
 /// cross-family channel (an IPv4 frame relayed as IPv6) is never cached.
 #[inline(always)]
-fn fill(key: &Key, generation: u32, expires_jiffies: u64, fill: &Channel) {
+fn fill(key: &Key, generation: u32, expires_ns: u64, fill: &Channel) {
     if fill.route.family != FAMILY_V4 {
         return;
     }
@@ -233,7 +213,7 @@ fn fill(key: &Key, generation: u32, expires_jiffies: u64, fill: &Channel) {
     cached.dst_port = fill.route.dst_port;
     cached.number = fill.number;
     cached.slot = fill.slot;
-    cached.expires_jiffies = expires_jiffies;
+    cached.expires_ns = expires_ns;
     // The next hop as `egress::look_up` leaves it, which another CPU may be rewriting
     // (generation 0 first, its own generation last): copied only if its generation is
     // the same before and after the copy.

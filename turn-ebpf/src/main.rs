@@ -453,7 +453,7 @@ pub fn now_ns() -> u64 {
 }
 
 /// The coarse clock as this CPU read it first during a jiffy ([`now_ns`]).
-pub struct ClockMemo {
+struct ClockMemo {
     /// The jiffy of the reading (never 0 once read: jiffies start at a large value, so an
     /// unwritten memo never matches).
     jiffies: u64,

@@ -291,9 +291,9 @@ fn cached_channels_follow_rewrites_and_removals() {
     }
 }
 
-/// A channel cache copy is never used past its entry's expiry: the copy's deadline is in
-/// jiffies, computed as if each lasted the longest a jiffy can (10 ms), so it may only
-/// expire early. A channel expiring in 0.8 s is relayed from the copy, then, once
+/// A channel cache copy is never used past its entry's expiry (a hit checks the copy's
+/// expiry against the program's clock, as the hash path checks the entry's). A channel
+/// expiring in 0.8 s is relayed from the copy, then, once
 /// expired (plus the two ticks the program's clock may lag), the client's frames go to
 /// userspace and the peer's become Data indications (its permission lives on). The
 /// frames relayed first and the pause after them let the neighbour events of the first
