@@ -80,7 +80,26 @@ struct TestDaemon {
 }
 
 impl TestDaemon {
+    /// A daemon that answers STUN Binding. The listener's port is found free and then
+    /// released, so a test running in parallel may take it before the daemon binds it:
+    /// the daemon then exits at once, and another port is tried (three in all).
     fn start() -> TestDaemon {
+        for _ in 0..3 {
+            let daemon = TestDaemon::start_on_a_free_port();
+            let probe = socket("127.0.0.1");
+            if daemon.answers_binding(&probe).is_some() || !daemon.thread.is_finished() {
+                return daemon;
+            }
+            let exited = daemon.thread.join();
+            eprintln!(
+                "the test daemon on {} exited at start ({exited:?}): another port",
+                daemon.listen
+            );
+        }
+        panic!("the test daemon did not start on any of three ports");
+    }
+
+    fn start_on_a_free_port() -> TestDaemon {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
@@ -120,8 +139,18 @@ impl TestDaemon {
     /// The response to a Binding request from `client`, retried briefly while the daemon
     /// may still be binding its listener.
     fn binding(&self, client: &UdpSocket) -> Vec<u8> {
+        self.answers_binding(client)
+            .expect("the daemon answers STUN Binding")
+    }
+
+    /// The response to a Binding request from `client`, retried for about 4 s while the
+    /// daemon runs; None if it gave none.
+    fn answers_binding(&self, client: &UdpSocket) -> Option<Vec<u8>> {
         let mut binding = None;
         for attempt in 0..20u8 {
+            if self.thread.is_finished() {
+                break;
+            }
             let mut request = Vec::new();
             MessageBuilder::new(
                 &mut request,
@@ -143,7 +172,7 @@ impl TestDaemon {
         client
             .set_read_timeout(Some(Duration::from_secs(3)))
             .expect("timeout");
-        binding.expect("the daemon answers STUN Binding")
+        binding
     }
 
     /// An authenticated Allocate of `client` (after the 401 challenge) and a ChannelBind of
