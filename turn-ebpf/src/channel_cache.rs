@@ -1,5 +1,7 @@
-//! A per-CPU cache of the IPv4 channels the lean ChannelData paths relayed
-//! (`to_peer::channel_data_lean`, `to_client::channel_data_lean`). A hit relays from one
+//! A per-CPU cache of the channels the lean ChannelData paths relayed
+//! (`to_peer::channel_data_lean`, `to_client::channel_data_lean`) and of the client–peer
+//! pairs Send indications were relayed for (`to_peer::send_indication`), one table per
+//! IP family and kind (an IPv4 slot keeps its key compare and its copy to few words). A hit relays from one
 //! array slot, which the verifier inlines: no hash-map helper call, no hashing of a
 //! 40-byte key, no bucket walk, and two cache lines of memory instead of the hash map's
 //! four or five (its header, the bucket, the element's key and value). At the rates a
@@ -9,15 +11,23 @@
 //! **What a slot holds.** A copy of what the lean path takes from the `CLIENT_CHANNELS`
 //! or `PEER_CHANNELS` value it found for a frame (route, channel number, allocation
 //! slot, expiry, next hop), under the frame's key, tagged with the cache generation read
-//! *before* that hash lookup. A hit makes the same checks on the copy as the hash path
-//! makes on the value (expiry, next hop of the current routing generation, ingress),
-//! then the same [`crate::egress::channel_data`].
+//! *before* that hash lookup; and the UDP checksum delta of the route's addresses and
+//! ports in place of the key's, which depends on nothing else. A Send indication's slot
+//! holds what its path takes from the `CLIENT_ALLOCATIONS` and `PERMISSIONS` values
+//! (the relayed address, the allocation slot, the earlier of the two expiries, the
+//! permission's next hop), under the client's flow and the peer's address and port: a
+//! hit saves both hash lookups, and the frame goes on through the general path. A hit makes the same
+//! checks on the copy as the hash path makes on the value (expiry, next hop of the
+//! current routing generation, ingress), then the same [`crate::egress::channel_data`].
+//! A hit skips the port filter ([`crate::is_listening`], [`crate::is_relayed`]): its key
+//! was filled from an entry, so its port is in the filter, which never loses one.
 //!
 //! **Expiry.** A hit checks the copy's expiry against [`now_ns`], the coarse clock as
 //! this CPU read it during the current jiffy, as the hash path checks the entry's.
 //!
 //! **Why a copy is never stale.** Userspace moves the cache generation on after every
-//! write or removal of a channel entry (`Tables` in turn-userspace's `bpf/maps.rs`), so a
+//! write or removal of a channel, allocation or permission entry (`Tables` in
+//! turn-userspace's `bpf/maps.rs`), so a
 //! slot filled from an entry that has since changed no longer matches. A run that read
 //! the generation before the move may still use the old entry, as a run may use a hash
 //! entry that is being deleted (RCU). The generation is Gray-coded: consecutive values
@@ -33,41 +43,151 @@
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::PerCpuArray;
 use aya_ebpf::programs::XdpContext;
-use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4};
+use turn_common::checksum::Delta;
+use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4, FAMILY_V6};
 
-use crate::egress::{Arrival, Channel, Route};
-use crate::packet::Packet;
+use crate::egress::{route_delta, Arrival, Channel, Job, Route};
+use crate::packet::{Address, Packet};
 use crate::{control, now_ns};
 
-/// Slots per CPU (a power of two); `SLOT_BITS` index bits.
+/// Slots per CPU and family (a power of two); `SLOT_BITS` index bits.
 const SLOT_BITS: u32 = 10;
 const SLOTS: u32 = 1 << SLOT_BITS;
 
-/// The slots, per CPU.
+/// The IPv4 channels, per CPU.
 #[map]
-static CHANNEL_CACHE: PerCpuArray<CachedChannel> = PerCpuArray::with_max_entries(SLOTS, 0);
+static CHANNEL_CACHE: PerCpuArray<CachedChannel<1, 0>> = PerCpuArray::with_max_entries(SLOTS, 0);
+/// The IPv6 channels, per CPU.
+#[map]
+static CHANNEL_CACHE_V6: PerCpuArray<CachedChannel<4, 0>> =
+    PerCpuArray::with_max_entries(SLOTS, 0);
+/// The IPv4 client–peer pairs of Send indications, per CPU.
+#[map]
+static SEND_CACHE: PerCpuArray<CachedChannel<1, 1>> = PerCpuArray::with_max_entries(SLOTS, 0);
+/// The IPv6 client–peer pairs of Send indications, per CPU.
+#[map]
+static SEND_CACHE_V6: PerCpuArray<CachedChannel<4, 4>> = PerCpuArray::with_max_entries(SLOTS, 0);
 
-/// Which lean path a key is for (part of the key: both share the slots).
+/// Which path a key is for (part of the key: the channel paths share their tables).
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub enum Direction {
     ToPeer = 1,
     ToClient = 2,
+    /// A Send indication (client → peer): the peer's port in the channel number's place.
+    Send = 3,
 }
 
-/// A frame's key: its addresses and ports as the hash key has them (IPv4 words in memory
-/// order), and the channel number with the direction in the last word.
-pub type Key = [u32; 4];
-
-/// One slot (see the module documentation).
+/// A slot's key in a table of its family (`W` address words: 1 for IPv4, 4 for IPv6):
+/// the frame's addresses and ports as the hash key has them (words in memory order), the
+/// channel number (or a Send indication's peer port) with the direction in the fourth
+/// word, and a Send indication's peer address (`P` words: none for channels, `W` for
+/// Send).
+#[derive(Clone, Copy)]
 #[repr(C)]
-pub struct CachedChannel {
+pub struct Key<const W: usize, const P: usize> {
+    src_ip: [u32; W],
+    dst_ip: [u32; W],
+    ports: u32,
+    number_direction: u32,
+    peer_ip: [u32; P],
+}
+
+/// A frame's key, read from where its parts are ([`Key`] of the table it is looked up
+/// in): never built on the stack, whose 512 bytes the paths' frames share.
+#[derive(Clone, Copy)]
+struct FrameKey<'a> {
+    packet: &'a Packet,
+    number_direction: u32,
+    peer_ip: &'a Address,
+}
+
+impl<'a> FrameKey<'a> {
+    #[inline(always)]
+    fn new(packet: &'a Packet, direction: Direction, number: u16, peer_ip: &'a Address) -> Self {
+        FrameKey {
+            packet,
+            number_direction: (u32::from(number) << 16) | direction as u32,
+            peer_ip,
+        }
+    }
+
+    #[inline(always)]
+    fn ports(&self) -> u32 {
+        (u32::from(self.packet.src_port) << 16) | u32::from(self.packet.dst_port)
+    }
+
+    /// Whether `key` is this frame's: every word compared, without branches.
+    #[inline(always)]
+    fn matches<const W: usize, const P: usize>(&self, key: &Key<W, P>) -> bool {
+        let mut differ =
+            (key.ports ^ self.ports()) | (key.number_direction ^ self.number_direction);
+        for i in 0..W {
+            differ |= (key.src_ip[i] ^ self.packet.src_ip[i]) | (key.dst_ip[i] ^ self.packet.dst_ip[i]);
+        }
+        for i in 0..P {
+            differ |= key.peer_ip[i] ^ self.peer_ip[i];
+        }
+        differ == 0
+    }
+
+    /// The frame's slot in a table of `W` address words and `P` peer words: a
+    /// multiplicative hash of its key's words (Fibonacci hashing), top bits.
+    #[inline(always)]
+    fn index<const W: usize, const P: usize>(&self) -> u32 {
+        let mut mixed = self.ports().rotate_left(22) ^ self.number_direction;
+        for i in 0..W {
+            mixed ^= self.packet.src_ip[i] ^ self.packet.dst_ip[i].rotate_left(11);
+        }
+        for i in 0..P {
+            mixed ^= self.peer_ip[i].rotate_left(5);
+        }
+        mixed.wrapping_mul(0x9E37_79B1) >> (32 - SLOT_BITS)
+    }
+
+    /// Writes the frame's key into `key`.
+    #[inline(always)]
+    fn write<const W: usize, const P: usize>(&self, key: &mut Key<W, P>) {
+        key.src_ip = narrow(&self.packet.src_ip);
+        key.dst_ip = narrow(&self.packet.dst_ip);
+        key.ports = self.ports();
+        key.number_direction = self.number_direction;
+        key.peer_ip = narrow(self.peer_ip);
+    }
+}
+
+/// The peer address of a channel's key (which has none).
+const NO_PEER: Address = [0; 4];
+
+/// The first `W` words of an address (all of an IPv4 address's in one).
+#[inline(always)]
+fn narrow<const W: usize>(address: &Address) -> [u32; W] {
+    let mut words = [0; W];
+    for i in 0..W {
+        words[i] = address[i];
+    }
+    words
+}
+
+/// An address of `W` words as an [`Address`] (an IPv4 one in the first word).
+#[inline(always)]
+fn widen<const W: usize>(words: &[u32; W]) -> Address {
+    let mut address = [0; 4];
+    for i in 0..W {
+        address[i] = words[i];
+    }
+    address
+}
+
+/// One slot of a table of a family (see the module documentation).
+#[repr(C)]
+pub struct CachedChannel<const W: usize, const P: usize> {
     /// The cache generation the slot was filled under; 0: empty.
     generation: u32,
-    key: Key,
-    /// The route's IPv4 addresses, words in memory order.
-    src_ip: u32,
-    dst_ip: u32,
+    key: Key<W, P>,
+    /// The route's addresses, words in memory order.
+    src_ip: [u32; W],
+    dst_ip: [u32; W],
     src_port: u16,
     dst_port: u16,
     /// The channel number (to the client), in memory order.
@@ -75,33 +195,65 @@ pub struct CachedChannel {
     pad: [u8; 2],
     slot: u32,
     expires_ns: u64,
+    /// [`Channel::route_delta`].
+    route_delta: Delta,
     next_hop: NextHop,
-    pad_end: u32,
 }
 
-impl CachedChannel {
-    /// What the slot holds, as the lean path relays with it (IPv4 to IPv4).
+impl<const W: usize, const P: usize> CachedChannel<W, P> {
+    /// The family of the table's frames and routes.
+    const FAMILY: u8 = if W == 1 { FAMILY_V4 } else { FAMILY_V6 };
+
+    /// What the slot holds, as the lean path relays with it (within the family).
     #[inline(always)]
     fn channel(&self) -> Channel<'_> {
         Channel {
             next_hop: &self.next_hop,
-            route: Route {
-                src_ip: [self.src_ip, 0, 0, 0],
-                dst_ip: [self.dst_ip, 0, 0, 0],
-                src_port: self.src_port,
-                dst_port: self.dst_port,
-                family: FAMILY_V4,
-            },
+            route: self.route(),
+            route_delta: self.route_delta,
             number: self.number,
             slot: self.slot,
         }
     }
+
+    /// What a Send indication's slot holds, as its path relays with it: the route and
+    /// the allocation slot written to `job`, and the next hop.
+    #[inline(always)]
+    fn send_hit(&'static mut self, job: &mut Job) -> &'static mut NextHop {
+        job.route = self.route();
+        job.slot = self.slot;
+        &mut self.next_hop
+    }
+
+    /// The route the slot holds (within the family).
+    #[inline(always)]
+    fn route(&self) -> Route {
+        Route {
+            src_ip: widen(&self.src_ip),
+            dst_ip: widen(&self.dst_ip),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            family: Self::FAMILY,
+        }
+    }
 }
 
-/// A frame's place in this CPU's cache: its key, if it has one, and the generation read
-/// before the hash lookup a slot may be filled from.
+/// The table of a frame's family, if the cache is on.
+#[derive(Clone, Copy)]
+enum Table {
+    Off,
+    V4,
+    V6,
+}
+
+/// A frame's place in this CPU's cache: its table and the last word of its key, and the
+/// generation read before the hash lookup a slot may be filled from. The key's other
+/// words are the frame's, read again from the parsed frame to fill the slot (kept here,
+/// they would add to the lean paths' stack frames).
 pub struct Lookup {
-    key: Option<Key>,
+    table: Table,
+    direction: Direction,
+    number: u16,
     generation: u32,
     /// What a next hop must match for the frame, as the slot was checked against.
     pub arrival: Arrival,
@@ -120,30 +272,167 @@ impl Lookup {
     ) -> (Lookup, Option<Channel<'static>>) {
         let generation = generation();
         let arrival = Arrival::of(ctx);
-        let key = key(packet, direction, number, generation);
-        let cached = key.and_then(|key| find(&key, generation, now_ns(), arrival));
+        let (table, cached) = if generation == 0 {
+            (Table::Off, None)
+        } else if packet.family == FAMILY_V4 {
+            let key = FrameKey::new(packet, direction, number, &NO_PEER);
+            let cached = find(&CHANNEL_CACHE, &key, generation, arrival);
+            (Table::V4, cached.map(|cached| cached.channel()))
+        } else {
+            let key = FrameKey::new(packet, direction, number, &NO_PEER);
+            let cached = find(&CHANNEL_CACHE_V6, &key, generation, arrival);
+            (Table::V6, cached.map(|cached| cached.channel()))
+        };
         (
             Lookup {
-                key,
+                table,
+                direction,
+                number,
                 generation,
                 arrival,
             },
-            cached.map(CachedChannel::channel),
+            cached,
         )
     }
 
-    /// Whether `channel`, which the hash path found in an entry expiring at
-    /// `expires_ns` (CLOCK_MONOTONIC), is live; if so, the frame's slot is filled with it
-    /// ([`fill`]), if the frame has one.
+    /// Whether `channel`, which the hash path found for `packet` (the frame of
+    /// [`Lookup::new`]) in an entry expiring at `expires_ns` (CLOCK_MONOTONIC), is live;
+    /// if so, the frame's slot is filled with it ([`fill`]), if the frame has one.
     #[inline(always)]
-    pub fn admit(&self, channel: &Channel, expires_ns: u64) -> bool {
+    pub fn admit(&self, packet: &Packet, channel: &Channel, expires_ns: u64) -> bool {
         if expires_ns <= now_ns() {
             return false;
         }
-        if let Some(key) = &self.key {
-            fill(key, self.generation, expires_ns, channel);
+        let (direction, number) = (self.direction, self.number);
+        match self.table {
+            Table::Off => {}
+            Table::V4 => {
+                let key = FrameKey::new(packet, direction, number, &NO_PEER);
+                fill(&CHANNEL_CACHE, &key, self.generation, expires_ns, &Copy::of(channel));
+            }
+            Table::V6 => {
+                let key = FrameKey::new(packet, direction, number, &NO_PEER);
+                fill(&CHANNEL_CACHE_V6, &key, self.generation, expires_ns, &Copy::of(channel));
+            }
         }
         true
+    }
+}
+
+/// A Send indication's place in this CPU's cache (as [`Lookup`]): the table of its
+/// family, and the generation read before the hash lookups a slot may be filled from.
+/// The lean path looks the frame up ([`SendLookup::find`]); on a miss, the general path
+/// makes its own and fills the slot ([`SendLookup::fill`]).
+pub struct SendLookup {
+    table: Table,
+    generation: u32,
+    peer_port: u16,
+    /// The expiry of the slot to fill ([`SendLookup::fill`]).
+    expires_ns: u64,
+}
+
+impl SendLookup {
+    /// The place of a Send indication (the frame `packet`) to a peer at port `peer_port`
+    /// (a word holding its bytes in memory order) of `peer_family`: none for a peer of
+    /// the other family (never cached, and the key would hold only part of its address).
+    #[inline(always)]
+    pub fn new(packet: &Packet, peer_port: u16, peer_family: u8) -> SendLookup {
+        let generation = generation();
+        let table = if generation == 0 || peer_family != packet.family {
+            Table::Off
+        } else if packet.family == FAMILY_V4 {
+            Table::V4
+        } else {
+            Table::V6
+        };
+        SendLookup {
+            table,
+            generation,
+            peer_port,
+            expires_ns: 0,
+        }
+    }
+
+    /// If the slot holds a live allocation and a permission covering the peer at
+    /// `peer_ip` for the frame (see [`find`]): their route and allocation slot written to
+    /// `job`, and the slot's copy of the permission's next hop (the general path may look
+    /// it up again for the frame, as it would the entry's).
+    #[inline(always)]
+    pub fn find(
+        &self,
+        ctx: &XdpContext,
+        packet: &Packet,
+        peer_ip: &Address,
+        job: &mut Job,
+    ) -> Option<&'static mut NextHop> {
+        let arrival = Arrival::of(ctx);
+        let key = FrameKey::new(packet, Direction::Send, self.peer_port, peer_ip);
+        match self.table {
+            Table::Off => None,
+            Table::V4 => find(&SEND_CACHE, &key, self.generation, arrival)
+                .map(|cached| cached.send_hit(job)),
+            Table::V6 => find(&SEND_CACHE_V6, &key, self.generation, arrival)
+                .map(|cached| cached.send_hit(job)),
+        }
+    }
+
+    /// Fills the slot of the Send indication of [`SendLookup::new`] (made before the hash
+    /// lookups) with what the hash path found for it (`job`: the route from the relayed address to the peer and the
+    /// allocation's slot; the permission's `next_hop`): an allocation and a permission
+    /// both live until `expires_ns`, the permission covering the peer's port.
+    #[inline(always)]
+    pub fn fill(
+        &mut self,
+        packet: &Packet,
+        peer_ip: &Address,
+        job: &Job,
+        next_hop: &NextHop,
+        expires_ns: u64,
+    ) {
+        self.expires_ns = expires_ns;
+        self.fill_slot(packet, peer_ip, job, next_hop);
+    }
+
+    /// [`SendLookup::fill`], in a BPF function of its own: its stack frame is not
+    /// added to the one of the path's, which calls the general path's chain of them.
+    #[inline(never)]
+    fn fill_slot(&self, packet: &Packet, peer_ip: &Address, job: &Job, next_hop: &NextHop) {
+        let key = FrameKey::new(packet, Direction::Send, self.peer_port, peer_ip);
+        let copy = Copy {
+            route: &job.route,
+            route_delta: route_delta(packet, &job.route),
+            number: [0; 2],
+            slot: job.slot,
+            next_hop,
+        };
+        match self.table {
+            Table::Off => {}
+            Table::V4 => fill(&SEND_CACHE, &key, self.generation, self.expires_ns, &copy),
+            Table::V6 => fill(&SEND_CACHE_V6, &key, self.generation, self.expires_ns, &copy),
+        }
+    }
+}
+
+/// What a slot is filled with ([`fill`]): a [`Channel`]'s parts, by reference where
+/// they are (a Send indication's route is in the per-CPU job, not on the stack).
+struct Copy<'a> {
+    route: &'a Route,
+    route_delta: Delta,
+    number: [u8; 2],
+    slot: u32,
+    next_hop: &'a NextHop,
+}
+
+impl<'a> Copy<'a> {
+    #[inline(always)]
+    fn of(channel: &'a Channel) -> Copy<'a> {
+        Copy {
+            route: &channel.route,
+            route_delta: channel.route_delta,
+            number: channel.number,
+            slot: channel.slot,
+            next_hop: channel.next_hop,
+        }
     }
 }
 
@@ -154,63 +443,53 @@ fn generation() -> u32 {
     control(CONTROL_CHANNEL_CACHE_GENERATION)
 }
 
-/// The key of an IPv4 frame on `direction`'s path, with `number` (the channel number
-/// from the ChannelData header to the peer, 0 to the client); `None` for IPv6 or with
-/// the cache off.
+/// This CPU's slot of `table` for `key` if it holds `key` under `generation`, unexpired
+/// ([`now_ns`]), with a next hop that is still current for a frame of `arrival` (else
+/// the hash path, which refreshes the next hop, and then the slot).
 #[inline(always)]
-fn key(packet: &Packet, direction: Direction, number: u16, generation: u32) -> Option<Key> {
-    if packet.family != FAMILY_V4 || generation == 0 {
-        return None;
-    }
-    let ports = (u32::from(packet.src_port) << 16) | u32::from(packet.dst_port);
-    Some([
-        packet.src_ip[0],
-        packet.dst_ip[0],
-        ports,
-        (u32::from(number) << 16) | direction as u32,
-    ])
-}
-
-/// This CPU's slot for `key` if it holds `key` under `generation`, unexpired at `now`
-/// (ns), with a next hop that is still current for a frame of `arrival` (else the
-/// hash path, which refreshes the next hop, and then the slot).
-#[inline(always)]
-fn find(
-    key: &Key,
+fn find<const W: usize, const P: usize>(
+    table: &'static PerCpuArray<CachedChannel<W, P>>,
+    key: &FrameKey,
     generation: u32,
-    now: u64,
     arrival: Arrival,
-) -> Option<&'static CachedChannel> {
-    let cached = CHANNEL_CACHE.get_ptr(index(key))?;
-    // SAFETY: this CPU's slot, written only by this CPU's runs, which do not overlap.
-    let cached = unsafe { &*cached };
+) -> Option<&'static mut CachedChannel<W, P>> {
+    let cached = table.get_ptr_mut(key.index::<W, P>())?;
+    // SAFETY: this CPU's slot, used only by this CPU's runs, which do not overlap.
+    let cached = unsafe { &mut *cached };
     let hit = cached.generation == generation
-        && cached.key == *key
-        && now < cached.expires_ns
+        && key.matches(&cached.key)
+        && now_ns() < cached.expires_ns
         && cached.next_hop.generation == arrival.routing_generation
         && cached.next_hop.ingress_ifindex == arrival.ingress;
     hit.then_some(cached)
 }
 
-/// Fills `key`'s slot on this CPU under `generation` (read before the hash lookup the
-/// copy comes from), usable before `expires_ns`, with what the lean path takes from
-/// the entry it found, if that relays IPv4 to IPv4: a slot holds IPv4 routes only, and a
-/// cross-family channel (an IPv4 frame relayed as IPv6) is never cached.
+/// Fills `key`'s slot of `table` on this CPU under `generation` (read before the hash
+/// lookup the copy comes from), usable before `expires_ns`, with what the lean path
+/// takes from the entry it found, if that relays within the table's family: a
+/// cross-family channel (an IPv4 frame relayed as IPv6, say) is never cached.
 #[inline(always)]
-fn fill(key: &Key, generation: u32, expires_ns: u64, fill: &Channel) {
-    if fill.route.family != FAMILY_V4 {
+fn fill<const W: usize, const P: usize>(
+    table: &'static PerCpuArray<CachedChannel<W, P>>,
+    key: &FrameKey,
+    generation: u32,
+    expires_ns: u64,
+    fill: &Copy,
+) {
+    if fill.route.family != CachedChannel::<W, P>::FAMILY {
         return;
     }
-    let Some(cached) = CHANNEL_CACHE.get_ptr_mut(index(key)) else {
+    let Some(cached) = table.get_ptr_mut(key.index::<W, P>()) else {
         return;
     };
     // SAFETY: this CPU's slot, written only by this CPU's runs, which do not overlap.
     let cached = unsafe { &mut *cached };
-    cached.key = *key;
-    cached.src_ip = fill.route.src_ip[0];
-    cached.dst_ip = fill.route.dst_ip[0];
+    key.write(&mut cached.key);
+    cached.src_ip = narrow(&fill.route.src_ip);
+    cached.dst_ip = narrow(&fill.route.dst_ip);
     cached.src_port = fill.route.src_port;
     cached.dst_port = fill.route.dst_port;
+    cached.route_delta = fill.route_delta;
     cached.number = fill.number;
     cached.slot = fill.slot;
     cached.expires_ns = expires_ns;
@@ -239,11 +518,4 @@ fn fill(key: &Key, generation: u32, expires_ns: u64, fill: &Channel) {
         cached.next_hop.generation = before;
     }
     cached.generation = generation;
-}
-
-/// `key`'s slot: a multiplicative hash of its words (Fibonacci hashing), top bits.
-#[inline(always)]
-fn index(key: &Key) -> u32 {
-    let mixed = key[0] ^ key[1].rotate_left(11) ^ key[2].rotate_left(22) ^ key[3];
-    mixed.wrapping_mul(0x9E37_79B1) >> (32 - SLOT_BITS)
 }

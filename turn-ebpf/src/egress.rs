@@ -167,10 +167,35 @@ impl Lean {
 pub struct Channel<'a> {
     pub next_hop: &'a NextHop,
     pub route: Route,
+    /// The UDP checksum delta of the route's addresses and ports in place of the frame's
+    /// ([`route_delta`]): the same for every frame of the channel, so a cache slot keeps
+    /// it.
+    pub route_delta: Delta,
     /// The channel number (to the client), in memory order.
     pub number: [u8; 2],
     /// The allocation's slot.
     pub slot: u32,
+}
+
+impl<'a> Channel<'a> {
+    /// The channel of a hash entry (its next hop, `route`, `number`, allocation `slot`)
+    /// for `packet`.
+    #[inline(always)]
+    pub fn new(
+        packet: &Packet,
+        next_hop: &'a NextHop,
+        route: Route,
+        number: [u8; 2],
+        slot: u32,
+    ) -> Channel<'a> {
+        Channel {
+            next_hop,
+            route_delta: route_delta(packet, &route),
+            route,
+            number,
+            slot,
+        }
+    }
 }
 
 /// What a cached next hop must match for the frame being relayed, read once per frame:
@@ -265,7 +290,7 @@ pub fn channel_data(
     let udp_checksum = if packet.udp_checksum == 0 {
         0
     } else {
-        let delta = headers_delta(packet, route, udp_len as u16);
+        let delta = length_delta(channel.route_delta, packet, udp_len as u16);
         let delta = match framing {
             ChannelDataFraming::Strip => delta.remove_u32(packet.head_be()),
             ChannelDataFraming::Prepend(header) => delta.add_u32(u32::from_be(header)),
@@ -511,17 +536,31 @@ fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Out
 /// of the incoming frame replaced by the relayed datagram's (`route`, `udp_len`).
 #[inline(always)]
 fn headers_delta(packet: &Packet, route: &Route, udp_len: u16) -> Delta {
+    length_delta(route_delta(packet, route), packet, udp_len)
+}
+
+/// The part of [`headers_delta`] that depends on addresses and ports only: the
+/// pseudo-header addresses and the ports of the incoming frame replaced by `route`'s.
+#[inline(always)]
+pub fn route_delta(packet: &Packet, route: &Route) -> Delta {
     let mut delta = remove_address(Delta::new(), packet.family, &packet.src_ip);
     delta = remove_address(delta, packet.family, &packet.dst_ip);
     delta = add_address(delta, route.family, &route.src_ip);
     delta = add_address(delta, route.family, &route.dst_ip);
     delta
-        .remove_word(packet.udp_len)
-        .remove_word(packet.udp_len)
-        .add_word(udp_len)
-        .add_word(udp_len)
         .remove_u32(ports(packet.src_port, packet.dst_port))
         .add_u32(ports(route.src_port, route.dst_port))
+}
+
+/// `delta` ([`route_delta`]) with the rest of [`headers_delta`]: the UDP length, in the
+/// pseudo-header and the UDP header, replaced by `udp_len`.
+#[inline(always)]
+fn length_delta(delta: Delta, packet: &Packet, udp_len: u16) -> Delta {
+    delta
+        .remove_word(packet.udp_len)
+        .remove_word(packet.udp_len)
+        .add_word(udp_len)
+        .add_word(udp_len)
 }
 
 /// Two ports (memory-order words) as the big-endian value of the 32 bits they fill.

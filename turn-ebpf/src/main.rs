@@ -344,11 +344,14 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
                 verdict => return verdict,
             }
         }
-        Shape::SendIndication => match to_peer::send_indication(ctx, packet) {
-            // Not one for the fast path: maybe a peer's datagram to a relayed address.
-            Err(Outcome::PassStun) => {}
-            verdict => return verdict,
-        },
+        Shape::SendIndication => {
+            let cached = to_peer::send_indication_cached(ctx, packet, &mut verdict);
+            match cached.or_general(verdict, || to_peer::send_indication(ctx, packet)) {
+                // Not one for the fast path: maybe a peer's datagram to a relayed address.
+                Err(Outcome::PassStun) => {}
+                verdict => return verdict,
+            }
+        }
         Shape::Stun | Shape::Other => {}
     }
     let lean = to_client::channel_data_lean(ctx, packet, &mut verdict);

@@ -50,8 +50,8 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
 }
 
 /// [`channel_data`] on the lean path ([`egress::channel_data`]): a live channel of a
-/// client of the peer's family. IPv4 channels it relayed are found in this CPU's
-/// [`crate::channel_cache`] first, without the hash lookup. Anything else is left to
+/// client of the peer's family. Channels it relayed are found in this CPU's
+/// [`crate::channel_cache`] first, without the hash lookup or the port filter. Anything else is left to
 /// [`channel_data`] (`Lean::General`), including an expired channel (a Data indication,
 /// maybe); `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
@@ -61,27 +61,28 @@ pub fn channel_data_lean(
     packet: &Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    // No relayed address on this port: the lookup would miss.
-    if !is_relayed(packet) {
-        return Lean::NotFound;
-    }
     let (cache, cached) = Lookup::new(ctx, packet, Direction::ToClient, 0);
     let channel = match cached {
         // Live: `find` checked the copy's expiry.
         Some(channel) => channel,
         None => {
+            // No relayed address on this port: the lookup would miss. (A hit's key has one.)
+            if !is_relayed(packet) {
+                return Lean::NotFound;
+            }
             let Some(entry) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
                 return Lean::NotFound;
             };
             // SAFETY: a map value, valid while this program runs (RCU); only read here.
             let entry = unsafe { &*entry };
-            let channel = Channel {
-                next_hop: &entry.next_hop,
-                route: to_client(entry.client()),
-                number: entry.number(),
-                slot: entry.slot(),
-            };
-            if !cache.admit(&channel, entry.expires_ns()) {
+            let channel = Channel::new(
+                packet,
+                &entry.next_hop,
+                to_client(entry.client()),
+                entry.number(),
+                entry.slot(),
+            );
+            if !cache.admit(packet, &channel, entry.expires_ns()) {
                 return Lean::General;
             }
             channel

@@ -5,15 +5,16 @@
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::maps::{
-    ClientChannelKey, ClientChannelValue, FlowKey, PermissionKey, FAMILY_V4, FAMILY_V6,
+    AllocationValue, ClientChannelKey, ClientChannelValue, FlowKey, NextHop, PermissionKey,
+    PermissionValue, FAMILY_V4, FAMILY_V6,
 };
 use turn_common::stun::{
     ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_FINGERPRINT, ATTR_XOR_PEER_ADDRESS,
     CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{Direction, Lookup};
-use crate::egress::{self, forward, Channel, ChannelDataFraming, Lean, Reframe, Route};
+use crate::channel_cache::{Direction, Lookup, SendLookup};
+use crate::egress::{self, forward, Channel, ChannelDataFraming, Job, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
 use crate::{
@@ -41,8 +42,8 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
 
 /// [`channel_data`] on the lean path ([`egress::channel_data`]): a channel to a peer of
 /// the client's family, a payload of exactly the header and the data (no padding), a
-/// live entry. IPv4 channels it relayed are found in this CPU's
-/// [`crate::channel_cache`] first, without the hash lookup. Anything else is left to
+/// live entry. Channels it relayed are found in this CPU's
+/// [`crate::channel_cache`] first, without the hash lookup or the port filter. Anything else is left to
 /// [`channel_data`] (`Lean::General`); `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
 #[inline(never)]
@@ -51,10 +52,6 @@ pub fn channel_data_lean(
     packet: &Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    // No client flow on this port: the lookup would miss.
-    if !is_listening(packet) {
-        return Lean::NotFound;
-    }
     let data_len = (packet.head_be() & 0xFFFF) as usize;
     let number = (packet.head_be() >> 16) as u16;
     let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number);
@@ -62,18 +59,17 @@ pub fn channel_data_lean(
         // Live: `find` checked the copy's expiry.
         Some(channel) => channel,
         None => {
+            // No client flow on this port: the lookup would miss. (A hit's key has one.)
+            if !is_listening(packet) {
+                return Lean::NotFound;
+            }
             let Some(entry) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
                 return Lean::NotFound;
             };
             // SAFETY: a map value, valid while this program runs (RCU); only read here.
             let entry = unsafe { &*entry };
-            let channel = Channel {
-                next_hop: &entry.next_hop,
-                route: to_peer(entry),
-                number: [0; 2],
-                slot: entry.slot(),
-            };
-            if !cache.admit(&channel, entry.expires_ns()) {
+            let channel = Channel::new(packet, &entry.next_hop, to_peer(entry), [0; 2], entry.slot());
+            if !cache.admit(packet, &channel, entry.expires_ns()) {
                 return Lean::General;
             }
             channel
@@ -166,6 +162,37 @@ struct SendIndication {
     fingerprint: u32,
 }
 
+/// [`send_indication`] for a client–peer pair in this CPU's [`crate::channel_cache`]:
+/// relayed without the hash lookups of the allocation and the permission. Anything else
+/// is left to [`send_indication`] (`Lean::General`), which fills the slot; `verdict` is
+/// written for `Lean::Done`.
+// A separate BPF function: its stack frame is not added to the general path's.
+#[inline(never)]
+pub fn send_indication_cached(
+    ctx: &XdpContext,
+    packet: &Packet,
+    verdict: &mut Result<Relayed, Outcome>,
+) -> Lean {
+    if !is_listening(packet) {
+        return Lean::General;
+    }
+    let mut send = core::mem::MaybeUninit::<SendIndication>::uninit();
+    // SAFETY: integers and byte arrays: all-zero is valid.
+    let send = unsafe { zeroed(&mut send) };
+    if !parse_send_indication(ctx, packet, send) {
+        return Lean::General;
+    }
+    let Ok(job) = job() else {
+        return Lean::General;
+    };
+    let cache = SendLookup::new(packet, send.peer_port, send.peer_family);
+    // Live: `find` checked the copy's expiry, the earlier of the two entries'.
+    let Some(next_hop) = cache.find(ctx, packet, &send.peer_ip, job) else {
+        return Lean::General;
+    };
+    Lean::from(Some(relay_send(ctx, packet, send, job, next_hop)), verdict)
+}
+
 /// Relays a Send indication (RFC 8656 §11.2) from a client with a fast-path allocation
 /// to a peer it has a permission for (covering the peer's port). `Err(Outcome::PassStun)`:
 /// not a Send indication the fast path takes (malformed, attributes other than the ones
@@ -188,6 +215,66 @@ pub fn send_indication(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Out
     if !parse_send_indication(ctx, packet, send) {
         return Err(Outcome::PassStun);
     }
+    // Before the hash lookups (see `channel_cache`).
+    let mut cache = SendLookup::new(packet, send.peer_port, send.peer_family);
+    let (allocation, permission) = allocation_and_permission(packet, send)?;
+    let job = job()?;
+    job.route = Route {
+        // SAFETY: a 4-aligned field of the value.
+        src_ip: unsafe { address_words(allocation.relay_ip()) },
+        dst_ip: send.peer_ip,
+        src_port: u16::from_ne_bytes(allocation.relay_port()),
+        dst_port: send.peer_port,
+        family: send.peer_family,
+    };
+    job.slot = allocation.slot();
+    let expires_ns = allocation.expires_ns().min(permission.expires_ns());
+    cache.fill(packet, &send.peer_ip, job, &permission.next_hop, expires_ns);
+    relay_send(ctx, packet, send, job, &mut permission.next_hop)
+}
+
+/// Relays a Send indication to the peer of `job`'s route (and allocation slot), once
+/// its FINGERPRINT, if any, is checked; `next_hop`: the entry's next-hop cache, or the
+/// cache slot's copy of it.
+#[inline(always)]
+fn relay_send(
+    ctx: &XdpContext,
+    packet: &Packet,
+    send: &SendIndication,
+    job: &mut Job,
+    next_hop: &mut NextHop,
+) -> Result<Relayed, Outcome> {
+    if send.fingerprint_offset != 0
+        && !fingerprint::matches(
+            ctx,
+            packet.payload,
+            send.fingerprint_offset,
+            send.fingerprint,
+        )
+    {
+        return Err(Outcome::PassBadFingerprint);
+    }
+    job.reframe = Reframe {
+        strip_front: send.data_offset,
+        data_len: send.data_len,
+        pad: 0,
+        attributes_after: true,
+    };
+    job.prefix_words = 0;
+    job.relayed = Outcome::RelayedSendToPeer;
+    let slot = job.slot;
+    let relayed = forward(ctx, packet, job, next_hop)?;
+    add_traffic(slot, send.data_len, true);
+    Ok(relayed)
+}
+
+/// The client's allocation and its permission for the peer of a Send indication (RFC
+/// 8656 §11.2), both live, the permission covering the peer's port; else why not.
+#[inline(always)]
+fn allocation_and_permission(
+    packet: &Packet,
+    send: &SendIndication,
+) -> Result<(&'static AllocationValue, &'static mut PermissionValue), Outcome> {
     let flow = FlowKey::new(
         packet.family,
         address_bytes(packet.src_ip),
@@ -222,37 +309,7 @@ pub fn send_indication(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Out
     if !permission.covers_port(send.peer_port.to_ne_bytes()) {
         return Err(Outcome::PassPeerPortNotPermitted);
     }
-    if send.fingerprint_offset != 0
-        && !fingerprint::matches(
-            ctx,
-            packet.payload,
-            send.fingerprint_offset,
-            send.fingerprint,
-        )
-    {
-        return Err(Outcome::PassBadFingerprint);
-    }
-    let job = job()?;
-    job.route = Route {
-        // SAFETY: a 4-aligned field of the value.
-        src_ip: unsafe { address_words(allocation.relay_ip()) },
-        dst_ip: send.peer_ip,
-        src_port: u16::from_ne_bytes(allocation.relay_port()),
-        dst_port: send.peer_port,
-        family: send.peer_family,
-    };
-    job.reframe = Reframe {
-        strip_front: send.data_offset,
-        data_len: send.data_len,
-        pad: 0,
-        attributes_after: true,
-    };
-    job.prefix_words = 0;
-    job.relayed = Outcome::RelayedSendToPeer;
-    job.slot = allocation.slot();
-    let relayed = forward(ctx, packet, job, &mut permission.next_hop)?;
-    add_traffic(allocation.slot(), send.data_len, true);
-    Ok(relayed)
+    Ok((allocation, permission))
 }
 
 /// Walks at most [`MAX_ATTRIBUTES`] attributes; accepts exactly one XOR-PEER-ADDRESS,

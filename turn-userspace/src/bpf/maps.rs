@@ -36,6 +36,9 @@ const PORT_FILTER: &str = "PORT_FILTER";
 const CONTROL: &str = "CONTROL";
 // Declared in turn-ebpf/src/channel_cache.rs.
 const CHANNEL_CACHE: &str = "CHANNEL_CACHE";
+const CHANNEL_CACHE_V6: &str = "CHANNEL_CACHE_V6";
+const SEND_CACHE: &str = "SEND_CACHE";
+const SEND_CACHE_V6: &str = "SEND_CACHE_V6";
 // Declared in turn-ebpf/src/bandwidth.rs.
 const BANDWIDTH: &str = "BANDWIDTH";
 const RELAY_BANDWIDTH: &str = "RELAY_BANDWIDTH";
@@ -113,8 +116,9 @@ pub(crate) struct Maps {
     /// `TO_CLIENT`).
     rate_limited: PerCpuArray<MapData, Counter>,
     egress: DevMapHash<MapData>,
-    /// The program's per-CPU channel cache (only its memory is read here).
-    channel_cache: MapData,
+    /// The program's per-CPU caches of channels and of Send indications' client–peer
+    /// pairs, IPv4 and IPv6 (only their memory is read here).
+    channel_caches: [MapData; 4],
     /// Handed to the next-hop watcher once.
     routing_generation: Option<RoutingGeneration>,
     /// Handed to the [`super::BpfDatapath`] once.
@@ -131,10 +135,16 @@ impl Maps {
         let egress = DevMapHash::try_from(take_map(ebpf, EGRESS)?).context(EGRESS)?;
         let rate_limited =
             PerCpuArray::try_from(take_map(ebpf, RATE_LIMITED)?).context(RATE_LIMITED)?;
-        let channel_cache = match take_map(ebpf, CHANNEL_CACHE)? {
-            aya::maps::Map::PerCpuArray(data) => data,
-            _ => return Err(anyhow!("{CHANNEL_CACHE} is not a per-CPU array")),
+        let mut channel_cache = |name| match take_map(ebpf, name)? {
+            aya::maps::Map::PerCpuArray(data) => Ok(data),
+            _ => Err(anyhow!("{name} is not a per-CPU array")),
         };
+        let channel_caches = [
+            channel_cache(CHANNEL_CACHE)?,
+            channel_cache(CHANNEL_CACHE_V6)?,
+            channel_cache(SEND_CACHE)?,
+            channel_cache(SEND_CACHE_V6)?,
+        ];
         let control_words = Array::try_from(take_map(ebpf, CONTROL)?).context(CONTROL)?;
         let control = Control::start(&control_words).context(CONTROL)?;
         let routing_generation = RoutingGeneration(control_words);
@@ -161,7 +171,7 @@ impl Maps {
             counters,
             rate_limited,
             egress,
-            channel_cache,
+            channel_caches,
             routing_generation: Some(routing_generation),
             tables: Some(tables),
         })
@@ -210,7 +220,11 @@ impl Maps {
         let mut total = memlock_bytes(self.counters.map())?
             + memlock_bytes(self.rate_limited.map())?
             + memlock_bytes(self.egress.map())?
-            + memlock_bytes(&self.channel_cache)?;
+            + self
+                .channel_caches
+                .iter()
+                .map(memlock_bytes)
+                .sum::<anyhow::Result<u64>>()?;
         if let Some(generation) = &self.routing_generation {
             total += memlock_bytes(generation.0.map())?;
         }
@@ -239,9 +253,11 @@ impl RoutingGeneration {
 /// The words of the program's `CONTROL` that follow the tables (through a handle of
 /// its own; [`RoutingGeneration`] writes the routing generation):
 /// - the generation of the per-CPU channel cache (turn-ebpf's `channel_cache`): each
-///   CPU keeps copies of the channel entries it relayed, used only while they carry the
-///   current generation. So it moves on after every write or removal of a channel
-///   entry, and a copy of an entry that has since changed is never used again.
+///   CPU keeps copies of the channel entries it relayed, and of the allocation and
+///   permission entries it relayed Send indications with, used only while they carry
+///   the current generation. So it moves on after every write or removal of a channel,
+///   allocation or permission entry, and a copy of an entry that has since changed is
+///   never used again.
 ///   Gray-coded ([`gray_code`]): the map update copies bytes while the program may read
 ///   the word, and consecutive codes differ in one bit.
 /// - whether a bandwidth limit was ever set: until then the program skips the limits.
@@ -434,25 +450,32 @@ impl Tables {
             record.slot,
             record.expires_ns,
         );
-        insert(&mut self.relays, relay_key, relay_value)?;
+        let relays = insert(&mut self.relays, relay_key, relay_value);
         let allocation = AllocationValue::new(
             record.relay.ip,
             record.relay.port,
             record.slot,
             record.expires_ns,
         );
-        insert(&mut self.client_allocations, flow_key(record), allocation)
+        let inserted = relays
+            .and_then(|()| insert(&mut self.client_allocations, flow_key(record), allocation));
+        // After the writes, whether they succeeded or not (see `Control`).
+        self.move_cache_generation()?;
+        inserted
     }
 
     pub(crate) fn remove_allocation(
         &mut self,
         record: &AllocationRecord,
     ) -> Result<(), DatapathError> {
-        remove(
+        let relays = remove(
             &mut self.relays,
             &RelayKey::new(record.relay.family, record.relay.ip, record.relay.port),
-        )?;
-        remove(&mut self.client_allocations, &flow_key(record))
+        );
+        let removed = relays.and_then(|()| remove(&mut self.client_allocations, &flow_key(record)));
+        // After the removals, whether they succeeded or not.
+        self.move_cache_generation()?;
+        removed
     }
 
     /// A permission for `peer` covering its ports `ports`.
@@ -464,11 +487,14 @@ impl Tables {
         expires_ns: u64,
     ) -> Result<(), DatapathError> {
         self.ports.cover(None, relay)?;
-        insert(
+        let inserted = insert(
             &mut self.permissions,
             permission_key(relay, peer),
             PermissionValue::new(expires_ns, *ports.start(), *ports.end()),
-        )
+        );
+        // After the write: it may have replaced an entry (a refresh, other ports).
+        self.move_cache_generation()?;
+        inserted
     }
 
     pub(crate) fn remove_permission(
@@ -476,7 +502,9 @@ impl Tables {
         relay: MapAddress,
         peer: MapAddress,
     ) -> Result<(), DatapathError> {
-        remove(&mut self.permissions, &permission_key(relay, peer))
+        let removed = remove(&mut self.permissions, &permission_key(relay, peer));
+        self.move_cache_generation()?;
+        removed
     }
 
     /// Both channel entries or none: when the second insert fails, the first is rolled
@@ -527,8 +555,8 @@ impl Tables {
         client_side.and(peer_side)
     }
 
-    /// Moves the channel cache's generation on: no CPU uses its copies of channel entries
-    /// made before.
+    /// Moves the channel cache's generation on: no CPU uses its copies of entries made
+    /// before.
     fn move_cache_generation(&mut self) -> Result<(), DatapathError> {
         self.control
             .move_cache_generation()

@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use turn_relay::bpf::Outcome;
-use turn_relay::protocol::datapath::{ClientFlow, DatapathError};
+use turn_relay::protocol::datapath::{ClientFlow, DatapathError, PeerPortRange};
 use turn_testkit::fast_path::FastPath;
 use turn_testkit::testbed::{
     Ingress, Testbed, PEER_MAC, PEER_SIDE_INTERFACE, XDP_PASS, XDP_REDIRECT,
@@ -36,7 +36,7 @@ use turn_testkit::testbed::{
 use turn_testkit::{privileged, OrFail};
 
 use rows::{IpVariant, Origin, Peer, CHANNEL_CROSS, CHANNEL_PEER};
-use world::{V4, V4_CLIENT_V6_RELAY, V6, V6_CLIENT_V4_RELAY};
+use world::{Allocation, V4, V4_CLIENT_V6_RELAY, V6, V6_CLIENT_V4_RELAY};
 
 /// Every table.
 const TABLES: [&[rows::Row]; 8] = [
@@ -53,19 +53,19 @@ const TABLES: [&[rows::Row]; 8] = [
 /// tables may grow, never shrink.
 const FIXTURES_AT_CONVERSION: usize = 107;
 
-/// A ChannelData frame from the IPv4 client on the bound channel.
-fn channel_data_frame(data: &[u8], padding: &[u8]) -> Vec<u8> {
+/// A ChannelData frame from `allocation`'s client on the bound channel.
+fn channel_data_frame(allocation: &Allocation, data: &[u8], padding: &[u8]) -> Vec<u8> {
     let payload = [
         turn_testkit::stun_client::channel_data(CHANNEL_PEER, data),
         padding.to_vec(),
     ]
     .concat();
-    runner::frame(&V4, Origin::Client, &payload, IpVariant::Usual).0
+    runner::frame(allocation, Origin::Client, &payload, IpVariant::Usual).0
 }
 
-/// `data` from the IPv4 allocation's peer `peer`.
-fn peer_frame(peer: Peer, data: &[u8]) -> Vec<u8> {
-    runner::frame(&V4, Origin::Peer(peer), data, IpVariant::Usual).0
+/// `data` from `allocation`'s peer `peer`.
+fn peer_frame(allocation: &Allocation, peer: Peer, data: &[u8]) -> Vec<u8> {
+    runner::frame(allocation, Origin::Peer(peer), data, IpVariant::Usual).0
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn data_indications_get_fresh_transaction_ids() {
         return;
     }
     let (testbed, _fast_path) = installed_testbed();
-    let input = peer_frame(Peer::OtherPort, b"payload");
+    let input = peer_frame(&V4, Peer::OtherPort, b"payload");
     let first = testbed.run(&input, Ingress::PeerSide).or_fail("run");
     let second = testbed.run(&input, Ingress::PeerSide).or_fail("run");
     assert_eq!((first.action, second.action), (XDP_REDIRECT, XDP_REDIRECT));
@@ -160,7 +160,7 @@ fn cached_next_hops_follow_neighbour_and_route_changes() {
         return;
     }
     let (testbed, _fast_path) = installed_testbed();
-    let input = channel_data_frame(b"data", &[]);
+    let input = channel_data_frame(&V4, b"data", &[]);
     let destination_mac = |testbed: &Testbed| {
         let out = testbed.run(&input, Ingress::ClientSide).or_fail("run");
         (out.action == XDP_REDIRECT).then(|| out.frame[..6].to_vec())
@@ -224,51 +224,61 @@ fn udp_destination_and_first_byte(frame: &[u8]) -> (u16, u8) {
 
 /// The per-CPU channel cache (turn-ebpf's `channel_cache`) copies a channel entry on
 /// the first frames and relays later ones from the copy: a channel entry rewritten or
-/// removed must never be relayed from the old copy. Six frames each way so that, on
-/// two CPUs, at least three run on the same one (the copy is made on the second, with
-/// the next hop the first left, and used from the third on).
+/// removed must never be relayed from the old copy, in either family. Six frames each
+/// way so that, on two CPUs, at least three run on the same one (the copy is made on the
+/// second, with the next hop the first left, and used from the third on).
 #[test]
 fn cached_channels_follow_rewrites_and_removals() {
     if !privileged("cached_channels_follow_rewrites_and_removals") {
         return;
     }
     let (testbed, mut fast_path) = installed_testbed();
-    let to_peer = channel_data_frame(b"data", &[]);
-    let from_peer = peer_frame(Peer::Bound, b"data");
     let relayed = |frame: &[u8], ingress: Ingress| {
         let out = testbed.run(frame, ingress).or_fail("run");
         assert_eq!(out.action, XDP_REDIRECT);
         udp_destination_and_first_byte(&out.frame)
     };
-    let bound = V4.peer(Peer::Bound);
-    for _ in 0..6 {
-        assert_eq!(relayed(&to_peer, Ingress::ClientSide).0, bound.port());
-        // ChannelData (first two bits 01) to the client.
-        assert_eq!(relayed(&from_peer, Ingress::PeerSide).1 >> 6, 1);
+    // Each family has its own table.
+    for allocation in [V4, V6] {
+        let to_peer = channel_data_frame(&allocation, b"data", &[]);
+        let from_peer = peer_frame(&allocation, Peer::Bound, b"data");
+        let bound = allocation.peer(Peer::Bound);
+        for _ in 0..6 {
+            assert_eq!(relayed(&to_peer, Ingress::ClientSide).0, bound.port());
+            // ChannelData (first two bits 01) to the client.
+            assert_eq!(relayed(&from_peer, Ingress::PeerSide).1 >> 6, 1);
+        }
+        // The client channel rewritten to another peer port: frames follow at once.
+        let other = allocation.peer(Peer::OtherPort);
+        let live = Instant::now() + Duration::from_secs(600);
+        fast_path
+            .channel(
+                allocation.flow(),
+                allocation.relay,
+                other,
+                CHANNEL_PEER,
+                live,
+            )
+            .or_fail("rewrite");
+        for _ in 0..6 {
+            assert_eq!(relayed(&to_peer, Ingress::ClientSide).0, other.port());
+        }
+        // Removed: the client's frames go to userspace, the peer's become Data
+        // indications (its permission lives on).
+        fast_path.remove_channel(allocation.relay, CHANNEL_PEER);
+        for _ in 0..6 {
+            let out = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
+            assert_eq!(out.action, XDP_PASS, "{}: channel removed", allocation.tag);
+            assert_eq!(
+                relayed(&from_peer, Ingress::PeerSide).1,
+                0,
+                "{}: a Data indication",
+                allocation.tag
+            );
+        }
     }
-    // The client channel rewritten to another peer port: frames follow at once.
-    let other = V4.peer(Peer::OtherPort);
-    let live = Instant::now() + Duration::from_secs(600);
-    fast_path
-        .channel(V4.flow(), V4.relay, other, CHANNEL_PEER, live)
-        .or_fail("rewrite");
-    for _ in 0..6 {
-        assert_eq!(relayed(&to_peer, Ingress::ClientSide).0, other.port());
-    }
-    // Removed: the client's frames go to userspace, the peer's become Data indications
-    // (its permission lives on).
-    fast_path.remove_channel(V4.relay, CHANNEL_PEER);
-    for _ in 0..6 {
-        let out = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
-        assert_eq!(out.action, XDP_PASS, "channel removed");
-        assert_eq!(
-            relayed(&from_peer, Ingress::PeerSide).1,
-            0,
-            "a Data indication"
-        );
-    }
-    // Cross-family channels: an IPv4 frame in, an IPv6 one out, every time (the cache
-    // holds IPv4 routes only, so these never come from it). Best effort, as most media:
+    // Cross-family channels: an IPv4 frame in, an IPv6 one out, every time (a table
+    // holds routes within its family only, so these never come from it). Best effort, as most media:
     // an IPv4 frame's TOS must match the one its next hop was looked up with.
     for (allocation, origin, payload) in [
         (
@@ -305,44 +315,114 @@ fn cached_channels_expire_with_their_entries() {
         return;
     }
     let (testbed, mut fast_path) = installed_testbed();
-    let to_peer = channel_data_frame(b"data", &[]);
-    let from_peer = peer_frame(Peer::Bound, b"data");
-    let run_both = || {
-        let out_to_peer = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
-        let out_from_peer = testbed.run(&from_peer, Ingress::PeerSide).or_fail("run");
-        (out_to_peer, out_from_peer)
-    };
-    for _ in 0..6 {
-        run_both();
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let expires_at = Instant::now() + Duration::from_millis(800);
-    let bound = V4.peer(Peer::Bound);
-    fast_path
-        .channel(V4.flow(), V4.relay, bound, CHANNEL_PEER, expires_at)
-        .or_fail("channel");
-    for _ in 0..6 {
-        let (to_peer, from_peer) = run_both();
-        assert_eq!(to_peer.action, XDP_REDIRECT, "live channel");
-        assert_eq!(from_peer.action, XDP_REDIRECT, "live channel");
-        assert_eq!(
-            udp_destination_and_first_byte(&from_peer.frame).1 >> 6,
-            1,
-            "ChannelData"
+    for allocation in [V4, V6] {
+        let to_peer = channel_data_frame(&allocation, b"data", &[]);
+        let from_peer = peer_frame(&allocation, Peer::Bound, b"data");
+        let run_both = || {
+            let out_to_peer = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
+            let out_from_peer = testbed.run(&from_peer, Ingress::PeerSide).or_fail("run");
+            (out_to_peer, out_from_peer)
+        };
+        for _ in 0..6 {
+            run_both();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let expires_at = Instant::now() + Duration::from_millis(800);
+        let bound = allocation.peer(Peer::Bound);
+        fast_path
+            .channel(
+                allocation.flow(),
+                allocation.relay,
+                bound,
+                CHANNEL_PEER,
+                expires_at,
+            )
+            .or_fail("channel");
+        let tag = allocation.tag;
+        for _ in 0..6 {
+            let (to_peer, from_peer) = run_both();
+            assert_eq!(to_peer.action, XDP_REDIRECT, "{tag}: live channel");
+            assert_eq!(from_peer.action, XDP_REDIRECT, "{tag}: live channel");
+            assert_eq!(
+                udp_destination_and_first_byte(&from_peer.frame).1 >> 6,
+                1,
+                "{tag}: ChannelData"
+            );
+        }
+        std::thread::sleep(
+            expires_at.saturating_duration_since(Instant::now()) + Duration::from_millis(100),
         );
+        for _ in 0..6 {
+            let (to_peer, from_peer) = run_both();
+            assert_eq!(to_peer.action, XDP_PASS, "{tag}: expired channel");
+            assert_eq!(from_peer.action, XDP_REDIRECT);
+            assert_eq!(
+                udp_destination_and_first_byte(&from_peer.frame).1,
+                0,
+                "{tag}: a Data indication"
+            );
+        }
     }
-    std::thread::sleep(
-        expires_at.saturating_duration_since(Instant::now()) + Duration::from_millis(100),
-    );
-    for _ in 0..6 {
-        let (to_peer, from_peer) = run_both();
-        assert_eq!(to_peer.action, XDP_PASS, "expired channel");
-        assert_eq!(from_peer.action, XDP_REDIRECT);
+}
+
+/// The per-CPU cache also copies, for Send indications, the allocation and the
+/// permission a client–peer pair was relayed with (turn-ebpf's `channel_cache`): a
+/// permission rewritten to other ports, one expiring, or the allocation removed must
+/// never leave the pair relaying from the old copy, in either family. Six frames each
+/// time, as in `cached_channels_follow_rewrites_and_removals`.
+#[test]
+fn cached_send_pairs_follow_permissions_and_allocations() {
+    if !privileged("cached_send_pairs_follow_permissions_and_allocations") {
+        return;
+    }
+    let (testbed, mut fast_path) = installed_testbed();
+    for allocation in [V4, V6] {
+        let tag = allocation.tag;
+        let peer = allocation.peer(Peer::Bound);
+        let payload = turn_testkit::stun_client::send_indication([5; 12], peer, b"data", true);
+        let (send, _) = runner::frame(&allocation, Origin::Client, &payload, IpVariant::Usual);
+        let actions = |what: &str| -> Vec<u32> {
+            (0..6)
+                .map(|_| testbed.run(&send, Ingress::ClientSide).or_fail(what).action)
+                .collect()
+        };
+        assert_eq!(actions("run"), [XDP_REDIRECT; 6], "{tag}: permitted");
+        // The permission rewritten to cover other ports only.
+        let live = Instant::now() + Duration::from_secs(600);
+        let others = PeerPortRange {
+            first: peer.port() + 1,
+            last: peer.port() + 1,
+        };
+        fast_path
+            .permission_on_ports(allocation.flow(), allocation.relay, peer.ip(), others, live)
+            .or_fail("rewrite");
         assert_eq!(
-            udp_destination_and_first_byte(&from_peer.frame).1,
-            0,
-            "a Data indication"
+            actions("run"),
+            [XDP_PASS; 6],
+            "{tag}: port no longer permitted"
         );
+        // Back on every port, expiring in 0.8 s: relayed, then not once expired (plus
+        // the two ticks the program's clock may lag).
+        fast_path
+            .permission(allocation.flow(), allocation.relay, peer.ip(), live)
+            .or_fail("permission");
+        assert_eq!(actions("run"), [XDP_REDIRECT; 6], "{tag}: permitted again");
+        let expires_at = Instant::now() + Duration::from_millis(800);
+        fast_path
+            .permission(allocation.flow(), allocation.relay, peer.ip(), expires_at)
+            .or_fail("permission");
+        assert_eq!(actions("run"), [XDP_REDIRECT; 6], "{tag}: live permission");
+        std::thread::sleep(
+            expires_at.saturating_duration_since(Instant::now()) + Duration::from_millis(100),
+        );
+        assert_eq!(actions("run"), [XDP_PASS; 6], "{tag}: expired permission");
+        // Permitted again, then the allocation removed.
+        fast_path
+            .permission(allocation.flow(), allocation.relay, peer.ip(), live)
+            .or_fail("permission");
+        assert_eq!(actions("run"), [XDP_REDIRECT; 6], "{tag}: permitted again");
+        fast_path.remove_allocation(allocation.flow(), allocation.relay);
+        assert_eq!(actions("run"), [XDP_PASS; 6], "{tag}: allocation removed");
     }
 }
 
@@ -352,8 +432,8 @@ fn relayed_traffic_is_accounted_per_allocation() {
         return;
     }
     let (testbed, mut fast_path) = installed_testbed();
-    let to_peer = channel_data_frame(b"12345", &[0, 0, 0]);
-    let from_peer = peer_frame(Peer::Bound, b"1234567");
+    let to_peer = channel_data_frame(&V4, b"12345", &[0, 0, 0]);
+    let from_peer = peer_frame(&V4, Peer::Bound, b"1234567");
     for _ in 0..3 {
         let out = testbed.run(&to_peer, Ingress::ClientSide).or_fail("run");
         assert_eq!(out.action, XDP_REDIRECT);
@@ -456,7 +536,7 @@ fn channels_stop_with_their_allocation_and_resume_on_refresh() {
     fast_path
         .channel(flow, relay, peer, CHANNEL_PEER, live)
         .expect("channel");
-    let input = channel_data_frame(b"data", &[]);
+    let input = channel_data_frame(&V4, b"data", &[]);
     let action = |testbed: &Testbed| {
         testbed
             .run(&input, Ingress::ClientSide)
@@ -481,10 +561,13 @@ fn the_decision_trace_logs_outcome_action_and_flow() {
     let mut fast_path = testbed.fast_path().or_fail("datapath");
     world::install(&mut fast_path);
     let relayed = testbed
-        .run(&channel_data_frame(b"traced", &[]), Ingress::ClientSide)
+        .run(
+            &channel_data_frame(&V4, b"traced", &[]),
+            Ingress::ClientSide,
+        )
         .or_fail("run");
     assert_eq!(relayed.action, XDP_REDIRECT);
-    let mut not_ip = channel_data_frame(b"x", &[]);
+    let mut not_ip = channel_data_frame(&V4, b"x", &[]);
     not_ip[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let passed = testbed.run(&not_ip, Ingress::ClientSide).or_fail("run");
     assert_eq!(passed.action, XDP_PASS);
