@@ -1,34 +1,43 @@
-//! A per-CPU cache of the channels the lean ChannelData paths relayed
-//! (`to_peer::channel_data_lean`, `to_client::channel_data_lean`) and of the client–peer
-//! pairs Send indications were relayed for (`to_peer::send_indication`), one table per
-//! IP family and kind (an IPv4 slot keeps its key compare and its copy to few words). A hit relays from one
-//! array slot, which the verifier inlines: no hash-map helper call, no hashing of a
-//! 40-byte key, no bucket walk, and two cache lines of memory instead of the hash map's
-//! four or five (its header, the bucket, the element's key and value). At the rates a
-//! relay sees per CPU, those lines are cold for most frames, and each costs more than the
-//! instructions around it.
+//! A per-CPU cache of what the fast path relayed a flow with: the channels of the lean
+//! ChannelData paths (`to_peer::channel_data_lean`, `to_client::channel_data_lean`),
+//! the client–peer pairs of Send indications (`to_peer::send_indication`) and the
+//! peers' datagrams without a channel, which go out as Data indications
+//! (`to_client::data_indication`). One table per IP family and key size: an IPv4 slot
+//! keeps its key compare and its copy to a few words. A hit relays from one array slot,
+//! which the verifier inlines: no hash-map helper call, no hashing of a 40-byte key, no
+//! bucket walk, and two cache lines of memory instead of the hash map's four or five
+//! (its header, the bucket, the element's key and value), per lookup saved.
 //!
-//! **What a slot holds.** A copy of what the lean path takes from the `CLIENT_CHANNELS`
-//! or `PEER_CHANNELS` value it found for a frame (route, channel number, allocation
-//! slot, expiry, next hop), under the frame's key, tagged with the cache generation read
-//! *before* that hash lookup; and the UDP checksum delta of the route's addresses and
-//! ports in place of the key's, which depends on nothing else. A Send indication's slot
-//! holds what its path takes from the `CLIENT_ALLOCATIONS` and `PERMISSIONS` values
-//! (the relayed address, the allocation slot, the earlier of the two expiries, the
-//! permission's next hop), under the client's flow and the peer's address and port: a
-//! hit saves both hash lookups, and the frame goes on through the general path. A hit makes the same
-//! checks on the copy as the hash path makes on the value (expiry, next hop of the
-//! current routing generation, ingress), then the same [`crate::egress::channel_data`].
-//! A hit skips the port filter ([`crate::is_listening`], [`crate::is_relayed`]): its key
-//! was filled from an entry, so its port is in the filter, which never loses one.
+//! **What a slot holds.** A copy of what the path takes from the hash entries it found
+//! for a frame, under the frame's key, tagged with the cache generation read *before*
+//! those hash lookups; and the UDP checksum delta of the route's addresses and ports in
+//! place of the key's, which depends on nothing else.
+//! - A channel: from its `CLIENT_CHANNELS` or `PEER_CHANNELS` value (route, channel
+//!   number, allocation slot, expiry, next hop). A hit goes on to the same
+//!   [`crate::egress::channel_data`] as the hash path.
+//! - A Send indication: from the `CLIENT_ALLOCATIONS` and `PERMISSIONS` values (the
+//!   relayed address, the allocation slot, the earlier of the two expiries, the
+//!   permission's next hop), under the client's flow and the peer's address and port.
+//! - A peer's datagram without a channel: from the `RELAYS` and `PERMISSIONS` values
+//!   (the route to the client, the allocation slot, the earlier expiry, the allocation's
+//!   next hop), in the slot of the channel key to the client, marked as a Data
+//!   indication. So one lookup tells the lean ChannelData path that there is no
+//!   channel, and no `PEER_CHANNELS` lookup is made.
+//! - Send and Data indications then go through the general path ([`crate::egress::forward`])
+//!   with the slot's route and a copy of the next hop.
+//!
+//! A hit makes the same checks on the copy as the hash path makes on the values (expiry,
+//! next hop of the current routing generation, ingress). A channel hit skips the port
+//! filter ([`crate::is_listening`], [`crate::is_relayed`]): its key was filled from an
+//! entry, so its port is in the filter, which never loses one.
 //!
 //! **Expiry.** A hit checks the copy's expiry against [`now_ns`], the coarse clock as
 //! this CPU read it during the current jiffy, as the hash path checks the entry's.
 //!
 //! **Why a copy is never stale.** Userspace moves the cache generation on after every
 //! write or removal of a channel, allocation or permission entry (`Tables` in
-//! turn-userspace's `bpf/maps.rs`), so a
-//! slot filled from an entry that has since changed no longer matches. A run that read
+//! turn-userspace's `bpf/maps.rs`), so a slot filled from an entry that has since
+//! changed, or that says "no channel" when one has since been bound, no longer matches. A run that read
 //! the generation before the move may still use the old entry, as a run may use a hash
 //! entry that is being deleted (RCU). The generation is Gray-coded: consecutive values
 //! differ in one bit, so a reader that catches userspace's byte copy halfway sees the old
@@ -192,7 +201,9 @@ pub struct CachedChannel<const W: usize, const P: usize> {
     dst_port: u16,
     /// The channel number (to the client), in memory order.
     number: [u8; 2],
-    pad: [u8; 2],
+    /// 1: a peer's datagrams go to the client as Data indications (no channel).
+    data_indication: u8,
+    pad: u8,
     slot: u32,
     expires_ns: u64,
     /// [`Channel::route_delta`].
@@ -216,10 +227,20 @@ impl<const W: usize, const P: usize> CachedChannel<W, P> {
         }
     }
 
-    /// What a Send indication's slot holds, as its path relays with it: the route and
-    /// the allocation slot written to `job`, and the next hop.
+    /// What a channel path's slot holds for its frame.
     #[inline(always)]
-    fn send_hit(&'static mut self, job: &mut Job) -> &'static mut NextHop {
+    fn cached(&'static self) -> Cached {
+        if self.data_indication != 0 {
+            Cached::DataIndication
+        } else {
+            Cached::Channel(self.channel())
+        }
+    }
+
+    /// What a Send or Data indication's slot holds, as its path relays with it: the
+    /// route and the allocation slot written to `job`, and the next hop.
+    #[inline(always)]
+    fn indication_hit(&'static mut self, job: &mut Job) -> &'static mut NextHop {
         job.route = self.route();
         job.slot = self.slot;
         &mut self.next_hop
@@ -236,6 +257,16 @@ impl<const W: usize, const P: usize> CachedChannel<W, P> {
             family: Self::FAMILY,
         }
     }
+}
+
+/// What a frame's slot holds for it ([`Lookup::new`]).
+pub enum Cached {
+    Miss,
+    /// A live channel.
+    Channel(Channel<'static>),
+    /// A live allocation and permission, and no channel, for a peer's datagram: a Data
+    /// indication ([`find_data_indication`]).
+    DataIndication,
 }
 
 /// The table of a frame's family, if the cache is on.
@@ -261,28 +292,29 @@ pub struct Lookup {
 
 impl Lookup {
     /// The frame's slot on `direction`'s path (`number`: the channel number from the
-    /// ChannelData header to the peer, 0 to the client), and what it holds for the
-    /// frame if it is a hit (see [`find`]): a live channel.
+    /// ChannelData header to the peer, 0 to the client) under `generation` (read before
+    /// the hash lookups, [`generation`]), and what it holds for the frame if it is a hit
+    /// (see [`find`]).
     #[inline(always)]
     pub fn new(
         ctx: &XdpContext,
         packet: &Packet,
         direction: Direction,
         number: u16,
-    ) -> (Lookup, Option<Channel<'static>>) {
-        let generation = generation();
+        generation: u32,
+    ) -> (Lookup, Cached) {
         let arrival = Arrival::of(ctx);
+        let key = FrameKey::new(packet, direction, number, &NO_PEER);
         let (table, cached) = if generation == 0 {
             (Table::Off, None)
         } else if packet.family == FAMILY_V4 {
-            let key = FrameKey::new(packet, direction, number, &NO_PEER);
             let cached = find(&CHANNEL_CACHE, &key, generation, arrival);
-            (Table::V4, cached.map(|cached| cached.channel()))
+            (Table::V4, cached.map(|cached| cached.cached()))
         } else {
-            let key = FrameKey::new(packet, direction, number, &NO_PEER);
             let cached = find(&CHANNEL_CACHE_V6, &key, generation, arrival);
-            (Table::V6, cached.map(|cached| cached.channel()))
+            (Table::V6, cached.map(|cached| cached.cached()))
         };
+        let cached = cached.unwrap_or(Cached::Miss);
         (
             Lookup {
                 table,
@@ -370,9 +402,9 @@ impl SendLookup {
         match self.table {
             Table::Off => None,
             Table::V4 => find(&SEND_CACHE, &key, self.generation, arrival)
-                .map(|cached| cached.send_hit(job)),
+                .map(|cached| cached.indication_hit(job)),
             Table::V6 => find(&SEND_CACHE_V6, &key, self.generation, arrival)
-                .map(|cached| cached.send_hit(job)),
+                .map(|cached| cached.indication_hit(job)),
         }
     }
 
@@ -402,6 +434,7 @@ impl SendLookup {
             route: &job.route,
             route_delta: route_delta(packet, &job.route),
             number: [0; 2],
+            data_indication: false,
             slot: job.slot,
             next_hop,
         };
@@ -413,12 +446,70 @@ impl SendLookup {
     }
 }
 
+/// If this CPU's slot for a peer's datagram (the frame `packet`, to a relayed address)
+/// holds a live allocation and permission for it, and no channel (see [`find`]; under
+/// the generation `relay` read before the client-side lookups): their route to the
+/// client and allocation slot written to `job`, and the slot's copy of the allocation's
+/// next hop (the general path may look it up again for the frame, as it would the
+/// entry's).
+#[inline(always)]
+pub fn find_data_indication(
+    ctx: &XdpContext,
+    packet: &Packet,
+    job: &mut Job,
+) -> Option<&'static mut NextHop> {
+    let generation = packet.cache_generation;
+    if generation == 0 {
+        return None;
+    }
+    let arrival = Arrival::of(ctx);
+    let key = FrameKey::new(packet, Direction::ToClient, 0, &NO_PEER);
+    if packet.family == FAMILY_V4 {
+        find(&CHANNEL_CACHE, &key, generation, arrival)
+            .filter(|cached| cached.data_indication != 0)
+            .map(|cached| cached.indication_hit(job))
+    } else {
+        find(&CHANNEL_CACHE_V6, &key, generation, arrival)
+            .filter(|cached| cached.data_indication != 0)
+            .map(|cached| cached.indication_hit(job))
+    }
+}
+
+/// Fills this CPU's slot for a peer's datagram (the frame `packet`) with what the hash
+/// path found for its Data indication (`job`: the route from the listening address to
+/// the client and the allocation's slot; the allocation's `next_hop`): an allocation and
+/// a permission both live until `expires_ns`, and no channel, as of the generation
+/// `relay` read before the client-side lookups. A BPF function of its own: its stack
+/// frame is not added to the general path's.
+#[inline(never)]
+pub fn fill_data_indication(packet: &Packet, job: &Job, next_hop: &NextHop, expires_ns: u64) {
+    let generation = packet.cache_generation;
+    if generation == 0 {
+        return;
+    }
+    let key = FrameKey::new(packet, Direction::ToClient, 0, &NO_PEER);
+    let copy = Copy {
+        route: &job.route,
+        route_delta: route_delta(packet, &job.route),
+        number: [0; 2],
+        data_indication: true,
+        slot: job.slot,
+        next_hop,
+    };
+    if packet.family == FAMILY_V4 {
+        fill(&CHANNEL_CACHE, &key, generation, expires_ns, &copy);
+    } else {
+        fill(&CHANNEL_CACHE_V6, &key, generation, expires_ns, &copy);
+    }
+}
+
 /// What a slot is filled with ([`fill`]): a [`Channel`]'s parts, by reference where
 /// they are (a Send indication's route is in the per-CPU job, not on the stack).
 struct Copy<'a> {
     route: &'a Route,
     route_delta: Delta,
     number: [u8; 2],
+    data_indication: bool,
     slot: u32,
     next_hop: &'a NextHop,
 }
@@ -430,6 +521,7 @@ impl<'a> Copy<'a> {
             route: &channel.route,
             route_delta: channel.route_delta,
             number: channel.number,
+            data_indication: false,
             slot: channel.slot,
             next_hop: channel.next_hop,
         }
@@ -439,7 +531,7 @@ impl<'a> Copy<'a> {
 /// The cache generation; 0: off. (A word caught mid-write is harmless: see the module
 /// documentation.)
 #[inline(always)]
-fn generation() -> u32 {
+pub fn generation() -> u32 {
     control(CONTROL_CHANNEL_CACHE_GENERATION)
 }
 
@@ -491,6 +583,7 @@ fn fill<const W: usize, const P: usize>(
     cached.dst_port = fill.route.dst_port;
     cached.route_delta = fill.route_delta;
     cached.number = fill.number;
+    cached.data_indication = u8::from(fill.data_indication);
     cached.slot = fill.slot;
     cached.expires_ns = expires_ns;
     // The next hop as `egress::look_up` leaves it, which another CPU may be rewriting

@@ -9,6 +9,9 @@
 //! Cost: the hot paths (ChannelData both ways) make one hash lookup; every value carries
 //! what its path needs, including a cached next hop ([`turn_common::maps::NextHop`]), so
 //! `bpf_fib_lookup` runs only for an entry's first frame and after a routing change.
+//! A per-CPU cache ([`channel_cache`]) spares most frames of a flow even those lookups:
+//! channels, Send indications' client–peer pairs and peers' datagrams without a channel
+//! (Data indications) are found in an array slot.
 //! Same-family ChannelData without padding, with its next hop cached, takes a lean path
 //! (`channel_data_lean` of each direction, [`egress::channel_data`]): one BPF function
 //! instead of the general path's chain of them, which leaves every other frame to the
@@ -46,6 +49,7 @@ use turn_common::maps::{
     RelayValue, CONTROL_ROUTING_GENERATION, CONTROL_WORDS,
 };
 
+use egress::Lean;
 use packet::{address_bytes, Packet, Shape};
 
 // Map sizes here are placeholders: userspace sizes every map from max_allocations
@@ -355,6 +359,11 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
         Shape::Stun | Shape::Other => {}
     }
     let lean = to_client::channel_data_lean(ctx, packet, &mut verdict);
+    if lean == Lean::DataIndication
+        && to_client::data_indication_cached(ctx, packet, &mut verdict) == Lean::Done
+    {
+        return verdict;
+    }
     match lean.or_general(verdict, || to_client::channel_data(ctx, packet)) {
         // No live channel for this peer: a Data indication, if any.
         Err(Outcome::PassChannelNotBound) => to_client::data_indication(ctx, packet, shape),

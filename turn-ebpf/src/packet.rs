@@ -118,6 +118,10 @@ pub struct Packet {
     pub ttl: u8,
     /// IPv4 DF (always set for IPv6: it is never fragmented on the path).
     pub dont_fragment: bool,
+    /// The channel cache's generation as read before the client-side lookups (not
+    /// parsed: `to_client::channel_data_lean`, the first of them, sets it), which a Data
+    /// indication's slot is filled under (see `channel_cache`).
+    pub cache_generation: u32,
 }
 
 impl Packet {

@@ -7,16 +7,17 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::maps::{
-    ClientSide, PeerChannelKey, PeerChannelValue, PermissionKey, RelayKey, FAMILY_V4,
+    ClientSide, NextHop, PeerChannelKey, PeerChannelValue, PermissionKey, RelayKey, FAMILY_V4,
 };
 use turn_common::stun::{
     ADDRESS_FAMILY_V4, ADDRESS_FAMILY_V6, ATTR_DATA, ATTR_XOR_PEER_ADDRESS, DATA_INDICATION,
     HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{Direction, Lookup};
+use crate::channel_cache::{self, Cached, Direction, Lookup};
 use crate::egress::{
-    self, forward, wire_word, Channel, ChannelDataFraming, Lean, Reframe, Route, MAX_PREFIX_WORDS,
+    self, forward, wire_word, Channel, ChannelDataFraming, Job, Lean, Reframe, Route,
+    MAX_PREFIX_WORDS,
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
 use crate::{
@@ -58,14 +59,24 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
 #[inline(never)]
 pub fn channel_data_lean(
     ctx: &XdpContext,
-    packet: &Packet,
+    packet: &mut Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToClient, 0);
+    // Before the client-side lookups, the cache generation their slots are filled under.
+    packet.cache_generation = channel_cache::generation();
+    let (cache, cached) = Lookup::new(
+        ctx,
+        packet,
+        Direction::ToClient,
+        0,
+        packet.cache_generation,
+    );
     let channel = match cached {
         // Live: `find` checked the copy's expiry.
-        Some(channel) => channel,
-        None => {
+        Cached::Channel(channel) => channel,
+        // No channel as of the generation the slot was filled under.
+        Cached::DataIndication => return Lean::DataIndication,
+        Cached::Miss => {
             // No relayed address on this port: the lookup would miss. (A hit's key has one.)
             if !is_relayed(packet) {
                 return Lean::NotFound;
@@ -200,15 +211,56 @@ pub fn data_indication(
         address_bytes(packet.src_ip),
     );
     // SAFETY: only read while this program runs.
-    match unsafe { PERMISSIONS.get(key) } {
-        Some(permission) if permission.expires_ns() > now => {}
+    let permission_expires_ns = match unsafe { PERMISSIONS.get(key) } {
+        Some(permission) if permission.expires_ns() > now => permission.expires_ns(),
         _ => return Err(Outcome::DropNoPermission),
-    }
-    let data_len = packet.payload_len;
-    let pad = (4 - data_len % 4) % 4;
-    let slot = allocation.slot();
+    };
+    let expires_ns = allocation.expires_ns().min(permission_expires_ns);
     let job = job()?;
     job.route = to_client(allocation.client());
+    job.slot = allocation.slot();
+    channel_cache::fill_data_indication(packet, job, &allocation.next_hop, expires_ns);
+    relay_data_indication(ctx, packet, job, &mut allocation.next_hop)
+}
+
+/// [`data_indication`] for a peer's datagram whose slot in this CPU's
+/// [`crate::channel_cache`] holds its Data indication (`channel_data_lean` returned
+/// `Lean::DataIndication`): relayed without the hash lookups of the relayed address and
+/// the permission. Anything else is left to [`data_indication`] (`Lean::General`);
+/// `verdict` is written for `Lean::Done`.
+// A separate BPF function: its stack frame is not added to the general path's.
+#[inline(never)]
+pub fn data_indication_cached(
+    ctx: &XdpContext,
+    packet: &Packet,
+    verdict: &mut Result<Relayed, Outcome>,
+) -> Lean {
+    let Ok(job) = job() else {
+        return Lean::General;
+    };
+    // Live: `find` checked the copy's expiry, the earlier of the two entries'.
+    let Some(next_hop) = channel_cache::find_data_indication(ctx, packet, job) else {
+        return Lean::General;
+    };
+    Lean::from(
+        Some(relay_data_indication(ctx, packet, job, next_hop)),
+        verdict,
+    )
+}
+
+/// Relays a peer's datagram as a Data indication (RFC 8656 §11.4, §11.5) to the client
+/// of `job`'s route (and allocation slot); `next_hop`: the entry's next-hop cache, or the
+/// cache slot's copy of it.
+#[inline(always)]
+fn relay_data_indication(
+    ctx: &XdpContext,
+    packet: &Packet,
+    job: &mut Job,
+    next_hop: &mut NextHop,
+) -> Result<Relayed, Outcome> {
+    let data_len = packet.payload_len;
+    let pad = (4 - data_len % 4) % 4;
+    let slot = job.slot;
     job.reframe = Reframe {
         strip_front: 0,
         data_len,
@@ -217,8 +269,7 @@ pub fn data_indication(
     };
     job.prefix_words = data_indication_prefix(packet, pad, &mut job.prefix);
     job.relayed = Outcome::RelayedDataIndicationToClient;
-    job.slot = slot;
-    let relayed = forward(ctx, packet, job, &mut allocation.next_hop)?;
+    let relayed = forward(ctx, packet, job, next_hop)?;
     add_traffic(slot, data_len, false);
     Ok(relayed)
 }

@@ -13,7 +13,7 @@ use turn_common::stun::{
     CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{Direction, Lookup, SendLookup};
+use crate::channel_cache::{self, Cached, Direction, Lookup, SendLookup};
 use crate::egress::{self, forward, Channel, ChannelDataFraming, Job, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
@@ -54,11 +54,13 @@ pub fn channel_data_lean(
 ) -> Lean {
     let data_len = (packet.head_be() & 0xFFFF) as usize;
     let number = (packet.head_be() >> 16) as u16;
-    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number);
+    let generation = channel_cache::generation();
+    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number, generation);
     let channel = match cached {
         // Live: `find` checked the copy's expiry.
-        Some(channel) => channel,
-        None => {
+        Cached::Channel(channel) => channel,
+        // (Only a slot for a peer's datagram holds a Data indication.)
+        Cached::Miss | Cached::DataIndication => {
             // No client flow on this port: the lookup would miss. (A hit's key has one.)
             if !is_listening(packet) {
                 return Lean::NotFound;

@@ -541,7 +541,7 @@ impl Tables {
                 tracing::warn!(%error, "rolling back a half-installed fast-path channel failed");
             }
         }
-        // After the writes (see `ChannelCacheGeneration`): a new key changes no copy, but
+        // After the writes (see `Control`): a new key changes no copy, but
         // this one may have replaced an entry (a refresh, a rebind).
         self.move_cache_generation()?;
         inserted

@@ -31,7 +31,7 @@ use turn_relay::bpf::Outcome;
 use turn_relay::protocol::datapath::{ClientFlow, DatapathError, PeerPortRange};
 use turn_testkit::fast_path::FastPath;
 use turn_testkit::testbed::{
-    Ingress, Testbed, PEER_MAC, PEER_SIDE_INTERFACE, XDP_PASS, XDP_REDIRECT,
+    Ingress, Testbed, PEER_MAC, PEER_SIDE_INTERFACE, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use turn_testkit::{privileged, OrFail};
 
@@ -423,6 +423,97 @@ fn cached_send_pairs_follow_permissions_and_allocations() {
         assert_eq!(actions("run"), [XDP_REDIRECT; 6], "{tag}: permitted again");
         fast_path.remove_allocation(allocation.flow(), allocation.relay);
         assert_eq!(actions("run"), [XDP_PASS; 6], "{tag}: allocation removed");
+    }
+}
+
+/// The per-CPU cache also copies, for a peer's datagrams without a channel, the
+/// allocation and the permission they were relayed as Data indications with
+/// (turn-ebpf's `channel_cache`): a channel bound for the peer, its permission expiring,
+/// or the allocation removed must never leave its datagrams going out from the old copy,
+/// in either family. Six frames each time, as in
+/// `cached_channels_follow_rewrites_and_removals`.
+#[test]
+fn cached_data_indications_follow_channels_permissions_and_allocations() {
+    if !privileged("cached_data_indications_follow_channels_permissions_and_allocations") {
+        return;
+    }
+    // A number no row binds.
+    const CHANNEL_LATER: u16 = 0x4020;
+    let (testbed, mut fast_path) = installed_testbed();
+    for allocation in [V4, V6] {
+        let tag = allocation.tag;
+        let peer = allocation.peer(Peer::OtherPort);
+        let from_peer = peer_frame(&allocation, Peer::OtherPort, b"data");
+        // (action, first payload byte of what was relayed) of six runs.
+        let outcomes = |what: &str| -> Vec<(u32, Option<u8>)> {
+            (0..6)
+                .map(|_| {
+                    let out = testbed.run(&from_peer, Ingress::PeerSide).or_fail(what);
+                    let first = (out.action == XDP_REDIRECT)
+                        .then(|| udp_destination_and_first_byte(&out.frame).1);
+                    (out.action, first)
+                })
+                .collect()
+        };
+        let data_indication = (XDP_REDIRECT, Some(0));
+        assert_eq!(
+            outcomes("run"),
+            [data_indication; 6],
+            "{tag}: Data indications"
+        );
+        // A channel bound to the peer: ChannelData (first two bits 01) at once.
+        let live = Instant::now() + Duration::from_secs(600);
+        fast_path
+            .channel(
+                allocation.flow(),
+                allocation.relay,
+                peer,
+                CHANNEL_LATER,
+                live,
+            )
+            .or_fail("channel");
+        let channel_data = (XDP_REDIRECT, Some(0x40 | (CHANNEL_LATER >> 8) as u8));
+        assert_eq!(outcomes("run"), [channel_data; 6], "{tag}: ChannelData");
+        fast_path.remove_channel(allocation.relay, CHANNEL_LATER);
+        assert_eq!(
+            outcomes("run"),
+            [data_indication; 6],
+            "{tag}: channel removed"
+        );
+        // The permission expiring in 0.8 s: relayed, then dropped once expired (plus the
+        // two ticks the program's clock may lag).
+        let expires_at = Instant::now() + Duration::from_millis(800);
+        fast_path
+            .permission(allocation.flow(), allocation.relay, peer.ip(), expires_at)
+            .or_fail("permission");
+        assert_eq!(
+            outcomes("run"),
+            [data_indication; 6],
+            "{tag}: live permission"
+        );
+        std::thread::sleep(
+            expires_at.saturating_duration_since(Instant::now()) + Duration::from_millis(100),
+        );
+        assert_eq!(
+            outcomes("run"),
+            [(XDP_DROP, None); 6],
+            "{tag}: expired permission"
+        );
+        // Permitted again, then the allocation removed: not ours any more.
+        fast_path
+            .permission(allocation.flow(), allocation.relay, peer.ip(), live)
+            .or_fail("permission");
+        assert_eq!(
+            outcomes("run"),
+            [data_indication; 6],
+            "{tag}: permitted again"
+        );
+        fast_path.remove_allocation(allocation.flow(), allocation.relay);
+        assert_eq!(
+            outcomes("run"),
+            [(XDP_PASS, None); 6],
+            "{tag}: allocation removed"
+        );
     }
 }
 
