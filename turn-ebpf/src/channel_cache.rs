@@ -430,14 +430,7 @@ impl SendLookup {
     #[inline(never)]
     fn fill_slot(&self, packet: &Packet, peer_ip: &Address, job: &Job, next_hop: &NextHop) {
         let key = FrameKey::new(packet, Direction::Send, self.peer_port, peer_ip);
-        let copy = Copy {
-            route: &job.route,
-            route_delta: route_delta(packet, &job.route),
-            number: [0; 2],
-            data_indication: false,
-            slot: job.slot,
-            next_hop,
-        };
+        let copy = Copy::of_indication(packet, job, next_hop, false);
         match self.table {
             Table::Off => {}
             Table::V4 => fill(&SEND_CACHE, &key, self.generation, self.expires_ns, &copy),
@@ -448,7 +441,8 @@ impl SendLookup {
 
 /// If this CPU's slot for a peer's datagram (the frame `packet`, to a relayed address)
 /// holds a live allocation and permission for it, and no channel (see [`find`]; under
-/// the generation `relay` read before the client-side lookups): their route to the
+/// the generation read before the client-side lookups, [`Packet::cache_generation`]):
+/// their route to the
 /// client and allocation slot written to `job`, and the slot's copy of the allocation's
 /// next hop (the general path may look it up again for the frame, as it would the
 /// entry's).
@@ -478,9 +472,9 @@ pub fn find_data_indication(
 /// Fills this CPU's slot for a peer's datagram (the frame `packet`) with what the hash
 /// path found for its Data indication (`job`: the route from the listening address to
 /// the client and the allocation's slot; the allocation's `next_hop`): an allocation and
-/// a permission both live until `expires_ns`, and no channel, as of the generation
-/// `relay` read before the client-side lookups. A BPF function of its own: its stack
-/// frame is not added to the general path's.
+/// a permission both live until `expires_ns`, and no channel, as of the generation read
+/// before the client-side lookups ([`Packet::cache_generation`]). A BPF function of its
+/// own: its stack frame is not added to the general path's.
 #[inline(never)]
 pub fn fill_data_indication(packet: &Packet, job: &Job, next_hop: &NextHop, expires_ns: u64) {
     let generation = packet.cache_generation;
@@ -488,14 +482,7 @@ pub fn fill_data_indication(packet: &Packet, job: &Job, next_hop: &NextHop, expi
         return;
     }
     let key = FrameKey::new(packet, Direction::ToClient, 0, &NO_PEER);
-    let copy = Copy {
-        route: &job.route,
-        route_delta: route_delta(packet, &job.route),
-        number: [0; 2],
-        data_indication: true,
-        slot: job.slot,
-        next_hop,
-    };
+    let copy = Copy::of_indication(packet, job, next_hop, true);
     if packet.family == FAMILY_V4 {
         fill(&CHANNEL_CACHE, &key, generation, expires_ns, &copy);
     } else {
@@ -515,6 +502,25 @@ struct Copy<'a> {
 }
 
 impl<'a> Copy<'a> {
+    /// A Send (`data_indication` false) or Data indication's: the route and allocation
+    /// slot `job` holds for `packet`, and `next_hop`.
+    #[inline(always)]
+    fn of_indication(
+        packet: &Packet,
+        job: &'a Job,
+        next_hop: &'a NextHop,
+        data_indication: bool,
+    ) -> Copy<'a> {
+        Copy {
+            route: &job.route,
+            route_delta: route_delta(packet, &job.route),
+            number: [0; 2],
+            data_indication,
+            slot: job.slot,
+            next_hop,
+        }
+    }
+
     #[inline(always)]
     fn of(channel: &'a Channel) -> Copy<'a> {
         Copy {
