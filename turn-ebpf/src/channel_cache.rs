@@ -23,8 +23,8 @@
 //!   next hop), in the slot of the channel key to the client, marked as a Data
 //!   indication. So one lookup tells the lean ChannelData path that there is no
 //!   channel, and no `PEER_CHANNELS` lookup is made.
-//! - Send and Data indications then go through the general path ([`crate::egress::forward`])
-//!   with the slot's route and a copy of the next hop.
+//! - Send and Data indications then go through the general path
+//!   ([`crate::egress::forward`]) with the slot's route and a copy of the next hop.
 //!
 //! A hit makes the same checks on the copy as the hash path makes on the values (expiry,
 //! next hop of the current routing generation, ingress). A channel hit skips the port
@@ -37,9 +37,9 @@
 //! **Why a copy is never stale.** Userspace moves the cache generation on after every
 //! write or removal of a channel, allocation or permission entry (`Tables` in
 //! turn-userspace's `bpf/maps.rs`), so a slot filled from an entry that has since
-//! changed, or that says "no channel" when one has since been bound, no longer matches. A run that read
-//! the generation before the move may still use the old entry, as a run may use a hash
-//! entry that is being deleted (RCU). The generation is Gray-coded: consecutive values
+//! changed, or that says "no channel" when one has since been bound, no longer matches.
+//! A run that read the generation before the move may still use the old entry, as a run
+//! may use a hash entry that is being deleted (RCU). The generation is Gray-coded: consecutive values
 //! differ in one bit, so a reader that catches userspace's byte copy halfway sees the old
 //! or the new value, never an older one. 0 turns the cache off (nothing is used or
 //! filled).
@@ -265,7 +265,7 @@ pub enum Cached {
     /// A live channel.
     Channel(Channel<'static>),
     /// A live allocation and permission, and no channel, for a peer's datagram: a Data
-    /// indication ([`find_data_indication`]).
+    /// indication ([`cached_data_indication`]).
     DataIndication,
 }
 
@@ -409,9 +409,10 @@ impl SendLookup {
     }
 
     /// Fills the slot of the Send indication of [`SendLookup::new`] (made before the hash
-    /// lookups) with what the hash path found for it (`job`: the route from the relayed address to the peer and the
-    /// allocation's slot; the permission's `next_hop`): an allocation and a permission
-    /// both live until `expires_ns`, the permission covering the peer's port.
+    /// lookups) with what the hash path found for it (`job`: the route from the relayed
+    /// address to the peer and the allocation's slot; the permission's `next_hop`): an
+    /// allocation and a permission both live until `expires_ns`, the permission covering
+    /// the peer's port.
     #[inline(always)]
     pub fn fill(
         &mut self,
@@ -439,33 +440,34 @@ impl SendLookup {
     }
 }
 
-/// If this CPU's slot for a peer's datagram (the frame `packet`, to a relayed address)
-/// holds a live allocation and permission for it, and no channel (see [`find`]; under
-/// the generation read before the client-side lookups, [`Packet::cache_generation`]):
-/// their route to the
-/// client and allocation slot written to `job`, and the slot's copy of the allocation's
-/// next hop (the general path may look it up again for the frame, as it would the
-/// entry's).
+/// The Data indication held by this CPU's slot for a peer's datagram (the frame
+/// `packet`), which [`Lookup::new`] found live for it earlier in this run
+/// ([`Cached::DataIndication`]): the route to the client and the allocation slot written
+/// to `job`, and the slot's copy of the allocation's next hop (the general path may look
+/// it up again for the frame, as it would the entry's). Its expiry and next hop are not
+/// checked again: only this CPU's runs write the slot, and this run has not since. Its
+/// key, mark and generation are, so that a wrong call can only miss. None if it holds
+/// something else.
 #[inline(always)]
-pub fn find_data_indication(
-    ctx: &XdpContext,
-    packet: &Packet,
-    job: &mut Job,
-) -> Option<&'static mut NextHop> {
-    let generation = packet.cache_generation;
-    if generation == 0 {
-        return None;
-    }
-    let arrival = Arrival::of(ctx);
+pub fn cached_data_indication(packet: &Packet, job: &mut Job) -> Option<&'static mut NextHop> {
     let key = FrameKey::new(packet, Direction::ToClient, 0, &NO_PEER);
+    let generation = packet.cache_generation;
     if packet.family == FAMILY_V4 {
-        find(&CHANNEL_CACHE, &key, generation, arrival)
-            .filter(|cached| cached.data_indication != 0)
-            .map(|cached| cached.indication_hit(job))
+        let cached = CHANNEL_CACHE.get_ptr_mut(key.index::<1, 0>())?;
+        // SAFETY: this CPU's slot, used only by this CPU's runs, which do not overlap.
+        let cached = unsafe { &mut *cached };
+        let holds = cached.data_indication != 0
+            && cached.generation == generation
+            && key.matches(&cached.key);
+        holds.then(|| cached.indication_hit(job))
     } else {
-        find(&CHANNEL_CACHE_V6, &key, generation, arrival)
-            .filter(|cached| cached.data_indication != 0)
-            .map(|cached| cached.indication_hit(job))
+        let cached = CHANNEL_CACHE_V6.get_ptr_mut(key.index::<4, 0>())?;
+        // SAFETY: as above.
+        let cached = unsafe { &mut *cached };
+        let holds = cached.data_indication != 0
+            && cached.generation == generation
+            && key.matches(&cached.key);
+        holds.then(|| cached.indication_hit(job))
     }
 }
 

@@ -224,8 +224,9 @@ pub fn data_indication(
 }
 
 /// [`data_indication`] for a peer's datagram whose slot in this CPU's
-/// [`crate::channel_cache`] holds its Data indication (`channel_data_lean` returned
-/// `Lean::DataIndication`): relayed without the hash lookups of the relayed address and
+/// [`crate::channel_cache`] holds its Data indication; called only when
+/// `channel_data_lean` returned `Lean::DataIndication` for the frame in this run, which
+/// checked the slot. Relayed without the hash lookups of the relayed address and
 /// the permission. Anything else is left to [`data_indication`] (`Lean::General`);
 /// `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general path's.
@@ -238,8 +239,9 @@ pub fn data_indication_cached(
     let Ok(job) = job() else {
         return Lean::General;
     };
-    // Live: `find` checked the copy's expiry, the earlier of the two entries'.
-    let Some(next_hop) = channel_cache::find_data_indication(ctx, packet, job) else {
+    // Live: `channel_data_lean`'s lookup checked the copy's expiry, the earlier of the
+    // two entries'.
+    let Some(next_hop) = channel_cache::cached_data_indication(packet, job) else {
         return Lean::General;
     };
     Lean::from(
