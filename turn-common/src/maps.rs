@@ -46,19 +46,43 @@ pub const FAMILY_V6: u8 = 6;
 /// reads): the routing generation of the next hops the program caches in entries
 /// ([`NextHop`]; 0: no caching).
 pub const CONTROL_ROUTING_GENERATION: u32 = 0;
-/// `CONTROL`: the generation of the program's per-CPU channel cache, Gray-coded
-/// ([`gray_code`]), moved on after every write or removal of a channel entry; 0: no
-/// caching.
-pub const CONTROL_CHANNEL_CACHE_GENERATION: u32 = 1;
 /// `CONTROL`: nonzero once userspace has set a bandwidth limit (an allocation's or the
 /// relay's); while 0, the program does not look at the limits.
-pub const CONTROL_LIMITS: u32 = 2;
+pub const CONTROL_LIMITS: u32 = 1;
 /// Entries of `CONTROL`.
-pub const CONTROL_WORDS: u32 = 3;
+pub const CONTROL_WORDS: u32 = 2;
+
+/// Buckets of `CACHE_VERSIONS`, the versions of the program's per-CPU channel cache by
+/// address ([`cache_version_bucket`]): `1 << CACHE_VERSION_BITS`, 256 KiB of words
+/// whatever the number of allocations. More addresses than buckets share them, which
+/// only costs a few more cache misses.
+pub const CACHE_VERSION_BITS: u32 = 16;
+pub const CACHE_VERSION_BUCKETS: u32 = 1 << CACHE_VERSION_BITS;
+
+/// The bucket of `CACHE_VERSIONS` that versions the program's cached copies of entries
+/// keyed by the transport address `ip`, `port`: a client's address for the copies of
+/// its channels to peers and of its allocation and permissions for Send indications; a
+/// relayed address for the copies of its channels to the client and of its allocation
+/// and permissions for Data indications. Userspace moves a bucket's version after every
+/// write or removal of an entry one of its copies comes from; the program uses a copy
+/// only while its bucket keeps the version it was filled under. So a write invalidates
+/// the copies of its allocation's addresses, not every CPU's whole cache.
+///
+/// `ip`: the address's 16 bytes as the maps hold them (an IPv4 address in the first
+/// four, the rest zero), as four words in memory order; `port`: a word holding the
+/// port's two bytes in memory order. Multiplicative (Fibonacci) hashing of the words
+/// xored (few instructions on every relayed frame), top bits.
+#[inline(always)]
+pub const fn cache_version_bucket(ip: &[u32; 4], port: u16) -> u32 {
+    let ports = ((port as u32) << 16) | port as u32;
+    let mixed = ip[0] ^ ip[1] ^ ip[2] ^ ip[3] ^ ports;
+    mixed.wrapping_mul(0x9E37_79B1) >> (32 - CACHE_VERSION_BITS)
+}
 
 /// The `n`th Gray code: `gray_code(n)` and `gray_code(n + 1)` differ in one bit, so a
 /// reader that catches the word mid-copy (the map update syscall copies bytes) sees one
-/// or the other, never an earlier value.
+/// or the other, never an earlier value. The versions of `CACHE_VERSIONS` are written
+/// so.
 pub const fn gray_code(n: u32) -> u32 {
     n ^ (n >> 1)
 }

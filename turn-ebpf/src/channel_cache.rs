@@ -9,7 +9,7 @@
 //! (its header, the bucket, the element's key and value), per lookup saved.
 //!
 //! **What a slot holds.** A copy of what the path takes from the hash entries it found
-//! for a frame, under the frame's key, tagged with the cache generation read *before*
+//! for a frame, under the frame's key, tagged with the frame's [`Tag`] read *before*
 //! those hash lookups; and the UDP checksum delta of the route's addresses and ports in
 //! place of the key's, which depends on nothing else.
 //! - A channel: from its `CLIENT_CHANNELS` or `PEER_CHANNELS` value (route, channel
@@ -34,15 +34,21 @@
 //! **Expiry.** A hit checks the copy's expiry against [`now_ns`], the coarse clock as
 //! this CPU read it during the current jiffy, as the hash path checks the entry's.
 //!
-//! **Why a copy is never stale.** Userspace moves the cache generation on after every
-//! write or removal of a channel, allocation or permission entry (`Tables` in
-//! turn-userspace's `bpf/maps.rs`), so a slot filled from an entry that has since
+//! **Why a copy is never stale.** A slot's key starts with the address its copy's
+//! entries are keyed by: the client's (source) on the paths to the peer, the relayed
+//! address (destination) on the paths to the client. Its tag holds the version of that
+//! address's bucket ([`CACHE_VERSIONS`], `turn_common::maps::cache_version_bucket`).
+//! Userspace moves the versions of an entry's client and relayed addresses' buckets on
+//! after every write or removal of a channel, allocation or permission entry (`Tables`
+//! in turn-userspace's `bpf/maps.rs`), so a slot filled from an entry that has since
 //! changed, or that says "no channel" when one has since been bound, no longer matches.
-//! A run that read the generation before the move may still use the old entry, as a run
-//! may use a hash entry that is being deleted (RCU). The generation is Gray-coded: consecutive values
-//! differ in one bit, so a reader that catches userspace's byte copy halfway sees the old
-//! or the new value, never an older one. 0 turns the cache off (nothing is used or
-//! filled).
+//! Only the copies of the addresses in those two buckets go: at 100 000 allocations a
+//! refresh does not empty every CPU's whole cache, as one global generation moved on
+//! every write would (a few hundred times a second). A run that read the tag before
+//! the move may still use the old entry, as a run may use a hash entry that is being
+//! deleted (RCU). Versions are Gray-coded: consecutive values differ in one bit, so a
+//! reader that catches userspace's byte copy halfway sees the old or the new value,
+//! never an older one.
 //!
 //! **Why per CPU.** Only this CPU's runs of the program fill or read its slots, and they
 //! never overlap, so a slot is never read half-written. Direct-mapped by a multiplicative
@@ -50,14 +56,16 @@
 //! wrong verdict, since the whole key is compared.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::PerCpuArray;
+use aya_ebpf::maps::{Array, PerCpuArray};
 use aya_ebpf::programs::XdpContext;
 use turn_common::checksum::Delta;
-use turn_common::maps::{NextHop, CONTROL_CHANNEL_CACHE_GENERATION, FAMILY_V4, FAMILY_V6};
+use turn_common::maps::{
+    cache_version_bucket, NextHop, CACHE_VERSION_BUCKETS, FAMILY_V4, FAMILY_V6,
+};
 
 use crate::egress::{route_delta, Arrival, Channel, Job, Route};
 use crate::packet::{Address, Packet};
-use crate::{control, now_ns};
+use crate::now_ns;
 
 /// Slots per CPU and family (a power of two); `SLOT_BITS` index bits.
 const SLOT_BITS: u32 = 10;
@@ -76,6 +84,52 @@ static SEND_CACHE: PerCpuArray<CachedChannel<1, 1>> = PerCpuArray::with_max_entr
 /// The IPv6 client–peer pairs of Send indications, per CPU.
 #[map]
 static SEND_CACHE_V6: PerCpuArray<CachedChannel<4, 4>> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// The version of each bucket of addresses (`turn_common::maps::cache_version_bucket`),
+/// Gray-coded, which userspace moves after every write or removal of an entry that
+/// copies keyed by an address of the bucket come from ([`Tag`]).
+#[map]
+static CACHE_VERSIONS: Array<u32> = Array::with_max_entries(CACHE_VERSION_BUCKETS, 0);
+
+/// What a copy is valid under: the version of its address's bucket
+/// ([`CACHE_VERSIONS`]), read before the hash lookups the copy may be filled from, with
+/// [`Tag::VALID`] set. A slot holds the tag it was filled under and is used only while
+/// the frame's tag is the same.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tag(u64);
+
+impl Tag {
+    /// The tag of a frame from a client: its source's bucket (the client's address),
+    /// which the copies of its channels and of its Send indications' entries are under.
+    #[inline(always)]
+    pub fn of_client(packet: &Packet) -> Tag {
+        Tag::of(&packet.src_ip, packet.src_port)
+    }
+
+    /// The tag of a frame to a relayed address: its destination's bucket, which the
+    /// copies of its channels to the client and of its Data indications' entries are
+    /// under.
+    #[inline(always)]
+    pub fn of_relayed(packet: &Packet) -> Tag {
+        Tag::of(&packet.dst_ip, packet.dst_port)
+    }
+
+    #[inline(always)]
+    fn of(ip: &Address, port: u16) -> Tag {
+        match CACHE_VERSIONS.get_ptr(cache_version_bucket(ip, port)) {
+            // SAFETY: the map's own entry, an aligned word (a word caught mid-write is
+            // harmless: see the module documentation).
+            Some(version) => Tag(Tag::VALID | u64::from(unsafe { core::ptr::read_volatile(version) })),
+            None => Tag::OFF,
+        }
+    }
+
+    /// Set in every tag a frame gets: so no version matches an empty slot.
+    const VALID: u64 = 1 << 32;
+
+    /// No tag: nothing is used or filled (and the tag of an empty slot).
+    pub const OFF: Tag = Tag(0);
+}
 
 /// Which path a key is for (part of the key: the channel paths share their tables).
 #[derive(Clone, Copy)]
@@ -191,8 +245,8 @@ fn widen<const W: usize>(words: &[u32; W]) -> Address {
 /// One slot of a table of a family (see the module documentation).
 #[repr(C)]
 pub struct CachedChannel<const W: usize, const P: usize> {
-    /// The cache generation the slot was filled under; 0: empty.
-    generation: u32,
+    /// The tag the slot was filled under; [`Tag::OFF`]: empty.
+    tag: Tag,
     key: Key<W, P>,
     /// The route's addresses, words in memory order.
     src_ip: [u32; W],
@@ -278,22 +332,23 @@ enum Table {
 }
 
 /// A frame's place in this CPU's cache: its table and the last word of its key, and the
-/// generation read before the hash lookup a slot may be filled from. The key's other
+/// tag read before the hash lookup a slot may be filled from. The key's other
 /// words are the frame's, read again from the parsed frame to fill the slot (kept here,
 /// they would add to the lean paths' stack frames).
 pub struct Lookup {
     table: Table,
     direction: Direction,
     number: u16,
-    generation: u32,
+    tag: Tag,
     /// What a next hop must match for the frame, as the slot was checked against.
     pub arrival: Arrival,
 }
 
 impl Lookup {
     /// The frame's slot on `direction`'s path (`number`: the channel number from the
-    /// ChannelData header to the peer, 0 to the client) under `generation` (read before
-    /// the hash lookups, [`generation`]), and what it holds for the frame if it is a hit
+    /// ChannelData header to the peer, 0 to the client) under `tag` (read before the
+    /// hash lookups: [`Tag::of_client`] to the peer, [`Tag::of_relayed`] to the client),
+    /// and what it holds for the frame if it is a hit
     /// (see [`find`]).
     #[inline(always)]
     pub fn new(
@@ -301,17 +356,17 @@ impl Lookup {
         packet: &Packet,
         direction: Direction,
         number: u16,
-        generation: u32,
+        tag: Tag,
     ) -> (Lookup, Cached) {
         let arrival = Arrival::of(ctx);
         let key = FrameKey::new(packet, direction, number, &NO_PEER);
-        let (table, cached) = if generation == 0 {
+        let (table, cached) = if tag == Tag::OFF {
             (Table::Off, None)
         } else if packet.family == FAMILY_V4 {
-            let cached = find(&CHANNEL_CACHE, &key, generation, arrival);
+            let cached = find(&CHANNEL_CACHE, &key, tag, arrival);
             (Table::V4, cached.map(|cached| cached.cached()))
         } else {
-            let cached = find(&CHANNEL_CACHE_V6, &key, generation, arrival);
+            let cached = find(&CHANNEL_CACHE_V6, &key, tag, arrival);
             (Table::V6, cached.map(|cached| cached.cached()))
         };
         let cached = cached.unwrap_or(Cached::Miss);
@@ -320,7 +375,7 @@ impl Lookup {
                 table,
                 direction,
                 number,
-                generation,
+                tag,
                 arrival,
             },
             cached,
@@ -340,11 +395,11 @@ impl Lookup {
             Table::Off => {}
             Table::V4 => {
                 let key = FrameKey::new(packet, direction, number, &NO_PEER);
-                fill(&CHANNEL_CACHE, &key, self.generation, expires_ns, &Copy::of(channel));
+                fill(&CHANNEL_CACHE, &key, self.tag, expires_ns, &Copy::of(channel));
             }
             Table::V6 => {
                 let key = FrameKey::new(packet, direction, number, &NO_PEER);
-                fill(&CHANNEL_CACHE_V6, &key, self.generation, expires_ns, &Copy::of(channel));
+                fill(&CHANNEL_CACHE_V6, &key, self.tag, expires_ns, &Copy::of(channel));
             }
         }
         true
@@ -352,12 +407,12 @@ impl Lookup {
 }
 
 /// A Send indication's place in this CPU's cache (as [`Lookup`]): the table of its
-/// family, and the generation read before the hash lookups a slot may be filled from.
+/// family, and the tag read before the hash lookups a slot may be filled from.
 /// The lean path looks the frame up ([`SendLookup::find`]); on a miss, the general path
 /// makes its own and fills the slot ([`SendLookup::fill`]).
 pub struct SendLookup {
     table: Table,
-    generation: u32,
+    tag: Tag,
     peer_port: u16,
     /// The expiry of the slot to fill ([`SendLookup::fill`]).
     expires_ns: u64,
@@ -369,8 +424,8 @@ impl SendLookup {
     /// the other family (never cached, and the key would hold only part of its address).
     #[inline(always)]
     pub fn new(packet: &Packet, peer_port: u16, peer_family: u8) -> SendLookup {
-        let generation = generation();
-        let table = if generation == 0 || peer_family != packet.family {
+        let tag = Tag::of_client(packet);
+        let table = if tag == Tag::OFF || peer_family != packet.family {
             Table::Off
         } else if packet.family == FAMILY_V4 {
             Table::V4
@@ -379,7 +434,7 @@ impl SendLookup {
         };
         SendLookup {
             table,
-            generation,
+            tag,
             peer_port,
             expires_ns: 0,
         }
@@ -401,9 +456,9 @@ impl SendLookup {
         let key = FrameKey::new(packet, Direction::Send, self.peer_port, peer_ip);
         match self.table {
             Table::Off => None,
-            Table::V4 => find(&SEND_CACHE, &key, self.generation, arrival)
+            Table::V4 => find(&SEND_CACHE, &key, self.tag, arrival)
                 .map(|cached| cached.indication_hit(job)),
-            Table::V6 => find(&SEND_CACHE_V6, &key, self.generation, arrival)
+            Table::V6 => find(&SEND_CACHE_V6, &key, self.tag, arrival)
                 .map(|cached| cached.indication_hit(job)),
         }
     }
@@ -434,8 +489,8 @@ impl SendLookup {
         let copy = Copy::of_indication(packet, job, next_hop, false);
         match self.table {
             Table::Off => {}
-            Table::V4 => fill(&SEND_CACHE, &key, self.generation, self.expires_ns, &copy),
-            Table::V6 => fill(&SEND_CACHE_V6, &key, self.generation, self.expires_ns, &copy),
+            Table::V4 => fill(&SEND_CACHE, &key, self.tag, self.expires_ns, &copy),
+            Table::V6 => fill(&SEND_CACHE_V6, &key, self.tag, self.expires_ns, &copy),
         }
     }
 }
@@ -446,18 +501,18 @@ impl SendLookup {
 /// to `job`, and the slot's copy of the allocation's next hop (the general path may look
 /// it up again for the frame, as it would the entry's). Its expiry and next hop are not
 /// checked again: only this CPU's runs write the slot, and this run has not since. Its
-/// key, mark and generation are, so that a wrong call can only miss. None if it holds
+/// key, mark and tag are, so that a wrong call can only miss. None if it holds
 /// something else.
 #[inline(always)]
 pub fn cached_data_indication(packet: &Packet, job: &mut Job) -> Option<&'static mut NextHop> {
     let key = FrameKey::new(packet, Direction::ToClient, 0, &NO_PEER);
-    let generation = packet.cache_generation;
+    let tag = packet.cache_tag;
     if packet.family == FAMILY_V4 {
         let cached = CHANNEL_CACHE.get_ptr_mut(key.index::<1, 0>())?;
         // SAFETY: this CPU's slot, used only by this CPU's runs, which do not overlap.
         let cached = unsafe { &mut *cached };
         let holds = cached.data_indication != 0
-            && cached.generation == generation
+            && cached.tag == tag
             && key.matches(&cached.key);
         holds.then(|| cached.indication_hit(job))
     } else {
@@ -465,7 +520,7 @@ pub fn cached_data_indication(packet: &Packet, job: &mut Job) -> Option<&'static
         // SAFETY: as above.
         let cached = unsafe { &mut *cached };
         let holds = cached.data_indication != 0
-            && cached.generation == generation
+            && cached.tag == tag
             && key.matches(&cached.key);
         holds.then(|| cached.indication_hit(job))
     }
@@ -474,21 +529,21 @@ pub fn cached_data_indication(packet: &Packet, job: &mut Job) -> Option<&'static
 /// Fills this CPU's slot for a peer's datagram (the frame `packet`) with what the hash
 /// path found for its Data indication (`job`: the route from the listening address to
 /// the client and the allocation's slot; the allocation's `next_hop`): an allocation and
-/// a permission both live until `expires_ns`, and no channel, as of the generation read
-/// before the client-side lookups ([`Packet::cache_generation`]). A BPF function of its
+/// a permission both live until `expires_ns`, and no channel, as of the tag read
+/// before the client-side lookups ([`Packet::cache_tag`]). A BPF function of its
 /// own: its stack frame is not added to the general path's.
 #[inline(never)]
 pub fn fill_data_indication(packet: &Packet, job: &Job, next_hop: &NextHop, expires_ns: u64) {
-    let generation = packet.cache_generation;
-    if generation == 0 {
+    let tag = packet.cache_tag;
+    if tag == Tag::OFF {
         return;
     }
     let key = FrameKey::new(packet, Direction::ToClient, 0, &NO_PEER);
     let copy = Copy::of_indication(packet, job, next_hop, true);
     if packet.family == FAMILY_V4 {
-        fill(&CHANNEL_CACHE, &key, generation, expires_ns, &copy);
+        fill(&CHANNEL_CACHE, &key, tag, expires_ns, &copy);
     } else {
-        fill(&CHANNEL_CACHE_V6, &key, generation, expires_ns, &copy);
+        fill(&CHANNEL_CACHE_V6, &key, tag, expires_ns, &copy);
     }
 }
 
@@ -536,27 +591,20 @@ impl<'a> Copy<'a> {
     }
 }
 
-/// The cache generation; 0: off. (A word caught mid-write is harmless: see the module
-/// documentation.)
-#[inline(always)]
-pub fn generation() -> u32 {
-    control(CONTROL_CHANNEL_CACHE_GENERATION)
-}
-
-/// This CPU's slot of `table` for `key` if it holds `key` under `generation`, unexpired
+/// This CPU's slot of `table` for `key` if it holds `key` under `tag`, unexpired
 /// ([`now_ns`]), with a next hop that is still current for a frame of `arrival` (else
 /// the hash path, which refreshes the next hop, and then the slot).
 #[inline(always)]
 fn find<const W: usize, const P: usize>(
     table: &'static PerCpuArray<CachedChannel<W, P>>,
     key: &FrameKey,
-    generation: u32,
+    tag: Tag,
     arrival: Arrival,
 ) -> Option<&'static mut CachedChannel<W, P>> {
     let cached = table.get_ptr_mut(key.index::<W, P>())?;
     // SAFETY: this CPU's slot, used only by this CPU's runs, which do not overlap.
     let cached = unsafe { &mut *cached };
-    let hit = cached.generation == generation
+    let hit = cached.tag == tag
         && key.matches(&cached.key)
         && now_ns() < cached.expires_ns
         && cached.next_hop.generation == arrival.routing_generation
@@ -564,7 +612,7 @@ fn find<const W: usize, const P: usize>(
     hit.then_some(cached)
 }
 
-/// Fills `key`'s slot of `table` on this CPU under `generation` (read before the hash
+/// Fills `key`'s slot of `table` on this CPU under `tag` (read before the hash
 /// lookup the copy comes from), usable before `expires_ns`, with what the lean path
 /// takes from the entry it found, if that relays within the table's family: a
 /// cross-family channel (an IPv4 frame relayed as IPv6, say) is never cached.
@@ -572,7 +620,7 @@ fn find<const W: usize, const P: usize>(
 fn fill<const W: usize, const P: usize>(
     table: &'static PerCpuArray<CachedChannel<W, P>>,
     key: &FrameKey,
-    generation: u32,
+    tag: Tag,
     expires_ns: u64,
     fill: &Copy,
 ) {
@@ -613,10 +661,10 @@ fn fill<const W: usize, const P: usize>(
         );
         let after = core::ptr::read_volatile(&(*next_hop).generation);
         if before != after || before == 0 {
-            cached.generation = 0;
+            cached.tag = Tag::OFF;
             return;
         }
         cached.next_hop.generation = before;
     }
-    cached.generation = generation;
+    cached.tag = tag;
 }

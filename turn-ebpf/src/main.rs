@@ -94,10 +94,10 @@ static JOB: PerCpuArray<egress::Job> = PerCpuArray::with_max_entries(1, 0);
 static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 /// The words userspace writes that relayed frames read (`turn_common::maps::CONTROL_*`:
-/// the routing generation, the channel cache's generation, whether any bandwidth limit
-/// is set), read through [`control`]. Memory-mappable only so that the kernel puts its
+/// the routing generation, whether any bandwidth limit is set), read through
+/// [`control`]. Memory-mappable only so that the kernel puts its
 /// values at a page boundary, all in one cache line (a plain array's values start
-/// mid-line): every relayed frame reads two or three of them, and at a few tens of
+/// mid-line): every relayed frame reads one or both of them, and at a few tens of
 /// thousands of frames a second a CPU finds each line cold.
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_WORDS, BPF_F_MMAPABLE);

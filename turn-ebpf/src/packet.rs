@@ -8,6 +8,8 @@ use turn_common::counters::Outcome;
 use turn_common::maps::{FAMILY_V4, FAMILY_V6};
 use turn_common::stun::{CHANNEL_MAX, CHANNEL_MIN, HEADER_LEN, SEND_INDICATION};
 
+use crate::channel_cache::Tag;
+
 pub const ETH_LEN: usize = 14;
 pub const IPV4_LEN: usize = 20;
 pub const IPV6_LEN: usize = 40;
@@ -118,10 +120,11 @@ pub struct Packet {
     pub ttl: u8,
     /// IPv4 DF (always set for IPv6: it is never fragmented on the path).
     pub dont_fragment: bool,
-    /// The channel cache's generation as read before the client-side lookups (not
-    /// parsed: `to_client::channel_data_lean`, the first of them, sets it), which a Data
-    /// indication's slot is filled under (see `channel_cache`).
-    pub cache_generation: u32,
+    /// The channel cache's tag of the frame's destination as read before the
+    /// client-side lookups (not parsed: `to_client::channel_data_lean`, the first of
+    /// them, sets it), which a Data indication's slot is filled under (see
+    /// `channel_cache`).
+    pub cache_tag: Tag,
 }
 
 impl Packet {

@@ -14,7 +14,7 @@ use turn_common::stun::{
     HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{self, Cached, Direction, Lookup};
+use crate::channel_cache::{self, Cached, Direction, Lookup, Tag};
 use crate::egress::{
     self, forward, wire_word, Channel, ChannelDataFraming, Job, Lean, Reframe, Route,
     MAX_PREFIX_WORDS,
@@ -62,19 +62,13 @@ pub fn channel_data_lean(
     packet: &mut Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    // Before the client-side lookups, the cache generation their slots are filled under.
-    packet.cache_generation = channel_cache::generation();
-    let (cache, cached) = Lookup::new(
-        ctx,
-        packet,
-        Direction::ToClient,
-        0,
-        packet.cache_generation,
-    );
+    // Before the client-side lookups, the cache tag their slots are filled under.
+    packet.cache_tag = Tag::of_relayed(packet);
+    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToClient, 0, packet.cache_tag);
     let channel = match cached {
         // Live: `find` checked the copy's expiry.
         Cached::Channel(channel) => channel,
-        // No channel as of the generation the slot was filled under.
+        // No channel as of the tag the slot was filled under.
         Cached::DataIndication => return Lean::DataIndication,
         Cached::Miss => {
             // No relayed address on this port: the lookup would miss. (A hit's key has one.)

@@ -13,7 +13,7 @@ use turn_common::stun::{
     CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{self, Cached, Direction, Lookup, SendLookup};
+use crate::channel_cache::{Cached, Direction, Lookup, SendLookup, Tag};
 use crate::egress::{self, forward, Channel, ChannelDataFraming, Job, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
@@ -54,8 +54,8 @@ pub fn channel_data_lean(
 ) -> Lean {
     let data_len = (packet.head_be() & 0xFFFF) as usize;
     let number = (packet.head_be() >> 16) as u16;
-    let generation = channel_cache::generation();
-    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number, generation);
+    let tag = Tag::of_client(packet);
+    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number, tag);
     let channel = match cached {
         // Live: `find` checked the copy's expiry.
         Cached::Channel(channel) => channel,

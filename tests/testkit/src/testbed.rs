@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
+use aya::maps::{MapData, MapInfo};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use turn_relay::bpf::testing::DetachedProgram;
 use turn_relay::bpf::{DecisionTrace, Outcome, RoutingWatch, XdpCounters};
@@ -157,6 +158,24 @@ impl Testbed {
             .as_ref()
             .map(|(_, records)| records.lines())
             .unwrap_or_default()
+    }
+
+    /// The loaded program's map `name` (at most 15 bytes: the kernel keeps no more),
+    /// for tests that write entries behind the daemon's back: such a write moves no
+    /// version of the program's channel cache, so it shows what the cache still uses.
+    pub fn program_map(&self, name: &str) -> Result<MapData> {
+        let info = self.program.program()?.info().context("program info")?;
+        let ids = info
+            .map_ids()
+            .context("the program's map ids")?
+            .ok_or_else(|| anyhow!("the kernel lists no map ids"))?;
+        for id in ids {
+            let map = MapInfo::from_id(id).with_context(|| format!("map {id}"))?;
+            if map.name_as_str() == Some(name) {
+                return MapData::from_id(id).with_context(|| format!("map {name}"));
+            }
+        }
+        Err(anyhow!("the program has no map {name}"))
     }
 
     /// The flow tables of this program (handed out once).

@@ -253,10 +253,12 @@ impl BpfDatapath {
         }
     }
 
-    fn remove_permission_entry(&mut self, relay: SocketAddr, peer: MapAddress) {
+    /// Removes the entry of the permission for `peer` of the allocation of `client` on
+    /// `relay`.
+    fn remove_permission_entry(&mut self, client: MapAddress, relay: SocketAddr, peer: MapAddress) {
         if let Err(error) = self
             .tables
-            .remove_permission(MapAddress::socket(relay), peer)
+            .remove_permission(client, MapAddress::socket(relay), peer)
         {
             tracing::warn!(%error, %relay, "removing a fast-path permission failed");
         }
@@ -282,7 +284,7 @@ impl BpfDatapath {
             tracing::warn!(%error, %relay, "removing a fast-path allocation failed");
         }
         for &peer in &installed.permissions {
-            self.remove_permission_entry(relay, peer);
+            self.remove_permission_entry(installed.flow.client, relay, peer);
         }
         for channel in &installed.channels {
             let record = installed.channel_record(slot, channel);
@@ -364,15 +366,17 @@ impl Datapath for BpfDatapath {
     fn install_permission(&mut self, entry: PermissionEntry) -> Result<(), DatapathError> {
         let relay = entry.relay;
         same_family(relay, entry.peer_ip)?;
-        if self.get(relay).is_none() {
+        let Some((_, installed)) = self.get(relay) else {
             // Without its allocation the entry would never be used: keep the map for others.
             return Err(DatapathError::Update(format!(
                 "no fast-path allocation for {relay}"
             )));
-        }
+        };
+        let client = installed.flow.client;
         let relay_address = specific("relayed address", relay)?;
         let peer = MapAddress::ip(entry.peer_ip);
         self.tables.insert_permission(
+            client,
             relay_address,
             peer,
             entry.ports.first..=entry.ports.last,
@@ -395,7 +399,8 @@ impl Datapath for BpfDatapath {
             return;
         };
         installed.permissions.swap_remove(index);
-        self.remove_permission_entry(relay, peer);
+        let client = installed.flow.client;
+        self.remove_permission_entry(client, relay, peer);
     }
 
     fn install_channel(&mut self, entry: ChannelEntry) -> Result<(), DatapathError> {

@@ -14,10 +14,10 @@ use aya::{Ebpf, EbpfLoader};
 use turn_common::bandwidth::Bandwidth;
 use turn_common::counters::{Counter, Outcome};
 use turn_common::maps::{
-    gray_code, v4_bytes, AllocationTraffic, AllocationValue, ClientChannelKey, ClientChannelValue,
-    ClientSide, FlowKey, PeerChannelKey, PeerChannelValue, PermissionKey, PermissionValue,
-    PortFilter, RelayKey, RelayValue, CONTROL_CHANNEL_CACHE_GENERATION, CONTROL_LIMITS,
-    CONTROL_ROUTING_GENERATION, FAMILY_V4, FAMILY_V6,
+    cache_version_bucket, gray_code, v4_bytes, AllocationTraffic, AllocationValue,
+    ClientChannelKey, ClientChannelValue, ClientSide, FlowKey, PeerChannelKey, PeerChannelValue,
+    PermissionKey, PermissionValue, PortFilter, RelayKey, RelayValue, CACHE_VERSION_BUCKETS,
+    CONTROL_LIMITS, CONTROL_ROUTING_GENERATION, FAMILY_V4, FAMILY_V6,
 };
 
 use super::XdpCounters;
@@ -39,6 +39,7 @@ const CHANNEL_CACHE: &str = "CHANNEL_CACHE";
 const CHANNEL_CACHE_V6: &str = "CHANNEL_CACHE_V6";
 const SEND_CACHE: &str = "SEND_CACHE";
 const SEND_CACHE_V6: &str = "SEND_CACHE_V6";
+const CACHE_VERSIONS: &str = "CACHE_VERSIONS";
 // Declared in turn-ebpf/src/bandwidth.rs.
 const BANDWIDTH: &str = "BANDWIDTH";
 const RELAY_BANDWIDTH: &str = "RELAY_BANDWIDTH";
@@ -146,7 +147,7 @@ impl Maps {
             channel_cache(SEND_CACHE_V6)?,
         ];
         let control_words = Array::try_from(take_map(ebpf, CONTROL)?).context(CONTROL)?;
-        let control = Control::start(&control_words).context(CONTROL)?;
+        let control = Control::new(&control_words).context(CONTROL)?;
         let routing_generation = RoutingGeneration(control_words);
         let tables = Tables {
             relays: HashMap::try_from(take_map(ebpf, RELAYS)?).context(RELAYS)?,
@@ -162,6 +163,9 @@ impl Maps {
             relay_bandwidth: Array::try_from(take_map(ebpf, RELAY_BANDWIDTH)?)
                 .context(RELAY_BANDWIDTH)?,
             control,
+            cache_versions: CacheVersions::new(
+                Array::try_from(take_map(ebpf, CACHE_VERSIONS)?).context(CACHE_VERSIONS)?,
+            ),
             ports: Ports::empty(
                 Array::try_from(take_map(ebpf, PORT_FILTER)?).context(PORT_FILTER)?,
             ),
@@ -250,26 +254,16 @@ impl RoutingGeneration {
     }
 }
 
-/// The words of the program's `CONTROL` that follow the tables (through a handle of
-/// its own; [`RoutingGeneration`] writes the routing generation):
-/// - the generation of the per-CPU channel cache (turn-ebpf's `channel_cache`): each
-///   CPU keeps copies of the channel entries it relayed, and of the allocation and
-///   permission entries it relayed Send indications with, used only while they carry
-///   the current generation. So it moves on after every write or removal of a channel,
-///   allocation or permission entry, and a copy of an entry that has since changed is
-///   never used again.
-///   Gray-coded ([`gray_code`]): the map update copies bytes while the program may read
-///   the word, and consecutive codes differ in one bit.
-/// - whether a bandwidth limit was ever set: until then the program skips the limits.
+/// The word of the program's `CONTROL` that follows the tables (through a handle of its
+/// own; [`RoutingGeneration`] writes the routing generation): whether a bandwidth limit
+/// was ever set. Until then the program skips the limits.
 struct Control {
     map: Array<MapData, u32>,
-    cache_generations: u32,
     limits: bool,
 }
 
 impl Control {
-    /// Turns the channel cache on.
-    fn start(words: &Array<MapData, u32>) -> anyhow::Result<Control> {
+    fn new(words: &Array<MapData, u32>) -> anyhow::Result<Control> {
         let fd = words
             .map()
             .fd()
@@ -277,23 +271,7 @@ impl Control {
             .try_clone_to_owned()
             .context("duplicating the map's descriptor")?;
         let map = Array::try_from(aya::maps::Map::Array(MapData::from_fd(fd)?))?;
-        let mut control = Control {
-            map,
-            cache_generations: 0,
-            limits: false,
-        };
-        control.move_cache_generation()?;
-        Ok(control)
-    }
-
-    /// The next generation (never 0, which turns the cache off).
-    fn move_cache_generation(&mut self) -> Result<(), MapError> {
-        self.cache_generations = self.cache_generations.wrapping_add(1).max(1);
-        self.map.set(
-            CONTROL_CHANNEL_CACHE_GENERATION,
-            gray_code(self.cache_generations),
-            0,
-        )
+        Ok(Control { map, limits: false })
     }
 
     /// Makes the program look at the limits from now on (before the first is written).
@@ -303,6 +281,53 @@ impl Control {
             self.limits = true;
         }
         Ok(())
+    }
+}
+
+/// The program's `CACHE_VERSIONS`: per bucket of addresses (`cache_version_bucket`), the
+/// version the per-CPU channel cache's copies keyed by those addresses must carry. Each
+/// write or removal of an entry moves on the versions of its client's and relayed
+/// address's buckets ([`CacheVersions::invalidate`]), after it, so that no CPU uses a
+/// copy of the entry as it was before; the copies of other allocations' entries stay.
+/// Gray-coded ([`gray_code`]): the map update copies bytes while the program may read
+/// the word.
+struct CacheVersions {
+    map: Array<MapData, u32>,
+    /// Per bucket, how many times its version moved (the map holds its Gray code).
+    moves: Box<[u32]>,
+}
+
+impl CacheVersions {
+    /// The versions of a freshly loaded program: all 0 (Gray code of no move).
+    fn new(map: Array<MapData, u32>) -> CacheVersions {
+        CacheVersions {
+            map,
+            moves: vec![0; CACHE_VERSION_BUCKETS as usize].into_boxed_slice(),
+        }
+    }
+
+    /// Moves the versions of the buckets of `client` and `relay` on: no CPU uses its
+    /// copies of entries keyed by either any more.
+    fn invalidate(&mut self, client: MapAddress, relay: MapAddress) -> Result<(), DatapathError> {
+        let client = client.cache_version_bucket();
+        let relay = relay.cache_version_bucket();
+        self.move_on(client)?;
+        if relay != client {
+            self.move_on(relay)?;
+        }
+        Ok(())
+    }
+
+    fn move_on(&mut self, bucket: u32) -> Result<(), DatapathError> {
+        let Some(moves) = self.moves.get_mut(bucket as usize) else {
+            return Err(DatapathError::Update(format!(
+                "{CACHE_VERSIONS}: no bucket {bucket}"
+            )));
+        };
+        *moves = moves.wrapping_add(1);
+        self.map
+            .set(bucket, gray_code(*moves), 0)
+            .map_err(|error| DatapathError::Update(format!("{CACHE_VERSIONS}: {error}")))
     }
 }
 
@@ -318,8 +343,10 @@ pub(crate) struct Tables {
     bandwidth: Array<MapData, Bandwidth>,
     /// The relay's total bandwidth limit and buckets (one entry).
     relay_bandwidth: Array<MapData, Bandwidth>,
-    /// The channel cache's generation and the limits switch.
+    /// The limits switch.
     control: Control,
+    /// The channel cache's versions by address.
+    cache_versions: CacheVersions,
     /// The ports the entries are keyed by.
     ports: Ports,
     sizes: MapSizes,
@@ -411,6 +438,16 @@ impl MapAddress {
             ..MapAddress::ip(address.ip())
         }
     }
+
+    /// The address's bucket of the channel cache's versions, as the program computes it
+    /// from a frame (words and port in memory order).
+    fn cache_version_bucket(&self) -> u32 {
+        let mut words = [0u32; 4];
+        for (word, bytes) in words.iter_mut().zip(self.ip.chunks_exact(4)) {
+            *word = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+        cache_version_bucket(&words, u16::from_ne_bytes(self.port))
+    }
 }
 
 /// One allocation's entries, as [`Tables`] writes them.
@@ -459,8 +496,9 @@ impl Tables {
         );
         let inserted = relays
             .and_then(|()| insert(&mut self.client_allocations, flow_key(record), allocation));
-        // After the writes, whether they succeeded or not (see `Control`).
-        self.move_cache_generation()?;
+        // After the writes, whether they succeeded or not (see `CacheVersions`).
+        self.cache_versions
+            .invalidate(record.client, record.relay)?;
         inserted
     }
 
@@ -474,13 +512,16 @@ impl Tables {
         );
         let removed = relays.and_then(|()| remove(&mut self.client_allocations, &flow_key(record)));
         // After the removals, whether they succeeded or not.
-        self.move_cache_generation()?;
+        self.cache_versions
+            .invalidate(record.client, record.relay)?;
         removed
     }
 
-    /// A permission for `peer` covering its ports `ports`.
+    /// A permission for `peer` covering its ports `ports`, of the allocation of `client`
+    /// on `relay`.
     pub(crate) fn insert_permission(
         &mut self,
+        client: MapAddress,
         relay: MapAddress,
         peer: MapAddress,
         ports: RangeInclusive<u16>,
@@ -493,17 +534,19 @@ impl Tables {
             PermissionValue::new(expires_ns, *ports.start(), *ports.end()),
         );
         // After the write: it may have replaced an entry (a refresh, other ports).
-        self.move_cache_generation()?;
+        self.cache_versions.invalidate(client, relay)?;
         inserted
     }
 
+    /// The permission for `peer` of the allocation of `client` on `relay`.
     pub(crate) fn remove_permission(
         &mut self,
+        client: MapAddress,
         relay: MapAddress,
         peer: MapAddress,
     ) -> Result<(), DatapathError> {
         let removed = remove(&mut self.permissions, &permission_key(relay, peer));
-        self.move_cache_generation()?;
+        self.cache_versions.invalidate(client, relay)?;
         removed
     }
 
@@ -541,9 +584,11 @@ impl Tables {
                 tracing::warn!(%error, "rolling back a half-installed fast-path channel failed");
             }
         }
-        // After the writes (see `Control`): a new key changes no copy, but
-        // this one may have replaced an entry (a refresh, a rebind).
-        self.move_cache_generation()?;
+        // After the writes (see `CacheVersions`): a new key changes no copy of an
+        // entry, but ends the peer's "no channel" copies, and this one may have replaced
+        // an entry (a refresh, a rebind).
+        self.cache_versions
+            .invalidate(record.client, record.relay)?;
         inserted
     }
 
@@ -551,16 +596,9 @@ impl Tables {
         let client_side = remove(&mut self.client_channels, &client_channel_key(record));
         let peer_side = remove(&mut self.peer_channels, &peer_channel_key(record));
         // After the removals, whether they succeeded or not.
-        self.move_cache_generation()?;
+        self.cache_versions
+            .invalidate(record.client, record.relay)?;
         client_side.and(peer_side)
-    }
-
-    /// Moves the channel cache's generation on: no CPU uses its copies of entries made
-    /// before.
-    fn move_cache_generation(&mut self) -> Result<(), DatapathError> {
-        self.control
-            .move_cache_generation()
-            .map_err(|error| DatapathError::Update(format!("{CONTROL}: {error}")))
     }
 
     /// Zeroes an allocation slot's traffic (a new allocation starts from nothing).
@@ -630,7 +668,8 @@ impl Tables {
             + memlock_bytes(self.traffic.map())?
             + memlock_bytes(self.bandwidth.map())?
             + memlock_bytes(self.relay_bandwidth.map())?
-            + memlock_bytes(self.ports.map.map())?)
+            + memlock_bytes(self.ports.map.map())?
+            + memlock_bytes(self.cache_versions.map.map())?)
     }
 }
 

@@ -212,12 +212,17 @@ fn is_ipv6(frame: &[u8]) -> bool {
 
 /// The UDP destination port and the first payload byte of a frame the program relayed.
 fn udp_destination_and_first_byte(frame: &[u8]) -> (u16, u8) {
+    let (port, payload) = udp_destination_and_payload(frame);
+    (port, payload.first().copied().or_fail("empty payload"))
+}
+
+/// The UDP destination port and the payload of a frame the program relayed.
+fn udp_destination_and_payload(frame: &[u8]) -> (u16, Vec<u8>) {
     let sliced = etherparse::SlicedPacket::from_ethernet(frame).or_fail("relayed frame");
     match sliced.transport {
-        Some(etherparse::TransportSlice::Udp(udp)) => (
-            udp.destination_port(),
-            udp.payload().first().copied().or_fail("empty payload"),
-        ),
+        Some(etherparse::TransportSlice::Udp(udp)) => {
+            (udp.destination_port(), udp.payload().to_vec())
+        }
         other => panic!("relayed frame is not UDP: {other:?}"),
     }
 }
@@ -298,6 +303,175 @@ fn cached_channels_follow_rewrites_and_removals() {
             assert_eq!(out.action, XDP_REDIRECT);
             assert!(is_ipv6(&out.frame), "relayed as IPv6");
         }
+    }
+}
+
+/// The per-CPU cache's copies are versioned by the client's and the relayed address
+/// (turn-ebpf's `channel_cache`), so a write for one allocation leaves every other
+/// allocation's copies in use: at scale a refresh somewhere must not empty the whole
+/// cache. Made visible by rewriting the IPv4 allocation's channel entries behind the
+/// daemon's back (a raw map write moves no version): its frames keep following the
+/// copies through writes for the IPv6 allocation, then follow the rewritten entries
+/// after a write for their own. Pinned to one CPU, whose copies are the ones used.
+#[test]
+fn cached_copies_survive_writes_to_other_allocations() {
+    if !privileged("cached_copies_survive_writes_to_other_allocations") {
+        return;
+    }
+    pin_to_first_allowed_cpu();
+    let (testbed, mut fast_path) = installed_testbed();
+    let (allocation, other) = (V4, V6);
+    let bound = allocation.peer(Peer::Bound);
+    let to_peer = channel_data_frame(&allocation, b"data", &[]);
+    let from_peer = peer_frame(&allocation, Peer::Bound, b"data");
+    // (peer port of the frame to the peer, channel number of the frame to the client)
+    let relayed = || -> (u16, u16) {
+        let outs = testbed
+            .run_all(&[
+                (&to_peer, Ingress::ClientSide),
+                (&from_peer, Ingress::PeerSide),
+            ])
+            .or_fail("run");
+        assert!(outs.iter().all(|out| out.action == XDP_REDIRECT), "relayed");
+        let (_, to_client) = udp_destination_and_payload(&outs[1].frame);
+        (
+            udp_destination_and_first_byte(&outs[0].frame).0,
+            u16::from_be_bytes([to_client[0], to_client[1]]),
+        )
+    };
+    // The first frames' next-hop lookups move the routing generation on (neighbour
+    // events): let that happen before the copies are made.
+    relayed();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        assert_eq!(relayed(), (bound.port(), CHANNEL_PEER));
+    }
+    let (moved_port, moved_number) = (bound.port() + 1, CHANNEL_PEER + 1);
+    rewrite_channel_behind_the_cache(&testbed, &allocation, moved_port, moved_number);
+    assert_eq!(
+        relayed(),
+        (bound.port(), CHANNEL_PEER),
+        "relayed from the copies"
+    );
+    let live = Instant::now() + Duration::from_secs(600);
+    let other_peer = other.peer(Peer::Bound);
+    fast_path
+        .permission(other.flow(), other.relay, other_peer.ip(), live)
+        .or_fail("permission");
+    fast_path
+        .channel(other.flow(), other.relay, other_peer, CHANNEL_PEER, live)
+        .or_fail("channel");
+    fast_path
+        .allocation(other.flow(), other.relay, live)
+        .or_fail("allocation");
+    assert_eq!(
+        relayed(),
+        (bound.port(), CHANNEL_PEER),
+        "copies kept through the other allocation's writes"
+    );
+    fast_path
+        .permission(allocation.flow(), allocation.relay, bound.ip(), live)
+        .or_fail("permission");
+    assert_eq!(
+        relayed(),
+        (moved_port, moved_number),
+        "entries read again after a write for their allocation"
+    );
+}
+
+/// Restricts the calling thread, and the threads it starts (the testbed's), to the first
+/// CPU it may run on.
+fn pin_to_first_allowed_cpu() {
+    // SAFETY: cpu_set_t is plain data; the calls write and read only `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .or_fail("an allowed CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// Rewrites `allocation`'s channel `CHANNEL_PEER` to its bound peer in the program's maps
+/// directly, as no daemon would: to the peer's port `peer_port` on the client's side,
+/// as channel `number` on the peer's. No cache version moves.
+fn rewrite_channel_behind_the_cache(
+    testbed: &Testbed,
+    allocation: &Allocation,
+    peer_port: u16,
+    number: u16,
+) {
+    use aya::maps::{HashMap, Map};
+    use turn_common::maps::{
+        ClientChannelKey, ClientChannelValue, PeerChannelKey, PeerChannelValue,
+    };
+    let flow = allocation.flow();
+    let bound = allocation.peer(Peer::Bound);
+    let client_channels = testbed.program_map("CLIENT_CHANNELS").or_fail("map");
+    let mut client_channels: HashMap<_, ClientChannelKey, ClientChannelValue> =
+        HashMap::try_from(Map::HashMap(client_channels)).or_fail("CLIENT_CHANNELS");
+    let key = ClientChannelKey::new(
+        family(flow.client.ip()),
+        map_bytes(flow.client.ip()),
+        flow.client.port().to_be_bytes(),
+        map_bytes(flow.listener.ip()),
+        flow.listener.port().to_be_bytes(),
+        CHANNEL_PEER.to_be_bytes(),
+    );
+    let value = client_channels.get(&key, 0).or_fail("the channel's entry");
+    let rewritten = ClientChannelValue::new(
+        value.peer_family(),
+        *value.peer_ip(),
+        peer_port.to_be_bytes(),
+        *value.relay_ip(),
+        value.relay_port(),
+        value.slot(),
+        value.expires_ns(),
+    );
+    client_channels.insert(key, rewritten, 0).or_fail("rewrite");
+    let peer_channels = testbed.program_map("PEER_CHANNELS").or_fail("map");
+    let mut peer_channels: HashMap<_, PeerChannelKey, PeerChannelValue> =
+        HashMap::try_from(Map::HashMap(peer_channels)).or_fail("PEER_CHANNELS");
+    let key = PeerChannelKey::new(
+        family(allocation.relay.ip()),
+        map_bytes(allocation.relay.ip()),
+        allocation.relay.port().to_be_bytes(),
+        map_bytes(bound.ip()),
+        bound.port().to_be_bytes(),
+    );
+    let value = peer_channels.get(&key, 0).or_fail("the channel's entry");
+    let rewritten = PeerChannelValue::new(
+        number.to_be_bytes(),
+        *value.client(),
+        value.slot(),
+        value.expires_ns(),
+    );
+    peer_channels.insert(key, rewritten, 0).or_fail("rewrite");
+}
+
+/// An address's family as the maps hold it.
+fn family(ip: std::net::IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        turn_common::maps::FAMILY_V4
+    } else {
+        turn_common::maps::FAMILY_V6
+    }
+}
+
+/// An address's 16 bytes as the maps hold them.
+fn map_bytes(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => turn_common::maps::v4_bytes(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
     }
 }
 
