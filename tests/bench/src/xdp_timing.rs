@@ -60,8 +60,10 @@ const EXCEEDED_LIMIT: u64 = 1;
 /// over its allocation's limit, dropped (repeatable). `channel_data_to_peer_traced_v4`:
 /// the same ChannelData as `channel_data_to_peer_v4` through the program loaded with its
 /// decision trace on (`xdp.trace`), in a testbed of its own: what the trace costs; the
-/// other rows have it off, as by default. Err if a repeated frame was not counted under
-/// its expected outcome every time.
+/// other rows have it off, as by default. `channel_data_to_peer_other_writes_v4` /
+/// `channel_data_to_peer_own_writes_v4`: the same ChannelData with a table write before
+/// each run, for another allocation or for its own ([`channel_data_under_writes`]). Err
+/// if a repeated frame was not counted under its expected outcome every time.
 pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
     let repeat = repeat.min(MAX_RUNS);
     let testbed = Testbed::new(16)?;
@@ -81,6 +83,17 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
             testbed.time(frame, *ingress, repeat, Timed::Relay)?,
         ));
     }
+    let (_, channel_data_v4, _) = frames
+        .iter()
+        .find(|(name, _, _)| name == "channel_data_to_peer_v4")
+        .ok_or_else(|| anyhow!("no frame channel_data_to_peer_v4"))?;
+    timings.extend(channel_data_under_writes(
+        &testbed,
+        &mut fast_path,
+        channel_data_v4,
+        repeat,
+        expires_at,
+    )?);
     timings.push((
         "baseline_pass_repeated".to_string(),
         testbed
@@ -132,13 +145,9 @@ pub fn time_paths(repeat: u32) -> Result<Vec<(String, f64)>> {
             ));
         }
     }
-    let (_, traced_frame, _) = frames
-        .iter()
-        .find(|(name, _, _)| name == "channel_data_to_peer_v4")
-        .ok_or_else(|| anyhow!("no frame channel_data_to_peer_v4"))?;
     timings.push((
         "channel_data_to_peer_traced_v4".into(),
-        traced_channel_data(traced_frame, repeat, expires_at)?,
+        traced_channel_data(channel_data_v4, repeat, expires_at)?,
     ));
     Ok(timings)
 }
@@ -150,28 +159,9 @@ fn relay_frames(
     expires_at: Instant,
 ) -> Result<Vec<(String, Vec<u8>, Ingress)>> {
     let mut frames: Vec<(String, Vec<u8>, Ingress)> = Vec::new();
-    for (suffix, listener_ip, relay_ip, client_ip, peer_ip) in [
-        (
-            "v4",
-            IpAddr::V4(RELAY_LISTEN_V4),
-            IpAddr::V4(RELAY_RELAYED_V4),
-            IpAddr::V4(CLIENT_V4),
-            IpAddr::V4(PEER_V4),
-        ),
-        (
-            "v6",
-            IpAddr::V6(RELAY_LISTEN_V6),
-            IpAddr::V6(RELAY_RELAYED_V6),
-            IpAddr::V6(CLIENT_V6),
-            IpAddr::V6(PEER_V6),
-        ),
-    ] {
-        let flow = ClientFlow::udp(
-            SocketAddr::new(client_ip, CLIENT_PORT),
-            SocketAddr::new(listener_ip, LISTENER_PORT),
-        );
-        let relay = SocketAddr::new(relay_ip, RELAY_PORT);
-        let peer = SocketAddr::new(peer_ip, CHANNEL_PEER_PORT);
+    for suffix in ["v4", "v6"] {
+        let TimedAllocation { flow, relay, peer } = TimedAllocation::of(suffix);
+        let (listener_ip, peer_ip) = (flow.listener.ip(), peer.ip());
         let other_peer = SocketAddr::new(peer_ip, OTHER_PEER_PORT);
         fast_path.allocation_with_channel(flow, relay, peer, CHANNEL, expires_at)?;
         let data = [0x5Au8; DATA_LEN];
@@ -250,6 +240,74 @@ fn relay_frames(
     Ok(frames)
 }
 
+/// The unlimited allocation of a family (`suffix` "v4" or "v6") the single-run rows are
+/// timed on: its client flow, relayed address, and the peer of its channel.
+struct TimedAllocation {
+    flow: ClientFlow,
+    relay: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl TimedAllocation {
+    fn of(suffix: &str) -> TimedAllocation {
+        let (listener_ip, relay_ip, client_ip, peer_ip) = if suffix == "v4" {
+            (
+                IpAddr::V4(RELAY_LISTEN_V4),
+                IpAddr::V4(RELAY_RELAYED_V4),
+                IpAddr::V4(CLIENT_V4),
+                IpAddr::V4(PEER_V4),
+            )
+        } else {
+            (
+                IpAddr::V6(RELAY_LISTEN_V6),
+                IpAddr::V6(RELAY_RELAYED_V6),
+                IpAddr::V6(CLIENT_V6),
+                IpAddr::V6(PEER_V6),
+            )
+        };
+        TimedAllocation {
+            flow: ClientFlow::udp(
+                SocketAddr::new(client_ip, CLIENT_PORT),
+                SocketAddr::new(listener_ip, LISTENER_PORT),
+            ),
+            relay: SocketAddr::new(relay_ip, RELAY_PORT),
+            peer: SocketAddr::new(peer_ip, CHANNEL_PEER_PORT),
+        }
+    }
+
+    /// Writes the permission for its channel's peer again, as a refresh does.
+    fn refresh_permission(&self, fast_path: &mut FastPath, expires_at: Instant) -> Result<()> {
+        fast_path.permission(self.flow, self.relay, self.peer.ip(), expires_at)?;
+        Ok(())
+    }
+}
+
+/// `channel_data_to_peer_v4`'s `frame` timed with a table write before each run: the
+/// IPv6 allocation's permission written again (`…_other_writes_v4`: the per-CPU cache
+/// keeps the IPv4 channel's copy, versioned by its own addresses), or the IPv4
+/// allocation's own (`…_own_writes_v4`: every frame misses the cache, is relayed
+/// through the hash lookup, and fills the slot again: what a miss costs).
+fn channel_data_under_writes(
+    testbed: &Testbed,
+    fast_path: &mut FastPath,
+    frame: &[u8],
+    runs: u32,
+    expires_at: Instant,
+) -> Result<Vec<(String, f64)>> {
+    let mut timings = Vec::new();
+    for (name, written) in [
+        ("channel_data_to_peer_other_writes_v4", "v6"),
+        ("channel_data_to_peer_own_writes_v4", "v4"),
+    ] {
+        let written = TimedAllocation::of(written);
+        let ns = testbed.time_between(frame, Ingress::ClientSide, runs, Timed::Relay, || {
+            written.refresh_permission(fast_path, expires_at)
+        })?;
+        timings.push((name.to_string(), ns));
+    }
+    Ok(timings)
+}
+
 /// The most rounds [`time_path`] times.
 pub const MAX_ROUNDS: u32 = 1000;
 
@@ -285,19 +343,10 @@ pub fn time_path(name: &str, runs: u32, rounds: u32) -> Result<Vec<(String, f64)
 /// on the same IPv4 allocation and channel.
 fn traced_channel_data(frame: &[u8], repeat: u32, expires_at: Instant) -> Result<f64> {
     let testbed = Testbed::traced(16)?;
-    let flow = ClientFlow::udp(
-        SocketAddr::new(IpAddr::V4(CLIENT_V4), CLIENT_PORT),
-        SocketAddr::new(IpAddr::V4(RELAY_LISTEN_V4), LISTENER_PORT),
-    );
+    let TimedAllocation { flow, relay, peer } = TimedAllocation::of("v4");
     // Kept until the timing is done, as in `time_paths`.
     let mut fast_path = testbed.fast_path()?;
-    fast_path.allocation_with_channel(
-        flow,
-        SocketAddr::new(IpAddr::V4(RELAY_RELAYED_V4), RELAY_PORT),
-        SocketAddr::new(IpAddr::V4(PEER_V4), CHANNEL_PEER_PORT),
-        CHANNEL,
-        expires_at,
-    )?;
+    fast_path.allocation_with_channel(flow, relay, peer, CHANNEL, expires_at)?;
     testbed.time(frame, Ingress::ClientSide, repeat, Timed::Relay)
 }
 
@@ -403,6 +452,8 @@ mod tests {
             "channel_data_to_client_limited_v4",
             "channel_data_to_peer_over_limit_v4_repeated",
             "channel_data_to_peer_traced_v4",
+            "channel_data_to_peer_other_writes_v4",
+            "channel_data_to_peer_own_writes_v4",
         ] {
             assert!(
                 names.contains(&expected),

@@ -240,6 +240,19 @@ impl Testbed {
     /// so the syscall is excluded but its timer overhead is not: subtract the baseline's
     /// median for the program's own cost.
     pub fn time(&self, frame: &[u8], ingress: Ingress, runs: u32, timed: Timed) -> Result<f64> {
+        self.time_between(frame, ingress, runs, timed, || Ok(()))
+    }
+
+    /// [`Testbed::time`] with `between` called before each run (untimed): a table write,
+    /// say, whose effect on the next run is what is timed.
+    pub fn time_between(
+        &self,
+        frame: &[u8],
+        ingress: Ingress,
+        runs: u32,
+        timed: Timed,
+        mut between: impl FnMut() -> Result<()> + Send,
+    ) -> Result<f64> {
         let program = self.timed_program(timed)?;
         let ifindex = self.ifindex(ingress);
         let runs = runs.max(1);
@@ -247,6 +260,7 @@ impl Testbed {
             let mut out = vec![0u8; frame.len() + 256];
             let mut durations: Vec<Duration> = Vec::with_capacity(runs as usize);
             for run in 0..=runs {
+                between()?;
                 let options = TestRunOptions {
                     data_in: Some(frame),
                     data_out: Some(&mut out),
