@@ -251,7 +251,11 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
     if !report.xdp_program_ns_per_packet.is_empty() || report.xdp_program_timing_error.is_some() {
         let _ = writeln!(
             md,
-            "## XDP program cost per path (BPF_PROG_TEST_RUN, mean ns per packet)\n"
+            "## XDP program cost per path (BPF_PROG_TEST_RUN, ns per packet)\n\n\
+             The median over {} loads of the program of each load's median single run \
+             (`_repeated` rows: of each load's mean over one repeated run); subtract \
+             `baseline_pass` (`baseline_pass_repeated`) for the program's own cost.\n",
+            crate::xdp_timing::LOADS
         );
         if let Some(error) = &report.xdp_program_timing_error {
             let first_line = first_line(error);
