@@ -410,15 +410,12 @@ fn rewrite_channel_behind_the_cache(
     peer_port: u16,
     number: u16,
 ) {
-    use aya::maps::{HashMap, Map};
     use turn_common::maps::{
         ClientChannelKey, ClientChannelValue, PeerChannelKey, PeerChannelValue,
     };
     let flow = allocation.flow();
     let bound = allocation.peer(Peer::Bound);
-    let client_channels = testbed.program_map("CLIENT_CHANNELS").or_fail("map");
-    let mut client_channels: HashMap<_, ClientChannelKey, ClientChannelValue> =
-        HashMap::try_from(Map::HashMap(client_channels)).or_fail("CLIENT_CHANNELS");
+    let mut client_channels = program_hash_map(testbed, "CLIENT_CHANNELS");
     let key = ClientChannelKey::new(
         family(flow.client.ip()),
         map_bytes(flow.client.ip()),
@@ -427,7 +424,7 @@ fn rewrite_channel_behind_the_cache(
         flow.listener.port().to_be_bytes(),
         CHANNEL_PEER.to_be_bytes(),
     );
-    let value = client_channels.get(&key, 0).or_fail("the channel's entry");
+    let value: ClientChannelValue = client_channels.get(&key, 0).or_fail("the channel's entry");
     let rewritten = ClientChannelValue::new(
         value.peer_family(),
         *value.peer_ip(),
@@ -438,9 +435,7 @@ fn rewrite_channel_behind_the_cache(
         value.expires_ns(),
     );
     client_channels.insert(key, rewritten, 0).or_fail("rewrite");
-    let peer_channels = testbed.program_map("PEER_CHANNELS").or_fail("map");
-    let mut peer_channels: HashMap<_, PeerChannelKey, PeerChannelValue> =
-        HashMap::try_from(Map::HashMap(peer_channels)).or_fail("PEER_CHANNELS");
+    let mut peer_channels = program_hash_map(testbed, "PEER_CHANNELS");
     let key = PeerChannelKey::new(
         family(allocation.relay.ip()),
         map_bytes(allocation.relay.ip()),
@@ -448,7 +443,7 @@ fn rewrite_channel_behind_the_cache(
         map_bytes(bound.ip()),
         bound.port().to_be_bytes(),
     );
-    let value = peer_channels.get(&key, 0).or_fail("the channel's entry");
+    let value: PeerChannelValue = peer_channels.get(&key, 0).or_fail("the channel's entry");
     let rewritten = PeerChannelValue::new(
         number.to_be_bytes(),
         *value.client(),
@@ -456,6 +451,15 @@ fn rewrite_channel_behind_the_cache(
         value.expires_ns(),
     );
     peer_channels.insert(key, rewritten, 0).or_fail("rewrite");
+}
+
+/// The testbed program's hash map `name`, with keys `K` and values `V`.
+fn program_hash_map<K: aya::Pod, V: aya::Pod>(
+    testbed: &Testbed,
+    name: &str,
+) -> aya::maps::HashMap<aya::maps::MapData, K, V> {
+    let map = testbed.program_map(name).or_fail("map");
+    aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).or_fail(name)
 }
 
 /// An address's family as the maps hold it.
