@@ -58,6 +58,11 @@ pub const CONTROL_WORDS: u32 = 2;
 /// only costs a few more cache misses.
 pub const CACHE_VERSION_BITS: u32 = 16;
 pub const CACHE_VERSION_BUCKETS: u32 = 1 << CACHE_VERSION_BITS;
+/// A bucket's version is the Gray code ([`gray_code`]) of how many times it moved,
+/// modulo this: the codes of 0 .. 2^31 wrap in one bit too, and bit 31 is never set,
+/// which leaves it to the program to mark a frame's tag (so that no tag matches an
+/// empty slot).
+pub const CACHE_VERSION_CYCLE: u32 = 1 << 31;
 
 /// The bucket of `CACHE_VERSIONS` that versions the program's cached copies of entries
 /// keyed by the transport address `ip`, `port`: a client's address for the copies of

@@ -60,7 +60,8 @@ use aya_ebpf::maps::{Array, PerCpuArray};
 use aya_ebpf::programs::XdpContext;
 use turn_common::checksum::Delta;
 use turn_common::maps::{
-    cache_version_bucket, NextHop, CACHE_VERSION_BUCKETS, FAMILY_V4, FAMILY_V6,
+    cache_version_bucket, NextHop, CACHE_VERSION_BUCKETS, CACHE_VERSION_CYCLE, FAMILY_V4,
+    FAMILY_V6,
 };
 
 use crate::egress::{route_delta, Arrival, Channel, Job, Route};
@@ -96,7 +97,7 @@ static CACHE_VERSIONS: Array<u32> = Array::with_max_entries(CACHE_VERSION_BUCKET
 /// [`Tag::VALID`] set. A slot holds the tag it was filled under and is used only while
 /// the frame's tag is the same.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Tag(u64);
+pub struct Tag(u32);
 
 impl Tag {
     /// The tag of a frame from a client: its source's bucket (the client's address),
@@ -119,13 +120,14 @@ impl Tag {
         match CACHE_VERSIONS.get_ptr(cache_version_bucket(ip, port)) {
             // SAFETY: the map's own entry, an aligned word (a word caught mid-write is
             // harmless: see the module documentation).
-            Some(version) => Tag(Tag::VALID | u64::from(unsafe { core::ptr::read_volatile(version) })),
+            Some(version) => Tag(Tag::VALID | unsafe { core::ptr::read_volatile(version) }),
             None => Tag::OFF,
         }
     }
 
-    /// Set in every tag a frame gets: so no version matches an empty slot.
-    const VALID: u64 = 1 << 32;
+    /// Set in every tag a frame gets (never in a version: `CACHE_VERSION_CYCLE`), so
+    /// that no tag matches an empty slot.
+    const VALID: u32 = CACHE_VERSION_CYCLE;
 
     /// No tag: nothing is used or filled (and the tag of an empty slot).
     pub const OFF: Tag = Tag(0);

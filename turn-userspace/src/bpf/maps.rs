@@ -17,7 +17,7 @@ use turn_common::maps::{
     cache_version_bucket, gray_code, v4_bytes, AllocationTraffic, AllocationValue,
     ClientChannelKey, ClientChannelValue, ClientSide, FlowKey, PeerChannelKey, PeerChannelValue,
     PermissionKey, PermissionValue, PortFilter, RelayKey, RelayValue, CACHE_VERSION_BUCKETS,
-    CONTROL_LIMITS, CONTROL_ROUTING_GENERATION, FAMILY_V4, FAMILY_V6,
+    CACHE_VERSION_CYCLE, CONTROL_LIMITS, CONTROL_ROUTING_GENERATION, FAMILY_V4, FAMILY_V6,
 };
 
 use super::XdpCounters;
@@ -324,7 +324,7 @@ impl CacheVersions {
                 "{CACHE_VERSIONS}: no bucket {bucket}"
             )));
         };
-        *moves = moves.wrapping_add(1);
+        *moves = (*moves + 1) % CACHE_VERSION_CYCLE;
         self.map
             .set(bucket, gray_code(*moves), 0)
             .map_err(|error| DatapathError::Update(format!("{CACHE_VERSIONS}: {error}")))
