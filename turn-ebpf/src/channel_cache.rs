@@ -508,24 +508,27 @@ impl SendLookup {
 #[inline(always)]
 pub fn cached_data_indication(packet: &Packet, job: &mut Job) -> Option<&'static mut NextHop> {
     let key = FrameKey::new(packet, Direction::ToClient, 0, &NO_PEER);
-    let tag = packet.cache_tag;
     if packet.family == FAMILY_V4 {
-        let cached = CHANNEL_CACHE.get_ptr_mut(key.index::<1, 0>())?;
-        // SAFETY: this CPU's slot, used only by this CPU's runs, which do not overlap.
-        let cached = unsafe { &mut *cached };
-        let holds = cached.data_indication != 0
-            && cached.tag == tag
-            && key.matches(&cached.key);
-        holds.then(|| cached.indication_hit(job))
+        data_indication_hit(&CHANNEL_CACHE, &key, packet.cache_tag, job)
     } else {
-        let cached = CHANNEL_CACHE_V6.get_ptr_mut(key.index::<4, 0>())?;
-        // SAFETY: as above.
-        let cached = unsafe { &mut *cached };
-        let holds = cached.data_indication != 0
-            && cached.tag == tag
-            && key.matches(&cached.key);
-        holds.then(|| cached.indication_hit(job))
+        data_indication_hit(&CHANNEL_CACHE_V6, &key, packet.cache_tag, job)
     }
+}
+
+/// [`cached_data_indication`] in `table`: `key`'s slot if it holds a Data indication
+/// under `tag`.
+#[inline(always)]
+fn data_indication_hit<const W: usize>(
+    table: &'static PerCpuArray<CachedChannel<W, 0>>,
+    key: &FrameKey,
+    tag: Tag,
+    job: &mut Job,
+) -> Option<&'static mut NextHop> {
+    let cached = table.get_ptr_mut(key.index::<W, 0>())?;
+    // SAFETY: this CPU's slot, used only by this CPU's runs, which do not overlap.
+    let cached = unsafe { &mut *cached };
+    let holds = cached.data_indication != 0 && cached.tag == tag && key.matches(&cached.key);
+    holds.then(|| cached.indication_hit(job))
 }
 
 /// Fills this CPU's slot for a peer's datagram (the frame `packet`) with what the hash
