@@ -358,7 +358,7 @@ fn write_channel_data(
         ],
     )?;
     if let ChannelDataFraming::Prepend(header) = framing {
-        put(ctx, udp_offset + UDP_LEN, header)?;
+        put(ctx, udp_offset + UDP_LEN, [header])?;
     }
     Ok(())
 }
@@ -735,17 +735,25 @@ fn fib_lookup(ctx: &XdpContext, params: &mut bpf_fib_lookup) -> i64 {
     }
 }
 
-/// Writes `value` (an integer or an array of them) at constant `offset`, bounds
-/// checked, with stores of its width (see [`load`] on alignment).
+/// Writes `values` (integers) one after the other from constant `offset`, bounds checked
+/// once, each with a store of its width (see [`load`] on alignment): one volatile store
+/// of a whole array would go through a copy of it on the stack.
 #[inline(always)]
-fn put<T>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Outcome> {
+fn put<E: Copy, const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    values: [E; N],
+) -> Result<(), Outcome> {
     let (data, end) = bounds(ctx);
     let start = data + offset;
-    if start + core::mem::size_of::<T>() > end {
+    if start + core::mem::size_of::<[E; N]>() > end {
         return Err(Outcome::PassMalformed);
     }
-    // SAFETY: the value's bytes lie inside the frame (checked just above).
-    unsafe { core::ptr::write_volatile(start as *mut T, value) };
+    let start = start as *mut E;
+    for (i, value) in values.into_iter().enumerate() {
+        // SAFETY: element `i` lies inside the frame (checked just above).
+        unsafe { core::ptr::write_volatile(start.add(i), value) };
+    }
     Ok(())
 }
 
@@ -774,7 +782,7 @@ fn write_v4(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> R
         delta = delta.add_u32(word);
     }
     let checksum = delta.checksum() as u32;
-    put(ctx, 12, 0x0800u16.to_be())?;
+    put(ctx, 12, [0x0800u16.to_be()])?;
     put(
         ctx,
         ETH_LEN,
@@ -798,7 +806,7 @@ fn write_v6(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> R
         packet.ipv6_first_word
     };
     let second = (udp_len as u32) << 16 | (IPPROTO_UDP as u32) << 8 | (packet.ttl - 1) as u32;
-    put(ctx, 12, 0x86DDu16.to_be())?;
+    put(ctx, 12, [0x86DDu16.to_be()])?;
     put(ctx, ETH_LEN, [first.to_be(), second.to_be()])?;
     put(ctx, ETH_LEN + 8, route.src_ip)?;
     put(ctx, ETH_LEN + 24, route.dst_ip)
@@ -827,7 +835,7 @@ fn write_udp(
         if i >= job.prefix_words {
             break;
         }
-        put(ctx, offset + UDP_LEN + 4 * i, *word)?;
+        put(ctx, offset + UDP_LEN + 4 * i, [*word])?;
     }
     Ok(())
 }

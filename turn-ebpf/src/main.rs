@@ -15,7 +15,9 @@
 //! Same-family ChannelData without padding, with its next hop cached, takes a lean path
 //! (`channel_data_lean` of each direction, [`egress::channel_data`]): one BPF function
 //! instead of the general path's chain of them, which leaves every other frame to the
-//! general path at the same step. A frame tries the client-side tables only when sent to
+//! general path at the same step. A client's ChannelData whose channel this CPU's cache
+//! holds takes the [`express`] path before even the general parse: the same decision in
+//! one function called first. A frame tries the client-side tables only when sent to
 //! a listener port, the peer-side ones only when sent to a relayed port ([`PortFilter`],
 //! an array lookup): so a peer's datagram that looks like ChannelData makes no lookup in
 //! the client's channels.
@@ -28,6 +30,7 @@
 mod bandwidth;
 mod channel_cache;
 mod egress;
+mod express;
 mod fingerprint;
 mod packet;
 mod to_client;
@@ -120,19 +123,39 @@ pub struct Relayed {
 
 #[xdp]
 pub fn turn_xdp(ctx: XdpContext) -> u32 {
+    // The express path first (ChannelData from a client, from this CPU's cache). Not
+    // with the trace on: the trace reads the general path's parse.
+    if !traced() && express::may_take(&ctx) {
+        let action = express::channel_data(&ctx);
+        if action != express::NOT_EXPRESS {
+            return action;
+        }
+    }
     let frame_len = ctx.data_end() - ctx.data();
-    let (outcome, action) = match relay(&ctx) {
-        Ok(relayed) => (relayed.outcome, relayed.action),
-        Err(outcome) if outcome.is_drop() => (outcome, xdp_action::XDP_DROP),
-        Err(outcome) => (outcome, xdp_action::XDP_PASS),
-    };
+    let (outcome, action) = verdict_action(relay(&ctx));
     count(outcome, frame_len);
-    // The same test aya-log's macros make, here so that with the trace off (level 0 in
-    // read-only data) the verifier removes the call itself, not just its body.
-    if aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Info) {
+    if traced() {
         trace_decision(&ctx, outcome, action);
     }
     action
+}
+
+/// Whether the decision trace is on: the same test aya-log's macros make, so that with
+/// the trace off (level 0 in read-only data) the verifier removes the call of
+/// [`trace_decision`] itself, not just its body.
+#[inline(always)]
+fn traced() -> bool {
+    aya_log_ebpf::macro_support::level_enabled(aya_log_ebpf::macro_support::Level::Info)
+}
+
+/// The outcome a verdict counts as and the XDP action it takes.
+#[inline(always)]
+pub fn verdict_action(verdict: Result<Relayed, Outcome>) -> (Outcome, u32) {
+    match verdict {
+        Ok(relayed) => (relayed.outcome, relayed.action),
+        Err(outcome) if outcome.is_drop() => (outcome, xdp_action::XDP_DROP),
+        Err(outcome) => (outcome, xdp_action::XDP_PASS),
+    }
 }
 
 /// The opt-in trace of decisions (`xdp.trace`): one info record per frame, its outcome,
@@ -390,7 +413,12 @@ pub fn is_relayed(packet: &Packet) -> bool {
 /// Whether `side` of [`PORT_FILTER`] holds the frame's destination port.
 #[inline(always)]
 fn port_filter_passes(packet: &Packet, side: fn(&PortFilter, u16) -> bool) -> bool {
-    let port = u16::from_be(packet.dst_port);
+    port_filter_holds(u16::from_be(packet.dst_port), side)
+}
+
+/// Whether `side` of [`PORT_FILTER`] holds `port`.
+#[inline(always)]
+pub fn port_filter_holds(port: u16, side: fn(&PortFilter, u16) -> bool) -> bool {
     PORT_FILTER.get(0).is_some_and(|filter| side(filter, port))
 }
 
@@ -517,7 +545,7 @@ pub fn add_traffic(slot: u32, bytes: usize, to_peer: bool) {
 }
 
 #[inline(always)]
-fn count(outcome: Outcome, bytes: usize) {
+pub fn count(outcome: Outcome, bytes: usize) {
     if let Some(counter) = COUNTERS.get_ptr_mut(outcome as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {
