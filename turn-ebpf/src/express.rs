@@ -4,22 +4,22 @@
 //! its chain of lookups.
 //!
 //! It makes exactly the decision `to_peer::channel_data_lean` makes for such a frame on
-//! a cache hit (the same [`Lookup`] and [`egress::channel_data`]), and leaves every other
-//! frame untouched to the general path ([`NOT_EXPRESS`]): a cache miss, a frame the lean
-//! egress does not take. [`may_take`] turns away, with a few loads in `turn_xdp`, every
-//! frame but ChannelData to a listening port ([`crate::PORT_FILTER`]), so that the
-//! others (peers' datagrams, STUN) pay neither the call nor a second parse.
+//! a cache hit (the same [`to_peer::cached_channel`] and [`to_peer::relay_lean`]), and
+//! leaves every other frame untouched to the general path ([`NOT_EXPRESS`]): a cache
+//! miss, a frame the lean egress does not take. [`may_take`] turns away, with a few
+//! loads in `turn_xdp`, every frame but ChannelData to a listening port
+//! ([`crate::PORT_FILTER`]), so that the others (peers' datagrams, STUN) pay neither the
+//! call nor a second parse.
 
 use aya_ebpf::programs::XdpContext;
 use turn_common::maps::PortFilter;
 
-use crate::channel_cache::{Cached, Direction, Lookup, Tag};
-use crate::egress::{self, ChannelDataFraming};
+use crate::channel_cache::Cached;
 use crate::packet::{
     load, load_be16, Packet, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN,
     UDP_LEN,
 };
-use crate::{count, port_filter_holds, verdict_action, zeroed};
+use crate::{count, port_filter_holds, to_peer, verdict_action, zeroed};
 
 /// What [`channel_data`] returns for a frame it leaves to the general path (no XDP action
 /// has this value).
@@ -57,15 +57,11 @@ pub fn channel_data(ctx: &XdpContext) -> u32 {
     if packet.parse(ctx).is_err() || packet.shape() != Shape::ChannelData {
         return NOT_EXPRESS;
     }
-    let data_len = (packet.head_be() & 0xFFFF) as usize;
-    let number = (packet.head_be() >> 16) as u16;
-    let tag = Tag::of_client(packet);
-    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number, tag);
+    let (cache, cached) = to_peer::cached_channel(ctx, packet);
     let Cached::Channel(channel) = cached else {
         return NOT_EXPRESS;
     };
-    let framing = ChannelDataFraming::Strip;
-    match egress::channel_data(ctx, packet, cache.arrival, &channel, data_len, framing) {
+    match to_peer::relay_lean(ctx, packet, &cache, &channel) {
         Some(verdict) => {
             let (outcome, action) = verdict_action(verdict);
             count(outcome, frame_len);

@@ -400,20 +400,14 @@ fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
 /// whole chain).
 #[inline(always)]
 pub fn is_listening(packet: &Packet) -> bool {
-    port_filter_passes(packet, PortFilter::is_listening)
+    port_filter_holds(u16::from_be(packet.dst_port), PortFilter::is_listening)
 }
 
 /// Whether the frame's destination port may be a relayed address's ([`PORT_FILTER`]):
 /// else no peer-side entry can match it. Checked as [`is_listening`].
 #[inline(always)]
 pub fn is_relayed(packet: &Packet) -> bool {
-    port_filter_passes(packet, PortFilter::is_relayed)
-}
-
-/// Whether `side` of [`PORT_FILTER`] holds the frame's destination port.
-#[inline(always)]
-fn port_filter_passes(packet: &Packet, side: fn(&PortFilter, u16) -> bool) -> bool {
-    port_filter_holds(u16::from_be(packet.dst_port), side)
+    port_filter_holds(u16::from_be(packet.dst_port), PortFilter::is_relayed)
 }
 
 /// Whether `side` of [`PORT_FILTER`] holds `port`.

@@ -52,10 +52,7 @@ pub fn channel_data_lean(
     packet: &Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    let data_len = (packet.head_be() & 0xFFFF) as usize;
-    let number = (packet.head_be() >> 16) as u16;
-    let tag = Tag::of_client(packet);
-    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToPeer, number, tag);
+    let (cache, cached) = cached_channel(ctx, packet);
     let channel = match cached {
         // Live: `find` checked the copy's expiry.
         Cached::Channel(channel) => channel,
@@ -77,15 +74,38 @@ pub fn channel_data_lean(
             channel
         }
     };
-    let decided = egress::channel_data(
+    Lean::from(relay_lean(ctx, packet, &cache, &channel), verdict)
+}
+
+/// A ChannelData frame's place in this CPU's [`crate::channel_cache`] on the path to the
+/// peer (under the client's tag, by the header's channel number), and what its slot
+/// holds: the lookup of [`channel_data_lean`] and of the express path.
+#[inline(always)]
+pub fn cached_channel(ctx: &XdpContext, packet: &Packet) -> (Lookup, Cached) {
+    let number = (packet.head_be() >> 16) as u16;
+    let tag = Tag::of_client(packet);
+    Lookup::new(ctx, packet, Direction::ToPeer, number, tag)
+}
+
+/// The lean egress of a client's ChannelData frame on `channel` (found under `cache`):
+/// the header goes, the data is relayed as the datagram to the peer. None: left to the
+/// general path, the frame unchanged.
+#[inline(always)]
+pub fn relay_lean(
+    ctx: &XdpContext,
+    packet: &Packet,
+    cache: &Lookup,
+    channel: &Channel,
+) -> Option<Result<Relayed, Outcome>> {
+    let data_len = (packet.head_be() & 0xFFFF) as usize;
+    egress::channel_data(
         ctx,
         packet,
         cache.arrival,
-        &channel,
+        channel,
         data_len,
         ChannelDataFraming::Strip,
-    );
-    Lean::from(decided, verdict)
+    )
 }
 
 /// The `CLIENT_CHANNELS` key of a ChannelData frame from a client.
