@@ -1,72 +1,128 @@
-//! The express path: a ChannelData message from a client on a channel this CPU's
-//! [`crate::channel_cache`] holds, relayed to the peer (RFC 8656 §12.4, §12.6) by one BPF
-//! function that `turn_xdp` calls first, before its own parse into per-CPU memory and
-//! its chain of lookups.
+//! The express path: ChannelData on a channel this CPU's [`crate::channel_cache`] holds,
+//! relayed in either direction (RFC 8656 §12.4, §12.5, §12.6) by one BPF function that
+//! `turn_xdp` calls first, before its chain of lookups.
 //!
-//! It makes exactly the decision `to_peer::channel_data_lean` makes for such a frame on
-//! a cache hit (the same [`to_peer::cached_channel`] and [`to_peer::relay_lean`]), and
-//! leaves every other frame untouched to the general path ([`NOT_EXPRESS`]): a cache
-//! miss, a frame the lean egress does not take. [`may_take`] turns away, with a few
-//! loads in `turn_xdp`, every frame but ChannelData to a listening port
-//! ([`crate::PORT_FILTER`]), so that the others (peers' datagrams, STUN) pay neither the
-//! call nor a second parse.
+//! It makes exactly the decision of the lean paths for such a frame on a cache hit:
+//! `to_peer::channel_data_lean` for a client's ChannelData ([`to_peer::cached_channel`],
+//! [`to_peer::relay_lean`]), `to_client::channel_data_lean` for a peer's datagram
+//! ([`to_client::cached_channel`], [`to_client::relay_lean`]). Every other frame goes on
+//! to the general path unchanged ([`Left`]), parsed into [`crate::PACKET`] as the general
+//! path parses it, so that it is not parsed twice; a peer's datagram whose slot holds
+//! its Data indication goes straight to the cached Data indication.
+//!
+//! [`may_take`] turns away, with a few loads in `turn_xdp`, every frame but ChannelData
+//! to a listening port and datagrams to a relayed port ([`crate::PORT_FILTER`]), so that
+//! the others (STUN, Send indications) pay neither the call nor the port filter twice.
 
 use aya_ebpf::programs::XdpContext;
-use turn_common::maps::PortFilter;
-
 use crate::channel_cache::Cached;
 use crate::packet::{
-    load, load_be16, Packet, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN,
+    load, load_be16, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN,
     UDP_LEN,
 };
-use crate::{count, port_filter_holds, to_peer, verdict_action, zeroed};
+use crate::{count, port_filter, to_client, to_peer, verdict_action, PACKET};
 
-/// What [`channel_data`] returns for a frame it leaves to the general path (no XDP action
-/// has this value).
-pub const NOT_EXPRESS: u32 = u32::MAX;
+/// Which path [`relay`] tries for a frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// To a listening port: a client's ChannelData (`to_peer`).
+    Listening,
+    /// To a relayed port (and no listening one): a peer's datagram (`to_client`).
+    Relayed,
+}
 
-/// Whether the frame may be one [`channel_data`] relays: an IPv4 or IPv6 frame whose UDP
-/// header and payload, where they are without IP options or extension headers, go to a
-/// listening port and start with ChannelData's first two bits (RFC 7983 §7). The parse
-/// checks the rest.
+/// How [`relay`] left a frame to the general path, unchanged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Not parsed (or not parseable: the general path's parse says why).
+    Unparsed,
+    /// Parsed into [`PACKET`]; no cached channel of the frame's side.
+    Parsed,
+    /// Parsed into [`PACKET`], its cache tag read: a peer's datagram whose slot holds
+    /// its Data indication (`Cached::DataIndication`), as `to_client::channel_data_lean`
+    /// would have found.
+    DataIndication,
+}
+
+/// The values of [`relay`]'s result that are not XDP actions (0–4), one per [`Left`].
+const UNPARSED: u32 = u32::MAX;
+const PARSED: u32 = u32::MAX - 1;
+const DATA_INDICATION: u32 = u32::MAX - 2;
+
+/// Whether [`relay`] may take the frame, and on which side: an IPv4 or IPv6 frame whose
+/// UDP header, where it is without IP options or extension headers, goes to a listening
+/// port with a payload that starts with ChannelData's first two bits (RFC 7983 §7), or
+/// to a relayed port. The parse checks the rest.
 #[inline(always)]
-pub fn may_take(ctx: &XdpContext) -> bool {
+pub fn may_take(ctx: &XdpContext) -> Option<Side> {
     let udp = match load_be16(ctx, 12) {
         Some(ETHERTYPE_IPV4) => ETH_LEN + IPV4_LEN,
         Some(ETHERTYPE_IPV6) => ETH_LEN + IPV6_LEN,
-        _ => return false,
+        _ => return None,
     };
-    let channel_data = load::<u8>(ctx, udp + UDP_LEN).is_some_and(|byte| byte >> 6 == 0b01);
-    channel_data
-        && load_be16(ctx, udp + 2)
-            .is_some_and(|port| port_filter_holds(port, PortFilter::is_listening))
+    let port = load_be16(ctx, udp + 2)?;
+    let filter = port_filter()?;
+    if filter.is_listening(port) {
+        let channel_data = load::<u8>(ctx, udp + UDP_LEN).is_some_and(|byte| byte >> 6 == 0b01);
+        return channel_data.then_some(Side::Listening);
+    }
+    filter.is_relayed(port).then_some(Side::Relayed)
 }
 
-/// Relays a ChannelData message of a channel this CPU's cache holds for the client's
-/// flow, as `to_peer::channel_data_lean` does on a hit, and counts it: the XDP action, or
-/// [`NOT_EXPRESS`] with the frame unchanged.
-// A BPF function of its own: its parse goes on its own stack frame, not into per-CPU
-// memory, and its frame is not added to the general paths' (512 bytes for the chain).
+/// Relays a frame on `side` as the lean path does on a cache hit and counts it: `Ok`
+/// with the XDP action, or how the frame was left to the general path.
+#[inline(always)]
+pub fn relay(ctx: &XdpContext, side: Side) -> Result<u32, Left> {
+    match relay_or_leave(ctx, side) {
+        UNPARSED => Err(Left::Unparsed),
+        PARSED => Err(Left::Parsed),
+        DATA_INDICATION => Err(Left::DataIndication),
+        action => Ok(action),
+    }
+}
+
+/// [`relay`] as one BPF function, its result encoded in the return register: the XDP
+/// action, or [`UNPARSED`], [`PARSED`], [`DATA_INDICATION`].
+// A BPF function of its own: its frame is not added to the general paths' (512 bytes
+// for the chain).
 #[inline(never)]
-pub fn channel_data(ctx: &XdpContext) -> u32 {
+fn relay_or_leave(ctx: &XdpContext, side: Side) -> u32 {
     // Before the egress moves the frame's head.
     let frame_len = ctx.data_end() - ctx.data();
-    let mut packet = core::mem::MaybeUninit::<Packet>::uninit();
-    // SAFETY: integers and byte arrays: all-zero is valid.
-    let packet = unsafe { zeroed(&mut packet) };
-    if packet.parse(ctx).is_err() || packet.shape() != Shape::ChannelData {
-        return NOT_EXPRESS;
-    }
-    let (cache, cached) = to_peer::cached_channel(ctx, packet);
-    let Cached::Channel(channel) = cached else {
-        return NOT_EXPRESS;
+    let Some(packet) = PACKET.get_ptr_mut(0) else {
+        return UNPARSED;
     };
-    match to_peer::relay_lean(ctx, packet, &cache, &channel) {
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let packet = unsafe { &mut *packet };
+    if packet.parse(ctx).is_err() {
+        return UNPARSED;
+    }
+    let verdict = match side {
+        Side::Listening => {
+            if packet.shape() != Shape::ChannelData {
+                return PARSED;
+            }
+            let (cache, cached) = to_peer::cached_channel(ctx, packet);
+            let Cached::Channel(channel) = cached else {
+                return PARSED;
+            };
+            to_peer::relay_lean(ctx, packet, &cache, &channel)
+        }
+        Side::Relayed => {
+            let (cache, cached) = to_client::cached_channel(ctx, packet);
+            match cached {
+                Cached::Channel(channel) => to_client::relay_lean(ctx, packet, &cache, &channel),
+                Cached::DataIndication => return DATA_INDICATION,
+                Cached::Miss => return PARSED,
+            }
+        }
+    };
+    match verdict {
         Some(verdict) => {
             let (outcome, action) = verdict_action(verdict);
             count(outcome, frame_len);
             action
         }
-        None => NOT_EXPRESS,
+        None => PARSED,
     }
 }

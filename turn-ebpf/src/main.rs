@@ -53,6 +53,7 @@ use turn_common::maps::{
 };
 
 use egress::Lean;
+use express::Left;
 use packet::{address_bytes, Packet, Shape};
 
 // Map sizes here are placeholders: userspace sizes every map from max_allocations
@@ -88,7 +89,7 @@ static EGRESS: DevMapHash = DevMapHash::with_max_entries(64, 0);
 /// The frame being relayed, parsed ([`Packet`]), per CPU: in the program's stack it
 /// would not leave room for the deepest path's frames (512 bytes for the whole chain).
 #[map]
-static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+pub static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 /// The relayed frame being built ([`egress::Job`]), per CPU, for the same reason.
 #[map]
 static JOB: PerCpuArray<egress::Job> = PerCpuArray::with_max_entries(1, 0);
@@ -123,16 +124,16 @@ pub struct Relayed {
 
 #[xdp]
 pub fn turn_xdp(ctx: XdpContext) -> u32 {
-    // The express path first (ChannelData from a client, from this CPU's cache). Not
-    // with the trace on: the trace reads the general path's parse.
-    if !traced() && express::may_take(&ctx) {
-        let action = express::channel_data(&ctx);
-        if action != express::NOT_EXPRESS {
-            return action;
-        }
-    }
+    // The express path first (ChannelData of a channel in this CPU's cache). Not with
+    // the trace on, which traces the general path's decisions.
+    let side = if traced() { None } else { express::may_take(&ctx) };
+    let left = match side.map(|side| express::relay(&ctx, side)) {
+        Some(Ok(action)) => return action,
+        Some(Err(left)) => left,
+        None => Left::Unparsed,
+    };
     let frame_len = ctx.data_end() - ctx.data();
-    let (outcome, action) = verdict_action(relay(&ctx));
+    let (outcome, action) = verdict_action(relay(&ctx, left));
     count(outcome, frame_len);
     if traced() {
         trace_decision(&ctx, outcome, action);
@@ -351,16 +352,28 @@ fn rewrite_injected(ctx: &XdpContext, flow: u32) -> bool {
     unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, frame.cast(), len as u32) == 0 }
 }
 
+/// The general path's verdict on a frame the express path `left` to it.
 #[inline(always)]
-fn relay(ctx: &XdpContext) -> Result<Relayed, Outcome> {
+fn relay(ctx: &XdpContext, left: Left) -> Result<Relayed, Outcome> {
     let packet = PACKET.get_ptr_mut(0).ok_or(Outcome::PassInternal)?;
     // SAFETY: this CPU's slot, used by nothing else while the program runs.
     let packet = unsafe { &mut *packet };
-    packet.parse(ctx)?;
+    if left == Left::Unparsed {
+        packet.parse(ctx)?;
+    }
     let shape = packet.shape();
+    let mut verdict = Err(Outcome::PassChannelNotBound);
+    // A peer's datagram (to a relayed port, no listening one) whose Data indication the
+    // express path found cached: what the client-side lean path would have found, after
+    // the client-side functions, which take no frame to such a port.
+    if left == Left::DataIndication {
+        if to_client::data_indication_cached(ctx, packet, &mut verdict) == Lean::Done {
+            return verdict;
+        }
+        return to_client::data_indication(ctx, packet, shape);
+    }
     // ChannelData tries the lean path first (`egress::channel_data`), which leaves
     // whatever it does not handle to the general one at the same step.
-    let mut verdict = Err(Outcome::PassChannelNotBound);
     match shape {
         Shape::ChannelData => {
             let lean = to_peer::channel_data_lean(ctx, packet, &mut verdict);
@@ -412,8 +425,14 @@ pub fn is_relayed(packet: &Packet) -> bool {
 
 /// Whether `side` of [`PORT_FILTER`] holds `port`.
 #[inline(always)]
-pub fn port_filter_holds(port: u16, side: fn(&PortFilter, u16) -> bool) -> bool {
-    PORT_FILTER.get(0).is_some_and(|filter| side(filter, port))
+fn port_filter_holds(port: u16, side: fn(&PortFilter, u16) -> bool) -> bool {
+    port_filter().is_some_and(|filter| side(filter, port))
+}
+
+/// [`PORT_FILTER`]'s entry (none while userspace has not written it: no port).
+#[inline(always)]
+pub fn port_filter() -> Option<&'static PortFilter> {
+    PORT_FILTER.get(0)
 }
 
 /// This CPU's [`JOB`].

@@ -62,9 +62,7 @@ pub fn channel_data_lean(
     packet: &mut Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    // Before the client-side lookups, the cache tag their slots are filled under.
-    packet.cache_tag = Tag::of_relayed(packet);
-    let (cache, cached) = Lookup::new(ctx, packet, Direction::ToClient, 0, packet.cache_tag);
+    let (cache, cached) = cached_channel(ctx, packet);
     let channel = match cached {
         // Live: `find` checked the copy's expiry.
         Cached::Channel(channel) => channel,
@@ -93,16 +91,39 @@ pub fn channel_data_lean(
             channel
         }
     };
+    Lean::from(relay_lean(ctx, packet, &cache, &channel), verdict)
+}
+
+/// A peer's datagram's place in this CPU's [`crate::channel_cache`] on the path to the
+/// client (under the relayed address's tag, which it also keeps in
+/// [`Packet::cache_tag`]: read before the client-side lookups, a Data indication's slot
+/// is filled under it), and what its slot holds: the lookup of [`channel_data_lean`] and
+/// of the express path.
+#[inline(always)]
+pub fn cached_channel(ctx: &XdpContext, packet: &mut Packet) -> (Lookup, Cached) {
+    packet.cache_tag = Tag::of_relayed(packet);
+    Lookup::new(ctx, packet, Direction::ToClient, 0, packet.cache_tag)
+}
+
+/// The lean egress of a peer's datagram on `channel` (found under `cache`): relayed to
+/// the client behind the channel's ChannelData header. None: left to the general path,
+/// the frame unchanged.
+#[inline(always)]
+pub fn relay_lean(
+    ctx: &XdpContext,
+    packet: &Packet,
+    cache: &Lookup,
+    channel: &Channel,
+) -> Option<Result<Relayed, Outcome>> {
     let header = channel_header(channel.number, packet.payload_len);
-    let decided = egress::channel_data(
+    egress::channel_data(
         ctx,
         packet,
         cache.arrival,
-        &channel,
+        channel,
         packet.payload_len,
         ChannelDataFraming::Prepend(header),
-    );
-    Lean::from(decided, verdict)
+    )
 }
 
 /// The `PEER_CHANNELS` key of a peer's datagram to a relayed address.
@@ -219,8 +240,8 @@ pub fn data_indication(
 
 /// [`data_indication`] for a peer's datagram whose slot in this CPU's
 /// [`crate::channel_cache`] holds its Data indication; called only when
-/// `channel_data_lean` returned `Lean::DataIndication` for the frame in this run, which
-/// checked the slot. Relayed without the hash lookups of the relayed address and
+/// [`cached_channel`] found that (`Cached::DataIndication`) for the frame in this run
+/// (`channel_data_lean` or the express path), which checked the slot. Relayed without the hash lookups of the relayed address and
 /// the permission. Anything else is left to [`data_indication`] (`Lean::General`);
 /// `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general path's.
