@@ -14,7 +14,7 @@
 //! place of the key's, which depends on nothing else.
 //! - A channel: from its `CLIENT_CHANNELS` or `PEER_CHANNELS` value (route, channel
 //!   number, allocation slot, expiry, next hop). A hit goes on to the same
-//!   [`crate::egress::channel_data`] as the hash path.
+//!   [`crate::egress::lean`] as the hash path.
 //! - A Send indication: from the `CLIENT_ALLOCATIONS` and `PERMISSIONS` values (the
 //!   relayed address, the allocation slot, the earlier of the two expiries, the
 //!   permission's next hop), under the client's flow and the peer's address and port.
@@ -410,8 +410,8 @@ impl Lookup {
 
 /// A Send indication's place in this CPU's cache (as [`Lookup`]): the table of its
 /// family, and the tag read before the hash lookups a slot may be filled from.
-/// The lean path looks the frame up ([`SendLookup::find`]); on a miss, the general path
-/// makes its own and fills the slot ([`SendLookup::fill`]).
+/// The express path looks the frame up ([`SendLookup::find`]); on a miss, the general
+/// path makes its own and fills the slot ([`SendLookup::fill`]).
 pub struct SendLookup {
     table: Table,
     tag: Tag,
@@ -443,26 +443,26 @@ impl SendLookup {
     }
 
     /// If the slot holds a live allocation and a permission covering the peer at
-    /// `peer_ip` for the frame (see [`find`]): their route and allocation slot written to
-    /// `job`, and the slot's copy of the permission's next hop (the general path may look
-    /// it up again for the frame, as it would the entry's).
+    /// `peer_ip` for the frame (see [`find`]): what the frame's next hop was checked
+    /// against, and the route from the relayed address to the peer with the allocation
+    /// slot and the copy of the permission's next hop, as a lean path relays with them.
     #[inline(always)]
     pub fn find(
         &self,
         ctx: &XdpContext,
         packet: &Packet,
         peer_ip: &Address,
-        job: &mut Job,
-    ) -> Option<&'static mut NextHop> {
+    ) -> Option<(Arrival, Channel<'static>)> {
         let arrival = Arrival::of(ctx);
         let key = FrameKey::new(packet, Direction::Send, self.peer_port, peer_ip);
-        match self.table {
+        let channel = match self.table {
             Table::Off => None,
-            Table::V4 => find(&SEND_CACHE, &key, self.tag, arrival)
-                .map(|cached| cached.indication_hit(job)),
-            Table::V6 => find(&SEND_CACHE_V6, &key, self.tag, arrival)
-                .map(|cached| cached.indication_hit(job)),
-        }
+            Table::V4 => find(&SEND_CACHE, &key, self.tag, arrival).map(|cached| cached.channel()),
+            Table::V6 => {
+                find(&SEND_CACHE_V6, &key, self.tag, arrival).map(|cached| cached.channel())
+            }
+        }?;
+        Some((arrival, channel))
     }
 
     /// Fills the slot of the Send indication of [`SendLookup::new`] (made before the hash

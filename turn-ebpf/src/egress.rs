@@ -19,6 +19,7 @@ use aya_ebpf::EbpfContext as _;
 use turn_common::checksum::Delta;
 use turn_common::counters::Outcome;
 use turn_common::maps::{NextHop, FAMILY_V4};
+use turn_common::stun::CHANNEL_DATA_HEADER_LEN;
 
 use crate::packet::{
     bounds, load, Address, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_OFFSET, UDP_LEN,
@@ -113,7 +114,7 @@ pub fn forward(
     })
 }
 
-/// What a lean path ([`channel_data`]) made of a frame. Without payload: the verdict
+/// What a lean path ([`lean`]) made of a frame. Without payload: the verdict
 /// goes through an out parameter, as a BPF function's return register must not carry
 /// the leftover pointer bits LLVM may leave in an enum's unused payload (the verifier
 /// refuses arithmetic on a pointer).
@@ -220,47 +221,80 @@ impl Arrival {
     }
 }
 
-/// The TURN framing a lean ChannelData relay changes ([`channel_data`]).
+/// The TURN framing a lean relay ([`lean`]) changes.
 #[derive(Clone, Copy)]
-pub enum ChannelDataFraming {
-    /// Client → peer: the ChannelData header (the payload's first word) goes.
-    Strip,
-    /// Peer → client: this ChannelData header (a wire word) goes in front of the data.
-    Prepend(u32),
+pub enum LeanFraming {
+    /// Client → peer ChannelData: the header (the payload's first word) goes.
+    StripChannelData,
+    /// Peer → client ChannelData: this header (a wire word) goes in front of the data.
+    PrependChannelData(u32),
+    /// Client → peer Send indication: the `data_offset` payload bytes in front of the
+    /// DATA value (STUN header, attributes, DATA's header) go, and the `tail_len` bytes
+    /// behind it (its padding, attributes after it).
+    StripSendIndication { data_offset: usize, tail_len: usize },
 }
 
-/// The lean relay of ChannelData without padding within one IP family (RFC 8656 §12.4,
-/// §12.5), the commonest frame by far: the same checks, checksum and headers as [`forward`] for
-/// such a frame, hand-written in one BPF function without [`forward`]'s calls of its
-/// phases (each call and return is dear on a kernel with SRSO "safe RET"), its per-CPU
-/// job and its generality (other families, padding, longer framing, next-hop lookups).
-/// `data_len` is the application data's length, `route` what [`forward`] would get.
+impl LeanFraming {
+    /// The outcome of a frame relayed so.
+    #[inline(always)]
+    fn relayed(self) -> Outcome {
+        match self {
+            LeanFraming::StripChannelData => Outcome::RelayedChannelDataToPeer,
+            LeanFraming::PrependChannelData(_) => Outcome::RelayedChannelDataToClient,
+            LeanFraming::StripSendIndication { .. } => Outcome::RelayedSendToPeer,
+        }
+    }
+
+    /// The payload bytes in front of the data that go, those behind it that go, and the
+    /// bytes written in front of it.
+    #[inline(always)]
+    fn lengths(self) -> (usize, usize, usize) {
+        match self {
+            LeanFraming::StripChannelData => (CHANNEL_DATA_HEADER_LEN, 0, 0),
+            LeanFraming::PrependChannelData(_) => (0, 0, CHANNEL_DATA_HEADER_LEN),
+            LeanFraming::StripSendIndication {
+                data_offset,
+                tail_len,
+            } => (data_offset, tail_len, 0),
+        }
+    }
+}
+
+/// The lean relay within one IP family of ChannelData without padding (RFC 8656 §12.4,
+/// §12.5), the commonest frame by far, and of Send indications (§11.2): the same checks,
+/// checksum and headers as [`forward`] for such a frame, hand-written in one BPF function
+/// without [`forward`]'s calls of its phases (each call and return is dear on a kernel
+/// with SRSO "safe RET"), its per-CPU job and its generality (other families, padding
+/// appended, longer framing in front, next-hop lookups). `data_len` is the application
+/// data's length, `channel` the route (and next hop) [`forward`] would get.
 ///
 /// `None` when the frame needs what only [`forward`] does (a family change, TTL 1, a
 /// next hop not cached or of another generation, TOS or ingress, over the path MTU, an
 /// egress not attached): nothing has changed then, and the caller runs the general path,
 /// which decides the frame as if this had not run. `arrival`: [`Arrival::of`] the frame.
 #[inline(always)]
-pub fn channel_data(
+pub fn lean(
     ctx: &XdpContext,
     packet: &Packet,
     arrival: Arrival,
     channel: &Channel,
     data_len: usize,
-    framing: ChannelDataFraming,
+    framing: LeanFraming,
 ) -> Option<Result<Relayed, Outcome>> {
     let (next_hop, route, slot) = (channel.next_hop, &channel.route, channel.slot);
-    let (relayed, strip_front, prefix_len) = match framing {
-        ChannelDataFraming::Strip => (Outcome::RelayedChannelDataToPeer, 4, 0),
-        ChannelDataFraming::Prepend(_) => (Outcome::RelayedChannelDataToClient, 0, 4),
-    };
+    let relayed = framing.relayed();
+    let (strip_front, strip_tail, prefix_len) = framing.lengths();
     // The checks of `prepare`, for this shape of frame.
     if route.family != packet.family || packet.ttl <= 1 {
         return None;
     }
     let v4 = packet.family == FAMILY_V4;
     let udp_len = UDP_LEN + prefix_len + data_len;
-    if udp_len > 0xFFFF - IPV6_LEN || strip_front + data_len != packet.payload_len {
+    if udp_len > 0xFFFF - IPV6_LEN
+        || strip_front > MAX_STRIPPED
+        || strip_tail > MAX_STRIPPED
+        || strip_front + data_len + strip_tail != packet.payload_len
+    {
         return None;
     }
     let ip_header_len = if v4 { IPV4_LEN } else { IPV6_LEN };
@@ -290,14 +324,26 @@ pub fn channel_data(
         return Some(Err(outcome));
     }
     // The delta of `udp_checksum` for this frame: addresses, lengths, ports, and the
-    // ChannelData header removed or added. No checksum stays none (IPv4, RFC 768).
+    // TURN framing removed or added. No checksum stays none (IPv4, RFC 768).
     let udp_checksum = if packet.udp_checksum == 0 {
         0
     } else {
         let delta = length_delta(channel.route_delta, packet, udp_len as u16);
         let delta = match framing {
-            ChannelDataFraming::Strip => delta.remove_u32(packet.head_be()),
-            ChannelDataFraming::Prepend(header) => delta.add_u32(u32::from_be(header)),
+            LeanFraming::StripChannelData => delta.remove_u32(packet.head_be()),
+            LeanFraming::PrependChannelData(header) => delta.add_u32(u32::from_be(header)),
+            LeanFraming::StripSendIndication { .. } => {
+                let reframe = Reframe {
+                    strip_front,
+                    data_len,
+                    pad: 0,
+                    attributes_after: true,
+                };
+                match framing_delta(ctx, delta, packet, &reframe) {
+                    Ok(delta) => delta,
+                    Err(outcome) => return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome))),
+                }
+            }
         };
         delta.apply_udp(packet.udp_checksum)
     };
@@ -313,28 +359,40 @@ pub fn channel_data(
             Outcome::PassAdjustFailed,
         )));
     }
+    // SAFETY: as above.
+    if strip_tail != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(strip_tail as i32)) } != 0 {
+        // Undo the head move so the stack gets the frame as it arrived.
+        // SAFETY: as above; moves the head back where it was.
+        unsafe { bpf_xdp_adjust_head(ctx.ctx, -head_delta) };
+        return Some(Err(bandwidth::refund(
+            slot,
+            relayed,
+            bytes,
+            Outcome::PassAdjustFailed,
+        )));
+    }
     if let Err(outcome) =
-        write_channel_data(ctx, packet, next_hop, route, udp_len, udp_checksum, framing)
+        write_lean(ctx, packet, next_hop, route, udp_len, udp_checksum, framing)
     {
         return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome)));
     }
-    add_traffic(slot, data_len, matches!(framing, ChannelDataFraming::Strip));
+    add_traffic(slot, data_len, !matches!(framing, LeanFraming::PrependChannelData(_)));
     Some(Ok(Relayed {
         action,
         outcome: relayed,
     }))
 }
 
-/// The headers of [`channel_data`]'s relayed frame, at the frame's (moved) start.
+/// The headers of [`lean`]'s relayed frame, at the frame's (moved) start.
 #[inline(always)]
-fn write_channel_data(
+fn write_lean(
     ctx: &XdpContext,
     packet: &Packet,
     next_hop: &NextHop,
     route: &Route,
     udp_len: usize,
     udp_checksum: u16,
-    framing: ChannelDataFraming,
+    framing: LeanFraming,
 ) -> Result<(), Outcome> {
     // SAFETY: as in `rewrite`.
     let macs =
@@ -357,7 +415,7 @@ fn write_channel_data(
             udp_checksum.to_be(),
         ],
     )?;
-    if let ChannelDataFraming::Prepend(header) = framing {
+    if let LeanFraming::PrependChannelData(header) = framing {
         put(ctx, udp_offset + UDP_LEN, [header])?;
     }
     Ok(())
@@ -492,9 +550,27 @@ fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Out
     if packet.family == FAMILY_V4 && packet.udp_checksum == 0 {
         return Ok(0);
     }
-    let (route, reframe) = (&job.route, &job.reframe);
     let (udp_len, _) = lengths(job);
-    let mut delta = headers_delta(packet, route, udp_len as u16);
+    let delta = headers_delta(packet, &job.route, udp_len as u16);
+    let mut delta = framing_delta(ctx, delta, packet, &job.reframe)?;
+    for (i, word) in job.prefix.iter().enumerate() {
+        if i >= job.prefix_words {
+            break;
+        }
+        delta = delta.add_u32(u32::from_be(*word));
+    }
+    Ok(delta.apply_udp(packet.udp_checksum))
+}
+
+/// `delta` with the TURN framing that goes removed (`reframe`): what is in front of the
+/// data and behind it.
+#[inline(always)]
+fn framing_delta(
+    ctx: &XdpContext,
+    mut delta: Delta,
+    packet: &Packet,
+    reframe: &Reframe,
+) -> Result<Delta, Outcome> {
     // Framing in front of the data: word-aligned at UDP payload offset 0.
     if reframe.strip_front == 4 {
         // A ChannelData header, read while parsing.
@@ -526,13 +602,7 @@ fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Out
     } else if strip_tail != padding {
         return Err(Outcome::PassMalformed);
     }
-    for (i, word) in job.prefix.iter().enumerate() {
-        if i >= job.prefix_words {
-            break;
-        }
-        delta = delta.add_u32(u32::from_be(*word));
-    }
-    Ok(delta.apply_udp(packet.udp_checksum))
+    Ok(delta)
 }
 
 /// The UDP checksum delta of the headers: the pseudo-header addresses (each in its

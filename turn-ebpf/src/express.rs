@@ -15,20 +15,24 @@
 //! the others (STUN, Send indications) pay neither the call nor the port filter twice.
 
 use aya_ebpf::programs::XdpContext;
+use turn_common::counters::Outcome;
+use turn_common::stun::SEND_INDICATION;
 use crate::channel_cache::Cached;
 use crate::packet::{
-    load, load_be16, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN,
+    load_be16, Packet, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN,
     UDP_LEN,
 };
-use crate::{count, port_filter, to_client, to_peer, verdict_action, PACKET};
+use crate::{count, port_filter, to_client, to_peer, verdict_action, Relayed, PACKET};
 
 /// Which path [`relay`] tries for a frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// To a listening port: a client's ChannelData (`to_peer`).
-    Listening,
+    ClientChannelData,
+    /// To a listening port: a client's Send indication (`to_peer`).
+    ClientSend,
     /// To a relayed port (and no listening one): a peer's datagram (`to_client`).
-    Relayed,
+    Peer,
 }
 
 /// How [`relay`] left a frame to the general path, unchanged.
@@ -63,17 +67,24 @@ pub fn may_take(ctx: &XdpContext) -> Option<Side> {
     let port = load_be16(ctx, udp + 2)?;
     let filter = port_filter()?;
     if filter.is_listening(port) {
-        let channel_data = load::<u8>(ctx, udp + UDP_LEN).is_some_and(|byte| byte >> 6 == 0b01);
-        return channel_data.then_some(Side::Listening);
+        return match load_be16(ctx, udp + UDP_LEN)? {
+            head if head >> 14 == 0b01 => Some(Side::ClientChannelData),
+            SEND_INDICATION => Some(Side::ClientSend),
+            _ => None,
+        };
     }
-    filter.is_relayed(port).then_some(Side::Relayed)
+    filter.is_relayed(port).then_some(Side::Peer)
 }
 
 /// Relays a frame on `side` as the lean path does on a cache hit and counts it: `Ok`
 /// with the XDP action, or how the frame was left to the general path.
 #[inline(always)]
 pub fn relay(ctx: &XdpContext, side: Side) -> Result<u32, Left> {
-    match relay_or_leave(ctx, side) {
+    let result = match side {
+        Side::ClientSend => relay_send_or_leave(ctx),
+        _ => relay_or_leave(ctx, side),
+    };
+    match result {
         UNPARSED => Err(Left::Unparsed),
         PARSED => Err(Left::Parsed),
         DATA_INDICATION => Err(Left::DataIndication),
@@ -89,16 +100,11 @@ pub fn relay(ctx: &XdpContext, side: Side) -> Result<u32, Left> {
 fn relay_or_leave(ctx: &XdpContext, side: Side) -> u32 {
     // Before the egress moves the frame's head.
     let frame_len = ctx.data_end() - ctx.data();
-    let Some(packet) = PACKET.get_ptr_mut(0) else {
+    let Some(packet) = parsed(ctx) else {
         return UNPARSED;
     };
-    // SAFETY: this CPU's slot, used by nothing else while the program runs.
-    let packet = unsafe { &mut *packet };
-    if packet.parse(ctx).is_err() {
-        return UNPARSED;
-    }
     let verdict = match side {
-        Side::Listening => {
+        Side::ClientChannelData => {
             if packet.shape() != Shape::ChannelData {
                 return PARSED;
             }
@@ -108,7 +114,9 @@ fn relay_or_leave(ctx: &XdpContext, side: Side) -> u32 {
             };
             to_peer::relay_lean(ctx, packet, &cache, &channel)
         }
-        Side::Relayed => {
+        // (`relay_send_or_leave`'s.)
+        Side::ClientSend => return PARSED,
+        Side::Peer => {
             let (cache, cached) = to_client::cached_channel(ctx, packet);
             match cached {
                 Cached::Channel(channel) => to_client::relay_lean(ctx, packet, &cache, &channel),
@@ -117,6 +125,38 @@ fn relay_or_leave(ctx: &XdpContext, side: Side) -> u32 {
             }
         }
     };
+    counted(verdict, frame_len)
+}
+
+/// [`relay_or_leave`] for a client's Send indication ([`Side::ClientSend`]): a BPF
+/// function of its own, so that the two paths' stack frames are not added up.
+#[inline(never)]
+fn relay_send_or_leave(ctx: &XdpContext) -> u32 {
+    // Before the egress moves the frame's head.
+    let frame_len = ctx.data_end() - ctx.data();
+    let Some(packet) = parsed(ctx) else {
+        return UNPARSED;
+    };
+    if packet.shape() != Shape::SendIndication {
+        return PARSED;
+    }
+    counted(to_peer::send_indication_express(ctx, packet), frame_len)
+}
+
+/// The frame parsed into this CPU's [`PACKET`], if it parses.
+#[inline(always)]
+fn parsed(ctx: &XdpContext) -> Option<&'static mut Packet> {
+    let packet = PACKET.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used by nothing else while the program runs.
+    let packet = unsafe { &mut *packet };
+    packet.parse(ctx).ok()?;
+    Some(packet)
+}
+
+/// The XDP action of a lean path's `verdict` on a frame of `frame_len` bytes, counted;
+/// [`PARSED`] for none.
+#[inline(always)]
+fn counted(verdict: Option<Result<Relayed, Outcome>>, frame_len: usize) -> u32 {
     match verdict {
         Some(verdict) => {
             let (outcome, action) = verdict_action(verdict);

@@ -13,7 +13,7 @@
 //! channels, Send indications' client–peer pairs and peers' datagrams without a channel
 //! (Data indications) are found in an array slot.
 //! Same-family ChannelData without padding, with its next hop cached, takes a lean path
-//! (`channel_data_lean` of each direction, [`egress::channel_data`]): one BPF function
+//! (`channel_data_lean` of each direction, [`egress::lean`]): one BPF function
 //! instead of the general path's chain of them, which leaves every other frame to the
 //! general path at the same step. A client's ChannelData whose channel this CPU's cache
 //! holds takes the [`express`] path before even the general parse: the same decision in
@@ -372,7 +372,7 @@ fn relay(ctx: &XdpContext, left: Left) -> Result<Relayed, Outcome> {
         }
         return to_client::data_indication(ctx, packet, shape);
     }
-    // ChannelData tries the lean path first (`egress::channel_data`), which leaves
+    // ChannelData tries the lean path first (`egress::lean`), which leaves
     // whatever it does not handle to the general one at the same step.
     match shape {
         Shape::ChannelData => {
@@ -384,9 +384,9 @@ fn relay(ctx: &XdpContext, left: Left) -> Result<Relayed, Outcome> {
                 verdict => return verdict,
             }
         }
+        // (One whose client–peer pair this CPU's cache holds took the express path.)
         Shape::SendIndication => {
-            let cached = to_peer::send_indication_cached(ctx, packet, &mut verdict);
-            match cached.or_general(verdict, || to_peer::send_indication(ctx, packet)) {
+            match to_peer::send_indication(ctx, packet) {
                 // Not one for the fast path: maybe a peer's datagram to a relayed address.
                 Err(Outcome::PassStun) => {}
                 verdict => return verdict,

@@ -16,7 +16,7 @@ use turn_common::stun::{
 
 use crate::channel_cache::{self, Cached, Direction, Lookup, Tag};
 use crate::egress::{
-    self, forward, wire_word, Channel, ChannelDataFraming, Job, Lean, Reframe, Route,
+    self, forward, wire_word, Channel, LeanFraming, Job, Lean, Reframe, Route,
     MAX_PREFIX_WORDS,
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
@@ -50,7 +50,7 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
     relay_channel_data(ctx, packet, channel)
 }
 
-/// [`channel_data`] on the lean path ([`egress::channel_data`]): a live channel of a
+/// [`channel_data`] on the lean path ([`egress::lean`]): a live channel of a
 /// client of the peer's family. Channels it relayed are found in this CPU's
 /// [`crate::channel_cache`] first, without the hash lookup or the port filter. Anything else is left to
 /// [`channel_data`] (`Lean::General`), including an expired channel (a Data indication,
@@ -116,13 +116,13 @@ pub fn relay_lean(
     channel: &Channel,
 ) -> Option<Result<Relayed, Outcome>> {
     let header = channel_header(channel.number, packet.payload_len);
-    egress::channel_data(
+    egress::lean(
         ctx,
         packet,
         cache.arrival,
         channel,
         packet.payload_len,
-        ChannelDataFraming::Prepend(header),
+        LeanFraming::PrependChannelData(header),
     )
 }
 

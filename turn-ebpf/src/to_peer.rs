@@ -14,7 +14,7 @@ use turn_common::stun::{
 };
 
 use crate::channel_cache::{Cached, Direction, Lookup, SendLookup, Tag};
-use crate::egress::{self, forward, Channel, ChannelDataFraming, Job, Lean, Reframe, Route};
+use crate::egress::{self, forward, Channel, LeanFraming, Job, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
 use crate::{
@@ -40,7 +40,7 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
     relay_channel_data(ctx, packet, unsafe { &mut *channel })
 }
 
-/// [`channel_data`] on the lean path ([`egress::channel_data`]): a channel to a peer of
+/// [`channel_data`] on the lean path ([`egress::lean`]): a channel to a peer of
 /// the client's family, a payload of exactly the header and the data (no padding), a
 /// live entry. Channels it relayed are found in this CPU's
 /// [`crate::channel_cache`] first, without the hash lookup or the port filter. Anything else is left to
@@ -98,13 +98,13 @@ pub fn relay_lean(
     channel: &Channel,
 ) -> Option<Result<Relayed, Outcome>> {
     let data_len = (packet.head_be() & 0xFFFF) as usize;
-    egress::channel_data(
+    egress::lean(
         ctx,
         packet,
         cache.arrival,
         channel,
         data_len,
-        ChannelDataFraming::Strip,
+        LeanFraming::StripChannelData,
     )
 }
 
@@ -184,35 +184,32 @@ struct SendIndication {
     fingerprint: u32,
 }
 
-/// [`send_indication`] for a client–peer pair in this CPU's [`crate::channel_cache`]:
-/// relayed without the hash lookups of the allocation and the permission. Anything else
-/// is left to [`send_indication`] (`Lean::General`), which fills the slot; `verdict` is
-/// written for `Lean::Done`.
-// A separate BPF function: its stack frame is not added to the general path's.
-#[inline(never)]
-pub fn send_indication_cached(
+/// [`send_indication`] for a client–peer pair in this CPU's [`crate::channel_cache`], the
+/// express path's: relayed on the lean path ([`egress::lean`]) without the hash lookups
+/// of the allocation and the permission. None: left to the general path
+/// ([`send_indication`], which fills the slot), the frame unchanged.
+#[inline(always)]
+pub fn send_indication_express(
     ctx: &XdpContext,
     packet: &Packet,
-    verdict: &mut Result<Relayed, Outcome>,
-) -> Lean {
-    if !is_listening(packet) {
-        return Lean::General;
-    }
+) -> Option<Result<Relayed, Outcome>> {
     let mut send = core::mem::MaybeUninit::<SendIndication>::uninit();
     // SAFETY: integers and byte arrays: all-zero is valid.
     let send = unsafe { zeroed(&mut send) };
     if !parse_send_indication(ctx, packet, send) {
-        return Lean::General;
+        return None;
     }
-    let Ok(job) = job() else {
-        return Lean::General;
-    };
     let cache = SendLookup::new(packet, send.peer_port, send.peer_family);
     // Live: `find` checked the copy's expiry, the earlier of the two entries'.
-    let Some(next_hop) = cache.find(ctx, packet, &send.peer_ip, job) else {
-        return Lean::General;
+    let (arrival, channel) = cache.find(ctx, packet, &send.peer_ip)?;
+    if !fingerprint_holds(ctx, packet, send) {
+        return Some(Err(Outcome::PassBadFingerprint));
+    }
+    let framing = LeanFraming::StripSendIndication {
+        data_offset: send.data_offset,
+        tail_len: packet.payload_len - send.data_offset - send.data_len,
     };
-    Lean::from(Some(relay_send(ctx, packet, send, job, next_hop)), verdict)
+    egress::lean(ctx, packet, arrival, &channel, send.data_len, framing)
 }
 
 /// Relays a Send indication (RFC 8656 §11.2) from a client with a fast-path allocation
@@ -266,14 +263,7 @@ fn relay_send(
     job: &mut Job,
     next_hop: &mut NextHop,
 ) -> Result<Relayed, Outcome> {
-    if send.fingerprint_offset != 0
-        && !fingerprint::matches(
-            ctx,
-            packet.payload,
-            send.fingerprint_offset,
-            send.fingerprint,
-        )
-    {
+    if !fingerprint_holds(ctx, packet, send) {
         return Err(Outcome::PassBadFingerprint);
     }
     job.reframe = Reframe {
@@ -288,6 +278,14 @@ fn relay_send(
     let relayed = forward(ctx, packet, job, next_hop)?;
     add_traffic(slot, send.data_len, true);
     Ok(relayed)
+}
+
+/// Whether the Send indication's FINGERPRINT, if it has one, matches (RFC 8489 §7.3,
+/// §14.7).
+#[inline(always)]
+fn fingerprint_holds(ctx: &XdpContext, packet: &Packet, send: &SendIndication) -> bool {
+    send.fingerprint_offset == 0
+        || fingerprint::matches(ctx, packet.payload, send.fingerprint_offset, send.fingerprint)
 }
 
 /// The client's allocation and its permission for the peer of a Send indication (RFC
