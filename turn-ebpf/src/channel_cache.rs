@@ -287,7 +287,7 @@ impl<const W: usize, const P: usize> CachedChannel<W, P> {
     #[inline(always)]
     fn cached(&'static self) -> Cached {
         if self.data_indication != 0 {
-            Cached::DataIndication
+            Cached::DataIndication(self.channel())
         } else {
             Cached::Channel(self.channel())
         }
@@ -321,8 +321,9 @@ pub enum Cached {
     /// A live channel.
     Channel(Channel<'static>),
     /// A live allocation and permission, and no channel, for a peer's datagram: a Data
-    /// indication ([`cached_data_indication`]).
-    DataIndication,
+    /// indication ([`cached_data_indication`]), relayed with the route to the client,
+    /// the allocation's slot and the copy of its next hop (no channel number).
+    DataIndication(Channel<'static>),
 }
 
 /// The table of a frame's family, if the cache is on.

@@ -223,7 +223,7 @@ impl Arrival {
 
 /// The TURN framing a lean relay ([`lean`]) changes.
 #[derive(Clone, Copy)]
-pub enum LeanFraming {
+pub enum LeanFraming<'a> {
     /// Client → peer ChannelData: the header (the payload's first word) goes.
     StripChannelData,
     /// Peer → client ChannelData: this header (a wire word) goes in front of the data.
@@ -232,9 +232,17 @@ pub enum LeanFraming {
     /// DATA value (STUN header, attributes, DATA's header) go, and the `tail_len` bytes
     /// behind it (its padding, attributes after it).
     StripSendIndication { data_offset: usize, tail_len: usize },
+    /// Peer → client Data indication: the first `words` words of `prefix` (STUN header,
+    /// XOR-PEER-ADDRESS, DATA's header; wire words) go in front of the data, `pad` zero
+    /// bytes behind it.
+    PrependDataIndication {
+        prefix: &'a [u32; MAX_PREFIX_WORDS],
+        words: usize,
+        pad: usize,
+    },
 }
 
-impl LeanFraming {
+impl LeanFraming<'_> {
     /// The outcome of a frame relayed so.
     #[inline(always)]
     fn relayed(self) -> Outcome {
@@ -242,31 +250,42 @@ impl LeanFraming {
             LeanFraming::StripChannelData => Outcome::RelayedChannelDataToPeer,
             LeanFraming::PrependChannelData(_) => Outcome::RelayedChannelDataToClient,
             LeanFraming::StripSendIndication { .. } => Outcome::RelayedSendToPeer,
+            LeanFraming::PrependDataIndication { .. } => Outcome::RelayedDataIndicationToClient,
         }
     }
 
-    /// The payload bytes in front of the data that go, those behind it that go, and the
-    /// bytes written in front of it.
+    /// The payload bytes in front of the data that go, those behind it that go, the
+    /// bytes written in front of it and the zero bytes appended behind it.
     #[inline(always)]
-    fn lengths(self) -> (usize, usize, usize) {
+    fn lengths(self) -> (usize, usize, usize, usize) {
         match self {
-            LeanFraming::StripChannelData => (CHANNEL_DATA_HEADER_LEN, 0, 0),
-            LeanFraming::PrependChannelData(_) => (0, 0, CHANNEL_DATA_HEADER_LEN),
+            LeanFraming::StripChannelData => (CHANNEL_DATA_HEADER_LEN, 0, 0, 0),
+            LeanFraming::PrependChannelData(_) => (0, 0, CHANNEL_DATA_HEADER_LEN, 0),
             LeanFraming::StripSendIndication {
                 data_offset,
                 tail_len,
-            } => (data_offset, tail_len, 0),
+            } => (data_offset, tail_len, 0, 0),
+            LeanFraming::PrependDataIndication { words, pad, .. } => (0, 0, 4 * words, pad),
         }
+    }
+
+    /// Whether the data goes to the peer (else to the client).
+    #[inline(always)]
+    fn to_peer(self) -> bool {
+        matches!(
+            self,
+            LeanFraming::StripChannelData | LeanFraming::StripSendIndication { .. }
+        )
     }
 }
 
 /// The lean relay within one IP family of ChannelData without padding (RFC 8656 §12.4,
-/// §12.5), the commonest frame by far, and of Send indications (§11.2): the same checks,
-/// checksum and headers as [`forward`] for such a frame, hand-written in one BPF function
-/// without [`forward`]'s calls of its phases (each call and return is dear on a kernel
-/// with SRSO "safe RET"), its per-CPU job and its generality (other families, padding
-/// appended, longer framing in front, next-hop lookups). `data_len` is the application
-/// data's length, `channel` the route (and next hop) [`forward`] would get.
+/// §12.5), the commonest frame by far, and of Send and Data indications (§11.2, §11.4)
+/// from the express path: the same checks, checksum and headers as [`forward`] for such
+/// a frame, hand-written in one BPF function without [`forward`]'s calls of its phases
+/// (each call and return is dear on a kernel with SRSO "safe RET") and its generality
+/// (other families, ChannelData padding, next-hop lookups). `data_len` is the
+/// application data's length, `channel` the route (and next hop) [`forward`] would get.
 ///
 /// `None` when the frame needs what only [`forward`] does (a family change, TTL 1, a
 /// next hop not cached or of another generation, TOS or ingress, over the path MTU, an
@@ -283,14 +302,16 @@ pub fn lean(
 ) -> Option<Result<Relayed, Outcome>> {
     let (next_hop, route, slot) = (channel.next_hop, &channel.route, channel.slot);
     let relayed = framing.relayed();
-    let (strip_front, strip_tail, prefix_len) = framing.lengths();
+    let (strip_front, strip_tail, prefix_len, pad) = framing.lengths();
     // The checks of `prepare`, for this shape of frame.
     if route.family != packet.family || packet.ttl <= 1 {
         return None;
     }
     let v4 = packet.family == FAMILY_V4;
-    let udp_len = UDP_LEN + prefix_len + data_len;
+    let udp_len = UDP_LEN + prefix_len + data_len + pad;
     if udp_len > 0xFFFF - IPV6_LEN
+        || prefix_len > 4 * MAX_PREFIX_WORDS
+        || pad > MAX_PADDING
         || strip_front > MAX_STRIPPED
         || strip_tail > MAX_STRIPPED
         || strip_front + data_len + strip_tail != packet.payload_len
@@ -332,6 +353,10 @@ pub fn lean(
         let delta = match framing {
             LeanFraming::StripChannelData => delta.remove_u32(packet.head_be()),
             LeanFraming::PrependChannelData(header) => delta.add_u32(u32::from_be(header)),
+            // (The zero padding adds nothing.)
+            LeanFraming::PrependDataIndication { prefix, words, .. } => {
+                add_prefix(delta, prefix, words)
+            }
             LeanFraming::StripSendIndication { .. } => {
                 let reframe = Reframe {
                     strip_front,
@@ -341,7 +366,9 @@ pub fn lean(
                 };
                 match framing_delta(ctx, delta, packet, &reframe) {
                     Ok(delta) => delta,
-                    Err(outcome) => return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome))),
+                    Err(outcome) => {
+                        return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome)))
+                    }
                 }
             }
         };
@@ -359,8 +386,9 @@ pub fn lean(
             Outcome::PassAdjustFailed,
         )));
     }
+    let tail_delta = pad as i32 - strip_tail as i32;
     // SAFETY: as above.
-    if strip_tail != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -(strip_tail as i32)) } != 0 {
+    if tail_delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, tail_delta) } != 0 {
         // Undo the head move so the stack gets the frame as it arrived.
         // SAFETY: as above; moves the head back where it was.
         unsafe { bpf_xdp_adjust_head(ctx.ctx, -head_delta) };
@@ -376,7 +404,12 @@ pub fn lean(
     {
         return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome)));
     }
-    add_traffic(slot, data_len, !matches!(framing, LeanFraming::PrependChannelData(_)));
+    if pad > 0 {
+        if let Err(outcome) = write_zeros(ctx, header_len + data_len, pad) {
+            return Some(Err(bandwidth::refund(slot, relayed, bytes, outcome)));
+        }
+    }
+    add_traffic(slot, data_len, framing.to_peer());
     Some(Ok(Relayed {
         action,
         outcome: relayed,
@@ -415,10 +448,13 @@ fn write_lean(
             udp_checksum.to_be(),
         ],
     )?;
-    if let LeanFraming::PrependChannelData(header) = framing {
-        put(ctx, udp_offset + UDP_LEN, [header])?;
+    match framing {
+        LeanFraming::PrependChannelData(header) => put(ctx, udp_offset + UDP_LEN, [header]),
+        LeanFraming::PrependDataIndication { prefix, words, .. } => {
+            write_prefix(ctx, udp_offset + UDP_LEN, prefix, words)
+        }
+        LeanFraming::StripChannelData | LeanFraming::StripSendIndication { .. } => Ok(()),
     }
-    Ok(())
 }
 
 /// The lengths of the relayed datagram: UDP and IP header lengths.
@@ -552,13 +588,8 @@ fn udp_checksum(ctx: &XdpContext, packet: &Packet, job: &Job) -> Result<u16, Out
     }
     let (udp_len, _) = lengths(job);
     let delta = headers_delta(packet, &job.route, udp_len as u16);
-    let mut delta = framing_delta(ctx, delta, packet, &job.reframe)?;
-    for (i, word) in job.prefix.iter().enumerate() {
-        if i >= job.prefix_words {
-            break;
-        }
-        delta = delta.add_u32(u32::from_be(*word));
-    }
+    let delta = framing_delta(ctx, delta, packet, &job.reframe)?;
+    let delta = add_prefix(delta, &job.prefix, job.prefix_words);
     Ok(delta.apply_udp(packet.udp_checksum))
 }
 
@@ -901,11 +932,34 @@ fn write_udp(
             udp_checksum.to_be(),
         ],
     )?;
-    for (i, word) in job.prefix.iter().enumerate() {
-        if i >= job.prefix_words {
+    write_prefix(ctx, offset + UDP_LEN, &job.prefix, job.prefix_words)
+}
+
+/// `delta` with the first `words` words of `prefix` (wire words) added.
+#[inline(always)]
+fn add_prefix(mut delta: Delta, prefix: &[u32; MAX_PREFIX_WORDS], words: usize) -> Delta {
+    for (i, word) in prefix.iter().enumerate() {
+        if i >= words {
             break;
         }
-        put(ctx, offset + UDP_LEN + 4 * i, [*word])?;
+        delta = delta.add_u32(u32::from_be(*word));
+    }
+    delta
+}
+
+/// Writes the first `words` words of `prefix` (wire words) from constant `offset` on.
+#[inline(always)]
+fn write_prefix(
+    ctx: &XdpContext,
+    offset: usize,
+    prefix: &[u32; MAX_PREFIX_WORDS],
+    words: usize,
+) -> Result<(), Outcome> {
+    for (i, word) in prefix.iter().enumerate() {
+        if i >= words {
+            break;
+        }
+        put(ctx, offset + 4 * i, [*word])?;
     }
     Ok(())
 }

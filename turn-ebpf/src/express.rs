@@ -1,28 +1,33 @@
-//! The express path: ChannelData on a channel this CPU's [`crate::channel_cache`] holds,
-//! relayed in either direction (RFC 8656 §12.4, §12.5, §12.6) by one BPF function that
-//! `turn_xdp` calls first, before its chain of lookups.
+//! The express path: what this CPU's [`crate::channel_cache`] holds, relayed by one BPF
+//! function that `turn_xdp` calls first, before its chain of lookups: ChannelData in
+//! either direction (RFC 8656 §12.4, §12.5, §12.6), a client's Send indications (§11.2)
+//! and peers' datagrams as Data indications (§11.4).
 //!
-//! It makes exactly the decision of the lean paths for such a frame on a cache hit:
-//! `to_peer::channel_data_lean` for a client's ChannelData ([`to_peer::cached_channel`],
-//! [`to_peer::relay_lean`]), `to_client::channel_data_lean` for a peer's datagram
-//! ([`to_client::cached_channel`], [`to_client::relay_lean`]). Every other frame goes on
-//! to the general path unchanged ([`Left`]), parsed into [`crate::PACKET`] as the general
-//! path parses it, so that it is not parsed twice; a peer's datagram whose slot holds
-//! its Data indication goes straight to the cached Data indication.
+//! It makes exactly the decision of the lean and cached paths for such a frame on a
+//! cache hit: `to_peer::channel_data_lean` for a client's ChannelData
+//! ([`to_peer::cached_channel`], [`to_peer::relay_lean`]), `to_client::channel_data_lean`
+//! for a peer's datagram on a channel ([`to_client::cached_channel`],
+//! [`to_client::relay_lean`]), and for Send and Data indications the general paths
+//! (`to_peer::send_indication`, `to_client::data_indication_cached`) with the entries
+//! copied and the lean egress ([`to_peer::send_indication_express`],
+//! [`to_client::data_indication_lean`]). Every other frame goes on to the general path
+//! unchanged ([`Left`]), parsed into [`crate::PACKET`] as the general path parses it,
+//! so that it is not parsed twice. With the decision trace on, every frame takes the
+//! general path, which decides them alike (Send indications from their hash entries).
 //!
 //! [`may_take`] turns away, with a few loads in `turn_xdp`, every frame but ChannelData
-//! to a listening port and datagrams to a relayed port ([`crate::PORT_FILTER`]), so that
-//! the others (STUN, Send indications) pay neither the call nor the port filter twice.
+//! and Send indications to a listening port and datagrams to a relayed port
+//! ([`crate::PORT_FILTER`]), so that the others (STUN requests) pay neither the call
+//! nor the port filter twice.
 
+use crate::channel_cache::Cached;
+use crate::packet::{
+    load_be16, Packet, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN,
+};
+use crate::{count, port_filter, to_client, to_peer, verdict_action, Relayed, PACKET};
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::stun::SEND_INDICATION;
-use crate::channel_cache::Cached;
-use crate::packet::{
-    load_be16, Packet, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN,
-    UDP_LEN,
-};
-use crate::{count, port_filter, to_client, to_peer, verdict_action, Relayed, PACKET};
 
 /// Which path [`relay`] tries for a frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -44,7 +49,7 @@ pub enum Left {
     Parsed,
     /// Parsed into [`PACKET`], its cache tag read: a peer's datagram whose slot holds
     /// its Data indication (`Cached::DataIndication`), as `to_client::channel_data_lean`
-    /// would have found.
+    /// would have found, which the lean egress did not take.
     DataIndication,
 }
 
@@ -55,8 +60,8 @@ const DATA_INDICATION: u32 = u32::MAX - 2;
 
 /// Whether [`relay`] may take the frame, and on which side: an IPv4 or IPv6 frame whose
 /// UDP header, where it is without IP options or extension headers, goes to a listening
-/// port with a payload that starts with ChannelData's first two bits (RFC 7983 §7), or
-/// to a relayed port. The parse checks the rest.
+/// port with a payload that starts with ChannelData's first two bits (RFC 7983 §7) or a
+/// Send indication's type, or to a relayed port. The parse checks the rest.
 #[inline(always)]
 pub fn may_take(ctx: &XdpContext) -> Option<Side> {
     let udp = match load_be16(ctx, 12) {
@@ -120,7 +125,12 @@ fn relay_or_leave(ctx: &XdpContext, side: Side) -> u32 {
             let (cache, cached) = to_client::cached_channel(ctx, packet);
             match cached {
                 Cached::Channel(channel) => to_client::relay_lean(ctx, packet, &cache, &channel),
-                Cached::DataIndication => return DATA_INDICATION,
+                Cached::DataIndication(channel) => {
+                    match to_client::data_indication_lean(ctx, packet, &cache, &channel) {
+                        Some(verdict) => Some(verdict),
+                        None => return DATA_INDICATION,
+                    }
+                }
                 Cached::Miss => return PARSED,
             }
         }

@@ -15,9 +15,10 @@
 //! Same-family ChannelData without padding, with its next hop cached, takes a lean path
 //! (`channel_data_lean` of each direction, [`egress::lean`]): one BPF function
 //! instead of the general path's chain of them, which leaves every other frame to the
-//! general path at the same step. A client's ChannelData whose channel this CPU's cache
-//! holds takes the [`express`] path before even the general parse: the same decision in
-//! one function called first. A frame tries the client-side tables only when sent to
+//! general path at the same step. What this CPU's cache holds (ChannelData both ways, a
+//! client's Send indications) takes the [`express`] path before the general path: the
+//! same decision in one function called first, whose parse the general path takes over
+//! for the frames it leaves. A frame tries the client-side tables only when sent to
 //! a listener port, the peer-side ones only when sent to a relayed port ([`PortFilter`],
 //! an array lookup): so a peer's datagram that looks like ChannelData makes no lookup in
 //! the client's channels.
@@ -124,8 +125,8 @@ pub struct Relayed {
 
 #[xdp]
 pub fn turn_xdp(ctx: XdpContext) -> u32 {
-    // The express path first (ChannelData of a channel in this CPU's cache). Not with
-    // the trace on, which traces the general path's decisions.
+    // The express path first (cached ChannelData both ways, cached Send indications).
+    // Not with the trace on, which traces the general path's decisions.
     let side = if traced() { None } else { express::may_take(&ctx) };
     let left = match side.map(|side| express::relay(&ctx, side)) {
         Some(Ok(action)) => return action,

@@ -67,7 +67,7 @@ pub fn channel_data_lean(
         // Live: `find` checked the copy's expiry.
         Cached::Channel(channel) => channel,
         // No channel as of the tag the slot was filled under.
-        Cached::DataIndication => return Lean::DataIndication,
+        Cached::DataIndication(_) => return Lean::DataIndication,
         Cached::Miss => {
             // No relayed address on this port: the lookup would miss. (A hit's key has one.)
             if !is_relayed(packet) {
@@ -241,8 +241,8 @@ pub fn data_indication(
 /// [`data_indication`] for a peer's datagram whose slot in this CPU's
 /// [`crate::channel_cache`] holds its Data indication; called only when
 /// [`cached_channel`] found that (`Cached::DataIndication`) for the frame in this run
-/// (`channel_data_lean` or the express path), which checked the slot. Relayed without the hash lookups of the relayed address and
-/// the permission. Anything else is left to [`data_indication`] (`Lean::General`);
+/// (`channel_data_lean` or the express path), which checked the slot. Relayed without
+/// the hash lookups of the relayed address and the permission. Anything else is left to [`data_indication`] (`Lean::General`);
 /// `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general path's.
 #[inline(never)]
@@ -289,6 +289,30 @@ fn relay_data_indication(
     let relayed = forward(ctx, packet, job, next_hop)?;
     add_traffic(slot, data_len, false);
     Ok(relayed)
+}
+
+/// A peer's datagram as a Data indication on the lean path ([`egress::lean`]), from this
+/// CPU's slot ([`cached_channel`] found `Cached::DataIndication` with `channel` for it):
+/// what [`data_indication_cached`] decides for it, without the general path's chain of
+/// BPF functions. None: left to the general path, the frame unchanged.
+#[inline(always)]
+pub fn data_indication_lean(
+    ctx: &XdpContext,
+    packet: &Packet,
+    cache: &Lookup,
+    channel: &Channel,
+) -> Option<Result<Relayed, Outcome>> {
+    let data_len = packet.payload_len;
+    let pad = (4 - data_len % 4) % 4;
+    // The framing in per-CPU memory: 48 more bytes of stack would not fit the chain.
+    let job = job().ok()?;
+    let words = data_indication_prefix(packet, pad, &mut job.prefix);
+    let framing = LeanFraming::PrependDataIndication {
+        prefix: &job.prefix,
+        words,
+        pad,
+    };
+    egress::lean(ctx, packet, cache.arrival, channel, data_len, framing)
 }
 
 /// Writes into `words` the Data indication's header and attributes in front of the data

@@ -57,7 +57,7 @@ pub fn channel_data_lean(
         // Live: `find` checked the copy's expiry.
         Cached::Channel(channel) => channel,
         // (Only a slot for a peer's datagram holds a Data indication.)
-        Cached::Miss | Cached::DataIndication => {
+        Cached::Miss | Cached::DataIndication(_) => {
             // No client flow on this port: the lookup would miss. (A hit's key has one.)
             if !is_listening(packet) {
                 return Lean::NotFound;
