@@ -5,9 +5,9 @@
 //!
 //! It makes exactly the decision of the lean and cached paths for such a frame on a
 //! cache hit: `to_peer::channel_data_lean` for a client's ChannelData
-//! ([`to_peer::cached_channel`], [`to_peer::relay_lean`]), `to_client::channel_data_lean`
+//! ([`to_peer::cached_channel`], [`to_peer::lean_framing`]), `to_client::channel_data_lean`
 //! for a peer's datagram on a channel ([`to_client::cached_channel`],
-//! [`to_client::relay_lean`]), and for Send and Data indications the general paths
+//! [`to_client::lean_framing`]), and for Send and Data indications the general paths
 //! (`to_peer::send_indication`, `to_client::data_indication_cached`) with the entries
 //! copied and the lean egress ([`to_peer::send_indication_express`],
 //! [`to_client::data_indication_lean`]). Every other frame goes on to the general path
@@ -21,6 +21,7 @@
 //! nor the port filter twice.
 
 use crate::channel_cache::Cached;
+use crate::egress;
 use crate::packet::{
     load_be16, Packet, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN,
 };
@@ -117,14 +118,18 @@ fn relay_or_leave(ctx: &XdpContext, side: Side) -> u32 {
             let Cached::Channel(channel) = cached else {
                 return PARSED;
             };
-            to_peer::relay_lean(ctx, packet, &cache, &channel)
+            let (data_len, framing) = to_peer::lean_framing(packet);
+            egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing)
         }
         // (`relay_send_or_leave`'s.)
         Side::ClientSend => return PARSED,
         Side::Peer => {
             let (cache, cached) = to_client::cached_channel(ctx, packet);
             match cached {
-                Cached::Channel(channel) => to_client::relay_lean(ctx, packet, &cache, &channel),
+                Cached::Channel(channel) => {
+                    let (data_len, framing) = to_client::lean_framing(packet, &channel);
+                    egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing)
+                }
                 Cached::DataIndication(channel) => {
                     match to_client::data_indication_lean(ctx, packet, &cache, &channel) {
                         Some(verdict) => Some(verdict),

@@ -91,7 +91,9 @@ pub fn channel_data_lean(
             channel
         }
     };
-    Lean::from(relay_lean(ctx, packet, &cache, &channel), verdict)
+    let (data_len, framing) = lean_framing(packet, &channel);
+    let decided = egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing);
+    Lean::from(decided, verdict)
 }
 
 /// A peer's datagram's place in this CPU's [`crate::channel_cache`] on the path to the
@@ -105,25 +107,12 @@ pub fn cached_channel(ctx: &XdpContext, packet: &mut Packet) -> (Lookup, Cached)
     Lookup::new(ctx, packet, Direction::ToClient, 0, packet.cache_tag)
 }
 
-/// The lean egress of a peer's datagram on `channel` (found under `cache`): relayed to
-/// the client behind the channel's ChannelData header. None: left to the general path,
-/// the frame unchanged.
+/// The lean egress's data length and framing of a peer's datagram on `channel`:
+/// relayed to the client behind the channel's ChannelData header.
 #[inline(always)]
-pub fn relay_lean(
-    ctx: &XdpContext,
-    packet: &Packet,
-    cache: &Lookup,
-    channel: &Channel,
-) -> Option<Result<Relayed, Outcome>> {
+pub fn lean_framing(packet: &Packet, channel: &Channel) -> (usize, LeanFraming<'static>) {
     let header = channel_header(channel.number, packet.payload_len);
-    egress::lean(
-        ctx,
-        packet,
-        cache.arrival,
-        channel,
-        packet.payload_len,
-        LeanFraming::PrependChannelData(header),
-    )
+    (packet.payload_len, LeanFraming::PrependChannelData(header))
 }
 
 /// The `PEER_CHANNELS` key of a peer's datagram to a relayed address.

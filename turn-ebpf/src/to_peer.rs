@@ -74,7 +74,9 @@ pub fn channel_data_lean(
             channel
         }
     };
-    Lean::from(relay_lean(ctx, packet, &cache, &channel), verdict)
+    let (data_len, framing) = lean_framing(packet);
+    let decided = egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing);
+    Lean::from(decided, verdict)
 }
 
 /// A ChannelData frame's place in this CPU's [`crate::channel_cache`] on the path to the
@@ -87,25 +89,12 @@ pub fn cached_channel(ctx: &XdpContext, packet: &Packet) -> (Lookup, Cached) {
     Lookup::new(ctx, packet, Direction::ToPeer, number, tag)
 }
 
-/// The lean egress of a client's ChannelData frame on `channel` (found under `cache`):
-/// the header goes, the data is relayed as the datagram to the peer. None: left to the
-/// general path, the frame unchanged.
+/// The lean egress's data length and framing of a client's ChannelData frame: the
+/// header goes, the data is relayed as the datagram to the peer.
 #[inline(always)]
-pub fn relay_lean(
-    ctx: &XdpContext,
-    packet: &Packet,
-    cache: &Lookup,
-    channel: &Channel,
-) -> Option<Result<Relayed, Outcome>> {
+pub fn lean_framing(packet: &Packet) -> (usize, LeanFraming<'static>) {
     let data_len = (packet.head_be() & 0xFFFF) as usize;
-    egress::lean(
-        ctx,
-        packet,
-        cache.arrival,
-        channel,
-        data_len,
-        LeanFraming::StripChannelData,
-    )
+    (data_len, LeanFraming::StripChannelData)
 }
 
 /// The `CLIENT_CHANNELS` key of a ChannelData frame from a client.
