@@ -20,15 +20,16 @@
 //! ([`crate::PORT_FILTER`]), so that the others (STUN requests) pay neither the call
 //! nor the port filter twice.
 
+use aya_ebpf::programs::XdpContext;
+use turn_common::counters::Outcome;
+use turn_common::stun::SEND_INDICATION;
+
 use crate::channel_cache::Cached;
 use crate::egress;
 use crate::packet::{
     load_be16, Packet, Shape, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN,
 };
 use crate::{count, port_filter, to_client, to_peer, verdict_action, Relayed, PACKET};
-use aya_ebpf::programs::XdpContext;
-use turn_common::counters::Outcome;
-use turn_common::stun::SEND_INDICATION;
 
 /// Which path [`relay`] tries for a frame.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,8 +88,9 @@ pub fn may_take(ctx: &XdpContext) -> Option<Side> {
 #[inline(always)]
 pub fn relay(ctx: &XdpContext, side: Side) -> Result<u32, Left> {
     let result = match side {
+        Side::ClientChannelData => relay_channel_data_or_leave(ctx),
         Side::ClientSend => relay_send_or_leave(ctx),
-        _ => relay_or_leave(ctx, side),
+        Side::Peer => relay_peer_or_leave(ctx),
     };
     match result {
         UNPARSED => Err(Left::Unparsed),
@@ -98,56 +100,33 @@ pub fn relay(ctx: &XdpContext, side: Side) -> Result<u32, Left> {
     }
 }
 
-/// [`relay`] as one BPF function, its result encoded in the return register: the XDP
-/// action, or [`UNPARSED`], [`PARSED`], [`DATA_INDICATION`].
-// A BPF function of its own: its frame is not added to the general paths' (512 bytes
-// for the chain).
+// [`relay`] on each side is a BPF function of its own, its result encoded in the return
+// register (the XDP action, or [`UNPARSED`], [`PARSED`], [`DATA_INDICATION`]): their
+// stack frames are not added up, nor to the general paths' (512 bytes for the chain).
+
+/// [`relay`] for [`Side::ClientChannelData`].
 #[inline(never)]
-fn relay_or_leave(ctx: &XdpContext, side: Side) -> u32 {
+fn relay_channel_data_or_leave(ctx: &XdpContext) -> u32 {
     // Before the egress moves the frame's head.
     let frame_len = ctx.data_end() - ctx.data();
     let Some(packet) = parsed(ctx) else {
         return UNPARSED;
     };
-    let verdict = match side {
-        Side::ClientChannelData => {
-            if packet.shape() != Shape::ChannelData {
-                return PARSED;
-            }
-            let (cache, cached) = to_peer::cached_channel(ctx, packet);
-            let Cached::Channel(channel) = cached else {
-                return PARSED;
-            };
-            let (data_len, framing) = to_peer::lean_framing(packet);
-            egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing)
-        }
-        // (`relay_send_or_leave`'s.)
-        Side::ClientSend => return PARSED,
-        Side::Peer => {
-            let (cache, cached) = to_client::cached_channel(ctx, packet);
-            match cached {
-                Cached::Channel(channel) => {
-                    let (data_len, framing) = to_client::lean_framing(packet, &channel);
-                    egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing)
-                }
-                Cached::DataIndication(channel) => {
-                    match to_client::data_indication_lean(ctx, packet, &cache, &channel) {
-                        Some(verdict) => Some(verdict),
-                        None => return DATA_INDICATION,
-                    }
-                }
-                Cached::Miss => return PARSED,
-            }
-        }
+    if packet.shape() != Shape::ChannelData {
+        return PARSED;
+    }
+    let (cache, cached) = to_peer::cached_channel(ctx, packet);
+    let Cached::Channel(channel) = cached else {
+        return PARSED;
     };
+    let (data_len, framing) = to_peer::lean_framing(packet);
+    let verdict = egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing);
     counted(verdict, frame_len)
 }
 
-/// [`relay_or_leave`] for a client's Send indication ([`Side::ClientSend`]): a BPF
-/// function of its own, so that the two paths' stack frames are not added up.
+/// [`relay`] for [`Side::ClientSend`].
 #[inline(never)]
 fn relay_send_or_leave(ctx: &XdpContext) -> u32 {
-    // Before the egress moves the frame's head.
     let frame_len = ctx.data_end() - ctx.data();
     let Some(packet) = parsed(ctx) else {
         return UNPARSED;
@@ -156,6 +135,30 @@ fn relay_send_or_leave(ctx: &XdpContext) -> u32 {
         return PARSED;
     }
     counted(to_peer::send_indication_express(ctx, packet), frame_len)
+}
+
+/// [`relay`] for [`Side::Peer`].
+#[inline(never)]
+fn relay_peer_or_leave(ctx: &XdpContext) -> u32 {
+    let frame_len = ctx.data_end() - ctx.data();
+    let Some(packet) = parsed(ctx) else {
+        return UNPARSED;
+    };
+    let (cache, cached) = to_client::cached_channel(ctx, packet);
+    let verdict = match cached {
+        Cached::Channel(channel) => {
+            let (data_len, framing) = to_client::lean_framing(packet, &channel);
+            egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing)
+        }
+        Cached::DataIndication(channel) => {
+            match to_client::data_indication_lean(ctx, packet, &cache, &channel) {
+                Some(verdict) => Some(verdict),
+                None => return DATA_INDICATION,
+            }
+        }
+        Cached::Miss => return PARSED,
+    };
+    counted(verdict, frame_len)
 }
 
 /// The frame parsed into this CPU's [`PACKET`], if it parses.

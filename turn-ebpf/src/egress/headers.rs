@@ -1,0 +1,148 @@
+//! Writing the relayed frame's headers (Ethernet, IPv4 or IPv6, UDP) and its TURN framing
+//! at constant offsets from the frame's (moved) start.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::programs::XdpContext;
+use turn_common::checksum::Delta;
+use turn_common::counters::Outcome;
+use turn_common::maps::FAMILY_V4;
+
+use super::checksum::address_word;
+use super::{Job, Route, IPPROTO_UDP, MAX_PREFIX_WORDS};
+use crate::packet::{bounds, Packet, ETH_LEN, IPV4_LEN, MAX_OFFSET, UDP_LEN};
+
+/// Writes `values` (integers) one after the other from constant `offset`, bounds checked
+/// once, each with a store of its width (see [`crate::packet::load`] on alignment): one volatile store
+/// of a whole array would go through a copy of it on the stack.
+#[inline(always)]
+pub(super) fn put<E: Copy, const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    values: [E; N],
+) -> Result<(), Outcome> {
+    let (data, end) = bounds(ctx);
+    let start = data + offset;
+    if start + core::mem::size_of::<[E; N]>() > end {
+        return Err(Outcome::PassMalformed);
+    }
+    let start = start as *mut E;
+    for (i, value) in values.into_iter().enumerate() {
+        // SAFETY: element `i` lies inside the frame (checked just above).
+        unsafe { core::ptr::write_volatile(start.add(i), value) };
+    }
+    Ok(())
+}
+
+/// The IPv4 header of the relayed frame (RFC 8656 §14, preferred behaviour): TOS and DF
+/// kept (DF set from IPv6, RFC 7915 §5.1), TTL − 1, and the relay's own identification,
+/// never the client's: 0 with DF set (an atomic datagram, never reassembled: RFC 6864
+/// §4.2 lets the source use any value), else a random one.
+#[inline(always)]
+pub(super) fn write_v4(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> Result<(), Outcome> {
+    let total_len = IPV4_LEN as u32 + udp_len as u32;
+    let (identification, flags) = if packet.dont_fragment {
+        (0, 0x4000)
+    } else {
+        // SAFETY: helper without arguments.
+        (unsafe { bpf_get_prandom_u32() } & 0xFFFF, 0)
+    };
+    let words = [
+        0x4500_0000 | (packet.tos as u32) << 16 | total_len,
+        identification << 16 | flags,
+        ((packet.ttl - 1) as u32) << 24 | (IPPROTO_UDP as u32) << 16,
+        address_word(&route.src_ip, 0),
+        address_word(&route.dst_ip, 0),
+    ];
+    let mut delta = Delta::new();
+    for word in words {
+        delta = delta.add_u32(word);
+    }
+    let checksum = delta.checksum() as u32;
+    put(ctx, 12, [0x0800u16.to_be()])?;
+    put(
+        ctx,
+        ETH_LEN,
+        [
+            words[0].to_be(),
+            words[1].to_be(),
+            (words[2] | checksum).to_be(),
+            route.src_ip[0],
+            route.dst_ip[0],
+        ],
+    )
+}
+
+/// The IPv6 header of the relayed frame: traffic class and flow label kept (from IPv4:
+/// the TOS, flow label 0, RFC 7915 §4.1), hop limit − 1.
+#[inline(always)]
+pub(super) fn write_v6(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> Result<(), Outcome> {
+    let first = if packet.family == FAMILY_V4 {
+        0x6000_0000 | (packet.tos as u32) << 20
+    } else {
+        packet.ipv6_first_word
+    };
+    let second = (udp_len as u32) << 16 | (IPPROTO_UDP as u32) << 8 | (packet.ttl - 1) as u32;
+    put(ctx, 12, [0x86DDu16.to_be()])?;
+    put(ctx, ETH_LEN, [first.to_be(), second.to_be()])?;
+    put(ctx, ETH_LEN + 8, route.src_ip)?;
+    put(ctx, ETH_LEN + 24, route.dst_ip)
+}
+
+/// The UDP header and the TURN framing behind it.
+#[inline(always)]
+pub(super) fn write_udp(
+    ctx: &XdpContext,
+    offset: usize,
+    job: &Job,
+    udp_len: u16,
+    udp_checksum: u16,
+) -> Result<(), Outcome> {
+    put(
+        ctx,
+        offset,
+        [
+            job.route.src_port,
+            job.route.dst_port,
+            udp_len.to_be(),
+            udp_checksum.to_be(),
+        ],
+    )?;
+    write_prefix(ctx, offset + UDP_LEN, &job.prefix, job.prefix_words)
+}
+
+/// Writes the first `words` words of `prefix` (wire words) from constant `offset` on.
+#[inline(always)]
+pub(super) fn write_prefix(
+    ctx: &XdpContext,
+    offset: usize,
+    prefix: &[u32; MAX_PREFIX_WORDS],
+    words: usize,
+) -> Result<(), Outcome> {
+    for (i, word) in prefix.iter().enumerate() {
+        if i >= words {
+            break;
+        }
+        put(ctx, offset + 4 * i, [*word])?;
+    }
+    Ok(())
+}
+
+/// Writes `len` (1..=3) zero bytes at variable `offset`, which the frame ends `len`
+/// bytes after: the end of the word that ends there is rewritten (a check of one byte
+/// past a pointer is folded by LLVM into a comparison the verifier cannot follow).
+#[inline(always)]
+pub(super) fn write_zeros(ctx: &XdpContext, offset: usize, len: usize) -> Result<(), Outcome> {
+    let (data, end) = bounds(ctx);
+    let start = data + ((offset + len - 4) & MAX_OFFSET);
+    if start + 4 > end {
+        return Err(Outcome::PassMalformed);
+    }
+    // The first `4 - len` bytes in memory order are the low ones (little-endian).
+    let keep = (1u32 << (8 * (4 - (len & 3)))) - 1;
+    // SAFETY: four bytes inside the frame (checked just above); see `load` on alignment.
+    unsafe {
+        let word = start as *mut u32;
+        word.write_volatile(word.read_volatile() & keep);
+    }
+    Ok(())
+}
