@@ -2,11 +2,12 @@
 //! ChannelData paths (`to_peer::channel_data_lean`, `to_client::channel_data_lean`),
 //! the client–peer pairs of Send indications (`to_peer::send_indication`) and the
 //! peers' datagrams without a channel, which go out as Data indications
-//! (`to_client::data_indication`). One table per IP family and key size: an IPv4 slot
-//! keeps its key compare and its copy to a few words. A hit relays from one array slot,
-//! which the verifier inlines: no hash-map helper call, no hashing of a 40-byte key, no
-//! bucket walk, and two cache lines of memory instead of the hash map's four or five
-//! (its header, the bucket, the element's key and value), per lookup saved.
+//! (`to_client::data_indication`). Those general paths fill it; the express path
+//! (`crate::express`) reads it, before them. One table per IP family and key size: an
+//! IPv4 slot keeps its key compare and its copy to a few words. A hit relays from one
+//! array slot, which the verifier inlines: no hash-map helper call, no hashing of a
+//! 40-byte key, no bucket walk, and two cache lines of memory instead of the hash map's
+//! four or five (its header, the bucket, the element's key and value), per lookup saved.
 //!
 //! **What a slot holds.** A copy of what the path takes from the hash entries it found
 //! for a frame, under the frame's key, tagged with the frame's [`Tag`] read *before*
@@ -21,15 +22,14 @@
 //! - A peer's datagram without a channel: from the `RELAYS` and `PERMISSIONS` values
 //!   (the route to the client, the allocation slot, the earlier expiry, the allocation's
 //!   next hop), in the slot of the channel key to the client, marked as a Data
-//!   indication. So one lookup tells the lean ChannelData path that there is no
-//!   channel, and no `PEER_CHANNELS` lookup is made.
-//! - Send and Data indications then go through the general path
-//!   ([`crate::egress::forward`]) with the slot's route and a copy of the next hop.
+//!   indication. So one lookup tells the express path that there is no channel, and no
+//!   `PEER_CHANNELS` lookup is made.
+//! - A hit goes out on the lean egress with the slot's route and next hop; one the lean
+//!   egress leaves goes through the general path, a Data indication from the slot
+//!   ([`cached_data_indication`]), the others from the hash entries.
 //!
 //! A hit makes the same checks on the copy as the hash path makes on the values (expiry,
-//! next hop of the current routing generation, ingress). A channel hit skips the port
-//! filter ([`crate::is_listening`], [`crate::is_relayed`]): its key was filled from an
-//! entry, so its port is in the filter, which never loses one.
+//! next hop of the current routing generation, ingress).
 //!
 //! **Expiry.** A hit checks the copy's expiry against [`now_ns`], the coarse clock as
 //! this CPU read it during the current jiffy, as the hash path checks the entry's.
@@ -315,7 +315,7 @@ impl<const W: usize, const P: usize> CachedChannel<W, P> {
     }
 }
 
-/// What a frame's slot holds for it ([`Lookup::new`]).
+/// What a frame's slot holds for it ([`Lookup::find`]).
 pub enum Cached {
     Miss,
     /// A live channel.
@@ -350,9 +350,8 @@ pub struct Lookup {
 impl Lookup {
     /// The frame's slot on `direction`'s path (`number`: the channel number from the
     /// ChannelData header to the peer, 0 to the client) under `tag` (read before the
-    /// hash lookups: [`Tag::of_client`] to the peer, [`Tag::of_relayed`] to the client),
-    /// and what it holds for the frame if it is a hit
-    /// (see [`find`]).
+    /// hash lookups: [`Tag::of_client`] to the peer, [`Tag::of_relayed`] to the client):
+    /// where [`Lookup::find`] looks and [`Lookup::admit`] fills.
     #[inline(always)]
     pub fn new(
         ctx: &XdpContext,
@@ -360,29 +359,34 @@ impl Lookup {
         direction: Direction,
         number: u16,
         tag: Tag,
-    ) -> (Lookup, Cached) {
-        let arrival = Arrival::of(ctx);
-        let key = FrameKey::new(packet, direction, number, &NO_PEER);
-        let (table, cached) = if tag == Tag::OFF {
-            (Table::Off, None)
+    ) -> Lookup {
+        let table = if tag == Tag::OFF {
+            Table::Off
         } else if packet.family == FAMILY_V4 {
-            let cached = find(&CHANNEL_CACHE, &key, tag, arrival);
-            (Table::V4, cached.map(|cached| cached.cached()))
+            Table::V4
         } else {
-            let cached = find(&CHANNEL_CACHE_V6, &key, tag, arrival);
-            (Table::V6, cached.map(|cached| cached.cached()))
+            Table::V6
         };
-        let cached = cached.unwrap_or(Cached::Miss);
-        (
-            Lookup {
-                table,
-                direction,
-                number,
-                tag,
-                arrival,
-            },
-            cached,
-        )
+        Lookup {
+            table,
+            direction,
+            number,
+            tag,
+            arrival: Arrival::of(ctx),
+        }
+    }
+
+    /// What the slot holds for `packet` (the frame of [`Lookup::new`]) if it is a hit
+    /// (see [`find`]).
+    #[inline(always)]
+    pub fn find(&self, packet: &Packet) -> Cached {
+        let key = FrameKey::new(packet, self.direction, self.number, &NO_PEER);
+        let cached = match self.table {
+            Table::Off => None,
+            Table::V4 => find(&CHANNEL_CACHE, &key, self.tag, self.arrival).map(|c| c.cached()),
+            Table::V6 => find(&CHANNEL_CACHE_V6, &key, self.tag, self.arrival).map(|c| c.cached()),
+        };
+        cached.unwrap_or(Cached::Miss)
     }
 
     /// Whether `channel`, which the hash path found for `packet` (the frame of

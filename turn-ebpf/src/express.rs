@@ -3,17 +3,20 @@
 //! either direction (RFC 8656 §12.4, §12.5, §12.6), a client's Send indications (§11.2)
 //! and peers' datagrams as Data indications (§11.4).
 //!
-//! It makes exactly the decision of the lean and cached paths for such a frame on a
-//! cache hit: `to_peer::channel_data_lean` for a client's ChannelData
-//! ([`to_peer::cached_channel`], [`to_peer::lean_framing`]), `to_client::channel_data_lean`
-//! for a peer's datagram on a channel ([`to_client::cached_channel`],
-//! [`to_client::lean_framing`]), and for Send and Data indications the general paths
-//! (`to_peer::send_indication`, `to_client::data_indication_cached`) with the entries
-//! copied and the lean egress ([`to_peer::send_indication_express`],
-//! [`to_client::data_indication_lean`]). Every other frame goes on to the general path
-//! unchanged ([`Left`]), parsed into [`crate::PACKET`] as the general path parses it,
-//! so that it is not parsed twice. With the decision trace on, every frame takes the
-//! general path, which decides them alike (Send indications from their hash entries).
+//! It is the only reader of the channel cache's channels and Data indications; the
+//! general path fills the slots from the hash entries. On a hit it makes exactly the
+//! decision the general path makes from those entries: the lean egress with the
+//! framing of `to_peer::channel_data_lean` for a client's ChannelData
+//! ([`to_peer::cache_lookup`], [`to_peer::lean_framing`]) and of
+//! `to_client::channel_data_lean` for a peer's datagram on a channel
+//! ([`to_client::cache_lookup`], [`to_client::lean_framing`]), and for Send and Data
+//! indications the general paths (`to_peer::send_indication`,
+//! `to_client::data_indication`) with the entries copied and the lean egress
+//! ([`to_peer::send_indication_express`], [`to_client::data_indication_lean`]). Every
+//! other frame goes on to the general path unchanged ([`Left`]), parsed into
+//! [`crate::PACKET`] as the general path parses it, so that it is not parsed twice, and
+//! not looked up in the cache twice either. With the decision trace on, every frame
+//! takes the general path, which decides them alike from the hash entries.
 //!
 //! [`may_take`] turns away, with a few loads in `turn_xdp`, every frame but ChannelData
 //! and Send indications to a listening port and datagrams to a relayed port
@@ -50,8 +53,8 @@ pub enum Left {
     /// Parsed into [`PACKET`]; no cached channel of the frame's side.
     Parsed,
     /// Parsed into [`PACKET`], its cache tag read: a peer's datagram whose slot holds
-    /// its Data indication (`Cached::DataIndication`), as `to_client::channel_data_lean`
-    /// would have found, which the lean egress did not take.
+    /// its Data indication (`Cached::DataIndication`), which the lean egress did not
+    /// take (`to_client::data_indication_cached` relays it from the slot).
     DataIndication,
 }
 
@@ -115,8 +118,8 @@ fn relay_channel_data_or_leave(ctx: &XdpContext) -> u32 {
     if packet.shape() != Shape::ChannelData {
         return PARSED;
     }
-    let (cache, cached) = to_peer::cached_channel(ctx, packet);
-    let Cached::Channel(channel) = cached else {
+    let cache = to_peer::cache_lookup(ctx, packet);
+    let Cached::Channel(channel) = cache.find(packet) else {
         return PARSED;
     };
     let (data_len, framing) = to_peer::lean_framing(packet);
@@ -144,8 +147,8 @@ fn relay_peer_or_leave(ctx: &XdpContext) -> u32 {
     let Some(packet) = parsed(ctx) else {
         return UNPARSED;
     };
-    let (cache, cached) = to_client::cached_channel(ctx, packet);
-    let verdict = match cached {
+    let cache = to_client::cache_lookup(ctx, packet);
+    let verdict = match cache.find(packet) {
         Cached::Channel(channel) => {
             let (data_len, framing) = to_client::lean_framing(packet, &channel);
             egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing)

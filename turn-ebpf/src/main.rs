@@ -16,9 +16,10 @@
 //! (`channel_data_lean` of each direction, [`egress::lean`]): one BPF function
 //! instead of the general path's chain of them, which leaves every other frame to the
 //! general path at the same step. What this CPU's cache holds (ChannelData both ways, a
-//! client's Send indications) takes the [`express`] path before the general path: the
-//! same decision in one function called first, whose parse the general path takes over
-//! for the frames it leaves. A frame tries the client-side tables only when sent to
+//! client's Send indications, peers' datagrams as Data indications) takes the
+//! [`express`] path before the general path: the same decision in one function called
+//! first, the cache's only reader, whose parse the general path takes over for the
+//! frames it leaves; the general path fills the cache. A frame tries the client-side tables only when sent to
 //! a listener port, the peer-side ones only when sent to a relayed port ([`PortFilter`],
 //! an array lookup): so a peer's datagram that looks like ChannelData makes no lookup in
 //! the client's channels.
@@ -365,8 +366,8 @@ fn relay(ctx: &XdpContext, left: Left) -> Result<Relayed, Outcome> {
     let shape = packet.shape();
     let mut verdict = Err(Outcome::PassChannelNotBound);
     // A peer's datagram (to a relayed port, no listening one) whose Data indication the
-    // express path found cached: what the client-side lean path would have found, after
-    // the client-side functions, which take no frame to such a port.
+    // express path found cached: the client-side functions take no frame to such a
+    // port, and no channel was bound as of the slot's tag.
     if left == Left::DataIndication {
         if to_client::data_indication_cached(ctx, packet, &mut verdict) == Lean::Done {
             return verdict;
@@ -396,11 +397,6 @@ fn relay(ctx: &XdpContext, left: Left) -> Result<Relayed, Outcome> {
         Shape::Stun | Shape::Other => {}
     }
     let lean = to_client::channel_data_lean(ctx, packet, &mut verdict);
-    if lean == Lean::DataIndication
-        && to_client::data_indication_cached(ctx, packet, &mut verdict) == Lean::Done
-    {
-        return verdict;
-    }
     match lean.or_general(verdict, || to_client::channel_data(ctx, packet)) {
         // No live channel for this peer: a Data indication, if any.
         Err(Outcome::PassChannelNotBound) => to_client::data_indication(ctx, packet, shape),

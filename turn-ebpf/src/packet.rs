@@ -121,9 +121,9 @@ pub struct Packet {
     /// IPv4 DF (always set for IPv6: it is never fragmented on the path).
     pub dont_fragment: bool,
     /// The channel cache's tag of the frame's destination as read before the
-    /// client-side lookups (not parsed: `to_client::channel_data_lean`, the first of
-    /// them, sets it), which a Data indication's slot is filled under (see
-    /// `channel_cache`).
+    /// client-side lookups (not parsed: `to_client::cache_lookup` sets it, for the
+    /// express path and for `to_client::channel_data_lean`, the first of those
+    /// lookups), which a Data indication's slot is filled under (see `channel_cache`).
     pub cache_tag: Tag,
 }
 

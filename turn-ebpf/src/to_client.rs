@@ -14,7 +14,7 @@ use turn_common::stun::{
     HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{self, Cached, Direction, Lookup, Tag};
+use crate::channel_cache::{self, Direction, Lookup, Tag};
 use crate::egress::{
     self, forward, wire_word, Channel, LeanFraming, Job, Lean, Reframe, Route,
     MAX_PREFIX_WORDS,
@@ -50,11 +50,13 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
     relay_channel_data(ctx, packet, channel)
 }
 
-/// [`channel_data`] on the lean path ([`egress::lean`]): a live channel of a
-/// client of the peer's family. Channels it relayed are found in this CPU's
-/// [`crate::channel_cache`] first, without the hash lookup or the port filter. Anything else is left to
-/// [`channel_data`] (`Lean::General`), including an expired channel (a Data indication,
-/// maybe); `verdict` is written for `Lean::Done`.
+/// [`channel_data`] on the lean path ([`egress::lean`]): a live channel of a client of
+/// the peer's family, which this CPU's [`crate::channel_cache`] then keeps for the
+/// express path (`crate::express`). The cache is not read here: the express path looked
+/// the frame up before (with the decision trace on, the general path decides from the
+/// hash entries). Anything else is left to [`channel_data`] (`Lean::General`),
+/// including an expired channel (a Data indication, maybe); `verdict` is written for
+/// `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
 #[inline(never)]
 pub fn channel_data_lean(
@@ -62,47 +64,39 @@ pub fn channel_data_lean(
     packet: &mut Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    let (cache, cached) = cached_channel(ctx, packet);
-    let channel = match cached {
-        // Live: `find` checked the copy's expiry.
-        Cached::Channel(channel) => channel,
-        // No channel as of the tag the slot was filled under.
-        Cached::DataIndication(_) => return Lean::DataIndication,
-        Cached::Miss => {
-            // No relayed address on this port: the lookup would miss. (A hit's key has one.)
-            if !is_relayed(packet) {
-                return Lean::NotFound;
-            }
-            let Some(entry) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
-                return Lean::NotFound;
-            };
-            // SAFETY: a map value, valid while this program runs (RCU); only read here.
-            let entry = unsafe { &*entry };
-            let channel = Channel::new(
-                packet,
-                &entry.next_hop,
-                to_client(entry.client()),
-                entry.number(),
-                entry.slot(),
-            );
-            if !cache.admit(packet, &channel, entry.expires_ns()) {
-                return Lean::General;
-            }
-            channel
-        }
+    // Before the client-side lookups, this one and `data_indication`'s.
+    let cache = cache_lookup(ctx, packet);
+    // No relayed address on this port: the lookup would miss.
+    if !is_relayed(packet) {
+        return Lean::NotFound;
+    }
+    let Some(entry) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
+        return Lean::NotFound;
     };
+    // SAFETY: a map value, valid while this program runs (RCU); only read here.
+    let entry = unsafe { &*entry };
+    let channel = Channel::new(
+        packet,
+        &entry.next_hop,
+        to_client(entry.client()),
+        entry.number(),
+        entry.slot(),
+    );
+    if !cache.admit(packet, &channel, entry.expires_ns()) {
+        return Lean::General;
+    }
     let (data_len, framing) = lean_framing(packet, &channel);
     let decided = egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing);
     Lean::from(decided, verdict)
 }
 
 /// A peer's datagram's place in this CPU's [`crate::channel_cache`] on the path to the
-/// client (under the relayed address's tag, which it also keeps in
+/// client, under the relayed address's tag, which it also keeps in
 /// [`Packet::cache_tag`]: read before the client-side lookups, a Data indication's slot
-/// is filled under it), and what its slot holds: the lookup of [`channel_data_lean`] and
-/// of the express path.
+/// is filled under it ([`data_indication`]). The express path finds the channel or the
+/// Data indication there, [`channel_data_lean`] fills it.
 #[inline(always)]
-pub fn cached_channel(ctx: &XdpContext, packet: &mut Packet) -> (Lookup, Cached) {
+pub fn cache_lookup(ctx: &XdpContext, packet: &mut Packet) -> Lookup {
     packet.cache_tag = Tag::of_relayed(packet);
     Lookup::new(ctx, packet, Direction::ToClient, 0, packet.cache_tag)
 }
@@ -228,11 +222,11 @@ pub fn data_indication(
 }
 
 /// [`data_indication`] for a peer's datagram whose slot in this CPU's
-/// [`crate::channel_cache`] holds its Data indication; called only when
-/// [`cached_channel`] found that (`Cached::DataIndication`) for the frame in this run
-/// (`channel_data_lean` or the express path), which checked the slot. Relayed without
-/// the hash lookups of the relayed address and the permission. Anything else is left to [`data_indication`] (`Lean::General`);
-/// `verdict` is written for `Lean::Done`.
+/// [`crate::channel_cache`] holds its Data indication; called only when the express path
+/// found that (`Cached::DataIndication`) for the frame in this run, which checked the
+/// slot, and its lean egress did not take the frame. Relayed without the hash lookups of
+/// the relayed address and the permission. Anything else is left to [`data_indication`]
+/// (`Lean::General`); `verdict` is written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general path's.
 #[inline(never)]
 pub fn data_indication_cached(
@@ -243,8 +237,8 @@ pub fn data_indication_cached(
     let Ok(job) = job() else {
         return Lean::General;
     };
-    // Live: `channel_data_lean`'s lookup checked the copy's expiry, the earlier of the
-    // two entries'.
+    // Live: the express path's lookup checked the copy's expiry, the earlier of the two
+    // entries'.
     let Some(next_hop) = channel_cache::cached_data_indication(packet, job) else {
         return Lean::General;
     };
@@ -281,7 +275,7 @@ fn relay_data_indication(
 }
 
 /// A peer's datagram as a Data indication on the lean path ([`egress::lean`]), from this
-/// CPU's slot ([`cached_channel`] found `Cached::DataIndication` with `channel` for it):
+/// CPU's slot (the express path found `Cached::DataIndication` with `channel` for it):
 /// what [`data_indication_cached`] decides for it, without the general path's chain of
 /// BPF functions. None: left to the general path, the frame unchanged.
 #[inline(always)]

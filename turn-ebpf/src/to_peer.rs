@@ -13,7 +13,7 @@ use turn_common::stun::{
     CHANNEL_DATA_HEADER_LEN, HEADER_LEN, MAGIC_COOKIE,
 };
 
-use crate::channel_cache::{Cached, Direction, Lookup, SendLookup, Tag};
+use crate::channel_cache::{Direction, Lookup, SendLookup, Tag};
 use crate::egress::{self, forward, Channel, LeanFraming, Job, Lean, Reframe, Route};
 use crate::fingerprint;
 use crate::packet::{address_bytes, address_words, load, Address, Packet, MAX_OFFSET};
@@ -42,9 +42,11 @@ pub fn channel_data(ctx: &XdpContext, packet: &Packet) -> Result<Relayed, Outcom
 
 /// [`channel_data`] on the lean path ([`egress::lean`]): a channel to a peer of
 /// the client's family, a payload of exactly the header and the data (no padding), a
-/// live entry. Channels it relayed are found in this CPU's
-/// [`crate::channel_cache`] first, without the hash lookup or the port filter. Anything else is left to
-/// [`channel_data`] (`Lean::General`); `verdict` is written for `Lean::Done`.
+/// live entry, which this CPU's [`crate::channel_cache`] then keeps for the express path
+/// (`crate::express`). The cache is not read here: the express path looked the frame
+/// up before (with the decision trace on, the general path decides from the hash
+/// entries). Anything else is left to [`channel_data`] (`Lean::General`); `verdict` is
+/// written for `Lean::Done`.
 // A separate BPF function: its stack frame is not added to the general paths'.
 #[inline(never)]
 pub fn channel_data_lean(
@@ -52,41 +54,33 @@ pub fn channel_data_lean(
     packet: &Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    let (cache, cached) = cached_channel(ctx, packet);
-    let channel = match cached {
-        // Live: `find` checked the copy's expiry.
-        Cached::Channel(channel) => channel,
-        // (Only a slot for a peer's datagram holds a Data indication.)
-        Cached::Miss | Cached::DataIndication(_) => {
-            // No client flow on this port: the lookup would miss. (A hit's key has one.)
-            if !is_listening(packet) {
-                return Lean::NotFound;
-            }
-            let Some(entry) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
-                return Lean::NotFound;
-            };
-            // SAFETY: a map value, valid while this program runs (RCU); only read here.
-            let entry = unsafe { &*entry };
-            let channel = Channel::new(packet, &entry.next_hop, to_peer(entry), [0; 2], entry.slot());
-            if !cache.admit(packet, &channel, entry.expires_ns()) {
-                return Lean::General;
-            }
-            channel
-        }
+    // No client flow on this port: the lookup would miss.
+    if !is_listening(packet) {
+        return Lean::NotFound;
+    }
+    // Before the hash lookup (see `channel_cache`).
+    let cache = cache_lookup(ctx, packet);
+    let Some(entry) = CLIENT_CHANNELS.get_ptr_mut(channel_key(packet)) else {
+        return Lean::NotFound;
     };
+    // SAFETY: a map value, valid while this program runs (RCU); only read here.
+    let entry = unsafe { &*entry };
+    let channel = Channel::new(packet, &entry.next_hop, to_peer(entry), [0; 2], entry.slot());
+    if !cache.admit(packet, &channel, entry.expires_ns()) {
+        return Lean::General;
+    }
     let (data_len, framing) = lean_framing(packet);
     let decided = egress::lean(ctx, packet, cache.arrival, &channel, data_len, framing);
     Lean::from(decided, verdict)
 }
 
 /// A ChannelData frame's place in this CPU's [`crate::channel_cache`] on the path to the
-/// peer (under the client's tag, by the header's channel number), and what its slot
-/// holds: the lookup of [`channel_data_lean`] and of the express path.
+/// peer: under the client's tag, by the header's channel number. The express path finds
+/// the channel there, [`channel_data_lean`] fills it.
 #[inline(always)]
-pub fn cached_channel(ctx: &XdpContext, packet: &Packet) -> (Lookup, Cached) {
+pub fn cache_lookup(ctx: &XdpContext, packet: &Packet) -> Lookup {
     let number = (packet.head_be() >> 16) as u16;
-    let tag = Tag::of_client(packet);
-    Lookup::new(ctx, packet, Direction::ToPeer, number, tag)
+    Lookup::new(ctx, packet, Direction::ToPeer, number, Tag::of_client(packet))
 }
 
 /// The lean egress's data length and framing of a client's ChannelData frame: the

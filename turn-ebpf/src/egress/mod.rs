@@ -138,10 +138,6 @@ pub enum Lean {
     /// An entry the lean path does not handle (or an expired one): the general path
     /// decides the frame from the same lookup on; nothing has changed meanwhile.
     General,
-    /// No channel, as the cache knows: its slot for the peer's datagram holds how to
-    /// relay it as a Data indication (`to_client::data_indication_cached`). Otherwise
-    /// as `NotFound`.
-    DataIndication,
 }
 
 impl Lean {
@@ -156,7 +152,7 @@ impl Lean {
     ) -> Result<Relayed, Outcome> {
         match self {
             Lean::Done => verdict,
-            Lean::NotFound | Lean::DataIndication => Err(Outcome::PassChannelNotBound),
+            Lean::NotFound => Err(Outcome::PassChannelNotBound),
             Lean::General => general(),
         }
     }
