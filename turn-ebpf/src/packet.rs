@@ -1,6 +1,7 @@
 //! Parsing of Ethernet / IPv4 / IPv6 / UDP by direct packet access at constant offsets:
-//! one bounds check per header and word-sized loads ([`load`]). Anything the fast path
-//! does not handle is an `Err(Outcome::Pass…)`.
+//! one bounds check for the IP and UDP headers ([`start_if_long`]), one per other load
+//! ([`load`]), word-sized loads. Anything the fast path does not handle is an
+//! `Err(Outcome::Pass…)`.
 
 use aya_ebpf::programs::XdpContext;
 use turn_common::checksum::Delta;
@@ -58,6 +59,28 @@ pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     }
     // SAFETY: inside the frame (checked just above); see above for the alignment.
     Some(unsafe { core::ptr::read_volatile(start as *const T) })
+}
+
+/// The frame's start, if the frame is at least `len` bytes long: the headers within
+/// those bytes are then read with [`read`] (or written, `egress::headers`), with no
+/// bounds check each.
+#[inline(always)]
+pub fn start_if_long(ctx: &XdpContext, len: usize) -> Option<usize> {
+    let (data, end) = bounds(ctx);
+    if data + len > end {
+        return None;
+    }
+    Some(data)
+}
+
+/// A `T` at `offset` from the frame's `start` (one load of `T`'s width, as [`load`]).
+///
+/// # Safety
+/// `start` is from [`start_if_long`] for a length of at least `offset` plus `T`'s size.
+#[inline(always)]
+unsafe fn read<T: Copy>(start: usize, offset: usize) -> T {
+    // SAFETY: inside the frame, as the caller vouches.
+    unsafe { core::ptr::read_volatile((start + offset) as *const T) }
 }
 
 /// A big-endian 16-bit value at `offset` (see [`load`]).
@@ -141,34 +164,23 @@ impl Packet {
 
     #[inline(always)]
     fn parse_v4(&mut self, ctx: &XdpContext) -> Result<(), Outcome> {
+        // Every header at once: one bounds check (the short frame's outcome apart).
+        let Some(start) = start_if_long(ctx, ETH_LEN + IPV4_LEN + UDP_LEN) else {
+            return Err(short_v4_outcome(ctx));
+        };
+        // SAFETY (every `read` below): within the IPv4 and UDP headers, whose end the
+        // frame reaches.
         // version/IHL, TOS, total length | identification, flags/fragment offset |
         // TTL, protocol, checksum
-        let [first, second, third] =
-            load::<[u32; 3]>(ctx, ETH_LEN).ok_or(Outcome::PassMalformed)?;
+        let [first, second, third] = unsafe { read::<[u32; 3]>(start, ETH_LEN) };
         let (first, second, third) = (
             u32::from_be(first),
             u32::from_be(second),
             u32::from_be(third),
         );
-        if first >> 28 != 4 {
-            return Err(Outcome::PassMalformed);
-        }
-        match (first >> 24) & 0x0F {
-            5 => {}
-            0..=4 => return Err(Outcome::PassMalformed),
-            _ => return Err(Outcome::PassIpOptions),
-        }
-        // More-fragments flag or a fragment offset.
-        if second & 0x3FFF != 0 {
-            return Err(Outcome::PassFragment);
-        }
-        if (third >> 16) as u8 != IPPROTO_UDP {
-            return Err(Outcome::PassNotUdp);
-        }
-        // Every header load before the length checks: from those LLVM would infer that
-        // the frame is long enough and drop a bounds check the verifier needs.
-        let [src, dst] = load::<[u32; 2]>(ctx, ETH_LEN + 12).ok_or(Outcome::PassMalformed)?;
-        let udp = load::<[u16; 4]>(ctx, ETH_LEN + IPV4_LEN).ok_or(Outcome::PassMalformed)?;
+        v4_header_fits(first, second, third)?;
+        let [src, dst] = unsafe { read::<[u32; 2]>(start, ETH_LEN + 12) };
+        let udp = unsafe { read::<[u16; 4]>(start, ETH_LEN + IPV4_LEN) };
         // RFC 791: the stack drops a header whose checksum is wrong, and so would the
         // userspace relay never see it; the relayed header gets a fresh checksum, which
         // would repair it (checked on the five header words already loaded).
@@ -212,27 +224,19 @@ impl Packet {
 
     #[inline(always)]
     fn parse_v6(&mut self, ctx: &XdpContext) -> Result<(), Outcome> {
+        // Every header at once: one bounds check (the short frame's outcome apart).
+        let Some(start) = start_if_long(ctx, ETH_LEN + IPV6_LEN + UDP_LEN) else {
+            return Err(short_v6_outcome(ctx));
+        };
+        // SAFETY (every `read` below): within the IPv6 and UDP headers, whose end the
+        // frame reaches.
         // version, traffic class, flow label | payload length, next header, hop limit
-        let [first, second] = load::<[u32; 2]>(ctx, ETH_LEN).ok_or(Outcome::PassMalformed)?;
+        let [first, second] = unsafe { read::<[u32; 2]>(start, ETH_LEN) };
         let (first, second) = (u32::from_be(first), u32::from_be(second));
-        if first >> 28 != 6 {
-            return Err(Outcome::PassMalformed);
-        }
-        match (second >> 8) as u8 {
-            IPPROTO_UDP => {}
-            // Fragment header.
-            44 => return Err(Outcome::PassFragment),
-            // Hop-by-hop, routing, destination options, AH, ESP, mobility, HIP, shim6,
-            // experimental.
-            0 | 43 | 60 | 51 | 50 | 135 | 139 | 140 | 253 | 254 => {
-                return Err(Outcome::PassIpOptions)
-            }
-            _ => return Err(Outcome::PassNotUdp),
-        }
-        // Every header load before the length checks (see parse_v4).
-        let src_ip = load::<Address>(ctx, ETH_LEN + 8).ok_or(Outcome::PassMalformed)?;
-        let dst_ip = load::<Address>(ctx, ETH_LEN + 24).ok_or(Outcome::PassMalformed)?;
-        let udp = load::<[u16; 4]>(ctx, ETH_LEN + IPV6_LEN).ok_or(Outcome::PassMalformed)?;
+        v6_header_fits(first, second)?;
+        let src_ip = unsafe { read::<Address>(start, ETH_LEN + 8) };
+        let dst_ip = unsafe { read::<Address>(start, ETH_LEN + 24) };
+        let udp = unsafe { read::<[u16; 4]>(start, ETH_LEN + IPV6_LEN) };
         let payload_len = (second >> 16) as usize;
         let (data, end) = bounds(ctx);
         let frame_len = end - data;
@@ -294,5 +298,73 @@ impl Packet {
         } else {
             IPV6_LEN
         }
+    }
+}
+
+/// Whether an IPv4 header's first three words (big-endian values) describe a header the
+/// fast path takes: version 4 without options, not a fragment, UDP; else the outcome.
+#[inline(always)]
+fn v4_header_fits(first: u32, second: u32, third: u32) -> Result<(), Outcome> {
+    if first >> 28 != 4 {
+        return Err(Outcome::PassMalformed);
+    }
+    match (first >> 24) & 0x0F {
+        5 => {}
+        0..=4 => return Err(Outcome::PassMalformed),
+        _ => return Err(Outcome::PassIpOptions),
+    }
+    // More-fragments flag or a fragment offset.
+    if second & 0x3FFF != 0 {
+        return Err(Outcome::PassFragment);
+    }
+    if (third >> 16) as u8 != IPPROTO_UDP {
+        return Err(Outcome::PassNotUdp);
+    }
+    Ok(())
+}
+
+/// The outcome of an IPv4 frame too short for a UDP header behind the IP header: what
+/// its first header words say ([`v4_header_fits`]), else malformed.
+#[inline(never)]
+fn short_v4_outcome(ctx: &XdpContext) -> Outcome {
+    match load::<[u32; 3]>(ctx, ETH_LEN) {
+        Some([first, second, third]) => v4_header_fits(
+            u32::from_be(first),
+            u32::from_be(second),
+            u32::from_be(third),
+        )
+        .err()
+        .unwrap_or(Outcome::PassMalformed),
+        None => Outcome::PassMalformed,
+    }
+}
+
+/// Whether an IPv6 header's first two words (big-endian values) describe a header the
+/// fast path takes: version 6, UDP next (no extension header); else the outcome.
+#[inline(always)]
+fn v6_header_fits(first: u32, second: u32) -> Result<(), Outcome> {
+    if first >> 28 != 6 {
+        return Err(Outcome::PassMalformed);
+    }
+    match (second >> 8) as u8 {
+        IPPROTO_UDP => Ok(()),
+        // Fragment header.
+        44 => Err(Outcome::PassFragment),
+        // Hop-by-hop, routing, destination options, AH, ESP, mobility, HIP, shim6,
+        // experimental.
+        0 | 43 | 60 | 51 | 50 | 135 | 139 | 140 | 253 | 254 => Err(Outcome::PassIpOptions),
+        _ => Err(Outcome::PassNotUdp),
+    }
+}
+
+/// The outcome of an IPv6 frame too short for a UDP header behind the IP header: what
+/// its first header words say ([`v6_header_fits`]), else malformed.
+#[inline(never)]
+fn short_v6_outcome(ctx: &XdpContext) -> Outcome {
+    match load::<[u32; 2]>(ctx, ETH_LEN) {
+        Some([first, second]) => v6_header_fits(u32::from_be(first), u32::from_be(second))
+            .err()
+            .unwrap_or(Outcome::PassMalformed),
+        None => Outcome::PassMalformed,
     }
 }

@@ -5,40 +5,92 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::programs::XdpContext;
 use turn_common::checksum::Delta;
 use turn_common::counters::Outcome;
-use turn_common::maps::FAMILY_V4;
+use turn_common::maps::{NextHop, FAMILY_V4};
 
 use super::checksum::address_word;
-use super::{Job, Route, IPPROTO_UDP, MAX_PREFIX_WORDS};
-use crate::packet::{bounds, Packet, ETH_LEN, IPV4_LEN, MAX_OFFSET, UDP_LEN};
+use super::{Route, IPPROTO_UDP, MAX_PREFIX_WORDS};
+use crate::packet::{bounds, start_if_long, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_OFFSET, UDP_LEN};
 
 /// Writes `values` (integers) one after the other from constant `offset`, bounds checked
-/// once, each with a store of its width (see [`crate::packet::load`] on alignment): one volatile store
-/// of a whole array would go through a copy of it on the stack.
+/// once ([`write`]).
 #[inline(always)]
 pub(super) fn put<E: Copy, const N: usize>(
     ctx: &XdpContext,
     offset: usize,
     values: [E; N],
 ) -> Result<(), Outcome> {
-    let (data, end) = bounds(ctx);
-    let start = data + offset;
-    if start + core::mem::size_of::<[E; N]>() > end {
-        return Err(Outcome::PassMalformed);
-    }
-    let start = start as *mut E;
-    for (i, value) in values.into_iter().enumerate() {
-        // SAFETY: element `i` lies inside the frame (checked just above).
-        unsafe { core::ptr::write_volatile(start.add(i), value) };
-    }
+    let start = start_if_long(ctx, offset + core::mem::size_of::<[E; N]>())
+        .ok_or(Outcome::PassMalformed)?;
+    // SAFETY: inside the frame (checked just above).
+    unsafe { write(start, offset, values) };
     Ok(())
 }
 
-/// The IPv4 header of the relayed frame (RFC 8656 §14, preferred behaviour): TOS and DF
-/// kept (DF set from IPv6, RFC 7915 §5.1), TTL − 1, and the relay's own identification,
-/// never the client's: 0 with DF set (an atomic datagram, never reassembled: RFC 6864
-/// §4.2 lets the source use any value), else a random one.
+/// Writes `values` (integers) one after the other from `offset` past the frame's
+/// `start`, each with a store of its width (see [`crate::packet::load`] on alignment):
+/// one volatile store of a whole array would go through a copy of it on the stack.
+///
+/// # Safety
+/// `start` is from [`start_if_long`] for a length of at least `offset` plus the values'
+/// size.
 #[inline(always)]
-pub(super) fn write_v4(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> Result<(), Outcome> {
+unsafe fn write<E: Copy, const N: usize>(start: usize, offset: usize, values: [E; N]) {
+    let first = (start + offset) as *mut E;
+    for (i, value) in values.into_iter().enumerate() {
+        // SAFETY: element `i` lies inside the frame, as the caller vouches.
+        unsafe { core::ptr::write_volatile(first.add(i), value) };
+    }
+}
+
+/// Writes the relayed frame's Ethernet header (`next_hop`'s MAC addresses), IP header
+/// (of `route`'s family, [`ipv4_header`] or [`ipv6_header`]) and UDP header at the
+/// frame's (moved) start, with one bounds check; returns where the UDP payload starts.
+#[inline(always)]
+pub(super) fn write_headers(
+    ctx: &XdpContext,
+    next_hop: &NextHop,
+    packet: &Packet,
+    route: &Route,
+    udp_len: u16,
+    udp_checksum: u16,
+) -> Result<usize, Outcome> {
+    // Read as words: a copy of the bytes from the map value into the frame would become
+    // a `memmove` call.
+    // SAFETY: the 12 bytes of the entry's MAC addresses, 4-aligned in every value (the
+    // layout tests of turn-common pin the offsets).
+    let macs =
+        unsafe { core::ptr::read_volatile(&next_hop.macs as *const [u8; 12] as *const [u32; 3]) };
+    let udp = [
+        route.src_port,
+        route.dst_port,
+        udp_len.to_be(),
+        udp_checksum.to_be(),
+    ];
+    let v4 = route.family == FAMILY_V4;
+    let ip_header_len = if v4 { IPV4_LEN } else { IPV6_LEN };
+    let start = start_if_long(ctx, ETH_LEN + ip_header_len + UDP_LEN)
+        .ok_or(Outcome::PassMalformed)?;
+    // SAFETY (every `write`): within the three headers, whose end the frame reaches.
+    unsafe {
+        write(start, 0, macs);
+        if v4 {
+            write(start, 12, [0x0800u16.to_be()]);
+            write(start, ETH_LEN, ipv4_header(packet, route, udp_len));
+        } else {
+            write(start, 12, [0x86DDu16.to_be()]);
+            write(start, ETH_LEN, ipv6_header(packet, route, udp_len));
+        }
+        write(start, ETH_LEN + ip_header_len, udp);
+    }
+    Ok(ETH_LEN + ip_header_len + UDP_LEN)
+}
+
+/// The IPv4 header of the relayed frame (RFC 8656 §14, preferred behaviour), as wire
+/// words: TOS and DF kept (DF set from IPv6, RFC 7915 §5.1), TTL − 1, and the relay's
+/// own identification, never the client's: 0 with DF set (an atomic datagram, never
+/// reassembled: RFC 6864 §4.2 lets the source use any value), else a random one.
+#[inline(always)]
+fn ipv4_header(packet: &Packet, route: &Route, udp_len: u16) -> [u32; 5] {
     let total_len = IPV4_LEN as u32 + udp_len as u32;
     let (identification, flags) = if packet.dont_fragment {
         (0, 0x4000)
@@ -58,56 +110,38 @@ pub(super) fn write_v4(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len
         delta = delta.add_u32(word);
     }
     let checksum = delta.checksum() as u32;
-    put(ctx, 12, [0x0800u16.to_be()])?;
-    put(
-        ctx,
-        ETH_LEN,
-        [
-            words[0].to_be(),
-            words[1].to_be(),
-            (words[2] | checksum).to_be(),
-            route.src_ip[0],
-            route.dst_ip[0],
-        ],
-    )
+    [
+        words[0].to_be(),
+        words[1].to_be(),
+        (words[2] | checksum).to_be(),
+        route.src_ip[0],
+        route.dst_ip[0],
+    ]
 }
 
-/// The IPv6 header of the relayed frame: traffic class and flow label kept (from IPv4:
-/// the TOS, flow label 0, RFC 7915 §4.1), hop limit − 1.
+/// The IPv6 header of the relayed frame, as wire words: traffic class and flow label
+/// kept (from IPv4: the TOS, flow label 0, RFC 7915 §4.1), hop limit − 1.
 #[inline(always)]
-pub(super) fn write_v6(ctx: &XdpContext, packet: &Packet, route: &Route, udp_len: u16) -> Result<(), Outcome> {
+fn ipv6_header(packet: &Packet, route: &Route, udp_len: u16) -> [u32; 10] {
     let first = if packet.family == FAMILY_V4 {
         0x6000_0000 | (packet.tos as u32) << 20
     } else {
         packet.ipv6_first_word
     };
     let second = (udp_len as u32) << 16 | (IPPROTO_UDP as u32) << 8 | (packet.ttl - 1) as u32;
-    put(ctx, 12, [0x86DDu16.to_be()])?;
-    put(ctx, ETH_LEN, [first.to_be(), second.to_be()])?;
-    put(ctx, ETH_LEN + 8, route.src_ip)?;
-    put(ctx, ETH_LEN + 24, route.dst_ip)
-}
-
-/// The UDP header and the TURN framing behind it.
-#[inline(always)]
-pub(super) fn write_udp(
-    ctx: &XdpContext,
-    offset: usize,
-    job: &Job,
-    udp_len: u16,
-    udp_checksum: u16,
-) -> Result<(), Outcome> {
-    put(
-        ctx,
-        offset,
-        [
-            job.route.src_port,
-            job.route.dst_port,
-            udp_len.to_be(),
-            udp_checksum.to_be(),
-        ],
-    )?;
-    write_prefix(ctx, offset + UDP_LEN, &job.prefix, job.prefix_words)
+    let (src, dst) = (route.src_ip, route.dst_ip);
+    [
+        first.to_be(),
+        second.to_be(),
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+    ]
 }
 
 /// Writes the first `words` words of `prefix` (wire words) from constant `offset` on.

@@ -9,7 +9,7 @@ use turn_common::maps::{NextHop, FAMILY_V4};
 use turn_common::stun::CHANNEL_DATA_HEADER_LEN;
 
 use super::checksum::{add_prefix, framing_delta, length_delta};
-use super::headers::{put, write_prefix, write_v4, write_v6, write_zeros};
+use super::headers::{put, write_headers, write_prefix, write_zeros};
 use super::{Arrival, Channel, Reframe, Route, MAX_PADDING, MAX_PREFIX_WORDS, MAX_STRIPPED};
 use crate::packet::{Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN};
 use crate::{add_traffic, bandwidth, Relayed, EGRESS};
@@ -220,31 +220,11 @@ fn write_lean(
     udp_checksum: u16,
     framing: LeanFraming,
 ) -> Result<(), Outcome> {
-    // SAFETY: as in `rewrite`.
-    let macs =
-        unsafe { core::ptr::read_volatile(&next_hop.macs as *const [u8; 12] as *const [u32; 3]) };
-    put(ctx, 0, macs)?;
-    let udp_offset = if route.family == FAMILY_V4 {
-        write_v4(ctx, packet, route, udp_len as u16)?;
-        ETH_LEN + IPV4_LEN
-    } else {
-        write_v6(ctx, packet, route, udp_len as u16)?;
-        ETH_LEN + IPV6_LEN
-    };
-    put(
-        ctx,
-        udp_offset,
-        [
-            route.src_port,
-            route.dst_port,
-            (udp_len as u16).to_be(),
-            udp_checksum.to_be(),
-        ],
-    )?;
+    let payload = write_headers(ctx, next_hop, packet, route, udp_len as u16, udp_checksum)?;
     match framing {
-        LeanFraming::PrependChannelData(header) => put(ctx, udp_offset + UDP_LEN, [header]),
+        LeanFraming::PrependChannelData(header) => put(ctx, payload, [header]),
         LeanFraming::PrependDataIndication { prefix, words, .. } => {
-            write_prefix(ctx, udp_offset + UDP_LEN, prefix, words)
+            write_prefix(ctx, payload, prefix, words)
         }
         LeanFraming::StripChannelData | LeanFraming::StripSendIndication { .. } => Ok(()),
     }

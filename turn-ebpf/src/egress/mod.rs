@@ -31,7 +31,7 @@ pub use checksum::route_delta;
 pub use lean::{lean, LeanFraming};
 
 use checksum::udp_checksum;
-use headers::{put, write_udp, write_v4, write_v6, write_zeros};
+use headers::{write_headers, write_prefix, write_zeros};
 
 use crate::packet::{Address, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN};
 use crate::{bandwidth, routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
@@ -325,21 +325,15 @@ fn rewrite(
         unsafe { bpf_xdp_adjust_head(ctx.ctx, -head_delta) };
         return Err(Outcome::PassAdjustFailed);
     }
-    // Read as words: a copy of the bytes from the map value into the frame would become
-    // a `memmove` call.
-    // SAFETY: the 12 bytes of the entry's MAC addresses, 4-aligned in every value (the
-    // layout tests of turn-common pin the offsets).
-    let macs =
-        unsafe { core::ptr::read_volatile(&next_hop.macs as *const [u8; 12] as *const [u32; 3]) };
-    put(ctx, 0, macs)?;
-    let udp_offset = if job.route.family == FAMILY_V4 {
-        write_v4(ctx, packet, &job.route, udp_len as u16)?;
-        ETH_LEN + IPV4_LEN
-    } else {
-        write_v6(ctx, packet, &job.route, udp_len as u16)?;
-        ETH_LEN + IPV6_LEN
-    };
-    write_udp(ctx, udp_offset, job, udp_len as u16, udp_checksum)?;
+    let payload = write_headers(
+        ctx,
+        next_hop,
+        packet,
+        &job.route,
+        udp_len as u16,
+        udp_checksum,
+    )?;
+    write_prefix(ctx, payload, &job.prefix, job.prefix_words)?;
     if reframe.pad > 0 {
         write_zeros(ctx, header_len + reframe.data_len, reframe.pad)?;
     }
