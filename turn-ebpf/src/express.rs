@@ -3,8 +3,9 @@
 //! either direction (RFC 8656 §12.4, §12.5, §12.6), a client's Send indications (§11.2)
 //! and peers' datagrams as Data indications (§11.4).
 //!
-//! It is the only reader of the channel cache's channels and Data indications; the
-//! general path fills the slots from the hash entries. On a hit it makes exactly the
+//! It is the only path that looks frames up in the cache (the general path's Data
+//! indication rereads the slot found here, [`Left::DataIndication`]); the general path
+//! fills the slots from the hash entries. On a hit it makes exactly the
 //! decision the general path makes from those entries: the lean egress with the
 //! framing of `to_peer::channel_data_lean` for a client's ChannelData
 //! ([`to_peer::cache_lookup`], [`to_peer::lean_framing`]) and of
@@ -50,7 +51,9 @@ pub enum Side {
 pub enum Left {
     /// Not parsed (or not parseable: the general path's parse says why).
     Unparsed,
-    /// Parsed into [`PACKET`]; no cached channel of the frame's side.
+    /// Parsed into [`PACKET`]; nothing cached for the frame, or a cached channel or
+    /// Send indication the lean egress did not take: the general path decides from the
+    /// hash entries.
     Parsed,
     /// Parsed into [`PACKET`], its cache tag read: a peer's datagram whose slot holds
     /// its Data indication (`Cached::DataIndication`), which the lean egress did not

@@ -1,5 +1,5 @@
 //! Parsing of Ethernet / IPv4 / IPv6 / UDP by direct packet access at constant offsets:
-//! one bounds check for the IP and UDP headers ([`start_if_long`]), one per other load
+//! one bounds check for the IP and UDP headers ([`region`]), one per other load
 //! ([`load`]), word-sized loads. Anything the fast path does not handle is an
 //! `Err(Outcome::Pass…)`.
 
@@ -61,24 +61,27 @@ pub fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_volatile(start as *const T) })
 }
 
-/// The frame's start, if the frame is at least `len` bytes long: the headers within
-/// those bytes are then read with [`read`] (or written, `egress::headers`), with no
-/// bounds check each.
+/// Where the `len` bytes at `offset` from the start of the frame begin, if the frame
+/// holds them (a variable `offset` masked as in [`load`]): those bytes are then read
+/// with [`read`] (or written, `egress::headers`) with no bounds check each. `len` is a
+/// constant: the verifier bounds only accesses within a constant length checked.
 #[inline(always)]
-pub fn start_if_long(ctx: &XdpContext, len: usize) -> Option<usize> {
+pub fn region(ctx: &XdpContext, offset: usize, len: usize) -> Option<usize> {
     let (data, end) = bounds(ctx);
-    if data + len > end {
+    let start = data + (offset & MAX_OFFSET);
+    if start + len > end {
         return None;
     }
-    Some(data)
+    Some(start)
 }
 
-/// A `T` at `offset` from the frame's `start` (one load of `T`'s width, as [`load`]).
+/// A `T` at `offset` from the `start` of a [`region`] (one load of `T`'s width, as
+/// [`load`]).
 ///
 /// # Safety
-/// `start` is from [`start_if_long`] for a length of at least `offset` plus `T`'s size.
+/// `start` is from [`region`] for a length of at least `offset` plus `T`'s size.
 #[inline(always)]
-unsafe fn read<T: Copy>(start: usize, offset: usize) -> T {
+pub unsafe fn read<T: Copy>(start: usize, offset: usize) -> T {
     // SAFETY: inside the frame, as the caller vouches.
     unsafe { core::ptr::read_volatile((start + offset) as *const T) }
 }
@@ -165,7 +168,7 @@ impl Packet {
     #[inline(always)]
     fn parse_v4(&mut self, ctx: &XdpContext) -> Result<(), Outcome> {
         // Every header at once: one bounds check (the short frame's outcome apart).
-        let Some(start) = start_if_long(ctx, ETH_LEN + IPV4_LEN + UDP_LEN) else {
+        let Some(start) = region(ctx, 0, ETH_LEN + IPV4_LEN + UDP_LEN) else {
             return Err(short_v4_outcome(ctx));
         };
         // SAFETY (every `read` below): within the IPv4 and UDP headers, whose end the
@@ -225,7 +228,7 @@ impl Packet {
     #[inline(always)]
     fn parse_v6(&mut self, ctx: &XdpContext) -> Result<(), Outcome> {
         // Every header at once: one bounds check (the short frame's outcome apart).
-        let Some(start) = start_if_long(ctx, ETH_LEN + IPV6_LEN + UDP_LEN) else {
+        let Some(start) = region(ctx, 0, ETH_LEN + IPV6_LEN + UDP_LEN) else {
             return Err(short_v6_outcome(ctx));
         };
         // SAFETY (every `read` below): within the IPv6 and UDP headers, whose end the

@@ -9,7 +9,7 @@ use turn_common::maps::{NextHop, FAMILY_V4};
 
 use super::checksum::address_word;
 use super::{Route, IPPROTO_UDP, MAX_PREFIX_WORDS};
-use crate::packet::{bounds, start_if_long, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_OFFSET, UDP_LEN};
+use crate::packet::{bounds, region, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, MAX_OFFSET, UDP_LEN};
 
 /// Writes `values` (integers) one after the other from constant `offset`, bounds checked
 /// once ([`write`]).
@@ -19,7 +19,7 @@ pub(super) fn put<E: Copy, const N: usize>(
     offset: usize,
     values: [E; N],
 ) -> Result<(), Outcome> {
-    let start = start_if_long(ctx, offset + core::mem::size_of::<[E; N]>())
+    let start = region(ctx, 0, offset + core::mem::size_of::<[E; N]>())
         .ok_or(Outcome::PassMalformed)?;
     // SAFETY: inside the frame (checked just above).
     unsafe { write(start, offset, values) };
@@ -31,8 +31,7 @@ pub(super) fn put<E: Copy, const N: usize>(
 /// one volatile store of a whole array would go through a copy of it on the stack.
 ///
 /// # Safety
-/// `start` is from [`start_if_long`] for a length of at least `offset` plus the values'
-/// size.
+/// `start` is from [`region`] for a length of at least `offset` plus the values' size.
 #[inline(always)]
 unsafe fn write<E: Copy, const N: usize>(start: usize, offset: usize, values: [E; N]) {
     let first = (start + offset) as *mut E;
@@ -68,8 +67,8 @@ pub(super) fn write_headers(
     ];
     let v4 = route.family == FAMILY_V4;
     let ip_header_len = if v4 { IPV4_LEN } else { IPV6_LEN };
-    let start = start_if_long(ctx, ETH_LEN + ip_header_len + UDP_LEN)
-        .ok_or(Outcome::PassMalformed)?;
+    let start =
+        region(ctx, 0, ETH_LEN + ip_header_len + UDP_LEN).ok_or(Outcome::PassMalformed)?;
     // SAFETY (every `write`): within the three headers, whose end the frame reaches.
     unsafe {
         write(start, 0, macs);

@@ -114,12 +114,25 @@ pub const ROWS: &[Row] = &[
         Outcome::PassFragment,
     ),
     mangled("tcp_v4", On::V4, Mangle::Ipv4Tcp, Outcome::PassNotUdp),
+    // Shorter than UDP's headers: still told apart by the IP header.
+    mangled(
+        "tcp_ip_header_only_v4",
+        On::V4,
+        Mangle::Ipv4TcpIpHeaderOnly,
+        Outcome::PassNotUdp,
+    ),
     mangled("vlan_tagged", On::V4, Mangle::VlanTag, Outcome::PassNotIp),
     mangled("arp", On::V4, Mangle::Arp, Outcome::PassNotIp),
     mangled(
         "ipv6_extension_header_v6",
         On::V6,
         Mangle::Ipv6HopByHop,
+        Outcome::PassIpOptions,
+    ),
+    mangled(
+        "ipv6_extension_header_ip_header_only_v6",
+        On::V6,
+        Mangle::Ipv6HopByHopIpHeaderOnly,
         Outcome::PassIpOptions,
     ),
     // IPv4 without a UDP checksum (RFC 768) cannot go out over IPv6 as it is (RFC 8200

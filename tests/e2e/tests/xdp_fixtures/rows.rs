@@ -174,12 +174,18 @@ pub enum Mangle {
     Ipv4MoreFragments,
     /// IPv4 protocol TCP.
     Ipv4Tcp,
+    /// IPv4 protocol TCP, the frame cut after the IP header: shorter than the headers
+    /// of a UDP datagram, whose length the parse checks at once.
+    Ipv4TcpIpHeaderOnly,
     /// An 802.1Q tag (VLAN 5) before the EtherType.
     VlanTag,
     /// EtherType ARP with a zeroed ARP body.
     Arp,
     /// IPv6 next header hop-by-hop options.
     Ipv6HopByHop,
+    /// IPv6 next header hop-by-hop options, the frame cut after the IP header (as
+    /// [`Mangle::Ipv4TcpIpHeaderOnly`]).
+    Ipv6HopByHopIpHeaderOnly,
     /// The UDP checksum zeroed (forbidden over IPv6, RFC 8200 §8.1).
     ZeroUdpChecksum,
     /// The IPv4 header checksum off by one (the stack drops the frame; relaying it with

@@ -272,6 +272,10 @@ fn mangle(mut frame: Vec<u8>, mangle: Mangle) -> Vec<u8> {
         Mangle::Ipv4Options => frame[14] = 0x46,
         Mangle::Ipv4MoreFragments => frame[20] |= 0x20,
         Mangle::Ipv4Tcp => frame[23] = 6,
+        Mangle::Ipv4TcpIpHeaderOnly => {
+            frame[23] = 6;
+            frame.truncate(udp);
+        }
         Mangle::VlanTag => {
             frame.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
         }
@@ -281,6 +285,10 @@ fn mangle(mut frame: Vec<u8>, mangle: Mangle) -> Vec<u8> {
             frame.extend_from_slice(&[0u8; 28]);
         }
         Mangle::Ipv6HopByHop => frame[20] = 0,
+        Mangle::Ipv6HopByHopIpHeaderOnly => {
+            frame[20] = 0;
+            frame.truncate(udp);
+        }
         Mangle::ZeroUdpChecksum => frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]),
         Mangle::WrongIpv4HeaderChecksum => frame[25] ^= 1,
     }
