@@ -18,11 +18,11 @@
 //! general path at the same step. What this CPU's cache holds (ChannelData both ways, a
 //! client's Send indications, peers' datagrams as Data indications) takes the
 //! [`express`] path before the general path: the same decision in one function called
-//! first, the cache's only reader, whose parse the general path takes over for the
-//! frames it leaves; the general path fills the cache. A frame tries the client-side tables only when sent to
-//! a listener port, the peer-side ones only when sent to a relayed port ([`PortFilter`],
-//! an array lookup): so a peer's datagram that looks like ChannelData makes no lookup in
-//! the client's channels.
+//! first, the only one that looks frames up in the cache, whose parse the general path
+//! takes over for the frames it leaves; the general path fills the cache. A frame tries
+//! the client-side tables only when sent to a listener port, the peer-side ones only
+//! when sent to a relayed port ([`PortFilter`], an array lookup): so a peer's datagram
+//! that looks like ChannelData makes no lookup in the client's channels.
 #![no_std]
 // BPF_CMPXCHG for the bandwidth buckets (see `bandwidth`).
 #![feature(core_intrinsics)]

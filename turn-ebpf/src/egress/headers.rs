@@ -143,7 +143,9 @@ fn ipv6_header(packet: &Packet, route: &Route, udp_len: u16) -> [u32; 10] {
     ]
 }
 
-/// Writes the first `words` words of `prefix` (wire words) from constant `offset` on.
+/// Writes the first `words` words of `prefix` (wire words) from `offset` on. With
+/// [`MAX_PREFIX_WORDS`] words of frame there (a Data indication's 9 or 12 words and some
+/// data behind them), one bounds check covers them all; else each word is checked.
 #[inline(always)]
 pub(super) fn write_prefix(
     ctx: &XdpContext,
@@ -151,6 +153,16 @@ pub(super) fn write_prefix(
     prefix: &[u32; MAX_PREFIX_WORDS],
     words: usize,
 ) -> Result<(), Outcome> {
+    if let Some(start) = region(ctx, offset, 4 * MAX_PREFIX_WORDS) {
+        for (i, word) in prefix.iter().enumerate() {
+            if i >= words {
+                break;
+            }
+            // SAFETY: within the region's MAX_PREFIX_WORDS words.
+            unsafe { write(start, 4 * i, [*word]) };
+        }
+        return Ok(());
+    }
     for (i, word) in prefix.iter().enumerate() {
         if i >= words {
             break;
