@@ -64,12 +64,13 @@ pub fn channel_data_lean(
     packet: &mut Packet,
     verdict: &mut Result<Relayed, Outcome>,
 ) -> Lean {
-    // Before the client-side lookups, this one and `data_indication`'s.
-    let cache = cache_lookup(ctx, packet);
-    // No relayed address on this port: the lookup would miss.
+    // No relayed address on this port: this lookup would miss, and so would
+    // `data_indication`'s, which fills no slot then.
     if !is_relayed(packet) {
         return Lean::NotFound;
     }
+    // Before the client-side lookups, this one and `data_indication`'s.
+    let cache = cache_lookup(ctx, packet);
     let Some(entry) = PEER_CHANNELS.get_ptr_mut(channel_key(packet)) else {
         return Lean::NotFound;
     };

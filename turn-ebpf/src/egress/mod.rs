@@ -353,8 +353,10 @@ fn resolve(
     tos: u8,
     ip_total_len: u16,
 ) -> Result<(), Outcome> {
-    let generation = routing_generation();
-    let ingress = ctx.ingress_ifindex() as u32;
+    let Arrival {
+        routing_generation: generation,
+        ingress,
+    } = Arrival::of(ctx);
     if generation != 0
         && next_hop.generation == generation
         && next_hop.ingress_ifindex == ingress
@@ -382,8 +384,10 @@ fn look_up(
     tos: u8,
     ip_total_len: u16,
 ) -> Result<(), Outcome> {
-    let generation = routing_generation();
-    let ingress = ctx.ingress_ifindex() as u32;
+    let Arrival {
+        routing_generation: generation,
+        ingress,
+    } = Arrival::of(ctx);
     let params = FIB_PARAMS.get_ptr_mut(0).ok_or(Outcome::PassInternal)?;
     // SAFETY: this CPU's slot, used by nothing else while the program runs; all-zero is
     // a valid bpf_fib_lookup (integers and unions of them).
