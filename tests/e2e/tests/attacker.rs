@@ -525,7 +525,8 @@ fn attack(test: &str, xdp: Xdp) {
     }
     drop(daemon);
 
-    let [client_side, peer_side, loopback] = captures.map(Capture::stop);
+    let [client_side, peer_side, loopback] =
+        captures.map(|capture| capture.stop().or_fail("stopping a capture"));
     let read = |file: &Path| datagrams(file).or_fail("reading a capture");
     let (client_side, peer_side, loopback) =
         (read(&client_side), read(&peer_side), read(&loopback));

@@ -499,8 +499,8 @@ fn relayed_frames_carry_valid_checksums_and_are_all_accepted() {
         data_to_client += outcome.received;
         logs.push_str(&log);
     }
-    let client_file = client_capture.stop();
-    let peer_file = peer_capture.stop();
+    let client_file = client_capture.stop().or_fail("client capture");
+    let peer_file = peer_capture.stop().or_fail("peer capture");
 
     let from_turn_port = format!("udp.srcport == {TURN_PORT}");
     let from_relayed_addresses =

@@ -35,6 +35,8 @@ pub enum Direction {
 pub struct Capture {
     process: Background,
     file: PathBuf,
+    /// tcpdump's standard error: "listening on", then its counts once stopped.
+    log: PathBuf,
 }
 
 impl Capture {
@@ -50,10 +52,21 @@ impl Capture {
         let file = directory.join(format!("{name}.pcap"));
         let log = directory.join(format!("{name}.log"));
         let mut command = netns.command("tcpdump");
-        // A 16 MiB capture buffer, written out in blocks (the file is read only once
-        // tcpdump has stopped): bursts of relayed frames must not outrun the capture, or
-        // frames that were relayed look lost.
-        command.args(["-i", interface, "-n", "-B", "16384", "-s", "256"]);
+        // A 16 MiB capture buffer (the file is read only once tcpdump has stopped):
+        // bursts of relayed frames must not outrun the capture, or frames that were
+        // relayed look lost. Immediate mode: each frame is handed to tcpdump as it
+        // arrives, not in blocks the kernel hands over only when full or after a
+        // timeout, so that none is still in the kernel's ring when tcpdump stops.
+        command.args([
+            "-i",
+            interface,
+            "-n",
+            "-B",
+            "16384",
+            "-s",
+            "256",
+            "--immediate-mode",
+        ]);
         if direction == Direction::In {
             command.args(["-Q", "in"]);
         }
@@ -73,14 +86,33 @@ impl Capture {
             ensure!(Instant::now() < deadline, "tcpdump did not start listening");
             thread::sleep(Duration::from_millis(50));
         }
-        Ok(Capture { process, file })
+        Ok(Capture { process, file, log })
     }
 
-    /// Stops tcpdump and returns the capture file.
-    pub fn stop(mut self) -> PathBuf {
+    /// Stops tcpdump and returns the capture file; fails if tcpdump reports frames the
+    /// kernel dropped before it could read them (the file then lacks frames that went
+    /// by, and a count of them proves nothing).
+    pub fn stop(mut self) -> Result<PathBuf> {
         self.process.stop();
-        self.file.clone()
+        let log = fs::read_to_string(&self.log)
+            .with_context(|| format!("reading {}", self.log.display()))?;
+        let dropped = kernel_drops(&log).with_context(|| {
+            format!("tcpdump printed no counts in {}: {log}", self.log.display())
+        })?;
+        ensure!(
+            dropped == 0,
+            "tcpdump lost {dropped} frames (dropped by the kernel) writing {}: {log}",
+            self.file.display()
+        );
+        Ok(self.file.clone())
     }
+}
+
+/// The "N packets dropped by kernel" tcpdump prints when it stops.
+fn kernel_drops(log: &str) -> Option<u64> {
+    log.lines()
+        .find_map(|line| line.trim().strip_suffix(" packets dropped by kernel"))
+        .and_then(|count| count.trim().parse().ok())
 }
 
 /// One captured UDP datagram (not one quoted inside an ICMP error).
@@ -222,5 +254,13 @@ mod tests {
         );
         assert!(v6.bad_checksum);
         assert!(parse_fields("198.19.1.1|x").is_err());
+    }
+
+    #[test]
+    fn tcpdump_counts_give_the_kernel_drops() {
+        let log = "tcpdump: listening on eth0, link-type EN10MB (Ethernet), snapshot length 256 bytes\n\
+                   1204 packets captured\n1210 packets received by filter\n6 packets dropped by kernel\n";
+        assert_eq!(kernel_drops(log), Some(6));
+        assert_eq!(kernel_drops("tcpdump: listening on eth0\n"), None);
     }
 }
