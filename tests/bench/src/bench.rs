@@ -345,7 +345,10 @@ impl Bench {
             &self.certificate,
             relay_binary,
             work_dir,
-            threads,
+            servers::Tuning {
+                threads,
+                coalesce_us: self.plan.coalesce_us,
+            },
         )
     }
 
@@ -565,6 +568,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
         generator_threads: options.generator_threads,
         fixed_rate_pps: options.fixed_rate,
         relay_gro: options.relay_gro,
+        coalesce_us: options.coalesce_us,
         loss_threshold: LOSS_THRESHOLD,
         latency_rate_pps: None,
         baseline_latency: None,

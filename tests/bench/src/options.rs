@@ -59,6 +59,11 @@ pub struct RunOptions {
     /// message. Off by default, so runs compare with earlier ones.
     #[arg(long)]
     pub relay_gro: bool,
+    /// Run ours with `server.coalesce_us` at this many microseconds: each relay worker
+    /// waits that long after a wake-up before it reads its sockets. 0 (the daemon's
+    /// default): read at once.
+    #[arg(long, default_value_t = 0)]
+    pub coalesce_us: u32,
     /// Offered rates (pps, comma separated) of the per-core comparison: relay CPU per
     /// relayed packet with the relay and its NAPI kthreads pinned to one core (default
     /// 20000,40000).
@@ -84,6 +89,8 @@ pub struct Plan {
     pub request_test: Duration,
     pub generator_threads: usize,
     pub fixed_rate: Option<f64>,
+    /// `--coalesce-us`: ours' `server.coalesce_us`.
+    pub coalesce_us: u32,
 }
 
 impl Plan {
@@ -153,6 +160,7 @@ impl Plan {
             request_test: Duration::from_secs_f64(if options.quick { 1.0 } else { 3.0 }),
             generator_threads: options.generator_threads,
             fixed_rate: options.fixed_rate,
+            coalesce_us: options.coalesce_us,
         })
     }
 }

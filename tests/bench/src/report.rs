@@ -119,6 +119,13 @@ fn markdown(report: &BenchReport, plots: &[String]) -> String {
         report.loss_threshold * 100.0,
         report.started_unix
     );
+    if report.coalesce_us > 0 {
+        let _ = writeln!(
+            md,
+            "**Ours with `server.coalesce_us = {}`** (`--coalesce-us`): each relay worker waits that long after a wake-up before it reads its sockets (the daemon's default is 0).\n",
+            report.coalesce_us
+        );
+    }
     if let Some(per_core) = &report.per_core {
         per_core_section(per_core, &mut md);
         if report.servers.is_empty() {

@@ -118,6 +118,8 @@ pub struct BenchReport {
     pub fixed_rate_pps: Option<f64>,
     /// `--relay-gro`: GRO was on at the relay's veth ends.
     pub relay_gro: bool,
+    /// `--coalesce-us`: ours ran with `server.coalesce_us` at this value.
+    pub coalesce_us: u32,
     pub loss_threshold: f64,
     pub latency_rate_pps: Option<f64>,
     pub baseline_latency: Option<StepResult>,

@@ -63,6 +63,14 @@ pub enum Threads {
     One,
 }
 
+/// How a server is run beyond its kind: its relay threads, and ours' `server.coalesce_us`
+/// (`--coalesce-us`; 0: the daemon's default).
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    pub threads: Threads,
+    pub coalesce_us: u32,
+}
+
 /// A server process; stopped when dropped.
 pub enum RunningServer {
     Coturn { coturn: Coturn, log_path: PathBuf },
@@ -77,8 +85,12 @@ impl RunningServer {
         certificate: &TestCertificate,
         relay_binary: &Path,
         work_dir: &Path,
-        threads: Threads,
+        tuning: Tuning,
     ) -> Result<RunningServer> {
+        let Tuning {
+            threads,
+            coalesce_us,
+        } = tuning;
         let stem = match threads {
             Threads::PerCpu => kind.name().to_owned(),
             Threads::One => format!("{}-one-thread", kind.name()),
@@ -110,14 +122,11 @@ impl RunningServer {
                     },
                     ..Launch::default()
                 };
-                let daemon = Daemon::launch_with(
-                    &topology.relay,
-                    &our_config(kind, user).with_tls(certificate),
-                    relay_binary,
-                    files,
-                    &launch,
-                )
-                .with_context(|| format!("starting {}", kind.name()))?;
+                let mut config = our_config(kind, user).with_tls(certificate);
+                config.coalesce_us = (coalesce_us > 0).then_some(coalesce_us);
+                let daemon =
+                    Daemon::launch_with(&topology.relay, &config, relay_binary, files, &launch)
+                        .with_context(|| format!("starting {}", kind.name()))?;
                 RunningServer::Ours(daemon)
             }
         };

@@ -163,6 +163,23 @@ fn userspace_relay_with_xdp_off_is_lossless() {
     );
 }
 
+/// `server.coalesce_us`: each worker sleeps a millisecond after a wake-up before it reads
+/// its sockets; four clients' datagrams still all come back.
+#[test]
+fn userspace_relay_with_coalescing_is_lossless() {
+    let mut config = RelayConfig::new(Xdp::Off);
+    config.coalesce_us = Some(1_000);
+    relay_without_loss(
+        "userspace_relay_with_coalescing_is_lossless",
+        config,
+        Uclient {
+            clients: 4,
+            ..Uclient::new(password_credentials())
+        },
+        RelayedBy::Userspace,
+    );
+}
+
 #[test]
 fn ipv6_allocation_relays_without_loss() {
     relay_without_loss(

@@ -60,6 +60,8 @@ pub struct RelayConfig {
     pub max_allocations: Option<u32>,
     /// `[server] max_allocations_per_user`, 0 = unlimited (daemon default when None).
     pub max_allocations_per_user: Option<u32>,
+    /// `[server] coalesce_us` (daemon default, 0, when None).
+    pub coalesce_us: Option<u32>,
     /// `[peers] allow`: CIDRs the default deny does not apply to.
     pub allowed_peers: Vec<String>,
     /// `[limits]` keys and values (daemon defaults for the others).
@@ -167,6 +169,8 @@ struct Server<'a> {
     max_allocations: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_allocations_per_user: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coalesce_us: Option<u32>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     alternate_servers: &'a [SocketAddr],
     drain_exit: bool,
@@ -218,6 +222,7 @@ impl RelayConfig {
             channel_lifetime: None,
             max_allocations: None,
             max_allocations_per_user: None,
+            coalesce_us: None,
             allowed_peers: TEST_NETWORKS.map(str::to_owned).to_vec(),
             limits: BTreeMap::new(),
             placement: None,
@@ -339,6 +344,7 @@ impl RelayConfig {
                 channel_lifetime: self.channel_lifetime,
                 max_allocations: self.max_allocations,
                 max_allocations_per_user: self.max_allocations_per_user,
+                coalesce_us: self.coalesce_us,
                 alternate_servers: &self.alternate_servers,
                 drain_exit: self.drain_exit,
             },

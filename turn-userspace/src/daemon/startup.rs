@@ -120,10 +120,11 @@ pub async fn run(
         let hub = Arc::clone(&hub);
         let mut stop = stop_signal.clone();
         let ended = worker_ended.clone();
+        let coalesce = config.coalesce;
         let thread = std::thread::Builder::new()
             .name(format!("turn-worker-{index}"))
             .spawn(move || {
-                let result = run_worker(index, hub, sockets, inbox, async move {
+                let result = run_worker(index, hub, sockets, inbox, coalesce, async move {
                     // A closed channel means the daemon is gone: stop as well.
                     let _ = stop.wait_for(|stop| *stop).await;
                 });

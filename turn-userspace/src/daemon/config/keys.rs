@@ -83,6 +83,7 @@ pub(super) const KEYS: &[Key] = &[
     key("server", "max_allocations", Number, Restart),
     key("server", "max_allocations_per_user", Number, Restart),
     key("server", "threads", Number, Restart),
+    key("server", "coalesce_us", Number, Restart),
     key("server", "permission_lifetime", Number, Restart),
     key("server", "channel_lifetime", Number, Restart),
     key("server", "alternate_servers", TextList, Live),

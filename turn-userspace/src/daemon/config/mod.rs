@@ -122,6 +122,10 @@ pub struct Config {
     pub max_allocations_per_user: usize,
     /// Relay worker threads; 0 = one per CPU.
     pub threads: usize,
+    /// How long a relay worker waits after its sockets woke it before it reads them, so
+    /// that datagrams arriving meanwhile share the wake-up (interrupt coalescing, as a
+    /// NIC's `rx-usecs`); zero: none.
+    pub coalesce: Duration,
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
     /// Other relays a draining relay sends new allocations to (300 Try Alternate).

@@ -129,6 +129,9 @@ impl Config {
                 max_allocations: Some(number(self.max_allocations)),
                 max_allocations_per_user: Some(number(self.max_allocations_per_user)),
                 threads: Some(number(self.threads)),
+                coalesce_us: Some(spanless(
+                    u64::try_from(self.coalesce.as_micros()).unwrap_or(u64::MAX),
+                )),
                 permission_lifetime: Some(spanless(self.permission_lifetime.as_secs())),
                 channel_lifetime: Some(spanless(self.channel_lifetime.as_secs())),
                 alternate_servers: texts(&self.alternate_servers),

@@ -28,6 +28,9 @@ pub const MAX_LIFETIME_SECS: u64 = 86_400;
 pub const MAX_ALLOCATIONS: u64 = 1 << 22;
 /// The most relay worker threads (`server.threads`, `--threads`).
 pub const MAX_THREADS: u64 = 1024;
+/// The longest wait of a relay worker before it reads its sockets (`server.coalesce_us`):
+/// 10 ms, far above what is useful (the wait adds up to it to a relayed datagram's delay).
+pub const MAX_COALESCE_US: u64 = 10_000;
 /// The most permissions or channels one allocation may hold (`limits.max_*_per_allocation`):
 /// the XDP maps hold this many per allocation.
 pub const MAX_ENTRIES_PER_ALLOCATION: u64 = 256;
@@ -222,6 +225,13 @@ impl<'a> Validator<'a> {
             0..=MAX_THREADS,
             defaults::THREADS,
         )?;
+        let coalesce_default = u64::try_from(defaults::COALESCE.as_micros()).unwrap_or(0);
+        let coalesce = Duration::from_micros(self.number(
+            &server.coalesce_us,
+            "server.coalesce_us",
+            0..=MAX_COALESCE_US,
+            coalesce_default,
+        )?);
         // Independent of each other: a channel shorter than its permission simply stops
         // relaying earlier (ChannelData needs both alive).
         let permission_lifetime = self.seconds(
@@ -357,6 +367,7 @@ impl<'a> Validator<'a> {
             max_allocations,
             max_allocations_per_user,
             threads,
+            coalesce,
             permission_lifetime,
             channel_lifetime,
             alternate_servers,

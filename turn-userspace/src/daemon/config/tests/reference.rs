@@ -107,6 +107,7 @@ fn reference_config_shows_the_real_defaults() {
         "server.max_allocations",
         "server.default_lifetime",
         "server.threads",
+        "server.coalesce_us",
         "auth.nonce_lifetime",
         "metrics.listen",
         "log.format",

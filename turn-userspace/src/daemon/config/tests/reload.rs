@@ -91,6 +91,7 @@ fn every_live_key_is_applied_by_a_reload() {
                 "server.default_lifetime" | "server.max_lifetime" => "700",
                 "server.max_allocations" | "server.max_allocations_per_user" => "5",
                 "server.threads" => "4",
+                "server.coalesce_us" => "200",
                 "server.permission_lifetime" | "server.channel_lifetime" => "9",
                 "server.alternate_servers" => "[\"198.18.0.5\"]",
                 "server.drain_exit" => "true",

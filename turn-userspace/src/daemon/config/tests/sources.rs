@@ -35,6 +35,7 @@ fn every_key_has_an_environment_variable_that_overrides_it() {
                 "server.max_allocations" => "77",
                 "server.max_allocations_per_user" => "7",
                 "server.threads" => "2",
+                "server.coalesce_us" => "150",
                 "server.permission_lifetime" => "30",
                 "server.channel_lifetime" => "40",
                 "server.alternate_servers" => "198.18.0.2:3478,198.18.0.3:3478",
