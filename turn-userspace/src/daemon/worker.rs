@@ -45,8 +45,9 @@ type Failures = mpsc::UnboundedSender<anyhow::Error>;
 /// one that woke it instead of waking it again, and the kernel's receive path wakes
 /// nobody for them. At some tens of thousands of datagrams a second, a wake-up and its
 /// system calls cost more than the relaying itself, so the CPU per relayed datagram
-/// drops, at the price of up to `coalesce` more delay for each. A busy worker does not
-/// sleep in between: it wakes up only when it has gone idle.
+/// drops, at the price of up to `coalesce` more delay for each (and the sleep's overrun:
+/// the timer's slack, the wake-up). A busy worker does not sleep in between: it wakes up
+/// only when it has gone idle.
 pub(super) fn run_worker(
     index: usize,
     hub: Arc<Hub>,
