@@ -29,8 +29,8 @@ pub(super) fn limits() -> ServerLimits {
 
 /// Relay worker threads: 0 = one per CPU.
 pub(super) const THREADS: usize = 0;
-/// How long a relay worker waits after a wake-up before it reads its sockets: none.
-pub(super) const COALESCE: Duration = Duration::ZERO;
+/// Microseconds a relay worker waits after a wake-up before it reads its sockets: none.
+pub(super) const COALESCE_US: u64 = 0;
 /// How long a nonce stays fresh before requests get 438 Stale Nonce.
 pub(super) const NONCE_LIFETIME: Duration = Duration::from_secs(3600);
 /// RFC 8489 §9.2.1: announce PASSWORD-ALGORITHMS so RFC 8489 clients may use SHA-256.

@@ -225,12 +225,11 @@ impl<'a> Validator<'a> {
             0..=MAX_THREADS,
             defaults::THREADS,
         )?;
-        let coalesce_default = u64::try_from(defaults::COALESCE.as_micros()).unwrap_or(0);
         let coalesce = Duration::from_micros(self.number(
             &server.coalesce_us,
             "server.coalesce_us",
             0..=MAX_COALESCE_US,
-            coalesce_default,
+            defaults::COALESCE_US,
         )?);
         // Independent of each other: a channel shorter than its permission simply stops
         // relaying earlier (ChannelData needs both alive).
