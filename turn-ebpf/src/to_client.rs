@@ -3,7 +3,6 @@
 //! a permission exists (§11.4, §11.5), and sent from the listening address to the
 //! client. Without a valid permission it is dropped (§9, §11.4).
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::programs::XdpContext;
 use turn_common::counters::Outcome;
 use turn_common::maps::{
@@ -16,7 +15,7 @@ use turn_common::stun::{
 
 use crate::channel_cache::{self, Direction, Lookup, Tag};
 use crate::egress::{
-    self, forward, wire_word, Channel, LeanFraming, Job, Lean, Reframe, Route,
+    self, forward, wire_word, Channel, LeanFraming, Job, Lean, Reframe, Route, TransactionIds,
     MAX_PREFIX_WORDS,
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
@@ -268,7 +267,8 @@ fn relay_data_indication(
         pad,
         attributes_after: false,
     };
-    job.prefix_words = data_indication_prefix(packet, pad, &mut job.prefix);
+    job.prefix_words =
+        data_indication_prefix(packet, pad, &mut job.transaction_ids, &mut job.prefix);
     job.relayed = Outcome::RelayedDataIndicationToClient;
     let relayed = forward(ctx, packet, job, next_hop)?;
     add_traffic(slot, data_len, false);
@@ -290,7 +290,7 @@ pub fn data_indication_lean(
     let pad = (4 - data_len % 4) % 4;
     // The framing in per-CPU memory: 48 more bytes of stack would not fit the chain.
     let job = job().ok()?;
-    let words = data_indication_prefix(packet, pad, &mut job.prefix);
+    let words = data_indication_prefix(packet, pad, &mut job.transaction_ids, &mut job.prefix);
     let framing = LeanFraming::PrependDataIndication {
         prefix: &job.prefix,
         words,
@@ -301,13 +301,14 @@ pub fn data_indication_lean(
 
 /// Writes into `words` the Data indication's header and attributes in front of the data
 /// and returns how many words they take (9 for an IPv4 peer, 12 for IPv6): a fresh
-/// random transaction id (RFC 8489 §5: indications from the server get new ones too),
-/// XOR-PEER-ADDRESS of the sending peer, then the DATA attribute header; `pad` bytes of
-/// padding follow the data.
+/// random transaction id from `ids` (RFC 8489 §5: indications from the server get new
+/// ones too), XOR-PEER-ADDRESS of the sending peer, then the DATA attribute header;
+/// `pad` bytes of padding follow the data.
 #[inline(always)]
 fn data_indication_prefix(
     packet: &Packet,
     pad: usize,
+    ids: &mut TransactionIds,
     words: &mut [u32; MAX_PREFIX_WORDS],
 ) -> usize {
     let v4 = packet.family == FAMILY_V4;
@@ -316,9 +317,7 @@ fn data_indication_prefix(
     } else {
         DATA_INDICATION_V6_WORDS
     };
-    // SAFETY: helper without arguments.
-    let random = || unsafe { bpf_get_prandom_u32() };
-    let transaction = [random(), random(), random()];
+    let transaction = ids.next();
     let message_len = ((4 * len - HEADER_LEN) + packet.payload_len + pad) as u16;
     let cookie = wire_word(MAGIC_COOKIE);
     let two = |high: u16, low: u16| ((high as u32) << 16 | low as u32).to_be();
