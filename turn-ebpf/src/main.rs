@@ -40,7 +40,10 @@ mod to_peer;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_F_MMAPABLE},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_xdp_store_bytes},
+    helpers::{
+        bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        bpf_xdp_store_bytes,
+    },
     macros::{map, xdp},
     maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -95,6 +98,9 @@ pub static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 /// The relayed frame being built ([`egress::Job`]), per CPU, for the same reason.
 #[map]
 static JOB: PerCpuArray<egress::Job> = PerCpuArray::with_max_entries(1, 0);
+/// This CPU's random numbers ([`egress::Random`]), read through [`random_u64`].
+#[map]
+static RANDOM: PerCpuArray<egress::Random> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU `bpf_fib_lookup` parameters for a next-hop cache miss.
 #[map]
 static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
@@ -438,6 +444,21 @@ pub fn job() -> Result<&'static mut egress::Job, Outcome> {
     let job = JOB.get_ptr_mut(0).ok_or(Outcome::PassInternal)?;
     // SAFETY: this CPU's slot, used by nothing else while the program runs.
     Ok(unsafe { &mut *job })
+}
+
+/// The next 64 bits of this CPU's [`RANDOM`].
+#[inline(always)]
+pub fn random_u64() -> u64 {
+    match RANDOM.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, used by nothing else while the program runs.
+        Some(random) => unsafe { (*random).next_u64() },
+        // (A one-entry array always has this CPU's slot.)
+        None => {
+            // SAFETY: helper without arguments.
+            let random = || unsafe { bpf_get_prandom_u32() } as u64;
+            random() << 32 | random()
+        }
+    }
 }
 
 /// Whether the frame comes from a client with a fast-path allocation (same-family relay).

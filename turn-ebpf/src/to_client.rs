@@ -15,13 +15,13 @@ use turn_common::stun::{
 
 use crate::channel_cache::{self, Direction, Lookup, Tag};
 use crate::egress::{
-    self, forward, wire_word, Channel, LeanFraming, Job, Lean, Reframe, Route, TransactionIds,
+    self, forward, wire_word, Channel, LeanFraming, Job, Lean, Reframe, Route,
     MAX_PREFIX_WORDS,
 };
 use crate::packet::{address_bytes, address_words, Packet, Shape};
 use crate::{
-    add_traffic, is_client_flow, is_listening, is_relayed, job, now_ns, Relayed, PEER_CHANNELS,
-    PERMISSIONS, RELAYS,
+    add_traffic, is_client_flow, is_listening, is_relayed, job, now_ns, random_u64, Relayed,
+    PEER_CHANNELS, PERMISSIONS, RELAYS,
 };
 
 /// Data indication framing in front of the data, in words: STUN header (20 bytes),
@@ -267,8 +267,7 @@ fn relay_data_indication(
         pad,
         attributes_after: false,
     };
-    job.prefix_words =
-        data_indication_prefix(packet, pad, &mut job.transaction_ids, &mut job.prefix);
+    job.prefix_words = data_indication_prefix(packet, pad, &mut job.prefix);
     job.relayed = Outcome::RelayedDataIndicationToClient;
     let relayed = forward(ctx, packet, job, next_hop)?;
     add_traffic(slot, data_len, false);
@@ -290,7 +289,7 @@ pub fn data_indication_lean(
     let pad = (4 - data_len % 4) % 4;
     // The framing in per-CPU memory: 48 more bytes of stack would not fit the chain.
     let job = job().ok()?;
-    let words = data_indication_prefix(packet, pad, &mut job.transaction_ids, &mut job.prefix);
+    let words = data_indication_prefix(packet, pad, &mut job.prefix);
     let framing = LeanFraming::PrependDataIndication {
         prefix: &job.prefix,
         words,
@@ -301,14 +300,13 @@ pub fn data_indication_lean(
 
 /// Writes into `words` the Data indication's header and attributes in front of the data
 /// and returns how many words they take (9 for an IPv4 peer, 12 for IPv6): a fresh
-/// random transaction id from `ids` (RFC 8489 §5: indications from the server get new
-/// ones too), XOR-PEER-ADDRESS of the sending peer, then the DATA attribute header;
+/// random transaction id ([`random_u64`]; RFC 8489 §5: indications from the server get
+/// new ones too), XOR-PEER-ADDRESS of the sending peer, then the DATA attribute header;
 /// `pad` bytes of padding follow the data.
 #[inline(always)]
 fn data_indication_prefix(
     packet: &Packet,
     pad: usize,
-    ids: &mut TransactionIds,
     words: &mut [u32; MAX_PREFIX_WORDS],
 ) -> usize {
     let v4 = packet.family == FAMILY_V4;
@@ -317,7 +315,8 @@ fn data_indication_prefix(
     } else {
         DATA_INDICATION_V6_WORDS
     };
-    let transaction = ids.next();
+    let (first, second) = (random_u64(), random_u64());
+    let transaction = [first as u32, (first >> 32) as u32, second as u32];
     let message_len = ((4 * len - HEADER_LEN) + packet.payload_len + pad) as u16;
     let cookie = wire_word(MAGIC_COOKIE);
     let two = |high: u16, low: u16| ((high as u32) << 16 | low as u32).to_be();

@@ -48,7 +48,9 @@ const EXCEEDED_LIMIT: u64 = 1;
 /// ns per packet of `turn_xdp` for each path next to the pass-only program `xdp_pass`,
 /// as BPF_PROG_TEST_RUN times them. Names: `baseline_pass`, `<path>_v4` / `<path>_v6`
 /// for the relay paths (`send_fingerprint_to_peer_*`: a Send indication with
-/// FINGERPRINT, whose CRC-32 the program verifies), `pass_unknown_flow` and
+/// FINGERPRINT, whose CRC-32 the program verifies; `channel_data_to_peer_no_df_v4`:
+/// ChannelData in a datagram without DF, which gets a random identification),
+/// `pass_unknown_flow` and
 /// `drop_no_permission`: the median of up to [`MAX_RUNS`] single runs each
 /// ([`Testbed::time`]), which includes the kernel's per-run timer overhead, so subtract
 /// `baseline_pass` for the program's own cost. `baseline_pass_repeated`,
@@ -253,6 +255,24 @@ fn relay_frames(
             Ingress::PeerSide,
         ));
         if suffix == "v4" {
+            // As Windows and macOS clients send: the relayed datagram gets a random
+            // IPv4 identification (RFC 8656 §14, RFC 6864).
+            let mut may_fragment = Ip::new(flow.client.ip(), flow.listener.ip());
+            may_fragment.dont_fragment = false;
+            frames.push((
+                "channel_data_to_peer_no_df_v4".into(),
+                UdpFrame {
+                    src_mac: CLIENT_MAC,
+                    dst_mac: CLIENT_SIDE_MAC,
+                    ip: may_fragment,
+                    src_port: flow.client.port(),
+                    dst_port: flow.listener.port(),
+                    payload: &channel_data(CHANNEL, &data),
+                    checksum: UdpChecksum::Compute,
+                }
+                .build(),
+                Ingress::ClientSide,
+            ));
             let stranger = SocketAddr::new(IpAddr::V4(CLIENT_V4), 9);
             frames.push((
                 "drop_no_permission".into(),

@@ -1,7 +1,6 @@
 //! Writing the relayed frame's headers (Ethernet, IPv4 or IPv6, UDP) and its TURN framing
 //! at constant offsets from the frame's (moved) start.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
 use aya_ebpf::programs::XdpContext;
 use turn_common::checksum::Delta;
 use turn_common::counters::Outcome;
@@ -44,6 +43,8 @@ unsafe fn write<E: Copy, const N: usize>(start: usize, offset: usize, values: [E
 /// Writes the relayed frame's Ethernet header (`next_hop`'s MAC addresses), IP header
 /// (of `route`'s family, [`ipv4_header`] or [`ipv6_header`]) and UDP header at the
 /// frame's (moved) start, with one bounds check; returns where the UDP payload starts.
+/// `identification`: the IPv4 header's when the frame may be fragmented ([`ipv4_header`]),
+/// random.
 #[inline(always)]
 pub(super) fn write_headers(
     ctx: &XdpContext,
@@ -52,6 +53,7 @@ pub(super) fn write_headers(
     route: &Route,
     udp_len: u16,
     udp_checksum: u16,
+    identification: u16,
 ) -> Result<usize, Outcome> {
     // Read as words: a copy of the bytes from the map value into the frame would become
     // a `memmove` call.
@@ -74,7 +76,11 @@ pub(super) fn write_headers(
         write(start, 0, macs);
         if v4 {
             write(start, 12, [0x0800u16.to_be()]);
-            write(start, ETH_LEN, ipv4_header(packet, route, udp_len));
+            write(
+                start,
+                ETH_LEN,
+                ipv4_header(packet, route, udp_len, identification),
+            );
         } else {
             write(start, 12, [0x86DDu16.to_be()]);
             write(start, ETH_LEN, ipv6_header(packet, route, udp_len));
@@ -87,15 +93,15 @@ pub(super) fn write_headers(
 /// The IPv4 header of the relayed frame (RFC 8656 §14, preferred behaviour), as wire
 /// words: TOS and DF kept (DF set from IPv6, RFC 7915 §5.1), TTL − 1, and the relay's
 /// own identification, never the client's: 0 with DF set (an atomic datagram, never
-/// reassembled: RFC 6864 §4.2 lets the source use any value), else a random one.
+/// reassembled: RFC 6864 §4.2 lets the source use any value), else `identification`, a
+/// random one.
 #[inline(always)]
-fn ipv4_header(packet: &Packet, route: &Route, udp_len: u16) -> [u32; 5] {
+fn ipv4_header(packet: &Packet, route: &Route, udp_len: u16, identification: u16) -> [u32; 5] {
     let total_len = IPV4_LEN as u32 + udp_len as u32;
     let (identification, flags) = if packet.dont_fragment {
         (0, 0x4000)
     } else {
-        // SAFETY: helper without arguments.
-        (unsafe { bpf_get_prandom_u32() } & 0xFFFF, 0)
+        (identification as u32, 0)
     };
     let words = [
         0x4500_0000 | (packet.tos as u32) << 16 | total_len,

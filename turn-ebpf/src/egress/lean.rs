@@ -10,7 +10,10 @@ use turn_common::stun::CHANNEL_DATA_HEADER_LEN;
 
 use super::checksum::{add_prefix, framing_delta, length_delta};
 use super::headers::{put, write_headers, write_prefix, write_zeros};
-use super::{Arrival, Channel, Reframe, Route, MAX_PADDING, MAX_PREFIX_WORDS, MAX_STRIPPED};
+use super::{
+    fragmentable_identification, Arrival, Channel, Reframe, Route, MAX_PADDING,
+    MAX_PREFIX_WORDS, MAX_STRIPPED,
+};
 use crate::packet::{Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN};
 use crate::{add_traffic, bandwidth, Relayed, EGRESS};
 
@@ -220,7 +223,15 @@ fn write_lean(
     udp_checksum: u16,
     framing: LeanFraming,
 ) -> Result<(), Outcome> {
-    let payload = write_headers(ctx, next_hop, packet, route, udp_len as u16, udp_checksum)?;
+    let payload = write_headers(
+        ctx,
+        next_hop,
+        packet,
+        route,
+        udp_len as u16,
+        udp_checksum,
+        fragmentable_identification(packet),
+    )?;
     match framing {
         LeanFraming::PrependChannelData(header) => put(ctx, payload, [header]),
         LeanFraming::PrependDataIndication { prefix, words, .. } => {

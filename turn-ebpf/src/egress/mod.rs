@@ -35,7 +35,7 @@ use checksum::udp_checksum;
 use headers::{write_headers, write_prefix, write_zeros};
 
 use crate::packet::{Address, Packet, ETH_LEN, IPV4_LEN, IPV6_LEN, UDP_LEN};
-use crate::{bandwidth, routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
+use crate::{bandwidth, random_u64, routing_generation, zeroed, Relayed, EGRESS, FIB_PARAMS};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -95,48 +95,48 @@ pub struct Job {
     pub relayed: Outcome,
     /// The allocation's slot: its traffic counters and bandwidth limit.
     pub slot: u32,
-    /// This CPU's source of Data indications' transaction ids, kept from frame to frame
-    /// (the rest of the job is per frame): here, in a line a Data indication touches anyway.
-    pub transaction_ids: TransactionIds,
 }
 
-/// A generator of STUN transaction ids (RFC 8489 §5) for the Data indications this CPU
-/// builds: SplitMix64, seeded from `bpf_get_prandom_u32` on first use. Each id costs a
-/// few multiplications where three helper calls (each with its return through the
-/// SRSO thunk on this project's AMD hosts) cost 30–40 ns. Its ids are uniformly
-/// distributed and, like the kernel's prandom that seeds it, not cryptographic: an
-/// indication's id correlates nothing (no response comes back), so no one gains by
-/// predicting it.
-pub struct TransactionIds {
+/// The random numbers of the frames this CPU builds ([`crate::RANDOM`]): Data
+/// indications' transaction ids (RFC 8489 §5) and the IPv4 identification of relayed
+/// datagrams that may be fragmented (RFC 6864 §4.2). SplitMix64, seeded from
+/// `bpf_get_prandom_u32` on first use: a few multiplications where a helper call (with
+/// its return through the SRSO thunk on this project's AMD hosts) costs some 25 ns.
+/// Uniformly distributed and not cryptographic, as the kernel's prandom, which both
+/// came from before, is not either.
+pub struct Random {
     /// 0: not seeded yet.
     state: u64,
 }
 
-impl TransactionIds {
+impl Random {
     /// SplitMix64's increment (the golden ratio in 64 bits).
     const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
-    /// The next transaction id, as three wire words.
+    /// The next 64 random bits.
     #[inline(always)]
-    pub fn next(&mut self) -> [u32; 3] {
+    pub fn next_u64(&mut self) -> u64 {
         if self.state == 0 {
             // SAFETY: helper without arguments.
-            let random = || unsafe { bpf_get_prandom_u32() } as u64;
-            self.state = random() << 32 | random() | 1;
+            let seed = || unsafe { bpf_get_prandom_u32() } as u64;
+            self.state = seed() << 32 | seed() | 1;
         }
-        let first = self.step();
-        let second = self.step();
-        [first as u32, (first >> 32) as u32, second as u32]
-    }
-
-    /// One SplitMix64 output.
-    #[inline(always)]
-    fn step(&mut self) -> u64 {
         self.state = self.state.wrapping_add(Self::GAMMA);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+}
+
+/// The IPv4 identification of the relayed datagram when it may be fragmented (DF clear,
+/// [`headers::write_headers`]): a random one ([`random_u64`]); 0 when unused.
+#[inline(always)]
+pub fn fragmentable_identification(packet: &Packet) -> u16 {
+    if packet.dont_fragment {
+        0
+    } else {
+        random_u64() as u16
     }
 }
 
@@ -376,6 +376,7 @@ fn rewrite(
         &job.route,
         udp_len as u16,
         udp_checksum,
+        fragmentable_identification(packet),
     )?;
     write_prefix(ctx, payload, &job.prefix, job.prefix_words)?;
     if reframe.pad > 0 {
