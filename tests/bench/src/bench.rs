@@ -338,6 +338,21 @@ impl Bench {
         work_dir: &std::path::Path,
         threads: servers::Threads,
     ) -> Result<RunningServer> {
+        let tuning = servers::Tuning {
+            threads,
+            coalesce_us: self.plan.coalesce_us,
+        };
+        self.start_server_tuned(kind, relay_binary, work_dir, tuning)
+    }
+
+    /// [`Bench::start_server`] with ours' `server.coalesce_us` as `tuning` has it.
+    pub fn start_server_tuned(
+        &self,
+        kind: ServerKind,
+        relay_binary: &std::path::Path,
+        work_dir: &std::path::Path,
+        tuning: servers::Tuning,
+    ) -> Result<RunningServer> {
         RunningServer::start(
             kind,
             &self.lab.topology,
@@ -345,10 +360,7 @@ impl Bench {
             &self.certificate,
             relay_binary,
             work_dir,
-            servers::Tuning {
-                threads,
-                coalesce_us: self.plan.coalesce_us,
-            },
+            tuning,
         )
     }
 

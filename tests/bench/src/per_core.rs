@@ -59,7 +59,7 @@ use crate::pinning::{
     RelayCoreCleared,
 };
 use crate::results::{MaxRate, Scenario, ScenarioResult};
-use crate::servers::{ServerKind, Threads};
+use crate::servers::{ServerKind, Threads, Tuning};
 use crate::stream_load::ClientTransport;
 
 /// The core the relay (process and NAPI kthreads) runs on.
@@ -243,6 +243,23 @@ pub struct PerCorePlan<'a> {
     pub kernel_speed_modes: &'a [RelayMode],
 }
 
+/// ours-userspace's `server.coalesce_us` in its second run, [`coalesced_name`]: the
+/// value the README's measurements of the option settled on.
+pub const COALESCED_US: u32 = 400;
+
+/// The rows' name of ours-userspace run with [`COALESCED_US`].
+pub fn coalesced_name() -> String {
+    format!("ours-userspace, coalesce_us {COALESCED_US}")
+}
+
+/// A server as the comparison runs it: its kind, its name in the rows, and ours'
+/// `server.coalesce_us`.
+struct Variant {
+    kind: ServerKind,
+    name: String,
+    coalesce_us: u32,
+}
+
 /// `packets` per run (0 runs: all of them in one).
 fn per_run(packets: u64, runs: u64) -> f64 {
     packets as f64 / runs.max(1) as f64
@@ -316,11 +333,38 @@ impl Bench {
                 bail!("interrupted");
             }
             eprintln!("turn-bench: per-core: {} (one relay thread)", kind.name());
+            let variant = Variant {
+                kind,
+                name: kind.name().to_owned(),
+                coalesce_us: self.plan.coalesce_us,
+            };
             if let Err(error) =
-                self.per_core_server(kind, plan, &mut injector, relay_binary, work_dir, report)
+                self.per_core_server(&variant, plan, &mut injector, relay_binary, work_dir, report)
             {
                 eprintln!("turn-bench: per-core: {}: {error:#}", kind.name());
                 report.errors.push(format!("{}: {error:#}", kind.name()));
+            }
+        }
+        // The userspace relay once more with its wake-ups coalesced (off by default), unless
+        // the run already sets that for ours: what the option buys, in every run.
+        if kinds.contains(&ServerKind::OursUserspace) && self.plan.coalesce_us == 0 {
+            let variant = Variant {
+                kind: ServerKind::OursUserspace,
+                name: coalesced_name(),
+                coalesce_us: COALESCED_US,
+            };
+            eprintln!("turn-bench: per-core: {} (one relay thread)", variant.name);
+            // Its socket and live-frame rows only: the kernel-speed search is the
+            // default's.
+            let plan = PerCorePlan {
+                kernel_speed_modes: &[],
+                ..plan
+            };
+            if let Err(error) =
+                self.per_core_server(&variant, plan, &mut injector, relay_binary, work_dir, report)
+            {
+                eprintln!("turn-bench: per-core: {}: {error:#}", variant.name);
+                report.errors.push(format!("{}: {error:#}", variant.name));
             }
         }
         if kinds.contains(&ServerKind::OursXdp) {
@@ -369,7 +413,7 @@ impl Bench {
 
     fn per_core_server(
         &mut self,
-        kind: ServerKind,
+        variant: &Variant,
         plan: PerCorePlan<'_>,
         injector: &mut FrameInjector,
         relay_binary: &std::path::Path,
@@ -377,7 +421,12 @@ impl Bench {
         report: &mut PerCoreReport,
     ) -> Result<()> {
         // Stopped when dropped, at the end.
-        let running = self.start_server(kind, relay_binary, work_dir, Threads::One)?;
+        let kind = variant.kind;
+        let tuning = Tuning {
+            threads: Threads::One,
+            coalesce_us: variant.coalesce_us,
+        };
+        let running = self.start_server_tuned(kind, relay_binary, work_dir, tuning)?;
         // After the server attached its XDP program (if any), so the kthreads are current.
         let napi = threaded_napi(
             &self.lab.topology.relay,
@@ -387,7 +436,12 @@ impl Bench {
         .context("the relay's client-side veth end")?;
         let pid = running.pid();
         pin_process(pid, RELAY_CPU)?;
-        let server = Measured { kind, pid, napi };
+        let server = Measured {
+            kind,
+            name: variant.name.clone(),
+            pid,
+            napi,
+        };
         for mode in [RelayMode::ChannelData, RelayMode::SendIndication] {
             let flows = self.open_flows(FLOWS, 4)?;
             let measured = self.per_core_mode(&server, &flows, mode, plan, injector, report);
@@ -437,7 +491,7 @@ impl Bench {
             if plan.kernel_speed_modes.contains(&mode) {
                 let result = self.kernel_speed(server, flows, mode, injector)?;
                 report.kernel_speed.push(KernelSpeedRow {
-                    server: server.kind.name().to_owned(),
+                    server: server.name.clone(),
                     result,
                 });
             }
@@ -472,7 +526,7 @@ impl Bench {
         mode: RelayMode,
         injector: &mut FrameInjector,
     ) -> Result<ScenarioResult> {
-        let name = server.kind.name();
+        let name = server.name.as_str();
         eprintln!(
             "turn-bench: per-core: {name} {}: kernel speed",
             mode.label()
@@ -519,7 +573,7 @@ impl Bench {
     ) -> Result<(StepResult, cpu::RunTime, cpu::RunTime)> {
         let (pid, napi) = (server.pid, &server.napi);
         let (step, (process, napi_time)) =
-            self.least_disturbed(server.kind.name(), &|| server.threads(), &mut |bench| {
+            self.least_disturbed(&server.name, &|| server.threads(), &mut |bench| {
                 let (process_before, napi_before) =
                     (cpu::process_run_time(pid)?, threads_run_time(napi));
                 let step = bench.measure_live(injector, flows, mode, PAYLOAD_LEN, rate)?;
@@ -591,7 +645,7 @@ impl Bench {
             }
             Generator::LiveFrames => self.live_step(server, flows, mode, Some(rate), injector)?,
         };
-        let name = server.kind.name();
+        let name = server.name.as_str();
         ensure!(
             step.received >= 1000,
             "{name} relayed only {} of {} {} packets at {rate} pps ({})",
@@ -761,6 +815,9 @@ fn highest_lossless_rate(search: &ScenarioResult) -> MaxRate {
 /// end.
 pub(crate) struct Measured {
     pub(crate) kind: ServerKind,
+    /// Its name in the rows: the kind's, or [`coalesced_name`] for ours-userspace with
+    /// [`COALESCED_US`].
+    pub(crate) name: String,
     pid: u32,
     napi: Vec<u32>,
 }

@@ -91,10 +91,13 @@ impl RunningServer {
             threads,
             coalesce_us,
         } = tuning;
-        let stem = match threads {
+        let mut stem = match threads {
             Threads::PerCpu => kind.name().to_owned(),
             Threads::One => format!("{}-one-thread", kind.name()),
         };
+        if coalesce_us > 0 && kind != ServerKind::Coturn {
+            stem.push_str(&format!("-coalesce-{coalesce_us}"));
+        }
         let log_path = work_dir.join(format!("{stem}.log"));
         let server = match kind {
             ServerKind::Coturn => {

@@ -19,7 +19,7 @@ fn per_core_target(server: &str, generator: Generator) -> Option<f64> {
     match (server, generator) {
         ("ours-xdp", Generator::Sockets) => Some(0.2),
         ("ours-xdp", Generator::LiveFrames) => Some(0.1),
-        ("ours-userspace", _) => Some(0.5),
+        (name, _) if name.starts_with("ours-userspace") => Some(0.5),
         _ => None,
     }
 }
@@ -47,7 +47,10 @@ pub(super) fn per_core_section(per_core: &PerCoreReport, md: &mut String) {
          *live frames* injects prebuilt frames with BPF_PROG_TEST_RUN in live-frames mode (an XDP_TX program on the \
          client's veth end, as xdp-trafficgen), so they reach it as XDP frames, as from a NIC driver (counted at the \
          peer's veth end, which drops them). Targets: ours-xdp ≤ 0.20× coturn with skbs, ≤ 0.10× with XDP frames; \
-         ours-userspace ≤ 0.50× with both. Ratios compare rows of the same load, generator and rate.\n",
+         ours-userspace ≤ 0.50× with both. Ratios compare rows of the same load, generator and rate. \
+         *ours-userspace, coalesce_us N* (in runs of ours at the defaults): ours-userspace once more, with \
+         `server.coalesce_us = N` (off by default): its worker waits N µs after each wake-up before it \
+         reads, so that more datagrams share the wake-up, at the price of that much added delay.\n",
         per_core::FLOWS,
         per_core::PAYLOAD_LEN,
         per_core.step_seconds,
