@@ -330,23 +330,9 @@ impl Bench {
         results
     }
 
-    /// Starts `kind` on the lab's topology with the bench's user and certificate.
+    /// Starts `kind` on the lab's topology with the bench's user and certificate, run as
+    /// `tuning` says.
     pub fn start_server(
-        &self,
-        kind: ServerKind,
-        relay_binary: &std::path::Path,
-        work_dir: &std::path::Path,
-        threads: servers::Threads,
-    ) -> Result<RunningServer> {
-        let tuning = servers::Tuning {
-            threads,
-            coalesce_us: self.plan.coalesce_us,
-        };
-        self.start_server_tuned(kind, relay_binary, work_dir, tuning)
-    }
-
-    /// [`Bench::start_server`] with ours' `server.coalesce_us` as `tuning` has it.
-    pub fn start_server_tuned(
         &self,
         kind: ServerKind,
         relay_binary: &std::path::Path,
@@ -372,7 +358,11 @@ impl Bench {
         latency_rate: Option<f64>,
         results: &mut ServerResults,
     ) -> Result<()> {
-        let server = self.start_server(kind, relay_binary, work_dir, servers::Threads::PerCpu)?;
+        let tuning = servers::Tuning {
+            threads: servers::Threads::PerCpu,
+            coalesce_us: self.plan.coalesce_us,
+        };
+        let server = self.start_server(kind, relay_binary, work_dir, tuning)?;
         let pid = server.pid();
         results.status = server.status();
         eprintln!("turn-bench: {}: Binding requests/s", kind.name());

@@ -175,7 +175,7 @@ pub struct TimedStep {
     pub relayed_pps: f64,
     pub loss_ratio: f64,
     /// The machine took one of the pinned cores during every try
-    /// ([`crate::per_core::Disturbance`]).
+    /// ([`crate::disturbance::Disturbance`]).
     pub disturbed: bool,
     pub runs: Runs,
 }

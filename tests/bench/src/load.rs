@@ -503,8 +503,8 @@ pub struct StepResult {
     /// it in time. The relay's loss (counted in `loss_ratio`), shown apart.
     pub relay_ring_full: u64,
     /// Live-frames steps on the pinned cores: CPU time the machine took from the relay's
-    /// or the load's core during the step (see [`crate::per_core::Disturbance`]).
-    pub disturbance: Option<crate::per_core::Disturbance>,
+    /// or the load's core during the step (see [`crate::disturbance::Disturbance`]).
+    pub disturbance: Option<crate::disturbance::Disturbance>,
     pub one_way_latency: Option<Percentiles>,
     pub round_trip: Option<Percentiles>,
     pub cpu: Option<crate::cpu::CpuCost>,

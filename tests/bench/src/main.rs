@@ -26,6 +26,7 @@
 mod bench;
 mod control;
 mod cpu;
+mod disturbance;
 mod kernel_mode;
 mod live_cost;
 mod load;

@@ -10,7 +10,7 @@
 //!   the sink and the peer's NAPI kthreads on [`LOAD_CPU`], the latter SCHED_FIFO so that
 //!   the sink keeps up ([`Bench::peer_end`]);
 //! - a live-frames step during which the hypervisor or other tasks took one of the two
-//!   cores is tried again ([`Disturbance`], [`LIVE_TRIES`]);
+//!   cores is tried again ([`crate::disturbance::Disturbance`], [`LIVE_TRIES`]);
 //! - each server runs with one relay thread (coturn `--relay-threads=1`, ours
 //!   `--threads 1`) at the same fixed offered rates;
 //! - relay CPU = the server process's CPU time + its NAPI kthreads' CPU time (scheduler
@@ -51,12 +51,12 @@ use turn_testkit::xdp::{FrameInjector, StubAction, StubXdp};
 use crate::bench::{Bench, LOSS_THRESHOLD};
 use crate::control::{self, Flow};
 use crate::cpu;
+use crate::disturbance::CpuClocks;
 use crate::kernel_mode::PathCounters;
 use crate::live_cost::{self, LiveCostByRate};
 use crate::load::{self, RelayMode, StepResult};
 use crate::pinning::{
-    all_threads, may_run_on, pin_process, real_time, threaded_napi, threads_run_time, LoadPinned,
-    RelayCoreCleared,
+    pin_process, real_time, threaded_napi, threads_run_time, LoadPinned, RelayCoreCleared,
 };
 use crate::results::{MaxRate, Scenario, ScenarioResult};
 use crate::servers::{ServerKind, Threads, Tuning};
@@ -84,13 +84,6 @@ const KERNEL_SPEED_SEARCH_STEPS: usize = 7;
 const SINK_PRIORITY: i32 = 50;
 /// Tries of a live-frames step at most: one, and more while the machine disturbed it.
 pub const LIVE_TRIES: usize = 3;
-/// A step is disturbed when the hypervisor took at least this much from the relay's or
-/// the load's core (steal time; /proc/stat counts it in 10 ms ticks)…
-pub const STEAL_LIMIT_MS: u64 = 20;
-/// …or other tasks that may run on the relay's core (every task not pinned elsewhere,
-/// less the server and its NAPI kthreads) ran this much in all (an upper bound of what
-/// they took from it).
-pub const FOREIGN_LIMIT_MS: i64 = 20;
 
 /// How the load reaches the relay's veth end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -338,9 +331,14 @@ impl Bench {
                 name: kind.name().to_owned(),
                 coalesce_us: self.plan.coalesce_us,
             };
-            if let Err(error) =
-                self.per_core_server(&variant, plan, &mut injector, relay_binary, work_dir, report)
-            {
+            if let Err(error) = self.per_core_server(
+                &variant,
+                plan,
+                &mut injector,
+                relay_binary,
+                work_dir,
+                report,
+            ) {
                 eprintln!("turn-bench: per-core: {}: {error:#}", kind.name());
                 report.errors.push(format!("{}: {error:#}", kind.name()));
             }
@@ -360,9 +358,14 @@ impl Bench {
                 kernel_speed_modes: &[],
                 ..plan
             };
-            if let Err(error) =
-                self.per_core_server(&variant, plan, &mut injector, relay_binary, work_dir, report)
-            {
+            if let Err(error) = self.per_core_server(
+                &variant,
+                plan,
+                &mut injector,
+                relay_binary,
+                work_dir,
+                report,
+            ) {
                 eprintln!("turn-bench: per-core: {}: {error:#}", variant.name);
                 report.errors.push(format!("{}: {error:#}", variant.name));
             }
@@ -426,7 +429,7 @@ impl Bench {
             threads: Threads::One,
             coalesce_us: variant.coalesce_us,
         };
-        let running = self.start_server_tuned(kind, relay_binary, work_dir, tuning)?;
+        let running = self.start_server(kind, relay_binary, work_dir, tuning)?;
         // After the server attached its XDP program (if any), so the kthreads are current.
         let napi = threaded_napi(
             &self.lab.topology.relay,
@@ -828,130 +831,5 @@ impl Measured {
         let mut own = cpu::threads(self.pid)?;
         own.extend(&self.napi);
         Ok(own)
-    }
-}
-
-/// CPU time the machine took from the pinned cores during a step: the hypervisor's
-/// (steal) on the load's and the relay's core, and other tasks' on the relay's core.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Disturbance {
-    pub steal_ms_load_cpu: u64,
-    pub steal_ms_relay_cpu: u64,
-    /// Run time of the other tasks that may run on the relay's core (an upper bound of
-    /// what they took from it).
-    pub foreign_ms_relay_cpu: i64,
-}
-
-impl Disturbance {
-    pub fn disturbed(&self) -> bool {
-        self.steal_ms_load_cpu >= STEAL_LIMIT_MS
-            || self.steal_ms_relay_cpu >= STEAL_LIMIT_MS
-            || self.foreign_ms_relay_cpu >= FOREIGN_LIMIT_MS
-    }
-
-    /// How disturbed, to keep the least disturbed try (ms).
-    fn weight(&self) -> u64 {
-        self.steal_ms_load_cpu + self.steal_ms_relay_cpu + self.foreign_ms_relay_cpu.max(0) as u64
-    }
-
-    pub fn describe(&self) -> String {
-        format!(
-            "steal {} ms on CPU {LOAD_CPU}, {} ms on CPU {RELAY_CPU}; other tasks {} ms on CPU {RELAY_CPU}",
-            self.steal_ms_load_cpu, self.steal_ms_relay_cpu, self.foreign_ms_relay_cpu
-        )
-    }
-}
-
-/// Steal time (ms, /proc/stat) of the pinned cores, and the run time of the tasks that
-/// may run on the relay's core other than the relay's own.
-#[derive(Clone, Copy, Debug)]
-struct CpuClocks {
-    steal_load: u64,
-    steal_relay: u64,
-    /// ns.
-    foreign: u64,
-}
-
-impl CpuClocks {
-    /// `own`: the server's threads and its NAPI kthreads.
-    fn take(own: &[u32]) -> Result<CpuClocks> {
-        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        Ok(CpuClocks {
-            steal_load: steal_ms(&stat, LOAD_CPU)?,
-            steal_relay: steal_ms(&stat, RELAY_CPU)?,
-            foreign: foreign_run_time(own),
-        })
-    }
-
-    fn disturbance_since(&self, before: &CpuClocks) -> Disturbance {
-        Disturbance {
-            steal_ms_load_cpu: self.steal_load.saturating_sub(before.steal_load),
-            steal_ms_relay_cpu: self.steal_relay.saturating_sub(before.steal_relay),
-            foreign_ms_relay_cpu: (self.foreign.saturating_sub(before.foreign) / 1_000_000) as i64,
-        }
-    }
-}
-
-/// The run time (ns) of every task allowed on [`RELAY_CPU`] except `own`; a task that
-/// starts or ends between two readings is missed or counted whole (kthreads and
-/// short-lived processes: the bound is rough, not exact).
-fn foreign_run_time(own: &[u32]) -> u64 {
-    all_threads()
-        .into_iter()
-        .filter(|tid| !own.contains(tid) && may_run_on(*tid, RELAY_CPU))
-        .map(|tid| cpu::task_run_time(tid).map_or(0, |run| run.ns))
-        .sum()
-}
-
-/// Steal time of `cpu` in ms from /proc/stat's `cpuN user nice system idle iowait irq
-/// softirq steal …` line (USER_HZ ticks).
-fn steal_ms(stat: &str, cpu: usize) -> Result<u64> {
-    let label = format!("cpu{cpu}");
-    let values: Vec<u64> = stat
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(label.as_str()))
-                .then(|| fields.map(|f| f.parse().unwrap_or(0)).collect())
-        })
-        .with_context(|| format!("no {label} in /proc/stat"))?;
-    ensure!(values.len() >= 8, "short {label} line in /proc/stat");
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        ticks if ticks > 0 => ticks as u64,
-        _ => 100,
-    };
-    Ok(values[7] * 1000 / hz)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn steal_is_read_per_cpu() {
-        let stat =
-            "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 1 2 3 100 5 6 7 8 0 0\ncpu1 10 0 20 100 0 0 30 4 0 0\n";
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        assert_eq!(steal_ms(stat, 0).unwrap(), 8 * 1000 / hz);
-        assert_eq!(steal_ms(stat, 1).unwrap(), 4 * 1000 / hz);
-        assert!(steal_ms(stat, 2).is_err());
-    }
-
-    #[test]
-    fn a_step_is_disturbed_by_steal_or_other_tasks() {
-        let quiet = Disturbance::default();
-        assert!(!quiet.disturbed());
-        let stolen = Disturbance {
-            steal_ms_relay_cpu: STEAL_LIMIT_MS,
-            ..quiet
-        };
-        assert!(stolen.disturbed());
-        let busy = Disturbance {
-            foreign_ms_relay_cpu: FOREIGN_LIMIT_MS,
-            ..quiet
-        };
-        assert!(busy.disturbed());
     }
 }

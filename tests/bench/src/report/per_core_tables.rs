@@ -6,12 +6,10 @@ use std::fmt::Write as _;
 
 use super::{first_line, max_rate, pps};
 use crate::bench::LOSS_THRESHOLD;
+use crate::disturbance::{FOREIGN_LIMIT_MS, STEAL_LIMIT_MS};
 use crate::live_cost::{LiveCostByRate, TimedProgram, TimedStep};
 use crate::load::RelayMode;
-use crate::per_core::{
-    self, FloorProgram, FloorRow, Generator, PerCoreReport, FOREIGN_LIMIT_MS, LIVE_TRIES,
-    STEAL_LIMIT_MS,
-};
+use crate::per_core::{self, FloorProgram, FloorRow, Generator, PerCoreReport, LIVE_TRIES};
 
 /// Per-core targets of issue 11: relay CPU per packet as a fraction of coturn's, for
 /// frames from sockets (skbs on veth) and live frames (XDP frames).
