@@ -245,12 +245,13 @@ pub fn coalesced_name() -> String {
     format!("ours-userspace, coalesce_us {COALESCED_US}")
 }
 
-/// A server as the comparison runs it: its kind, its name in the rows, and ours'
-/// `server.coalesce_us`.
+/// A server as the comparison runs it: its kind, its name in the rows, ours'
+/// `server.coalesce_us`, and whether its kernel-speed search runs.
 struct Variant {
     kind: ServerKind,
     name: String,
     coalesce_us: u32,
+    kernel_speed: bool,
 }
 
 /// `packets` per run (0 runs: all of them in one).
@@ -321,51 +322,42 @@ impl Bench {
             "turn-bench: per-core: {} other threads moved off CPU {RELAY_CPU} for the comparison",
             cleared.moved.len()
         );
-        for &kind in kinds {
-            if crate::interrupted() {
-                bail!("interrupted");
-            }
-            eprintln!("turn-bench: per-core: {} (one relay thread)", kind.name());
-            let variant = Variant {
+        let mut variants: Vec<Variant> = kinds
+            .iter()
+            .map(|&kind| Variant {
                 kind,
                 name: kind.name().to_owned(),
                 coalesce_us: self.plan.coalesce_us,
-            };
-            if let Err(error) = self.per_core_server(
-                &variant,
-                plan,
-                &mut injector,
-                relay_binary,
-                work_dir,
-                report,
-            ) {
-                eprintln!("turn-bench: per-core: {}: {error:#}", kind.name());
-                report.errors.push(format!("{}: {error:#}", kind.name()));
-            }
-        }
+                kernel_speed: true,
+            })
+            .collect();
         // The userspace relay once more with its wake-ups coalesced (off by default), unless
-        // the run already sets that for ours: what the option buys, in every run.
+        // the run already sets that for ours: what the option buys, in every run. Its
+        // socket and live-frame rows only: the kernel-speed search is the default's.
         if kinds.contains(&ServerKind::OursUserspace) && self.plan.coalesce_us == 0 {
-            let variant = Variant {
+            variants.push(Variant {
                 kind: ServerKind::OursUserspace,
                 name: coalesced_name(),
                 coalesce_us: COALESCED_US,
-            };
+                kernel_speed: false,
+            });
+        }
+        for variant in &variants {
+            if crate::interrupted() {
+                bail!("interrupted");
+            }
             eprintln!("turn-bench: per-core: {} (one relay thread)", variant.name);
-            // Its socket and live-frame rows only: the kernel-speed search is the
-            // default's.
             let plan = PerCorePlan {
-                kernel_speed_modes: &[],
+                kernel_speed_modes: if variant.kernel_speed {
+                    plan.kernel_speed_modes
+                } else {
+                    &[]
+                },
                 ..plan
             };
-            if let Err(error) = self.per_core_server(
-                &variant,
-                plan,
-                &mut injector,
-                relay_binary,
-                work_dir,
-                report,
-            ) {
+            if let Err(error) =
+                self.per_core_server(variant, plan, &mut injector, relay_binary, work_dir, report)
+            {
                 eprintln!("turn-bench: per-core: {}: {error:#}", variant.name);
                 report.errors.push(format!("{}: {error:#}", variant.name));
             }
