@@ -1,12 +1,16 @@
 //! Whether the machine disturbed a step of the per-core comparison ([`crate::per_core`]):
-//! CPU time the hypervisor (steal) or other tasks took from its pinned cores.
+//! CPU time the hypervisor (steal) or other tasks took from its pinned cores; and how long
+//! the relay's core takes to wake ([`WakeLatency`]).
 
-use anyhow::{ensure, Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
 use serde::Serialize;
 
 use crate::cpu;
+use crate::load::Percentiles;
 use crate::per_core::{LOAD_CPU, RELAY_CPU};
-use crate::pinning::{all_threads, may_run_on};
+use crate::pinning::{all_threads, cpu_set, may_run_on, set_affinity};
 
 /// A step is disturbed when the hypervisor took at least this much from the relay's or
 /// the load's core (steal time; /proc/stat counts it in 10 ms ticks)…
@@ -77,6 +81,91 @@ impl CpuClocks {
     }
 }
 
+/// The frames a veth end's receive ring holds (the kernel's `VETH_RING_SIZE`).
+pub const VETH_RING_FRAMES: u64 = 256;
+/// How often [`probe_wake_latency`] wakes the relay's core: seldom enough that it sleeps
+/// (halts) in between, as a NAPI kthread that emptied its ring does.
+pub const WAKE_INTERVAL_US: u64 = 100;
+/// The rate at which [`WakeLatency::ring_fills_at_1m_pps`] counts the wake-ups that take
+/// longer than a veth ring takes to fill.
+const RING_FILL_RATE_PPS: u64 = 1_000_000;
+
+/// How long the relay's core takes to run a thread that another core wakes while it
+/// sleeps ([`probe_wake_latency`]): what the relay's NAPI kthread waits for the frame
+/// that wakes it after it emptied its ring and slept. Meanwhile the generator goes on
+/// filling the ring, so a wake-up that takes longer than [`VETH_RING_FRAMES`] frames'
+/// time at the offered rate overflows it, whatever the server. In a VM this is the
+/// hypervisor's time to run a halted vCPU again, which steal time does not count.
+#[derive(Clone, Debug, Serialize)]
+pub struct WakeLatency {
+    /// The core woken, and the one that woke it.
+    pub cpu: usize,
+    pub from_cpu: usize,
+    pub latency: Percentiles,
+    /// The wake-ups that took longer than [`VETH_RING_FRAMES`] take to arrive at 1 M pps
+    /// (256 µs).
+    pub ring_fills_at_1m_pps: usize,
+}
+
+impl WakeLatency {
+    fn of(cpu: usize, from_cpu: usize, latencies_ns: Vec<u32>) -> Option<WakeLatency> {
+        let ring_fill_ns = VETH_RING_FRAMES * 1_000_000_000 / RING_FILL_RATE_PPS;
+        let ring_fills_at_1m_pps = latencies_ns
+            .iter()
+            .filter(|&&ns| u64::from(ns) > ring_fill_ns)
+            .count();
+        Some(WakeLatency {
+            cpu,
+            from_cpu,
+            latency: Percentiles::from_ns(latencies_ns)?,
+            ring_fills_at_1m_pps,
+        })
+    }
+}
+
+/// [`WakeLatency`] of `cpu` woken from `from_cpu` every [`WAKE_INTERVAL_US`] for
+/// `duration`: a thread pinned to `cpu` waits on a channel, one pinned to `from_cpu` sends
+/// it the time, and the first notes how long ago that was once it runs. The sender spins
+/// between sends: run it when nothing is measured.
+pub(crate) fn probe_wake_latency(
+    cpu: usize,
+    from_cpu: usize,
+    duration: Duration,
+) -> Result<WakeLatency> {
+    let (wake, woken) = std::sync::mpsc::channel::<Instant>();
+    let waiter = std::thread::spawn(move || -> Result<Vec<u32>> {
+        set_affinity(0, &cpu_set(&[cpu]))?;
+        let mut latencies_ns = Vec::new();
+        while let Ok(sent) = woken.recv() {
+            latencies_ns.push(u32::try_from(sent.elapsed().as_nanos()).unwrap_or(u32::MAX));
+        }
+        Ok(latencies_ns)
+    });
+    let waker = std::thread::spawn(move || -> Result<()> {
+        set_affinity(0, &cpu_set(&[from_cpu]))?;
+        // Let the waiter pin itself and sleep before the first wake-up.
+        std::thread::sleep(Duration::from_millis(10));
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            let sent = Instant::now();
+            if wake.send(sent).is_err() {
+                break;
+            }
+            while sent.elapsed() < Duration::from_micros(WAKE_INTERVAL_US) {
+                std::hint::spin_loop();
+            }
+        }
+        Ok(())
+    });
+    waker
+        .join()
+        .map_err(|_| anyhow!("the wake-up probe's waker panicked"))??;
+    let latencies_ns = waiter
+        .join()
+        .map_err(|_| anyhow!("the wake-up probe's waiter panicked"))??;
+    WakeLatency::of(cpu, from_cpu, latencies_ns).context("the wake-up probe took no sample")
+}
+
 /// The run time (ns) of every task allowed on [`RELAY_CPU`] except `own`; a task that
 /// starts or ends between two readings is missed or counted whole (kthreads and
 /// short-lived processes: the bound is rough, not exact).
@@ -122,6 +211,15 @@ mod tests {
         assert_eq!(steal_ms(stat, 0).unwrap(), 8 * 1000 / hz);
         assert_eq!(steal_ms(stat, 1).unwrap(), 4 * 1000 / hz);
         assert!(steal_ms(stat, 2).is_err());
+    }
+
+    #[test]
+    fn wake_ups_that_fill_the_ring_at_one_million_pps_are_counted_apart() {
+        let latency = WakeLatency::of(1, 0, vec![40_000, 256_000, 300_000]).expect("samples");
+        assert_eq!(latency.ring_fills_at_1m_pps, 1);
+        assert_eq!(latency.latency.samples, 3);
+        assert!((latency.latency.max_us - 300.0).abs() < 1e-9);
+        assert!(WakeLatency::of(1, 0, Vec::new()).is_none());
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn from_ns(mut samples: Vec<u32>) -> Option<Percentiles> {
+    pub(crate) fn from_ns(mut samples: Vec<u32>) -> Option<Percentiles> {
         if samples.is_empty() {
             return None;
         }

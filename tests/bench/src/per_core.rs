@@ -51,7 +51,7 @@ use turn_testkit::xdp::{FrameInjector, StubAction, StubXdp};
 use crate::bench::{Bench, LOSS_THRESHOLD};
 use crate::control::{self, Flow};
 use crate::cpu;
-use crate::disturbance::CpuClocks;
+use crate::disturbance::{probe_wake_latency, CpuClocks, WakeLatency};
 use crate::kernel_mode::PathCounters;
 use crate::live_cost::{self, LiveCostByRate};
 use crate::load::{self, RelayMode, StepResult};
@@ -179,6 +179,8 @@ pub struct PerCoreReport {
     pub kernel_speed: Vec<KernelSpeedRow>,
     /// ours-xdp's `turn_xdp` under live traffic by rate, against the pass-only program.
     pub live_cost: LiveCostByRate,
+    /// How long the relay's core took to wake, before the servers ran.
+    pub wake_latency: Option<WakeLatency>,
     /// Servers or parts that could not be measured.
     pub errors: Vec<String>,
 }
@@ -322,6 +324,12 @@ impl Bench {
             "turn-bench: per-core: {} other threads moved off CPU {RELAY_CPU} for the comparison",
             cleared.moved.len()
         );
+        if !plan.kernel_speed_modes.is_empty() {
+            match probe_wake_latency(RELAY_CPU, LOAD_CPU, self.plan.step) {
+                Ok(latency) => report.wake_latency = Some(latency),
+                Err(error) => report.errors.push(format!("wake-up probe: {error:#}")),
+            }
+        }
         let mut variants: Vec<Variant> = kinds
             .iter()
             .map(|&kind| Variant {

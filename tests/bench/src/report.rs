@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use crate::load::{Percentiles, StepResult};
 use crate::results::{BenchReport, Scenario, ScenarioResult, ServerResults};
 use per_core_tables::per_core_section;
+#[cfg(test)]
+use per_core_tables::wake_latency_bullet;
 
 /// A no-relay one-way p99 above this means other load on the machine dominates latency.
 const NOISY_BASELINE_P99_US: f64 = 100.0;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::disturbance::WakeLatency;
 use crate::live_cost::{LiveCostByRate, Runs, TimedProgram, TimedStep};
 use crate::load::RelayMode;
 use crate::per_core::{
@@ -56,6 +57,7 @@ fn per_core_rows_carry_their_ratio_to_coturn_and_verdict() {
         ],
         kernel_speed: Vec::new(),
         live_cost: LiveCostByRate::default(),
+        wake_latency: None,
         errors: Vec::new(),
     };
     let mut md = String::new();
@@ -204,6 +206,32 @@ fn live_cost_rows_carry_the_difference_to_the_pass_only_program_and_verdict() {
     );
     assert!(
         md.contains("- **Not measured:** turn_xdp, ChannelData, at 1000000 pps: skipped, the generator offered only 800000 pps"),
+        "{md}"
+    );
+}
+
+#[test]
+fn wake_latency_says_how_many_wake_ups_would_fill_the_ring_at_one_million_pps() {
+    let wake = WakeLatency {
+        cpu: 1,
+        from_cpu: 0,
+        latency: Percentiles {
+            samples: 9_800,
+            p50_us: 41.2,
+            p99_us: 180.4,
+            p999_us: 1_210.0,
+            max_us: 2_538.0,
+        },
+        ring_fills_at_1m_pps: 28,
+    };
+    let mut md = String::new();
+    wake_latency_bullet(&wake, &mut md);
+    assert!(
+        md.contains("pinned to CPU 1 waited on a channel, and one on CPU 0 sent it the time every 100 µs (9800 wake-ups;"),
+        "{md}"
+    );
+    assert!(
+        md.contains("41 µs after the send at the median, 180 µs at p99, 1210 µs at p99.9, 2538 µs at most; 28 wake-ups took longer than the 256 µs"),
         "{md}"
     );
 }
