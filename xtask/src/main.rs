@@ -1,5 +1,5 @@
 //! Developer tasks for the TURN relay:
-//! `cargo xtask <setup|build|run|build-and-load|test|bench|demo|package|fuzz>`.
+//! `cargo xtask <setup|build|run|build-and-load|test|bench|quote-bench|demo|package|fuzz>`.
 //!
 //! Every task prints what it does and how long it took, and fails with context
 //! (`anyhow`) naming the step that broke.
@@ -7,6 +7,7 @@
 mod command;
 mod fuzz;
 mod package;
+mod readme;
 mod setup;
 mod test;
 
@@ -70,6 +71,17 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Puts a benchmark's results.md into README.md's latest-run block, stamped with the
+    /// run's start and the commit it ran on (after `cargo xtask test`, which leaves its
+    /// quick run in target/bench-quick/results.md).
+    QuoteBench {
+        /// The results to quote.
+        #[arg(default_value = "target/bench-quick/results.md")]
+        results: PathBuf,
+        /// The commit the run was on (default: HEAD).
+        #[arg(long)]
+        commit: Option<String>,
+    },
     /// Setup, release build, then a live demonstration: client, relay and peer namespaces,
     /// the relay with XDP, coturn's uclient driving traffic through it, and per-second
     /// counters of what XDP and userspace relayed (`turn-demo`, crate `tests/testkit`).
@@ -128,6 +140,9 @@ fn main() -> Result<()> {
         } => {
             setup::run(&workspace)?;
             run_benchmark(&workspace, quick, &out, &bench_args)
+        }
+        Task::QuoteBench { results, commit } => {
+            readme::run(&workspace, &results, commit.as_deref())
         }
         Task::Demo { seconds } => {
             setup::run(&workspace)?;
