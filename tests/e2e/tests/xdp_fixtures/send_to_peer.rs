@@ -1,6 +1,6 @@
 //! Client → peer Send indications (RFC 8656 §11.2, §11.3): the program checks the
-//! permission (and a FINGERPRINT, RFC 8489 §14.7, as pion's TURN client sends it; libwebrtc's sends none) and
-//! sends the DATA from the relayed address to the peer.
+//! permission (and a FINGERPRINT, RFC 8489 §14.7, as pion's TURN client sends it;
+//! libwebrtc's sends none) and sends the DATA from the relayed address to the peer.
 
 use turn_relay::bpf::Outcome::RelayedSendToPeer;
 
