@@ -64,6 +64,16 @@ fn entry(table: usize, index: u32) -> u32 {
     TABLES[table][(index & 0xFF) as usize]
 }
 
+/// The CRC contribution of the little-endian `word` followed by `zeros` zero bytes:
+/// one table per byte, `TABLES[zeros + 3]` for its first.
+#[inline(always)]
+fn word_crc(zeros: usize, word: u32) -> u32 {
+    entry(zeros + 3, word)
+        ^ entry(zeros + 2, word >> 8)
+        ^ entry(zeros + 1, word >> 16)
+        ^ entry(zeros, word >> 24)
+}
+
 /// Whether the `len` frame bytes at `offset` (a multiple of 4, as every STUN message
 /// prefix ending at an attribute is) have the FINGERPRINT `expected`. False when they
 /// cannot be checked (longer than [`MAX_LEN`], not in the linear part of the frame).
@@ -88,22 +98,7 @@ pub fn matches(ctx: &XdpContext, offset: usize, len: usize, expected: u32) -> bo
         let (low, high) = unsafe { (read::<u64>(at, 0), read::<u64>(at, 8)) };
         let (first, second) = (crc ^ low as u32, (low >> 32) as u32);
         let (third, fourth) = (high as u32, (high >> 32) as u32);
-        crc = entry(15, first)
-            ^ entry(14, first >> 8)
-            ^ entry(13, first >> 16)
-            ^ entry(12, first >> 24)
-            ^ entry(11, second)
-            ^ entry(10, second >> 8)
-            ^ entry(9, second >> 16)
-            ^ entry(8, second >> 24)
-            ^ entry(7, third)
-            ^ entry(6, third >> 8)
-            ^ entry(5, third >> 16)
-            ^ entry(4, third >> 24)
-            ^ entry(3, fourth)
-            ^ entry(2, fourth >> 8)
-            ^ entry(1, fourth >> 16)
-            ^ entry(0, fourth >> 24);
+        crc = word_crc(12, first) ^ word_crc(8, second) ^ word_crc(4, third) ^ word_crc(0, fourth);
         at += SLICES;
         remaining -= SLICES;
     }
@@ -115,14 +110,7 @@ pub fn matches(ctx: &XdpContext, offset: usize, len: usize, expected: u32) -> bo
         // SAFETY: 8 bytes at `at` lie within the frame (checked just above).
         let word = unsafe { read::<u64>(at, 0) };
         let (low, high) = (crc ^ word as u32, (word >> 32) as u32);
-        crc = entry(7, low)
-            ^ entry(6, low >> 8)
-            ^ entry(5, low >> 16)
-            ^ entry(4, low >> 24)
-            ^ entry(3, high)
-            ^ entry(2, high >> 8)
-            ^ entry(1, high >> 16)
-            ^ entry(0, high >> 24);
+        crc = word_crc(4, low) ^ word_crc(0, high);
         at += 8;
         remaining -= 8;
     }
@@ -132,7 +120,7 @@ pub fn matches(ctx: &XdpContext, offset: usize, len: usize, expected: u32) -> bo
         }
         // SAFETY: 4 bytes at `at` lie within the frame (checked just above).
         let low = crc ^ unsafe { read::<u32>(at, 0) };
-        crc = entry(3, low) ^ entry(2, low >> 8) ^ entry(1, low >> 16) ^ entry(0, low >> 24);
+        crc = word_crc(0, low);
     } else if remaining != 0 {
         return false;
     }
