@@ -86,8 +86,9 @@ pub const VETH_RING_FRAMES: u64 = 256;
 /// How often [`probe_wake_latency`] wakes the relay's core: seldom enough that it sleeps
 /// (halts) in between, as a NAPI kthread that emptied its ring does.
 pub const WAKE_INTERVAL_US: u64 = 100;
-/// The rate at which [`WakeLatency::ring_fills_at_1m_pps`] counts the wake-ups that take
-/// longer than a veth ring takes to fill.
+/// How long [`VETH_RING_FRAMES`] take to arrive at 1 M pps: the wake-ups longer than
+/// that are counted in [`WakeLatency::ring_fills_at_1m_pps`].
+pub const RING_FILL_AT_1M_PPS_US: u64 = VETH_RING_FRAMES * 1_000_000 / RING_FILL_RATE_PPS;
 const RING_FILL_RATE_PPS: u64 = 1_000_000;
 
 /// How long the relay's core takes to run a thread that another core wakes while it
@@ -109,10 +110,9 @@ pub struct WakeLatency {
 
 impl WakeLatency {
     fn of(cpu: usize, from_cpu: usize, latencies_ns: Vec<u32>) -> Option<WakeLatency> {
-        let ring_fill_ns = VETH_RING_FRAMES * 1_000_000_000 / RING_FILL_RATE_PPS;
         let ring_fills_at_1m_pps = latencies_ns
             .iter()
-            .filter(|&&ns| u64::from(ns) > ring_fill_ns)
+            .filter(|&&ns| u64::from(ns) > RING_FILL_AT_1M_PPS_US * 1000)
             .count();
         Some(WakeLatency {
             cpu,

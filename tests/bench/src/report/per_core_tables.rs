@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use super::{first_line, max_rate, pps};
 use crate::bench::LOSS_THRESHOLD;
 use crate::disturbance::{
-    WakeLatency, FOREIGN_LIMIT_MS, STEAL_LIMIT_MS, VETH_RING_FRAMES, WAKE_INTERVAL_US,
+    WakeLatency, FOREIGN_LIMIT_MS, RING_FILL_AT_1M_PPS_US, STEAL_LIMIT_MS, VETH_RING_FRAMES,
+    WAKE_INTERVAL_US,
 };
 use crate::live_cost::{LiveCostByRate, TimedProgram, TimedStep};
 use crate::load::RelayMode;
@@ -427,7 +428,7 @@ pub(super) fn wake_latency_bullet(wake: &WakeLatency, md: &mut String) {
         "- How long the relay's core takes to wake, measured before the servers ran: a thread pinned to CPU {} \
          waited on a channel, and one on CPU {} sent it the time every {WAKE_INTERVAL_US} µs ({} wake-ups; \
          the core sleeps in between). It ran {:.0} µs after the send at the median, {:.0} µs at p99, \
-         {:.0} µs at p99.9, {:.0} µs at most; {} wake-ups took longer than the {VETH_RING_FRAMES} µs in which \
+         {:.0} µs at p99.9, {:.0} µs at most; {} wake-ups took longer than the {RING_FILL_AT_1M_PPS_US} µs in which \
          {VETH_RING_FRAMES} frames arrive at 1 M pps. The relay's NAPI kthread, having emptied its ring, \
          sleeps and waits as long for the frame that wakes it while the generator goes on filling the ring: \
          a wake-up longer than {VETH_RING_FRAMES} frames' time at the offered rate overflows it whatever the \
