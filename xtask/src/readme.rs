@@ -83,9 +83,12 @@ fn quote(readme: &str, results: &str, stamp: &str) -> Result<String> {
     let mut section: Vec<String> = results[first..]
         .iter()
         .filter(|line| !line.starts_with("!["))
-        .map(|line| match line.starts_with('#') {
-            true => format!("##{line}"),
-            false => line.to_string(),
+        .map(|line| {
+            if line.starts_with('#') {
+                format!("##{line}")
+            } else {
+                line.to_string()
+            }
         })
         .collect();
     while section.last().is_some_and(|line| line.is_empty()) {
