@@ -38,6 +38,7 @@ mod results;
 mod scale;
 mod servers;
 mod stream_load;
+mod xdp_compare;
 mod xdp_timing;
 
 use std::path::PathBuf;
@@ -97,6 +98,18 @@ enum Command {
         #[arg(long, default_value_t = 1, requires = "only")]
         rounds: u32,
     },
+    /// A before/after table of the XDP program's cost per path: this binary's
+    /// `xdp-timing` and another build's (`--against`, e.g. a turn-bench built at an
+    /// earlier commit), run in turn `--pairs` times each; per row the median cost of each
+    /// and the median paired difference.
+    XdpCompare {
+        /// The other turn-bench binary ("before").
+        #[arg(long)]
+        against: PathBuf,
+        /// Tables of each build (at most 50).
+        #[arg(long, default_value_t = 6)]
+        pairs: u32,
+    },
     /// Scale and memory: ours with XDP and N allocations with a channel each, the
     /// daemon's RSS per allocation and the XDP maps' kernel memory (minutes, not part of
     /// `run`).
@@ -108,6 +121,12 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(options) => bench::run(&options),
         Command::Scale(options) => scale::run(&options),
+        Command::XdpCompare { against, pairs } => {
+            if !is_root() {
+                bail!("turn-bench xdp-compare needs root (BPF_PROG_TEST_RUN, a network namespace)");
+            }
+            xdp_compare::run(&against, pairs.clamp(1, 50))
+        }
         Command::XdpTiming { runs, only, rounds } => {
             if !is_root() {
                 bail!("turn-bench xdp-timing needs root (BPF_PROG_TEST_RUN, a network namespace)");

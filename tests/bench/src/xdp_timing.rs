@@ -96,10 +96,15 @@ fn median_over_loads(loads: &[Vec<(String, f64)>]) -> Result<Vec<(String, f64)>>
                     _ => Err(anyhow!("row {name} differs between loads")),
                 })
                 .collect::<Result<Vec<f64>>>()?;
-            figures.sort_by(f64::total_cmp);
-            Ok((name.clone(), figures[figures.len() / 2]))
+            Ok((name.clone(), median(&mut figures)))
         })
         .collect()
+}
+
+/// The median of `figures` (the upper one of an even count), which it sorts; 0 for none.
+pub fn median(figures: &mut [f64]) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures.get(figures.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The rows of [`time_paths`] on one load of the program.
