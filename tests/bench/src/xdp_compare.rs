@@ -8,10 +8,15 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use turn_testkit::process::run_bounded;
 
 use crate::xdp_timing::median;
+
+/// The longest one `xdp-timing` table may take.
+const TIMING_LIMIT: Duration = Duration::from_secs(300);
 
 /// One `xdp-timing` table: its rows in order, ns per packet.
 type Table = Vec<(String, f64)>;
@@ -30,21 +35,17 @@ pub fn run(against: &Path, pairs: u32) -> Result<()> {
     Ok(())
 }
 
-/// The table `binary xdp-timing` prints.
+/// The table `binary xdp-timing` prints (which takes some 15 s).
 fn timing_table(binary: &Path) -> Result<Table> {
-    let output = Command::new(binary)
-        .arg("xdp-timing")
-        .output()
-        .with_context(|| format!("starting {} xdp-timing", binary.display()))?;
-    if !output.status.success() {
+    let finished = run_bounded(Command::new(binary).arg("xdp-timing"), TIMING_LIMIT)?;
+    if !finished.succeeded() {
         bail!(
-            "{} xdp-timing failed ({}): {}",
+            "{} xdp-timing failed or ran past {TIMING_LIMIT:?}: {}",
             binary.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            finished.output().trim()
         );
     }
-    parse_table(&String::from_utf8_lossy(&output.stdout))
+    parse_table(&finished.stdout)
 }
 
 /// The rows of a `| path | ns/packet |` Markdown table.
